@@ -1,0 +1,241 @@
+//! Typed settings, loaded once and validated before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::domain::Timings;
+use crate::domain::settings::UnknownOffers;
+
+/// The documented defaults, built into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Published development keys: fine on a laptop, never in production.
+pub const DEV_CUSTOMER_KEY: &str = "drisc-dev-customer-secret";
+pub const DEV_ADMIN_KEY: &str = "drisc-dev-admin-key";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+    pub liveness: LivenessSettings,
+    pub publishers: PublisherSettings,
+    pub websocket: WebSocketSettings,
+    pub cors: CorsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub public_ws_url: String,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub customer_key: String,
+    pub customer_key_file: String,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    pub admin_key: String,
+    pub session_secret: String,
+    #[serde(with = "humantime_serde")]
+    pub session_token_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessSettings {
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherSettings {
+    pub auto_create: bool,
+    pub enabled: bool,
+    pub takeover_enabled: bool,
+    pub default_session_limit: u32,
+    pub unknown_offers: UnknownOffers,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSettings {
+    pub max_message_bytes: usize,
+    pub max_bad_messages: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `DRISC__SECTION__KEY` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env = config::Environment::with_prefix("DRISC")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("cors.allowed_origins");
+        let settings: Settings = builder
+            .add_source(env)
+            .build()
+            .context("invalid configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone, for tests and tools.
+    pub fn defaults() -> anyhow::Result<Self> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot, naming the setting at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.liveness;
+        for (name, value) in [
+            ("liveness.ping_interval", l.ping_interval),
+            ("liveness.pong_timeout", l.pong_timeout),
+            ("liveness.reconnect_grace", l.reconnect_grace),
+            ("liveness.connect_timeout", l.connect_timeout),
+            ("liveness.sweep_interval", l.sweep_interval),
+            ("auth.session_token_ttl", self.auth.session_token_ttl),
+        ] {
+            if value.is_zero() {
+                bail!("invalid configuration: {name} must be longer than 0");
+            }
+        }
+        if l.pong_timeout <= l.ping_interval {
+            bail!(
+                "invalid configuration: liveness.pong_timeout ({:?}) must be longer than liveness.ping_interval ({:?}), \
+                 or every player would time out between two PINGs",
+                l.pong_timeout,
+                l.ping_interval
+            );
+        }
+        if !(16..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
+            bail!("invalid configuration: server.max_body_bytes must be between 16 and 16777216");
+        }
+        if !(64..=1024 * 1024).contains(&self.websocket.max_message_bytes) {
+            bail!("invalid configuration: websocket.max_message_bytes must be between 64 and 1048576");
+        }
+        if !self.server.public_ws_url.is_empty()
+            && !(self.server.public_ws_url.starts_with("ws://") || self.server.public_ws_url.starts_with("wss://"))
+        {
+            bail!("invalid configuration: server.public_ws_url must start with ws:// or wss://");
+        }
+        if self.cors.allowed_origins.is_empty() {
+            bail!("invalid configuration: cors.allowed_origins must list at least one origin (or \"*\")");
+        }
+        for origin in &self.cors.allowed_origins {
+            if origin != "*" && origin.parse::<axum::http::HeaderValue>().is_err() {
+                bail!("invalid configuration: cors.allowed_origins has an invalid origin {origin:?}");
+            }
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            bail!(
+                "invalid configuration: log.level {:?} is not a valid filter",
+                self.log.level
+            );
+        }
+        Ok(())
+    }
+
+    pub fn timings(&self) -> Timings {
+        Timings {
+            ping_interval: self.liveness.ping_interval,
+            pong_timeout: self.liveness.pong_timeout,
+            reconnect_grace: self.liveness.reconnect_grace,
+            connect_timeout: self.liveness.connect_timeout,
+        }
+    }
+
+    /// The key verifying customer tokens server-wide, read from the file if one is named.
+    pub fn customer_key(&self) -> anyhow::Result<Option<String>> {
+        if !self.auth.customer_key_file.is_empty() {
+            let text = std::fs::read_to_string(&self.auth.customer_key_file).with_context(|| {
+                format!(
+                    "invalid configuration: auth.customer_key_file {:?}",
+                    self.auth.customer_key_file
+                )
+            })?;
+            return Ok(Some(text));
+        }
+        Ok(Some(self.auth.customer_key.clone()).filter(|k| !k.trim().is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_defaults_load_and_validate() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.timings(), Timings::default());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let mut s = Settings::defaults().unwrap();
+        s.liveness.pong_timeout = Duration::from_secs(5);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("liveness.pong_timeout"), "{err}");
+    }
+}

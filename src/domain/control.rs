@@ -1,0 +1,349 @@
+//! Session control: the operations players and operators trigger, combining the
+//! settings, the session store and the sockets.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::clock::Clock;
+use super::liveness::Timings;
+use super::pool::{ActiveSession, NewSession};
+use super::ports::{Control, Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo, StoreError};
+use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
+use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
+
+/// How publishers that are not configured are treated.
+#[derive(Debug, Clone)]
+pub struct PublisherPolicy {
+    /// Create a publisher with the defaults on first sight (else: 403).
+    pub auto_create: bool,
+    pub enabled: bool,
+    pub takeover_enabled: bool,
+    pub default_session_limit: u32,
+    pub unknown_offers: UnknownOffers,
+}
+
+impl PublisherPolicy {
+    pub fn new_publisher(&self, id: &str) -> Publisher {
+        Publisher {
+            id: id.to_owned(),
+            enabled: self.enabled,
+            takeover_enabled: self.takeover_enabled,
+            default_session_limit: self.default_session_limit,
+            unknown_offers: self.unknown_offers,
+            verification_key: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("publisher '{0}' is not configured on this server")]
+    UnknownPublisher(String),
+    #[error(transparent)]
+    Offer(#[from] ResolveError),
+    #[error("session {0} does not exist (it may have ended or been taken over)")]
+    SessionNotFound(SessionId),
+    #[error("takeover is disabled for this offer")]
+    TakeoverDisabled,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// What a player asks for when it creates (or takes over) a session.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateRequest<'a> {
+    pub name: &'a str,
+    pub offer: OfferChoice<'a>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    Granted {
+        pool: PoolKey,
+        session: Session,
+    },
+    /// Session control is switched off for this publisher: play without a session.
+    Disabled,
+    LimitExceeded {
+        takeover_enabled: bool,
+        active: Vec<ActiveSession>,
+    },
+}
+
+pub struct SessionControl {
+    store: Arc<dyn SessionStore>,
+    settings: Arc<dyn SettingsRepo>,
+    notifier: Arc<dyn Notifier>,
+    clock: Clock,
+    timings: Timings,
+    policy: PublisherPolicy,
+    /// Publishers with their offers, read once from the repository and dropped on
+    /// every change made through this server, so admission never waits on a database.
+    catalogs: DashMap<String, Arc<Catalog>>,
+}
+
+impl SessionControl {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        settings: Arc<dyn SettingsRepo>,
+        notifier: Arc<dyn Notifier>,
+        clock: Clock,
+        timings: Timings,
+        policy: PublisherPolicy,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            notifier,
+            clock,
+            timings,
+            policy,
+            catalogs: DashMap::new(),
+        }
+    }
+
+    /// The settings a publisher gets when it is created without any given.
+    pub fn default_publisher(&self, publisher_id: &str) -> Publisher {
+        self.policy.new_publisher(publisher_id)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// The publisher's settings and offers; creates the publisher on first sight
+    /// when the policy allows it.
+    pub async fn catalog(&self, publisher_id: &str) -> Result<Arc<Catalog>, ControlError> {
+        if let Some(c) = self.known_catalog(publisher_id).await? {
+            return Ok(c);
+        }
+        if !self.policy.auto_create {
+            return Err(ControlError::UnknownPublisher(publisher_id.to_owned()));
+        }
+        let publisher = self.policy.new_publisher(publisher_id);
+        tracing::info!(
+            publisher = publisher_id,
+            "publisher seen for the first time: created with default settings"
+        );
+        let catalog = self.settings.create_publisher(&publisher).await?;
+        let catalog = Arc::new(catalog);
+        self.catalogs.insert(publisher_id.to_owned(), Arc::clone(&catalog));
+        Ok(catalog)
+    }
+
+    /// The publisher's settings and offers if it is configured; never creates it.
+    pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
+        if let Some(c) = self.catalogs.get(publisher_id) {
+            return Ok(Some(Arc::clone(&c)));
+        }
+        let Some(catalog) = self.settings.catalog(publisher_id).await? else {
+            return Ok(None);
+        };
+        let catalog = Arc::new(catalog);
+        self.catalogs.insert(publisher_id.to_owned(), Arc::clone(&catalog));
+        Ok(Some(catalog))
+    }
+
+    async fn resolve(
+        &self,
+        customer: &Customer,
+        offer: OfferChoice<'_>,
+    ) -> Result<Option<ResolvedOffer>, ControlError> {
+        let catalog = self.catalog(&customer.publisher_id).await?;
+        if !catalog.publisher.enabled {
+            return Ok(None);
+        }
+        Ok(Some(catalog.resolve(offer)?))
+    }
+
+    /// `POST /sessions`: grants a session if the customer's pool has room.
+    pub async fn create(&self, customer: &Customer, request: CreateRequest<'_>) -> Result<CreateOutcome, ControlError> {
+        let Some(offer) = self.resolve(customer, request.offer).await? else {
+            return Ok(CreateOutcome::Disabled);
+        };
+        let pool = PoolKey::new(customer, offer.offer_id);
+        let new = NewSession {
+            id: SessionId::random(),
+            name: request.name.to_owned(),
+        };
+        match self
+            .store
+            .admit(&pool, new, offer.session_limit, self.clock.now())
+            .await?
+        {
+            Ok(granted) => {
+                for (id, holder) in granted.live_others {
+                    self.notifier.notify(id, holder, Control::Ping);
+                }
+                Ok(CreateOutcome::Granted {
+                    pool,
+                    session: granted.session,
+                })
+            }
+            Err(full) => Ok(CreateOutcome::LimitExceeded {
+                takeover_enabled: offer.takeover_enabled,
+                active: full.active,
+            }),
+        }
+    }
+
+    /// `POST /takeover`: ends `victim`, one of the customer's sessions in the
+    /// requested pool, tells its player, and grants a new session in its place.
+    pub async fn take_over(
+        &self,
+        customer: &Customer,
+        request: CreateRequest<'_>,
+        victim: SessionId,
+    ) -> Result<CreateOutcome, ControlError> {
+        let Some(offer) = self.resolve(customer, request.offer).await? else {
+            return Ok(CreateOutcome::Disabled);
+        };
+        if !offer.takeover_enabled {
+            return Err(ControlError::TakeoverDisabled);
+        }
+        let pool = PoolKey::new(customer, offer.offer_id);
+        let new = NewSession {
+            id: SessionId::random(),
+            name: request.name.to_owned(),
+        };
+        let done = self
+            .store
+            .take_over(&pool, victim, new, self.clock.now())
+            .await?
+            .ok_or(ControlError::SessionNotFound(victim))?;
+        if let Some(holder) = done.victim.holder {
+            let session_name = done.granted.session.name.clone();
+            self.notifier.notify(victim, holder, Control::TakeOver { session_name });
+        }
+        for (id, holder) in done.granted.live_others {
+            self.notifier.notify(id, holder, Control::Ping);
+        }
+        Ok(CreateOutcome::Granted {
+            pool,
+            session: done.granted.session,
+        })
+    }
+
+    /// REQUESTED: binds the socket `holder` to the session. False if the session is
+    /// gone. A socket that held it before is told to stop.
+    pub async fn attach(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
+        let Some(attached) = self.store.attach(pool, id, holder, self.clock.now()).await? else {
+            return Ok(false);
+        };
+        if let Some(previous) = attached.previous {
+            self.notifier.notify(id, previous, Control::Terminate);
+        }
+        Ok(true)
+    }
+
+    /// PONG. False if this socket no longer holds a live session.
+    pub async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
+        Ok(self.store.heartbeat(pool, id, holder, self.clock.now()).await?)
+    }
+
+    /// The socket closed without FINISHED.
+    pub async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<(), ControlError> {
+        self.store.detach(pool, id, holder, self.clock.now()).await?;
+        Ok(())
+    }
+
+    /// FINISHED, or a live socket that missed its PONG: the slot is freed at once.
+    pub async fn end_held(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
+        Ok(self.store.end(pool, id, Some(holder)).await?.is_some())
+    }
+
+    /// Ends a session on behalf of an operator (or its owner) and closes its socket.
+    pub async fn kick(&self, pool: &PoolKey, id: SessionId) -> Result<Session, ControlError> {
+        let session = self
+            .store
+            .end(pool, id, None)
+            .await?
+            .ok_or(ControlError::SessionNotFound(id))?;
+        if let Some(holder) = session.holder {
+            self.notifier.notify(id, holder, Control::Expire);
+        }
+        Ok(session)
+    }
+
+    pub async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, ControlError> {
+        Ok(self.store.locate(id).await?)
+    }
+
+    pub async fn sessions(&self, pool: &PoolKey) -> Result<Vec<Session>, ControlError> {
+        Ok(self.store.list(pool, self.clock.now()).await?)
+    }
+
+    /// Ends every session that is dead by now and closes the sockets still bound
+    /// to them. Admission never depends on this: it only frees memory and tells
+    /// sockets sooner.
+    pub async fn reap(&self) -> Result<usize, ControlError> {
+        let dead = self.store.reap(self.clock.now()).await?;
+        for (_, session) in &dead {
+            if let Some(holder) = session.holder {
+                self.notifier.notify(session.id, holder, Control::Expire);
+            }
+        }
+        Ok(dead.len())
+    }
+
+    pub async fn held_count(&self) -> Result<usize, ControlError> {
+        Ok(self.store.count().await?)
+    }
+
+    /// Saves every held session so a restarted server can bring them back.
+    pub async fn save_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+        let sessions = self.store.snapshot().await?;
+        archive.save(&sessions).await?;
+        Ok(sessions.len())
+    }
+
+    /// Brings back the sessions saved at the last shutdown, as detached: their
+    /// players reconnect within the grace, or the sessions are reaped.
+    pub async fn restore_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+        let now = self.clock.now();
+        let expires_at = self.timings.deadline(SessionState::Detached, now);
+        let sessions: Vec<_> = archive
+            .take()
+            .await?
+            .into_iter()
+            .map(|(pool, mut s)| {
+                s.state = SessionState::Detached;
+                s.holder = None;
+                s.expires_at = expires_at;
+                (pool, s)
+            })
+            .collect();
+        let count = sessions.len();
+        self.store.restore(sessions).await?;
+        Ok(count)
+    }
+
+    pub async fn list_publishers(&self) -> Result<Vec<Publisher>, ControlError> {
+        Ok(self.settings.list_publishers().await?)
+    }
+
+    pub async fn put_publisher(&self, publisher: &Publisher) -> Result<(), ControlError> {
+        self.settings.put_publisher(publisher).await?;
+        self.catalogs.remove(&publisher.id);
+        Ok(())
+    }
+
+    pub async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), ControlError> {
+        self.settings.put_offer(publisher_id, offer).await?;
+        self.catalogs.remove(publisher_id);
+        Ok(())
+    }
+
+    pub async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, ControlError> {
+        let deleted = self.settings.delete_offer(publisher_id, offer_id).await?;
+        self.catalogs.remove(publisher_id);
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,19 @@
+//! The rules of session control, free of any framework or storage engine.
+//!
+//! `pool` holds the admission and lifecycle rules as pure functions of a pool's
+//! state and the current time; `ports` names what the rules need from the outside
+//! (a session store, a settings repository, a way to reach a player's socket);
+//! `control` is the one place that combines them into the operations the HTTP and
+//! WebSocket layers call.
+
+pub mod clock;
+pub mod control;
+pub mod liveness;
+pub mod pool;
+pub mod ports;
+pub mod session;
+pub mod settings;
+
+pub use clock::{Clock, Millis};
+pub use liveness::Timings;
+pub use session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};

@@ -1,0 +1,334 @@
+//! The admission and lifecycle rules of one pool, as pure functions of the pool's
+//! sessions and the current time.
+//!
+//! Every store applies exactly these rules under its own atomicity (a map lock in
+//! memory, a script in Redis), so the rules are tested here once, without sleeping.
+//! Each operation first drops the sessions that are dead at `now`: expiry is part of
+//! admission, never something that waits for a sweep.
+
+use super::clock::Millis;
+use super::liveness::{Timings, is_dead};
+use super::session::{Holder, Session, SessionId, SessionState};
+
+/// What a new session starts with.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub name: String,
+}
+
+/// An entry of the takeover list shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    pub id: SessionId,
+    pub name: String,
+}
+
+/// A session was granted.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub session: Session,
+    /// The pool's other live sessions and their sockets, which are sent a PING.
+    pub live_others: Vec<(SessionId, Holder)>,
+}
+
+/// The pool is full: these are the sessions that hold it.
+#[derive(Debug, Clone)]
+pub struct LimitExceeded {
+    pub active: Vec<ActiveSession>,
+}
+
+/// The session a takeover replaced, and the one it granted.
+#[derive(Debug, Clone)]
+pub struct TakenOver {
+    pub victim: Session,
+    pub granted: Granted,
+}
+
+/// A socket sent REQUESTED for a session that is still held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// The socket that held it before, if another one did: it gets TERMINATE.
+    pub previous: Option<Holder>,
+}
+
+/// The sessions of one pool. Small by nature (a limit is a handful of devices), so
+/// a vector beats any map here in both memory and speed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pool {
+    pub sessions: Vec<Session>,
+}
+
+impl Pool {
+    /// Removes and returns the sessions that are dead at `now`.
+    pub fn prune(&mut self, now: Millis) -> Vec<Session> {
+        if self.sessions.iter().all(|s| !is_dead(s.expires_at, now)) {
+            return Vec::new();
+        }
+        let (dead, alive) = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .partition(|s| is_dead(s.expires_at, now));
+        self.sessions = alive;
+        dead
+    }
+
+    /// Grants `new` if the pool holds fewer than `limit` sessions at `now`.
+    pub fn admit(
+        &mut self,
+        new: NewSession,
+        limit: u32,
+        now: Millis,
+        timings: &Timings,
+    ) -> Result<Granted, LimitExceeded> {
+        self.prune(now);
+        if self.sessions.len() >= limit as usize {
+            return Err(LimitExceeded {
+                active: self
+                    .sessions
+                    .iter()
+                    .map(|s| ActiveSession {
+                        id: s.id,
+                        name: s.name.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(self.insert(new, now, timings))
+    }
+
+    /// Replaces the session `victim` with `new`, whatever the limit: a takeover
+    /// swaps one slot for another and never grows the pool. `None` if `victim` is
+    /// not a session of this pool that is still alive.
+    pub fn take_over(
+        &mut self,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+        timings: &Timings,
+    ) -> Option<TakenOver> {
+        self.prune(now);
+        let index = self.position(victim)?;
+        let victim = self.sessions.swap_remove(index);
+        let granted = self.insert(new, now, timings);
+        Some(TakenOver { victim, granted })
+    }
+
+    /// Binds `holder` to the session `id` and makes it live. `None` if the session
+    /// is gone (ended, taken over or dead).
+    pub fn attach(&mut self, id: SessionId, holder: Holder, now: Millis, timings: &Timings) -> Option<Attached> {
+        self.prune(now);
+        let session = self.get_mut(id)?;
+        let previous = session.holder.filter(|h| *h != holder);
+        session.holder = Some(holder);
+        session.state = SessionState::Live;
+        session.expires_at = timings.deadline(SessionState::Live, now);
+        Some(Attached { previous })
+    }
+
+    /// Records a PONG from `holder`. False if the session is gone or another socket
+    /// holds it now, in which case this socket must stop.
+    pub fn heartbeat(&mut self, id: SessionId, holder: Holder, now: Millis, timings: &Timings) -> bool {
+        self.prune(now);
+        match self.get_mut(id) {
+            Some(s) if s.holder == Some(holder) => {
+                s.expires_at = timings.deadline(SessionState::Live, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The socket `holder` closed without FINISHED: the session waits for a
+    /// reconnect. Does nothing if another socket holds the session by now.
+    pub fn detach(&mut self, id: SessionId, holder: Holder, now: Millis, timings: &Timings) -> bool {
+        self.prune(now);
+        match self.get_mut(id) {
+            Some(s) if s.holder == Some(holder) => {
+                s.holder = None;
+                s.state = SessionState::Detached;
+                s.expires_at = timings.deadline(SessionState::Detached, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the session `id`, freeing its slot at once. With `holder`, only if that
+    /// socket still holds it (a FINISHED from a socket that was replaced ends nothing).
+    pub fn end(&mut self, id: SessionId, holder: Option<Holder>) -> Option<Session> {
+        let index = self.position(id)?;
+        if holder.is_some() && self.sessions[index].holder != holder {
+            return None;
+        }
+        Some(self.sessions.swap_remove(index))
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.id == id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.sessions.iter_mut().find(|s| s.id == id)
+    }
+
+    fn position(&self, id: SessionId) -> Option<usize> {
+        self.sessions.iter().position(|s| s.id == id)
+    }
+
+    fn insert(&mut self, new: NewSession, now: Millis, timings: &Timings) -> Granted {
+        let live_others = self
+            .sessions
+            .iter()
+            .filter(|s| s.state == SessionState::Live)
+            .filter_map(|s| s.holder.map(|h| (s.id, h)))
+            .collect();
+        let session = Session {
+            id: new.id,
+            name: new.name,
+            state: SessionState::Pending,
+            expires_at: timings.deadline(SessionState::Pending, now),
+            holder: None,
+            created_at: now,
+        };
+        self.sessions.push(session.clone());
+        Granted { session, live_others }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timings() -> Timings {
+        Timings {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(25),
+            reconnect_grace: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(40),
+        }
+    }
+
+    fn new(name: &str) -> NewSession {
+        NewSession {
+            id: SessionId::random(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn admits_up_to_the_limit_and_lists_the_holders_beyond_it() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 2, 0, &t).unwrap();
+        let b = pool.admit(new("phone"), 2, 0, &t).unwrap();
+        let refused = pool.admit(new("laptop"), 2, 0, &t).unwrap_err();
+        let ids: Vec<_> = refused.active.iter().map(|s| (s.id, s.name.as_str())).collect();
+        assert_eq!(ids, vec![(a.session.id, "tv"), (b.session.id, "phone")]);
+        assert_eq!(pool.sessions.len(), 2);
+    }
+
+    #[test]
+    fn a_limit_of_zero_admits_nobody() {
+        let mut pool = Pool::default();
+        assert!(pool.admit(new("tv"), 0, 0, &timings()).is_err());
+    }
+
+    #[test]
+    fn a_pending_session_that_never_connects_stops_counting_at_its_connect_timeout() {
+        let mut pool = Pool::default();
+        let t = timings();
+        pool.admit(new("tv"), 1, 0, &t).unwrap();
+        assert!(pool.admit(new("phone"), 1, 39_999, &t).is_err());
+        assert!(pool.admit(new("phone"), 1, 40_000, &t).is_ok());
+    }
+
+    #[test]
+    fn a_live_session_without_pong_stops_counting_at_its_pong_timeout() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
+        pool.attach(a, Holder(1), 1_000, &t).unwrap();
+        assert!(pool.heartbeat(a, Holder(1), 20_000, &t));
+        assert!(pool.admit(new("phone"), 1, 44_999, &t).is_err());
+        assert!(pool.admit(new("phone"), 1, 45_000, &t).is_ok());
+        assert!(
+            !pool.heartbeat(a, Holder(1), 45_001, &t),
+            "a reaped session takes no PONG"
+        );
+    }
+
+    #[test]
+    fn a_detached_session_is_kept_for_the_reconnect_grace_only() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
+        pool.attach(a, Holder(1), 0, &t).unwrap();
+        assert!(pool.detach(a, Holder(1), 10_000, &t));
+        assert_eq!(pool.get(a).unwrap().state, SessionState::Detached);
+        // Reconnecting inside the grace makes it live again.
+        assert_eq!(pool.attach(a, Holder(2), 39_999, &t), Some(Attached { previous: None }));
+        assert!(pool.detach(a, Holder(2), 40_000, &t));
+        assert!(pool.attach(a, Holder(3), 70_000, &t).is_none(), "grace over");
+    }
+
+    #[test]
+    fn a_second_socket_takes_the_session_and_names_the_first() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
+        assert_eq!(pool.attach(a, Holder(1), 0, &t), Some(Attached { previous: None }));
+        assert_eq!(pool.attach(a, Holder(1), 0, &t), Some(Attached { previous: None }));
+        assert_eq!(
+            pool.attach(a, Holder(2), 0, &t),
+            Some(Attached {
+                previous: Some(Holder(1))
+            })
+        );
+        // The old socket can neither keep the session alive, detach it nor finish it.
+        assert!(!pool.heartbeat(a, Holder(1), 1, &t));
+        assert!(!pool.detach(a, Holder(1), 1, &t));
+        assert!(pool.end(a, Some(Holder(1))).is_none());
+        assert_eq!(pool.get(a).unwrap().holder, Some(Holder(2)));
+    }
+
+    #[test]
+    fn takeover_swaps_one_slot_for_another_even_when_full() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
+        pool.attach(a, Holder(7), 0, &t).unwrap();
+        let done = pool.take_over(a, new("phone"), 5, &t).unwrap();
+        assert_eq!(done.victim.id, a);
+        assert_eq!(done.victim.holder, Some(Holder(7)));
+        assert_eq!(pool.sessions.len(), 1);
+        assert_eq!(pool.sessions[0].name, "phone");
+        assert!(pool.take_over(a, new("again"), 6, &t).is_none(), "victim is gone");
+    }
+
+    #[test]
+    fn a_new_session_pings_only_the_live_sessions() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 3, 0, &t).unwrap().session.id;
+        pool.admit(new("pending"), 3, 0, &t).unwrap();
+        pool.attach(a, Holder(9), 0, &t).unwrap();
+        let granted = pool.admit(new("phone"), 3, 0, &t).unwrap();
+        assert_eq!(granted.live_others, vec![(a, Holder(9))]);
+    }
+
+    #[test]
+    fn finishing_frees_the_slot_at_once() {
+        let mut pool = Pool::default();
+        let t = timings();
+        let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
+        pool.attach(a, Holder(1), 0, &t).unwrap();
+        assert!(pool.end(a, Some(Holder(1))).is_some());
+        assert!(pool.admit(new("phone"), 1, 1, &t).is_ok());
+    }
+}

@@ -1,0 +1,115 @@
+//! What the domain needs from the outside world. Stores and transports implement
+//! these traits; the domain never names an engine.
+
+use async_trait::async_trait;
+
+use super::clock::Millis;
+use super::pool::{Attached, Granted, LimitExceeded, NewSession, TakenOver};
+use super::session::{Holder, PoolKey, Session, SessionId};
+use super::settings::{Catalog, Offer, Publisher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings database error: {0}")]
+    Database(String),
+}
+
+/// The live session pools. Each operation applies the rules of
+/// [`crate::domain::pool::Pool`] atomically for one pool.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Result<Granted, LimitExceeded>, StoreError>;
+
+    async fn take_over(
+        &self,
+        pool: &PoolKey,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+    ) -> Result<Option<TakenOver>, StoreError>;
+
+    async fn attach(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Option<Attached>, StoreError>;
+
+    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError>;
+
+    async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError>;
+
+    /// Ends a session; with `holder`, only if that socket still holds it.
+    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError>;
+
+    /// The sessions of one pool that are alive at `now`.
+    async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;
+
+    /// The pool a session id belongs to (for operators, who know only the id).
+    async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError>;
+
+    /// Removes every session that is dead at `now` and returns them.
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+
+    /// Every session held, to be saved across a restart.
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+
+    /// Puts saved sessions back (as they are given: the caller sets their state).
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError>;
+
+    /// How many sessions are held, dead or not yet reaped included.
+    async fn count(&self) -> Result<usize, StoreError>;
+}
+
+/// Where publisher and offer settings live.
+#[async_trait]
+pub trait SettingsRepo: Send + Sync + 'static {
+    async fn catalog(&self, publisher_id: &str) -> Result<Option<Catalog>, SettingsError>;
+    /// Creates the publisher with these settings unless it exists; returns what is stored.
+    async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError>;
+    async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError>;
+    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError>;
+    async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError>;
+    async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError>;
+}
+
+/// Where held sessions wait while the server restarts.
+#[async_trait]
+pub trait SessionArchive: Send + Sync + 'static {
+    async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError>;
+    /// Returns the saved sessions and forgets them.
+    async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError>;
+}
+
+/// What the server tells a player's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Send PING.
+    Ping,
+    /// Another device took this session over: send TAKE_OVER and close.
+    TakeOver { session_name: String },
+    /// A newer socket holds this session: send TERMINATE and close.
+    Terminate,
+    /// The session ended elsewhere (reaped, kicked): send EXPIRED and close.
+    Expire,
+}
+
+/// Reaches the socket that holds a session, wherever it is.
+pub trait Notifier: Send + Sync + 'static {
+    /// Delivers `control` to the socket `holder` if it still holds session `id`;
+    /// otherwise drops it. Never blocks.
+    fn notify(&self, id: SessionId, holder: Holder, control: Control);
+}

@@ -1,0 +1,237 @@
+//! The operator API (`/admin/v1`): publisher and offer settings, and sessions by id.
+//! Authorised by the admin key, never by a customer token.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::extract::{AdminAuth, AnyJson};
+use crate::auth::VerificationKey;
+use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
+use crate::domain::{PoolKey, Session, SessionId};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const MAX_ID_LEN: usize = 256;
+const MAX_TAGS: usize = 64;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/publishers", get(list_publishers))
+        .route("/publishers/{publisher_id}", get(get_publisher).put(put_publisher))
+        .route(
+            "/publishers/{publisher_id}/offers/{offer_id}",
+            put(put_offer).delete(delete_offer),
+        )
+        .route("/sessions/{session_id}", get(get_session).delete(kick_session))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublisherView {
+    publisher_id: String,
+    enabled: bool,
+    takeover_enabled: bool,
+    default_session_limit: u32,
+    unknown_offers: UnknownOffers,
+    /// Whether the publisher has its own key; the key itself is never echoed.
+    verification_key_set: bool,
+}
+
+impl From<&Publisher> for PublisherView {
+    fn from(p: &Publisher) -> Self {
+        Self {
+            publisher_id: p.id.clone(),
+            enabled: p.enabled,
+            takeover_enabled: p.takeover_enabled,
+            default_session_limit: p.default_session_limit,
+            unknown_offers: p.unknown_offers,
+            verification_key_set: p.verification_key.is_some(),
+        }
+    }
+}
+
+fn offer_view(o: &Offer) -> Value {
+    json!({
+        "offerId": o.id,
+        "sessionLimit": o.session_limit,
+        "tags": o.tags,
+        "takeoverEnabled": o.takeover_enabled,
+    })
+}
+
+fn catalog_view(c: &Catalog) -> Value {
+    let mut view = json!(PublisherView::from(&c.publisher));
+    view["offers"] = c.offers.iter().map(offer_view).collect();
+    view
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(ApiError::InvalidRequest(format!(
+            "{what} must be 1 to {MAX_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+async fn list_publishers(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let publishers = state.control.list_publishers().await?;
+    Ok(Json(json!({
+        "publishers": publishers.iter().map(PublisherView::from).collect::<Vec<_>>(),
+    })))
+}
+
+async fn get_publisher(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(publisher_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = state
+        .control
+        .known_catalog(&publisher_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("publisher '{publisher_id}' is not configured")))?;
+    Ok(Json(catalog_view(&catalog)))
+}
+
+/// Every field optional: what is given changes, the rest stays (or takes the
+/// defaults, for a new publisher).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublisherChange {
+    enabled: Option<bool>,
+    takeover_enabled: Option<bool>,
+    default_session_limit: Option<u32>,
+    unknown_offers: Option<UnknownOffers>,
+    /// An HMAC secret or a PEM public key; "" removes the publisher's own key.
+    verification_key: Option<String>,
+}
+
+async fn put_publisher(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(publisher_id): Path<String>,
+    AnyJson(change): AnyJson<PublisherChange>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("publisherId", &publisher_id)?;
+    let mut publisher = match state.control.known_catalog(&publisher_id).await? {
+        Some(c) => c.publisher.clone(),
+        None => state.control.default_publisher(&publisher_id),
+    };
+    if let Some(key) = change.verification_key {
+        if key.trim().is_empty() {
+            publisher.verification_key = None;
+        } else {
+            VerificationKey::parse(&key)
+                .map_err(|e| ApiError::InvalidRequest(format!("verificationKey cannot be used: {e}")))?;
+            publisher.verification_key = Some(key);
+        }
+    }
+    publisher.enabled = change.enabled.unwrap_or(publisher.enabled);
+    publisher.takeover_enabled = change.takeover_enabled.unwrap_or(publisher.takeover_enabled);
+    publisher.default_session_limit = change.default_session_limit.unwrap_or(publisher.default_session_limit);
+    publisher.unknown_offers = change.unknown_offers.unwrap_or(publisher.unknown_offers);
+    state.control.put_publisher(&publisher).await?;
+    Ok(Json(json!(PublisherView::from(&publisher))))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OfferChange {
+    session_limit: u32,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Overrides the publisher's takeover flag; null or absent: inherit it.
+    takeover_enabled: Option<bool>,
+}
+
+async fn put_offer(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((publisher_id, offer_id)): Path<(String, String)>,
+    AnyJson(change): AnyJson<OfferChange>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("publisherId", &publisher_id)?;
+    check_id("offerId", &offer_id)?;
+    if change.tags.len() > MAX_TAGS || change.tags.iter().any(|t| t.is_empty() || t.len() > MAX_ID_LEN) {
+        return Err(ApiError::InvalidRequest(format!(
+            "tags must be at most {MAX_TAGS} non-empty strings of at most {MAX_ID_LEN} bytes"
+        )));
+    }
+    if state.control.known_catalog(&publisher_id).await?.is_none() {
+        let publisher = state.control.default_publisher(&publisher_id);
+        state.control.put_publisher(&publisher).await?;
+    }
+    let offer = Offer {
+        id: offer_id,
+        session_limit: change.session_limit,
+        tags: change.tags,
+        takeover_enabled: change.takeover_enabled,
+    };
+    state.control.put_offer(&publisher_id, &offer).await?;
+    Ok(Json(offer_view(&offer)))
+}
+
+async fn delete_offer(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((publisher_id, offer_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    if state.control.delete_offer(&publisher_id, &offer_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "offer '{offer_id}' of publisher '{publisher_id}' is not configured"
+        )))
+    }
+}
+
+fn session_view(pool: &PoolKey, s: &Session) -> Value {
+    json!({
+        "sessionId": s.id,
+        "name": s.name,
+        "state": s.state.as_str(),
+        "publisherId": pool.publisher_id,
+        "customerId": pool.customer_id,
+        "offerId": pool.offer_id,
+        "createdAt": s.created_at,
+        "expiresAt": s.expires_at,
+    })
+}
+
+async fn find_session(state: &AppState, session_id: &str) -> Result<(PoolKey, SessionId), ApiError> {
+    let not_found = || ApiError::NotFound(format!("session {session_id} does not exist"));
+    let id = SessionId::parse(session_id).ok_or_else(not_found)?;
+    let pool = state.control.locate(id).await?.ok_or_else(not_found)?;
+    Ok((pool, id))
+}
+
+async fn get_session(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (pool, id) = find_session(&state, &session_id).await?;
+    let sessions = state.control.sessions(&pool).await?;
+    let session = sessions
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::NotFound(format!("session {session_id} does not exist")))?;
+    Ok(Json(session_view(&pool, session)))
+}
+
+/// Ends a session: its slot is free at once and its player is told EXPIRED.
+async fn kick_session(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (pool, id) = find_session(&state, &session_id).await?;
+    state.control.kick(&pool, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

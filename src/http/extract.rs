@@ -1,0 +1,99 @@
+//! Extractors for who is calling (a customer, an operator) and for request bodies,
+//! whose rejections all speak the API's error format.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthError, CustomerVerifier};
+use crate::domain::Customer;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn bearer(parts: &Parts) -> Result<&str, AuthError> {
+    let value = parts.headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::NotBearer);
+    }
+    Ok(token.trim())
+}
+
+/// The customer named by a verified `Authorization: Bearer <customer JWT>`.
+pub struct CustomerAuth(pub Customer);
+
+impl FromRequestParts<AppState> for CustomerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let publisher = CustomerVerifier::claimed_publisher(token)?;
+        // Looked up without creating the publisher: nothing is written before the
+        // token's signature is checked.
+        let catalog = state.control.known_catalog(&publisher).await?;
+        let key = catalog.as_ref().and_then(|c| c.publisher.verification_key.as_deref());
+        Ok(Self(state.verifier.verify(token, key)?))
+    }
+}
+
+/// An operator holding the admin key.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let expected = state.settings.auth.admin_key.as_bytes();
+        if expected.is_empty() {
+            return Err(ApiError::Forbidden(
+                "the admin API is disabled (auth.admin_key is empty)".into(),
+            ));
+        }
+        let given = bearer(parts)
+            .ok()
+            .or_else(|| parts.headers.get("x-admin-key").and_then(|v| v.to_str().ok()))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("send the admin key as 'Authorization: Bearer <admin key>'".into())
+            })?;
+        if !constant_time_eq(given.as_bytes(), expected) {
+            return Err(ApiError::Unauthorized("the admin key is not valid".into()));
+        }
+        Ok(Self)
+    }
+}
+
+/// Compares without an early exit, so timing reveals nothing of the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON body read whatever its `Content-Type`: browsers post a string body as
+/// `text/plain`, and players do exactly that (PROTOCOL 1.2).
+pub struct AnyJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.settings.server.max_body_bytes;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::InvalidRequest(format!("the request body is not valid JSON for this call: {e}")))
+    }
+}

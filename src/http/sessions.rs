@@ -1,0 +1,172 @@
+//! `POST /sessions` and `POST /takeover` (PROTOCOL 1.2, 1.3), and `DELETE
+//! /sessions/{id}` for a player that wants to give its slot back without a socket.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{AnyJson, CustomerAuth};
+use crate::domain::control::{CreateOutcome, CreateRequest};
+use crate::domain::settings::OfferChoice;
+use crate::domain::{PoolKey, Session, SessionId};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The longest `sessionName` accepted, in characters.
+const MAX_SESSION_NAME: usize = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sessions", post(create))
+        // One page of the public reference shows GET: accept both, same body.
+        .route("/takeover", post(take_over).get(take_over))
+        .route("/sessions/{session_id}", delete(end_session))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRequest {
+    session_name: Option<String>,
+    offer_id: Option<String>,
+    tag: Option<String>,
+    /// Only for takeover: the session to replace.
+    session_id: Option<String>,
+}
+
+impl SessionRequest {
+    fn validate(&self) -> Result<CreateRequest<'_>, ApiError> {
+        let name = self.session_name.as_deref().unwrap_or("");
+        if name.chars().count() > MAX_SESSION_NAME {
+            return Err(ApiError::InvalidRequest(format!(
+                "sessionName is longer than {MAX_SESSION_NAME} characters"
+            )));
+        }
+        let offer_id = self.offer_id.as_deref().filter(|s| !s.is_empty());
+        let tag = self.tag.as_deref().filter(|s| !s.is_empty());
+        let offer = match (offer_id, tag) {
+            (Some(id), None) => OfferChoice::Id(id),
+            (None, Some(tag)) => OfferChoice::Tag(tag),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::InvalidRequest("give either offerId or tag, not both".into()));
+            }
+            (None, None) => return Err(ApiError::InvalidRequest("give one of offerId or tag".into())),
+        };
+        Ok(CreateRequest { name, offer })
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    CustomerAuth(customer): CustomerAuth,
+    headers: HeaderMap,
+    AnyJson(body): AnyJson<SessionRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.validate()?;
+    let outcome = state.control.create(&customer, request).await?;
+    respond(&state, &headers, outcome)
+}
+
+async fn take_over(
+    State(state): State<AppState>,
+    CustomerAuth(customer): CustomerAuth,
+    headers: HeaderMap,
+    AnyJson(body): AnyJson<SessionRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.validate()?;
+    let victim = match body.session_id.as_deref() {
+        None | Some("") => {
+            return Err(ApiError::InvalidRequest(
+                "give sessionId, the session to take over".into(),
+            ));
+        }
+        // An id that is not even a UUID names no session.
+        Some(id) => SessionId::parse(id).ok_or_else(|| ApiError::NotFound(format!("session {id} does not exist")))?,
+    };
+    let outcome = state.control.take_over(&customer, request, victim).await?;
+    respond(&state, &headers, outcome)
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    CustomerAuth(customer): CustomerAuth,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::NotFound(format!("session {session_id} does not exist"));
+    let id = SessionId::parse(&session_id).ok_or_else(not_found)?;
+    // Another customer's session answers exactly like a missing one.
+    let pool = state
+        .control
+        .locate(id)
+        .await?
+        .filter(|pool| pool.owner() == customer)
+        .ok_or_else(not_found)?;
+    state.control.kick(&pool, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Result<Response, ApiError> {
+    match outcome {
+        CreateOutcome::Granted { pool, session } => Ok(granted(state, headers, &pool, &session)),
+        CreateOutcome::Disabled => Ok(Json(json!({
+            "status": "disabled",
+            "message": "Session tracking disabled.",
+            "enabled": false,
+        }))
+        .into_response()),
+        CreateOutcome::LimitExceeded {
+            takeover_enabled,
+            active,
+        } => Err(ApiError::LimitExceeded {
+            takeover_enabled,
+            active,
+        }),
+    }
+}
+
+fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, session: &Session) -> Response {
+    let now_secs = state.control.clock().now() / 1000;
+    let token = state.tokens.issue(pool, session.id, now_secs);
+    let endpoint = format!("{}?token={token}", ws_base(state, headers));
+    Json(json!({
+        "endpoint": endpoint,
+        "sessionId": session.id,
+        "token": token,
+        "offerId": pool.offer_id,
+    }))
+    .into_response()
+}
+
+/// The WebSocket URL players should open: configured, or else the address the
+/// player itself used to reach us.
+fn ws_base(state: &AppState, headers: &HeaderMap) -> String {
+    let configured = &state.settings.server.public_ws_url;
+    if !configured.is_empty() {
+        return configured.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| is_plain_host(h));
+    let Some(host) = host else {
+        return state.fallback_ws_url.to_string();
+    };
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    format!("{}://{host}/ws", if secure { "wss" } else { "ws" })
+}
+
+/// A Host header is reflected into the endpoint only if it is a host and port.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+}

@@ -1,0 +1,26 @@
+//! drisc: a session-control server for video streaming, speaking the DRISC
+//! (Simultaneous Session Control) protocol.
+//!
+//! Map of the crate, dependencies pointing down only:
+//!
+//! - [`app`] builds everything from [`config::Settings`] and runs it;
+//! - [`http`] (REST API, admin API) and [`ws`] (the player's socket) are the edges;
+//! - [`auth`] verifies customer tokens and signs session tokens;
+//! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
+//! - [`store`] implements those ports (memory pools, SQLite settings);
+//! - [`tasks`] runs the background loops.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod state;
+pub mod store;
+pub mod tasks;
+pub mod telemetry;
+pub mod ws;
+
+pub use app::App;
+pub use config::Settings;

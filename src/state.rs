@@ -1,0 +1,26 @@
+//! The handles every request and connection shares: cheap to clone, no globals.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{CustomerVerifier, SessionTokens};
+use crate::config::Settings;
+use crate::domain::control::SessionControl;
+use crate::ws::hub::Hub;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Arc<SessionControl>,
+    pub verifier: Arc<CustomerVerifier>,
+    pub tokens: Arc<SessionTokens>,
+    pub hub: Arc<Hub>,
+    pub settings: Arc<Settings>,
+    /// The endpoint base used when a request carries no usable Host header.
+    pub fallback_ws_url: Arc<str>,
+    /// Cancelled when the server shuts down: every socket closes with 1012.
+    pub shutdown: CancellationToken,
+    /// Tracks socket tasks, so shutdown can wait for them before saving sessions.
+    pub connections: TaskTracker,
+}

@@ -1,0 +1,158 @@
+//! The session pools in this process's memory.
+//!
+//! One map entry per pool: the map's shard lock makes each operation on a pool
+//! atomic, and different pools never wait for each other beyond a shard. Empty
+//! pools are removed, so memory follows the sessions held, not the customers seen.
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use crate::domain::pool::{Attached, Granted, LimitExceeded, NewSession, Pool, TakenOver};
+use crate::domain::ports::{SessionStore, StoreError};
+use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, Timings};
+
+pub struct MemoryStore {
+    pools: DashMap<PoolKey, Pool>,
+    timings: Timings,
+}
+
+impl MemoryStore {
+    pub fn new(timings: Timings) -> Self {
+        Self {
+            pools: DashMap::new(),
+            timings,
+        }
+    }
+
+    /// Runs `f` on an existing pool and drops the pool if `f` left it empty.
+    fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+        let (result, empty) = {
+            let mut pool = self.pools.get_mut(key)?;
+            let result = f(&mut pool);
+            (result, pool.is_empty())
+        };
+        if empty {
+            self.pools.remove_if(key, |_, p| p.is_empty());
+        }
+        Some(result)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
+        let existing = self.with_pool(pool, |p| p.admit(new.clone(), limit, now, &self.timings));
+        Ok(match existing {
+            Some(outcome) => outcome,
+            // The pool may have been emptied and dropped since the lookup: the entry
+            // API takes the shard lock for the whole admission.
+            None => self
+                .pools
+                .entry(pool.clone())
+                .or_default()
+                .admit(new, limit, now, &self.timings),
+        })
+    }
+
+    async fn take_over(
+        &self,
+        pool: &PoolKey,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+    ) -> Result<Option<TakenOver>, StoreError> {
+        Ok(self
+            .with_pool(pool, |p| p.take_over(victim, new, now, &self.timings))
+            .flatten())
+    }
+
+    async fn attach(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Option<Attached>, StoreError> {
+        Ok(self
+            .with_pool(pool, |p| p.attach(id, holder, now, &self.timings))
+            .flatten())
+    }
+
+    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        Ok(self
+            .with_pool(pool, |p| p.heartbeat(id, holder, now, &self.timings))
+            .unwrap_or(false))
+    }
+
+    async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        Ok(self
+            .with_pool(pool, |p| p.detach(id, holder, now, &self.timings))
+            .unwrap_or(false))
+    }
+
+    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError> {
+        Ok(self.with_pool(pool, |p| p.end(id, holder)).flatten())
+    }
+
+    async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
+        Ok(self
+            .with_pool(pool, |p| {
+                p.prune(now);
+                p.sessions.clone()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
+        Ok(self
+            .pools
+            .iter()
+            .find(|entry| entry.value().get(id).is_some())
+            .map(|entry| entry.key().clone()))
+    }
+
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let mut dead = Vec::new();
+        self.pools.retain(|key, pool| {
+            dead.extend(pool.prune(now).into_iter().map(|s| (key.clone(), s)));
+            !pool.is_empty()
+        });
+        Ok(dead)
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        Ok(self
+            .pools
+            .iter()
+            .flat_map(|entry| {
+                let key = entry.key().clone();
+                entry
+                    .value()
+                    .sessions
+                    .iter()
+                    .map(|s| (key.clone(), s.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
+        for (key, session) in sessions {
+            let mut pool = self.pools.entry(key).or_default();
+            if pool.get(session.id).is_none() {
+                pool.sessions.push(session);
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.pools.iter().map(|e| e.value().sessions.len()).sum())
+    }
+}

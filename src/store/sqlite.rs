@@ -1,0 +1,259 @@
+//! Settings, server secrets and saved sessions in an embedded SQLite database.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use rand::RngCore;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+
+use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
+use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
+use crate::domain::{PoolKey, Session, SessionId, SessionState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct SqliteSettings {
+    db: SqlitePool,
+}
+
+fn db_err(e: impl std::fmt::Display) -> SettingsError {
+    SettingsError::Database(e.to_string())
+}
+
+impl SqliteSettings {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true);
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&db).await?;
+        Ok(Self { db })
+    }
+
+    /// The secret named `name`, created at random on first use so it survives restarts.
+    pub async fn secret(&self, name: &str) -> Result<String, SettingsError> {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        sqlx::query("INSERT INTO server_secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(&fresh)
+            .execute(&self.db)
+            .await
+            .map_err(db_err)?;
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.db)
+            .await
+            .map_err(db_err)
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}
+
+fn publisher_from_row(row: &SqliteRow) -> Result<Publisher, SettingsError> {
+    let unknown: String = row.try_get("unknown_offers").map_err(db_err)?;
+    Ok(Publisher {
+        id: row.try_get("id").map_err(db_err)?,
+        enabled: row.try_get("enabled").map_err(db_err)?,
+        takeover_enabled: row.try_get("takeover_enabled").map_err(db_err)?,
+        default_session_limit: row.try_get("default_session_limit").map_err(db_err)?,
+        unknown_offers: UnknownOffers::parse(&unknown).unwrap_or_default(),
+        verification_key: row.try_get("verification_key").map_err(db_err)?,
+    })
+}
+
+fn offer_from_row(row: &SqliteRow) -> Result<Offer, SettingsError> {
+    let tags: String = row.try_get("tags").map_err(db_err)?;
+    Ok(Offer {
+        id: row.try_get("id").map_err(db_err)?,
+        session_limit: row.try_get("session_limit").map_err(db_err)?,
+        tags: serde_json::from_str(&tags).map_err(db_err)?,
+        takeover_enabled: row.try_get("takeover_enabled").map_err(db_err)?,
+    })
+}
+
+const UPSERT_PUBLISHER: &str = "INSERT INTO publishers
+        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key)
+    VALUES (?, ?, ?, ?, ?, ?)";
+
+#[async_trait]
+impl SettingsRepo for SqliteSettings {
+    async fn catalog(&self, publisher_id: &str) -> Result<Option<Catalog>, SettingsError> {
+        let Some(row) = sqlx::query("SELECT * FROM publishers WHERE id = ?")
+            .bind(publisher_id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let publisher = publisher_from_row(&row)?;
+        let offers = sqlx::query("SELECT * FROM offers WHERE publisher_id = ? ORDER BY id")
+            .bind(publisher_id)
+            .fetch_all(&self.db)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(offer_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Catalog { publisher, offers }))
+    }
+
+    async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError> {
+        bind_publisher(
+            sqlx::query(&format!("{UPSERT_PUBLISHER} ON CONFLICT (id) DO NOTHING")),
+            publisher,
+        )
+        .execute(&self.db)
+        .await
+        .map_err(db_err)?;
+        self.catalog(&publisher.id)
+            .await?
+            .ok_or_else(|| SettingsError::Database("publisher vanished after insert".into()))
+    }
+
+    async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError> {
+        let sql = format!(
+            "{UPSERT_PUBLISHER} ON CONFLICT (id) DO UPDATE SET
+                enabled = excluded.enabled,
+                takeover_enabled = excluded.takeover_enabled,
+                default_session_limit = excluded.default_session_limit,
+                unknown_offers = excluded.unknown_offers,
+                verification_key = excluded.verification_key,
+                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+        );
+        bind_publisher(sqlx::query(&sql), publisher)
+            .execute(&self.db)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
+        sqlx::query("SELECT * FROM publishers ORDER BY id")
+            .fetch_all(&self.db)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(publisher_from_row)
+            .collect()
+    }
+
+    async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError> {
+        let tags = serde_json::to_string(&offer.tags).map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO offers (publisher_id, id, session_limit, tags, takeover_enabled) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (publisher_id, id) DO UPDATE SET
+                session_limit = excluded.session_limit,
+                tags = excluded.tags,
+                takeover_enabled = excluded.takeover_enabled",
+        )
+        .bind(publisher_id)
+        .bind(&offer.id)
+        .bind(offer.session_limit)
+        .bind(tags)
+        .bind(offer.takeover_enabled)
+        .execute(&self.db)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError> {
+        let done = sqlx::query("DELETE FROM offers WHERE publisher_id = ? AND id = ?")
+            .bind(publisher_id)
+            .bind(offer_id)
+            .execute(&self.db)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn bind_publisher<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    p: &'q Publisher,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(&p.id)
+        .bind(p.enabled)
+        .bind(p.takeover_enabled)
+        .bind(p.default_session_limit)
+        .bind(p.unknown_offers.as_str())
+        .bind(p.verification_key.as_deref())
+}
+
+#[async_trait]
+impl SessionArchive for SqliteSettings {
+    async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
+        let mut tx = self.db.begin().await.map_err(db_err)?;
+        for (pool, s) in sessions {
+            sqlx::query(
+                "INSERT OR REPLACE INTO held_sessions
+                    (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(s.id.to_string())
+            .bind(&pool.publisher_id)
+            .bind(&pool.customer_id)
+            .bind(&pool.offer_id)
+            .bind(&s.name)
+            .bind(s.state.as_str())
+            .bind(s.expires_at as i64)
+            .bind(s.created_at as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        let mut tx = self.db.begin().await.map_err(db_err)?;
+        let rows = sqlx::query("SELECT * FROM held_sessions")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("DELETE FROM held_sessions")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("session_id").map_err(db_err)?;
+            let state: String = row.try_get("state").map_err(db_err)?;
+            let (Some(id), Some(state)) = (SessionId::parse(&id), SessionState::parse(&state)) else {
+                tracing::warn!(session = id, "skipping a saved session that cannot be read");
+                continue;
+            };
+            let pool = PoolKey {
+                publisher_id: row.try_get("publisher_id").map_err(db_err)?,
+                customer_id: row.try_get("customer_id").map_err(db_err)?,
+                offer_id: row.try_get("offer_id").map_err(db_err)?,
+            };
+            let session = Session {
+                id,
+                name: row.try_get("name").map_err(db_err)?,
+                state,
+                expires_at: row.try_get::<i64, _>("expires_at").map_err(db_err)? as u64,
+                holder: None,
+                created_at: row.try_get::<i64, _>("created_at").map_err(db_err)? as u64,
+            };
+            sessions.push((pool, session));
+        }
+        Ok(sessions)
+    }
+}

@@ -1,0 +1,4 @@
+//! Background loops. Each one takes a cancellation token and runs on the app's
+//! task tracker; none is fire-and-forget.
+
+pub mod sweep;
