@@ -1,0 +1,1 @@
+//! The REST API: create, takeover, errors, tokens, settings, CORS, admin.

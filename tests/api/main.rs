@@ -1,0 +1,17 @@
+//! Integration tests: the real server on port 0, real HTTP and WebSocket clients.
+//! One binary with modules, so the suite links once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod http_api;
+mod websocket;
+
+#[tokio::test]
+async fn smoke_create_request_ok() {
+    let app = helpers::spawn_app().await;
+    let token = app.token("1", 42);
+    let (_, mut player) = helpers::live_player(&app, &token, "S1", "TV").await;
+    player.send("FINISHED").await;
+    player.expect_close(1000).await;
+    app.stop().await;
+}

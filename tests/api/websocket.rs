@@ -1,0 +1,1 @@
+//! The WebSocket: messages, lifecycle, reconnects, restarts, bad frames.
