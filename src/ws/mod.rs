@@ -13,6 +13,8 @@ use axum::routing::get;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+const READ_BUFFER: usize = 512;
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
 }
@@ -37,7 +39,9 @@ async fn upgrade(
     let limit = state.settings.websocket.max_message_bytes;
     let tracker = state.connections.clone();
     Ok(ws
-        .read_buffer_size(limit.min(4096))
+        // The read buffer is allocated up front for every socket, and grows only for
+        // a larger frame: protocol messages are ~25 bytes, so 512 is plenty.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(limit)
