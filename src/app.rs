@@ -9,33 +9,97 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::mpsc;
+
 use crate::auth::{CustomerVerifier, SessionTokens, VerificationKey};
-use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, Settings};
+use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
-use crate::domain::control::{PublisherPolicy, SessionControl};
+use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
+use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::state::AppState;
-use crate::store::{MemoryStore, SqliteSettings};
+use crate::store::redis::inbox::{self, ClusterNotifier};
+use crate::store::redis::{RedisStore, TimeSource, refresh};
+use crate::store::{MemoryStore, PostgresSettings, SqliteSettings};
 use crate::ws::hub::Hub;
 
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
-    database: SqliteSettings,
+    database: Database,
+    cluster: Option<Cluster>,
     background: TaskTracker,
 }
 
+/// Where settings live.
+enum Database {
+    Sqlite(SqliteSettings),
+    Postgres(PostgresSettings),
+}
+
+impl Database {
+    async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(match settings.storage.settings {
+            SettingsBackend::Sqlite => {
+                let dir = &settings.storage.data_dir;
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create storage.data_dir {dir:?}"))?;
+                let path = dir.join("drisc.db");
+                Self::Sqlite(
+                    SqliteSettings::open(&path)
+                        .await
+                        .with_context(|| format!("cannot open the database {path:?}"))?,
+                )
+            }
+            SettingsBackend::Postgres => Self::Postgres(
+                PostgresSettings::connect(&settings.storage.postgres_url)
+                    .await
+                    .context("cannot open the PostgreSQL database (storage.postgres_url)")?,
+            ),
+        })
+    }
+
+    fn repo(&self) -> Arc<dyn SettingsRepo> {
+        match self {
+            Self::Sqlite(db) => Arc::new(db.clone()),
+            Self::Postgres(db) => Arc::new(db.clone()),
+        }
+    }
+
+    fn archive(&self) -> &dyn SessionArchive {
+        match self {
+            Self::Sqlite(db) => db,
+            Self::Postgres(db) => db,
+        }
+    }
+
+    async fn secret(&self, name: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Self::Sqlite(db) => db.secret(name).await?,
+            Self::Postgres(db) => db.secret(name).await?,
+        })
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Sqlite(db) => db.close().await,
+            Self::Postgres(db) => db.close().await,
+        }
+    }
+}
+
+/// The pieces of cluster mode that run in the background.
+struct Cluster {
+    store: Arc<RedisStore>,
+    node: u64,
+    url: String,
+    outbox: mpsc::Receiver<(u64, String)>,
+}
+
 impl App {
-    /// Opens the database, restores the sessions saved at the last shutdown and
+    /// Opens the stores, restores the sessions saved at the last shutdown and
     /// binds the listener (port 0 picks a free one). Nothing is served until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.storage.data_dir)
-            .with_context(|| format!("cannot create storage.data_dir {:?}", settings.storage.data_dir))?;
-        let db_path = settings.storage.data_dir.join("drisc.db");
-        let database = SqliteSettings::open(&db_path)
-            .await
-            .with_context(|| format!("cannot open the database {db_path:?}"))?;
-
+        let database = Database::open(&settings).await?;
         let session_secret = if settings.auth.session_secret.is_empty() {
             database.secret("session_token").await?
         } else {
@@ -49,26 +113,66 @@ impl App {
         warn_about_dev_keys(&settings);
 
         let timings = settings.timings();
-        let hub = Arc::new(Hub::new());
+        let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
+            match settings.storage.sessions {
+                SessionBackend::Memory => {
+                    let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
+                    (hub.clone(), Arc::new(MemoryStore::new(timings)), hub, None)
+                }
+                SessionBackend::Redis => {
+                    let url = settings.storage.redis_url.clone();
+                    let mut conn = RedisStore::connection(&url)
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?;
+                    let node = inbox::claim_node_id(&mut conn)
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?;
+                    let hub = Arc::new(Hub::new(node));
+                    let store = Arc::new(
+                        RedisStore::connect(
+                            &url,
+                            timings,
+                            settings.cluster.tombstone_ttl,
+                            settings.auth.session_token_ttl,
+                            TimeSource::Redis,
+                            hub.clone(),
+                        )
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?,
+                    );
+                    let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
+                    tracing::info!(node, "cluster mode: sessions in Redis");
+                    let cluster = Cluster {
+                        store: store.clone(),
+                        node,
+                        url,
+                        outbox,
+                    };
+                    (hub, store, Arc::new(notifier), Some(cluster))
+                }
+            };
         let p = &settings.publishers;
-        let policy = PublisherPolicy {
-            auto_create: p.auto_create,
-            enabled: p.enabled,
-            takeover_enabled: p.takeover_enabled,
-            default_session_limit: p.default_session_limit,
-            unknown_offers: p.unknown_offers,
-        };
-        let control = Arc::new(SessionControl::new(
-            Arc::new(MemoryStore::new(timings)),
-            Arc::new(database.clone()),
-            hub.clone(),
-            Clock::new(),
+        let control = Arc::new(SessionControl::new(ControlParts {
+            store,
+            settings: database.repo(),
+            notifier,
+            clock: Clock::new(),
             timings,
-            policy,
-        ));
-        let restored = control.restore_sessions(&database).await?;
-        if restored > 0 {
-            tracing::info!(restored, grace = ?timings.reconnect_grace, "sessions from the last run restored as detached");
+            policy: PublisherPolicy {
+                auto_create: p.auto_create,
+                enabled: p.enabled,
+                takeover_enabled: p.takeover_enabled,
+                default_session_limit: p.default_session_limit,
+                unknown_offers: p.unknown_offers,
+            },
+            on_unavailable: settings.cluster.on_store_unavailable,
+            catalog_ttl: settings.cluster.settings_cache_ttl,
+        }));
+        if cluster.is_none() {
+            let restored = control.restore_sessions(database.archive()).await?;
+            if restored > 0 {
+                tracing::info!(restored, grace = ?timings.reconnect_grace, "sessions from the last run restored as detached");
+            }
         }
 
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
@@ -94,6 +198,7 @@ impl App {
             addr,
             state,
             database,
+            cluster,
             background: TaskTracker::new(),
         })
     }
@@ -112,13 +217,15 @@ impl App {
     }
 
     /// Serves until the shutdown token is cancelled, then closes every socket with
-    /// 1012 and saves the held sessions for the next start.
+    /// 1012 and leaves the held sessions to wait for their players: saved to the
+    /// database (embedded mode) or detached in Redis (cluster mode).
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
             addr,
             state,
             database,
+            cluster,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
@@ -127,6 +234,17 @@ impl App {
             state.settings.liveness.sweep_interval,
             shutdown.clone(),
         ));
+        if let Some(c) = cluster {
+            let every = state.settings.cluster.refresh_interval;
+            background.spawn(refresh::run(c.store, c.node, every, shutdown.clone()));
+            background.spawn(inbox::run_inbox(
+                c.url.clone(),
+                c.node,
+                state.hub.clone(),
+                shutdown.clone(),
+            ));
+            background.spawn(inbox::run_outbox(c.url, c.outbox, shutdown.clone()));
+        }
         log_file_limit();
         tracing::info!(%addr, "drisc is listening; WebSocket endpoint at ws://{addr}/ws");
 
@@ -149,8 +267,13 @@ impl App {
         }
         background.close();
         background.wait().await;
-        let saved = state.control.save_sessions(&database).await?;
-        tracing::info!(saved, "sessions saved for the next start");
+        if let Err(e) = state.control.hand_over().await {
+            tracing::warn!(error = %e, "could not detach the sessions of this node; they expire by their own deadlines");
+        }
+        let saved = state.control.save_sessions(database.archive()).await?;
+        if saved > 0 {
+            tracing::info!(saved, "sessions saved for the next start");
+        }
         database.close().await;
         served.context("the HTTP server failed")
     }

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::domain::Timings;
+use crate::domain::control::UnavailablePolicy;
 use crate::domain::settings::UnknownOffers;
 
 /// The documented defaults, built into the binary.
@@ -21,6 +22,7 @@ pub const DEV_ADMIN_KEY: &str = "drisc-dev-admin-key";
 pub struct Settings {
     pub server: ServerSettings,
     pub storage: StorageSettings,
+    pub cluster: ClusterSettings,
     pub auth: AuthSettings,
     pub liveness: LivenessSettings,
     pub publishers: PublisherSettings,
@@ -43,7 +45,37 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    pub sessions: SessionBackend,
+    pub settings: SettingsBackend,
     pub data_dir: PathBuf,
+    pub redis_url: String,
+    pub postgres_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBackend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingsBackend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
+    pub on_store_unavailable: UnavailablePolicy,
+    #[serde(with = "humantime_serde")]
+    pub settings_cache_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +187,8 @@ impl Settings {
             ("liveness.connect_timeout", l.connect_timeout),
             ("liveness.sweep_interval", l.sweep_interval),
             ("auth.session_token_ttl", self.auth.session_token_ttl),
+            ("cluster.refresh_interval", self.cluster.refresh_interval),
+            ("cluster.tombstone_ttl", self.cluster.tombstone_ttl),
         ] {
             if value.is_zero() {
                 bail!("invalid configuration: {name} must be longer than 0");
@@ -167,6 +201,21 @@ impl Settings {
                 l.pong_timeout,
                 l.ping_interval
             );
+        }
+        if self.storage.sessions == SessionBackend::Redis
+            && self.cluster.refresh_interval * 2 > l.pong_timeout.saturating_sub(l.ping_interval)
+        {
+            bail!(
+                "invalid configuration: cluster.refresh_interval ({:?}) must be at most half of \
+                 liveness.pong_timeout - liveness.ping_interval, or PONGs could reach Redis too late",
+                self.cluster.refresh_interval
+            );
+        }
+        if self.storage.sessions == SessionBackend::Redis && !self.storage.redis_url.starts_with("redis") {
+            bail!("invalid configuration: storage.redis_url must be a redis:// or rediss:// URL");
+        }
+        if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
+            bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
         }
         if !(16..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
             bail!("invalid configuration: server.max_body_bytes must be between 16 and 16777216");

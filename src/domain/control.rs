@@ -2,8 +2,10 @@
 //! settings, the session store and the sockets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::time::Instant;
 
 use super::clock::Clock;
 use super::liveness::Timings;
@@ -34,6 +36,17 @@ impl PublisherPolicy {
             verification_key: None,
         }
     }
+}
+
+/// What to do with new sessions while the session store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnavailablePolicy {
+    /// Refuse them (503); sessions already held keep playing.
+    #[default]
+    Refuse,
+    /// Let players play without a session: creates answer "DRISC disabled".
+    FailOpen,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,29 +93,46 @@ pub struct SessionControl {
     clock: Clock,
     timings: Timings,
     policy: PublisherPolicy,
-    /// Publishers with their offers, read once from the repository and dropped on
-    /// every change made through this server, so admission never waits on a database.
-    catalogs: DashMap<String, Arc<Catalog>>,
+    on_unavailable: UnavailablePolicy,
+    /// Publishers with their offers, kept for `catalog_ttl` (or until changed
+    /// through this node) so admission rarely waits on the database, while
+    /// changes made through other nodes show within the TTL.
+    catalogs: DashMap<String, (Arc<Catalog>, Instant)>,
+    catalog_ttl: Duration,
+}
+
+/// How [`SessionControl`] is assembled.
+pub struct ControlParts {
+    pub store: Arc<dyn SessionStore>,
+    pub settings: Arc<dyn SettingsRepo>,
+    pub notifier: Arc<dyn Notifier>,
+    pub clock: Clock,
+    pub timings: Timings,
+    pub policy: PublisherPolicy,
+    pub on_unavailable: UnavailablePolicy,
+    pub catalog_ttl: Duration,
 }
 
 impl SessionControl {
-    pub fn new(
-        store: Arc<dyn SessionStore>,
-        settings: Arc<dyn SettingsRepo>,
-        notifier: Arc<dyn Notifier>,
-        clock: Clock,
-        timings: Timings,
-        policy: PublisherPolicy,
-    ) -> Self {
+    pub fn new(parts: ControlParts) -> Self {
         Self {
-            store,
-            settings,
-            notifier,
-            clock,
-            timings,
-            policy,
+            store: parts.store,
+            settings: parts.settings,
+            notifier: parts.notifier,
+            clock: parts.clock,
+            timings: parts.timings,
+            policy: parts.policy,
+            on_unavailable: parts.on_unavailable,
             catalogs: DashMap::new(),
+            catalog_ttl: parts.catalog_ttl,
         }
+    }
+
+    fn cache(&self, publisher_id: &str, catalog: Catalog) -> Arc<Catalog> {
+        let catalog = Arc::new(catalog);
+        self.catalogs
+            .insert(publisher_id.to_owned(), (Arc::clone(&catalog), Instant::now()));
+        catalog
     }
 
     /// The settings a publisher gets when it is created without any given.
@@ -133,22 +163,23 @@ impl SessionControl {
             "publisher seen for the first time: created with default settings"
         );
         let catalog = self.settings.create_publisher(&publisher).await?;
-        let catalog = Arc::new(catalog);
-        self.catalogs.insert(publisher_id.to_owned(), Arc::clone(&catalog));
-        Ok(catalog)
+        Ok(self.cache(publisher_id, catalog))
     }
 
     /// The publisher's settings and offers if it is configured; never creates it.
     pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
-        if let Some(c) = self.catalogs.get(publisher_id) {
-            return Ok(Some(Arc::clone(&c)));
+        if let Some(entry) = self.catalogs.get(publisher_id)
+            && entry.1.elapsed() < self.catalog_ttl
+        {
+            return Ok(Some(Arc::clone(&entry.0)));
         }
-        let Some(catalog) = self.settings.catalog(publisher_id).await? else {
-            return Ok(None);
-        };
-        let catalog = Arc::new(catalog);
-        self.catalogs.insert(publisher_id.to_owned(), Arc::clone(&catalog));
-        Ok(Some(catalog))
+        match self.settings.catalog(publisher_id).await? {
+            Some(catalog) => Ok(Some(self.cache(publisher_id, catalog))),
+            None => {
+                self.catalogs.remove(publisher_id);
+                Ok(None)
+            }
+        }
     }
 
     async fn resolve(
@@ -213,11 +244,11 @@ impl SessionControl {
             id: SessionId::random(),
             name: request.name.to_owned(),
         };
-        let done = self
-            .store
-            .take_over(&pool, victim, new, self.clock.now())
-            .await?
-            .ok_or(ControlError::SessionNotFound(victim))?;
+        let taken = self.store.take_over(&pool, victim, new, self.clock.now()).await;
+        let Some(taken) = self.when_unavailable(taken)? else {
+            return Ok(CreateOutcome::Disabled);
+        };
+        let done = taken.ok_or(ControlError::SessionNotFound(victim))?;
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
             self.notifier.notify(victim, holder, Control::TakeOver { session_name });
@@ -229,6 +260,25 @@ impl SessionControl {
             pool,
             session: done.granted.session,
         })
+    }
+
+    /// Applies the unavailability policy to a store result: `None` means "let the
+    /// player play without a session".
+    fn when_unavailable<T>(&self, result: Result<T, StoreError>) -> Result<Option<T>, ControlError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if self.on_unavailable == UnavailablePolicy::FailOpen => {
+                tracing::warn!(error = %e, "session store unavailable: failing open (DRISC disabled for this create)");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// This node is stopping: its sessions are left to wait for their players to
+    /// reconnect (here after a restart, or on another node).
+    pub async fn hand_over(&self) -> Result<(), ControlError> {
+        Ok(self.store.hand_over(self.clock.now()).await?)
     }
 
     /// REQUESTED: binds the socket `holder` to the session. False if the session is

@@ -52,8 +52,9 @@ pub struct Attached {
     pub previous: Option<Holder>,
 }
 
-/// The sessions of one pool. Small by nature (a limit is a handful of devices), so
-/// a vector beats any map here in both memory and speed.
+/// The sessions of one pool, in creation order (the order of the takeover list).
+/// Small by nature (a limit is a handful of devices), so a vector beats any map
+/// here in both memory and speed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pool {
     pub sessions: Vec<Session>,
@@ -108,7 +109,7 @@ impl Pool {
     ) -> Option<TakenOver> {
         self.prune(now);
         let index = self.position(victim)?;
-        let victim = self.sessions.swap_remove(index);
+        let victim = self.sessions.remove(index);
         let granted = self.insert(new, now, timings);
         Some(TakenOver { victim, granted })
     }
@@ -160,7 +161,7 @@ impl Pool {
         if holder.is_some() && self.sessions[index].holder != holder {
             return None;
         }
-        Some(self.sessions.swap_remove(index))
+        Some(self.sessions.remove(index))
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Session> {

@@ -72,6 +72,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// How many sessions are held, dead or not yet reaped included.
     async fn count(&self) -> Result<usize, StoreError>;
+
+    /// This node is stopping and its sockets are closed: leave the sessions they
+    /// held to wait for a reconnect. Nothing to do where the sessions are saved
+    /// with [`SessionStore::snapshot`] instead.
+    async fn hand_over(&self, _now: Millis) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where publisher and offer settings live.

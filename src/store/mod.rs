@@ -1,10 +1,14 @@
 //! Implementations of the domain's storage ports.
 //!
 //! `memory` keeps the session pools in this process (the embedded default);
-//! `sqlite` keeps publisher settings and the sessions saved across a restart.
+//! `sqlite` keeps publisher settings and the sessions saved across a restart;
+//! `postgres` keeps the same for the nodes of a cluster.
 
 pub mod memory;
+pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresSettings;
 pub use sqlite::SqliteSettings;

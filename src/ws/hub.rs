@@ -54,18 +54,18 @@ pub struct Hub {
     bad_messages: AtomicU64,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Bits of a socket id that count sockets; the bits above name the node, so a
+/// socket id says where the socket is.
+pub const NODE_SHIFT: u32 = 40;
 
 impl Hub {
-    pub fn new() -> Self {
+    /// The hub of node `node` (any value below 2^24).
+    pub fn new(node: u64) -> Self {
+        // Random start: ids from before a restart never name a new socket.
+        let start = rand::random::<u64>() >> (64 - NODE_SHIFT + 2);
         Self {
             sockets: DashMap::new(),
-            // Random start: ids from before a restart never name a new socket.
-            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            next_id: AtomicU64::new((node << NODE_SHIFT) | start),
             bad_messages: AtomicU64::new(0),
         }
     }
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_first_final_order_wins_and_pings_coalesce() {
-        let hub = Hub::new();
+        let hub = Hub::new(1);
         let (holder, mailbox) = hub.register();
         let id = SessionId::random();
         hub.notify(id, holder, Control::Ping);
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn orders_for_a_socket_that_left_are_dropped() {
-        let hub = Hub::new();
+        let hub = Hub::new(1);
         let (holder, mailbox) = hub.register();
         hub.unregister(holder);
         hub.notify(SessionId::random(), holder, Control::Terminate);

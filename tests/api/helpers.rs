@@ -307,3 +307,52 @@ where
     }
     panic!("timed out waiting until {what}");
 }
+
+// ---------------------------------------------------------------------------
+// Helpers added for the REST API tests (tests/api/http_api.rs).
+// ---------------------------------------------------------------------------
+
+/// Reads an error response: it must have `status`, be JSON and carry `code` and a
+/// non-empty human-readable `message`. Returns the body for further checks.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    let got = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = response.text().await.unwrap();
+    assert_eq!(got, status, "unexpected status, body: {text}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "an error must be JSON, got content-type {content_type:?}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.trim().is_empty()),
+        "an error needs a message: {body}"
+    );
+    body
+}
+
+/// The text of a test fixture under tests/fixtures/ (test-only keys).
+pub fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read fixture {path:?}: {e}"))
+}
+
+/// Customer-token claims naming `publisher` and `customer`, valid for 10 minutes.
+pub fn customer_claims(publisher: impl Into<Value>, customer: impl Into<Value>) -> Value {
+    json!({"publisherId": publisher.into(), "customerId": customer.into(), "exp": exp_in(600)})
+}
+
+/// Signs `claims` with any key and algorithm (RS256 with a PEM private key, ...).
+pub fn sign_with(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
+// --- end of the REST API tests' helpers ------------------------------------

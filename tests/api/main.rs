@@ -2,8 +2,12 @@
 //! One binary with modules, so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conformance;
 mod helpers;
 mod http_api;
+mod settings_postgres;
+mod support_postgres;
+mod support_redis;
 mod websocket;
 
 #[tokio::test]

@@ -1,0 +1,348 @@
+//! `drisc-load`: a load generator that behaves like real DRISC players.
+//!
+//! Each player creates a session over HTTP, opens the WebSocket it is handed,
+//! sends REQUESTED, waits for OK and answers every PING with PONG; by scenario it
+//! finishes, reconnects with its cached endpoint, takes over, or dies. Only
+//! loopback targets are accepted, and every loop is bounded in count and time.
+//!
+//! Scenarios: `admit`, `attach`, `hold`, `churn`, `hot-pool`, `reap`; `report`
+//! turns a directory of results into BENCHMARKS.md. Run `drisc-load help <scenario>`.
+
+mod coord;
+mod http;
+mod net;
+mod player;
+mod report;
+mod scenarios;
+mod stats;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(
+    name = "drisc-load",
+    version,
+    about = "Load generator for drisc: players that create sessions, hold WebSockets and answer PINGs",
+    long_about = "Load generator for drisc. Players create sessions (POST /sessions with a customer JWT), \
+                  open the WebSocket endpoint, send REQUESTED, wait for OK and answer every PING with PONG.\n\n\
+                  Targets must be on this machine (127.0.0.0/8 or [::1]). Progress goes to stderr once a \
+                  second, a summary table to stdout, and --json writes the results for machines.\n\n\
+                  Example: drisc-load hold --target http://127.0.0.1:8080 --stages 1000,5000 --workers 2"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open-loop POST /sessions at a fixed offered rate (or closed loop with --rate 0).
+    Admit {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: AdmitArgs,
+    },
+    /// Create → WebSocket → REQUESTED → OK → FINISHED, per second and its latency.
+    Attach {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: AttachArgs,
+    },
+    /// Hold N live sessions answering PINGs, in stages, then leave; watches the server's memory and CPU.
+    Hold {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: HoldArgs,
+    },
+    /// A steady population joining and leaving (FINISHED, abandon, takeover, reconnect).
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: ChurnArgs,
+    },
+    /// Thousands of parallel creates on one pool of limit L: exactly L must be granted.
+    HotPool {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: HotPoolArgs,
+    },
+    /// Players die (SIGSTOP, SIGKILL, silent, dropped); measures until a new create for each pool succeeds.
+    Reap {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: ReapArgs,
+    },
+    /// Writes BENCHMARKS.md from the JSON results of bench/run.
+    Report(report::ReportArgs),
+    /// (internal) A worker process, driven over stdin/stdout by its coordinator.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Options every scenario shares.
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct Common {
+    /// The server, http://HOST:PORT on a loopback address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// HMAC secret signing the customer tokens (HS256).
+    #[arg(long, default_value = "drisc-dev-customer-secret")]
+    pub secret: String,
+    /// The admin key, to configure the publisher and offers before the run.
+    #[arg(long, default_value = "drisc-dev-admin-key")]
+    pub admin_key: String,
+    /// Do not call the admin API (a server without one, such as the baseline).
+    #[arg(long)]
+    pub no_admin: bool,
+    /// The publisherId of the players; default: a fresh one per run.
+    #[arg(long)]
+    pub publisher: Option<String>,
+    /// The offerId players ask for.
+    #[arg(long, default_value = "bench")]
+    pub offer: String,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A name for this run in the output (e.g. "drisc", "baseline").
+    #[arg(long, default_value = "drisc")]
+    pub label: String,
+    /// The server's process id: its RSS, CPU time and open files are sampled from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker processes (0: run in this process). Each binds its sockets to its own
+    /// 127.x.y.* range, so together they can hold more sockets than one process may open.
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
+    /// New connections per second, over all workers (0: unpaced).
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// The server's PING interval, to report how late PINGs come.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Hard bound on the whole run; past it everything stops.
+    #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+    pub max_time: Duration,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Bind client sockets to 127.A.B.* (chosen at random per run when absent; "none": 127.0.0.1).
+    #[arg(long, value_parser = parse_source)]
+    pub source_base: Option<(u8, u8)>,
+    /// Set by the coordinator: a fresh id naming this run's customers.
+    #[arg(skip)]
+    pub run_id: String,
+}
+
+fn parse_source(s: &str) -> Result<(u8, u8), String> {
+    let (a, b) = s.split_once('.').ok_or("give A.B, as in 127.A.B.*")?;
+    Ok((
+        a.parse().map_err(|e| format!("{e}"))?,
+        b.parse().map_err(|e| format!("{e}"))?,
+    ))
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct AdmitArgs {
+    /// Offered creates per second, open loop (0: closed loop, as fast as answers come).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Keep-alive HTTP connections (in-flight requests at most).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Distinct customers, taken in turn.
+    #[arg(long, default_value_t = 100_000)]
+    pub customers: usize,
+    /// One hot pool: every request from one customer for one offer.
+    #[arg(long)]
+    pub hot: bool,
+    /// The pool limit set for the run (publisher default; the offer's for --hot).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct AttachArgs {
+    /// Offered attaches per second, open loop (0: closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Attaches in flight at most.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Distinct customers, taken in turn.
+    #[arg(long, default_value_t = 10_000)]
+    pub customers: usize,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct HoldArgs {
+    /// Live sessions to hold, stage after stage (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub stages: Vec<usize>,
+    /// How long each stage is held (server CPU and PONGs are counted over it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stage_hold: Duration,
+    /// Pause after a stage is reached, before measuring.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Pause after everyone left, before the last memory sample.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub leave_settle: Duration,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct ChurnArgs {
+    /// Players at any time.
+    #[arg(long, default_value_t = 1000)]
+    pub population: usize,
+    /// Mean time a player stays (exponential).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Share of leaves that drop the socket without FINISHED (the next player takes the slot over).
+    #[arg(long, default_value_t = 0.15)]
+    pub abandon: f64,
+    /// Share of leaves where the next player takes over the live session (TAKE_OVER).
+    #[arg(long, default_value_t = 0.15)]
+    pub takeover: f64,
+    /// Chance per life of a network blip: the socket drops and reconnects with the cached endpoint.
+    #[arg(long, default_value_t = 0.2)]
+    pub reconnect: f64,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct HotPoolArgs {
+    /// Creates fired at once, each on its own connection.
+    #[arg(long, default_value_t = 2000)]
+    pub parallel: usize,
+    /// The pool's limit.
+    #[arg(long, default_value_t = 3)]
+    pub limit: u32,
+    /// Rounds, each on a fresh pool.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Death {
+    /// SIGSTOP the worker processes: sockets stay open, nobody answers (silent).
+    Stop,
+    /// SIGKILL the worker processes: the kernel closes every socket (loud).
+    Kill,
+    /// Players stop answering PINGs in-process (silent).
+    Silent,
+    /// Players drop their sockets without FINISHED in-process (loud).
+    Drop,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct ReapArgs {
+    /// Players (each its own pool of limit 1) that die together.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    #[arg(long, value_enum, default_value = "stop")]
+    pub die: Death,
+    /// The server's bound for this death (pongTimeout for silent, reconnectGrace for loud): reported against.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expect: Option<Duration>,
+    /// Give up probing this long after the deaths.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub probe_for: Duration,
+}
+
+/// Everything a worker needs to know about the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub common: Common,
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Scenario {
+    Admit(AdmitArgs),
+    Attach(AttachArgs),
+    Hold(HoldArgs),
+    Churn(ChurnArgs),
+    HotPool(HotPoolArgs),
+    Reap(ReapArgs),
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Admit(_) => "admit",
+            Scenario::Attach(_) => "attach",
+            Scenario::Hold(_) => "hold",
+            Scenario::Churn(_) => "churn",
+            Scenario::HotPool(_) => "hot-pool",
+            Scenario::Reap(_) => "reap",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drisc-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (common, scenario) = match cli.command {
+        Cmd::Worker => return runtime.block_on(worker::main()),
+        Cmd::Report(args) => {
+            return match report::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drisc-load report: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::Admit { common, args } => (common, Scenario::Admit(args)),
+        Cmd::Attach { common, args } => (common, Scenario::Attach(args)),
+        Cmd::Hold { common, args } => (common, Scenario::Hold(args)),
+        Cmd::Churn { common, args } => (common, Scenario::Churn(args)),
+        Cmd::HotPool { common, args } => (common, Scenario::HotPool(args)),
+        Cmd::Reap { common, args } => (common, Scenario::Reap(args)),
+    };
+    let max_time = common.max_time;
+    let plan = Plan { common, scenario };
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(max_time, scenarios::run(plan))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the run passed --max-time {max_time:?} and was stopped"
+                ))
+            })
+    });
+    // Worker processes are killed on drop; nothing else may keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drisc-load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

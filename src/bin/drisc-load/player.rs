@@ -1,0 +1,272 @@
+//! What one player does on its WebSocket: REQUESTED → OK, PONG for every PING,
+//! FINISHED, and the ways it can stop (leave, go silent, drop the socket).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::net::{Pacer, Sources, ws_endpoint_addr};
+use crate::stats::{C, Counters, Hists};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long the server may take to answer REQUESTED or to close after FINISHED.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every player of a process shares.
+pub struct Env {
+    pub sources: std::sync::Arc<Sources>,
+    pub pacer: Pacer,
+    pub counters: Counters,
+    pub hists: Hists,
+    /// The server's configured PING interval, when known: PING lateness is
+    /// measured against it.
+    pub ping_interval: Option<Duration>,
+}
+
+/// What the coordinator tells every player of a process at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Keep answering PINGs.
+    Hold,
+    /// Send FINISHED and close.
+    Leave,
+    /// Stop answering, keep the socket open: a player that froze.
+    Silent,
+    /// Close the socket without FINISHED: a player that crashed or lost its network.
+    Drop,
+    /// Let go of everything now (end of run).
+    Stop,
+}
+
+/// A server → player message, by its action.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Ok,
+    Expired,
+    Terminate,
+    TakeOver(String),
+    Ping,
+    Other(String),
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    action: String,
+    #[serde(rename = "sessionName", default)]
+    session_name: String,
+}
+
+pub fn parse_action(text: &str) -> Action {
+    // The fixed messages are compared as bytes: the common case costs no parse.
+    match text {
+        r#"{"action":"PING"}"# => return Action::Ping,
+        r#"{"action":"OK"}"# => return Action::Ok,
+        _ => {}
+    }
+    match serde_json::from_str::<Incoming>(text) {
+        Ok(m) => match m.action.as_str() {
+            "PING" => Action::Ping,
+            "OK" => Action::Ok,
+            "EXPIRED" => Action::Expired,
+            "TERMINATE" => Action::Terminate,
+            "TAKE_OVER" => Action::TakeOver(m.session_name),
+            other => Action::Other(other.to_owned()),
+        },
+        Err(_) => Action::Other(text.chars().take(60).collect()),
+    }
+}
+
+/// Lean client buffers: a generator holding 10k sockets should not need GBs.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
+
+/// Opens the endpoint, paced, from the next source address.
+pub async fn open(env: &Env, endpoint: &str) -> Result<Ws> {
+    let addr = ws_endpoint_addr(endpoint)?;
+    env.pacer.wait().await;
+    let result = async {
+        let stream = env.sources.connect(addr).await?;
+        let (ws, _) = timeout(
+            ANSWER_TIMEOUT,
+            client_async_with_config(endpoint, stream, Some(ws_config())),
+        )
+        .await
+        .context("WebSocket handshake timed out")??;
+        anyhow::Ok(ws)
+    }
+    .await;
+    match &result {
+        Ok(_) => env.counters.inc(C::WsOpen),
+        Err(_) => env.counters.inc(C::NetError),
+    }
+    result
+}
+
+async fn send_action(ws: &mut Ws, action: &'static str) -> Result<()> {
+    let text = match action {
+        "REQUESTED" => r#"{"action":"REQUESTED"}"#,
+        "PONG" => r#"{"action":"PONG"}"#,
+        "FINISHED" => r#"{"action":"FINISHED"}"#,
+        _ => bail!("not a player action: {action}"),
+    };
+    ws.send(Message::text(text)).await?;
+    Ok(())
+}
+
+/// Sends REQUESTED and returns the server's answer (OK, EXPIRED, ...), answering
+/// any PING that comes first.
+pub async fn request(env: &Env, ws: &mut Ws) -> Result<Action> {
+    send_action(ws, "REQUESTED").await?;
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let frame = timeout(deadline - Instant::now(), ws.next())
+            .await
+            .context("no answer to REQUESTED")?;
+        match frame {
+            Some(Ok(Message::Text(text))) => match parse_action(&text) {
+                Action::Ping => {
+                    env.counters.inc(C::Ping);
+                    send_action(ws, "PONG").await?;
+                    env.counters.inc(C::Pong);
+                }
+                answer => {
+                    env.counters.inc(match answer {
+                        Action::Ok => C::Ok,
+                        Action::Expired => C::Expired,
+                        Action::Terminate => C::Terminate,
+                        Action::TakeOver(_) => C::TakenOver,
+                        _ => C::ServerClose,
+                    });
+                    return Ok(answer);
+                }
+            },
+            Some(Ok(Message::Close(_))) | None => {
+                env.counters.inc(C::ServerClose);
+                bail!("the server closed the socket before answering REQUESTED");
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends FINISHED and waits for the server's close.
+pub async fn finish(env: &Env, ws: &mut Ws) -> Result<()> {
+    send_action(ws, "FINISHED").await?;
+    env.counters.inc(C::Finished);
+    let _ = timeout(ANSWER_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    Ok(())
+}
+
+/// Why [`hold`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The deadline passed; the socket is still held.
+    Deadline,
+    /// The coordinator changed the phase; the socket is still held.
+    Phase(Phase),
+    /// The server ended the session with this action, or closed the socket.
+    Ended(Action),
+    Closed,
+}
+
+/// Answers PINGs until `until`, a phase change, or the server ends the session.
+pub async fn hold(env: &Env, ws: &mut Ws, until: Instant, phase: &mut watch::Receiver<Phase>) -> Held {
+    let mut last_ping: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            changed = phase.changed() => {
+                let now = match changed {
+                    Ok(()) => *phase.borrow_and_update(),
+                    Err(_) => Phase::Stop,
+                };
+                if now != Phase::Hold {
+                    return Held::Phase(now);
+                }
+            }
+            _ = sleep_until(until) => return Held::Deadline,
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => match parse_action(&text) {
+                    Action::Ping => {
+                        let now = Instant::now();
+                        env.counters.inc(C::Ping);
+                        if let Some(last) = last_ping {
+                            let gap = now - last;
+                            env.hists.record("ping_gap", gap);
+                            if let Some(every) = env.ping_interval {
+                                env.hists.record("ping_late", gap.saturating_sub(every));
+                            }
+                        }
+                        last_ping = Some(now);
+                        if send_action(ws, "PONG").await.is_err() {
+                            env.counters.inc(C::ServerClose);
+                            return Held::Closed;
+                        }
+                        env.counters.inc(C::Pong);
+                    }
+                    Action::Ok => {}
+                    other => {
+                        env.counters.inc(match other {
+                            Action::Expired => C::Expired,
+                            Action::Terminate => C::Terminate,
+                            Action::TakeOver(_) => C::TakenOver,
+                            _ => C::ServerClose,
+                        });
+                        return Held::Ended(other);
+                    }
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    env.counters.inc(C::ServerClose);
+                    return Held::Closed;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Waits, without reading the socket, until the phase leaves `current`.
+pub async fn wait_phase(phase: &mut watch::Receiver<Phase>, current: Phase) -> Phase {
+    loop {
+        if phase.changed().await.is_err() {
+            return Phase::Stop;
+        }
+        let now = *phase.borrow_and_update();
+        if now != current {
+            return now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_actions_are_read() {
+        assert_eq!(parse_action(r#"{"action":"PING"}"#), Action::Ping);
+        assert_eq!(parse_action(r#"{ "action" : "OK" }"#), Action::Ok);
+        assert_eq!(
+            parse_action(r#"{"action":"TAKE_OVER","sessionName":"tv"}"#),
+            Action::TakeOver("tv".into())
+        );
+        assert_eq!(parse_action(r#"{"action":"EXPIRED"}"#), Action::Expired);
+        assert_eq!(parse_action("nope"), Action::Other("nope".into()));
+    }
+}

@@ -1,0 +1,205 @@
+//! Orders for sockets held by other nodes (TAKE_OVER, TERMINATE, EXPIRED, PING).
+//!
+//! Each node reads its own inbox, a Redis list, with a blocking pop. A list
+//! rather than pub/sub: an order pushed while the node's reading connection is
+//! down waits in the list instead of being lost, so a dropped connection delays
+//! delivery by one reconnect instead of losing it. The list expires if its node
+//! stops reading it. The refresh loop's tombstones remain the backstop for an
+//! order lost in any other way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{NODE_SHIFT, node_of};
+use crate::domain::ports::{Control, Notifier};
+use crate::domain::{Holder, SessionId};
+use crate::ws::hub::Hub;
+
+/// How long an unread inbox survives its node.
+const INBOX_TTL_MS: u64 = 60_000;
+/// Orders waiting to be pushed; beyond it an order is dropped (and the refresh
+/// backstop tells the socket later).
+const OUTBOX_CAPACITY: usize = 65_536;
+
+pub fn inbox_key(node: u64) -> String {
+    format!("drisc:inbox:{node}")
+}
+
+/// The name the inbox connection gives itself (`CLIENT LIST` shows it).
+pub fn inbox_client_name(node: u64) -> String {
+    format!("drisc-inbox-{node}")
+}
+
+fn encode(holder: Holder, control: &Control) -> String {
+    match control {
+        Control::Ping => format!("{}|P|", holder.0),
+        Control::TakeOver { session_name } => format!("{}|T|{session_name}", holder.0),
+        Control::Terminate => format!("{}|X|", holder.0),
+        Control::Expire => format!("{}|E|", holder.0),
+    }
+}
+
+fn decode(message: &str) -> Option<(Holder, Control)> {
+    let mut parts = message.splitn(3, '|');
+    let holder = Holder(parts.next()?.parse().ok()?);
+    let control = match (parts.next()?, parts.next().unwrap_or("")) {
+        ("P", _) => Control::Ping,
+        ("T", name) => Control::TakeOver {
+            session_name: name.to_owned(),
+        },
+        ("X", _) => Control::Terminate,
+        ("E", _) => Control::Expire,
+        _ => return None,
+    };
+    Some((holder, control))
+}
+
+/// Routes an order to this node's hub, or to the holding node's inbox.
+pub struct ClusterNotifier {
+    node: u64,
+    local: Arc<Hub>,
+    outbox: mpsc::Sender<(u64, String)>,
+}
+
+impl ClusterNotifier {
+    /// The notifier, and the receiving end that [`run_outbox`] drains.
+    pub fn new(node: u64, local: Arc<Hub>) -> (Self, mpsc::Receiver<(u64, String)>) {
+        let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        (Self { node, local, outbox }, rx)
+    }
+}
+
+impl Notifier for ClusterNotifier {
+    fn notify(&self, id: SessionId, holder: Holder, control: Control) {
+        let node = node_of(holder);
+        if node == self.node {
+            self.local.notify(id, holder, control);
+        } else if self.outbox.try_send((node, encode(holder, &control))).is_err() {
+            tracing::warn!(session = %id, node, "outbox full: an order is dropped; the refresh backstop will deliver it");
+        }
+    }
+}
+
+/// Pushes queued orders to the holding nodes' inboxes, in pipelined batches.
+pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
+    let mut conn = None;
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        batch.clear();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+        }
+        if conn.is_none() {
+            conn = super::RedisStore::connection(&url).await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tracing::warn!(
+                dropped = batch.len(),
+                "Redis unreachable: orders dropped; the refresh backstop will deliver them"
+            );
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        for (node, message) in &batch {
+            let key = inbox_key(*node);
+            pipe.rpush(&key, message)
+                .ignore()
+                .pexpire(&key, INBOX_TTL_MS as i64)
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(c).await {
+            tracing::warn!(error = %e, dropped = batch.len(), "could not push orders to other nodes");
+        }
+    }
+}
+
+/// Reads this node's inbox and hands each order to the local hub.
+pub async fn run_inbox(url: String, node: u64, local: Arc<Hub>, cancel: CancellationToken) {
+    let key = inbox_key(node);
+    while !cancel.is_cancelled() {
+        let Ok(client) = redis::Client::open(url.as_str()) else {
+            tracing::error!("invalid Redis URL; the inbox is not read");
+            return;
+        };
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbox connection failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                }
+            }
+        };
+        let _: Result<(), _> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(inbox_client_name(node))
+            .query_async(&mut conn)
+            .await;
+        loop {
+            let popped: redis::RedisResult<Option<(String, String)>> = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = conn.blpop(&key, 1.0) => r,
+            };
+            match popped {
+                Ok(Some((_, message))) => match decode(&message) {
+                    Some((holder, control)) => local.notify(SessionId(uuid::Uuid::nil()), holder, control),
+                    None => tracing::warn!(message, "unreadable order in the inbox"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "inbox connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Claims a node id no other live node uses, and returns it.
+pub async fn claim_node_id(conn: &mut redis::aio::ConnectionManager) -> Result<u64, redis::RedisError> {
+    loop {
+        let node = rand::random::<u64>() % ((1 << (64 - NODE_SHIFT)) - 1) + 1;
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(node_key(node))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(INBOX_TTL_MS)
+            .query_async(conn)
+            .await?;
+        if claimed.is_some() {
+            return Ok(node);
+        }
+    }
+}
+
+pub fn node_key(node: u64) -> String {
+    format!("drisc:node:{node}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_survive_the_round_trip_through_an_inbox() {
+        let holder = Holder(42 << NODE_SHIFT | 7);
+        for control in [
+            Control::Ping,
+            Control::Terminate,
+            Control::Expire,
+            Control::TakeOver {
+                session_name: "TV | kitchen".into(),
+            },
+        ] {
+            assert_eq!(decode(&encode(holder, &control)), Some((holder, control)));
+        }
+        assert_eq!(node_of(holder), 42);
+    }
+}

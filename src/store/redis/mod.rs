@@ -1,0 +1,511 @@
+//! The session pools on Redis, for a cluster of drisc nodes.
+//!
+//! Every operation on a pool is one Lua script ([`scripts`]) on the keys of that
+//! pool, all under one hash tag. PONGs are not written one by one: the node
+//! queues them and refreshes its sessions in pipelined batches ([`refresh`]).
+//! Orders for sockets held by other nodes travel through per-node inboxes
+//! ([`inbox`]).
+
+pub mod inbox;
+pub mod refresh;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+
+use crate::domain::clock::duration_ms;
+use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, NewSession, TakenOver};
+use crate::domain::ports::{Notifier, SessionStore, StoreError};
+use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use scripts::Scripts;
+
+pub use crate::ws::hub::NODE_SHIFT;
+
+pub fn node_of(holder: Holder) -> u64 {
+    holder.0 >> NODE_SHIFT
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The hash tag of a pool: each id prefixed by its length, so no two pools share
+/// keys whatever characters their ids contain.
+fn pool_tag(pool: &PoolKey) -> String {
+    let (p, c, o) = (&pool.publisher_id, &pool.customer_id, &pool.offer_id);
+    format!("{}:{p}|{}:{c}|{}:{o}", p.len(), c.len(), o.len())
+}
+
+pub(crate) fn pool_key(pool: &PoolKey) -> String {
+    format!("drisc:{{{}}}:s", pool_tag(pool))
+}
+
+pub(crate) fn tombstone_key(pool: &PoolKey, id: SessionId) -> String {
+    format!("drisc:{{{}}}:t:{id}", pool_tag(pool))
+}
+
+fn index_key(id: SessionId) -> String {
+    format!("drisc:sid:{id}")
+}
+
+/// A session record as the scripts write it.
+#[derive(Deserialize)]
+struct Record {
+    #[serde(default)]
+    id: String,
+    s: String,
+    e: f64,
+    h: String,
+    c: f64,
+    n: String,
+}
+
+impl Record {
+    fn into_session(self, id: Option<SessionId>) -> Option<Session> {
+        let id = id.or_else(|| SessionId::parse(&self.id))?;
+        let state = match self.s.as_str() {
+            "p" => SessionState::Pending,
+            "l" => SessionState::Live,
+            _ => SessionState::Detached,
+        };
+        Some(Session {
+            id,
+            name: self.n,
+            state,
+            expires_at: self.e as Millis,
+            holder: self.h.parse().ok().map(Holder),
+            created_at: self.c as Millis,
+        })
+    }
+}
+
+fn parse_record(value: &Value) -> Option<Session> {
+    let text = as_string(value)?;
+    serde_json::from_str::<Record>(&text).ok()?.into_session(None)
+}
+
+fn as_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bad_reply(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("unexpected reply from the {what} script"))
+}
+
+/// Pairs `(id, holder)` from a flat reply tail.
+fn live_pairs(items: &[Value]) -> Vec<(SessionId, Holder)> {
+    items
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let id = SessionId::parse(&as_string(&pair[0])?)?;
+            let holder = as_string(&pair[1])?.parse().ok().map(Holder)?;
+            Some((id, holder))
+        })
+        .collect()
+}
+
+/// A session this node's socket holds: what is needed to refresh it, and to put
+/// it back if Redis loses its data.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub pool: PoolKey,
+    pub id: SessionId,
+    pub name: String,
+}
+
+/// How the scripts read the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// Redis's own `TIME`: the only choice for a cluster.
+    Redis,
+    /// The caller's `now` (tests drive time through it).
+    Caller,
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+    timings: Timings,
+    time: TimeSource,
+    index_ttl: Duration,
+    /// Sockets of this node and the sessions they hold.
+    held: DashMap<Holder, Held>,
+    /// PONGs waiting for the next refresh, with the time they were heard.
+    pending: Mutex<HashMap<Holder, (SessionId, Millis)>>,
+    local: Arc<dyn Notifier>,
+    /// The last value of the epoch key this node saw (see [`refresh`]).
+    epoch: Mutex<Option<String>>,
+}
+
+impl RedisStore {
+    /// Connects to Redis. `local` reaches this node's sockets; `index_ttl` is how
+    /// long a session id stays findable by operators (the session token's lifetime).
+    pub async fn connect(
+        url: &str,
+        timings: Timings,
+        tombstone_ttl: Duration,
+        index_ttl: Duration,
+        time: TimeSource,
+        local: Arc<dyn Notifier>,
+    ) -> Result<Self, StoreError> {
+        let conn = Self::connection(url).await?;
+        Ok(Self {
+            conn,
+            scripts: Scripts::new(
+                duration_ms(timings.connect_timeout),
+                duration_ms(timings.pong_timeout),
+                duration_ms(timings.reconnect_grace),
+                duration_ms(tombstone_ttl),
+            ),
+            timings,
+            time,
+            index_ttl,
+            held: DashMap::new(),
+            pending: Mutex::new(HashMap::new()),
+            local,
+            epoch: Mutex::new(None),
+        })
+    }
+
+    /// A self-reconnecting connection that gives up on a request quickly, so a
+    /// Redis outage turns into clear errors rather than hung players.
+    pub(crate) async fn connection(url: &str) -> Result<ConnectionManager, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)
+    }
+
+    fn now_arg(&self, now: Millis) -> u64 {
+        match self.time {
+            TimeSource::Redis => 0,
+            TimeSource::Caller => now,
+        }
+    }
+
+    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        invocation.invoke_async(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn run_list(&self, invocation: &redis::ScriptInvocation<'_>, what: &str) -> Result<Vec<Value>, StoreError> {
+        match self.run(invocation).await? {
+            Value::Array(items) => Ok(items),
+            _ => Err(bad_reply(what)),
+        }
+    }
+
+    async fn index(&self, pool: &PoolKey, id: SessionId) {
+        let mut conn = self.conn.clone();
+        let value = serde_json::to_string(pool).unwrap_or_default();
+        let ttl = duration_ms(self.index_ttl);
+        let set: Result<(), _> = redis::cmd("SET")
+            .arg(index_key(id))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = set {
+            // Only operators' look-ups by id depend on it.
+            tracing::debug!(error = %e, "could not index a session id");
+        }
+    }
+
+    async fn unindex(&self, id: SessionId) {
+        let mut conn = self.conn.clone();
+        let _: Result<(), _> = redis::cmd("DEL").arg(index_key(id)).query_async(&mut conn).await;
+    }
+
+    /// The session a script granted at its `now` (the reply's second item).
+    fn granted(&self, items: &[Value], new: NewSession, what: &str) -> Result<Granted, StoreError> {
+        let now = items.get(1).and_then(as_int).ok_or_else(|| bad_reply(what))? as Millis;
+        Ok(Granted {
+            session: Session {
+                id: new.id,
+                name: new.name,
+                state: SessionState::Pending,
+                expires_at: self.timings.deadline(SessionState::Pending, now),
+                holder: None,
+                created_at: now,
+            },
+            live_others: Vec::new(),
+        })
+    }
+
+    /// Registers that this node's socket `holder` holds a session.
+    fn hold(&self, holder: Holder, pool: &PoolKey, id: SessionId, name: String) {
+        self.held.insert(
+            holder,
+            Held {
+                pool: pool.clone(),
+                id,
+                name,
+            },
+        );
+    }
+
+    fn release(&self, holder: Holder) {
+        self.held.remove(&holder);
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&holder);
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limit: u32,
+        now: Millis,
+    ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
+        let items = self
+            .run_list(
+                self.scripts
+                    .admit
+                    .key(pool_key(pool))
+                    .arg(self.now_arg(now))
+                    .arg(new.id.to_string())
+                    .arg(&new.name)
+                    .arg(limit),
+                "admit",
+            )
+            .await?;
+        match items.first().and_then(as_int) {
+            Some(1) => {
+                let id = new.id;
+                let mut granted = self.granted(&items, new, "admit")?;
+                granted.live_others = live_pairs(&items[2..]);
+                self.index(pool, id).await;
+                Ok(Ok(granted))
+            }
+            Some(0) => Ok(Err(LimitExceeded {
+                active: items[1..]
+                    .chunks_exact(2)
+                    .filter_map(|pair| {
+                        Some(ActiveSession {
+                            id: SessionId::parse(&as_string(&pair[0])?)?,
+                            name: as_string(&pair[1])?,
+                        })
+                    })
+                    .collect(),
+            })),
+            _ => Err(bad_reply("admit")),
+        }
+    }
+
+    async fn take_over(
+        &self,
+        pool: &PoolKey,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+    ) -> Result<Option<TakenOver>, StoreError> {
+        let items = self
+            .run_list(
+                self.scripts
+                    .take_over
+                    .key(pool_key(pool))
+                    .key(tombstone_key(pool, victim))
+                    .arg(self.now_arg(now))
+                    .arg(victim.to_string())
+                    .arg(new.id.to_string())
+                    .arg(&new.name),
+                "take_over",
+            )
+            .await?;
+        if items.first().and_then(as_int) != Some(1) {
+            return Ok(None);
+        }
+        let victim_session = items
+            .get(2)
+            .and_then(parse_record)
+            .ok_or_else(|| bad_reply("take_over"))?;
+        let id = new.id;
+        let mut granted = self.granted(&items, new, "take_over")?;
+        granted.live_others = live_pairs(&items[3..]);
+        self.unindex(victim).await;
+        self.index(pool, id).await;
+        Ok(Some(TakenOver {
+            victim: victim_session,
+            granted,
+        }))
+    }
+
+    async fn attach(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Option<Attached>, StoreError> {
+        let items = self
+            .run_list(
+                self.scripts
+                    .attach
+                    .key(pool_key(pool))
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.0.to_string()),
+                "attach",
+            )
+            .await?;
+        if items.first().and_then(as_int) != Some(1) {
+            return Ok(None);
+        }
+        let previous = items
+            .get(1)
+            .and_then(as_string)
+            .and_then(|h| h.parse().ok())
+            .map(Holder);
+        let name = items.get(2).and_then(as_string).unwrap_or_default();
+        self.hold(holder, pool, id, name);
+        Ok(Some(Attached { previous }))
+    }
+
+    /// Queued: the next refresh writes it, and tells the socket if its session
+    /// turns out to be gone.
+    async fn heartbeat(&self, _pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        if !self.held.contains_key(&holder) {
+            return Ok(false);
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(holder, (id, now));
+        }
+        Ok(true)
+    }
+
+    async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        self.release(holder);
+        let reply = self
+            .run(
+                self.scripts
+                    .detach
+                    .key(pool_key(pool))
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.0.to_string()),
+            )
+            .await?;
+        Ok(as_int(&reply) == Some(1))
+    }
+
+    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError> {
+        if let Some(h) = holder {
+            self.release(h);
+        }
+        // Ended by someone else than its socket (an operator): leave a tombstone
+        // so the holder's next refresh learns why, should the order be lost.
+        let tombstone = if holder.is_none() { "E" } else { "" };
+        let reply = self
+            .run(
+                self.scripts
+                    .end
+                    .key(pool_key(pool))
+                    .key(tombstone_key(pool, id))
+                    .arg(0)
+                    .arg(id.to_string())
+                    .arg(holder.map(|h| h.0.to_string()).unwrap_or_default())
+                    .arg(tombstone),
+            )
+            .await?;
+        let ended = parse_record(&reply);
+        if ended.is_some() {
+            self.unindex(id).await;
+        }
+        Ok(ended)
+    }
+
+    async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
+        let items = self
+            .run_list(self.scripts.list.key(pool_key(pool)).arg(self.now_arg(now)), "list")
+            .await?;
+        Ok(items.iter().filter_map(parse_record).collect())
+    }
+
+    async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(index_key(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Redis expires dead pools by itself and every script drops dead sessions,
+    /// so there is nothing to sweep; sockets watch their own PONG deadline.
+    async fn reap(&self, _now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The sessions live on this node's sockets (Redis itself keeps the rest).
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
+        for (pool, s) in sessions {
+            let record = serde_json::json!({
+                "s": match s.state { SessionState::Pending => "p", SessionState::Live => "l", SessionState::Detached => "d" },
+                "e": s.expires_at,
+                "h": s.holder.map(|h| h.0.to_string()).unwrap_or_default(),
+                "c": s.created_at,
+                "n": s.name,
+            });
+            self.run(
+                self.scripts
+                    .restore
+                    .key(pool_key(&pool))
+                    .arg(0)
+                    .arg(s.id.to_string())
+                    .arg(record.to_string()),
+            )
+            .await?;
+            self.index(&pool, s.id).await;
+        }
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.held.len())
+    }
+
+    /// Detaches every session this node's sockets held, so the players get the
+    /// reconnect grace to come back (to any node).
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
+        for (holder, h) in held {
+            self.detach(&h.pool, h.id, holder, now).await?;
+        }
+        Ok(())
+    }
+}

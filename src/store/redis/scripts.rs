@@ -1,0 +1,217 @@
+//! The pool rules of `domain::pool`, in Lua, one script per operation.
+//!
+//! Each script touches the keys of one pool only (its session hash and its
+//! tombstones, all under one hash tag), so it is atomic and works on Redis
+//! Cluster. Time is the caller's `now` when given (tests drive it), else Redis's
+//! own `TIME`, so the clocks of the nodes never matter. Dead sessions are dropped
+//! first by every script: expiry never waits for a sweep. The pool's hash expires
+//! by itself when its last session would, so nothing has to scan for dead pools.
+//!
+//! A session record is a JSON object: `s` state (`p`ending, `l`ive, `d`etached),
+//! `e` expires at (epoch ms), `h` holder (decimal socket id, "" if none),
+//! `c` created at (epoch ms), `n` name.
+
+/// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@` and `@TOMB@` are replaced by
+/// milliseconds when the scripts are built.
+const PRELUDE: &str = r#"
+local pool = KEYS[1]
+local now = tonumber(ARGV[1])
+if now == nil or now <= 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local CONNECT, PONG, GRACE, TOMB = @CONNECT@, @PONG@, @GRACE@, @TOMB@
+
+-- The pool's sessions alive at `now`, in creation order; dead ones are deleted.
+local function load()
+  local raw = redis.call('HGETALL', pool)
+  local live = {}
+  for i = 1, #raw, 2 do
+    local rec = cjson.decode(raw[i + 1])
+    if rec.e <= now then
+      redis.call('HDEL', pool, raw[i])
+    else
+      rec.id = raw[i]
+      live[#live + 1] = rec
+    end
+  end
+  table.sort(live, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
+  return live
+end
+
+local function find(live, id)
+  for i, rec in ipairs(live) do
+    if rec.id == id then return i, rec end
+  end
+  return nil, nil
+end
+
+local function save(rec)
+  redis.call('HSET', pool, rec.id, cjson.encode({s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n}))
+end
+
+-- The hash lives as long as its longest-lived session.
+local function settle()
+  local last = 0
+  for _, v in ipairs(redis.call('HVALS', pool)) do
+    local e = cjson.decode(v).e
+    if e > last then last = e end
+  end
+  if last > 0 then redis.call('PEXPIREAT', pool, last + 1000) end
+end
+
+local function encode(rec)
+  return cjson.encode({id = rec.id, s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n})
+end
+
+local function live_others(live, reply)
+  for _, rec in ipairs(live) do
+    if rec.s == 'l' and rec.h ~= '' then
+      reply[#reply + 1] = rec.id
+      reply[#reply + 1] = rec.h
+    end
+  end
+  return reply
+end
+"#;
+
+/// ARGV: now, id, name, limit. Reply: {1, now, other live id, holder, ...} or
+/// {0, held id, name, ...}.
+const ADMIT: &str = r#"
+local live = load()
+local limit = tonumber(ARGV[4])
+if #live >= limit then
+  local reply = {0}
+  for _, rec in ipairs(live) do
+    reply[#reply + 1] = rec.id
+    reply[#reply + 1] = rec.n
+  end
+  settle()
+  return reply
+end
+save({id = ARGV[2], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[3]})
+settle()
+return live_others(live, {1, now})
+"#;
+
+/// KEYS[2]: the victim's tombstone. ARGV: now, victim id, new id, new name.
+/// Reply: {0} or {1, now, victim record, other live id, holder, ...}.
+const TAKE_OVER: &str = r#"
+local live = load()
+local index, victim = find(live, ARGV[2])
+if victim == nil then return {0} end
+table.remove(live, index)
+redis.call('HDEL', pool, victim.id)
+redis.call('SET', KEYS[2], 'T' .. ARGV[4], 'PX', TOMB)
+save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[4]})
+settle()
+return live_others(live, {1, now, encode(victim)})
+"#;
+
+/// ARGV: now, id, holder. Reply: {0} gone, or {1, previous holder or "", name}.
+const ATTACH: &str = r#"
+local live = load()
+local _, rec = find(live, ARGV[2])
+if rec == nil then return {0} end
+local previous = rec.h
+if previous == ARGV[3] then previous = '' end
+rec.h = ARGV[3]
+rec.s = 'l'
+rec.e = now + PONG
+save(rec)
+settle()
+return {1, previous, rec.n}
+"#;
+
+/// KEYS[2]: the session's tombstone. ARGV: now, id, holder.
+/// Reply: {1} refreshed, {2} another socket holds it, {0, tombstone or ""} gone.
+const HEARTBEAT: &str = r#"
+local live = load()
+local _, rec = find(live, ARGV[2])
+if rec == nil then
+  return {0, redis.call('GET', KEYS[2]) or ''}
+end
+if rec.h ~= ARGV[3] then return {2} end
+rec.e = now + PONG
+save(rec)
+settle()
+return {1}
+"#;
+
+/// ARGV: now, id, holder. Reply: 1 detached, 0 not held by this socket.
+const DETACH: &str = r#"
+local live = load()
+local _, rec = find(live, ARGV[2])
+if rec == nil or rec.h ~= ARGV[3] then return 0 end
+rec.h = ''
+rec.s = 'd'
+rec.e = now + GRACE
+save(rec)
+settle()
+return 1
+"#;
+
+/// KEYS[2]: the session's tombstone. ARGV: now, id, holder or "" (anyone),
+/// tombstone text or "" (none). Reply: the ended record, or false.
+const END: &str = r#"
+local live = load()
+local _, rec = find(live, ARGV[2])
+if rec == nil or (ARGV[3] ~= '' and rec.h ~= ARGV[3]) then return false end
+redis.call('HDEL', pool, rec.id)
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', TOMB) end
+settle()
+return encode(rec)
+"#;
+
+/// ARGV: now. Reply: the records alive at `now`.
+const LIST: &str = r#"
+local live = load()
+local reply = {}
+for _, rec in ipairs(live) do reply[#reply + 1] = encode(rec) end
+return reply
+"#;
+
+/// ARGV: now, id, record JSON (`e` or `c` 0: now, plus the live allowance for `e`).
+/// Puts back a session unless the pool has it. Reply: 1 restored, 0 already there.
+const RESTORE: &str = r#"
+load()
+local rec = cjson.decode(ARGV[3])
+if rec.e == 0 then rec.e = now + PONG end
+if rec.c == 0 then rec.c = now end
+local added = redis.call('HSETNX', pool, ARGV[2], cjson.encode(rec))
+settle()
+return added
+"#;
+
+pub struct Scripts {
+    pub admit: redis::Script,
+    pub take_over: redis::Script,
+    pub attach: redis::Script,
+    pub heartbeat: redis::Script,
+    pub detach: redis::Script,
+    pub end: redis::Script,
+    pub list: redis::Script,
+    pub restore: redis::Script,
+}
+
+impl Scripts {
+    /// Builds the scripts with the lifecycle timings (ms) baked in.
+    pub fn new(connect_ms: u64, pong_ms: u64, grace_ms: u64, tombstone_ms: u64) -> Self {
+        let prelude = PRELUDE
+            .replace("@CONNECT@", &connect_ms.to_string())
+            .replace("@PONG@", &pong_ms.to_string())
+            .replace("@GRACE@", &grace_ms.to_string())
+            .replace("@TOMB@", &tombstone_ms.max(1).to_string());
+        let build = |body: &str| redis::Script::new(&format!("{prelude}{body}"));
+        Self {
+            admit: build(ADMIT),
+            take_over: build(TAKE_OVER),
+            attach: build(ATTACH),
+            heartbeat: build(HEARTBEAT),
+            detach: build(DETACH),
+            end: build(END),
+            list: build(LIST),
+            restore: build(RESTORE),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! One conformance suite for every session store: the in-memory pools and the
+//! Redis scripts must apply the same rules, so single-node and cluster behave
+//! the same. Time is driven through `now` (the Redis store reads the caller's
+//! clock in these tests), so expiry is tested without sleeping.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drisc::domain::pool::NewSession;
+use drisc::domain::ports::{Control, Notifier, SessionStore};
+use drisc::domain::{Clock, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
+use drisc::store::MemoryStore;
+use drisc::store::redis::{RedisStore, TimeSource};
+
+use super::support_redis::RedisServer;
+
+const CONNECT: u64 = 30_000;
+const PONG: u64 = 25_000;
+const GRACE: u64 = 20_000;
+
+fn timings() -> Timings {
+    Timings {
+        ping_interval: Duration::from_secs(10),
+        pong_timeout: Duration::from_millis(PONG),
+        reconnect_grace: Duration::from_millis(GRACE),
+        connect_timeout: Duration::from_millis(CONNECT),
+    }
+}
+
+/// Orders the store sent to sockets (the Redis store's refresh sends them).
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<(Holder, Control)>>);
+
+impl Notifier for Recorder {
+    fn notify(&self, _id: SessionId, holder: Holder, control: Control) {
+        self.0.lock().unwrap().push((holder, control));
+    }
+}
+
+/// A store under test, with what the suite needs to drive it.
+pub struct Subject {
+    pub store: Arc<dyn SessionStore>,
+    redis: Option<(Arc<RedisStore>, RedisServer)>,
+    pub orders: Arc<Recorder>,
+}
+
+impl Subject {
+    pub fn memory() -> Subject {
+        Subject {
+            store: Arc::new(MemoryStore::new(timings())),
+            redis: None,
+            orders: Arc::default(),
+        }
+    }
+
+    pub async fn redis() -> Subject {
+        let server = RedisServer::start();
+        let orders: Arc<Recorder> = Arc::default();
+        let store = Arc::new(
+            RedisStore::connect(
+                &server.url,
+                timings(),
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+                TimeSource::Caller,
+                orders.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        Subject {
+            store: store.clone(),
+            redis: Some((store, server)),
+            orders,
+        }
+    }
+
+    /// Makes queued heartbeats take effect (the Redis store batches them).
+    pub async fn flush(&self) {
+        if let Some((store, _)) = &self.redis {
+            store.refresh().await.unwrap();
+        }
+    }
+
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        self.redis.as_ref().map(|(_, s)| s)
+    }
+}
+
+fn pool(customer: &str) -> PoolKey {
+    PoolKey {
+        publisher_id: "pub".into(),
+        customer_id: customer.into(),
+        offer_id: "offer".into(),
+    }
+}
+
+fn new(name: &str) -> NewSession {
+    NewSession {
+        id: SessionId::random(),
+        name: name.into(),
+    }
+}
+
+/// A realistic "now": the Redis store also prunes with Redis's clock in places.
+fn t0() -> Millis {
+    Clock::new().now()
+}
+
+async fn admit(s: &Subject, p: &PoolKey, name: &str, limit: u32, now: Millis) -> Option<SessionId> {
+    s.store
+        .admit(p, new(name), limit, now)
+        .await
+        .unwrap()
+        .ok()
+        .map(|g| g.session.id)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(super::Subject::memory()).await; })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Subject::redis().await).await; })*
+        }
+    };
+}
+
+conformance!(
+    admits_up_to_the_limit_and_lists_the_holders_in_creation_order,
+    a_pending_session_stops_counting_at_its_connect_timeout,
+    a_live_session_is_kept_by_heartbeats_and_dies_without_them,
+    a_second_socket_takes_the_session_and_the_first_loses_it,
+    a_detached_session_waits_for_the_grace_only,
+    ending_frees_the_slot_and_only_the_holder_can_end_it,
+    takeover_swaps_the_victim_for_the_new_session,
+    a_new_session_names_the_live_sessions_to_ping,
+    parallel_admissions_never_exceed_the_limit,
+    pools_of_different_customers_are_separate,
+    a_session_is_located_by_its_id_until_it_ends,
+    restored_sessions_count_again,
+);
+
+async fn admits_up_to_the_limit_and_lists_the_holders_in_creation_order(s: Subject) {
+    let (p, now) = (pool("c1"), t0());
+    let a = admit(&s, &p, "tv", 2, now).await.unwrap();
+    let b = admit(&s, &p, "phone", 2, now + 1).await.unwrap();
+    let full = s.store.admit(&p, new("laptop"), 2, now + 2).await.unwrap().unwrap_err();
+    let listed: Vec<_> = full.active.iter().map(|x| (x.id, x.name.as_str())).collect();
+    assert_eq!(listed, vec![(a, "tv"), (b, "phone")]);
+    assert_eq!(s.store.list(&p, now + 3).await.unwrap().len(), 2);
+}
+
+async fn a_pending_session_stops_counting_at_its_connect_timeout(s: Subject) {
+    let (p, now) = (pool("c2"), t0());
+    admit(&s, &p, "tv", 1, now).await.unwrap();
+    assert!(admit(&s, &p, "phone", 1, now + CONNECT - 1).await.is_none());
+    assert!(admit(&s, &p, "phone", 1, now + CONNECT).await.is_some());
+}
+
+async fn a_live_session_is_kept_by_heartbeats_and_dies_without_them(s: Subject) {
+    let (p, now) = (pool("c3"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    assert!(s.store.attach(&p, a, Holder(1), now).await.unwrap().is_some());
+    assert!(s.store.heartbeat(&p, a, Holder(1), now + 20_000).await.unwrap());
+    s.flush().await;
+    // Alive past the first deadline thanks to the heartbeat...
+    assert!(admit(&s, &p, "phone", 1, now + PONG + 1_000).await.is_none());
+    let listed = s.store.list(&p, now + PONG + 1_000).await.unwrap();
+    assert_eq!(
+        (listed[0].state, listed[0].holder),
+        (SessionState::Live, Some(Holder(1)))
+    );
+    // ...and dead one pong timeout after it.
+    assert!(admit(&s, &p, "phone", 1, now + 20_000 + PONG).await.is_some());
+}
+
+async fn a_second_socket_takes_the_session_and_the_first_loses_it(s: Subject) {
+    let (p, now) = (pool("c4"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    let first = s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert_eq!(first.previous, None);
+    let again = s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert_eq!(again.previous, None, "REQUESTED again on the same socket");
+    let second = s.store.attach(&p, a, Holder(2), now + 1).await.unwrap().unwrap();
+    assert_eq!(second.previous, Some(Holder(1)));
+    assert!(!s.store.detach(&p, a, Holder(1), now + 2).await.unwrap());
+    assert!(s.store.end(&p, a, Some(Holder(1))).await.unwrap().is_none());
+    let listed = s.store.list(&p, now + 3).await.unwrap();
+    assert_eq!(listed[0].holder, Some(Holder(2)));
+}
+
+async fn a_detached_session_waits_for_the_grace_only(s: Subject) {
+    let (p, now) = (pool("c5"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert!(s.store.detach(&p, a, Holder(1), now + 1_000).await.unwrap());
+    assert_eq!(
+        s.store.list(&p, now + 1_000).await.unwrap()[0].state,
+        SessionState::Detached
+    );
+    assert!(
+        s.store.attach(&p, a, Holder(2), now + GRACE).await.unwrap().is_some(),
+        "back within the grace"
+    );
+    assert!(s.store.detach(&p, a, Holder(2), now + GRACE).await.unwrap());
+    assert!(
+        s.store
+            .attach(&p, a, Holder(3), now + 2 * GRACE + 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "grace over"
+    );
+    assert!(admit(&s, &p, "phone", 1, now + 2 * GRACE + 1).await.is_some());
+}
+
+async fn ending_frees_the_slot_and_only_the_holder_can_end_it(s: Subject) {
+    let (p, now) = (pool("c6"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert!(s.store.end(&p, a, Some(Holder(9))).await.unwrap().is_none());
+    let ended = s.store.end(&p, a, Some(Holder(1))).await.unwrap().unwrap();
+    assert_eq!((ended.id, ended.name.as_str()), (a, "tv"));
+    assert!(s.store.end(&p, a, None).await.unwrap().is_none(), "already ended");
+    assert!(admit(&s, &p, "phone", 1, now + 1).await.is_some());
+}
+
+async fn takeover_swaps_the_victim_for_the_new_session(s: Subject) {
+    let (p, now) = (pool("c7"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(7), now).await.unwrap().unwrap();
+    let done = s.store.take_over(&p, a, new("phone"), now + 1).await.unwrap().unwrap();
+    assert_eq!((done.victim.id, done.victim.holder), (a, Some(Holder(7))));
+    assert_eq!(done.granted.session.name, "phone");
+    let listed = s.store.list(&p, now + 2).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, done.granted.session.id);
+    assert!(
+        s.store.take_over(&p, a, new("again"), now + 3).await.unwrap().is_none(),
+        "victim gone"
+    );
+    assert!(
+        s.store
+            .take_over(&pool("other"), done.granted.session.id, new("x"), now + 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_new_session_names_the_live_sessions_to_ping(s: Subject) {
+    let (p, now) = (pool("c8"), t0());
+    let a = admit(&s, &p, "tv", 3, now).await.unwrap();
+    admit(&s, &p, "pending", 3, now).await.unwrap();
+    s.store.attach(&p, a, Holder(5), now).await.unwrap().unwrap();
+    let granted = s.store.admit(&p, new("phone"), 3, now + 1).await.unwrap().unwrap();
+    assert_eq!(granted.live_others, vec![(a, Holder(5))]);
+}
+
+async fn parallel_admissions_never_exceed_the_limit(s: Subject) {
+    let (p, now) = (pool("hot"), t0());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = s.store.clone();
+        let p = p.clone();
+        tasks.spawn(async move { store.admit(&p, new(&format!("d{i}")), 3, now).await.unwrap().is_ok() });
+    }
+    let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(granted, 3);
+    assert_eq!(s.store.list(&p, now).await.unwrap().len(), 3);
+}
+
+async fn pools_of_different_customers_are_separate(s: Subject) {
+    let now = t0();
+    // Ids that would collide if the pool key were a naive join.
+    let p1 = PoolKey {
+        publisher_id: "a:b".into(),
+        customer_id: "c".into(),
+        offer_id: "o".into(),
+    };
+    let p2 = PoolKey {
+        publisher_id: "a".into(),
+        customer_id: "b:c".into(),
+        offer_id: "o".into(),
+    };
+    assert!(admit(&s, &p1, "x", 1, now).await.is_some());
+    assert!(admit(&s, &p2, "y", 1, now).await.is_some());
+    assert_eq!(s.store.list(&p1, now).await.unwrap().len(), 1);
+}
+
+async fn a_session_is_located_by_its_id_until_it_ends(s: Subject) {
+    let (p, now) = (pool("c9"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    assert_eq!(s.store.locate(a).await.unwrap(), Some(p.clone()));
+    s.store.end(&p, a, None).await.unwrap().unwrap();
+    assert_eq!(s.store.locate(a).await.unwrap(), None);
+}
+
+async fn restored_sessions_count_again(s: Subject) {
+    let (p, now) = (pool("c10"), t0());
+    let id = SessionId::random();
+    let session = drisc::domain::Session {
+        id,
+        name: "tv".into(),
+        state: SessionState::Detached,
+        expires_at: now + GRACE,
+        holder: None,
+        created_at: now,
+    };
+    s.store.restore(vec![(p.clone(), session)]).await.unwrap();
+    assert!(admit(&s, &p, "phone", 1, now + 1).await.is_none());
+    assert!(s.store.attach(&p, id, Holder(4), now + 2).await.unwrap().is_some());
+}
+
+// Redis only: what the cluster adds on top of the shared rules.
+
+#[tokio::test]
+async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
+    let s = Subject::redis().await;
+    let (p, now) = (pool("r1"), t0());
+    let a = admit(&s, &p, "tv", 2, now).await.unwrap();
+    let b = admit(&s, &p, "phone", 2, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap();
+    s.store.attach(&p, b, Holder(2), now).await.unwrap();
+    // a is taken by another socket (on another node, say); b is taken over.
+    s.store.attach(&p, a, Holder(3), now + 1).await.unwrap();
+    s.store.take_over(&p, b, new("laptop"), now + 1).await.unwrap().unwrap();
+    s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
+    s.store.heartbeat(&p, b, Holder(2), now + 2).await.unwrap();
+    s.flush().await;
+    let orders: HashSet<_> = s
+        .orders
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(|(h, c)| (h.0, format!("{c:?}")))
+        .collect();
+    assert!(orders.contains(&(1, "Terminate".into())), "{orders:?}");
+    assert!(
+        orders.contains(&(
+            2,
+            format!(
+                "{:?}",
+                Control::TakeOver {
+                    session_name: "laptop".into()
+                }
+            )
+        )),
+        "{orders:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_script_flush_changes_nothing() {
+    let s = Subject::redis().await;
+    let (p, now) = (pool("r2"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    let _: String = s.redis_server().unwrap().cmd(&["SCRIPT", "FLUSH"]);
+    assert!(
+        admit(&s, &p, "phone", 1, now + 1).await.is_none(),
+        "still full after SCRIPT FLUSH"
+    );
+    s.store.attach(&p, a, Holder(1), now + 2).await.unwrap().unwrap();
+    s.store.heartbeat(&p, a, Holder(1), now + 3).await.unwrap();
+    let _: String = s.redis_server().unwrap().cmd(&["SCRIPT", "FLUSH"]);
+    s.flush().await;
+    assert!(
+        s.orders.0.lock().unwrap().is_empty(),
+        "the pipelined refresh reloads its script"
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_gets_the_held_sessions_back_from_the_node() {
+    let mut s = Subject::redis().await;
+    let (p, now) = (pool("r3"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    s.flush().await; // the node learns the epoch
+    s.redis.as_mut().unwrap().1.restart_empty();
+    // The connection comes back by itself; the next refresh restores.
+    let mut restored = 0;
+    for _ in 0..50 {
+        if let Ok(round) = s.redis.as_ref().unwrap().0.refresh().await {
+            restored = round.restored;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(restored, 1);
+    let now = t0();
+    assert!(
+        admit(&s, &p, "phone", 1, now).await.is_none(),
+        "the limit counts the restored session"
+    );
+    let listed = s.store.list(&p, now).await.unwrap();
+    assert_eq!(
+        (listed[0].id, listed[0].holder, listed[0].name.as_str()),
+        (a, Some(Holder(1)), "tv")
+    );
+}
