@@ -2,6 +2,7 @@
 //! One binary with modules, so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod conformance;
 mod helpers;
 mod http_api;

@@ -159,8 +159,11 @@ impl PgServer {
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
+        // fsync off (-F): written data survives a stop of the server, only not a crash of
+        // the machine. synchronous_commit stays on, so a commit is in the WAL before it
+        // returns and an immediate stop loses nothing that was committed.
         let options = format!(
-            "-h 127.0.0.1 -p {port} -k {socket} -F -c synchronous_commit=off -c full_page_writes=off",
+            "-h 127.0.0.1 -p {port} -k {socket} -F -c full_page_writes=off",
             port = self.port,
             socket = self.dir.path().display(),
         );

@@ -94,16 +94,6 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
             _ = cancel.cancelled() => return,
             n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
         }
-        if conn.is_none() {
-            conn = super::RedisStore::connection(&url).await.ok();
-        }
-        let Some(c) = conn.as_mut() else {
-            tracing::warn!(
-                dropped = batch.len(),
-                "Redis unreachable: orders dropped; the refresh backstop will deliver them"
-            );
-            continue;
-        };
         let mut pipe = redis::pipe();
         for (node, message) in &batch {
             let key = inbox_key(*node);
@@ -112,8 +102,29 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
                 .pexpire(&key, INBOX_TTL_MS as i64)
                 .ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(c).await {
-            tracing::warn!(error = %e, dropped = batch.len(), "could not push orders to other nodes");
+        // Twice: a connection found dead is replaced once before giving up.
+        let mut delivered = false;
+        for _ in 0..2 {
+            if conn.is_none() {
+                conn = super::RedisStore::connection(&url).await.ok();
+            }
+            let Some(c) = conn.as_mut() else { break };
+            match pipe.query_async::<()>(c).await {
+                Ok(()) => {
+                    delivered = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox connection failed");
+                    conn = None;
+                }
+            }
+        }
+        if !delivered {
+            tracing::warn!(
+                dropped = batch.len(),
+                "orders for other nodes dropped; the refresh backstop delivers them"
+            );
         }
     }
 }

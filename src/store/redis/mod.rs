@@ -208,9 +208,17 @@ impl RedisStore {
         }
     }
 
+    /// Runs a script, once more if the connection had dropped (the manager
+    /// reconnects by itself, but does not replay the request that found it dead).
+    /// A replayed script cannot break a limit: each one re-checks the pool.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
-        invocation.invoke_async(&mut conn).await.map_err(unavailable)
+        match invocation.invoke_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                invocation.invoke_async(&mut conn).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
     }
 
     async fn run_list(&self, invocation: &redis::ScriptInvocation<'_>, what: &str) -> Result<Vec<Value>, StoreError> {

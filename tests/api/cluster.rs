@@ -1,0 +1,247 @@
+//! Cluster mode: several drisc nodes sharing one real Redis.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use drisc::config::SessionBackend;
+use serde_json::json;
+
+use super::helpers::{Player, Seen, TestApp, granted, spawn_app_with};
+use super::support_redis::RedisServer;
+
+const SECRET: &str = "cluster-test-session-secret";
+
+async fn node(redis: &RedisServer, limit: u32) -> TestApp {
+    let url = redis.url.clone();
+    spawn_app_with(move |s| {
+        s.storage.sessions = SessionBackend::Redis;
+        s.storage.redis_url = url;
+        s.auth.session_secret = SECRET.into();
+        s.publishers.default_session_limit = limit;
+        s.liveness.ping_interval = Duration::from_millis(500);
+        s.liveness.pong_timeout = Duration::from_secs(3);
+        s.liveness.reconnect_grace = Duration::from_secs(2);
+        s.cluster.refresh_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// The endpoint, pointed at another node.
+fn on(endpoint: &str, app: &TestApp) -> String {
+    let token = endpoint.split_once("?token=").unwrap().1;
+    format!("ws://127.0.0.1:{}/ws?token={token}", app.port)
+}
+
+#[tokio::test]
+async fn parallel_creates_spread_over_nodes_grant_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis, 3).await, node(&redis, 3).await, node(&redis, 3).await];
+    let token = nodes[0].token("p", "hot");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let url = nodes[i % 3].url("/sessions");
+        let client = nodes[i % 3].http.clone();
+        let token = token.clone();
+        tasks.spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .body(json!({"offerId": "S1", "sessionName": format!("d{i}")}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = tasks.join_all().await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 297);
+}
+
+#[tokio::test]
+async fn a_takeover_on_one_node_tells_the_socket_held_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    let token = a.token("p", "c1");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    let started = tokio::time::Instant::now();
+    granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
+    let message = player.next_within(Duration::from_secs(1)).await;
+    assert_eq!(
+        message,
+        Some(Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Phone"}))),
+        "within a second (took {:?})",
+        started.elapsed()
+    );
+    player.expect_close(4001).await;
+}
+
+#[tokio::test]
+async fn a_player_reconnecting_to_another_node_gets_ok_and_the_old_socket_terminate() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    let token = a.token("p", "c2");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut old = Player::connect(&tv.endpoint).await;
+    old.request_ok().await;
+    let mut new = Player::connect(&on(&tv.endpoint, &b)).await;
+    new.request_ok().await;
+    old.expect("TERMINATE").await;
+    old.expect_close(4002).await;
+    // The session is still held, now on node b: the pool is full.
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+#[tokio::test]
+async fn a_lost_inbox_connection_still_delivers_the_order() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    let token = a.token("p", "c3");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    // Kill every client connection but ours: the inboxes' blocking pops among them.
+    let killed: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert!(killed > 0);
+    granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
+    // Delivered after the inbox reconnects, or by the refresh backstop: within a
+    // refresh interval or two, well under the pong timeout.
+    let message = player.next_within(Duration::from_secs(2)).await;
+    assert_eq!(
+        message,
+        Some(Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Phone"})))
+    );
+}
+
+#[tokio::test]
+async fn script_flush_changes_nothing_for_players() {
+    let redis = RedisServer::start();
+    let a = node(&redis, 1).await;
+    let token = a.token("p", "c4");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    let _: String = redis.cmd(&["SCRIPT", "FLUSH"]);
+    player.request_ok().await;
+    let _: String = redis.cmd(&["SCRIPT", "FLUSH"]);
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    // PONGs keep it alive past the pong timeout, through the flushed cache.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        match player.next().await {
+            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_gets_the_held_sessions_back_without_players_noticing() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, 1).await;
+    let token = a.token("p", "c5");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the node has seen the epoch
+    redis.restart_empty();
+    // The player keeps answering PINGs and is never told anything else.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        match player.next().await {
+            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
+            other => panic!("the player noticed: {other:?}"),
+        }
+    }
+    assert_eq!(
+        a.create(&token, json!({"offerId": "S1"})).await.status(),
+        409,
+        "restored and counted"
+    );
+}
+
+/// A node as a separate process, so it can be killed with SIGKILL.
+struct ProcessNode {
+    child: Child,
+    port: u16,
+}
+
+impl ProcessNode {
+    fn start(redis: &RedisServer, dir: &std::path::Path) -> ProcessNode {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_drisc"))
+            .args(["serve", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("DRISC__STORAGE__SESSIONS", "redis")
+            .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+            .env("DRISC__AUTH__SESSION_SECRET", SECRET)
+            .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
+            .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
+            .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
+            .env("DRISC__LOG__LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the drisc binary starts");
+        ProcessNode { child, port }
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sessions_of_a_killed_node_are_freed_within_the_session_ttl() {
+    let redis = RedisServer::start();
+    let survivor = node(&redis, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut doomed = ProcessNode::start(&redis, dir.path());
+    let token = survivor.token("p", "c6");
+    let base = format!("http://127.0.0.1:{}", doomed.port);
+    let http = reqwest::Client::new();
+    let mut response = None;
+    for _ in 0..100 {
+        let sent = http
+            .post(format!("{base}/sessions"))
+            .bearer_auth(&token)
+            .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            response = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tv = granted(response.expect("the node process answers")).await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    assert_eq!(survivor.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    doomed.child.kill().unwrap(); // SIGKILL: no goodbye
+    let killed_at = tokio::time::Instant::now();
+    let mut freed = false;
+    while killed_at.elapsed() < Duration::from_secs(8) {
+        if survivor.create(&token, json!({"offerId": "S1"})).await.status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the slot is freed once the pong timeout (2 s) passes");
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(1500),
+        "not before the session's TTL"
+    );
+}
