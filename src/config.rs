@@ -223,9 +223,8 @@ impl Settings {
         if !(64..=1024 * 1024).contains(&self.websocket.max_message_bytes) {
             bail!("invalid configuration: websocket.max_message_bytes must be between 64 and 1048576");
         }
-        if !self.server.public_ws_url.is_empty()
-            && !(self.server.public_ws_url.starts_with("ws://") || self.server.public_ws_url.starts_with("wss://"))
-        {
+        let url = &self.server.public_ws_url;
+        if !url.is_empty() && !url.starts_with("ws://") && !url.starts_with("wss://") {
             bail!("invalid configuration: server.public_ws_url must start with ws:// or wss://");
         }
         if self.cors.allowed_origins.is_empty() {

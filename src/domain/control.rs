@@ -349,7 +349,15 @@ impl SessionControl {
 
     /// Saves every held session so a restarted server can bring them back.
     pub async fn save_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
-        let sessions = self.store.snapshot().await?;
+        // A session that died while the server was stopping stays dead.
+        let now = self.clock.now();
+        let sessions: Vec<_> = self
+            .store
+            .snapshot()
+            .await?
+            .into_iter()
+            .filter(|(_, s)| !super::liveness::is_dead(s.expires_at, now))
+            .collect();
         archive.save(&sessions).await?;
         Ok(sessions.len())
     }

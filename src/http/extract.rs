@@ -87,7 +87,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
                 ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // serde would also fill a struct from a JSON array, by position: only an
+        // object is a request.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::InvalidRequest(
                 "the request body must be a JSON object".into(),
             ));

@@ -43,6 +43,7 @@ struct Connection<'a> {
     bound: bool,
     bad_messages: u32,
     next_ping: Instant,
+    /// While bound: the PONG deadline; before: the deadline for REQUESTED.
     pong_deadline: Instant,
 }
 
@@ -57,7 +58,9 @@ pub async fn run(mut socket: WebSocket, claims: SessionClaims, state: AppState) 
         bound: false,
         bad_messages: 0,
         next_ping: far,
-        pong_deadline: far,
+        // Until REQUESTED binds it, the socket gets the connect timeout to send it:
+        // an idle socket must not hold a file descriptor forever.
+        pong_deadline: Instant::now() + state.control.timings().connect_timeout,
     };
     let exit = conn.serve(&mut socket, &mailbox).await;
     state.hub.unregister(holder);
@@ -88,7 +91,11 @@ impl Connection<'_> {
                         return Exit::Lost;
                     }
                 }
-                _ = sleep_until(self.pong_deadline), if self.bound => {
+                _ = sleep_until(self.pong_deadline) => {
+                    if !self.bound {
+                        finish(socket, None, close::POLICY, "no REQUESTED in time").await;
+                        return Exit::Done;
+                    }
                     // No PONG in time: the player is gone or stuck; free the slot.
                     let _ = self.state.control.end_held(&self.pool, self.claims.sid, self.holder).await;
                     finish(socket, Some(ServerMessage::Expired), close::EXPIRED, "no PONG in time").await;

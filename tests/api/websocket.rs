@@ -778,3 +778,12 @@ async fn an_abruptly_dropped_socket_detaches_its_session() {
     let _player = connect_ok(&granted.endpoint).await;
     assert_eq!(session_state(&app, &id).await.as_deref(), Some("live"));
 }
+
+#[tokio::test]
+async fn a_socket_that_never_sends_requested_is_closed_after_the_connect_timeout() {
+    let app = super::helpers::spawn_app_with(|s| s.liveness.connect_timeout = Duration::from_millis(500)).await;
+    let token = app.token("idle", 1);
+    let granted = app.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&granted.endpoint).await;
+    assert_eq!(player.next().await, Seen::Closed(Some(1008)));
+}

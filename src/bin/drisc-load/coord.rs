@@ -144,6 +144,8 @@ pub struct Run {
     pub samples: Vec<ProcSample>,
     last_print: Option<(Instant, Snapshot, Option<ProcSample>)>,
     tick: tokio::time::Interval,
+    /// Messages that came while [`Run::wait`] slept, for [`Run::next`].
+    pending: std::collections::VecDeque<(usize, Up)>,
     quiet: bool,
     label: String,
     pub errors: Vec<String>,
@@ -205,6 +207,7 @@ impl Run {
             samples: Vec::new(),
             last_print: None,
             tick,
+            pending: Default::default(),
             quiet: plan.common.quiet,
             label: label.to_owned(),
             errors: Vec::new(),
@@ -297,6 +300,9 @@ impl Run {
     /// The next message from a worker that is not a progress report; progress
     /// lines are printed while waiting.
     pub async fn next(&mut self) -> Result<(usize, Up)> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(m);
+        }
         loop {
             tokio::select! {
                 _ = self.tick.tick() => self.progress(),
@@ -331,9 +337,10 @@ impl Run {
                         if let Some(e) = error {
                             self.errors.push(format!("worker {i}: {e}"));
                         }
-                        self.workers[i].done = Some((counters, hists));
+                        self.workers[i].done = Some((counters.clone(), hists.clone()));
+                        self.pending.push_back((i, Up::Done { counters, hists, error: None }));
                     }
-                    Some(_) => {}
+                    Some(m) => self.pending.push_back(m),
                     None => tokio::time::sleep_until(until).await,
                 },
             }

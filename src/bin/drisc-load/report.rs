@@ -352,8 +352,8 @@ fn heartbeat(r: &Results, md: &mut String) {
         md,
         "\nRatio to the baseline, PING/PONG per core-second at the largest common stage: **{}**.\n",
         ratio(
-            r.metric("hold", "pongs_per_core_s_15k"),
-            r.metric("baseline-hold", "pongs_per_core_s_15k")
+            r.metric("hold", "pongs_per_core_s_15000"),
+            r.metric("baseline-hold", "pongs_per_core_s_15000")
         )
     );
 }
@@ -485,7 +485,7 @@ fn targets(r: &Results, md: &mut String) {
         ),
         p99.map(|p| p <= 1.0),
     );
-    let pp = r.metric("hold", "pongs_per_core_s_15k");
+    let pp = r.metric("hold", "pongs_per_core_s_15000");
     row(
         md,
         "≥ 100,000 PING/PONG round trips per server core-second",

@@ -245,7 +245,7 @@ async fn hold(plan: &Plan, pool: &Arc<HttpPool>, args: &crate::HoldArgs, result:
             stage.window_s,
             stage.cpu_s
         );
-        let key = format!("{}k", args.stages[i] / 1000);
+        let key = args.stages[i];
         if stage.cpu_s > 0.0 {
             result
                 .metrics
