@@ -134,13 +134,10 @@ async fn serve(mut socket: WebSocket, every: Duration) {
                         _ => return,
                     }
                 };
-                match serde_json::from_str::<ClientMessage>(&text).map(|m| m.action) {
-                    Ok(a) if a == "REQUESTED" => {
-                        if socket.send(Message::text(r#"{"action":"OK"}"#)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(a) if a == "FINISHED" => {
+                let action = serde_json::from_str::<ClientMessage>(&text).map(|m| m.action).unwrap_or_default();
+                match action.as_str() {
+                    "REQUESTED" if socket.send(Message::text(r#"{"action":"OK"}"#)).await.is_err() => return,
+                    "FINISHED" => {
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }

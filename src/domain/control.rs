@@ -204,11 +204,14 @@ impl SessionControl {
             id: SessionId::random(),
             name: request.name.to_owned(),
         };
-        match self
+        let admitted = self
             .store
             .admit(&pool, new, offer.session_limit, self.clock.now())
-            .await?
-        {
+            .await;
+        let Some(admitted) = self.when_unavailable(admitted)? else {
+            return Ok(CreateOutcome::Disabled);
+        };
+        match admitted {
             Ok(granted) => {
                 for (id, holder) in granted.live_others {
                     self.notifier.notify(id, holder, Control::Ping);

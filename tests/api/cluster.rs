@@ -245,3 +245,134 @@ async fn sessions_of_a_killed_node_are_freed_within_the_session_ttl() {
         "not before the session's TTL"
     );
 }
+
+async fn pg_node(redis: &RedisServer, pg: &super::support_postgres::PgServer) -> TestApp {
+    let (redis_url, pg_url) = (redis.url.clone(), pg.url.clone());
+    spawn_app_with(move |s| {
+        s.storage.sessions = SessionBackend::Redis;
+        s.storage.redis_url = redis_url;
+        s.storage.settings = drisc::config::SettingsBackend::Postgres;
+        s.storage.postgres_url = pg_url;
+        s.auth.session_secret = SECRET.into();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_settings_change_on_one_node_shows_on_the_others_within_two_seconds() {
+    let redis = RedisServer::start();
+    let pg = super::support_postgres::PgServer::start().await;
+    let (a, b) = (pg_node(&redis, &pg).await, pg_node(&redis, &pg).await);
+    let token = a.token("pp", "c1");
+    b.create_ok(&token, "S1", "TV").await;
+    assert_eq!(
+        b.create(&token, json!({"offerId": "S1"})).await.status(),
+        409,
+        "default limit 1"
+    );
+    a.put_offer("pp", "S1", 2, &[]).await;
+    let changed = tokio::time::Instant::now();
+    loop {
+        let status = b.create(&token, json!({"offerId": "S1"})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "node b still sees the old limit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_keep_serving_and_reconnect_when_postgresql_restarts() {
+    let redis = RedisServer::start();
+    let mut pg = super::support_postgres::PgServer::start().await;
+    let a = pg_node(&redis, &pg).await;
+    let token = a.token("pp", "c2");
+    a.create_ok(&token, "S1", "TV").await;
+    pg.restart();
+    // Admission is served from the settings cache and Redis throughout; writes
+    // to the settings work again once the pool has reconnected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = a
+            .admin(
+                reqwest::Method::PUT,
+                "/publishers/pp/offers/S2",
+                Some(json!({"sessionLimit": 1})),
+            )
+            .await;
+        if response.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "settings never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let other = a.token("pp", "c3");
+    a.create_ok(&other, "S2", "TV").await;
+}
+
+#[tokio::test]
+async fn without_redis_new_sessions_are_refused_held_ones_keep_playing_and_all_recovers() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, 1).await;
+    let token = a.token("p", "down1");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the node has seen the epoch
+    redis.kill();
+    let other = a.token("p", "down2");
+    let refused = a.create(&other, json!({"offerId": "S1"})).await;
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "ServiceUnavailable");
+    // The held player keeps playing through the outage (longer than the pong timeout).
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        match player.next().await {
+            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
+            other => panic!("the held player was disturbed: {other:?}"),
+        }
+    }
+    redis.restart_empty();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = a.create(&other, json!({"offerId": "S1"})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered (last status {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its session was put back: the first customer's pool is still full.
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+#[tokio::test]
+async fn failing_open_lets_players_play_without_a_session_while_redis_is_down() {
+    let redis = RedisServer::start();
+    let url = redis.url.clone();
+    let a = spawn_app_with(move |s| {
+        s.storage.sessions = SessionBackend::Redis;
+        s.storage.redis_url = url;
+        s.cluster.on_store_unavailable = drisc::domain::control::UnavailablePolicy::FailOpen;
+    })
+    .await;
+    let token = a.token("p", "open1");
+    a.create_ok(&token, "S1", "TV").await;
+    drop(redis);
+    let response = a.create(&token, json!({"offerId": "S1"})).await;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "disabled", "message": "Session tracking disabled.", "enabled": false})
+    );
+}

@@ -284,12 +284,11 @@ fn held(r: &Results, md: &mut String) {
     let _ = writeln!(
         md,
         "\nMemory per held session (least-squares RSS slope over the stages): drisc **{} bytes**, \
-         baseline {} bytes (ratio {}). Most sessions held by one server process: **{}** (open-file limit {}).\n",
+         baseline {} bytes (ratio {}). Most sessions held by one server process: **{}** (open-file limit 20,000).\n",
         f0(per("hold")),
         f0(per("baseline-hold")),
         ratio(per("hold"), per("baseline-hold")),
         f0(r.metric("hold", "max_sessions_held")),
-        "20,000"
     );
     if let Some(res) = r.get("hold") {
         let leak = match (res.metrics.get("rss_kb_after_leave"), res.stages.last()) {
