@@ -26,6 +26,17 @@ async fn node(redis: &RedisServer, limit: u32) -> TestApp {
     .await
 }
 
+/// Answers every PING for `how_long`; anything else the player is told fails the test.
+async fn keep_playing(player: &mut Player, how_long: Duration) {
+    let until = tokio::time::Instant::now() + how_long;
+    while tokio::time::Instant::now() < until {
+        match player.next().await {
+            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
+            other => panic!("the player was disturbed: {other:?}"),
+        }
+    }
+}
+
 /// The endpoint, pointed at another node.
 fn on(endpoint: &str, app: &TestApp) -> String {
     let token = endpoint.split_once("?token=").unwrap().1;
@@ -128,13 +139,7 @@ async fn script_flush_changes_nothing_for_players() {
     let _: String = redis.cmd(&["SCRIPT", "FLUSH"]);
     assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
     // PONGs keep it alive past the pong timeout, through the flushed cache.
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < until {
-        match player.next().await {
-            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    keep_playing(&mut player, Duration::from_secs(4)).await;
     assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
 }
 
@@ -149,13 +154,7 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_without_players_notic
     tokio::time::sleep(Duration::from_millis(500)).await; // the node has seen the epoch
     redis.restart_empty();
     // The player keeps answering PINGs and is never told anything else.
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < until {
-        match player.next().await {
-            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
-            other => panic!("the player noticed: {other:?}"),
-        }
-    }
+    keep_playing(&mut player, Duration::from_secs(4)).await;
     assert_eq!(
         a.create(&token, json!({"offerId": "S1"})).await.status(),
         409,
@@ -330,13 +329,7 @@ async fn without_redis_new_sessions_are_refused_held_ones_keep_playing_and_all_r
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["code"], "ServiceUnavailable");
     // The held player keeps playing through the outage (longer than the pong timeout).
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < until {
-        match player.next().await {
-            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
-            other => panic!("the held player was disturbed: {other:?}"),
-        }
-    }
+    keep_playing(&mut player, Duration::from_secs(4)).await;
     redis.restart_empty();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
