@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+mod saved;
 pub mod sqlite;
 
 pub use memory::MemoryStore;

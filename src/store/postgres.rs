@@ -18,9 +18,10 @@ use rand::RngCore;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row};
 
+use super::saved::SavedRow;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
-use crate::domain::{PoolKey, Session, SessionId, SessionState};
+use crate::domain::{PoolKey, Session, SessionId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -353,7 +354,7 @@ impl SessionArchive for PostgresSettings {
         // One statement reads and forgets: nodes taking at once each get their own
         // rows, never the same session twice.
         let rows = bounded(ARCHIVE_TIMEOUT, async {
-            sqlx::query(
+            sqlx::query_as::<_, SavedRow>(
                 "DELETE FROM held_sessions RETURNING
                     session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at",
             )
@@ -362,29 +363,6 @@ impl SessionArchive for PostgresSettings {
             .map_err(db_err)
         })
         .await?;
-        let mut sessions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("session_id").map_err(db_err)?;
-            let state: String = row.try_get("state").map_err(db_err)?;
-            let (Some(id), Some(state)) = (SessionId::parse(&id), SessionState::parse(&state)) else {
-                tracing::warn!(session = id, "skipping a saved session that cannot be read");
-                continue;
-            };
-            let pool = PoolKey {
-                publisher_id: row.try_get("publisher_id").map_err(db_err)?,
-                customer_id: row.try_get("customer_id").map_err(db_err)?,
-                offer_id: row.try_get("offer_id").map_err(db_err)?,
-            };
-            let session = Session {
-                id,
-                name: row.try_get("name").map_err(db_err)?,
-                state,
-                expires_at: row.try_get::<i64, _>("expires_at").map_err(db_err)? as u64,
-                holder: None,
-                created_at: row.try_get::<i64, _>("created_at").map_err(db_err)? as u64,
-            };
-            sessions.push((pool, session));
-        }
-        Ok(sessions)
+        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
     }
 }

@@ -8,9 +8,10 @@ use rand::RngCore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
+use super::saved::SavedRow;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
-use crate::domain::{PoolKey, Session, SessionId, SessionState};
+use crate::domain::{PoolKey, Session};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -222,7 +223,7 @@ impl SessionArchive for SqliteSettings {
 
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
         let mut tx = self.db.begin().await.map_err(db_err)?;
-        let rows = sqlx::query("SELECT * FROM held_sessions")
+        let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -231,29 +232,6 @@ impl SessionArchive for SqliteSettings {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        let mut sessions = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("session_id").map_err(db_err)?;
-            let state: String = row.try_get("state").map_err(db_err)?;
-            let (Some(id), Some(state)) = (SessionId::parse(&id), SessionState::parse(&state)) else {
-                tracing::warn!(session = id, "skipping a saved session that cannot be read");
-                continue;
-            };
-            let pool = PoolKey {
-                publisher_id: row.try_get("publisher_id").map_err(db_err)?,
-                customer_id: row.try_get("customer_id").map_err(db_err)?,
-                offer_id: row.try_get("offer_id").map_err(db_err)?,
-            };
-            let session = Session {
-                id,
-                name: row.try_get("name").map_err(db_err)?,
-                state,
-                expires_at: row.try_get::<i64, _>("expires_at").map_err(db_err)? as u64,
-                holder: None,
-                created_at: row.try_get::<i64, _>("created_at").map_err(db_err)? as u64,
-            };
-            sessions.push((pool, session));
-        }
-        Ok(sessions)
+        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
     }
 }

@@ -1,0 +1,43 @@
+//! A session saved across a restart, as both settings databases store it.
+
+use crate::domain::{PoolKey, Session, SessionId, SessionState};
+
+/// One row of `held_sessions`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SavedRow {
+    session_id: String,
+    publisher_id: String,
+    customer_id: String,
+    offer_id: String,
+    name: String,
+    state: String,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl SavedRow {
+    /// The saved session, or `None` (logged) for a row that cannot be read.
+    pub(crate) fn into_saved(self) -> Option<(PoolKey, Session)> {
+        let (Some(id), Some(state)) = (SessionId::parse(&self.session_id), SessionState::parse(&self.state)) else {
+            tracing::warn!(
+                session = self.session_id,
+                "skipping a saved session that cannot be read"
+            );
+            return None;
+        };
+        let pool = PoolKey {
+            publisher_id: self.publisher_id,
+            customer_id: self.customer_id,
+            offer_id: self.offer_id,
+        };
+        let session = Session {
+            id,
+            name: self.name,
+            state,
+            expires_at: self.expires_at.max(0) as u64,
+            holder: None,
+            created_at: self.created_at.max(0) as u64,
+        };
+        Some((pool, session))
+    }
+}
