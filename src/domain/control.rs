@@ -309,14 +309,18 @@ impl SessionControl {
 
     /// FINISHED, or a live socket that missed its PONG: the slot is freed at once.
     pub async fn end_held(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
-        Ok(self.store.end(pool, id, Some(holder)).await?.is_some())
+        Ok(self
+            .store
+            .end(pool, id, Some(holder), self.clock.now())
+            .await?
+            .is_some())
     }
 
     /// Ends a session on behalf of an operator (or its owner) and closes its socket.
     pub async fn kick(&self, pool: &PoolKey, id: SessionId) -> Result<Session, ControlError> {
         let session = self
             .store
-            .end(pool, id, None)
+            .end(pool, id, None, self.clock.now())
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
         if let Some(holder) = session.holder {

@@ -156,7 +156,9 @@ impl Pool {
 
     /// Ends the session `id`, freeing its slot at once. With `holder`, only if that
     /// socket still holds it (a FINISHED from a socket that was replaced ends nothing).
-    pub fn end(&mut self, id: SessionId, holder: Option<Holder>) -> Option<Session> {
+    /// A session already dead at `now` is not there to end.
+    pub fn end(&mut self, id: SessionId, holder: Option<Holder>, now: Millis) -> Option<Session> {
+        self.prune(now);
         let index = self.position(id)?;
         if holder.is_some() && self.sessions[index].holder != holder {
             return None;
@@ -294,7 +296,7 @@ mod tests {
         // The old socket can neither keep the session alive, detach it nor finish it.
         assert!(!pool.heartbeat(a, Holder(1), 1, &t));
         assert!(!pool.detach(a, Holder(1), 1, &t));
-        assert!(pool.end(a, Some(Holder(1))).is_none());
+        assert!(pool.end(a, Some(Holder(1)), 1).is_none());
         assert_eq!(pool.get(a).unwrap().holder, Some(Holder(2)));
     }
 
@@ -329,7 +331,7 @@ mod tests {
         let t = timings();
         let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
         pool.attach(a, Holder(1), 0, &t).unwrap();
-        assert!(pool.end(a, Some(Holder(1))).is_some());
+        assert!(pool.end(a, Some(Holder(1)), 1).is_some());
         assert!(pool.admit(new("phone"), 1, 1, &t).is_ok());
     }
 }

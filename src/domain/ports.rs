@@ -53,7 +53,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError>;
 
     /// Ends a session; with `holder`, only if that socket still holds it.
-    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError>;
+    async fn end(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError>;
 
     /// The sessions of one pool that are alive at `now`.
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;

@@ -47,17 +47,26 @@ impl SessionStore for MemoryStore {
         limit: u32,
         now: Millis,
     ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
-        let existing = self.with_pool(pool, |p| p.admit(new.clone(), limit, now, &self.timings));
-        Ok(match existing {
-            Some(outcome) => outcome,
-            // The pool may have been emptied and dropped since the lookup: the entry
-            // API takes the shard lock for the whole admission.
-            None => self
-                .pools
-                .entry(pool.clone())
-                .or_default()
-                .admit(new, limit, now, &self.timings),
-        })
+        let mut new = Some(new);
+        let existing = self.with_pool(pool, |p| new.take().map(|n| p.admit(n, limit, now, &self.timings)));
+        if let Some(outcome) = existing.flatten() {
+            return Ok(outcome);
+        }
+        // No pool yet (or it was emptied and dropped since): the entry API holds the
+        // shard lock for the whole admission.
+        let Some(new) = new else {
+            return Err(StoreError::Unavailable("admission lost its request".into()));
+        };
+        let (outcome, empty) = {
+            let mut pool = self.pools.entry(pool.clone()).or_default();
+            let outcome = pool.admit(new, limit, now, &self.timings);
+            (outcome, pool.is_empty())
+        };
+        if empty {
+            // A limit of 0 refused the first session: keep no empty pool behind.
+            self.pools.remove_if(pool, |_, p| p.is_empty());
+        }
+        Ok(outcome)
     }
 
     async fn take_over(
@@ -96,8 +105,14 @@ impl SessionStore for MemoryStore {
             .unwrap_or(false))
     }
 
-    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError> {
-        Ok(self.with_pool(pool, |p| p.end(id, holder)).flatten())
+    async fn end(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        Ok(self.with_pool(pool, |p| p.end(id, holder, now)).flatten())
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {

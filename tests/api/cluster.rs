@@ -369,3 +369,20 @@ async fn failing_open_lets_players_play_without_a_session_while_redis_is_down() 
         json!({"status": "disabled", "message": "Session tracking disabled.", "enabled": false})
     );
 }
+
+#[tokio::test]
+async fn a_node_stopping_gracefully_hands_its_players_over_to_the_others() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    let token = a.token("p", "leaving");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    let stopping = tokio::spawn(a.stop());
+    player.expect_close(1012).await;
+    stopping.await.unwrap();
+    // The session waits for its player, who comes back through node b.
+    assert_eq!(b.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    let mut back = Player::connect(&on(&tv.endpoint, &b)).await;
+    back.request_ok().await;
+}

@@ -141,7 +141,17 @@ conformance!(
     pools_of_different_customers_are_separate,
     a_session_is_located_by_its_id_until_it_ends,
     restored_sessions_count_again,
+    a_dead_session_cannot_be_ended,
 );
+
+async fn a_dead_session_cannot_be_ended(s: Subject) {
+    let (p, now) = (pool("c11"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    assert!(
+        s.store.end(&p, a, None, now + CONNECT).await.unwrap().is_none(),
+        "it died at its connect timeout"
+    );
+}
 
 async fn admits_up_to_the_limit_and_lists_the_holders_in_creation_order(s: Subject) {
     let (p, now) = (pool("c1"), t0());
@@ -187,7 +197,7 @@ async fn a_second_socket_takes_the_session_and_the_first_loses_it(s: Subject) {
     let second = s.store.attach(&p, a, Holder(2), now + 1).await.unwrap().unwrap();
     assert_eq!(second.previous, Some(Holder(1)));
     assert!(!s.store.detach(&p, a, Holder(1), now + 2).await.unwrap());
-    assert!(s.store.end(&p, a, Some(Holder(1))).await.unwrap().is_none());
+    assert!(s.store.end(&p, a, Some(Holder(1)), now + 2).await.unwrap().is_none());
     let listed = s.store.list(&p, now + 3).await.unwrap();
     assert_eq!(listed[0].holder, Some(Holder(2)));
 }
@@ -221,10 +231,10 @@ async fn ending_frees_the_slot_and_only_the_holder_can_end_it(s: Subject) {
     let (p, now) = (pool("c6"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
-    assert!(s.store.end(&p, a, Some(Holder(9))).await.unwrap().is_none());
-    let ended = s.store.end(&p, a, Some(Holder(1))).await.unwrap().unwrap();
+    assert!(s.store.end(&p, a, Some(Holder(9)), now).await.unwrap().is_none());
+    let ended = s.store.end(&p, a, Some(Holder(1)), now).await.unwrap().unwrap();
     assert_eq!((ended.id, ended.name.as_str()), (a, "tv"));
-    assert!(s.store.end(&p, a, None).await.unwrap().is_none(), "already ended");
+    assert!(s.store.end(&p, a, None, now).await.unwrap().is_none(), "already ended");
     assert!(admit(&s, &p, "phone", 1, now + 1).await.is_some());
 }
 
@@ -295,7 +305,7 @@ async fn a_session_is_located_by_its_id_until_it_ends(s: Subject) {
     let (p, now) = (pool("c9"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     assert_eq!(s.store.locate(a).await.unwrap(), Some(p.clone()));
-    s.store.end(&p, a, None).await.unwrap().unwrap();
+    s.store.end(&p, a, None, now).await.unwrap().unwrap();
     assert_eq!(s.store.locate(a).await.unwrap(), None);
 }
 

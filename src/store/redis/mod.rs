@@ -28,6 +28,9 @@ use scripts::Scripts;
 
 pub use crate::ws::hub::NODE_SHIFT;
 
+/// How many script calls go in one pipeline when a node acts on all its sessions.
+const PIPELINE_CHUNK: usize = 1000;
+
 pub fn node_of(holder: Holder) -> u64 {
     holder.0 >> NODE_SHIFT
 }
@@ -216,6 +219,30 @@ impl RedisStore {
         match invocation.invoke_async(&mut conn).await {
             Err(e) if e.is_connection_dropped() || e.is_io_error() => {
                 invocation.invoke_async(&mut conn).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+
+    /// Runs a pipeline of invocations of `script`. Unlike a single invocation, a
+    /// pipeline does not reload a flushed script by itself: load it and retry.
+    pub(crate) async fn run_pipeline(
+        &self,
+        script: &redis::Script,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                    || e.is_connection_dropped() =>
+            {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                pipe.query_async(&mut conn).await.map_err(unavailable)
             }
             other => other.map_err(unavailable),
         }
@@ -426,7 +453,13 @@ impl SessionStore for RedisStore {
         Ok(as_int(&reply) == Some(1))
     }
 
-    async fn end(&self, pool: &PoolKey, id: SessionId, holder: Option<Holder>) -> Result<Option<Session>, StoreError> {
+    async fn end(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
         if let Some(h) = holder {
             self.release(h);
         }
@@ -439,7 +472,7 @@ impl SessionStore for RedisStore {
                     .end
                     .key(pool_key(pool))
                     .key(tombstone_key(pool, id))
-                    .arg(0)
+                    .arg(self.now_arg(now))
                     .arg(id.to_string())
                     .arg(holder.map(|h| h.0.to_string()).unwrap_or_default())
                     .arg(tombstone),
@@ -480,25 +513,39 @@ impl SessionStore for RedisStore {
         Ok(Vec::new())
     }
 
+    /// Pipelined, a thousand at a time: a node may hold tens of thousands.
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
-        for (pool, s) in sessions {
-            let record = serde_json::json!({
-                "s": match s.state { SessionState::Pending => "p", SessionState::Live => "l", SessionState::Detached => "d" },
-                "e": s.expires_at,
-                "h": s.holder.map(|h| h.0.to_string()).unwrap_or_default(),
-                "c": s.created_at,
-                "n": s.name,
-            });
-            self.run(
-                self.scripts
-                    .restore
-                    .key(pool_key(&pool))
-                    .arg(0)
-                    .arg(s.id.to_string())
-                    .arg(record.to_string()),
-            )
-            .await?;
-            self.index(&pool, s.id).await;
+        for chunk in sessions.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (pool, s) in chunk {
+                let state = match s.state {
+                    SessionState::Pending => "p",
+                    SessionState::Live => "l",
+                    SessionState::Detached => "d",
+                };
+                let record = serde_json::json!({
+                    "s": state,
+                    "e": s.expires_at,
+                    "h": s.holder.map(|h| h.0.to_string()).unwrap_or_default(),
+                    "c": s.created_at,
+                    "n": s.name,
+                });
+                pipe.invoke_script(
+                    self.scripts
+                        .restore
+                        .key(pool_key(pool))
+                        .arg(0)
+                        .arg(s.id.to_string())
+                        .arg(record.to_string()),
+                );
+                pipe.cmd("SET")
+                    .arg(index_key(s.id))
+                    .arg(serde_json::to_string(pool).unwrap_or_default())
+                    .arg("PX")
+                    .arg(duration_ms(self.index_ttl))
+                    .ignore();
+            }
+            self.run_pipeline(&self.scripts.restore, &pipe).await?;
         }
         Ok(())
     }
@@ -511,8 +558,20 @@ impl SessionStore for RedisStore {
     /// reconnect grace to come back (to any node).
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
         let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        for (holder, h) in held {
-            self.detach(&h.pool, h.id, holder, now).await?;
+        for chunk in held.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (holder, h) in chunk {
+                self.release(*holder);
+                pipe.invoke_script(
+                    self.scripts
+                        .detach
+                        .key(pool_key(&h.pool))
+                        .arg(self.now_arg(now))
+                        .arg(h.id.to_string())
+                        .arg(holder.0.to_string()),
+                );
+            }
+            self.run_pipeline(&self.scripts.detach, &pipe).await?;
         }
         Ok(())
     }

@@ -119,20 +119,7 @@ impl RedisStore {
                     .arg(holder.0.to_string()),
             );
         }
-        let mut conn = self.conn.clone();
-        match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // The script cache was flushed (or Redis restarted): load and retry.
-                self.scripts
-                    .heartbeat
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-                pipe.query_async(&mut conn).await.map_err(unavailable)
-            }
-            other => other.map_err(unavailable),
-        }
+        self.run_pipeline(&self.scripts.heartbeat, &pipe).await
     }
 
     /// Restores this node's held sessions if Redis lost its data. Returns how many.
