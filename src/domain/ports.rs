@@ -108,7 +108,7 @@ pub trait SessionArchive: Send + Sync + 'static {
 }
 
 /// What the server tells a player's socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Control {
     /// Send PING.
     Ping,

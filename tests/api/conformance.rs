@@ -341,28 +341,19 @@ async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
     s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
     s.store.heartbeat(&p, b, Holder(2), now + 2).await.unwrap();
     s.flush().await;
-    let orders: HashSet<_> = s
+    let orders: HashSet<(u64, Control)> = s
         .orders
         .0
         .lock()
         .unwrap()
         .iter()
-        .cloned()
-        .map(|(h, c)| (h.0, format!("{c:?}")))
+        .map(|(h, c)| (h.0, c.clone()))
         .collect();
-    assert!(orders.contains(&(1, "Terminate".into())), "{orders:?}");
-    assert!(
-        orders.contains(&(
-            2,
-            format!(
-                "{:?}",
-                Control::TakeOver {
-                    session_name: "laptop".into()
-                }
-            )
-        )),
-        "{orders:?}"
-    );
+    let taken_over = Control::TakeOver {
+        session_name: "laptop".into(),
+    };
+    assert!(orders.contains(&(1, Control::Terminate)), "{orders:?}");
+    assert!(orders.contains(&(2, taken_over)), "{orders:?}");
 }
 
 #[tokio::test]
