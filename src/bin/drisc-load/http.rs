@@ -263,20 +263,4 @@ impl Admin<'_> {
         }
         Ok(())
     }
-
-    /// The state of a session (`pending`, `live`, `detached`), `None` once it is gone.
-    pub async fn session_state(&self, conn: &mut HttpConn, session_id: &str) -> Result<Option<String>> {
-        let path = format!("/admin/v1/sessions/{session_id}");
-        let (status, body) = conn
-            .send(Method::GET, &path, self.pool.host(), &self.key, Bytes::new())
-            .await?;
-        match status {
-            StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::OK => {
-                let v: serde_json::Value = serde_json::from_slice(&body)?;
-                Ok(v.get("state").and_then(|s| s.as_str()).map(str::to_owned))
-            }
-            other => bail!("admin GET {path} answered {other}"),
-        }
-    }
 }

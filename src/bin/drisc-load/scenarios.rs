@@ -479,6 +479,7 @@ async fn reap(plan: &Plan, pool: &Arc<HttpPool>, args: &ReapArgs, result: &mut R
     );
     // Give every player time to answer at least one PING, as a live player would have.
     run.wait(Duration::from_secs(1)).await;
+    let sockets_before = health_sockets(pool).await;
     let t0 = Instant::now();
     match args.die {
         Death::Stop | Death::Kill => {
@@ -501,8 +502,8 @@ async fn reap(plan: &Plan, pool: &Arc<HttpPool>, args: &ReapArgs, result: &mut R
     let hists = Arc::new(Hists::default());
     let probe = probe_pools(plan, pool, &sessions, t0, args.probe_for, hists.clone());
     let detach = async {
-        if loud && !plan.common.no_admin {
-            watch_detach(plan, pool, &sessions, t0, args.probe_for, hists.clone()).await
+        if loud {
+            watch_detach(pool, sessions.len(), sockets_before, t0, args.probe_for, hists.clone()).await
         } else {
             Ok(None)
         }
@@ -550,6 +551,17 @@ async fn reap(plan: &Plan, pool: &Arc<HttpPool>, args: &ReapArgs, result: &mut R
         ));
     }
     Ok(())
+}
+
+/// The server's socket count from `GET /health` (drisc only).
+async fn health_sockets(pool: &HttpPool) -> Option<u64> {
+    let none = HeaderValue::from_static("none");
+    let (status, body) = pool
+        .send(Method::GET, "/health", &none, bytes::Bytes::new())
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| status.is_success())?;
+    v.get("sockets")?.as_u64()
 }
 
 /// Probes every dead player's pool with a create until it is granted; returns
@@ -606,66 +618,46 @@ async fn probe_pools(
     Ok((freed, last))
 }
 
-/// Watches the sessions through the admin API until none is live any more.
+/// Watches the server's own socket count (`GET /health`, every 20 ms) until the
+/// sockets of the dead players are all gone: each is unregistered just before its
+/// session is detached. Cheap enough not to slow the server it measures (polling
+/// every session through the admin API would: finding a session by id scans the pools).
 async fn watch_detach(
-    plan: &Plan,
     pool: &Arc<HttpPool>,
-    sessions: &[(String, String)],
+    dead: usize,
+    before: Option<u64>,
     t0: Instant,
     limit: Duration,
     hists: Arc<Hists>,
 ) -> Result<Option<Duration>> {
-    let key = HeaderValue::from_str(&format!("Bearer {}", plan.common.admin_key))?;
-    let mut waiting: Vec<String> = sessions.iter().map(|(id, _)| id.clone()).collect();
-    let mut last = Duration::ZERO;
-    let deadline = t0 + limit;
-    let mut conns = Vec::new();
-    for _ in 0..16 {
-        conns.push(pool.open().await?);
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    let goal = before.saturating_sub(dead as u64);
+    let none = HeaderValue::from_static("none");
+    let mut conn = pool.open().await?;
+    let mut half = false;
+    while t0.elapsed() < limit {
+        let (status, body) = conn
+            .send(Method::GET, "/health", pool.host(), &none, bytes::Bytes::new())
+            .await?;
+        if !status.is_success() {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let sockets = v.get("sockets").and_then(|x| x.as_u64()).unwrap_or(u64::MAX);
+        if !half && sockets <= before - (before - goal) / 2 {
+            half = true;
+            hists.record("half_detached", t0.elapsed());
+        }
+        if sockets <= goal {
+            let at = t0.elapsed();
+            hists.record("all_detached", at);
+            return Ok(Some(at));
+        }
+        sleep(Duration::from_millis(20)).await;
     }
-    while !waiting.is_empty() && Instant::now() < deadline {
-        let per = waiting.len().div_ceil(conns.len());
-        let mut set = JoinSet::new();
-        for (conn, ids) in std::mem::take(&mut conns).into_iter().zip(waiting.chunks(per.max(1))) {
-            let (ids, pool, key) = (ids.to_vec(), pool.clone(), key.clone());
-            set.spawn(async move {
-                let mut conn = conn;
-                let admin = Admin { pool: &pool, key };
-                let mut still = Vec::new();
-                let mut done = Vec::new();
-                for id in ids {
-                    match admin.session_state(&mut conn, &id).await {
-                        Ok(Some(state)) if state == "live" => still.push(id),
-                        Ok(_) => done.push(t0.elapsed()),
-                        Err(_) => {
-                            still.push(id);
-                            if let Ok(c) = pool.open().await {
-                                conn = c;
-                            }
-                        }
-                    }
-                }
-                (conn, still, done)
-            });
-        }
-        let mut still = Vec::new();
-        while let Some(Ok((conn, s, done))) = set.join_next().await {
-            conns.push(conn);
-            still.extend(s);
-            for at in done {
-                hists.record("detached", at);
-                last = last.max(at);
-            }
-        }
-        while conns.len() < 16 {
-            conns.push(pool.open().await?);
-        }
-        waiting = still;
-        if !waiting.is_empty() {
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(waiting.is_empty().then_some(last))
+    Ok(None)
 }
 
 fn print_summary(r: &RunResult) {

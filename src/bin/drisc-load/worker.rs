@@ -224,6 +224,18 @@ fn due(start: Instant, rate: f64, g: usize) -> Instant {
     }
 }
 
+/// Waits until `at` and returns the instant latency counts from: `at` itself when
+/// the lane is late (the server kept it busy: that wait is the server's), or the
+/// moment the timer fired when the lane was idle, because the timer's own
+/// millisecond granularity is the generator's, not the server's.
+async fn wait_due(at: Instant) -> Instant {
+    if Instant::now() >= at {
+        return at;
+    }
+    sleep_until(at).await;
+    Instant::now()
+}
+
 fn mint_all(ctx: &Ctx, customers: usize) -> Result<Arc<Vec<HeaderValue>>> {
     (0..customers.max(1))
         .map(|c| ctx.minter.bearer(&ctx.customer(c)))
@@ -260,7 +272,7 @@ async fn admit(ctx: &Arc<Ctx>, args: &AdmitArgs) -> Result<()> {
                 if at >= end {
                     return;
                 }
-                sleep_until(at).await;
+                let at = wait_due(at).await;
                 env.counters.inc(C::Sent);
                 let token = &tokens[g % tokens.len()];
                 let host = ctx.pool.host();
@@ -370,7 +382,7 @@ async fn attach(ctx: &Arc<Ctx>, args: &AttachArgs) -> Result<()> {
                 if at >= end {
                     return;
                 }
-                sleep_until(at).await;
+                let at = wait_due(at).await;
                 env.counters.inc(C::Sent);
                 let token = &tokens[g % tokens.len()];
                 let answer = conn
