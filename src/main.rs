@@ -9,6 +9,12 @@ use drisc::config::Settings;
 use drisc::{App, telemetry};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
+/// mimalloc: a held session is a handful of small allocations, and glibc's malloc
+/// both spreads them wider and keeps the memory after the sessions are gone
+/// (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "drisc",

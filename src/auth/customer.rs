@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use jsonwebtoken::{Validation, dangerous::insecure_decode, decode, decode_header};
+use jsonwebtoken::{Validation, dangerous::insecure_decode, decode};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,17 +52,34 @@ fn id_of(value: Option<&Value>, claim: &'static str) -> Result<String, AuthError
     Ok(id)
 }
 
+/// A key with the validation rules that go with it, built once.
+struct PreparedKey {
+    key: VerificationKey,
+    validation: Validation,
+}
+
+impl PreparedKey {
+    fn new(key: VerificationKey, leeway_secs: u64) -> Self {
+        // The key's own algorithms, never the token's: decode refuses any other.
+        let mut validation = Validation::new(key.algorithms[0]);
+        validation.algorithms = key.algorithms.clone();
+        validation.leeway = leeway_secs;
+        validation.set_required_spec_claims(&["exp"]);
+        Self { key, validation }
+    }
+}
+
 pub struct CustomerVerifier {
-    server_key: Option<Arc<VerificationKey>>,
+    server_key: Option<Arc<PreparedKey>>,
     leeway_secs: u64,
     /// Parsed per-publisher keys, by the key text, so a PEM is parsed once.
-    parsed: DashMap<String, Arc<VerificationKey>>,
+    parsed: DashMap<String, Arc<PreparedKey>>,
 }
 
 impl CustomerVerifier {
     pub fn new(server_key: Option<VerificationKey>, leeway_secs: u64) -> Self {
         Self {
-            server_key: server_key.map(Arc::new),
+            server_key: server_key.map(|k| Arc::new(PreparedKey::new(k, leeway_secs))),
             leeway_secs,
             parsed: DashMap::new(),
         }
@@ -75,17 +92,18 @@ impl CustomerVerifier {
         id_of(data.claims.publisher_id.as_ref(), "publisherId")
     }
 
-    fn key_for(&self, publisher_key: Option<&str>) -> Result<Arc<VerificationKey>, AuthError> {
+    fn key_for(&self, publisher_key: Option<&str>) -> Result<Arc<PreparedKey>, AuthError> {
         let Some(material) = publisher_key else {
             return self.server_key.clone().ok_or(AuthError::NoKey);
         };
         if let Some(key) = self.parsed.get(material) {
             return Ok(Arc::clone(&key));
         }
-        let key = Arc::new(VerificationKey::parse(material).map_err(|e| {
+        let key = VerificationKey::parse(material).map_err(|e| {
             tracing::warn!(error = %e, "a publisher's verification key cannot be read");
             AuthError::NoKey
-        })?);
+        })?;
+        let key = Arc::new(PreparedKey::new(key, self.leeway_secs));
         self.parsed.insert(material.to_owned(), Arc::clone(&key));
         Ok(key)
     }
@@ -93,16 +111,8 @@ impl CustomerVerifier {
     /// Verifies `token` with the publisher's key (or the server-wide key when the
     /// publisher has none) and returns the customer it names.
     pub fn verify(&self, token: &str, publisher_key: Option<&str>) -> Result<Customer, AuthError> {
-        let key = self.key_for(publisher_key)?;
-        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if !key.algorithms.contains(&header.alg) {
-            return Err(AuthError::BadSignature);
-        }
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = key.algorithms.clone();
-        validation.leeway = self.leeway_secs;
-        validation.set_required_spec_claims(&["exp"]);
-        let data = decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+        let prepared = self.key_for(publisher_key)?;
+        let data = decode::<Claims>(token, &prepared.key.key, &prepared.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind::*;
             match e.kind() {
                 ExpiredSignature => AuthError::Expired,

@@ -7,19 +7,24 @@
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use crate::domain::liveness::is_dead;
 use crate::domain::pool::{Attached, Granted, LimitExceeded, NewSession, Pool, TakenOver};
 use crate::domain::ports::{SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, Timings};
 
+/// Pool keys are hashed on every operation: foldhash is several times faster than
+/// the default SipHash, and still seeded at random per map.
+type Pools = DashMap<PoolKey, Pool, foldhash::fast::RandomState>;
+
 pub struct MemoryStore {
-    pools: DashMap<PoolKey, Pool>,
+    pools: Pools,
     timings: Timings,
 }
 
 impl MemoryStore {
     pub fn new(timings: Timings) -> Self {
         Self {
-            pools: DashMap::new(),
+            pools: Pools::default(),
             timings,
         }
     }
@@ -132,12 +137,25 @@ impl SessionStore for MemoryStore {
             .map(|entry| entry.key().clone()))
     }
 
+    /// Finds the pools holding dead sessions under read locks, then prunes them one
+    /// by one, yielding now and then: a sweep over a hundred thousand pools must not
+    /// stall admissions (a `retain` would write-lock each shard for its whole scan).
     async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let candidates: Vec<PoolKey> = self
+            .pools
+            .iter()
+            .filter(|entry| entry.value().sessions.iter().any(|s| is_dead(s.expires_at, now)))
+            .map(|entry| entry.key().clone())
+            .collect();
         let mut dead = Vec::new();
-        self.pools.retain(|key, pool| {
-            dead.extend(pool.prune(now).into_iter().map(|s| (key.clone(), s)));
-            !pool.is_empty()
-        });
+        for (i, key) in candidates.into_iter().enumerate() {
+            if let Some(pruned) = self.with_pool(&key, |p| p.prune(now)) {
+                dead.extend(pruned.into_iter().map(|s| (key.clone(), s)));
+            }
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
+        }
         Ok(dead)
     }
 

@@ -76,7 +76,17 @@ pub async fn run(mut socket: WebSocket, claims: SessionClaims, state: AppState) 
 impl Connection<'_> {
     async fn serve(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> Exit {
         let shutdown = self.state.shutdown.clone();
+        let deadline = sleep_until(self.pong_deadline);
+        let ping = sleep_until(self.next_ping);
+        tokio::pin!(deadline, ping);
         loop {
+            // The timers are re-armed only when their instant moved, not every turn.
+            if deadline.deadline() != self.pong_deadline {
+                deadline.as_mut().reset(self.pong_deadline);
+            }
+            if ping.deadline() != self.next_ping {
+                ping.as_mut().reset(self.next_ping);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -91,7 +101,7 @@ impl Connection<'_> {
                         return Exit::Lost;
                     }
                 }
-                _ = sleep_until(self.pong_deadline) => {
+                _ = &mut deadline => {
                     if !self.bound {
                         finish(socket, None, close::POLICY, "no REQUESTED in time").await;
                         return Exit::Done;
@@ -101,7 +111,7 @@ impl Connection<'_> {
                     finish(socket, Some(ServerMessage::Expired), close::EXPIRED, "no PONG in time").await;
                     return Exit::Done;
                 }
-                _ = sleep_until(self.next_ping), if self.bound => {
+                _ = &mut ping, if self.bound => {
                     self.next_ping = Instant::now() + self.state.control.timings().ping_interval;
                     if !send(socket, &ServerMessage::Ping).await {
                         return Exit::Lost;
@@ -253,7 +263,7 @@ impl Connection<'_> {
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
-    socket.send(Message::Text(message.to_json().into())).await.is_ok()
+    socket.send(Message::Text(message.to_text())).await.is_ok()
 }
 
 /// Sends an optional last message and a close frame, then lingers briefly for the

@@ -1,5 +1,6 @@
 //! The protocol's messages: one JSON object with an `action` key per text frame.
 
+use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 
 /// What a player may send.
@@ -42,14 +43,15 @@ pub enum ServerMessage<'a> {
 }
 
 impl ServerMessage<'_> {
-    pub fn to_json(&self) -> String {
+    /// The frame's text. The fixed messages are static: no serialising and no
+    /// allocation on the hot path (a PING per session every interval).
+    pub fn to_text(&self) -> Utf8Bytes {
         match self {
-            // The fixed messages are spelled out to skip serialisation on the hot path.
-            Self::Ok => r#"{"action":"OK"}"#.into(),
-            Self::Expired => r#"{"action":"EXPIRED"}"#.into(),
-            Self::Terminate => r#"{"action":"TERMINATE"}"#.into(),
-            Self::Ping => r#"{"action":"PING"}"#.into(),
-            Self::TakeOver { .. } => serde_json::to_string(self).unwrap_or_default(),
+            Self::Ok => Utf8Bytes::from_static(r#"{"action":"OK"}"#),
+            Self::Expired => Utf8Bytes::from_static(r#"{"action":"EXPIRED"}"#),
+            Self::Terminate => Utf8Bytes::from_static(r#"{"action":"TERMINATE"}"#),
+            Self::Ping => Utf8Bytes::from_static(r#"{"action":"PING"}"#),
+            Self::TakeOver { .. } => serde_json::to_string(self).unwrap_or_default().into(),
         }
     }
 }
@@ -98,13 +100,14 @@ mod tests {
             ServerMessage::Ping,
         ];
         for m in fixed {
-            assert_eq!(m.to_json(), serde_json::to_string(&m).unwrap());
+            assert_eq!(m.to_text().as_str(), serde_json::to_string(&m).unwrap());
         }
         assert_eq!(
             ServerMessage::TakeOver {
                 session_name: "TV \"2\""
             }
-            .to_json(),
+            .to_text()
+            .as_str(),
             r#"{"action":"TAKE_OVER","sessionName":"TV \"2\""}"#
         );
     }
