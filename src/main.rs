@@ -9,11 +9,9 @@ use drisc::config::Settings;
 use drisc::{App, telemetry};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// mimalloc: a held session is a handful of small allocations, and glibc's malloc
-/// both spreads them wider and keeps the memory after the sessions are gone
-/// (see BENCHMARKS.md).
+/// jemalloc (see BENCHMARKS.md for why not the system allocator).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(

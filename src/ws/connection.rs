@@ -4,6 +4,8 @@
 //! Each socket is one task with no spawned helpers and no channel: a select over
 //! the socket, its mailbox, two deadlines and the shutdown signal.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -118,7 +120,8 @@ impl Connection<'_> {
                     }
                 }
                 frame = socket.recv() => {
-                    if let Some(exit) = self.on_frame(socket, mailbox, frame).await {
+                    // Boxed: inline, its state would be part of every idle socket.
+                    if let Some(exit) = Box::pin(self.on_frame(socket, mailbox, frame)).await {
                         return exit;
                     }
                 }
@@ -268,7 +271,19 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
 
 /// Sends an optional last message and a close frame, then lingers briefly for the
 /// player's close reply.
-async fn finish(socket: &mut WebSocket, last: Option<ServerMessage<'_>>, code: u16, reason: &'static str) {
+///
+/// Boxed: it runs once per socket, and inline it would make every socket's task
+/// larger by its whole state for as long as the socket lives.
+fn finish<'a>(
+    socket: &'a mut WebSocket,
+    last: Option<ServerMessage<'a>>,
+    code: u16,
+    reason: &'static str,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(finish_now(socket, last, code, reason))
+}
+
+async fn finish_now(socket: &mut WebSocket, last: Option<ServerMessage<'_>>, code: u16, reason: &'static str) {
     if let Some(message) = last
         && !send(socket, &message).await
     {
