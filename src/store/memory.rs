@@ -3,22 +3,61 @@
 //! One map entry per pool: the map's shard lock makes each operation on a pool
 //! atomic, and different pools never wait for each other beyond a shard. Empty
 //! pools are removed, so memory follows the sessions held, not the customers seen.
+//!
+//! Sessions that nobody holds (pending ones waiting for their player, detached
+//! ones waiting for a reconnect) can die unattended. Their pools are queued by
+//! deadline, so the sweep visits only the pools whose time has come instead of
+//! scanning every pool: with a hundred thousand customers, a scan would stall
+//! admissions for tens of milliseconds each second. Live sessions need no queue:
+//! their socket watches their PONG deadline.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use crate::domain::liveness::is_dead;
 use crate::domain::pool::{Attached, Granted, LimitExceeded, NewSession, Pool, TakenOver};
 use crate::domain::ports::{SessionStore, StoreError};
-use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, Timings};
+use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 
 /// Pool keys are hashed on every operation: foldhash is several times faster than
-/// the default SipHash, and still seeded at random per map.
-type Pools = DashMap<PoolKey, Pool, foldhash::fast::RandomState>;
+/// the default SipHash, and still seeded at random per map. Keys are shared with
+/// the expiry queues, hence the `Arc`.
+type Pools = DashMap<Arc<PoolKey>, Pool, foldhash::fast::RandomState>;
+
+/// Pools to look at once a deadline passes, in (nearly) deadline order: every
+/// entry of one queue is "now + the same allowance", so pushing keeps it sorted.
+#[derive(Default)]
+struct ExpiryQueue(Mutex<VecDeque<(Millis, Arc<PoolKey>)>>);
+
+impl ExpiryQueue {
+    fn push(&self, at: Millis, key: Arc<PoolKey>) {
+        if let Ok(mut queue) = self.0.lock() {
+            queue.push_back((at, key));
+        }
+    }
+
+    /// Takes the pools whose deadline has come.
+    fn due(&self, now: Millis) -> Vec<Arc<PoolKey>> {
+        let Ok(mut queue) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut due = Vec::new();
+        while queue.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, key)) = queue.pop_front() {
+                due.push(key);
+            }
+        }
+        due
+    }
+}
 
 pub struct MemoryStore {
     pools: Pools,
     timings: Timings,
+    pending: ExpiryQueue,
+    detached: ExpiryQueue,
 }
 
 impl MemoryStore {
@@ -26,20 +65,30 @@ impl MemoryStore {
         Self {
             pools: Pools::default(),
             timings,
+            pending: ExpiryQueue::default(),
+            detached: ExpiryQueue::default(),
         }
     }
 
-    /// Runs `f` on an existing pool and drops the pool if `f` left it empty.
-    fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+    /// Runs `f` on an existing pool (with its shared key) and drops the pool if
+    /// `f` left it empty.
+    fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&Arc<PoolKey>, &mut Pool) -> R) -> Option<R> {
         let (result, empty) = {
-            let mut pool = self.pools.get_mut(key)?;
-            let result = f(&mut pool);
+            let mut entry = self.pools.get_mut(key)?;
+            let (key, pool) = entry.pair_mut();
+            let result = f(key, pool);
             (result, pool.is_empty())
         };
         if empty {
             self.pools.remove_if(key, |_, p| p.is_empty());
         }
         Some(result)
+    }
+
+    /// A session of `key` was granted and waits for its player.
+    fn watch_pending(&self, key: &Arc<PoolKey>, now: Millis) {
+        let at = self.timings.deadline(SessionState::Pending, now);
+        self.pending.push(at, Arc::clone(key));
     }
 }
 
@@ -53,7 +102,13 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
         let mut new = Some(new);
-        let existing = self.with_pool(pool, |p| new.take().map(|n| p.admit(n, limit, now, &self.timings)));
+        let existing = self.with_pool(pool, |key, p| {
+            let outcome = p.admit(new.take()?, limit, now, &self.timings);
+            if outcome.is_ok() {
+                self.watch_pending(key, now);
+            }
+            Some(outcome)
+        });
         if let Some(outcome) = existing.flatten() {
             return Ok(outcome);
         }
@@ -63,9 +118,13 @@ impl SessionStore for MemoryStore {
             return Err(StoreError::Unavailable("admission lost its request".into()));
         };
         let (outcome, empty) = {
-            let mut pool = self.pools.entry(pool.clone()).or_default();
-            let outcome = pool.admit(new, limit, now, &self.timings);
-            (outcome, pool.is_empty())
+            let mut entry = self.pools.entry(Arc::new(pool.clone())).or_default();
+            let (key, p) = entry.pair_mut();
+            let outcome = p.admit(new, limit, now, &self.timings);
+            if outcome.is_ok() {
+                self.watch_pending(key, now);
+            }
+            (outcome, p.is_empty())
         };
         if empty {
             // A limit of 0 refused the first session: keep no empty pool behind.
@@ -82,7 +141,11 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
         Ok(self
-            .with_pool(pool, |p| p.take_over(victim, new, now, &self.timings))
+            .with_pool(pool, |key, p| {
+                let done = p.take_over(victim, new, now, &self.timings)?;
+                self.watch_pending(key, now);
+                Some(done)
+            })
             .flatten())
     }
 
@@ -94,19 +157,26 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError> {
         Ok(self
-            .with_pool(pool, |p| p.attach(id, holder, now, &self.timings))
+            .with_pool(pool, |_, p| p.attach(id, holder, now, &self.timings))
             .flatten())
     }
 
     async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |p| p.heartbeat(id, holder, now, &self.timings))
+            .with_pool(pool, |_, p| p.heartbeat(id, holder, now, &self.timings))
             .unwrap_or(false))
     }
 
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |p| p.detach(id, holder, now, &self.timings))
+            .with_pool(pool, |key, p| {
+                let detached = p.detach(id, holder, now, &self.timings);
+                if detached {
+                    let at = self.timings.deadline(SessionState::Detached, now);
+                    self.detached.push(at, Arc::clone(key));
+                }
+                detached
+            })
             .unwrap_or(false))
     }
 
@@ -117,12 +187,12 @@ impl SessionStore for MemoryStore {
         holder: Option<Holder>,
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
-        Ok(self.with_pool(pool, |p| p.end(id, holder, now)).flatten())
+        Ok(self.with_pool(pool, |_, p| p.end(id, holder, now)).flatten())
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         Ok(self
-            .with_pool(pool, |p| {
+            .with_pool(pool, |_, p| {
                 p.prune(now);
                 p.sessions.clone()
             })
@@ -134,23 +204,18 @@ impl SessionStore for MemoryStore {
             .pools
             .iter()
             .find(|entry| entry.value().get(id).is_some())
-            .map(|entry| entry.key().clone()))
+            .map(|entry| PoolKey::clone(entry.key())))
     }
 
-    /// Finds the pools holding dead sessions under read locks, then prunes them one
-    /// by one, yielding now and then: a sweep over a hundred thousand pools must not
-    /// stall admissions (a `retain` would write-lock each shard for its whole scan).
+    /// Visits only the pools whose queued deadline has come, yielding now and
+    /// then so a wave of expiries does not stall admissions.
     async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        let candidates: Vec<PoolKey> = self
-            .pools
-            .iter()
-            .filter(|entry| entry.value().sessions.iter().any(|s| is_dead(s.expires_at, now)))
-            .map(|entry| entry.key().clone())
-            .collect();
+        let mut due = self.pending.due(now);
+        due.extend(self.detached.due(now));
         let mut dead = Vec::new();
-        for (i, key) in candidates.into_iter().enumerate() {
-            if let Some(pruned) = self.with_pool(&key, |p| p.prune(now)) {
-                dead.extend(pruned.into_iter().map(|s| (key.clone(), s)));
+        for (i, key) in due.into_iter().enumerate() {
+            if let Some(pruned) = self.with_pool(&key, |_, p| p.prune(now)) {
+                dead.extend(pruned.into_iter().map(|s| (PoolKey::clone(&key), s)));
             }
             if i % 256 == 255 {
                 tokio::task::yield_now().await;
@@ -164,12 +229,12 @@ impl SessionStore for MemoryStore {
             .pools
             .iter()
             .flat_map(|entry| {
-                let key = entry.key().clone();
+                let key = entry.key();
                 entry
                     .value()
                     .sessions
                     .iter()
-                    .map(|s| (key.clone(), s.clone()))
+                    .map(|s| (PoolKey::clone(key), s.clone()))
                     .collect::<Vec<_>>()
             })
             .collect())
@@ -177,8 +242,14 @@ impl SessionStore for MemoryStore {
 
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
         for (key, session) in sessions {
-            let mut pool = self.pools.entry(key).or_default();
+            let mut entry = self.pools.entry(Arc::new(key)).or_default();
+            let (key, pool) = entry.pair_mut();
             if pool.get(session.id).is_none() {
+                let queue = match session.state {
+                    SessionState::Pending => &self.pending,
+                    _ => &self.detached,
+                };
+                queue.push(session.expires_at, Arc::clone(key));
                 pool.sessions.push(session);
             }
         }
@@ -187,5 +258,61 @@ impl SessionStore for MemoryStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.pools.iter().map(|e| e.value().sessions.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn timings() -> Timings {
+        Timings {
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(2),
+            reconnect_grace: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(4),
+        }
+    }
+
+    fn key(customer: &str) -> PoolKey {
+        PoolKey {
+            publisher_id: "p".into(),
+            customer_id: customer.into(),
+            offer_id: "o".into(),
+        }
+    }
+
+    fn new() -> NewSession {
+        NewSession {
+            id: SessionId::random(),
+            name: "tv".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sweep_frees_unattended_sessions_when_their_deadline_comes_and_not_before() {
+        let store = MemoryStore::new(timings());
+        let pending = store.admit(&key("a"), new(), 1, 0).await.unwrap().unwrap().session.id;
+        let detached = store.admit(&key("b"), new(), 1, 0).await.unwrap().unwrap().session.id;
+        store.attach(&key("b"), detached, Holder(1), 0).await.unwrap().unwrap();
+        store.detach(&key("b"), detached, Holder(1), 500).await.unwrap();
+        assert!(store.reap(3_499).await.unwrap().is_empty());
+        let reaped = store.reap(3_500).await.unwrap();
+        assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![detached]);
+        let reaped = store.reap(4_000).await.unwrap();
+        assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![pending]);
+        assert_eq!(store.count().await.unwrap(), 0);
+        assert!(store.pools.is_empty(), "empty pools are dropped");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_went_live_is_left_alone_by_the_sweep() {
+        let store = MemoryStore::new(timings());
+        let id = store.admit(&key("c"), new(), 1, 0).await.unwrap().unwrap().session.id;
+        store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
+        assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
+        assert_eq!(store.count().await.unwrap(), 1);
     }
 }
