@@ -2,6 +2,7 @@
 //! settings, the session store and the sockets.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -97,8 +98,17 @@ pub struct SessionControl {
     /// Publishers with their offers, kept for `catalog_ttl` (or until changed
     /// through this node) so admission rarely waits on the database, while
     /// changes made through other nodes show within the TTL.
-    catalogs: DashMap<String, (Arc<Catalog>, Instant)>,
+    catalogs: DashMap<String, Cached>,
     catalog_ttl: Duration,
+}
+
+/// A publisher's catalog as this node last read it.
+struct Cached {
+    catalog: Arc<Catalog>,
+    read_at: Instant,
+    /// Set while one request re-reads the stale entry: the others keep using it
+    /// meanwhile, so an expiring entry never sends every request to the database.
+    refreshing: AtomicBool,
 }
 
 /// How [`SessionControl`] is assembled.
@@ -130,8 +140,12 @@ impl SessionControl {
 
     fn cache(&self, publisher_id: &str, catalog: Catalog) -> Arc<Catalog> {
         let catalog = Arc::new(catalog);
-        self.catalogs
-            .insert(publisher_id.to_owned(), (Arc::clone(&catalog), Instant::now()));
+        let cached = Cached {
+            catalog: Arc::clone(&catalog),
+            read_at: Instant::now(),
+            refreshing: AtomicBool::new(false),
+        };
+        self.catalogs.insert(publisher_id.to_owned(), cached);
         catalog
     }
 
@@ -168,17 +182,30 @@ impl SessionControl {
 
     /// The publisher's settings and offers if it is configured; never creates it.
     pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
-        if let Some(entry) = self.catalogs.get(publisher_id)
-            && entry.1.elapsed() < self.catalog_ttl
-        {
-            return Ok(Some(Arc::clone(&entry.0)));
-        }
-        match self.settings.catalog(publisher_id).await? {
-            Some(catalog) => Ok(Some(self.cache(publisher_id, catalog))),
-            None => {
+        let stale = match self.catalogs.get(publisher_id) {
+            Some(c) if c.read_at.elapsed() < self.catalog_ttl => return Ok(Some(Arc::clone(&c.catalog))),
+            // Another request is re-reading it: use the copy we have.
+            Some(c) if c.refreshing.swap(true, Ordering::AcqRel) => return Ok(Some(Arc::clone(&c.catalog))),
+            Some(c) => Some(Arc::clone(&c.catalog)),
+            None => None,
+        };
+        match self.settings.catalog(publisher_id).await {
+            Ok(Some(catalog)) => Ok(Some(self.cache(publisher_id, catalog))),
+            Ok(None) => {
                 self.catalogs.remove(publisher_id);
                 Ok(None)
             }
+            // The database is unreachable: keep serving the settings we know.
+            Err(e) => match stale {
+                Some(catalog) => {
+                    tracing::warn!(error = %e, publisher = publisher_id, "settings unreachable; using the cached copy");
+                    if let Some(c) = self.catalogs.get(publisher_id) {
+                        c.refreshing.store(false, Ordering::Release);
+                    }
+                    Ok(Some(catalog))
+                }
+                None => Err(e.into()),
+            },
         }
     }
 

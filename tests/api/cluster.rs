@@ -386,3 +386,19 @@ async fn a_node_stopping_gracefully_hands_its_players_over_to_the_others() {
     let mut back = Player::connect(&on(&tv.endpoint, &b)).await;
     back.request_ok().await;
 }
+
+#[tokio::test]
+async fn a_node_serves_its_cached_settings_while_postgresql_is_down() {
+    let redis = RedisServer::start();
+    let mut pg = super::support_postgres::PgServer::start().await;
+    let a = pg_node(&redis, &pg).await;
+    a.put_offer("pq", "S1", 2, &[]).await;
+    let token = a.token("pq", "c1");
+    a.create_ok(&token, "S1", "TV").await;
+    pg.stop();
+    // Past the cache TTL (1 s): the stale copy is still used, with its limit of 2.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.create_ok(&token, "S1", "Phone").await;
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    pg.start_again();
+}
