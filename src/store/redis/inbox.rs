@@ -19,6 +19,8 @@ use crate::domain::ports::{Control, Notifier};
 use crate::domain::{Holder, SessionId};
 use crate::ws::hub::Hub;
 
+/// How long one blocking pop waits before it is issued again.
+const BLOCK_SECS: f64 = 1.0;
 /// How long an unread inbox survives its node.
 const INBOX_TTL_MS: u64 = 60_000;
 /// Orders waiting to be pushed; beyond it an order is dropped (and the refresh
@@ -137,7 +139,11 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<Hub>, cancel: Cancella
             tracing::error!("invalid Redis URL; the inbox is not read");
             return;
         };
-        let mut conn = match client.get_multiplexed_async_connection().await {
+        // The reply to a blocking pop may take the whole pop timeout: give it more.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS as u64 + 2)));
+        let mut conn = match client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "inbox connection failed; retrying");
@@ -155,7 +161,7 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<Hub>, cancel: Cancella
         loop {
             let popped: redis::RedisResult<Option<(String, String)>> = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = conn.blpop(&key, 1.0) => r,
+                r = conn.blpop(&key, BLOCK_SECS) => r,
             };
             match popped {
                 Ok(Some((_, message))) => match decode(&message) {
