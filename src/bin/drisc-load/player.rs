@@ -98,8 +98,13 @@ fn ws_config() -> WebSocketConfig {
 
 /// Opens the endpoint, paced, from the next source address.
 pub async fn open(env: &Env, endpoint: &str) -> Result<Ws> {
-    let addr = ws_endpoint_addr(endpoint)?;
     env.pacer.wait().await;
+    connect(env, endpoint).await
+}
+
+/// Opens the endpoint at once (the caller paced the whole join).
+pub async fn connect(env: &Env, endpoint: &str) -> Result<Ws> {
+    let addr = ws_endpoint_addr(endpoint)?;
     let result = async {
         let stream = env.sources.connect(addr).await?;
         let (ws, _) = timeout(

@@ -317,6 +317,10 @@ pub struct Joined {
 async fn join(ctx: &Ctx, token: &HeaderValue, name: &str, take_over: bool) -> Result<Joined> {
     let env = &ctx.env;
     let offer = &ctx.plan.common.offer;
+    // The whole join is paced, not only the socket: a granted session has only
+    // the connect timeout to send REQUESTED, and a burst of creates is a burst
+    // on the session store.
+    env.pacer.wait().await;
     env.counters.inc(C::Sent);
     let (status, body) = ctx
         .pool
@@ -343,7 +347,7 @@ async fn join(ctx: &Ctx, token: &HeaderValue, name: &str, take_over: bool) -> Re
     let Created::Granted { endpoint, session_id } = created else {
         bail!("not granted: {}", created.describe());
     };
-    let mut ws = player::open(env, &endpoint).await?;
+    let mut ws = player::connect(env, &endpoint).await?;
     match player::request(env, &mut ws).await? {
         Action::Ok => Ok(Joined {
             ws,
