@@ -67,6 +67,23 @@ impl fmt::Display for SessionId {
 #[serde(transparent)]
 pub struct Holder(pub u64);
 
+impl Holder {
+    /// Bits of a socket id that count sockets; the bits above name the node, so a
+    /// socket id says where the socket is.
+    pub const NODE_SHIFT: u32 = 40;
+
+    /// The first socket id of node `node`, from a random start (ids from before a
+    /// restart never name a new socket).
+    pub fn first_of_node(node: u64, start: u64) -> u64 {
+        (node << Self::NODE_SHIFT) | (start >> (64 - Self::NODE_SHIFT + 2))
+    }
+
+    /// The node holding this socket.
+    pub fn node(self) -> u64 {
+        self.0 >> Self::NODE_SHIFT
+    }
+}
+
 /// The lifecycle states of a session that still holds a slot (PROTOCOL 2.2).
 /// An ended session is simply gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

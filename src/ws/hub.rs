@@ -54,18 +54,12 @@ pub struct Hub {
     bad_messages: AtomicU64,
 }
 
-/// Bits of a socket id that count sockets; the bits above name the node, so a
-/// socket id says where the socket is.
-pub const NODE_SHIFT: u32 = 40;
-
 impl Hub {
     /// The hub of node `node` (any value below 2^24).
     pub fn new(node: u64) -> Self {
-        // Random start: ids from before a restart never name a new socket.
-        let start = rand::random::<u64>() >> (64 - NODE_SHIFT + 2);
         Self {
             sockets: DashMap::new(),
-            next_id: AtomicU64::new((node << NODE_SHIFT) | start),
+            next_id: AtomicU64::new(Holder::first_of_node(node, rand::random())),
             bad_messages: AtomicU64::new(0),
         }
     }

@@ -14,10 +14,8 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{NODE_SHIFT, node_of};
 use crate::domain::ports::{Control, Notifier};
 use crate::domain::{Holder, SessionId};
-use crate::ws::hub::Hub;
 
 /// How long one blocking pop waits before it is issued again.
 const BLOCK_SECS: f64 = 1.0;
@@ -63,13 +61,13 @@ fn decode(message: &str) -> Option<(Holder, Control)> {
 /// Routes an order to this node's hub, or to the holding node's inbox.
 pub struct ClusterNotifier {
     node: u64,
-    local: Arc<Hub>,
+    local: Arc<dyn Notifier>,
     outbox: mpsc::Sender<(u64, String)>,
 }
 
 impl ClusterNotifier {
     /// The notifier, and the receiving end that [`run_outbox`] drains.
-    pub fn new(node: u64, local: Arc<Hub>) -> (Self, mpsc::Receiver<(u64, String)>) {
+    pub fn new(node: u64, local: Arc<dyn Notifier>) -> (Self, mpsc::Receiver<(u64, String)>) {
         let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
         (Self { node, local, outbox }, rx)
     }
@@ -77,7 +75,7 @@ impl ClusterNotifier {
 
 impl Notifier for ClusterNotifier {
     fn notify(&self, id: SessionId, holder: Holder, control: Control) {
-        let node = node_of(holder);
+        let node = holder.node();
         if node == self.node {
             self.local.notify(id, holder, control);
         } else if self.outbox.try_send((node, encode(holder, &control))).is_err() {
@@ -132,7 +130,7 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
 }
 
 /// Reads this node's inbox and hands each order to the local hub.
-pub async fn run_inbox(url: String, node: u64, local: Arc<Hub>, cancel: CancellationToken) {
+pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
     let key = inbox_key(node);
     while !cancel.is_cancelled() {
         let Ok(client) = redis::Client::open(url.as_str()) else {
@@ -181,7 +179,7 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<Hub>, cancel: Cancella
 /// Claims a node id no other live node uses, and returns it.
 pub async fn claim_node_id(conn: &mut redis::aio::ConnectionManager) -> Result<u64, redis::RedisError> {
     loop {
-        let node = rand::random::<u64>() % ((1 << (64 - NODE_SHIFT)) - 1) + 1;
+        let node = rand::random::<u64>() % ((1 << (64 - Holder::NODE_SHIFT)) - 1) + 1;
         let claimed: Option<String> = redis::cmd("SET")
             .arg(node_key(node))
             .arg(1)
@@ -206,7 +204,7 @@ mod tests {
 
     #[test]
     fn orders_survive_the_round_trip_through_an_inbox() {
-        let holder = Holder(42 << NODE_SHIFT | 7);
+        let holder = Holder(42 << Holder::NODE_SHIFT | 7);
         for control in [
             Control::Ping,
             Control::Terminate,
@@ -217,6 +215,6 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(holder, &control)), Some((holder, control)));
         }
-        assert_eq!(node_of(holder), 42);
+        assert_eq!(holder.node(), 42);
     }
 }

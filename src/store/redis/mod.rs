@@ -26,14 +26,8 @@ use crate::domain::ports::{Notifier, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use scripts::Scripts;
 
-pub use crate::ws::hub::NODE_SHIFT;
-
 /// How many script calls go in one pipeline when a node acts on all its sessions.
 const PIPELINE_CHUNK: usize = 1000;
-
-pub fn node_of(holder: Holder) -> u64 {
-    holder.0 >> NODE_SHIFT
-}
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
