@@ -146,8 +146,7 @@ pub struct LogSettings {
 impl Settings {
     /// Defaults, then `file` if given, then `DRISC__SECTION__KEY` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut builder = Self::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -157,22 +156,24 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("cors.allowed_origins");
-        let settings: Settings = builder
-            .add_source(env)
-            .build()
-            .context("invalid configuration")?
-            .try_deserialize()
-            .context("invalid configuration")?;
-        settings.validate()?;
-        Ok(settings)
+        Self::finish(builder.add_source(env))
     }
 
     /// The defaults alone, for tests and tools.
     pub fn defaults() -> anyhow::Result<Self> {
-        let settings: Settings = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
-            .build()?
-            .try_deserialize()?;
+        Self::finish(Self::builder())
+    }
+
+    fn builder() -> config::ConfigBuilder<config::builder::DefaultState> {
+        config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+    }
+
+    fn finish(builder: config::ConfigBuilder<config::builder::DefaultState>) -> anyhow::Result<Self> {
+        let settings: Settings = builder
+            .build()
+            .context("invalid configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }

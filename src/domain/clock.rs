@@ -31,12 +31,6 @@ impl Clock {
     pub fn now(&self) -> Millis {
         self.anchor_unix_ms + self.anchor.elapsed().as_millis() as Millis
     }
-
-    /// The tokio instant at which the clock reads `at` (or now, if `at` has passed).
-    pub fn instant_at(&self, at: Millis) -> tokio::time::Instant {
-        let offset = at.saturating_sub(self.anchor_unix_ms);
-        self.anchor + Duration::from_millis(offset)
-    }
 }
 
 impl Default for Clock {

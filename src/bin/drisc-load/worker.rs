@@ -243,12 +243,10 @@ fn mint_all(ctx: &Ctx, customers: usize) -> Result<Arc<Vec<HeaderValue>>> {
         .map(Arc::new)
 }
 
-/// Open-loop admission: request g is due at start + g/rate, and its latency is
-/// counted from then, so a server that falls behind cannot hide it.
-async fn admit(ctx: &Arc<Ctx>, args: &AdmitArgs) -> Result<()> {
-    let tokens = mint_all(ctx, if args.hot { 1 } else { args.customers })?;
-    let body = create_body(&ctx.plan.common.offer, "drisc-load");
-    let lanes = ctx.share(args.connections.max(1)).max(1);
+/// Opens this worker's share of `connections` keep-alive lanes, reports ready and
+/// waits for the coordinator's go: every worker starts its schedule together.
+async fn start_open_loop(ctx: &Ctx, connections: usize) -> Result<(Vec<HttpConn>, Instant)> {
+    let lanes = ctx.share(connections.max(1)).max(1);
     let conns = open_lanes(ctx, lanes).await?;
     ctx.send(Up::Stage {
         stage: 0,
@@ -257,7 +255,15 @@ async fn admit(ctx: &Arc<Ctx>, args: &AdmitArgs) -> Result<()> {
         sessions: Vec::new(),
     });
     ctx.wait_next().await?;
-    let start = Instant::now();
+    Ok((conns, Instant::now()))
+}
+
+/// Open-loop admission: request g is due at start + g/rate, and its latency is
+/// counted from then, so a server that falls behind cannot hide it.
+async fn admit(ctx: &Arc<Ctx>, args: &AdmitArgs) -> Result<()> {
+    let tokens = mint_all(ctx, if args.hot { 1 } else { args.customers })?;
+    let body = create_body(&ctx.plan.common.offer, "drisc-load");
+    let (conns, start) = start_open_loop(ctx, args.connections).await?;
     let end = start + args.duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -362,16 +368,7 @@ async fn join(ctx: &Ctx, token: &HeaderValue, name: &str, take_over: bool) -> Re
 async fn attach(ctx: &Arc<Ctx>, args: &AttachArgs) -> Result<()> {
     let tokens = mint_all(ctx, args.customers)?;
     let body = create_body(&ctx.plan.common.offer, "drisc-load");
-    let lanes = ctx.share(args.concurrency.max(1)).max(1);
-    let conns = open_lanes(ctx, lanes).await?;
-    ctx.send(Up::Stage {
-        stage: 0,
-        held: 0,
-        failed: 0,
-        sessions: Vec::new(),
-    });
-    ctx.wait_next().await?;
-    let start = Instant::now();
+    let (conns, start) = start_open_loop(ctx, args.concurrency).await?;
     let end = start + args.duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
