@@ -8,6 +8,7 @@ mod helpers;
 mod http_api;
 mod settings_postgres;
 mod support_postgres;
+mod support_process;
 mod support_redis;
 mod websocket;
 
