@@ -2,12 +2,9 @@
 //! settings, the session store and the sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use tokio::time::Instant;
-
+use super::catalogs::CatalogCache;
 use super::clock::Clock;
 use super::liveness::Timings;
 use super::pool::{ActiveSession, NewSession};
@@ -98,17 +95,7 @@ pub struct SessionControl {
     /// Publishers with their offers, kept for `catalog_ttl` (or until changed
     /// through this node) so admission rarely waits on the database, while
     /// changes made through other nodes show within the TTL.
-    catalogs: DashMap<String, Cached>,
-    catalog_ttl: Duration,
-}
-
-/// A publisher's catalog as this node last read it.
-struct Cached {
-    catalog: Arc<Catalog>,
-    read_at: Instant,
-    /// Set while one request re-reads the stale entry: the others keep using it
-    /// meanwhile, so an expiring entry never sends every request to the database.
-    refreshing: AtomicBool,
+    catalogs: CatalogCache,
 }
 
 /// How [`SessionControl`] is assembled.
@@ -133,20 +120,8 @@ impl SessionControl {
             timings: parts.timings,
             policy: parts.policy,
             on_unavailable: parts.on_unavailable,
-            catalogs: DashMap::new(),
-            catalog_ttl: parts.catalog_ttl,
+            catalogs: CatalogCache::new(parts.catalog_ttl),
         }
-    }
-
-    fn cache(&self, publisher_id: &str, catalog: Catalog) -> Arc<Catalog> {
-        let catalog = Arc::new(catalog);
-        let cached = Cached {
-            catalog: Arc::clone(&catalog),
-            read_at: Instant::now(),
-            refreshing: AtomicBool::new(false),
-        };
-        self.catalogs.insert(publisher_id.to_owned(), cached);
-        catalog
     }
 
     /// The settings a publisher gets when it is created without any given.
@@ -177,36 +152,12 @@ impl SessionControl {
             "publisher seen for the first time: created with default settings"
         );
         let catalog = self.settings.create_publisher(&publisher).await?;
-        Ok(self.cache(publisher_id, catalog))
+        Ok(self.catalogs.put(catalog).await)
     }
 
     /// The publisher's settings and offers if it is configured; never creates it.
     pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
-        let stale = match self.catalogs.get(publisher_id) {
-            Some(c) if c.read_at.elapsed() < self.catalog_ttl => return Ok(Some(Arc::clone(&c.catalog))),
-            // Another request is re-reading it: use the copy we have.
-            Some(c) if c.refreshing.swap(true, Ordering::AcqRel) => return Ok(Some(Arc::clone(&c.catalog))),
-            Some(c) => Some(Arc::clone(&c.catalog)),
-            None => None,
-        };
-        match self.settings.catalog(publisher_id).await {
-            Ok(Some(catalog)) => Ok(Some(self.cache(publisher_id, catalog))),
-            Ok(None) => {
-                self.catalogs.remove(publisher_id);
-                Ok(None)
-            }
-            // The database is unreachable: keep serving the settings we know.
-            Err(e) => match stale {
-                Some(catalog) => {
-                    tracing::warn!(error = %e, publisher = publisher_id, "settings unreachable; using the cached copy");
-                    if let Some(c) = self.catalogs.get(publisher_id) {
-                        c.refreshing.store(false, Ordering::Release);
-                    }
-                    Ok(Some(catalog))
-                }
-                None => Err(e.into()),
-            },
-        }
+        Ok(self.catalogs.get(&self.settings, publisher_id).await?)
     }
 
     async fn resolve(
@@ -423,19 +374,19 @@ impl SessionControl {
 
     pub async fn put_publisher(&self, publisher: &Publisher) -> Result<(), ControlError> {
         self.settings.put_publisher(publisher).await?;
-        self.catalogs.remove(&publisher.id);
+        self.catalogs.forget(&publisher.id).await;
         Ok(())
     }
 
     pub async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), ControlError> {
         self.settings.put_offer(publisher_id, offer).await?;
-        self.catalogs.remove(publisher_id);
+        self.catalogs.forget(publisher_id).await;
         Ok(())
     }
 
     pub async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, ControlError> {
         let deleted = self.settings.delete_offer(publisher_id, offer_id).await?;
-        self.catalogs.remove(publisher_id);
+        self.catalogs.forget(publisher_id).await;
         Ok(deleted)
     }
 }

@@ -6,6 +6,7 @@
 //! `control` is the one place that combines them into the operations the HTTP and
 //! WebSocket layers call.
 
+pub mod catalogs;
 pub mod clock;
 pub mod control;
 pub mod liveness;

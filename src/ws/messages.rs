@@ -111,4 +111,73 @@ mod tests {
             r#"{"action":"TAKE_OVER","sessionName":"TV \"2\""}"#
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn action() -> impl Strategy<Value = (&'static str, Option<ClientMessage>)> {
+            prop_oneof![
+                Just(("REQUESTED", Some(ClientMessage::Requested))),
+                Just(("PONG", Some(ClientMessage::Pong))),
+                Just(("FINISHED", Some(ClientMessage::Finished))),
+                Just(("PING", None)),
+                Just(("requested", None)),
+                Just(("", None)),
+            ]
+        }
+
+        proptest! {
+            // Bounded for CI; PROPTEST_CASES raises it for a longer local run.
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever a player sends, parsing answers (never panics) and only the
+            /// three player actions are ever recognised.
+            #[test]
+            fn any_text_parses_to_nothing_or_one_of_the_three_actions(text in ".{0,300}") {
+                let parsed = ClientMessage::parse(&text);
+                if let Some(message) = parsed {
+                    let expected = match message {
+                        ClientMessage::Requested => "REQUESTED",
+                        ClientMessage::Pong => "PONG",
+                        ClientMessage::Finished => "FINISHED",
+                    };
+                    prop_assert!(text.contains(expected), "{text:?} parsed as {message:?}");
+                }
+            }
+
+            /// Arbitrary bytes that happen to be UTF-8 (frames are checked for
+            /// UTF-8 before parsing) never panic the parser.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    let _ = ClientMessage::parse(text);
+                }
+            }
+
+            /// An object with a known action is read whatever else it carries;
+            /// anything else in `action` is not.
+            #[test]
+            fn the_action_decides_whatever_else_the_object_carries(
+                (name, expected) in action(),
+                key in "[a-z]{1,8}",
+                value in prop_oneof![Just(serde_json::json!(1)), Just(serde_json::json!("x")), Just(serde_json::json!([null, {"a": 2}]))],
+            ) {
+                prop_assume!(key != "action");
+                let mut object = serde_json::Map::new();
+                object.insert(key, value);
+                object.insert("action".into(), serde_json::json!(name));
+                let text = serde_json::Value::Object(object).to_string();
+                prop_assert_eq!(ClientMessage::parse(&text), expected);
+            }
+
+            /// Deeply nested JSON is refused, not followed down until the stack ends.
+            #[test]
+            fn deep_nesting_is_refused_without_overflow(depth in 100usize..20_000) {
+                let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                prop_assert_eq!(ClientMessage::parse(&text), None);
+            }
+        }
+    }
 }

@@ -4,10 +4,12 @@
 
 mod cluster;
 mod conformance;
+mod fuzz;
 mod helpers;
 mod http_api;
 mod settings_postgres;
 mod support_postgres;
+#[allow(dead_code)] // used as tests need it
 mod support_process;
 mod support_redis;
 mod websocket;

@@ -1,0 +1,215 @@
+//! The publishers' settings as this node last read them.
+//!
+//! Admission reads a publisher's catalog on every create, so it must rarely wait
+//! on the database; changes made through other nodes must still show within
+//! `ttl`. Two bounded caches do this:
+//!
+//! - `fresh` holds what was read less than `ttl` ago. A miss is loaded once, however
+//!   many requests ask at the same moment (the others wait for that one read), and
+//!   the load survives the caller going away: if the request that started it is
+//!   dropped mid-read (a client disconnecting), a waiting request takes it over and
+//!   a later one starts afresh. Nothing is ever left marked "being refreshed".
+//! - `known` keeps the last good copy for much longer, only to be served while the
+//!   database is unreachable.
+//!
+//! Both are bounded in entries, so made-up publisher ids cannot grow them without end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use super::ports::{SettingsError, SettingsRepo};
+use super::settings::Catalog;
+
+/// How many publishers each cache holds at most. Far above any real deployment;
+/// beyond it the least useful entries are evicted.
+const MAX_PUBLISHERS: u64 = 100_000;
+
+/// How long the last good copy is kept to serve while the database is down.
+const KEEP_KNOWN: Duration = Duration::from_secs(24 * 3600);
+
+pub struct CatalogCache {
+    /// `None` caches "not configured", so unknown publishers do not reach the
+    /// database on every request either.
+    fresh: Cache<String, Option<Arc<Catalog>>>,
+    known: Cache<String, Arc<Catalog>>,
+}
+
+impl CatalogCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, MAX_PUBLISHERS)
+    }
+
+    pub fn with_capacity(ttl: Duration, capacity: u64) -> Self {
+        Self {
+            fresh: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            known: Cache::builder().max_capacity(capacity).time_to_idle(KEEP_KNOWN).build(),
+        }
+    }
+
+    /// The publisher's catalog, `None` if it is not configured. While the database
+    /// is unreachable, the last copy read is served.
+    pub async fn get(
+        &self,
+        repo: &Arc<dyn SettingsRepo>,
+        publisher_id: &str,
+    ) -> Result<Option<Arc<Catalog>>, SettingsError> {
+        let load = async {
+            let catalog = repo.catalog(publisher_id).await?.map(Arc::new);
+            match &catalog {
+                Some(c) => self.known.insert(publisher_id.to_owned(), Arc::clone(c)).await,
+                None => self.known.invalidate(publisher_id).await,
+            }
+            Ok::<_, SettingsError>(catalog)
+        };
+        match self.fresh.try_get_with_by_ref(publisher_id, load).await {
+            Ok(catalog) => Ok(catalog),
+            Err(e) => match self.known.get(publisher_id).await {
+                Some(catalog) => {
+                    tracing::warn!(error = %e, publisher = publisher_id, "settings unreachable; using the cached copy");
+                    Ok(Some(catalog))
+                }
+                None => Err(SettingsError::Database(e.to_string())),
+            },
+        }
+    }
+
+    /// Records what this node just wrote or read.
+    pub async fn put(&self, catalog: Catalog) -> Arc<Catalog> {
+        let catalog = Arc::new(catalog);
+        let id = catalog.publisher.id.clone();
+        self.known.insert(id.clone(), Arc::clone(&catalog)).await;
+        self.fresh.insert(id, Some(Arc::clone(&catalog))).await;
+        catalog
+    }
+
+    /// Forgets a publisher after a change made through this node: the next read
+    /// goes to the database.
+    pub async fn forget(&self, publisher_id: &str) {
+        self.fresh.invalidate(publisher_id).await;
+    }
+
+    /// Entries in the fresh cache (for tests; moka counts lazily).
+    pub async fn len(&self) -> u64 {
+        self.fresh.run_pending_tasks().await;
+        self.fresh.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::domain::settings::{Offer, Publisher, UnknownOffers};
+    use crate::store::SqliteSettings;
+
+    /// The real SQLite repository behind a gate: reads wait for a permit, so a test
+    /// can hold a read in flight and drop the request that started it.
+    struct Gated {
+        db: SqliteSettings,
+        gate: Semaphore,
+        entered: Semaphore,
+    }
+
+    #[async_trait]
+    impl SettingsRepo for Gated {
+        async fn catalog(&self, publisher_id: &str) -> Result<Option<Catalog>, SettingsError> {
+            self.entered.add_permits(1);
+            let _permit = self
+                .gate
+                .acquire()
+                .await
+                .map_err(|e| SettingsError::Database(e.to_string()))?;
+            self.db.catalog(publisher_id).await
+        }
+        async fn create_publisher(&self, p: &Publisher) -> Result<Catalog, SettingsError> {
+            self.db.create_publisher(p).await
+        }
+        async fn put_publisher(&self, p: &Publisher) -> Result<(), SettingsError> {
+            self.db.put_publisher(p).await
+        }
+        async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
+            self.db.list_publishers().await
+        }
+        async fn put_offer(&self, p: &str, o: &Offer) -> Result<(), SettingsError> {
+            self.db.put_offer(p, o).await
+        }
+        async fn delete_offer(&self, p: &str, o: &str) -> Result<bool, SettingsError> {
+            self.db.delete_offer(p, o).await
+        }
+    }
+
+    fn offer(limit: u32) -> Offer {
+        Offer {
+            id: "S1".into(),
+            session_limit: limit,
+            tags: Vec::new(),
+            takeover_enabled: None,
+        }
+    }
+
+    async fn limit_of(cache: &CatalogCache, repo: &Arc<dyn SettingsRepo>) -> u32 {
+        let catalog = cache.get(repo, "p").await.unwrap().unwrap();
+        catalog.offers[0].session_limit
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_mid_refresh_leaves_no_entry_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        db.create_publisher(&Publisher {
+            id: "p".into(),
+            enabled: true,
+            takeover_enabled: true,
+            default_session_limit: 1,
+            unknown_offers: UnknownOffers::default(),
+            verification_key: None,
+        })
+        .await
+        .unwrap();
+        db.put_offer("p", &offer(1)).await.unwrap();
+        let gated = Arc::new(Gated {
+            db: db.clone(),
+            gate: Semaphore::new(1_000),
+            entered: Semaphore::new(0),
+        });
+        let repo: Arc<dyn SettingsRepo> = gated.clone();
+        let ttl = Duration::from_millis(100);
+        let cache = CatalogCache::new(ttl);
+        assert_eq!(limit_of(&cache, &repo).await, 1);
+
+        // The limit changes through another node; once the TTL passes, a request
+        // starts the re-read and is dropped while the read is held.
+        db.put_offer("p", &offer(2)).await.unwrap();
+        tokio::time::sleep(ttl * 2).await;
+        gated.gate.forget_permits(1_000);
+        let _ = gated.entered.try_acquire_many(gated.entered.available_permits() as u32);
+        let cache = Arc::new(cache);
+        let dropped = tokio::spawn({
+            let (cache, repo) = (Arc::clone(&cache), Arc::clone(&repo));
+            async move { cache.get(&repo, "p").await.map(|_| ()) }
+        });
+        let _ = gated.entered.acquire().await.unwrap();
+        dropped.abort();
+        assert!(dropped.await.unwrap_err().is_cancelled());
+
+        // The database answers again: the next request reads the new limit.
+        gated.gate.add_permits(1_000);
+        let read = tokio::time::timeout(Duration::from_secs(5), limit_of(&cache, &repo)).await;
+        assert_eq!(read.expect("not stuck on the dropped refresh"), 2);
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_a_bounded_number_of_publishers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db: Arc<dyn SettingsRepo> = Arc::new(SqliteSettings::open(&dir.path().join("t.db")).await.unwrap());
+        let cache = CatalogCache::with_capacity(Duration::from_secs(60), 50);
+        for i in 0..500 {
+            assert!(cache.get(&db, &format!("made-up-{i}")).await.unwrap().is_none());
+        }
+        assert!(cache.len().await <= 50, "{} entries", cache.len().await);
+    }
+}
