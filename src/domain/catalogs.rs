@@ -91,7 +91,7 @@ impl CatalogCache {
     }
 
     /// Entries in the fresh cache (for tests; moka counts lazily).
-    pub async fn len(&self) -> u64 {
+    pub async fn entries(&self) -> u64 {
         self.fresh.run_pending_tasks().await;
         self.fresh.entry_count()
     }
@@ -210,6 +210,6 @@ mod tests {
         for i in 0..500 {
             assert!(cache.get(&db, &format!("made-up-{i}")).await.unwrap().is_none());
         }
-        assert!(cache.len().await <= 50, "{} entries", cache.len().await);
+        assert!(cache.entries().await <= 50, "{} entries", cache.entries().await);
     }
 }
