@@ -164,6 +164,7 @@ impl App {
                 takeover_enabled: p.takeover_enabled,
                 default_session_limit: p.default_session_limit,
                 unknown_offers: p.unknown_offers,
+                max_pools_per_customer: p.max_pools_per_customer,
             },
             on_unavailable: settings.cluster.on_store_unavailable,
             catalog_ttl: settings.cluster.settings_cache_ttl,

@@ -13,6 +13,10 @@ use crate::domain::settings::UnknownOffers;
 /// The documented defaults, built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The highest `publishers.max_pools_per_customer`: a customer's pools are checked
+/// one by one when it reaches the cap, so the cap must stay small.
+const MAX_POOLS_PER_CUSTOMER: u32 = 1024;
+
 /// Published development keys: fine on a laptop, never in production.
 pub const DEV_CUSTOMER_KEY: &str = "drisc-dev-customer-secret";
 pub const DEV_ADMIN_KEY: &str = "drisc-dev-admin-key";
@@ -114,6 +118,7 @@ pub struct PublisherSettings {
     pub takeover_enabled: bool,
     pub default_session_limit: u32,
     pub unknown_offers: UnknownOffers,
+    pub max_pools_per_customer: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +223,11 @@ impl Settings {
         if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
             bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
         }
+        if !(1..=MAX_POOLS_PER_CUSTOMER).contains(&self.publishers.max_pools_per_customer) {
+            bail!(
+                "invalid configuration: publishers.max_pools_per_customer must be between 1 and {MAX_POOLS_PER_CUSTOMER}"
+            );
+        }
         if !(16..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
             bail!("invalid configuration: server.max_body_bytes must be between 16 and 16777216");
         }
@@ -278,6 +288,27 @@ mod tests {
         let s = Settings::defaults().unwrap();
         assert_eq!(s.server.port, 8080);
         assert_eq!(s.timings(), Timings::default());
+    }
+
+    #[test]
+    fn unknown_offers_default_to_shared_and_accept_the_old_name() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.publishers.unknown_offers, UnknownOffers::Shared);
+        assert_eq!(s.publishers.max_pools_per_customer, 16);
+        let old = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("publishers.unknown_offers", "default")
+            .unwrap();
+        let s = Settings::finish(old).unwrap();
+        assert_eq!(s.publishers.unknown_offers, UnknownOffers::Each);
+    }
+
+    #[test]
+    fn a_cap_of_zero_pools_names_its_setting() {
+        let mut s = Settings::defaults().unwrap();
+        s.publishers.max_pools_per_customer = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("publishers.max_pools_per_customer"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub enum ApiError {
         takeover_enabled: bool,
         active: Vec<ActiveSession>,
     },
+    /// The customer holds sessions on as many offers as the server allows at once.
+    /// Answered as LimitExceeded (409) with no takeover and no session listed,
+    /// rather than 403: players already handle LimitExceeded by telling the user
+    /// to stop watching elsewhere, which is what frees a pool; a 403 reads as "not
+    /// allowed to watch at all". No session is listed because none of this pool
+    /// could be taken over: it holds none.
+    #[error(
+        "the customer already holds sessions on {0} offers, the most allowed at once:          end one of them to watch another offer"
+    )]
+    TooManyPools(u32),
     #[error("the request body is larger than the {0} bytes allowed")]
     PayloadTooLarge(usize),
     #[error("{0}")]
@@ -40,7 +50,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::LimitExceeded { .. } => (StatusCode::CONFLICT, "LimitExceeded"),
+            Self::LimitExceeded { .. } | Self::TooManyPools(_) => (StatusCode::CONFLICT, "LimitExceeded"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
@@ -66,6 +76,11 @@ impl IntoResponse for ApiError {
                         .map(|s| json!({"sessionId": s.id, "name": s.name}))
                         .collect::<Vec<_>>(),
                 },
+            }),
+            Self::TooManyPools(_) => json!({
+                "code": code,
+                "message": message,
+                "details": {"takeOverEnabled": false, "activeSessions": []},
             }),
             Self::Internal(detail) => {
                 tracing::error!(detail, "internal error");

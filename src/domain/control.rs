@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::catalogs::CatalogCache;
 use super::clock::Clock;
 use super::liveness::Timings;
-use super::pool::{ActiveSession, NewSession};
+use super::pool::{ActiveSession, Limits, NewSession, Refusal};
 use super::ports::{Control, Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo, StoreError};
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
@@ -21,6 +21,8 @@ pub struct PublisherPolicy {
     pub takeover_enabled: bool,
     pub default_session_limit: u32,
     pub unknown_offers: UnknownOffers,
+    /// Pools one customer may hold sessions in at once, whatever the publisher.
+    pub max_pools_per_customer: u32,
 }
 
 impl PublisherPolicy {
@@ -74,6 +76,8 @@ pub struct CreateRequest<'a> {
 pub enum CreateOutcome {
     Granted {
         pool: PoolKey,
+        /// The offer as the player knows it (the pool may be the shared one).
+        offer_id: String,
         session: Session,
     },
     /// Session control is switched off for this publisher: play without a session.
@@ -82,6 +86,8 @@ pub enum CreateOutcome {
         takeover_enabled: bool,
         active: Vec<ActiveSession>,
     },
+    /// The customer holds sessions in `max` pools already, and this one is empty.
+    TooManyPools { max: u32 },
 }
 
 pub struct SessionControl {
@@ -177,15 +183,16 @@ impl SessionControl {
         let Some(offer) = self.resolve(customer, request.offer).await? else {
             return Ok(CreateOutcome::Disabled);
         };
-        let pool = PoolKey::new(customer, offer.offer_id);
+        let pool = PoolKey::new(customer, offer.pool_offer_id);
         let new = NewSession {
             id: SessionId::random(),
             name: request.name.to_owned(),
         };
-        let admitted = self
-            .store
-            .admit(&pool, new, offer.session_limit, self.clock.now())
-            .await;
+        let limits = Limits {
+            sessions: offer.session_limit,
+            pools_per_customer: self.policy.max_pools_per_customer,
+        };
+        let admitted = self.store.admit(&pool, new, limits, self.clock.now()).await;
         let Some(admitted) = self.when_unavailable(admitted)? else {
             return Ok(CreateOutcome::Disabled);
         };
@@ -196,13 +203,26 @@ impl SessionControl {
                 }
                 Ok(CreateOutcome::Granted {
                     pool,
+                    offer_id: offer.offer_id,
                     session: granted.session,
                 })
             }
-            Err(full) => Ok(CreateOutcome::LimitExceeded {
+            Err(Refusal::Full(full)) => Ok(CreateOutcome::LimitExceeded {
                 takeover_enabled: offer.takeover_enabled,
                 active: full.active,
             }),
+            Err(Refusal::TooManyPools) => {
+                let max = limits.pools_per_customer;
+                // Worth an operator's eye: a real player seldom needs that many
+                // offers at once, a script inventing offer ids does.
+                tracing::warn!(
+                    publisher = %customer.publisher_id,
+                    customer = %customer.customer_id,
+                    max,
+                    "create refused: the customer holds sessions in publishers.max_pools_per_customer pools"
+                );
+                Ok(CreateOutcome::TooManyPools { max })
+            }
         }
     }
 
@@ -220,7 +240,7 @@ impl SessionControl {
         if !offer.takeover_enabled {
             return Err(ControlError::TakeoverDisabled);
         }
-        let pool = PoolKey::new(customer, offer.offer_id);
+        let pool = PoolKey::new(customer, offer.pool_offer_id);
         let new = NewSession {
             id: SessionId::random(),
             name: request.name.to_owned(),
@@ -239,6 +259,7 @@ impl SessionControl {
         }
         Ok(CreateOutcome::Granted {
             pool,
+            offer_id: offer.offer_id,
             session: done.granted.session,
         })
     }

@@ -38,6 +38,33 @@ pub struct LimitExceeded {
     pub active: Vec<ActiveSession>,
 }
 
+/// Why a store refused a new session.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The pool is full.
+    Full(LimitExceeded),
+    /// The pool is empty and the customer already holds sessions in as many pools
+    /// as [`Limits::pools_per_customer`] allows: opening one more is refused.
+    TooManyPools,
+}
+
+/// What a new session is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions in the pool: the offer's `sessionLimit`.
+    pub sessions: u32,
+    /// Pools one customer may hold sessions in at once: the last line against
+    /// a customer multiplying its slots with offers of its own making.
+    pub pools_per_customer: u32,
+}
+
+impl Limits {
+    /// Whether a customer whose sessions are in `open` pools may open one more.
+    pub fn may_open_pool(&self, open: usize) -> bool {
+        open < self.pools_per_customer as usize
+    }
+}
+
 /// The session a takeover replaced, and the one it granted.
 #[derive(Debug, Clone)]
 pub struct TakenOver {

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::clock::Millis;
-use super::pool::{Attached, Granted, LimitExceeded, NewSession, TakenOver};
+use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
 use super::session::{Holder, PoolKey, Session, SessionId};
 use super::settings::{Catalog, Offer, Publisher};
 
@@ -24,13 +24,17 @@ pub enum SettingsError {
 /// [`crate::domain::pool::Pool`] atomically for one pool.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
+    /// Grants `new` if the pool has room and, when the pool holds no live session
+    /// yet, if its customer may open one more pool ([`Limits::may_open_pool`],
+    /// counting the customer's pools with a session alive at `now`). Both checks
+    /// are atomic with the grant: parallel admissions never exceed either limit.
     async fn admit(
         &self,
         pool: &PoolKey,
         new: NewSession,
-        limit: u32,
+        limits: Limits,
         now: Millis,
-    ) -> Result<Result<Granted, LimitExceeded>, StoreError>;
+    ) -> Result<Result<Granted, Refusal>, StoreError>;
 
     async fn take_over(
         &self,

@@ -2,13 +2,29 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The longest offer id or tag accepted, in bytes, from players and operators alike.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The pool every offer a publisher does not know counts against under
+/// [`UnknownOffers::Shared`]. The admin API refuses to configure an offer with this
+/// id, and [`Catalog::resolve`] never treats a stored one as configured, so the
+/// shared pool can never merge with a real offer's pool.
+pub const SHARED_UNKNOWN_OFFER: &str = "*unknown";
+
 /// What to do with an `offerId` that is not configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownOffers {
-    /// Count it against the publisher's `defaultSessionLimit` (development friendly).
+    /// All of a customer's unknown offers share ONE pool with the publisher's
+    /// `defaultSessionLimit`: made-up offer ids cannot multiply the limit.
     #[default]
-    Default,
+    Shared,
+    /// Each unknown offer is a pool of its own with the publisher's
+    /// `defaultSessionLimit` (development only: a customer can multiply its
+    /// slots by inventing offer ids, up to `publishers.max_pools_per_customer`).
+    /// `"default"` is its name before `"shared"` existed, still accepted.
+    #[serde(alias = "default")]
+    Each,
     /// Refuse it with 404.
     Reject,
 }
@@ -16,14 +32,18 @@ pub enum UnknownOffers {
 impl UnknownOffers {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Default => "default",
+            Self::Shared => "shared",
+            Self::Each => "each",
             Self::Reject => "reject",
         }
     }
 
+    /// Reads a stored value; `"default"` is how rows written before `"shared"`
+    /// existed spell [`UnknownOffers::Each`].
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "default" => Some(Self::Default),
+            "shared" => Some(Self::Shared),
+            "each" | "default" => Some(Self::Each),
             "reject" => Some(Self::Reject),
             _ => None,
         }
@@ -69,7 +89,12 @@ pub enum OfferChoice<'a> {
 /// The offer a request counts against, with the rules that apply to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedOffer {
+    /// The offer as the player knows it: the id it asked for, or the offer its tag
+    /// picked. Shown back in the granted body.
     pub offer_id: String,
+    /// The pool the session counts against: `offer_id`, except for unknown offers
+    /// under [`UnknownOffers::Shared`], which all count against [`SHARED_UNKNOWN_OFFER`].
+    pub pool_offer_id: String,
     pub session_limit: u32,
     pub takeover_enabled: bool,
 }
@@ -87,29 +112,39 @@ impl Catalog {
     /// offer with the largest limit, ties going to the smallest offer id, so sessions
     /// created by tag and by id share one pool.
     pub fn resolve(&self, choice: OfferChoice<'_>) -> Result<ResolvedOffer, ResolveError> {
+        // A stored offer with the reserved id (from before it was reserved) is
+        // ignored: the shared pool must stay the unknown offers' alone.
+        let mut configured = self.offers.iter().filter(|o| o.id != SHARED_UNKNOWN_OFFER);
         let offer = match choice {
-            OfferChoice::Id(id) => match self.offers.iter().find(|o| o.id == id) {
+            OfferChoice::Id(id) => match configured.find(|o| o.id == id) {
                 Some(offer) => offer,
-                None if self.publisher.unknown_offers == UnknownOffers::Default => {
-                    return Ok(ResolvedOffer {
-                        offer_id: id.to_owned(),
-                        session_limit: self.publisher.default_session_limit,
-                        takeover_enabled: self.publisher.takeover_enabled,
-                    });
-                }
-                None => return Err(ResolveError::UnknownOffer(id.to_owned())),
+                None => return self.unknown(id),
             },
-            OfferChoice::Tag(tag) => self
-                .offers
-                .iter()
+            OfferChoice::Tag(tag) => configured
                 .filter(|o| o.tags.iter().any(|t| t == tag))
                 .max_by(|a, b| a.session_limit.cmp(&b.session_limit).then(b.id.cmp(&a.id)))
                 .ok_or_else(|| ResolveError::UnknownTag(tag.to_owned()))?,
         };
         Ok(ResolvedOffer {
             offer_id: offer.id.clone(),
+            pool_offer_id: offer.id.clone(),
             session_limit: offer.session_limit,
             takeover_enabled: offer.takeover_enabled.unwrap_or(self.publisher.takeover_enabled),
+        })
+    }
+
+    /// An offer id this publisher does not configure, under its `unknownOffers` rule.
+    fn unknown(&self, id: &str) -> Result<ResolvedOffer, ResolveError> {
+        let pool_offer_id = match self.publisher.unknown_offers {
+            UnknownOffers::Shared => SHARED_UNKNOWN_OFFER,
+            UnknownOffers::Each => id,
+            UnknownOffers::Reject => return Err(ResolveError::UnknownOffer(id.to_owned())),
+        };
+        Ok(ResolvedOffer {
+            offer_id: id.to_owned(),
+            pool_offer_id: pool_offer_id.to_owned(),
+            session_limit: self.publisher.default_session_limit,
+            takeover_enabled: self.publisher.takeover_enabled,
         })
     }
 }
@@ -148,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_tag_picks_the_largest_limit_and_breaks_ties_by_smallest_id() {
-        let c = catalog(UnknownOffers::Default);
+        let c = catalog(UnknownOffers::Each);
         assert_eq!(c.resolve(OfferChoice::Tag("live")).unwrap().offer_id, "A");
         assert_eq!(c.resolve(OfferChoice::Tag("vod")).unwrap().offer_id, "A");
         assert_eq!(
@@ -158,9 +193,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_offers_get_the_default_limit_or_are_rejected() {
-        let r = catalog(UnknownOffers::Default).resolve(OfferChoice::Id("Z")).unwrap();
-        assert_eq!((r.offer_id.as_str(), r.session_limit), ("Z", 1));
+    fn unknown_offers_share_one_pool_by_default() {
+        let c = catalog(UnknownOffers::default());
+        let x = c.resolve(OfferChoice::Id("X")).unwrap();
+        let y = c.resolve(OfferChoice::Id("Y")).unwrap();
+        assert_eq!((x.offer_id.as_str(), x.session_limit), ("X", 1));
+        assert_eq!(x.pool_offer_id, SHARED_UNKNOWN_OFFER);
+        assert_eq!(y.pool_offer_id, x.pool_offer_id, "one pool for every unknown offer");
+        assert_eq!(c.resolve(OfferChoice::Id("A")).unwrap().pool_offer_id, "A");
+    }
+
+    #[test]
+    fn unknown_offers_get_a_pool_each_or_are_rejected() {
+        let r = catalog(UnknownOffers::Each).resolve(OfferChoice::Id("Z")).unwrap();
+        assert_eq!((r.pool_offer_id.as_str(), r.session_limit), ("Z", 1));
         assert_eq!(
             catalog(UnknownOffers::Reject).resolve(OfferChoice::Id("Z")),
             Err(ResolveError::UnknownOffer("Z".into()))
@@ -168,8 +214,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_offer_with_the_reserved_id_is_not_configured() {
+        let mut c = catalog(UnknownOffers::Shared);
+        c.offers.push(Offer {
+            id: SHARED_UNKNOWN_OFFER.into(),
+            session_limit: 50,
+            tags: vec!["live".into()],
+            takeover_enabled: None,
+        });
+        let r = c.resolve(OfferChoice::Id(SHARED_UNKNOWN_OFFER)).unwrap();
+        assert_eq!(r.session_limit, 1, "the default limit, not the stored 50");
+        assert_eq!(c.resolve(OfferChoice::Tag("live")).unwrap().offer_id, "A");
+    }
+
+    #[test]
+    fn the_old_name_default_means_each() {
+        assert_eq!(UnknownOffers::parse("default"), Some(UnknownOffers::Each));
+        let parsed: UnknownOffers = serde_json::from_str("\"default\"").unwrap();
+        assert_eq!(parsed, UnknownOffers::Each);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), "\"each\"");
+        assert_eq!(UnknownOffers::default().as_str(), "shared");
+    }
+
+    #[test]
     fn an_offer_may_override_the_takeover_flag() {
-        let c = catalog(UnknownOffers::Default);
+        let c = catalog(UnknownOffers::Each);
         assert!(!c.resolve(OfferChoice::Id("D")).unwrap().takeover_enabled);
         assert!(c.resolve(OfferChoice::Id("A")).unwrap().takeover_enabled);
     }

@@ -11,13 +11,15 @@ use serde_json::{Value, json};
 
 use super::extract::{AdminAuth, AnyJson};
 use crate::auth::VerificationKey;
-use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
+use crate::domain::settings::{Catalog, MAX_ID_BYTES, Offer, Publisher, SHARED_UNKNOWN_OFFER, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-const MAX_ID_LEN: usize = 256;
 const MAX_TAGS: usize = 64;
+/// Far above any PEM public key or HMAC secret in use (an RSA-8192 public key is
+/// about 1.5 KB), and small enough that a mistake cannot fill the database.
+const MAX_KEY_BYTES: usize = 8192;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -71,9 +73,21 @@ fn catalog_view(c: &Catalog) -> Value {
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(ApiError::InvalidRequest(format!(
-            "{what} must be 1 to {MAX_ID_LEN} bytes"
+            "{what} must be 1 to {MAX_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// An offer id an operator may configure: the id of the pool that unknown offers
+/// share is reserved, so no configured offer can ever join that pool.
+fn check_offer_id(id: &str) -> Result<(), ApiError> {
+    check_id("offerId", id)?;
+    if id == SHARED_UNKNOWN_OFFER {
+        return Err(ApiError::InvalidRequest(format!(
+            "offerId '{SHARED_UNKNOWN_OFFER}' is reserved for the pool that unknown offers share"
         )));
     }
     Ok(())
@@ -126,6 +140,10 @@ async fn put_publisher(
     if let Some(key) = change.verification_key {
         if key.trim().is_empty() {
             publisher.verification_key = None;
+        } else if key.len() > MAX_KEY_BYTES {
+            return Err(ApiError::InvalidRequest(format!(
+                "verificationKey is longer than {MAX_KEY_BYTES} bytes"
+            )));
         } else {
             VerificationKey::parse(&key)
                 .map_err(|e| ApiError::InvalidRequest(format!("verificationKey cannot be used: {e}")))?;
@@ -157,10 +175,10 @@ async fn put_offer(
     AnyJson(change): AnyJson<OfferChange>,
 ) -> Result<Json<Value>, ApiError> {
     check_id("publisherId", &publisher_id)?;
-    check_id("offerId", &offer_id)?;
-    if change.tags.len() > MAX_TAGS || change.tags.iter().any(|t| t.is_empty() || t.len() > MAX_ID_LEN) {
+    check_offer_id(&offer_id)?;
+    if change.tags.len() > MAX_TAGS || change.tags.iter().any(|t| t.is_empty() || t.len() > MAX_ID_BYTES) {
         return Err(ApiError::InvalidRequest(format!(
-            "tags must be at most {MAX_TAGS} non-empty strings of at most {MAX_ID_LEN} bytes"
+            "tags must be at most {MAX_TAGS} non-empty strings of at most {MAX_ID_BYTES} bytes"
         )));
     }
     if state.control.known_catalog(&publisher_id).await?.is_none() {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::extract::{AnyJson, CustomerAuth};
 use crate::domain::control::{CreateOutcome, CreateRequest};
-use crate::domain::settings::OfferChoice;
+use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{PoolKey, Session, SessionId};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -39,12 +39,21 @@ struct SessionRequest {
 }
 
 impl SessionRequest {
+    /// Checks every field's bounds before anything is looked up or stored, so an
+    /// oversized field costs nothing but this answer.
     fn validate(&self) -> Result<CreateRequest<'_>, ApiError> {
         let name = self.session_name.as_deref().unwrap_or("");
         if name.chars().count() > MAX_SESSION_NAME {
             return Err(ApiError::InvalidRequest(format!(
                 "sessionName is longer than {MAX_SESSION_NAME} characters"
             )));
+        }
+        for (field, value) in [("offerId", &self.offer_id), ("tag", &self.tag)] {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_ID_BYTES) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "{field} is longer than {MAX_ID_BYTES} bytes"
+                )));
+            }
         }
         let offer_id = self.offer_id.as_deref().filter(|s| !s.is_empty());
         let tag = self.tag.as_deref().filter(|s| !s.is_empty());
@@ -57,6 +66,17 @@ impl SessionRequest {
             (None, None) => return Err(ApiError::InvalidRequest("give one of offerId or tag".into())),
         };
         Ok(CreateRequest { name, offer })
+    }
+
+    /// The session a takeover replaces. Session ids are UUIDs: anything else is
+    /// malformed (and never echoed back, whatever its size).
+    fn victim(&self) -> Result<SessionId, ApiError> {
+        match self.session_id.as_deref() {
+            None | Some("") => Err(ApiError::InvalidRequest(
+                "give sessionId, the session to take over".into(),
+            )),
+            Some(id) => SessionId::parse(id).ok_or_else(|| ApiError::InvalidRequest("sessionId must be a UUID".into())),
+        }
     }
 }
 
@@ -78,15 +98,7 @@ async fn take_over(
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.validate()?;
-    let victim = match body.session_id.as_deref() {
-        None | Some("") => {
-            return Err(ApiError::InvalidRequest(
-                "give sessionId, the session to take over".into(),
-            ));
-        }
-        // An id that is not even a UUID names no session.
-        Some(id) => SessionId::parse(id).ok_or_else(|| ApiError::NotFound(format!("session {id} does not exist")))?,
-    };
+    let victim = body.victim()?;
     let outcome = state.control.take_over(&customer, request, victim).await?;
     respond(&state, &headers, outcome)
 }
@@ -111,7 +123,11 @@ async fn end_session(
 
 fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Result<Response, ApiError> {
     match outcome {
-        CreateOutcome::Granted { pool, session } => Ok(granted(state, headers, &pool, &session)),
+        CreateOutcome::Granted {
+            pool,
+            offer_id,
+            session,
+        } => Ok(granted(state, headers, &pool, &offer_id, &session)),
         CreateOutcome::Disabled => Ok(Json(json!({
             "status": "disabled",
             "message": "Session tracking disabled.",
@@ -125,10 +141,11 @@ fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Res
             takeover_enabled,
             active,
         }),
+        CreateOutcome::TooManyPools { max } => Err(ApiError::TooManyPools(max)),
     }
 }
 
-fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, session: &Session) -> Response {
+fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, offer_id: &str, session: &Session) -> Response {
     let now_secs = state.control.clock().now() / 1000;
     let token = state.tokens.issue(pool, session.id, now_secs);
     let endpoint = format!("{}?token={token}", ws_base(state, headers));
@@ -136,7 +153,7 @@ fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, session: &Sess
         "endpoint": endpoint,
         "sessionId": session.id,
         "token": token,
-        "offerId": pool.offer_id,
+        "offerId": offer_id,
     }))
     .into_response()
 }

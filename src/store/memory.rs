@@ -10,6 +10,11 @@
 //! scanning every pool: with a hundred thousand customers, a scan would stall
 //! admissions for tens of milliseconds each second. Live sessions need no queue:
 //! their socket watches their PONG deadline.
+//!
+//! Each customer's open pools are also listed ([`customers`]), so a customer
+//! cannot hold sessions in more pools than `Limits::pools_per_customer`.
+
+mod customers;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use crate::domain::pool::{Attached, Granted, LimitExceeded, NewSession, Pool, TakenOver};
+use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
 use crate::domain::ports::{SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use customers::{Customers, OpenPools};
 
 /// Pool keys are hashed on every operation: foldhash is several times faster than
 /// the default SipHash, and still seeded at random per map. Keys are shared with
@@ -55,6 +61,7 @@ impl ExpiryQueue {
 
 pub struct MemoryStore {
     pools: Pools,
+    customers: Customers,
     timings: Timings,
     pending: ExpiryQueue,
     detached: ExpiryQueue,
@@ -64,6 +71,7 @@ impl MemoryStore {
     pub fn new(timings: Timings) -> Self {
         Self {
             pools: Pools::default(),
+            customers: Customers::default(),
             timings,
             pending: ExpiryQueue::default(),
             detached: ExpiryQueue::default(),
@@ -73,16 +81,69 @@ impl MemoryStore {
     /// Runs `f` on an existing pool (with its shared key) and drops the pool if
     /// `f` left it empty.
     fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&Arc<PoolKey>, &mut Pool) -> R) -> Option<R> {
-        let (result, empty) = {
+        let (result, emptied) = {
             let mut entry = self.pools.get_mut(key)?;
             let (key, pool) = entry.pair_mut();
             let result = f(key, pool);
-            (result, pool.is_empty())
+            (result, pool.is_empty().then(|| Arc::clone(key)))
         };
-        if empty {
-            self.pools.remove_if(key, |_, p| p.is_empty());
+        if let Some(key) = emptied {
+            self.customers.with(&key, |open| self.drop_if_empty(&key, open));
         }
         Some(result)
+    }
+
+    /// Removes the pool `key` if it is (still) empty; under its customer's lock.
+    fn drop_if_empty(&self, key: &Arc<PoolKey>, open: &mut OpenPools) {
+        if self.pools.remove_if(key.as_ref(), |_, p| p.is_empty()).is_some() {
+            open.retain(|k| k != key);
+        }
+    }
+
+    /// The first session of a pool that is not in the map: opens the pool if its
+    /// customer may hold one more. Under the customer's lock, so no other pool
+    /// of the customer opens or closes meanwhile.
+    fn open_pool(
+        &self,
+        key: &Arc<PoolKey>,
+        open: &mut OpenPools,
+        new: NewSession,
+        limits: Limits,
+        now: Millis,
+    ) -> Result<Granted, Refusal> {
+        // Another request may have opened it since we looked: then it counts already.
+        let known = open.iter().any(|k| k == key);
+        if !known && !limits.may_open_pool(open.len()) {
+            // Pools whose sessions all died since count no more.
+            open.retain(|k| {
+                let alive = self.pools.get_mut(k.as_ref()).is_some_and(|mut p| {
+                    p.prune(now);
+                    !p.is_empty()
+                });
+                alive
+                    || (self.pools.remove_if(k.as_ref(), |_, p| p.is_empty()).is_none()
+                        && self.pools.contains_key(k.as_ref()))
+            });
+            if !limits.may_open_pool(open.len()) {
+                return Err(Refusal::TooManyPools);
+            }
+        }
+        let (outcome, empty) = {
+            let mut entry = self.pools.entry(Arc::clone(key)).or_default();
+            let (key, p) = entry.pair_mut();
+            let outcome = p.admit(new, limits.sessions, now, &self.timings);
+            if outcome.is_ok() {
+                self.watch_pending(key, now);
+            }
+            (outcome, p.is_empty())
+        };
+        if empty {
+            // A limit of 0 refused the first session: keep no empty pool behind.
+            self.drop_if_empty(key, open);
+        } else if !known {
+            open.push(Arc::clone(key));
+        }
+        outcome.map_err(Refusal::Full)
     }
 
     /// A session of `key` was granted and waits for its player.
@@ -98,39 +159,28 @@ impl SessionStore for MemoryStore {
         &self,
         pool: &PoolKey,
         new: NewSession,
-        limit: u32,
+        limits: Limits,
         now: Millis,
-    ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
+    ) -> Result<Result<Granted, Refusal>, StoreError> {
         let mut new = Some(new);
         let existing = self.with_pool(pool, |key, p| {
-            let outcome = p.admit(new.take()?, limit, now, &self.timings);
+            let outcome = p.admit(new.take()?, limits.sessions, now, &self.timings);
             if outcome.is_ok() {
                 self.watch_pending(key, now);
             }
-            Some(outcome)
+            Some(outcome.map_err(Refusal::Full))
         });
         if let Some(outcome) = existing.flatten() {
             return Ok(outcome);
         }
-        // No pool yet (or it was emptied and dropped since): the entry API holds the
-        // shard lock for the whole admission.
+        // No pool yet (or it was emptied and dropped since).
         let Some(new) = new else {
             return Err(StoreError::Unavailable("admission lost its request".into()));
         };
-        let (outcome, empty) = {
-            let mut entry = self.pools.entry(Arc::new(pool.clone())).or_default();
-            let (key, p) = entry.pair_mut();
-            let outcome = p.admit(new, limit, now, &self.timings);
-            if outcome.is_ok() {
-                self.watch_pending(key, now);
-            }
-            (outcome, p.is_empty())
-        };
-        if empty {
-            // A limit of 0 refused the first session: keep no empty pool behind.
-            self.pools.remove_if(pool, |_, p| p.is_empty());
-        }
-        Ok(outcome)
+        let key = Arc::new(pool.clone());
+        Ok(self
+            .customers
+            .with(&key, |open| self.open_pool(&key, open, new, limits, now)))
     }
 
     async fn take_over(
@@ -242,16 +292,23 @@ impl SessionStore for MemoryStore {
 
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
         for (key, session) in sessions {
-            let mut entry = self.pools.entry(Arc::new(key)).or_default();
-            let (key, pool) = entry.pair_mut();
-            if pool.get(session.id).is_none() {
-                let queue = match session.state {
-                    SessionState::Pending => &self.pending,
-                    _ => &self.detached,
-                };
-                queue.push(session.expires_at, Arc::clone(key));
-                pool.sessions.push(session);
-            }
+            // Restored sessions come back as they were, whatever the cap on pools.
+            let key = Arc::new(key);
+            self.customers.with(&key, |open| {
+                let mut entry = self.pools.entry(Arc::clone(&key)).or_default();
+                let (key, pool) = entry.pair_mut();
+                if pool.get(session.id).is_none() {
+                    let queue = match session.state {
+                        SessionState::Pending => &self.pending,
+                        _ => &self.detached,
+                    };
+                    queue.push(session.expires_at, Arc::clone(key));
+                    pool.sessions.push(session);
+                }
+                if !open.iter().any(|k| k == key) {
+                    open.push(Arc::clone(key));
+                }
+            });
         }
         Ok(())
     }
@@ -284,6 +341,11 @@ mod tests {
         }
     }
 
+    const ONE: Limits = Limits {
+        sessions: 1,
+        pools_per_customer: 2,
+    };
+
     fn new() -> NewSession {
         NewSession {
             id: SessionId::random(),
@@ -294,8 +356,8 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_frees_unattended_sessions_when_their_deadline_comes_and_not_before() {
         let store = MemoryStore::new(timings());
-        let pending = store.admit(&key("a"), new(), 1, 0).await.unwrap().unwrap().session.id;
-        let detached = store.admit(&key("b"), new(), 1, 0).await.unwrap().unwrap().session.id;
+        let pending = store.admit(&key("a"), new(), ONE, 0).await.unwrap().unwrap().session.id;
+        let detached = store.admit(&key("b"), new(), ONE, 0).await.unwrap().unwrap().session.id;
         store.attach(&key("b"), detached, Holder(1), 0).await.unwrap().unwrap();
         store.detach(&key("b"), detached, Holder(1), 500).await.unwrap();
         assert!(store.reap(3_499).await.unwrap().is_empty());
@@ -305,14 +367,32 @@ mod tests {
         assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![pending]);
         assert_eq!(store.count().await.unwrap(), 0);
         assert!(store.pools.is_empty(), "empty pools are dropped");
+        assert_eq!(store.customers.len(), 0, "and their customers forgotten");
     }
 
     #[tokio::test]
     async fn a_session_that_went_live_is_left_alone_by_the_sweep() {
         let store = MemoryStore::new(timings());
-        let id = store.admit(&key("c"), new(), 1, 0).await.unwrap().unwrap().session.id;
+        let id = store.admit(&key("c"), new(), ONE, 0).await.unwrap().unwrap().session.id;
         store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
         assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
         assert_eq!(store.count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_customer_at_the_pool_cap_opens_a_pool_once_another_has_died() {
+        let store = MemoryStore::new(timings());
+        let offer = |o: &str| PoolKey {
+            offer_id: o.into(),
+            ..key("d")
+        };
+        store.admit(&offer("1"), new(), ONE, 0).await.unwrap().unwrap();
+        store.admit(&offer("2"), new(), ONE, 1_000).await.unwrap().unwrap();
+        let refused = store.admit(&offer("3"), new(), ONE, 1_000).await.unwrap();
+        assert!(matches!(refused, Err(Refusal::TooManyPools)));
+        // Offer 1's session died unattended at 4 000; no sweep ran.
+        store.admit(&offer("3"), new(), ONE, 4_000).await.unwrap().unwrap();
+        assert!(store.pools.get(&offer("1")).is_none(), "the dead pool was dropped");
+        assert_eq!(store.customers.len(), 1);
     }
 }

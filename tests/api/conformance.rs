@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drisc::domain::pool::NewSession;
+use drisc::domain::pool::{Limits, NewSession, Refusal};
 use drisc::domain::ports::{Control, Notifier, SessionStore};
 use drisc::domain::{Clock, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
@@ -108,22 +108,57 @@ fn t0() -> Millis {
     Clock::new().now()
 }
 
-async fn admit(s: &Subject, p: &PoolKey, name: &str, limit: u32, now: Millis) -> Option<SessionId> {
+/// Pools per customer in the rules that are not about that cap.
+const POOLS: u32 = 16;
+
+fn limit(sessions: u32) -> Limits {
+    Limits {
+        sessions,
+        pools_per_customer: POOLS,
+    }
+}
+
+async fn admit(s: &Subject, p: &PoolKey, name: &str, sessions: u32, now: Millis) -> Option<SessionId> {
     s.store
-        .admit(p, new(name), limit, now)
+        .admit(p, new(name), limit(sessions), now)
         .await
         .unwrap()
         .ok()
         .map(|g| g.session.id)
 }
 
+/// Admits under a cap of `pools` per customer: the session, or why it was refused.
+async fn admit_capped(s: &Subject, p: &PoolKey, sessions: u32, pools: u32, now: Millis) -> Result<SessionId, Refusal> {
+    let limits = Limits {
+        sessions,
+        pools_per_customer: pools,
+    };
+    s.store
+        .admit(p, new("device"), limits, now)
+        .await
+        .unwrap()
+        .map(|g| g.session.id)
+}
+
+/// The pool of customer `customer` on offer `offer`.
+fn offer_pool(customer: &str, offer: &str) -> PoolKey {
+    PoolKey {
+        offer_id: offer.into(),
+        ..pool(customer)
+    }
+}
+
+// Several worker threads, so the parallel rules race for real on the memory
+// store too (on one thread its operations would simply take turns).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
-            $(#[tokio::test] async fn $name() { super::$name(super::Subject::memory()).await; })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Subject::memory()).await; })*
         }
         mod redis {
-            $(#[tokio::test] async fn $name() { super::$name(super::Subject::redis().await).await; })*
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Subject::redis().await).await; })*
         }
     };
 }
@@ -142,7 +177,120 @@ conformance!(
     a_session_is_located_by_its_id_until_it_ends,
     restored_sessions_count_again,
     a_dead_session_cannot_be_ended,
+    a_customer_holds_sessions_in_at_most_the_cap_of_pools,
+    a_pool_whose_sessions_all_died_or_ended_no_longer_counts_against_the_cap,
+    parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pools,
+    restored_sessions_open_their_pools_whatever_the_cap,
 );
+
+async fn a_customer_holds_sessions_in_at_most_the_cap_of_pools(s: Subject) {
+    let now = t0();
+    for offer in ["a", "b", "c"] {
+        admit_capped(&s, &offer_pool("cap1", offer), 2, 3, now).await.unwrap();
+    }
+    let refused = admit_capped(&s, &offer_pool("cap1", "d"), 2, 3, now + 1).await;
+    assert!(matches!(refused, Err(Refusal::TooManyPools)), "{refused:?}");
+    assert!(
+        s.store
+            .list(&offer_pool("cap1", "d"), now + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A pool the customer holds still admits up to its own limit, then is full.
+    admit_capped(&s, &offer_pool("cap1", "a"), 2, 3, now + 2).await.unwrap();
+    let full = admit_capped(&s, &offer_pool("cap1", "a"), 2, 3, now + 3).await;
+    assert!(matches!(full, Err(Refusal::Full(_))), "{full:?}");
+    // The cap is per customer: the same publisher's other customers are not counted.
+    admit_capped(&s, &offer_pool("cap1-other", "d"), 2, 3, now + 4)
+        .await
+        .unwrap();
+}
+
+async fn a_pool_whose_sessions_all_died_or_ended_no_longer_counts_against_the_cap(s: Subject) {
+    let now = t0();
+    admit_capped(&s, &offer_pool("cap2", "a"), 1, 2, now).await.unwrap();
+    let b = offer_pool("cap2", "b");
+    let second = admit_capped(&s, &b, 1, 2, now + 10_000).await.unwrap();
+    // Live until now + 10 000 + PONG, after a's connect timeout.
+    s.store
+        .attach(&b, second, Holder(8), now + 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        admit_capped(&s, &offer_pool("cap2", "c"), 1, 2, now + 10_000)
+            .await
+            .is_err()
+    );
+    // Offer a's pending session dies at its connect timeout: no sweep needed.
+    admit_capped(&s, &offer_pool("cap2", "c"), 1, 2, now + CONNECT)
+        .await
+        .unwrap();
+    assert!(
+        admit_capped(&s, &offer_pool("cap2", "d"), 1, 2, now + CONNECT)
+            .await
+            .is_err()
+    );
+    // Ending b's session frees its pool at once.
+    s.store
+        .end(&b, second, Some(Holder(8)), now + CONNECT)
+        .await
+        .unwrap()
+        .unwrap();
+    admit_capped(&s, &offer_pool("cap2", "d"), 1, 2, now + CONNECT)
+        .await
+        .unwrap();
+}
+
+async fn parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pools(s: Subject) {
+    let now = t0();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = s.store.clone();
+        tasks.spawn(async move {
+            let limits = Limits {
+                sessions: 1,
+                pools_per_customer: 5,
+            };
+            let p = offer_pool("cap3", &format!("made-up-{i}"));
+            match store.admit(&p, new("device"), limits, now).await.unwrap() {
+                Ok(_) => Some(p),
+                Err(Refusal::TooManyPools) => None,
+                Err(other) => panic!("only the cap may refuse a first session: {other:?}"),
+            }
+        });
+    }
+    let opened: Vec<PoolKey> = tasks.join_all().await.into_iter().flatten().collect();
+    assert_eq!(opened.len(), 5, "exactly the cap's worth of pools");
+    for p in &opened {
+        assert_eq!(s.store.list(p, now).await.unwrap().len(), 1);
+    }
+}
+
+async fn restored_sessions_open_their_pools_whatever_the_cap(s: Subject) {
+    let now = t0();
+    let restored = ["a", "b", "c"].map(|offer| {
+        let session = drisc::domain::Session {
+            id: SessionId::random(),
+            name: "tv".into(),
+            state: SessionState::Detached,
+            expires_at: now + GRACE,
+            holder: None,
+            created_at: now,
+        };
+        (offer_pool("cap4", offer), session)
+    });
+    s.store.restore(restored.to_vec()).await.unwrap();
+    for (p, _) in &restored {
+        assert_eq!(s.store.list(p, now + 1).await.unwrap().len(), 1);
+    }
+    // They count: with a cap of 3 the customer may open no fourth pool.
+    assert!(matches!(
+        admit_capped(&s, &offer_pool("cap4", "d"), 1, 3, now + 1).await,
+        Err(Refusal::TooManyPools)
+    ));
+}
 
 async fn a_dead_session_cannot_be_ended(s: Subject) {
     let (p, now) = (pool("c11"), t0());
@@ -157,7 +305,9 @@ async fn admits_up_to_the_limit_and_lists_the_holders_in_creation_order(s: Subje
     let (p, now) = (pool("c1"), t0());
     let a = admit(&s, &p, "tv", 2, now).await.unwrap();
     let b = admit(&s, &p, "phone", 2, now + 1).await.unwrap();
-    let full = s.store.admit(&p, new("laptop"), 2, now + 2).await.unwrap().unwrap_err();
+    let Err(Refusal::Full(full)) = s.store.admit(&p, new("laptop"), limit(2), now + 2).await.unwrap() else {
+        panic!("the pool is full");
+    };
     let listed: Vec<_> = full.active.iter().map(|x| (x.id, x.name.as_str())).collect();
     assert_eq!(listed, vec![(a, "tv"), (b, "phone")]);
     assert_eq!(s.store.list(&p, now + 3).await.unwrap().len(), 2);
@@ -266,7 +416,12 @@ async fn a_new_session_names_the_live_sessions_to_ping(s: Subject) {
     let a = admit(&s, &p, "tv", 3, now).await.unwrap();
     admit(&s, &p, "pending", 3, now).await.unwrap();
     s.store.attach(&p, a, Holder(5), now).await.unwrap().unwrap();
-    let granted = s.store.admit(&p, new("phone"), 3, now + 1).await.unwrap().unwrap();
+    let granted = s
+        .store
+        .admit(&p, new("phone"), limit(3), now + 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(granted.live_others, vec![(a, Holder(5))]);
 }
 
@@ -276,7 +431,13 @@ async fn parallel_admissions_never_exceed_the_limit(s: Subject) {
     for i in 0..200 {
         let store = s.store.clone();
         let p = p.clone();
-        tasks.spawn(async move { store.admit(&p, new(&format!("d{i}")), 3, now).await.unwrap().is_ok() });
+        tasks.spawn(async move {
+            store
+                .admit(&p, new(&format!("d{i}")), limit(3), now)
+                .await
+                .unwrap()
+                .is_ok()
+        });
     }
     let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
     assert_eq!(granted, 3);

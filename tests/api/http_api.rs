@@ -359,14 +359,14 @@ async fn takeover_of_an_unknown_session_is_404() {
 }
 
 #[tokio::test]
-async fn takeover_with_a_session_id_that_is_not_a_uuid_is_404() {
+async fn takeover_with_a_session_id_that_is_not_a_uuid_is_400() {
     let app = spawn_app().await;
     let token = app.token("1", "42");
     app.create_ok(&token, "S1", "TV").await;
     expect_error(
         app.takeover(&token, "S1", "Phone", "not-a-session-id").await,
-        404,
-        "NotFound",
+        400,
+        "InvalidRequest",
     )
     .await;
     app.stop().await;

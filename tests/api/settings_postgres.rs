@@ -16,7 +16,7 @@ fn publisher(id: &str) -> Publisher {
         enabled: true,
         takeover_enabled: true,
         default_session_limit: 2,
-        unknown_offers: UnknownOffers::Default,
+        unknown_offers: UnknownOffers::Each,
         verification_key: None,
     }
 }
@@ -335,4 +335,39 @@ async fn postgres_restarted_and_the_repository_reconnects() {
         }
     }
     repo.close().await;
+}
+
+/// A database as the first release left it, migrated by this one: `'default'` is
+/// read as "each", and the new values can be stored.
+#[tokio::test]
+async fn a_stored_publisher_with_the_old_default_value_reads_as_each_after_migrating() {
+    let server = PgServer::start().await;
+    let first = tempfile::tempdir().unwrap();
+    let name = "20261124000001_settings.sql";
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations/postgres")
+        .join(name);
+    std::fs::copy(source, first.path().join(name)).unwrap();
+    let db = sqlx::PgPool::connect(&server.url).await.unwrap();
+    sqlx::migrate::Migrator::new(first.path())
+        .await
+        .unwrap()
+        .run(&db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO publishers (id, unknown_offers) VALUES ('old', 'default')")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let repo = repo(&server).await;
+    let stored = repo.catalog("old").await.unwrap().unwrap().publisher;
+    assert_eq!(stored.unknown_offers, UnknownOffers::Each);
+    let shared = Publisher {
+        unknown_offers: UnknownOffers::Shared,
+        ..stored
+    };
+    repo.put_publisher(&shared).await.unwrap();
+    assert_eq!(repo.catalog("old").await.unwrap().unwrap().publisher, shared);
 }

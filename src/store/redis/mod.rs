@@ -1,7 +1,8 @@
 //! The session pools on Redis, for a cluster of drisc nodes.
 //!
 //! Every operation on a pool is one Lua script ([`scripts`]) on the keys of that
-//! pool, all under one hash tag. PONGs are not written one by one: the node
+//! pool's customer, all under the customer's hash tag (so a customer's pools share
+//! one slot of a Redis Cluster, and a script can count them atomically). PONGs are not written one by one: the node
 //! queues them and refreshes its sessions in pipelined batches ([`refresh`]).
 //! Orders for sockets held by other nodes travel through per-node inboxes
 //! ([`inbox`]).
@@ -21,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
 use crate::domain::clock::duration_ms;
-use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, NewSession, TakenOver};
+use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
 use crate::domain::ports::{Notifier, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use scripts::Scripts;
@@ -33,19 +34,35 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The hash tag of a pool: each id prefixed by its length, so no two pools share
-/// keys whatever characters their ids contain.
-fn pool_tag(pool: &PoolKey) -> String {
-    let (p, c, o) = (&pool.publisher_id, &pool.customer_id, &pool.offer_id);
-    format!("{}:{p}|{}:{c}|{}:{o}", p.len(), c.len(), o.len())
+/// The hash tag of a customer: each id prefixed by its length, so no two
+/// customers share keys whatever characters their ids contain. The offer stays
+/// outside the tag: every pool of a customer is in the slot of its set of pools.
+fn customer_tag(pool: &PoolKey) -> String {
+    let (p, c) = (&pool.publisher_id, &pool.customer_id);
+    format!("{}:{p}|{}:{c}", p.len(), c.len())
 }
 
+/// The pool's session hash. Everything after the tag's end (fixed by its lengths)
+/// is the offer id, so distinct pools never share a key.
 pub(crate) fn pool_key(pool: &PoolKey) -> String {
-    format!("drisc:{{{}}}:s", pool_tag(pool))
+    format!("drisc:{{{}}}:s:{}", customer_tag(pool), pool.offer_id)
+}
+
+/// The customer's pools, scored by when their last session expires.
+pub(crate) fn pools_key(pool: &PoolKey) -> String {
+    format!("drisc:{{{}}}:pools", customer_tag(pool))
 }
 
 pub(crate) fn tombstone_key(pool: &PoolKey, id: SessionId) -> String {
-    format!("drisc:{{{}}}:t:{id}", pool_tag(pool))
+    format!("drisc:{{{}}}:t:{id}", customer_tag(pool))
+}
+
+/// An invocation of `script` on `pool`, with the keys every script takes first:
+/// the pool's hash and its customer's set of pools.
+pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(pool_key(pool)).key(pools_key(pool));
+    invocation
 }
 
 fn index_key(id: SessionId) -> String {
@@ -313,18 +330,17 @@ impl SessionStore for RedisStore {
         &self,
         pool: &PoolKey,
         new: NewSession,
-        limit: u32,
+        limits: Limits,
         now: Millis,
-    ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
+    ) -> Result<Result<Granted, Refusal>, StoreError> {
         let items = self
             .run_list(
-                self.scripts
-                    .admit
-                    .key(pool_key(pool))
+                on_pool(&self.scripts.admit, pool)
                     .arg(self.now_arg(now))
                     .arg(new.id.to_string())
                     .arg(&new.name)
-                    .arg(limit),
+                    .arg(limits.sessions)
+                    .arg(limits.pools_per_customer),
                 "admit",
             )
             .await?;
@@ -336,7 +352,8 @@ impl SessionStore for RedisStore {
                 self.index(pool, id).await;
                 Ok(Ok(granted))
             }
-            Some(0) => Ok(Err(LimitExceeded {
+            Some(2) => Ok(Err(Refusal::TooManyPools)),
+            Some(0) => Ok(Err(Refusal::Full(LimitExceeded {
                 active: items[1..]
                     .chunks_exact(2)
                     .filter_map(|pair| {
@@ -346,7 +363,7 @@ impl SessionStore for RedisStore {
                         })
                     })
                     .collect(),
-            })),
+            }))),
             _ => Err(bad_reply("admit")),
         }
     }
@@ -360,9 +377,7 @@ impl SessionStore for RedisStore {
     ) -> Result<Option<TakenOver>, StoreError> {
         let items = self
             .run_list(
-                self.scripts
-                    .take_over
-                    .key(pool_key(pool))
+                on_pool(&self.scripts.take_over, pool)
                     .key(tombstone_key(pool, victim))
                     .arg(self.now_arg(now))
                     .arg(victim.to_string())
@@ -398,9 +413,7 @@ impl SessionStore for RedisStore {
     ) -> Result<Option<Attached>, StoreError> {
         let items = self
             .run_list(
-                self.scripts
-                    .attach
-                    .key(pool_key(pool))
+                on_pool(&self.scripts.attach, pool)
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
                     .arg(holder.0.to_string()),
@@ -436,9 +449,7 @@ impl SessionStore for RedisStore {
         self.release(holder);
         let reply = self
             .run(
-                self.scripts
-                    .detach
-                    .key(pool_key(pool))
+                on_pool(&self.scripts.detach, pool)
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
                     .arg(holder.0.to_string()),
@@ -462,9 +473,7 @@ impl SessionStore for RedisStore {
         let tombstone = if holder.is_none() { "E" } else { "" };
         let reply = self
             .run(
-                self.scripts
-                    .end
-                    .key(pool_key(pool))
+                on_pool(&self.scripts.end, pool)
                     .key(tombstone_key(pool, id))
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
@@ -481,7 +490,7 @@ impl SessionStore for RedisStore {
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         let items = self
-            .run_list(self.scripts.list.key(pool_key(pool)).arg(self.now_arg(now)), "list")
+            .run_list(on_pool(&self.scripts.list, pool).arg(self.now_arg(now)), "list")
             .await?;
         Ok(items.iter().filter_map(parse_record).collect())
     }
@@ -525,9 +534,7 @@ impl SessionStore for RedisStore {
                     "n": s.name,
                 });
                 pipe.invoke_script(
-                    self.scripts
-                        .restore
-                        .key(pool_key(pool))
+                    on_pool(&self.scripts.restore, pool)
                         .arg(0)
                         .arg(s.id.to_string())
                         .arg(record.to_string()),
@@ -557,9 +564,7 @@ impl SessionStore for RedisStore {
             for (holder, h) in chunk {
                 self.release(*holder);
                 pipe.invoke_script(
-                    self.scripts
-                        .detach
-                        .key(pool_key(&h.pool))
+                    on_pool(&self.scripts.detach, &h.pool)
                         .arg(self.now_arg(now))
                         .arg(h.id.to_string())
                         .arg(holder.0.to_string()),

@@ -9,7 +9,7 @@ use redis::Value;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Held, RedisStore, as_int, as_string, pool_key, tombstone_key, unavailable};
+use super::{Held, RedisStore, as_int, as_string, on_pool, tombstone_key, unavailable};
 use crate::domain::ports::{Control, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, SessionId};
 
@@ -110,9 +110,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for (holder, held, now) in batch {
             pipe.invoke_script(
-                self.scripts
-                    .heartbeat
-                    .key(pool_key(&held.pool))
+                on_pool(&self.scripts.heartbeat, &held.pool)
                     .key(tombstone_key(&held.pool, held.id))
                     .arg(self.now_arg(*now))
                     .arg(held.id.to_string())

@@ -1,11 +1,17 @@
 //! The pool rules of `domain::pool`, in Lua, one script per operation.
 //!
-//! Each script touches the keys of one pool only (its session hash and its
-//! tombstones, all under one hash tag), so it is atomic and works on Redis
-//! Cluster. Time is the caller's `now` when given (tests drive it), else Redis's
-//! own `TIME`, so the clocks of the nodes never matter. Dead sessions are dropped
-//! first by every script: expiry never waits for a sweep. The pool's hash expires
-//! by itself when its last session would, so nothing has to scan for dead pools.
+//! Each script touches the keys of one customer only: one pool's session hash,
+//! the customer's set of pools, and tombstones, all under the customer's hash
+//! tag, so it is atomic and works on Redis Cluster. Time is the caller's `now`
+//! when given (tests drive it), else Redis's own `TIME`, so the clocks of the
+//! nodes never matter. Dead sessions are dropped first by every script: expiry
+//! never waits for a sweep. The pool's hash expires by itself when its last
+//! session would, so nothing has to scan for dead pools.
+//!
+//! The customer's set of pools (KEYS[2]) is a sorted set: each pool scored by
+//! the expiry of its longest-lived session, written by every script that
+//! changes a pool. A pool scored above `now` holds a live session; the others
+//! are dropped when counted. That count caps the pools a customer may hold.
 //!
 //! A session record is a JSON object: `s` state (`p`ending, `l`ive, `d`etached),
 //! `e` expires at (epoch ms), `h` holder (decimal socket id, "" if none),
@@ -14,7 +20,7 @@
 /// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@` and `@TOMB@` are replaced by
 /// milliseconds when the scripts are built.
 const PRELUDE: &str = r#"
-local pool = KEYS[1]
+local pool, pools = KEYS[1], KEYS[2]
 local now = tonumber(ARGV[1])
 if now == nil or now <= 0 then
   local t = redis.call('TIME')
@@ -50,14 +56,22 @@ local function save(rec)
   redis.call('HSET', pool, rec.id, cjson.encode({s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n}))
 end
 
--- The hash lives as long as its longest-lived session.
+-- The hash lives as long as its longest-lived session, and the customer's set of
+-- pools scores it so; the set lives as long as its longest-lived pool.
 local function settle()
   local last = 0
   for _, v in ipairs(redis.call('HVALS', pool)) do
     local e = cjson.decode(v).e
     if e > last then last = e end
   end
-  if last > 0 then redis.call('PEXPIREAT', pool, last + 1000) end
+  if last > 0 then
+    redis.call('PEXPIREAT', pool, last + 1000)
+    redis.call('ZADD', pools, last, pool)
+  else
+    redis.call('ZREM', pools, pool)
+  end
+  local top = redis.call('ZRANGE', pools, -1, -1, 'WITHSCORES')
+  if top[2] then redis.call('PEXPIREAT', pools, tonumber(top[2]) + 1000) end
 end
 
 local function encode(rec)
@@ -75,8 +89,9 @@ local function live_others(live, reply)
 end
 "#;
 
-/// ARGV: now, id, name, limit. Reply: {1, now, other live id, holder, ...} or
-/// {0, held id, name, ...}.
+/// ARGV: now, id, name, limit, most pools per customer. Reply: {1, now, other
+/// live id, holder, ...}, {0, held id, name, ...} (pool full) or {2} (the pool is
+/// empty and the customer holds sessions in as many pools as allowed).
 const ADMIT: &str = r#"
 local live = load()
 local limit = tonumber(ARGV[4])
@@ -89,12 +104,20 @@ if #live >= limit then
   settle()
   return reply
 end
+if #live == 0 then
+  -- This session opens the pool: count the customer's pools alive at `now`.
+  redis.call('ZREMRANGEBYSCORE', pools, '-inf', now)
+  if not redis.call('ZSCORE', pools, pool) and redis.call('ZCARD', pools) >= tonumber(ARGV[5]) then
+    settle()
+    return {2}
+  end
+end
 save({id = ARGV[2], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[3]})
 settle()
 return live_others(live, {1, now})
 "#;
 
-/// KEYS[2]: the victim's tombstone. ARGV: now, victim id, new id, new name.
+/// KEYS[3]: the victim's tombstone. ARGV: now, victim id, new id, new name.
 /// Reply: {0} or {1, now, victim record, other live id, holder, ...}.
 const TAKE_OVER: &str = r#"
 local live = load()
@@ -102,7 +125,7 @@ local index, victim = find(live, ARGV[2])
 if victim == nil then return {0} end
 table.remove(live, index)
 redis.call('HDEL', pool, victim.id)
-redis.call('SET', KEYS[2], 'T' .. ARGV[4], 'PX', TOMB)
+redis.call('SET', KEYS[3], 'T' .. ARGV[4], 'PX', TOMB)
 save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[4]})
 settle()
 return live_others(live, {1, now, encode(victim)})
@@ -123,13 +146,13 @@ settle()
 return {1, previous, rec.n}
 "#;
 
-/// KEYS[2]: the session's tombstone. ARGV: now, id, holder.
+/// KEYS[3]: the session's tombstone. ARGV: now, id, holder.
 /// Reply: {1} refreshed, {2} another socket holds it, {0, tombstone or ""} gone.
 const HEARTBEAT: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
 if rec == nil then
-  return {0, redis.call('GET', KEYS[2]) or ''}
+  return {0, redis.call('GET', KEYS[3]) or ''}
 end
 if rec.h ~= ARGV[3] then return {2} end
 rec.e = now + PONG
@@ -151,14 +174,14 @@ settle()
 return 1
 "#;
 
-/// KEYS[2]: the session's tombstone. ARGV: now, id, holder or "" (anyone),
+/// KEYS[3]: the session's tombstone. ARGV: now, id, holder or "" (anyone),
 /// tombstone text or "" (none). Reply: the ended record, or false.
 const END: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
 if rec == nil or (ARGV[3] ~= '' and rec.h ~= ARGV[3]) then return false end
 redis.call('HDEL', pool, rec.id)
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', TOMB) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', TOMB) end
 settle()
 return encode(rec)
 "#;
