@@ -10,6 +10,10 @@
 //! scanning every pool: with a hundred thousand customers, a scan would stall
 //! admissions for tens of milliseconds each second. Live sessions need no queue:
 //! their socket watches their PONG deadline.
+//!
+//! Every session added or removed, dead ones that an operation prunes included, is
+//! told to the [`Roster`] under the pool's lock: it keeps the count, the index by
+//! session id and the session journal exact.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use super::roster::Roster;
+use crate::domain::journal::Journal;
 use crate::domain::pool::{Attached, Granted, LimitExceeded, NewSession, Pool, TakenOver};
 use crate::domain::ports::{SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
@@ -58,25 +64,53 @@ pub struct MemoryStore {
     timings: Timings,
     pending: ExpiryQueue,
     detached: ExpiryQueue,
+    roster: Roster,
 }
 
 impl MemoryStore {
     pub fn new(timings: Timings) -> Self {
+        Self::build(timings, None)
+    }
+
+    /// A store that records in `journal` every session it adds or removes.
+    pub fn with_journal(timings: Timings, journal: Arc<Journal>) -> Self {
+        Self::build(timings, Some(journal))
+    }
+
+    fn build(timings: Timings, journal: Option<Arc<Journal>>) -> Self {
         Self {
             pools: Pools::default(),
             timings,
             pending: ExpiryQueue::default(),
             detached: ExpiryQueue::default(),
+            roster: Roster::new(journal),
         }
     }
 
-    /// Runs `f` on an existing pool (with its shared key) and drops the pool if
-    /// `f` left it empty.
-    fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&Arc<PoolKey>, &mut Pool) -> R) -> Option<R> {
+    /// Drops the sessions of `pool` that are dead at `now` and tells the roster.
+    /// Every operation starts with this, at the same `now` as the rules it then
+    /// applies, so the rules' own pruning finds nothing left to remove unseen.
+    fn settle(&self, pool: &mut Pool, now: Millis) -> Vec<Session> {
+        let dead = pool.prune(now);
+        for session in &dead {
+            self.roster.removed(session);
+        }
+        dead
+    }
+
+    /// Runs `f` on an existing pool (with its shared key and the sessions found
+    /// dead at `now`, already removed) and drops the pool if it is left empty.
+    fn with_pool<R>(
+        &self,
+        key: &PoolKey,
+        now: Millis,
+        f: impl FnOnce(&Arc<PoolKey>, &mut Pool, Vec<Session>) -> R,
+    ) -> Option<R> {
         let (result, empty) = {
             let mut entry = self.pools.get_mut(key)?;
             let (key, pool) = entry.pair_mut();
-            let result = f(key, pool);
+            let dead = self.settle(pool, now);
+            let result = f(key, pool, dead);
             (result, pool.is_empty())
         };
         if empty {
@@ -102,9 +136,10 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Result<Granted, LimitExceeded>, StoreError> {
         let mut new = Some(new);
-        let existing = self.with_pool(pool, |key, p| {
+        let existing = self.with_pool(pool, now, |key, p, _| {
             let outcome = p.admit(new.take()?, limit, now, &self.timings);
-            if outcome.is_ok() {
+            if let Ok(granted) = &outcome {
+                self.roster.added(key, &granted.session);
                 self.watch_pending(key, now);
             }
             Some(outcome)
@@ -120,8 +155,11 @@ impl SessionStore for MemoryStore {
         let (outcome, empty) = {
             let mut entry = self.pools.entry(Arc::new(pool.clone())).or_default();
             let (key, p) = entry.pair_mut();
+            // Another admission may have created the pool meanwhile.
+            self.settle(p, now);
             let outcome = p.admit(new, limit, now, &self.timings);
-            if outcome.is_ok() {
+            if let Ok(granted) = &outcome {
+                self.roster.added(key, &granted.session);
                 self.watch_pending(key, now);
             }
             (outcome, p.is_empty())
@@ -141,8 +179,10 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
         Ok(self
-            .with_pool(pool, |key, p| {
+            .with_pool(pool, now, |key, p, _| {
                 let done = p.take_over(victim, new, now, &self.timings)?;
+                self.roster.removed(&done.victim);
+                self.roster.added(key, &done.granted.session);
                 self.watch_pending(key, now);
                 Some(done)
             })
@@ -157,19 +197,19 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| p.attach(id, holder, now, &self.timings))
+            .with_pool(pool, now, |_, p, _| p.attach(id, holder, now, &self.timings))
             .flatten())
     }
 
     async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| p.heartbeat(id, holder, now, &self.timings))
+            .with_pool(pool, now, |_, p, _| p.heartbeat(id, holder, now, &self.timings))
             .unwrap_or(false))
     }
 
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |key, p| {
+            .with_pool(pool, now, |key, p, _| {
                 let detached = p.detach(id, holder, now, &self.timings);
                 if detached {
                     let at = self.timings.deadline(SessionState::Detached, now);
@@ -187,24 +227,22 @@ impl SessionStore for MemoryStore {
         holder: Option<Holder>,
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
-        Ok(self.with_pool(pool, |_, p| p.end(id, holder, now)).flatten())
+        let ended = self.with_pool(pool, now, |_, p, _| {
+            let ended = p.end(id, holder, now)?;
+            self.roster.removed(&ended);
+            Some(ended)
+        });
+        Ok(ended.flatten())
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| {
-                p.prune(now);
-                p.sessions.clone()
-            })
+            .with_pool(pool, now, |_, p, _| p.sessions.clone())
             .unwrap_or_default())
     }
 
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
-        Ok(self
-            .pools
-            .iter()
-            .find(|entry| entry.value().get(id).is_some())
-            .map(|entry| PoolKey::clone(entry.key())))
+        Ok(self.roster.locate(id))
     }
 
     /// Visits only the pools whose queued deadline has come, yielding now and
@@ -214,7 +252,7 @@ impl SessionStore for MemoryStore {
         due.extend(self.detached.due(now));
         let mut dead = Vec::new();
         for (i, key) in due.into_iter().enumerate() {
-            if let Some(pruned) = self.with_pool(&key, |_, p| p.prune(now)) {
+            if let Some(pruned) = self.with_pool(&key, now, |_, _, dead| dead) {
                 dead.extend(pruned.into_iter().map(|s| (PoolKey::clone(&key), s)));
             }
             if i % 256 == 255 {
@@ -250,6 +288,7 @@ impl SessionStore for MemoryStore {
                     _ => &self.detached,
                 };
                 queue.push(session.expires_at, Arc::clone(key));
+                self.roster.restored(key, &session);
                 pool.sessions.push(session);
             }
         }
@@ -257,7 +296,18 @@ impl SessionStore for MemoryStore {
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
-        Ok(self.pools.iter().map(|e| e.value().sessions.len()).sum())
+        Ok(self.roster.count())
+    }
+
+    /// Drops every session that died meanwhile (their players are gone, or
+    /// stopped answering while the server was stopping), so neither the snapshot
+    /// nor the journal brings them back. The one walk over every pool, at shutdown.
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        self.pools.retain(|_, pool| {
+            self.settle(pool, now);
+            !pool.is_empty()
+        });
+        Ok(())
     }
 }
 
