@@ -316,6 +316,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::domain::journal::recording::Recorder;
 
     fn timings() -> Timings {
         Timings {
@@ -364,5 +365,113 @@ mod tests {
         store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
         assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
         assert_eq!(store.count().await.unwrap(), 1);
+    }
+
+    /// A store with a journal, and what the journal would write.
+    fn journaled() -> (MemoryStore, Arc<Journal>) {
+        let journal = Arc::new(Journal::new());
+        (MemoryStore::with_journal(timings(), Arc::clone(&journal)), journal)
+    }
+
+    /// Flushes the journal and returns the ids it put and deleted, sorted.
+    async fn flushed(journal: &Journal) -> (Vec<SessionId>, Vec<SessionId>) {
+        let db = Recorder::default();
+        journal.flush(&db).await.unwrap();
+        let batch = db.last();
+        let mut put: Vec<_> = batch.put.iter().map(|(_, s)| s.id).collect();
+        let mut delete = batch.delete;
+        put.sort();
+        delete.sort();
+        (put, delete)
+    }
+
+    fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_count_and_the_index_follow_admissions_takeovers_and_ends() {
+        let (store, journal) = journaled();
+        let p = key("d");
+        let a = store.admit(&p, new(), 2, 0).await.unwrap().unwrap().session.id;
+        let b = store.admit(&p, new(), 2, 0).await.unwrap().unwrap().session.id;
+        assert!(store.admit(&p, new(), 2, 0).await.unwrap().is_err());
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(flushed(&journal).await, (sorted(vec![a, b]), vec![]));
+
+        let c = store
+            .take_over(&p, a, new(), 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .granted
+            .session
+            .id;
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(store.locate(a).await.unwrap(), None, "the victim is gone");
+        assert_eq!(store.locate(c).await.unwrap(), Some(p.clone()));
+        assert_eq!(flushed(&journal).await, (vec![c], vec![a]));
+
+        store.end(&p, b, None, 2).await.unwrap().unwrap();
+        store.end(&p, c, None, 2).await.unwrap().unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.locate(b).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], sorted(vec![b, c])));
+        assert!(store.pools.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sessions_an_operation_finds_dead_leave_the_count_the_index_and_the_journal() {
+        let (store, journal) = journaled();
+        let p = key("e");
+        // Pending until 4 000 (connect timeout), never connected.
+        let pending = store.admit(&p, new(), 2, 0).await.unwrap().unwrap().session.id;
+        let live = store.admit(&p, new(), 2, 0).await.unwrap().unwrap().session.id;
+        store.attach(&p, live, Holder(1), 3_000).await.unwrap().unwrap();
+        flushed(&journal).await;
+        // A PONG of the other session is the first operation on the pool after the
+        // pending one died: it drops it, and no sweep is needed to notice.
+        assert!(store.heartbeat(&p, live, Holder(1), 4_000).await.unwrap());
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.locate(pending).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![pending]));
+        // Granted and found dead within one interval: nothing to write.
+        let short = store.admit(&p, new(), 2, 5_000).await.unwrap().unwrap().session.id;
+        // By 9 000 the live one missed its PONG and the new one never connected.
+        assert_eq!(store.list(&p, 9_000).await.unwrap().len(), 0);
+        assert_eq!(store.locate(short).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![live]));
+        assert_eq!(store.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn reaped_restored_and_handed_over_sessions_are_counted_and_journaled() {
+        let (store, journal) = journaled();
+        let p = key("f");
+        let reaped = store.admit(&p, new(), 3, 0).await.unwrap().unwrap().session.id;
+        flushed(&journal).await;
+        assert_eq!(store.reap(4_000).await.unwrap().len(), 1);
+        assert_eq!(flushed(&journal).await, (vec![], vec![reaped]));
+
+        let restored = Session {
+            id: SessionId::random(),
+            name: "tv".into(),
+            state: SessionState::Detached,
+            expires_at: 7_000,
+            holder: None,
+            created_at: 0,
+        };
+        store.restore(vec![(p.clone(), restored.clone())]).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.locate(restored.id).await.unwrap(), Some(p.clone()));
+        assert_eq!(flushed(&journal).await, (vec![restored.id], vec![]));
+
+        // Dead by the shutdown: dropped, so the next start does not bring it back.
+        store.hand_over(7_000).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.locate(restored.id).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![restored.id]));
+        assert!(store.pools.is_empty());
     }
 }
