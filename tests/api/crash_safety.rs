@@ -11,12 +11,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drisc::domain::ports::SessionArchive;
-use drisc::store::SqliteSettings;
+use drisc::store::{PostgresSettings, SqliteSettings};
 use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{self, ADMIN_KEY, DEV_SECRET, Player, Seen, granted};
+use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 /// The real server, with what a player and an operator do against it.
@@ -100,7 +101,7 @@ fn token(customer: &str) -> String {
 }
 
 /// The session ids in the server's database, sorted.
-async fn journaled(db: &SqliteSettings) -> Vec<String> {
+async fn journaled(db: &dyn SessionArchive) -> Vec<String> {
     let mut ids: Vec<String> = db
         .held()
         .await
@@ -113,7 +114,7 @@ async fn journaled(db: &SqliteSettings) -> Vec<String> {
 }
 
 /// Waits (at most 10 s) until the database holds exactly the sessions `expected`.
-async fn until_journaled(db: &SqliteSettings, expected: &[&str]) {
+async fn until_journaled(db: &dyn SessionArchive, expected: &[&str]) {
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -304,6 +305,36 @@ async fn sessions_are_found_by_id_after_a_takeover_and_after_kill_9() {
     assert_eq!(kicked.status(), StatusCode::NO_CONTENT);
     assert_eq!(second.state(&b.session_id).await, None);
     assert_eq!(second.held().await, 0);
+    until_journaled(&db, &[]).await;
+    db.close().await;
+}
+
+/// Memory sessions with PostgreSQL settings: the journal goes to PostgreSQL.
+#[tokio::test]
+async fn with_postgresql_settings_a_live_session_survives_kill_9_too() {
+    let pg = PgServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        ProcessOptions::default()
+            .env("DRISC__STORAGE__SETTINGS", "postgres")
+            .env("DRISC__STORAGE__POSTGRES_URL", pg.url.clone())
+    };
+    let mut first = Node::start(dir.path(), options());
+    let db = PostgresSettings::connect(&pg.url).await.unwrap();
+    let token = token("c7");
+    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let _tv_socket = connect_ok(&tv.endpoint).await;
+    until_journaled(&db, &[&tv.session_id]).await;
+
+    first.server.kill9();
+    let second = Node::start(dir.path(), options());
+    assert_eq!(
+        second.create(&token, "S1", "Phone").await.status(),
+        StatusCode::CONFLICT
+    );
+    let mut tv_again = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    tv_again.send("FINISHED").await;
+    tv_again.expect_close(1000).await;
     until_journaled(&db, &[]).await;
     db.close().await;
 }
