@@ -15,6 +15,7 @@ use crate::auth::{CustomerVerifier, SessionTokens, VerificationKey};
 use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
+use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::state::AppState;
 use crate::store::redis::inbox::{self, ClusterNotifier};
@@ -28,6 +29,8 @@ pub struct App {
     state: AppState,
     database: Database,
     cluster: Option<Cluster>,
+    /// The session journal of the memory store, unless switched off.
+    journal: Option<Arc<Journal>>,
     background: TaskTracker,
 }
 
@@ -65,10 +68,10 @@ impl Database {
         }
     }
 
-    fn archive(&self) -> &dyn SessionArchive {
+    fn archive(&self) -> Arc<dyn SessionArchive> {
         match self {
-            Self::Sqlite(db) => db,
-            Self::Postgres(db) => db,
+            Self::Sqlite(db) => Arc::new(db.clone()),
+            Self::Postgres(db) => Arc::new(db.clone()),
         }
     }
 
@@ -96,8 +99,8 @@ struct Cluster {
 }
 
 impl App {
-    /// Opens the stores, restores the sessions saved at the last shutdown and
-    /// binds the listener (port 0 picks a free one). Nothing is served until [`App::run`].
+    /// Opens the stores, restores the sessions held at the end of the last run
+    /// (stopped or crashed) and binds the listener (port 0 picks a free one). Nothing is served until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let database = Database::open(&settings).await?;
         let session_secret = if settings.auth.session_secret.is_empty() {
@@ -113,11 +116,17 @@ impl App {
         warn_about_dev_keys(&settings);
 
         let timings = settings.timings();
+        let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
+            .then(|| Arc::new(Journal::new()));
         let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
             match settings.storage.sessions {
                 SessionBackend::Memory => {
                     let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
-                    (hub.clone(), Arc::new(MemoryStore::new(timings)), hub, None)
+                    let store = match &journal {
+                        Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
+                        None => MemoryStore::new(timings),
+                    };
+                    (hub.clone(), Arc::new(store), hub, None)
                 }
                 SessionBackend::Redis => {
                     let url = settings.storage.redis_url.clone();
@@ -170,10 +179,20 @@ impl App {
             catalog_ttl: settings.cluster.settings_cache_ttl,
         }));
         if cluster.is_none() {
-            let restored = control.restore_sessions(database.archive()).await?;
+            let archive = database.archive();
+            let restored = match &journal {
+                Some(_) => control.restore_journaled(archive.as_ref()).await?,
+                None => control.restore_sessions(archive.as_ref()).await?,
+            };
             if restored > 0 {
                 tracing::info!(restored, grace = ?timings.reconnect_grace, "sessions from the last run restored as detached");
             }
+        }
+        if journal.is_some() {
+            tracing::info!(
+                interval = ?settings.storage.journal_interval,
+                "session journal on: held sessions survive a crash (storage.journal)"
+            );
         }
 
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
@@ -200,6 +219,7 @@ impl App {
             state,
             database,
             cluster,
+            journal,
             background: TaskTracker::new(),
         })
     }
@@ -214,8 +234,9 @@ impl App {
     }
 
     /// Serves until the shutdown token is cancelled, then closes every socket with
-    /// 1012 and leaves the held sessions to wait for their players: saved to the
-    /// database (embedded mode) or detached in Redis (cluster mode).
+    /// 1012 and leaves the held sessions to wait for their players: in the
+    /// database (embedded mode: the journal's last flush, or a snapshot with the
+    /// journal off) or detached in Redis (cluster mode).
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -223,9 +244,19 @@ impl App {
             state,
             database,
             cluster,
+            journal,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
+        let archive = database.archive();
+        if let Some(journal) = &journal {
+            background.spawn(crate::tasks::journal::run(
+                Arc::clone(journal),
+                Arc::clone(&archive),
+                state.settings.storage.journal_interval,
+                shutdown.clone(),
+            ));
+        }
         background.spawn(crate::tasks::sweep::run(
             state.control.clone(),
             state.settings.liveness.sweep_interval,
@@ -267,9 +298,23 @@ impl App {
         if let Err(e) = state.control.hand_over().await {
             tracing::warn!(error = %e, "could not detach the sessions of this node; they expire by their own deadlines");
         }
-        let saved = state.control.save_sessions(database.archive()).await?;
-        if saved > 0 {
-            tracing::info!(saved, "sessions saved for the next start");
+        match &journal {
+            Some(journal) => {
+                let held = state.control.held_count().await?;
+                if let Err(e) = journal.flush(archive.as_ref()).await {
+                    tracing::error!(error = %e, held, "could not write the session journal at shutdown");
+                    return Err(e.into());
+                }
+                if held > 0 {
+                    tracing::info!(held, "sessions kept in the journal for the next start");
+                }
+            }
+            None => {
+                let saved = state.control.save_sessions(archive.as_ref()).await?;
+                if saved > 0 {
+                    tracing::info!(saved, "sessions saved for the next start");
+                }
+            }
         }
         database.close().await;
         served.context("the HTTP server failed")

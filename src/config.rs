@@ -52,6 +52,10 @@ pub struct StorageSettings {
     pub sessions: SessionBackend,
     pub settings: SettingsBackend,
     pub data_dir: PathBuf,
+    /// Keep the memory store's sessions in the settings database as they change.
+    pub journal: bool,
+    #[serde(with = "humantime_serde")]
+    pub journal_interval: Duration,
     pub redis_url: String,
     pub postgres_url: String,
 }
@@ -195,6 +199,7 @@ impl Settings {
             ("auth.session_token_ttl", self.auth.session_token_ttl),
             ("cluster.refresh_interval", self.cluster.refresh_interval),
             ("cluster.tombstone_ttl", self.cluster.tombstone_ttl),
+            ("storage.journal_interval", self.storage.journal_interval),
         ] {
             if value.is_zero() {
                 bail!("invalid configuration: {name} must be longer than 0");
@@ -288,6 +293,16 @@ mod tests {
         let s = Settings::defaults().unwrap();
         assert_eq!(s.server.port, 8080);
         assert_eq!(s.timings(), Timings::default());
+        assert!(s.storage.journal);
+        assert_eq!(s.storage.journal_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_journal_interval_of_zero_is_refused_by_name() {
+        let mut s = Settings::defaults().unwrap();
+        s.storage.journal_interval = Duration::ZERO;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.journal_interval"), "{err}");
     }
 
     #[test]

@@ -371,11 +371,21 @@ impl SessionControl {
     /// Brings back the sessions saved at the last shutdown, as detached: their
     /// players reconnect within the grace, or the sessions are reaped.
     pub async fn restore_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+        let saved = archive.take().await?;
+        self.restore(saved).await
+    }
+
+    /// Brings back the sessions in the journal (the last run stopped or crashed),
+    /// as detached. Their rows stay: the journal deletes each when its session ends.
+    pub async fn restore_journaled(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+        let held = archive.held().await?;
+        self.restore(held).await
+    }
+
+    async fn restore(&self, saved: Vec<(PoolKey, Session)>) -> Result<usize, ControlError> {
         let now = self.clock.now();
         let expires_at = self.timings.deadline(SessionState::Detached, now);
-        let sessions: Vec<_> = archive
-            .take()
-            .await?
+        let sessions: Vec<_> = saved
             .into_iter()
             .map(|(pool, mut s)| {
                 s.state = SessionState::Detached;

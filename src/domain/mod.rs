@@ -4,11 +4,13 @@
 //! state and the current time; `ports` names what the rules need from the outside
 //! (a session store, a settings repository, a way to reach a player's socket);
 //! `control` is the one place that combines them into the operations the HTTP and
-//! WebSocket layers call.
+//! WebSocket layers call; `journal` buffers which sessions exist, for the database
+//! to keep across a crash.
 
 pub mod catalogs;
 pub mod clock;
 pub mod control;
+pub mod journal;
 pub mod liveness;
 pub mod pool;
 pub mod ports;

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 
 use super::clock::Millis;
+use super::journal::JournalBatch;
 use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
 use super::session::{Holder, PoolKey, Session, SessionId};
 use super::settings::{Catalog, Offer, Publisher};
@@ -84,8 +85,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn count(&self) -> Result<usize, StoreError>;
 
     /// This node is stopping and its sockets are closed: leave the sessions they
-    /// held to wait for a reconnect. Nothing to do where the sessions are saved
-    /// with [`SessionStore::snapshot`] instead.
+    /// held to wait for a reconnect. Where the sessions are kept by this process
+    /// (saved with [`SessionStore::snapshot`] or journaled), it only drops the
+    /// sessions that died meanwhile, so a restart does not bring them back.
     async fn hand_over(&self, _now: Millis) -> Result<(), StoreError> {
         Ok(())
     }
@@ -103,12 +105,19 @@ pub trait SettingsRepo: Send + Sync + 'static {
     async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError>;
 }
 
-/// Where held sessions wait while the server restarts.
+/// Where held sessions wait while the server restarts: saved at shutdown and taken
+/// at start, or kept up to date all along by the session journal
+/// ([`crate::domain::journal`]) so that a crash loses none of them.
 #[async_trait]
 pub trait SessionArchive: Send + Sync + 'static {
     async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError>;
     /// Returns the saved sessions and forgets them.
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError>;
+    /// Returns the saved sessions and keeps them: the journal deletes each row
+    /// when its session ends.
+    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError>;
+    /// Applies one batch of the journal in one transaction.
+    async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError>;
 }
 
 /// What the server tells a player's socket.

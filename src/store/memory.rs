@@ -11,6 +11,10 @@
 //! admissions for tens of milliseconds each second. Live sessions need no queue:
 //! their socket watches their PONG deadline.
 //!
+//! Every session added or removed, dead ones that an operation prunes included, is
+//! told to the [`Roster`] under the pool's lock: it keeps the count, the index by
+//! session id and the session journal exact.
+//!
 //! Each customer's open pools are also listed ([`customers`]), so a customer
 //! cannot hold sessions in more pools than `Limits::pools_per_customer`.
 
@@ -22,6 +26,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use super::roster::Roster;
+use crate::domain::journal::Journal;
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
 use crate::domain::ports::{SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
@@ -65,26 +71,54 @@ pub struct MemoryStore {
     timings: Timings,
     pending: ExpiryQueue,
     detached: ExpiryQueue,
+    roster: Roster,
 }
 
 impl MemoryStore {
     pub fn new(timings: Timings) -> Self {
+        Self::build(timings, None)
+    }
+
+    /// A store that records in `journal` every session it adds or removes.
+    pub fn with_journal(timings: Timings, journal: Arc<Journal>) -> Self {
+        Self::build(timings, Some(journal))
+    }
+
+    fn build(timings: Timings, journal: Option<Arc<Journal>>) -> Self {
         Self {
             pools: Pools::default(),
             customers: Customers::default(),
             timings,
             pending: ExpiryQueue::default(),
             detached: ExpiryQueue::default(),
+            roster: Roster::new(journal),
         }
     }
 
-    /// Runs `f` on an existing pool (with its shared key) and drops the pool if
-    /// `f` left it empty.
-    fn with_pool<R>(&self, key: &PoolKey, f: impl FnOnce(&Arc<PoolKey>, &mut Pool) -> R) -> Option<R> {
+    /// Drops the sessions of `pool` that are dead at `now` and tells the roster.
+    /// Every operation starts with this, at the same `now` as the rules it then
+    /// applies, so the rules' own pruning finds nothing left to remove unseen.
+    fn settle(&self, pool: &mut Pool, now: Millis) -> Vec<Session> {
+        let dead = pool.prune(now);
+        for session in &dead {
+            self.roster.removed(session);
+        }
+        dead
+    }
+
+    /// Runs `f` on an existing pool (with its shared key and the sessions found
+    /// dead at `now`, already removed) and drops the pool if it is left empty.
+    fn with_pool<R>(
+        &self,
+        key: &PoolKey,
+        now: Millis,
+        f: impl FnOnce(&Arc<PoolKey>, &mut Pool, Vec<Session>) -> R,
+    ) -> Option<R> {
         let (result, emptied) = {
             let mut entry = self.pools.get_mut(key)?;
             let (key, pool) = entry.pair_mut();
-            let result = f(key, pool);
+            let dead = self.settle(pool, now);
+            let result = f(key, pool, dead);
             (result, pool.is_empty().then(|| Arc::clone(key)))
         };
         if let Some(key) = emptied {
@@ -117,7 +151,7 @@ impl MemoryStore {
             // Pools whose sessions all died since count no more.
             open.retain(|k| {
                 let alive = self.pools.get_mut(k.as_ref()).is_some_and(|mut p| {
-                    p.prune(now);
+                    self.settle(&mut p, now);
                     !p.is_empty()
                 });
                 alive
@@ -131,8 +165,11 @@ impl MemoryStore {
         let (outcome, empty) = {
             let mut entry = self.pools.entry(Arc::clone(key)).or_default();
             let (key, p) = entry.pair_mut();
+            // Another admission may have created the pool meanwhile.
+            self.settle(p, now);
             let outcome = p.admit(new, limits.sessions, now, &self.timings);
-            if outcome.is_ok() {
+            if let Ok(granted) = &outcome {
+                self.roster.added(key, &granted.session);
                 self.watch_pending(key, now);
             }
             (outcome, p.is_empty())
@@ -163,9 +200,10 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
         let mut new = Some(new);
-        let existing = self.with_pool(pool, |key, p| {
+        let existing = self.with_pool(pool, now, |key, p, _| {
             let outcome = p.admit(new.take()?, limits.sessions, now, &self.timings);
-            if outcome.is_ok() {
+            if let Ok(granted) = &outcome {
+                self.roster.added(key, &granted.session);
                 self.watch_pending(key, now);
             }
             Some(outcome.map_err(Refusal::Full))
@@ -191,8 +229,10 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
         Ok(self
-            .with_pool(pool, |key, p| {
+            .with_pool(pool, now, |key, p, _| {
                 let done = p.take_over(victim, new, now, &self.timings)?;
+                self.roster.removed(&done.victim);
+                self.roster.added(key, &done.granted.session);
                 self.watch_pending(key, now);
                 Some(done)
             })
@@ -207,19 +247,19 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| p.attach(id, holder, now, &self.timings))
+            .with_pool(pool, now, |_, p, _| p.attach(id, holder, now, &self.timings))
             .flatten())
     }
 
     async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| p.heartbeat(id, holder, now, &self.timings))
+            .with_pool(pool, now, |_, p, _| p.heartbeat(id, holder, now, &self.timings))
             .unwrap_or(false))
     }
 
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
         Ok(self
-            .with_pool(pool, |key, p| {
+            .with_pool(pool, now, |key, p, _| {
                 let detached = p.detach(id, holder, now, &self.timings);
                 if detached {
                     let at = self.timings.deadline(SessionState::Detached, now);
@@ -237,24 +277,22 @@ impl SessionStore for MemoryStore {
         holder: Option<Holder>,
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
-        Ok(self.with_pool(pool, |_, p| p.end(id, holder, now)).flatten())
+        let ended = self.with_pool(pool, now, |_, p, _| {
+            let ended = p.end(id, holder, now)?;
+            self.roster.removed(&ended);
+            Some(ended)
+        });
+        Ok(ended.flatten())
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         Ok(self
-            .with_pool(pool, |_, p| {
-                p.prune(now);
-                p.sessions.clone()
-            })
+            .with_pool(pool, now, |_, p, _| p.sessions.clone())
             .unwrap_or_default())
     }
 
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
-        Ok(self
-            .pools
-            .iter()
-            .find(|entry| entry.value().get(id).is_some())
-            .map(|entry| PoolKey::clone(entry.key())))
+        Ok(self.roster.locate(id))
     }
 
     /// Visits only the pools whose queued deadline has come, yielding now and
@@ -264,7 +302,7 @@ impl SessionStore for MemoryStore {
         due.extend(self.detached.due(now));
         let mut dead = Vec::new();
         for (i, key) in due.into_iter().enumerate() {
-            if let Some(pruned) = self.with_pool(&key, |_, p| p.prune(now)) {
+            if let Some(pruned) = self.with_pool(&key, now, |_, _, dead| dead) {
                 dead.extend(pruned.into_iter().map(|s| (PoolKey::clone(&key), s)));
             }
             if i % 256 == 255 {
@@ -303,6 +341,7 @@ impl SessionStore for MemoryStore {
                         _ => &self.detached,
                     };
                     queue.push(session.expires_at, Arc::clone(key));
+                    self.roster.restored(key, &session);
                     pool.sessions.push(session);
                 }
                 if !open.iter().any(|k| k == key) {
@@ -314,7 +353,18 @@ impl SessionStore for MemoryStore {
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
-        Ok(self.pools.iter().map(|e| e.value().sessions.len()).sum())
+        Ok(self.roster.count())
+    }
+
+    /// Drops every session that died meanwhile (their players are gone, or
+    /// stopped answering while the server was stopping), so neither the snapshot
+    /// nor the journal brings them back. The one walk over every pool, at shutdown.
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        self.pools.retain(|_, pool| {
+            self.settle(pool, now);
+            !pool.is_empty()
+        });
+        Ok(())
     }
 }
 
@@ -323,6 +373,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::domain::journal::recording::Recorder;
 
     fn timings() -> Timings {
         Timings {
@@ -346,6 +397,13 @@ mod tests {
         pools_per_customer: 2,
     };
 
+    fn limits(sessions: u32) -> Limits {
+        Limits {
+            sessions,
+            pools_per_customer: 2,
+        }
+    }
+
     fn new() -> NewSession {
         NewSession {
             id: SessionId::random(),
@@ -356,8 +414,8 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_frees_unattended_sessions_when_their_deadline_comes_and_not_before() {
         let store = MemoryStore::new(timings());
-        let pending = store.admit(&key("a"), new(), ONE, 0).await.unwrap().unwrap().session.id;
-        let detached = store.admit(&key("b"), new(), ONE, 0).await.unwrap().unwrap().session.id;
+        let pending = store.admit(&key("a"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
+        let detached = store.admit(&key("b"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
         store.attach(&key("b"), detached, Holder(1), 0).await.unwrap().unwrap();
         store.detach(&key("b"), detached, Holder(1), 500).await.unwrap();
         assert!(store.reap(3_499).await.unwrap().is_empty());
@@ -367,16 +425,123 @@ mod tests {
         assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![pending]);
         assert_eq!(store.count().await.unwrap(), 0);
         assert!(store.pools.is_empty(), "empty pools are dropped");
-        assert_eq!(store.customers.len(), 0, "and their customers forgotten");
     }
 
     #[tokio::test]
     async fn a_session_that_went_live_is_left_alone_by_the_sweep() {
         let store = MemoryStore::new(timings());
-        let id = store.admit(&key("c"), new(), ONE, 0).await.unwrap().unwrap().session.id;
+        let id = store.admit(&key("c"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
         store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
         assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
         assert_eq!(store.count().await.unwrap(), 1);
+    }
+
+    /// A store with a journal, and what the journal would write.
+    fn journaled() -> (MemoryStore, Arc<Journal>) {
+        let journal = Arc::new(Journal::new());
+        (MemoryStore::with_journal(timings(), Arc::clone(&journal)), journal)
+    }
+
+    /// Flushes the journal and returns the ids it put and deleted, sorted.
+    async fn flushed(journal: &Journal) -> (Vec<SessionId>, Vec<SessionId>) {
+        let db = Recorder::default();
+        journal.flush(&db).await.unwrap();
+        let batch = db.last();
+        let mut put: Vec<_> = batch.put.iter().map(|(_, s)| s.id).collect();
+        let mut delete = batch.delete;
+        put.sort();
+        delete.sort();
+        (put, delete)
+    }
+
+    fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn the_count_and_the_index_follow_admissions_takeovers_and_ends() {
+        let (store, journal) = journaled();
+        let p = key("d");
+        let a = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
+        let b = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
+        assert!(store.admit(&p, new(), limits(2), 0).await.unwrap().is_err());
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(flushed(&journal).await, (sorted(vec![a, b]), vec![]));
+
+        let c = store
+            .take_over(&p, a, new(), 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .granted
+            .session
+            .id;
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(store.locate(a).await.unwrap(), None, "the victim is gone");
+        assert_eq!(store.locate(c).await.unwrap(), Some(p.clone()));
+        assert_eq!(flushed(&journal).await, (vec![c], vec![a]));
+
+        store.end(&p, b, None, 2).await.unwrap().unwrap();
+        store.end(&p, c, None, 2).await.unwrap().unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.locate(b).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], sorted(vec![b, c])));
+        assert!(store.pools.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sessions_an_operation_finds_dead_leave_the_count_the_index_and_the_journal() {
+        let (store, journal) = journaled();
+        let p = key("e");
+        // Pending until 4 000 (connect timeout), never connected.
+        let pending = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
+        let live = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
+        store.attach(&p, live, Holder(1), 3_000).await.unwrap().unwrap();
+        flushed(&journal).await;
+        // A PONG of the other session is the first operation on the pool after the
+        // pending one died: it drops it, and no sweep is needed to notice.
+        assert!(store.heartbeat(&p, live, Holder(1), 4_000).await.unwrap());
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.locate(pending).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![pending]));
+        // Granted and found dead within one interval: nothing to write.
+        let short = store.admit(&p, new(), limits(2), 5_000).await.unwrap().unwrap().session.id;
+        // By 9 000 the live one missed its PONG and the new one never connected.
+        assert_eq!(store.list(&p, 9_000).await.unwrap().len(), 0);
+        assert_eq!(store.locate(short).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![live]));
+        assert_eq!(store.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn reaped_restored_and_handed_over_sessions_are_counted_and_journaled() {
+        let (store, journal) = journaled();
+        let p = key("f");
+        let reaped = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        flushed(&journal).await;
+        assert_eq!(store.reap(4_000).await.unwrap().len(), 1);
+        assert_eq!(flushed(&journal).await, (vec![], vec![reaped]));
+
+        let restored = Session {
+            id: SessionId::random(),
+            name: "tv".into(),
+            state: SessionState::Detached,
+            expires_at: 7_000,
+            holder: None,
+            created_at: 0,
+        };
+        store.restore(vec![(p.clone(), restored.clone())]).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.locate(restored.id).await.unwrap(), Some(p.clone()));
+        assert_eq!(flushed(&journal).await, (vec![restored.id], vec![]));
+
+        // Dead by the shutdown: dropped, so the next start does not bring it back.
+        store.hand_over(7_000).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.locate(restored.id).await.unwrap(), None);
+        assert_eq!(flushed(&journal).await, (vec![], vec![restored.id]));
+        assert!(store.pools.is_empty());
     }
 
     #[tokio::test]

@@ -1,12 +1,14 @@
 //! Implementations of the domain's storage ports.
 //!
-//! `memory` keeps the session pools in this process (the embedded default);
+//! `memory` keeps the session pools in this process (the embedded default), with
+//! `roster` counting and indexing its sessions and feeding the session journal;
 //! `sqlite` keeps publisher settings and the sessions saved across a restart;
 //! `postgres` keeps the same for the nodes of a cluster.
 
 pub mod memory;
 pub mod postgres;
 pub mod redis;
+mod roster;
 mod saved;
 pub mod sqlite;
 

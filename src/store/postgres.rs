@@ -19,6 +19,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row};
 
 use super::saved::SavedRow;
+use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
@@ -33,7 +34,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most the migrations may take at start, waiting for another node's included.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Rows per statement when saving held sessions.
+/// Rows per statement when writing held sessions.
 const SAVE_CHUNK: usize = 5_000;
 
 #[derive(Clone)]
@@ -287,6 +288,53 @@ impl SettingsRepo for PostgresSettings {
     }
 }
 
+/// Inserts or replaces the rows of `sessions` (each id at most once), in chunks of
+/// one statement each.
+async fn upsert(tx: &mut sqlx::PgConnection, sessions: &[(&PoolKey, &Session)]) -> Result<(), SettingsError> {
+    for chunk in sessions.chunks(SAVE_CHUNK) {
+        let mut columns: [Vec<String>; 6] = Default::default();
+        let mut expires_at = Vec::with_capacity(chunk.len());
+        let mut created_at = Vec::with_capacity(chunk.len());
+        for (pool, s) in chunk {
+            columns[0].push(s.id.to_string());
+            columns[1].push(pool.publisher_id.clone());
+            columns[2].push(pool.customer_id.clone());
+            columns[3].push(pool.offer_id.clone());
+            columns[4].push(s.name.clone());
+            columns[5].push(s.state.as_str().to_owned());
+            expires_at.push(s.expires_at as i64);
+            created_at.push(s.created_at as i64);
+        }
+        let [ids, publishers, customers, offers, names, states] = columns;
+        sqlx::query(
+            "INSERT INTO held_sessions
+                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bigint[], $8::bigint[])
+             ON CONFLICT (session_id) DO UPDATE SET
+                publisher_id = excluded.publisher_id,
+                customer_id = excluded.customer_id,
+                offer_id = excluded.offer_id,
+                name = excluded.name,
+                state = excluded.state,
+                expires_at = excluded.expires_at,
+                created_at = excluded.created_at",
+        )
+        .bind(ids)
+        .bind(publishers)
+        .bind(customers)
+        .bind(offers)
+        .bind(names)
+        .bind(states)
+        .bind(expires_at)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SessionArchive for PostgresSettings {
     async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
@@ -296,58 +344,51 @@ impl SessionArchive for PostgresSettings {
         for (i, (_, s)) in sessions.iter().enumerate() {
             last.insert(s.id, i);
         }
-        let unique: Vec<&(PoolKey, Session)> = sessions
+        let unique: Vec<(&PoolKey, &Session)> = sessions
             .iter()
             .enumerate()
             .filter(|(i, (_, s))| last.get(&s.id) == Some(i))
-            .map(|(_, entry)| entry)
+            .map(|(_, (pool, s))| (pool, s))
             .collect();
         bounded(ARCHIVE_TIMEOUT, async {
             let mut tx = self.db.begin().await.map_err(db_err)?;
-            for chunk in unique.chunks(SAVE_CHUNK) {
-                let mut columns: [Vec<String>; 6] = Default::default();
-                let mut expires_at = Vec::with_capacity(chunk.len());
-                let mut created_at = Vec::with_capacity(chunk.len());
-                for (pool, s) in chunk {
-                    columns[0].push(s.id.to_string());
-                    columns[1].push(pool.publisher_id.clone());
-                    columns[2].push(pool.customer_id.clone());
-                    columns[3].push(pool.offer_id.clone());
-                    columns[4].push(s.name.clone());
-                    columns[5].push(s.state.as_str().to_owned());
-                    expires_at.push(s.expires_at as i64);
-                    created_at.push(s.created_at as i64);
-                }
-                let [ids, publishers, customers, offers, names, states] = columns;
-                sqlx::query(
-                    "INSERT INTO held_sessions
-                        (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                          $6::text[], $7::bigint[], $8::bigint[])
-                     ON CONFLICT (session_id) DO UPDATE SET
-                        publisher_id = excluded.publisher_id,
-                        customer_id = excluded.customer_id,
-                        offer_id = excluded.offer_id,
-                        name = excluded.name,
-                        state = excluded.state,
-                        expires_at = excluded.expires_at,
-                        created_at = excluded.created_at",
-                )
-                .bind(ids)
-                .bind(publishers)
-                .bind(customers)
-                .bind(offers)
-                .bind(names)
-                .bind(states)
-                .bind(expires_at)
-                .bind(created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            upsert(&mut tx, &unique).await?;
+            tx.commit().await.map_err(db_err)
+        })
+        .await
+    }
+
+    /// A journal batch names each session once, so it needs no de-duplication.
+    async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
+        let put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
+        let delete: Vec<String> = batch.delete.iter().map(SessionId::to_string).collect();
+        bounded(ARCHIVE_TIMEOUT, async {
+            let mut tx = self.db.begin().await.map_err(db_err)?;
+            upsert(&mut tx, &put).await?;
+            if !delete.is_empty() {
+                sqlx::query("DELETE FROM held_sessions WHERE session_id = ANY($1::text[])")
+                    .bind(delete)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
             }
             tx.commit().await.map_err(db_err)
         })
         .await
+    }
+
+    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        let rows = bounded(ARCHIVE_TIMEOUT, async {
+            sqlx::query_as::<_, SavedRow>(
+                "SELECT session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at
+                 FROM held_sessions",
+            )
+            .fetch_all(&self.db)
+            .await
+            .map_err(db_err)
+        })
+        .await?;
+        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
     }
 
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {

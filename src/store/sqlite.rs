@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::saved::SavedRow;
+use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session};
@@ -196,28 +197,42 @@ fn bind_publisher<'q>(
         .bind(p.verification_key.as_deref())
 }
 
+/// Rows per statement when writing held sessions: 8 parameters each, well below
+/// SQLite's limit of 32,766 per statement.
+const WRITE_CHUNK: usize = 1_000;
+
+/// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
+/// journal can hold every session of a restart.
+async fn upsert<'a>(
+    tx: &mut sqlx::SqliteConnection,
+    sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
+) -> Result<(), SettingsError> {
+    let sessions: Vec<_> = sessions.into_iter().collect();
+    for chunk in sessions.chunks(WRITE_CHUNK) {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO held_sessions
+                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
+        );
+        query.push_values(chunk, |mut row, (pool, s)| {
+            row.push_bind(s.id.to_string())
+                .push_bind(pool.publisher_id.as_str())
+                .push_bind(pool.customer_id.as_str())
+                .push_bind(pool.offer_id.as_str())
+                .push_bind(s.name.as_str())
+                .push_bind(s.state.as_str())
+                .push_bind(s.expires_at as i64)
+                .push_bind(s.created_at as i64);
+        });
+        query.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SessionArchive for SqliteSettings {
     async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
         let mut tx = self.db.begin().await.map_err(db_err)?;
-        for (pool, s) in sessions {
-            sqlx::query(
-                "INSERT OR REPLACE INTO held_sessions
-                    (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(s.id.to_string())
-            .bind(&pool.publisher_id)
-            .bind(&pool.customer_id)
-            .bind(&pool.offer_id)
-            .bind(&s.name)
-            .bind(s.state.as_str())
-            .bind(s.expires_at as i64)
-            .bind(s.created_at as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
+        upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s))).await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -233,5 +248,87 @@ impl SessionArchive for SqliteSettings {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+    }
+
+    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
+            .fetch_all(&self.db)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+    }
+
+    async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
+        let mut tx = self.db.begin().await.map_err(db_err)?;
+        upsert(&mut tx, batch.put.iter().map(|(pool, s)| (&**pool, s))).await?;
+        for chunk in batch.delete.chunks(WRITE_CHUNK) {
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM held_sessions WHERE session_id IN (");
+            let mut ids = query.separated(", ");
+            for id in chunk {
+                ids.push_bind(id.to_string());
+            }
+            query.push(")");
+            query.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{SessionId, SessionState};
+
+    fn held(n: u64) -> (Arc<PoolKey>, Session) {
+        let pool = PoolKey {
+            publisher_id: "p".into(),
+            customer_id: format!("c{}", n % 7),
+            offer_id: "o".into(),
+        };
+        let session = Session {
+            id: SessionId::random(),
+            name: format!("TV {n}"),
+            state: SessionState::Pending,
+            expires_at: 1_900_000_000_000 + n,
+            holder: None,
+            created_at: 1_800_000_000_000 + n,
+        };
+        (Arc::new(pool), session)
+    }
+
+    fn ids(sessions: &[(PoolKey, Session)]) -> Vec<SessionId> {
+        let mut ids: Vec<_> = sessions.iter().map(|(_, s)| s.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn journal_batches_write_and_delete_rows_that_stay_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("drisc.db")).await.unwrap();
+        // More rows than one statement takes.
+        let sessions: Vec<_> = (0..2_500).map(held).collect();
+        let batch = JournalBatch {
+            put: sessions.clone(),
+            delete: vec![],
+        };
+        db.write(&batch).await.unwrap();
+        let gone: Vec<_> = sessions[..1_200].iter().map(|(_, s)| s.id).collect();
+        db.write(&JournalBatch {
+            put: vec![],
+            delete: gone,
+        })
+        .await
+        .unwrap();
+        let mut expected: Vec<_> = sessions[1_200..].iter().map(|(_, s)| s.id).collect();
+        expected.sort();
+        let read = db.held().await.unwrap();
+        assert_eq!(ids(&read), expected);
+        let (pool, session) = &sessions[2_000];
+        assert!(read.contains(&(PoolKey::clone(pool), session.clone())));
+        assert_eq!(ids(&db.held().await.unwrap()), expected, "reading keeps the rows");
+        db.close().await;
     }
 }

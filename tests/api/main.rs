@@ -4,6 +4,7 @@
 
 mod cluster;
 mod conformance;
+mod crash_safety;
 mod fuzz;
 mod helpers;
 mod http_api;

@@ -1,7 +1,9 @@
 //! The PostgreSQL settings repository against a real PostgreSQL server on loopback.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drisc::domain::journal::JournalBatch;
 use drisc::domain::ports::{SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
@@ -253,6 +255,37 @@ async fn archive_save_and_take_round_trip() {
     assert_eq!(all, sorted(many));
     repo.close().await;
     other.close().await;
+}
+
+/// The session journal on PostgreSQL (memory sessions with PostgreSQL settings):
+/// batches put and delete rows in one transaction, and reading keeps them.
+#[tokio::test]
+async fn archive_journal_batches_write_and_delete_and_reading_keeps_the_rows() {
+    let server = PgServer::start().await;
+    let repo = repo(&server).await;
+    let sessions: Vec<_> = (0..6_000).map(|n| held(n, SessionState::Pending)).collect();
+    let put = sessions
+        .iter()
+        .map(|(pool, s)| (Arc::new(pool.clone()), s.clone()))
+        .collect();
+    repo.write(&JournalBatch { put, delete: vec![] }).await.unwrap();
+    // One batch both replaces a row and deletes others.
+    let mut renamed = sessions[5_999].clone();
+    renamed.1.name = "renamed".into();
+    let batch = JournalBatch {
+        put: vec![(Arc::new(renamed.0.clone()), renamed.1.clone())],
+        delete: sessions[..1_000].iter().map(|(_, s)| s.id).collect(),
+    };
+    repo.write(&batch).await.unwrap();
+    let mut expected = sessions[1_000..].to_vec();
+    expected[4_999] = renamed;
+    assert_eq!(sorted(repo.held().await.unwrap()), sorted(expected.clone()));
+    assert_eq!(
+        sorted(repo.held().await.unwrap()),
+        sorted(expected),
+        "held() keeps the rows"
+    );
+    repo.close().await;
 }
 
 #[tokio::test]

@@ -1,0 +1,334 @@
+//! The session journal: which sessions exist, written to the settings database in
+//! batches so that a crash (`kill -9`, OOM, power loss) loses at most the changes of
+//! the last interval, never the sessions held.
+//!
+//! The session store records each change here while it holds the pool's lock; a
+//! background task takes what accumulated and writes it in one transaction. Nothing
+//! on the admission path waits for the database. Changes are coalesced per session
+//! id: only the last word about a session between two flushes is written, and a
+//! session created and ended within one interval is never written at all. The
+//! buffer therefore holds at most one entry per session that changed since the last
+//! flush (or since the last successful one, while the database is unreachable).
+//!
+//! Heartbeats and state changes are not journaled: a session brought back after a
+//! crash always comes back detached, with a fresh reconnect grace.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::ports::{SessionArchive, SettingsError};
+use super::session::{PoolKey, Session, SessionId};
+
+/// The last word about one session since the last flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    /// The session exists: write (insert or replace) its row.
+    Put {
+        pool: Arc<PoolKey>,
+        session: Session,
+        /// Its row may already be in the database (restored, or written by a flush
+        /// whose outcome is unknown), so ending it must delete the row. A session
+        /// granted since the last flush has no row yet: ending it writes nothing.
+        stored: bool,
+    },
+    /// The session ended: delete its row.
+    Delete,
+}
+
+/// One transaction's worth of journal changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalBatch {
+    /// Sessions to insert or replace.
+    pub put: Vec<(Arc<PoolKey>, Session)>,
+    /// Sessions whose rows to delete.
+    pub delete: Vec<SessionId>,
+}
+
+impl JournalBatch {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.put.len() + self.delete.len()
+    }
+}
+
+type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
+
+/// The changes not yet written. Cheap to record into (one short lock, no I/O).
+#[derive(Default)]
+pub struct Journal {
+    pending: Mutex<Pending>,
+    /// Held for a whole flush, so two flushes never race: a later batch (a delete)
+    /// must never commit before an earlier one (the put of the same session).
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Journal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // A panic while recording cannot leave the map half-changed in a way that
+        // matters (each change is one insert or remove), so keep going.
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A session was granted: it has no row yet.
+    pub fn added(&self, pool: &Arc<PoolKey>, session: &Session) {
+        self.put(pool, session, false);
+    }
+
+    /// A session was put back from the database (it may have a row already).
+    pub fn restored(&self, pool: &Arc<PoolKey>, session: &Session) {
+        self.put(pool, session, true);
+    }
+
+    fn put(&self, pool: &Arc<PoolKey>, session: &Session, stored: bool) {
+        let mut pending = self.pending();
+        // A delete waiting for this id means a row exists that the put replaces.
+        let stored = stored || matches!(pending.get(&session.id), Some(Entry::Delete));
+        pending.insert(
+            session.id,
+            Entry::Put {
+                pool: Arc::clone(pool),
+                session: session.clone(),
+                stored,
+            },
+        );
+    }
+
+    /// A session ended (finished, taken over, kicked, reaped or found dead).
+    pub fn removed(&self, id: SessionId) {
+        let mut pending = self.pending();
+        match pending.get(&id) {
+            // Granted and ended within one interval: the database never hears of it.
+            Some(Entry::Put { stored: false, .. }) => {
+                pending.remove(&id);
+            }
+            _ => {
+                pending.insert(id, Entry::Delete);
+            }
+        }
+    }
+
+    /// How many changes wait to be written.
+    pub fn len(&self) -> usize {
+        self.pending().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending().is_empty()
+    }
+
+    /// Takes every change recorded so far, leaving the journal empty.
+    fn take(&self) -> JournalBatch {
+        let pending = std::mem::take(&mut *self.pending());
+        let mut batch = JournalBatch::default();
+        for (id, entry) in pending {
+            match entry {
+                Entry::Put { pool, session, .. } => batch.put.push((pool, session)),
+                Entry::Delete => batch.delete.push(id),
+            }
+        }
+        batch
+    }
+
+    /// Puts back a batch that could not be written. Whatever was recorded since is
+    /// newer and wins; the rows of the batch may or may not exist now (a commit
+    /// that timed out may still have happened), so they count as stored.
+    fn put_back(&self, batch: JournalBatch) {
+        let mut pending = self.pending();
+        for (pool, session) in batch.put {
+            pending.entry(session.id).or_insert(Entry::Put {
+                pool,
+                session,
+                stored: true,
+            });
+        }
+        for id in batch.delete {
+            pending.entry(id).or_insert(Entry::Delete);
+        }
+    }
+
+    /// Writes the changes recorded so far in one transaction. On failure they are
+    /// kept for the next flush; the number written otherwise.
+    pub async fn flush(&self, archive: &dyn SessionArchive) -> Result<usize, SettingsError> {
+        let _writing = self.writing.lock().await;
+        let batch = self.take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match archive.write(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                self.put_back(batch);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An archive that records what it is asked to write, or fails on demand.
+#[cfg(test)]
+pub(crate) mod recording {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::JournalBatch;
+    use crate::domain::ports::{SessionArchive, SettingsError};
+    use crate::domain::{PoolKey, Session};
+
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        written: Mutex<Vec<JournalBatch>>,
+        pub(crate) down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl SessionArchive for Recorder {
+        async fn save(&self, _: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
+            Ok(())
+        }
+        async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+            Ok(Vec::new())
+        }
+        async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+            Ok(Vec::new())
+        }
+        async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(SettingsError::Database("down".into()));
+            }
+            if let Ok(mut written) = self.written.lock() {
+                written.push(batch.clone());
+            }
+            Ok(())
+        }
+    }
+
+    impl Recorder {
+        /// The last batch written (empty if none).
+        pub(crate) fn last(&self) -> JournalBatch {
+            self.written
+                .lock()
+                .ok()
+                .and_then(|w| w.last().cloned())
+                .unwrap_or_default()
+        }
+
+        pub(crate) fn writes(&self) -> usize {
+            self.written.lock().map(|w| w.len()).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::recording::Recorder;
+    use super::*;
+    use crate::domain::SessionState;
+
+    fn pool() -> Arc<PoolKey> {
+        Arc::new(PoolKey {
+            publisher_id: "p".into(),
+            customer_id: "c".into(),
+            offer_id: "o".into(),
+        })
+    }
+
+    fn session() -> Session {
+        Session {
+            id: SessionId::random(),
+            name: "tv".into(),
+            state: SessionState::Pending,
+            expires_at: 10,
+            holder: None,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_granted_and_ended_within_one_interval_is_never_written() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let s = session();
+        journal.added(&pool(), &s);
+        journal.removed(s.id);
+        assert!(journal.is_empty());
+        assert_eq!(journal.flush(&db).await.unwrap(), 0);
+        assert_eq!(db.writes(), 0, "an empty journal opens no transaction");
+    }
+
+    #[tokio::test]
+    async fn a_session_written_once_is_deleted_when_it_ends_later() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let (p, s) = (pool(), session());
+        journal.added(&p, &s);
+        assert_eq!(journal.flush(&db).await.unwrap(), 1);
+        assert_eq!(db.last().put, vec![(p, s.clone())]);
+        journal.removed(s.id);
+        journal.flush(&db).await.unwrap();
+        assert_eq!(db.last().delete, vec![s.id]);
+        assert!(db.last().put.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_restored_session_that_ends_before_the_flush_is_deleted() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let s = session();
+        journal.restored(&pool(), &s);
+        journal.removed(s.id);
+        journal.flush(&db).await.unwrap();
+        assert_eq!(
+            db.last(),
+            JournalBatch {
+                put: vec![],
+                delete: vec![s.id]
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn many_changes_of_one_session_coalesce_to_the_last() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let (p, s) = (pool(), session());
+        journal.added(&p, &s);
+        journal.flush(&db).await.unwrap();
+        // Ended, then restored again (a reconnect after a crash): one put.
+        journal.removed(s.id);
+        journal.restored(&p, &s);
+        assert_eq!(journal.len(), 1);
+        journal.flush(&db).await.unwrap();
+        assert_eq!(db.last().put.len(), 1);
+        assert!(db.last().delete.is_empty());
+        // The put replaced a delete, so the row exists: ending it deletes it.
+        journal.removed(s.id);
+        journal.flush(&db).await.unwrap();
+        assert_eq!(db.last().delete, vec![s.id]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_kept_and_newer_changes_win() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let (p, kept, ended) = (pool(), session(), session());
+        journal.added(&p, &kept);
+        journal.added(&p, &ended);
+        db.down.store(true, Ordering::Relaxed);
+        assert!(journal.flush(&db).await.is_err());
+        assert_eq!(journal.len(), 2, "nothing is lost while the database is down");
+        // Ended after the failed write: its row may exist, so it must be deleted.
+        journal.removed(ended.id);
+        db.down.store(false, Ordering::Relaxed);
+        assert_eq!(journal.flush(&db).await.unwrap(), 2);
+        let batch = db.last();
+        assert_eq!(batch.put, vec![(p, kept)]);
+        assert_eq!(batch.delete, vec![ended.id]);
+        assert!(journal.is_empty());
+    }
+}

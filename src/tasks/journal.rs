@@ -1,0 +1,36 @@
+//! The journal writer: every `journal_interval`, the session changes recorded since
+//! the last flush reach the database in one transaction. Admission never waits for
+//! it; a crash loses at most the changes of the last interval.
+//!
+//! A flush that fails keeps its changes for the next one, so a database outage
+//! delays the journal without losing it. The last flush, at shutdown, is the app's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::journal::Journal;
+use crate::domain::ports::SessionArchive;
+
+pub async fn run(journal: Arc<Journal>, archive: Arc<dyn SessionArchive>, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            // A flush under way is never abandoned half-way for the shutdown: the
+            // select only races the wait for the next tick.
+            _ = tick.tick() => match journal.flush(archive.as_ref()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::trace!(changes = n, "session journal written"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    pending = journal.len(),
+                    "could not write the session journal; its changes are kept for the next try"
+                ),
+            },
+        }
+    }
+}
