@@ -4,6 +4,7 @@
 
 mod cluster;
 mod conformance;
+mod connections;
 mod helpers;
 mod http_api;
 mod settings_postgres;
