@@ -3,8 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
-use axum::serve::ListenerExt;
+use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +16,7 @@ use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
 use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
+use crate::net::{Limits, Server};
 use crate::state::AppState;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
@@ -26,7 +26,11 @@ use crate::ws::hub::Hub;
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    /// Open connections beyond this are shed (the file limit minus the reserve).
+    max_connections: usize,
     state: AppState,
+    /// Cancelled by a second signal: stop waiting for connections, save at once.
+    hurry: CancellationToken,
     database: Database,
     cluster: Option<Cluster>,
     /// The session journal of the memory store, unless switched off.
@@ -102,6 +106,7 @@ impl App {
     /// Opens the stores, restores the sessions held at the end of the last run
     /// (stopped or crashed) and binds the listener (port 0 picks a free one). Nothing is served until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let max_connections = connection_cap(&settings)?;
         let database = Database::open(&settings).await?;
         let session_secret = if settings.auth.session_secret.is_empty() {
             database.secret("session_token").await?
@@ -216,7 +221,9 @@ impl App {
         Ok(Self {
             listener,
             addr,
+            max_connections,
             state,
+            hurry: CancellationToken::new(),
             database,
             cluster,
             journal,
@@ -233,15 +240,25 @@ impl App {
         self.state.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then closes every socket with
-    /// 1012 and leaves the held sessions to wait for their players: in the
-    /// database (embedded mode: the journal's last flush, or a snapshot with the
-    /// journal off) or detached in Redis (cluster mode).
+    /// Cancelling this token after [`App::shutdown_token`] ends the wait for open
+    /// connections at once: sessions are saved and `run` returns.
+    pub fn hurry_token(&self) -> CancellationToken {
+        self.hurry.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops accepting, lets the
+    /// requests in flight finish and closes every socket with 1012, for at most
+    /// `server.shutdown_timeout` (or until the hurry token), drops what is left, and
+    /// leaves the held sessions to wait for their players: in the database
+    /// (embedded mode: the journal's last flush, or a snapshot with the journal
+    /// off) or detached in Redis (cluster mode).
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
             addr,
+            max_connections,
             state,
+            hurry,
             database,
             cluster,
             journal,
@@ -273,25 +290,45 @@ impl App {
             ));
             background.spawn(inbox::run_outbox(c.url, c.outbox, shutdown.clone()));
         }
-        log_file_limit();
         tracing::info!(%addr, "drisc is listening; WebSocket endpoint at ws://{addr}/ws");
 
+        let s = &state.settings.server;
+        let limits = Limits {
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_requests_in_flight: s.max_requests_in_flight,
+            max_connections,
+        };
         let router = crate::http::router(state.clone());
-        let listener = listener.tap_io(|tcp| {
-            // Protocol messages are tiny and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
-        let served = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        let drain = Server::new(listener, router, limits, shutdown.clone())
+            .accept_until_shutdown()
             .await;
 
-        // axum's graceful shutdown does not wait for upgraded sockets: each socket
-        // task watches the token and closes itself with 1012.
+        // Sockets watch the same token and close themselves with 1012: the HTTP
+        // server does not own them once upgraded.
         shutdown.cancel();
         state.connections.close();
-        let timeout = state.settings.server.shutdown_timeout;
-        if tokio::time::timeout(timeout, state.connections.wait()).await.is_err() {
-            tracing::warn!(?timeout, "some sockets did not close in time; saving sessions anyway");
+        let timeout = s.shutdown_timeout;
+        tracing::info!(
+            ?timeout,
+            sockets = state.connections.len(),
+            "shutdown: closing sockets with 1012 and waiting for connections (a second signal skips the wait)"
+        );
+        let all_closed = async {
+            drain.closed().await;
+            state.connections.wait().await;
+        };
+        tokio::select! {
+            () = all_closed => tracing::info!("shutdown: every connection closed"),
+            () = tokio::time::sleep(timeout) => {
+                let dropped = drain.abort();
+                tracing::warn!(?timeout, dropped, sockets = state.connections.len(), "shutdown: connections still open after server.shutdown_timeout were dropped");
+            }
+            () = hurry.cancelled() => {
+                let dropped = drain.abort();
+                tracing::info!(dropped, sockets = state.connections.len(), "shutdown: second signal, not waiting any longer");
+            }
         }
         background.close();
         background.wait().await;
@@ -306,19 +343,44 @@ impl App {
                     return Err(e.into());
                 }
                 if held > 0 {
-                    tracing::info!(held, "sessions kept in the journal for the next start");
+                    tracing::info!(held, "shutdown: sessions kept in the journal for the next start");
                 }
             }
             None => {
                 let saved = state.control.save_sessions(archive.as_ref()).await?;
                 if saved > 0 {
-                    tracing::info!(saved, "sessions saved for the next start");
+                    tracing::info!(saved, "shutdown: sessions saved for the next start");
                 }
             }
         }
         database.close().await;
-        served.context("the HTTP server failed")
+        Ok(())
     }
+}
+
+/// Raises the open-file limit and derives how many connections may be open at once;
+/// refuses to start when `server.connection_reserve` leaves no room under the limit.
+fn connection_cap(settings: &Settings) -> anyhow::Result<usize> {
+    let reserve = settings.server.connection_reserve;
+    let Some(limit) = crate::net::file_limit::raise() else {
+        return Ok(usize::MAX);
+    };
+    if reserve >= limit.soft {
+        bail!(
+            "invalid configuration: server.connection_reserve ({reserve}) must be smaller than the \
+             open-file limit ({}, RLIMIT_NOFILE, hard limit {}): lower it, or raise the limit \
+             (ulimit -n, systemd LimitNOFILE=)",
+            limit.soft,
+            limit.hard
+        );
+    }
+    let cap = limit.soft - reserve;
+    tracing::info!(
+        max_connections = cap,
+        reserve,
+        "open connections beyond the file limit minus server.connection_reserve are shed, idle ones first"
+    );
+    Ok(usize::try_from(cap).unwrap_or(usize::MAX))
 }
 
 fn warn_about_dev_keys(settings: &Settings) {
@@ -334,22 +396,5 @@ fn warn_about_dev_keys(settings: &Settings) {
             "the admin API accepts the published DEVELOPMENT key {DEV_ADMIN_KEY:?}; \
              set auth.admin_key (DRISC__AUTH__ADMIN_KEY) before going to production"
         );
-    }
-}
-
-/// Logs the open-file limit: each held socket costs one file descriptor.
-fn log_file_limit() {
-    match std::fs::read_to_string("/proc/self/limits") {
-        Ok(limits) => {
-            if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
-                let soft = line.split_whitespace().nth(3).unwrap_or("?");
-                tracing::info!(
-                    open_files_limit = soft,
-                    "each held socket uses one file descriptor (RLIMIT_NOFILE); \
-                     beyond it new connections wait and are retried"
-                );
-            }
-        }
-        Err(_) => tracing::debug!("open-file limit unknown on this platform"),
     }
 }

@@ -44,6 +44,15 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub connection_reserve: u64,
+    pub max_requests_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +209,9 @@ impl Settings {
             ("cluster.refresh_interval", self.cluster.refresh_interval),
             ("cluster.tombstone_ttl", self.cluster.tombstone_ttl),
             ("storage.journal_interval", self.storage.journal_interval),
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.body_timeout", self.server.body_timeout),
         ] {
             if value.is_zero() {
                 bail!("invalid configuration: {name} must be longer than 0");
@@ -235,6 +247,18 @@ impl Settings {
         }
         if !(16..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
             bail!("invalid configuration: server.max_body_bytes must be between 16 and 16777216");
+        }
+        if !(1024..=1024 * 1024).contains(&self.server.max_header_bytes) {
+            bail!("invalid configuration: server.max_header_bytes must be between 1024 and 1048576");
+        }
+        if self.server.connection_reserve < 32 {
+            bail!(
+                "invalid configuration: server.connection_reserve must be at least 32 (the files the \
+                 server itself needs: listener, database, logs)"
+            );
+        }
+        if self.server.max_requests_in_flight == 0 {
+            bail!("invalid configuration: server.max_requests_in_flight must be at least 1");
         }
         if !(64..=1024 * 1024).contains(&self.websocket.max_message_bytes) {
             bail!("invalid configuration: websocket.max_message_bytes must be between 64 and 1048576");

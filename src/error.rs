@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API: status, JSON body and logging in one place.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -37,8 +37,13 @@ pub enum ApiError {
     TooManyPools(u32),
     #[error("the request body is larger than the {0} bytes allowed")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(std::time::Duration),
     #[error("{0}")]
     Unavailable(String),
+    /// Load shedding: more requests in flight than the server takes at once.
+    #[error("the server is busy; retry in a second")]
+    Overloaded,
     #[error("internal error")]
     Internal(String),
 }
@@ -52,7 +57,8 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Self::LimitExceeded { .. } | Self::TooManyPools(_) => (StatusCode::CONFLICT, "LimitExceeded"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
+            Self::Unavailable(_) | Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -89,6 +95,16 @@ impl IntoResponse for ApiError {
             Self::Unavailable(detail) => {
                 tracing::warn!(detail, "service unavailable");
                 json!({"code": code, "message": message})
+            }
+            // Not logged here: under a flood that would be one line per refused request;
+            // the load shedder logs a summary instead.
+            Self::Overloaded => {
+                return (
+                    status,
+                    [(header::RETRY_AFTER, "1")],
+                    Json(json!({"code": code, "message": message})),
+                )
+                    .into_response();
             }
             _ => json!({"code": code, "message": message}),
         };

@@ -4,6 +4,7 @@
 //! Map of the crate, dependencies pointing down only:
 //!
 //! - [`app`] builds everything from [`config::Settings`] and runs it;
+//! - [`net`] owns the accept loop and every connection (deadlines, shedding, drain);
 //! - [`http`] (REST API, admin API) and [`ws`] (the player's socket) are the edges;
 //! - [`auth`] verifies customer tokens and signs session tokens;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod net;
 pub mod state;
 pub mod store;
 pub mod tasks;

@@ -112,33 +112,58 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     telemetry::init(&settings.log);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let app = App::build(settings).await?;
         let shutdown = app.shutdown_token();
+        let hurry = app.hurry_token();
+        let mut signals = Signals::listen()?;
         tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested: closing sockets (1012) and saving sessions");
+            signals.next().await;
+            tracing::info!("shutdown requested: no new connections; closing sockets (1012) and saving sessions");
             shutdown.cancel();
+            signals.next().await;
+            tracing::info!("second signal: saving sessions now, without waiting for connections");
+            hurry.cancel();
         });
         app.run().await
-    })
+    });
+    // Sockets still closing (a peer that never reads) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), listened to once for the whole run, so that a second
+/// signal is never missed between two waits.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

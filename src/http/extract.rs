@@ -80,13 +80,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.settings.server.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
-            }
-        })?;
+        // One deadline for the whole body, not per chunk (as tower-http's body timeout
+        // is): a client trickling a byte at a time must not hold a request open.
+        let timeout = state.settings.server.body_timeout;
+        let bytes = tokio::time::timeout(timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::RequestTimeout(timeout))?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
+                }
+            })?;
         // serde would also fill a struct from a JSON array, by position: only an
         // object is a request.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {

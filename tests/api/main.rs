@@ -4,6 +4,7 @@
 
 mod cluster;
 mod conformance;
+mod connections;
 mod crash_safety;
 mod fuzz;
 mod helpers;

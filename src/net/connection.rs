@@ -1,0 +1,201 @@
+//! One HTTP connection: hyper drives the protocol; this task adds the deadlines
+//! between requests, closes the connection when it is shed, and at shutdown.
+//! Every request passes [`Door`] on its way to the router.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::table::{Entry, Phase, Slot, Table, Timeouts};
+use super::throttle::Throttle;
+use crate::error::ApiError;
+
+/// What every connection task shares.
+pub(super) struct Shared {
+    pub router: Router,
+    pub http: hyper::server::conn::http1::Builder,
+    pub timeouts: Timeouts,
+    pub table: Arc<Table>,
+    pub in_flight: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub overloaded: Throttle,
+    /// Cancelled at shutdown: finish the request in flight, then close.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the drain is over: close now, whatever is in flight.
+    pub abort: CancellationToken,
+}
+
+/// Serves one accepted connection until it closes, is upgraded to a WebSocket (the
+/// socket then lives on in the WebSocket's task), times out, is shed, or shutdown.
+pub(super) async fn serve(tcp: TcpStream, remote: SocketAddr, slot: Slot, shared: Arc<Shared>) {
+    let entry = slot.entry.clone();
+    let door = Door {
+        shared: shared.clone(),
+        entry: entry.clone(),
+        remote,
+    };
+    let conn = shared
+        .http
+        .serve_connection(TokioIo::new(Socket { tcp, slot }), door)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut draining = false;
+    loop {
+        let deadline = entry.deadline(&shared.timeouts);
+        if let Some(at) = deadline
+            && timer.deadline() != at
+        {
+            timer.as_mut().reset(at);
+        }
+        tokio::select! {
+            biased;
+            _ = shared.abort.cancelled() => return,
+            _ = shared.shutdown.cancelled(), if !draining => {
+                draining = true;
+                // Nothing in flight (idle, or a head still arriving): nothing to finish.
+                if !entry.in_flight() {
+                    return;
+                }
+                // Answer the request in flight, then close (no keep-alive).
+                conn.as_mut().graceful_shutdown();
+            }
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = entry.wake.notified() => {}
+            () = &mut timer, if deadline.is_some() => {
+                // The phase may have changed since the timer was set: look again.
+                if entry.deadline(&shared.timeouts).is_some_and(|at| at <= Instant::now()) {
+                    match entry.phase() {
+                        Phase::Head => tracing::debug!(%remote, "request head not complete within server.header_read_timeout; closed"),
+                        Phase::Idle => tracing::debug!(%remote, "connection idle for server.idle_timeout; closed"),
+                        _ => tracing::debug!(%remote, "connection shed: open connections near the file limit"),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The connection's socket, which tells its [`Entry`] when bytes arrive, and frees
+/// its [`Slot`] when dropped (by hyper, or by the WebSocket after an upgrade).
+struct Socket {
+    tcp: TcpStream,
+    slot: Slot,
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.slot.entry.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The way from hyper to the router: marks the connection busy while a request is
+/// in flight, sheds load past `server.max_requests_in_flight`, and gives every
+/// request the peer's address (`ConnectInfo<SocketAddr>`).
+#[derive(Clone)]
+struct Door {
+    shared: Arc<Shared>,
+    entry: Arc<Entry>,
+    remote: SocketAddr,
+}
+
+/// Marks the request in flight for as long as its handler runs.
+struct InFlight(Arc<Entry>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Door {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        self.entry.request_started();
+        let in_flight = InFlight(self.entry.clone());
+        let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() else {
+            if let Some(refused) = self.shared.overloaded.hit() {
+                tracing::warn!(
+                    refused,
+                    limit = self.shared.max_in_flight,
+                    "load shedding: requests refused with 503 (server.max_requests_in_flight reached)"
+                );
+            }
+            return Box::pin(async move {
+                let _in_flight = in_flight;
+                Ok(ApiError::Overloaded.into_response())
+            });
+        };
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let response = match shared.router.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                shared.table.upgraded(&in_flight.0);
+            }
+            drop((permit, in_flight));
+            Ok(response)
+        })
+    }
+}
