@@ -16,6 +16,7 @@ use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, S
 use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
+use crate::limits::Limits;
 use crate::state::AppState;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
@@ -180,6 +181,10 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {addr} (server.host, server.port)"))?;
         let addr = listener.local_addr()?;
+        let limits = Arc::new(Limits::new(&settings.limits)?);
+        if !limits.enabled() {
+            tracing::warn!("rate limits are off (limits.enabled = false): for load tests only");
+        }
         let state = AppState {
             control,
             verifier: Arc::new(CustomerVerifier::new(customer_key, settings.auth.leeway.as_secs())),
@@ -188,6 +193,7 @@ impl App {
                 settings.auth.session_token_ttl.as_secs(),
             )),
             hub,
+            limits,
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
@@ -230,6 +236,13 @@ impl App {
             state.settings.liveness.sweep_interval,
             shutdown.clone(),
         ));
+        if state.limits.enabled() {
+            background.spawn(crate::tasks::rate_limits::run(
+                state.limits.clone(),
+                state.settings.limits.forget_idle_every,
+                shutdown.clone(),
+            ));
+        }
         if let Some(c) = cluster {
             let every = state.settings.cluster.refresh_interval;
             background.spawn(refresh::run(c.store, c.node, every, shutdown.clone()));
@@ -249,7 +262,8 @@ impl App {
             // Protocol messages are tiny and latency matters more than packet count.
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, router.into_make_service())
+        // The peer address is what failed authentications are charged to (limits).
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
 

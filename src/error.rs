@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API: status, JSON body and logging in one place.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -9,6 +9,7 @@ use crate::auth::AuthError;
 use crate::domain::control::ControlError;
 use crate::domain::pool::ActiveSession;
 use crate::domain::settings::ResolveError;
+use crate::limits::Refused;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,6 +28,8 @@ pub enum ApiError {
     },
     #[error("the request body is larger than the {0} bytes allowed")]
     PayloadTooLarge(usize),
+    #[error("too many requests; retry after {} s", .0.retry_after_secs())]
+    RateLimited(Refused),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -42,6 +45,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Self::LimitExceeded { .. } => (StatusCode::CONFLICT, "LimitExceeded"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RateLimited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
@@ -77,7 +81,19 @@ impl IntoResponse for ApiError {
             }
             _ => json!({"code": code, "message": message}),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(refused) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
+        }
+        response
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        Self::RateLimited(refused)
     }
 }
 

@@ -6,6 +6,7 @@
 //! `control` is the one place that combines them into the operations the HTTP and
 //! WebSocket layers call.
 
+pub mod budget;
 pub mod clock;
 pub mod control;
 pub mod liveness;
@@ -14,6 +15,7 @@ pub mod ports;
 pub mod session;
 pub mod settings;
 
+pub use budget::MessageBudget;
 pub use clock::{Clock, Millis};
 pub use liveness::Timings;
 pub use session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};

@@ -66,6 +66,7 @@ async fn create(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.admit_customer(&customer)?;
     let request = body.validate()?;
     let outcome = state.control.create(&customer, request).await?;
     respond(&state, &headers, outcome)
@@ -77,6 +78,7 @@ async fn take_over(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.admit_customer(&customer)?;
     let request = body.validate()?;
     let victim = match body.session_id.as_deref() {
         None | Some("") => {

@@ -1,4 +1,5 @@
 //! Background loops. Each one takes a cancellation token and runs on the app's
 //! task tracker; none is fire-and-forget.
 
+pub mod rate_limits;
 pub mod sweep;
