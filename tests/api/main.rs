@@ -6,6 +6,7 @@ mod cluster;
 mod conformance;
 mod helpers;
 mod http_api;
+mod rate_limits;
 mod settings_postgres;
 mod support_postgres;
 mod support_process;
