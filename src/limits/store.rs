@@ -32,7 +32,7 @@ impl<K: Hash + Eq> BoundedStore<K> {
     fn is_idle(state: &InMemoryState, drop_below: Nanos) -> bool {
         // The state's theoretical arrival time, read through the public interface: a
         // decision that always declines replaces nothing.
-        let tat = state.measure_and_replace(&NotKeyed::NonKey, |tat| Err::<((), Nanos), _>(tat));
+        let tat = state.measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>);
         match tat {
             Err(Some(tat)) => tat <= drop_below,
             _ => true,

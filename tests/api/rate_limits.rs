@@ -81,7 +81,10 @@ async fn a_customer_flooding_creates_gets_429_while_another_customers_creates_ar
     }
     let limited: Vec<_> = flood.iter().filter(|(status, _, _)| *status == 429).collect();
     let served = flood.iter().filter(|(status, _, _)| *status == 200).count();
-    assert!(served >= 10 && served <= 12, "A gets its burst and no more: {served} served");
+    assert!(
+        (10..=12).contains(&served),
+        "A gets its burst and no more: {served} served"
+    );
     assert_eq!(limited.len(), 60 - served, "every other create of A is refused");
     for (_, retry_after, body) in limited {
         assert_eq!(body["code"], "RateLimited", "{body}");
@@ -116,7 +119,11 @@ async fn failed_authentications_from_one_address_turn_into_429_even_for_a_valid_
     let app = spawn_app_with(|s| s.limits.failed_auth_burst = 3).await;
     let valid = app.token("p", "A");
     assert_eq!(create_from(&app, &valid, None).await.status(), 200, "served before");
-    let forged = helpers::sign_hs("guessed-secret", jsonwebtoken::Algorithm::HS256, helpers::customer_claims("p", "A"));
+    let forged = helpers::sign_hs(
+        "guessed-secret",
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
     for _ in 0..3 {
         expect_error(create_from(&app, &forged, None).await, 401, "Unauthorized").await;
     }
@@ -140,12 +147,7 @@ async fn failed_authentications_from_one_address_turn_into_429_even_for_a_valid_
 #[tokio::test]
 async fn wrong_admin_keys_count_as_failed_authentications_too() {
     let app = spawn_app_with(|s| s.limits.failed_auth_burst = 2).await;
-    let admin = |key: &'static str| {
-        app.http
-            .get(app.url("/admin/v1/publishers"))
-            .bearer_auth(key)
-            .send()
-    };
+    let admin = |key: &'static str| app.http.get(app.url("/admin/v1/publishers")).bearer_auth(key).send();
     expect_error(admin("guess-1").await.unwrap(), 401, "Unauthorized").await;
     expect_error(admin("guess-2").await.unwrap(), 401, "Unauthorized").await;
     expect_rate_limited(admin("guess-3").await.unwrap()).await;
@@ -161,7 +163,11 @@ async fn behind_a_trusted_proxy_only_the_forwarded_address_that_failed_is_blocke
     })
     .await;
     let valid = app.token("p", "A");
-    let forged = helpers::sign_hs("guessed-secret", jsonwebtoken::Algorithm::HS256, helpers::customer_claims("p", "A"));
+    let forged = helpers::sign_hs(
+        "guessed-secret",
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
     // The client writes its own first entry; the proxy appends the address it saw.
     let attacker = "192.0.2.50, 198.51.100.7";
     for _ in 0..2 {
@@ -180,7 +186,11 @@ async fn without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_bloc
     let app = spawn_app_with(|s| s.limits.failed_auth_burst = 2).await;
     assert!(app.settings.limits.trusted_proxies.is_empty());
     let valid = app.token("p", "A");
-    let forged = helpers::sign_hs("guessed-secret", jsonwebtoken::Algorithm::HS256, helpers::customer_claims("p", "A"));
+    let forged = helpers::sign_hs(
+        "guessed-secret",
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
     for i in 0..2 {
         let pretend = format!("192.0.2.{i}");
         expect_error(create_from(&app, &forged, Some(&pretend)).await, 401, "Unauthorized").await;
@@ -203,14 +213,21 @@ async fn switching_limits_off_serves_a_burst_of_200_creates_that_would_otherwise
         all
     }
     let limited = spawn_app_with(|_| {}).await;
-    assert!(statuses(&limited).await.contains(&429), "with the defaults, the burst is limited");
+    assert!(
+        statuses(&limited).await.contains(&429),
+        "with the defaults, the burst is limited"
+    );
     limited.stop().await;
 
     let app = spawn_app_with(|s| s.limits.enabled = false).await;
     let got = statuses(&app).await;
     assert_eq!(got.iter().filter(|s| **s == 200).count(), 200, "{got:?}");
     // Failed authentications are not limited either.
-    let forged = helpers::sign_hs("guessed-secret", jsonwebtoken::Algorithm::HS256, helpers::customer_claims("p", "A"));
+    let forged = helpers::sign_hs(
+        "guessed-secret",
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
     for _ in 0..30 {
         expect_error(create_from(&app, &forged, None).await, 401, "Unauthorized").await;
     }
@@ -283,4 +300,58 @@ async fn a_socket_flooding_pongs_or_pings_is_closed_with_1008_and_counted_while_
     good.send("FINISHED").await;
     good.expect_close(1000).await;
     app.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+
+#[tokio::test]
+async fn the_real_binary_reads_trusted_proxies_from_the_environment_and_logs_the_blocked_address_not_the_token() {
+    use crate::support_process::{ProcessOptions, ServerProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let options = ProcessOptions::default()
+        .env("DRISC__LIMITS__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
+        .env("DRISC__LIMITS__FAILED_AUTH_BURST", "2");
+    let server = ServerProcess::start(dir.path(), options);
+    let http = reqwest::Client::new();
+    let create = |token: String, forwarded_for: &'static str| {
+        http.post(server.url("/sessions"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", forwarded_for)
+            .body(json!({"offerId": "S1"}).to_string())
+            .send()
+    };
+    let forged = helpers::sign_hs(
+        "guessed-secret",
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
+    let valid = helpers::sign_hs(
+        helpers::DEV_SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        helpers::customer_claims("p", "A"),
+    );
+    for _ in 0..2 {
+        expect_error(
+            create(forged.clone(), "198.51.100.7").await.unwrap(),
+            401,
+            "Unauthorized",
+        )
+        .await;
+    }
+    expect_rate_limited(create(forged.clone(), "198.51.100.7").await.unwrap()).await;
+    // The second entry of the list is trusted too: the forwarded address is the source.
+    assert_eq!(create(valid.clone(), "198.51.100.8").await.unwrap().status(), 200);
+
+    let log = server.output();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("too many failed authentications") && l.contains("198.51.100.7")),
+        "the blocked address is logged:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter().all(|l| !l.contains(&forged) && !l.contains(&valid)),
+        "no token is logged"
+    );
 }
