@@ -16,7 +16,8 @@ use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
 use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
-use crate::net::{Limits, Server};
+use crate::limits::Limits;
+use crate::net::{self, Server};
 use crate::state::AppState;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
@@ -205,6 +206,10 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {addr} (server.host, server.port)"))?;
         let addr = listener.local_addr()?;
+        let limits = Arc::new(Limits::new(&settings.limits)?);
+        if !limits.enabled() {
+            tracing::warn!("rate limits are off (limits.enabled = false): for load tests only");
+        }
         let state = AppState {
             control,
             verifier: Arc::new(CustomerVerifier::new(customer_key, settings.auth.leeway.as_secs())),
@@ -213,6 +218,7 @@ impl App {
                 settings.auth.session_token_ttl.as_secs(),
             )),
             hub,
+            limits,
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
@@ -279,6 +285,13 @@ impl App {
             state.settings.liveness.sweep_interval,
             shutdown.clone(),
         ));
+        if state.limits.enabled() {
+            background.spawn(crate::tasks::rate_limits::run(
+                state.limits.clone(),
+                state.settings.limits.forget_idle_every,
+                shutdown.clone(),
+            ));
+        }
         if let Some(c) = cluster {
             let every = state.settings.cluster.refresh_interval;
             background.spawn(refresh::run(c.store, c.node, every, shutdown.clone()));
@@ -293,7 +306,7 @@ impl App {
         tracing::info!(%addr, "drisc is listening; WebSocket endpoint at ws://{addr}/ws");
 
         let s = &state.settings.server;
-        let limits = Limits {
+        let connection_limits = net::Limits {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
             max_header_bytes: s.max_header_bytes,
@@ -301,7 +314,7 @@ impl App {
             max_connections,
         };
         let router = crate::http::router(state.clone());
-        let drain = Server::new(listener, router, limits, shutdown.clone())
+        let drain = Server::new(listener, router, connection_limits, shutdown.clone())
             .accept_until_shutdown()
             .await;
 

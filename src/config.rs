@@ -31,6 +31,7 @@ pub struct Settings {
     pub liveness: LivenessSettings,
     pub publishers: PublisherSettings,
     pub websocket: WebSocketSettings,
+    pub limits: LimitSettings,
     pub cors: CorsSettings,
     pub log: LogSettings,
 }
@@ -139,6 +140,39 @@ pub struct PublisherSettings {
 pub struct WebSocketSettings {
     pub max_message_bytes: usize,
     pub max_bad_messages: u32,
+    pub message_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub enabled: bool,
+    pub customer_per_second: u32,
+    pub customer_burst: u32,
+    pub failed_auth_per_minute: u32,
+    pub failed_auth_burst: u32,
+    pub trusted_proxies: Vec<String>,
+    pub max_keys: usize,
+    #[serde(with = "humantime_serde")]
+    pub forget_idle_every: Duration,
+}
+
+impl LimitSettings {
+    /// The trusted proxies as networks; a bare address is a network of one.
+    pub fn trusted_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "invalid configuration: limits.trusted_proxies has {p:?}, which is neither an IP address nor a CIDR network"
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,7 +207,8 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("cors.allowed_origins");
+            .with_list_parse_key("cors.allowed_origins")
+            .with_list_parse_key("limits.trusted_proxies");
         Self::finish(builder.add_source(env))
     }
 
@@ -212,6 +247,7 @@ impl Settings {
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.body_timeout", self.server.body_timeout),
+            ("limits.forget_idle_every", self.limits.forget_idle_every),
         ] {
             if value.is_zero() {
                 bail!("invalid configuration: {name} must be longer than 0");
@@ -263,6 +299,24 @@ impl Settings {
         if !(64..=1024 * 1024).contains(&self.websocket.max_message_bytes) {
             bail!("invalid configuration: websocket.max_message_bytes must be between 64 and 1048576");
         }
+        let m = &self.limits;
+        for (name, value) in [
+            ("limits.customer_per_second", m.customer_per_second),
+            ("limits.customer_burst", m.customer_burst),
+            ("limits.failed_auth_per_minute", m.failed_auth_per_minute),
+            ("limits.failed_auth_burst", m.failed_auth_burst),
+            ("websocket.message_burst", self.websocket.message_burst),
+        ] {
+            if value == 0 {
+                bail!(
+                    "invalid configuration: {name} must be at least 1 (set limits.enabled = false to switch the limits off)"
+                );
+            }
+        }
+        if m.max_keys < 16 {
+            bail!("invalid configuration: limits.max_keys must be at least 16");
+        }
+        m.trusted_networks()?;
         let url = &self.server.public_ws_url;
         if !url.is_empty() && !url.starts_with("ws://") && !url.starts_with("wss://") {
             bail!("invalid configuration: server.public_ws_url must start with ws:// or wss://");
@@ -356,5 +410,27 @@ mod tests {
         s.liveness.pong_timeout = Duration::from_secs(5);
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("liveness.pong_timeout"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks_and_name_a_bad_entry() {
+        let mut s = Settings::defaults().unwrap();
+        assert!(s.limits.trusted_proxies.is_empty(), "no proxy is trusted by default");
+        s.limits.trusted_proxies = vec!["127.0.0.1".into(), "10.0.0.0/8".into(), "::1".into()];
+        assert_eq!(s.limits.trusted_networks().unwrap().len(), 3);
+        s.limits.trusted_proxies.push("proxy.example".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("limits.trusted_proxies") && err.contains("proxy.example"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_zero_rate_names_its_setting() {
+        let mut s = Settings::defaults().unwrap();
+        s.limits.customer_burst = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.customer_burst"), "{err}");
     }
 }

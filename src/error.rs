@@ -1,7 +1,7 @@
 //! The one error type of the HTTP API: status, JSON body and logging in one place.
 
 use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -9,6 +9,7 @@ use crate::auth::AuthError;
 use crate::domain::control::ControlError;
 use crate::domain::pool::ActiveSession;
 use crate::domain::settings::ResolveError;
+use crate::limits::Refused;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -32,13 +33,15 @@ pub enum ApiError {
     /// allowed to watch at all". No session is listed because none of this pool
     /// could be taken over: it holds none.
     #[error(
-        "the customer already holds sessions on {0} offers, the most allowed at once:          end one of them to watch another offer"
+        "the customer already holds sessions on {0} offers, the most allowed at once: end one of them to watch another offer"
     )]
     TooManyPools(u32),
     #[error("the request body is larger than the {0} bytes allowed")]
     PayloadTooLarge(usize),
     #[error("the request body did not arrive within {0:?}")]
     RequestTimeout(std::time::Duration),
+    #[error("too many requests; retry after {} s", .0.retry_after_secs())]
+    RateLimited(Refused),
     #[error("{0}")]
     Unavailable(String),
     /// Load shedding: more requests in flight than the server takes at once.
@@ -58,6 +61,7 @@ impl ApiError {
             Self::LimitExceeded { .. } | Self::TooManyPools(_) => (StatusCode::CONFLICT, "LimitExceeded"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RateLimited"),
             Self::Unavailable(_) | Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
@@ -108,7 +112,19 @@ impl IntoResponse for ApiError {
             }
             _ => json!({"code": code, "message": message}),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited(refused) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
+        }
+        response
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        Self::RateLimited(refused)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`net`] owns the accept loop and every connection (deadlines, shedding, drain);
 //! - [`http`] (REST API, admin API) and [`ws`] (the player's socket) are the edges;
 //! - [`auth`] verifies customer tokens and signs session tokens;
+//! - [`limits`] rate-limits customers and failed authentications per source address;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
 //! - [`store`] implements those ports (memory pools, SQLite settings);
 //! - [`tasks`] runs the background loops.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod net;
 pub mod state;
 pub mod store;

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{CustomerVerifier, SessionTokens};
 use crate::config::Settings;
 use crate::domain::control::SessionControl;
+use crate::limits::Limits;
 use crate::ws::hub::Hub;
 
 #[derive(Clone)]
@@ -16,6 +17,7 @@ pub struct AppState {
     pub verifier: Arc<CustomerVerifier>,
     pub tokens: Arc<SessionTokens>,
     pub hub: Arc<Hub>,
+    pub limits: Arc<Limits>,
     pub settings: Arc<Settings>,
     /// The endpoint base used when a request carries no usable Host header.
     pub fallback_ws_url: Arc<str>,

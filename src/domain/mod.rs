@@ -7,6 +7,7 @@
 //! WebSocket layers call; `journal` buffers which sessions exist, for the database
 //! to keep across a crash.
 
+pub mod budget;
 pub mod catalogs;
 pub mod clock;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod ports;
 pub mod session;
 pub mod settings;
 
+pub use budget::MessageBudget;
 pub use clock::{Clock, Millis};
 pub use liveness::Timings;
 pub use session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};

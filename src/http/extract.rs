@@ -2,7 +2,9 @@
 //! whose rejections all speak the API's error format.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -11,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::auth::{AuthError, CustomerVerifier};
 use crate::domain::Customer;
 use crate::error::ApiError;
+use crate::limits::Source;
 use crate::state::AppState;
 
 fn bearer(parts: &Parts) -> Result<&str, AuthError> {
@@ -30,13 +33,38 @@ impl FromRequestParts<AppState> for CustomerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let publisher = CustomerVerifier::claimed_publisher(token)?;
-        // Looked up without creating the publisher: nothing is written before the
-        // token's signature is checked.
-        let catalog = state.control.known_catalog(&publisher).await?;
-        let key = catalog.as_ref().and_then(|c| c.publisher.verification_key.as_deref());
-        Ok(Self(state.verifier.verify(token, key)?))
+        let source = checked_source(parts, state)?;
+        let verified = async {
+            let token = bearer(parts)?;
+            let publisher = CustomerVerifier::claimed_publisher(token)?;
+            // Looked up without creating the publisher: nothing is written before the
+            // token's signature is checked.
+            let catalog = state.control.known_catalog(&publisher).await?;
+            let key = catalog.as_ref().and_then(|c| c.publisher.verification_key.as_deref());
+            Ok(Self(state.verifier.verify(token, key)?))
+        }
+        .await;
+        charge_failure(verified, source, state)
+    }
+}
+
+/// The request's source, refused with 429 while it is blocked for failing to
+/// authenticate too often: checked before any key is compared or signature verified.
+fn checked_source(parts: &Parts, state: &AppState) -> Result<Option<Source>, ApiError> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let source = state.limits.source(peer, &parts.headers);
+    state.limits.check_source(source)?;
+    Ok(source)
+}
+
+/// A 401 counts against its source's failure budget; the one past it is a 429.
+fn charge_failure<T>(result: Result<T, ApiError>, source: Option<Source>, state: &AppState) -> Result<T, ApiError> {
+    match result {
+        Err(ApiError::Unauthorized(message)) => {
+            state.limits.charge_failure(source)?;
+            Err(ApiError::Unauthorized(message))
+        }
+        other => other,
     }
 }
 
@@ -47,6 +75,13 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let source = checked_source(parts, state)?;
+        charge_failure(Self::check(parts, state), source, state)
+    }
+}
+
+impl AdminAuth {
+    fn check(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let expected = state.settings.auth.admin_key.as_bytes();
         if expected.is_empty() {
             return Err(ApiError::Forbidden(

@@ -19,5 +19,6 @@ async fn health(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "sessions": state.control.held_count().await?,
         "sockets": state.hub.len(),
         "badMessages": state.hub.bad_messages(),
+        "floodedSockets": state.hub.flooded_sockets(),
     })))
 }

@@ -86,6 +86,7 @@ async fn create(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.admit_customer(&customer)?;
     let request = body.validate()?;
     let outcome = state.control.create(&customer, request).await?;
     respond(&state, &headers, outcome)
@@ -97,6 +98,7 @@ async fn take_over(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.admit_customer(&customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
     let outcome = state.control.take_over(&customer, request, victim).await?;

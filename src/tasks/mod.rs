@@ -2,4 +2,5 @@
 //! task tracker; none is fire-and-forget.
 
 pub mod journal;
+pub mod rate_limits;
 pub mod sweep;

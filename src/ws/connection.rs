@@ -14,8 +14,9 @@ use tokio::time::{Instant, sleep_until};
 use super::hub::Mailbox;
 use super::messages::{ClientMessage, ServerMessage, close};
 use crate::auth::SessionClaims;
+use crate::domain::clock::duration_ms;
 use crate::domain::ports::Control;
-use crate::domain::{Holder, PoolKey};
+use crate::domain::{Holder, MessageBudget, PoolKey};
 use crate::state::AppState;
 
 /// How long a closing socket waits for the player's close reply. Closing the TCP
@@ -44,6 +45,7 @@ struct Connection<'a> {
     holder: Holder,
     bound: bool,
     bad_messages: u32,
+    budget: MessageBudget,
     next_ping: Instant,
     /// While bound: the PONG deadline; before: the deadline for REQUESTED.
     pong_deadline: Instant,
@@ -59,6 +61,7 @@ pub async fn run(mut socket: WebSocket, claims: SessionClaims, state: AppState) 
         holder,
         bound: false,
         bad_messages: 0,
+        budget: MessageBudget::default(),
         next_ping: far,
         // Until REQUESTED binds it, the socket gets the connect timeout to send it:
         // an idle socket must not hold a file descriptor forever.
@@ -160,6 +163,21 @@ impl Connection<'_> {
         mailbox: &Mailbox,
         frame: Option<Result<Message, axum::Error>>,
     ) -> Option<Exit> {
+        // Every frame counts, valid PONGs and protocol pings too: a socket that sends
+        // them as fast as it can costs every other player time.
+        let counted = matches!(
+            frame,
+            Some(Ok(Message::Text(_)
+                | Message::Binary(_)
+                | Message::Ping(_)
+                | Message::Pong(_)))
+        );
+        if counted && !self.spend_budget() {
+            self.state.hub.count_flooded_socket();
+            tracing::info!(session = %self.claims.sid, "socket sent more messages than its budget; closed");
+            finish(socket, None, close::POLICY, "too many messages").await;
+            return Some(Exit::Lost);
+        }
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => return Some(Exit::Lost),
             Some(Ok(Message::Text(text))) => text,
@@ -185,6 +203,18 @@ impl Connection<'_> {
             Some(ClientMessage::Pong) => self.on_pong(socket, mailbox).await,
             Some(ClientMessage::Finished) => self.on_finished(socket).await,
         }
+    }
+
+    /// Spends one message of this socket's budget: `websocket.message_burst`,
+    /// refilled one per `ping_interval / 4`. `false` once it is spent.
+    fn spend_budget(&mut self) -> bool {
+        let state = self.state;
+        if !state.limits.enabled() {
+            return true;
+        }
+        let refill = duration_ms(state.control.timings().ping_interval) / 4;
+        let now = state.control.clock().now();
+        self.budget.spend(now, state.settings.websocket.message_burst, refill)
     }
 
     async fn on_bad_message(&mut self, socket: &mut WebSocket) -> Option<Exit> {

@@ -52,6 +52,7 @@ pub struct Hub {
     sockets: DashMap<Holder, Arc<Mailbox>>,
     next_id: AtomicU64,
     bad_messages: AtomicU64,
+    flooded_sockets: AtomicU64,
 }
 
 impl Hub {
@@ -61,6 +62,7 @@ impl Hub {
             sockets: DashMap::new(),
             next_id: AtomicU64::new(Holder::first_of_node(node, rand::random())),
             bad_messages: AtomicU64::new(0),
+            flooded_sockets: AtomicU64::new(0),
         }
     }
 
@@ -83,6 +85,15 @@ impl Hub {
 
     pub fn bad_messages(&self) -> u64 {
         self.bad_messages.load(Ordering::Relaxed)
+    }
+
+    /// A socket was closed for sending more messages than its budget.
+    pub fn count_flooded_socket(&self) {
+        self.flooded_sockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn flooded_sockets(&self) -> u64 {
+        self.flooded_sockets.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -570,7 +570,8 @@ fn granted_and_refused(results: &[(u16, Value)]) -> (Vec<String>, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_parallel_creates_against_a_limit_of_three_grant_exactly_three() {
-    let app = spawn_app().await;
+    // One customer's 300 at once are far past its rate limit, which is not under test here.
+    let app = spawn_app_with(|s| s.limits.customer_burst = 1000).await;
     app.put_offer("1", "S1", 3, &[]).await;
     let token = app.token("1", "42");
 
@@ -589,7 +590,11 @@ async fn three_hundred_parallel_creates_against_a_limit_of_three_grant_exactly_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_parallel_first_sight_creates_grant_exactly_the_default_limit() {
     // The publisher is created on first sight by these very requests.
-    let app = spawn_app_with(|s| s.publishers.default_session_limit = 3).await;
+    let app = spawn_app_with(|s| {
+        s.publishers.default_session_limit = 3;
+        s.limits.customer_burst = 1000;
+    })
+    .await;
     let token = app.token("fresh", "42");
 
     let results = parallel_creates(&app, &token, "S1", 300).await;
@@ -602,7 +607,8 @@ async fn three_hundred_parallel_first_sight_creates_grant_exactly_the_default_li
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_takeovers_of_one_victim_have_exactly_one_winner() {
-    let app = spawn_app().await;
+    // 50 at once from one customer: past its rate limit, which is not under test here.
+    let app = spawn_app_with(|s| s.limits.customer_burst = 100).await;
     app.put_offer("1", "S1", 2, &[]).await;
     let token = app.token("1", "42");
     let victim = app.create_ok(&token, "S1", "TV").await;

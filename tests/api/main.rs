@@ -10,6 +10,7 @@ mod fuzz;
 mod helpers;
 mod http_api;
 mod offers;
+mod rate_limits;
 mod settings_postgres;
 mod support_postgres;
 // Used by the real-process tests of other parts of issue 8, not yet on every branch.

@@ -1,0 +1,78 @@
+//! A keyed state store for `governor` that cannot grow without bound.
+//!
+//! governor's own DashMap store adds an entry for every key it is asked about, so a
+//! flood of distinct keys (addresses of a large IPv6 network, customers minted by a
+//! script) would grow it until the next clean-up. This one holds at most `cap` keys;
+//! a key it has no room for is measured against one shared overflow bucket. Keys
+//! already tracked keep their own bucket, so the customers and addresses that were
+//! there before a flood are not slowed by it.
+
+use std::hash::Hash;
+
+use dashmap::DashMap;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+
+pub struct BoundedStore<K: Hash + Eq> {
+    keys: DashMap<K, InMemoryState>,
+    overflow: InMemoryState,
+    cap: usize,
+}
+
+impl<K: Hash + Eq> BoundedStore<K> {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            keys: DashMap::new(),
+            overflow: InMemoryState::default(),
+            cap,
+        }
+    }
+
+    fn is_idle(state: &InMemoryState, drop_below: Nanos) -> bool {
+        // The state's theoretical arrival time, read through the public interface: a
+        // decision that always declines replaces nothing.
+        let tat = state.measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>);
+        match tat {
+            Err(Some(tat)) => tat <= drop_below,
+            _ => true,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if let Some(state) = self.keys.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        // len() visits every shard: only a key seen for the first time pays for it.
+        if self.keys.len() >= self.cap {
+            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let state = self.keys.entry(key.clone()).or_default();
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.keys.retain(|_, state| !Self::is_idle(state, drop_below));
+    }
+
+    fn shrink_to_fit(&self) {
+        self.keys.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
