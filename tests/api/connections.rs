@@ -385,3 +385,16 @@ async fn a_connection_flood_past_the_file_limit_leaves_room_for_new_and_held_pla
 async fn raw_connect(port: u16) -> std::io::Result<TcpStream> {
     TcpStream::connect(("127.0.0.1", port)).await
 }
+
+#[tokio::test]
+async fn a_connection_reserve_as_large_as_the_file_limit_stops_the_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = helpers::test_settings(dir.path());
+    // More than any machine's open-file limit.
+    settings.server.connection_reserve = u64::MAX;
+    let error = match drisc::App::build(settings).await {
+        Ok(_) => panic!("the server started with no room for connections"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("server.connection_reserve"), "{error}");
+}
