@@ -105,7 +105,8 @@ struct Cluster {
 
 impl App {
     /// Opens the stores, restores the sessions held at the end of the last run
-    /// (stopped or crashed) and binds the listener (port 0 picks a free one). Nothing is served until [`App::run`].
+    /// (stopped or crashed) and binds the listener (port 0 picks a free one).
+    /// Nothing is served until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let max_connections = connection_cap(&settings)?;
         let database = Database::open(&settings).await?;
