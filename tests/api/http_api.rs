@@ -772,7 +772,9 @@ async fn neither_offer_id_nor_tag_is_a_400() {
 #[tokio::test]
 async fn a_session_name_over_100_characters_is_a_400_and_100_characters_are_fine() {
     let app = spawn_app().await;
-    app.put_publisher("1", json!({"defaultSessionLimit": 1})).await;
+    // A pool per offer, so each name below fills a pool of its own.
+    app.put_publisher("1", json!({"defaultSessionLimit": 1, "unknownOffers": "each"}))
+        .await;
     let token = app.token("1", "42");
 
     // Counted in characters, not bytes: 100 two-byte and 100 four-byte characters pass.
@@ -1393,6 +1395,8 @@ async fn deleting_an_offer_is_204_then_404() {
 #[tokio::test]
 async fn the_admin_api_shows_a_session_and_kicking_it_frees_the_slot() {
     let app = spawn_app().await;
+    // Configured: an unknown offer's session would show the shared pool's offer id.
+    app.put_offer("1", "S1", 1, &[]).await;
     let token = app.token("1", "42");
     let held = app.create_ok(&token, "S1", "TV").await;
     let path = format!("/sessions/{}", held.session_id);

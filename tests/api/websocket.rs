@@ -677,6 +677,8 @@ async fn a_well_signed_token_past_its_exp_gets_expired_even_for_a_held_session()
         s.auth.session_secret = SECRET.into();
     })
     .await;
+    // Configured, so the session's pool (which the token names) is offer S1's.
+    app.put_offer("p", "S1", 1, &[]).await;
     let token = app.token("p", "c");
     let granted = app.create_ok(&token, "S1", "TV").await;
     let mint = |exp: i64| {
