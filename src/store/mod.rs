@@ -2,10 +2,12 @@
 //!
 //! `memory` keeps the session pools in this process (the embedded default);
 //! `sqlite` keeps publisher settings and the sessions saved across a restart;
-//! `postgres` keeps the same for the nodes of a cluster.
+//! `postgres` keeps the same for the nodes of a cluster; `private_files` keeps the
+//! embedded database readable by the server's user only.
 
 pub mod memory;
 pub mod postgres;
+pub mod private_files;
 pub mod redis;
 mod saved;
 pub mod sqlite;
