@@ -68,15 +68,17 @@ impl std::fmt::Debug for StorageSettings {
 }
 
 const REDACTED: &str = "[REDACTED]";
+/// Inside a URL, where brackets would be percent-encoded.
+const REDACTED_IN_URL: &str = "REDACTED";
 
 /// `url` with its password (and any `password=` query parameter, which PostgreSQL
-/// URLs may use) replaced by `[REDACTED]`; a URL that cannot be read is hidden whole,
+/// URLs may use) replaced by `REDACTED`; a URL that cannot be read is hidden whole,
 /// since where its password would be is unknown.
 pub fn redact_url(raw: &str) -> String {
     let Ok(mut url) = url::Url::parse(raw) else {
         return if raw.is_empty() { String::new() } else { REDACTED.into() };
     };
-    if url.password().is_some() && url.set_password(Some(REDACTED)).is_err() {
+    if url.password().is_some() && url.set_password(Some(REDACTED_IN_URL)).is_err() {
         return REDACTED.into();
     }
     let has_secret_param = url
@@ -87,7 +89,7 @@ pub fn redact_url(raw: &str) -> String {
             .query_pairs()
             .map(|(k, v)| {
                 let secret = k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
-                (k.into_owned(), if secret { REDACTED.into() } else { v.into_owned() })
+                (k.into_owned(), if secret { REDACTED_IN_URL.into() } else { v.into_owned() })
             })
             .collect();
         url.query_pairs_mut().clear().extend_pairs(pairs);
@@ -380,7 +382,7 @@ mod tests {
     fn passwords_in_storage_urls_are_redacted() {
         assert_eq!(
             redact_url("redis://:hunter2@127.0.0.1:6379/"),
-            "redis://:[REDACTED]@127.0.0.1:6379/"
+            "redis://:REDACTED@127.0.0.1:6379/"
         );
         let pg = redact_url("postgres://drisc:s3cret@db:5432/drisc?password=other&sslmode=require");
         assert!(!pg.contains("s3cret") && !pg.contains("other"), "{pg}");
