@@ -89,7 +89,10 @@ pub fn redact_url(raw: &str) -> String {
             .query_pairs()
             .map(|(k, v)| {
                 let secret = k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
-                (k.into_owned(), if secret { REDACTED_IN_URL.into() } else { v.into_owned() })
+                (
+                    k.into_owned(),
+                    if secret { REDACTED_IN_URL.into() } else { v.into_owned() },
+                )
             })
             .collect();
         url.query_pairs_mut().clear().extend_pairs(pairs);

@@ -10,6 +10,7 @@ mod settings_postgres;
 mod support_postgres;
 mod support_process;
 mod support_redis;
+mod tokens;
 mod websocket;
 
 #[tokio::test]
