@@ -309,7 +309,7 @@ impl JwksCache {
                 let Ok(guard) = Arc::clone(&source.fetching).try_lock_owned() else {
                     return Ok(key);
                 };
-                if !self.may_fetch(&*guard) || !self.run_refresh(&source, guard).await {
+                if !self.may_fetch(&guard) || !self.run_refresh(&source, guard).await {
                     return Ok(key);
                 }
                 return source
@@ -323,7 +323,7 @@ impl JwksCache {
         if let Some(key) = source.snapshot().and_then(|(set, _)| set.find(kid)) {
             return Ok(key);
         }
-        let fetched = self.may_fetch(&*guard) && self.run_refresh(&source, guard).await;
+        let fetched = self.may_fetch(&guard) && self.run_refresh(&source, guard).await;
         match source.snapshot() {
             Some((set, _)) => set.find(kid).ok_or(AuthError::UnknownKey),
             None if fetched => Err(AuthError::UnknownKey),

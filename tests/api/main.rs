@@ -8,6 +8,8 @@ mod helpers;
 mod http_api;
 mod settings_postgres;
 mod support_postgres;
+// A toolbox for the tests that need a real process: not every test uses every tool.
+#[allow(dead_code)]
 mod support_process;
 mod support_redis;
 mod tokens;
