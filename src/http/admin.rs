@@ -40,7 +40,9 @@ struct PublisherView {
     unknown_offers: UnknownOffers,
     /// Whether the publisher has its own key; the key itself is never echoed.
     verification_key_set: bool,
-    /// The JWKS verifying its tokens, if it has one (a URI, not a key).
+    /// The JWKS verifying its tokens, if it has one (a URI, not a key); absent
+    /// otherwise, so views of publishers without one are as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
     jwks_uri: Option<String>,
 }
 

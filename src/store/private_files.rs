@@ -52,13 +52,21 @@ fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
     if current & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        tracing::warn!(
-            path = %path.display(),
-            was = format!("{current:o}"),
-            now = format!("{mode:o}"),
-            "tightened permissions: others could read the server's data"
-        );
+        // Not ours to change (another owner): say so, but serve anyway, as before.
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                was = format!("{current:o}"),
+                now = format!("{mode:o}"),
+                "tightened permissions: others could read the server's data"
+            ),
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                mode = format!("{current:o}"),
+                %error,
+                "others can read the server's data, and its permissions cannot be tightened"
+            ),
+        }
     }
     Ok(())
 }
