@@ -356,8 +356,14 @@ async fn cached_jwks_keys_keep_verifying_while_the_jwks_server_is_down() {
 
 #[tokio::test]
 async fn a_jwks_never_fetched_and_unreachable_is_503_not_a_bad_token() {
-    // Port 9 (discard) on loopback: nothing listens there in the test machine.
-    let app = spawn_app_with(|s| s.auth.jwks_uri = "http://127.0.0.1:9/jwks.json".into()).await;
+    // A loopback port that was free a moment ago, and that nothing listens on now.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(|s| s.auth.jwks_uri = format!("http://127.0.0.1:{port}/jwks.json")).await;
     expect_error(
         app.create(&hs_kid("first-secret", "k1", "1"), body()).await,
         503,
