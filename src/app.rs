@@ -10,7 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use tokio::sync::mpsc;
 
-use crate::auth::{CustomerVerifier, SessionTokens, VerificationKey};
+use secrecy::ExposeSecret;
+
+use crate::auth::{CustomerVerifier, JwksTimings, ServerKeys, SessionTokens, TokenRules, VerificationKey};
 use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
@@ -50,7 +52,8 @@ impl Database {
         Ok(match settings.storage.settings {
             SettingsBackend::Sqlite => {
                 let dir = &settings.storage.data_dir;
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create storage.data_dir {dir:?}"))?;
+                crate::store::private_files::ensure_private_dir(dir)
+                    .with_context(|| format!("cannot create storage.data_dir {dir:?} (as 0700)"))?;
                 let path = dir.join("drisc.db");
                 Self::Sqlite(
                     SqliteSettings::open(&path)
@@ -110,16 +113,12 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let max_connections = connection_cap(&settings)?;
         let database = Database::open(&settings).await?;
-        let session_secret = if settings.auth.session_secret.is_empty() {
+        let session_secret = if settings.auth.session_secret.expose_secret().is_empty() {
             database.secret("session_token").await?
         } else {
-            settings.auth.session_secret.clone()
+            settings.auth.session_secret.expose_secret().to_owned()
         };
-        let customer_key = settings
-            .customer_key()?
-            .map(|k| VerificationKey::parse(&k))
-            .transpose()
-            .context("invalid configuration: auth.customer_key")?;
+        let verifier = customer_verifier(&settings)?;
         warn_about_dev_keys(&settings);
 
         let timings = settings.timings();
@@ -213,7 +212,7 @@ impl App {
         }
         let state = AppState {
             control,
-            verifier: Arc::new(CustomerVerifier::new(customer_key, settings.auth.leeway.as_secs())),
+            verifier: Arc::new(verifier),
             tokens: Arc::new(SessionTokens::new(
                 session_secret.as_bytes(),
                 settings.auth.session_token_ttl.as_secs(),
@@ -397,15 +396,47 @@ fn connection_cap(settings: &Settings) -> anyhow::Result<usize> {
     Ok(usize::try_from(cap).unwrap_or(usize::MAX))
 }
 
+/// The verifier of customer tokens, with the server-wide key or JWKS and the rules
+/// of `[auth]`.
+fn customer_verifier(settings: &Settings) -> anyhow::Result<CustomerVerifier> {
+    let auth = &settings.auth;
+    let server = if !auth.jwks_uri.is_empty() {
+        ServerKeys::Jwks(auth.jwks_uri.clone())
+    } else {
+        match settings.customer_key()? {
+            Some(key) => {
+                ServerKeys::Key(VerificationKey::parse(&key).context("invalid configuration: auth.customer_key")?)
+            }
+            None => ServerKeys::None,
+        }
+    };
+    let rules = TokenRules {
+        leeway_secs: auth.leeway.as_secs(),
+        audience: auth.audience.clone(),
+        issuer: auth.issuer.clone(),
+        max_lifetime_secs: auth.max_token_lifetime.as_secs(),
+        max_token_bytes: auth.max_token_bytes,
+    };
+    let timings = JwksTimings {
+        cache_ttl: auth.jwks_cache_ttl,
+        min_refresh: auth.jwks_min_refresh,
+    };
+    CustomerVerifier::new(server, rules, timings).context("cannot build the HTTPS client that fetches JWKS")
+}
+
 fn warn_about_dev_keys(settings: &Settings) {
-    if settings.auth.customer_key == DEV_CUSTOMER_KEY && settings.auth.customer_key_file.is_empty() {
+    let auth = &settings.auth;
+    if auth.customer_key.expose_secret() == DEV_CUSTOMER_KEY
+        && auth.customer_key_file.is_empty()
+        && auth.jwks_uri.is_empty()
+    {
         tracing::warn!(
             "customer tokens are verified with the published DEVELOPMENT secret {DEV_CUSTOMER_KEY:?}: \
              anyone can mint them. Mint one with `drisc token --publisher <id> --customer <id>`; \
              set auth.customer_key (DRISC__AUTH__CUSTOMER_KEY) before going to production"
         );
     }
-    if settings.auth.admin_key == DEV_ADMIN_KEY {
+    if auth.admin_key.expose_secret() == DEV_ADMIN_KEY {
         tracing::warn!(
             "the admin API accepts the published DEVELOPMENT key {DEV_ADMIN_KEY:?}; \
              set auth.admin_key (DRISC__AUTH__ADMIN_KEY) before going to production"

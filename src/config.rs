@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::auth::jwks::JwksUri;
 use crate::domain::Timings;
 use crate::domain::control::UnavailablePolicy;
 use crate::domain::settings::UnknownOffers;
@@ -56,7 +58,7 @@ pub struct ServerSettings {
     pub max_requests_in_flight: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub sessions: SessionBackend,
@@ -68,6 +70,52 @@ pub struct StorageSettings {
     pub journal_interval: Duration,
     pub redis_url: String,
     pub postgres_url: String,
+}
+
+/// Shown without the passwords the URLs may carry (`drisc check-config`, logs).
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("sessions", &self.sessions)
+            .field("settings", &self.settings)
+            .field("data_dir", &self.data_dir)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("postgres_url", &redact_url(&self.postgres_url))
+            .finish()
+    }
+}
+
+const REDACTED: &str = "[REDACTED]";
+/// Inside a URL, where brackets would be percent-encoded.
+const REDACTED_IN_URL: &str = "REDACTED";
+
+/// `url` with its password (and any `password=` query parameter, which PostgreSQL
+/// URLs may use) replaced by `REDACTED`; a URL that cannot be read is hidden whole,
+/// since where its password would be is unknown.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return if raw.is_empty() { String::new() } else { REDACTED.into() };
+    };
+    if url.password().is_some() && url.set_password(Some(REDACTED_IN_URL)).is_err() {
+        return REDACTED.into();
+    }
+    let has_secret_param = url
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword"));
+    if has_secret_param {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword");
+                (
+                    k.into_owned(),
+                    if secret { REDACTED_IN_URL.into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -99,12 +147,26 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    pub customer_key: String,
+    pub customer_key: SecretString,
     pub customer_key_file: String,
+    /// A JWKS (`file://`, `https://`, or `http://` on loopback) replacing customer_key.
+    pub jwks_uri: String,
+    #[serde(with = "humantime_serde")]
+    pub jwks_cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+    /// Accepted `aud` values; empty: `aud` is not checked.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; empty: `iss` is not checked.
+    pub issuer: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
-    pub admin_key: String,
-    pub session_secret: String,
+    /// Zero: any lifetime.
+    #[serde(with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
+    pub max_token_bytes: usize,
+    pub admin_key: SecretString,
+    pub session_secret: SecretString,
     #[serde(with = "humantime_serde")]
     pub session_token_ttl: Duration,
 }
@@ -208,7 +270,9 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("cors.allowed_origins")
-            .with_list_parse_key("limits.trusted_proxies");
+            .with_list_parse_key("limits.trusted_proxies")
+            .with_list_parse_key("auth.audience")
+            .with_list_parse_key("auth.issuer");
         Self::finish(builder.add_source(env))
     }
 
@@ -248,6 +312,7 @@ impl Settings {
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.body_timeout", self.server.body_timeout),
             ("limits.forget_idle_every", self.limits.forget_idle_every),
+            ("auth.jwks_cache_ttl", self.auth.jwks_cache_ttl),
         ] {
             if value.is_zero() {
                 bail!("invalid configuration: {name} must be longer than 0");
@@ -329,11 +394,43 @@ impl Settings {
                 bail!("invalid configuration: cors.allowed_origins has an invalid origin {origin:?}");
             }
         }
+        self.validate_auth()?;
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             bail!(
                 "invalid configuration: log.level {:?} is not a valid filter",
                 self.log.level
             );
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> anyhow::Result<()> {
+        let a = &self.auth;
+        if !a.jwks_uri.is_empty() {
+            JwksUri::parse(&a.jwks_uri).map_err(|e| anyhow::anyhow!("invalid configuration: auth.jwks_uri: {e}"))?;
+            // The development secret is the default: only a key the operator chose conflicts.
+            let custom_key =
+                !a.customer_key.expose_secret().trim().is_empty() && a.customer_key.expose_secret() != DEV_CUSTOMER_KEY;
+            if custom_key || !a.customer_key_file.is_empty() {
+                bail!(
+                    "invalid configuration: auth.jwks_uri and auth.customer_key (or auth.customer_key_file) \
+                     are alternatives: set only one"
+                );
+            }
+        }
+        if a.jwks_min_refresh < Duration::from_secs(1) {
+            bail!(
+                "invalid configuration: auth.jwks_min_refresh must be at least 1s, \
+                 or unknown kids could make the server fetch the JWKS on every request"
+            );
+        }
+        for (name, values) in [("auth.audience", &a.audience), ("auth.issuer", &a.issuer)] {
+            if values.iter().any(|v| v.trim().is_empty()) {
+                bail!("invalid configuration: {name} must not contain an empty value");
+            }
+        }
+        if !(512..=64 * 1024).contains(&a.max_token_bytes) {
+            bail!("invalid configuration: auth.max_token_bytes must be between 512 and 65536");
         }
         Ok(())
     }
@@ -358,7 +455,11 @@ impl Settings {
             })?;
             return Ok(Some(text));
         }
-        Ok(Some(self.auth.customer_key.clone()).filter(|k| !k.trim().is_empty()))
+        if !self.auth.jwks_uri.is_empty() {
+            return Ok(None);
+        }
+        let key = self.auth.customer_key.expose_secret();
+        Ok(Some(key.to_owned()).filter(|k| !k.trim().is_empty()))
     }
 }
 
@@ -402,6 +503,48 @@ mod tests {
         s.publishers.max_pools_per_customer = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("publishers.max_pools_per_customer"), "{err}");
+    }
+
+    #[test]
+    fn passwords_in_storage_urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/"),
+            "redis://:REDACTED@127.0.0.1:6379/"
+        );
+        let pg = redact_url("postgres://drisc:s3cret@db:5432/drisc?password=other&sslmode=require");
+        assert!(!pg.contains("s3cret") && !pg.contains("other"), "{pg}");
+        assert!(pg.contains("sslmode=require"), "{pg}");
+        assert_eq!(
+            redact_url("postgres://drisc@127.0.0.1:5432/drisc"),
+            "postgres://drisc@127.0.0.1:5432/drisc"
+        );
+        assert_eq!(redact_url("not a url with a s3cret"), "[REDACTED]");
+    }
+
+    #[test]
+    fn secrets_are_not_in_the_printed_settings() {
+        let mut s = Settings::defaults().unwrap();
+        s.auth.customer_key = "customer-key-s3cret".into();
+        s.auth.admin_key = "admin-key-s3cret".into();
+        s.auth.session_secret = "session-s3cret".into();
+        s.storage.redis_url = "redis://user:redis-s3cret@127.0.0.1/".into();
+        let printed = format!("{s:#?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn a_jwks_uri_and_a_chosen_customer_key_are_exclusive() {
+        let mut s = Settings::defaults().unwrap();
+        s.auth.jwks_uri = "https://idp.example.com/.well-known/jwks.json".into();
+        s.validate().expect("the development key gives way to the JWKS");
+        assert_eq!(s.customer_key().unwrap(), None);
+        s.auth.customer_key = "my-own-secret".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.jwks_uri"), "{err}");
+        s.auth.customer_key = "".into();
+        s.auth.jwks_uri = "http://idp.example.com/jwks.json".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.jwks_uri"), "{err}");
     }
 
     #[test]

@@ -130,7 +130,11 @@ impl From<Refused> for ApiError {
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        Self::Unauthorized(e.to_string())
+        match e {
+            // The server cannot check the token, which may well be good.
+            AuthError::KeysUnavailable => Self::Unavailable(e.to_string()),
+            _ => Self::Unauthorized(e.to_string()),
+        }
     }
 }
 

@@ -176,7 +176,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
                 .filter(|k| !k.trim_start().starts_with("-----BEGIN"))
                 .ok_or_else(|| {
                     anyhow::anyhow!(
-                        "auth.customer_key is not an HMAC secret: pass --secret, or sign with your identity provider"
+                        "auth.customer_key is not an HMAC secret (or auth.jwks_uri replaces it): pass --secret, or sign with your identity provider"
                     )
                 })?
         }

@@ -167,6 +167,7 @@ mod tests {
             default_session_limit: 1,
             unknown_offers: UnknownOffers::default(),
             verification_key: None,
+            jwks_uri: None,
         })
         .await
         .unwrap();

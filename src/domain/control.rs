@@ -34,6 +34,7 @@ impl PublisherPolicy {
             default_session_limit: self.default_session_limit,
             unknown_offers: self.unknown_offers,
             verification_key: None,
+            jwks_uri: None,
         }
     }
 }

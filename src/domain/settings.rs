@@ -60,6 +60,9 @@ pub struct Publisher {
     pub unknown_offers: UnknownOffers,
     /// Verifies this publisher's customer tokens: an HMAC secret or a PEM public key.
     pub verification_key: Option<String>,
+    /// Or a JWKS verifies them, its key chosen by the token's `kid`: a `file://`,
+    /// `https://` (or loopback `http://`) URI. At most one of the two is set.
+    pub jwks_uri: Option<String>,
 }
 
 /// A plan customers subscribe to, with its session limit.
@@ -168,6 +171,7 @@ mod tests {
                 default_session_limit: 1,
                 unknown_offers,
                 verification_key: None,
+                jwks_uri: None,
             },
             offers: vec![
                 offer("B", 3, &["live"]),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::extract::{AdminAuth, AnyJson};
-use crate::auth::VerificationKey;
+use crate::auth::{JwksUri, VerificationKey};
 use crate::domain::settings::{Catalog, MAX_ID_BYTES, Offer, Publisher, SHARED_UNKNOWN_OFFER, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
 use crate::error::ApiError;
@@ -42,6 +42,10 @@ struct PublisherView {
     unknown_offers: UnknownOffers,
     /// Whether the publisher has its own key; the key itself is never echoed.
     verification_key_set: bool,
+    /// The JWKS verifying its tokens, if it has one (a URI, not a key); absent
+    /// otherwise, so views of publishers without one are as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks_uri: Option<String>,
 }
 
 impl From<&Publisher> for PublisherView {
@@ -53,6 +57,7 @@ impl From<&Publisher> for PublisherView {
             default_session_limit: p.default_session_limit,
             unknown_offers: p.unknown_offers,
             verification_key_set: p.verification_key.is_some(),
+            jwks_uri: p.jwks_uri.clone(),
         }
     }
 }
@@ -124,6 +129,8 @@ struct PublisherChange {
     unknown_offers: Option<UnknownOffers>,
     /// An HMAC secret or a PEM public key; "" removes the publisher's own key.
     verification_key: Option<String>,
+    /// A JWKS URI (`https://`, `file://`, loopback `http://`); "" removes it.
+    jwks_uri: Option<String>,
 }
 
 async fn put_publisher(
@@ -149,6 +156,19 @@ async fn put_publisher(
                 .map_err(|e| ApiError::InvalidRequest(format!("verificationKey cannot be used: {e}")))?;
             publisher.verification_key = Some(key);
         }
+    }
+    if let Some(uri) = change.jwks_uri {
+        if uri.trim().is_empty() {
+            publisher.jwks_uri = None;
+        } else {
+            JwksUri::parse(&uri).map_err(|e| ApiError::InvalidRequest(format!("jwksUri {e}")))?;
+            publisher.jwks_uri = Some(uri.trim().to_owned());
+        }
+    }
+    if publisher.verification_key.is_some() && publisher.jwks_uri.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "verificationKey and jwksUri are alternatives: set the other to \"\" to switch".into(),
+        ));
     }
     publisher.enabled = change.enabled.unwrap_or(publisher.enabled);
     publisher.takeover_enabled = change.takeover_enabled.unwrap_or(publisher.takeover_enabled);

@@ -8,10 +8,12 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{AuthError, CustomerVerifier};
+use crate::auth::{AuthError, KeySource};
 use crate::domain::Customer;
+use crate::domain::settings::Publisher;
 use crate::error::ApiError;
 use crate::limits::Source;
 use crate::state::AppState;
@@ -36,12 +38,21 @@ impl FromRequestParts<AppState> for CustomerAuth {
         let source = checked_source(parts, state)?;
         let verified = async {
             let token = bearer(parts)?;
-            let publisher = CustomerVerifier::claimed_publisher(token)?;
+            let publisher = state.verifier.claimed_publisher(token)?;
             // Looked up without creating the publisher: nothing is written before the
             // token's signature is checked.
             let catalog = state.control.known_catalog(&publisher).await?;
-            let key = catalog.as_ref().and_then(|c| c.publisher.verification_key.as_deref());
-            Ok(Self(state.verifier.verify(token, key)?))
+            let keys = match catalog.as_ref().map(|c| &c.publisher) {
+                Some(Publisher {
+                    jwks_uri: Some(uri), ..
+                }) => KeySource::Jwks(uri),
+                Some(Publisher {
+                    verification_key: Some(key),
+                    ..
+                }) => KeySource::Key(key),
+                _ => KeySource::Server,
+            };
+            Ok(Self(state.verifier.verify(token, keys).await?))
         }
         .await;
         charge_failure(verified, source, state)
@@ -82,7 +93,7 @@ impl FromRequestParts<AppState> for AdminAuth {
 
 impl AdminAuth {
     fn check(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
-        let expected = state.settings.auth.admin_key.as_bytes();
+        let expected = state.settings.auth.admin_key.expose_secret().as_bytes();
         if expected.is_empty() {
             return Err(ApiError::Forbidden(
                 "the admin API is disabled (auth.admin_key is empty)".into(),

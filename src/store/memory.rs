@@ -414,8 +414,20 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_frees_unattended_sessions_when_their_deadline_comes_and_not_before() {
         let store = MemoryStore::new(timings());
-        let pending = store.admit(&key("a"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
-        let detached = store.admit(&key("b"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
+        let pending = store
+            .admit(&key("a"), new(), limits(1), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
+        let detached = store
+            .admit(&key("b"), new(), limits(1), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
         store.attach(&key("b"), detached, Holder(1), 0).await.unwrap().unwrap();
         store.detach(&key("b"), detached, Holder(1), 500).await.unwrap();
         assert!(store.reap(3_499).await.unwrap().is_empty());
@@ -430,7 +442,13 @@ mod tests {
     #[tokio::test]
     async fn a_session_that_went_live_is_left_alone_by_the_sweep() {
         let store = MemoryStore::new(timings());
-        let id = store.admit(&key("c"), new(), limits(1), 0).await.unwrap().unwrap().session.id;
+        let id = store
+            .admit(&key("c"), new(), limits(1), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
         store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
         assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
         assert_eq!(store.count().await.unwrap(), 1);
@@ -506,7 +524,13 @@ mod tests {
         assert_eq!(store.locate(pending).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], vec![pending]));
         // Granted and found dead within one interval: nothing to write.
-        let short = store.admit(&p, new(), limits(2), 5_000).await.unwrap().unwrap().session.id;
+        let short = store
+            .admit(&p, new(), limits(2), 5_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
         // By 9 000 the live one missed its PONG and the new one never connected.
         assert_eq!(store.list(&p, 9_000).await.unwrap().len(), 0);
         assert_eq!(store.locate(short).await.unwrap(), None);

@@ -3,10 +3,12 @@
 //! `memory` keeps the session pools in this process (the embedded default), with
 //! `roster` counting and indexing its sessions and feeding the session journal;
 //! `sqlite` keeps publisher settings and the sessions saved across a restart;
-//! `postgres` keeps the same for the nodes of a cluster.
+//! `postgres` keeps the same for the nodes of a cluster; `private_files` keeps the
+//! embedded database readable by the server's user only.
 
 pub mod memory;
 pub mod postgres;
+pub mod private_files;
 pub mod redis;
 mod roster;
 mod saved;

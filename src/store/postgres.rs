@@ -130,6 +130,7 @@ fn publisher_from_row(row: &PgRow) -> Result<Publisher, SettingsError> {
         default_session_limit: limit_from(row.try_get("default_session_limit").map_err(db_err)?)?,
         unknown_offers: UnknownOffers::parse(&unknown).unwrap_or_default(),
         verification_key: row.try_get("verification_key").map_err(db_err)?,
+        jwks_uri: row.try_get("jwks_uri").map_err(db_err)?,
     })
 }
 
@@ -147,13 +148,13 @@ fn offer_from_row(row: &PgRow) -> Result<Option<Offer>, SettingsError> {
 }
 
 const PUBLISHER_COLUMNS: &str =
-    "id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key";
+    "id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri";
 
 /// A publisher with its offers in one statement, so one consistent snapshot: one row
 /// per offer, or one row with NULL offer columns when it has none. Ids are ordered
 /// byte-wise (`COLLATE "C"`), as SQLite orders them, whatever the database's locale.
 const CATALOG: &str = r#"SELECT p.id, p.enabled, p.takeover_enabled, p.default_session_limit,
-        p.unknown_offers, p.verification_key,
+        p.unknown_offers, p.verification_key, p.jwks_uri,
         o.id AS offer_id, o.session_limit AS offer_session_limit, o.tags AS offer_tags,
         o.takeover_enabled AS offer_takeover_enabled
     FROM publishers p LEFT JOIN offers o ON o.publisher_id = p.id
@@ -161,8 +162,8 @@ const CATALOG: &str = r#"SELECT p.id, p.enabled, p.takeover_enabled, p.default_s
     ORDER BY o.id COLLATE "C""#;
 
 const INSERT_PUBLISHER: &str = "INSERT INTO publishers
-        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key)
-    VALUES ($1, $2, $3, $4, $5, $6)";
+        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -174,6 +175,7 @@ fn bind_publisher<'q>(query: PgQuery<'q>, p: &'q Publisher) -> PgQuery<'q> {
         .bind(i64::from(p.default_session_limit))
         .bind(p.unknown_offers.as_str())
         .bind(p.verification_key.as_deref())
+        .bind(p.jwks_uri.as_deref())
 }
 
 impl PostgresSettings {
@@ -225,6 +227,7 @@ impl SettingsRepo for PostgresSettings {
                 default_session_limit = excluded.default_session_limit,
                 unknown_offers = excluded.unknown_offers,
                 verification_key = excluded.verification_key,
+                jwks_uri = excluded.jwks_uri,
                 updated_at = now()"
         );
         bounded(OPERATION_TIMEOUT, async {

@@ -27,7 +27,15 @@ fn db_err(e: impl std::fmt::Display) -> SettingsError {
 
 impl SqliteSettings {
     /// Opens (creating if needed) the database file and applies pending migrations.
+    /// The file is made 0600 before SQLite opens it: SQLite gives the -wal and -shm
+    /// files it creates the database file's mode.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        super::private_files::ensure_private_file(path, true)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            super::private_files::ensure_private_file(Path::new(&companion), false)?;
+        }
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -73,6 +81,7 @@ fn publisher_from_row(row: &SqliteRow) -> Result<Publisher, SettingsError> {
         default_session_limit: row.try_get("default_session_limit").map_err(db_err)?,
         unknown_offers: UnknownOffers::parse(&unknown).unwrap_or_default(),
         verification_key: row.try_get("verification_key").map_err(db_err)?,
+        jwks_uri: row.try_get("jwks_uri").map_err(db_err)?,
     })
 }
 
@@ -87,8 +96,8 @@ fn offer_from_row(row: &SqliteRow) -> Result<Offer, SettingsError> {
 }
 
 const UPSERT_PUBLISHER: &str = "INSERT INTO publishers
-        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key)
-    VALUES (?, ?, ?, ?, ?, ?)";
+        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri)
+    VALUES (?, ?, ?, ?, ?, ?, ?)";
 
 #[async_trait]
 impl SettingsRepo for SqliteSettings {
@@ -134,6 +143,7 @@ impl SettingsRepo for SqliteSettings {
                 default_session_limit = excluded.default_session_limit,
                 unknown_offers = excluded.unknown_offers,
                 verification_key = excluded.verification_key,
+                jwks_uri = excluded.jwks_uri,
                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
         );
         bind_publisher(sqlx::query(&sql), publisher)
@@ -195,6 +205,7 @@ fn bind_publisher<'q>(
         .bind(p.default_session_limit)
         .bind(p.unknown_offers.as_str())
         .bind(p.verification_key.as_deref())
+        .bind(p.jwks_uri.as_deref())
 }
 
 /// Rows per statement when writing held sessions: 8 parameters each, well below

@@ -14,6 +14,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 const READ_BUFFER: usize = 512;
+/// The longest session token accepted in `?token=`. Ours are ~1.3 KiB at most (three
+/// ids of at most 256 bytes each); anything longer is refused before it is parsed.
+pub const MAX_SESSION_TOKEN_BYTES: usize = 2048;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
@@ -31,6 +34,11 @@ async fn upgrade(
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("the endpoint needs ?token=<session token>".into()))?;
+    if token.len() > MAX_SESSION_TOKEN_BYTES {
+        return Err(ApiError::Unauthorized(format!(
+            "the session token is longer than the {MAX_SESSION_TOKEN_BYTES} bytes accepted"
+        )));
+    }
     let claims = state
         .tokens
         .verify(token)

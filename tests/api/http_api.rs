@@ -1088,7 +1088,7 @@ async fn assert_unauthorized_keeps(app: &TestApp, token: &str, held: u64) {
 
 #[tokio::test]
 async fn the_server_wide_key_from_config_can_be_an_rsa_public_key() {
-    let app = spawn_app_with(|s| s.auth.customer_key = fixture("rsa-public.pem")).await;
+    let app = spawn_app_with(|s| s.auth.customer_key = fixture("rsa-public.pem").into()).await;
     let token = sign_with(Algorithm::RS256, &rsa_signing_key(), &customer_claims("1", "42"));
     app.create_ok(&token, "S1", "TV").await;
 

@@ -13,10 +13,11 @@ mod offers;
 mod rate_limits;
 mod settings_postgres;
 mod support_postgres;
-// Used by the real-process tests of other parts of issue 8, not yet on every branch.
+// A toolbox for the tests that need a real process: not every test uses every tool.
 #[allow(dead_code)]
 mod support_process;
 mod support_redis;
+mod tokens;
 mod websocket;
 
 #[tokio::test]

@@ -20,6 +20,7 @@ fn publisher(id: &str) -> Publisher {
         default_session_limit: 2,
         unknown_offers: UnknownOffers::Each,
         verification_key: None,
+        jwks_uri: None,
     }
 }
 
@@ -68,6 +69,7 @@ async fn publisher_crud_round_trip() {
         default_session_limit: u32::MAX,
         unknown_offers: UnknownOffers::Reject,
         verification_key: Some("-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n".into()),
+        jwks_uri: Some("https://idp.example.com/.well-known/jwks.json".into()),
     };
     repo.put_publisher(&changed).await.unwrap();
     assert_eq!(repo.catalog("acme").await.unwrap().unwrap().publisher, changed);
@@ -88,6 +90,7 @@ async fn publisher_crud_round_trip() {
     // Back to no key.
     let keyless = Publisher {
         verification_key: None,
+        jwks_uri: None,
         ..changed
     };
     repo.put_publisher(&keyless).await.unwrap();
