@@ -107,56 +107,54 @@ pub fn describe_every_operation(api: &mut utoipa::openapi::OpenApi) {
 }
 
 fn add_server_answers(api: &mut utoipa::openapi::OpenApi) {
-    {
-        let error = || {
-            ContentBuilder::new()
-                .schema(Some(RefOr::Ref(Ref::from_schema_name("Error"))))
-                .build()
-        };
-        let common = [
-            (
-                "431",
-                ResponseBuilder::new()
-                    .description(
-                        "The request head is larger than server.max_header_bytes: refused before routing, \
+    let error = || {
+        ContentBuilder::new()
+            .schema(Some(RefOr::Ref(Ref::from_schema_name("Error"))))
+            .build()
+    };
+    let common = [
+        (
+            "431",
+            ResponseBuilder::new()
+                .description(
+                    "The request head is larger than server.max_header_bytes: refused before routing, \
 without a body",
-                    )
-                    .build(),
-            ),
-            (
-                "500",
-                ResponseBuilder::new()
-                    .description("InternalError: an unexpected failure (logged with its detail)")
-                    .content("application/json", error())
-                    .build(),
-            ),
-            (
-                "503",
-                ResponseBuilder::new()
-                    .description(
-                        "ServiceUnavailable: the server sheds load (more requests in flight than \
+                )
+                .build(),
+        ),
+        (
+            "500",
+            ResponseBuilder::new()
+                .description("InternalError: an unexpected failure (logged with its detail)")
+                .content("application/json", error())
+                .build(),
+        ),
+        (
+            "503",
+            ResponseBuilder::new()
+                .description(
+                    "ServiceUnavailable: the server sheds load (more requests in flight than \
 server.max_requests_in_flight; then with Retry-After: 1), or a store or key set it needs is unreachable",
-                    )
-                    .content("application/json", error())
-                    .header(
-                        "Retry-After",
-                        HeaderBuilder::new()
-                            .schema(u64_schema())
-                            .description(Some("Whole seconds to wait; sent when shedding load"))
-                            .build(),
-                    )
-                    .build(),
-            ),
-        ];
-        for item in api.paths.paths.values_mut() {
-            for (_, operation) in operations(item) {
-                for (status, response) in &common {
-                    operation
-                        .responses
-                        .responses
-                        .entry((*status).to_owned())
-                        .or_insert_with(|| RefOr::T(response.clone()));
-                }
+                )
+                .content("application/json", error())
+                .header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(u64_schema())
+                        .description(Some("Whole seconds to wait; sent when shedding load"))
+                        .build(),
+                )
+                .build(),
+        ),
+    ];
+    for item in api.paths.paths.values_mut() {
+        for (_, operation) in operations(item) {
+            for (status, response) in &common {
+                operation
+                    .responses
+                    .responses
+                    .entry((*status).to_owned())
+                    .or_insert_with(|| RefOr::T(response.clone()));
             }
         }
     }
