@@ -190,6 +190,8 @@ impl JwksServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let (k, h, d) = (keys.clone(), hits.clone(), down.clone());
+        // A stand-in identity provider, not the server: nothing to describe in /openapi.json.
+        #[expect(clippy::disallowed_methods, reason = "a test's own JWKS server")]
         let router = Router::new().route(
             "/jwks.json",
             get(move || {
