@@ -9,7 +9,9 @@ use drisc::config::Settings;
 use drisc::{App, telemetry};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// jemalloc (see BENCHMARKS.md for why not the system allocator).
+/// jemalloc (see BENCHMARKS.md for why not the system allocator), where it builds:
+/// not with MSVC, which keeps the system allocator.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
