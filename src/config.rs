@@ -74,7 +74,7 @@ pub struct StorageSettings {
     pub postgres_url: String,
 }
 
-/// Shown without the passwords the URLs may carry (`drisc check-config`, logs).
+/// Shown without the passwords the URLs may carry (logs, debug output).
 impl std::fmt::Debug for StorageSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageSettings")
