@@ -12,6 +12,8 @@ use crate::domain::Timings;
 use crate::domain::control::UnavailablePolicy;
 use crate::domain::settings::UnknownOffers;
 
+mod effective;
+
 /// The documented defaults, built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -72,7 +74,7 @@ pub struct StorageSettings {
     pub postgres_url: String,
 }
 
-/// Shown without the passwords the URLs may carry (`drisc check-config`, logs).
+/// Shown without the passwords the URLs may carry (logs, debug output).
 impl std::fmt::Debug for StorageSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageSettings")
@@ -260,6 +262,11 @@ pub struct LogSettings {
 impl Settings {
     /// Defaults, then `file` if given, then `DRISC__SECTION__KEY` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::finish(Self::layered(file))
+    }
+
+    /// The sources of [`Settings::load`], in order; `drisc check-config` prints what they add up to.
+    fn layered(file: Option<&Path>) -> config::ConfigBuilder<config::builder::DefaultState> {
         let mut builder = Self::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
@@ -273,7 +280,7 @@ impl Settings {
             .with_list_parse_key("limits.trusted_proxies")
             .with_list_parse_key("auth.audience")
             .with_list_parse_key("auth.issuer");
-        Self::finish(builder.add_source(env))
+        builder.add_source(env)
     }
 
     /// The defaults alone, for tests and tools.

@@ -9,7 +9,9 @@ use drisc::config::Settings;
 use drisc::{App, telemetry};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// jemalloc (see BENCHMARKS.md for why not the system allocator).
+/// jemalloc (see BENCHMARKS.md for why not the system allocator), where it builds:
+/// not with MSVC, which keeps the system allocator.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -36,7 +38,7 @@ enum Command {
     Serve(ServeArgs),
     /// Print a development customer token (a JWT) for a publisher and a customer.
     Token(TokenArgs),
-    /// Check the configuration and print the settings in effect.
+    /// Check the configuration and print the settings in effect as TOML, secrets redacted.
     CheckConfig(ConfigArg),
 }
 
@@ -88,7 +90,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
-        Command::CheckConfig(args) => Settings::load(args.config.as_deref()).map(|s| println!("{s:#?}")),
+        Command::CheckConfig(args) => Settings::effective_toml(args.config.as_deref()).map(|toml| print!("{toml}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
