@@ -29,6 +29,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // After the layers, so outside them: a prober's 503 (draining, a store down)
+        // is an answer, not a failure to log at ERROR every few seconds, and
+        // browsers never call the probes (no CORS).
+        .merge(health::probes())
         .with_state(state)
 }
 
