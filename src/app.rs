@@ -285,7 +285,8 @@ impl App {
         self.hurry.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then stops accepting, lets the
+    /// Serves until the shutdown token is cancelled (by hand, or by the stop token
+    /// after `server.drain_period` of draining), then stops accepting, lets the
     /// requests in flight finish and closes every socket with 1012, for at most
     /// `server.shutdown_timeout` (or until the hurry token), drops what is left, and
     /// leaves the held sessions to wait for their players: in the database
