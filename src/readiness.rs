@@ -42,7 +42,7 @@ pub struct Dependency {
 }
 
 /// The state of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckState {
     Up,

@@ -174,6 +174,7 @@ async fn after_sigterm_readyz_says_draining_while_sockets_and_creates_go_on_then
     let http = reqwest::Client::new();
     let (status, body) = get(&http, &server.url("/readyz")).await;
     assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    let (_, doc) = get(&http, &server.url("/openapi.json")).await;
     let held = create(&http, &server, "viewer").await;
     let mut player = Player::connect(&held.endpoint).await;
     player.request_ok().await;
@@ -182,6 +183,12 @@ async fn after_sigterm_readyz_says_draining_while_sockets_and_creates_go_on_then
     let body = until_draining(&http, &server).await;
     assert_eq!(body["status"], "unavailable", "{body}");
     assert_eq!(body["reason"], "draining", "{body}");
+    // As the OpenAPI document describes a 503 of /readyz, bytes and all.
+    let answer = http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    let text = answer.text().await.unwrap();
+    crate::openapi::assert_matches(&doc, "/readyz", "get", 503, &text);
 
     // Draining, not stopped: the held socket is pinged and its PONG taken, and a
     // new player (the load balancer has not noticed yet) still gets a session.
