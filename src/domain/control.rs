@@ -40,7 +40,7 @@ impl PublisherPolicy {
 }
 
 /// What to do with new sessions while the session store is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnavailablePolicy {
     /// Refuse them (503); sessions already held keep playing.

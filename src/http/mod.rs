@@ -21,34 +21,43 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The server's router: [`routes`] and the layers they share. Add no route here:
-/// routes go in [`routes`], where they are documented.
+/// The server's router: [`routes`], all but the probes inside the layers they
+/// share. Add no route here: routes go in [`assemble`], where they are documented.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
-    let (routes, _) = routes().split_for_parts();
-    routes
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(cors)
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+    let (router, _) = assemble(|api| {
+        api.fallback(|| async { ApiError::NotFound("no such route".into()) })
+            .layer(DefaultBodyLimit::max(body_limit))
+            .layer(cors)
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    })
+    .split_for_parts();
+    router.with_state(state)
 }
 
-/// Every route the server serves, each with its description (`GET /openapi.json`).
-///
+/// Every route the server serves, each with its description (`GET /openapi.json`):
+/// the router of [`router`] without its layers. tests/api/openapi.rs checks that
+/// the document lists exactly the paths of this router.
+pub fn routes() -> OpenApiRouter<AppState> {
+    assemble(|api| api)
+}
+
 /// The one place routes are added, and only through `utoipa_axum::routes!`, which
 /// takes a handler's `#[utoipa::path]` attribute for both the route and its
 /// description (clippy.toml forbids `.route()`, which would serve a route
-/// without describing it). tests/api/openapi.rs checks that the document lists
-/// exactly the paths of this router.
-pub fn routes() -> OpenApiRouter<AppState> {
-    let mut routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+/// without describing it). `layers` wrap every route but the probes.
+fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(sessions::router())
         .merge(crate::ws::router())
         .merge(health::router())
         .merge(openapi::router())
         .nest("/admin/v1", admin::router());
+    // The probes after the layers, so outside them: a prober's 503 (draining, a
+    // store down) is an answer, not a failure to log at ERROR every few seconds,
+    // and browsers never call the probes (no CORS).
+    let mut routes = layers(api).merge(health::probes());
     openapi::describe_every_operation(routes.get_openapi_mut());
     routes
 }

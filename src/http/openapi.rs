@@ -36,7 +36,8 @@ existing players speak and never change (docs/PROTOCOL.md, part 1). Routes tagge
 are drisc's own additions.\n\n\
 Every error is `{\"code\", \"message\"}` (schema `Error`); a 409 also carries `details` (schema \
 `LimitExceededError`). Browsers on other origins get CORS preflight answers for every route \
-(`cors.allowed_origins`).",
+(`cors.allowed_origins`) but the probes `/livez` and `/readyz`, which are for load balancers and \
+orchestrators.",
         license(name = "Apache-2.0"),
     ),
     modifiers(&SecuritySchemes),
@@ -45,7 +46,7 @@ Every error is `{\"code\", \"message\"}` (schema `Error`); a 409 also carries `d
         (name = "protocol", description = "The compatible DRISC protocol: names, bodies and messages exactly as existing players expect"),
         (name = "extensions", description = "drisc extensions for players, beyond the compatible protocol"),
         (name = "admin", description = "drisc extension: the operator API under /admin/v1, authorised by the admin key, never by a customer token"),
-        (name = "operations", description = "For operators and tools: health and this document"),
+        (name = "operations", description = "For operators and tools: health, the liveness and readiness probes, and this document"),
     ),
 )]
 pub struct ApiDoc;

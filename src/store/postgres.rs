@@ -23,6 +23,7 @@ use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
+use crate::readiness::Probe;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -336,6 +337,22 @@ async fn upsert(tx: &mut sqlx::PgConnection, sessions: &[(&PoolKey, &Session)]) 
         .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// `SELECT 1`, through the pool admission uses, which replaces connections a restart broke.
+#[async_trait]
+impl Probe for PostgresSettings {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session};
+use crate::readiness::Probe;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -237,6 +238,23 @@ async fn upsert<'a>(
         query.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
+}
+
+/// `SELECT 1`: the pool still lends a working connection. A full disk shows in
+/// writes only, not here.
+#[async_trait]
+impl Probe for SqliteSettings {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait]

@@ -12,6 +12,7 @@ mod http_api;
 mod offers;
 mod openapi;
 mod rate_limits;
+mod readiness;
 mod settings_postgres;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.

@@ -207,7 +207,7 @@ async fn the_openapi_document_lists_every_route_the_router_serves_with_its_metho
 /// Checks `body` against the schema the document gives for this answer, and that its
 /// bytes are what serde_json writes for its value (keys sorted, no spaces): what the
 /// `json!` bodies before the typed ones were.
-fn assert_matches(doc: &Value, path: &str, method: &str, status: u16, text: &str) {
+pub(crate) fn assert_matches(doc: &Value, path: &str, method: &str, status: u16, text: &str) {
     let schema = &doc["paths"][path][method]["responses"][status.to_string()]["content"]["application/json"]["schema"];
     assert!(schema.is_object(), "{method} {path} {status} has no schema");
     assert_valid(doc, schema, text, &format!("{method} {path} {status}"));
@@ -323,6 +323,19 @@ async fn the_servers_answers_match_the_schemas_of_the_openapi_document() {
     let (status, text) = send(&app, Method::GET, "/health", None, None).await;
     assert_eq!(status, 200, "{text}");
     assert_matches(&doc, "/health", "get", status, &text);
+    // The probes, outside the layers but in the document all the same.
+    for path in ["/livez", "/readyz"] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(
+            response.headers().get("cache-control").and_then(|v| v.to_str().ok()),
+            Some("no-store"),
+            "{path}"
+        );
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        assert_matches(&doc, path, "get", status, &text);
+    }
     let (status, text) = send(&app, Method::GET, "/ws?token=forged", None, None).await;
     assert_eq!(status, 401, "{text}");
     assert_matches(&doc, "/ws", "get", status, &text);

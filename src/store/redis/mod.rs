@@ -25,6 +25,7 @@ use crate::domain::clock::duration_ms;
 use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
 use crate::domain::ports::{Notifier, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use crate::readiness::Probe;
 use scripts::Scripts;
 
 /// How many script calls go in one pipeline when a node acts on all its sessions.
@@ -321,6 +322,23 @@ impl RedisStore {
         if let Ok(mut pending) = self.pending.lock() {
             pending.remove(&holder);
         }
+    }
+}
+
+/// `PING` on the connection every session operation uses: if it does not answer,
+/// neither would an admission.
+#[async_trait]
+impl Probe for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
