@@ -1,18 +1,21 @@
-//! The operator API (`/admin/v1`): publisher and offer settings, and sessions by id.
+//! The operator API (`/admin/v1`): publisher and offer settings, sessions by id,
+//! and a customer's sessions (listed page by page, or all ended at once).
 //! Authorised by the admin key, never by a customer token.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::extract::{AdminAuth, AnyJson};
+use super::extract::{AdminAuth, AnyJson, Params};
+use super::paging::{self, Paging};
 use crate::auth::{JwksUri, VerificationKey};
+use crate::domain::listing::SessionQuery;
 use crate::domain::settings::{Catalog, MAX_ID_BYTES, Offer, Publisher, SHARED_UNKNOWN_OFFER, UnknownOffers};
-use crate::domain::{PoolKey, Session, SessionId};
+use crate::domain::{Customer, Millis, PoolKey, Session, SessionId, SessionState};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -29,6 +32,11 @@ pub fn router() -> Router<AppState> {
             "/publishers/{publisher_id}/offers/{offer_id}",
             put(put_offer).delete(delete_offer),
         )
+        .route(
+            "/publishers/{publisher_id}/customers/{customer_id}/sessions",
+            delete(kick_customer),
+        )
+        .route("/sessions", get(list_sessions))
         .route("/sessions/{session_id}", get(get_session).delete(kick_session))
 }
 
@@ -98,11 +106,34 @@ fn check_offer_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn list_publishers(_: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let publishers = state.control.list_publishers().await?;
-    Ok(Json(json!({
-        "publishers": publishers.iter().map(PublisherView::from).collect::<Vec<_>>(),
-    })))
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublisherList {
+    publishers: Vec<PublisherView>,
+    /// Where the next page starts; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Publishers by id, a page at a time (keyset: `cursor` is the last id shown).
+async fn list_publishers(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Params(paging): Params<Paging>,
+) -> Result<Json<PublisherList>, ApiError> {
+    let limit = paging.limit()?;
+    let after = paging.publisher_cursor()?;
+    // One more than shown tells whether another page follows.
+    let mut publishers = state.control.publishers_after(after.as_deref(), limit + 1).await?;
+    let next_cursor = if publishers.len() > limit as usize {
+        publishers.truncate(limit as usize);
+        publishers.last().map(|p| paging::publisher_cursor(&p.id))
+    } else {
+        None
+    };
+    Ok(Json(PublisherList {
+        publishers: publishers.iter().map(PublisherView::from).collect(),
+        next_cursor,
+    }))
 }
 
 async fn get_publisher(
@@ -229,17 +260,36 @@ async fn delete_offer(
     }
 }
 
-fn session_view(pool: &PoolKey, s: &Session) -> Value {
-    json!({
-        "sessionId": s.id,
-        "name": s.name,
-        "state": s.state.as_str(),
-        "publisherId": pool.publisher_id,
-        "customerId": pool.customer_id,
-        "offerId": pool.offer_id,
-        "createdAt": s.created_at,
-        "expiresAt": s.expires_at,
-    })
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionView {
+    session_id: SessionId,
+    name: String,
+    state: SessionState,
+    publisher_id: String,
+    customer_id: String,
+    offer_id: String,
+    created_at: Millis,
+    expires_at: Millis,
+    /// The node whose socket holds the session, while one does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<u64>,
+}
+
+impl SessionView {
+    fn new(pool: &PoolKey, s: &Session) -> Self {
+        Self {
+            session_id: s.id,
+            name: s.name.clone(),
+            state: s.state,
+            publisher_id: pool.publisher_id.clone(),
+            customer_id: pool.customer_id.clone(),
+            offer_id: pool.offer_id.clone(),
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+            node: s.holder.map(|h| h.node()),
+        }
+    }
 }
 
 async fn find_session(state: &AppState, session_id: &str) -> Result<(PoolKey, SessionId), ApiError> {
@@ -253,14 +303,14 @@ async fn get_session(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(session_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let (pool, id) = find_session(&state, &session_id).await?;
     let sessions = state.control.sessions(&pool).await?;
     let session = sessions
         .iter()
         .find(|s| s.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("session {session_id} does not exist")))?;
-    Ok(Json(session_view(&pool, session)))
+    Ok(Json(SessionView::new(&pool, session)))
 }
 
 /// Ends a session: its slot is free at once and its player is told EXPIRED.
@@ -272,4 +322,104 @@ async fn kick_session(
     let (pool, id) = find_session(&state, &session_id).await?;
     state.control.kick(&pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whose sessions: `publisherId` and `customerId` are required, `offerId` narrows.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionFilter {
+    publisher_id: Option<String>,
+    customer_id: Option<String>,
+    offer_id: Option<String>,
+}
+
+impl SessionFilter {
+    fn required(value: Option<String>, what: &str) -> Result<String, ApiError> {
+        let value = value.ok_or_else(|| ApiError::InvalidRequest(format!("{what} is required")))?;
+        check_id(what, &value)?;
+        Ok(value)
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionList {
+    sessions: Vec<SessionView>,
+    /// Where the next page starts; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A customer's sessions across its offers (or on one), a page at a time, in
+/// (offer id, session id) order.
+async fn list_sessions(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Params(filter): Params<SessionFilter>,
+    Params(paging): Params<Paging>,
+) -> Result<Json<SessionList>, ApiError> {
+    let customer = Customer {
+        publisher_id: SessionFilter::required(filter.publisher_id, "publisherId")?,
+        customer_id: SessionFilter::required(filter.customer_id, "customerId")?,
+    };
+    if let Some(offer_id) = &filter.offer_id {
+        check_id("offerId", offer_id)?;
+    }
+    let query = SessionQuery {
+        customer,
+        offer_id: filter.offer_id,
+        after: paging.session_cursor()?,
+        limit: paging.limit()? as usize,
+    };
+    let page = state.control.customer_sessions(&query).await?;
+    Ok(Json(SessionList {
+        sessions: page
+            .sessions
+            .iter()
+            .map(|(pool, s)| SessionView::new(pool, s))
+            .collect(),
+        next_cursor: page.next.as_ref().map(paging::session_cursor),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OfferFilter {
+    offer_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Ended {
+    /// How many sessions ended.
+    ended: usize,
+}
+
+/// Ends all of a customer's sessions (on one offer with `?offerId=`): their slots
+/// are free at once and their players are told EXPIRED, on whichever node.
+async fn kick_customer(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((publisher_id, customer_id)): Path<(String, String)>,
+    Params(filter): Params<OfferFilter>,
+) -> Result<Json<Ended>, ApiError> {
+    check_id("publisherId", &publisher_id)?;
+    check_id("customerId", &customer_id)?;
+    if let Some(offer_id) = &filter.offer_id {
+        check_id("offerId", offer_id)?;
+    }
+    let customer = Customer {
+        publisher_id,
+        customer_id,
+    };
+    let ended = state
+        .control
+        .kick_customer(&customer, filter.offer_id.as_deref())
+        .await?;
+    tracing::info!(
+        publisher = %customer.publisher_id,
+        customer = %customer.customer_id,
+        offer = filter.offer_id.as_deref().unwrap_or("*"),
+        ended,
+        "an operator ended the customer's sessions"
+    );
+    Ok(Json(Ended { ended }))
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod extract;
 mod health;
+mod paging;
 mod sessions;
 
 use std::time::Duration;
