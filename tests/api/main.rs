@@ -11,6 +11,7 @@ mod helpers;
 mod http_api;
 mod offers;
 mod rate_limits;
+mod session_admin;
 mod settings_postgres;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.
