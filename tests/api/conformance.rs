@@ -669,7 +669,7 @@ async fn ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses
         .await
         .unwrap()
         .unwrap();
-    let mut on_o2 = vec![
+    let mut on_o2 = [
         admit(&s, &pool_of("o2"), "a", 2, now).await.unwrap(),
         admit(&s, &pool_of("o2"), "b", 2, now).await.unwrap(),
     ];
