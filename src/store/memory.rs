@@ -16,7 +16,8 @@
 //! session id and the session journal exact.
 //!
 //! Each customer's open pools are also listed ([`customers`]), so a customer
-//! cannot hold sessions in more pools than `Limits::pools_per_customer`.
+//! cannot hold sessions in more pools than `Limits::pools_per_customer`, and an
+//! operator's look at one customer (list, end all) visits that customer's pools only.
 
 mod customers;
 
