@@ -3,6 +3,7 @@
 mod admin;
 mod extract;
 mod health;
+mod openapi;
 mod paging;
 mod sessions;
 
@@ -15,22 +16,47 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The server's router: [`routes`] and the layers they share. Add no route here:
+/// routes go in [`routes`], where they are documented.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
-    Router::new()
-        .merge(sessions::router())
-        .merge(crate::ws::router())
-        .merge(health::router())
-        .nest("/admin/v1", admin::router())
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// Every route the server serves, each with its description (`GET /openapi.json`).
+///
+/// The one place routes are added, and only through `utoipa_axum::routes!`, which
+/// takes a handler's `#[utoipa::path]` attribute for both the route and its
+/// description (clippy.toml forbids `.route()`, which would serve a route
+/// without describing it). tests/api/openapi.rs checks that the document lists
+/// exactly the paths of this router.
+pub fn routes() -> OpenApiRouter<AppState> {
+    let mut routes = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(sessions::router())
+        .merge(crate::ws::router())
+        .merge(health::router())
+        .merge(openapi::router())
+        .nest("/admin/v1", admin::router());
+    openapi::describe_every_operation(routes.get_openapi_mut());
+    routes
+}
+
+/// The OpenAPI document of [`routes`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
 }
 
 /// The span of a request: its path, never its URI, whose query may carry a session

@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::domain::SessionId;
 use crate::domain::listing::Position;
@@ -19,10 +20,15 @@ pub const MAX_LIMIT: u32 = 1000;
 /// one this server gave.
 const MAX_CURSOR_BYTES: usize = 4 * (36 + MAX_ID_BYTES);
 
-/// The paging parameters, as strings so that a bad one gets a clear message.
-#[derive(Debug, Default, Deserialize)]
+/// The paging parameters, as strings so that a bad one gets a clear message
+/// (documented as what they must be).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
+    /// Items per page: 1 to 1000, 100 if absent.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The previous page's `nextCursor`, as it was given; absent for the first page.
     pub cursor: Option<String>,
 }
 

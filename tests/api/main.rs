@@ -10,6 +10,7 @@ mod fuzz;
 mod helpers;
 mod http_api;
 mod offers;
+mod openapi;
 mod rate_limits;
 mod session_admin;
 mod settings_postgres;
