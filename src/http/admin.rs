@@ -110,6 +110,7 @@ impl From<&Catalog> for PublisherView {
 #[serde(rename_all = "camelCase")]
 struct PublisherList {
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     /// Without their offers.
     publishers: Vec<PublisherView>,
@@ -425,6 +426,7 @@ struct SessionView {
     name: String,
     /// The node whose socket holds the session, while one does; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     node: Option<u64>,
     /// The pool's offer (`*unknown` for the pool that unknown offers share).
     offer_id: String,
@@ -562,6 +564,7 @@ impl SessionFilter {
 #[serde(rename_all = "camelCase")]
 struct SessionList {
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     sessions: Vec<SessionView>,
 }
