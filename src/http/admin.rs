@@ -1,18 +1,21 @@
-//! The operator API (`/admin/v1`): publisher and offer settings, and sessions by id.
+//! The operator API (`/admin/v1`): publisher and offer settings, sessions by id,
+//! and a customer's sessions (listed page by page, or all ended at once).
 //! Authorised by the admin key, never by a customer token.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{AdminAuth, AnyJson};
+use super::extract::{AdminAuth, AnyJson, Params};
+use super::paging::{self, Paging};
 use crate::auth::{JwksUri, VerificationKey};
+use crate::domain::listing::SessionQuery;
 use crate::domain::settings::{Catalog, MAX_ID_BYTES, Offer, Publisher, SHARED_UNKNOWN_OFFER, UnknownOffers};
-use crate::domain::{Millis, PoolKey, Session, SessionId};
+use crate::domain::{Customer, Millis, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -28,6 +31,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_publishers))
         .routes(routes!(get_publisher, put_publisher))
         .routes(routes!(put_offer, delete_offer))
+        .routes(routes!(kick_customer))
+        .routes(routes!(list_sessions))
         .routes(routes!(get_session, kick_session))
 }
 
@@ -99,8 +104,15 @@ impl From<&Catalog> for PublisherView {
     }
 }
 
+/// A page of publishers, by id.
+// Fields in alphabetical order (see ErrorBody).
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct PublisherList {
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+    /// Without their offers.
     publishers: Vec<PublisherView>,
 }
 
@@ -151,23 +163,40 @@ fn check_offer_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Every configured publisher (a drisc extension).
+/// The configured publishers by id, a page at a time (a drisc extension; keyset
+/// paging: `cursor` is where the last page ended).
 #[utoipa::path(
     get,
     path = "/publishers",
     tag = "admin",
     security(("adminKey" = []), ("adminKeyHeader" = [])),
+    params(Paging),
     responses(
-        (status = 200, description = "All publishers, without their offers", body = PublisherList),
+        (status = 200, description = "A page of publishers, without their offers", body = PublisherList),
+        (status = 400, description = "InvalidRequest: a limit outside 1 to 1000, a cursor this server did not give", body = ErrorBody),
         (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
         (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ),
 )]
-async fn list_publishers(_: AdminAuth, State(state): State<AppState>) -> Result<Json<PublisherList>, ApiError> {
-    let publishers = state.control.list_publishers().await?;
+async fn list_publishers(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Params(paging): Params<Paging>,
+) -> Result<Json<PublisherList>, ApiError> {
+    let limit = paging.limit()?;
+    let after = paging.publisher_cursor()?;
+    // One more than shown tells whether another page follows.
+    let mut publishers = state.control.publishers_after(after.as_deref(), limit + 1).await?;
+    let next_cursor = if publishers.len() > limit as usize {
+        publishers.truncate(limit as usize);
+        publishers.last().map(|p| paging::publisher_cursor(&p.id))
+    } else {
+        None
+    };
     Ok(Json(PublisherList {
+        next_cursor,
         publishers: publishers.iter().map(PublisherView::from).collect(),
     }))
 }
@@ -395,6 +424,10 @@ struct SessionView {
     expires_at: Millis,
     /// The `sessionName` its player gave.
     name: String,
+    /// The node whose socket holds the session, while one does; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    node: Option<u64>,
     /// The pool's offer (`*unknown` for the pool that unknown offers share).
     offer_id: String,
     publisher_id: String,
@@ -428,6 +461,7 @@ impl SessionView {
             customer_id: pool.customer_id.clone(),
             expires_at: s.expires_at,
             name: s.name.clone(),
+            node: s.holder.map(|h| h.node()),
             offer_id: pool.offer_id.clone(),
             publisher_id: pool.publisher_id.clone(),
             session_id: s.id,
@@ -498,4 +532,152 @@ async fn kick_session(
     let (pool, id) = find_session(&state, &session_id).await?;
     state.control.kick(&pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whose sessions: `publisherId` and `customerId` are required, `offerId` narrows.
+// Options, so that a missing one gets a JSON 400 naming it, not axum's rejection.
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+struct SessionFilter {
+    /// The customer's publisher: 1 to 256 bytes.
+    #[param(required = true)]
+    publisher_id: Option<String>,
+    /// The customer: 1 to 256 bytes.
+    #[param(required = true)]
+    customer_id: Option<String>,
+    /// Only the sessions of this offer (`*unknown`: the pool that unknown offers share).
+    offer_id: Option<String>,
+}
+
+impl SessionFilter {
+    fn required(value: Option<String>, what: &str) -> Result<String, ApiError> {
+        let value = value.ok_or_else(|| ApiError::InvalidRequest(format!("{what} is required")))?;
+        check_id(what, &value)?;
+        Ok(value)
+    }
+}
+
+/// A page of a customer's sessions, in (offer id, session id) order.
+// Fields in alphabetical order (see ErrorBody).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionList {
+    /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+    sessions: Vec<SessionView>,
+}
+
+/// A customer's sessions across its offers (or on one), a page at a time, in
+/// (offer id, session id) order (a drisc extension).
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "admin",
+    security(("adminKey" = []), ("adminKeyHeader" = [])),
+    params(SessionFilter, Paging),
+    responses(
+        (status = 200, description = "A page of the customer's sessions (empty if it holds none)", body = SessionList),
+        (status = 400, description = "InvalidRequest: publisherId or customerId missing, an id of 0 or over 256 bytes, a limit outside 1 to 1000, a cursor this server did not give", body = ErrorBody),
+        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
+        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
+        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
+async fn list_sessions(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Params(filter): Params<SessionFilter>,
+    Params(paging): Params<Paging>,
+) -> Result<Json<SessionList>, ApiError> {
+    let customer = Customer {
+        publisher_id: SessionFilter::required(filter.publisher_id, "publisherId")?,
+        customer_id: SessionFilter::required(filter.customer_id, "customerId")?,
+    };
+    if let Some(offer_id) = &filter.offer_id {
+        check_id("offerId", offer_id)?;
+    }
+    let query = SessionQuery {
+        customer,
+        offer_id: filter.offer_id,
+        after: paging.session_cursor()?,
+        limit: paging.limit()? as usize,
+    };
+    let page = state.control.customer_sessions(&query).await?;
+    Ok(Json(SessionList {
+        next_cursor: page.next.as_ref().map(paging::session_cursor),
+        sessions: page
+            .sessions
+            .iter()
+            .map(|(pool, s)| SessionView::new(pool, s))
+            .collect(),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+struct OfferFilter {
+    /// Only the sessions of this offer (`*unknown`: the pool that unknown offers share).
+    offer_id: Option<String>,
+}
+
+/// How many sessions an operator ended.
+#[derive(Serialize, ToSchema)]
+struct Ended {
+    /// How many sessions ended (0 if the customer held none).
+    ended: usize,
+}
+
+/// End all of a customer's sessions, or those of one offer with `?offerId=` (a
+/// drisc extension): their slots are free at once and their players are told
+/// EXPIRED, on whichever node.
+#[utoipa::path(
+    delete,
+    path = "/publishers/{publisher_id}/customers/{customer_id}/sessions",
+    tag = "admin",
+    security(("adminKey" = []), ("adminKeyHeader" = [])),
+    params(
+        ("publisher_id" = String, Path, description = "The publisher's id: 1 to 256 bytes"),
+        ("customer_id" = String, Path, description = "The customer's id: 1 to 256 bytes"),
+        OfferFilter,
+    ),
+    responses(
+        (status = 200, description = "How many sessions ended", body = Ended),
+        (status = 400, description = "InvalidRequest: an id over 256 bytes, a bad query string", body = ErrorBody),
+        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
+        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
+        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
+async fn kick_customer(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    Path((publisher_id, customer_id)): Path<(String, String)>,
+    Params(filter): Params<OfferFilter>,
+) -> Result<Json<Ended>, ApiError> {
+    check_id("publisherId", &publisher_id)?;
+    check_id("customerId", &customer_id)?;
+    if let Some(offer_id) = &filter.offer_id {
+        check_id("offerId", offer_id)?;
+    }
+    let customer = Customer {
+        publisher_id,
+        customer_id,
+    };
+    let ended = state
+        .control
+        .kick_customer(&customer, filter.offer_id.as_deref())
+        .await?;
+    tracing::info!(
+        publisher = %customer.publisher_id,
+        customer = %customer.customer_id,
+        offer = filter.offer_id.as_deref().unwrap_or("*"),
+        ended,
+        "an operator ended the customer's sessions"
+    );
+    Ok(Json(Ended { ended }))
 }

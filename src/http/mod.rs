@@ -4,6 +4,7 @@ mod admin;
 mod extract;
 mod health;
 mod openapi;
+mod paging;
 mod sessions;
 
 use std::time::Duration;

@@ -241,10 +241,17 @@ impl SettingsRepo for PostgresSettings {
         .await
     }
 
-    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
-        let sql = format!(r#"SELECT {PUBLISHER_COLUMNS} FROM publishers ORDER BY id COLLATE "C""#);
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+        // Byte order ("C"), as SQLite sorts, whatever the database's collation.
+        let sql = format!(
+            r#"SELECT {PUBLISHER_COLUMNS} FROM publishers
+               WHERE $1::text IS NULL OR id COLLATE "C" > $1
+               ORDER BY id COLLATE "C" LIMIT $2"#
+        );
         bounded(OPERATION_TIMEOUT, async {
             sqlx::query(&sql)
+                .bind(after)
+                .bind(i64::from(limit))
                 .fetch_all(&self.db)
                 .await
                 .map_err(db_err)?

@@ -154,8 +154,11 @@ impl SettingsRepo for SqliteSettings {
         Ok(())
     }
 
-    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
-        sqlx::query("SELECT * FROM publishers ORDER BY id")
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+        // SQLite compares TEXT by bytes (BINARY), the order of the primary key.
+        sqlx::query("SELECT * FROM publishers WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2")
+            .bind(after)
+            .bind(i64::from(limit))
             .fetch_all(&self.db)
             .await
             .map_err(db_err)?

@@ -138,6 +138,7 @@ fn concrete(path: &str) -> String {
     path.replace("{session_id}", "00000000-0000-4000-8000-000000000000")
         .replace("{publisher_id}", "p1")
         .replace("{offer_id}", "o1")
+        .replace("{customer_id}", "c1")
 }
 
 #[tokio::test]
@@ -290,6 +291,16 @@ async fn the_servers_answers_match_the_schemas_of_the_openapi_document() {
     let (status, text) = send(&app, Method::GET, "/admin/v1/publishers", admin, None).await;
     assert_eq!(status, 200, "{text}");
     assert_matches(&doc, "/admin/v1/publishers", "get", status, &text);
+    // A page that is not the last: nextCursor a string, not null.
+    let (status, _) = send(&app, Method::PUT, "/admin/v1/publishers/2", admin, Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let (status, text) = send(&app, Method::GET, "/admin/v1/publishers?limit=1", admin, None).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"nextCursor\":\""), "{text}");
+    assert_matches(&doc, "/admin/v1/publishers", "get", status, &text);
+    let (status, text) = send(&app, Method::GET, "/admin/v1/publishers?limit=0", admin, None).await;
+    assert_eq!(status, 400, "{text}");
+    assert_matches(&doc, "/admin/v1/publishers", "get", status, &text);
 
     // Granted, then the limit, then a player's messages.
     let token = app.token("1", 42);
@@ -345,6 +356,21 @@ async fn the_servers_answers_match_the_schemas_of_the_openapi_document() {
     let client_message = json!({"$ref": "#/components/schemas/ClientMessage"});
     let other = app.token("1", 43);
     let (_, mut player) = live_player(&app, &other, "S1", "Phone").await;
+    // The operator's list of a customer's sessions: a live one names its node.
+    let (status, text) = send(
+        &app,
+        Method::GET,
+        "/admin/v1/sessions?publisherId=1&customerId=43",
+        admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"node\":"), "{text}");
+    assert_matches(&doc, "/admin/v1/sessions", "get", status, &text);
+    let (status, text) = send(&app, Method::GET, "/admin/v1/sessions?publisherId=1", admin, None).await;
+    assert_eq!(status, 400, "{text}");
+    assert_matches(&doc, "/admin/v1/sessions", "get", status, &text);
     for action in ["REQUESTED", "PONG", "FINISHED"] {
         let errors = schema_errors(&doc, &client_message, &json!({"action": action}));
         assert!(errors.is_empty(), "{action}: {errors:?}");
@@ -361,6 +387,25 @@ async fn the_servers_answers_match_the_schemas_of_the_openapi_document() {
         assert!(errors.is_empty(), "{action}: {errors:?}");
     }
     assert!(!schema_errors(&doc, &server_message, &json!({"action": "DANCE"})).is_empty());
+
+    // A customer's sessions ended by the operator.
+    let (status, text) = send(
+        &app,
+        Method::DELETE,
+        "/admin/v1/publishers/1/customers/42/sessions",
+        admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, r#"{"ended":1}"#);
+    assert_matches(
+        &doc,
+        "/admin/v1/publishers/{publisher_id}/customers/{customer_id}/sessions",
+        "delete",
+        status,
+        &text,
+    );
 
     // Session control switched off: the other 200.
     let (status, _) = send(
