@@ -12,7 +12,6 @@ use crate::domain::Timings;
 use crate::domain::control::UnavailablePolicy;
 use crate::domain::settings::UnknownOffers;
 
-
 /// The documented defaults, built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 

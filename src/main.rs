@@ -129,7 +129,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         settings.storage.data_dir = dir;
     }
-    telemetry::init(&settings.log);
+    let _log = telemetry::init(&settings.log);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let app = App::build(settings).await?;
