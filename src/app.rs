@@ -23,6 +23,8 @@ use crate::net::{self, Server};
 use crate::state::AppState;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
+use crate::meter::Meter;
+use crate::store::instrumented::Instrumented;
 use crate::store::{MemoryStore, PostgresSettings, SqliteSettings};
 use crate::ws::hub::Hub;
 
@@ -124,6 +126,7 @@ impl App {
         let timings = settings.timings();
         let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
             .then(|| Arc::new(Journal::new()));
+        let meter = Arc::new(Meter::new());
         let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
             match settings.storage.sessions {
                 SessionBackend::Memory => {
@@ -132,6 +135,8 @@ impl App {
                         Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
                         None => MemoryStore::new(timings),
                     };
+                    let store = store.observed(meter.clone());
+                    let store = Instrumented::new(Arc::new(store), "memory", meter.clone());
                     (hub.clone(), Arc::new(store), hub, None)
                 }
                 SessionBackend::Redis => {
@@ -163,7 +168,8 @@ impl App {
                         url,
                         outbox,
                     };
-                    (hub, store, Arc::new(notifier), Some(cluster))
+                    let store = Instrumented::new(store, "redis", meter.clone());
+                    (hub, Arc::new(store), Arc::new(notifier), Some(cluster))
                 }
             };
         let p = &settings.publishers;
@@ -171,6 +177,7 @@ impl App {
             store,
             settings: database.repo(),
             notifier,
+            events: meter.clone(),
             clock: Clock::new(),
             timings,
             policy: PublisherPolicy {
@@ -219,6 +226,7 @@ impl App {
             )),
             hub,
             limits,
+            meter,
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
@@ -285,6 +293,7 @@ impl App {
             state.settings.liveness.sweep_interval,
             shutdown.clone(),
         ));
+        background.spawn(crate::tasks::metrics::run(state.meter.clone(), shutdown.clone()));
         if state.limits.enabled() {
             background.spawn(crate::tasks::rate_limits::run(
                 state.limits.clone(),
@@ -314,7 +323,7 @@ impl App {
             max_connections,
         };
         let router = crate::http::router(state.clone());
-        let drain = Server::new(listener, router, connection_limits, shutdown.clone())
+        let drain = Server::new(listener, router, connection_limits, shutdown.clone(), state.meter.clone())
             .accept_until_shutdown()
             .await;
 

@@ -35,6 +35,7 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub limits: LimitSettings,
     pub cors: CorsSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
 
@@ -235,6 +236,13 @@ impl LimitSettings {
             })
             .collect()
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` without the admin key (behind a private network only).
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,7 @@
 //! - [`limits`] rate-limits customers and failed authentications per source address;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
 //! - [`store`] implements those ports (memory pools, SQLite settings);
+//! - [`meter`] counts what `GET /metrics` reports and logs the session events;
 //! - [`tasks`] runs the background loops.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod meter;
 pub mod net;
 pub mod state;
 pub mod store;

@@ -9,6 +9,7 @@ use crate::auth::{CustomerVerifier, SessionTokens};
 use crate::config::Settings;
 use crate::domain::control::SessionControl;
 use crate::limits::Limits;
+use crate::meter::Meter;
 use crate::ws::hub::Hub;
 
 #[derive(Clone)]
@@ -18,6 +19,8 @@ pub struct AppState {
     pub tokens: Arc<SessionTokens>,
     pub hub: Arc<Hub>,
     pub limits: Arc<Limits>,
+    /// This server's metrics (its own registry: see [`crate::meter`]).
+    pub meter: Arc<Meter>,
     pub settings: Arc<Settings>,
     /// The endpoint base used when a request carries no usable Host header.
     pub fallback_ws_url: Arc<str>,

@@ -3,6 +3,7 @@
 mod admin;
 mod extract;
 mod health;
+mod metrics;
 mod sessions;
 
 use std::time::Duration;
@@ -24,8 +25,11 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router())
         .merge(crate::ws::router())
         .merge(health::router())
+        .merge(metrics::router())
         .nest("/admin/v1", admin::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // Innermost: axum sets the route template (MatchedPath) before it runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::time_requests))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

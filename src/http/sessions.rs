@@ -13,7 +13,8 @@ use serde_json::json;
 use super::extract::{AnyJson, CustomerAuth};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
-use crate::domain::{PoolKey, Session, SessionId};
+use crate::domain::{Customer, PoolKey, Session, SessionId};
+use crate::meter::{Admission, RateLimit};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -80,16 +81,24 @@ impl SessionRequest {
     }
 }
 
+/// The extractors' rejections (a bad token, a bad body) are taken as values here,
+/// so that every answer to `POST /sessions` is counted by its outcome.
 async fn create(
     State(state): State<AppState>,
-    CustomerAuth(customer): CustomerAuth,
+    customer: Result<CustomerAuth, ApiError>,
     headers: HeaderMap,
-    AnyJson(body): AnyJson<SessionRequest>,
+    body: Result<AnyJson<SessionRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    state.limits.admit_customer(&customer)?;
-    let request = body.validate()?;
-    let outcome = state.control.create(&customer, request).await?;
-    respond(&state, &headers, outcome)
+    let outcome = async {
+        let CustomerAuth(customer) = customer?;
+        admit_customer(&state, &customer)?;
+        let AnyJson(body) = body?;
+        let request = body.validate()?;
+        Ok(state.control.create(&customer, request).await?)
+    }
+    .await;
+    state.meter.admission(admission(&outcome));
+    respond(&state, &headers, outcome?)
 }
 
 async fn take_over(
@@ -98,11 +107,39 @@ async fn take_over(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Response, ApiError> {
-    state.limits.admit_customer(&customer)?;
+    admit_customer(&state, &customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
     let outcome = state.control.take_over(&customer, request, victim).await?;
+    if matches!(outcome, CreateOutcome::Granted { .. }) {
+        state.meter.takeover();
+    }
     respond(&state, &headers, outcome)
+}
+
+fn admit_customer(state: &AppState, customer: &Customer) -> Result<(), ApiError> {
+    state.limits.admit_customer(customer).map_err(|refused| {
+        state.meter.rate_limited(RateLimit::Customer);
+        ApiError::from(refused)
+    })
+}
+
+/// How `drisc_admissions_total{outcome}` names an answer to `POST /sessions`.
+fn admission(outcome: &Result<CreateOutcome, ApiError>) -> Admission {
+    match outcome {
+        Ok(CreateOutcome::Granted { .. }) => Admission::Granted,
+        Ok(CreateOutcome::Disabled) => Admission::Disabled,
+        Ok(CreateOutcome::LimitExceeded { .. }) => Admission::LimitExceeded,
+        Ok(CreateOutcome::TooManyPools { .. }) => Admission::TooManyPools,
+        Err(ApiError::RateLimited(_)) => Admission::RateLimited,
+        Err(ApiError::Unauthorized(_)) => Admission::Unauthorized,
+        Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Admission::Rejected,
+        Err(ApiError::Unavailable(_) | ApiError::Overloaded) => Admission::Unavailable,
+        Err(ApiError::InvalidRequest(_) | ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout(_)) => {
+            Admission::Invalid
+        }
+        Err(_) => Admission::Error,
+    }
 }
 
 async fn end_session(
