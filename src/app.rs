@@ -19,12 +19,12 @@ use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
 use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::limits::Limits;
+use crate::meter::Meter;
 use crate::net::{self, Server};
 use crate::state::AppState;
+use crate::store::instrumented::Instrumented;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
-use crate::meter::Meter;
-use crate::store::instrumented::Instrumented;
 use crate::store::{MemoryStore, PostgresSettings, SqliteSettings};
 use crate::ws::hub::Hub;
 
@@ -323,9 +323,15 @@ impl App {
             max_connections,
         };
         let router = crate::http::router(state.clone());
-        let drain = Server::new(listener, router, connection_limits, shutdown.clone(), state.meter.clone())
-            .accept_until_shutdown()
-            .await;
+        let drain = Server::new(
+            listener,
+            router,
+            connection_limits,
+            shutdown.clone(),
+            state.meter.clone(),
+        )
+        .accept_until_shutdown()
+        .await;
 
         // Sockets watch the same token and close themselves with 1012: the HTTP
         // server does not own them once upgraded.

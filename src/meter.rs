@@ -123,7 +123,10 @@ impl Meter {
         let handle = recorder.handle();
         describe(&recorder);
         let counter = |name: &'static str, label: &'static str, value: &'static str| {
-            recorder.register_counter(&Key::from_parts(name, vec![Label::from_static_parts(label, value)]), &METADATA)
+            recorder.register_counter(
+                &Key::from_parts(name, vec![Label::from_static_parts(label, value)]),
+                &METADATA,
+            )
         };
         let admissions = Admission::ALL
             .iter()
@@ -196,9 +199,15 @@ impl Meter {
 
     /// One call to the session store, and whether it failed.
     pub fn store_operation(&self, store: &'static str, op: &'static str, took: Duration, failed: bool) {
-        let labels = vec![Label::from_static_parts("store", store), Label::from_static_parts("op", op)];
-        self.histogram(Key::from_parts("drisc_store_operation_duration_seconds", labels.clone()))
-            .record(took.as_secs_f64());
+        let labels = vec![
+            Label::from_static_parts("store", store),
+            Label::from_static_parts("op", op),
+        ];
+        self.histogram(Key::from_parts(
+            "drisc_store_operation_duration_seconds",
+            labels.clone(),
+        ))
+        .record(took.as_secs_f64());
         if failed {
             self.recorder
                 .register_counter(&Key::from_parts("drisc_store_errors_total", labels), &METADATA)
@@ -289,10 +298,7 @@ fn describe(r: &PrometheusRecorder) {
             "drisc_bad_messages_total",
             "Malformed or unknown WebSocket messages ignored",
         ),
-        (
-            "drisc_store_errors_total",
-            "Session store operations that failed",
-        ),
+        ("drisc_store_errors_total", "Session store operations that failed"),
         (
             "drisc_rate_limited_total",
             "Requests or sockets refused by a rate limit (customer, failed_auth, websocket)",

@@ -234,7 +234,7 @@ impl SessionControl {
                     "session refused: the customer holds as many sessions as the offer allows"
                 );
                 Ok(CreateOutcome::LimitExceeded {
-                takeover_enabled: offer.takeover_enabled,
+                    takeover_enabled: offer.takeover_enabled,
                     active: full.active,
                 })
             }

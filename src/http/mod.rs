@@ -29,7 +29,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/admin/v1", admin::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         // Innermost: axum sets the route template (MatchedPath) before it runs.
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::time_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

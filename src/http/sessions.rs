@@ -14,8 +14,8 @@ use super::extract::{AnyJson, CustomerAuth};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{Customer, PoolKey, Session, SessionId};
-use crate::meter::{Admission, RateLimit};
 use crate::error::ApiError;
+use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
 
 /// The longest `sessionName` accepted, in characters.

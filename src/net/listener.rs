@@ -226,7 +226,9 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         );
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(Server::new(listener, router, limits(), shutdown.clone(), Default::default()).accept_until_shutdown());
+        let server = tokio::spawn(
+            Server::new(listener, router, limits(), shutdown.clone(), Default::default()).accept_until_shutdown(),
+        );
 
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let local = stream.local_addr().unwrap();

@@ -25,7 +25,11 @@ impl Instrumented {
     }
 
     /// Runs one operation and records how long it took and whether it failed.
-    async fn timed<T>(&self, op: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
         self.meter

@@ -144,7 +144,14 @@ impl Connection<'_> {
                 let message = ServerMessage::TakeOver {
                     session_name: &session_name,
                 };
-                finish(&self.state.meter, socket, Some(message), close::TAKEN_OVER, "taken over").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    Some(message),
+                    close::TAKEN_OVER,
+                    "taken over",
+                )
+                .await;
             }
             Control::Terminate => {
                 finish(
@@ -157,7 +164,14 @@ impl Connection<'_> {
                 .await;
             }
             Control::Expire | Control::Ping => {
-                finish(&self.state.meter, socket, Some(ServerMessage::Expired), close::EXPIRED, "session ended").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    Some(ServerMessage::Expired),
+                    close::EXPIRED,
+                    "session ended",
+                )
+                .await;
             }
         }
         Exit::Done
@@ -188,7 +202,14 @@ impl Connection<'_> {
             None | Some(Ok(Message::Close(_))) => return Some(Exit::Lost),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                finish(&self.state.meter, socket, None, close::UNSUPPORTED, "binary frames are not accepted").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    None,
+                    close::UNSUPPORTED,
+                    "binary frames are not accepted",
+                )
+                .await;
                 return Some(Exit::Lost);
             }
             // Protocol-level pings are answered by the WebSocket layer itself.
@@ -227,7 +248,14 @@ impl Connection<'_> {
         self.bad_messages += 1;
         self.state.hub.count_bad_message();
         if self.bad_messages > self.state.settings.websocket.max_bad_messages {
-            finish(&self.state.meter, socket, None, close::POLICY, "too many invalid messages").await;
+            finish(
+                &self.state.meter,
+                socket,
+                None,
+                close::POLICY,
+                "too many invalid messages",
+            )
+            .await;
             return Some(Exit::Lost);
         }
         None
@@ -246,7 +274,14 @@ impl Connection<'_> {
                 Err(e) => return Some(self.store_failed(socket, e).await),
             };
         if !attached {
-            finish(&self.state.meter, socket, Some(ServerMessage::Expired), close::EXPIRED, "session expired").await;
+            finish(
+                &self.state.meter,
+                socket,
+                Some(ServerMessage::Expired),
+                close::EXPIRED,
+                "session expired",
+            )
+            .await;
             return Some(Exit::Done);
         }
         let timings = self.state.control.timings();
