@@ -107,7 +107,7 @@ pub struct SessionsByState {
 }
 
 /// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EndCause {
     /// Its player sent FINISHED.
     Finished,

@@ -605,6 +605,54 @@ mod tests {
         assert!(store.pools.is_empty());
     }
 
+    /// Remembers the causes it is told.
+    #[derive(Default)]
+    struct Causes(std::sync::Mutex<Vec<(SessionId, EndCause)>>);
+
+    impl SessionEvents for Causes {
+        fn ended(&self, _: &PoolKey, id: SessionId, cause: EndCause) {
+            self.0.lock().unwrap().push((id, cause));
+        }
+    }
+
+    fn states(store: &MemoryStore) -> (Option<u64>, u64, Option<u64>) {
+        let s = store.by_state();
+        (s.pending, s.live, s.detached)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_counted_by_state_and_those_found_dead_are_reported_with_their_cause() {
+        let causes = Arc::new(Causes::default());
+        let store = MemoryStore::new(timings()).observed(causes.clone());
+        let p = key("g");
+        let pending = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        let live = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        let detached = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        assert_eq!(states(&store), (Some(3), 0, Some(0)));
+        store.attach(&p, live, Holder(1), 0).await.unwrap().unwrap();
+        store.attach(&p, detached, Holder(2), 0).await.unwrap().unwrap();
+        store.detach(&p, detached, Holder(2), 0).await.unwrap();
+        assert_eq!(states(&store), (Some(1), 1, Some(1)));
+        // By 4 000: the live one missed its PONG (2 000), the detached one its grace
+        // (3 000), the pending one its connect timeout (4 000). A listing finds them.
+        assert!(store.list(&p, 4_000).await.unwrap().is_empty());
+        assert_eq!(states(&store), (Some(0), 0, Some(0)));
+        let mut told = causes.0.lock().unwrap().clone();
+        told.sort();
+        let mut want = vec![
+            (pending, EndCause::ConnectTimeout),
+            (live, EndCause::PongTimeout),
+            (detached, EndCause::GraceExpired),
+        ];
+        want.sort();
+        assert_eq!(told, want);
+        // Ended by someone: the caller reports it, not the store.
+        let ended = store.admit(&p, new(), limits(3), 5_000).await.unwrap().unwrap().session.id;
+        store.end(&p, ended, None, 5_000).await.unwrap().unwrap();
+        assert_eq!(causes.0.lock().unwrap().len(), 3);
+        assert_eq!(states(&store), (Some(0), 0, Some(0)));
+    }
+
     #[tokio::test]
     async fn a_customer_at_the_pool_cap_opens_a_pool_once_another_has_died() {
         let store = MemoryStore::new(timings());

@@ -230,8 +230,11 @@ async fn scenario(t: &Target) -> Secrets {
     secrets
 }
 
-/// Every change the scenario must make, as (name, labels, by how much).
-fn expected() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, f64)> {
+/// A change the scenario must make: series name, labels it must carry, by how much.
+type Expected = (&'static str, Vec<(&'static str, &'static str)>, f64);
+
+/// Every change the scenario must make.
+fn expected() -> Vec<Expected> {
     vec![
         ("drisc_admissions_total", vec![("outcome", "granted")], 3.0),
         ("drisc_admissions_total", vec![("outcome", "limit_exceeded")], 1.0),
