@@ -647,7 +647,13 @@ mod tests {
         want.sort();
         assert_eq!(told, want);
         // Ended by someone: the caller reports it, not the store.
-        let ended = store.admit(&p, new(), limits(3), 5_000).await.unwrap().unwrap().session.id;
+        let ended = store
+            .admit(&p, new(), limits(3), 5_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
         store.end(&p, ended, None, 5_000).await.unwrap().unwrap();
         assert_eq!(causes.0.lock().unwrap().len(), 3);
         assert_eq!(states(&store), (Some(0), 0, Some(0)));

@@ -543,3 +543,45 @@ async fn the_real_binary_logs_each_event_with_its_ids_and_leaks_no_id_or_token()
     assert_eq!(changed[0]["fields"]["offer"], OFFER);
     assert_eq!(changed[0]["fields"]["session_limit"], 1);
 }
+
+#[tokio::test]
+async fn a_redis_node_reports_its_bound_sessions_as_live_and_counts_store_errors() {
+    let redis = crate::support_redis::RedisServer::start();
+    let url = redis.url.clone();
+    let mut redis = redis;
+    let app = spawn_app_with(move |s| {
+        s.storage.sessions = drisc::config::SessionBackend::Redis;
+        s.storage.redis_url = url;
+    })
+    .await;
+    let t = Target::new(&app.base);
+    let customer = token(CUSTOMER);
+    let g = helpers::granted(t.create(&customer).await).await;
+    let mut player = Player::connect(&g.endpoint).await;
+    player.request_ok().await;
+    let now = t.scrape().await;
+    assert_eq!(now.get("drisc_sessions", &[("state", "live")]), 1.0);
+    assert!(
+        !now.0.keys().any(|(n, l)| n == "drisc_sessions" && l["state"] != "live"),
+        "pending and detached sessions are in Redis, not counted per node"
+    );
+    let admits = |s: &Scrape| {
+        s.get(
+            "drisc_store_operation_duration_seconds_count",
+            &[("store", "redis"), ("op", "admit")],
+        )
+    };
+    assert_eq!(admits(&now), 1.0);
+
+    redis.kill();
+    let errors = |s: &Scrape| s.get("drisc_store_errors_total", &[("store", "redis"), ("op", "admit")]);
+    let unavailable = |s: &Scrape| s.get("drisc_admissions_total", &[("outcome", "unavailable")]);
+    let before = t.scrape().await;
+    expect_error(t.create(&customer).await, 503, "ServiceUnavailable").await;
+    let after = t.scrape().await;
+    assert_eq!(errors(&after) - errors(&before), 1.0);
+    assert_eq!(unavailable(&after) - unavailable(&before), 1.0);
+    assert_eq!(admits(&after) - admits(&before), 1.0);
+    drop(player);
+    app.stop().await;
+}
