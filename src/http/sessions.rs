@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
@@ -81,18 +81,19 @@ impl SessionRequest {
     }
 }
 
-/// The extractors' rejections (a bad token, a bad body) are taken as values here,
-/// so that every answer to `POST /sessions` is counted by its outcome.
+/// Every answer is counted by its outcome, refusals by the extractors included:
+/// the customer is taken as a result, and the body is read only once the caller
+/// is known and within its rate limit, as an extractor would have.
 async fn create(
     State(state): State<AppState>,
     customer: Result<CustomerAuth, ApiError>,
     headers: HeaderMap,
-    body: Result<AnyJson<SessionRequest>, ApiError>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let outcome = async {
         let CustomerAuth(customer) = customer?;
         admit_customer(&state, &customer)?;
-        let AnyJson(body) = body?;
+        let AnyJson(body) = AnyJson::<SessionRequest>::from_request(request, &state).await?;
         let request = body.validate()?;
         Ok(state.control.create(&customer, request).await?)
     }
