@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,9 +21,11 @@ pub fn router() -> Router<AppState> {
 
 /// Authorised like the admin API unless `metrics.public`: the numbers say how
 /// busy the service is, which is no one else's business.
-async fn metrics(State(state): State<AppState>, admin: Result<AdminAuth, ApiError>) -> Result<Response, ApiError> {
+/// The key is checked only then, so a public scrape never counts as a failed or
+/// rate-limited authentication.
+async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
     if !state.settings.metrics.public {
-        admin?;
+        AdminAuth::from_request_parts(&mut parts, &state).await?;
     }
     let hub = &state.hub;
     let text = state.meter.render(Readings {

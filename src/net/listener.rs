@@ -112,7 +112,8 @@ impl Server {
                     failures += 1;
                     if !per_connection(&e) {
                         // Out of files (EMFILE, ENFILE) or memory: idle connections give some back.
-                        shared.table.shed(SHED_BATCH);
+                        let shed = shared.table.shed(SHED_BATCH);
+                        shared.meter.shed(Shed::Connection, shed as u64);
                     }
                     let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
                     backoff = Some(delay);

@@ -585,3 +585,65 @@ async fn a_redis_node_reports_its_bound_sessions_as_live_and_counts_store_errors
     drop(player);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn failed_authentications_past_their_budget_are_counted_as_rate_limited() {
+    // Public: the scrapes come from the address that gets blocked.
+    let app = spawn_app_with(|s| {
+        s.limits.failed_auth_burst = 2;
+        s.limits.failed_auth_per_minute = 1;
+        s.metrics.public = true;
+    })
+    .await;
+    let t = Target::new(&app.base);
+    let before = t.scrape().await;
+    for status in [401, 401, 429] {
+        let response = t.create("not-a-token").await;
+        assert_eq!(response.status(), status);
+    }
+    // The address is now blocked, even with a good token.
+    assert_eq!(t.create(&token(CUSTOMER)).await.status(), 429);
+    let after = t.scrape().await;
+    let moved = |name, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(moved("drisc_rate_limited_total", &[("limit", "failed_auth")]), 2.0);
+    assert_eq!(moved("drisc_admissions_total", &[("outcome", "unauthorized")]), 2.0);
+    assert_eq!(moved("drisc_admissions_total", &[("outcome", "rate_limited")]), 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn requests_shed_past_the_in_flight_bound_are_counted() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| s.server.max_requests_in_flight = 1).await;
+    let t = Target::new(&app.base);
+    let before = t.scrape().await;
+    // A request whose body never comes stays in flight.
+    let mut stuck = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = format!(
+        "POST /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
+        token(CUSTOMER)
+    );
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    let mut refused = 0.0;
+    helpers::eventually("a request is shed", || {
+        let t = &t;
+        async move { t.http.get(format!("{}/health", t.base)).send().await.unwrap().status() == 503 }
+    })
+    .await;
+    refused += 1.0;
+    drop(stuck);
+    // Scrapes may be shed too until the stuck request is gone: each counts.
+    let deadline = tokio::time::Instant::now() + helpers::PATIENCE;
+    let after = loop {
+        let response = t.metrics_response(Some(ADMIN_KEY)).await;
+        if response.status() == 200 {
+            break Scrape::parse(&response.text().await.unwrap());
+        }
+        refused += 1.0;
+        assert!(tokio::time::Instant::now() < deadline, "the stuck request never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let shed = |s: &Scrape| s.get("drisc_shed_total", &[("what", "request")]);
+    assert_eq!(shed(&after) - shed(&before), refused, "every 503 is counted, once");
+    app.stop().await;
+}
