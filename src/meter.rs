@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use axum::http::Method;
+
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -187,9 +189,9 @@ impl Meter {
 
     /// One HTTP request; `route` is the router's template (`/sessions/{session_id}`),
     /// never the path the client sent.
-    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub fn http_request(&self, method: &Method, route: &str, status: u16, took: Duration) {
         let labels = vec![
-            Label::new("method", SharedString::from(method.to_owned())),
+            Label::from_static_parts("method", method_label(method)),
             Label::new("route", SharedString::from(route.to_owned())),
             Label::new("status", SharedString::from(status.to_string())),
         ];
@@ -282,6 +284,21 @@ impl SessionEvents for Meter {
             session = %id,
             "session ended"
         );
+    }
+}
+
+/// A method as a label: the standard ones, else "other", since a client may send
+/// any token as a method and each would be a series of its own.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
     }
 }
 

@@ -54,6 +54,6 @@ pub async fn time_requests(State(state): State<AppState>, request: Request, next
     let route = route.as_ref().map_or("unmatched", |r| r.as_str());
     state
         .meter
-        .http_request(method.as_str(), route, response.status().as_u16(), started.elapsed());
+        .http_request(&method, route, response.status().as_u16(), started.elapsed());
     response
 }

@@ -647,3 +647,30 @@ async fn requests_shed_past_the_in_flight_bound_are_counted() {
     assert_eq!(shed(&after) - shed(&before), refused, "every 503 is counted, once");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn made_up_methods_share_one_label_value() {
+    let app = spawn_app_with(|_| {}).await;
+    let t = Target::new(&app.base);
+    for method in ["BREW", "WHEN", "FOO42"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = t
+            .http
+            .request(method, format!("{}/sessions", t.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let text = t.metrics_text().await;
+    assert!(!text.contains("BREW") && !text.contains("FOO42"), "{text}");
+    let s = Scrape::parse(&text);
+    assert_eq!(
+        s.get(
+            "drisc_http_request_duration_seconds_count",
+            &[("method", "other"), ("route", "/sessions")]
+        ),
+        3.0
+    );
+    app.stop().await;
+}
