@@ -20,9 +20,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Authorised like the admin API unless `metrics.public`: the numbers say how
-/// busy the service is, which is no one else's business.
-/// The key is checked only then, so a public scrape never counts as a failed or
-/// rate-limited authentication.
+/// busy the service is, which is no one else's business. The key is checked only
+/// when needed, so a public scrape never counts as a failed or rate-limited
+/// authentication.
 async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
     if !state.settings.metrics.public {
         AdminAuth::from_request_parts(&mut parts, &state).await?;
