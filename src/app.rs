@@ -15,12 +15,13 @@ use secrecy::ExposeSecret;
 use crate::auth::{CustomerVerifier, JwksTimings, ServerKeys, SessionTokens, TokenRules, VerificationKey};
 use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
-use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl};
+use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl, UnavailablePolicy};
 use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::limits::Limits;
 use crate::meter::Meter;
 use crate::net::{self, Server};
+use crate::readiness::{Dependency, Probe, Readiness};
 use crate::state::AppState;
 use crate::store::instrumented::Instrumented;
 use crate::store::redis::inbox::{self, ClusterNotifier};
@@ -34,7 +35,10 @@ pub struct App {
     /// Open connections beyond this are shed (the file limit minus the reserve).
     max_connections: usize,
     state: AppState,
-    /// Cancelled by a second signal: stop waiting for connections, save at once.
+    /// Cancelled to stop gracefully: drain for `server.drain_period`, then shut down.
+    stop: CancellationToken,
+    /// Cancelled by a second signal: skip the drain and the wait for connections,
+    /// save at once.
     hurry: CancellationToken,
     database: Database,
     cluster: Option<Cluster>,
@@ -72,6 +76,13 @@ impl Database {
     }
 
     fn repo(&self) -> Arc<dyn SettingsRepo> {
+        match self {
+            Self::Sqlite(db) => Arc::new(db.clone()),
+            Self::Postgres(db) => Arc::new(db.clone()),
+        }
+    }
+
+    fn probe(&self) -> Arc<dyn Probe> {
         match self {
             Self::Sqlite(db) => Arc::new(db.clone()),
             Self::Postgres(db) => Arc::new(db.clone()),
@@ -217,6 +228,16 @@ impl App {
         if !limits.enabled() {
             tracing::warn!("rate limits are off (limits.enabled = false): for load tests only");
         }
+        let mut dependencies = vec![Dependency {
+            probe: database.probe(),
+            required: true,
+        }];
+        if let Some(c) = &cluster {
+            dependencies.push(Dependency {
+                probe: c.store.clone(),
+                required: settings.cluster.on_store_unavailable == UnavailablePolicy::Refuse,
+            });
+        }
         let state = AppState {
             control,
             verifier: Arc::new(verifier),
@@ -227,6 +248,7 @@ impl App {
             hub,
             limits,
             meter,
+            readiness: Arc::new(Readiness::new(dependencies)),
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
@@ -237,6 +259,7 @@ impl App {
             addr,
             max_connections,
             state,
+            stop: CancellationToken::new(),
             hurry: CancellationToken::new(),
             database,
             cluster,
@@ -249,18 +272,29 @@ impl App {
         self.addr.port()
     }
 
-    /// Cancelling this token shuts the server down gracefully.
+    /// Cancelling this token shuts the server down gracefully, without a drain:
+    /// it stops accepting at once.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.state.shutdown.clone()
     }
 
-    /// Cancelling this token after [`App::shutdown_token`] ends the wait for open
-    /// connections at once: sessions are saved and `run` returns.
+    /// Cancelling this token stops the server the way SIGTERM does: `/readyz`
+    /// answers 503 at once while everything else goes on working for
+    /// `server.drain_period` (load balancers take the node out meanwhile), then
+    /// the shutdown of [`App::shutdown_token`] proceeds.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Cancelling this token after [`App::stop_token`] or [`App::shutdown_token`]
+    /// skips what is left of the drain and ends the wait for open connections at
+    /// once: sessions are saved and `run` returns.
     pub fn hurry_token(&self) -> CancellationToken {
         self.hurry.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then stops accepting, lets the
+    /// Serves until the shutdown token is cancelled (by hand, or by the stop token
+    /// after `server.drain_period` of draining), then stops accepting, lets the
     /// requests in flight finish and closes every socket with 1012, for at most
     /// `server.shutdown_timeout` (or until the hurry token), drops what is left, and
     /// leaves the held sessions to wait for their players: in the database
@@ -272,6 +306,7 @@ impl App {
             addr,
             max_connections,
             state,
+            stop,
             hurry,
             database,
             cluster,
@@ -312,6 +347,13 @@ impl App {
             ));
             background.spawn(inbox::run_outbox(c.url, c.outbox, shutdown.clone()));
         }
+        background.spawn(drain(
+            state.readiness.clone(),
+            state.settings.server.drain_period,
+            stop,
+            hurry.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, "drisc is listening; WebSocket endpoint at ws://{addr}/ws");
 
         let s = &state.settings.server;
@@ -384,6 +426,39 @@ impl App {
         database.close().await;
         Ok(())
     }
+}
+
+/// Once `stop` is cancelled: `/readyz` turns 503 at once, and everything else goes
+/// on for `period` (or until `hurry`), so that load balancers take the node out
+/// before it stops accepting; then the shutdown begins.
+async fn drain(
+    readiness: Arc<Readiness>,
+    period: std::time::Duration,
+    stop: CancellationToken,
+    hurry: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = shutdown.cancelled() => {
+            readiness.start_draining();
+            return;
+        }
+    }
+    readiness.start_draining();
+    if !period.is_zero() {
+        tracing::info!(
+            ?period,
+            "draining: /readyz answers 503 while requests and sockets go on for server.drain_period \
+             (a second signal skips it)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = hurry.cancelled() => tracing::info!("drain skipped"),
+            () = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
 }
 
 /// Raises the open-file limit and derives how many connections may be open at once;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::jwks::JwksUri;
 use crate::domain::Timings;
@@ -19,11 +19,15 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// one by one when it reaches the cap, so the cap must stay small.
 const MAX_POOLS_PER_CUSTOMER: u32 = 1024;
 
+/// The longest `server.drain_period`: a drain longer than this would only keep a
+/// stopping node around, and supervisors kill what takes too long to stop.
+const MAX_DRAIN_PERIOD: Duration = Duration::from_secs(300);
+
 /// Published development keys: fine on a laptop, never in production.
 pub const DEV_CUSTOMER_KEY: &str = "drisc-dev-customer-secret";
 pub const DEV_ADMIN_KEY: &str = "drisc-dev-admin-key";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -39,7 +43,7 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
@@ -57,9 +61,12 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub connection_reserve: u64,
     pub max_requests_in_flight: usize,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything else goes on.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub sessions: SessionBackend,
@@ -69,11 +76,13 @@ pub struct StorageSettings {
     pub journal: bool,
     #[serde(with = "humantime_serde")]
     pub journal_interval: Duration,
+    #[serde(serialize_with = "url_redacted")]
     pub redis_url: String,
+    #[serde(serialize_with = "url_redacted")]
     pub postgres_url: String,
 }
 
-/// Shown without the passwords the URLs may carry (`drisc check-config`, logs).
+/// Shown without the passwords the URLs may carry (logs, debug output).
 impl std::fmt::Debug for StorageSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageSettings")
@@ -86,9 +95,37 @@ impl std::fmt::Debug for StorageSettings {
     }
 }
 
-const REDACTED: &str = "[REDACTED]";
+/// What secrets are shown as. Also refused as a value (see
+/// [`Settings::validate`]): a `drisc check-config` output pasted back as a
+/// configuration must not run with it.
+pub const REDACTED: &str = "[REDACTED]";
 /// Inside a URL, where brackets would be percent-encoded.
 const REDACTED_IN_URL: &str = "REDACTED";
+
+/// A secret as `drisc check-config` prints it: the placeholder, or `""` when
+/// none is set (which means something: the admin API is off, a session secret is
+/// generated).
+fn secret_redacted<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    if secret.expose_secret().is_empty() {
+        serializer.serialize_str("")
+    } else {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+fn url_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
+}
+
+/// Whether `url` carries the placeholder [`redact_url`] puts in place of a password.
+fn has_redacted_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.password() == Some(REDACTED_IN_URL)
+            || u.query_pairs().any(|(k, v)| {
+                (k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")) && v == REDACTED_IN_URL
+            })
+    })
+}
 
 /// `url` with its password (and any `password=` query parameter, which PostgreSQL
 /// URLs may use) replaced by `REDACTED`; a URL that cannot be read is hidden whole,
@@ -119,21 +156,21 @@ pub fn redact_url(raw: &str) -> String {
     url.to_string()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionBackend {
     Memory,
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SettingsBackend {
     Sqlite,
     Postgres,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
     #[serde(with = "humantime_serde")]
@@ -145,12 +182,14 @@ pub struct ClusterSettings {
     pub settings_cache_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
+    #[serde(serialize_with = "secret_redacted")]
     pub customer_key: SecretString,
     pub customer_key_file: String,
     /// A JWKS (`file://`, `https://`, or `http://` on loopback) replacing customer_key.
+    #[serde(serialize_with = "url_redacted")]
     pub jwks_uri: String,
     #[serde(with = "humantime_serde")]
     pub jwks_cache_ttl: Duration,
@@ -166,13 +205,15 @@ pub struct AuthSettings {
     #[serde(with = "humantime_serde")]
     pub max_token_lifetime: Duration,
     pub max_token_bytes: usize,
+    #[serde(serialize_with = "secret_redacted")]
     pub admin_key: SecretString,
+    #[serde(serialize_with = "secret_redacted")]
     pub session_secret: SecretString,
     #[serde(with = "humantime_serde")]
     pub session_token_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LivenessSettings {
     #[serde(with = "humantime_serde")]
@@ -187,7 +228,7 @@ pub struct LivenessSettings {
     pub sweep_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublisherSettings {
     pub auto_create: bool,
@@ -198,7 +239,7 @@ pub struct PublisherSettings {
     pub max_pools_per_customer: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSettings {
     pub max_message_bytes: usize,
@@ -206,7 +247,7 @@ pub struct WebSocketSettings {
     pub message_burst: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub enabled: bool,
@@ -238,27 +279,27 @@ impl LimitSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Serve `GET /metrics` without the admin key (behind a private network only).
     pub public: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
@@ -268,6 +309,11 @@ pub struct LogSettings {
 impl Settings {
     /// Defaults, then `file` if given, then `DRISC__SECTION__KEY` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::finish(Self::layered(file))
+    }
+
+    /// The sources of [`Settings::load`], in order; `drisc check-config` prints what they add up to.
+    fn layered(file: Option<&Path>) -> config::ConfigBuilder<config::builder::DefaultState> {
         let mut builder = Self::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
@@ -281,7 +327,7 @@ impl Settings {
             .with_list_parse_key("limits.trusted_proxies")
             .with_list_parse_key("auth.audience")
             .with_list_parse_key("auth.issuer");
-        Self::finish(builder.add_source(env))
+        builder.add_source(env)
     }
 
     /// The defaults alone, for tests and tools.
@@ -366,6 +412,12 @@ impl Settings {
                  server itself needs: listener, database, logs)"
             );
         }
+        if self.server.drain_period > MAX_DRAIN_PERIOD {
+            bail!(
+                "invalid configuration: server.drain_period must be at most {MAX_DRAIN_PERIOD:?} \
+                 (a few times the load balancer's health-check interval is enough)"
+            );
+        }
         if self.server.max_requests_in_flight == 0 {
             bail!("invalid configuration: server.max_requests_in_flight must be at least 1");
         }
@@ -414,6 +466,30 @@ impl Settings {
 
     fn validate_auth(&self) -> anyhow::Result<()> {
         let a = &self.auth;
+        for (name, value) in [
+            ("auth.customer_key", a.customer_key.expose_secret()),
+            ("auth.admin_key", a.admin_key.expose_secret()),
+            ("auth.session_secret", a.session_secret.expose_secret()),
+        ] {
+            if value == REDACTED {
+                bail!(
+                    "invalid configuration: {name} is {REDACTED:?}, the placeholder `drisc check-config` \
+                     prints in place of a secret: put the secret back (or set it in the environment)"
+                );
+            }
+        }
+        for (name, url) in [
+            ("storage.redis_url", &self.storage.redis_url),
+            ("storage.postgres_url", &self.storage.postgres_url),
+            ("auth.jwks_uri", &a.jwks_uri),
+        ] {
+            if url.as_str() == REDACTED || has_redacted_password(url) {
+                bail!(
+                    "invalid configuration: {name} holds the placeholder `drisc check-config` prints \
+                     in place of a password: put the password back (or set it in the environment)"
+                );
+            }
+        }
         if !a.jwks_uri.is_empty() {
             JwksUri::parse(&a.jwks_uri).map_err(|e| anyhow::anyhow!("invalid configuration: auth.jwks_uri: {e}"))?;
             // The development secret is the default: only a key the operator chose conflicts.
@@ -441,6 +517,19 @@ impl Settings {
             bail!("invalid configuration: auth.max_token_bytes must be between 512 and 65536");
         }
         Ok(())
+    }
+
+    /// The settings in effect as a TOML configuration file (`drisc check-config`),
+    /// secrets and passwords replaced by a placeholder the server refuses to start with.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        let body = toml::to_string(self).context("cannot write the settings as TOML")?;
+        Ok(format!(
+            "# The settings in effect (drisc check-config): the defaults, then the\n\
+             # configuration file, then DRISC__SECTION__KEY environment variables.\n\
+             # Secrets and passwords are shown as {REDACTED:?} (\"{REDACTED_IN_URL}\" inside URLs):\n\
+             # the server refuses to start with one of those; put the real value back, or\n\
+             # set it in the environment, before using this as a configuration file.\n\n{body}"
+        ))
     }
 
     pub fn timings(&self) -> Timings {
@@ -538,6 +627,64 @@ mod tests {
         s.storage.redis_url = "redis://user:redis-s3cret@127.0.0.1/".into();
         let printed = format!("{s:#?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+    }
+
+    #[test]
+    fn the_printed_toml_hides_secrets_behind_a_placeholder_the_server_refuses() {
+        let mut s = Settings::defaults().unwrap();
+        s.auth.customer_key = "customer-key-s3cret".into();
+        s.auth.admin_key = "admin-key-s3cret".into();
+        s.auth.session_secret = "session-s3cret".into();
+        s.storage.redis_url = "redis://user:redis-s3cret@127.0.0.1/".into();
+        s.storage.postgres_url = "postgres://drisc:pg-s3cret@db/drisc?sslpassword=ssl-s3cret".into();
+        let printed = s.to_toml().unwrap();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let table: toml::Table = toml::from_str(&printed).unwrap();
+        assert_eq!(table["auth"]["admin_key"].as_str(), Some(REDACTED));
+        let pasted_back = Settings::finish(
+            config::Config::builder().add_source(config::File::from_str(&printed, config::FileFormat::Toml)),
+        );
+        let err = format!("{:#}", pasted_back.unwrap_err());
+        assert!(
+            err.contains("auth.customer_key") && err.contains("placeholder"),
+            "{err}"
+        );
+
+        let mut s = Settings::defaults().unwrap();
+        s.storage.redis_url = "redis://:hunter2@127.0.0.1/".into();
+        s.storage.redis_url = redact_url(&s.storage.redis_url);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("storage.redis_url") && err.contains("placeholder"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_printed_toml_without_secrets_loads_back_as_the_same_settings() {
+        let mut s = Settings::defaults().unwrap();
+        s.auth.customer_key = "".into();
+        s.auth.admin_key = "".into();
+        s.server.drain_period = Duration::from_millis(2500);
+        s.server.host = "0.0.0.0".into();
+        s.cors.allowed_origins = vec!["https://a.example".into(), "https://b.example".into()];
+        s.limits.trusted_proxies = vec!["10.0.0.0/8".into()];
+        let printed = s.to_toml().unwrap();
+        let loaded = Settings::finish(
+            config::Config::builder().add_source(config::File::from_str(&printed, config::FileFormat::Toml)),
+        )
+        .unwrap();
+        assert_eq!(loaded.server.drain_period, Duration::from_millis(2500));
+        assert_eq!(loaded.to_toml().unwrap(), printed);
+    }
+
+    #[test]
+    fn a_drain_period_beyond_five_minutes_names_its_setting() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.server.drain_period, Duration::ZERO);
+        s.server.drain_period = Duration::from_secs(301);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("server.drain_period"), "{err}");
     }
 
     #[test]

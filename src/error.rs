@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::AuthError;
 use crate::domain::control::ControlError;
@@ -51,19 +52,77 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The `code` of an error body: a stable name a client can switch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    LimitExceeded,
+    PayloadTooLarge,
+    RequestTimeout,
+    RateLimited,
+    ServiceUnavailable,
+    InternalError,
+}
+
+/// Every error answer: `{"code", "message"}`.
+// Fields are in alphabetical order, the order the `json!` bodies they replaced had
+// (serde_json sorts an object's keys), so the bytes on the wire did not change.
+// The same holds for every response body of the API.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// For a person, not for a program: the wording may change.
+    pub message: String,
+}
+
+/// A 409: the customer holds as many sessions as allowed (PROTOCOL 1.2). Players
+/// build their takeover list from `details`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = LimitExceededError)]
+pub struct LimitExceededBody {
+    /// Always `LimitExceeded`.
+    pub code: ErrorCode,
+    pub details: LimitDetails,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitDetails {
+    /// The sessions the customer holds in this pool, for the user to pick one to
+    /// replace (empty when the limit is the number of offers watched at once).
+    pub active_sessions: Vec<ActiveSessionView>,
+    /// Whether the player may offer `POST /takeover`.
+    pub take_over_enabled: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ActiveSession)]
+pub struct ActiveSessionView {
+    /// The `sessionName` given when the session was created.
+    pub name: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub session_id: crate::domain::SessionId,
+}
+
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
-            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::LimitExceeded { .. } | Self::TooManyPools(_) => (StatusCode::CONFLICT, "LimitExceeded"),
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
-            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RateLimited"),
-            Self::Unavailable(_) | Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Self::LimitExceeded { .. } | Self::TooManyPools(_) => (StatusCode::CONFLICT, ErrorCode::LimitExceeded),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            Self::Unavailable(_) | Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
         }
     }
 }
@@ -72,51 +131,50 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
-        let body = match &self {
+        let limit_exceeded = |take_over_enabled, active_sessions| {
+            let body = LimitExceededBody {
+                code,
+                details: LimitDetails {
+                    active_sessions,
+                    take_over_enabled,
+                },
+                message: message.clone(),
+            };
+            (status, Json(body)).into_response()
+        };
+        let mut response = match &self {
             Self::LimitExceeded {
                 takeover_enabled,
                 active,
-            } => json!({
-                "code": code,
-                "message": message,
-                "details": {
-                    "takeOverEnabled": takeover_enabled,
-                    "activeSessions": active
-                        .iter()
-                        .map(|s| json!({"sessionId": s.id, "name": s.name}))
-                        .collect::<Vec<_>>(),
-                },
-            }),
-            Self::TooManyPools(_) => json!({
-                "code": code,
-                "message": message,
-                "details": {"takeOverEnabled": false, "activeSessions": []},
-            }),
-            Self::Internal(detail) => {
-                tracing::error!(detail, "internal error");
-                json!({"code": code, "message": message})
+            } => limit_exceeded(
+                *takeover_enabled,
+                active
+                    .iter()
+                    .map(|s| ActiveSessionView {
+                        name: s.name.clone(),
+                        session_id: s.id,
+                    })
+                    .collect(),
+            ),
+            Self::TooManyPools(_) => limit_exceeded(false, Vec::new()),
+            _ => {
+                match &self {
+                    Self::Internal(detail) => tracing::error!(detail, "internal error"),
+                    Self::Unavailable(detail) => tracing::warn!(detail, "service unavailable"),
+                    // Overloaded is not logged here: under a flood that would be one line
+                    // per refused request; the load shedder logs a summary instead.
+                    _ => {}
+                }
+                (status, Json(ErrorBody { code, message })).into_response()
             }
-            Self::Unavailable(detail) => {
-                tracing::warn!(detail, "service unavailable");
-                json!({"code": code, "message": message})
-            }
-            // Not logged here: under a flood that would be one line per refused request;
-            // the load shedder logs a summary instead.
-            Self::Overloaded => {
-                return (
-                    status,
-                    [(header::RETRY_AFTER, "1")],
-                    Json(json!({"code": code, "message": message})),
-                )
-                    .into_response();
-            }
-            _ => json!({"code": code, "message": message}),
         };
-        let mut response = (status, Json(body)).into_response();
-        if let Self::RateLimited(refused) = &self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(refused.retry_after_secs()));
+        let retry_after = match &self {
+            Self::RateLimited(refused) => Some(HeaderValue::from(refused.retry_after_secs())),
+            Self::Overloaded => Some(HeaderValue::from_static("1")),
+            _ => None,
+        };
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

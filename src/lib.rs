@@ -7,21 +7,25 @@
 //! - [`net`] owns the accept loop and every connection (deadlines, shedding, drain);
 //! - [`http`] (REST API, admin API) and [`ws`] (the player's socket) are the edges;
 //! - [`auth`] verifies customer tokens and signs session tokens;
+//! - [`readiness`] says whether the node can admit (`/readyz`): stores reachable, not draining;
 //! - [`limits`] rate-limits customers and failed authentications per source address;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
 //! - [`store`] implements those ports (memory pools, SQLite settings);
 //! - [`meter`] counts what `GET /metrics` reports and logs the session events;
-//! - [`tasks`] runs the background loops.
+//! - [`tasks`] runs the background loops;
+//! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod limits;
 pub mod meter;
 pub mod net;
+pub mod readiness;
 pub mod state;
 pub mod store;
 pub mod tasks;

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use drisc::config::Settings;
-use drisc::{App, telemetry};
+use drisc::{App, healthcheck, telemetry};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// jemalloc (see BENCHMARKS.md for why not the system allocator).
+/// jemalloc (see BENCHMARKS.md for why not the system allocator), where it builds:
+/// not with MSVC, which keeps the system allocator.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -36,8 +38,24 @@ enum Command {
     Serve(ServeArgs),
     /// Print a development customer token (a JWT) for a publisher and a customer.
     Token(TokenArgs),
-    /// Check the configuration and print the settings in effect.
+    /// Check the configuration and print the settings in effect, as TOML (secrets redacted).
     CheckConfig(ConfigArg),
+    /// Exit 0 if the server answers GET /readyz with 200 (ready to admit), 1 otherwise:
+    /// for container HEALTHCHECKs and supervisors.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthcheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The readiness URL; default: http://<server.host>:<server.port>/readyz, with
+    /// 127.0.0.1 (or ::1) in place of a wildcard host.
+    #[arg(long)]
+    url: Option<String>,
+    /// How long to wait for the whole answer.
+    #[arg(long, default_value = "2s")]
+    timeout: humantime::Duration,
 }
 
 #[derive(clap::Args, Default)]
@@ -88,7 +106,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
-        Command::CheckConfig(args) => Settings::load(args.config.as_deref()).map(|s| println!("{s:#?}")),
+        Command::CheckConfig(args) => check_config(args),
+        Command::Healthcheck(args) => healthcheck::run(args.config.config.as_deref(), args.url, args.timeout.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,15 +133,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let app = App::build(settings).await?;
-        let shutdown = app.shutdown_token();
+        let stop = app.stop_token();
         let hurry = app.hurry_token();
         let mut signals = Signals::listen()?;
         tokio::spawn(async move {
             signals.next().await;
-            tracing::info!("shutdown requested: no new connections; closing sockets (1012) and saving sessions");
-            shutdown.cancel();
+            tracing::info!(
+                "shutdown requested: /readyz answers 503; after server.drain_period, no new connections, \
+                 sockets closed (1012) and sessions saved"
+            );
+            stop.cancel();
             signals.next().await;
-            tracing::info!("second signal: saving sessions now, without waiting for connections");
+            tracing::info!("second signal: skipping the drain and the wait for connections; saving sessions now");
             hurry.cancel();
         });
         app.run().await
@@ -164,6 +186,12 @@ impl Signals {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn check_config(args: ConfigArg) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref())?;
+    print!("{}", settings.to_toml()?);
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::domain::control::SessionControl;
 use crate::limits::Limits;
 use crate::meter::Meter;
+use crate::readiness::Readiness;
 use crate::ws::hub::Hub;
 
 #[derive(Clone)]
@@ -21,6 +22,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// This server's metrics (its own registry: see [`crate::meter`]).
     pub meter: Arc<Meter>,
+    /// What `/readyz` answers: stores reachable, not draining.
+    pub readiness: Arc<Readiness>,
     pub settings: Arc<Settings>,
     /// The endpoint base used when a request carries no usable Host header.
     pub fallback_ws_url: Arc<str>,

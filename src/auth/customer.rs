@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use jsonwebtoken::{Validation, dangerous::insecure_decode, decode, decode_header};
 use serde::Deserialize;
 use serde_json::Value;
@@ -157,12 +156,17 @@ impl PreparedKey {
     }
 }
 
+/// Publishers' parsed keys kept at most: far above the publishers of one deployment.
+const MAX_PARSED_KEYS: u64 = 10_000;
+
 pub struct CustomerVerifier {
     server: ServerSource,
     rules: TokenRules,
     base: Validation,
     /// Parsed per-publisher keys, by the key text, so a PEM is parsed once.
-    parsed: DashMap<String, Arc<PreparedKey>>,
+    /// Bounded: a key replaced through the admin API leaves its old entry behind
+    /// until it is evicted.
+    parsed: moka::sync::Cache<String, Arc<PreparedKey>>,
     jwks: JwksCache,
 }
 
@@ -186,7 +190,7 @@ impl CustomerVerifier {
             jwks: JwksCache::new(jwks, base.clone())?,
             base,
             rules,
-            parsed: DashMap::new(),
+            parsed: moka::sync::Cache::new(MAX_PARSED_KEYS),
         })
     }
 
@@ -208,7 +212,7 @@ impl CustomerVerifier {
 
     fn parsed_key(&self, material: &str) -> Result<Arc<PreparedKey>, AuthError> {
         if let Some(key) = self.parsed.get(material) {
-            return Ok(Arc::clone(&key));
+            return Ok(key);
         }
         let key = VerificationKey::parse(material).map_err(|e| {
             tracing::warn!(error = %e, "a publisher's verification key cannot be read");

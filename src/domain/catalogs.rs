@@ -131,8 +131,8 @@ mod tests {
         async fn put_publisher(&self, p: &Publisher) -> Result<(), SettingsError> {
             self.db.put_publisher(p).await
         }
-        async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
-            self.db.list_publishers().await
+        async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+            self.db.publishers_after(after, limit).await
         }
         async fn put_offer(&self, p: &str, o: &Offer) -> Result<(), SettingsError> {
             self.db.put_offer(p, o).await

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::catalogs::CatalogCache;
 use super::clock::Clock;
+use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
 use super::pool::{ActiveSession, Limits, NewSession, Refusal};
 use super::ports::{
@@ -43,7 +44,7 @@ impl PublisherPolicy {
 }
 
 /// What to do with new sessions while the session store is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnavailablePolicy {
     /// Refuse them (503); sessions already held keep playing.
@@ -372,10 +373,31 @@ impl SessionControl {
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
         self.events.ended(pool, id, EndCause::Kicked);
-        if let Some(holder) = session.holder {
-            self.notifier.notify(id, holder, Control::Expire);
-        }
+        self.expire(&session);
         Ok(session)
+    }
+
+    /// Ends every session of a customer (of one offer, if given) on behalf of an
+    /// operator, and closes their sockets, wherever they are held.
+    pub async fn kick_customer(&self, customer: &Customer, offer_id: Option<&str>) -> Result<usize, ControlError> {
+        let ended = self.store.end_customer(customer, offer_id, self.clock.now()).await?;
+        for (pool, session) in &ended {
+            self.events.ended(pool, session.id, EndCause::Kicked);
+            self.expire(session);
+        }
+        Ok(ended.len())
+    }
+
+    /// A page of a customer's sessions, for operators.
+    pub async fn customer_sessions(&self, query: &SessionQuery) -> Result<SessionPage, ControlError> {
+        Ok(self.store.customer_sessions(query, self.clock.now()).await?)
+    }
+
+    /// Tells the socket still bound to an ended session, if any: EXPIRED.
+    fn expire(&self, session: &Session) {
+        if let Some(holder) = session.holder {
+            self.notifier.notify(session.id, holder, Control::Expire);
+        }
     }
 
     pub async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, ControlError> {
@@ -393,9 +415,7 @@ impl SessionControl {
         let dead = self.store.reap(self.clock.now()).await?;
         for (pool, session) in &dead {
             self.events.ended(pool, session.id, EndCause::of_dead(session.state));
-            if let Some(holder) = session.holder {
-                self.notifier.notify(session.id, holder, Control::Expire);
-            }
+            self.expire(session);
         }
         Ok(dead.len())
     }
@@ -455,8 +475,9 @@ impl SessionControl {
         Ok(count)
     }
 
-    pub async fn list_publishers(&self) -> Result<Vec<Publisher>, ControlError> {
-        Ok(self.settings.list_publishers().await?)
+    /// A page of publishers, by id, after `after`.
+    pub async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, ControlError> {
+        Ok(self.settings.publishers_after(after, limit).await?)
     }
 
     pub async fn put_publisher(&self, publisher: &Publisher) -> Result<(), ControlError> {

@@ -12,6 +12,7 @@ pub mod catalogs;
 pub mod clock;
 pub mod control;
 pub mod journal;
+pub mod listing;
 pub mod liveness;
 pub mod pool;
 pub mod ports;

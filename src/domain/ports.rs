@@ -5,8 +5,9 @@ use async_trait::async_trait;
 
 use super::clock::Millis;
 use super::journal::JournalBatch;
+use super::listing::{SessionPage, SessionQuery};
 use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
-use super::session::{Holder, PoolKey, Session, SessionId, SessionState};
+use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, Publisher};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,19 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// The sessions of one pool that are alive at `now`.
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;
+
+    /// A page of one customer's sessions alive at `now` (for operators), read from
+    /// that customer's pools only.
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError>;
+
+    /// Ends every session of `customer` (in the pool of `offer_id` only, if given)
+    /// and returns them; atomic per pool: a pool's sessions all end at once.
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError>;
 
     /// The pool a session id belongs to (for operators, who know only the id).
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError>;
@@ -173,7 +187,13 @@ pub trait SettingsRepo: Send + Sync + 'static {
     /// Creates the publisher with these settings unless it exists; returns what is stored.
     async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError>;
     async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError>;
-    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError>;
+    /// Every publisher, by id.
+    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
+        self.publishers_after(None, u32::MAX).await
+    }
+    /// At most `limit` publishers whose id sorts after `after` (by bytes), by id:
+    /// keyset pagination, so a page costs the same however far the walk has gone.
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError>;
     async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError>;
     async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError>;
 }

@@ -158,3 +158,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
             .map_err(|e| ApiError::InvalidRequest(format!("the request body is not valid JSON for this call: {e}")))
     }
 }
+
+/// Query parameters, refused like every other bad request: a JSON error naming
+/// the parameter, not axum's plain-text rejection.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| {
+                ApiError::InvalidRequest(format!(
+                    "the query string is not valid for this call: {}",
+                    e.body_text()
+                ))
+            })
+    }
+}

@@ -2,27 +2,46 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::AdminAuth;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::meter::Readings;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
-/// Authorised like the admin API unless `metrics.public`: the numbers say how
-/// busy the service is, which is no one else's business. The key is checked only
-/// when needed, so a public scrape never counts as a failed or rate-limited
-/// authentication.
+/// This server's metrics in the Prometheus text format (a drisc extension).
+///
+/// Authorised by the admin key unless `metrics.public`, for a port only a private
+/// network reaches. Labels come from fixed lists, route templates and status
+/// codes: never a customer id, session id or token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(("adminKey" = []), ("adminKeyHeader" = [])),
+    responses(
+        (status = 200, description = "The metrics, in the Prometheus text exposition format 0.0.4", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "Unauthorized: no admin key, or not the right one (unless metrics.public)", body = ErrorBody),
+        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty) and metrics.public is false", body = ErrorBody),
+        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
+// Authorised like the admin API unless `metrics.public`: the numbers say how
+// busy the service is, which is no one else's business. The key is checked only
+// when needed, so a public scrape never counts as a failed or rate-limited
+// authentication.
 async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
     if !state.settings.metrics.public {
         AdminAuth::from_request_parts(&mut parts, &state).await?;

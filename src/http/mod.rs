@@ -4,6 +4,8 @@ mod admin;
 mod extract;
 mod health;
 mod metrics;
+mod openapi;
+mod paging;
 mod sessions;
 
 use std::time::Duration;
@@ -15,28 +17,63 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The server's router: [`routes`], all but the probes inside the layers they
+/// share. Add no route here: routes go in [`assemble`], where they are documented.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
-    Router::new()
+    let meter_state = state.clone();
+    let (router, _) = assemble(|api| {
+        api.fallback(|| async { ApiError::NotFound("no such route".into()) })
+            // Innermost: axum sets the route template (MatchedPath) before it runs.
+            .layer(axum::middleware::from_fn_with_state(
+                meter_state,
+                metrics::time_requests,
+            ))
+            .layer(DefaultBodyLimit::max(body_limit))
+            .layer(cors)
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    })
+    .split_for_parts();
+    router.with_state(state)
+}
+
+/// Every route the server serves, each with its description (`GET /openapi.json`):
+/// the router of [`router`] without its layers. tests/api/openapi.rs checks that
+/// the document lists exactly the paths of this router.
+pub fn routes() -> OpenApiRouter<AppState> {
+    assemble(|api| api)
+}
+
+/// The one place routes are added, and only through `utoipa_axum::routes!`, which
+/// takes a handler's `#[utoipa::path]` attribute for both the route and its
+/// description (clippy.toml forbids `.route()`, which would serve a route
+/// without describing it). `layers` wrap every route but the probes.
+fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(sessions::router())
         .merge(crate::ws::router())
         .merge(health::router())
         .merge(metrics::router())
-        .nest("/admin/v1", admin::router())
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        // Innermost: axum sets the route template (MatchedPath) before it runs.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::time_requests,
-        ))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(cors)
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .with_state(state)
+        .merge(openapi::router())
+        .nest("/admin/v1", admin::router());
+    // The probes after the layers, so outside them: a prober's 503 (draining, a
+    // store down) is an answer, not a failure to log at ERROR every few seconds,
+    // and browsers never call the probes (no CORS).
+    let mut routes = layers(api).merge(health::probes());
+    openapi::describe_every_operation(routes.get_openapi_mut());
+    routes
+}
+
+/// The OpenAPI document of [`routes`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
 }
 
 /// The span of a request: its path, never its URI, whose query may carry a session

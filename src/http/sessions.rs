@@ -2,41 +2,83 @@
 //! /sessions/{id}` for a player that wants to give its slot back without a socket.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{AnyJson, CustomerAuth};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{Customer, PoolKey, Session, SessionId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, LimitExceededBody};
 use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
 
 /// The longest `sessionName` accepted, in characters.
 const MAX_SESSION_NAME: usize = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sessions", post(create))
-        // One page of the public reference shows GET: accept both, same body.
-        .route("/takeover", post(take_over).get(take_over))
-        .route("/sessions/{session_id}", delete(end_session))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(take_over))
+        .routes(routes!(end_session))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /sessions` and `POST /takeover`, read as JSON whatever its
+/// `Content-Type` (browsers send `text/plain`). Exactly one of `offerId` and `tag`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionRequest {
+    /// A label shown in the takeover list, e.g. the content's title: at most 100 characters.
+    #[schema(max_length = 100)]
     session_name: Option<String>,
+    /// The offer to count against: at most 256 bytes.
+    #[schema(max_length = 256)]
     offer_id: Option<String>,
+    /// A tag configured on offers (`live`, `vod`): at most 256 bytes.
+    #[schema(max_length = 256)]
     tag: Option<String>,
-    /// Only for takeover: the session to replace.
+    /// Only for `/takeover`: the session to replace (a UUID).
     session_id: Option<String>,
+}
+
+/// 200: the session is granted; open `endpoint` as a WebSocket, verbatim.
+// Fields in alphabetical order, as the `json!` they replaced had them (see ErrorBody).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SessionGranted {
+    /// The WebSocket URL to open: `<ws url>?token=<session token>`.
+    endpoint: String,
+    /// The offer the session counts against (the one a `tag` resolved to).
+    offer_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    session_id: SessionId,
+    /// The session token (also in `endpoint`).
+    token: String,
+}
+
+/// 200 without `endpoint`: the publisher switched session control off; play
+/// without a session. Both `status` and `enabled` are sent, because two
+/// generations of players read one or the other.
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionTrackingDisabled {
+    /// Always `false`.
+    enabled: bool,
+    /// Always `Session tracking disabled.`
+    message: &'static str,
+    /// Always `disabled`.
+    status: &'static str,
+}
+
+/// The 200 answers of `POST /sessions` and `/takeover`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum SessionAnswer {
+    Granted(SessionGranted),
+    Disabled(SessionTrackingDisabled),
 }
 
 impl SessionRequest {
@@ -81,15 +123,38 @@ impl SessionRequest {
     }
 }
 
-/// Every answer is counted by its outcome, refusals by the extractors included:
-/// the customer is taken as a result, and the body is read only once the caller
-/// is known and within its rate limit, as an extractor would have.
+/// Initiate a session (PROTOCOL 1.2).
+#[utoipa::path(
+    post,
+    path = "/sessions",
+    tag = "protocol",
+    security(("customerToken" = [])),
+    request_body(
+        description = "Read as JSON whatever the Content-Type: browsers post it as text/plain.",
+        content((SessionRequest = "application/json"), (SessionRequest = "text/plain")),
+    ),
+    responses(
+        (status = 200, description = "Granted (with `endpoint`), or session control disabled (`status: disabled`, no `endpoint`): for this publisher, or while the session store is unreachable and cluster.on_store_unavailable lets players play", body = SessionAnswer),
+        (status = 400, description = "InvalidRequest: not a JSON object, both or neither of offerId and tag, a field too long", body = ErrorBody),
+        (status = 401, description = "Unauthorized: the customer token is missing, malformed, expired or badly signed", body = ErrorBody),
+        (status = 403, description = "Forbidden: the publisher is not configured and the server is strict", body = ErrorBody),
+        (status = 404, description = "NotFound: no such offer (unknownOffers = reject) or no offer with this tag", body = ErrorBody),
+        (status = 408, description = "RequestTimeout: the body did not arrive within server.body_timeout", body = ErrorBody),
+        (status = 409, description = "LimitExceeded: the customer holds as many sessions as allowed; `details` lists them", body = LimitExceededBody),
+        (status = 413, description = "PayloadTooLarge: the body is over server.max_body_bytes", body = ErrorBody),
+        (status = 429, description = "RateLimited: the customer asks too often, or its address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
+// Every answer is counted by its outcome, refusals by the extractors included:
+// the customer is taken as a result, and the body is read only once the caller
+// is known and within its rate limit, as an extractor would have.
 async fn create(
     State(state): State<AppState>,
     customer: Result<CustomerAuth, ApiError>,
     headers: HeaderMap,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Json<SessionAnswer>, ApiError> {
     let outcome = async {
         let CustomerAuth(customer) = customer?;
         admit_customer(&state, &customer)?;
@@ -102,12 +167,39 @@ async fn create(
     respond(&state, &headers, outcome?)
 }
 
+/// Replace one of the customer's sessions (PROTOCOL 1.3).
+///
+/// The replaced session's player gets `TAKE_OVER` with the new session's name and
+/// its socket is closed (4001). Answers exactly as a granted `POST /sessions`.
+/// GET with the same body is accepted too, because one page of the public
+/// reference shows it.
+#[utoipa::path(
+    method(post, get),
+    path = "/takeover",
+    tag = "protocol",
+    security(("customerToken" = [])),
+    request_body(
+        description = "The body of `POST /sessions` plus `sessionId`, the session to replace.",
+        content((SessionRequest = "application/json"), (SessionRequest = "text/plain")),
+    ),
+    responses(
+        (status = 200, description = "Granted (with `endpoint`), or session control disabled (`status: disabled`, no `endpoint`): for this publisher, or while the session store is unreachable and cluster.on_store_unavailable lets players play", body = SessionAnswer),
+        (status = 400, description = "InvalidRequest: as for POST /sessions, or sessionId missing or not a UUID", body = ErrorBody),
+        (status = 401, description = "Unauthorized: the customer token is missing, malformed, expired or badly signed", body = ErrorBody),
+        (status = 403, description = "Forbidden: takeover is disabled for this offer, or the publisher is not configured and the server is strict", body = ErrorBody),
+        (status = 404, description = "NotFound: no such session in the requested offer's pool of this customer, or no such offer or tag", body = ErrorBody),
+        (status = 408, description = "RequestTimeout: the body did not arrive within server.body_timeout", body = ErrorBody),
+        (status = 413, description = "PayloadTooLarge: the body is over server.max_body_bytes", body = ErrorBody),
+        (status = 429, description = "RateLimited: shares the budget of POST /sessions", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
 async fn take_over(
     State(state): State<AppState>,
     CustomerAuth(customer): CustomerAuth,
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<SessionAnswer>, ApiError> {
     admit_customer(&state, &customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
@@ -143,6 +235,23 @@ fn admission(outcome: &Result<CreateOutcome, ApiError>) -> Admission {
     }
 }
 
+/// Give one of the customer's own sessions back without a socket (a drisc extension).
+///
+/// Its slot is free at once; a player still connected to it gets `EXPIRED`.
+#[utoipa::path(
+    delete,
+    path = "/sessions/{session_id}",
+    tag = "extensions",
+    security(("customerToken" = [])),
+    params(("session_id" = String, Path, description = "The session to end (a UUID)")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "Unauthorized: the customer token is missing, malformed, expired or badly signed", body = ErrorBody),
+        (status = 404, description = "NotFound: no such session of this customer (another customer's session answers the same)", body = ErrorBody),
+        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
 async fn end_session(
     State(state): State<AppState>,
     CustomerAuth(customer): CustomerAuth,
@@ -161,19 +270,20 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Result<Response, ApiError> {
+fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Result<Json<SessionAnswer>, ApiError> {
     match outcome {
         CreateOutcome::Granted {
             pool,
             offer_id,
             session,
-        } => Ok(granted(state, headers, &pool, &offer_id, &session)),
-        CreateOutcome::Disabled => Ok(Json(json!({
-            "status": "disabled",
-            "message": "Session tracking disabled.",
-            "enabled": false,
-        }))
-        .into_response()),
+        } => Ok(Json(SessionAnswer::Granted(granted(
+            state, headers, &pool, offer_id, &session,
+        )))),
+        CreateOutcome::Disabled => Ok(Json(SessionAnswer::Disabled(SessionTrackingDisabled {
+            enabled: false,
+            message: "Session tracking disabled.",
+            status: "disabled",
+        }))),
         CreateOutcome::LimitExceeded {
             takeover_enabled,
             active,
@@ -185,17 +295,22 @@ fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Res
     }
 }
 
-fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, offer_id: &str, session: &Session) -> Response {
+fn granted(
+    state: &AppState,
+    headers: &HeaderMap,
+    pool: &PoolKey,
+    offer_id: String,
+    session: &Session,
+) -> SessionGranted {
     let now_secs = state.control.clock().now() / 1000;
     let token = state.tokens.issue(pool, session.id, now_secs);
     let endpoint = format!("{}?token={token}", ws_base(state, headers));
-    Json(json!({
-        "endpoint": endpoint,
-        "sessionId": session.id,
-        "token": token,
-        "offerId": offer_id,
-    }))
-    .into_response()
+    SessionGranted {
+        endpoint,
+        offer_id,
+        session_id: session.id,
+        token,
+    }
 }
 
 /// The WebSocket URL players should open: configured, or else the address the

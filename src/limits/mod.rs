@@ -21,7 +21,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 pub use source::{SourceKey, TrustedProxies};
-use store::BoundedStore;
+use store::{BoundedStore, Overflow};
 
 use crate::config::LimitSettings;
 use crate::domain::Customer;
@@ -71,9 +71,17 @@ impl Limits {
         let clock = DefaultClock::default();
         Ok(Self {
             enabled: settings.enabled,
-            customers: RateLimiter::new(customer_quota, BoundedStore::new(settings.max_keys), clock.clone()),
+            customers: RateLimiter::new(
+                customer_quota,
+                BoundedStore::new(settings.max_keys, Overflow::Untracked),
+                clock.clone(),
+            ),
             customer_hasher: std::hash::RandomState::new(),
-            failures: RateLimiter::new(failure_quota, BoundedStore::new(settings.max_keys), clock),
+            failures: RateLimiter::new(
+                failure_quota,
+                BoundedStore::new(settings.max_keys, Overflow::Shared),
+                clock,
+            ),
             blocked: DashMap::new(),
             max_keys: settings.max_keys,
             proxies: TrustedProxies::new(settings.trusted_networks()?),
@@ -225,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn at_the_key_cap_new_keys_share_one_bucket_and_known_keys_keep_theirs() {
+    fn at_the_key_cap_new_customers_are_not_throttled_by_each_other_and_known_ones_keep_their_bucket() {
         let l = limits(|s| {
             s.max_keys = 16;
             s.customer_burst = 2;
@@ -234,12 +242,31 @@ mod tests {
             assert!(l.admit_customer(&customer(&format!("known{i}"))).is_ok());
         }
         assert_eq!(l.tracked().0, 16);
-        // Two newcomers drain the shared bucket; the third is refused.
-        assert!(l.admit_customer(&customer("new1")).is_ok());
-        assert!(l.admit_customer(&customer("new2")).is_ok());
-        assert!(l.admit_customer(&customer("new3")).is_err());
+        // Real customers beyond the cap: each is let through as a newcomer.
+        for i in 0..100 {
+            assert!(l.admit_customer(&customer(&format!("new{i}"))).is_ok());
+        }
         assert!(l.admit_customer(&customer("known0")).is_ok());
+        assert!(
+            l.admit_customer(&customer("known0")).is_err(),
+            "known0's own burst of 2 is spent"
+        );
         assert_eq!(l.tracked().0, 16, "the store never grows past its cap");
+    }
+
+    #[test]
+    fn at_the_key_cap_new_addresses_share_one_bucket_of_failures() {
+        let l = limits(|s| {
+            s.max_keys = 16;
+            s.failed_auth_burst = 2;
+        });
+        for i in 0..16 {
+            assert!(l.charge_failure(from(&format!("192.0.2.{i}"))).is_ok());
+        }
+        // Addresses cost an attacker nothing: beyond the cap they share one budget.
+        assert!(l.charge_failure(from("198.51.100.1")).is_ok());
+        assert!(l.charge_failure(from("198.51.100.2")).is_ok());
+        assert!(l.charge_failure(from("198.51.100.3")).is_err());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! governor's own DashMap store adds an entry for every key it is asked about, so a
 //! flood of distinct keys (addresses of a large IPv6 network, customers minted by a
-//! script) would grow it until the next clean-up. This one holds at most `cap` keys;
-//! a key it has no room for is measured against one shared overflow bucket. Keys
-//! already tracked keep their own bucket, so the customers and addresses that were
-//! there before a flood are not slowed by it.
+//! script) would grow it until the next clean-up. This one holds at most `cap` keys.
+//! What a key it has no room for gets is the limiter's choice ([`Overflow`]); keys
+//! already tracked keep their own bucket either way, so the customers and addresses
+//! that were there before a flood are not slowed by it.
 
 use std::hash::Hash;
 
@@ -14,17 +14,32 @@ use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 
+/// What a key gets when the store is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// It is measured against one bucket shared by every such key: for keys an
+    /// attacker can mint at will (source addresses), where letting them through
+    /// would switch the limit off.
+    Shared,
+    /// It is let through, as a key seen for the first time would be: for keys that
+    /// only a verified token creates (customers), where a shared bucket would let a
+    /// busy hour of real customers, beyond the cap, throttle each other.
+    Untracked,
+}
+
 pub struct BoundedStore<K: Hash + Eq> {
     keys: DashMap<K, InMemoryState>,
     overflow: InMemoryState,
+    policy: Overflow,
     cap: usize,
 }
 
 impl<K: Hash + Eq> BoundedStore<K> {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(cap: usize, policy: Overflow) -> Self {
         Self {
             keys: DashMap::new(),
             overflow: InMemoryState::default(),
+            policy,
             cap,
         }
     }
@@ -52,7 +67,11 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
         }
         // len() visits every shard: only a key seen for the first time pays for it.
         if self.keys.len() >= self.cap {
-            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+            return match self.policy {
+                Overflow::Shared => self.overflow.measure_and_replace(&NotKeyed::NonKey, f),
+                // Decided as for a fresh key, and nothing is kept.
+                Overflow::Untracked => f(None).map(|(decision, _)| decision),
+            };
         }
         let state = self.keys.entry(key.clone()).or_default();
         state.measure_and_replace(&NotKeyed::NonKey, f)

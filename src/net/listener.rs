@@ -222,6 +222,7 @@ mod tests {
     async fn every_request_carries_the_peer_address_and_shutdown_drains() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        #[expect(clippy::disallowed_methods, reason = "a test router, not the server's")]
         let router = Router::new().route(
             "/peer",
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
 use crate::domain::ports::{SessionStore, SessionsByState, StoreError};
-use crate::domain::{Holder, Millis, PoolKey, Session, SessionId};
+use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
 use crate::meter::Meter;
 
 pub struct Instrumented {
@@ -92,6 +93,21 @@ impl SessionStore for Instrumented {
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         self.timed("list", self.inner.list(pool, now)).await
+    }
+
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        self.timed("customer_sessions", self.inner.customer_sessions(query, now))
+            .await
+    }
+
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("end_customer", self.inner.end_customer(customer, offer_id, now))
+            .await
     }
 
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {

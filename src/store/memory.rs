@@ -16,7 +16,8 @@
 //! session id and the session journal exact.
 //!
 //! Each customer's open pools are also listed ([`customers`]), so a customer
-//! cannot hold sessions in more pools than `Limits::pools_per_customer`.
+//! cannot hold sessions in more pools than `Limits::pools_per_customer`, and an
+//! operator's look at one customer (list, end all) visits that customer's pools only.
 
 mod customers;
 
@@ -28,9 +29,10 @@ use dashmap::DashMap;
 
 use super::roster::Roster;
 use crate::domain::journal::Journal;
+use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
 use crate::domain::ports::{EndCause, NoEvents, SessionEvents, SessionStore, SessionsByState, StoreError};
-use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use customers::{Customers, OpenPools};
 
 /// Pool keys are hashed on every operation: foldhash is several times faster than
@@ -316,6 +318,44 @@ impl SessionStore for MemoryStore {
         Ok(self
             .with_pool(pool, now, |_, p, _| p.sessions.clone())
             .unwrap_or_default())
+    }
+
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        let mut found = Vec::new();
+        for key in self.customers.pools_of(&query.customer) {
+            if !query.wants_pool(&key.offer_id) {
+                continue;
+            }
+            if let Some(sessions) = self.with_pool(&key, now, |_, p, _| p.sessions.clone()) {
+                found.extend(sessions.into_iter().map(|s| (PoolKey::clone(&key), s)));
+            }
+        }
+        Ok(query.page(found))
+    }
+
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let mut ended = Vec::new();
+        for key in self.customers.pools_of(customer) {
+            if offer_id.is_some_and(|only| only != key.offer_id) {
+                continue;
+            }
+            // Under the pool's lock: every session of the pool ends at once, and
+            // the emptied pool is dropped (with_pool) so it no longer counts.
+            let emptied = self.with_pool(&key, now, |_, p, _| {
+                let sessions = std::mem::take(&mut p.sessions);
+                for s in &sessions {
+                    self.roster.removed(s);
+                }
+                sessions
+            });
+            ended.extend(emptied.into_iter().flatten().map(|s| (PoolKey::clone(&key), s)));
+        }
+        Ok(ended)
     }
 
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {

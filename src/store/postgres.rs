@@ -23,6 +23,7 @@ use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
+use crate::readiness::Probe;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -240,10 +241,17 @@ impl SettingsRepo for PostgresSettings {
         .await
     }
 
-    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
-        let sql = format!(r#"SELECT {PUBLISHER_COLUMNS} FROM publishers ORDER BY id COLLATE "C""#);
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+        // Byte order ("C"), as SQLite sorts, whatever the database's collation.
+        let sql = format!(
+            r#"SELECT {PUBLISHER_COLUMNS} FROM publishers
+               WHERE $1::text IS NULL OR id COLLATE "C" > $1
+               ORDER BY id COLLATE "C" LIMIT $2"#
+        );
         bounded(OPERATION_TIMEOUT, async {
             sqlx::query(&sql)
+                .bind(after)
+                .bind(i64::from(limit))
                 .fetch_all(&self.db)
                 .await
                 .map_err(db_err)?
@@ -336,6 +344,22 @@ async fn upsert(tx: &mut sqlx::PgConnection, sessions: &[(&PoolKey, &Session)]) 
         .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// `SELECT 1`, through the pool admission uses, which replaces connections a restart broke.
+#[async_trait]
+impl Probe for PostgresSettings {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session};
+use crate::readiness::Probe;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -153,8 +154,11 @@ impl SettingsRepo for SqliteSettings {
         Ok(())
     }
 
-    async fn list_publishers(&self) -> Result<Vec<Publisher>, SettingsError> {
-        sqlx::query("SELECT * FROM publishers ORDER BY id")
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+        // SQLite compares TEXT by bytes (BINARY), the order of the primary key.
+        sqlx::query("SELECT * FROM publishers WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2")
+            .bind(after)
+            .bind(i64::from(limit))
             .fetch_all(&self.db)
             .await
             .map_err(db_err)?
@@ -237,6 +241,23 @@ async fn upsert<'a>(
         query.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
+}
+
+/// `SELECT 1`: the pool still lends a working connection. A full disk shows in
+/// writes only, not here.
+#[async_trait]
+impl Probe for SqliteSettings {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[async_trait]

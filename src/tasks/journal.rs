@@ -8,29 +8,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::journal::Journal;
 use crate::domain::ports::SessionArchive;
 
 pub async fn run(journal: Arc<Journal>, archive: Arc<dyn SessionArchive>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            // A flush under way is never abandoned half-way for the shutdown: the
-            // select only races the wait for the next tick.
-            _ = tick.tick() => match journal.flush(archive.as_ref()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::trace!(changes = n, "session journal written"),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    pending = journal.len(),
-                    "could not write the session journal; its changes are kept for the next try"
-                ),
-            },
+    super::every(every, cancel, || async {
+        match journal.flush(archive.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::trace!(changes = n, "session journal written"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                pending = journal.len(),
+                "could not write the session journal; its changes are kept for the next try"
+            ),
         }
-    }
+    })
+    .await;
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::meter::Meter;
@@ -13,12 +12,5 @@ use crate::meter::Meter;
 const EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(meter: Arc<Meter>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => meter.upkeep(),
-        }
-    }
+    super::every(EVERY, cancel, || async { meter.upkeep() }).await;
 }

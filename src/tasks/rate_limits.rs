@@ -5,22 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::Limits;
 
 pub async fn run(limits: Arc<Limits>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {
-                limits.forget_idle();
-                let (customers, addresses, blocked) = limits.tracked();
-                tracing::debug!(customers, addresses, blocked, "idle rate-limit keys forgotten");
-            }
-        }
-    }
+    super::every(every, cancel, || async {
+        limits.forget_idle();
+        let (customers, addresses, blocked) = limits.tracked();
+        tracing::debug!(customers, addresses, blocked, "idle rate-limit keys forgotten");
+    })
+    .await;
 }

@@ -6,22 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::control::SessionControl;
 
 pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => match control.reap().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
-                Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),
-            },
+    super::every(every, cancel, || async {
+        match control.reap().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),
         }
-    }
+    })
+    .await;
 }

@@ -2,9 +2,10 @@
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// What a player may send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(tag = "action")]
 pub enum ClientMessage {
     #[serde(rename = "REQUESTED")]
@@ -24,7 +25,7 @@ impl ClientMessage {
 
 /// What the server sends: exactly these five, never anything else, because the
 /// reference client treats an unknown action as a system error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "action")]
 pub enum ServerMessage<'a> {
     #[serde(rename = "OK")]

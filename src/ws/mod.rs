@@ -4,13 +4,13 @@ mod connection;
 pub mod hub;
 pub mod messages;
 
-use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::response::Response;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 const READ_BUFFER: usize = 512;
@@ -18,12 +18,46 @@ const READ_BUFFER: usize = 512;
 /// ids of at most 256 bytes each); anything longer is refused before it is parsed.
 pub const MAX_SESSION_TOKEN_BYTES: usize = 2048;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/ws", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
-/// Checks the session token, then upgrades with lean buffers: a held session
-/// should cost a few KB, not the framework's default of ~135 KB.
+// Checks the session token, then upgrades with lean buffers: a held session
+// should cost a few KB, not the framework's default of ~135 KB.
+/// The player's WebSocket (PROTOCOL 1.4, 2.4): open the `endpoint` of a granted session verbatim.
+///
+/// Every frame, both ways, is a UTF-8 text frame holding one JSON object with an
+/// `action` key (schemas `ClientMessage` and `ServerMessage`).
+///
+/// | player → server | server's reaction |
+/// |---|---|
+/// | `{"action":"REQUESTED"}` right after the socket opens | `OK` if the session is held (this socket is now bound to it; an older socket gets `TERMINATE`), else `EXPIRED` |
+/// | `{"action":"PONG"}` in answer to every `PING` | marks the session alive |
+/// | `{"action":"FINISHED"}` when playback ends | ends the session (its slot is free at once); close 1000 |
+///
+/// | server → player | meaning |
+/// |---|---|
+/// | `{"action":"OK"}` | the session is valid; start playback only after this |
+/// | `{"action":"EXPIRED"}` | the session no longer exists: drop the endpoint and create a new session; close 4003 |
+/// | `{"action":"TERMINATE"}` | a newer socket took this session (a reconnect); close 4002 |
+/// | `{"action":"TAKE_OVER","sessionName":"..."}` | another device took this session over; close 4001 |
+/// | `{"action":"PING"}` | liveness probe: answer `PONG` within the pong timeout |
+///
+/// Other close codes: 1012 on server restart (reconnect with the same token),
+/// 1008 for a socket that keeps sending bad messages or exceeds its message
+/// budget, 1003 for a binary frame, 1009 for a frame or message over
+/// `websocket.max_message_bytes`.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "protocol",
+    params(("token" = String, Query, description = "The session token from a granted session's `endpoint` (at most 2048 bytes)")),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; speak the messages above"),
+        (status = 400, description = "InvalidRequest: a valid token, but not a WebSocket upgrade request", body = ErrorBody),
+        (status = 401, description = "Unauthorized: no token, a token over 2048 bytes, or one not signed by this server (a well-signed token of an ended session is accepted and gets EXPIRED)", body = ErrorBody),
+    ),
+)]
 async fn upgrade(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

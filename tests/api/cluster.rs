@@ -405,3 +405,55 @@ async fn a_node_serves_its_cached_settings_while_postgresql_is_down() {
     assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
     pg.start_again();
 }
+
+#[tokio::test]
+async fn ending_a_customers_sessions_on_one_node_expires_the_player_held_on_another() {
+    let redis = RedisServer::start();
+    // Two slots in one pool (unknown offers share one here).
+    let (a, b) = (node(&redis, 2).await, node(&redis, 2).await);
+    let token = a.token("p", "c-kick");
+    let tv = b.create_ok(&token, "S1", "TV").await;
+    let mut player = Player::connect(&tv.endpoint).await;
+    player.request_ok().await;
+    let pending = a.create_ok(&token, "S1", "Phone").await;
+
+    // Node a lists both, from Redis; the live one names the node holding it.
+    let listed: serde_json::Value = a
+        .admin(reqwest::Method::GET, "/sessions?publisherId=p&customerId=c-kick", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sessions = listed["sessions"].as_array().unwrap();
+    let shown = |id: &str| sessions.iter().find(|s| s["sessionId"] == id).cloned().unwrap();
+    assert_eq!(sessions.len(), 2, "{listed}");
+    let (live, waiting) = (shown(&tv.session_id), shown(&pending.session_id));
+    assert_eq!(live["state"], "live");
+    assert!(live["node"].is_u64(), "{listed}");
+    assert_eq!(waiting["state"], "pending");
+    assert!(
+        waiting.get("node").is_none(),
+        "a pending session has no socket: {listed}"
+    );
+
+    let response = a
+        .admin(reqwest::Method::DELETE, "/publishers/p/customers/c-kick/sessions", None)
+        .await;
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap(), json!({"ended": 2}));
+    // PINGs may come first (node b pings live sessions when another is granted).
+    let mut told = None;
+    for _ in 0..10 {
+        match player.next().await {
+            Seen::Message(m) if m["action"] == "PING" => continue,
+            other => {
+                told = Some(other);
+                break;
+            }
+        }
+    }
+    assert_eq!(told, Some(Seen::Message(json!({"action": "EXPIRED"}))));
+    player.expect_close(4003).await;
+    // Both slots are free, seen from either node.
+    b.create_ok(&token, "S1", "TV again").await;
+    a.create_ok(&token, "S1", "Phone again").await;
+}

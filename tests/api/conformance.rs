@@ -7,9 +7,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drisc::domain::listing::{Position, SessionQuery};
 use drisc::domain::pool::{Limits, NewSession, Refusal};
 use drisc::domain::ports::{Control, Notifier, SessionStore};
-use drisc::domain::{Clock, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
+use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
 use drisc::store::redis::{RedisStore, TimeSource};
 
@@ -181,6 +182,8 @@ conformance!(
     a_pool_whose_sessions_all_died_or_ended_no_longer_counts_against_the_cap,
     parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pools,
     restored_sessions_open_their_pools_whatever_the_cap,
+    a_customers_sessions_are_listed_across_offers_page_by_page_and_no_one_elses,
+    ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses,
 );
 
 async fn a_customer_holds_sessions_in_at_most_the_cap_of_pools(s: Subject) {
@@ -565,4 +568,137 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_from_the_node() {
         (listed[0].id, listed[0].holder, listed[0].name.as_str()),
         (a, Some(Holder(1)), "tv")
     );
+}
+
+fn customer(publisher: &str, customer: &str) -> Customer {
+    Customer {
+        publisher_id: publisher.into(),
+        customer_id: customer.into(),
+    }
+}
+
+fn query(who: &Customer, offer: Option<&str>, after: Option<Position>, limit: usize) -> SessionQuery {
+    SessionQuery {
+        customer: who.clone(),
+        offer_id: offer.map(str::to_owned),
+        after,
+        limit,
+    }
+}
+
+/// Every page of `who`'s sessions at `now`, walked with the cursor.
+async fn walk(
+    s: &Subject,
+    who: &Customer,
+    offer: Option<&str>,
+    limit: usize,
+    now: Millis,
+) -> Vec<(PoolKey, SessionId)> {
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..100 {
+        let page = s
+            .store
+            .customer_sessions(&query(who, offer, after, limit), now)
+            .await
+            .unwrap();
+        assert!(page.sessions.len() <= limit, "a page holds at most the limit");
+        seen.extend(page.sessions.into_iter().map(|(p, session)| (p, session.id)));
+        after = page.next;
+        if after.is_none() {
+            return seen;
+        }
+    }
+    panic!("the walk never ended");
+}
+
+async fn a_customers_sessions_are_listed_across_offers_page_by_page_and_no_one_elses(s: Subject) {
+    let now = t0();
+    // Ids that would collide if a customer's keys were a naive join.
+    let who = customer("a", "b:c");
+    let pool_of = |offer: &str| PoolKey::new(&who, offer);
+    let mut expected = Vec::new();
+    for (offer, count) in [("o2", 3), ("o1", 2), ("o3", 1)] {
+        for i in 0..count {
+            let id = admit(&s, &pool_of(offer), &format!("d{i}"), 5, now).await.unwrap();
+            expected.push((pool_of(offer), id));
+        }
+    }
+    let held = expected[0].1;
+    s.store
+        // Live until after the pending ones' connect timeout.
+        .attach(&pool_of("o2"), held, Holder(7), now + 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    for other in [customer("a:b", "c"), customer("a", "b:c2"), customer("b", "b:c")] {
+        admit(&s, &PoolKey::new(&other, "o1"), "not theirs", 5, now)
+            .await
+            .unwrap();
+    }
+    expected.sort_by(|(a, x), (b, y)| (&a.offer_id, x).cmp(&(&b.offer_id, y)));
+
+    let then = now + 10_001;
+    for limit in [1, 2, 4, 100] {
+        assert_eq!(walk(&s, &who, None, limit, then).await, expected, "pages of {limit}");
+    }
+    let only_o2: Vec<_> = expected.iter().filter(|(p, _)| p.offer_id == "o2").cloned().collect();
+    assert_eq!(walk(&s, &who, Some("o2"), 2, then).await, only_o2);
+    assert!(walk(&s, &who, Some("o9"), 2, then).await.is_empty());
+
+    let page = s
+        .store
+        .customer_sessions(&query(&who, Some("o2"), None, 10), then)
+        .await
+        .unwrap();
+    let shown = page.sessions.iter().find(|(_, x)| x.id == held).unwrap();
+    assert_eq!((shown.1.state, shown.1.holder), (SessionState::Live, Some(Holder(7))));
+
+    // Once the pending ones miss their connect timeout, only the live one is left.
+    let later = now + CONNECT;
+    assert_eq!(walk(&s, &who, None, 2, later).await, vec![(pool_of("o2"), held)]);
+}
+
+async fn ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses(s: Subject) {
+    let now = t0();
+    let who = customer("pub", "kicked");
+    let pool_of = |offer: &str| PoolKey::new(&who, offer);
+    let live = admit(&s, &pool_of("o1"), "tv", 1, now).await.unwrap();
+    s.store
+        .attach(&pool_of("o1"), live, Holder(9), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut on_o2 = [
+        admit(&s, &pool_of("o2"), "a", 2, now).await.unwrap(),
+        admit(&s, &pool_of("o2"), "b", 2, now).await.unwrap(),
+    ];
+    let neighbour = PoolKey::new(&customer("pub", "kicked2"), "o1");
+    let spared = admit(&s, &neighbour, "tv", 1, now).await.unwrap();
+
+    // One offer only.
+    let ended = s.store.end_customer(&who, Some("o2"), now + 1).await.unwrap();
+    let mut ids: Vec<_> = ended.iter().map(|(p, x)| (p.offer_id.clone(), x.id)).collect();
+    ids.sort();
+    on_o2.sort();
+    assert_eq!(ids, on_o2.iter().map(|id| ("o2".to_owned(), *id)).collect::<Vec<_>>());
+    assert!(s.store.list(&pool_of("o2"), now + 1).await.unwrap().is_empty());
+    assert_eq!(s.store.list(&pool_of("o1"), now + 1).await.unwrap().len(), 1);
+
+    // Every offer: the ended session names the socket to tell.
+    let ended = s.store.end_customer(&who, None, now + 2).await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!((ended[0].1.id, ended[0].1.holder), (live, Some(Holder(9))));
+    assert_eq!(s.store.locate(live).await.unwrap(), None);
+    assert!(s.store.end_customer(&who, None, now + 3).await.unwrap().is_empty());
+
+    // The slots are free, and no pool of theirs counts against the cap any more.
+    assert!(admit_capped(&s, &pool_of("o3"), 1, 1, now + 4).await.is_ok());
+    let capped = admit_capped(&s, &pool_of("o1"), 1, 1, now + 4).await;
+    assert!(
+        matches!(capped, Err(Refusal::TooManyPools)),
+        "o3 is their one pool: {capped:?}"
+    );
+    assert_eq!(s.store.list(&neighbour, now + 4).await.unwrap().len(), 1);
+    assert_eq!(s.store.locate(spared).await.unwrap(), Some(neighbour));
 }

@@ -97,6 +97,11 @@ async fn check_answer(response: reqwest::Response, allowed: &[u16]) -> Result<()
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     prop_assert!(allowed.contains(&status), "status {status}: {text}");
+    if status == 431 {
+        // A head over server.max_header_bytes is refused by the HTTP layer itself,
+        // before any request exists to answer in JSON.
+        return Ok(());
+    }
     let body: Value =
         serde_json::from_str(&text).map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {text}")))?;
     if status != 200 {
@@ -133,7 +138,7 @@ fn arbitrary_create_and_takeover_bodies_get_a_clear_answer() {
                     .await
                     .map_err(|_| TestCaseError::fail("no answer within 5 s"))?
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    check_answer(response, &[200, 400, 403, 404, 409, 413, 429]).await
+                    check_answer(response, &[200, 400, 403, 404, 409, 413, 429, 431]).await
                 })
             })
             .unwrap();
@@ -157,7 +162,7 @@ fn arbitrary_customer_tokens_get_a_clear_answer() {
                     .await
                     .map_err(|_| TestCaseError::fail("no answer within 5 s"))?
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                    check_answer(response, &[200, 400, 401, 403, 404, 409, 429]).await
+                    check_answer(response, &[200, 400, 401, 403, 404, 409, 429, 431]).await
                 })
             })
             .unwrap();

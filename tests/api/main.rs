@@ -11,7 +11,10 @@ mod helpers;
 mod http_api;
 mod metrics;
 mod offers;
+mod openapi;
 mod rate_limits;
+mod readiness;
+mod session_admin;
 mod settings_postgres;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.

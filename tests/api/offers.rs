@@ -36,7 +36,8 @@ fn granted_ids(answers: &[(u16, Value)]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_made_up_offer_ids_of_one_customer_hold_at_most_the_default_session_limit() {
-    let app = spawn_app().await;
+    // Fifty creates at once from one customer: room in its rate limit for all of them.
+    let app = spawn_app_with(|s| s.limits.customer_burst = 100).await;
     app.put_publisher("1", json!({"defaultSessionLimit": 2})).await;
     let token = app.token("1", "42");
 
@@ -89,6 +90,7 @@ async fn with_unknown_offers_each_a_customer_holds_sessions_in_at_most_max_pools
     let app = spawn_app_with(|s| {
         s.publishers.unknown_offers = UnknownOffers::Each;
         s.publishers.max_pools_per_customer = 4;
+        s.limits.customer_burst = 100;
     })
     .await;
     let token = app.token("1", "42");

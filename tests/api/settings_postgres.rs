@@ -407,3 +407,34 @@ async fn a_stored_publisher_with_the_old_default_value_reads_as_each_after_migra
     repo.put_publisher(&shared).await.unwrap();
     assert_eq!(repo.catalog("old").await.unwrap().unwrap().publisher, shared);
 }
+
+#[tokio::test]
+async fn publishers_are_read_page_by_page_in_byte_order_after_a_cursor() {
+    let server = PgServer::start().await;
+    let repo = repo(&server).await;
+    let mut ids = vec!["b", "a", "B", "a-b", "ab", "é", "Z"];
+    for id in &ids {
+        repo.create_publisher(&publisher(id)).await.unwrap();
+    }
+    // Byte order, whatever the database's collation: "B" < "Z" < "a" < "é".
+    ids.sort();
+    for limit in [1, 2, 3, 100] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..100 {
+            let page = repo.publishers_after(after.as_deref(), limit).await.unwrap();
+            assert!(page.len() <= limit as usize);
+            seen.extend(page.iter().map(|p| p.id.clone()));
+            if page.len() < limit as usize {
+                break;
+            }
+            after = page.last().map(|p| p.id.clone());
+        }
+        assert_eq!(seen, ids, "pages of {limit}");
+    }
+    assert_eq!(repo.publishers_after(Some("é"), 10).await.unwrap(), vec![]);
+    assert_eq!(
+        repo.publishers_after(Some("a"), 1).await.unwrap(),
+        vec![publisher("a-b")]
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::domain::PoolKey;
+use crate::domain::{Customer, PoolKey};
 
 /// A pool's key seen as its customer only (publisher and customer id). It shares
 /// the pool map's allocation, so tracking a customer copies none of its ids.
@@ -53,6 +53,13 @@ impl Customers {
                 .remove_if(&CustomerOf(Arc::clone(pool)), |_, open| open.is_empty());
         }
         result
+    }
+
+    /// The pools `customer` holds sessions in, as they are now. Read under the
+    /// customer's lock and released before the caller visits them (lock order).
+    pub(super) fn pools_of(&self, customer: &Customer) -> OpenPools {
+        let probe = CustomerOf(Arc::new(PoolKey::new(customer, "")));
+        self.0.get(&probe).map(|open| open.clone()).unwrap_or_default()
     }
 
     #[cfg(test)]

@@ -22,9 +22,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 
 use crate::domain::clock::duration_ms;
+use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
 use crate::domain::ports::{Notifier, SessionStore, SessionsByState, StoreError};
-use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use crate::readiness::Probe;
 use scripts::Scripts;
 
 /// How many script calls go in one pipeline when a node acts on all its sessions.
@@ -54,7 +56,12 @@ pub(crate) fn pools_key(pool: &PoolKey) -> String {
 }
 
 pub(crate) fn tombstone_key(pool: &PoolKey, id: SessionId) -> String {
-    format!("drisc:{{{}}}:t:{id}", customer_tag(pool))
+    format!("{}{id}", tombstone_prefix(pool))
+}
+
+/// What the tombstone keys of a customer's sessions start with.
+fn tombstone_prefix(pool: &PoolKey) -> String {
+    format!("drisc:{{{}}}:t:", customer_tag(pool))
 }
 
 /// An invocation of `script` on `pool`, with the keys every script takes first:
@@ -304,6 +311,57 @@ impl RedisStore {
         })
     }
 
+    /// The pools `customer` holds sessions in, from the customer's set of pools
+    /// (one key in the customer's slot: no SCAN). A pool whose sessions all died
+    /// may still be listed until the next admission drops it; its scripts find
+    /// it empty.
+    async fn pools_of(&self, customer: &Customer, wanted: impl Fn(&str) -> bool) -> Result<Vec<PoolKey>, StoreError> {
+        let probe = PoolKey::new(customer, "");
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(pools_key(&probe))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        // Each member is a pool's key: the customer's prefix, then the offer id.
+        let prefix = pool_key(&probe);
+        Ok(members
+            .iter()
+            .filter_map(|m| m.strip_prefix(&prefix))
+            .filter(|offer| wanted(offer))
+            .map(|offer| PoolKey::new(customer, offer))
+            .collect())
+    }
+
+    /// Runs `script` once on each pool, pipelined, and returns each reply's
+    /// records paired with their pool.
+    async fn on_each_pool(
+        &self,
+        script: &redis::Script,
+        pools: Vec<PoolKey>,
+        args: impl Fn(&PoolKey, &mut redis::ScriptInvocation<'_>),
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in pools.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for pool in chunk {
+                let mut invocation = on_pool(script, pool);
+                args(pool, &mut invocation);
+                pipe.invoke_script(&invocation);
+            }
+            let replies = self.run_pipeline(script, &pipe).await?;
+            for (pool, reply) in chunk.iter().zip(replies) {
+                let Value::Array(records) = reply else {
+                    return Err(bad_reply("customer"));
+                };
+                found.extend(records.iter().filter_map(parse_record).map(|s| (pool.clone(), s)));
+            }
+        }
+        Ok(found)
+    }
+
     /// Registers that this node's socket `holder` holds a session.
     fn hold(&self, holder: Holder, pool: &PoolKey, id: SessionId, name: String) {
         self.held.insert(
@@ -321,6 +379,23 @@ impl RedisStore {
         if let Ok(mut pending) = self.pending.lock() {
             pending.remove(&holder);
         }
+    }
+}
+
+/// `PING` on the connection every session operation uses: if it does not answer,
+/// neither would an admission.
+#[async_trait]
+impl Probe for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -493,6 +568,47 @@ impl SessionStore for RedisStore {
             .run_list(on_pool(&self.scripts.list, pool).arg(self.now_arg(now)), "list")
             .await?;
         Ok(items.iter().filter_map(parse_record).collect())
+    }
+
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
+        let now = self.now_arg(now);
+        let found = self
+            .on_each_pool(&self.scripts.list, pools, |_, invocation| {
+                invocation.arg(now);
+            })
+            .await?;
+        Ok(query.page(found))
+    }
+
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let pools = self
+            .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
+            .await?;
+        let now = self.now_arg(now);
+        let ended = self
+            .on_each_pool(&self.scripts.end_all, pools, |pool, invocation| {
+                invocation.arg(now).arg(tombstone_prefix(pool));
+            })
+            .await?;
+        // Each id's index key has a slot of its own (a multi-key DEL would cross
+        // slots): one DEL each, pipelined. Only operators' look-ups by id depend on it.
+        if !ended.is_empty() {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            for (_, session) in &ended {
+                pipe.cmd("DEL").arg(index_key(session.id)).ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+                tracing::debug!(error = %e, "could not unindex ended sessions");
+            }
+        }
+        Ok(ended)
     }
 
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {

@@ -194,6 +194,22 @@ for _, rec in ipairs(live) do reply[#reply + 1] = encode(rec) end
 return reply
 "#;
 
+/// ARGV: now, the prefix of the customer's tombstone keys (`drisc:{tag}:t:`).
+/// Ends every session of the pool at once, each leaving an "E" tombstone (in the
+/// customer's slot, like every key here) so its holder learns why even if the
+/// order is lost. Reply: the ended records.
+const END_ALL: &str = r#"
+local live = load()
+local reply = {}
+for _, rec in ipairs(live) do
+  redis.call('HDEL', pool, rec.id)
+  redis.call('SET', ARGV[2] .. rec.id, 'E', 'PX', TOMB)
+  reply[#reply + 1] = encode(rec)
+end
+settle()
+return reply
+"#;
+
 /// ARGV: now, id, record JSON (`e` or `c` 0: now, plus the live allowance for `e`).
 /// Puts back a session unless the pool has it. Reply: 1 restored, 0 already there.
 const RESTORE: &str = r#"
@@ -213,6 +229,7 @@ pub struct Scripts {
     pub heartbeat: redis::Script,
     pub detach: redis::Script,
     pub end: redis::Script,
+    pub end_all: redis::Script,
     pub list: redis::Script,
     pub restore: redis::Script,
 }
@@ -233,6 +250,7 @@ impl Scripts {
             heartbeat: build(HEARTBEAT),
             detach: build(DETACH),
             end: build(END),
+            end_all: build(END_ALL),
             list: build(LIST),
             restore: build(RESTORE),
         }
