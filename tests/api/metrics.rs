@@ -674,3 +674,68 @@ async fn made_up_methods_share_one_label_value() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_calls() {
+    let app = limited_app().await;
+    let t = Target::new(&app.base);
+    for offer in [OFFER, "offer-metrics-2"] {
+        let put = t
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/publishers/{PUBLISHER}/offers/{offer}"),
+                Some(json!({"sessionLimit": 2})),
+            )
+            .await;
+        assert_eq!(put.status(), 200);
+    }
+    let customer = token(CUSTOMER);
+    helpers::granted(t.create(&customer).await).await;
+    helpers::granted(t.create(&customer).await).await;
+    let other = t
+        .post(
+            "/sessions",
+            &customer,
+            json!({"offerId": "offer-metrics-2", "sessionName": "tv"}),
+        )
+        .await;
+    let other = helpers::granted(other).await;
+    let mut player = Player::connect(&other.endpoint).await;
+    player.request_ok().await;
+    let before = t.scrape().await;
+
+    let listed = t
+        .admin(
+            reqwest::Method::GET,
+            &format!("/sessions?publisherId={PUBLISHER}&customerId={CUSTOMER}"),
+            None,
+        )
+        .await;
+    assert_eq!(listed.status(), 200);
+    let kicked = t
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/publishers/{PUBLISHER}/customers/{CUSTOMER}/sessions"),
+            None,
+        )
+        .await;
+    assert_eq!(kicked.status(), 200);
+    assert_eq!(kicked.json::<Value>().await.unwrap(), json!({"ended": 3}));
+    player.expect("EXPIRED").await;
+    player.expect_close(4003).await;
+
+    let after = t.scrape().await;
+    let moved = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(moved("drisc_sessions_ended_total", &[("cause", "kicked")]), 3.0);
+    assert_eq!(moved("drisc_sessions_ended_total", &[]), 3.0);
+    let op = |op| {
+        moved(
+            "drisc_store_operation_duration_seconds_count",
+            &[("store", "memory"), ("op", op)],
+        )
+    };
+    assert_eq!(op("customer_sessions"), 1.0);
+    assert_eq!(op("end_customer"), 1.0);
+    assert_eq!(after.get("drisc_sessions", &[]), 0.0);
+    app.stop().await;
+}
