@@ -19,9 +19,11 @@ use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl, Unav
 use crate::domain::journal::Journal;
 use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::limits::Limits;
+use crate::meter::Meter;
 use crate::net::{self, Server};
 use crate::readiness::{Dependency, Probe, Readiness};
 use crate::state::AppState;
+use crate::store::instrumented::Instrumented;
 use crate::store::redis::inbox::{self, ClusterNotifier};
 use crate::store::redis::{RedisStore, TimeSource, refresh};
 use crate::store::{MemoryStore, PostgresSettings, SqliteSettings};
@@ -135,6 +137,7 @@ impl App {
         let timings = settings.timings();
         let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
             .then(|| Arc::new(Journal::new()));
+        let meter = Arc::new(Meter::new());
         let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
             match settings.storage.sessions {
                 SessionBackend::Memory => {
@@ -143,6 +146,8 @@ impl App {
                         Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
                         None => MemoryStore::new(timings),
                     };
+                    let store = store.observed(meter.clone());
+                    let store = Instrumented::new(Arc::new(store), "memory", meter.clone());
                     (hub.clone(), Arc::new(store), hub, None)
                 }
                 SessionBackend::Redis => {
@@ -174,7 +179,8 @@ impl App {
                         url,
                         outbox,
                     };
-                    (hub, store, Arc::new(notifier), Some(cluster))
+                    let store = Instrumented::new(store, "redis", meter.clone());
+                    (hub, Arc::new(store), Arc::new(notifier), Some(cluster))
                 }
             };
         let p = &settings.publishers;
@@ -182,6 +188,7 @@ impl App {
             store,
             settings: database.repo(),
             notifier,
+            events: meter.clone(),
             clock: Clock::new(),
             timings,
             policy: PublisherPolicy {
@@ -240,6 +247,7 @@ impl App {
             )),
             hub,
             limits,
+            meter,
             readiness: Arc::new(Readiness::new(dependencies)),
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
@@ -320,6 +328,7 @@ impl App {
             state.settings.liveness.sweep_interval,
             shutdown.clone(),
         ));
+        background.spawn(crate::tasks::metrics::run(state.meter.clone(), shutdown.clone()));
         if state.limits.enabled() {
             background.spawn(crate::tasks::rate_limits::run(
                 state.limits.clone(),
@@ -356,9 +365,15 @@ impl App {
             max_connections,
         };
         let router = crate::http::router(state.clone());
-        let drain = Server::new(listener, router, connection_limits, shutdown.clone())
-            .accept_until_shutdown()
-            .await;
+        let drain = Server::new(
+            listener,
+            router,
+            connection_limits,
+            shutdown.clone(),
+            state.meter.clone(),
+        )
+        .accept_until_shutdown()
+        .await;
 
         // Sockets watch the same token and close themselves with 1012: the HTTP
         // server does not own them once upgraded.

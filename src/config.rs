@@ -39,6 +39,7 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub limits: LimitSettings,
     pub cors: CorsSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
 
@@ -276,6 +277,13 @@ impl LimitSettings {
             })
             .collect()
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` without the admin key (behind a private network only).
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

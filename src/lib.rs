@@ -11,6 +11,7 @@
 //! - [`limits`] rate-limits customers and failed authentications per source address;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
 //! - [`store`] implements those ports (memory pools, SQLite settings);
+//! - [`meter`] counts what `GET /metrics` reports and logs the session events;
 //! - [`tasks`] runs the background loops;
 //! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod limits;
+pub mod meter;
 pub mod net;
 pub mod readiness;
 pub mod state;

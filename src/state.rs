@@ -9,6 +9,7 @@ use crate::auth::{CustomerVerifier, SessionTokens};
 use crate::config::Settings;
 use crate::domain::control::SessionControl;
 use crate::limits::Limits;
+use crate::meter::Meter;
 use crate::readiness::Readiness;
 use crate::ws::hub::Hub;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub tokens: Arc<SessionTokens>,
     pub hub: Arc<Hub>,
     pub limits: Arc<Limits>,
+    /// This server's metrics (its own registry: see [`crate::meter`]).
+    pub meter: Arc<Meter>,
     /// What `/readyz` answers: stores reachable, not draining.
     pub readiness: Arc<Readiness>,
     pub settings: Arc<Settings>,

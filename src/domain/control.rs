@@ -9,7 +9,10 @@ use super::clock::Clock;
 use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
 use super::pool::{ActiveSession, Limits, NewSession, Refusal};
-use super::ports::{Control, Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo, StoreError};
+use super::ports::{
+    Control, EndCause, Notifier, SessionArchive, SessionEvents, SessionStore, SessionsByState, SettingsError,
+    SettingsRepo, StoreError,
+};
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
 
@@ -96,6 +99,7 @@ pub struct SessionControl {
     store: Arc<dyn SessionStore>,
     settings: Arc<dyn SettingsRepo>,
     notifier: Arc<dyn Notifier>,
+    events: Arc<dyn SessionEvents>,
     clock: Clock,
     timings: Timings,
     policy: PublisherPolicy,
@@ -111,6 +115,8 @@ pub struct ControlParts {
     pub store: Arc<dyn SessionStore>,
     pub settings: Arc<dyn SettingsRepo>,
     pub notifier: Arc<dyn Notifier>,
+    /// Told of every session this node ends or reaps.
+    pub events: Arc<dyn SessionEvents>,
     pub clock: Clock,
     pub timings: Timings,
     pub policy: PublisherPolicy,
@@ -124,6 +130,7 @@ impl SessionControl {
             store: parts.store,
             settings: parts.settings,
             notifier: parts.notifier,
+            events: parts.events,
             clock: parts.clock,
             timings: parts.timings,
             policy: parts.policy,
@@ -203,21 +210,42 @@ impl SessionControl {
                 for (id, holder) in granted.live_others {
                     self.notifier.notify(id, holder, Control::Ping);
                 }
+                tracing::info!(
+                    event = "session_granted",
+                    publisher = %pool.publisher_id,
+                    customer = %pool.customer_id,
+                    offer = %pool.offer_id,
+                    session = %granted.session.id,
+                    "session granted"
+                );
                 Ok(CreateOutcome::Granted {
                     pool,
                     offer_id: offer.offer_id,
                     session: granted.session,
                 })
             }
-            Err(Refusal::Full(full)) => Ok(CreateOutcome::LimitExceeded {
-                takeover_enabled: offer.takeover_enabled,
-                active: full.active,
-            }),
+            Err(Refusal::Full(full)) => {
+                tracing::info!(
+                    event = "session_refused",
+                    reason = "limit_exceeded",
+                    publisher = %pool.publisher_id,
+                    customer = %pool.customer_id,
+                    offer = %pool.offer_id,
+                    limit = limits.sessions,
+                    "session refused: the customer holds as many sessions as the offer allows"
+                );
+                Ok(CreateOutcome::LimitExceeded {
+                    takeover_enabled: offer.takeover_enabled,
+                    active: full.active,
+                })
+            }
             Err(Refusal::TooManyPools) => {
                 let max = limits.pools_per_customer;
                 // Worth an operator's eye: a real player seldom needs that many
                 // offers at once, a script inventing offer ids does.
                 tracing::warn!(
+                    event = "session_refused",
+                    reason = "too_many_pools",
                     publisher = %customer.publisher_id,
                     customer = %customer.customer_id,
                     max,
@@ -252,6 +280,16 @@ impl SessionControl {
             return Ok(CreateOutcome::Disabled);
         };
         let done = taken.ok_or(ControlError::SessionNotFound(victim))?;
+        tracing::info!(
+            event = "session_taken_over",
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            session = %done.granted.session.id,
+            victim = %victim,
+            "session taken over"
+        );
+        self.events.ended(&pool, victim, EndCause::TakenOver);
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
             self.notifier.notify(victim, holder, Control::TakeOver { session_name });
@@ -308,13 +346,23 @@ impl SessionControl {
         Ok(())
     }
 
-    /// FINISHED, or a live socket that missed its PONG: the slot is freed at once.
-    pub async fn end_held(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
-        Ok(self
+    /// FINISHED, or a live socket that missed its PONG (`cause`): the slot is freed at once.
+    pub async fn end_held(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        cause: EndCause,
+    ) -> Result<bool, ControlError> {
+        let ended = self
             .store
             .end(pool, id, Some(holder), self.clock.now())
             .await?
-            .is_some())
+            .is_some();
+        if ended {
+            self.events.ended(pool, id, cause);
+        }
+        Ok(ended)
     }
 
     /// Ends a session on behalf of an operator (or its owner) and closes its socket.
@@ -324,6 +372,7 @@ impl SessionControl {
             .end(pool, id, None, self.clock.now())
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
+        self.events.ended(pool, id, EndCause::Kicked);
         self.expire(&session);
         Ok(session)
     }
@@ -332,7 +381,8 @@ impl SessionControl {
     /// operator, and closes their sockets, wherever they are held.
     pub async fn kick_customer(&self, customer: &Customer, offer_id: Option<&str>) -> Result<usize, ControlError> {
         let ended = self.store.end_customer(customer, offer_id, self.clock.now()).await?;
-        for (_, session) in &ended {
+        for (pool, session) in &ended {
+            self.events.ended(pool, session.id, EndCause::Kicked);
             self.expire(session);
         }
         Ok(ended.len())
@@ -363,10 +413,16 @@ impl SessionControl {
     /// sockets sooner.
     pub async fn reap(&self) -> Result<usize, ControlError> {
         let dead = self.store.reap(self.clock.now()).await?;
-        for (_, session) in &dead {
+        for (pool, session) in &dead {
+            self.events.ended(pool, session.id, EndCause::of_dead(session.state));
             self.expire(session);
         }
         Ok(dead.len())
+    }
+
+    /// Sessions by state, as far as the store knows them cheaply.
+    pub fn sessions_by_state(&self) -> SessionsByState {
+        self.store.by_state()
     }
 
     pub async fn held_count(&self) -> Result<usize, ControlError> {

@@ -88,6 +88,15 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// How many of its sessions are pending, live and detached.
+    pub fn tally(&self) -> [i64; 3] {
+        let mut tally = [0; 3];
+        for s in &self.sessions {
+            tally[s.state as usize] += 1;
+        }
+        tally
+    }
+
     /// Removes and returns the sessions that are dead at `now`.
     pub fn prune(&mut self, now: Millis) -> Vec<Session> {
         if self.sessions.iter().all(|s| !is_dead(s.expires_at, now)) {

@@ -7,7 +7,7 @@ use super::clock::Millis;
 use super::journal::JournalBatch;
 use super::listing::{SessionPage, SessionQuery};
 use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
-use super::session::{Customer, Holder, PoolKey, Session, SessionId};
+use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, Publisher};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,79 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn hand_over(&self, _now: Millis) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// How many sessions are held in each state, as far as the store knows without
+    /// a walk or a round trip (read at every scrape of `/metrics`).
+    fn by_state(&self) -> SessionsByState;
+}
+
+/// Sessions by state. `None`: the store does not know it cheaply (Redis keeps
+/// pending and detached sessions, which no node holds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionsByState {
+    pub pending: Option<u64>,
+    pub live: u64,
+    pub detached: Option<u64>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EndCause {
+    /// Its player sent FINISHED.
+    Finished,
+    /// Live, but its player stopped answering PINGs.
+    PongTimeout,
+    /// Granted, but no player sent REQUESTED in time.
+    ConnectTimeout,
+    /// Its socket closed and no player came back within the reconnect grace.
+    GraceExpired,
+    /// Another device took it over.
+    TakenOver,
+    /// Ended by an operator, or by its owner without a socket.
+    Kicked,
+}
+
+impl EndCause {
+    pub const ALL: [Self; 6] = [
+        Self::Finished,
+        Self::PongTimeout,
+        Self::ConnectTimeout,
+        Self::GraceExpired,
+        Self::TakenOver,
+        Self::Kicked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::PongTimeout => "pong_timeout",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::GraceExpired => "grace_expired",
+            Self::TakenOver => "taken_over",
+            Self::Kicked => "kicked",
+        }
+    }
+
+    /// Why a session that nobody ended died: its state says which deadline it missed.
+    pub fn of_dead(state: SessionState) -> Self {
+        match state {
+            SessionState::Pending => Self::ConnectTimeout,
+            SessionState::Live => Self::PongTimeout,
+            SessionState::Detached => Self::GraceExpired,
+        }
+    }
+}
+
+/// Told of every session that ends (counted, and logged as an event).
+pub trait SessionEvents: Send + Sync + 'static {
+    fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause);
+}
+
+/// For stores and tests that report to nobody.
+pub struct NoEvents;
+
+impl SessionEvents for NoEvents {
+    fn ended(&self, _: &PoolKey, _: SessionId, _: EndCause) {}
 }
 
 /// Where publisher and offer settings live.

@@ -310,6 +310,18 @@ async fn put_publisher(
     publisher.default_session_limit = change.default_session_limit.unwrap_or(publisher.default_session_limit);
     publisher.unknown_offers = change.unknown_offers.unwrap_or(publisher.unknown_offers);
     state.control.put_publisher(&publisher).await?;
+    // The key itself is a secret (an HMAC key may be one): only whether there is one.
+    tracing::info!(
+        event = "settings_changed",
+        change = "publisher_put",
+        publisher = %publisher.id,
+        enabled = publisher.enabled,
+        takeover_enabled = publisher.takeover_enabled,
+        default_session_limit = publisher.default_session_limit,
+        own_key = publisher.verification_key.is_some(),
+        jwks = publisher.jwks_uri.is_some(),
+        "publisher settings changed"
+    );
     Ok(Json(PublisherView::from(&publisher)))
 }
 
@@ -373,6 +385,15 @@ async fn put_offer(
         takeover_enabled: change.takeover_enabled,
     };
     state.control.put_offer(&publisher_id, &offer).await?;
+    tracing::info!(
+        event = "settings_changed",
+        change = "offer_put",
+        publisher = %publisher_id,
+        offer = %offer.id,
+        session_limit = offer.session_limit,
+        takeover_enabled = ?offer.takeover_enabled,
+        "offer settings changed"
+    );
     Ok(Json(OfferView::from(&offer)))
 }
 
@@ -401,6 +422,13 @@ async fn delete_offer(
     Path((publisher_id, offer_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     if state.control.delete_offer(&publisher_id, &offer_id).await? {
+        tracing::info!(
+            event = "settings_changed",
+            change = "offer_deleted",
+            publisher = %publisher_id,
+            offer = %offer_id,
+            "offer deleted"
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

@@ -16,6 +16,7 @@ use crate::domain::Customer;
 use crate::domain::settings::Publisher;
 use crate::error::ApiError;
 use crate::limits::Source;
+use crate::meter::RateLimit;
 use crate::state::AppState;
 
 fn bearer(parts: &Parts) -> Result<&str, AuthError> {
@@ -64,7 +65,10 @@ impl FromRequestParts<AppState> for CustomerAuth {
 fn checked_source(parts: &Parts, state: &AppState) -> Result<Option<Source>, ApiError> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let source = state.limits.source(peer, &parts.headers);
-    state.limits.check_source(source)?;
+    state.limits.check_source(source).map_err(|refused| {
+        state.meter.rate_limited(RateLimit::FailedAuth);
+        ApiError::from(refused)
+    })?;
     Ok(source)
 }
 
@@ -72,7 +76,10 @@ fn checked_source(parts: &Parts, state: &AppState) -> Result<Option<Source>, Api
 fn charge_failure<T>(result: Result<T, ApiError>, source: Option<Source>, state: &AppState) -> Result<T, ApiError> {
     match result {
         Err(ApiError::Unauthorized(message)) => {
-            state.limits.charge_failure(source)?;
+            state.limits.charge_failure(source).map_err(|refused| {
+                state.meter.rate_limited(RateLimit::FailedAuth);
+                ApiError::from(refused)
+            })?;
             Err(ApiError::Unauthorized(message))
         }
         other => other,

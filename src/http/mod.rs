@@ -3,6 +3,7 @@
 mod admin;
 mod extract;
 mod health;
+mod metrics;
 mod openapi;
 mod paging;
 mod sessions;
@@ -27,8 +28,14 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
+    let meter_state = state.clone();
     let (router, _) = assemble(|api| {
         api.fallback(|| async { ApiError::NotFound("no such route".into()) })
+            // Innermost: axum sets the route template (MatchedPath) before it runs.
+            .layer(axum::middleware::from_fn_with_state(
+                meter_state,
+                metrics::time_requests,
+            ))
             .layer(DefaultBodyLimit::max(body_limit))
             .layer(cors)
             .layer(TraceLayer::new_for_http().make_span_with(request_span))
@@ -53,6 +60,7 @@ fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppSta
         .merge(sessions::router())
         .merge(crate::ws::router())
         .merge(health::router())
+        .merge(metrics::router())
         .merge(openapi::router())
         .nest("/admin/v1", admin::router());
     // The probes after the layers, so outside them: a prober's 503 (draining, a

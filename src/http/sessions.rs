@@ -2,7 +2,7 @@
 //! /sessions/{id}` for a player that wants to give its slot back without a socket.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,8 +12,9 @@ use utoipa_axum::routes;
 use super::extract::{AnyJson, CustomerAuth};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
-use crate::domain::{PoolKey, Session, SessionId};
+use crate::domain::{Customer, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody, LimitExceededBody};
+use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
 
 /// The longest `sessionName` accepted, in characters.
@@ -145,16 +146,25 @@ impl SessionRequest {
             headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     ),
 )]
+// Every answer is counted by its outcome, refusals by the extractors included:
+// the customer is taken as a result, and the body is read only once the caller
+// is known and within its rate limit, as an extractor would have.
 async fn create(
     State(state): State<AppState>,
-    CustomerAuth(customer): CustomerAuth,
+    customer: Result<CustomerAuth, ApiError>,
     headers: HeaderMap,
-    AnyJson(body): AnyJson<SessionRequest>,
+    request: Request,
 ) -> Result<Json<SessionAnswer>, ApiError> {
-    state.limits.admit_customer(&customer)?;
-    let request = body.validate()?;
-    let outcome = state.control.create(&customer, request).await?;
-    respond(&state, &headers, outcome)
+    let outcome = async {
+        let CustomerAuth(customer) = customer?;
+        admit_customer(&state, &customer)?;
+        let AnyJson(body) = AnyJson::<SessionRequest>::from_request(request, &state).await?;
+        let request = body.validate()?;
+        Ok(state.control.create(&customer, request).await?)
+    }
+    .await;
+    state.meter.admission(admission(&outcome));
+    respond(&state, &headers, outcome?)
 }
 
 /// Replace one of the customer's sessions (PROTOCOL 1.3).
@@ -190,11 +200,39 @@ async fn take_over(
     headers: HeaderMap,
     AnyJson(body): AnyJson<SessionRequest>,
 ) -> Result<Json<SessionAnswer>, ApiError> {
-    state.limits.admit_customer(&customer)?;
+    admit_customer(&state, &customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
     let outcome = state.control.take_over(&customer, request, victim).await?;
+    if matches!(outcome, CreateOutcome::Granted { .. }) {
+        state.meter.takeover();
+    }
     respond(&state, &headers, outcome)
+}
+
+fn admit_customer(state: &AppState, customer: &Customer) -> Result<(), ApiError> {
+    state.limits.admit_customer(customer).map_err(|refused| {
+        state.meter.rate_limited(RateLimit::Customer);
+        ApiError::from(refused)
+    })
+}
+
+/// How `drisc_admissions_total{outcome}` names an answer to `POST /sessions`.
+fn admission(outcome: &Result<CreateOutcome, ApiError>) -> Admission {
+    match outcome {
+        Ok(CreateOutcome::Granted { .. }) => Admission::Granted,
+        Ok(CreateOutcome::Disabled) => Admission::Disabled,
+        Ok(CreateOutcome::LimitExceeded { .. }) => Admission::LimitExceeded,
+        Ok(CreateOutcome::TooManyPools { .. }) => Admission::TooManyPools,
+        Err(ApiError::RateLimited(_)) => Admission::RateLimited,
+        Err(ApiError::Unauthorized(_)) => Admission::Unauthorized,
+        Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Admission::Rejected,
+        Err(ApiError::Unavailable(_) | ApiError::Overloaded) => Admission::Unavailable,
+        Err(ApiError::InvalidRequest(_) | ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout(_)) => {
+            Admission::Invalid
+        }
+        Err(_) => Admission::Error,
+    }
 }
 
 /// Give one of the customer's own sessions back without a socket (a drisc extension).

@@ -2,6 +2,7 @@
 //! between requests, closes the connection when it is shed, and at shutdown.
 //! Every request passes [`Door`] on its way to the router.
 
+use crate::meter::{Meter, Shed};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -36,6 +37,7 @@ pub(super) struct Shared {
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub overloaded: Throttle,
+    pub meter: Arc<Meter>,
     /// Cancelled at shutdown: finish the request in flight, then close.
     pub shutdown: CancellationToken,
     /// Cancelled when the drain is over: close now, whatever is in flight.
@@ -172,6 +174,7 @@ impl hyper::service::Service<Request<Incoming>> for Door {
         self.entry.request_started();
         let in_flight = InFlight(self.entry.clone());
         let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() else {
+            self.shared.meter.shed(Shed::Request, 1);
             if let Some(refused) = self.shared.overloaded.hit() {
                 tracing::warn!(
                     refused,

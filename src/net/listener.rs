@@ -1,5 +1,6 @@
 //! The accept loop, and the drain of HTTP connections at shutdown.
 
+use crate::meter::{Meter, Shed};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,13 @@ pub struct Server {
 
 impl Server {
     /// `shutdown` stops the accept loop and asks every connection to finish.
-    pub fn new(listener: TcpListener, router: Router, limits: Limits, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        router: Router,
+        limits: Limits,
+        shutdown: CancellationToken,
+        meter: Arc<Meter>,
+    ) -> Self {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             // hyper's own header timer also runs while a keep-alive connection waits
@@ -65,6 +72,7 @@ impl Server {
             in_flight: Arc::new(Semaphore::new(limits.max_requests_in_flight)),
             max_in_flight: limits.max_requests_in_flight,
             overloaded: Throttle::new(LOG_EVERY),
+            meter,
             shutdown,
             abort: CancellationToken::new(),
         });
@@ -104,7 +112,8 @@ impl Server {
                     failures += 1;
                     if !per_connection(&e) {
                         // Out of files (EMFILE, ENFILE) or memory: idle connections give some back.
-                        shared.table.shed(SHED_BATCH);
+                        let shed = shared.table.shed(SHED_BATCH);
+                        shared.meter.shed(Shed::Connection, shed as u64);
                     }
                     let delay = backoff.map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
                     backoff = Some(delay);
@@ -122,6 +131,9 @@ impl Server {
             }
             match shared.table.admit() {
                 Ok((slot, shedding)) => {
+                    if shedding > 0 {
+                        shared.meter.shed(Shed::Connection, shedding as u64);
+                    }
                     if shedding > 0
                         && let Some(count) = shed.hit()
                     {
@@ -138,6 +150,7 @@ impl Server {
                 }
                 Err(()) => {
                     drop(tcp);
+                    shared.meter.shed(Shed::Connection, 1);
                     if let Some(count) = refused.hit() {
                         tracing::warn!(
                             refused = count,
@@ -215,7 +228,9 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
         );
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(Server::new(listener, router, limits(), shutdown.clone()).accept_until_shutdown());
+        let server = tokio::spawn(
+            Server::new(listener, router, limits(), shutdown.clone(), Default::default()).accept_until_shutdown(),
+        );
 
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let local = stream.local_addr().unwrap();

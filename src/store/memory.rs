@@ -31,7 +31,7 @@ use super::roster::Roster;
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
-use crate::domain::ports::{SessionStore, StoreError};
+use crate::domain::ports::{EndCause, NoEvents, SessionEvents, SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use customers::{Customers, OpenPools};
 
@@ -74,6 +74,8 @@ pub struct MemoryStore {
     pending: ExpiryQueue,
     detached: ExpiryQueue,
     roster: Roster,
+    /// Told of the sessions this store finds dead (those nobody ended).
+    events: Arc<dyn SessionEvents>,
 }
 
 impl MemoryStore {
@@ -94,7 +96,14 @@ impl MemoryStore {
             pending: ExpiryQueue::default(),
             detached: ExpiryQueue::default(),
             roster: Roster::new(journal),
+            events: Arc::new(NoEvents),
         }
+    }
+
+    /// Reports the sessions it finds dead to `events`.
+    pub fn observed(mut self, events: Arc<dyn SessionEvents>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Drops the sessions of `pool` that are dead at `now` and tells the roster.
@@ -108,21 +117,33 @@ impl MemoryStore {
         dead
     }
 
+    /// Tells the events of sessions found dead, after the pool's lock is released
+    /// (an event is also a log line).
+    fn report_dead(&self, key: &PoolKey, dead: &[Session]) {
+        for session in dead {
+            self.events.ended(key, session.id, EndCause::of_dead(session.state));
+        }
+    }
+
     /// Runs `f` on an existing pool (with its shared key and the sessions found
-    /// dead at `now`, already removed) and drops the pool if it is left empty.
+    /// dead at `now`, already removed: those `f` leaves in the vector are reported
+    /// as ended here) and drops the pool if it is left empty.
     fn with_pool<R>(
         &self,
         key: &PoolKey,
         now: Millis,
-        f: impl FnOnce(&Arc<PoolKey>, &mut Pool, Vec<Session>) -> R,
+        f: impl FnOnce(&Arc<PoolKey>, &mut Pool, &mut Vec<Session>) -> R,
     ) -> Option<R> {
-        let (result, emptied) = {
+        let (result, emptied, dead) = {
             let mut entry = self.pools.get_mut(key)?;
             let (key, pool) = entry.pair_mut();
-            let dead = self.settle(pool, now);
-            let result = f(key, pool, dead);
-            (result, pool.is_empty().then(|| Arc::clone(key)))
+            let before = pool.tally();
+            let mut dead = self.settle(pool, now);
+            let result = f(key, pool, &mut dead);
+            self.roster.shift(before, pool.tally());
+            (result, pool.is_empty().then(|| Arc::clone(key)), dead)
         };
+        self.report_dead(key, &dead);
         if let Some(key) = emptied {
             self.customers.with(&key, |open| self.drop_if_empty(&key, open));
         }
@@ -153,7 +174,10 @@ impl MemoryStore {
             // Pools whose sessions all died since count no more.
             open.retain(|k| {
                 let alive = self.pools.get_mut(k.as_ref()).is_some_and(|mut p| {
-                    self.settle(&mut p, now);
+                    let before = p.tally();
+                    let dead = self.settle(&mut p, now);
+                    self.roster.shift(before, p.tally());
+                    self.report_dead(k, &dead);
                     !p.is_empty()
                 });
                 alive
@@ -168,12 +192,15 @@ impl MemoryStore {
             let mut entry = self.pools.entry(Arc::clone(key)).or_default();
             let (key, p) = entry.pair_mut();
             // Another admission may have created the pool meanwhile.
-            self.settle(p, now);
+            let before = p.tally();
+            let dead = self.settle(p, now);
             let outcome = p.admit(new, limits.sessions, now, &self.timings);
             if let Ok(granted) = &outcome {
                 self.roster.added(key, &granted.session);
                 self.watch_pending(key, now);
             }
+            self.roster.shift(before, p.tally());
+            self.report_dead(key, &dead);
             (outcome, p.is_empty())
         };
         if empty {
@@ -342,7 +369,8 @@ impl SessionStore for MemoryStore {
         due.extend(self.detached.due(now));
         let mut dead = Vec::new();
         for (i, key) in due.into_iter().enumerate() {
-            if let Some(pruned) = self.with_pool(&key, now, |_, _, dead| dead) {
+            // Returned, not reported: the caller tells the events of what it reaps.
+            if let Some(pruned) = self.with_pool(&key, now, |_, _, dead| std::mem::take(dead)) {
                 dead.extend(pruned.into_iter().map(|s| (PoolKey::clone(&key), s)));
             }
             if i % 256 == 255 {
@@ -382,7 +410,9 @@ impl SessionStore for MemoryStore {
                     };
                     queue.push(session.expires_at, Arc::clone(key));
                     self.roster.restored(key, &session);
+                    let before = pool.tally();
                     pool.sessions.push(session);
+                    self.roster.shift(before, pool.tally());
                 }
                 if !open.iter().any(|k| k == key) {
                     open.push(Arc::clone(key));
@@ -396,12 +426,19 @@ impl SessionStore for MemoryStore {
         Ok(self.roster.count())
     }
 
+    fn by_state(&self) -> SessionsByState {
+        self.roster.by_state()
+    }
+
     /// Drops every session that died meanwhile (their players are gone, or
     /// stopped answering while the server was stopping), so neither the snapshot
     /// nor the journal brings them back. The one walk over every pool, at shutdown.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
-        self.pools.retain(|_, pool| {
-            self.settle(pool, now);
+        self.pools.retain(|key, pool| {
+            let before = pool.tally();
+            let dead = self.settle(pool, now);
+            self.roster.shift(before, pool.tally());
+            self.report_dead(key, &dead);
             !pool.is_empty()
         });
         Ok(())
@@ -606,6 +643,60 @@ mod tests {
         assert_eq!(store.locate(restored.id).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], vec![restored.id]));
         assert!(store.pools.is_empty());
+    }
+
+    /// Remembers the causes it is told.
+    #[derive(Default)]
+    struct Causes(std::sync::Mutex<Vec<(SessionId, EndCause)>>);
+
+    impl SessionEvents for Causes {
+        fn ended(&self, _: &PoolKey, id: SessionId, cause: EndCause) {
+            self.0.lock().unwrap().push((id, cause));
+        }
+    }
+
+    fn states(store: &MemoryStore) -> (Option<u64>, u64, Option<u64>) {
+        let s = store.by_state();
+        (s.pending, s.live, s.detached)
+    }
+
+    #[tokio::test]
+    async fn sessions_are_counted_by_state_and_those_found_dead_are_reported_with_their_cause() {
+        let causes = Arc::new(Causes::default());
+        let store = MemoryStore::new(timings()).observed(causes.clone());
+        let p = key("g");
+        let pending = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        let live = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        let detached = store.admit(&p, new(), limits(3), 0).await.unwrap().unwrap().session.id;
+        assert_eq!(states(&store), (Some(3), 0, Some(0)));
+        store.attach(&p, live, Holder(1), 0).await.unwrap().unwrap();
+        store.attach(&p, detached, Holder(2), 0).await.unwrap().unwrap();
+        store.detach(&p, detached, Holder(2), 0).await.unwrap();
+        assert_eq!(states(&store), (Some(1), 1, Some(1)));
+        // By 4 000: the live one missed its PONG (2 000), the detached one its grace
+        // (3 000), the pending one its connect timeout (4 000). A listing finds them.
+        assert!(store.list(&p, 4_000).await.unwrap().is_empty());
+        assert_eq!(states(&store), (Some(0), 0, Some(0)));
+        let mut told = causes.0.lock().unwrap().clone();
+        told.sort();
+        let mut want = vec![
+            (pending, EndCause::ConnectTimeout),
+            (live, EndCause::PongTimeout),
+            (detached, EndCause::GraceExpired),
+        ];
+        want.sort();
+        assert_eq!(told, want);
+        // Ended by someone: the caller reports it, not the store.
+        let ended = store
+            .admit(&p, new(), limits(3), 5_000)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
+        store.end(&p, ended, None, 5_000).await.unwrap().unwrap();
+        assert_eq!(causes.0.lock().unwrap().len(), 3);
+        assert_eq!(states(&store), (Some(0), 0, Some(0)));
     }
 
     #[tokio::test]

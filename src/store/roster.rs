@@ -7,11 +7,12 @@
 //! that pool's lock, so the index and the counter are exact, never eventually so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
 use crate::domain::journal::Journal;
+use crate::domain::ports::SessionsByState;
 use crate::domain::{PoolKey, Session, SessionId};
 
 /// Session ids are random UUIDs, hashed on every admission and end: foldhash is
@@ -24,6 +25,9 @@ pub(crate) struct Roster {
     index: Index,
     /// Equal to `index.len()`, which would visit every shard to count.
     held: AtomicUsize,
+    /// Pending, live and detached sessions: moved by each pool operation by the
+    /// difference it made to its pool, so `/metrics` reads them without a walk.
+    states: [AtomicI64; 3],
     journal: Option<Arc<Journal>>,
 }
 
@@ -70,6 +74,26 @@ impl Roster {
     /// The pool holding session `id`.
     pub(crate) fn locate(&self, id: SessionId) -> Option<PoolKey> {
         self.index.get(&id).map(|pool| PoolKey::clone(pool.value()))
+    }
+
+    /// A pool operation changed the states of its pool's sessions from `before`
+    /// to `after` ([`crate::domain::pool::Pool::tally`]).
+    pub(crate) fn shift(&self, before: [i64; 3], after: [i64; 3]) {
+        for ((counter, b), a) in self.states.iter().zip(before).zip(after) {
+            if a != b {
+                counter.fetch_add(a - b, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// How many sessions are pending, live and detached.
+    pub(crate) fn by_state(&self) -> SessionsByState {
+        let read = |i: usize| u64::try_from(self.states[i].load(Ordering::Relaxed)).unwrap_or(0);
+        SessionsByState {
+            pending: Some(read(0)),
+            live: read(1),
+            detached: Some(read(2)),
+        }
     }
 
     /// How many sessions are held.

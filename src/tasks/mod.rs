@@ -2,6 +2,7 @@
 //! task tracker; none is fire-and-forget.
 
 pub mod journal;
+pub mod metrics;
 pub mod rate_limits;
 pub mod sweep;
 

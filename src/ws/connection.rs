@@ -15,8 +15,9 @@ use super::hub::Mailbox;
 use super::messages::{ClientMessage, ServerMessage, close};
 use crate::auth::SessionClaims;
 use crate::domain::clock::duration_ms;
-use crate::domain::ports::Control;
+use crate::domain::ports::{Control, EndCause};
 use crate::domain::{Holder, MessageBudget, PoolKey};
+use crate::meter::Meter;
 use crate::state::AppState;
 
 /// How long a closing socket waits for the player's close reply. Closing the TCP
@@ -95,7 +96,7 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    finish(socket, None, close::RESTART, "server restarting").await;
+                    finish(&self.state.meter, socket, None, close::RESTART, "server restarting").await;
                     return Exit::Shutdown;
                 }
                 _ = mailbox.wait() => {
@@ -108,12 +109,16 @@ impl Connection<'_> {
                 }
                 _ = &mut deadline => {
                     if !self.bound {
-                        finish(socket, None, close::POLICY, "no REQUESTED in time").await;
+                        finish(&self.state.meter, socket, None, close::POLICY, "no REQUESTED in time").await;
                         return Exit::Done;
                     }
                     // No PONG in time: the player is gone or stuck; free the slot.
-                    let _ = self.state.control.end_held(&self.pool, self.claims.sid, self.holder).await;
-                    finish(socket, Some(ServerMessage::Expired), close::EXPIRED, "no PONG in time").await;
+                    let _ = self
+                        .state
+                        .control
+                        .end_held(&self.pool, self.claims.sid, self.holder, EndCause::PongTimeout)
+                        .await;
+                    finish(&self.state.meter, socket, Some(ServerMessage::Expired), close::EXPIRED, "no PONG in time").await;
                     return Exit::Done;
                 }
                 _ = &mut ping, if self.bound => {
@@ -139,10 +144,18 @@ impl Connection<'_> {
                 let message = ServerMessage::TakeOver {
                     session_name: &session_name,
                 };
-                finish(socket, Some(message), close::TAKEN_OVER, "taken over").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    Some(message),
+                    close::TAKEN_OVER,
+                    "taken over",
+                )
+                .await;
             }
             Control::Terminate => {
                 finish(
+                    &self.state.meter,
                     socket,
                     Some(ServerMessage::Terminate),
                     close::TERMINATED,
@@ -151,7 +164,14 @@ impl Connection<'_> {
                 .await;
             }
             Control::Expire | Control::Ping => {
-                finish(socket, Some(ServerMessage::Expired), close::EXPIRED, "session ended").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    Some(ServerMessage::Expired),
+                    close::EXPIRED,
+                    "session ended",
+                )
+                .await;
             }
         }
         Exit::Done
@@ -175,14 +195,21 @@ impl Connection<'_> {
         if counted && !self.spend_budget() {
             self.state.hub.count_flooded_socket();
             tracing::info!(session = %self.claims.sid, "socket sent more messages than its budget; closed");
-            finish(socket, None, close::POLICY, "too many messages").await;
+            finish(&self.state.meter, socket, None, close::POLICY, "too many messages").await;
             return Some(Exit::Lost);
         }
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => return Some(Exit::Lost),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                finish(socket, None, close::UNSUPPORTED, "binary frames are not accepted").await;
+                finish(
+                    &self.state.meter,
+                    socket,
+                    None,
+                    close::UNSUPPORTED,
+                    "binary frames are not accepted",
+                )
+                .await;
                 return Some(Exit::Lost);
             }
             // Protocol-level pings are answered by the WebSocket layer itself.
@@ -193,7 +220,7 @@ impl Connection<'_> {
                     Some(tungstenite::Error::Utf8(_)) => (close::INVALID_TEXT, "text is not UTF-8"),
                     _ => return Some(Exit::Lost),
                 };
-                finish(socket, None, code, reason).await;
+                finish(&self.state.meter, socket, None, code, reason).await;
                 return Some(Exit::Lost);
             }
         };
@@ -221,7 +248,14 @@ impl Connection<'_> {
         self.bad_messages += 1;
         self.state.hub.count_bad_message();
         if self.bad_messages > self.state.settings.websocket.max_bad_messages {
-            finish(socket, None, close::POLICY, "too many invalid messages").await;
+            finish(
+                &self.state.meter,
+                socket,
+                None,
+                close::POLICY,
+                "too many invalid messages",
+            )
+            .await;
             return Some(Exit::Lost);
         }
         None
@@ -240,7 +274,14 @@ impl Connection<'_> {
                 Err(e) => return Some(self.store_failed(socket, e).await),
             };
         if !attached {
-            finish(socket, Some(ServerMessage::Expired), close::EXPIRED, "session expired").await;
+            finish(
+                &self.state.meter,
+                socket,
+                Some(ServerMessage::Expired),
+                close::EXPIRED,
+                "session expired",
+            )
+            .await;
             return Some(Exit::Done);
         }
         let timings = self.state.control.timings();
@@ -279,18 +320,18 @@ impl Connection<'_> {
         if let Err(e) = self
             .state
             .control
-            .end_held(&self.pool, self.claims.sid, self.holder)
+            .end_held(&self.pool, self.claims.sid, self.holder, EndCause::Finished)
             .await
         {
             return Some(self.store_failed(socket, e).await);
         }
-        finish(socket, None, close::FINISHED, "finished").await;
+        finish(&self.state.meter, socket, None, close::FINISHED, "finished").await;
         Some(Exit::Done)
     }
 
     async fn store_failed(&self, socket: &mut WebSocket, error: impl std::fmt::Display) -> Exit {
         tracing::warn!(session = %self.claims.sid, %error, "session store failed; closing the socket");
-        finish(socket, None, 1011, "session store unavailable").await;
+        finish(&self.state.meter, socket, None, 1011, "session store unavailable").await;
         Exit::Lost
     }
 }
@@ -299,17 +340,19 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
     socket.send(Message::Text(message.to_text())).await.is_ok()
 }
 
-/// Sends an optional last message and a close frame, then lingers briefly for the
-/// player's close reply.
+/// Sends an optional last message and a close frame (counted by its code), then
+/// lingers briefly for the player's close reply.
 ///
 /// Boxed: it runs once per socket, and inline it would make every socket's task
 /// larger by its whole state for as long as the socket lives.
 fn finish<'a>(
+    meter: &Meter,
     socket: &'a mut WebSocket,
     last: Option<ServerMessage<'a>>,
     code: u16,
     reason: &'static str,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    meter.ws_close(code);
     Box::pin(finish_now(socket, last, code, reason))
 }
 

@@ -9,6 +9,7 @@ mod crash_safety;
 mod fuzz;
 mod helpers;
 mod http_api;
+mod metrics;
 mod offers;
 mod openapi;
 mod rate_limits;

@@ -407,6 +407,36 @@ async fn the_servers_answers_match_the_schemas_of_the_openapi_document() {
         &text,
     );
 
+    // GET /metrics: the Prometheus text, under a content type the document names;
+    // without the admin key, an Error.
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let described = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        .as_object()
+        .expect("GET /metrics 200 has a content");
+    assert!(
+        described.keys().any(|k| content_type.starts_with(k.as_str())),
+        "{content_type} is not among {:?}",
+        described.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("# TYPE drisc_admissions_total counter")
+    );
+    let (status, text) = send(&app, Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, 401, "{text}");
+    assert_matches(&doc, "/metrics", "get", status, &text);
+
     // Session control switched off: the other 200.
     let (status, _) = send(
         &app,

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::domain::clock::duration_ms;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{Notifier, SessionStore, StoreError};
+use crate::domain::ports::{Notifier, SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use crate::readiness::Probe;
 use scripts::Scripts;
@@ -669,6 +669,16 @@ impl SessionStore for RedisStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.held.len())
+    }
+
+    /// The sessions bound to this node's sockets, as live: pending and detached
+    /// sessions are in Redis, held by no node, and counting them would be a scan.
+    fn by_state(&self) -> SessionsByState {
+        SessionsByState {
+            pending: None,
+            live: self.held.len() as u64,
+            detached: None,
+        }
     }
 
     /// Detaches every session this node's sockets held, so the players get the

@@ -1,0 +1,78 @@
+//! `GET /metrics` (Prometheus text format), and the layer that times every request.
+
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::AdminAuth;
+use crate::error::{ApiError, ErrorBody};
+use crate::meter::Readings;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
+}
+
+/// This server's metrics in the Prometheus text format (a drisc extension).
+///
+/// Authorised by the admin key unless `metrics.public`, for a port only a private
+/// network reaches. Labels come from fixed lists, route templates and status
+/// codes: never a customer id, session id or token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(("adminKey" = []), ("adminKeyHeader" = [])),
+    responses(
+        (status = 200, description = "The metrics, in the Prometheus text exposition format 0.0.4", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "Unauthorized: no admin key, or not the right one (unless metrics.public)", body = ErrorBody),
+        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty) and metrics.public is false", body = ErrorBody),
+        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    ),
+)]
+// Authorised like the admin API unless `metrics.public`: the numbers say how
+// busy the service is, which is no one else's business. The key is checked only
+// when needed, so a public scrape never counts as a failed or rate-limited
+// authentication.
+async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
+    if !state.settings.metrics.public {
+        AdminAuth::from_request_parts(&mut parts, &state).await?;
+    }
+    let hub = &state.hub;
+    let text = state.meter.render(Readings {
+        sessions: state.control.sessions_by_state(),
+        websocket_connections: hub.len(),
+        bad_messages: hub.bad_messages(),
+        flooded_sockets: hub.flooded_sockets(),
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Records each request in `drisc_http_request_duration_seconds` under its route
+/// template, so `/sessions/{session_id}` is one series whatever the ids asked for.
+pub async fn time_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    state
+        .meter
+        .http_request(&method, route, response.status().as_u16(), started.elapsed());
+    response
+}

@@ -1,0 +1,389 @@
+//! What `GET /metrics` reports, and the events worth a line in the log.
+//!
+//! Each [`App`](crate::app::App) owns one [`Meter`]: a Prometheus registry of its
+//! own, never the process-wide recorder of the `metrics` facade, so that several
+//! servers in one process (the tests) never mix their numbers. Counters with a
+//! fixed set of labels are registered once and kept as handles, so counting is one
+//! atomic add; gauges (sessions, sockets, files, memory) are read when scraped.
+//!
+//! No label ever carries a customer, session or token: every label value comes
+//! from a short fixed list, a route template or a status code, so the number of
+//! series does not grow with customers.
+
+use std::time::Duration;
+
+use axum::http::Method;
+
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::domain::ports::{EndCause, SessionEvents, SessionsByState};
+use crate::domain::{PoolKey, SessionId};
+
+/// Latency buckets, in seconds: admissions take well under a millisecond in memory
+/// and a few with Redis; anything past a second is an outage.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+const METADATA: Metadata<'static> = Metadata::new("drisc", Level::INFO, Some(module_path!()));
+
+/// The answer to `POST /sessions`, as counted in `drisc_admissions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Granted,
+    LimitExceeded,
+    TooManyPools,
+    Disabled,
+    /// Unknown publisher, offer or tag.
+    Rejected,
+    /// The session store is unreachable.
+    Unavailable,
+    RateLimited,
+    Unauthorized,
+    /// A malformed request (bad body, oversized field).
+    Invalid,
+    /// Anything else (a settings database error).
+    Error,
+}
+
+impl Admission {
+    const ALL: [Self; 10] = [
+        Self::Granted,
+        Self::LimitExceeded,
+        Self::TooManyPools,
+        Self::Disabled,
+        Self::Rejected,
+        Self::Unavailable,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::Invalid,
+        Self::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "granted",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::TooManyPools => "too_many_pools",
+            Self::Disabled => "disabled",
+            Self::Rejected => "rejected",
+            Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Invalid => "invalid",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Which rate limit refused something, as in `drisc_rate_limited_total{limit}`.
+#[derive(Debug, Clone, Copy)]
+pub enum RateLimit {
+    Customer,
+    FailedAuth,
+}
+
+/// What load shedding refused, as in `drisc_shed_total{what}`.
+#[derive(Debug, Clone, Copy)]
+pub enum Shed {
+    Connection,
+    Request,
+}
+
+/// Where the gauges read at scrape time come from.
+pub struct Readings {
+    pub sessions: SessionsByState,
+    pub websocket_connections: usize,
+    /// Counted by the hub; exported as counters.
+    pub bad_messages: u64,
+    pub flooded_sockets: u64,
+}
+
+pub struct Meter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    admissions: Vec<Counter>,
+    takeovers: Counter,
+    ended: Vec<Counter>,
+    rate_limited: [Counter; 2],
+    shed: [Counter; 2],
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Meter {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let counter = |name: &'static str, label: &'static str, value: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(name, vec![Label::from_static_parts(label, value)]),
+                &METADATA,
+            )
+        };
+        let admissions = Admission::ALL
+            .iter()
+            .map(|a| counter("drisc_admissions_total", "outcome", a.as_str()))
+            .collect();
+        let ended = EndCause::ALL
+            .iter()
+            .map(|c| counter("drisc_sessions_ended_total", "cause", c.as_str()))
+            .collect();
+        let meter = Self {
+            admissions,
+            takeovers: recorder.register_counter(&Key::from_static_name("drisc_takeovers_total"), &METADATA),
+            ended,
+            rate_limited: [
+                counter("drisc_rate_limited_total", "limit", "customer"),
+                counter("drisc_rate_limited_total", "limit", "failed_auth"),
+            ],
+            shed: [
+                counter("drisc_shed_total", "what", "connection"),
+                counter("drisc_shed_total", "what", "request"),
+            ],
+            recorder,
+            handle,
+        };
+        // Shown at 0 from the start: a rate over a series that appears late is wrong
+        // for its first interval.
+        meter.takeovers.increment(0);
+        meter
+    }
+
+    pub fn admission(&self, outcome: Admission) {
+        if let Some(i) = Admission::ALL.iter().position(|a| *a == outcome)
+            && let Some(c) = self.admissions.get(i)
+        {
+            c.increment(1);
+        }
+    }
+
+    pub fn takeover(&self) {
+        self.takeovers.increment(1);
+    }
+
+    pub fn rate_limited(&self, limit: RateLimit) {
+        self.rate_limited[limit as usize].increment(1);
+    }
+
+    pub fn shed(&self, what: Shed, count: u64) {
+        self.shed[what as usize].increment(count);
+    }
+
+    /// A close frame the server sent.
+    pub fn ws_close(&self, code: u16) {
+        let label = Label::new("code", SharedString::from(code.to_string()));
+        self.recorder
+            .register_counter(&Key::from_parts("drisc_ws_close_total", vec![label]), &METADATA)
+            .increment(1);
+    }
+
+    /// One HTTP request; `route` is the router's template (`/sessions/{session_id}`),
+    /// never the path the client sent.
+    pub fn http_request(&self, method: &Method, route: &str, status: u16, took: Duration) {
+        let labels = vec![
+            Label::from_static_parts("method", method_label(method)),
+            Label::new("route", SharedString::from(route.to_owned())),
+            Label::new("status", SharedString::from(status.to_string())),
+        ];
+        self.histogram(Key::from_parts("drisc_http_request_duration_seconds", labels))
+            .record(took.as_secs_f64());
+    }
+
+    /// One call to the session store, and whether it failed.
+    pub fn store_operation(&self, store: &'static str, op: &'static str, took: Duration, failed: bool) {
+        let labels = vec![
+            Label::from_static_parts("store", store),
+            Label::from_static_parts("op", op),
+        ];
+        self.histogram(Key::from_parts(
+            "drisc_store_operation_duration_seconds",
+            labels.clone(),
+        ))
+        .record(took.as_secs_f64());
+        if failed {
+            self.recorder
+                .register_counter(&Key::from_parts("drisc_store_errors_total", labels), &METADATA)
+                .increment(1);
+        }
+    }
+
+    fn histogram(&self, key: Key) -> Histogram {
+        self.recorder.register_histogram(&key, &METADATA)
+    }
+
+    /// Folds the histogram samples recorded since the last call into their buckets.
+    /// Rendering does it too; this keeps memory flat when nobody scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The text format, with the gauges read now.
+    pub fn render(&self, now: Readings) -> String {
+        let gauge = |key: Key, value: f64| self.recorder.register_gauge(&key, &METADATA).set(value);
+        let sessions = now.sessions;
+        for (state, count) in [
+            ("pending", sessions.pending),
+            ("live", Some(sessions.live)),
+            ("detached", sessions.detached),
+        ] {
+            if let Some(count) = count {
+                gauge(
+                    Key::from_parts("drisc_sessions", vec![Label::from_static_parts("state", state)]),
+                    count as f64,
+                );
+            }
+        }
+        gauge(
+            Key::from_static_name("drisc_websocket_connections"),
+            now.websocket_connections as f64,
+        );
+        let counter = |key: Key| self.recorder.register_counter(&key, &METADATA);
+        counter(Key::from_static_name("drisc_bad_messages_total")).absolute(now.bad_messages);
+        counter(Key::from_parts(
+            "drisc_rate_limited_total",
+            vec![Label::from_static_parts("limit", "websocket")],
+        ))
+        .absolute(now.flooded_sockets);
+        let process = process::read();
+        for (name, value) in [
+            ("process_open_fds", process.open_fds),
+            ("process_max_fds", process.max_fds),
+            ("process_resident_memory_bytes", process.resident_memory_bytes),
+        ] {
+            if let Some(value) = value {
+                gauge(Key::from_static_name(name), value as f64);
+            }
+        }
+        self.handle.render()
+    }
+}
+
+impl SessionEvents for Meter {
+    fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause) {
+        if let Some(i) = EndCause::ALL.iter().position(|c| *c == cause)
+            && let Some(c) = self.ended.get(i)
+        {
+            c.increment(1);
+        }
+        tracing::info!(
+            event = "session_ended",
+            cause = cause.as_str(),
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            session = %id,
+            "session ended"
+        );
+    }
+}
+
+/// A method as a label: the standard ones, else "other", since a client may send
+/// any token as a method and each would be a series of its own.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+fn describe(r: &PrometheusRecorder) {
+    let counters: &[(&'static str, &'static str)] = &[
+        (
+            "drisc_admissions_total",
+            "Answers to POST /sessions by outcome (a takeover is counted in drisc_takeovers_total)",
+        ),
+        ("drisc_takeovers_total", "Sessions granted by POST /takeover"),
+        ("drisc_sessions_ended_total", "Sessions ended, by cause"),
+        ("drisc_ws_close_total", "Close frames sent by the server, by close code"),
+        (
+            "drisc_bad_messages_total",
+            "Malformed or unknown WebSocket messages ignored",
+        ),
+        ("drisc_store_errors_total", "Session store operations that failed"),
+        (
+            "drisc_rate_limited_total",
+            "Requests or sockets refused by a rate limit (customer, failed_auth, websocket)",
+        ),
+        (
+            "drisc_shed_total",
+            "Connections or requests shed near the file or in-flight limit",
+        ),
+    ];
+    for (name, help) in counters {
+        r.describe_counter((*name).into(), None, SharedString::const_str(help));
+    }
+    let gauges: &[(&'static str, &'static str)] = &[
+        (
+            "drisc_sessions",
+            "Sessions held, by state. Memory store: every session of this server. Redis store: the \
+             sessions bound to this node's sockets, reported as live (pending and detached ones \
+             live in Redis and are not counted per node)",
+        ),
+        ("drisc_websocket_connections", "Open player WebSockets on this node"),
+        ("process_open_fds", "Open file descriptors"),
+        ("process_max_fds", "The open-file limit (RLIMIT_NOFILE)"),
+        ("process_resident_memory_bytes", "Resident memory"),
+    ];
+    for (name, help) in gauges {
+        let unit = name.ends_with("_bytes").then_some(Unit::Bytes);
+        r.describe_gauge((*name).into(), unit, SharedString::const_str(help));
+    }
+    r.describe_histogram(
+        "drisc_http_request_duration_seconds".into(),
+        Some(Unit::Seconds),
+        "HTTP requests by method, route template and status".into(),
+    );
+    r.describe_histogram(
+        "drisc_store_operation_duration_seconds".into(),
+        Some(Unit::Seconds),
+        "Session store operations by store and operation".into(),
+    );
+}
+
+/// The process's own numbers, from /proc on Linux; nothing elsewhere.
+mod process {
+    #[derive(Default)]
+    pub(super) struct Process {
+        pub open_fds: Option<u64>,
+        pub max_fds: Option<u64>,
+        pub resident_memory_bytes: Option<u64>,
+    }
+
+    #[cfg(target_os = "linux")]
+    pub(super) fn read() -> Process {
+        use procfs::process::LimitValue;
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Process::default();
+        };
+        let max_fds = me.limits().ok().and_then(|l| match l.max_open_files.soft_limit {
+            LimitValue::Value(v) => Some(v),
+            LimitValue::Unlimited => None,
+        });
+        Process {
+            open_fds: me.fd_count().ok().map(|n| n as u64),
+            max_fds,
+            resident_memory_bytes: me.status().ok().and_then(|s| s.vmrss).map(|kb| kb * 1024),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn read() -> Process {
+        Process::default()
+    }
+}

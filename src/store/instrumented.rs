@@ -1,0 +1,140 @@
+//! A session store that times every operation of the store it wraps and counts
+//! its failures, for `drisc_store_operation_duration_seconds{store,op}` and
+//! `drisc_store_errors_total{store,op}`. The stores themselves know nothing of it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::domain::listing::{SessionPage, SessionQuery};
+use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
+use crate::domain::ports::{SessionStore, SessionsByState, StoreError};
+use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
+use crate::meter::Meter;
+
+pub struct Instrumented {
+    inner: Arc<dyn SessionStore>,
+    /// "memory" or "redis".
+    name: &'static str,
+    meter: Arc<Meter>,
+}
+
+impl Instrumented {
+    pub fn new(inner: Arc<dyn SessionStore>, name: &'static str, meter: Arc<Meter>) -> Self {
+        Self { inner, name, meter }
+    }
+
+    /// Runs one operation and records how long it took and whether it failed.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.meter
+            .store_operation(self.name, op, started.elapsed(), result.is_err());
+        result
+    }
+}
+
+#[async_trait]
+impl SessionStore for Instrumented {
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limits: Limits,
+        now: Millis,
+    ) -> Result<Result<Granted, Refusal>, StoreError> {
+        self.timed("admit", self.inner.admit(pool, new, limits, now)).await
+    }
+
+    async fn take_over(
+        &self,
+        pool: &PoolKey,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+    ) -> Result<Option<TakenOver>, StoreError> {
+        self.timed("take_over", self.inner.take_over(pool, victim, new, now))
+            .await
+    }
+
+    async fn attach(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Option<Attached>, StoreError> {
+        self.timed("attach", self.inner.attach(pool, id, holder, now)).await
+    }
+
+    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        self.timed("heartbeat", self.inner.heartbeat(pool, id, holder, now))
+            .await
+    }
+
+    async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        self.timed("detach", self.inner.detach(pool, id, holder, now)).await
+    }
+
+    async fn end(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        self.timed("end", self.inner.end(pool, id, holder, now)).await
+    }
+
+    async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
+        self.timed("list", self.inner.list(pool, now)).await
+    }
+
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        self.timed("customer_sessions", self.inner.customer_sessions(query, now))
+            .await
+    }
+
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("end_customer", self.inner.end_customer(customer, offer_id, now))
+            .await
+    }
+
+    async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
+        self.timed("locate", self.inner.locate(id)).await
+    }
+
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("reap", self.inner.reap(now)).await
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("snapshot", self.inner.snapshot()).await
+    }
+
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
+        self.timed("restore", self.inner.restore(sessions)).await
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        self.timed("count", self.inner.count()).await
+    }
+
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        self.timed("hand_over", self.inner.hand_over(now)).await
+    }
+
+    fn by_state(&self) -> SessionsByState {
+        self.inner.by_state()
+    }
+}
