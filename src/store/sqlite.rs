@@ -356,7 +356,7 @@ mod tests {
             .await
             .unwrap();
         let (pool, session) = held(1);
-        upsert(&mut old.acquire().await.unwrap(), [(&*pool, &session)])
+        upsert(&mut *old.acquire().await.unwrap(), [(&*pool, &session)])
             .await
             .unwrap();
         old.close().await;
