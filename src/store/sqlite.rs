@@ -337,41 +337,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sessions_held_in_a_database_of_the_first_release_survive_the_move_to_without_rowid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drisc.db");
-        // The database as the first release left it: only the first migration.
-        let first = tempfile::tempdir().unwrap();
-        let name = "20261124000001_settings.sql";
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("migrations/sqlite")
-            .join(name);
-        std::fs::copy(source, first.path().join(name)).unwrap();
-        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-        let old = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        sqlx::migrate::Migrator::new(first.path())
-            .await
-            .unwrap()
-            .run(&old)
-            .await
-            .unwrap();
-        let (pool, session) = held(1);
-        upsert(&mut *old.acquire().await.unwrap(), [(&*pool, &session)])
-            .await
-            .unwrap();
-        old.close().await;
-
-        let db = SqliteSettings::open(&path).await.unwrap();
-        let kept = db.held().await.unwrap();
-        assert_eq!(ids(&kept), vec![session.id]);
-        let without_rowid: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'held_sessions'")
-            .fetch_one(&db.db)
-            .await
-            .unwrap();
-        assert!(without_rowid.contains("WITHOUT ROWID"), "{without_rowid}");
-    }
-
-    #[tokio::test]
     async fn journal_batches_write_and_delete_rows_that_stay_until_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteSettings::open(&dir.path().join("drisc.db")).await.unwrap();
