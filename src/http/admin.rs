@@ -19,6 +19,22 @@ use crate::domain::{Customer, Millis, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
+/// What every admin call may answer before it runs, since the admin key is checked
+/// first: said once here for the OpenAPI document (the bodies are built by ApiError).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AdminKeyRefusals {
+    /// Unauthorized: no admin key, or not the right one
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Forbidden: the admin API is disabled (auth.admin_key is empty)
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// RateLimited: the address failed to authenticate too often
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Whole seconds to wait")))]
+    RateLimited(ErrorBody),
+}
+
 const MAX_TAGS: usize = 64;
 /// Far above any PEM public key or HMAC secret in use (an RSA-8192 public key is
 /// about 1.5 KB), and small enough that a mistake cannot fill the database.
@@ -174,10 +190,7 @@ fn check_offer_id(id: &str) -> Result<(), ApiError> {
     responses(
         (status = 200, description = "A page of publishers, without their offers", body = PublisherList),
         (status = 400, description = "InvalidRequest: a limit outside 1 to 1000, a cursor this server did not give", body = ErrorBody),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn list_publishers(
@@ -210,11 +223,8 @@ async fn list_publishers(
     params(("publisher_id" = String, Path, description = "The publisher's id")),
     responses(
         (status = 200, description = "The publisher, with `offers`", body = PublisherView),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 404, description = "NotFound: the publisher is not configured", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn get_publisher(
@@ -260,12 +270,9 @@ struct PublisherChange {
     responses(
         (status = 200, description = "The publisher as stored, without its offers", body = PublisherView),
         (status = 400, description = "InvalidRequest: not a JSON object, an unknown field, an id too long, a key that cannot be used, a bad jwksUri, both a key and a jwksUri", body = ErrorBody),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 408, description = "RequestTimeout: the body did not arrive within server.body_timeout", body = ErrorBody),
         (status = 413, description = "PayloadTooLarge: the body is over server.max_body_bytes", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn put_publisher(
@@ -353,12 +360,9 @@ struct OfferChange {
     responses(
         (status = 200, description = "The offer as stored", body = OfferView),
         (status = 400, description = "InvalidRequest: not a JSON object, an unknown field, an id too long or reserved, bad tags", body = ErrorBody),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 408, description = "RequestTimeout: the body did not arrive within server.body_timeout", body = ErrorBody),
         (status = 413, description = "PayloadTooLarge: the body is over server.max_body_bytes", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn put_offer(
@@ -409,11 +413,8 @@ async fn put_offer(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 404, description = "NotFound: the offer is not configured", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn delete_offer(
@@ -514,11 +515,8 @@ async fn find_session(state: &AppState, session_id: &str) -> Result<(PoolKey, Se
     params(("session_id" = String, Path, description = "The session's id (a UUID)")),
     responses(
         (status = 200, description = "The session", body = SessionView),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 404, description = "NotFound: no such session held", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn get_session(
@@ -545,11 +543,8 @@ async fn get_session(
     params(("session_id" = String, Path, description = "The session's id (a UUID)")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
         (status = 404, description = "NotFound: no such session held", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn kick_session(
@@ -608,10 +603,7 @@ struct SessionList {
     responses(
         (status = 200, description = "A page of the customer's sessions (empty if it holds none)", body = SessionList),
         (status = 400, description = "InvalidRequest: publisherId or customerId missing, an id of 0 or over 256 bytes, a limit outside 1 to 1000, a cursor this server did not give", body = ErrorBody),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn list_sessions(
@@ -675,10 +667,7 @@ struct Ended {
     responses(
         (status = 200, description = "How many sessions ended", body = Ended),
         (status = 400, description = "InvalidRequest: an id over 256 bytes, a bad query string", body = ErrorBody),
-        (status = 401, description = "Unauthorized: no admin key, or not the right one", body = ErrorBody),
-        (status = 403, description = "Forbidden: the admin API is disabled (auth.admin_key is empty)", body = ErrorBody),
-        (status = 429, description = "RateLimited: the address failed to authenticate too often", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+        AdminKeyRefusals,
     ),
 )]
 async fn kick_customer(
