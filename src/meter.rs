@@ -100,6 +100,12 @@ pub struct Readings {
     pub flooded_sockets: u64,
 }
 
+/// Where one session store operation is counted.
+pub struct StoreOperation {
+    pub duration: Histogram,
+    pub errors: Counter,
+}
+
 pub struct Meter {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -199,21 +205,21 @@ impl Meter {
             .record(took.as_secs_f64());
     }
 
-    /// One call to the session store, and whether it failed.
-    pub fn store_operation(&self, store: &'static str, op: &'static str, took: Duration, failed: bool) {
+    /// The handles of one session store operation, registered once by the store
+    /// decorator: timing a call (one per PONG) is then a push and no look-up.
+    pub fn store_operation(&self, store: &'static str, op: &'static str) -> StoreOperation {
         let labels = vec![
             Label::from_static_parts("store", store),
             Label::from_static_parts("op", op),
         ];
-        self.histogram(Key::from_parts(
-            "drisc_store_operation_duration_seconds",
-            labels.clone(),
-        ))
-        .record(took.as_secs_f64());
-        if failed {
-            self.recorder
-                .register_counter(&Key::from_parts("drisc_store_errors_total", labels), &METADATA)
-                .increment(1);
+        StoreOperation {
+            duration: self.histogram(Key::from_parts(
+                "drisc_store_operation_duration_seconds",
+                labels.clone(),
+            )),
+            errors: self
+                .recorder
+                .register_counter(&Key::from_parts("drisc_store_errors_total", labels), &METADATA),
         }
     }
 

@@ -2,6 +2,7 @@
 //! its failures, for `drisc_store_operation_duration_seconds{store,op}` and
 //! `drisc_store_errors_total{store,op}`. The stores themselves know nothing of it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,18 +12,40 @@ use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
 use crate::domain::ports::{SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
-use crate::meter::Meter;
+use crate::meter::{Meter, StoreOperation};
+
+/// Every operation of the port, registered up front.
+const OPERATIONS: [&str; 15] = [
+    "admit",
+    "take_over",
+    "attach",
+    "heartbeat",
+    "detach",
+    "end",
+    "list",
+    "customer_sessions",
+    "end_customer",
+    "locate",
+    "reap",
+    "snapshot",
+    "restore",
+    "count",
+    "hand_over",
+];
 
 pub struct Instrumented {
     inner: Arc<dyn SessionStore>,
-    /// "memory" or "redis".
-    name: &'static str,
-    meter: Arc<Meter>,
+    operations: HashMap<&'static str, StoreOperation, foldhash::fast::RandomState>,
 }
 
 impl Instrumented {
+    /// `name` is the store's label: "memory" or "redis".
     pub fn new(inner: Arc<dyn SessionStore>, name: &'static str, meter: Arc<Meter>) -> Self {
-        Self { inner, name, meter }
+        let operations = OPERATIONS
+            .iter()
+            .map(|op| (*op, meter.store_operation(name, op)))
+            .collect();
+        Self { inner, operations }
     }
 
     /// Runs one operation and records how long it took and whether it failed.
@@ -33,8 +56,12 @@ impl Instrumented {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
-        self.meter
-            .store_operation(self.name, op, started.elapsed(), result.is_err());
+        if let Some(handles) = self.operations.get(op) {
+            handles.duration.record(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                handles.errors.increment(1);
+            }
+        }
         result
     }
 }
