@@ -89,6 +89,8 @@ impl std::fmt::Debug for StorageSettings {
             .field("sessions", &self.sessions)
             .field("settings", &self.settings)
             .field("data_dir", &self.data_dir)
+            .field("journal", &self.journal)
+            .field("journal_interval", &self.journal_interval)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("postgres_url", &redact_url(&self.postgres_url))
             .finish()

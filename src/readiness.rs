@@ -97,7 +97,7 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn draining(&self) -> bool {
+    fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 

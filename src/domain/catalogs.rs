@@ -90,7 +90,8 @@ impl CatalogCache {
         self.fresh.invalidate(publisher_id).await;
     }
 
-    /// Entries in the fresh cache (for tests; moka counts lazily).
+    /// Entries in the fresh cache (moka counts lazily).
+    #[cfg(test)]
     pub async fn entries(&self) -> u64 {
         self.fresh.run_pending_tasks().await;
         self.fresh.entry_count()

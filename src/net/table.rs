@@ -246,7 +246,10 @@ impl Drop for Slot {
         if self.entry.phase() == Phase::Closing {
             self.table.closing.fetch_sub(1, Ordering::AcqRel);
         }
-        self.table.http().remove(&self.entry.id);
+        // An upgraded socket left the shedding candidates when it was upgraded.
+        if self.entry.phase() != Phase::Upgraded {
+            self.table.http().remove(&self.entry.id);
+        }
         self.table.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
