@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::readiness::CheckState;
 use crate::state::AppState;
 
@@ -37,7 +37,8 @@ struct Health {
     bad_messages: u64,
     /// Sockets closed for sending past their message budget since start.
     flooded_sockets: u64,
-    /// Sessions held (pending, live or detached), on every node of a cluster.
+    /// Sessions held: with the memory store, all of them (pending, live or
+    /// detached); with Redis, those bound to this node's sockets.
     sessions: usize,
     /// WebSockets open on this node.
     sockets: usize,
@@ -52,7 +53,6 @@ struct Health {
     tag = "operations",
     responses(
         (status = 200, description = "Up", body = Health),
-        (status = 503, description = "ServiceUnavailable: the session store is unreachable", body = ErrorBody),
     ),
 )]
 async fn health(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
