@@ -56,7 +56,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The hub of node `node` (any value below 2^24).
+    /// The hub of node `node` (any value below [`Holder::NODES`]).
     pub fn new(node: u64) -> Self {
         Self {
             sockets: DashMap::new(),
