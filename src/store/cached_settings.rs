@@ -251,4 +251,32 @@ mod tests {
         }
         assert!(cache.entries().await <= 50, "{} entries", cache.entries().await);
     }
+
+    #[tokio::test]
+    async fn a_write_through_the_cache_shows_at_once_one_made_elsewhere_within_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        let cache = CachedSettings::new(Arc::new(db.clone()), Duration::from_secs(3600));
+        let publisher = Publisher {
+            id: "p".into(),
+            enabled: true,
+            takeover_enabled: true,
+            default_session_limit: 1,
+            unknown_offers: UnknownOffers::default(),
+            verification_key: None,
+            jwks_uri: None,
+        };
+        cache.create_publisher(&publisher).await.unwrap();
+        cache.put_offer("p", &offer(1)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 1);
+        cache.put_offer("p", &offer(2)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 2, "this node's write is read back at once");
+
+        // Another node's write (straight to the database) waits for the TTL.
+        db.put_offer("p", &offer(3)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 2);
+        assert!(cache.delete_offer("p", "S1").await.unwrap());
+        let catalog = cache.shared_catalog("p").await.unwrap().unwrap();
+        assert!(catalog.offers.is_empty(), "{catalog:?}");
+    }
 }
