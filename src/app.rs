@@ -55,7 +55,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let max_connections = connection_cap(&settings)?;
         let db = open_settings_db(&settings).await?;
-        let session_secret = session_secret(&settings, &db).await?;
+        let tokens = session_tokens(&settings, &db).await?;
         let verifier = customer_verifier(&settings)?;
         warn_about_dev_keys(&settings);
         let meter = Arc::new(Meter::new());
@@ -71,10 +71,7 @@ impl App {
         let state = AppState {
             control,
             verifier: Arc::new(verifier),
-            tokens: Arc::new(SessionTokens::new(
-                session_secret.as_bytes(),
-                settings.auth.session_token_ttl.as_secs(),
-            )),
+            tokens: Arc::new(tokens),
             hub: sessions.sockets,
             limits,
             meter,
@@ -193,15 +190,19 @@ async fn open_sessions(settings: &Settings, meter: &Arc<Meter>) -> anyhow::Resul
     }
 }
 
-/// The secret signing session tokens: the configured one, or one the database
-/// keeps (created on first start), so tokens survive a restart.
-async fn session_secret(settings: &Settings, db: &SettingsDb) -> anyhow::Result<String> {
+/// Session tokens, signed with the configured secret or else with one the
+/// database keeps (created on first start), so that tokens survive a restart.
+async fn session_tokens(settings: &Settings, db: &SettingsDb) -> anyhow::Result<SessionTokens> {
     let configured = settings.auth.session_secret.expose_secret();
-    if configured.is_empty() {
-        Ok(db.server.secret("session_token").await?)
+    let secret = if configured.is_empty() {
+        db.server.secret("session_token").await?
     } else {
-        Ok(configured.to_owned())
-    }
+        configured.to_owned()
+    };
+    Ok(SessionTokens::new(
+        secret.as_bytes(),
+        settings.auth.session_token_ttl.as_secs(),
+    ))
 }
 
 /// The rules, wired to the stores: settings read through a cache
