@@ -142,12 +142,7 @@ impl App {
         } = self;
         let shutdown = state.shutdown.clone();
         if let Some(journal) = &journal {
-            background.spawn(crate::tasks::journal::run(
-                Arc::clone(journal),
-                Arc::clone(&db.archive),
-                state.settings.storage.journal_interval,
-                shutdown.clone(),
-            ));
+            spawn_journal(&background, journal, &db, &state);
         }
         spawn_liveness_and_upkeep(&background, &state);
         if let Some(cluster) = cluster {
@@ -285,6 +280,17 @@ fn readiness(settings: &Settings, db: &SettingsDb, sessions: &Sessions<Hub>) -> 
         });
     }
     Readiness::new(dependencies)
+}
+
+/// Embedded mode: writes the session journal to the database every
+/// `storage.journal_interval`.
+fn spawn_journal(background: &TaskTracker, journal: &Arc<Journal>, db: &SettingsDb, state: &AppState) {
+    background.spawn(crate::tasks::journal::run(
+        Arc::clone(journal),
+        Arc::clone(&db.archive),
+        state.settings.storage.journal_interval,
+        state.shutdown.clone(),
+    ));
 }
 
 /// The loops every node runs: the sweep of dead sessions, the metrics, and the

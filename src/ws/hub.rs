@@ -133,6 +133,16 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_id_names_the_node_whatever_node_id_is_drawn() {
+        for _ in 0..1_000 {
+            let node = Holder::random_node();
+            assert!((1..Holder::NODES).contains(&node), "{node}");
+            let (holder, _) = Hub::new(node).register();
+            assert_eq!(holder.node(), node);
+        }
+    }
+
+    #[test]
     fn orders_for_a_socket_that_left_are_dropped() {
         let hub = Hub::new(1);
         let (holder, mailbox) = hub.register();
