@@ -1,32 +1,32 @@
 //! Builds the server from its settings and runs it until shutdown.
+//!
+//! The composition root, the one module that knows every piece: [`App::build`] and
+//! [`App::run`] read as lists of steps, each step a function below, and the stores
+//! are opened by one function per backend in [`crate::store`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use tokio::sync::mpsc;
-
-use secrecy::ExposeSecret;
-
-use crate::auth::{CustomerVerifier, JwksTimings, ServerKeys, SessionTokens, TokenRules, VerificationKey};
+use crate::auth::{CustomerVerifier, ServerKeys, SessionTokens, VerificationKey};
 use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
-use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl, UnavailablePolicy};
+use crate::domain::control::{ControlParts, SessionControl, UnavailablePolicy};
 use crate::domain::journal::Journal;
-use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
+use crate::domain::ports::SessionArchive;
 use crate::limits::Limits;
 use crate::meter::Meter;
-use crate::net::{self, Server};
-use crate::readiness::{Dependency, Probe, Readiness};
+use crate::net::{Drain, Server};
+use crate::readiness::{Dependency, Readiness};
 use crate::state::AppState;
-use crate::store::instrumented::Instrumented;
-use crate::store::redis::inbox::{self, ClusterNotifier};
-use crate::store::redis::{RedisStore, TimeSource, refresh};
-use crate::store::{MemoryStore, PostgresSettings, SqliteSettings};
+use crate::store::cached_settings::CachedSettings;
+use crate::store::redis::Cluster;
+use crate::store::{self, Sessions, SettingsDb};
 use crate::ws::hub::Hub;
 
 pub struct App {
@@ -40,83 +40,12 @@ pub struct App {
     /// Cancelled by a second signal: skip the drain and the wait for connections,
     /// save at once.
     hurry: CancellationToken,
-    database: Database,
-    cluster: Option<Cluster>,
+    db: SettingsDb,
     /// The session journal of the memory store, unless switched off.
     journal: Option<Arc<Journal>>,
+    /// Cluster mode: the loops that run beside Redis.
+    cluster: Option<Cluster>,
     background: TaskTracker,
-}
-
-/// Where settings live.
-enum Database {
-    Sqlite(SqliteSettings),
-    Postgres(PostgresSettings),
-}
-
-impl Database {
-    async fn open(settings: &Settings) -> anyhow::Result<Self> {
-        Ok(match settings.storage.settings {
-            SettingsBackend::Sqlite => {
-                let dir = &settings.storage.data_dir;
-                crate::store::private_files::ensure_private_dir(dir)
-                    .with_context(|| format!("cannot create storage.data_dir {dir:?} (as 0700)"))?;
-                let path = dir.join("drisc.db");
-                Self::Sqlite(
-                    SqliteSettings::open(&path)
-                        .await
-                        .with_context(|| format!("cannot open the database {path:?}"))?,
-                )
-            }
-            SettingsBackend::Postgres => Self::Postgres(
-                PostgresSettings::connect(&settings.storage.postgres_url)
-                    .await
-                    .context("cannot open the PostgreSQL database (storage.postgres_url)")?,
-            ),
-        })
-    }
-
-    fn repo(&self) -> Arc<dyn SettingsRepo> {
-        match self {
-            Self::Sqlite(db) => Arc::new(db.clone()),
-            Self::Postgres(db) => Arc::new(db.clone()),
-        }
-    }
-
-    fn probe(&self) -> Arc<dyn Probe> {
-        match self {
-            Self::Sqlite(db) => Arc::new(db.clone()),
-            Self::Postgres(db) => Arc::new(db.clone()),
-        }
-    }
-
-    fn archive(&self) -> Arc<dyn SessionArchive> {
-        match self {
-            Self::Sqlite(db) => Arc::new(db.clone()),
-            Self::Postgres(db) => Arc::new(db.clone()),
-        }
-    }
-
-    async fn secret(&self, name: &str) -> anyhow::Result<String> {
-        Ok(match self {
-            Self::Sqlite(db) => db.secret(name).await?,
-            Self::Postgres(db) => db.secret(name).await?,
-        })
-    }
-
-    async fn close(&self) {
-        match self {
-            Self::Sqlite(db) => db.close().await,
-            Self::Postgres(db) => db.close().await,
-        }
-    }
-}
-
-/// The pieces of cluster mode that run in the background.
-struct Cluster {
-    store: Arc<RedisStore>,
-    node: u64,
-    url: String,
-    outbox: mpsc::Receiver<(u64, String)>,
 }
 
 impl App {
@@ -125,130 +54,28 @@ impl App {
     /// Nothing is served until [`App::run`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let max_connections = connection_cap(&settings)?;
-        let database = Database::open(&settings).await?;
-        let session_secret = if settings.auth.session_secret.expose_secret().is_empty() {
-            database.secret("session_token").await?
-        } else {
-            settings.auth.session_secret.expose_secret().to_owned()
-        };
+        let db = open_settings_db(&settings).await?;
+        let tokens = session_tokens(&settings, &db).await?;
         let verifier = customer_verifier(&settings)?;
         warn_about_dev_keys(&settings);
-
-        let timings = settings.timings();
-        let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
-            .then(|| Arc::new(Journal::new()));
         let meter = Arc::new(Meter::new());
-        let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
-            match settings.storage.sessions {
-                SessionBackend::Memory => {
-                    let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
-                    let store = match &journal {
-                        Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
-                        None => MemoryStore::new(timings),
-                    };
-                    let store = store.observed(meter.clone());
-                    let store = Instrumented::new(Arc::new(store), "memory", meter.clone());
-                    (hub.clone(), Arc::new(store), hub, None)
-                }
-                SessionBackend::Redis => {
-                    let url = settings.storage.redis_url.clone();
-                    let mut conn = RedisStore::connection(&url)
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?;
-                    let node = inbox::claim_node_id(&mut conn)
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?;
-                    let hub = Arc::new(Hub::new(node));
-                    let store = Arc::new(
-                        RedisStore::connect(
-                            &url,
-                            timings,
-                            settings.cluster.tombstone_ttl,
-                            settings.auth.session_token_ttl,
-                            TimeSource::Redis,
-                            hub.clone(),
-                        )
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?,
-                    );
-                    let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
-                    tracing::info!(node, "cluster mode: sessions in Redis");
-                    let cluster = Cluster {
-                        store: store.clone(),
-                        node,
-                        url,
-                        outbox,
-                    };
-                    let store = Instrumented::new(store, "redis", meter.clone());
-                    (hub, Arc::new(store), Arc::new(notifier), Some(cluster))
-                }
-            };
-        let p = &settings.publishers;
-        let control = Arc::new(SessionControl::new(ControlParts {
-            store,
-            settings: database.repo(),
-            notifier,
-            events: meter.clone(),
-            clock: Clock::new(),
-            timings,
-            policy: PublisherPolicy {
-                auto_create: p.auto_create,
-                enabled: p.enabled,
-                takeover_enabled: p.takeover_enabled,
-                default_session_limit: p.default_session_limit,
-                unknown_offers: p.unknown_offers,
-                max_pools_per_customer: p.max_pools_per_customer,
-            },
-            on_unavailable: settings.cluster.on_store_unavailable,
-            catalog_ttl: settings.cluster.settings_cache_ttl,
-        }));
-        if cluster.is_none() {
-            let archive = database.archive();
-            let restored = match &journal {
-                Some(_) => control.restore_journaled(archive.as_ref()).await?,
-                None => control.restore_sessions(archive.as_ref()).await?,
-            };
-            if restored > 0 {
-                tracing::info!(restored, grace = ?timings.reconnect_grace, "sessions from the last run restored as detached");
-            }
+        let sessions = open_sessions(&settings, &meter).await?;
+        let control = Arc::new(session_control(&settings, &db, &sessions, &meter));
+        if sessions.cluster.is_none() {
+            restore_sessions(&control, &db, sessions.journal.is_some(), &settings).await?;
         }
-        if journal.is_some() {
-            tracing::info!(
-                interval = ?settings.storage.journal_interval,
-                "session journal on: held sessions survive a crash (storage.journal)"
-            );
-        }
-
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (server.host, server.port)"))?;
+        let listener = bind(&settings).await?;
         let addr = listener.local_addr()?;
-        let limits = Arc::new(Limits::new(&settings.limits)?);
-        if !limits.enabled() {
-            tracing::warn!("rate limits are off (limits.enabled = false): for load tests only");
-        }
-        let mut dependencies = vec![Dependency {
-            probe: database.probe(),
-            required: true,
-        }];
-        if let Some(c) = &cluster {
-            dependencies.push(Dependency {
-                probe: c.store.clone(),
-                required: settings.cluster.on_store_unavailable == UnavailablePolicy::Refuse,
-            });
-        }
+        let limits = rate_limits(&settings)?;
+        let readiness = readiness(&settings, &db, &sessions);
         let state = AppState {
             control,
             verifier: Arc::new(verifier),
-            tokens: Arc::new(SessionTokens::new(
-                session_secret.as_bytes(),
-                settings.auth.session_token_ttl.as_secs(),
-            )),
-            hub,
+            tokens: Arc::new(tokens),
+            hub: sessions.sockets,
             limits,
             meter,
-            readiness: Arc::new(Readiness::new(dependencies)),
+            readiness: Arc::new(readiness),
             fallback_ws_url: format!("ws://{addr}/ws").into(),
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
@@ -261,9 +88,9 @@ impl App {
             state,
             stop: CancellationToken::new(),
             hurry: CancellationToken::new(),
-            database,
-            cluster,
-            journal,
+            db,
+            journal: sessions.journal,
+            cluster: sessions.cluster,
             background: TaskTracker::new(),
         })
     }
@@ -308,44 +135,18 @@ impl App {
             state,
             stop,
             hurry,
-            database,
-            cluster,
+            db,
             journal,
+            cluster,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
-        let archive = database.archive();
         if let Some(journal) = &journal {
-            background.spawn(crate::tasks::journal::run(
-                Arc::clone(journal),
-                Arc::clone(&archive),
-                state.settings.storage.journal_interval,
-                shutdown.clone(),
-            ));
+            spawn_journal(&background, journal, &db, &state);
         }
-        background.spawn(crate::tasks::sweep::run(
-            state.control.clone(),
-            state.settings.liveness.sweep_interval,
-            shutdown.clone(),
-        ));
-        background.spawn(crate::tasks::metrics::run(state.meter.clone(), shutdown.clone()));
-        if state.limits.enabled() {
-            background.spawn(crate::tasks::rate_limits::run(
-                state.limits.clone(),
-                state.settings.limits.forget_idle_every,
-                shutdown.clone(),
-            ));
-        }
-        if let Some(c) = cluster {
-            let every = state.settings.cluster.refresh_interval;
-            background.spawn(refresh::run(c.store, c.node, every, shutdown.clone()));
-            background.spawn(inbox::run_inbox(
-                c.url.clone(),
-                c.node,
-                state.hub.clone(),
-                shutdown.clone(),
-            ));
-            background.spawn(inbox::run_outbox(c.url, c.outbox, shutdown.clone()));
+        spawn_liveness_and_upkeep(&background, &state);
+        if let Some(cluster) = cluster {
+            cluster.spawn(&background, &shutdown);
         }
         background.spawn(drain(
             state.readiness.clone(),
@@ -356,76 +157,230 @@ impl App {
         ));
         tracing::info!(%addr, "drisc is listening; WebSocket endpoint at ws://{addr}/ws");
 
-        let s = &state.settings.server;
-        let connection_limits = net::Limits {
-            header_read_timeout: s.header_read_timeout,
-            idle_timeout: s.idle_timeout,
-            max_header_bytes: s.max_header_bytes,
-            max_requests_in_flight: s.max_requests_in_flight,
-            max_connections,
-        };
-        let router = crate::http::router(state.clone());
-        let drain = Server::new(
-            listener,
-            router,
-            connection_limits,
-            shutdown.clone(),
-            state.meter.clone(),
-        )
-        .accept_until_shutdown()
-        .await;
-
-        // Sockets watch the same token and close themselves with 1012: the HTTP
-        // server does not own them once upgraded.
-        shutdown.cancel();
-        state.connections.close();
-        let timeout = s.shutdown_timeout;
-        tracing::info!(
-            ?timeout,
-            sockets = state.connections.len(),
-            "shutdown: closing sockets with 1012 and waiting for connections (a second signal skips the wait)"
-        );
-        let all_closed = async {
-            drain.closed().await;
-            state.connections.wait().await;
-        };
-        tokio::select! {
-            () = all_closed => tracing::info!("shutdown: every connection closed"),
-            () = tokio::time::sleep(timeout) => {
-                let dropped = drain.abort();
-                tracing::warn!(?timeout, dropped, sockets = state.connections.len(), "shutdown: connections still open after server.shutdown_timeout were dropped");
-            }
-            () = hurry.cancelled() => {
-                let dropped = drain.abort();
-                tracing::info!(dropped, sockets = state.connections.len(), "shutdown: second signal, not waiting any longer");
-            }
-        }
+        let connections = serve(listener, &state, max_connections).await;
+        close_connections(&state, connections, &hurry).await;
         background.close();
         background.wait().await;
-        if let Err(e) = state.control.hand_over().await {
-            tracing::warn!(error = %e, "could not detach the sessions of this node; they expire by their own deadlines");
-        }
-        match &journal {
-            Some(journal) => {
-                let held = state.control.held_count().await?;
-                if let Err(e) = journal.flush(archive.as_ref()).await {
-                    tracing::error!(error = %e, held, "could not write the session journal at shutdown");
-                    return Err(e.into());
-                }
-                if held > 0 {
-                    tracing::info!(held, "shutdown: sessions kept in the journal for the next start");
-                }
-            }
-            None => {
-                let saved = state.control.save_sessions(archive.as_ref()).await?;
-                if saved > 0 {
-                    tracing::info!(saved, "shutdown: sessions saved for the next start");
-                }
-            }
-        }
-        database.close().await;
+        keep_sessions(&state, journal.as_deref(), db.archive.as_ref()).await?;
+        db.server.close().await;
         Ok(())
     }
+}
+
+/// The settings database the configuration names (`storage.settings`).
+async fn open_settings_db(settings: &Settings) -> anyhow::Result<SettingsDb> {
+    match settings.storage.settings {
+        SettingsBackend::Sqlite => store::sqlite::open(&settings.storage).await,
+        SettingsBackend::Postgres => store::postgres::open(&settings.storage).await,
+    }
+}
+
+/// The session store the configuration names (`storage.sessions`), its sockets
+/// named by the node id the store picks.
+async fn open_sessions(settings: &Settings, meter: &Arc<Meter>) -> anyhow::Result<Sessions<Hub>> {
+    let hub = |node| Arc::new(Hub::new(node));
+    match settings.storage.sessions {
+        SessionBackend::Memory => Ok(store::memory::open(settings, meter, hub)),
+        SessionBackend::Redis => store::redis::open(settings, meter, hub).await,
+    }
+}
+
+/// Session tokens, signed with the configured secret or else with one the
+/// database keeps (created on first start), so that tokens survive a restart.
+async fn session_tokens(settings: &Settings, db: &SettingsDb) -> anyhow::Result<SessionTokens> {
+    let configured = settings.auth.session_secret.expose_secret();
+    let secret = if configured.is_empty() {
+        db.server.secret("session_token").await?
+    } else {
+        configured.to_owned()
+    };
+    Ok(SessionTokens::new(
+        secret.as_bytes(),
+        settings.auth.session_token_ttl.as_secs(),
+    ))
+}
+
+/// The rules, wired to the stores: settings read through a cache
+/// (`cluster.settings_cache_ttl`), orders to sockets through the notifier.
+fn session_control(
+    settings: &Settings,
+    db: &SettingsDb,
+    sessions: &Sessions<Hub>,
+    meter: &Arc<Meter>,
+) -> SessionControl {
+    SessionControl::new(ControlParts {
+        store: sessions.store.clone(),
+        settings: Arc::new(CachedSettings::new(
+            db.repo.clone(),
+            settings.cluster.settings_cache_ttl,
+        )),
+        notifier: sessions.notifier.clone(),
+        events: meter.clone(),
+        clock: Clock::new(),
+        timings: settings.timings(),
+        policy: (&settings.publishers).into(),
+        on_unavailable: settings.cluster.on_store_unavailable,
+    })
+}
+
+/// Embedded mode: brings back the sessions held when the last run ended, as
+/// detached (the journal's, or with the journal off the ones saved at a graceful
+/// stop). In cluster mode they never left Redis.
+async fn restore_sessions(
+    control: &SessionControl,
+    db: &SettingsDb,
+    journaled: bool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let archive = db.archive.as_ref();
+    let restored = if journaled {
+        control.restore_journaled(archive).await?
+    } else {
+        control.restore_sessions(archive).await?
+    };
+    if restored > 0 {
+        let grace = settings.liveness.reconnect_grace;
+        tracing::info!(restored, ?grace, "sessions from the last run restored as detached");
+    }
+    if journaled {
+        tracing::info!(
+            interval = ?settings.storage.journal_interval,
+            "session journal on: held sessions survive a crash (storage.journal)"
+        );
+    }
+    Ok(())
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    let addr = format!("{}:{}", settings.server.host, settings.server.port);
+    TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.host, server.port)"))
+}
+
+fn rate_limits(settings: &Settings) -> anyhow::Result<Arc<Limits>> {
+    let limits = Limits::new(&settings.limits)?;
+    if !limits.enabled() {
+        tracing::warn!("rate limits are off (limits.enabled = false): for load tests only");
+    }
+    Ok(Arc::new(limits))
+}
+
+/// What `/readyz` checks: the settings database always; Redis too, required
+/// unless the node admits without it (`cluster.on_store_unavailable`).
+fn readiness(settings: &Settings, db: &SettingsDb, sessions: &Sessions<Hub>) -> Readiness {
+    let mut dependencies = vec![Dependency {
+        probe: db.probe.clone(),
+        required: true,
+    }];
+    if let Some(cluster) = &sessions.cluster {
+        dependencies.push(Dependency {
+            probe: cluster.probe(),
+            required: settings.cluster.on_store_unavailable == UnavailablePolicy::Refuse,
+        });
+    }
+    Readiness::new(dependencies)
+}
+
+/// Embedded mode: writes the session journal to the database every
+/// `storage.journal_interval`.
+fn spawn_journal(background: &TaskTracker, journal: &Arc<Journal>, db: &SettingsDb, state: &AppState) {
+    background.spawn(crate::tasks::journal::run(
+        Arc::clone(journal),
+        Arc::clone(&db.archive),
+        state.settings.storage.journal_interval,
+        state.shutdown.clone(),
+    ));
+}
+
+/// The loops every node runs: the sweep of dead sessions, the metrics, and the
+/// forgetting of idle rate-limit keys.
+fn spawn_liveness_and_upkeep(background: &TaskTracker, state: &AppState) {
+    let shutdown = &state.shutdown;
+    background.spawn(crate::tasks::sweep::run(
+        state.control.clone(),
+        state.settings.liveness.sweep_interval,
+        shutdown.clone(),
+    ));
+    background.spawn(crate::tasks::metrics::run(state.meter.clone(), shutdown.clone()));
+    if state.limits.enabled() {
+        background.spawn(crate::tasks::rate_limits::run(
+            state.limits.clone(),
+            state.settings.limits.forget_idle_every,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Accepts connections until the shutdown token is cancelled; returns what is
+/// left to drain.
+async fn serve(listener: TcpListener, state: &AppState, max_connections: usize) -> Drain {
+    let limits = state.settings.server.connection_limits(max_connections);
+    let router = crate::http::router(state.clone());
+    Server::new(listener, router, limits, state.shutdown.clone(), state.meter.clone())
+        .accept_until_shutdown()
+        .await
+}
+
+/// Closes every socket with 1012 and waits for the open connections, for at most
+/// `server.shutdown_timeout` or until `hurry`; drops what is left.
+async fn close_connections(state: &AppState, drain: Drain, hurry: &CancellationToken) {
+    // Sockets watch the same token and close themselves with 1012: the HTTP
+    // server does not own them once upgraded.
+    state.shutdown.cancel();
+    state.connections.close();
+    let timeout = state.settings.server.shutdown_timeout;
+    tracing::info!(
+        ?timeout,
+        sockets = state.connections.len(),
+        "shutdown: closing sockets with 1012 and waiting for connections (a second signal skips the wait)"
+    );
+    let all_closed = async {
+        drain.closed().await;
+        state.connections.wait().await;
+    };
+    tokio::select! {
+        () = all_closed => tracing::info!("shutdown: every connection closed"),
+        () = tokio::time::sleep(timeout) => {
+            let dropped = drain.abort();
+            tracing::warn!(?timeout, dropped, sockets = state.connections.len(), "shutdown: connections still open after server.shutdown_timeout were dropped");
+        }
+        () = hurry.cancelled() => {
+            let dropped = drain.abort();
+            tracing::info!(dropped, sockets = state.connections.len(), "shutdown: second signal, not waiting any longer");
+        }
+    }
+}
+
+/// Leaves the held sessions to wait for their players: detached in the store,
+/// then in the database (the journal's last flush, or a snapshot with it off).
+async fn keep_sessions(
+    state: &AppState,
+    journal: Option<&Journal>,
+    archive: &dyn SessionArchive,
+) -> anyhow::Result<()> {
+    if let Err(e) = state.control.hand_over().await {
+        tracing::warn!(error = %e, "could not detach the sessions of this node; they expire by their own deadlines");
+    }
+    match journal {
+        Some(journal) => {
+            let held = state.control.held_count().await?;
+            if let Err(e) = journal.flush(archive).await {
+                tracing::error!(error = %e, held, "could not write the session journal at shutdown");
+                return Err(e.into());
+            }
+            if held > 0 {
+                tracing::info!(held, "shutdown: sessions kept in the journal for the next start");
+            }
+        }
+        None => {
+            let saved = state.control.save_sessions(archive).await?;
+            if saved > 0 {
+                tracing::info!(saved, "shutdown: sessions saved for the next start");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Once `stop` is cancelled: `/readyz` turns 503 at once, and everything else goes
@@ -500,18 +455,7 @@ fn customer_verifier(settings: &Settings) -> anyhow::Result<CustomerVerifier> {
             None => ServerKeys::None,
         }
     };
-    let rules = TokenRules {
-        leeway_secs: auth.leeway.as_secs(),
-        audience: auth.audience.clone(),
-        issuer: auth.issuer.clone(),
-        max_lifetime_secs: auth.max_token_lifetime.as_secs(),
-        max_token_bytes: auth.max_token_bytes,
-    };
-    let timings = JwksTimings {
-        cache_ttl: auth.jwks_cache_ttl,
-        min_refresh: auth.jwks_min_refresh,
-    };
-    CustomerVerifier::new(server, rules, timings).context("cannot build the HTTPS client that fetches JWKS")
+    CustomerVerifier::new(server, auth.into(), auth.into()).context("cannot build the HTTPS client that fetches JWKS")
 }
 
 fn warn_about_dev_keys(settings: &Settings) {

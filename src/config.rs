@@ -8,8 +8,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::jwks::JwksUri;
+use crate::auth::{JwksTimings, TokenRules};
 use crate::domain::Timings;
-use crate::domain::control::UnavailablePolicy;
+use crate::domain::control::{PublisherPolicy, UnavailablePolicy};
 use crate::domain::settings::UnknownOffers;
 
 /// The documented defaults, built into the binary.
@@ -559,6 +560,58 @@ impl Settings {
         }
         let key = self.auth.customer_key.expose_secret();
         Ok(Some(key.to_owned()).filter(|k| !k.trim().is_empty()))
+    }
+}
+
+// What each part of the server takes from its section of the settings: the
+// conversions live here, beside the sections, so the parts need not know the
+// configuration's shape.
+
+impl From<&PublisherSettings> for PublisherPolicy {
+    fn from(p: &PublisherSettings) -> Self {
+        Self {
+            auto_create: p.auto_create,
+            enabled: p.enabled,
+            takeover_enabled: p.takeover_enabled,
+            default_session_limit: p.default_session_limit,
+            unknown_offers: p.unknown_offers,
+            max_pools_per_customer: p.max_pools_per_customer,
+        }
+    }
+}
+
+impl From<&AuthSettings> for TokenRules {
+    fn from(auth: &AuthSettings) -> Self {
+        Self {
+            leeway_secs: auth.leeway.as_secs(),
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
+            max_lifetime_secs: auth.max_token_lifetime.as_secs(),
+            max_token_bytes: auth.max_token_bytes,
+        }
+    }
+}
+
+impl From<&AuthSettings> for JwksTimings {
+    fn from(auth: &AuthSettings) -> Self {
+        Self {
+            cache_ttl: auth.jwks_cache_ttl,
+            min_refresh: auth.jwks_min_refresh,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The deadlines and caps of every connection; `max_connections` comes from
+    /// the open-file limit, which only the running process knows.
+    pub fn connection_limits(&self, max_connections: usize) -> crate::net::Limits {
+        crate::net::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_requests_in_flight: self.max_requests_in_flight,
+            max_connections,
+        }
     }
 }
 

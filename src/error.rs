@@ -45,6 +45,10 @@ pub enum ApiError {
     RateLimited(Refused),
     #[error("{0}")]
     Unavailable(String),
+    /// The session store did not answer. The client is told only that: the cause
+    /// (the engine's own words, hosts, ports) is for the log.
+    #[error("the session store is unavailable; try again in a moment")]
+    StoreUnavailable { cause: String },
     /// Load shedding: more requests in flight than the server takes at once.
     #[error("the server is busy; retry in a second")]
     Overloaded,
@@ -121,7 +125,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
-            Self::Unavailable(_) | Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable),
+            Self::Unavailable(_) | Self::StoreUnavailable { .. } | Self::Overloaded => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable)
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
         }
     }
@@ -161,6 +167,7 @@ impl IntoResponse for ApiError {
                 match &self {
                     Self::Internal(detail) => tracing::error!(detail, "internal error"),
                     Self::Unavailable(detail) => tracing::warn!(detail, "service unavailable"),
+                    Self::StoreUnavailable { cause } => tracing::warn!(error = %cause, "session store unavailable"),
                     // Overloaded is not logged here: under a flood that would be one line
                     // per refused request; the load shedder logs a summary instead.
                     _ => {}
@@ -202,8 +209,20 @@ impl From<ControlError> for ApiError {
             ControlError::UnknownPublisher(_) | ControlError::TakeoverDisabled => Self::Forbidden(e.to_string()),
             ControlError::Offer(ResolveError::UnknownOffer(_) | ResolveError::UnknownTag(_))
             | ControlError::SessionNotFound(_) => Self::NotFound(e.to_string()),
-            ControlError::Store(_) => Self::Unavailable(e.to_string()),
-            ControlError::Settings(_) => Self::Internal(e.to_string()),
+            ControlError::Store(_) => Self::StoreUnavailable { cause: cause_chain(&e) },
+            ControlError::Settings(_) => Self::Internal(cause_chain(&e)),
         }
     }
+}
+
+/// An error and every error under it, outermost first, for the log.
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

@@ -10,7 +10,8 @@
 //! - [`readiness`] says whether the node can admit (`/readyz`): stores reachable, not draining;
 //! - [`limits`] rate-limits customers and failed authentications per source address;
 //! - [`domain`] holds the rules (pools, admission, liveness) and the ports it needs;
-//! - [`store`] implements those ports (memory pools, SQLite settings);
+//! - [`store`] implements those ports (memory or Redis pools, SQLite or PostgreSQL
+//!   settings, the settings cache), one `open` function per backend;
 //! - [`meter`] counts what `GET /metrics` reports and logs the session events;
 //! - [`tasks`] runs the background loops;
 //! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`.

@@ -2,9 +2,7 @@
 //! settings, the session store and the sockets.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::catalogs::CatalogCache;
 use super::clock::Clock;
 use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
@@ -104,15 +102,13 @@ pub struct SessionControl {
     timings: Timings,
     policy: PublisherPolicy,
     on_unavailable: UnavailablePolicy,
-    /// Publishers with their offers, kept for `catalog_ttl` (or until changed
-    /// through this node) so admission rarely waits on the database, while
-    /// changes made through other nodes show within the TTL.
-    catalogs: CatalogCache,
 }
 
 /// How [`SessionControl`] is assembled.
 pub struct ControlParts {
     pub store: Arc<dyn SessionStore>,
+    /// Read on every create: a caching repository (`store::cached_settings`) keeps
+    /// admission off the database.
     pub settings: Arc<dyn SettingsRepo>,
     pub notifier: Arc<dyn Notifier>,
     /// Told of every session this node ends or reaps.
@@ -121,7 +117,6 @@ pub struct ControlParts {
     pub timings: Timings,
     pub policy: PublisherPolicy,
     pub on_unavailable: UnavailablePolicy,
-    pub catalog_ttl: Duration,
 }
 
 impl SessionControl {
@@ -135,7 +130,6 @@ impl SessionControl {
             timings: parts.timings,
             policy: parts.policy,
             on_unavailable: parts.on_unavailable,
-            catalogs: CatalogCache::new(parts.catalog_ttl),
         }
     }
 
@@ -167,12 +161,12 @@ impl SessionControl {
             "publisher seen for the first time: created with default settings"
         );
         let catalog = self.settings.create_publisher(&publisher).await?;
-        Ok(self.catalogs.put(catalog).await)
+        Ok(Arc::new(catalog))
     }
 
     /// The publisher's settings and offers if it is configured; never creates it.
     pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
-        Ok(self.catalogs.get(&self.settings, publisher_id).await?)
+        Ok(self.settings.shared_catalog(publisher_id).await?)
     }
 
     async fn resolve(
@@ -481,20 +475,14 @@ impl SessionControl {
     }
 
     pub async fn put_publisher(&self, publisher: &Publisher) -> Result<(), ControlError> {
-        self.settings.put_publisher(publisher).await?;
-        self.catalogs.forget(&publisher.id).await;
-        Ok(())
+        Ok(self.settings.put_publisher(publisher).await?)
     }
 
     pub async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), ControlError> {
-        self.settings.put_offer(publisher_id, offer).await?;
-        self.catalogs.forget(publisher_id).await;
-        Ok(())
+        Ok(self.settings.put_offer(publisher_id, offer).await?)
     }
 
     pub async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, ControlError> {
-        let deleted = self.settings.delete_offer(publisher_id, offer_id).await?;
-        self.catalogs.forget(publisher_id).await;
-        Ok(deleted)
+        Ok(self.settings.delete_offer(publisher_id, offer_id).await?)
     }
 }

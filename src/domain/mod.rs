@@ -8,7 +8,6 @@
 //! to keep across a crash.
 
 pub mod budget;
-pub mod catalogs;
 pub mod clock;
 pub mod control;
 pub mod journal;

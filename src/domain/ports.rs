@@ -1,6 +1,8 @@
 //! What the domain needs from the outside world. Stores and transports implement
 //! these traits; the domain never names an engine.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::clock::Millis;
@@ -184,6 +186,11 @@ impl SessionEvents for NoEvents {
 #[async_trait]
 pub trait SettingsRepo: Send + Sync + 'static {
     async fn catalog(&self, publisher_id: &str) -> Result<Option<Catalog>, SettingsError>;
+    /// The catalog as admission reads it, on every create: shared, not copied, so
+    /// that a caching repository answers without a copy.
+    async fn shared_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, SettingsError> {
+        Ok(self.catalog(publisher_id).await?.map(Arc::new))
+    }
     /// Creates the publisher with these settings unless it exists; returns what is stored.
     async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError>;
     async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError>;

@@ -72,6 +72,15 @@ impl Holder {
     /// socket id says where the socket is.
     pub const NODE_SHIFT: u32 = 40;
 
+    /// How many node ids the bits above [`Holder::NODE_SHIFT`] can name.
+    pub const NODES: u64 = 1 << (64 - Self::NODE_SHIFT);
+
+    /// A node id at random, never 0. Embedded mode takes one as it is; a cluster
+    /// node claims one in Redis that no live node holds.
+    pub fn random_node() -> u64 {
+        rand::random::<u64>() % (Self::NODES - 1) + 1
+    }
+
     /// The first socket id of node `node`, from a random start (ids from before a
     /// restart never name a new socket).
     pub fn first_of_node(node: u64, start: u64) -> u64 {

@@ -227,7 +227,9 @@ fn admission(outcome: &Result<CreateOutcome, ApiError>) -> Admission {
         Err(ApiError::RateLimited(_)) => Admission::RateLimited,
         Err(ApiError::Unauthorized(_)) => Admission::Unauthorized,
         Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Admission::Rejected,
-        Err(ApiError::Unavailable(_) | ApiError::Overloaded) => Admission::Unavailable,
+        Err(ApiError::Unavailable(_) | ApiError::StoreUnavailable { .. } | ApiError::Overloaded) => {
+            Admission::Unavailable
+        }
         Err(ApiError::InvalidRequest(_) | ApiError::PayloadTooLarge(_) | ApiError::RequestTimeout(_)) => {
             Admission::Invalid
         }

@@ -20,12 +20,15 @@
 //! operator's look at one customer (list, end all) visits that customer's pools only.
 
 mod customers;
+mod open;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+
+pub use open::open;
 
 use super::roster::Roster;
 use crate::domain::journal::Journal;

@@ -1,12 +1,19 @@
-//! Implementations of the domain's storage ports.
+//! Implementations of the domain's storage ports, and one function per backend
+//! that opens them for the app.
 //!
 //! `memory` keeps the session pools in this process (the embedded default), with
 //! `roster` counting and indexing its sessions and feeding the session journal;
-//! `instrumented` wraps either session store to time and count its operations;
-//! `sqlite` keeps publisher settings and the sessions saved across a restart;
-//! `postgres` keeps the same for the nodes of a cluster; `private_files` keeps the
-//! embedded database readable by the server's user only.
+//! `redis` keeps them for a cluster of nodes; `instrumented` wraps either session
+//! store to time and count its operations; `sqlite` keeps publisher settings and
+//! the sessions saved across a restart; `postgres` keeps the same for the nodes of
+//! a cluster; `cached_settings` keeps the publishers' settings admission reads;
+//! `private_files` keeps the embedded database readable by the server's user only.
+//!
+//! `sqlite::open` and `postgres::open` return a [`SettingsDb`]; `memory::open` and
+//! `redis::open` return [`Sessions`]: the port trait objects the app wires, so
+//! nothing outside `store/` names an engine's type.
 
+pub mod cached_settings;
 pub mod instrumented;
 pub mod memory;
 pub mod postgres;
@@ -16,6 +23,59 @@ mod roster;
 mod saved;
 pub mod sqlite;
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::journal::Journal;
+use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo};
+use crate::readiness::Probe;
+
 pub use memory::MemoryStore;
 pub use postgres::PostgresSettings;
 pub use sqlite::SqliteSettings;
+
+/// The settings database, opened: the domain's ports on it, its readiness probe,
+/// and what the server itself keeps there. Every field is the same database.
+pub struct SettingsDb {
+    pub repo: Arc<dyn SettingsRepo>,
+    pub archive: Arc<dyn SessionArchive>,
+    pub probe: Arc<dyn Probe>,
+    pub server: Arc<dyn ServerData>,
+}
+
+impl SettingsDb {
+    fn of<D: SettingsRepo + SessionArchive + Probe + ServerData>(db: D) -> Self {
+        let db = Arc::new(db);
+        Self {
+            repo: db.clone(),
+            archive: db.clone(),
+            probe: db.clone(),
+            server: db,
+        }
+    }
+}
+
+/// What the server keeps in its settings database for itself, beside the
+/// domain's data: no port of the domain, so a trait of its own.
+#[async_trait]
+pub trait ServerData: Send + Sync + 'static {
+    /// The secret named `name`, created at random on first use so it survives restarts.
+    async fn secret(&self, name: &str) -> Result<String, SettingsError>;
+    /// Closes the connections, at the end of a run.
+    async fn close(&self);
+}
+
+/// A session store, opened: the port, the sockets of this process under the node
+/// id the backend chose (`L`, the app's hub: the stores never name it), how orders
+/// reach any socket, and what the backend keeps beside the store.
+pub struct Sessions<L> {
+    /// Instrumented: every call is timed and counted.
+    pub store: Arc<dyn SessionStore>,
+    pub sockets: Arc<L>,
+    pub notifier: Arc<dyn Notifier>,
+    /// Embedded mode: the session journal, unless `storage.journal` is off.
+    pub journal: Option<Arc<Journal>>,
+    /// Cluster mode: Redis, and the loops that run beside it.
+    pub cluster: Option<redis::Cluster>,
+}

@@ -13,12 +13,15 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use rand::RngCore;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row};
 
 use super::saved::SavedRow;
+use super::{ServerData, SettingsDb};
+use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
@@ -115,6 +118,25 @@ impl PostgresSettings {
 
     pub async fn close(&self) {
         self.db.close().await;
+    }
+}
+
+/// Opens the cluster's settings database at `storage.postgres_url`.
+pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
+    let db = PostgresSettings::connect(&storage.postgres_url)
+        .await
+        .context("cannot open the PostgreSQL database (storage.postgres_url)")?;
+    Ok(SettingsDb::of(db))
+}
+
+#[async_trait]
+impl ServerData for PostgresSettings {
+    async fn secret(&self, name: &str) -> Result<String, SettingsError> {
+        PostgresSettings::secret(self, name).await
+    }
+
+    async fn close(&self) {
+        PostgresSettings::close(self).await;
     }
 }
 

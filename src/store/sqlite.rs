@@ -3,12 +3,15 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use rand::RngCore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
 use super::saved::SavedRow;
+use super::{ServerData, SettingsDb};
+use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
@@ -70,6 +73,30 @@ impl SqliteSettings {
 
     pub async fn close(&self) {
         self.db.close().await;
+    }
+}
+
+/// Opens the embedded database, `drisc.db` in `storage.data_dir` (made 0700 if
+/// it does not exist).
+pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
+    let dir = &storage.data_dir;
+    super::private_files::ensure_private_dir(dir)
+        .with_context(|| format!("cannot create storage.data_dir {dir:?} (as 0700)"))?;
+    let path = dir.join("drisc.db");
+    let db = SqliteSettings::open(&path)
+        .await
+        .with_context(|| format!("cannot open the database {path:?}"))?;
+    Ok(SettingsDb::of(db))
+}
+
+#[async_trait]
+impl ServerData for SqliteSettings {
+    async fn secret(&self, name: &str) -> Result<String, SettingsError> {
+        SqliteSettings::secret(self, name).await
+    }
+
+    async fn close(&self) {
+        SqliteSettings::close(self).await;
     }
 }
 

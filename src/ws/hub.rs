@@ -56,7 +56,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// The hub of node `node` (any value below 2^24).
+    /// The hub of node `node` (any value below [`Holder::NODES`]).
     pub fn new(node: u64) -> Self {
         Self {
             sockets: DashMap::new(),
@@ -130,6 +130,16 @@ mod tests {
         assert!(!mailbox.take_ping());
         assert_eq!(mailbox.take_final(), Some(Control::Terminate));
         assert_eq!(mailbox.take_final(), None);
+    }
+
+    #[test]
+    fn a_socket_id_names_the_node_whatever_node_id_is_drawn() {
+        for _ in 0..1_000 {
+            let node = Holder::random_node();
+            assert!((1..Holder::NODES).contains(&node), "{node}");
+            let (holder, _) = Hub::new(node).register();
+            assert_eq!(holder.node(), node);
+        }
     }
 
     #[test]

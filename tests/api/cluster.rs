@@ -457,3 +457,87 @@ async fn ending_a_customers_sessions_on_one_node_expires_the_player_held_on_anot
     b.create_ok(&token, "S1", "TV again").await;
     a.create_ok(&token, "S1", "Phone again").await;
 }
+
+/// The real binary in cluster mode: what a client reads of a Redis outage is a
+/// 503 with a stable code and a sentence for a person; the cause (the client
+/// library's words, the host and port) goes to the log only.
+#[tokio::test]
+async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_cause() {
+    use super::support_process::{ProcessOptions, ServerProcess};
+
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        ProcessOptions::default()
+            .env("DRISC__STORAGE__SESSIONS", "redis")
+            .env("DRISC__STORAGE__REDIS_URL", redis.url.clone()),
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let token = super::helpers::sign_hs(
+        super::helpers::DEV_SECRET,
+        jsonwebtoken::Algorithm::HS256,
+        super::helpers::customer_claims("p", "outage"),
+    );
+    redis.kill();
+
+    let created = http
+        .post(server.url("/sessions"))
+        .bearer_auth(&token)
+        .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    // An operator's look-up by session id reads Redis too.
+    let looked_up = http
+        .get(server.url(&format!("/admin/v1/sessions/{}", uuid::Uuid::new_v4())))
+        .bearer_auth(super::helpers::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    for response in [created, looked_up] {
+        assert_eq!(response.status(), 503);
+        let text = response.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "code": "ServiceUnavailable",
+                "message": "the session store is unavailable; try again in a moment",
+            })
+        );
+        let lower = text.to_lowercase();
+        for internal in [
+            "redis",
+            "127.0.0.1",
+            &redis.port.to_string(),
+            "refused",
+            "os error",
+            "pipe",
+        ] {
+            assert!(!lower.contains(internal), "{internal:?} shown to the client: {text}");
+        }
+    }
+
+    // The log has the cause, without the client's request having waited for it.
+    let deadline = tokio::time::Instant::now() + super::helpers::PATIENCE;
+    loop {
+        let output = server.output();
+        let logged = output
+            .iter()
+            .filter(|line| line.contains("session store unavailable") && line.contains("error="))
+            .count();
+        if logged >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the causes are not logged:\n{}",
+            output.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -8,8 +8,11 @@
 //! ([`inbox`]).
 
 pub mod inbox;
+mod open;
 pub mod refresh;
 mod scripts;
+
+pub use open::{Cluster, open};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

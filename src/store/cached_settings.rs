@@ -1,4 +1,5 @@
-//! The publishers' settings as this node last read them.
+//! The publishers' settings as this node last read them: a [`SettingsRepo`] that
+//! wraps the database's and answers admission from memory.
 //!
 //! Admission reads a publisher's catalog on every create, so it must rarely wait
 //! on the database; changes made through other nodes must still show within
@@ -13,14 +14,17 @@
 //!   database is unreachable.
 //!
 //! Both are bounded in entries, so made-up publisher ids cannot grow them without end.
+//! A write made through this repository forgets the publisher's fresh copy, so this
+//! node reads it back at once; other nodes see it within `ttl`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use moka::future::Cache;
 
-use super::ports::{SettingsError, SettingsRepo};
-use super::settings::Catalog;
+use crate::domain::ports::{SettingsError, SettingsRepo};
+use crate::domain::settings::{Catalog, Offer, Publisher};
 
 /// How many publishers each cache holds at most. Far above any real deployment;
 /// beyond it the least useful entries are evicted.
@@ -29,34 +33,60 @@ const MAX_PUBLISHERS: u64 = 100_000;
 /// How long the last good copy is kept to serve while the database is down.
 const KEEP_KNOWN: Duration = Duration::from_secs(24 * 3600);
 
-pub struct CatalogCache {
+pub struct CachedSettings {
+    inner: Arc<dyn SettingsRepo>,
     /// `None` caches "not configured", so unknown publishers do not reach the
     /// database on every request either.
     fresh: Cache<String, Option<Arc<Catalog>>>,
     known: Cache<String, Arc<Catalog>>,
 }
 
-impl CatalogCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self::with_capacity(ttl, MAX_PUBLISHERS)
+impl CachedSettings {
+    /// `inner`'s catalogs, each kept for `ttl` (`cluster.settings_cache_ttl`).
+    pub fn new(inner: Arc<dyn SettingsRepo>, ttl: Duration) -> Self {
+        Self::with_capacity(inner, ttl, MAX_PUBLISHERS)
     }
 
-    pub fn with_capacity(ttl: Duration, capacity: u64) -> Self {
+    pub fn with_capacity(inner: Arc<dyn SettingsRepo>, ttl: Duration, capacity: u64) -> Self {
         Self {
+            inner,
             fresh: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             known: Cache::builder().max_capacity(capacity).time_to_idle(KEEP_KNOWN).build(),
         }
     }
 
+    /// Records what this node just wrote or read.
+    async fn put(&self, catalog: Arc<Catalog>) {
+        let id = catalog.publisher.id.clone();
+        self.known.insert(id.clone(), Arc::clone(&catalog)).await;
+        self.fresh.insert(id, Some(catalog)).await;
+    }
+
+    /// Forgets a publisher after a change made through this node: the next read
+    /// goes to the database.
+    async fn forget(&self, publisher_id: &str) {
+        self.fresh.invalidate(publisher_id).await;
+    }
+
+    /// Entries in the fresh cache (moka counts lazily).
+    #[cfg(test)]
+    async fn entries(&self) -> u64 {
+        self.fresh.run_pending_tasks().await;
+        self.fresh.entry_count()
+    }
+}
+
+#[async_trait]
+impl SettingsRepo for CachedSettings {
+    async fn catalog(&self, publisher_id: &str) -> Result<Option<Catalog>, SettingsError> {
+        Ok(self.shared_catalog(publisher_id).await?.map(|c| Catalog::clone(&c)))
+    }
+
     /// The publisher's catalog, `None` if it is not configured. While the database
     /// is unreachable, the last copy read is served.
-    pub async fn get(
-        &self,
-        repo: &Arc<dyn SettingsRepo>,
-        publisher_id: &str,
-    ) -> Result<Option<Arc<Catalog>>, SettingsError> {
+    async fn shared_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, SettingsError> {
         let load = async {
-            let catalog = repo.catalog(publisher_id).await?.map(Arc::new);
+            let catalog = self.inner.catalog(publisher_id).await?.map(Arc::new);
             match &catalog {
                 Some(c) => self.known.insert(publisher_id.to_owned(), Arc::clone(c)).await,
                 None => self.known.invalidate(publisher_id).await,
@@ -75,26 +105,33 @@ impl CatalogCache {
         }
     }
 
-    /// Records what this node just wrote or read.
-    pub async fn put(&self, catalog: Catalog) -> Arc<Catalog> {
-        let catalog = Arc::new(catalog);
-        let id = catalog.publisher.id.clone();
-        self.known.insert(id.clone(), Arc::clone(&catalog)).await;
-        self.fresh.insert(id, Some(Arc::clone(&catalog))).await;
-        catalog
+    async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError> {
+        let catalog = self.inner.create_publisher(publisher).await?;
+        self.put(Arc::new(catalog.clone())).await;
+        Ok(catalog)
     }
 
-    /// Forgets a publisher after a change made through this node: the next read
-    /// goes to the database.
-    pub async fn forget(&self, publisher_id: &str) {
-        self.fresh.invalidate(publisher_id).await;
+    async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError> {
+        self.inner.put_publisher(publisher).await?;
+        self.forget(&publisher.id).await;
+        Ok(())
     }
 
-    /// Entries in the fresh cache (moka counts lazily).
-    #[cfg(test)]
-    pub async fn entries(&self) -> u64 {
-        self.fresh.run_pending_tasks().await;
-        self.fresh.entry_count()
+    /// Not cached: operators page through publishers, admission never does.
+    async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError> {
+        self.inner.publishers_after(after, limit).await
+    }
+
+    async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError> {
+        self.inner.put_offer(publisher_id, offer).await?;
+        self.forget(publisher_id).await;
+        Ok(())
+    }
+
+    async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError> {
+        let deleted = self.inner.delete_offer(publisher_id, offer_id).await?;
+        self.forget(publisher_id).await;
+        Ok(deleted)
     }
 }
 
@@ -152,8 +189,8 @@ mod tests {
         }
     }
 
-    async fn limit_of(cache: &CatalogCache, repo: &Arc<dyn SettingsRepo>) -> u32 {
-        let catalog = cache.get(repo, "p").await.unwrap().unwrap();
+    async fn limit_of(cache: &CachedSettings) -> u32 {
+        let catalog = cache.shared_catalog("p").await.unwrap().unwrap();
         catalog.offers[0].session_limit
     }
 
@@ -180,8 +217,8 @@ mod tests {
         });
         let repo: Arc<dyn SettingsRepo> = gated.clone();
         let ttl = Duration::from_millis(100);
-        let cache = CatalogCache::new(ttl);
-        assert_eq!(limit_of(&cache, &repo).await, 1);
+        let cache = CachedSettings::new(repo, ttl);
+        assert_eq!(limit_of(&cache).await, 1);
 
         // The limit changes through another node; once the TTL passes, a request
         // starts the re-read and is dropped while the read is held.
@@ -191,8 +228,8 @@ mod tests {
         let _ = gated.entered.try_acquire_many(gated.entered.available_permits() as u32);
         let cache = Arc::new(cache);
         let dropped = tokio::spawn({
-            let (cache, repo) = (Arc::clone(&cache), Arc::clone(&repo));
-            async move { cache.get(&repo, "p").await.map(|_| ()) }
+            let cache = Arc::clone(&cache);
+            async move { cache.shared_catalog("p").await.map(|_| ()) }
         });
         let _ = gated.entered.acquire().await.unwrap();
         dropped.abort();
@@ -200,7 +237,7 @@ mod tests {
 
         // The database answers again: the next request reads the new limit.
         gated.gate.add_permits(1_000);
-        let read = tokio::time::timeout(Duration::from_secs(5), limit_of(&cache, &repo)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), limit_of(&cache)).await;
         assert_eq!(read.expect("not stuck on the dropped refresh"), 2);
     }
 
@@ -208,10 +245,38 @@ mod tests {
     async fn the_cache_holds_a_bounded_number_of_publishers() {
         let dir = tempfile::tempdir().unwrap();
         let db: Arc<dyn SettingsRepo> = Arc::new(SqliteSettings::open(&dir.path().join("t.db")).await.unwrap());
-        let cache = CatalogCache::with_capacity(Duration::from_secs(60), 50);
+        let cache = CachedSettings::with_capacity(db, Duration::from_secs(60), 50);
         for i in 0..500 {
-            assert!(cache.get(&db, &format!("made-up-{i}")).await.unwrap().is_none());
+            assert!(cache.shared_catalog(&format!("made-up-{i}")).await.unwrap().is_none());
         }
         assert!(cache.entries().await <= 50, "{} entries", cache.entries().await);
+    }
+
+    #[tokio::test]
+    async fn a_write_through_the_cache_shows_at_once_one_made_elsewhere_within_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        let cache = CachedSettings::new(Arc::new(db.clone()), Duration::from_secs(3600));
+        let publisher = Publisher {
+            id: "p".into(),
+            enabled: true,
+            takeover_enabled: true,
+            default_session_limit: 1,
+            unknown_offers: UnknownOffers::default(),
+            verification_key: None,
+            jwks_uri: None,
+        };
+        cache.create_publisher(&publisher).await.unwrap();
+        cache.put_offer("p", &offer(1)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 1);
+        cache.put_offer("p", &offer(2)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 2, "this node's write is read back at once");
+
+        // Another node's write (straight to the database) waits for the TTL.
+        db.put_offer("p", &offer(3)).await.unwrap();
+        assert_eq!(limit_of(&cache).await, 2);
+        assert!(cache.delete_offer("p", "S1").await.unwrap());
+        let catalog = cache.shared_catalog("p").await.unwrap().unwrap();
+        assert!(catalog.offers.is_empty(), "{catalog:?}");
     }
 }

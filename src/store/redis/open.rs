@@ -1,0 +1,100 @@
+//! Opening the cluster's session store, and the loops a node runs beside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::inbox::{self, ClusterNotifier};
+use super::{RedisStore, TimeSource, refresh};
+use crate::config::Settings;
+use crate::domain::ports::Notifier;
+use crate::meter::Meter;
+use crate::readiness::Probe;
+use crate::store::Sessions;
+use crate::store::instrumented::Instrumented;
+
+const UNREACHABLE: &str = "cannot reach Redis (storage.redis_url)";
+
+/// The session pools in Redis at `storage.redis_url`: claims a node id no live node
+/// holds, names this process's `sockets` by it, and routes orders for sockets held
+/// elsewhere through the holding node's inbox. The loops that keep it all going
+/// start with [`Cluster::spawn`].
+pub async fn open<L: Notifier>(
+    settings: &Settings,
+    meter: &Arc<Meter>,
+    sockets: impl FnOnce(u64) -> Arc<L>,
+) -> anyhow::Result<Sessions<L>> {
+    let url = settings.storage.redis_url.clone();
+    let mut conn = RedisStore::connection(&url).await.context(UNREACHABLE)?;
+    let node = inbox::claim_node_id(&mut conn).await.context(UNREACHABLE)?;
+    let sockets = sockets(node);
+    let local: Arc<dyn Notifier> = sockets.clone();
+    let store = RedisStore::connect(
+        &url,
+        settings.timings(),
+        settings.cluster.tombstone_ttl,
+        settings.auth.session_token_ttl,
+        TimeSource::Redis,
+        local.clone(),
+    )
+    .await
+    .context(UNREACHABLE)?;
+    let store = Arc::new(store);
+    let (notifier, outbox) = ClusterNotifier::new(node, local.clone());
+    tracing::info!(node, "cluster mode: sessions in Redis");
+    Ok(Sessions {
+        store: Arc::new(Instrumented::new(store.clone(), "redis", meter.clone())),
+        sockets,
+        notifier: Arc::new(notifier),
+        journal: None,
+        cluster: Some(Cluster {
+            store,
+            node,
+            url,
+            local,
+            outbox,
+            refresh_every: settings.cluster.refresh_interval,
+        }),
+    })
+}
+
+/// What a cluster node runs beside its store: the refresh loop, and the reading
+/// and writing ends of the node inboxes.
+pub struct Cluster {
+    store: Arc<RedisStore>,
+    node: u64,
+    url: String,
+    /// This process's sockets, where the inbox delivers.
+    local: Arc<dyn Notifier>,
+    /// Orders for other nodes, queued by the [`ClusterNotifier`].
+    outbox: mpsc::Receiver<(u64, String)>,
+    refresh_every: Duration,
+}
+
+impl Cluster {
+    /// Redis as `/readyz` checks it: the connection every session operation uses.
+    pub fn probe(&self) -> Arc<dyn Probe> {
+        self.store.clone()
+    }
+
+    /// Starts the loops on `tasks`; each stops when `shutdown` is cancelled.
+    pub fn spawn(self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        tasks.spawn(refresh::run(
+            self.store,
+            self.node,
+            self.refresh_every,
+            shutdown.clone(),
+        ));
+        tasks.spawn(inbox::run_inbox(
+            self.url.clone(),
+            self.node,
+            self.local,
+            shutdown.clone(),
+        ));
+        tasks.spawn(inbox::run_outbox(self.url, self.outbox, shutdown.clone()));
+    }
+}
