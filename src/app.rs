@@ -17,7 +17,7 @@ use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, S
 use crate::domain::Clock;
 use crate::domain::control::{ControlParts, PublisherPolicy, SessionControl, UnavailablePolicy};
 use crate::domain::journal::Journal;
-use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsRepo};
+use crate::domain::ports::{LocalSessions, Notifier, SessionArchive, SessionStore, SettingsRepo};
 use crate::limits::Limits;
 use crate::meter::Meter;
 use crate::net::{self, Server};
@@ -138,54 +138,61 @@ impl App {
         let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
             .then(|| Arc::new(Journal::new()));
         let meter = Arc::new(Meter::new());
-        let (hub, store, notifier, cluster): (Arc<Hub>, Arc<dyn SessionStore>, Arc<dyn Notifier>, _) =
-            match settings.storage.sessions {
-                SessionBackend::Memory => {
-                    let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
-                    let store = match &journal {
-                        Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
-                        None => MemoryStore::new(timings),
-                    };
-                    let store = store.observed(meter.clone());
-                    let store = Instrumented::new(Arc::new(store), "memory", meter.clone());
-                    (hub.clone(), Arc::new(store), hub, None)
-                }
-                SessionBackend::Redis => {
-                    let url = settings.storage.redis_url.clone();
-                    let mut conn = RedisStore::connection(&url)
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?;
-                    let node = inbox::claim_node_id(&mut conn)
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?;
-                    let hub = Arc::new(Hub::new(node));
-                    let store = Arc::new(
-                        RedisStore::connect(
-                            &url,
-                            timings,
-                            settings.cluster.tombstone_ttl,
-                            settings.auth.session_token_ttl,
-                            TimeSource::Redis,
-                            hub.clone(),
-                        )
-                        .await
-                        .context("cannot reach Redis (storage.redis_url)")?,
-                    );
-                    let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
-                    tracing::info!(node, "cluster mode: sessions in Redis");
-                    let cluster = Cluster {
-                        store: store.clone(),
-                        node,
-                        url,
-                        outbox,
-                    };
-                    let store = Instrumented::new(store, "redis", meter.clone());
-                    (hub, Arc::new(store), Arc::new(notifier), Some(cluster))
-                }
-            };
+        #[allow(clippy::type_complexity)]
+        let (hub, store, local, notifier, cluster): (
+            Arc<Hub>,
+            Arc<dyn SessionStore>,
+            Option<Arc<dyn LocalSessions>>,
+            Arc<dyn Notifier>,
+            _,
+        ) = match settings.storage.sessions {
+            SessionBackend::Memory => {
+                let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
+                let store = match &journal {
+                    Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
+                    None => MemoryStore::new(timings),
+                };
+                let store = store.observed(meter.clone());
+                let store = Arc::new(Instrumented::new(Arc::new(store), "memory", meter.clone()));
+                (hub.clone(), store.clone(), Some(store), hub, None)
+            }
+            SessionBackend::Redis => {
+                let url = settings.storage.redis_url.clone();
+                let mut conn = RedisStore::connection(&url)
+                    .await
+                    .context("cannot reach Redis (storage.redis_url)")?;
+                let node = inbox::claim_node_id(&mut conn)
+                    .await
+                    .context("cannot reach Redis (storage.redis_url)")?;
+                let hub = Arc::new(Hub::new(node));
+                let store = Arc::new(
+                    RedisStore::connect(
+                        &url,
+                        timings,
+                        settings.cluster.tombstone_ttl,
+                        settings.auth.session_token_ttl,
+                        TimeSource::Redis,
+                        hub.clone(),
+                    )
+                    .await
+                    .context("cannot reach Redis (storage.redis_url)")?,
+                );
+                let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
+                tracing::info!(node, "cluster mode: sessions in Redis");
+                let cluster = Cluster {
+                    store: store.clone(),
+                    node,
+                    url,
+                    outbox,
+                };
+                let store = Instrumented::new(store, "redis", meter.clone());
+                (hub, Arc::new(store), None, Arc::new(notifier), Some(cluster))
+            }
+        };
         let p = &settings.publishers;
         let control = Arc::new(SessionControl::new(ControlParts {
             store,
+            local,
             settings: database.repo(),
             notifier,
             events: meter.clone(),
@@ -407,7 +414,7 @@ impl App {
         }
         match &journal {
             Some(journal) => {
-                let held = state.control.held_count().await?;
+                let held = state.control.held_count();
                 if let Err(e) = journal.flush(archive.as_ref()).await {
                     tracing::error!(error = %e, held, "could not write the session journal at shutdown");
                     return Err(e.into());

@@ -1,7 +1,9 @@
 //! One conformance suite for every session store: the in-memory pools and the
 //! Redis scripts must apply the same rules, so single-node and cluster behave
-//! the same. Time is driven through `now` (the Redis store reads the caller's
-//! clock in these tests), so expiry is tested without sleeping.
+//! the same. Every method of `SessionStore` is held to its contract here on both
+//! stores, and `LocalSessions` on the store that has it. Time is driven through
+//! `now` (the Redis store reads the caller's clock in these tests), so expiry is
+//! tested without sleeping.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,10 +11,10 @@ use std::time::Duration;
 
 use drisc::domain::listing::{Position, SessionQuery};
 use drisc::domain::pool::{Limits, NewSession, Refusal};
-use drisc::domain::ports::{Control, Notifier, SessionStore};
-use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
+use drisc::domain::ports::{Control, Heartbeat, LocalSessions, Notifier, SessionStore, StoreError};
+use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
-use drisc::store::redis::{RedisStore, TimeSource};
+use drisc::store::redis::{RedisStore, TimeSource, keys};
 
 use super::support_redis::RedisServer;
 
@@ -34,7 +36,7 @@ fn timings() -> Timings {
 pub struct Recorder(pub Mutex<Vec<(Holder, Control)>>);
 
 impl Notifier for Recorder {
-    fn notify(&self, _id: SessionId, holder: Holder, control: Control) {
+    fn notify(&self, holder: Holder, control: Control) {
         self.0.lock().unwrap().push((holder, control));
     }
 }
@@ -42,14 +44,18 @@ impl Notifier for Recorder {
 /// A store under test, with what the suite needs to drive it.
 pub struct Subject {
     pub store: Arc<dyn SessionStore>,
+    /// The store's `LocalSessions`, if it has them (the memory store).
+    pub local: Option<Arc<dyn LocalSessions>>,
     redis: Option<(Arc<RedisStore>, RedisServer)>,
     pub orders: Arc<Recorder>,
 }
 
 impl Subject {
     pub fn memory() -> Subject {
+        let store = Arc::new(MemoryStore::new(timings()));
         Subject {
-            store: Arc::new(MemoryStore::new(timings())),
+            store: store.clone(),
+            local: Some(store),
             redis: None,
             orders: Arc::default(),
         }
@@ -72,6 +78,7 @@ impl Subject {
         );
         Subject {
             store: store.clone(),
+            local: None,
             redis: Some((store, server)),
             orders,
         }
@@ -327,7 +334,13 @@ async fn a_live_session_is_kept_by_heartbeats_and_dies_without_them(s: Subject) 
     let (p, now) = (pool("c3"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     assert!(s.store.attach(&p, a, Holder(1), now).await.unwrap().is_some());
-    assert!(s.store.heartbeat(&p, a, Holder(1), now + 20_000).await.unwrap());
+    assert!(
+        s.store
+            .heartbeat(&p, a, Holder(1), now + 20_000)
+            .await
+            .unwrap()
+            .accepted()
+    );
     s.flush().await;
     // Alive past the first deadline thanks to the heartbeat...
     assert!(admit(&s, &p, "phone", 1, now + PONG + 1_000).await.is_none());
