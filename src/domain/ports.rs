@@ -120,9 +120,9 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError>;
 
     /// This node is stopping and its sockets are closed: after this, no session is
-    /// bound to this node's sockets (each waits the reconnect grace for its
-    /// player, here after a restart or on another node), and none that is dead at
-    /// `now` is kept to be saved or journaled.
+    /// bound to this node's sockets (each is detached, to wait the reconnect grace
+    /// for its player, here after a restart or on another node), and none that is
+    /// dead at `now` is kept to be saved or journaled.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError>;
 
     /// How many sessions are in each state, as far as this node knows without a

@@ -391,7 +391,10 @@ impl SessionStore for MemoryStore {
                     queue.push(session.expires_at, Arc::clone(key));
                     self.roster.restored(key, &session);
                     let before = pool.tally();
-                    pool.sessions.push(session);
+                    // In creation order, as a pool lists them, whatever order the
+                    // archive gives them in.
+                    let at = pool.sessions.partition_point(|s| s.created_at <= session.created_at);
+                    pool.sessions.insert(at, session);
                     self.roster.shift(before, pool.tally());
                 }
                 if !open.iter().any(|k| k == key) {
@@ -408,11 +411,21 @@ impl SessionStore for MemoryStore {
 
     /// Drops every session that died meanwhile (their players are gone, or
     /// stopped answering while the server was stopping), so neither the snapshot
-    /// nor the journal brings them back. The one walk over every pool, at shutdown.
+    /// nor the journal brings them back, and detaches those a socket still held
+    /// (one the shutdown dropped), as on every store. The one walk over every
+    /// pool, at shutdown.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
         self.pools.retain(|key, pool| {
             let before = pool.tally();
             let dead = self.settle(pool, now);
+            let held: Vec<_> = pool.sessions.iter().filter_map(|s| Some((s.id, s.holder?))).collect();
+            if !held.is_empty() {
+                for (id, holder) in held {
+                    pool.detach(id, holder, now, &self.timings);
+                }
+                let at = self.timings.deadline(SessionState::Detached, now);
+                self.detached.push(at, Arc::clone(key));
+            }
             self.roster.shift(before, pool.tally());
             self.report_dead(key, &dead);
             !pool.is_empty()
