@@ -444,15 +444,14 @@ impl SessionControl {
     }
 
     /// Saves every held session so a restarted server can bring them back. A
-    /// store without local sessions saves none, which still replaces what an
-    /// earlier run saved: those sessions would be long dead at the next start.
+    /// store without local sessions (Redis) keeps them itself: nothing to save.
     pub async fn save_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
         // A session that died while the server was stopping stays dead.
         let now = self.clock.now();
-        let held = match &self.local {
-            Some(local) => local.snapshot().await?,
-            None => Vec::new(),
+        let Some(local) = &self.local else {
+            return Ok(0);
         };
+        let held = local.snapshot().await?;
         let sessions: Vec<_> = held
             .into_iter()
             .filter(|(_, s)| !super::liveness::is_dead(s.expires_at, now))
