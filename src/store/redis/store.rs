@@ -393,7 +393,7 @@ impl SessionStore for RedisStore {
         holder: Holder,
         now: Millis,
     ) -> Result<Heartbeat, StoreError> {
-        if !self.held.get(&holder).is_some_and(|h| h.id == id) {
+        if self.held.get(&holder).is_none_or(|h| h.id != id) {
             return Ok(Heartbeat::NotHeld);
         }
         if let Ok(mut pending) = self.pending.lock() {
