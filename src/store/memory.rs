@@ -12,7 +12,7 @@
 //! their socket watches their PONG deadline.
 //!
 //! Every session added or removed, dead ones that an operation prunes included, is
-//! told to the [`Roster`] under the pool's lock: it keeps the count, the index by
+//! told to the [`Roster`] under the pool's lock: it keeps the counts by state, the index by
 //! session id and the session journal exact.
 //!
 //! Each customer's open pools are also listed ([`customers`]), so a customer

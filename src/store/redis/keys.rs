@@ -3,7 +3,7 @@
 //!
 //! | key                              | type       | what                                          |
 //! |----------------------------------|------------|-----------------------------------------------|
-//! | `drisc:{tag}:s:<offer>`          | hash       | a pool: session id → record ([`super::record`]) |
+//! | `drisc:{tag}:s:<offer>`          | hash       | a pool: session id → record (`record.rs`) |
 //! | `drisc:{tag}:pools`              | sorted set | the customer's pools, scored by last expiry   |
 //! | `drisc:{tag}:t:<session id>`     | string     | a tombstone: why a session ended (`T<name>`, `E`) |
 //! | `drisc:sid:<session id>`         | string     | the pool of a session (JSON), for operators   |
@@ -14,7 +14,7 @@
 //! `{tag}` is the customer's hash tag: every key of one customer is in one slot of
 //! a Redis Cluster, so one script may touch them all atomically.
 
-use crate::domain::{PoolKey, SessionId};
+use crate::domain::{Customer, PoolKey, SessionId};
 
 /// The hash tag of a customer: each id prefixed by its length, so no two
 /// customers share keys whatever characters their ids contain. The offer stays
@@ -30,13 +30,10 @@ pub fn pool(pool: &PoolKey) -> String {
     format!("drisc:{{{}}}:s:{}", customer_tag(pool), pool.offer_id)
 }
 
-/// The offer of a member of the customer's set of pools (a pool's key), if it
-/// is a pool of `customer_probe`'s customer.
-pub(crate) fn offer_of<'a>(customer_probe: &PoolKey, member: &'a str) -> Option<&'a str> {
-    member.strip_prefix(&pool(&PoolKey {
-        offer_id: String::new(),
-        ..customer_probe.clone()
-    }))
+/// What the key of every pool of `customer` starts with: the offer id follows
+/// (the members of the customer's set of pools are such keys).
+pub(crate) fn pool_prefix(customer: &Customer) -> String {
+    pool(&PoolKey::new(customer, ""))
 }
 
 /// The customer's pools, scored by when their last session expires.
@@ -113,7 +110,13 @@ mod tests {
         let id = SessionId::random();
         assert_eq!(tag(&pool(&p)), tag(&pools(&p)));
         assert_eq!(tag(&pool(&p)), tag(&tombstone(&p, id)));
-        assert_eq!(offer_of(&key("pub", "cus{x}", ""), &pool(&p)), Some("off:er"));
-        assert_eq!(offer_of(&key("pub", "other", ""), &pool(&p)), None);
+        let prefix = |c: &str| {
+            pool_prefix(&Customer {
+                publisher_id: "pub".into(),
+                customer_id: c.into(),
+            })
+        };
+        assert_eq!(pool(&p).strip_prefix(&prefix("cus{x}")), Some("off:er"));
+        assert_eq!(pool(&p).strip_prefix(&prefix("cus")), None);
     }
 }

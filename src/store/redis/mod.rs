@@ -3,9 +3,10 @@
 //! - [`keys`]: every key and the hash-tag layout (a customer's keys share one
 //!   slot of a Redis Cluster, so a script can count its pools atomically), and
 //!   the node's lease;
-//! - [`record`]: the one codec of the session record and of the scripts' replies;
+//! - `record`: the one codec of the session record and of the scripts' replies;
 //! - `scripts`: the pool rules in Lua, one script per operation;
-//! - [`store`]: the [`SessionStore`](crate::domain::ports::SessionStore) that runs them;
+//! - `store`: the [`RedisStore`], the [`SessionStore`](crate::domain::ports::SessionStore)
+//!   that runs them;
 //! - [`refresh`]: the node's loop that writes queued PONGs in pipelined batches
 //!   and puts its sessions back if Redis lost its data;
 //! - [`inbox`]: orders for sockets held by other nodes.
@@ -15,6 +16,6 @@ pub mod keys;
 pub(crate) mod record;
 pub mod refresh;
 mod scripts;
-pub mod store;
+mod store;
 
 pub use store::{RedisStore, TimeSource};

@@ -203,7 +203,7 @@ fn record<'de, D: Deserializer<'de>>(d: D) -> Result<Session, D::Error> {
 
 /// A live session of the pool, to be pinged (its socket may be on any node).
 #[derive(Debug, Deserialize)]
-pub(crate) struct Held {
+pub(crate) struct LiveSession {
     #[serde(deserialize_with = "session_id")]
     pub id: SessionId,
     #[serde(rename = "h", deserialize_with = "holder")]
@@ -228,7 +228,7 @@ pub(crate) enum AdmitReply {
         #[serde(deserialize_with = "epoch_ms")]
         now: Millis,
         #[serde(default, deserialize_with = "list")]
-        live: Vec<Held>,
+        live: Vec<LiveSession>,
     },
     /// The pool holds as many sessions as allowed.
     Full {
@@ -249,7 +249,7 @@ pub(crate) enum TakeOverReply {
         #[serde(deserialize_with = "record")]
         victim: Session,
         #[serde(default, deserialize_with = "list")]
-        live: Vec<Held>,
+        live: Vec<LiveSession>,
     },
     /// The victim is not in the pool (ended, dead, or never there).
     Gone,

@@ -50,15 +50,15 @@ pub enum TimeSource {
 pub struct RedisStore {
     pub(super) conn: ConnectionManager,
     pub(super) scripts: Scripts,
-    pub(super) timings: Timings,
-    pub(super) time: TimeSource,
-    pub(super) index_ttl: Duration,
+    timings: Timings,
+    time: TimeSource,
+    index_ttl: Duration,
     /// Sockets of this node and the sessions they hold.
     pub(super) held: DashMap<Holder, Held>,
     /// PONGs waiting for the next refresh, with the time they were heard.
     pub(super) pending: Mutex<HashMap<Holder, (SessionId, Millis)>>,
     pub(super) local: Arc<dyn Notifier>,
-    /// The last value of the epoch key this node saw (see [`refresh`]).
+    /// The last value of the epoch key this node saw (see [`super::refresh`]).
     pub(super) epoch: Mutex<Option<String>>,
 }
 
@@ -192,7 +192,7 @@ impl RedisStore {
     }
 
     /// The session a script granted at its `now`.
-    fn granted(&self, new: NewSession, now: Millis, live: Vec<record::Held>) -> Granted {
+    fn granted(&self, new: NewSession, now: Millis, live: Vec<record::LiveSession>) -> Granted {
         Granted {
             session: Session {
                 id: new.id,
@@ -220,9 +220,10 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let prefix = keys::pool_prefix(customer);
         Ok(members
             .iter()
-            .filter_map(|m| keys::offer_of(&probe, m))
+            .filter_map(|m| m.strip_prefix(&prefix))
             .filter(|offer| wanted(offer))
             .map(|offer| PoolKey::new(customer, offer))
             .collect())
