@@ -12,7 +12,7 @@ use drisc::domain::journal::JournalBatch;
 use drisc::domain::ports::{SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
-use drisc::store::{PostgresSettings, SqliteSettings};
+use drisc::store::SqliteSettings;
 
 use super::support_postgres::PgServer;
 
@@ -37,9 +37,7 @@ impl Subject {
 
     async fn postgres() -> Subject {
         let server = PgServer::start().await;
-        let db = PostgresSettings::connect(&server.url)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}: {e:#}\nserver log:\n{}", server.url, server.log()));
+        let db = super::settings_postgres::repo(&server).await;
         Subject {
             repo: Arc::new(db.clone()),
             archive: Arc::new(db),

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::settings_conformance::{held, publisher, sorted};
 use crate::support_postgres::PgServer;
 
-async fn repo(server: &PgServer) -> PostgresSettings {
+pub async fn repo(server: &PgServer) -> PostgresSettings {
     PostgresSettings::connect(&server.url)
         .await
         .unwrap_or_else(|e| panic!("connecting to {}: {e:#}\nserver log:\n{}", server.url, server.log()))
