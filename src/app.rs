@@ -111,6 +111,9 @@ impl Database {
     }
 }
 
+/// A session store, and its local sessions if it keeps them in this process.
+type SessionPorts = (Arc<dyn SessionStore>, Option<Arc<dyn LocalSessions>>);
+
 /// The pieces of cluster mode that run in the background.
 struct Cluster {
     store: Arc<RedisStore>,
@@ -138,57 +141,51 @@ impl App {
         let journal = (settings.storage.sessions == SessionBackend::Memory && settings.storage.journal)
             .then(|| Arc::new(Journal::new()));
         let meter = Arc::new(Meter::new());
-        #[allow(clippy::type_complexity)]
-        let (hub, store, local, notifier, cluster): (
-            Arc<Hub>,
-            Arc<dyn SessionStore>,
-            Option<Arc<dyn LocalSessions>>,
-            Arc<dyn Notifier>,
-            _,
-        ) = match settings.storage.sessions {
-            SessionBackend::Memory => {
-                let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
-                let store = match &journal {
-                    Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
-                    None => MemoryStore::new(timings),
-                };
-                let store = store.observed(meter.clone());
-                let store = Arc::new(Instrumented::new(Arc::new(store), "memory", meter.clone()));
-                (hub.clone(), store.clone(), Some(store), hub, None)
-            }
-            SessionBackend::Redis => {
-                let url = settings.storage.redis_url.clone();
-                let mut conn = RedisStore::connection(&url)
-                    .await
-                    .context("cannot reach Redis (storage.redis_url)")?;
-                let node = inbox::claim_node_id(&mut conn)
-                    .await
-                    .context("cannot reach Redis (storage.redis_url)")?;
-                let hub = Arc::new(Hub::new(node));
-                let store = Arc::new(
-                    RedisStore::connect(
-                        &url,
-                        timings,
-                        settings.cluster.tombstone_ttl,
-                        settings.auth.session_token_ttl,
-                        TimeSource::Redis,
-                        hub.clone(),
-                    )
-                    .await
-                    .context("cannot reach Redis (storage.redis_url)")?,
-                );
-                let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
-                tracing::info!(node, "cluster mode: sessions in Redis");
-                let cluster = Cluster {
-                    store: store.clone(),
-                    node,
-                    url,
-                    outbox,
-                };
-                let store = Instrumented::new(store, "redis", meter.clone());
-                (hub, Arc::new(store), None, Arc::new(notifier), Some(cluster))
-            }
-        };
+        let (hub, (store, local), notifier, cluster): (Arc<Hub>, SessionPorts, Arc<dyn Notifier>, _) =
+            match settings.storage.sessions {
+                SessionBackend::Memory => {
+                    let hub = Arc::new(Hub::new(rand::random::<u64>() % (1 << 23) + 1));
+                    let store = match &journal {
+                        Some(journal) => MemoryStore::with_journal(timings, Arc::clone(journal)),
+                        None => MemoryStore::new(timings),
+                    };
+                    let store = store.observed(meter.clone());
+                    let store = Arc::new(Instrumented::new(Arc::new(store), "memory", meter.clone()));
+                    (hub.clone(), (store.clone(), Some(store)), hub, None)
+                }
+                SessionBackend::Redis => {
+                    let url = settings.storage.redis_url.clone();
+                    let mut conn = RedisStore::connection(&url)
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?;
+                    let node = inbox::claim_node_id(&mut conn)
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?;
+                    let hub = Arc::new(Hub::new(node));
+                    let store = Arc::new(
+                        RedisStore::connect(
+                            &url,
+                            timings,
+                            settings.cluster.tombstone_ttl,
+                            settings.auth.session_token_ttl,
+                            TimeSource::Redis,
+                            hub.clone(),
+                        )
+                        .await
+                        .context("cannot reach Redis (storage.redis_url)")?,
+                    );
+                    let (notifier, outbox) = ClusterNotifier::new(node, hub.clone());
+                    tracing::info!(node, "cluster mode: sessions in Redis");
+                    let cluster = Cluster {
+                        store: store.clone(),
+                        node,
+                        url,
+                        outbox,
+                    };
+                    let store = Instrumented::new(store, "redis", meter.clone());
+                    (hub, (Arc::new(store), None), Arc::new(notifier), Some(cluster))
+                }
+            };
         let p = &settings.publishers;
         let control = Arc::new(SessionControl::new(ControlParts {
             store,
