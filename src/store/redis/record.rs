@@ -150,11 +150,10 @@ pub(crate) fn sessions(value: Value, what: &str) -> Result<Vec<Session>, StoreEr
         .collect()
 }
 
-/// A reply that is a count or a flag (Lua's numbers and booleans).
+/// A reply that is a count or a flag.
 pub(crate) fn int(value: &Value, what: &str) -> Result<i64, StoreError> {
     match value {
         Value::Int(i) => Ok(*i),
-        Value::Nil => Ok(0),
         _ => Err(unreadable(what, "expected an integer")),
     }
 }
