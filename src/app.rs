@@ -210,6 +210,7 @@ fn session_control(
 ) -> SessionControl {
     SessionControl::new(ControlParts {
         store: sessions.store.clone(),
+        local: sessions.local.clone(),
         settings: Arc::new(CachedSettings::new(
             db.repo.clone(),
             settings.cluster.settings_cache_ttl,
@@ -364,7 +365,7 @@ async fn keep_sessions(
     }
     match journal {
         Some(journal) => {
-            let held = state.control.held_count().await?;
+            let held = state.control.held_count();
             if let Err(e) = journal.flush(archive).await {
                 tracing::error!(error = %e, held, "could not write the session journal at shutdown");
                 return Err(e.into());

@@ -8,8 +8,8 @@ use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
 use super::pool::{ActiveSession, Limits, NewSession, Refusal};
 use super::ports::{
-    Control, EndCause, Notifier, SessionArchive, SessionEvents, SessionStore, SessionsByState, SettingsError,
-    SettingsRepo, StoreError,
+    Control, EndCause, LocalSessions, Notifier, SessionArchive, SessionEvents, SessionStore, SessionsByState,
+    SettingsError, SettingsRepo, StoreError,
 };
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
@@ -95,6 +95,9 @@ pub enum CreateOutcome {
 
 pub struct SessionControl {
     store: Arc<dyn SessionStore>,
+    /// The same store's sweeping and saving, when it keeps the sessions in this
+    /// process (the memory store); `None` when the store keeps them itself (Redis).
+    local: Option<Arc<dyn LocalSessions>>,
     settings: Arc<dyn SettingsRepo>,
     notifier: Arc<dyn Notifier>,
     events: Arc<dyn SessionEvents>,
@@ -107,6 +110,8 @@ pub struct SessionControl {
 /// How [`SessionControl`] is assembled.
 pub struct ControlParts {
     pub store: Arc<dyn SessionStore>,
+    /// `store`'s [`LocalSessions`], if it has them.
+    pub local: Option<Arc<dyn LocalSessions>>,
     /// Read on every create: a caching repository (`store::cached_settings`) keeps
     /// admission off the database.
     pub settings: Arc<dyn SettingsRepo>,
@@ -123,6 +128,7 @@ impl SessionControl {
     pub fn new(parts: ControlParts) -> Self {
         Self {
             store: parts.store,
+            local: parts.local,
             settings: parts.settings,
             notifier: parts.notifier,
             events: parts.events,
@@ -201,8 +207,8 @@ impl SessionControl {
         };
         match admitted {
             Ok(granted) => {
-                for (id, holder) in granted.live_others {
-                    self.notifier.notify(id, holder, Control::Ping);
+                for (_, holder) in granted.live_others {
+                    self.notifier.notify(holder, Control::Ping);
                 }
                 tracing::info!(
                     event = "session_granted",
@@ -286,10 +292,10 @@ impl SessionControl {
         self.events.ended(&pool, victim, EndCause::TakenOver);
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
-            self.notifier.notify(victim, holder, Control::TakeOver { session_name });
+            self.notifier.notify(holder, Control::TakeOver { session_name });
         }
-        for (id, holder) in done.granted.live_others {
-            self.notifier.notify(id, holder, Control::Ping);
+        for (_, holder) in done.granted.live_others {
+            self.notifier.notify(holder, Control::Ping);
         }
         Ok(CreateOutcome::Granted {
             pool,
@@ -324,14 +330,16 @@ impl SessionControl {
             return Ok(false);
         };
         if let Some(previous) = attached.previous {
-            self.notifier.notify(id, previous, Control::Terminate);
+            self.notifier.notify(previous, Control::Terminate);
         }
         Ok(true)
     }
 
-    /// PONG. False if this socket no longer holds a live session.
+    /// PONG. False if this socket no longer holds a live session; true if the
+    /// store accepted it (written, or queued for the store's next batch).
     pub async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
-        Ok(self.store.heartbeat(pool, id, holder, self.clock.now()).await?)
+        let heard = self.store.heartbeat(pool, id, holder, self.clock.now()).await?;
+        Ok(heard.accepted())
     }
 
     /// The socket closed without FINISHED.
@@ -390,7 +398,7 @@ impl SessionControl {
     /// Tells the socket still bound to an ended session, if any: EXPIRED.
     fn expire(&self, session: &Session) {
         if let Some(holder) = session.holder {
-            self.notifier.notify(session.id, holder, Control::Expire);
+            self.notifier.notify(holder, Control::Expire);
         }
     }
 
@@ -404,9 +412,12 @@ impl SessionControl {
 
     /// Ends every session that is dead by now and closes the sockets still bound
     /// to them. Admission never depends on this: it only frees memory and tells
-    /// sockets sooner.
+    /// sockets sooner. Nothing to do where the store expires sessions itself.
     pub async fn reap(&self) -> Result<usize, ControlError> {
-        let dead = self.store.reap(self.clock.now()).await?;
+        let Some(local) = &self.local else {
+            return Ok(0);
+        };
+        let dead = local.reap(self.clock.now()).await?;
         for (pool, session) in &dead {
             self.events.ended(pool, session.id, EndCause::of_dead(session.state));
             self.expire(session);
@@ -419,18 +430,23 @@ impl SessionControl {
         self.store.by_state()
     }
 
-    pub async fn held_count(&self) -> Result<usize, ControlError> {
-        Ok(self.store.count().await?)
+    /// The sessions this node knows of without a round trip (see
+    /// [`SessionsByState`]): every session of the memory store, the live sessions
+    /// of this node's sockets on Redis.
+    pub fn held_count(&self) -> usize {
+        usize::try_from(self.store.by_state().known()).unwrap_or(usize::MAX)
     }
 
-    /// Saves every held session so a restarted server can bring them back.
+    /// Saves every held session so a restarted server can bring them back. A
+    /// store without local sessions (Redis) keeps them itself: nothing to save.
     pub async fn save_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
         // A session that died while the server was stopping stays dead.
         let now = self.clock.now();
-        let sessions: Vec<_> = self
-            .store
-            .snapshot()
-            .await?
+        let Some(local) = &self.local else {
+            return Ok(0);
+        };
+        let held = local.snapshot().await?;
+        let sessions: Vec<_> = held
             .into_iter()
             .filter(|(_, s)| !super::liveness::is_dead(s.expires_at, now))
             .collect();

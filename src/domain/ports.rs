@@ -16,6 +16,11 @@ use super::settings::{Catalog, Offer, Publisher};
 pub enum StoreError {
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered something this server cannot read (a record with an
+    /// unknown state, a reply of another shape): never guessed at, since a guess
+    /// could keep a dead session or drop a live one.
+    #[error("session store reply unreadable: {0}")]
+    Unreadable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +29,15 @@ pub enum SettingsError {
     Database(String),
 }
 
-/// The live session pools. Each operation applies the rules of
-/// [`crate::domain::pool::Pool`] atomically for one pool.
+/// The live session pools, shared by every node that uses the store. Each
+/// operation applies the rules of [`crate::domain::pool::Pool`] atomically for one
+/// pool, and means the same on every store: `tests/api/conformance.rs` holds each
+/// one to every method here.
+///
+/// What only some stores need is not here: a store that keeps its sessions in
+/// this process also implements [`LocalSessions`] (sweeping and saving them);
+/// one that keeps them elsewhere (Redis) expires them by itself and keeps them
+/// across a node's restart.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Grants `new` if the pool has room and, when the pool holds no live session
@@ -40,6 +52,7 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError>;
 
+    /// Ends `victim` (if alive in `pool`) and grants `new` in its place, at once.
     async fn take_over(
         &self,
         pool: &PoolKey,
@@ -48,6 +61,8 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError>;
 
+    /// Binds socket `holder` to the session, live until `now` + the PONG timeout.
+    /// `None` if the session is not alive in `pool`.
     async fn attach(
         &self,
         pool: &PoolKey,
@@ -56,11 +71,23 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError>;
 
-    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError>;
+    /// A PONG from `holder`: keeps the session live for another PONG timeout
+    /// from `now`. See [`Heartbeat`] for what the answer promises: a store may
+    /// batch the writes, so "accepted" is not always "written".
+    async fn heartbeat(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Heartbeat, StoreError>;
 
+    /// The socket closed: the session waits the reconnect grace for its player.
+    /// False if `holder` did not hold it.
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError>;
 
-    /// Ends a session; with `holder`, only if that socket still holds it.
+    /// Ends a session; with `holder`, only if that socket still holds it. A dead
+    /// session cannot be ended: `None`.
     async fn end(
         &self,
         pool: &PoolKey,
@@ -69,7 +96,7 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Session>, StoreError>;
 
-    /// The sessions of one pool that are alive at `now`.
+    /// The sessions of one pool that are alive at `now`, in creation order.
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;
 
     /// A page of one customer's sessions alive at `now` (for operators), read from
@@ -85,41 +112,76 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<(PoolKey, Session)>, StoreError>;
 
-    /// The pool a session id belongs to (for operators, who know only the id).
+    /// The pool a session id belongs to (for operators, who know only the id),
+    /// from its admission (or restore) until it ends.
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError>;
 
-    /// Removes every session that is dead at `now` and returns them.
-    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError>;
-
-    /// Every session held, to be saved across a restart.
-    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError>;
-
-    /// Puts saved sessions back (as they are given: the caller sets their state).
+    /// Puts saved sessions back as they are given (the caller sets their state and
+    /// deadline), unless their pool has them already; they count against the
+    /// limits at once, whatever the cap on pools.
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError>;
 
-    /// How many sessions are held, dead or not yet reaped included.
-    async fn count(&self) -> Result<usize, StoreError>;
+    /// This node is stopping and its sockets are closed: after this, no session is
+    /// bound to this node's sockets (each is detached, to wait the reconnect grace
+    /// for its player, here after a restart or on another node), and none that is
+    /// dead at `now` is kept to be saved or journaled.
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError>;
 
-    /// This node is stopping and its sockets are closed: leave the sessions they
-    /// held to wait for a reconnect. Where the sessions are kept by this process
-    /// (saved with [`SessionStore::snapshot`] or journaled), it only drops the
-    /// sessions that died meanwhile, so a restart does not bring them back.
-    async fn hand_over(&self, _now: Millis) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// How many sessions are held in each state, as far as the store knows without
-    /// a walk or a round trip (read at every scrape of `/metrics`).
+    /// How many sessions are in each state, as far as this node knows without a
+    /// walk or a round trip (read at every scrape of `/metrics` and by `/health`).
     fn by_state(&self) -> SessionsByState;
 }
 
+/// What a store did with a PONG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The session's deadline is moved.
+    Written,
+    /// Accepted for the store's next batched write (Redis: the node's refresh
+    /// round). Should the session turn out to be gone by then, the store tells
+    /// the socket through its [`Notifier`] (TERMINATE, TAKE_OVER or EXPIRED).
+    Queued,
+    /// This socket holds no live session any more: the caller closes it.
+    NotHeld,
+}
+
+impl Heartbeat {
+    /// Whether the socket may go on (written or queued).
+    pub fn accepted(self) -> bool {
+        self != Self::NotHeld
+    }
+}
+
+/// What a store that keeps the sessions in this process must also do, since
+/// nothing outside it will: remove the sessions that die unattended, and hand
+/// them over to be saved across a restart. Redis does neither: it expires dead
+/// sessions by itself (every script drops them first) and outlives the node.
+#[async_trait]
+pub trait LocalSessions: Send + Sync + 'static {
+    /// Removes every session that is dead at `now` and returns them.
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+
+    /// Every session held (dead ones not yet reaped included), to be saved across
+    /// a restart.
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+}
+
 /// Sessions by state. `None`: the store does not know it cheaply (Redis keeps
-/// pending and detached sessions, which no node holds).
+/// pending and detached sessions, which no node holds). With the memory store,
+/// every session this node holds; with Redis, the live ones bound to this node's
+/// sockets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionsByState {
     pub pending: Option<u64>,
     pub live: u64,
     pub detached: Option<u64>,
+}
+
+impl SessionsByState {
+    /// Every session counted here: what `/health` reports as held.
+    pub fn known(&self) -> u64 {
+        self.pending.unwrap_or(0) + self.live + self.detached.unwrap_or(0)
+    }
 }
 
 /// Why a session ended.
@@ -234,8 +296,12 @@ pub enum Control {
 }
 
 /// Reaches the socket that holds a session, wherever it is.
+///
+/// Addressed by socket alone: a socket is bound to the one session its token
+/// names for its whole life, and socket ids are never reused, so the holder says
+/// which session too. (An order for a socket that closed meanwhile is dropped.)
 pub trait Notifier: Send + Sync + 'static {
-    /// Delivers `control` to the socket `holder` if it still holds session `id`;
-    /// otherwise drops it. Never blocks.
-    fn notify(&self, id: SessionId, holder: Holder, control: Control);
+    /// Delivers `control` to the socket `holder` if it is still open; otherwise
+    /// drops it. Never blocks.
+    fn notify(&self, holder: Holder, control: Control);
 }

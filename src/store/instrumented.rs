@@ -1,6 +1,7 @@
 //! A session store that times every operation of the store it wraps and counts
 //! its failures, for `drisc_store_operation_duration_seconds{store,op}` and
 //! `drisc_store_errors_total{store,op}`. The stores themselves know nothing of it.
+//! It wraps a store's [`LocalSessions`] too, when the store has them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,12 +11,13 @@ use async_trait::async_trait;
 
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{Heartbeat, LocalSessions, SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
 use crate::meter::{Meter, StoreOperation};
 
-/// Every operation of the port, registered up front.
-const OPERATIONS: [&str; 15] = [
+/// Every operation of the ports, registered up front (`reap` and `snapshot` stay
+/// at zero on a store without local sessions).
+const OPERATIONS: [&str; 14] = [
     "admit",
     "take_over",
     "attach",
@@ -29,18 +31,19 @@ const OPERATIONS: [&str; 15] = [
     "reap",
     "snapshot",
     "restore",
-    "count",
     "hand_over",
 ];
 
-pub struct Instrumented {
-    inner: Arc<dyn SessionStore>,
+/// Generic over the store, so that one wrapper offers whichever ports the store
+/// implements (a trait object would hide [`LocalSessions`]).
+pub struct Instrumented<S: ?Sized> {
+    inner: Arc<S>,
     operations: HashMap<&'static str, StoreOperation, foldhash::fast::RandomState>,
 }
 
-impl Instrumented {
+impl<S: ?Sized> Instrumented<S> {
     /// `name` is the store's label: "memory" or "redis".
-    pub fn new(inner: Arc<dyn SessionStore>, name: &'static str, meter: Arc<Meter>) -> Self {
+    pub fn new(inner: Arc<S>, name: &'static str, meter: Arc<Meter>) -> Self {
         let operations = OPERATIONS
             .iter()
             .map(|op| (*op, meter.store_operation(name, op)))
@@ -67,7 +70,7 @@ impl Instrumented {
 }
 
 #[async_trait]
-impl SessionStore for Instrumented {
+impl<S: SessionStore + ?Sized> SessionStore for Instrumented<S> {
     async fn admit(
         &self,
         pool: &PoolKey,
@@ -99,7 +102,13 @@ impl SessionStore for Instrumented {
         self.timed("attach", self.inner.attach(pool, id, holder, now)).await
     }
 
-    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+    async fn heartbeat(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Heartbeat, StoreError> {
         self.timed("heartbeat", self.inner.heartbeat(pool, id, holder, now))
             .await
     }
@@ -141,20 +150,8 @@ impl SessionStore for Instrumented {
         self.timed("locate", self.inner.locate(id)).await
     }
 
-    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        self.timed("reap", self.inner.reap(now)).await
-    }
-
-    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        self.timed("snapshot", self.inner.snapshot()).await
-    }
-
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
         self.timed("restore", self.inner.restore(sessions)).await
-    }
-
-    async fn count(&self) -> Result<usize, StoreError> {
-        self.timed("count", self.inner.count()).await
     }
 
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
@@ -163,5 +160,16 @@ impl SessionStore for Instrumented {
 
     fn by_state(&self) -> SessionsByState {
         self.inner.by_state()
+    }
+}
+
+#[async_trait]
+impl<S: LocalSessions + ?Sized> LocalSessions for Instrumented<S> {
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("reap", self.inner.reap(now)).await
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.timed("snapshot", self.inner.snapshot()).await
     }
 }

@@ -12,7 +12,7 @@
 //! their socket watches their PONG deadline.
 //!
 //! Every session added or removed, dead ones that an operation prunes included, is
-//! told to the [`Roster`] under the pool's lock: it keeps the count, the index by
+//! told to the [`Roster`] under the pool's lock: it keeps the counts by state, the index by
 //! session id and the session journal exact.
 //!
 //! Each customer's open pools are also listed ([`customers`]), so a customer
@@ -34,7 +34,9 @@ use super::roster::Roster;
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
-use crate::domain::ports::{EndCause, NoEvents, SessionEvents, SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{
+    EndCause, Heartbeat, LocalSessions, NoEvents, SessionEvents, SessionStore, SessionsByState, StoreError,
+};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use customers::{Customers, OpenPools};
 
@@ -283,10 +285,22 @@ impl SessionStore for MemoryStore {
             .flatten())
     }
 
-    async fn heartbeat(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
-        Ok(self
+    /// Written at once, under the pool's lock.
+    async fn heartbeat(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Heartbeat, StoreError> {
+        let written = self
             .with_pool(pool, now, |_, p, _| p.heartbeat(id, holder, now, &self.timings))
-            .unwrap_or(false))
+            .unwrap_or(false);
+        Ok(if written {
+            Heartbeat::Written
+        } else {
+            Heartbeat::NotHeld
+        })
     }
 
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
@@ -365,6 +379,67 @@ impl SessionStore for MemoryStore {
         Ok(self.roster.locate(id))
     }
 
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
+        for (key, session) in sessions {
+            // Restored sessions come back as they were, whatever the cap on pools.
+            let key = Arc::new(key);
+            self.customers.with(&key, |open| {
+                let mut entry = self.pools.entry(Arc::clone(&key)).or_default();
+                let (key, pool) = entry.pair_mut();
+                if pool.get(session.id).is_none() {
+                    let queue = match session.state {
+                        SessionState::Pending => &self.pending,
+                        _ => &self.detached,
+                    };
+                    queue.push(session.expires_at, Arc::clone(key));
+                    self.roster.restored(key, &session);
+                    let before = pool.tally();
+                    // In creation order, as a pool lists them, whatever order the
+                    // archive gives them in.
+                    let at = pool.sessions.partition_point(|s| s.created_at <= session.created_at);
+                    pool.sessions.insert(at, session);
+                    self.roster.shift(before, pool.tally());
+                }
+                if !open.iter().any(|k| k == key) {
+                    open.push(Arc::clone(key));
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn by_state(&self) -> SessionsByState {
+        self.roster.by_state()
+    }
+
+    /// Drops every session that died meanwhile (their players are gone, or
+    /// stopped answering while the server was stopping), so neither the snapshot
+    /// nor the journal brings them back, and detaches those a socket still held
+    /// (one the shutdown dropped), as on every store. The one walk over every
+    /// pool, at shutdown.
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        self.pools.retain(|key, pool| {
+            let before = pool.tally();
+            let dead = self.settle(pool, now);
+            let held: Vec<_> = pool.sessions.iter().filter_map(|s| Some((s.id, s.holder?))).collect();
+            if !held.is_empty() {
+                for (id, holder) in held {
+                    pool.detach(id, holder, now, &self.timings);
+                }
+                let at = self.timings.deadline(SessionState::Detached, now);
+                self.detached.push(at, Arc::clone(key));
+            }
+            self.roster.shift(before, pool.tally());
+            self.report_dead(key, &dead);
+            !pool.is_empty()
+        });
+        Ok(())
+    }
+}
+
+/// The memory store is the only one whose sessions nothing else expires or keeps.
+#[async_trait]
+impl LocalSessions for MemoryStore {
     /// Visits only the pools whose queued deadline has come, yielding now and
     /// then so a wave of expiries does not stall admissions.
     async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
@@ -397,54 +472,6 @@ impl SessionStore for MemoryStore {
                     .collect::<Vec<_>>()
             })
             .collect())
-    }
-
-    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
-        for (key, session) in sessions {
-            // Restored sessions come back as they were, whatever the cap on pools.
-            let key = Arc::new(key);
-            self.customers.with(&key, |open| {
-                let mut entry = self.pools.entry(Arc::clone(&key)).or_default();
-                let (key, pool) = entry.pair_mut();
-                if pool.get(session.id).is_none() {
-                    let queue = match session.state {
-                        SessionState::Pending => &self.pending,
-                        _ => &self.detached,
-                    };
-                    queue.push(session.expires_at, Arc::clone(key));
-                    self.roster.restored(key, &session);
-                    let before = pool.tally();
-                    pool.sessions.push(session);
-                    self.roster.shift(before, pool.tally());
-                }
-                if !open.iter().any(|k| k == key) {
-                    open.push(Arc::clone(key));
-                }
-            });
-        }
-        Ok(())
-    }
-
-    async fn count(&self) -> Result<usize, StoreError> {
-        Ok(self.roster.count())
-    }
-
-    fn by_state(&self) -> SessionsByState {
-        self.roster.by_state()
-    }
-
-    /// Drops every session that died meanwhile (their players are gone, or
-    /// stopped answering while the server was stopping), so neither the snapshot
-    /// nor the journal brings them back. The one walk over every pool, at shutdown.
-    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
-        self.pools.retain(|key, pool| {
-            let before = pool.tally();
-            let dead = self.settle(pool, now);
-            self.roster.shift(before, pool.tally());
-            self.report_dead(key, &dead);
-            !pool.is_empty()
-        });
-        Ok(())
     }
 }
 
@@ -515,7 +542,7 @@ mod tests {
         assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![detached]);
         let reaped = store.reap(4_000).await.unwrap();
         assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![pending]);
-        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.by_state().known(), 0);
         assert!(store.pools.is_empty(), "empty pools are dropped");
     }
 
@@ -531,7 +558,7 @@ mod tests {
             .id;
         store.attach(&key("c"), id, Holder(1), 3_000).await.unwrap().unwrap();
         assert!(store.reap(4_000).await.unwrap().is_empty(), "live until 5 000");
-        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.by_state().known(), 1);
     }
 
     /// A store with a journal, and what the journal would write.
@@ -564,7 +591,7 @@ mod tests {
         let a = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
         let b = store.admit(&p, new(), limits(2), 0).await.unwrap().unwrap().session.id;
         assert!(store.admit(&p, new(), limits(2), 0).await.unwrap().is_err());
-        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(store.by_state().known(), 2);
         assert_eq!(flushed(&journal).await, (sorted(vec![a, b]), vec![]));
 
         let c = store
@@ -575,14 +602,14 @@ mod tests {
             .granted
             .session
             .id;
-        assert_eq!(store.count().await.unwrap(), 2);
+        assert_eq!(store.by_state().known(), 2);
         assert_eq!(store.locate(a).await.unwrap(), None, "the victim is gone");
         assert_eq!(store.locate(c).await.unwrap(), Some(p.clone()));
         assert_eq!(flushed(&journal).await, (vec![c], vec![a]));
 
         store.end(&p, b, None, 2).await.unwrap().unwrap();
         store.end(&p, c, None, 2).await.unwrap().unwrap();
-        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.by_state().known(), 0);
         assert_eq!(store.locate(b).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], sorted(vec![b, c])));
         assert!(store.pools.is_empty());
@@ -599,8 +626,11 @@ mod tests {
         flushed(&journal).await;
         // A PONG of the other session is the first operation on the pool after the
         // pending one died: it drops it, and no sweep is needed to notice.
-        assert!(store.heartbeat(&p, live, Holder(1), 4_000).await.unwrap());
-        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(
+            store.heartbeat(&p, live, Holder(1), 4_000).await.unwrap(),
+            Heartbeat::Written
+        );
+        assert_eq!(store.by_state().known(), 1);
         assert_eq!(store.locate(pending).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], vec![pending]));
         // Granted and found dead within one interval: nothing to write.
@@ -615,7 +645,7 @@ mod tests {
         assert_eq!(store.list(&p, 9_000).await.unwrap().len(), 0);
         assert_eq!(store.locate(short).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], vec![live]));
-        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.by_state().known(), 0);
     }
 
     #[tokio::test]
@@ -636,13 +666,13 @@ mod tests {
             created_at: 0,
         };
         store.restore(vec![(p.clone(), restored.clone())]).await.unwrap();
-        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.by_state().known(), 1);
         assert_eq!(store.locate(restored.id).await.unwrap(), Some(p.clone()));
         assert_eq!(flushed(&journal).await, (vec![restored.id], vec![]));
 
         // Dead by the shutdown: dropped, so the next start does not bring it back.
         store.hand_over(7_000).await.unwrap();
-        assert_eq!(store.count().await.unwrap(), 0);
+        assert_eq!(store.by_state().known(), 0);
         assert_eq!(store.locate(restored.id).await.unwrap(), None);
         assert_eq!(flushed(&journal).await, (vec![], vec![restored.id]));
         assert!(store.pools.is_empty());

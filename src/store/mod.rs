@@ -28,7 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::domain::journal::Journal;
-use crate::domain::ports::{Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo};
+use crate::domain::ports::{LocalSessions, Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo};
 use crate::readiness::Probe;
 
 pub use memory::MemoryStore;
@@ -72,6 +72,9 @@ pub trait ServerData: Send + Sync + 'static {
 pub struct Sessions<L> {
     /// Instrumented: every call is timed and counted.
     pub store: Arc<dyn SessionStore>,
+    /// The same store as [`LocalSessions`], where it keeps its sessions in this
+    /// process (memory): reaped by the sweep, saved at shutdown.
+    pub local: Option<Arc<dyn LocalSessions>>,
     pub sockets: Arc<L>,
     pub notifier: Arc<dyn Notifier>,
     /// Embedded mode: the session journal, unless `storage.journal` is off.

@@ -1,13 +1,14 @@
 //! Which sessions the memory store holds, kept as they come and go, so that nothing
-//! a client can reach has to walk every pool: `GET /health` reads a counter and a
-//! look-up by session id (admin API, `DELETE /sessions/{id}`) reads an index.
+//! a client can reach has to walk every pool: `GET /health` and `/metrics` read
+//! counters by state, and a look-up by session id (admin API,
+//! `DELETE /sessions/{id}`) reads an index.
 //! Each change is also recorded in the session journal, when there is one.
 //!
 //! The store tells the roster of every session it adds or removes while it holds
-//! that pool's lock, so the index and the counter are exact, never eventually so.
+//! that pool's lock, so the index and the counters are exact, never eventually so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 
@@ -23,8 +24,6 @@ type Index = DashMap<SessionId, Arc<PoolKey>, foldhash::fast::RandomState>;
 #[derive(Default)]
 pub(crate) struct Roster {
     index: Index,
-    /// Equal to `index.len()`, which would visit every shard to count.
-    held: AtomicUsize,
     /// Pending, live and detached sessions: moved by each pool operation by the
     /// difference it made to its pool, so `/metrics` reads them without a walk.
     states: [AtomicI64; 3],
@@ -57,18 +56,14 @@ impl Roster {
 
     /// A session left its pool, whatever the reason.
     pub(crate) fn removed(&self, session: &Session) {
-        if self.index.remove(&session.id).is_some() {
-            self.held.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.index.remove(&session.id);
         if let Some(journal) = &self.journal {
             journal.removed(session.id);
         }
     }
 
     fn insert(&self, pool: &Arc<PoolKey>, id: SessionId) {
-        if self.index.insert(id, Arc::clone(pool)).is_none() {
-            self.held.fetch_add(1, Ordering::Relaxed);
-        }
+        self.index.insert(id, Arc::clone(pool));
     }
 
     /// The pool holding session `id`.
@@ -94,10 +89,5 @@ impl Roster {
             live: read(1),
             detached: Some(read(2)),
         }
-    }
-
-    /// How many sessions are held.
-    pub(crate) fn count(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
     }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
+use crate::domain::Holder;
 use crate::domain::ports::{Control, Notifier};
-use crate::domain::{Holder, SessionId};
 
 /// What is waiting for one socket. Not a channel: a socket needs at most one
 /// pending PING and one final order (TAKE_OVER, TERMINATE or EXPIRED, after which
@@ -106,7 +106,7 @@ impl Hub {
 }
 
 impl Notifier for Hub {
-    fn notify(&self, _id: SessionId, holder: Holder, control: Control) {
+    fn notify(&self, holder: Holder, control: Control) {
         if let Some(mailbox) = self.sockets.get(&holder) {
             mailbox.post(control);
         }
@@ -121,11 +121,10 @@ mod tests {
     fn the_first_final_order_wins_and_pings_coalesce() {
         let hub = Hub::new(1);
         let (holder, mailbox) = hub.register();
-        let id = SessionId::random();
-        hub.notify(id, holder, Control::Ping);
-        hub.notify(id, holder, Control::Ping);
-        hub.notify(id, holder, Control::Terminate);
-        hub.notify(id, holder, Control::Expire);
+        hub.notify(holder, Control::Ping);
+        hub.notify(holder, Control::Ping);
+        hub.notify(holder, Control::Terminate);
+        hub.notify(holder, Control::Expire);
         assert!(mailbox.take_ping());
         assert!(!mailbox.take_ping());
         assert_eq!(mailbox.take_final(), Some(Control::Terminate));
@@ -147,7 +146,7 @@ mod tests {
         let hub = Hub::new(1);
         let (holder, mailbox) = hub.register();
         hub.unregister(holder);
-        hub.notify(SessionId::random(), holder, Control::Terminate);
+        hub.notify(holder, Control::Terminate);
         assert_eq!(mailbox.take_final(), None);
         assert!(hub.is_empty());
     }

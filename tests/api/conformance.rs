@@ -1,7 +1,9 @@
 //! One conformance suite for every session store: the in-memory pools and the
 //! Redis scripts must apply the same rules, so single-node and cluster behave
-//! the same. Time is driven through `now` (the Redis store reads the caller's
-//! clock in these tests), so expiry is tested without sleeping.
+//! the same. Every method of `SessionStore` is held to its contract here on both
+//! stores, and `LocalSessions` on the store that has it. Time is driven through
+//! `now` (the Redis store reads the caller's clock in these tests), so expiry is
+//! tested without sleeping.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,10 +11,10 @@ use std::time::Duration;
 
 use drisc::domain::listing::{Position, SessionQuery};
 use drisc::domain::pool::{Limits, NewSession, Refusal};
-use drisc::domain::ports::{Control, Notifier, SessionStore};
-use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, SessionId, SessionState, Timings};
+use drisc::domain::ports::{Control, Heartbeat, LocalSessions, Notifier, SessionStore, StoreError};
+use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
-use drisc::store::redis::{RedisStore, TimeSource};
+use drisc::store::redis::{RedisStore, TimeSource, keys};
 
 use super::support_redis::RedisServer;
 
@@ -34,7 +36,7 @@ fn timings() -> Timings {
 pub struct Recorder(pub Mutex<Vec<(Holder, Control)>>);
 
 impl Notifier for Recorder {
-    fn notify(&self, _id: SessionId, holder: Holder, control: Control) {
+    fn notify(&self, holder: Holder, control: Control) {
         self.0.lock().unwrap().push((holder, control));
     }
 }
@@ -42,14 +44,18 @@ impl Notifier for Recorder {
 /// A store under test, with what the suite needs to drive it.
 pub struct Subject {
     pub store: Arc<dyn SessionStore>,
+    /// The store's `LocalSessions`, if it has them (the memory store).
+    pub local: Option<Arc<dyn LocalSessions>>,
     redis: Option<(Arc<RedisStore>, RedisServer)>,
     pub orders: Arc<Recorder>,
 }
 
 impl Subject {
     pub fn memory() -> Subject {
+        let store = Arc::new(MemoryStore::new(timings()));
         Subject {
-            store: Arc::new(MemoryStore::new(timings())),
+            store: store.clone(),
+            local: Some(store),
             redis: None,
             orders: Arc::default(),
         }
@@ -72,6 +78,7 @@ impl Subject {
         );
         Subject {
             store: store.clone(),
+            local: None,
             redis: Some((store, server)),
             orders,
         }
@@ -184,6 +191,16 @@ conformance!(
     restored_sessions_open_their_pools_whatever_the_cap,
     a_customers_sessions_are_listed_across_offers_page_by_page_and_no_one_elses,
     ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses,
+    only_the_socket_that_holds_a_live_session_may_heartbeat_it,
+    a_heartbeat_moves_the_deadline_to_one_pong_timeout_after_it,
+    a_pool_is_listed_in_creation_order_without_its_dead_sessions,
+    a_taken_over_session_is_located_no_more_and_its_successor_is,
+    restoring_a_session_the_pool_has_already_changes_nothing,
+    sessions_are_counted_by_state_as_far_as_the_store_knows,
+    handing_over_keeps_held_sessions_for_their_players_and_no_dead_ones,
+    dead_sessions_are_reaped_once_where_kept_locally_and_expire_by_themselves_elsewhere,
+    a_snapshot_holds_every_session_and_restores_into_an_equal_store,
+    ending_a_customers_sessions_unindexes_them_and_a_second_time_finds_none,
 );
 
 async fn a_customer_holds_sessions_in_at_most_the_cap_of_pools(s: Subject) {
@@ -327,7 +344,13 @@ async fn a_live_session_is_kept_by_heartbeats_and_dies_without_them(s: Subject) 
     let (p, now) = (pool("c3"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     assert!(s.store.attach(&p, a, Holder(1), now).await.unwrap().is_some());
-    assert!(s.store.heartbeat(&p, a, Holder(1), now + 20_000).await.unwrap());
+    assert!(
+        s.store
+            .heartbeat(&p, a, Holder(1), now + 20_000)
+            .await
+            .unwrap()
+            .accepted()
+    );
     s.flush().await;
     // Alive past the first deadline thanks to the heartbeat...
     assert!(admit(&s, &p, "phone", 1, now + PONG + 1_000).await.is_none());
@@ -701,4 +724,279 @@ async fn ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses
     );
     assert_eq!(s.store.list(&neighbour, now + 4).await.unwrap().len(), 1);
     assert_eq!(s.store.locate(spared).await.unwrap(), Some(neighbour));
+}
+
+async fn only_the_socket_that_holds_a_live_session_may_heartbeat_it(s: Subject) {
+    let (p, now) = (pool("hb1"), t0());
+    let a = admit(&s, &p, "tv", 2, now).await.unwrap();
+    let heard = |holder, at| {
+        let store = s.store.clone();
+        let p = p.clone();
+        async move { store.heartbeat(&p, a, Holder(holder), at).await.unwrap() }
+    };
+    assert_eq!(
+        heard(1, now).await,
+        Heartbeat::NotHeld,
+        "pending: no socket holds it yet"
+    );
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert_eq!(heard(2, now + 1).await, Heartbeat::NotHeld, "not its socket");
+    assert!(heard(1, now + 1).await.accepted());
+    s.flush().await;
+    assert!(s.store.detach(&p, a, Holder(1), now + 2).await.unwrap());
+    assert_eq!(heard(1, now + 3).await, Heartbeat::NotHeld, "detached");
+    s.store.attach(&p, a, Holder(3), now + 4).await.unwrap().unwrap();
+    s.store.end(&p, a, Some(Holder(3)), now + 5).await.unwrap().unwrap();
+    assert_eq!(heard(3, now + 6).await, Heartbeat::NotHeld, "ended");
+    assert!(
+        s.orders.0.lock().unwrap().is_empty(),
+        "no order for a socket told at once"
+    );
+}
+
+async fn a_heartbeat_moves_the_deadline_to_one_pong_timeout_after_it(s: Subject) {
+    let (p, now) = (pool("hb2"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    assert_eq!(s.store.list(&p, now).await.unwrap()[0].expires_at, now + PONG);
+    let heard = s.store.heartbeat(&p, a, Holder(1), now + 5_000).await.unwrap();
+    assert!(heard.accepted(), "{heard:?}");
+    // Once the store has written it (at once, or at its next refresh round).
+    s.flush().await;
+    let listed = s.store.list(&p, now + 5_000).await.unwrap();
+    assert_eq!(
+        (listed[0].expires_at, listed[0].state, listed[0].holder),
+        (now + 5_000 + PONG, SessionState::Live, Some(Holder(1)))
+    );
+}
+
+async fn a_pool_is_listed_in_creation_order_without_its_dead_sessions(s: Subject) {
+    let (p, now) = (pool("ls1"), t0());
+    let first = admit(&s, &p, "first", 5, now).await.unwrap();
+    let second = admit(&s, &p, "second", 5, now + 10_000).await.unwrap();
+    let third = admit(&s, &p, "third", 5, now + 20_000).await.unwrap();
+    s.store
+        .attach(&p, third, Holder(3), now + 20_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = |listed: Vec<Session>| listed.into_iter().map(|x| (x.id, x.name)).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.store.list(&p, now + 20_000).await.unwrap()),
+        vec![
+            (first, "first".to_owned()),
+            (second, "second".to_owned()),
+            (third, "third".to_owned())
+        ]
+    );
+    // The first misses its connect timeout; the others are still alive.
+    assert_eq!(
+        ids(s.store.list(&p, now + CONNECT).await.unwrap()),
+        vec![(second, "second".to_owned()), (third, "third".to_owned())]
+    );
+    assert!(s.store.list(&pool("ls1-nobody"), now).await.unwrap().is_empty());
+}
+
+async fn a_taken_over_session_is_located_no_more_and_its_successor_is(s: Subject) {
+    let (p, now) = (pool("loc2"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    let done = s.store.take_over(&p, a, new("phone"), now + 1).await.unwrap().unwrap();
+    assert_eq!(s.store.locate(a).await.unwrap(), None);
+    assert_eq!(s.store.locate(done.granted.session.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(
+        s.store.locate(SessionId::random()).await.unwrap(),
+        None,
+        "never admitted"
+    );
+}
+
+async fn restoring_a_session_the_pool_has_already_changes_nothing(s: Subject) {
+    let (p, now) = (pool("rs2"), t0());
+    let saved = Session {
+        id: SessionId::random(),
+        name: "tv".into(),
+        state: SessionState::Detached,
+        expires_at: now + GRACE,
+        holder: None,
+        created_at: now,
+    };
+    s.store.restore(vec![(p.clone(), saved.clone())]).await.unwrap();
+    let again = Session {
+        name: "renamed".into(),
+        ..saved.clone()
+    };
+    s.store.restore(vec![(p.clone(), again)]).await.unwrap();
+    assert_eq!(s.store.list(&p, now + 1).await.unwrap(), vec![saved.clone()]);
+    assert_eq!(s.store.locate(saved.id).await.unwrap(), Some(p));
+}
+
+async fn sessions_are_counted_by_state_as_far_as_the_store_knows(s: Subject) {
+    let (p, now) = (pool("bs1"), t0());
+    let before = s.store.by_state();
+    let a = admit(&s, &p, "a", 3, now).await.unwrap();
+    let b = admit(&s, &p, "b", 3, now).await.unwrap();
+    admit(&s, &p, "c", 3, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    s.store.attach(&p, b, Holder(2), now).await.unwrap().unwrap();
+    s.store.detach(&p, b, Holder(2), now + 1).await.unwrap();
+    // A count the store gives is exact; one it does not know cheaply is None.
+    let counted = s.store.by_state();
+    assert_eq!(counted.live, before.live + 1);
+    if let Some(pending) = counted.pending {
+        assert_eq!(pending, before.pending.unwrap() + 1);
+    }
+    if let Some(detached) = counted.detached {
+        assert_eq!(detached, before.detached.unwrap() + 1);
+    }
+    assert_eq!(
+        counted.known(),
+        counted.pending.unwrap_or(0) + counted.live + counted.detached.unwrap_or(0)
+    );
+    s.store.end(&p, a, Some(Holder(1)), now + 2).await.unwrap().unwrap();
+    assert_eq!(s.store.by_state().live, before.live, "ended by its socket");
+}
+
+async fn handing_over_keeps_held_sessions_for_their_players_and_no_dead_ones(s: Subject) {
+    let (p, now) = (pool("ho1"), t0());
+    let held = admit(&s, &p, "tv", 2, now).await.unwrap();
+    // Live until 10 000 + PONG, after the other's connect timeout.
+    s.store
+        .attach(&p, held, Holder(1), now + 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let dead = admit(&s, &p, "never connected", 2, now).await.unwrap();
+    let then = now + CONNECT;
+    s.store.hand_over(then).await.unwrap();
+    assert_eq!(s.store.by_state().live, 0, "no socket of this node holds it any more");
+    // The player comes back (here or to another node) to the same session.
+    let listed = s.store.list(&p, then).await.unwrap();
+    assert_eq!(listed.iter().map(|x| x.id).collect::<Vec<_>>(), vec![held]);
+    assert!(s.store.attach(&p, held, Holder(2), then).await.unwrap().is_some());
+    if let Some(local) = &s.local {
+        let kept: Vec<_> = local.snapshot().await.unwrap().into_iter().map(|(_, x)| x.id).collect();
+        assert!(!kept.contains(&dead), "a session dead at the hand-over is not saved");
+    }
+}
+
+async fn dead_sessions_are_reaped_once_where_kept_locally_and_expire_by_themselves_elsewhere(s: Subject) {
+    let (p, now) = (pool("rp1"), t0());
+    let pending = admit(&s, &p, "never connected", 3, now).await.unwrap();
+    let detached = admit(&s, &p, "gone", 3, now).await.unwrap();
+    s.store.attach(&p, detached, Holder(1), now).await.unwrap().unwrap();
+    s.store.detach(&p, detached, Holder(1), now).await.unwrap();
+    let live = admit(&s, &p, "playing", 3, now).await.unwrap();
+    s.store
+        .attach(&p, live, Holder(2), now + 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // The detached one dies at GRACE, the pending one at CONNECT; the live one
+    // at 10 000 + PONG.
+    let then = now + CONNECT;
+    if let Some(local) = &s.local {
+        assert!(local.reap(now + GRACE - 1).await.unwrap().is_empty(), "none dead yet");
+        let mut reaped: Vec<_> = local
+            .reap(then)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(at, x)| (at, x.id, x.state))
+            .collect();
+        reaped.sort_by_key(|(_, id, _)| *id);
+        let mut expected = vec![
+            (p.clone(), pending, SessionState::Pending),
+            (p.clone(), detached, SessionState::Detached),
+        ];
+        expected.sort_by_key(|(_, id, _)| *id);
+        assert_eq!(reaped, expected, "each with its pool and the state it died in");
+        assert!(local.reap(then).await.unwrap().is_empty(), "reaped once");
+    }
+    // Reaped or not, the dead are gone from every view, and their slots are free.
+    let listed: Vec<_> = s
+        .store
+        .list(&p, then)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(listed, vec![live]);
+    assert_eq!(s.store.locate(live).await.unwrap(), Some(p.clone()));
+    assert!(s.store.end(&p, pending, None, then).await.unwrap().is_none());
+    assert!(admit(&s, &p, "new", 2, then).await.is_some());
+}
+
+async fn a_snapshot_holds_every_session_and_restores_into_an_equal_store(s: Subject) {
+    let now = t0();
+    let (p1, p2) = (offer_pool("sn1", "a"), offer_pool("sn1", "b"));
+    let a = admit(&s, &p1, "tv", 2, now).await.unwrap();
+    s.store.attach(&p1, a, Holder(1), now).await.unwrap().unwrap();
+    admit(&s, &p1, "phone", 2, now + 1).await.unwrap();
+    admit(&s, &p2, "laptop", 2, now + 2).await.unwrap();
+    let Some(local) = &s.local else {
+        // Redis keeps the sessions itself: a node has nothing to save.
+        return;
+    };
+    let mut saved = local.snapshot().await.unwrap();
+    saved.sort_by_key(|(p, x)| (p.offer_id.clone(), x.created_at, x.id));
+    let mut listed = Vec::new();
+    for p in [&p1, &p2] {
+        listed.extend(s.store.list(p, now).await.unwrap().into_iter().map(|x| (p.clone(), x)));
+    }
+    listed.sort_by_key(|(p, x)| (p.offer_id.clone(), x.created_at, x.id));
+    assert_eq!(saved, listed);
+
+    // Restored in any order, listed in creation order.
+    saved.reverse();
+    let fresh = Subject::memory();
+    fresh.store.restore(saved).await.unwrap();
+    for p in [&p1, &p2] {
+        assert_eq!(
+            fresh.store.list(p, now).await.unwrap(),
+            s.store.list(p, now).await.unwrap()
+        );
+    }
+}
+
+async fn ending_a_customers_sessions_unindexes_them_and_a_second_time_finds_none(s: Subject) {
+    let now = t0();
+    let who = customer("pub", "ec2");
+    let ids = [
+        admit(&s, &PoolKey::new(&who, "a"), "x", 2, now).await.unwrap(),
+        admit(&s, &PoolKey::new(&who, "b"), "y", 2, now).await.unwrap(),
+    ];
+    let ended = s.store.end_customer(&who, None, now + 1).await.unwrap();
+    assert_eq!(ended.len(), 2);
+    for id in ids {
+        assert_eq!(s.store.locate(id).await.unwrap(), None);
+    }
+    assert!(s.store.end_customer(&who, Some("a"), now + 2).await.unwrap().is_empty());
+    assert!(
+        s.store
+            .customer_sessions(&query(&who, None, None, 10), now + 2)
+            .await
+            .unwrap()
+            .sessions
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session() {
+    let s = Subject::redis().await;
+    let (p, now) = (pool("r4"), t0());
+    let id = SessionId::random();
+    let record = format!(r#"{{"s":"x","e":{},"h":"","c":{now},"n":"tv"}}"#, now + GRACE);
+    let server = s.redis_server().unwrap();
+    let _: i64 = server.cmd(&["HSET", &keys::pool(&p), &id.to_string(), &record]);
+    let score = (now + GRACE).to_string();
+    let _: i64 = server.cmd(&["ZADD", &keys::pools(&p), &score, &keys::pool(&p)]);
+    let listed = s.store.list(&p, now).await;
+    assert!(matches!(listed, Err(StoreError::Unreadable(_))), "{listed:?}");
+    let page = s
+        .store
+        .customer_sessions(&query(&customer("pub", "r4"), None, None, 10), now)
+        .await;
+    assert!(matches!(page, Err(StoreError::Unreadable(_))), "{page:?}");
 }

@@ -15,6 +15,7 @@ mod openapi;
 mod rate_limits;
 mod readiness;
 mod session_admin;
+mod settings_conformance;
 mod settings_postgres;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.

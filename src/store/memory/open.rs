@@ -23,8 +23,10 @@ pub fn open<L: Notifier>(settings: &Settings, meter: &Arc<Meter>, sockets: impl 
         None => MemoryStore::new(timings),
     };
     let store = store.observed(meter.clone());
+    let store = Arc::new(Instrumented::new(Arc::new(store), "memory", meter.clone()));
     Sessions {
-        store: Arc::new(Instrumented::new(Arc::new(store), "memory", meter.clone())),
+        store: store.clone(),
+        local: Some(store),
         notifier: sockets.clone(),
         sockets,
         journal,

@@ -14,25 +14,15 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::keys::node::{self, INBOX_TTL_MS, LEASE_TTL_MS};
+use crate::domain::Holder;
 use crate::domain::ports::{Control, Notifier};
-use crate::domain::{Holder, SessionId};
 
 /// How long one blocking pop waits before it is issued again.
 const BLOCK_SECS: f64 = 1.0;
-/// How long an unread inbox survives its node.
-const INBOX_TTL_MS: u64 = 60_000;
 /// Orders waiting to be pushed; beyond it an order is dropped (and the refresh
 /// backstop tells the socket later).
 const OUTBOX_CAPACITY: usize = 65_536;
-
-pub fn inbox_key(node: u64) -> String {
-    format!("drisc:inbox:{node}")
-}
-
-/// The name the inbox connection gives itself (`CLIENT LIST` shows it).
-pub fn inbox_client_name(node: u64) -> String {
-    format!("drisc-inbox-{node}")
-}
 
 fn encode(holder: Holder, control: &Control) -> String {
     match control {
@@ -74,12 +64,16 @@ impl ClusterNotifier {
 }
 
 impl Notifier for ClusterNotifier {
-    fn notify(&self, id: SessionId, holder: Holder, control: Control) {
+    fn notify(&self, holder: Holder, control: Control) {
         let node = holder.node();
         if node == self.node {
-            self.local.notify(id, holder, control);
+            self.local.notify(holder, control);
         } else if self.outbox.try_send((node, encode(holder, &control))).is_err() {
-            tracing::warn!(session = %id, node, "outbox full: an order is dropped; the refresh backstop will deliver it");
+            tracing::warn!(
+                socket = holder.0,
+                node,
+                "outbox full: an order is dropped; the refresh backstop will deliver it"
+            );
         }
     }
 }
@@ -95,8 +89,8 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
             n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
         }
         let mut pipe = redis::pipe();
-        for (node, message) in &batch {
-            let key = inbox_key(*node);
+        for (to, message) in &batch {
+            let key = node::inbox(*to);
             pipe.rpush(&key, message)
                 .ignore()
                 .pexpire(&key, INBOX_TTL_MS as i64)
@@ -131,7 +125,7 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
 
 /// Reads this node's inbox and hands each order to the local hub.
 pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
-    let key = inbox_key(node);
+    let key = node::inbox(node);
     while !cancel.is_cancelled() {
         let Ok(client) = redis::Client::open(url.as_str()) else {
             tracing::error!("invalid Redis URL; the inbox is not read");
@@ -153,7 +147,7 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel:
         };
         let _: Result<(), _> = redis::cmd("CLIENT")
             .arg("SETNAME")
-            .arg(inbox_client_name(node))
+            .arg(node::inbox_client_name(node))
             .query_async(&mut conn)
             .await;
         loop {
@@ -163,7 +157,7 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel:
             };
             match popped {
                 Ok(Some((_, message))) => match decode(&message) {
-                    Some((holder, control)) => local.notify(SessionId(uuid::Uuid::nil()), holder, control),
+                    Some((holder, control)) => local.notify(holder, control),
                     None => tracing::warn!(message, "unreadable order in the inbox"),
                 },
                 Ok(None) => {}
@@ -176,26 +170,23 @@ pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel:
     }
 }
 
-/// Claims a node id no other live node uses, and returns it.
+/// Claims a node id no other live node uses (a lease the refresh loop renews,
+/// [`node::lease`]), and returns it.
 pub async fn claim_node_id(conn: &mut redis::aio::ConnectionManager) -> Result<u64, redis::RedisError> {
     loop {
-        let node = rand::random::<u64>() % ((1 << (64 - Holder::NODE_SHIFT)) - 1) + 1;
+        let id = Holder::random_node();
         let claimed: Option<String> = redis::cmd("SET")
-            .arg(node_key(node))
+            .arg(node::lease(id))
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(INBOX_TTL_MS)
+            .arg(LEASE_TTL_MS)
             .query_async(conn)
             .await?;
         if claimed.is_some() {
-            return Ok(node);
+            return Ok(id);
         }
     }
-}
-
-pub fn node_key(node: u64) -> String {
-    format!("drisc:node:{node}")
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub async fn open<L: Notifier>(
     tracing::info!(node, "cluster mode: sessions in Redis");
     Ok(Sessions {
         store: Arc::new(Instrumented::new(store.clone(), "redis", meter.clone())),
+        local: None,
         sockets,
         notifier: Arc::new(notifier),
         journal: None,

@@ -9,13 +9,12 @@ use redis::Value;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Held, RedisStore, as_int, as_string, on_pool, tombstone_key, unavailable};
+use super::keys::{self, node};
+use super::record::{self, HeartbeatReply};
+use super::scripts::on_pool;
+use super::store::{Held, RedisStore, unavailable};
 use crate::domain::ports::{Control, SessionStore, StoreError};
-use crate::domain::{Holder, Millis, SessionId};
-
-/// Present while Redis keeps its data; a node that finds it missing knows Redis
-/// restarted empty and restores the sessions its sockets hold.
-const EPOCH_KEY: &str = "drisc:epoch";
+use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
 
 /// What one refresh round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +34,8 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
             _ = tick.tick() => {
                 let mut conn = store.conn.clone();
                 let _: Result<(), _> = redis::cmd("PEXPIRE")
-                    .arg(super::inbox::node_key(node))
-                    .arg(60_000)
+                    .arg(node::lease(node))
+                    .arg(node::LEASE_TTL_MS)
                     .query_async(&mut conn)
                     .await;
                 if let Err(e) = store.refresh().await {
@@ -81,27 +80,29 @@ impl RedisStore {
                 return Err(e);
             }
         };
-        for ((holder, held, _), reply) in batch.into_iter().zip(replies) {
-            let items = match reply {
-                Value::Array(items) => items,
-                _ => continue,
-            };
-            let order = match items.first().and_then(as_int) {
-                Some(1) => {
+        for ((holder, _, _), reply) in batch.into_iter().zip(replies) {
+            let order = match record::reply(&reply, "heartbeat") {
+                Ok(HeartbeatReply::Refreshed) => {
                     round.refreshed += 1;
                     continue;
                 }
-                Some(2) => Control::Terminate,
-                _ => match items.get(1).and_then(as_string) {
-                    Some(t) if t.starts_with('T') => Control::TakeOver {
-                        session_name: t[1..].to_owned(),
+                Ok(HeartbeatReply::Elsewhere) => Control::Terminate,
+                Ok(HeartbeatReply::Gone { tombstone }) => match tombstone.strip_prefix('T') {
+                    Some(name) => Control::TakeOver {
+                        session_name: name.to_owned(),
                     },
-                    _ => Control::Expire,
+                    None => Control::Expire,
                 },
+                Err(e) => {
+                    // Its session is in an unknown state: keep the socket, and say
+                    // so; its next PONG tries again.
+                    tracing::error!(error = %e, "a session refresh could not be read");
+                    continue;
+                }
             };
             round.gone += 1;
             self.release(holder);
-            self.local.notify(held.id, holder, order);
+            self.local.notify(holder, order);
         }
         Ok(round)
     }
@@ -111,7 +112,7 @@ impl RedisStore {
         for (holder, held, now) in batch {
             pipe.invoke_script(
                 on_pool(&self.scripts.heartbeat, &held.pool)
-                    .key(tombstone_key(&held.pool, held.id))
+                    .key(keys::tombstone(&held.pool, held.id))
                     .arg(self.now_arg(*now))
                     .arg(held.id.to_string())
                     .arg(holder.0.to_string()),
@@ -129,12 +130,12 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
-            .arg(EPOCH_KEY)
+            .arg(keys::EPOCH)
             .arg(format!("{:016x}", rand::random::<u64>()))
             .arg("NX")
             .ignore()
             .cmd("GET")
-            .arg(EPOCH_KEY);
+            .arg(keys::EPOCH);
         let (current,): (Option<String>,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         let Some(current) = current else {
             return Ok(0);
@@ -155,10 +156,10 @@ impl RedisStore {
         let sessions = held
             .iter()
             .map(|(holder, h)| {
-                let session = crate::domain::Session {
+                let session = Session {
                     id: h.id,
                     name: h.name.clone(),
-                    state: crate::domain::SessionState::Live,
+                    state: SessionState::Live,
                     expires_at: 0,
                     holder: Some(*holder),
                     created_at: 0,

@@ -13,9 +13,13 @@
 //! changes a pool. A pool scored above `now` holds a live session; the others
 //! are dropped when counted. That count caps the pools a customer may hold.
 //!
-//! A session record is a JSON object: `s` state (`p`ending, `l`ive, `d`etached),
-//! `e` expires at (epoch ms), `h` holder (decimal socket id, "" if none),
-//! `c` created at (epoch ms), `n` name.
+//! The records they keep and the replies they send are read by one codec,
+//! [`super::record`]; a reply with more than one value is a JSON object, read by
+//! field name. The keys they are given are built in [`super::keys`].
+
+use crate::domain::PoolKey;
+
+use super::keys;
 
 /// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@` and `@TOMB@` are replaced by
 /// milliseconds when the scripts are built.
@@ -78,64 +82,62 @@ local function encode(rec)
   return cjson.encode({id = rec.id, s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n})
 end
 
-local function live_others(live, reply)
+-- The pool's live sessions and their sockets, to be pinged.
+local function live_ones(live)
+  local held = {}
   for _, rec in ipairs(live) do
-    if rec.s == 'l' and rec.h ~= '' then
-      reply[#reply + 1] = rec.id
-      reply[#reply + 1] = rec.h
-    end
+    if rec.s == 'l' and rec.h ~= '' then held[#held + 1] = {id = rec.id, h = rec.h} end
   end
-  return reply
+  return held
 end
 "#;
 
-/// ARGV: now, id, name, limit, most pools per customer. Reply: {1, now, other
-/// live id, holder, ...}, {0, held id, name, ...} (pool full) or {2} (the pool is
-/// empty and the customer holds sessions in as many pools as allowed).
+/// ARGV: now, id, name, limit, most pools per customer. Reply (JSON):
+/// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`, or
+/// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
+/// as many pools as allowed).
 const ADMIT: &str = r#"
 local live = load()
 local limit = tonumber(ARGV[4])
 if #live >= limit then
-  local reply = {0}
-  for _, rec in ipairs(live) do
-    reply[#reply + 1] = rec.id
-    reply[#reply + 1] = rec.n
-  end
+  local held = {}
+  for _, rec in ipairs(live) do held[#held + 1] = {id = rec.id, n = rec.n} end
   settle()
-  return reply
+  return cjson.encode({ok = 'full', held = held})
 end
 if #live == 0 then
   -- This session opens the pool: count the customer's pools alive at `now`.
   redis.call('ZREMRANGEBYSCORE', pools, '-inf', now)
   if not redis.call('ZSCORE', pools, pool) and redis.call('ZCARD', pools) >= tonumber(ARGV[5]) then
     settle()
-    return {2}
+    return cjson.encode({ok = 'too_many_pools'})
   end
 end
 save({id = ARGV[2], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[3]})
 settle()
-return live_others(live, {1, now})
+return cjson.encode({ok = 'granted', now = now, live = live_ones(live)})
 "#;
 
 /// KEYS[3]: the victim's tombstone. ARGV: now, victim id, new id, new name.
-/// Reply: {0} or {1, now, victim record, other live id, holder, ...}.
+/// Reply (JSON): `{ok: "gone"}` or `{ok: "taken", now, victim: record, live: [{id, h}]}`.
 const TAKE_OVER: &str = r#"
 local live = load()
 local index, victim = find(live, ARGV[2])
-if victim == nil then return {0} end
+if victim == nil then return cjson.encode({ok = 'gone'}) end
 table.remove(live, index)
 redis.call('HDEL', pool, victim.id)
 redis.call('SET', KEYS[3], 'T' .. ARGV[4], 'PX', TOMB)
 save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[4]})
 settle()
-return live_others(live, {1, now, encode(victim)})
+return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(live)})
 "#;
 
-/// ARGV: now, id, holder. Reply: {0} gone, or {1, previous holder or "", name}.
+/// ARGV: now, id, holder. Reply (JSON): `{ok: "gone"}`, or
+/// `{ok: "attached", previous: holder or "", n: name}`.
 const ATTACH: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
-if rec == nil then return {0} end
+if rec == nil then return cjson.encode({ok = 'gone'}) end
 local previous = rec.h
 if previous == ARGV[3] then previous = '' end
 rec.h = ARGV[3]
@@ -143,22 +145,23 @@ rec.s = 'l'
 rec.e = now + PONG
 save(rec)
 settle()
-return {1, previous, rec.n}
+return cjson.encode({ok = 'attached', previous = previous, n = rec.n})
 "#;
 
-/// KEYS[3]: the session's tombstone. ARGV: now, id, holder.
-/// Reply: {1} refreshed, {2} another socket holds it, {0, tombstone or ""} gone.
+/// KEYS[3]: the session's tombstone. ARGV: now, id, holder. Reply (JSON):
+/// `{ok: "refreshed"}`, `{ok: "elsewhere"}` (another socket holds it), or
+/// `{ok: "gone", tombstone: text or ""}`.
 const HEARTBEAT: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
 if rec == nil then
-  return {0, redis.call('GET', KEYS[3]) or ''}
+  return cjson.encode({ok = 'gone', tombstone = redis.call('GET', KEYS[3]) or ''})
 end
-if rec.h ~= ARGV[3] then return {2} end
+if rec.h ~= ARGV[3] then return cjson.encode({ok = 'elsewhere'}) end
 rec.e = now + PONG
 save(rec)
 settle()
-return {1}
+return cjson.encode({ok = 'refreshed'})
 "#;
 
 /// ARGV: now, id, holder. Reply: 1 detached, 0 not held by this socket.
@@ -194,7 +197,7 @@ for _, rec in ipairs(live) do reply[#reply + 1] = encode(rec) end
 return reply
 "#;
 
-/// ARGV: now, the prefix of the customer's tombstone keys (`drisc:{tag}:t:`).
+/// ARGV: now, the prefix of the customer's tombstone keys ([`keys::tombstone_prefix`]).
 /// Ends every session of the pool at once, each leaving an "E" tombstone (in the
 /// customer's slot, like every key here) so its holder learns why even if the
 /// order is lost. Reply: the ended records.
@@ -255,4 +258,12 @@ impl Scripts {
             restore: build(RESTORE),
         }
     }
+}
+
+/// An invocation of `script` on `pool`, with the keys every script takes first:
+/// the pool's hash and its customer's set of pools.
+pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(keys::pool(pool)).key(keys::pools(pool));
+    invocation
 }

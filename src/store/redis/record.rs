@@ -1,0 +1,380 @@
+//! The one codec between the scripts and Rust: the session record as the scripts
+//! keep it in a pool's hash, and the replies they send back.
+//!
+//! A record is a JSON object: `s` state (`p`ending, `l`ive, `d`etached), `e`
+//! expires at (epoch ms), `h` holder (decimal socket id, "" if none), `c`
+//! created at (epoch ms), `n` name; `id` is added when a script returns it (in
+//! the hash the id is the field). Replies that carry more than one value are
+//! JSON objects too, read here by field name: a script and its reader cannot
+//! disagree on a position. Anything unexpected (an unknown state, a missing
+//! field) is an error, never a guess: a guessed record would keep a dead session
+//! or drop a live one.
+//!
+//! Numbers go through Lua's doubles (cjson prints 14 significant digits): epoch
+//! milliseconds fit exactly, so they are read as `f64` and converted.
+
+use std::collections::BTreeMap;
+
+use redis::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::domain::ports::StoreError;
+use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
+
+/// A reply the store cannot read: the scripts and this codec disagree.
+pub(crate) fn unreadable(what: &str, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreadable(format!("{what}: {why}"))
+}
+
+/// The letter a state is stored as.
+pub(crate) fn state_code(state: SessionState) -> &'static str {
+    match state {
+        SessionState::Pending => "p",
+        SessionState::Live => "l",
+        SessionState::Detached => "d",
+    }
+}
+
+fn state_of(code: &str) -> Result<SessionState, String> {
+    match code {
+        "p" => Ok(SessionState::Pending),
+        "l" => Ok(SessionState::Live),
+        "d" => Ok(SessionState::Detached),
+        other => Err(format!("unknown session state {other:?}")),
+    }
+}
+
+/// A socket id as the scripts write it: decimal, "" for none.
+fn holder_of(text: &str) -> Result<Option<Holder>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(|h| Some(Holder(h)))
+        .map_err(|_| format!("unreadable holder {text:?}"))
+}
+
+fn holder_text(holder: Option<Holder>) -> String {
+    holder.map(|h| h.0.to_string()).unwrap_or_default()
+}
+
+/// A session record, field for field.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    s: String,
+    #[serde(serialize_with = "whole_ms")]
+    e: f64,
+    h: String,
+    #[serde(serialize_with = "whole_ms")]
+    c: f64,
+    n: String,
+}
+
+/// Written as an integer, as the scripts write them.
+fn whole_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*ms as u64)
+}
+
+impl Record {
+    fn into_session(self) -> Result<Session, String> {
+        let id = self.id.ok_or("the record has no id")?;
+        Ok(Session {
+            id: SessionId::parse(&id).ok_or_else(|| format!("unreadable session id {id:?}"))?,
+            name: self.n,
+            state: state_of(&self.s)?,
+            expires_at: self.e as Millis,
+            holder: holder_of(&self.h)?,
+            created_at: self.c as Millis,
+        })
+    }
+}
+
+/// The record a pool's hash keeps for `session` (the id is the hash's field).
+/// `expires_at` or `created_at` 0 ask the restore script for "now".
+pub(crate) fn encode(session: &Session) -> String {
+    let record = Record {
+        id: None,
+        s: state_code(session.state).to_owned(),
+        e: session.expires_at as f64,
+        h: holder_text(session.holder),
+        c: session.created_at as f64,
+        n: session.name.clone(),
+    };
+    // A struct of strings and numbers always serializes.
+    serde_json::to_string(&record).unwrap_or_default()
+}
+
+/// A record with its id, as the scripts return it.
+pub(crate) fn decode(text: &str) -> Result<Session, StoreError> {
+    serde_json::from_str::<Record>(text)
+        .map_err(|e| e.to_string())
+        .and_then(Record::into_session)
+        .map_err(|why| unreadable("session record", why))
+}
+
+/// The text of a bulk-string reply.
+fn text(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A reply that is one record, or nil (the script found none).
+pub(crate) fn session_or_nil(value: &Value, what: &str) -> Result<Option<Session>, StoreError> {
+    match value {
+        Value::Nil => Ok(None),
+        other => text(other)
+            .ok_or_else(|| unreadable(what, "expected a record"))
+            .and_then(decode)
+            .map(Some),
+    }
+}
+
+/// A reply that is a list of records.
+pub(crate) fn sessions(value: Value, what: &str) -> Result<Vec<Session>, StoreError> {
+    let Value::Array(items) = value else {
+        return Err(unreadable(what, "expected a list of records"));
+    };
+    items
+        .iter()
+        .map(|item| {
+            text(item)
+                .ok_or_else(|| unreadable(what, "expected a record"))
+                .and_then(decode)
+        })
+        .collect()
+}
+
+/// A reply that is a count or a flag.
+pub(crate) fn int(value: &Value, what: &str) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(i) => Ok(*i),
+        _ => Err(unreadable(what, "expected an integer")),
+    }
+}
+
+/// A reply that is one JSON object, read into `T` by field name.
+pub(crate) fn reply<T: DeserializeOwned>(value: &Value, what: &str) -> Result<T, StoreError> {
+    let text = text(value).ok_or_else(|| unreadable(what, "expected a JSON reply"))?;
+    serde_json::from_str(text).map_err(|e| unreadable(what, e))
+}
+
+/// cjson writes an empty Lua table as `{}`: read it as an empty list.
+fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Table<T> {
+        List(Vec<T>),
+        Empty(BTreeMap<String, serde::de::IgnoredAny>),
+    }
+    match Table::deserialize(d)? {
+        Table::List(items) => Ok(items),
+        Table::Empty(map) if map.is_empty() => Ok(Vec::new()),
+        Table::Empty(_) => Err(serde::de::Error::custom("expected a list")),
+    }
+}
+
+fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+    Ok(f64::deserialize(d)? as Millis)
+}
+
+fn session_id<'de, D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
+    let text = String::deserialize(d)?;
+    SessionId::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unreadable session id {text:?}")))
+}
+
+fn optional_holder<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Holder>, D::Error> {
+    holder_of(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn holder<'de, D: Deserializer<'de>>(d: D) -> Result<Holder, D::Error> {
+    optional_holder(d)?.ok_or_else(|| serde::de::Error::custom("a live session without a holder"))
+}
+
+fn record<'de, D: Deserializer<'de>>(d: D) -> Result<Session, D::Error> {
+    Record::deserialize(d)?.into_session().map_err(serde::de::Error::custom)
+}
+
+/// A live session of the pool, to be pinged (its socket may be on any node).
+#[derive(Debug, Deserialize)]
+pub(crate) struct LiveSession {
+    #[serde(deserialize_with = "session_id")]
+    pub id: SessionId,
+    #[serde(rename = "h", deserialize_with = "holder")]
+    pub holder: Holder,
+}
+
+/// A session that fills the pool, as a refused player sees it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Named {
+    #[serde(deserialize_with = "session_id")]
+    pub id: SessionId,
+    #[serde(rename = "n")]
+    pub name: String,
+}
+
+/// The reply of the admit script.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "ok", rename_all = "snake_case")]
+pub(crate) enum AdmitReply {
+    /// Granted at the script's `now`; the pool's live sessions are to be pinged.
+    Granted {
+        #[serde(deserialize_with = "epoch_ms")]
+        now: Millis,
+        #[serde(default, deserialize_with = "list")]
+        live: Vec<LiveSession>,
+    },
+    /// The pool holds as many sessions as allowed.
+    Full {
+        #[serde(default, deserialize_with = "list")]
+        held: Vec<Named>,
+    },
+    /// The pool is empty and the customer holds sessions in as many pools as allowed.
+    TooManyPools,
+}
+
+/// The reply of the take-over script.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "ok", rename_all = "snake_case")]
+pub(crate) enum TakeOverReply {
+    Taken {
+        #[serde(deserialize_with = "epoch_ms")]
+        now: Millis,
+        #[serde(deserialize_with = "record")]
+        victim: Session,
+        #[serde(default, deserialize_with = "list")]
+        live: Vec<LiveSession>,
+    },
+    /// The victim is not in the pool (ended, dead, or never there).
+    Gone,
+}
+
+/// The reply of the attach script.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "ok", rename_all = "snake_case")]
+pub(crate) enum AttachReply {
+    Attached {
+        /// The socket that held the session before, to be told to stop.
+        #[serde(deserialize_with = "optional_holder")]
+        previous: Option<Holder>,
+        #[serde(rename = "n")]
+        name: String,
+    },
+    Gone,
+}
+
+/// The reply of the heartbeat script (one per session in a refresh round).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "ok", rename_all = "snake_case")]
+pub(crate) enum HeartbeatReply {
+    Refreshed,
+    /// Another socket holds the session now.
+    Elsewhere,
+    /// The session ended; its tombstone, if any, says why (`T<name>`: taken over).
+    Gone {
+        #[serde(default)]
+        tombstone: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(state: SessionState, holder: Option<Holder>) -> Session {
+        Session {
+            id: SessionId::random(),
+            name: "TV \"kitchen\" | ünïcode".into(),
+            state,
+            expires_at: 1_780_000_123_456,
+            holder,
+            created_at: 1_780_000_000_001,
+        }
+    }
+
+    /// The record as a script returns it: the stored record with its id added.
+    fn as_returned(s: &Session) -> String {
+        let mut json: serde_json::Value = serde_json::from_str(&encode(s)).unwrap();
+        json["id"] = s.id.to_string().into();
+        json.to_string()
+    }
+
+    #[test]
+    fn a_record_survives_the_round_trip_in_every_state() {
+        for s in [
+            session(SessionState::Pending, None),
+            session(SessionState::Live, Some(Holder(42 << Holder::NODE_SHIFT | 7))),
+            session(SessionState::Detached, None),
+        ] {
+            assert_eq!(decode(&as_returned(&s)).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn a_record_is_stored_without_its_id_and_with_one_letter_per_state() {
+        let s = session(SessionState::Live, Some(Holder(9)));
+        let json: serde_json::Value = serde_json::from_str(&encode(&s)).unwrap();
+        assert_eq!(json.get("id"), None, "the id is the hash's field");
+        assert_eq!((json["s"].as_str(), json["h"].as_str()), (Some("l"), Some("9")));
+    }
+
+    #[test]
+    fn an_unknown_state_is_an_error_not_a_detached_session() {
+        let s = session(SessionState::Detached, None);
+        let text = as_returned(&s).replace(r#""s":"d""#, r#""s":"x""#);
+        let error = decode(&text).unwrap_err();
+        assert!(error.to_string().contains("unknown session state"), "{error}");
+    }
+
+    #[test]
+    fn a_record_missing_a_field_is_an_error() {
+        let s = session(SessionState::Pending, None);
+        for field in ["id", "s", "e", "h", "c", "n"] {
+            let mut json: serde_json::Value = serde_json::from_str(&as_returned(&s)).unwrap();
+            json.as_object_mut().unwrap().remove(field);
+            assert!(decode(&json.to_string()).is_err(), "without {field}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_holder_or_id_is_an_error() {
+        let s = session(SessionState::Live, Some(Holder(3)));
+        assert!(decode(&as_returned(&s).replace(r#""h":"3""#, r#""h":"three""#)).is_err());
+        assert!(decode(&as_returned(&s).replace(&s.id.to_string(), "not-a-uuid")).is_err());
+    }
+
+    #[test]
+    fn replies_are_read_by_name_and_an_empty_lua_table_is_an_empty_list() {
+        let id = SessionId::random();
+        let granted = format!(r#"{{"live":[{{"h":"5","id":"{id}"}}],"now":1780000000000,"ok":"granted"}}"#);
+        let AdmitReply::Granted { now, live } = reply(&Value::BulkString(granted.into_bytes()), "admit").unwrap()
+        else {
+            panic!("granted");
+        };
+        assert_eq!((now, live[0].id, live[0].holder), (1_780_000_000_000, id, Holder(5)));
+        let empty = Value::BulkString(br#"{"ok":"full","held":{}}"#.to_vec());
+        assert!(matches!(reply(&empty, "admit").unwrap(), AdmitReply::Full { held } if held.is_empty()));
+        let unknown = Value::BulkString(br#"{"ok":"maybe"}"#.to_vec());
+        assert!(reply::<AdmitReply>(&unknown, "admit").is_err());
+        assert!(reply::<AdmitReply>(&Value::Int(1), "admit").is_err());
+    }
+
+    #[test]
+    fn lists_and_nil_replies_decode_and_a_bad_item_fails_the_whole_reply() {
+        let s = session(SessionState::Live, Some(Holder(1)));
+        let item = Value::BulkString(as_returned(&s).into_bytes());
+        assert_eq!(
+            sessions(Value::Array(vec![item.clone()]), "list").unwrap(),
+            vec![s.clone()]
+        );
+        assert_eq!(session_or_nil(&Value::Nil, "end").unwrap(), None);
+        assert_eq!(session_or_nil(&item, "end").unwrap(), Some(s));
+        let bad = Value::BulkString(br#"{"id":"x"}"#.to_vec());
+        assert!(sessions(Value::Array(vec![item, bad]), "list").is_err());
+    }
+}

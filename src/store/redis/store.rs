@@ -1,0 +1,546 @@
+//! The session store on Redis: runs the scripts ([`super::scripts`]) on the keys
+//! of [`super::keys`] and reads their replies with [`super::record`]. PONGs are
+//! not written one by one: the node queues them and its refresh loop
+//! ([`super::refresh`]) writes them in pipelined batches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::Value;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::keys;
+use super::record::{self, AdmitReply, AttachReply, TakeOverReply};
+use super::scripts::{Scripts, on_pool};
+use crate::domain::clock::duration_ms;
+use crate::domain::listing::{SessionPage, SessionQuery};
+use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
+use crate::domain::ports::{Heartbeat, Notifier, SessionStore, SessionsByState, StoreError};
+use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
+use crate::readiness::Probe;
+
+/// How many script calls go in one pipeline when a node acts on all its sessions.
+const PIPELINE_CHUNK: usize = 1000;
+
+pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A session this node's socket holds: what is needed to refresh it, and to put
+/// it back if Redis loses its data.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub pool: PoolKey,
+    pub id: SessionId,
+    pub name: String,
+}
+
+/// How the scripts read the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// Redis's own `TIME`: the only choice for a cluster.
+    Redis,
+    /// The caller's `now` (tests drive time through it).
+    Caller,
+}
+
+pub struct RedisStore {
+    pub(super) conn: ConnectionManager,
+    pub(super) scripts: Scripts,
+    timings: Timings,
+    time: TimeSource,
+    index_ttl: Duration,
+    /// Sockets of this node and the sessions they hold.
+    pub(super) held: DashMap<Holder, Held>,
+    /// PONGs waiting for the next refresh, with the time they were heard.
+    pub(super) pending: Mutex<HashMap<Holder, (SessionId, Millis)>>,
+    pub(super) local: Arc<dyn Notifier>,
+    /// The last value of the epoch key this node saw (see [`super::refresh`]).
+    pub(super) epoch: Mutex<Option<String>>,
+}
+
+impl RedisStore {
+    /// Connects to Redis. `local` reaches this node's sockets; `index_ttl` is how
+    /// long a session id stays findable by operators (the session token's lifetime).
+    pub async fn connect(
+        url: &str,
+        timings: Timings,
+        tombstone_ttl: Duration,
+        index_ttl: Duration,
+        time: TimeSource,
+        local: Arc<dyn Notifier>,
+    ) -> Result<Self, StoreError> {
+        let conn = Self::connection(url).await?;
+        Ok(Self {
+            conn,
+            scripts: Scripts::new(
+                duration_ms(timings.connect_timeout),
+                duration_ms(timings.pong_timeout),
+                duration_ms(timings.reconnect_grace),
+                duration_ms(tombstone_ttl),
+            ),
+            timings,
+            time,
+            index_ttl,
+            held: DashMap::new(),
+            pending: Mutex::new(HashMap::new()),
+            local,
+            epoch: Mutex::new(None),
+        })
+    }
+
+    /// A self-reconnecting connection that gives up on a request quickly, so a
+    /// Redis outage turns into clear errors rather than hung players.
+    pub(crate) async fn connection(url: &str) -> Result<ConnectionManager, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(super) fn now_arg(&self, now: Millis) -> u64 {
+        match self.time {
+            TimeSource::Redis => 0,
+            TimeSource::Caller => now,
+        }
+    }
+
+    /// Runs a script, once more if the connection had dropped (the manager
+    /// reconnects by itself, but does not replay the request that found it dead).
+    /// A replayed script cannot break a limit: each one re-checks the pool.
+    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut conn = self.conn.clone();
+        match invocation.invoke_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                invocation.invoke_async(&mut conn).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+
+    /// Runs a pipeline of invocations of `script`. Unlike a single invocation, a
+    /// pipeline does not reload a flushed script by itself: load it and retry.
+    pub(crate) async fn run_pipeline(
+        &self,
+        script: &redis::Script,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                    || e.is_connection_dropped() =>
+            {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                pipe.query_async(&mut conn).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+
+    /// Where operators' look-ups by id find the session, for as long as its
+    /// session token lives.
+    async fn index(&self, pool: &PoolKey, id: SessionId) {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        self.index_in(&mut pipe, pool, id);
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            // Only operators' look-ups by id depend on it.
+            tracing::debug!(error = %e, "could not index a session id");
+        }
+    }
+
+    fn index_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, id: SessionId) {
+        // A PoolKey of strings always serializes.
+        let value = serde_json::to_string(pool).unwrap_or_default();
+        pipe.cmd("SET")
+            .arg(keys::session_index(id))
+            .arg(value)
+            .arg("PX")
+            .arg(duration_ms(self.index_ttl))
+            .ignore();
+    }
+
+    /// Each id's index key has a slot of its own (a multi-key DEL would cross
+    /// slots): one DEL each, pipelined. Only operators' look-ups by id depend on it.
+    async fn unindex(&self, ids: impl IntoIterator<Item = SessionId>) {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for id in ids {
+            pipe.cmd("DEL").arg(keys::session_index(id)).ignore();
+            any = true;
+        }
+        if !any {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "could not unindex ended sessions");
+        }
+    }
+
+    /// The session a script granted at its `now`.
+    fn granted(&self, new: NewSession, now: Millis, live: Vec<record::LiveSession>) -> Granted {
+        Granted {
+            session: Session {
+                id: new.id,
+                name: new.name,
+                state: SessionState::Pending,
+                expires_at: self.timings.deadline(SessionState::Pending, now),
+                holder: None,
+                created_at: now,
+            },
+            live_others: live.into_iter().map(|h| (h.id, h.holder)).collect(),
+        }
+    }
+
+    /// The pools `customer` holds sessions in, from the customer's set of pools
+    /// (one key in the customer's slot: no SCAN). A pool whose sessions all died
+    /// may still be listed until the next admission drops it; its scripts find
+    /// it empty.
+    async fn pools_of(&self, customer: &Customer, wanted: impl Fn(&str) -> bool) -> Result<Vec<PoolKey>, StoreError> {
+        let probe = PoolKey::new(customer, "");
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::pools(&probe))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let prefix = keys::pool_prefix(customer);
+        Ok(members
+            .iter()
+            .filter_map(|m| m.strip_prefix(&prefix))
+            .filter(|offer| wanted(offer))
+            .map(|offer| PoolKey::new(customer, offer))
+            .collect())
+    }
+
+    /// Runs `script` once on each pool, pipelined, and returns each reply's
+    /// records paired with their pool.
+    async fn on_each_pool(
+        &self,
+        script: &redis::Script,
+        what: &str,
+        pools: Vec<PoolKey>,
+        args: impl Fn(&PoolKey, &mut redis::ScriptInvocation<'_>),
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in pools.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for pool in chunk {
+                let mut invocation = on_pool(script, pool);
+                args(pool, &mut invocation);
+                pipe.invoke_script(&invocation);
+            }
+            let replies = self.run_pipeline(script, &pipe).await?;
+            for (pool, reply) in chunk.iter().zip(replies) {
+                found.extend(record::sessions(reply, what)?.into_iter().map(|s| (pool.clone(), s)));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Registers that this node's socket `holder` holds a session.
+    fn hold(&self, holder: Holder, pool: &PoolKey, id: SessionId, name: String) {
+        self.held.insert(
+            holder,
+            Held {
+                pool: pool.clone(),
+                id,
+                name,
+            },
+        );
+    }
+
+    pub(crate) fn release(&self, holder: Holder) {
+        self.held.remove(&holder);
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&holder);
+        }
+    }
+}
+
+/// `PING` on the connection every session operation uses: if it does not answer,
+/// neither would an admission.
+#[async_trait]
+impl Probe for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limits: Limits,
+        now: Millis,
+    ) -> Result<Result<Granted, Refusal>, StoreError> {
+        let reply = self
+            .run(
+                on_pool(&self.scripts.admit, pool)
+                    .arg(self.now_arg(now))
+                    .arg(new.id.to_string())
+                    .arg(&new.name)
+                    .arg(limits.sessions)
+                    .arg(limits.pools_per_customer),
+            )
+            .await?;
+        match record::reply(&reply, "admit")? {
+            AdmitReply::Granted { now, live } => {
+                let id = new.id;
+                let granted = self.granted(new, now, live);
+                self.index(pool, id).await;
+                Ok(Ok(granted))
+            }
+            AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
+            AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
+                active: held
+                    .into_iter()
+                    .map(|s| ActiveSession { id: s.id, name: s.name })
+                    .collect(),
+            }))),
+        }
+    }
+
+    async fn take_over(
+        &self,
+        pool: &PoolKey,
+        victim: SessionId,
+        new: NewSession,
+        now: Millis,
+    ) -> Result<Option<TakenOver>, StoreError> {
+        let reply = self
+            .run(
+                on_pool(&self.scripts.take_over, pool)
+                    .key(keys::tombstone(pool, victim))
+                    .arg(self.now_arg(now))
+                    .arg(victim.to_string())
+                    .arg(new.id.to_string())
+                    .arg(&new.name),
+            )
+            .await?;
+        let TakeOverReply::Taken {
+            now,
+            victim: victim_session,
+            live,
+        } = record::reply(&reply, "take_over")?
+        else {
+            return Ok(None);
+        };
+        let id = new.id;
+        let granted = self.granted(new, now, live);
+        self.unindex([victim]).await;
+        self.index(pool, id).await;
+        Ok(Some(TakenOver {
+            victim: victim_session,
+            granted,
+        }))
+    }
+
+    async fn attach(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Option<Attached>, StoreError> {
+        let reply = self
+            .run(
+                on_pool(&self.scripts.attach, pool)
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.0.to_string()),
+            )
+            .await?;
+        let AttachReply::Attached { previous, name } = record::reply(&reply, "attach")? else {
+            return Ok(None);
+        };
+        self.hold(holder, pool, id, name);
+        Ok(Some(Attached { previous }))
+    }
+
+    /// Queued: the next refresh round writes it, and tells the socket if its
+    /// session turns out to be gone. A PONG from a socket this node no longer
+    /// knows as a holder (its session ended or moved) is not held.
+    async fn heartbeat(
+        &self,
+        _pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+    ) -> Result<Heartbeat, StoreError> {
+        if self.held.get(&holder).is_none_or(|h| h.id != id) {
+            return Ok(Heartbeat::NotHeld);
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(holder, (id, now));
+        }
+        Ok(Heartbeat::Queued)
+    }
+
+    async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        self.release(holder);
+        let reply = self
+            .run(
+                on_pool(&self.scripts.detach, pool)
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.0.to_string()),
+            )
+            .await?;
+        Ok(record::int(&reply, "detach")? == 1)
+    }
+
+    async fn end(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        if let Some(h) = holder {
+            self.release(h);
+        }
+        // Ended by someone else than its socket (an operator): leave a tombstone
+        // so the holder's next refresh learns why, should the order be lost.
+        let tombstone = if holder.is_none() { "E" } else { "" };
+        let reply = self
+            .run(
+                on_pool(&self.scripts.end, pool)
+                    .key(keys::tombstone(pool, id))
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.map(|h| h.0.to_string()).unwrap_or_default())
+                    .arg(tombstone),
+            )
+            .await?;
+        let ended = record::session_or_nil(&reply, "end")?;
+        if ended.is_some() {
+            self.unindex([id]).await;
+        }
+        Ok(ended)
+    }
+
+    async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
+        let reply = self
+            .run(on_pool(&self.scripts.list, pool).arg(self.now_arg(now)))
+            .await?;
+        record::sessions(reply, "list")
+    }
+
+    async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
+        let now = self.now_arg(now);
+        let found = self
+            .on_each_pool(&self.scripts.list, "list", pools, |_, invocation| {
+                invocation.arg(now);
+            })
+            .await?;
+        Ok(query.page(found))
+    }
+
+    async fn end_customer(
+        &self,
+        customer: &Customer,
+        offer_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        let pools = self
+            .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
+            .await?;
+        let now = self.now_arg(now);
+        let ended = self
+            .on_each_pool(&self.scripts.end_all, "end_all", pools, |pool, invocation| {
+                invocation.arg(now).arg(keys::tombstone_prefix(pool));
+            })
+            .await?;
+        self.unindex(ended.iter().map(|(_, s)| s.id)).await;
+        Ok(ended)
+    }
+
+    async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(keys::session_index(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        value
+            .map(|v| serde_json::from_str(&v).map_err(|e| record::unreadable("session index", e)))
+            .transpose()
+    }
+
+    /// Pipelined, a thousand at a time: a node may hold tens of thousands.
+    async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
+        for chunk in sessions.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (pool, s) in chunk {
+                pipe.invoke_script(
+                    on_pool(&self.scripts.restore, pool)
+                        .arg(0)
+                        .arg(s.id.to_string())
+                        .arg(record::encode(s)),
+                );
+                self.index_in(&mut pipe, pool, s.id);
+            }
+            self.run_pipeline(&self.scripts.restore, &pipe).await?;
+        }
+        Ok(())
+    }
+
+    /// The sessions bound to this node's sockets, as live: pending and detached
+    /// sessions are in Redis, held by no node, and counting them would be a scan.
+    fn by_state(&self) -> SessionsByState {
+        SessionsByState {
+            pending: None,
+            live: self.held.len() as u64,
+            detached: None,
+        }
+    }
+
+    /// Detaches every session this node's sockets held, so the players get the
+    /// reconnect grace to come back (to any node). Redis drops dead sessions by
+    /// itself.
+    async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
+        for chunk in held.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for (holder, h) in chunk {
+                self.release(*holder);
+                pipe.invoke_script(
+                    on_pool(&self.scripts.detach, &h.pool)
+                        .arg(self.now_arg(now))
+                        .arg(h.id.to_string())
+                        .arg(holder.0.to_string()),
+                );
+            }
+            self.run_pipeline(&self.scripts.detach, &pipe).await?;
+        }
+        Ok(())
+    }
+}
