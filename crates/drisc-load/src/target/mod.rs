@@ -179,6 +179,15 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn only_a_target_on_this_machine_counts_as_loopback() {
+        // IP addresses are taken as given: no lookup, no packet sent.
+        assert!(Target::resolve("http://127.0.0.1:8080").await.unwrap().is_loopback());
+        assert!(Target::resolve("http://[::1]:8080").await.unwrap().is_loopback());
+        assert!(Target::resolve("localhost:8080").await.unwrap().is_loopback());
+        assert!(!Target::resolve("https://10.0.0.1").await.unwrap().is_loopback());
+    }
+
     #[test]
     fn websocket_endpoints_may_be_ws_or_wss() {
         let plain = Dest::endpoint("ws://127.0.0.1:9/ws?token=x").unwrap();
