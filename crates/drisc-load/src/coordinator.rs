@@ -17,7 +17,7 @@ use crate::plan::Plan;
 use crate::players::HttpPool;
 use crate::protocol::{Assignment, Down, Up};
 use crate::server::{Health, ProcSample, poll_health, read_proc};
-use crate::stats::{C, HistData, Snapshot, Summary, merge_hists};
+use crate::stats::{C, HistData, Snapshot, Summary, summarize};
 
 struct Worker {
     to: mpsc::UnboundedSender<Down>,
@@ -282,10 +282,7 @@ impl Run {
             .iter()
             .filter_map(|w| w.done.as_ref().map(|d| d.1.clone()))
             .collect();
-        merge_hists(&parts)
-            .iter()
-            .map(|(k, h)| (k.clone(), Summary::of(h)))
-            .collect()
+        summarize(&parts)
     }
 }
 

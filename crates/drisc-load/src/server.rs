@@ -73,3 +73,11 @@ pub fn poll_health(pool: Arc<HttpPool>, health: Arc<Health>) {
         }
     });
 }
+
+/// The server's socket count from `GET /health` (drisc only).
+pub async fn health_sockets(pool: &HttpPool) -> Option<u64> {
+    let none = HeaderValue::from_static("none");
+    let (status, body) = pool.send(Method::GET, "/health", &none, Bytes::new()).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| status.is_success())?;
+    v.get("sockets")?.as_u64()
+}

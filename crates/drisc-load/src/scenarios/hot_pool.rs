@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::plan::{HotPoolArgs, Plan};
 use crate::players::{Admin, Created, HttpConn, HttpPool, Minter, create_body, read_created};
 use crate::report::{Check, RunResult};
-use crate::stats::{C, Counters, Hists, Summary, merge_hists};
+use crate::stats::{C, Counters, Hists, summarize};
 use crate::target::{Pacer, Sources, Target, Tls};
 
 /// Rounds of `parallel` creates fired at once at a fresh pool of limit L.
@@ -116,10 +116,7 @@ pub(super) async fn run(
             .insert(format!("round{round}_burst_ms"), burst.as_secs_f64() * 1000.0);
     }
     result.counters = counters.snapshot();
-    result.latency = merge_hists(&[hists.export()])
-        .iter()
-        .map(|(k, h)| (k.clone(), Summary::of(h)))
-        .collect();
+    result.latency = summarize(&[hists.export()]);
     result.metrics.insert(
         "violations".into(),
         result.checks.iter().filter(|c| !c.ok).count() as f64,

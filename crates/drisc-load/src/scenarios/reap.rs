@@ -15,7 +15,8 @@ use crate::plan::{Death, Plan, ReapArgs};
 use crate::players::{Created, HttpPool, Minter, create_body, read_created};
 use crate::protocol::{Down, Phase, Up};
 use crate::report::RunResult;
-use crate::stats::{Counters, Hists, Summary, merge_hists};
+use crate::server::health_sockets;
+use crate::stats::{Counters, Hists, summarize};
 
 /// Players die together; then every pool is probed with a new create until one
 /// succeeds, and (for loud deaths) the sessions are watched until detached.
@@ -86,11 +87,7 @@ pub(super) async fn run(plan: &Plan, pool: &Arc<HttpPool>, args: &ReapArgs, resu
     run.send(Down::Next);
     // Signalled workers never report back: their last progress counts.
     let mut latency = run.finish(Duration::from_secs(if by_signal { 2 } else { 30 })).await;
-    latency.extend(
-        merge_hists(&[hists.export()])
-            .iter()
-            .map(|(k, h)| (k.clone(), Summary::of(h))),
-    );
+    latency.extend(summarize(&[hists.export()]));
     let m = &mut result.metrics;
     m.insert("sessions".into(), sessions.len() as f64);
     m.insert("freed".into(), freed as f64);
@@ -112,17 +109,6 @@ pub(super) async fn run(plan: &Plan, pool: &Arc<HttpPool>, args: &ReapArgs, resu
         ));
     }
     Ok(())
-}
-
-/// The server's socket count from `GET /health` (drisc only).
-async fn health_sockets(pool: &HttpPool) -> Option<u64> {
-    let none = HeaderValue::from_static("none");
-    let (status, body) = pool
-        .send(Method::GET, "/health", &none, bytes::Bytes::new())
-        .await
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| status.is_success())?;
-    v.get("sockets")?.as_u64()
 }
 
 /// Probes every dead player's pool with a create until it is granted; returns

@@ -22,9 +22,9 @@ use crate::stats::C;
 
 /// A session made live: its socket, cached endpoint and id.
 struct Joined {
-    pub ws: Ws,
-    pub endpoint: String,
-    pub session_id: String,
+    ws: Ws,
+    endpoint: String,
+    session_id: String,
 }
 
 /// Creates a session (taking over the first active one if the pool is full and
