@@ -46,8 +46,9 @@ pub struct Common {
     /// The server's process id: its RSS, CPU time and open files are sampled from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes (0: run in this process). Each binds its sockets to its own
-    /// 127.x.y.* range, so together they can hold more sockets than one process may open.
+    /// Worker processes (0: run in this process), so together they can hold more
+    /// sockets than one process may open. On loopback each binds its sockets to its
+    /// own 127.x.y.* range.
     #[arg(long, default_value_t = 0)]
     pub workers: u32,
     /// New connections per second, over all workers (0: unpaced).

@@ -18,8 +18,10 @@ pub use sources::Sources;
 pub use tls::Tls;
 
 /// A connection to the server: plain TCP, or TLS for `https`/`wss`. Either way
-/// HTTP and WebSocket code reads and writes it the same.
-pub type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// HTTP and WebSocket code reads and writes it the same. The TLS state is boxed:
+/// it is about a kilobyte, and a generator holding tens of thousands of plain
+/// sockets should not carry it inline in each.
+pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Where to connect: a host and port, over TLS or not.
 #[derive(Debug, Clone)]
@@ -84,7 +86,7 @@ impl Dest {
     pub async fn connect(&self, addr: SocketAddr, sources: &Sources, tls: &Tls) -> Result<Stream> {
         let tcp = sources.connect(addr).await?;
         if self.secure {
-            Ok(Either::Right(tls.handshake(tcp, &self.host).await?))
+            Ok(Either::Right(Box::new(tls.handshake(tcp, &self.host).await?)))
         } else {
             Ok(Either::Left(tcp))
         }
@@ -186,6 +188,15 @@ mod tests {
         assert!(Target::resolve("http://[::1]:8080").await.unwrap().is_loopback());
         assert!(Target::resolve("localhost:8080").await.unwrap().is_loopback());
         assert!(!Target::resolve("https://10.0.0.1").await.unwrap().is_loopback());
+    }
+
+    #[test]
+    fn a_plain_connection_does_not_carry_the_tls_state_inline() {
+        assert!(
+            size_of::<Stream>() <= 2 * size_of::<TcpStream>(),
+            "{}",
+            size_of::<Stream>()
+        );
     }
 
     #[test]
