@@ -15,13 +15,15 @@ pub use messages::Action;
 pub use socket::{Held, Ws, connect, finish, hold, open, request, wait_phase};
 
 use crate::stats::{Counters, Hists};
-use crate::target::{Pacer, Sources, Tls};
+use crate::target::{Pacer, Resolved, Sources, Tls};
 
 /// What every player of a process shares.
 pub struct Env {
     pub sources: Arc<Sources>,
     /// How https targets and wss endpoints are verified.
     pub tls: Tls,
+    /// The addresses of the endpoints' hosts, looked up once.
+    pub resolved: Resolved,
     pub pacer: Pacer,
     pub counters: Counters,
     pub hists: Hists,

@@ -42,7 +42,7 @@ pub async fn open(env: &Env, endpoint: &str) -> Result<Ws> {
 pub async fn connect(env: &Env, endpoint: &str) -> Result<Ws> {
     let result = async {
         let dest = Dest::endpoint(endpoint)?;
-        let addr = dest.resolve().await?;
+        let addr = env.resolved.addr(&dest).await?;
         let stream = dest.connect(addr, &env.sources, &env.tls).await?;
         let (ws, _) = timeout(
             ANSWER_TIMEOUT,

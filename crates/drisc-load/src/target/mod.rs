@@ -6,7 +6,9 @@ mod pacer;
 mod sources;
 mod tls;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpStream;
@@ -90,6 +92,29 @@ impl Dest {
         } else {
             Ok(Either::Left(tcp))
         }
+    }
+}
+
+/// Endpoint addresses already looked up, so a process makes one DNS query per
+/// host rather than one per socket. A run lasts minutes: record TTLs are not
+/// honoured.
+#[derive(Default)]
+pub struct Resolved(Mutex<HashMap<(String, u16), SocketAddr>>);
+
+impl Resolved {
+    pub async fn addr(&self, dest: &Dest) -> Result<SocketAddr> {
+        if dest.ip.is_some() {
+            return dest.resolve().await;
+        }
+        let key = (dest.host.clone(), dest.port);
+        if let Some(addr) = self.0.lock().ok().and_then(|known| known.get(&key).copied()) {
+            return Ok(addr);
+        }
+        let addr = dest.resolve().await?;
+        if let Ok(mut known) = self.0.lock() {
+            known.insert(key, addr);
+        }
+        Ok(addr)
     }
 }
 

@@ -153,6 +153,7 @@ pub async fn run(a: Assignment, down: mpsc::UnboundedReceiver<Down>, up: mpsc::U
     let env = Arc::new(Env {
         sources: sources.clone(),
         tls,
+        resolved: Default::default(),
         pacer: Pacer::new(common.connect_rate / f64::from(a.count.max(1))),
         counters: Default::default(),
         hists: Default::default(),
