@@ -14,19 +14,22 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 WORKDIR /build
 # Dependencies first: a manifest-only build with stub sources, so this layer is
 # reused while only the project's own code changes.
+# The workspace names the load generator (crates/drisc-load) as a member: its
+# manifest must be there, but the image never builds it, so a stub library
+# and a stub program stand in for its sources.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin/drisc-load examples \
+COPY crates/drisc-load/Cargo.toml crates/drisc-load/
+RUN mkdir -p src crates/drisc-load/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
-    && echo 'fn main() {}' > src/bin/drisc-load/main.rs \
-    && echo 'fn main() {}' > examples/baseline.rs \
+    && echo '' > crates/drisc-load/src/lib.rs \
+    && echo 'fn main() {}' > crates/drisc-load/src/main.rs \
     && cargo build --release --locked --bin drisc \
-    && rm -rf src examples
+    && rm -rf src
 COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
-COPY examples ./examples
 # Touch the sources so cargo rebuilds them instead of trusting the stub's timestamps.
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin drisc \

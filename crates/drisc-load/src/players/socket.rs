@@ -5,86 +5,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
-use crate::net::{Pacer, Sources, ws_endpoint_addr};
-use crate::stats::{C, Counters, Hists};
+use super::Env;
+use super::messages::{Action, parse_action};
+use crate::protocol::Phase;
+use crate::stats::C;
+use crate::target::{Dest, Stream};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
 
 /// How long the server may take to answer REQUESTED or to close after FINISHED.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every player of a process shares.
-pub struct Env {
-    pub sources: std::sync::Arc<Sources>,
-    pub pacer: Pacer,
-    pub counters: Counters,
-    pub hists: Hists,
-    /// The server's configured PING interval, when known: PING lateness is
-    /// measured against it.
-    pub ping_interval: Option<Duration>,
-}
-
-/// What the coordinator tells every player of a process at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Keep answering PINGs.
-    Hold,
-    /// Send FINISHED and close.
-    Leave,
-    /// Stop answering, keep the socket open: a player that froze.
-    Silent,
-    /// Close the socket without FINISHED: a player that crashed or lost its network.
-    Drop,
-    /// Let go of everything now (end of run).
-    Stop,
-}
-
-/// A server → player message, by its action.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Ok,
-    Expired,
-    Terminate,
-    TakeOver(String),
-    Ping,
-    Other(String),
-}
-
-#[derive(Deserialize)]
-struct Incoming {
-    action: String,
-    #[serde(rename = "sessionName", default)]
-    session_name: String,
-}
-
-pub fn parse_action(text: &str) -> Action {
-    // The fixed messages are compared as bytes: the common case costs no parse.
-    match text {
-        r#"{"action":"PING"}"# => return Action::Ping,
-        r#"{"action":"OK"}"# => return Action::Ok,
-        _ => {}
-    }
-    match serde_json::from_str::<Incoming>(text) {
-        Ok(m) => match m.action.as_str() {
-            "PING" => Action::Ping,
-            "OK" => Action::Ok,
-            "EXPIRED" => Action::Expired,
-            "TERMINATE" => Action::Terminate,
-            "TAKE_OVER" => Action::TakeOver(m.session_name),
-            other => Action::Other(other.to_owned()),
-        },
-        Err(_) => Action::Other(text.chars().take(60).collect()),
-    }
-}
 
 /// Lean client buffers: a generator holding 10k sockets should not need GBs.
 fn ws_config() -> WebSocketConfig {
@@ -104,9 +40,10 @@ pub async fn open(env: &Env, endpoint: &str) -> Result<Ws> {
 
 /// Opens the endpoint at once (the caller paced the whole join).
 pub async fn connect(env: &Env, endpoint: &str) -> Result<Ws> {
-    let addr = ws_endpoint_addr(endpoint)?;
     let result = async {
-        let stream = env.sources.connect(addr).await?;
+        let dest = Dest::endpoint(endpoint)?;
+        let addr = env.resolved.addr(&dest).await?;
+        let stream = dest.connect(addr, &env.sources, &env.tls).await?;
         let (ws, _) = timeout(
             ANSWER_TIMEOUT,
             client_async_with_config(endpoint, stream, Some(ws_config())),
@@ -256,22 +193,5 @@ pub async fn wait_phase(phase: &mut watch::Receiver<Phase>, current: Phase) -> P
         if now != current {
             return now;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_actions_are_read() {
-        assert_eq!(parse_action(r#"{"action":"PING"}"#), Action::Ping);
-        assert_eq!(parse_action(r#"{ "action" : "OK" }"#), Action::Ok);
-        assert_eq!(
-            parse_action(r#"{"action":"TAKE_OVER","sessionName":"tv"}"#),
-            Action::TakeOver("tv".into())
-        );
-        assert_eq!(parse_action(r#"{"action":"EXPIRED"}"#), Action::Expired);
-        assert_eq!(parse_action("nope"), Action::Other("nope".into()));
     }
 }

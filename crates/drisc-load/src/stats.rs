@@ -191,6 +191,14 @@ pub fn merge_hists(parts: &[BTreeMap<String, HistData>]) -> BTreeMap<String, His
     out
 }
 
+/// The histograms of several processes, merged and summarised by name.
+pub fn summarize(parts: &[BTreeMap<String, HistData>]) -> BTreeMap<String, Summary> {
+    merge_hists(parts)
+        .iter()
+        .map(|(k, h)| (k.clone(), Summary::of(h)))
+        .collect()
+}
+
 /// What a report shows of a histogram, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::scenarios::RunResult;
+mod console;
+mod results;
+
+pub use console::print_summary;
+pub use results::{Check, RunResult, Stage};
+
 use crate::stats::C;
 
 #[derive(clap::Args, Debug)]

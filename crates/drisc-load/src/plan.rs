@@ -1,102 +1,27 @@
-//! `drisc-load`: a load generator that behaves like real DRISC players.
-//!
-//! Each player creates a session over HTTP, opens the WebSocket it is handed,
-//! sends REQUESTED, waits for OK and answers every PING with PONG; by scenario it
-//! finishes, reconnects with its cached endpoint, takes over, or dies. Only
-//! loopback targets are accepted, and every loop is bounded in count and time.
-//!
-//! Scenarios: `admit`, `attach`, `hold`, `churn`, `hot-pool`, `reap`; `report`
-//! turns a directory of results into BENCHMARKS.md. Run `drisc-load help <scenario>`.
-
-mod coord;
-mod http;
-mod net;
-mod player;
-mod report;
-mod scenarios;
-mod stats;
-mod worker;
+//! What a run is asked to do: the options every scenario shares and each
+//! scenario's own, as parsed from the command line and handed to every worker.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::{Deserialize, Serialize};
-
-#[derive(Parser)]
-#[command(
-    name = "drisc-load",
-    version,
-    about = "Load generator for drisc: players that create sessions, hold WebSockets and answer PINGs",
-    long_about = "Load generator for drisc. Players create sessions (POST /sessions with a customer JWT), \
-                  open the WebSocket endpoint, send REQUESTED, wait for OK and answer every PING with PONG.\n\n\
-                  Targets must be on this machine (127.0.0.0/8 or [::1]). Progress goes to stderr once a \
-                  second, a summary table to stdout, and --json writes the results for machines.\n\n\
-                  Example: drisc-load hold --target http://127.0.0.1:8080 --stages 1000,5000 --workers 2"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Open-loop POST /sessions at a fixed offered rate (or closed loop with --rate 0).
-    Admit {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: AdmitArgs,
-    },
-    /// Create → WebSocket → REQUESTED → OK → FINISHED, per second and its latency.
-    Attach {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: AttachArgs,
-    },
-    /// Hold N live sessions answering PINGs, in stages, then leave; watches the server's memory and CPU.
-    Hold {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: HoldArgs,
-    },
-    /// A steady population joining and leaving (FINISHED, abandon, takeover, reconnect).
-    Churn {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: ChurnArgs,
-    },
-    /// Thousands of parallel creates on one pool of limit L: exactly L must be granted.
-    HotPool {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: HotPoolArgs,
-    },
-    /// Players die (SIGSTOP, SIGKILL, silent, dropped); measures until a new create for each pool succeeds.
-    Reap {
-        #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
-        args: ReapArgs,
-    },
-    /// Writes BENCHMARKS.md from the JSON results of bench/run.
-    Report(report::ReportArgs),
-    /// (internal) A worker process, driven over stdin/stdout by its coordinator.
-    #[command(hide = true)]
-    Worker,
-}
 
 /// Options every scenario shares.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct Common {
-    /// The server, http://HOST:PORT on a loopback address.
+    /// The server: http://HOST[:PORT] or https://HOST[:PORT]. One that is not on this
+    /// machine gets a warning: it is real load on a real server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
+    /// Trust the CA certificate(s) in this PEM file for https targets and wss
+    /// endpoints, besides the bundled web roots (a staging server's own CA).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify TLS certificates at all (a self-signed staging certificate
+    /// whose CA you do not have). Prefer --ca-file.
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
     /// HMAC secret signing the customer tokens (HS256).
     #[arg(long, default_value = "drisc-dev-customer-secret")]
     pub secret: String,
@@ -121,8 +46,9 @@ pub struct Common {
     /// The server's process id: its RSS, CPU time and open files are sampled from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Worker processes (0: run in this process). Each binds its sockets to its own
-    /// 127.x.y.* range, so together they can hold more sockets than one process may open.
+    /// Worker processes (0: run in this process), so together they can hold more
+    /// sockets than one process may open. On loopback each binds its sockets to its
+    /// own 127.x.y.* range.
     #[arg(long, default_value_t = 0)]
     pub workers: u32,
     /// New connections per second, over all workers (0: unpaced).
@@ -138,6 +64,7 @@ pub struct Common {
     #[arg(long)]
     pub quiet: bool,
     /// Bind client sockets to 127.A.B.* (chosen at random per run when absent; "none": 127.0.0.1).
+    /// Loopback targets only: for any other the kernel picks the source address.
     #[arg(long, value_parser = parse_source)]
     pub source_base: Option<(u8, u8)>,
     /// Set by the coordinator: a fresh id naming this run's customers.
@@ -294,55 +221,6 @@ impl Scenario {
             Scenario::Churn(_) => "churn",
             Scenario::HotPool(_) => "hot-pool",
             Scenario::Reap(_) => "reap",
-        }
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("drisc-load: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (common, scenario) = match cli.command {
-        Cmd::Worker => return runtime.block_on(worker::main()),
-        Cmd::Report(args) => {
-            return match report::run(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("drisc-load report: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Cmd::Admit { common, args } => (common, Scenario::Admit(args)),
-        Cmd::Attach { common, args } => (common, Scenario::Attach(args)),
-        Cmd::Hold { common, args } => (common, Scenario::Hold(args)),
-        Cmd::Churn { common, args } => (common, Scenario::Churn(args)),
-        Cmd::HotPool { common, args } => (common, Scenario::HotPool(args)),
-        Cmd::Reap { common, args } => (common, Scenario::Reap(args)),
-    };
-    let max_time = common.max_time;
-    let plan = Plan { common, scenario };
-    let outcome = runtime.block_on(async {
-        tokio::time::timeout(max_time, scenarios::run(plan))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "the run passed --max-time {max_time:?} and was stopped"
-                ))
-            })
-    });
-    // Worker processes are killed on drop; nothing else may keep the process alive.
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("drisc-load: {e:#}");
-            ExitCode::FAILURE
         }
     }
 }

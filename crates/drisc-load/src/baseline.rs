@@ -8,10 +8,10 @@
 //!   REQUESTED with OK (so the same players can drive it), sends PING every
 //!   `--ping-interval` and takes PONGs; FINISHED closes. Nothing else.
 //!
-//! Run: `cargo run --release --example baseline -- --port 0 --ping-interval 10s`;
-//! it prints `listening on 127.0.0.1:PORT` on stdout.
+//! Run: `cargo run --release --bin drisc-baseline -- --port 0 --ping-interval 10s`;
+//! it prints `listening on 127.0.0.1:PORT` on stdout. [`router`] is public so the
+//! load generator's own tests can serve it (over TLS, too).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,28 @@ use serde::Deserialize;
 struct Baseline {
     granted: Arc<Mutex<u64>>,
     ping_interval: Duration,
+    /// `ws` or `wss`: the scheme of the endpoints handed out, as the listener
+    /// in front of the router is plain or TLS.
+    websocket_scheme: &'static str,
+}
+
+/// The baseline's routes: `POST /sessions` and `GET /ws`. `tls` says whether it
+/// is served behind TLS, so its endpoints are `wss://`.
+pub fn router(ping_interval: Duration, tls: bool) -> Router {
+    let state = Baseline {
+        granted: Arc::new(Mutex::new(0)),
+        ping_interval,
+        websocket_scheme: if tls { "wss" } else { "ws" },
+    };
+    // Not drisc's router, which clippy.toml keeps to documented routes.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the baseline is not the server: nothing to describe"
+    )]
+    Router::new()
+        .route("/sessions", post(create))
+        .route("/ws", get(upgrade))
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -43,47 +65,6 @@ struct SessionRequest {
 #[derive(Deserialize)]
 struct ClientMessage {
     action: String,
-}
-
-fn parse_args() -> (u16, Duration) {
-    let mut port = 0;
-    let mut ping = Duration::from_secs(10);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next().unwrap_or_default();
-        match arg.as_str() {
-            "--port" => port = value.parse().unwrap_or(0),
-            "--ping-interval" => ping = humantime::parse_duration(&value).unwrap_or(ping),
-            other => eprintln!("baseline: ignoring {other}"),
-        }
-    }
-    (port, ping)
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let (port, ping_interval) = parse_args();
-    let state = Baseline {
-        granted: Arc::new(Mutex::new(0)),
-        ping_interval,
-    };
-    // Not drisc's router, which clippy.toml keeps to documented routes.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the baseline is not the server: nothing to describe"
-    )]
-    let app = Router::new()
-        .route("/sessions", post(create))
-        .route("/ws", get(upgrade))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
 }
 
 async fn create(State(state): State<Baseline>, headers: HeaderMap, body: Bytes) -> Response {
@@ -106,7 +87,7 @@ async fn create(State(state): State<Baseline>, headers: HeaderMap, body: Bytes) 
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
     axum::Json(serde_json::json!({
-        "endpoint": format!("ws://{host}/ws?token={n}"),
+        "endpoint": format!("{}://{host}/ws?token={n}", state.websocket_scheme),
         "sessionId": n.to_string(),
         "token": n.to_string(),
     }))

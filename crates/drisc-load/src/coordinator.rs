@@ -4,129 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use hyper::Method;
-use hyper::header::HeaderValue;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::Plan;
-use crate::http::HttpPool;
-use crate::player::Phase;
-use crate::stats::{C, HistData, Snapshot, Summary, merge_hists};
-
-/// What the coordinator hands one worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Assignment {
-    pub plan: Plan,
-    pub index: u32,
-    pub count: u32,
-    /// `127.a.b.*` for this worker's client sockets; `None`: the kernel's choice.
-    pub source: Option<(u8, u8)>,
-}
-
-/// Worker → coordinator.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum Up {
-    Progress {
-        counters: Snapshot,
-    },
-    /// A stage is reached (everyone ramped up, or ready to start).
-    Stage {
-        stage: usize,
-        held: u64,
-        failed: u64,
-        /// Session ids and customers held, when the scenario needs them.
-        #[serde(default)]
-        sessions: Vec<(String, String)>,
-    },
-    Done {
-        counters: Snapshot,
-        hists: BTreeMap<String, HistData>,
-        error: Option<String>,
-    },
-}
-
-/// Coordinator → worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum Down {
-    /// Go on to the next stage (or start).
-    Next,
-    /// Tell every player of the worker.
-    Phase { phase: Phase },
-}
-
-/// A sample of the server process, read from /proc.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct ProcSample {
-    /// Seconds since the run started.
-    pub t: f64,
-    pub rss_kb: u64,
-    /// utime + stime, in seconds.
-    pub cpu_s: f64,
-    pub fds: u64,
-    /// Sessions and sockets the server reports on /health (drisc only).
-    pub sessions: Option<u64>,
-    pub sockets: Option<u64>,
-}
-
-/// Clock ticks per second of /proc/PID/stat: 100 on every Linux this runs on.
-const CLK_TCK: f64 = 100.0;
-
-pub fn read_proc(pid: u32) -> Option<(u64, f64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
-    Some((rss_kb, ticks as f64 / CLK_TCK, fds))
-}
-
-/// Sessions and sockets from the server's /health, polled in the background.
-#[derive(Default)]
-struct Health {
-    latest: Mutex<Option<(u64, u64)>>,
-}
-
-fn poll_health(pool: Arc<HttpPool>, health: Arc<Health>) {
-    tokio::spawn(async move {
-        let none = HeaderValue::from_static("none");
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Ok((status, body)) = pool.send(Method::GET, "/health", &none, Bytes::new()).await else {
-                continue;
-            };
-            if !status.is_success() {
-                // Not a drisc (the baseline has no /health): stop asking.
-                return;
-            }
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                if let Ok(mut latest) = health.latest.lock() {
-                    *latest = Some((n("sessions"), n("sockets")));
-                }
-            }
-        }
-    });
-}
+use crate::plan::Plan;
+use crate::players::HttpPool;
+use crate::protocol::{Assignment, Down, Up};
+use crate::server::{Health, ProcSample, poll_health, read_proc};
+use crate::stats::{C, HistData, Snapshot, Summary, summarize};
 
 struct Worker {
     to: mpsc::UnboundedSender<Down>,
@@ -391,10 +282,7 @@ impl Run {
             .iter()
             .filter_map(|w| w.done.as_ref().map(|d| d.1.clone()))
             .collect();
-        merge_hists(&parts)
-            .iter()
-            .map(|(k, h)| (k.clone(), Summary::of(h)))
-            .collect()
+        summarize(&parts)
     }
 }
 
