@@ -13,8 +13,8 @@
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
 
 pub mod inbox;
-mod open;
 pub mod keys;
+mod open;
 pub(crate) mod record;
 pub mod refresh;
 mod scripts;
