@@ -2,25 +2,31 @@
 //! One binary with modules, so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_publishers;
+mod auth;
+mod bad_requests;
 mod cluster;
 mod conformance;
 mod connections;
+mod cors;
 mod crash_safety;
 mod fuzz;
 mod helpers;
-mod http_api;
 mod metrics;
 mod offers;
 mod openapi;
+mod pools;
 mod rate_limits;
 mod readiness;
 mod session_admin;
+mod sessions;
 mod settings_postgres;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.
 #[allow(dead_code)]
 mod support_process;
 mod support_redis;
+mod takeover;
 mod tokens;
 mod websocket;
 

@@ -1,22 +1,13 @@
-//! The operator's view of a customer's sessions: listed page by page, and all
-//! ended at once (`/admin/v1/sessions`, `DELETE .../customers/{c}/sessions`),
-//! and the publishers listed page by page.
+//! The operator's view of sessions: one shown and kicked, a customer's listed page
+//! by page and all ended at once (`/admin/v1/sessions`, `DELETE
+//! .../customers/{c}/sessions`), and the publishers listed page by page.
 
 use std::collections::HashSet;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::helpers::{TestApp, expect_error, live_player, spawn_app_with};
-
-async fn app() -> TestApp {
-    spawn_app_with(|s| {
-        // Customers here open several sessions in a row: the rate limit is not
-        // what these tests are about.
-        s.limits.customer_burst = 1000;
-    })
-    .await
-}
+use crate::helpers::{TestApp, expect_error, live_player, spawn_app};
 
 async fn get_json(app: &TestApp, path: &str) -> Value {
     let response = app.admin(Method::GET, path, None).await;
@@ -56,8 +47,42 @@ fn ids(sessions: &[Value]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn the_admin_api_shows_a_session_and_kicking_it_frees_the_slot() {
+    let app = spawn_app().await;
+    // Configured: an unknown offer's session would show the shared pool's offer id.
+    app.put_offer("1", "S1", 1, &[]).await;
+    let token = app.token("1", "42");
+    let held = app.create_ok(&token, "S1", "TV").await;
+    let path = format!("/sessions/{}", held.session_id);
+
+    let response = app.admin(Method::GET, &path, None).await;
+    assert_eq!(response.status(), 200);
+    let shown: Value = response.json().await.unwrap();
+    assert_eq!(shown["sessionId"], held.session_id.as_str());
+    assert_eq!(shown["name"], "TV");
+    assert_eq!(shown["state"], "pending");
+    assert_eq!(shown["publisherId"], "1");
+    assert_eq!(shown["customerId"], "42");
+    assert_eq!(shown["offerId"], "S1");
+
+    let response = app.admin(Method::DELETE, &path, None).await;
+    assert_eq!(response.status(), 204);
+    expect_error(app.admin(Method::GET, &path, None).await, 404, "NotFound").await;
+    expect_error(app.admin(Method::DELETE, &path, None).await, 404, "NotFound").await;
+    expect_error(
+        app.admin(Method::GET, "/sessions/not-a-uuid", None).await,
+        404,
+        "NotFound",
+    )
+    .await;
+
+    app.create_ok(&token, "S1", "Phone").await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_other_customers() {
-    let app = app().await;
+    let app = spawn_app().await;
     app.put_offer("1", "S1", 5, &[]).await;
     app.put_offer("1", "S2", 5, &[]).await;
     let token = app.token("1", "42");
@@ -102,7 +127,7 @@ async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_othe
 
 #[tokio::test]
 async fn the_session_list_refuses_missing_ids_bad_limits_and_made_up_cursors() {
-    let app = app().await;
+    let app = spawn_app().await;
     let body = expect_error(
         app.admin(Method::GET, "/sessions?customerId=42", None).await,
         400,
@@ -144,7 +169,7 @@ async fn the_session_list_refuses_missing_ids_bad_limits_and_made_up_cursors() {
 
 #[tokio::test]
 async fn ending_a_customers_sessions_expires_their_players_and_frees_their_slots() {
-    let app = app().await;
+    let app = spawn_app().await;
     app.put_offer("1", "S1", 1, &[]).await;
     app.put_offer("1", "S2", 1, &[]).await;
     let token = app.token("1", "42");
@@ -209,7 +234,7 @@ async fn walk_publishers(app: &TestApp, limit: u32) -> Vec<String> {
 
 #[tokio::test]
 async fn publishers_are_listed_page_by_page_in_id_order() {
-    let app = app().await;
+    let app = spawn_app().await;
     let mut expected = vec!["b", "a", "B", "a-b", "ab", "é"];
     for id in &expected {
         app.put_publisher(id, json!({})).await;
