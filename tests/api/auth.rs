@@ -7,8 +7,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 use crate::helpers::{
-    DEV_SECRET, TestApp, base64_url, customer_claims, customer_token, ec_signing_key, exp_in, expect_error, fixture,
-    forged_token, rsa_signing_key, sign_hs, sign_with, spawn_app, spawn_app_with,
+    TestApp, base64_url, customer_claims, customer_token, ec_signing_key, exp_in, expect_error, fixture, forged_token,
+    rsa_signing_key, sign_dev, sign_hs, sign_with, spawn_app, spawn_app_with,
 };
 
 /// `POST /sessions` with a valid body and whatever `Authorization` header is given.
@@ -75,11 +75,7 @@ async fn a_garbage_token_is_401() {
 #[tokio::test]
 async fn a_token_expired_beyond_the_leeway_is_401() {
     let app = spawn_app().await;
-    let expired = sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"publisherId": "1", "customerId": "42", "exp": exp_in(-120)}),
-    );
+    let expired = sign_dev(json!({"publisherId": "1", "customerId": "42", "exp": exp_in(-120)}));
     assert_unauthorized(&app, Some(&format!("Bearer {expired}"))).await;
     app.stop().await;
 }
@@ -87,11 +83,7 @@ async fn a_token_expired_beyond_the_leeway_is_401() {
 #[tokio::test]
 async fn a_token_expired_within_the_leeway_is_still_accepted() {
     let app = spawn_app().await;
-    let just_expired = sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"publisherId": "1", "customerId": "42", "exp": exp_in(-5)}),
-    );
+    let just_expired = sign_dev(json!({"publisherId": "1", "customerId": "42", "exp": exp_in(-5)}));
     app.create_ok(&just_expired, "S1", "TV").await;
     app.stop().await;
 }
@@ -118,11 +110,7 @@ async fn an_alg_none_token_is_401() {
 #[tokio::test]
 async fn a_token_without_exp_is_401() {
     let app = spawn_app().await;
-    let token = sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"publisherId": "1", "customerId": "42"}),
-    );
+    let token = sign_dev(json!({"publisherId": "1", "customerId": "42"}));
     assert_unauthorized(&app, Some(&format!("Bearer {token}"))).await;
     app.stop().await;
 }
@@ -130,11 +118,7 @@ async fn a_token_without_exp_is_401() {
 #[tokio::test]
 async fn a_token_without_customer_id_is_401() {
     let app = spawn_app().await;
-    let token = sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"publisherId": "1", "exp": exp_in(600)}),
-    );
+    let token = sign_dev(json!({"publisherId": "1", "exp": exp_in(600)}));
     assert_unauthorized(&app, Some(&format!("Bearer {token}"))).await;
     app.stop().await;
 }
@@ -142,11 +126,7 @@ async fn a_token_without_customer_id_is_401() {
 #[tokio::test]
 async fn a_token_without_publisher_id_is_401() {
     let app = spawn_app().await;
-    let token = sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"customerId": "42", "exp": exp_in(600)}),
-    );
+    let token = sign_dev(json!({"customerId": "42", "exp": exp_in(600)}));
     assert_unauthorized(&app, Some(&format!("Bearer {token}"))).await;
     app.stop().await;
 }

@@ -128,6 +128,11 @@ impl ServerProcess {
         format!("{}{path}", self.base)
     }
 
+    /// A client of this server, with the development admin key.
+    pub fn api(&self) -> crate::helpers::Api {
+        crate::helpers::Api::new(self.base.clone())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
