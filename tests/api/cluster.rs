@@ -6,7 +6,8 @@ use drisc::Settings;
 use drisc::config::SessionBackend;
 use serde_json::json;
 
-use crate::helpers::{Player, Seen, TestApp, all_at_once, connect_ok, granted, spawn_app_with};
+use crate::helpers::{TestApp, all_at_once, granted, spawn_app_with};
+use crate::players::{Player, Seen, connect_ok};
 use crate::support_process::{ProcessOptions, ServerProcess};
 use crate::support_redis::RedisServer;
 

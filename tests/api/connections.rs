@@ -8,7 +8,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{self, Api, Player, Seen, connect_ok, customer_token, live_player, spawn_app_with};
+use crate::helpers::{self, Api, customer_token, spawn_app_with};
+use crate::players::{Player, Seen, connect_ok, live_player};
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 /// Slack for "within a deadline": the server is on loopback, but the machine is shared.

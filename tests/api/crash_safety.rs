@@ -16,7 +16,8 @@ use drisc::store::{PostgresSettings, SqliteSettings};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{self, Api, Seen, connect_expired, connect_ok, customer_token, granted};
+use crate::helpers::{self, Api, customer_token, granted};
+use crate::players::{Seen, connect_expired, connect_ok, live_player};
 use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
@@ -306,7 +307,7 @@ async fn with_postgresql_settings_a_live_session_survives_kill_9_too() {
 async fn with_the_journal_off_a_graceful_restart_still_brings_the_sessions_back() {
     let app = helpers::spawn_app_with(|s| s.storage.journal = false).await;
     let token = app.token("p", "c6");
-    let (tv, player) = helpers::live_player(&app, &token, "S1", "TV").await;
+    let (tv, player) = live_player(&app, &token, "S1", "TV").await;
     let db = open_db(app.data_dir.path()).await;
     assert!(journaled(&db).await.is_empty(), "nothing is journaled");
     let app = app.restart().await;

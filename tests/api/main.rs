@@ -15,6 +15,7 @@ mod helpers;
 mod metrics;
 mod offers;
 mod openapi;
+mod players;
 mod pools;
 mod rate_limits;
 mod readiness;
@@ -34,7 +35,7 @@ mod websocket;
 async fn smoke_create_request_ok() {
     let app = helpers::spawn_app().await;
     let token = app.token("1", 42);
-    let (_, mut player) = helpers::live_player(&app, &token, "S1", "TV").await;
+    let (_, mut player) = players::live_player(&app, &token, "S1", "TV").await;
     player.send("FINISHED").await;
     player.expect_close(1000).await;
     app.stop().await;

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    self, ADMIN_KEY, Api, connect_ok, customer_token, expect_error, forged_token, spawn_app, spawn_app_with,
-};
+use crate::helpers::{self, ADMIN_KEY, Api, customer_token, expect_error, forged_token, spawn_app, spawn_app_with};
+use crate::players::connect_ok;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 const PUBLISHER: &str = "pub-metrics";

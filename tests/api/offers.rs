@@ -8,7 +8,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::sqlite::SqliteConnectOptions;
 
-use crate::helpers::{Answer, TestApp, all_at_once, connect_ok, expect_error, granted, spawn_app, spawn_app_with};
+use crate::helpers::{Answer, TestApp, all_at_once, expect_error, granted, spawn_app, spawn_app_with};
+use crate::players::connect_ok;
 
 /// Answers of `count` creates of one customer at once, each on an offer of its own making.
 async fn creates_on_made_up_offers(app: &TestApp, token: &str, count: usize) -> Vec<Answer> {

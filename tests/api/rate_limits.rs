@@ -8,9 +8,9 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    self, ADMIN_KEY, Answer, Player, Seen, TestApp, all_at_once, customer_token, expect_error, forged_token,
-    spawn_app_with,
+    ADMIN_KEY, Answer, TestApp, all_at_once, customer_token, expect_error, forged_token, spawn_app_with,
 };
+use crate::players::{Player, Seen, live_player};
 
 /// A `POST /sessions` on offer S1, optionally through a proxy that says who sent it.
 async fn create_from(app: &TestApp, token: &str, forwarded_for: Option<&str>) -> Response {
@@ -238,9 +238,9 @@ async fn a_socket_flooding_pongs_or_pings_is_closed_with_1008_and_counted_while_
     let app = spawn_app_with(quick_pings).await;
     app.put_offer("p", "S1", 10, &[]).await;
     let token = app.token("p", "A");
-    let (_, mut good) = helpers::live_player(&app, &token, "S1", "TV").await;
-    let (_, mut pongs) = helpers::live_player(&app, &token, "S1", "Phone").await;
-    let (_, mut pings) = helpers::live_player(&app, &token, "S1", "Laptop").await;
+    let (_, mut good) = live_player(&app, &token, "S1", "TV").await;
+    let (_, mut pongs) = live_player(&app, &token, "S1", "Phone").await;
+    let (_, mut pings) = live_player(&app, &token, "S1", "Laptop").await;
     assert_eq!(app.health().await["floodedSockets"], 0);
 
     let pong = || Message::Text(json!({"action": "PONG"}).to_string().into());

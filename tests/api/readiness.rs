@@ -10,7 +10,8 @@ use drisc::config::{SessionBackend, SettingsBackend};
 use drisc::domain::control::UnavailablePolicy;
 use serde_json::{Value, json};
 
-use crate::helpers::{self, Seen, TestApp, customer_token, live_player, spawn_app_with};
+use crate::helpers::{self, TestApp, customer_token, spawn_app_with};
+use crate::players::{Seen, live_player};
 use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 use crate::support_redis::RedisServer;

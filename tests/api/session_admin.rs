@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect_error, live_player, spawn_app};
+use crate::helpers::{TestApp, expect_error, spawn_app};
+use crate::players::live_player;
 
 async fn get_json(app: &TestApp, path: &str) -> Value {
     let response = app.admin(Method::GET, path, None).await;

@@ -18,9 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    TestApp, base64_url, connect_ok, customer_claims, customer_token, ec_signing_key, eventually, exp_in, expect_error,
-    fixture, granted, rsa_signing_key, sign_dev, spawn_app, spawn_app_with,
+    TestApp, base64_url, customer_claims, customer_token, ec_signing_key, eventually, exp_in, expect_error, fixture,
+    granted, rsa_signing_key, sign_dev, spawn_app, spawn_app_with,
 };
+use crate::players::connect_ok;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 fn body() -> Value {

@@ -14,9 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::helpers::{
-    self, Player, SERVER_ACTIONS, Seen, TestApp, assert_protocol_message, connect_expired, connect_ok, live_player,
-};
+use crate::helpers::{self, TestApp};
+use crate::players::{Player, SERVER_ACTIONS, Seen, assert_protocol_message, connect_expired, connect_ok, live_player};
 
 // ---------------------------------------------------------------------------
 // Timings
