@@ -7,8 +7,8 @@ use jsonwebtoken::Algorithm;
 use serde_json::json;
 
 use crate::helpers::{
-    TestApp, base64_url, customer_claims, customer_token, ec_signing_key, exp_in, expect_error, fixture, forged_token,
-    rsa_signing_key, sign_dev, sign_hs, sign_with, spawn_app, spawn_app_with,
+    TEXT_PLAIN, TestApp, base64_url, customer_claims, customer_token, ec_signing_key, exp_in, expect_error, fixture,
+    forged_token, rsa_signing_key, sign_dev, sign_hs, sign_with, spawn_app, spawn_app_with,
 };
 
 /// `POST /sessions` with a valid body and whatever `Authorization` header is given.
@@ -16,7 +16,7 @@ async fn create_with_authorization(app: &TestApp, authorization: Option<&str>) -
     let mut request = app
         .http
         .post(app.url("/sessions"))
-        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-type", TEXT_PLAIN)
         .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string());
     if let Some(value) = authorization {
         request = request.header("authorization", value);

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_KEY, TestApp, active_sessions, expect_error, granted, limit_exceeded, spawn_app, spawn_app_with,
+    ADMIN_KEY, TEXT_PLAIN, TestApp, active_sessions, expect_error, granted, limit_exceeded, spawn_app, spawn_app_with,
 };
 
 /// `POST path` with a raw body (sent as text/plain, as browsers do).
@@ -13,7 +13,7 @@ async fn post_raw(app: &TestApp, path: &str, token: &str, body: impl Into<reqwes
     app.http
         .post(app.url(path))
         .bearer_auth(token)
-        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-type", TEXT_PLAIN)
         .body(body)
         .send()
         .await

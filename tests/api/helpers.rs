@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const DEV_SECRET: &str = drisc::config::DEV_CUSTOMER_KEY;
 pub const ADMIN_KEY: &str = drisc::config::DEV_ADMIN_KEY;
+/// The content type a browser's `fetch` gives a JSON string body: what players send.
+pub const TEXT_PLAIN: &str = "text/plain;charset=UTF-8";
 /// How long a test waits for anything the server should do promptly.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -154,7 +156,7 @@ impl Api {
         self.http
             .post(self.url(path))
             .bearer_auth(token)
-            .header("content-type", "text/plain;charset=UTF-8")
+            .header("content-type", TEXT_PLAIN)
             .body(body.to_string())
     }
 
@@ -339,6 +341,17 @@ pub async fn all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<Answer> 
         .into_iter()
         .map(|answer| answer.unwrap())
         .collect()
+}
+
+/// `count` creates of one customer on `offer` at once (device 0, device 1, ...).
+pub async fn creates_at_once(api: &Api, token: &str, offer: &str, count: usize) -> Vec<Answer> {
+    let requests = (0..count)
+        .map(|i| {
+            let body = json!({"offerId": offer, "sessionName": format!("device {i}")});
+            api.post_request("/sessions", token, &body)
+        })
+        .collect();
+    all_at_once(requests).await
 }
 
 /// Reads an error response: it must have `status`, be JSON and carry `code` and a

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    ADMIN_KEY, Answer, TestApp, all_at_once, customer_token, expect_error, forged_token, spawn_app_with,
+    ADMIN_KEY, Answer, TestApp, creates_at_once, customer_token, expect_error, forged_token, spawn_app_with,
 };
 use crate::players::{Player, Seen, live_player};
 
@@ -23,20 +23,6 @@ async fn create_from(app: &TestApp, token: &str, forwarded_for: Option<&str>) ->
         request = request.header("x-forwarded-for", addr);
     }
     request.send().await.unwrap()
-}
-
-/// Fires `n` creates of `token` on offer S1 at once.
-async fn burst(app: &TestApp, token: &str, n: usize) -> Vec<Answer> {
-    let requests = (0..n)
-        .map(|i| {
-            app.post_request(
-                "/sessions",
-                token,
-                &json!({"offerId": "S1", "sessionName": format!("device {i}")}),
-            )
-        })
-        .collect();
-    all_at_once(requests).await
 }
 
 /// A 429 must say, in whole seconds of at least one, when to come back.
@@ -64,7 +50,10 @@ async fn a_customer_flooding_creates_gets_429_while_another_customers_creates_ar
     let (flooder, bystander) = (app.token("p", "A"), app.token("p", "B"));
 
     // Both in the same moment: 60 from A, and B's 10, which are within its burst.
-    let (flood, fair) = tokio::join!(burst(&app, &flooder, 60), burst(&app, &bystander, 10));
+    let (flood, fair) = tokio::join!(
+        creates_at_once(&app, &flooder, "S1", 60),
+        creates_at_once(&app, &bystander, "S1", 10)
+    );
 
     for answer in &fair {
         assert_eq!(answer.status, 200, "customer B is not slowed by A: {}", answer.body);
@@ -186,7 +175,12 @@ async fn switching_limits_off_serves_a_burst_of_200_creates_that_would_otherwise
         let mut all = Vec::new();
         // Four waves of 50 at once: a burst, within bounds for the test client.
         for _ in 0..4 {
-            all.extend(burst(app, &token, 50).await.into_iter().map(|a| a.status));
+            all.extend(
+                creates_at_once(app, &token, "S1", 50)
+                    .await
+                    .into_iter()
+                    .map(|a| a.status),
+            );
         }
         all
     }

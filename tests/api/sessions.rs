@@ -6,23 +6,9 @@ use drisc::domain::SessionId;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Answer, TestApp, active_sessions, all_at_once, expect_error, granted, limit_exceeded, pair, random_session_id,
-    sorted, spawn_app, spawn_app_with,
+    Answer, active_sessions, creates_at_once, expect_error, granted, limit_exceeded, pair, random_session_id, sorted,
+    spawn_app, spawn_app_with,
 };
-
-/// Fires `count` creates for one pool at once.
-async fn parallel_creates(app: &TestApp, token: &str, offer: &str, count: usize) -> Vec<Answer> {
-    let requests = (0..count)
-        .map(|i| {
-            app.post_request(
-                "/sessions",
-                token,
-                &json!({"offerId": offer, "sessionName": format!("device {i}")}),
-            )
-        })
-        .collect();
-    all_at_once(requests).await
-}
 
 /// Splits answers into granted session ids and LimitExceeded refusals, and fails on
 /// anything else.
@@ -186,7 +172,7 @@ async fn three_hundred_parallel_creates_against_a_limit_of_three_grant_exactly_t
     app.put_offer("1", "S1", 3, &[]).await;
     let token = app.token("1", "42");
 
-    let results = parallel_creates(&app, &token, "S1", 300).await;
+    let results = creates_at_once(&app, &token, "S1", 300).await;
     let (granted, refused) = granted_and_refused(&results);
     assert_eq!(granted.len(), 3, "exactly the limit is granted");
     assert_eq!(refused, 297);
@@ -208,7 +194,7 @@ async fn three_hundred_parallel_first_sight_creates_grant_exactly_the_default_li
     .await;
     let token = app.token("fresh", "42");
 
-    let results = parallel_creates(&app, &token, "S1", 300).await;
+    let results = creates_at_once(&app, &token, "S1", 300).await;
     let (granted, refused) = granted_and_refused(&results);
     assert_eq!(granted.len(), 3);
     assert_eq!(refused, 297);

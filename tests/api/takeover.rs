@@ -6,8 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    active_sessions, all_at_once, expect_error, granted, limit_exceeded, pair, random_session_id, sorted, spawn_app,
-    spawn_app_with,
+    TEXT_PLAIN, active_sessions, all_at_once, expect_error, granted, limit_exceeded, pair, random_session_id, sorted,
+    spawn_app, spawn_app_with,
 };
 
 #[tokio::test]
@@ -147,7 +147,7 @@ async fn get_takeover_with_a_json_body_works_like_post() {
         .http
         .get(app.url("/takeover"))
         .bearer_auth(&token)
-        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-type", TEXT_PLAIN)
         .body(json!({"offerId": "S1", "sessionName": "Phone", "sessionId": victim.session_id}).to_string())
         .send()
         .await
