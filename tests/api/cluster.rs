@@ -7,7 +7,7 @@ use drisc::config::SessionBackend;
 use serde_json::json;
 
 use crate::helpers::{TestApp, all_at_once, granted, spawn_app_with};
-use crate::players::{Player, Seen, connect_ok};
+use crate::players::{Player, Seen, connect_ok, endpoint_on};
 use crate::support_process::{ProcessOptions, ServerProcess};
 use crate::support_redis::RedisServer;
 
@@ -40,12 +40,6 @@ async fn node_with(redis: &RedisServer, limit: u32, configure: impl FnOnce(&mut 
 async fn keep_playing(player: &mut Player, how_long: Duration) {
     let pings = player.keep_alive_for(how_long).await;
     assert!(pings > 0, "the player was not pinged for {how_long:?}");
-}
-
-/// The endpoint, pointed at another node.
-fn on(endpoint: &str, app: &TestApp) -> String {
-    let token = endpoint.split_once("?token=").unwrap().1;
-    format!("ws://127.0.0.1:{}/ws?token={token}", app.port)
 }
 
 #[tokio::test]
@@ -99,7 +93,7 @@ async fn a_player_reconnecting_to_another_node_gets_ok_and_the_old_socket_termin
     let token = a.token("p", "c2");
     let tv = a.create_ok(&token, "S1", "TV").await;
     let mut old = connect_ok(&tv.endpoint).await;
-    let _new = connect_ok(&on(&tv.endpoint, &b)).await;
+    let _new = connect_ok(&endpoint_on(&tv.endpoint, b.port)).await;
     old.expect("TERMINATE").await;
     old.expect_close(4002).await;
     // The session is still held, now on node b: the pool is full.
@@ -329,7 +323,7 @@ async fn a_node_stopping_gracefully_hands_its_players_over_to_the_others() {
     stopping.await.unwrap();
     // The session waits for its player, who comes back through node b.
     assert_eq!(b.create(&token, json!({"offerId": "S1"})).await.status(), 409);
-    let _back = connect_ok(&on(&tv.endpoint, &b)).await;
+    let _back = connect_ok(&endpoint_on(&tv.endpoint, b.port)).await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{self, Api, customer_token, spawn_app_with};
-use crate::players::{Player, Seen, connect_ok, live_player};
+use crate::players::{Player, Seen, connect_ok, endpoint_on, live_player};
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 /// Slack for "within a deadline": the server is on loopback, but the machine is shared.
@@ -92,13 +92,6 @@ async fn half_sent_body(port: u16) -> TcpStream {
     helpers::half_sent_create(port, &customer_token("1", 7)).await
 }
 
-/// The endpoint a player cached, pointed at the restarted server's port.
-fn on_port(endpoint: &str, port: u16) -> String {
-    let (scheme, rest) = endpoint.split_once("://").unwrap();
-    let (_, path) = rest.split_once('/').unwrap();
-    format!("{scheme}://127.0.0.1:{port}/{path}")
-}
-
 /// Creates a session on a real server process and holds it (REQUESTED, OK).
 async fn hold_session(server: &ServerProcess, customer: u32) -> (String, Player) {
     let api = Api {
@@ -112,7 +105,7 @@ async fn hold_session(server: &ServerProcess, customer: u32) -> (String, Player)
 /// After a restart on the same data directory, the cached endpoint gets OK again.
 async fn session_is_back(data_dir: &std::path::Path, endpoint: &str) {
     let server = ServerProcess::start(data_dir, ProcessOptions::default());
-    connect_ok(&on_port(endpoint, server.port)).await;
+    connect_ok(&endpoint_on(endpoint, server.port)).await;
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::{self, Api, customer_token, granted};
-use crate::players::{Seen, connect_expired, connect_ok, live_player};
+use crate::players::{Seen, connect_expired, connect_ok, endpoint_on, live_player};
 use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
@@ -40,15 +40,6 @@ impl Node {
         let server = ServerProcess::start(dir, options);
         let api = server.api();
         Node { server, api }
-    }
-
-    /// The endpoint a player cached from the previous process, reaching this one
-    /// (it listens on another port: behind a load balancer the URL would not change).
-    fn reach(&self, endpoint: &str, previous: &Node) -> String {
-        endpoint.replace(
-            &format!(":{}/", previous.server.port),
-            &format!(":{}/", self.server.port),
-        )
     }
 }
 
@@ -117,7 +108,7 @@ async fn a_live_session_survives_kill_9_its_slot_still_counted_and_its_cached_en
         .await;
     assert_eq!(phone.status(), StatusCode::CONFLICT, "{}", phone.text().await.unwrap());
     // The TV reconnects with the endpoint it cached and plays on.
-    let mut tv_again = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    let mut tv_again = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
     assert_eq!(second.session_state(&tv.session_id).await.as_deref(), Some("live"));
     assert_eq!(
         second
@@ -154,7 +145,7 @@ async fn a_session_finished_before_kill_9_stays_ended_after_the_restart() {
     first.server.kill9();
     let second = Node::start(dir.path(), ProcessOptions::default());
     assert_eq!(second.held().await, 0);
-    connect_expired(&second.reach(&tv.endpoint, &first)).await;
+    connect_expired(&endpoint_on(&tv.endpoint, second.server.port)).await;
     assert_eq!(
         second
             .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
@@ -220,7 +211,7 @@ async fn a_graceful_restart_keeps_the_sessions_the_journal_had_not_written_yet()
             .status(),
         StatusCode::CONFLICT
     );
-    let _tv = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    let _tv = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
     db.close().await;
 }
 
@@ -253,7 +244,7 @@ async fn sessions_are_found_by_id_after_a_takeover_and_after_kill_9() {
     assert_eq!(second.session_state(&a.session_id).await, None);
     assert_eq!(second.session_state(&b.session_id).await.as_deref(), Some("detached"));
     assert_eq!(second.session_state(&c.session_id).await.as_deref(), Some("detached"));
-    connect_expired(&second.reach(&a.endpoint, &first)).await;
+    connect_expired(&endpoint_on(&a.endpoint, second.server.port)).await;
     // Its owner gives C back; an operator kicks B.
     let given_back = second.end_session(&token, &c.session_id).await;
     assert_eq!(given_back.status(), StatusCode::NO_CONTENT);
@@ -294,7 +285,7 @@ async fn with_postgresql_settings_a_live_session_survives_kill_9_too() {
             .status(),
         StatusCode::CONFLICT
     );
-    let mut tv_again = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    let mut tv_again = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
     tv_again.send("FINISHED").await;
     tv_again.expect_close(1000).await;
     until_journaled(&db, &[]).await;

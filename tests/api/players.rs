@@ -175,6 +175,15 @@ impl Player {
     }
 }
 
+/// A cached endpoint, pointed at the server listening on `port` on loopback: a
+/// player coming back through another node, or to a restarted process (behind a
+/// load balancer its URL would not change).
+pub fn endpoint_on(endpoint: &str, port: u16) -> String {
+    let (scheme, rest) = endpoint.split_once("://").expect("an endpoint is a URL");
+    let (_, path) = rest.split_once('/').expect("an endpoint has a path");
+    format!("{scheme}://127.0.0.1:{port}/{path}")
+}
+
 /// Opens `endpoint` and sends REQUESTED, which must be answered with OK.
 pub async fn connect_ok(endpoint: &str) -> Player {
     let mut player = Player::connect(endpoint).await;

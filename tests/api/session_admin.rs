@@ -16,19 +16,23 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Every page of `query` (a query string without paging), following nextCursor.
-async fn walk_sessions(app: &TestApp, query: &str, limit: u32) -> Vec<Value> {
+/// Every item under `list` of every page of `path?query` (a query without paging),
+/// `limit` a page, following nextCursor until it is null.
+async fn walk(app: &TestApp, path: &str, query: &str, list: &str, limit: u32) -> Vec<Value> {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..100 {
-        let mut path = format!("/sessions?{query}&limit={limit}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
+        let mut url = format!("{path}?limit={limit}");
+        if !query.is_empty() {
+            url.push_str(&format!("&{query}"));
         }
-        let page = get_json(app, &path).await;
-        let sessions = page["sessions"].as_array().unwrap();
-        assert!(sessions.len() <= limit as usize, "{page}");
-        seen.extend(sessions.iter().cloned());
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page = get_json(app, &url).await;
+        let items = page[list].as_array().unwrap();
+        assert!(items.len() <= limit as usize, "{page}");
+        seen.extend(items.iter().cloned());
         match page["nextCursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => {
@@ -100,7 +104,7 @@ async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_othe
     }
 
     for limit in [1, 2, 3, 1000] {
-        let seen = walk_sessions(&app, "publisherId=1&customerId=42", limit).await;
+        let seen = walk(&app, "/sessions", "publisherId=1&customerId=42", "sessions", limit).await;
         let seen_ids = ids(&seen);
         assert_eq!(seen_ids.len(), held.len(), "pages of {limit}: none twice");
         assert_eq!(seen_ids.into_iter().collect::<HashSet<_>>(), held, "pages of {limit}");
@@ -212,27 +216,6 @@ async fn ending_a_customers_sessions_expires_their_players_and_frees_their_slots
     app.stop().await;
 }
 
-/// Every page of publishers, following nextCursor.
-async fn walk_publishers(app: &TestApp, limit: u32) -> Vec<String> {
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..100 {
-        let mut path = format!("/publishers?limit={limit}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let page = get_json(app, &path).await;
-        let publishers = page["publishers"].as_array().unwrap();
-        assert!(publishers.len() <= limit as usize, "{page}");
-        seen.extend(publishers.iter().map(|p| p["publisherId"].as_str().unwrap().to_owned()));
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return seen,
-        }
-    }
-    panic!("the walk never ended");
-}
-
 #[tokio::test]
 async fn publishers_are_listed_page_by_page_in_id_order() {
     let app = spawn_app().await;
@@ -242,7 +225,9 @@ async fn publishers_are_listed_page_by_page_in_id_order() {
     }
     expected.sort();
     for limit in [1, 2, 5, 1000] {
-        assert_eq!(walk_publishers(&app, limit).await, expected, "pages of {limit}");
+        let walked = walk(&app, "/publishers", "", "publishers", limit).await;
+        let ids: Vec<&str> = walked.iter().map(|p| p["publisherId"].as_str().unwrap()).collect();
+        assert_eq!(ids, expected, "pages of {limit}");
     }
     // Without paging parameters: every publisher (up to 100), as before, and null.
     let all = get_json(&app, "/publishers").await;

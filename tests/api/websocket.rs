@@ -15,7 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::helpers::{self, TestApp};
-use crate::players::{Player, SERVER_ACTIONS, Seen, assert_protocol_message, connect_expired, connect_ok, live_player};
+use crate::players::{
+    Player, SERVER_ACTIONS, Seen, assert_protocol_message, connect_expired, connect_ok, endpoint_on, live_player,
+};
 
 // ---------------------------------------------------------------------------
 // Timings
@@ -458,16 +460,14 @@ async fn a_session_token_from_before_a_restart_still_verifies() {
     player.send("FINISHED").await;
     player.expect_close(1000).await;
     let pending = app.create_ok(&token, "S1", "Phone").await;
-    let app = app.restart().await;
+    let _app = app.restart().await;
     // Both tokens were signed by the server before the restart: neither is refused
     // at the upgrade; one names a session that is gone, the other one still held.
     connect_expired(&finished.endpoint).await;
     let _phone = connect_ok(&pending.endpoint).await;
     // A server with another data directory (another secret) refuses them.
     let other = helpers::spawn_app_with(calm).await;
-    let elsewhere = pending
-        .endpoint
-        .replace(&format!(":{}/", app.port), &format!(":{}/", other.port));
+    let elsewhere = endpoint_on(&pending.endpoint, other.port);
     assert_eq!(refused_status(&elsewhere).await, 401);
 }
 
