@@ -148,7 +148,7 @@ impl ServerProcess {
     }
 
     /// SIGKILL: no goodbye, nothing saved at exit.
-    #[allow(dead_code)] // for the crash-safety tests
+    #[allow(dead_code)] // for the crash-safety and cluster tests
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL is delivered");
         let _ = self.child.wait();

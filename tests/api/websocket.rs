@@ -466,7 +466,7 @@ async fn a_session_token_from_before_a_restart_still_verifies() {
     connect_expired(&finished.endpoint).await;
     let _phone = connect_ok(&pending.endpoint).await;
     // A server with another data directory (another secret) refuses them.
-    let other = helpers::spawn_app_with(calm).await;
+    let other = helpers::spawn_app().await;
     let elsewhere = endpoint_on(&pending.endpoint, other.port);
     assert_eq!(refused_status(&elsewhere).await, 401);
 }
@@ -511,7 +511,7 @@ async fn a_token_with_a_bad_signature_is_refused_at_the_upgrade_with_401() {
 
 #[tokio::test]
 async fn a_missing_or_malformed_token_is_refused_at_the_upgrade_with_401() {
-    let app = helpers::spawn_app_with(calm).await;
+    let app = helpers::spawn_app().await;
     let ws = format!("ws://127.0.0.1:{}/ws", app.port);
     assert_eq!(refused_status(&ws).await, 401);
     assert_eq!(refused_status(&format!("{ws}?token=")).await, 401);
