@@ -1,17 +1,25 @@
 //! Cluster mode: several drisc nodes sharing one real Redis.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use drisc::Settings;
 use drisc::config::SessionBackend;
 use serde_json::json;
 
-use super::helpers::{Player, Seen, TestApp, granted, spawn_app_with};
-use super::support_redis::RedisServer;
+use crate::helpers::{TestApp, all_at_once, granted, spawn_app_with};
+use crate::players::{Player, Seen, connect_ok, endpoint_on};
+use crate::support_process::{ProcessOptions, ServerProcess};
+use crate::support_redis::RedisServer;
 
 const SECRET: &str = "cluster-test-session-secret";
 
+/// A node of the cluster: nodes share the session secret (a player may reconnect
+/// through any of them), PING often and look at Redis every 200 ms.
 async fn node(redis: &RedisServer, limit: u32) -> TestApp {
+    node_with(redis, limit, |_| {}).await
+}
+
+async fn node_with(redis: &RedisServer, limit: u32, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let url = redis.url.clone();
     spawn_app_with(move |s| {
         s.storage.sessions = SessionBackend::Redis;
@@ -22,53 +30,39 @@ async fn node(redis: &RedisServer, limit: u32) -> TestApp {
         s.liveness.pong_timeout = Duration::from_secs(3);
         s.liveness.reconnect_grace = Duration::from_secs(2);
         s.cluster.refresh_interval = Duration::from_millis(200);
-        // Some tests fire hundreds of creates for one customer at once: the rate
-        // limit is not what they test.
-        s.limits.customer_burst = 1000;
+        configure(s);
     })
     .await
 }
 
-/// Answers every PING for `how_long`; anything else the player is told fails the test.
+/// The player is pinged and answers every PING for `how_long`; anything else it
+/// is told fails the test.
 async fn keep_playing(player: &mut Player, how_long: Duration) {
-    let until = tokio::time::Instant::now() + how_long;
-    while tokio::time::Instant::now() < until {
-        match player.next().await {
-            Seen::Message(m) if m["action"] == "PING" => player.send("PONG").await,
-            other => panic!("the player was disturbed: {other:?}"),
-        }
-    }
-}
-
-/// The endpoint, pointed at another node.
-fn on(endpoint: &str, app: &TestApp) -> String {
-    let token = endpoint.split_once("?token=").unwrap().1;
-    format!("ws://127.0.0.1:{}/ws?token={token}", app.port)
+    let pings = player.keep_alive_for(how_long).await;
+    assert!(pings > 0, "the player was not pinged for {how_long:?}");
 }
 
 #[tokio::test]
 async fn parallel_creates_spread_over_nodes_grant_exactly_the_limit() {
     let redis = RedisServer::start();
-    let nodes = [node(&redis, 3).await, node(&redis, 3).await, node(&redis, 3).await];
+    // Hundreds of creates of one customer at once: its rate limit is not under test.
+    let burst = |s: &mut Settings| s.limits.customer_burst = 1000;
+    let nodes = [
+        node_with(&redis, 3, burst).await,
+        node_with(&redis, 3, burst).await,
+        node_with(&redis, 3, burst).await,
+    ];
     let token = nodes[0].token("p", "hot");
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..300 {
-        let url = nodes[i % 3].url("/sessions");
-        let client = nodes[i % 3].http.clone();
-        let token = token.clone();
-        tasks.spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .body(json!({"offerId": "S1", "sessionName": format!("d{i}")}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        });
-    }
-    let statuses = tasks.join_all().await;
+    let requests = (0..300)
+        .map(|i| {
+            nodes[i % 3].post_request(
+                "/sessions",
+                &token,
+                &json!({"offerId": "S1", "sessionName": format!("d{i}")}),
+            )
+        })
+        .collect();
+    let statuses: Vec<u16> = all_at_once(requests).await.iter().map(|a| a.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 297);
 }
@@ -79,8 +73,7 @@ async fn a_takeover_on_one_node_tells_the_socket_held_on_another() {
     let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
     let token = a.token("p", "c1");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     let started = tokio::time::Instant::now();
     granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
     let message = player.next_within(Duration::from_secs(1)).await;
@@ -99,10 +92,8 @@ async fn a_player_reconnecting_to_another_node_gets_ok_and_the_old_socket_termin
     let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
     let token = a.token("p", "c2");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut old = Player::connect(&tv.endpoint).await;
-    old.request_ok().await;
-    let mut new = Player::connect(&on(&tv.endpoint, &b)).await;
-    new.request_ok().await;
+    let mut old = connect_ok(&tv.endpoint).await;
+    let _new = connect_ok(&endpoint_on(&tv.endpoint, b.port)).await;
     old.expect("TERMINATE").await;
     old.expect_close(4002).await;
     // The session is still held, now on node b: the pool is full.
@@ -115,8 +106,7 @@ async fn a_lost_inbox_connection_still_delivers_the_order() {
     let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
     let token = a.token("p", "c3");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     // Kill every client connection but ours: the inboxes' blocking pops among them.
     let killed: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
     assert!(killed > 0);
@@ -152,8 +142,7 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_without_players_notic
     let a = node(&redis, 1).await;
     let token = a.token("p", "c5");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the node has seen the epoch
     redis.restart_empty();
     // The player keeps answering PINGs and is never told anything else.
@@ -165,73 +154,24 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_without_players_notic
     );
 }
 
-/// A node as a separate process, so it can be killed with SIGKILL.
-struct ProcessNode {
-    child: Child,
-    port: u16,
-}
-
-impl ProcessNode {
-    fn start(redis: &RedisServer, dir: &std::path::Path) -> ProcessNode {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_drisc"))
-            .args(["serve", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(dir)
-            .env("DRISC__STORAGE__SESSIONS", "redis")
-            .env("DRISC__STORAGE__REDIS_URL", &redis.url)
-            .env("DRISC__AUTH__SESSION_SECRET", SECRET)
-            .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
-            .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
-            .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
-            .env("DRISC__LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the drisc binary starts");
-        ProcessNode { child, port }
-    }
-}
-
-impl Drop for ProcessNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn sessions_of_a_killed_node_are_freed_within_the_session_ttl() {
     let redis = RedisServer::start();
     let survivor = node(&redis, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut doomed = ProcessNode::start(&redis, dir.path());
+    // A node as a separate process, so it can be killed with SIGKILL.
+    let options = ProcessOptions::default()
+        .env("DRISC__STORAGE__SESSIONS", "redis")
+        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+        .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
+        .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
+        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms");
+    let mut doomed = ServerProcess::start(dir.path(), options);
     let token = survivor.token("p", "c6");
-    let base = format!("http://127.0.0.1:{}", doomed.port);
-    let http = reqwest::Client::new();
-    let mut response = None;
-    for _ in 0..100 {
-        let sent = http
-            .post(format!("{base}/sessions"))
-            .bearer_auth(&token)
-            .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            response = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let tv = granted(response.expect("the node process answers")).await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let tv = doomed.api().create_ok(&token, "S1", "TV").await;
+    let _player = connect_ok(&tv.endpoint).await;
     assert_eq!(survivor.create(&token, json!({"offerId": "S1"})).await.status(), 409);
-    doomed.child.kill().unwrap(); // SIGKILL: no goodbye
+    doomed.kill9(); // no goodbye
     let killed_at = tokio::time::Instant::now();
     let mut freed = false;
     while killed_at.elapsed() < Duration::from_secs(8) {
@@ -255,7 +195,6 @@ async fn pg_node(redis: &RedisServer, pg: &super::support_postgres::PgServer) ->
         s.storage.redis_url = redis_url;
         s.storage.settings = drisc::config::SettingsBackend::Postgres;
         s.storage.postgres_url = pg_url;
-        s.auth.session_secret = SECRET.into();
     })
     .await
 }
@@ -322,8 +261,7 @@ async fn without_redis_new_sessions_are_refused_held_ones_keep_playing_and_all_r
     let a = node(&redis, 1).await;
     let token = a.token("p", "down1");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // the node has seen the epoch
     redis.kill();
     let other = a.token("p", "down2");
@@ -379,15 +317,13 @@ async fn a_node_stopping_gracefully_hands_its_players_over_to_the_others() {
     let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
     let token = a.token("p", "leaving");
     let tv = a.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     let stopping = tokio::spawn(a.stop());
     player.expect_close(1012).await;
     stopping.await.unwrap();
     // The session waits for its player, who comes back through node b.
     assert_eq!(b.create(&token, json!({"offerId": "S1"})).await.status(), 409);
-    let mut back = Player::connect(&on(&tv.endpoint, &b)).await;
-    back.request_ok().await;
+    let _back = connect_ok(&endpoint_on(&tv.endpoint, b.port)).await;
 }
 
 #[tokio::test]
@@ -413,8 +349,7 @@ async fn ending_a_customers_sessions_on_one_node_expires_the_player_held_on_anot
     let (a, b) = (node(&redis, 2).await, node(&redis, 2).await);
     let token = a.token("p", "c-kick");
     let tv = b.create_ok(&token, "S1", "TV").await;
-    let mut player = Player::connect(&tv.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&tv.endpoint).await;
     let pending = a.create_ok(&token, "S1", "Phone").await;
 
     // Node a lists both, from Redis; the live one names the node holding it.

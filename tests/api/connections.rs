@@ -4,20 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::Algorithm;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{self, DEV_SECRET, Player, Seen, spawn_app_with};
+use crate::helpers::{self, Api, customer_token, spawn_app_with};
+use crate::players::{Player, Seen, connect_ok, endpoint_on, live_player};
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 /// Slack for "within a deadline": the server is on loopback, but the machine is shared.
 const MARGIN: Duration = Duration::from_secs(3);
-
-fn customer_token(customer: u32) -> String {
-    helpers::sign_hs(DEV_SECRET, Algorithm::HS256, helpers::customer_claims("1", customer))
-}
 
 /// A client with no pool: a kept-alive connection from an earlier step could be
 /// closed by the server (idle, or shed) and would fail the next request.
@@ -30,7 +26,11 @@ fn fresh_client() -> reqwest::Client {
 }
 
 async fn raw(port: u16) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+    raw_connect(port).await.unwrap()
+}
+
+async fn raw_connect(port: u16) -> std::io::Result<TcpStream> {
+    TcpStream::connect(("127.0.0.1", port)).await
 }
 
 /// Waits up to `within` for the server to close `stream` (EOF or reset); what it
@@ -87,45 +87,25 @@ async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<(u16,
     tokio::time::timeout(within, read).await.ok().flatten()
 }
 
-/// Starts `POST /sessions` with a valid token and only part of its body: a
-/// request in flight that will not finish by itself.
+/// A request in flight that will not finish by itself.
 async fn half_sent_body(port: u16) -> TcpStream {
-    let mut stream = raw(port).await;
-    let head = format!(
-        "POST /sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"offerId\"",
-        customer_token(7)
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
-/// The endpoint a player cached, pointed at the restarted server's port.
-fn on_port(endpoint: &str, port: u16) -> String {
-    let (scheme, rest) = endpoint.split_once("://").unwrap();
-    let (_, path) = rest.split_once('/').unwrap();
-    format!("{scheme}://127.0.0.1:{port}/{path}")
+    helpers::half_sent_create(port, &customer_token("1", 7)).await
 }
 
 /// Creates a session on a real server process and holds it (REQUESTED, OK).
 async fn hold_session(server: &ServerProcess, customer: u32) -> (String, Player) {
-    let response = fresh_client()
-        .post(server.url("/sessions"))
-        .bearer_auth(customer_token(customer))
-        .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let granted = helpers::granted(response).await;
-    let mut player = Player::connect(&granted.endpoint).await;
-    player.request_ok().await;
+    let api = Api {
+        http: fresh_client(),
+        ..server.api()
+    };
+    let (granted, player) = live_player(&api, &customer_token("1", customer), "S1", "TV").await;
     (granted.endpoint, player)
 }
 
 /// After a restart on the same data directory, the cached endpoint gets OK again.
 async fn session_is_back(data_dir: &std::path::Path, endpoint: &str) {
     let server = ServerProcess::start(data_dir, ProcessOptions::default());
-    let mut player = Player::connect(&on_port(endpoint, server.port)).await;
-    player.request_ok().await;
+    connect_ok(&endpoint_on(endpoint, server.port)).await;
 }
 
 #[tokio::test]
@@ -382,10 +362,6 @@ async fn a_connection_flood_past_the_file_limit_leaves_room_for_new_and_held_pla
     let files = std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
     assert!(files < 300, "the server holds {files} files");
     drop(flood);
-}
-
-async fn raw_connect(port: u16) -> std::io::Result<TcpStream> {
-    TcpStream::connect(("127.0.0.1", port)).await
 }
 
 #[tokio::test]

@@ -7,97 +7,40 @@
 //! the server writes (SQLite in WAL mode takes a reader beside the server) until
 //! the change they wait for is there, within a bounded time.
 
+use std::ops::Deref;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drisc::domain::ports::SessionArchive;
 use drisc::store::{PostgresSettings, SqliteSettings};
-use jsonwebtoken::Algorithm;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{self, ADMIN_KEY, DEV_SECRET, Player, Seen, granted};
+use crate::helpers::{self, Api, customer_token, granted};
+use crate::players::{Seen, connect_expired, connect_ok, endpoint_on, live_player};
 use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
-/// The real server, with what a player and an operator do against it.
+/// The real server, and a client of it.
 struct Node {
     server: ServerProcess,
-    http: reqwest::Client,
+    api: Api,
+}
+
+impl Deref for Node {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Node {
     fn start(dir: &Path, options: ProcessOptions) -> Node {
-        Node {
-            server: ServerProcess::start(dir, options),
-            http: reqwest::Client::new(),
-        }
+        let server = ServerProcess::start(dir, options);
+        let api = server.api();
+        Node { server, api }
     }
-
-    async fn create(&self, token: &str, offer: &str, name: &str) -> reqwest::Response {
-        let body = json!({"offerId": offer, "sessionName": name});
-        self.post("/sessions", token, body).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(self.server.url(path))
-            .bearer_auth(token)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
-        let mut request = self
-            .http
-            .request(method, self.server.url(&format!("/admin/v1{path}")))
-            .bearer_auth(ADMIN_KEY);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    /// The session's state as the admin API shows it; `None` if it is not held.
-    async fn state(&self, session_id: &str) -> Option<String> {
-        let response = self.admin(Method::GET, &format!("/sessions/{session_id}"), None).await;
-        match response.status() {
-            StatusCode::NOT_FOUND => None,
-            StatusCode::OK => {
-                let body: Value = response.json().await.unwrap();
-                Some(body["state"].as_str().expect("state").to_owned())
-            }
-            other => panic!("GET /admin/v1/sessions/{session_id}: {other}"),
-        }
-    }
-
-    async fn held(&self) -> u64 {
-        let health: Value = self
-            .http
-            .get(self.server.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        health["sessions"].as_u64().expect("sessions")
-    }
-
-    /// The endpoint a player cached from the previous process, reaching this one
-    /// (it listens on another port: behind a load balancer the URL would not change).
-    fn reach(&self, endpoint: &str, previous: &Node) -> String {
-        endpoint.replace(
-            &format!(":{}/", previous.server.port),
-            &format!(":{}/", self.server.port),
-        )
-    }
-}
-
-fn token(customer: &str) -> String {
-    helpers::sign_hs(DEV_SECRET, Algorithm::HS256, helpers::customer_claims("p", customer))
 }
 
 /// The session ids in the server's database, sorted.
@@ -135,26 +78,13 @@ async fn open_db(dir: &Path) -> SqliteSettings {
     SqliteSettings::open(&dir.join("drisc.db")).await.unwrap()
 }
 
-async fn connect_ok(endpoint: &str) -> Player {
-    let mut player = Player::connect(endpoint).await;
-    player.request_ok().await;
-    player
-}
-
-async fn connect_expired(endpoint: &str) {
-    let mut player = Player::connect(endpoint).await;
-    player.send("REQUESTED").await;
-    player.expect("EXPIRED").await;
-    assert_eq!(player.next().await, Seen::Closed(Some(4003)));
-}
-
 #[tokio::test]
 async fn a_live_session_survives_kill_9_its_slot_still_counted_and_its_cached_endpoint_gets_ok() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = Node::start(dir.path(), ProcessOptions::default());
     let db = open_db(&first.server.data_dir).await;
-    let token = token("c1");
-    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let token = customer_token("p", "c1");
+    let tv = first.create_ok(&token, "S1", "TV").await;
     let _tv_socket = connect_ok(&tv.endpoint).await;
     until_journaled(&db, &[&tv.session_id]).await;
 
@@ -171,20 +101,31 @@ async fn a_live_session_survives_kill_9_its_slot_still_counted_and_its_cached_en
         "the start says what it brought back"
     );
     assert_eq!(second.held().await, 1);
-    assert_eq!(second.state(&tv.session_id).await.as_deref(), Some("detached"));
+    assert_eq!(second.session_state(&tv.session_id).await.as_deref(), Some("detached"));
     // The default limit is 1: the slot is still the TV's, another device waits.
-    let phone = second.create(&token, "S1", "Phone").await;
+    let phone = second
+        .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+        .await;
     assert_eq!(phone.status(), StatusCode::CONFLICT, "{}", phone.text().await.unwrap());
     // The TV reconnects with the endpoint it cached and plays on.
-    let mut tv_again = connect_ok(&second.reach(&tv.endpoint, &first)).await;
-    assert_eq!(second.state(&tv.session_id).await.as_deref(), Some("live"));
+    let mut tv_again = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
+    assert_eq!(second.session_state(&tv.session_id).await.as_deref(), Some("live"));
     assert_eq!(
-        second.create(&token, "S1", "Phone").await.status(),
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
         StatusCode::CONFLICT
     );
     tv_again.send("FINISHED").await;
     tv_again.expect_close(1000).await;
-    assert_eq!(second.create(&token, "S1", "Phone").await.status(), StatusCode::OK);
+    assert_eq!(
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     db.close().await;
 }
 
@@ -193,8 +134,8 @@ async fn a_session_finished_before_kill_9_stays_ended_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = Node::start(dir.path(), ProcessOptions::default());
     let db = open_db(&first.server.data_dir).await;
-    let token = token("c2");
-    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let token = customer_token("p", "c2");
+    let tv = first.create_ok(&token, "S1", "TV").await;
     let mut player = connect_ok(&tv.endpoint).await;
     until_journaled(&db, &[&tv.session_id]).await;
     player.send("FINISHED").await;
@@ -204,8 +145,14 @@ async fn a_session_finished_before_kill_9_stays_ended_after_the_restart() {
     first.server.kill9();
     let second = Node::start(dir.path(), ProcessOptions::default());
     assert_eq!(second.held().await, 0);
-    connect_expired(&second.reach(&tv.endpoint, &first)).await;
-    assert_eq!(second.create(&token, "S1", "Phone").await.status(), StatusCode::OK);
+    connect_expired(&endpoint_on(&tv.endpoint, second.server.port)).await;
+    assert_eq!(
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     db.close().await;
 }
 
@@ -219,16 +166,22 @@ async fn a_session_that_expired_unattended_before_kill_9_is_not_brought_back() {
     };
     let mut first = Node::start(dir.path(), options());
     let db = open_db(&first.server.data_dir).await;
-    let token = token("c3");
+    let token = customer_token("p", "c3");
     // Granted, but its player never connects: the sweep reaps it after 1 s.
-    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let tv = first.create_ok(&token, "S1", "TV").await;
     until_journaled(&db, &[&tv.session_id]).await;
     until_journaled(&db, &[]).await;
 
     first.server.kill9();
     let second = Node::start(dir.path(), options());
     assert_eq!(second.held().await, 0);
-    assert_eq!(second.create(&token, "S1", "Phone").await.status(), StatusCode::OK);
+    assert_eq!(
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     db.close().await;
 }
 
@@ -239,8 +192,8 @@ async fn a_graceful_restart_keeps_the_sessions_the_journal_had_not_written_yet()
     let options = || ProcessOptions::default().env("DRISC__STORAGE__JOURNAL_INTERVAL", "1h");
     let mut first = Node::start(dir.path(), options());
     let db = open_db(&first.server.data_dir).await;
-    let token = token("c4");
-    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let token = customer_token("p", "c4");
+    let tv = first.create_ok(&token, "S1", "TV").await;
     let mut player = connect_ok(&tv.endpoint).await;
     assert!(journaled(&db).await.is_empty());
 
@@ -252,10 +205,13 @@ async fn a_graceful_restart_keeps_the_sessions_the_journal_had_not_written_yet()
 
     let second = Node::start(dir.path(), options());
     assert_eq!(
-        second.create(&token, "S1", "Phone").await.status(),
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
         StatusCode::CONFLICT
     );
-    let _tv = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    let _tv = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
     db.close().await;
 }
 
@@ -272,38 +228,32 @@ async fn sessions_are_found_by_id_after_a_takeover_and_after_kill_9() {
         )
         .await;
     assert_eq!(put.status(), StatusCode::OK);
-    let token = token("c5");
-    let a = granted(first.create(&token, "S2", "A").await).await;
-    let b = granted(first.create(&token, "S2", "B").await).await;
+    let token = customer_token("p", "c5");
+    let a = first.create_ok(&token, "S2", "A").await;
+    let b = first.create_ok(&token, "S2", "B").await;
     let body = json!({"offerId": "S2", "sessionName": "C", "sessionId": a.session_id});
     let c = granted(first.post("/takeover", &token, body).await).await;
-    assert_eq!(first.state(&a.session_id).await, None, "the victim is gone");
-    assert_eq!(first.state(&c.session_id).await.as_deref(), Some("pending"));
+    assert_eq!(first.session_state(&a.session_id).await, None, "the victim is gone");
+    assert_eq!(first.session_state(&c.session_id).await.as_deref(), Some("pending"));
     assert_eq!(first.held().await, 2);
     until_journaled(&db, &[&b.session_id, &c.session_id]).await;
 
     first.server.kill9();
     let second = Node::start(dir.path(), ProcessOptions::default());
     assert_eq!(second.held().await, 2);
-    assert_eq!(second.state(&a.session_id).await, None);
-    assert_eq!(second.state(&b.session_id).await.as_deref(), Some("detached"));
-    assert_eq!(second.state(&c.session_id).await.as_deref(), Some("detached"));
-    connect_expired(&second.reach(&a.endpoint, &first)).await;
+    assert_eq!(second.session_state(&a.session_id).await, None);
+    assert_eq!(second.session_state(&b.session_id).await.as_deref(), Some("detached"));
+    assert_eq!(second.session_state(&c.session_id).await.as_deref(), Some("detached"));
+    connect_expired(&endpoint_on(&a.endpoint, second.server.port)).await;
     // Its owner gives C back; an operator kicks B.
-    let given_back = second
-        .http
-        .delete(second.server.url(&format!("/sessions/{}", c.session_id)))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let given_back = second.end_session(&token, &c.session_id).await;
     assert_eq!(given_back.status(), StatusCode::NO_CONTENT);
-    assert_eq!(second.state(&c.session_id).await, None);
+    assert_eq!(second.session_state(&c.session_id).await, None);
     let kicked = second
         .admin(Method::DELETE, &format!("/sessions/{}", b.session_id), None)
         .await;
     assert_eq!(kicked.status(), StatusCode::NO_CONTENT);
-    assert_eq!(second.state(&b.session_id).await, None);
+    assert_eq!(second.session_state(&b.session_id).await, None);
     assert_eq!(second.held().await, 0);
     until_journaled(&db, &[]).await;
     db.close().await;
@@ -321,18 +271,21 @@ async fn with_postgresql_settings_a_live_session_survives_kill_9_too() {
     };
     let mut first = Node::start(dir.path(), options());
     let db = PostgresSettings::connect(&pg.url).await.unwrap();
-    let token = token("c7");
-    let tv = granted(first.create(&token, "S1", "TV").await).await;
+    let token = customer_token("p", "c7");
+    let tv = first.create_ok(&token, "S1", "TV").await;
     let _tv_socket = connect_ok(&tv.endpoint).await;
     until_journaled(&db, &[&tv.session_id]).await;
 
     first.server.kill9();
     let second = Node::start(dir.path(), options());
     assert_eq!(
-        second.create(&token, "S1", "Phone").await.status(),
+        second
+            .create(&token, json!({"offerId": "S1", "sessionName": "Phone"}))
+            .await
+            .status(),
         StatusCode::CONFLICT
     );
-    let mut tv_again = connect_ok(&second.reach(&tv.endpoint, &first)).await;
+    let mut tv_again = connect_ok(&endpoint_on(&tv.endpoint, second.server.port)).await;
     tv_again.send("FINISHED").await;
     tv_again.expect_close(1000).await;
     until_journaled(&db, &[]).await;
@@ -345,7 +298,7 @@ async fn with_postgresql_settings_a_live_session_survives_kill_9_too() {
 async fn with_the_journal_off_a_graceful_restart_still_brings_the_sessions_back() {
     let app = helpers::spawn_app_with(|s| s.storage.journal = false).await;
     let token = app.token("p", "c6");
-    let (tv, player) = helpers::live_player(&app, &token, "S1", "TV").await;
+    let (tv, player) = live_player(&app, &token, "S1", "TV").await;
     let db = open_db(app.data_dir.path()).await;
     assert!(journaled(&db).await.is_empty(), "nothing is journaled");
     let app = app.restart().await;

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 
-use super::helpers::{DEV_SECRET, TestApp, exp_in, sign_hs, spawn_app};
+use crate::helpers::{TestApp, exp_in, sign_dev, spawn_app};
 
 const CASES: u32 = 200;
 
@@ -78,11 +77,7 @@ fn token() -> impl Strategy<Value = String> {
         prop_oneof![json_value(), Just(json!(exp_in(600)))],
     )
         .prop_map(|(publisher, customer, exp)| {
-            sign_hs(
-                DEV_SECRET,
-                Algorithm::HS256,
-                json!({"publisherId": publisher, "customerId": customer, "exp": exp}),
-            )
+            sign_dev(json!({"publisherId": publisher, "customerId": customer, "exp": exp}))
         });
     let segments = proptest::collection::vec("[A-Za-z0-9_-]{0,60}", 1..5).prop_map(|s| s.join("."));
     prop_oneof![

@@ -1,34 +1,50 @@
-//! Spawning the server and talking to it like a player or an operator would.
+//! Spawning the server and talking to it like a player or an operator would: one
+//! client of the API ([`Api`]) for the in-process server and the real binary alike,
+//! and customer tokens. A player's WebSocket is in players.rs. Every module uses
+//! these; a module keeps only the helpers about its own feature.
 
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drisc::{App, Settings};
-use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 pub const DEV_SECRET: &str = drisc::config::DEV_CUSTOMER_KEY;
 pub const ADMIN_KEY: &str = drisc::config::DEV_ADMIN_KEY;
+/// The content type a browser's `fetch` gives a JSON string body: what players send.
+pub const TEXT_PLAIN: &str = "text/plain;charset=UTF-8";
 /// How long a test waits for anything the server should do promptly.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+// ---------------------------------------------------------------------------
+// The in-process server
+
+/// The server running in this process on port 0. It derefs to its [`Api`], so a
+/// test calls `app.create_ok(..)`, `app.admin(..)`, `app.http` directly.
 pub struct TestApp {
+    pub api: Api,
     pub port: u16,
-    pub base: String,
-    pub http: reqwest::Client,
     pub settings: Settings,
     /// Kept alive for the whole test (and across restarts).
     pub data_dir: Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 /// Settings for tests: a fresh data directory and port 0.
@@ -58,22 +74,13 @@ async fn start(settings: Settings, data_dir: Arc<tempfile::TempDir>) -> TestApp 
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(app.run());
     TestApp {
+        api: Api::new(format!("http://127.0.0.1:{port}")),
         port,
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
         settings,
         data_dir,
         shutdown,
         handle,
     }
-}
-
-/// A granted session, as `POST /sessions` returns it.
-#[derive(Debug, Clone)]
-pub struct Granted {
-    pub endpoint: String,
-    pub session_id: String,
-    pub body: Value,
 }
 
 impl TestApp {
@@ -95,30 +102,66 @@ impl TestApp {
         settings.server.port = port;
         start(settings, data_dir).await
     }
+}
 
-    /// A customer token signed with the development secret.
-    pub fn token(&self, publisher: impl Into<Value>, customer: impl Into<Value>) -> String {
-        sign_hs(
-            DEV_SECRET,
-            Algorithm::HS256,
-            json!({"publisherId": publisher.into(), "customerId": customer.into(), "exp": exp_in(600)}),
-        )
+// ---------------------------------------------------------------------------
+// What players and the operator send: one client for any server
+
+/// A client of one server (in-process, or the real binary at its `base`): the
+/// player API with customer tokens, the admin API with `admin_key`.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub admin_key: String,
+}
+
+/// A granted session, as `POST /sessions` returns it.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub endpoint: String,
+    pub session_id: String,
+    pub body: Value,
+}
+
+impl Api {
+    /// A client of the server at `base`, with the development admin key.
+    pub fn new(base: impl Into<String>) -> Api {
+        Api {
+            base: base.into(),
+            http: reqwest::Client::new(),
+            admin_key: ADMIN_KEY.to_owned(),
+        }
+    }
+
+    pub fn with_admin_key(self, admin_key: &str) -> Api {
+        Api {
+            admin_key: admin_key.to_owned(),
+            ..self
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// `POST path` with a bearer token and a JSON body sent as text, as browsers do.
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+    /// A customer token signed with the development secret.
+    pub fn token(&self, publisher: impl Into<Value>, customer: impl Into<Value>) -> String {
+        customer_token(publisher, customer)
+    }
+
+    /// `POST path` with a bearer token and a JSON body sent as text, as browsers do;
+    /// not sent yet (see [`all_at_once`]).
+    pub fn post_request(&self, path: &str, token: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(path))
             .bearer_auth(token)
-            .header("content-type", "text/plain;charset=UTF-8")
+            .header("content-type", TEXT_PLAIN)
             .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+        self.post_request(path, token, &body).send().await.unwrap()
     }
 
     pub async fn create(&self, token: &str, body: Value) -> reqwest::Response {
@@ -136,12 +179,22 @@ impl TestApp {
         self.post("/takeover", token, body).await
     }
 
-    /// An admin call with the development admin key.
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
+    /// `DELETE /sessions/{id}`: the customer gives its session back.
+    pub async fn end_session(&self, token: &str, session_id: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/sessions/{session_id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An admin call with this client's admin key.
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
         let mut request = self
             .http
             .request(method, self.url(&format!("/admin/v1{path}")))
-            .bearer_auth(ADMIN_KEY);
+            .bearer_auth(&self.admin_key);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -153,7 +206,7 @@ impl TestApp {
         let body = json!({"sessionLimit": limit, "tags": tags});
         let response = self
             .admin(
-                reqwest::Method::PUT,
+                Method::PUT,
                 &format!("/publishers/{publisher}/offers/{offer}"),
                 Some(body),
             )
@@ -163,9 +216,22 @@ impl TestApp {
 
     pub async fn put_publisher(&self, publisher: &str, body: Value) {
         let response = self
-            .admin(reqwest::Method::PUT, &format!("/publishers/{publisher}"), Some(body))
+            .admin(Method::PUT, &format!("/publishers/{publisher}"), Some(body))
             .await;
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+
+    /// The session's state as the admin API shows it; `None` once it is not held.
+    pub async fn session_state(&self, session_id: &str) -> Option<String> {
+        let response = self.admin(Method::GET, &format!("/sessions/{session_id}"), None).await;
+        match response.status().as_u16() {
+            404 => None,
+            200 => {
+                let body: Value = response.json().await.unwrap();
+                Some(body["state"].as_str().expect("state").to_owned())
+            }
+            other => panic!("GET /admin/v1/sessions/{session_id}: {other}"),
+        }
     }
 
     pub async fn health(&self) -> Value {
@@ -177,6 +243,11 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    /// How many sessions `/health` says the server holds.
+    pub async fn held(&self) -> u64 {
+        self.health().await["sessions"].as_u64().expect("sessions")
     }
 }
 
@@ -192,125 +263,96 @@ pub async fn granted(response: reqwest::Response) -> Granted {
     }
 }
 
-pub fn exp_in(secs: i64) -> i64 {
-    jsonwebtoken::get_current_timestamp() as i64 + secs
+/// A create that must be refused with 409 LimitExceeded; returns the error body.
+pub async fn limit_exceeded(api: &Api, token: &str, body: Value) -> Value {
+    let refused = expect_error(api.create(token, body).await, 409, "LimitExceeded").await;
+    assert!(
+        refused["details"]["takeOverEnabled"].is_boolean(),
+        "takeOverEnabled must be a boolean: {refused}"
+    );
+    refused
 }
 
-pub fn sign_hs(secret: &str, alg: Algorithm, claims: Value) -> String {
-    jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+/// `details.activeSessions` of a LimitExceeded body as sorted (sessionId, name) pairs.
+pub fn active_sessions(refused: &Value) -> Vec<(String, String)> {
+    let mut sessions: Vec<_> = refused["details"]["activeSessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("activeSessions must be an array: {refused}"))
+        .iter()
+        .map(|s| {
+            (
+                s["sessionId"].as_str().expect("sessionId").to_owned(),
+                s["name"].as_str().expect("name").to_owned(),
+            )
+        })
+        .collect();
+    sessions.sort();
+    sessions
 }
 
-/// What a player saw on its socket.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Seen {
-    Message(Value),
-    Closed(Option<u16>),
+/// A (sessionId, name) pair as [`active_sessions`] lists it.
+pub fn pair(id: &str, name: &str) -> (String, String) {
+    (id.to_owned(), name.to_owned())
 }
 
-/// A player's WebSocket.
-pub struct Player {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+pub fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
 }
 
-impl Player {
-    pub async fn connect(endpoint: &str) -> Player {
-        let (ws, _) = tokio_tungstenite::connect_async(endpoint)
-            .await
-            .expect("the socket opens");
-        Player { ws }
-    }
-
-    pub async fn send(&mut self, action: &str) {
-        self.send_text(&json!({"action": action}).to_string()).await;
-    }
-
-    pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
-    }
-
-    pub async fn send_raw(&mut self, message: Message) {
-        let _ = self.ws.send(message).await;
-    }
-
-    /// The next message or close, skipping protocol-level pings.
-    pub async fn next(&mut self) -> Seen {
-        self.next_within(PATIENCE).await.expect("the server answers in time")
-    }
-
-    /// `None` if nothing arrives within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Seen> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
-            return Some(match frame {
-                Some(Ok(Message::Text(t))) => Seen::Message(serde_json::from_str(&t).expect("server sends JSON")),
-                Some(Ok(Message::Close(frame))) => Seen::Closed(frame.map(|f| u16::from(f.code))),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Binary(_))) => panic!("the server never sends binary frames"),
-                Some(Err(_)) | None => Seen::Closed(None),
-            });
-        }
-    }
-
-    /// The next message must be `{"action": action}` (and nothing else).
-    pub async fn expect(&mut self, action: &str) -> Value {
-        match self.next().await {
-            Seen::Message(m) if m["action"] == action => m,
-            other => panic!("expected {action}, saw {other:?}"),
-        }
-    }
-
-    /// The socket must close with `code`.
-    pub async fn expect_close(&mut self, code: u16) {
-        assert_eq!(self.next().await, Seen::Closed(Some(code)));
-    }
-
-    /// Sends REQUESTED and expects OK.
-    pub async fn request_ok(&mut self) {
-        self.send("REQUESTED").await;
-        self.expect("OK").await;
-    }
-
-    pub async fn close(mut self) {
-        let _ = self
-            .ws
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Away,
-                reason: "bye".into(),
-            }))
-            .await;
-        // Drain until the server's close reply or the end of the stream.
-        let _ = tokio::time::timeout(PATIENCE, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
-    }
+/// A session id no server has handed out.
+pub fn random_session_id() -> String {
+    drisc::domain::SessionId::random().to_string()
 }
 
-/// A player that created a session, connected and got OK.
-pub async fn live_player(app: &TestApp, token: &str, offer: &str, name: &str) -> (Granted, Player) {
-    let granted = app.create_ok(token, offer, name).await;
-    let mut player = Player::connect(&granted.endpoint).await;
-    player.request_ok().await;
-    (granted, player)
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// Every answer of the player and admin APIs is JSON.
+    pub body: Value,
 }
 
-/// Polls `check` until it holds or PATIENCE runs out.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting until {what}");
+/// Sends every request at once, each on its own task; their answers, in order.
+pub async fn all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<Answer> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            tokio::spawn(async move {
+                let response = request.send().await.expect("every request is answered");
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let text = response.text().await.unwrap();
+                let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+                Answer {
+                    status,
+                    retry_after,
+                    body,
+                }
+            })
+        })
+        .collect();
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|answer| answer.unwrap())
+        .collect()
 }
 
-// ---------------------------------------------------------------------------
-// Helpers added for the REST API tests (tests/api/http_api.rs).
-// ---------------------------------------------------------------------------
+/// `count` creates of one customer on `offer` at once (device 0, device 1, ...).
+pub async fn creates_at_once(api: &Api, token: &str, offer: &str, count: usize) -> Vec<Answer> {
+    let requests = (0..count)
+        .map(|i| {
+            let body = json!({"offerId": offer, "sessionName": format!("device {i}")});
+            api.post_request("/sessions", token, &body)
+        })
+        .collect();
+    all_at_once(requests).await
+}
 
 /// Reads an error response: it must have `status`, be JSON and carry `code` and a
 /// non-empty human-readable `message`. Returns the body for further checks.
@@ -337,6 +379,71 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
     body
 }
 
+/// Starts `POST /sessions` with `token` and only part of its body: a request in
+/// flight that will not finish by itself, for as long as the stream is kept.
+pub async fn half_sent_create(port: u16, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"offerId\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+// ---------------------------------------------------------------------------
+// Customer tokens
+
+pub fn exp_in(secs: i64) -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64 + secs
+}
+
+/// Customer-token claims naming `publisher` and `customer`, valid for 10 minutes.
+pub fn customer_claims(publisher: impl Into<Value>, customer: impl Into<Value>) -> Value {
+    json!({"publisherId": publisher.into(), "customerId": customer.into(), "exp": exp_in(600)})
+}
+
+/// A customer token signed with the development secret, which every server in
+/// these tests accepts unless a test configures another key.
+pub fn customer_token(publisher: impl Into<Value>, customer: impl Into<Value>) -> String {
+    sign_dev(customer_claims(publisher, customer))
+}
+
+/// Any claims, signed (HS256) with the development secret: a token that verifies,
+/// whatever the claims then make of it.
+pub fn sign_dev(claims: Value) -> String {
+    sign_hs(DEV_SECRET, Algorithm::HS256, claims)
+}
+
+/// A well-formed customer token signed with a secret no server knows.
+pub fn forged_token(publisher: impl Into<Value>, customer: impl Into<Value>) -> String {
+    sign_hs("guessed-secret", Algorithm::HS256, customer_claims(publisher, customer))
+}
+
+pub fn sign_hs(secret: &str, alg: Algorithm, claims: Value) -> String {
+    sign_with(alg, &EncodingKey::from_secret(secret.as_bytes()), &claims)
+}
+
+/// Signs `claims` with any key and algorithm (RS256 with a PEM private key, ...).
+pub fn sign_with(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
+/// The RSA private key of the fixtures (its public half is `rsa-public.pem`).
+pub fn rsa_signing_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(fixture("rsa-private.pem").as_bytes()).expect("the RSA test key reads")
+}
+
+/// The EC private key of the fixtures (PKCS#8; its public half is `ec-public.pem`).
+pub fn ec_signing_key() -> EncodingKey {
+    EncodingKey::from_ec_pem(fixture("ec-private.pem").as_bytes()).expect("the EC test key (PKCS#8) reads")
+}
+
+/// Base64url without padding, as JWTs and JWKs encode their parts.
+pub fn base64_url(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// The text of a test fixture under tests/fixtures/ (test-only keys).
 pub fn fixture(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -345,14 +452,18 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read fixture {path:?}: {e}"))
 }
 
-/// Customer-token claims naming `publisher` and `customer`, valid for 10 minutes.
-pub fn customer_claims(publisher: impl Into<Value>, customer: impl Into<Value>) -> Value {
-    json!({"publisherId": publisher.into(), "customerId": customer.into(), "exp": exp_in(600)})
+/// Polls `check` until it holds or PATIENCE runs out.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
-
-/// Signs `claims` with any key and algorithm (RS256 with a PEM private key, ...).
-pub fn sign_with(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
-    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
-}
-
-// --- end of the REST API tests' helpers ------------------------------------

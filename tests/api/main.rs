@@ -2,19 +2,25 @@
 //! One binary with modules, so the suite links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_publishers;
+mod auth;
+mod bad_requests;
 mod cluster;
 mod conformance;
 mod connections;
+mod cors;
 mod crash_safety;
 mod fuzz;
 mod helpers;
-mod http_api;
 mod metrics;
 mod offers;
 mod openapi;
+mod players;
+mod pools;
 mod rate_limits;
 mod readiness;
 mod session_admin;
+mod sessions;
 mod settings_conformance;
 mod settings_postgres;
 mod support_postgres;
@@ -22,6 +28,7 @@ mod support_postgres;
 #[allow(dead_code)]
 mod support_process;
 mod support_redis;
+mod takeover;
 mod tokens;
 mod websocket;
 
@@ -29,7 +36,7 @@ mod websocket;
 async fn smoke_create_request_ok() {
     let app = helpers::spawn_app().await;
     let token = app.token("1", 42);
-    let (_, mut player) = helpers::live_player(&app, &token, "S1", "TV").await;
+    let (_, mut player) = players::live_player(&app, &token, "S1", "TV").await;
     player.send("FINISHED").await;
     player.expect_close(1000).await;
     app.stop().await;

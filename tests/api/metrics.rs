@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::helpers::{self, ADMIN_KEY, DEV_SECRET, Player, exp_in, expect_error, sign_hs, spawn_app_with};
+use crate::helpers::{self, ADMIN_KEY, Api, customer_token, expect_error, forged_token, spawn_app, spawn_app_with};
+use crate::players::connect_ok;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 const PUBLISHER: &str = "pub-metrics";
@@ -64,77 +64,33 @@ impl Scrape {
     }
 }
 
-/// A server the scenario talks to: in-process or the real binary.
-struct Target {
-    base: String,
-    http: reqwest::Client,
-    admin_key: String,
+// What the scenario asks of a server: in-process or the real binary, through its [`Api`].
+
+async fn metrics_response(t: &Api, key: Option<&str>) -> reqwest::Response {
+    let mut request = t.http.get(t.url("/metrics"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
 }
 
-impl Target {
-    fn new(base: &str) -> Self {
-        Self::with_admin_key(base, ADMIN_KEY)
-    }
+async fn metrics_text(t: &Api) -> String {
+    let response = metrics_response(t, Some(&t.admin_key)).await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
 
-    fn with_admin_key(base: &str, admin_key: &str) -> Self {
-        Self {
-            base: base.to_owned(),
-            http: reqwest::Client::new(),
-            admin_key: admin_key.to_owned(),
-        }
-    }
+async fn scrape(t: &Api) -> Scrape {
+    Scrape::parse(&metrics_text(t).await)
+}
 
-    async fn metrics_response(&self, key: Option<&str>) -> reqwest::Response {
-        let mut request = self.http.get(format!("{}/metrics", self.base));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn metrics_text(&self) -> String {
-        let response = self.metrics_response(Some(&self.admin_key)).await;
-        assert_eq!(response.status(), 200);
-        response.text().await.unwrap()
-    }
-
-    async fn scrape(&self) -> Scrape {
-        Scrape::parse(&self.metrics_text().await)
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
-        let mut request = self
-            .http
-            .request(method, format!("{}/admin/v1{path}", self.base))
-            .bearer_auth(&self.admin_key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn create(&self, token: &str) -> reqwest::Response {
-        self.post("/sessions", token, json!({"offerId": OFFER, "sessionName": "tv"}))
-            .await
-    }
+/// The scenario's create body: a session on OFFER.
+fn on_offer() -> Value {
+    json!({"offerId": OFFER, "sessionName": "tv"})
 }
 
 fn token(customer: &str) -> String {
-    sign_hs(
-        DEV_SECRET,
-        Algorithm::HS256,
-        json!({"publisherId": PUBLISHER, "customerId": customer, "exp": exp_in(600)}),
-    )
+    customer_token(PUBLISHER, customer)
 }
 
 /// What the scenario handed out, to be searched for in the output afterwards.
@@ -153,7 +109,7 @@ async fn grant(secrets: &mut Secrets, response: reqwest::Response) -> helpers::G
 
 /// create → connect → REQUESTED → PONG → takeover → FINISHED → refused at the
 /// limit → kick → bad message → rate limited (and one bad token).
-async fn scenario(t: &Target) -> Secrets {
+async fn scenario(t: &Api) -> Secrets {
     let put = t
         .admin(
             reqwest::Method::PUT,
@@ -169,16 +125,15 @@ async fn scenario(t: &Target) -> Secrets {
     };
 
     // A session goes live and answers a PING.
-    let a = grant(&mut secrets, t.create(&customer).await).await;
-    let mut player_a = Player::connect(&a.endpoint).await;
-    player_a.request_ok().await;
+    let a = grant(&mut secrets, t.create(&customer, on_offer()).await).await;
+    let mut player_a = connect_ok(&a.endpoint).await;
     let heartbeats = |s: &Scrape| s.get("drisc_store_operation_duration_seconds_count", &[("op", "heartbeat")]);
-    let before = heartbeats(&t.scrape().await);
+    let before = heartbeats(&scrape(t).await);
     player_a.send("PONG").await;
     // PONG has no answer: the store's count says when it was handled, so the
     // takeover below does not race it.
     helpers::eventually("the PONG is handled", || async {
-        heartbeats(&t.scrape().await) == before + 1.0
+        heartbeats(&scrape(t).await) == before + 1.0
     })
     .await;
 
@@ -189,23 +144,21 @@ async fn scenario(t: &Target) -> Secrets {
     player_a.expect_close(4001).await;
 
     // ... and finishes.
-    let mut player_b = Player::connect(&b.endpoint).await;
-    player_b.request_ok().await;
+    let mut player_b = connect_ok(&b.endpoint).await;
     player_b.send("FINISHED").await;
     player_b.expect_close(1000).await;
 
     // A pending session fills the pool; the next is refused; the first is kicked.
-    let c = grant(&mut secrets, t.create(&customer).await).await;
-    expect_error(t.create(&customer).await, 409, "LimitExceeded").await;
+    let c = grant(&mut secrets, t.create(&customer, on_offer()).await).await;
+    expect_error(t.create(&customer, on_offer()).await, 409, "LimitExceeded").await;
     let kicked = t
         .admin(reqwest::Method::DELETE, &format!("/sessions/{}", c.session_id), None)
         .await;
     assert_eq!(kicked.status(), 204);
 
     // A player that sends nonsense once, then finishes.
-    let d = grant(&mut secrets, t.create(&customer).await).await;
-    let mut player_d = Player::connect(&d.endpoint).await;
-    player_d.request_ok().await;
+    let d = grant(&mut secrets, t.create(&customer, on_offer()).await).await;
+    let mut player_d = connect_ok(&d.endpoint).await;
     player_d.send_text("{\"action\":\"NONSENSE\"}").await;
     player_d.send("FINISHED").await;
     player_d.expect_close(1000).await;
@@ -220,13 +173,9 @@ async fn scenario(t: &Target) -> Secrets {
     expect_error(t.post("/sessions", &flooder, json!({})).await, 429, "RateLimited").await;
 
     // A token signed with another key.
-    let forged = sign_hs(
-        "not-the-key-not-the-key-not-the-key",
-        Algorithm::HS256,
-        json!({"publisherId": PUBLISHER, "customerId": CUSTOMER, "exp": exp_in(600)}),
-    );
+    let forged = forged_token(PUBLISHER, CUSTOMER);
     secrets.tokens.push(forged.clone());
-    expect_error(t.create(&forged).await, 401, "Unauthorized").await;
+    expect_error(t.create(&forged, on_offer()).await, 401, "Unauthorized").await;
     secrets
 }
 
@@ -319,13 +268,13 @@ fn expected() -> Vec<Expected> {
     ]
 }
 
-async fn assert_scenario_moves_every_metric_by_exactly(t: &Target) -> Secrets {
-    let before = t.scrape().await;
+async fn assert_scenario_moves_every_metric_by_exactly(t: &Api) -> Secrets {
+    let before = scrape(t).await;
     let secrets = scenario(t).await;
     // The last socket's task ends just after its close: wait for it to be gone.
     let deadline = tokio::time::Instant::now() + helpers::PATIENCE;
     let after = loop {
-        let after = t.scrape().await;
+        let after = scrape(t).await;
         if after.get("drisc_websocket_connections", &[]) == 0.0 || tokio::time::Instant::now() > deadline {
             break after;
         }
@@ -342,19 +291,16 @@ async fn assert_scenario_moves_every_metric_by_exactly(t: &Target) -> Secrets {
     secrets
 }
 
-async fn limited_app() -> helpers::TestApp {
-    spawn_app_with(|s| {
+#[tokio::test]
+async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount() {
+    // The scenario's flooder spends a burst of 6.
+    let app = spawn_app_with(|s| {
         s.limits.customer_burst = 6;
         s.limits.customer_per_second = 1;
     })
-    .await
-}
-
-#[tokio::test]
-async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount() {
-    let app = limited_app().await;
-    let t = Target::new(&app.base);
-    let first = t.scrape().await;
+    .await;
+    let t = app.api.clone();
+    let first = scrape(&t).await;
     for name in [
         "drisc_sessions",
         "drisc_websocket_connections",
@@ -371,18 +317,17 @@ async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount()
 
     // The gauges follow the sessions' states.
     let customer = token(CUSTOMER);
-    let pending = helpers::granted(t.create(&customer).await).await;
+    let pending = helpers::granted(t.create(&customer, on_offer()).await).await;
     let sessions = |s: &Scrape, state| s.get("drisc_sessions", &[("state", state)]);
-    let now = t.scrape().await;
+    let now = scrape(&t).await;
     assert_eq!((sessions(&now, "pending"), sessions(&now, "live")), (1.0, 0.0));
-    let mut player = Player::connect(&pending.endpoint).await;
-    player.request_ok().await;
-    let now = t.scrape().await;
+    let player = connect_ok(&pending.endpoint).await;
+    let now = scrape(&t).await;
     assert_eq!((sessions(&now, "pending"), sessions(&now, "live")), (0.0, 1.0));
     assert_eq!(now.get("drisc_websocket_connections", &[]), 1.0);
     player.close().await;
     helpers::eventually("the closed socket's session is detached", || async {
-        let now = t.scrape().await;
+        let now = scrape(&t).await;
         sessions(&now, "detached") == 1.0 && sessions(&now, "live") == 0.0
     })
     .await;
@@ -391,25 +336,30 @@ async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount()
 
 #[tokio::test]
 async fn two_servers_in_one_process_keep_their_own_numbers() {
-    let one = limited_app().await;
-    let two = limited_app().await;
-    let (t1, t2) = (Target::new(&one.base), Target::new(&two.base));
-    helpers::granted(t1.create(&token(CUSTOMER)).await).await;
+    let one = spawn_app().await;
+    let two = spawn_app().await;
+    let (t1, t2) = (one.api.clone(), two.api.clone());
+    helpers::granted(t1.create(&token(CUSTOMER), on_offer()).await).await;
     let granted = |s: &Scrape| s.get("drisc_admissions_total", &[("outcome", "granted")]);
-    assert_eq!(granted(&t1.scrape().await), 1.0);
-    assert_eq!(granted(&t2.scrape().await), 0.0);
-    assert_eq!(t2.scrape().await.get("drisc_sessions", &[]), 0.0);
+    assert_eq!(granted(&scrape(&t1).await), 1.0);
+    assert_eq!(granted(&scrape(&t2).await), 0.0);
+    assert_eq!(scrape(&t2).await.get("drisc_sessions", &[]), 0.0);
     one.stop().await;
     two.stop().await;
 }
 
 #[tokio::test]
 async fn metrics_ask_for_the_admin_key_unless_public() {
-    let app = spawn_app_with(|_| {}).await;
-    let t = Target::new(&app.base);
-    expect_error(t.metrics_response(None).await, 401, "Unauthorized").await;
-    expect_error(t.metrics_response(Some("not-the-admin-key")).await, 401, "Unauthorized").await;
-    let ok = t.metrics_response(Some(ADMIN_KEY)).await;
+    let app = spawn_app().await;
+    let t = app.api.clone();
+    expect_error(metrics_response(&t, None).await, 401, "Unauthorized").await;
+    expect_error(
+        metrics_response(&t, Some("not-the-admin-key")).await,
+        401,
+        "Unauthorized",
+    )
+    .await;
+    let ok = metrics_response(&t, Some(ADMIN_KEY)).await;
     assert_eq!(ok.status(), 200);
     let content_type = ok.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
@@ -422,26 +372,26 @@ async fn metrics_ask_for_the_admin_key_unless_public() {
     app.stop().await;
 
     let closed = spawn_app_with(|s| s.auth.admin_key = String::new().into()).await;
-    let t = Target::new(&closed.base);
-    expect_error(t.metrics_response(Some(ADMIN_KEY)).await, 403, "Forbidden").await;
+    let t = closed.api.clone();
+    expect_error(metrics_response(&t, Some(ADMIN_KEY)).await, 403, "Forbidden").await;
     closed.stop().await;
 
     let public = spawn_app_with(|s| s.metrics.public = true).await;
-    let t = Target::new(&public.base);
-    assert_eq!(t.metrics_response(None).await.status(), 200);
+    let t = public.api.clone();
+    assert_eq!(metrics_response(&t, None).await.status(), 200);
     public.stop().await;
 }
 
 #[tokio::test]
 async fn routes_are_labelled_by_their_template_and_unknown_paths_as_unmatched() {
-    let app = spawn_app_with(|_| {}).await;
-    let t = Target::new(&app.base);
+    let app = spawn_app().await;
+    let t = app.api.clone();
     let id = "0b4d4f6e-5c1e-4d8e-9d0f-3a2b1c0d9e8f";
     let missing = t.admin(reqwest::Method::GET, &format!("/sessions/{id}"), None).await;
     assert_eq!(missing.status(), 404);
     let nowhere = t.http.get(format!("{}/no/such/{id}", t.base)).send().await.unwrap();
     assert_eq!(nowhere.status(), 404);
-    let text = t.metrics_text().await;
+    let text = metrics_text(&t).await;
     assert!(!text.contains(id), "a raw path leaked into a label:\n{text}");
     let s = Scrape::parse(&text);
     let count = |route| {
@@ -471,10 +421,10 @@ async fn the_real_binary_logs_each_event_with_its_ids_and_leaks_no_id_or_token()
         .env("DRISC__LIMITS__CUSTOMER_BURST", "6")
         .env("DRISC__LIMITS__CUSTOMER_PER_SECOND", "1");
     let server = ServerProcess::start(dir.path(), options);
-    let t = Target::with_admin_key(&server.base, admin_key);
+    let t = server.api().with_admin_key(admin_key);
     let secrets = assert_scenario_moves_every_metric_by_exactly(&t).await;
 
-    let metrics = t.metrics_text().await;
+    let metrics = metrics_text(&t).await;
     for secret in [CUSTOMER, FLOODER]
         .iter()
         .map(|s| s.to_string())
@@ -554,12 +504,11 @@ async fn a_redis_node_reports_its_bound_sessions_as_live_and_counts_store_errors
         s.storage.redis_url = url;
     })
     .await;
-    let t = Target::new(&app.base);
+    let t = app.api.clone();
     let customer = token(CUSTOMER);
-    let g = helpers::granted(t.create(&customer).await).await;
-    let mut player = Player::connect(&g.endpoint).await;
-    player.request_ok().await;
-    let now = t.scrape().await;
+    let g = helpers::granted(t.create(&customer, on_offer()).await).await;
+    let player = connect_ok(&g.endpoint).await;
+    let now = scrape(&t).await;
     assert_eq!(now.get("drisc_sessions", &[("state", "live")]), 1.0);
     assert!(
         !now.0.keys().any(|(n, l)| n == "drisc_sessions" && l["state"] != "live"),
@@ -576,9 +525,9 @@ async fn a_redis_node_reports_its_bound_sessions_as_live_and_counts_store_errors
     redis.kill();
     let errors = |s: &Scrape| s.get("drisc_store_errors_total", &[("store", "redis"), ("op", "admit")]);
     let unavailable = |s: &Scrape| s.get("drisc_admissions_total", &[("outcome", "unavailable")]);
-    let before = t.scrape().await;
-    expect_error(t.create(&customer).await, 503, "ServiceUnavailable").await;
-    let after = t.scrape().await;
+    let before = scrape(&t).await;
+    expect_error(t.create(&customer, on_offer()).await, 503, "ServiceUnavailable").await;
+    let after = scrape(&t).await;
     assert_eq!(errors(&after) - errors(&before), 1.0);
     assert_eq!(unavailable(&after) - unavailable(&before), 1.0);
     assert_eq!(admits(&after) - admits(&before), 1.0);
@@ -595,15 +544,15 @@ async fn failed_authentications_past_their_budget_are_counted_as_rate_limited() 
         s.metrics.public = true;
     })
     .await;
-    let t = Target::new(&app.base);
-    let before = t.scrape().await;
+    let t = app.api.clone();
+    let before = scrape(&t).await;
     for status in [401, 401, 429] {
-        let response = t.create("not-a-token").await;
+        let response = t.create("not-a-token", on_offer()).await;
         assert_eq!(response.status(), status);
     }
     // The address is now blocked, even with a good token.
-    assert_eq!(t.create(&token(CUSTOMER)).await.status(), 429);
-    let after = t.scrape().await;
+    assert_eq!(t.create(&token(CUSTOMER), on_offer()).await.status(), 429);
+    let after = scrape(&t).await;
     let moved = |name, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
     assert_eq!(moved("drisc_rate_limited_total", &[("limit", "failed_auth")]), 2.0);
     assert_eq!(moved("drisc_admissions_total", &[("outcome", "unauthorized")]), 2.0);
@@ -613,17 +562,11 @@ async fn failed_authentications_past_their_budget_are_counted_as_rate_limited() 
 
 #[tokio::test]
 async fn requests_shed_past_the_in_flight_bound_are_counted() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(|s| s.server.max_requests_in_flight = 1).await;
-    let t = Target::new(&app.base);
-    let before = t.scrape().await;
+    let t = app.api.clone();
+    let before = scrape(&t).await;
     // A request whose body never comes stays in flight.
-    let mut stuck = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    let head = format!(
-        "POST /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
-        token(CUSTOMER)
-    );
-    stuck.write_all(head.as_bytes()).await.unwrap();
+    let stuck = helpers::half_sent_create(app.port, &token(CUSTOMER)).await;
     let mut refused = 0.0;
     helpers::eventually("a request is shed", || {
         let t = &t;
@@ -635,7 +578,7 @@ async fn requests_shed_past_the_in_flight_bound_are_counted() {
     // Scrapes may be shed too until the stuck request is gone: each counts.
     let deadline = tokio::time::Instant::now() + helpers::PATIENCE;
     let after = loop {
-        let response = t.metrics_response(Some(ADMIN_KEY)).await;
+        let response = metrics_response(&t, Some(ADMIN_KEY)).await;
         if response.status() == 200 {
             break Scrape::parse(&response.text().await.unwrap());
         }
@@ -650,8 +593,8 @@ async fn requests_shed_past_the_in_flight_bound_are_counted() {
 
 #[tokio::test]
 async fn made_up_methods_share_one_label_value() {
-    let app = spawn_app_with(|_| {}).await;
-    let t = Target::new(&app.base);
+    let app = spawn_app().await;
+    let t = app.api.clone();
     for method in ["BREW", "WHEN", "FOO42"] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let response = t
@@ -662,7 +605,7 @@ async fn made_up_methods_share_one_label_value() {
             .unwrap();
         assert_eq!(response.status(), 405);
     }
-    let text = t.metrics_text().await;
+    let text = metrics_text(&t).await;
     assert!(!text.contains("BREW") && !text.contains("FOO42"), "{text}");
     let s = Scrape::parse(&text);
     assert_eq!(
@@ -677,8 +620,8 @@ async fn made_up_methods_share_one_label_value() {
 
 #[tokio::test]
 async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_calls() {
-    let app = limited_app().await;
-    let t = Target::new(&app.base);
+    let app = spawn_app().await;
+    let t = app.api.clone();
     for offer in [OFFER, "offer-metrics-2"] {
         let put = t
             .admin(
@@ -690,8 +633,8 @@ async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_c
         assert_eq!(put.status(), 200);
     }
     let customer = token(CUSTOMER);
-    helpers::granted(t.create(&customer).await).await;
-    helpers::granted(t.create(&customer).await).await;
+    helpers::granted(t.create(&customer, on_offer()).await).await;
+    helpers::granted(t.create(&customer, on_offer()).await).await;
     let other = t
         .post(
             "/sessions",
@@ -700,9 +643,8 @@ async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_c
         )
         .await;
     let other = helpers::granted(other).await;
-    let mut player = Player::connect(&other.endpoint).await;
-    player.request_ok().await;
-    let before = t.scrape().await;
+    let mut player = connect_ok(&other.endpoint).await;
+    let before = scrape(&t).await;
 
     let listed = t
         .admin(
@@ -724,7 +666,7 @@ async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_c
     player.expect("EXPIRED").await;
     player.expect_close(4003).await;
 
-    let after = t.scrape().await;
+    let after = scrape(&t).await;
     let moved = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
     assert_eq!(moved("drisc_sessions_ended_total", &[("cause", "kicked")]), 3.0);
     assert_eq!(moved("drisc_sessions_ended_total", &[]), 3.0);

@@ -4,31 +4,29 @@
 use std::path::Path;
 
 use drisc::domain::settings::UnknownOffers;
-use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::sqlite::SqliteConnectOptions;
 
-use crate::helpers::{Player, expect_error, granted, spawn_app, spawn_app_with};
+use crate::helpers::{Answer, TestApp, all_at_once, expect_error, granted, spawn_app, spawn_app_with};
+use crate::players::connect_ok;
 
-/// Answers of `count` creates of one customer, each on an offer of its own making.
-async fn creates_on_made_up_offers(app: &crate::helpers::TestApp, token: &str, count: usize) -> Vec<(u16, Value)> {
-    let tasks = (0..count).map(|i| {
-        let body = json!({"offerId": format!("MADE-UP-{i}"), "sessionName": format!("device {i}")});
-        async move {
-            let response = app.create(token, body).await;
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.expect("every answer is JSON"))
-        }
-    });
-    join_all(tasks).await
+/// Answers of `count` creates of one customer at once, each on an offer of its own making.
+async fn creates_on_made_up_offers(app: &TestApp, token: &str, count: usize) -> Vec<Answer> {
+    let requests = (0..count)
+        .map(|i| {
+            let body = json!({"offerId": format!("MADE-UP-{i}"), "sessionName": format!("device {i}")});
+            app.post_request("/sessions", token, &body)
+        })
+        .collect();
+    all_at_once(requests).await
 }
 
-fn granted_ids(answers: &[(u16, Value)]) -> Vec<String> {
+fn granted_ids(answers: &[Answer]) -> Vec<String> {
     let mut ids: Vec<String> = answers
         .iter()
-        .filter(|(status, _)| *status == 200)
-        .map(|(_, body)| body["sessionId"].as_str().expect("sessionId").to_owned())
+        .filter(|a| a.status == 200)
+        .map(|a| a.body["sessionId"].as_str().expect("sessionId").to_owned())
         .collect();
     ids.sort();
     ids
@@ -48,7 +46,7 @@ async fn fifty_made_up_offer_ids_of_one_customer_hold_at_most_the_default_sessio
         2,
         "the publisher's defaultSessionLimit, once for all unknown offers"
     );
-    for (status, body) in &answers {
+    for Answer { status, body, .. } in &answers {
         match status {
             200 => assert!(
                 body["offerId"].as_str().unwrap().starts_with("MADE-UP-"),
@@ -76,8 +74,7 @@ async fn fifty_made_up_offer_ids_of_one_customer_hold_at_most_the_default_sessio
     let first = &held[0];
     let taken = granted(app.takeover(&token, "YET-ANOTHER", "Phone", first).await).await;
     assert_eq!(taken.body["offerId"], "YET-ANOTHER");
-    let mut player = Player::connect(&taken.endpoint).await;
-    player.request_ok().await;
+    let _player = connect_ok(&taken.endpoint).await;
 
     // A configured offer keeps its own pool and limit.
     app.put_offer("1", "S1", 1, &[]).await;
@@ -98,7 +95,7 @@ async fn with_unknown_offers_each_a_customer_holds_sessions_in_at_most_max_pools
     let answers = creates_on_made_up_offers(&app, &token, 50).await;
     let held = granted_ids(&answers);
     assert_eq!(held.len(), 4, "exactly publishers.max_pools_per_customer pools");
-    for (status, body) in answers.iter().filter(|(status, _)| *status != 200) {
+    for Answer { status, body, .. } in answers.iter().filter(|a| a.status != 200) {
         assert_eq!(*status, 409, "{body}");
         assert_eq!(body["code"], "LimitExceeded", "{body}");
         assert_eq!(
@@ -113,13 +110,7 @@ async fn with_unknown_offers_each_a_customer_holds_sessions_in_at_most_max_pools
     app.create_ok(&app.token("1", "43"), "MADE-UP-0", "TV").await;
 
     // Giving one session back frees its pool for another offer.
-    let response = app
-        .http
-        .delete(app.url(&format!("/sessions/{}", held[0])))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = app.end_session(&token, &held[0]).await;
     assert_eq!(response.status(), 204);
     app.create_ok(&token, "ONE-MORE", "TV").await;
     let refused = app.create(&token, json!({"offerId": "AND-ANOTHER"})).await;

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp, live_player, spawn_app};
+use crate::helpers::{ADMIN_KEY, TestApp, spawn_app};
+use crate::players::live_player;
 
 /// The document as served, and its text.
 async fn document(app: &TestApp) -> (Value, String) {

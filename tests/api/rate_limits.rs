@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use drisc::Settings;
 use reqwest::Response;
-use serde_json::{Value, json};
-use tokio::time::Instant;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{self, ADMIN_KEY, Player, Seen, TestApp, expect_error, spawn_app_with};
+use crate::helpers::{
+    ADMIN_KEY, Answer, TestApp, creates_at_once, customer_token, expect_error, forged_token, spawn_app_with,
+};
+use crate::players::{Player, Seen, live_player};
 
 /// A `POST /sessions` on offer S1, optionally through a proxy that says who sent it.
 async fn create_from(app: &TestApp, token: &str, forwarded_for: Option<&str>) -> Response {
@@ -21,30 +23,6 @@ async fn create_from(app: &TestApp, token: &str, forwarded_for: Option<&str>) ->
         request = request.header("x-forwarded-for", addr);
     }
     request.send().await.unwrap()
-}
-
-/// Fires `n` creates for `token` at once; their responses, in no order.
-fn burst(app: &TestApp, token: &str, n: usize) -> tokio::task::JoinSet<(u16, Option<String>, Value)> {
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let (http, url, token) = (app.http.clone(), app.url("/sessions"), token.to_owned());
-        set.spawn(async move {
-            let response = http
-                .post(url)
-                .bearer_auth(token)
-                .body(json!({"offerId": "S1", "sessionName": format!("device {i}")}).to_string())
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            (status, retry_after, response.json().await.unwrap())
-        });
-    }
-    set
 }
 
 /// A 429 must say, in whole seconds of at least one, when to come back.
@@ -72,21 +50,22 @@ async fn a_customer_flooding_creates_gets_429_while_another_customers_creates_ar
     let (flooder, bystander) = (app.token("p", "A"), app.token("p", "B"));
 
     // Both in the same moment: 60 from A, and B's 10, which are within its burst.
-    let flood = burst(&app, &flooder, 60);
-    let fair = burst(&app, &bystander, 10);
-    let (flood, fair) = (flood.join_all().await, fair.join_all().await);
+    let (flood, fair) = tokio::join!(
+        creates_at_once(&app, &flooder, "S1", 60),
+        creates_at_once(&app, &bystander, "S1", 10)
+    );
 
-    for (status, _, body) in &fair {
-        assert_eq!(*status, 200, "customer B is not slowed by A: {body}");
+    for answer in &fair {
+        assert_eq!(answer.status, 200, "customer B is not slowed by A: {}", answer.body);
     }
-    let limited: Vec<_> = flood.iter().filter(|(status, _, _)| *status == 429).collect();
-    let served = flood.iter().filter(|(status, _, _)| *status == 200).count();
+    let limited: Vec<_> = flood.iter().filter(|a| a.status == 429).collect();
+    let served = flood.iter().filter(|a| a.status == 200).count();
     assert!(
         (10..=12).contains(&served),
         "A gets its burst and no more: {served} served"
     );
     assert_eq!(limited.len(), 60 - served, "every other create of A is refused");
-    for (_, retry_after, body) in limited {
+    for Answer { retry_after, body, .. } in limited {
         assert_eq!(body["code"], "RateLimited", "{body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
         let secs: u64 = retry_after.as_deref().expect("Retry-After").parse().unwrap();
@@ -119,11 +98,7 @@ async fn failed_authentications_from_one_address_turn_into_429_even_for_a_valid_
     let app = spawn_app_with(|s| s.limits.failed_auth_burst = 3).await;
     let valid = app.token("p", "A");
     assert_eq!(create_from(&app, &valid, None).await.status(), 200, "served before");
-    let forged = helpers::sign_hs(
-        "guessed-secret",
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
+    let forged = forged_token("p", "A");
     for _ in 0..3 {
         expect_error(create_from(&app, &forged, None).await, 401, "Unauthorized").await;
     }
@@ -163,11 +138,7 @@ async fn behind_a_trusted_proxy_only_the_forwarded_address_that_failed_is_blocke
     })
     .await;
     let valid = app.token("p", "A");
-    let forged = helpers::sign_hs(
-        "guessed-secret",
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
+    let forged = forged_token("p", "A");
     // The client writes its own first entry; the proxy appends the address it saw.
     let attacker = "192.0.2.50, 198.51.100.7";
     for _ in 0..2 {
@@ -186,11 +157,7 @@ async fn without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_bloc
     let app = spawn_app_with(|s| s.limits.failed_auth_burst = 2).await;
     assert!(app.settings.limits.trusted_proxies.is_empty());
     let valid = app.token("p", "A");
-    let forged = helpers::sign_hs(
-        "guessed-secret",
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
+    let forged = forged_token("p", "A");
     for i in 0..2 {
         let pretend = format!("192.0.2.{i}");
         expect_error(create_from(&app, &forged, Some(&pretend)).await, 401, "Unauthorized").await;
@@ -208,7 +175,12 @@ async fn switching_limits_off_serves_a_burst_of_200_creates_that_would_otherwise
         let mut all = Vec::new();
         // Four waves of 50 at once: a burst, within bounds for the test client.
         for _ in 0..4 {
-            all.extend(burst(app, &token, 50).join_all().await.into_iter().map(|(s, _, _)| s));
+            all.extend(
+                creates_at_once(app, &token, "S1", 50)
+                    .await
+                    .into_iter()
+                    .map(|a| a.status),
+            );
         }
         all
     }
@@ -223,11 +195,7 @@ async fn switching_limits_off_serves_a_burst_of_200_creates_that_would_otherwise
     let got = statuses(&app).await;
     assert_eq!(got.iter().filter(|s| **s == 200).count(), 200, "{got:?}");
     // Failed authentications are not limited either.
-    let forged = helpers::sign_hs(
-        "guessed-secret",
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
+    let forged = forged_token("p", "A");
     for _ in 0..30 {
         expect_error(create_from(&app, &forged, None).await, 401, "Unauthorized").await;
     }
@@ -237,9 +205,10 @@ async fn switching_limits_off_serves_a_burst_of_200_creates_that_would_otherwise
 // ---------------------------------------------------------------------------
 // The WebSocket message budget
 
+/// A small message budget, refilled quickly (one per ping_interval / 4), and PINGs
+/// often enough that a good player answers many of them in a few seconds.
 fn quick_pings(s: &mut Settings) {
     s.liveness.ping_interval = Duration::from_millis(100);
-    s.liveness.pong_timeout = Duration::from_secs(1);
     s.websocket.message_burst = 5;
 }
 
@@ -258,36 +227,20 @@ async fn flood(player: &mut Player, n: usize, frame: impl Fn() -> Message) -> Op
     panic!("the flooding socket was never closed");
 }
 
-/// Answers every PING for `how_long`; anything else fails the test.
-async fn play_well(player: &mut Player, how_long: Duration) -> usize {
-    let until = Instant::now() + how_long;
-    let mut pongs = 0;
-    while Instant::now() < until {
-        match player.next().await {
-            Seen::Message(m) if m["action"] == "PING" => {
-                player.send("PONG").await;
-                pongs += 1;
-            }
-            other => panic!("a well-behaved player was disturbed: {other:?}"),
-        }
-    }
-    pongs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_flooding_pongs_or_pings_is_closed_with_1008_and_counted_while_a_player_answering_every_ping_is_not() {
     let app = spawn_app_with(quick_pings).await;
     app.put_offer("p", "S1", 10, &[]).await;
     let token = app.token("p", "A");
-    let (_, mut good) = helpers::live_player(&app, &token, "S1", "TV").await;
-    let (_, mut pongs) = helpers::live_player(&app, &token, "S1", "Phone").await;
-    let (_, mut pings) = helpers::live_player(&app, &token, "S1", "Laptop").await;
+    let (_, mut good) = live_player(&app, &token, "S1", "TV").await;
+    let (_, mut pongs) = live_player(&app, &token, "S1", "Phone").await;
+    let (_, mut pings) = live_player(&app, &token, "S1", "Laptop").await;
     assert_eq!(app.health().await["floodedSockets"], 0);
 
     let pong = || Message::Text(json!({"action": "PONG"}).to_string().into());
     let ping = || Message::Ping(vec![1, 2, 3].into());
     let (answered, pong_close, ping_close) = tokio::join!(
-        play_well(&mut good, Duration::from_secs(3)),
+        good.keep_alive_for(Duration::from_secs(3)),
         flood(&mut pongs, 200, pong),
         flood(&mut pings, 200, ping),
     );
@@ -321,16 +274,8 @@ async fn the_real_binary_reads_trusted_proxies_from_the_environment_and_logs_the
             .body(json!({"offerId": "S1"}).to_string())
             .send()
     };
-    let forged = helpers::sign_hs(
-        "guessed-secret",
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
-    let valid = helpers::sign_hs(
-        helpers::DEV_SECRET,
-        jsonwebtoken::Algorithm::HS256,
-        helpers::customer_claims("p", "A"),
-    );
+    let forged = forged_token("p", "A");
+    let valid = customer_token("p", "A");
     for _ in 0..2 {
         expect_error(
             create(forged.clone(), "198.51.100.7").await.unwrap(),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use drisc::config::{SessionBackend, SettingsBackend};
 use drisc::domain::control::UnavailablePolicy;
-use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::helpers::{self, DEV_SECRET, Player, Seen, TestApp, granted, spawn_app_with};
+use crate::helpers::{self, TestApp, customer_token, spawn_app_with};
+use crate::players::{Seen, live_player};
 use crate::support_postgres::PgServer;
 use crate::support_process::{ProcessOptions, ServerProcess};
 use crate::support_redis::RedisServer;
@@ -126,30 +126,9 @@ async fn readyz_turns_503_naming_postgres_while_the_settings_database_is_down() 
     app.stop().await;
 }
 
-fn token(customer: &str) -> String {
-    helpers::sign_hs(DEV_SECRET, Algorithm::HS256, helpers::customer_claims("p", customer))
-}
-
-async fn create(http: &reqwest::Client, server: &ServerProcess, customer: &str) -> helpers::Granted {
-    let response = http
-        .post(server.url("/sessions"))
-        .bearer_auth(token(customer))
-        .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    granted(response).await
-}
-
-/// The real binary with a drain period, quick PINGs, and nothing else in the way.
-fn draining_server(dir: &std::path::Path, drain_period: &str) -> ServerProcess {
-    ServerProcess::start(
-        dir,
-        ProcessOptions::default()
-            .env("DRISC__SERVER__DRAIN_PERIOD", drain_period)
-            .env("DRISC__LIVENESS__PING_INTERVAL", "200ms")
-            .env("DRISC__LIVENESS__PONG_TIMEOUT", "5s"),
-    )
+/// The real binary with a drain period, and nothing else in the way.
+fn draining_server(dir: &std::path::Path, drain_period: &str, options: ProcessOptions) -> ServerProcess {
+    ServerProcess::start(dir, options.env("DRISC__SERVER__DRAIN_PERIOD", drain_period))
 }
 
 /// Polls the server's `/readyz` until it answers 503, for at most PATIENCE (the
@@ -170,14 +149,17 @@ async fn until_draining(http: &reqwest::Client, server: &ServerProcess) -> Value
 #[tokio::test]
 async fn after_sigterm_readyz_says_draining_while_sockets_and_creates_go_on_then_sockets_get_1012_and_it_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = draining_server(dir.path(), "2s");
-    let http = reqwest::Client::new();
+    // Quick PINGs: the held socket is shown to be pinged while the node drains.
+    let quick_pings = ProcessOptions::default()
+        .env("DRISC__LIVENESS__PING_INTERVAL", "200ms")
+        .env("DRISC__LIVENESS__PONG_TIMEOUT", "5s");
+    let mut server = draining_server(dir.path(), "2s", quick_pings);
+    let api = server.api();
+    let http = api.http.clone();
     let (status, body) = get(&http, &server.url("/readyz")).await;
     assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
     let (_, doc) = get(&http, &server.url("/openapi.json")).await;
-    let held = create(&http, &server, "viewer").await;
-    let mut player = Player::connect(&held.endpoint).await;
-    player.request_ok().await;
+    let (_, mut player) = live_player(&api, &customer_token("p", "viewer"), "S1", "TV").await;
 
     server.signal("TERM");
     let body = until_draining(&http, &server).await;
@@ -194,9 +176,7 @@ async fn after_sigterm_readyz_says_draining_while_sockets_and_creates_go_on_then
     // new player (the load balancer has not noticed yet) still gets a session.
     player.expect("PING").await;
     player.send("PONG").await;
-    let late = create(&http, &server, "latecomer").await;
-    let mut late_player = Player::connect(&late.endpoint).await;
-    late_player.request_ok().await;
+    let (_, mut late_player) = live_player(&api, &customer_token("p", "latecomer"), "S1", "TV").await;
     let (status, _) = get(&http, &server.url("/livez")).await;
     assert_eq!(status, 200);
 
@@ -223,7 +203,7 @@ async fn after_sigterm_readyz_says_draining_while_sockets_and_creates_go_on_then
 #[tokio::test]
 async fn a_second_sigterm_skips_the_drain() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = draining_server(dir.path(), "300s");
+    let mut server = draining_server(dir.path(), "300s", ProcessOptions::default());
     let http = reqwest::Client::new();
     server.signal("TERM");
     until_draining(&http, &server).await;
@@ -256,7 +236,7 @@ async fn drisc(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 #[tokio::test]
 async fn drisc_healthcheck_exits_0_against_a_ready_server_and_non_zero_against_a_draining_or_absent_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = draining_server(dir.path(), "60s");
+    let mut server = draining_server(dir.path(), "60s", ProcessOptions::default());
     let port = server.port.to_string();
     // The default URL comes from the configuration; a wildcard host is reached on loopback.
     let configured = [

@@ -1,22 +1,14 @@
-//! The operator's view of a customer's sessions: listed page by page, and all
-//! ended at once (`/admin/v1/sessions`, `DELETE .../customers/{c}/sessions`),
-//! and the publishers listed page by page.
+//! The operator's view of sessions: one shown and kicked, a customer's listed page
+//! by page and all ended at once (`/admin/v1/sessions`, `DELETE
+//! .../customers/{c}/sessions`), and the publishers listed page by page.
 
 use std::collections::HashSet;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::helpers::{TestApp, expect_error, live_player, spawn_app_with};
-
-async fn app() -> TestApp {
-    spawn_app_with(|s| {
-        // Customers here open several sessions in a row: the rate limit is not
-        // what these tests are about.
-        s.limits.customer_burst = 1000;
-    })
-    .await
-}
+use crate::helpers::{TestApp, expect_error, spawn_app};
+use crate::players::live_player;
 
 async fn get_json(app: &TestApp, path: &str) -> Value {
     let response = app.admin(Method::GET, path, None).await;
@@ -24,19 +16,23 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// Every page of `query` (a query string without paging), following nextCursor.
-async fn walk_sessions(app: &TestApp, query: &str, limit: u32) -> Vec<Value> {
+/// Every item under `list` of every page of `path?query` (a query without paging),
+/// `limit` a page, following nextCursor until it is null.
+async fn walk(app: &TestApp, path: &str, query: &str, list: &str, limit: u32) -> Vec<Value> {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..100 {
-        let mut path = format!("/sessions?{query}&limit={limit}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
+        let mut url = format!("{path}?limit={limit}");
+        if !query.is_empty() {
+            url.push_str(&format!("&{query}"));
         }
-        let page = get_json(app, &path).await;
-        let sessions = page["sessions"].as_array().unwrap();
-        assert!(sessions.len() <= limit as usize, "{page}");
-        seen.extend(sessions.iter().cloned());
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page = get_json(app, &url).await;
+        let items = page[list].as_array().unwrap();
+        assert!(items.len() <= limit as usize, "{page}");
+        seen.extend(items.iter().cloned());
         match page["nextCursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => {
@@ -56,8 +52,42 @@ fn ids(sessions: &[Value]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn the_admin_api_shows_a_session_and_kicking_it_frees_the_slot() {
+    let app = spawn_app().await;
+    // Configured: an unknown offer's session would show the shared pool's offer id.
+    app.put_offer("1", "S1", 1, &[]).await;
+    let token = app.token("1", "42");
+    let held = app.create_ok(&token, "S1", "TV").await;
+    let path = format!("/sessions/{}", held.session_id);
+
+    let response = app.admin(Method::GET, &path, None).await;
+    assert_eq!(response.status(), 200);
+    let shown: Value = response.json().await.unwrap();
+    assert_eq!(shown["sessionId"], held.session_id.as_str());
+    assert_eq!(shown["name"], "TV");
+    assert_eq!(shown["state"], "pending");
+    assert_eq!(shown["publisherId"], "1");
+    assert_eq!(shown["customerId"], "42");
+    assert_eq!(shown["offerId"], "S1");
+
+    let response = app.admin(Method::DELETE, &path, None).await;
+    assert_eq!(response.status(), 204);
+    expect_error(app.admin(Method::GET, &path, None).await, 404, "NotFound").await;
+    expect_error(app.admin(Method::DELETE, &path, None).await, 404, "NotFound").await;
+    expect_error(
+        app.admin(Method::GET, "/sessions/not-a-uuid", None).await,
+        404,
+        "NotFound",
+    )
+    .await;
+
+    app.create_ok(&token, "S1", "Phone").await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_other_customers() {
-    let app = app().await;
+    let app = spawn_app().await;
     app.put_offer("1", "S1", 5, &[]).await;
     app.put_offer("1", "S2", 5, &[]).await;
     let token = app.token("1", "42");
@@ -74,7 +104,7 @@ async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_othe
     }
 
     for limit in [1, 2, 3, 1000] {
-        let seen = walk_sessions(&app, "publisherId=1&customerId=42", limit).await;
+        let seen = walk(&app, "/sessions", "publisherId=1&customerId=42", "sessions", limit).await;
         let seen_ids = ids(&seen);
         assert_eq!(seen_ids.len(), held.len(), "pages of {limit}: none twice");
         assert_eq!(seen_ids.into_iter().collect::<HashSet<_>>(), held, "pages of {limit}");
@@ -102,7 +132,7 @@ async fn paging_through_a_customers_sessions_meets_each_exactly_once_and_no_othe
 
 #[tokio::test]
 async fn the_session_list_refuses_missing_ids_bad_limits_and_made_up_cursors() {
-    let app = app().await;
+    let app = spawn_app().await;
     let body = expect_error(
         app.admin(Method::GET, "/sessions?customerId=42", None).await,
         400,
@@ -144,7 +174,7 @@ async fn the_session_list_refuses_missing_ids_bad_limits_and_made_up_cursors() {
 
 #[tokio::test]
 async fn ending_a_customers_sessions_expires_their_players_and_frees_their_slots() {
-    let app = app().await;
+    let app = spawn_app().await;
     app.put_offer("1", "S1", 1, &[]).await;
     app.put_offer("1", "S2", 1, &[]).await;
     let token = app.token("1", "42");
@@ -186,37 +216,18 @@ async fn ending_a_customers_sessions_expires_their_players_and_frees_their_slots
     app.stop().await;
 }
 
-/// Every page of publishers, following nextCursor.
-async fn walk_publishers(app: &TestApp, limit: u32) -> Vec<String> {
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..100 {
-        let mut path = format!("/publishers?limit={limit}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let page = get_json(app, &path).await;
-        let publishers = page["publishers"].as_array().unwrap();
-        assert!(publishers.len() <= limit as usize, "{page}");
-        seen.extend(publishers.iter().map(|p| p["publisherId"].as_str().unwrap().to_owned()));
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return seen,
-        }
-    }
-    panic!("the walk never ended");
-}
-
 #[tokio::test]
 async fn publishers_are_listed_page_by_page_in_id_order() {
-    let app = app().await;
+    let app = spawn_app().await;
     let mut expected = vec!["b", "a", "B", "a-b", "ab", "é"];
     for id in &expected {
         app.put_publisher(id, json!({})).await;
     }
     expected.sort();
     for limit in [1, 2, 5, 1000] {
-        assert_eq!(walk_publishers(&app, limit).await, expected, "pages of {limit}");
+        let walked = walk(&app, "/publishers", "", "publishers", limit).await;
+        let ids: Vec<&str> = walked.iter().map(|p| p["publisherId"].as_str().unwrap()).collect();
+        assert_eq!(ids, expected, "pages of {limit}");
     }
     // Without paging parameters: every publisher (up to 100), as before, and null.
     let all = get_json(&app, "/publishers").await;

@@ -128,6 +128,11 @@ impl ServerProcess {
         format!("{}{path}", self.base)
     }
 
+    /// A client of this server, with the development admin key.
+    pub fn api(&self) -> crate::helpers::Api {
+        crate::helpers::Api::new(self.base.clone())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -143,7 +148,7 @@ impl ServerProcess {
     }
 
     /// SIGKILL: no goodbye, nothing saved at exit.
-    #[allow(dead_code)] // for the crash-safety tests
+    #[allow(dead_code)] // for the crash-safety and cluster tests
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL is delivered");
         let _ = self.child.wait();

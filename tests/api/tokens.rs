@@ -18,9 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    DEV_SECRET, Player, TestApp, customer_claims, eventually, exp_in, expect_error, fixture, granted, sign_hs,
-    spawn_app, spawn_app_with,
+    TestApp, base64_url, customer_claims, customer_token, ec_signing_key, eventually, exp_in, expect_error, fixture,
+    granted, rsa_signing_key, sign_dev, spawn_app, spawn_app_with,
 };
+use crate::players::connect_ok;
 use crate::support_process::{ProcessOptions, ServerProcess};
 
 fn body() -> Value {
@@ -37,7 +38,7 @@ fn claims_with(extra: Value) -> Value {
 }
 
 fn dev_token(extra: Value) -> String {
-    sign_hs(DEV_SECRET, Algorithm::HS256, claims_with(extra))
+    sign_dev(claims_with(extra))
 }
 
 /// A create that must be refused with 401, whose message must mention `word`.
@@ -51,13 +52,7 @@ async fn refused(app: &TestApp, token: &str, word: &str) {
 /// create of the same customer has its slot.
 async fn accepted(app: &TestApp, token: &str) {
     let session = granted(app.create(token, body()).await).await;
-    let ended = app
-        .http
-        .delete(app.url(&format!("/sessions/{}", session.session_id)))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let ended = app.end_session(token, &session.session_id).await;
     assert_eq!(ended.status(), 204);
 }
 
@@ -134,14 +129,6 @@ async fn an_oversized_session_token_is_refused_at_the_websocket() {
 
 // --- JWKS --------------------------------------------------------------------
 
-fn rsa_key() -> EncodingKey {
-    EncodingKey::from_rsa_pem(fixture("rsa-private.pem").as_bytes()).unwrap()
-}
-
-fn ec_key() -> EncodingKey {
-    EncodingKey::from_ec_pem(fixture("ec-private.pem").as_bytes()).unwrap()
-}
-
 /// The public JWK of a signing key, under `kid`.
 fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
     let mut jwk = Jwk::from_encoding_key(key, alg).unwrap();
@@ -151,8 +138,7 @@ fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
 
 /// An HMAC key in a JWKS (`kty: oct`).
 fn oct_jwk(secret: &str, kid: &str) -> Value {
-    use base64::Engine;
-    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let k = base64_url(secret);
     json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": k})
 }
 
@@ -239,7 +225,7 @@ impl JwksServer {
 async fn a_publisher_jwks_file_verifies_tokens_with_the_key_its_kid_names() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
-    let jwks = json!({"keys": [jwk(&rsa_key(), Algorithm::RS256, "rsa-1"), jwk(&ec_key(), Algorithm::ES256, "ec-1")]});
+    let jwks = json!({"keys": [jwk(&rsa_signing_key(), Algorithm::RS256, "rsa-1"), jwk(&ec_signing_key(), Algorithm::ES256, "ec-1")]});
     std::fs::write(&path, jwks.to_string()).unwrap();
     // No server-wide key: only the publisher's JWKS can verify anything.
     let app = spawn_app_with(|s| s.auth.customer_key = "".into()).await;
@@ -247,12 +233,12 @@ async fn a_publisher_jwks_file_verifies_tokens_with_the_key_its_kid_names() {
         .await;
 
     let claims = customer_claims("9", "42");
-    accepted(&app, &sign_kid(Algorithm::RS256, &rsa_key(), "rsa-1", &claims)).await;
-    accepted(&app, &sign_kid(Algorithm::ES256, &ec_key(), "ec-1", &claims)).await;
+    accepted(&app, &sign_kid(Algorithm::RS256, &rsa_signing_key(), "rsa-1", &claims)).await;
+    accepted(&app, &sign_kid(Algorithm::ES256, &ec_signing_key(), "ec-1", &claims)).await;
     // The kid chooses the key: the RSA signature does not verify with the EC key.
     refused(
         &app,
-        &sign_kid(Algorithm::RS256, &rsa_key(), "ec-1", &claims),
+        &sign_kid(Algorithm::RS256, &rsa_signing_key(), "ec-1", &claims),
         "signature",
     )
     .await;
@@ -265,7 +251,12 @@ async fn a_publisher_jwks_file_verifies_tokens_with_the_key_its_kid_names() {
         &claims,
     );
     refused(&app, &confused, "signature").await;
-    refused(&app, &sign_kid(Algorithm::RS256, &rsa_key(), "nobody", &claims), "kid").await;
+    refused(
+        &app,
+        &sign_kid(Algorithm::RS256, &rsa_signing_key(), "nobody", &claims),
+        "kid",
+    )
+    .await;
 
     // The admin API shows the URI and refuses a second kind of key or plain http.
     let view: Value = app
@@ -447,22 +438,16 @@ fn check_config_prints_no_secret() {
 async fn at_trace_level_the_real_server_logs_neither_customer_nor_session_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), ProcessOptions::default().env("DRISC__LOG__LEVEL", "trace"));
-    let customer_token = sign_hs(DEV_SECRET, Algorithm::HS256, customer_claims("1", 42));
-    let response = reqwest::Client::new()
-        .post(server.url("/sessions"))
-        .bearer_auth(&customer_token)
-        .body(body().to_string())
-        .send()
-        .await
-        .unwrap();
-    let granted = granted(response).await;
+    let api = server.api();
+    let customer_token = customer_token("1", 42);
+    let granted = api.create_ok(&customer_token, "S1", "TV").await;
     let session_token = granted.body["token"].as_str().unwrap().to_owned();
-    let mut player = Player::connect(&granted.endpoint).await;
-    player.request_ok().await;
+    let mut player = connect_ok(&granted.endpoint).await;
     player.send("FINISHED").await;
     player.expect_close(1000).await;
     // A refused token is not logged either.
-    let _ = reqwest::Client::new()
+    let _ = api
+        .http
         .get(server.url(&format!("/ws?token={session_token}x")))
         .send()
         .await

@@ -1,31 +1,23 @@
 //! The WebSocket: messages, lifecycle, reconnects, restarts, bad frames.
 //!
-//! Every message read through this module's helpers is checked against the
-//! protocol's vocabulary (the five server actions, with exactly their keys), so
-//! any test that sees a stray action fails, not only the one test about it.
+//! Every message a [`Player`] reads is checked against the protocol's vocabulary
+//! (the five server actions, with exactly their keys), here as in every module.
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use drisc::Settings;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::helpers::{self, Granted, Player, Seen, TestApp};
-
-/// The only actions the server may ever send (PROTOCOL 1.4).
-const ACTIONS: [&str; 5] = ["OK", "EXPIRED", "TERMINATE", "TAKE_OVER", "PING"];
-
-thread_local! {
-    /// Every message the current test saw from the server. `#[tokio::test]` runs
-    /// each test on its own thread with a current-thread runtime, so this is per test.
-    static SEEN: RefCell<Vec<Value>> = const { RefCell::new(Vec::new()) };
-}
+use crate::helpers::{self, TestApp};
+use crate::players::{
+    Player, SERVER_ACTIONS, Seen, assert_protocol_message, connect_expired, connect_ok, endpoint_on, live_player,
+};
 
 // ---------------------------------------------------------------------------
 // Timings
@@ -50,124 +42,7 @@ fn calm(s: &mut Settings) {
 }
 
 // ---------------------------------------------------------------------------
-// Reading the socket, with every message checked
-
-/// Fails unless `m` is one of the five server messages, with exactly its keys.
-fn assert_protocol_message(m: &Value) {
-    let object = m
-        .as_object()
-        .unwrap_or_else(|| panic!("the server sent a non-object: {m}"));
-    let action = object
-        .get("action")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("the server sent a message without an action: {m}"));
-    assert!(
-        ACTIONS.contains(&action),
-        "the server sent an action outside the protocol: {m}"
-    );
-    if action == "TAKE_OVER" {
-        assert!(object["sessionName"].is_string(), "TAKE_OVER without sessionName: {m}");
-        assert_eq!(object.len(), 2, "TAKE_OVER with extra keys: {m}");
-    } else {
-        assert_eq!(object.len(), 1, "{action} with extra keys: {m}");
-    }
-}
-
-fn checked(seen: Seen) -> Seen {
-    if let Seen::Message(m) = &seen {
-        assert_protocol_message(m);
-        SEEN.with(|s| s.borrow_mut().push(m.clone()));
-    }
-    seen
-}
-
-async fn next(player: &mut Player) -> Seen {
-    checked(player.next().await)
-}
-
-async fn next_within(player: &mut Player, wait: Duration) -> Option<Seen> {
-    player.next_within(wait).await.map(checked)
-}
-
-/// The next message must be `{"action": action}` (plus sessionName for TAKE_OVER).
-async fn expect(player: &mut Player, action: &str) -> Value {
-    match next(player).await {
-        Seen::Message(m) if m["action"] == action => m,
-        other => panic!("expected {action}, saw {other:?}"),
-    }
-}
-
-async fn expect_close(player: &mut Player, code: u16) {
-    assert_eq!(next(player).await, Seen::Closed(Some(code)), "expected close {code}");
-}
-
-/// Nothing at all arrives for `wait`.
-async fn expect_silence(player: &mut Player, wait: Duration) {
-    if let Some(seen) = next_within(player, wait).await {
-        panic!("expected nothing for {wait:?}, saw {seen:?}");
-    }
-}
-
-/// The next thing that is not a PING; each PING is answered with PONG if `answer`.
-async fn next_skipping_pings(player: &mut Player, answer: bool) -> Seen {
-    loop {
-        match next(player).await {
-            Seen::Message(m) if m["action"] == "PING" => {
-                if answer {
-                    player.send("PONG").await;
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Answers every PING for `window`; fails on anything else. Returns how many PINGs came.
-async fn keep_alive_for(player: &mut Player, window: Duration) -> usize {
-    let deadline = Instant::now() + window;
-    let mut pings = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return pings;
-        }
-        match next_within(player, left).await {
-            None => return pings,
-            Some(Seen::Message(m)) if m["action"] == "PING" => {
-                pings += 1;
-                player.send("PONG").await;
-            }
-            Some(other) => panic!("a player answering every PING saw {other:?}"),
-        }
-    }
-}
-
-async fn request_ok(player: &mut Player) {
-    player.send("REQUESTED").await;
-    expect(player, "OK").await;
-}
-
-/// Opens `endpoint` and sends REQUESTED, which must be answered with OK.
-async fn connect_ok(endpoint: &str) -> Player {
-    let mut player = Player::connect(endpoint).await;
-    request_ok(&mut player).await;
-    player
-}
-
-/// Opens `endpoint` and sends REQUESTED, which must be answered with EXPIRED and close 4003.
-async fn connect_expired(endpoint: &str) {
-    let mut player = Player::connect(endpoint).await;
-    player.send("REQUESTED").await;
-    expect(&mut player, "EXPIRED").await;
-    expect_close(&mut player, 4003).await;
-}
-
-/// A created, connected session that got OK.
-async fn live(app: &TestApp, token: &str, offer: &str, name: &str) -> (Granted, Player) {
-    let granted = app.create_ok(token, offer, name).await;
-    let player = connect_ok(&granted.endpoint).await;
-    (granted, player)
-}
+// What the server says about a session
 
 /// The HTTP status of a `POST /sessions` for `offer`.
 async fn create_status(app: &TestApp, token: &str, offer: &str) -> StatusCode {
@@ -197,19 +72,6 @@ async fn create_once_free(app: &TestApp, token: &str, offer: &str, patience: Dur
         }
         assert!(start.elapsed() < patience, "the slot was not freed within {patience:?}");
         tokio::time::sleep(pause).await;
-    }
-}
-
-/// The session's state as the admin API reports it; `None` once it is gone.
-async fn session_state(app: &TestApp, session_id: &str) -> Option<String> {
-    let response = app.admin(Method::GET, &format!("/sessions/{session_id}"), None).await;
-    match response.status() {
-        StatusCode::NOT_FOUND => None,
-        StatusCode::OK => {
-            let body: Value = response.json().await.unwrap();
-            Some(body["state"].as_str().expect("state").to_owned())
-        }
-        other => panic!("GET /admin/v1/sessions/{session_id}: {other}"),
     }
 }
 
@@ -247,20 +109,20 @@ async fn requested_is_answered_with_exactly_ok_and_nothing_else() {
     let granted = app.create_ok(&token, "S1", "TV").await;
     let mut player = Player::connect(&granted.endpoint).await;
     player.send("REQUESTED").await;
-    assert_eq!(next(&mut player).await, Seen::Message(json!({"action": "OK"})));
-    expect_silence(&mut player, Duration::from_millis(400)).await;
+    assert_eq!(player.next().await, Seen::Message(json!({"action": "OK"})));
+    player.expect_silence(Duration::from_millis(400)).await;
 }
 
 #[tokio::test]
 async fn requested_repeated_on_the_same_socket_is_answered_ok_again() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     for _ in 0..2 {
         player.send("REQUESTED").await;
-        assert_eq!(next(&mut player).await, Seen::Message(json!({"action": "OK"})));
+        assert_eq!(player.next().await, Seen::Message(json!({"action": "OK"})));
     }
-    expect_silence(&mut player, Duration::from_millis(200)).await;
+    player.expect_silence(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
@@ -270,8 +132,8 @@ async fn pong_before_requested_is_ignored_and_a_later_requested_gets_ok() {
     let granted = app.create_ok(&token, "S1", "TV").await;
     let mut player = Player::connect(&granted.endpoint).await;
     player.send("PONG").await;
-    expect_silence(&mut player, Duration::from_millis(400)).await;
-    request_ok(&mut player).await;
+    player.expect_silence(Duration::from_millis(400)).await;
+    player.request_ok().await;
 }
 
 #[tokio::test]
@@ -281,19 +143,19 @@ async fn the_server_only_ever_sends_the_five_protocol_actions() {
     let token = app.token("p", "c");
 
     // OK, and PING when another session of the pool is created.
-    let (a, mut tv) = live(&app, &token, "S2", "TV").await;
+    let (a, mut tv) = live_player(&app, &token, "S2", "TV").await;
     let b = app.create_ok(&token, "S2", "Phone").await;
-    expect(&mut tv, "PING").await;
+    tv.expect("PING").await;
     tv.send("PONG").await;
     let mut phone = connect_ok(&b.endpoint).await;
     // TERMINATE: the same session from a newer socket.
     let mut phone_again = connect_ok(&b.endpoint).await;
-    expect(&mut phone, "TERMINATE").await;
-    expect_close(&mut phone, 4002).await;
+    phone.expect("TERMINATE").await;
+    phone.expect_close(4002).await;
     // TAKE_OVER, then EXPIRED for the old endpoint.
     let c = helpers::granted(app.takeover(&token, "S2", "Laptop", &a.session_id).await).await;
-    expect(&mut tv, "TAKE_OVER").await;
-    expect_close(&mut tv, 4001).await;
+    tv.expect("TAKE_OVER").await;
+    tv.expect_close(4001).await;
     connect_expired(&a.endpoint).await;
     // EXPIRED on an admin kick.
     let kicked = app
@@ -301,21 +163,25 @@ async fn the_server_only_ever_sends_the_five_protocol_actions() {
         .await;
     assert_eq!(kicked.status(), StatusCode::NO_CONTENT);
     // The takeover created a session in the pool: the other live one was pinged.
-    expect(&mut phone_again, "PING").await;
-    expect(&mut phone_again, "EXPIRED").await;
-    expect_close(&mut phone_again, 4003).await;
+    phone_again.expect("PING").await;
+    phone_again.expect("EXPIRED").await;
+    phone_again.expect_close(4003).await;
     let mut laptop = connect_ok(&c.endpoint).await;
     laptop.send("FINISHED").await;
-    expect_close(&mut laptop, 1000).await;
+    laptop.expect_close(1000).await;
 
-    let seen = SEEN.with(|s| s.borrow().clone());
+    // Every player of the lifecycle, and what each saw.
+    let seen: Vec<_> = [&tv, &phone, &phone_again, &laptop]
+        .iter()
+        .flat_map(|p| p.seen().iter().cloned())
+        .collect();
     for m in &seen {
         assert_protocol_message(m);
     }
     let mut actions: Vec<&str> = seen.iter().filter_map(|m| m["action"].as_str()).collect();
     actions.sort_unstable();
     actions.dedup();
-    let mut all = ACTIONS.to_vec();
+    let mut all = SERVER_ACTIONS.to_vec();
     all.sort_unstable();
     assert_eq!(actions, all, "the lifecycle should have shown every action: {seen:?}");
 }
@@ -325,27 +191,23 @@ async fn the_server_only_ever_sends_the_five_protocol_actions() {
 
 #[tokio::test]
 async fn creating_a_session_pings_the_other_live_sessions_of_its_pool() {
-    let app = helpers::spawn_app_with(|s| {
-        calm(s);
-        s.liveness.ping_interval = Duration::from_secs(10);
-    })
-    .await;
+    let app = helpers::spawn_app_with(calm).await;
     app.put_offer("p", "S2", 2, &[]).await;
     let token = app.token("p", "c");
-    let (_, mut tv) = live(&app, &token, "S2", "TV").await;
+    let (_, mut tv) = live_player(&app, &token, "S2", "TV").await;
     // A live session of another pool of the same customer.
-    let (_, mut other_pool) = live(&app, &token, "S9", "Radio").await;
-    expect_silence(&mut tv, Duration::from_millis(200)).await;
+    let (_, mut other_pool) = live_player(&app, &token, "S9", "Radio").await;
+    tv.expect_silence(Duration::from_millis(200)).await;
 
     let start = Instant::now();
     app.create_ok(&token, "S2", "Phone").await;
-    expect(&mut tv, "PING").await;
+    tv.expect("PING").await;
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "the PING came after {:?}, as if it were the periodic one",
         start.elapsed()
     );
-    expect_silence(&mut other_pool, Duration::from_millis(300)).await;
+    other_pool.expect_silence(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
@@ -356,11 +218,11 @@ async fn live_sessions_are_pinged_every_ping_interval() {
     })
     .await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     // Not at once: the first PING comes one interval (300 ms) after OK.
-    expect_silence(&mut player, Duration::from_millis(100)).await;
+    player.expect_silence(Duration::from_millis(100)).await;
     // 3 s is ten intervals: at least a few PINGs, and nowhere near a flood.
-    let pings = keep_alive_for(&mut player, Duration::from_secs(3)).await;
+    let pings = player.keep_alive_for(Duration::from_secs(3)).await;
     assert!((3..=14).contains(&pings), "{pings} PINGs in 3 s at a 300 ms interval");
 }
 
@@ -368,29 +230,29 @@ async fn live_sessions_are_pinged_every_ping_interval() {
 async fn answering_pong_keeps_a_session_alive_well_past_the_pong_timeout() {
     let app = helpers::spawn_app_with(fast).await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
     // Three pong timeouts.
-    let pings = keep_alive_for(&mut player, Duration::from_secs(3)).await;
+    let pings = player.keep_alive_for(Duration::from_secs(3)).await;
     assert!(pings >= 2, "only {pings} PINGs in 3 s");
-    assert_eq!(session_state(&app, &granted.session_id).await.as_deref(), Some("live"));
+    assert_eq!(app.session_state(&granted.session_id).await.as_deref(), Some("live"));
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
     player.send("FINISHED").await;
-    assert_eq!(next_skipping_pings(&mut player, true).await, Seen::Closed(Some(1000)));
+    assert_eq!(player.next_skipping_pings(true).await, Seen::Closed(Some(1000)));
 }
 
 #[tokio::test]
 async fn a_player_that_stops_answering_pong_is_expired_and_its_slot_freed() {
     let app = helpers::spawn_app_with(fast).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     let start = Instant::now();
     // Never answers: PINGs, then EXPIRED and close 4003.
     assert_eq!(
-        next_skipping_pings(&mut player, false).await,
+        player.next_skipping_pings(false).await,
         Seen::Message(json!({"action": "EXPIRED"}))
     );
     let expired_after = start.elapsed();
-    expect_close(&mut player, 4003).await;
+    player.expect_close(4003).await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::OK);
     let freed_after = start.elapsed();
     assert!(
@@ -430,17 +292,17 @@ async fn a_socket_closed_without_finished_detaches_and_a_reconnect_within_the_gr
     })
     .await;
     let token = app.token("p", "c");
-    let (granted, player) = live(&app, &token, "S1", "TV").await;
+    let (granted, player) = live_player(&app, &token, "S1", "TV").await;
     player.close().await;
     let id = granted.session_id.clone();
     helpers::eventually("the session is detached", || async {
-        session_state(&app, &id).await.as_deref() == Some("detached")
+        app.session_state(&id).await.as_deref() == Some("detached")
     })
     .await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
     // Straight to the cached endpoint, no new POST /sessions.
     let _player = connect_ok(&granted.endpoint).await;
-    assert_eq!(session_state(&app, &id).await.as_deref(), Some("live"));
+    assert_eq!(app.session_state(&id).await.as_deref(), Some("live"));
 }
 
 #[tokio::test]
@@ -451,7 +313,7 @@ async fn a_detached_session_expires_after_the_reconnect_grace_and_frees_its_slot
     })
     .await;
     let token = app.token("p", "c");
-    let (granted, player) = live(&app, &token, "S1", "TV").await;
+    let (granted, player) = live_player(&app, &token, "S1", "TV").await;
     let start = Instant::now();
     player.close().await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
@@ -467,12 +329,12 @@ async fn a_detached_session_expires_after_the_reconnect_grace_and_frees_its_slot
 async fn finished_closes_with_1000_frees_the_slot_at_once_and_the_endpoint_then_expires() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
     player.send("FINISHED").await;
-    expect_close(&mut player, 1000).await;
+    player.expect_close(1000).await;
     // No waiting: the slot is free the moment the close arrives.
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::OK);
-    assert_eq!(session_state(&app, &granted.session_id).await, None);
+    assert_eq!(app.session_state(&granted.session_id).await, None);
     connect_expired(&granted.endpoint).await;
 }
 
@@ -483,13 +345,13 @@ async fn finished_closes_with_1000_frees_the_slot_at_once_and_the_endpoint_then_
 async fn a_second_socket_for_a_session_terminates_the_first() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, mut first) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut first) = live_player(&app, &token, "S1", "TV").await;
     let mut second = Player::connect(&granted.endpoint).await;
     second.send("REQUESTED").await;
-    assert_eq!(next(&mut second).await, Seen::Message(json!({"action": "OK"})));
-    assert_eq!(next(&mut first).await, Seen::Message(json!({"action": "TERMINATE"})));
-    expect_close(&mut first, 4002).await;
-    expect_silence(&mut second, Duration::from_millis(200)).await;
+    assert_eq!(second.next().await, Seen::Message(json!({"action": "OK"})));
+    assert_eq!(first.next().await, Seen::Message(json!({"action": "TERMINATE"})));
+    first.expect_close(4002).await;
+    second.expect_silence(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
@@ -500,15 +362,15 @@ async fn the_terminated_socket_closing_does_not_detach_or_end_the_session() {
     })
     .await;
     let token = app.token("p", "c");
-    let (granted, first) = live(&app, &token, "S1", "TV").await;
+    let (granted, first) = live_player(&app, &token, "S1", "TV").await;
     let mut second = connect_ok(&granted.endpoint).await;
     // The first socket goes away (close frame, no FINISHED) after being replaced.
     first.close().await;
-    assert_eq!(session_state(&app, &granted.session_id).await.as_deref(), Some("live"));
+    assert_eq!(app.session_state(&granted.session_id).await.as_deref(), Some("live"));
     // The second socket keeps the session alive with its PONGs, past two pong timeouts.
-    let pings = keep_alive_for(&mut second, Duration::from_secs(3)).await;
+    let pings = second.keep_alive_for(Duration::from_secs(3)).await;
     assert!(pings >= 2, "only {pings} PINGs in 3 s");
-    assert_eq!(session_state(&app, &granted.session_id).await.as_deref(), Some("live"));
+    assert_eq!(app.session_state(&granted.session_id).await.as_deref(), Some("live"));
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
 }
 
@@ -516,16 +378,16 @@ async fn the_terminated_socket_closing_does_not_detach_or_end_the_session() {
 async fn takeover_sends_the_new_name_closes_the_victim_with_4001_and_expires_its_endpoint() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (victim, mut tv) = live(&app, &token, "S1", "Living room TV").await;
+    let (victim, mut tv) = live_player(&app, &token, "S1", "Living room TV").await;
     let response = app
         .takeover(&token, "S1", "Phone - Match of the day", &victim.session_id)
         .await;
     let new = helpers::granted(response).await;
     assert_eq!(
-        next(&mut tv).await,
+        tv.next().await,
         Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Phone - Match of the day"}))
     );
-    expect_close(&mut tv, 4001).await;
+    tv.expect_close(4001).await;
     connect_expired(&victim.endpoint).await;
     let _phone = connect_ok(&new.endpoint).await;
 }
@@ -534,13 +396,13 @@ async fn takeover_sends_the_new_name_closes_the_victim_with_4001_and_expires_its
 async fn an_admin_kick_expires_the_player_and_closes_it_with_4003() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
     let response = app
         .admin(Method::DELETE, &format!("/sessions/{}", granted.session_id), None)
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert_eq!(next(&mut player).await, Seen::Message(json!({"action": "EXPIRED"})));
-    expect_close(&mut player, 4003).await;
+    assert_eq!(player.next().await, Seen::Message(json!({"action": "EXPIRED"})));
+    player.expect_close(4003).await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::OK);
 }
 
@@ -551,22 +413,22 @@ async fn an_admin_kick_expires_the_player_and_closes_it_with_4003() {
 async fn a_restart_closes_sockets_with_1012_and_the_cached_endpoint_then_gets_ok() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
     let port = app.port;
-    let (app, seen) = tokio::join!(app.restart(), next(&mut player));
+    let (app, seen) = tokio::join!(app.restart(), player.next());
     assert_eq!(seen, Seen::Closed(Some(1012)));
     assert_eq!(app.port, port);
     // The restored session still holds the pool's only slot...
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
     assert_eq!(
-        session_state(&app, &granted.session_id).await.as_deref(),
+        app.session_state(&granted.session_id).await.as_deref(),
         Some("detached")
     );
     // ...and its player gets it back with the endpoint it cached.
     let mut player = connect_ok(&granted.endpoint).await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
     player.send("FINISHED").await;
-    expect_close(&mut player, 1000).await;
+    player.expect_close(1000).await;
 }
 
 #[tokio::test]
@@ -577,8 +439,8 @@ async fn a_restored_session_whose_player_never_returns_is_reaped_after_the_grace
     })
     .await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
-    let (app, seen) = tokio::join!(app.restart(), next(&mut player));
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
+    let (app, seen) = tokio::join!(app.restart(), player.next());
     assert_eq!(seen, Seen::Closed(Some(1012)));
     let start = Instant::now();
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
@@ -594,20 +456,18 @@ async fn a_restored_session_whose_player_never_returns_is_reaped_after_the_grace
 async fn a_session_token_from_before_a_restart_still_verifies() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (finished, mut player) = live(&app, &token, "S1", "TV").await;
+    let (finished, mut player) = live_player(&app, &token, "S1", "TV").await;
     player.send("FINISHED").await;
-    expect_close(&mut player, 1000).await;
+    player.expect_close(1000).await;
     let pending = app.create_ok(&token, "S1", "Phone").await;
-    let app = app.restart().await;
+    let _app = app.restart().await;
     // Both tokens were signed by the server before the restart: neither is refused
     // at the upgrade; one names a session that is gone, the other one still held.
     connect_expired(&finished.endpoint).await;
     let _phone = connect_ok(&pending.endpoint).await;
     // A server with another data directory (another secret) refuses them.
-    let other = helpers::spawn_app_with(calm).await;
-    let elsewhere = pending
-        .endpoint
-        .replace(&format!(":{}/", app.port), &format!(":{}/", other.port));
+    let other = helpers::spawn_app().await;
+    let elsewhere = endpoint_on(&pending.endpoint, other.port);
     assert_eq!(refused_status(&elsewhere).await, 401);
 }
 
@@ -621,11 +481,11 @@ async fn a_session_already_dead_at_shutdown_is_not_brought_back_by_the_restart()
     })
     .await;
     let token = app.token("p", "c");
-    let (granted, player) = live(&app, &token, "S1", "TV").await;
+    let (granted, player) = live_player(&app, &token, "S1", "TV").await;
     player.close().await;
     let id = granted.session_id.clone();
     helpers::eventually("the session is detached", || async {
-        session_state(&app, &id).await.as_deref() == Some("detached")
+        app.session_state(&id).await.as_deref() == Some("detached")
     })
     .await;
     // Well past the grace: the session has ended (PROTOCOL 2.2), swept or not.
@@ -651,7 +511,7 @@ async fn a_token_with_a_bad_signature_is_refused_at_the_upgrade_with_401() {
 
 #[tokio::test]
 async fn a_missing_or_malformed_token_is_refused_at_the_upgrade_with_401() {
-    let app = helpers::spawn_app_with(calm).await;
+    let app = helpers::spawn_app().await;
     let ws = format!("ws://127.0.0.1:{}/ws", app.port);
     assert_eq!(refused_status(&ws).await, 401);
     assert_eq!(refused_status(&format!("{ws}?token=")).await, 401);
@@ -662,9 +522,9 @@ async fn a_missing_or_malformed_token_is_refused_at_the_upgrade_with_401() {
 async fn a_well_signed_token_for_an_unknown_session_gets_expired_and_4003() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, mut player) = live(&app, &token, "S1", "TV").await;
+    let (granted, mut player) = live_player(&app, &token, "S1", "TV").await;
     player.send("FINISHED").await;
-    expect_close(&mut player, 1000).await;
+    player.expect_close(1000).await;
     // The socket opens (the token is ours), and REQUESTED is told the session is gone.
     connect_expired(&granted.endpoint).await;
 }
@@ -698,33 +558,33 @@ async fn a_well_signed_token_past_its_exp_gets_expired_even_for_a_held_session()
 async fn a_binary_frame_closes_the_socket_with_1003() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     player
         .send_raw(Message::Binary(br#"{"action":"PONG"}"#.to_vec().into()))
         .await;
-    expect_close(&mut player, 1003).await;
+    player.expect_close(1003).await;
 }
 
 #[tokio::test]
 async fn a_text_message_over_4096_bytes_closes_with_1009_and_the_server_stays_healthy() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     let big = json!({"action": "PONG", "pad": "x".repeat(5000)}).to_string();
     player.send_text(&big).await;
-    expect_close(&mut player, 1009).await;
+    player.expect_close(1009).await;
     assert_eq!(app.health().await["status"], "ok");
     let other = app.token("p", "someone-else");
-    let (_, mut fresh) = live(&app, &other, "S1", "TV").await;
+    let (_, mut fresh) = live_player(&app, &other, "S1", "TV").await;
     fresh.send("FINISHED").await;
-    expect_close(&mut fresh, 1000).await;
+    fresh.expect_close(1000).await;
 }
 
 #[tokio::test]
 async fn a_message_over_4096_bytes_in_small_fragments_closes_with_1009() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     // Three fragments of 2000 bytes: each frame is small, the message is not.
     let chunk = "x".repeat(2000);
     let frames = [
@@ -735,14 +595,14 @@ async fn a_message_over_4096_bytes_in_small_fragments_closes_with_1009() {
     for frame in frames {
         player.send_raw(Message::Frame(frame)).await;
     }
-    expect_close(&mut player, 1009).await;
+    player.expect_close(1009).await;
 }
 
 #[tokio::test]
 async fn malformed_json_and_unknown_actions_are_ignored_and_counted() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     let before = bad_messages(&app).await;
     let bad = [
         "{not json",
@@ -754,8 +614,8 @@ async fn malformed_json_and_unknown_actions_are_ignored_and_counted() {
     for text in bad {
         player.send_text(text).await;
     }
-    expect_silence(&mut player, Duration::from_millis(300)).await;
-    request_ok(&mut player).await;
+    player.expect_silence(Duration::from_millis(300)).await;
+    player.request_ok().await;
     assert_eq!(bad_messages(&app).await, before + bad.len() as u64);
 }
 
@@ -764,36 +624,36 @@ async fn more_bad_messages_than_allowed_close_the_socket_with_1008() {
     let app = helpers::spawn_app_with(calm).await;
     assert_eq!(app.settings.websocket.max_bad_messages, 10);
     let token = app.token("p", "c");
-    let (_, mut player) = live(&app, &token, "S1", "TV").await;
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
     for _ in 0..10 {
         player.send_text(r#"{"action":"DANCE"}"#).await;
     }
     // Ten are tolerated: the socket still works.
-    request_ok(&mut player).await;
+    player.request_ok().await;
     player.send_text("{not json").await;
-    expect_close(&mut player, 1008).await;
+    player.expect_close(1008).await;
 }
 
 #[tokio::test]
 async fn an_abruptly_dropped_socket_detaches_its_session() {
     let app = helpers::spawn_app_with(calm).await;
     let token = app.token("p", "c");
-    let (granted, player) = live(&app, &token, "S1", "TV").await;
+    let (granted, player) = live_player(&app, &token, "S1", "TV").await;
     // TCP goes away without a close frame.
     drop(player);
     let id = granted.session_id.clone();
     helpers::eventually("the session is detached", || async {
-        session_state(&app, &id).await.as_deref() == Some("detached")
+        app.session_state(&id).await.as_deref() == Some("detached")
     })
     .await;
     assert_eq!(create_status(&app, &token, "S1").await, StatusCode::CONFLICT);
     let _player = connect_ok(&granted.endpoint).await;
-    assert_eq!(session_state(&app, &id).await.as_deref(), Some("live"));
+    assert_eq!(app.session_state(&id).await.as_deref(), Some("live"));
 }
 
 #[tokio::test]
 async fn a_socket_that_never_sends_requested_is_closed_after_the_connect_timeout() {
-    let app = super::helpers::spawn_app_with(|s| s.liveness.connect_timeout = Duration::from_millis(500)).await;
+    let app = helpers::spawn_app_with(|s| s.liveness.connect_timeout = Duration::from_millis(500)).await;
     let token = app.token("idle", 1);
     let granted = app.create_ok(&token, "S1", "TV").await;
     let mut player = Player::connect(&granted.endpoint).await;

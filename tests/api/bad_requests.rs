@@ -1,0 +1,185 @@
+//! What the player API refuses before it admits anything, each as a JSON error:
+//! bodies that are not a create (400), bodies too large (413), and routes that do
+//! not exist (404).
+
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_KEY, TEXT_PLAIN, TestApp, active_sessions, expect_error, granted, limit_exceeded, spawn_app, spawn_app_with,
+};
+
+/// `POST path` with a raw body (sent as text/plain, as browsers do).
+async fn post_raw(app: &TestApp, path: &str, token: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    app.http
+        .post(app.url(path))
+        .bearer_auth(token)
+        .header("content-type", TEXT_PLAIN)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn both_offer_id_and_tag_is_a_400() {
+    let app = spawn_app().await;
+    app.put_offer("1", "S1", 1, &["live"]).await;
+    let response = app
+        .create(
+            &app.token("1", "42"),
+            json!({"offerId": "S1", "tag": "live", "sessionName": "TV"}),
+        )
+        .await;
+    expect_error(response, 400, "InvalidRequest").await;
+    assert_eq!(app.health().await["sessions"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn neither_offer_id_nor_tag_is_a_400() {
+    let app = spawn_app().await;
+    let token = app.token("1", "42");
+    for body in [json!({"sessionName": "TV"}), json!({})] {
+        expect_error(app.create(&token, body).await, 400, "InvalidRequest").await;
+    }
+    assert_eq!(app.health().await["sessions"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_name_over_100_characters_is_a_400_and_100_characters_are_fine() {
+    let app = spawn_app().await;
+    // A pool per offer, so each name below fills a pool of its own.
+    app.put_publisher("1", json!({"defaultSessionLimit": 1, "unknownOffers": "each"}))
+        .await;
+    let token = app.token("1", "42");
+
+    // Counted in characters, not bytes: 100 two-byte and 100 four-byte characters pass.
+    for (offer, name) in [
+        ("N1", "a".repeat(100)),
+        ("N2", "é".repeat(100)),
+        ("N3", "📺".repeat(100)),
+    ] {
+        let response = app.create(&token, json!({"offerId": offer, "sessionName": name})).await;
+        granted(response).await;
+        let refused = limit_exceeded(&app, &token, json!({"offerId": offer})).await;
+        assert_eq!(active_sessions(&refused)[0].1, name, "the name is kept as given");
+    }
+    for name in ["a".repeat(101), "é".repeat(101), "📺".repeat(101)] {
+        let response = app.create(&token, json!({"offerId": "N4", "sessionName": name})).await;
+        expect_error(response, 400, "InvalidRequest").await;
+    }
+    assert_eq!(app.health().await["sessions"], 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400() {
+    let app = spawn_app().await;
+    let token = app.token("1", "42");
+    for body in [r#"{"offerId": "S1","#, "not json", r#"{"offerId": 5}"#] {
+        let response = post_raw(&app, "/sessions", &token, body).await;
+        expect_error(response, 400, "InvalidRequest").await;
+    }
+    assert_eq!(app.health().await["sessions"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_body_is_a_400() {
+    let app = spawn_app().await;
+    let token = app.token("1", "42");
+    for body in ["", "  \n"] {
+        let response = post_raw(&app, "/sessions", &token, body).await;
+        expect_error(response, 400, "InvalidRequest").await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_array_body_is_a_400() {
+    let app = spawn_app().await;
+    app.put_publisher("1", json!({})).await;
+    let token = app.token("1", "42");
+    let held = app.create_ok(&app.token("1", "43"), "S1", "TV").await;
+    let mut accepted = Vec::new();
+    let mut check = async |what: String, response: reqwest::Response| {
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let code = serde_json::from_str::<Value>(&text).ok().map(|v| v["code"].clone());
+        if status != 400 || code != Some(json!("InvalidRequest")) {
+            accepted.push(format!("{what} answered {status}: {text}"));
+        }
+    };
+    for body in [
+        "[]".to_owned(),
+        json!([{"offerId": "S1", "sessionName": "TV"}]).to_string(),
+        // The four fields of the request, by position.
+        json!(["TV", "S1", null, null]).to_string(),
+    ] {
+        let response = post_raw(&app, "/sessions", &token, body.clone()).await;
+        check(format!("POST /sessions {body}"), response).await;
+    }
+    let body = json!(["Phone", "S1", null, held.session_id]).to_string();
+    let response = post_raw(&app, "/takeover", &app.token("1", "43"), body.clone()).await;
+    check(format!("POST /takeover {body}"), response).await;
+    // The admin API reads its bodies the same way: by position, `enabled` comes first.
+    let body = "[false, null, null, null, null]";
+    let response = app
+        .http
+        .put(app.url("/admin/v1/publishers/1"))
+        .bearer_auth(ADMIN_KEY)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    check(format!("PUT /admin/v1/publishers/1 {body}"), response).await;
+
+    assert!(
+        accepted.is_empty(),
+        "a JSON array is not a request object, yet:\n{}",
+        accepted.join("\n")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_is_a_413() {
+    let app = spawn_app_with(|s| s.server.max_body_bytes = 1024).await;
+    let token = app.token("1", "42");
+    // Unknown keys are ignored, so padding makes a body of any size.
+    let body =
+        |padding: usize| json!({"offerId": "S1", "sessionName": "TV", "padding": "x".repeat(padding)}).to_string();
+
+    let small = body(900);
+    assert!(small.len() <= 1024);
+    granted(post_raw(&app, "/sessions", &token, small).await).await;
+
+    let large = body(2000);
+    assert!(large.len() > 1024);
+    let error = expect_error(post_raw(&app, "/sessions", &token, large).await, 413, "PayloadTooLarge").await;
+    assert!(error["message"].as_str().unwrap().contains("1024"), "{error}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_default_limit_is_a_413() {
+    let app = spawn_app().await;
+    assert_eq!(app.settings.server.max_body_bytes, 16384);
+    let body = json!({"offerId": "S1", "padding": "x".repeat(20_000)}).to_string();
+    let response = post_raw(&app, "/sessions", &app.token("1", "42"), body).await;
+    expect_error(response, 413, "PayloadTooLarge").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_json_404() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/no/such/route")).send().await.unwrap();
+    expect_error(response, 404, "NotFound").await;
+    let response = app
+        .post("/sessionz", &app.token("1", "42"), json!({"offerId": "S1"}))
+        .await;
+    expect_error(response, 404, "NotFound").await;
+    app.stop().await;
+}
