@@ -1,17 +1,21 @@
 //! The pool rules of `domain::pool`, in Lua, one script per operation.
 //!
-//! Each script touches the keys of one customer only: one pool's session hash,
-//! the customer's set of pools, and tombstones, all under the customer's hash
-//! tag, so it is atomic and works on Redis Cluster. Time is the caller's `now`
-//! when given (tests drive it), else Redis's own `TIME`, so the clocks of the
-//! nodes never matter. Dead sessions are dropped first by every script: expiry
-//! never waits for a sweep. The pool's hash expires by itself when its last
-//! session would, so nothing has to scan for dead pools.
+//! Each operation's script touches the keys of one customer (one pool's session
+//! hash, the customer's set of pools, tombstones, all under the customer's hash
+//! tag), so it is atomic; beside them it reads the holding nodes' liveness keys
+//! and writes the session-id index, which are in other hash slots: drisc runs
+//! on one Redis, not on Redis Cluster. Time is the caller's `now` when given
+//! (tests drive it), else Redis's own `TIME`, so the clocks of the nodes never
+//! matter. Dead sessions are dropped first by every script: expiry never waits
+//! for a sweep. The pool's hash expires by itself when its last session may, so
+//! nothing has to scan for dead pools.
 //!
-//! The customer's set of pools (KEYS[2]) is a sorted set: each pool scored by
-//! the expiry of its longest-lived session, written by every script that
-//! changes a pool. A pool scored above `now` holds a live session; the others
-//! are dropped when counted. That count caps the pools a customer may hold.
+//! The customer's set of pools (KEYS[2]) is a sorted set of offer ids, each
+//! scored by the latest its pool's sessions may live, written by every script
+//! that changes a pool. A pool scored at or below `now` is dead and dropped when
+//! counted; one scored above may hold only sessions whose node stopped, so at
+//! the cap the admission looks into each. That count caps the pools a customer
+//! may hold.
 //!
 //! The records they keep and the replies they send are read by one codec,
 //! [`super::record`]; a reply with more than one value is a JSON object, read by
