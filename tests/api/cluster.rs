@@ -476,3 +476,30 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_player_who_finished_gets_a_session_again_at_once_on_its_node_and_within_a_refresh_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    let token = a.token("p", "again");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = connect_ok(&tv.endpoint).await;
+    player.send("FINISHED").await;
+    player.expect_close(1000).await;
+    // The node that ended it writes the queued end before its next admission for the customer.
+    let phone = a.create_ok(&token, "S1", "Phone").await;
+    let mut player = connect_ok(&phone.endpoint).await;
+    player.send("FINISHED").await;
+    player.expect_close(1000).await;
+    // Another node sees the slot free once node a's next refresh round (200 ms here) wrote it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = b.create(&token, json!({"offerId": "S1"})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409);
+        assert!(tokio::time::Instant::now() < deadline, "still full on node b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

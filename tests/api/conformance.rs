@@ -522,8 +522,10 @@ async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
     let b = admit(&s, &p, "phone", 2, now).await.unwrap();
     s.store.attach(&p, a, Holder(1), now).await.unwrap();
     s.store.attach(&p, b, Holder(2), now).await.unwrap();
-    // a is taken by another socket (on another node, say); b is taken over.
-    s.store.attach(&p, a, Holder(3), now + 1).await.unwrap();
+    // a is taken by a socket on another node (whose order to socket 1 is lost);
+    // b is taken over.
+    let other = second_node(&s).await;
+    other.attach(&p, a, Holder(3), now + 1).await.unwrap();
     s.store.take_over(&p, b, new("laptop"), now + 1).await.unwrap().unwrap();
     s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
     s.store.heartbeat(&p, b, Holder(2), now + 2).await.unwrap();
@@ -987,11 +989,12 @@ async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session()
     let s = Subject::redis().await;
     let (p, now) = (pool("r4"), t0());
     let id = SessionId::random();
-    let record = format!(r#"{{"s":"x","e":{},"h":"","c":{now},"n":"tv"}}"#, now + GRACE);
+    // A packed record (state|expires|holder|created|name) in a state nobody writes.
+    let record = format!("x|{}||{now}|tv", now + GRACE);
     let server = s.redis_server().unwrap();
     let _: i64 = server.cmd(&["HSET", &keys::pool(&p), &id.to_string(), &record]);
     let score = (now + GRACE).to_string();
-    let _: i64 = server.cmd(&["ZADD", &keys::pools(&p), &score, &keys::pool(&p)]);
+    let _: i64 = server.cmd(&["ZADD", &keys::pools(&p), &score, &p.offer_id]);
     let listed = s.store.list(&p, now).await;
     assert!(matches!(listed, Err(StoreError::Unreadable(_))), "{listed:?}");
     let page = s
@@ -999,4 +1002,146 @@ async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session()
         .customer_sessions(&query(&customer("pub", "r4"), None, None, 10), now)
         .await;
     assert!(matches!(page, Err(StoreError::Unreadable(_))), "{page:?}");
+}
+
+/// A store for a second node on the same Redis as `s`, with the caller's clock.
+async fn second_node(s: &Subject) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::connect(
+            &s.redis_server().unwrap().url,
+            timings(),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            TimeSource::Caller,
+            Arc::new(Recorder::default()),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// Calls Redis counted for `command` (`INFO commandstats`; those run inside
+/// scripts included), or every command's calls summed for `None`.
+fn calls(server: &RedisServer, command: Option<&str>) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.strip_prefix("calls=")?.split(',').next()?.parse::<u64>().ok()?;
+            command.is_none_or(|c| c == name).then_some(calls)
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn redis_an_end_by_its_socket_is_queued_seen_at_once_by_its_node_and_by_every_node_after_one_refresh() {
+    let s = Subject::redis().await;
+    let other = second_node(&s).await;
+    let (p, now) = (pool("q1"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    let ended = s.store.end(&p, a, Some(Holder(1)), now + 1).await.unwrap().unwrap();
+    assert_eq!((ended.id, ended.name.as_str()), (a, "tv"));
+    // Another node may still see it held until this node's next refresh round...
+    let refused = other.admit(&p, new("phone"), limit(1), now + 2).await.unwrap();
+    assert!(refused.is_err(), "not written yet: {refused:?}");
+    let round = s.redis.as_ref().unwrap().0.refresh().await.unwrap();
+    assert_eq!(round.written, 1);
+    // ...and sees the slot free once it ran.
+    let granted = other.admit(&p, new("phone"), limit(1), now + 3).await.unwrap();
+    assert!(granted.is_ok(), "{granted:?}");
+    assert_eq!(s.store.locate(a).await.unwrap(), None, "the end unindexed it");
+}
+
+#[tokio::test]
+async fn redis_an_admission_writes_its_customers_queued_ends_first_and_the_index_in_its_own_script() {
+    let s = Subject::redis().await;
+    let server = s.redis_server().unwrap();
+    let (p, now) = (pool("q2"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    s.store.end(&p, a, Some(Holder(1)), now + 1).await.unwrap().unwrap();
+    let (scripts, sets) = (calls(server, Some("evalsha")), calls(server, Some("set")));
+    let b = admit(&s, &p, "phone", 1, now + 2)
+        .await
+        .expect("the queued end was written first");
+    // The queued end and the admission are two scripts; the index is set by the
+    // admission's script, not by a command of its own.
+    assert_eq!(calls(server, Some("evalsha")) - scripts, 2);
+    assert_eq!(calls(server, Some("set")) - sets, 1);
+    assert_eq!(s.store.locate(b).await.unwrap(), Some(p));
+}
+
+#[tokio::test]
+async fn redis_a_held_session_costs_at_most_two_commands_a_minute_with_pings_every_ten_seconds() {
+    let s = Subject::redis().await;
+    let (store, server) = s.redis.as_ref().map(|(st, sv)| (st.clone(), sv)).unwrap();
+    let now = t0();
+    let n = 50;
+    let mut held = Vec::new();
+    for i in 0..n {
+        let p = pool(&format!("steady{i}"));
+        let id = admit(&s, &p, "tv", 1, now).await.unwrap();
+        let holder = Holder(i as u64 + 1);
+        s.store.attach(&p, id, holder, now).await.unwrap().unwrap();
+        held.push((p, id, holder));
+    }
+    // The first PONG checks each session once; steady state is what follows.
+    let beat = |at: Millis| {
+        let (store, held) = (store.clone(), held.clone());
+        async move {
+            for (p, id, holder) in &held {
+                assert!(store.heartbeat(p, *id, *holder, at).await.unwrap().accepted());
+            }
+            store.refresh().await.unwrap();
+        }
+    };
+    beat(now + 10_000).await;
+    let before = calls(server, None);
+    // Ten minutes of PONGs every 10 s and a refresh round after each.
+    for k in 2..=61 {
+        beat(now + k * 10_000).await;
+    }
+    let per_session_minute = (calls(server, None) - before) as f64 / n as f64 / 10.0;
+    assert!(
+        per_session_minute <= 2.0,
+        "{per_session_minute:.2} commands per session-minute"
+    );
+    // Still held, as the memory store would have them.
+    let listed = s.store.list(&held[0].0, now + 610_000).await.unwrap();
+    assert_eq!(listed[0].holder, Some(held[0].2));
+}
+
+#[tokio::test]
+async fn redis_a_stopped_nodes_live_sessions_die_one_pong_timeout_after_its_last_round_and_free_their_pools() {
+    let s = Subject::redis().await;
+    let other = second_node(&s).await;
+    let now = t0();
+    let (a, b) = (offer_pool("gone-node", "a"), offer_pool("gone-node", "b"));
+    let id = admit(&s, &a, "tv", 1, now).await.unwrap();
+    s.store.attach(&a, id, Holder(1), now).await.unwrap().unwrap();
+    s.store.heartbeat(&a, id, Holder(1), now + 10_000).await.unwrap();
+    s.flush().await;
+    // The node stops: no more rounds. Its session counts until one PONG timeout
+    // after the last round, and its pool against the customer's cap (of 1) too.
+    let capped = |at| {
+        let other = other.clone();
+        let b = b.clone();
+        async move {
+            let limits = Limits {
+                sessions: 1,
+                pools_per_customer: 1,
+            };
+            other.admit(&b, new("phone"), limits, at).await.unwrap()
+        }
+    };
+    assert!(matches!(
+        capped(now + 10_000 + PONG - 1).await,
+        Err(Refusal::TooManyPools)
+    ));
+    assert!(
+        capped(now + 10_000 + PONG).await.is_ok(),
+        "the dead pool no longer counts"
+    );
+    assert!(other.list(&a, now + 10_000 + PONG).await.unwrap().is_empty());
 }

@@ -34,6 +34,8 @@ pub enum C {
     Ping,
     Pong,
     Finished,
+    /// FINISHED answered by a close with 1000: the session ended cleanly.
+    FinishedClean,
     /// Reconnects with the cached endpoint that got OK again.
     Reconnect,
     /// POST /takeover granted.
@@ -44,7 +46,7 @@ pub enum C {
     Live,
 }
 
-const ALL: [C; 18] = [
+const ALL: [C; 19] = [
     C::Sent,
     C::Granted,
     C::Limit,
@@ -59,6 +61,7 @@ const ALL: [C; 18] = [
     C::Ping,
     C::Pong,
     C::Finished,
+    C::FinishedClean,
     C::Reconnect,
     C::Takeover,
     C::ServerClose,
@@ -82,6 +85,7 @@ impl C {
             C::Ping => "ping",
             C::Pong => "pong",
             C::Finished => "finished",
+            C::FinishedClean => "finished_clean",
             C::Reconnect => "reconnect",
             C::Takeover => "takeover",
             C::ServerClose => "server_close",

@@ -3,10 +3,11 @@
 //!
 //! | key                              | type       | what                                          |
 //! |----------------------------------|------------|-----------------------------------------------|
-//! | `drisc:{tag}:s:<offer>`          | hash       | a pool: session id → record (`record.rs`) |
-//! | `drisc:{tag}:pools`              | sorted set | the customer's pools, scored by last expiry   |
+//! | `drisc:{tag}:s:<offer>`          | hash       | a pool: session id → packed record (`record.rs`) |
+//! | `drisc:{tag}:pools`              | sorted set | the customer's offers with a pool, scored by the latest its sessions may live |
 //! | `drisc:{tag}:t:<session id>`     | string     | a tombstone: why a session ended (`T<name>`, `E`) |
-//! | `drisc:sid:<session id>`         | string     | the pool of a session (JSON), for operators   |
+//! | `drisc:sid:<session id>`         | string     | the pool of a session ([`index_value`]), for operators |
+//! | `drisc:alive:<node, hex>`        | string     | until when (ms) a node vouches for its live sessions |
 //! | `drisc:epoch`                    | string     | present while Redis keeps its data            |
 //! | `drisc:node:<node>`              | string     | a node's lease on its id ([`node`])           |
 //! | `drisc:inbox:<node>`             | list       | orders for a node's sockets ([`node`])        |
@@ -14,7 +15,7 @@
 //! `{tag}` is the customer's hash tag: every key of one customer is in one slot of
 //! a Redis Cluster, so one script may touch them all atomically.
 
-use crate::domain::{Customer, PoolKey, SessionId};
+use crate::domain::{PoolKey, SessionId};
 
 /// The hash tag of a customer: each id prefixed by its length, so no two
 /// customers share keys whatever characters their ids contain. The offer stays
@@ -30,13 +31,14 @@ pub fn pool(pool: &PoolKey) -> String {
     format!("drisc:{{{}}}:s:{}", customer_tag(pool), pool.offer_id)
 }
 
-/// What the key of every pool of `customer` starts with: the offer id follows
-/// (the members of the customer's set of pools are such keys).
-pub(crate) fn pool_prefix(customer: &Customer) -> String {
+/// What the key of every pool of `customer` starts with: the offer id follows.
+#[cfg(test)]
+fn pool_prefix(customer: &crate::domain::Customer) -> String {
     pool(&PoolKey::new(customer, ""))
 }
 
-/// The customer's pools, scored by when their last session expires.
+/// The customer's pools: each pool's offer id, scored by the latest its sessions
+/// may live. (The scripts find a pool's key from this one's: see `scripts.rs`.)
 pub fn pools(pool: &PoolKey) -> String {
     format!("drisc:{{{}}}:pools", customer_tag(pool))
 }
@@ -55,6 +57,39 @@ pub fn tombstone_prefix(pool: &PoolKey) -> String {
 /// (no hash tag): the id is all the operator knows.
 pub fn session_index(id: SessionId) -> String {
     format!("drisc:sid:{id}")
+}
+
+/// The index's value: the customer's tag, then the offer (the tag's lengths say
+/// where each id ends), a third of the JSON it replaces.
+pub fn index_value(pool: &PoolKey) -> String {
+    format!("{}|{}", customer_tag(pool), pool.offer_id)
+}
+
+/// Reads [`index_value`] back; `None` if it is not one.
+pub fn parse_index_value(value: &str) -> Option<PoolKey> {
+    fn sized(text: &str) -> Option<(&str, &str)> {
+        let (len, rest) = text.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        Some((rest.get(..len)?, rest.get(len..)?))
+    }
+    let (publisher, rest) = sized(value)?;
+    let (customer, rest) = sized(rest.strip_prefix('|')?)?;
+    let offer = rest.strip_prefix('|')?;
+    Some(PoolKey {
+        publisher_id: publisher.to_owned(),
+        customer_id: customer.to_owned(),
+        offer_id: offer.to_owned(),
+    })
+}
+
+/// What a node's liveness key starts with; the node's id follows in hex, as the
+/// scripts read it off a holder (hex too: `record.rs`).
+pub const ALIVE_PREFIX: &str = "drisc:alive:";
+
+/// A node's liveness: until when (ms) it vouches for the live sessions its
+/// sockets hold, rewritten every refresh round.
+pub fn alive(node: u64) -> String {
+    format!("{ALIVE_PREFIX}{node:x}")
 }
 
 /// Present while Redis keeps its data; a node that finds it missing knows Redis
@@ -111,12 +146,29 @@ mod tests {
         assert_eq!(tag(&pool(&p)), tag(&pools(&p)));
         assert_eq!(tag(&pool(&p)), tag(&tombstone(&p, id)));
         let prefix = |c: &str| {
-            pool_prefix(&Customer {
+            pool_prefix(&crate::domain::Customer {
                 publisher_id: "pub".into(),
                 customer_id: c.into(),
             })
         };
         assert_eq!(pool(&p).strip_prefix(&prefix("cus{x}")), Some("off:er"));
         assert_eq!(pool(&p).strip_prefix(&prefix("cus")), None);
+    }
+
+    #[test]
+    fn an_index_value_reads_back_as_its_pool_whatever_its_ids_contain() {
+        for p in [key("pub", "cus", "S1"), key("a|1:b", "c|", "o|f:f"), key("ü", "", "")] {
+            assert_eq!(parse_index_value(&index_value(&p)), Some(p));
+        }
+        assert_eq!(parse_index_value("3:pub|9:short|o"), None);
+        assert_eq!(parse_index_value("{\"publisher_id\":\"p\"}"), None);
+    }
+
+    #[test]
+    fn a_nodes_liveness_key_names_it_as_the_scripts_read_a_holder() {
+        let holder = crate::domain::Holder(0xabc << crate::domain::Holder::NODE_SHIFT | 7);
+        assert_eq!(alive(holder.node()), "drisc:alive:abc");
+        // The scripts take what is left of the hex holder after its 10 socket digits.
+        assert_eq!(crate::domain::Holder::NODE_SHIFT / 4, 10);
     }
 }

@@ -7,8 +7,9 @@
 //! - `scripts`: the pool rules in Lua, one script per operation;
 //! - `store`: the [`RedisStore`], the [`SessionStore`](crate::domain::ports::SessionStore)
 //!   that runs them;
-//! - [`refresh`]: the node's loop that writes queued PONGs in pipelined batches
-//!   and puts its sessions back if Redis lost its data;
+//! - [`refresh`]: the node's loop that vouches for its live sessions, writes the
+//!   ends its sockets queued, checks its sessions once a minute, and puts them
+//!   back if Redis lost its data;
 //! - [`inbox`]: orders for sockets held by other nodes;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
 

@@ -42,7 +42,8 @@ pub async fn open<L: Notifier>(
         local.clone(),
     )
     .await
-    .context(UNREACHABLE)?;
+    .context(UNREACHABLE)?
+    .for_node(node);
     let store = Arc::new(store);
     let (notifier, outbox) = ClusterNotifier::new(node, local.clone());
     tracing::info!(node, "cluster mode: sessions in Redis");

@@ -1,6 +1,9 @@
-//! The node's refresh loop: writes the PONGs queued since the last round in one
-//! pipeline, tells sockets whose session turned out to be gone (the backstop for
-//! lost orders), and puts this node's sessions back if Redis lost its data.
+//! The node's refresh loop. Each round it vouches for the live sessions its
+//! sockets hold (one key for all of them), writes the ends and detaches its
+//! sockets queued, checks the held sessions that are due (a PONG heard, and the
+//! last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose session turned
+//! out to be gone (the backstop for lost orders), and puts this node's sessions
+//! back if Redis lost its data.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,19 +13,24 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, node};
-use super::record::{self, HeartbeatReply};
-use super::scripts::on_pool;
-use super::store::{Held, RedisStore, unavailable};
+use super::record::{self, CheckReply};
+use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, unavailable};
 use crate::domain::ports::{Control, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
 
 /// What one refresh round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
+    /// Held sessions checked and found held by their socket.
     pub refreshed: usize,
     pub gone: usize,
     pub restored: usize,
+    /// Queued ends and detaches written.
+    pub written: usize,
 }
+
+/// How many sessions one call of the check script takes.
+const CHECK_CHUNK: usize = 250;
 
 /// Refreshes every `every`, and keeps node `node`'s claim on its id alive.
 pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: CancellationToken) {
@@ -54,71 +62,114 @@ impl RedisStore {
             restored: self.restore_if_lost().await?,
             ..Round::default()
         };
-        let batch: Vec<(Holder, (SessionId, Millis))> = match self.pending.lock() {
+        let heard: Vec<(Holder, (SessionId, Millis))> = match self.pending.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => Vec::new(),
         };
-        let batch: Vec<(Holder, Held, Millis)> = batch
-            .into_iter()
+        if let Err(e) = self.vouch(&heard).await {
+            self.pending_again(&heard);
+            return Err(e);
+        }
+        round.written = self.write_queued(|_| true).await?;
+        // Due: the first PONG since the socket attached, then one a minute.
+        let due: Vec<(Holder, Held, Millis)> = heard
+            .iter()
             .filter_map(|(holder, (id, now))| {
-                let held = self.held.get(&holder)?.clone();
-                (held.id == id).then_some((holder, held, now))
+                let mut held = self.held.get_mut(holder)?;
+                if held.id != *id || held.checked_at.is_some_and(|at| *now < at + CHECK_EVERY_MS) {
+                    return None;
+                }
+                held.checked_at = Some(*now);
+                Some((*holder, held.clone(), *now))
             })
             .collect();
-        if batch.is_empty() {
-            return Ok(round);
-        }
-        let replies = match self.heartbeats(&batch).await {
-            Ok(replies) => replies,
-            Err(e) => {
-                // Put them back for the next round.
-                if let Ok(mut pending) = self.pending.lock() {
-                    for (holder, held, now) in &batch {
-                        pending.entry(*holder).or_insert((held.id, *now));
-                    }
-                }
-                return Err(e);
-            }
-        };
-        for ((holder, _, _), reply) in batch.into_iter().zip(replies) {
-            let order = match record::reply(&reply, "heartbeat") {
-                Ok(HeartbeatReply::Refreshed) => {
-                    round.refreshed += 1;
-                    continue;
-                }
-                Ok(HeartbeatReply::Elsewhere) => Control::Terminate,
-                Ok(HeartbeatReply::Gone { tombstone }) => match tombstone.strip_prefix('T') {
-                    Some(name) => Control::TakeOver {
-                        session_name: name.to_owned(),
-                    },
-                    None => Control::Expire,
-                },
+        for chunk in due.chunks(CHECK_CHUNK) {
+            let replies = match self.check(chunk).await {
+                Ok(replies) => replies,
                 Err(e) => {
-                    // Its session is in an unknown state: keep the socket, and say
-                    // so; its next PONG tries again.
-                    tracing::error!(error = %e, "a session refresh could not be read");
-                    continue;
+                    // Checked again at their next PONG.
+                    for (holder, _, _) in chunk {
+                        if let Some(mut held) = self.held.get_mut(holder) {
+                            held.checked_at = None;
+                        }
+                    }
+                    return Err(e);
                 }
             };
-            round.gone += 1;
-            self.release(holder);
-            self.local.notify(holder, order);
+            for ((holder, _, _), reply) in chunk.iter().zip(replies) {
+                let order = match reply {
+                    CheckReply::Held => {
+                        round.refreshed += 1;
+                        continue;
+                    }
+                    CheckReply::Elsewhere => Control::Terminate,
+                    CheckReply::Gone { tombstone } => match tombstone.strip_prefix('T') {
+                        Some(name) => Control::TakeOver {
+                            session_name: name.to_owned(),
+                        },
+                        None => Control::Expire,
+                    },
+                };
+                round.gone += 1;
+                self.release(*holder);
+                self.local.notify(*holder, order);
+            }
         }
         Ok(round)
     }
 
-    async fn heartbeats(&self, batch: &[(Holder, Held, Millis)]) -> Result<Vec<Value>, StoreError> {
-        let mut pipe = redis::pipe();
-        for (holder, held, now) in batch {
-            pipe.invoke_script(
-                on_pool(&self.scripts.heartbeat, &held.pool)
-                    .key(keys::tombstone(&held.pool, held.id))
-                    .arg(self.now_arg(*now))
-                    .arg(held.id.to_string())
-                    .arg(holder.0.to_string()),
-            );
+    fn pending_again(&self, heard: &[(Holder, (SessionId, Millis))]) {
+        if let Ok(mut pending) = self.pending.lock() {
+            for (holder, beat) in heard {
+                pending.entry(*holder).or_insert(*beat);
+            }
         }
-        self.run_pipeline(&self.scripts.heartbeat, &pipe).await
+    }
+
+    /// Rewrites this node's liveness key: its live sessions hold their slots for
+    /// one more PONG timeout. With the caller's clock (tests), the latest PONG
+    /// heard is "now", and a round that heard none vouches for nothing new.
+    async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<(), StoreError> {
+        let now = match self.time {
+            TimeSource::Redis => 0,
+            TimeSource::Caller => match heard.iter().map(|(_, (_, now))| *now).max() {
+                Some(now) => now,
+                None => return Ok(()),
+            },
+        };
+        // Every socket of a node names it; tests hold sockets of node 0.
+        let nodes: std::collections::BTreeSet<u64> = match self.node {
+            Some(node) => [node].into(),
+            None => heard.iter().map(|(holder, _)| holder.node()).collect(),
+        };
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for node in nodes {
+            pipe.invoke_script(self.scripts.vouch.key(keys::alive(node)).arg(now));
+        }
+        self.run_pipeline(&self.scripts.vouch, &pipe).await.map(drop)
+    }
+
+    /// Checks `batch` in one script call.
+    async fn check(&self, batch: &[(Holder, Held, Millis)]) -> Result<Vec<CheckReply>, StoreError> {
+        let now = batch.iter().map(|(_, _, now)| *now).max().unwrap_or(0);
+        let mut invocation = self.scripts.check.prepare_invoke();
+        invocation.arg(self.now_arg(now));
+        for (holder, held, _) in batch {
+            invocation
+                .key(keys::pool(&held.pool))
+                .key(keys::pools(&held.pool))
+                .key(keys::tombstone(&held.pool, held.id))
+                .arg(held.id.to_string())
+                .arg(record::holder_arg(*holder));
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&invocation);
+        let mut replies = self.run_pipeline(&self.scripts.check, &pipe).await?;
+        let reply = replies.pop().unwrap_or(Value::Nil);
+        record::checks(reply, batch.len())
     }
 
     /// Restores this node's held sessions if Redis lost its data. Returns how many.
@@ -162,7 +213,7 @@ impl RedisStore {
                     state: SessionState::Live,
                     expires_at: 0,
                     holder: Some(*holder),
-                    created_at: 0,
+                    created_at: h.created_at,
                 };
                 (h.pool.clone(), session)
             })

@@ -1,17 +1,21 @@
 //! The pool rules of `domain::pool`, in Lua, one script per operation.
 //!
-//! Each script touches the keys of one customer only: one pool's session hash,
-//! the customer's set of pools, and tombstones, all under the customer's hash
-//! tag, so it is atomic and works on Redis Cluster. Time is the caller's `now`
-//! when given (tests drive it), else Redis's own `TIME`, so the clocks of the
-//! nodes never matter. Dead sessions are dropped first by every script: expiry
-//! never waits for a sweep. The pool's hash expires by itself when its last
-//! session would, so nothing has to scan for dead pools.
+//! Each operation's script touches the keys of one customer (one pool's session
+//! hash, the customer's set of pools, tombstones, all under the customer's hash
+//! tag), so it is atomic; beside them it reads the holding nodes' liveness keys
+//! and writes the session-id index, which are in other hash slots: drisc runs
+//! on one Redis, not on Redis Cluster. Time is the caller's `now` when given
+//! (tests drive it), else Redis's own `TIME`, so the clocks of the nodes never
+//! matter. Dead sessions are dropped first by every script: expiry never waits
+//! for a sweep. The pool's hash expires by itself when its last session may, so
+//! nothing has to scan for dead pools.
 //!
-//! The customer's set of pools (KEYS[2]) is a sorted set: each pool scored by
-//! the expiry of its longest-lived session, written by every script that
-//! changes a pool. A pool scored above `now` holds a live session; the others
-//! are dropped when counted. That count caps the pools a customer may hold.
+//! The customer's set of pools (KEYS[2]) is a sorted set of offer ids, each
+//! scored by the latest its pool's sessions may live, written by every script
+//! that changes a pool. A pool scored at or below `now` is dead and dropped when
+//! counted; one scored above may hold only sessions whose node stopped, so at
+//! the cap the admission looks into each. That count caps the pools a customer
+//! may hold.
 //!
 //! The records they keep and the replies they send are read by one codec,
 //! [`super::record`]; a reply with more than one value is a JSON object, read by
@@ -21,27 +25,80 @@ use crate::domain::PoolKey;
 
 use super::keys;
 
-/// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@` and `@TOMB@` are replaced by
-/// milliseconds when the scripts are built.
+/// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@`, `@TOMB@`, `@STALE@` and
+/// `@EXTEND@` are replaced by milliseconds when the scripts are built, `@ALIVE@`
+/// by the prefix of the nodes' liveness keys ([`keys::ALIVE_PREFIX`]).
+///
+/// A record is packed (`record.rs`): `state|expires|holder (hex)|created|name`.
+/// A live record's own deadline is written when it is attached and then only
+/// every `@EXTEND@` ms: between those writes, the holding node vouches for it
+/// through its liveness key (rewritten every refresh round, deadline one PONG
+/// timeout ahead), for at most `@STALE@` ms past the record's own deadline. So a
+/// held session costs Redis nothing per PONG, and the sessions of a node that
+/// stops die one PONG timeout after its last round, as they did when every PONG
+/// was written. (The liveness keys are outside the customer's hash slot: drisc
+/// runs on one Redis, not on Redis Cluster.)
 const PRELUDE: &str = r#"
 local pool, pools = KEYS[1], KEYS[2]
+-- The pool's member in its customer's set of pools: its offer id.
+local member = pools and pool:sub(#pools - 2)
 local now = tonumber(ARGV[1])
 if now == nil or now <= 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local CONNECT, PONG, GRACE, TOMB = @CONNECT@, @PONG@, @GRACE@, @TOMB@
+local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @TOMB@, @STALE@, @EXTEND@
+local ALIVE = '@ALIVE@'
+
+local function decode(v)
+  local s, e, h, c, n = string.match(v, '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
+  if s == nil then error('unreadable session record in ' .. pool) end
+  return {s = s, e = tonumber(e), h = h, c = tonumber(c), n = n}
+end
+
+local function pack(rec)
+  return rec.s .. '|' .. string.format('%d', rec.e) .. '|' .. rec.h .. '|' .. string.format('%d', rec.c) .. '|' .. rec.n
+end
+
+-- Until when each node vouches for its live sessions (0: it does not), read once a script.
+local vouched = {}
+local function node_until(h)
+  local node = '0'
+  if #h > 10 then node = h:sub(1, #h - 10) end
+  local d = vouched[node]
+  if d == nil then
+    d = tonumber(redis.call('GET', ALIVE .. node) or '0') or 0
+    vouched[node] = d
+  end
+  return d
+end
+
+-- Until when a record holds its slot: its own deadline, or for a live one as long
+-- as its node vouches for it, within STALE of the deadline last written.
+local function until_of(rec)
+  if rec.s ~= 'l' or rec.h == '' then return rec.e end
+  local horizon = rec.e + STALE
+  if horizon <= now then return rec.e end
+  return math.max(rec.e, math.min(node_until(rec.h), horizon))
+end
+
+-- The latest a record may hold its slot, whatever its node does: what the keys' TTLs cover.
+local function horizon_of(rec)
+  if rec.s == 'l' and rec.h ~= '' then return rec.e + STALE end
+  return rec.e
+end
 
 -- The pool's sessions alive at `now`, in creation order; dead ones are deleted.
 local function load()
   local raw = redis.call('HGETALL', pool)
   local live = {}
   for i = 1, #raw, 2 do
-    local rec = cjson.decode(raw[i + 1])
-    if rec.e <= now then
+    local rec = decode(raw[i + 1])
+    rec.id = raw[i]
+    rec.till = until_of(rec)
+    if rec.till <= now then
       redis.call('HDEL', pool, raw[i])
     else
-      rec.id = raw[i]
       live[#live + 1] = rec
     end
   end
@@ -57,29 +114,40 @@ local function find(live, id)
 end
 
 local function save(rec)
-  redis.call('HSET', pool, rec.id, cjson.encode({s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n}))
+  redis.call('HSET', pool, rec.id, pack(rec))
 end
 
--- The hash lives as long as its longest-lived session, and the customer's set of
--- pools scores it so; the set lives as long as its longest-lived pool.
+-- The hash lives as long as its longest-lived session may, and the customer's set
+-- of pools scores it so; the set lives as long as its longest-lived pool.
 local function settle()
   local last = 0
   for _, v in ipairs(redis.call('HVALS', pool)) do
-    local e = cjson.decode(v).e
-    if e > last then last = e end
+    local h = horizon_of(decode(v))
+    if h > last then last = h end
   end
   if last > 0 then
     redis.call('PEXPIREAT', pool, last + 1000)
-    redis.call('ZADD', pools, last, pool)
+    redis.call('ZADD', pools, last, member)
   else
-    redis.call('ZREM', pools, pool)
+    redis.call('ZREM', pools, member)
   end
   local top = redis.call('ZRANGE', pools, -1, -1, 'WITHSCORES')
   if top[2] then redis.call('PEXPIREAT', pools, tonumber(top[2]) + 1000) end
 end
 
+-- A pool's score is the latest its sessions may live: one whose live sessions'
+-- node stopped may be scored ahead and hold nothing. Whether any session of the
+-- customer's pool `m` is alive at `now`.
+local function holds_any(m)
+  local key = pools:sub(1, #pools - 5) .. 's:' .. m
+  for _, v in ipairs(redis.call('HVALS', key)) do
+    if until_of(decode(v)) > now then return true end
+  end
+  return false
+end
+
 local function encode(rec)
-  return cjson.encode({id = rec.id, s = rec.s, e = rec.e, h = rec.h, c = rec.c, n = rec.n})
+  return cjson.encode({id = rec.id, s = rec.s, e = rec.till or rec.e, h = rec.h, c = rec.c, n = rec.n})
 end
 
 -- The pool's live sessions and their sockets, to be pinged.
@@ -92,7 +160,9 @@ local function live_ones(live)
 end
 "#;
 
-/// ARGV: now, id, name, limit, most pools per customer. Reply (JSON):
+/// KEYS[3]: the new session's index key. ARGV: now, id, name, limit, most pools
+/// per customer, index value, index TTL (ms). The index is written here, in the
+/// admission's own round trip. Reply (JSON):
 /// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`, or
 /// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
 /// as many pools as allowed).
@@ -107,19 +177,29 @@ if #live >= limit then
 end
 if #live == 0 then
   -- This session opens the pool: count the customer's pools alive at `now`.
+  local most = tonumber(ARGV[5])
   redis.call('ZREMRANGEBYSCORE', pools, '-inf', now)
-  if not redis.call('ZSCORE', pools, pool) and redis.call('ZCARD', pools) >= tonumber(ARGV[5]) then
-    settle()
-    return cjson.encode({ok = 'too_many_pools'})
+  if not redis.call('ZSCORE', pools, member) and redis.call('ZCARD', pools) >= most then
+    -- At the cap: look whether each counted pool really holds a session.
+    for _, m in ipairs(redis.call('ZRANGE', pools, 0, -1)) do
+      if not holds_any(m) then redis.call('ZREM', pools, m) end
+    end
+    if redis.call('ZCARD', pools) >= most then
+      settle()
+      return cjson.encode({ok = 'too_many_pools'})
+    end
   end
 end
 save({id = ARGV[2], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[3]})
 settle()
+redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
 return cjson.encode({ok = 'granted', now = now, live = live_ones(live)})
 "#;
 
-/// KEYS[3]: the victim's tombstone. ARGV: now, victim id, new id, new name.
-/// Reply (JSON): `{ok: "gone"}` or `{ok: "taken", now, victim: record, live: [{id, h}]}`.
+/// KEYS[3]: the victim's tombstone, KEYS[4] its index key, KEYS[5] the new
+/// session's index key. ARGV: now, victim id, new id, new name, index value,
+/// index TTL (ms). Reply (JSON): `{ok: "gone"}` or
+/// `{ok: "taken", now, victim: record, live: [{id, h}]}`.
 const TAKE_OVER: &str = r#"
 local live = load()
 local index, victim = find(live, ARGV[2])
@@ -129,11 +209,13 @@ redis.call('HDEL', pool, victim.id)
 redis.call('SET', KEYS[3], 'T' .. ARGV[4], 'PX', TOMB)
 save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[4]})
 settle()
+redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6])
 return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(live)})
 "#;
 
 /// ARGV: now, id, holder. Reply (JSON): `{ok: "gone"}`, or
-/// `{ok: "attached", previous: holder or "", n: name}`.
+/// `{ok: "attached", previous: holder or "", n: name, c: created}`.
 const ATTACH: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
@@ -145,23 +227,46 @@ rec.s = 'l'
 rec.e = now + PONG
 save(rec)
 settle()
-return cjson.encode({ok = 'attached', previous = previous, n = rec.n})
+return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c})
 "#;
 
-/// KEYS[3]: the session's tombstone. ARGV: now, id, holder. Reply (JSON):
-/// `{ok: "refreshed"}`, `{ok: "elsewhere"}` (another socket holds it), or
-/// `{ok: "gone", tombstone: text or ""}`.
-const HEARTBEAT: &str = r#"
-local live = load()
-local _, rec = find(live, ARGV[2])
-if rec == nil then
-  return cjson.encode({ok = 'gone', tombstone = redis.call('GET', KEYS[3]) or ''})
+/// A node's liveness: KEYS[1] its key. ARGV: now. Until one PONG timeout from
+/// now, the node vouches for the live sessions its sockets hold.
+const VOUCH: &str = r#"
+redis.call('SET', KEYS[1], string.format('%d', now + PONG), 'PX', PONG)
+return 1
+"#;
+
+/// Checks many held sessions at once, in any pools: KEYS, three per session:
+/// its pool, its customer's set of pools, its tombstone. ARGV: now, then per
+/// session its id and holder. Reply: one code per session, `r` (held, and its
+/// own deadline rewritten if older than EXTEND), `x` (another socket holds it),
+/// or `g` followed by its tombstone, if any (it ended).
+const CHECK: &str = r#"
+local replies = {}
+for i = 1, #KEYS / 3 do
+  pool, pools = KEYS[3 * i - 2], KEYS[3 * i - 1]
+  member = pool:sub(#pools - 2)
+  local id, holder = ARGV[2 * i], ARGV[2 * i + 1]
+  local v = redis.call('HGET', pool, id)
+  local rec = v and decode(v)
+  if not rec or until_of(rec) <= now then
+    replies[i] = 'g' .. (redis.call('GET', KEYS[3 * i]) or '')
+  elseif rec.h ~= holder then
+    replies[i] = 'x'
+  else
+    if rec.e < now - EXTEND then
+      rec.id, rec.e = id, now + PONG
+      save(rec)
+      local last = rec.e + STALE
+      redis.call('PEXPIREAT', pool, last + 1000, 'GT')
+      redis.call('ZADD', pools, 'GT', last, member)
+      redis.call('PEXPIREAT', pools, last + 1000, 'GT')
+    end
+    replies[i] = 'r'
+  end
 end
-if rec.h ~= ARGV[3] then return cjson.encode({ok = 'elsewhere'}) end
-rec.e = now + PONG
-save(rec)
-settle()
-return cjson.encode({ok = 'refreshed'})
+return replies
 "#;
 
 /// ARGV: now, id, holder. Reply: 1 detached, 0 not held by this socket.
@@ -177,14 +282,16 @@ settle()
 return 1
 "#;
 
-/// KEYS[3]: the session's tombstone. ARGV: now, id, holder or "" (anyone),
-/// tombstone text or "" (none). Reply: the ended record, or false.
+/// KEYS[3]: the session's tombstone, KEYS[4] its index key. ARGV: now, id,
+/// holder or "" (anyone), tombstone text or "" (none). Reply: the ended record,
+/// or false.
 const END: &str = r#"
 local live = load()
 local _, rec = find(live, ARGV[2])
 if rec == nil or (ARGV[3] ~= '' and rec.h ~= ARGV[3]) then return false end
 redis.call('HDEL', pool, rec.id)
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', TOMB) end
+redis.call('DEL', KEYS[4])
 settle()
 return encode(rec)
 "#;
@@ -213,23 +320,33 @@ settle()
 return reply
 "#;
 
-/// ARGV: now, id, record JSON (`e` or `c` 0: now, plus the live allowance for `e`).
+/// ARGV: now, id, packed record (`e` or `c` 0: now, plus the live allowance for `e`).
 /// Puts back a session unless the pool has it. Reply: 1 restored, 0 already there.
 const RESTORE: &str = r#"
 load()
-local rec = cjson.decode(ARGV[3])
+local rec = decode(ARGV[3])
 if rec.e == 0 then rec.e = now + PONG end
 if rec.c == 0 then rec.c = now end
-local added = redis.call('HSETNX', pool, ARGV[2], cjson.encode(rec))
+local added = redis.call('HSETNX', pool, ARGV[2], pack(rec))
 settle()
 return added
 "#;
+
+/// How long past its own deadline a live record may be vouched for by its node
+/// (an hour): the keys' TTLs cover it, so a pool whose node stopped is gone from
+/// Redis's memory within it even if nobody touches it again.
+pub const STALE_MS: u64 = 3_600_000;
+
+/// How old a live record's own deadline may grow before a check rewrites it (20
+/// minutes, well inside [`STALE_MS`]).
+pub const EXTEND_MS: u64 = 1_200_000;
 
 pub struct Scripts {
     pub admit: redis::Script,
     pub take_over: redis::Script,
     pub attach: redis::Script,
-    pub heartbeat: redis::Script,
+    pub vouch: redis::Script,
+    pub check: redis::Script,
     pub detach: redis::Script,
     pub end: redis::Script,
     pub end_all: redis::Script,
@@ -238,19 +355,39 @@ pub struct Scripts {
 }
 
 impl Scripts {
+    /// Every script, to be loaded into Redis at once.
+    pub fn all(&self) -> [&redis::Script; 10] {
+        [
+            &self.admit,
+            &self.take_over,
+            &self.attach,
+            &self.vouch,
+            &self.check,
+            &self.detach,
+            &self.end,
+            &self.end_all,
+            &self.list,
+            &self.restore,
+        ]
+    }
+
     /// Builds the scripts with the lifecycle timings (ms) baked in.
     pub fn new(connect_ms: u64, pong_ms: u64, grace_ms: u64, tombstone_ms: u64) -> Self {
         let prelude = PRELUDE
             .replace("@CONNECT@", &connect_ms.to_string())
-            .replace("@PONG@", &pong_ms.to_string())
+            .replace("@PONG@", &pong_ms.max(1).to_string())
             .replace("@GRACE@", &grace_ms.to_string())
-            .replace("@TOMB@", &tombstone_ms.max(1).to_string());
+            .replace("@TOMB@", &tombstone_ms.max(1).to_string())
+            .replace("@STALE@", &STALE_MS.to_string())
+            .replace("@EXTEND@", &EXTEND_MS.to_string())
+            .replace("@ALIVE@", keys::ALIVE_PREFIX);
         let build = |body: &str| redis::Script::new(&format!("{prelude}{body}"));
         Self {
             admit: build(ADMIT),
             take_over: build(TAKE_OVER),
             attach: build(ATTACH),
-            heartbeat: build(HEARTBEAT),
+            vouch: build(VOUCH),
+            check: build(CHECK),
             detach: build(DETACH),
             end: build(END),
             end_all: build(END_ALL),

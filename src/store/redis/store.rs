@@ -1,7 +1,15 @@
 //! The session store on Redis: runs the scripts ([`super::scripts`]) on the keys
-//! of [`super::keys`] and reads their replies with [`super::record`]. PONGs are
-//! not written one by one: the node queues them and its refresh loop
-//! ([`super::refresh`]) writes them in pipelined batches.
+//! of [`super::keys`] and reads their replies with [`super::record`].
+//!
+//! What a node's own sockets do is batched: a PONG costs Redis nothing (the
+//! node's liveness key vouches for its sessions, and each is checked once a
+//! [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
+//! session is queued for the next refresh round ([`super::refresh`]), at most one
+//! refresh interval away. Any operation on a pool by this node (an admission
+//! first of all) writes that pool's queued ends first, in the same round trip, so
+//! a player who finished here and creates again here never finds the old
+//! session still counted; another node sees the slot free within one refresh
+//! interval.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +31,23 @@ use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, Sessi
 use crate::readiness::Probe;
 
 /// How many script calls go in one pipeline when a node acts on all its sessions.
-const PIPELINE_CHUNK: usize = 1000;
+pub(super) const PIPELINE_CHUNK: usize = 1000;
+
+/// How often each held session is checked in Redis (once a minute, from its
+/// first PONG): the backstop that tells a socket its session ended or moved
+/// should the order have been lost, and what keeps its record's own deadline
+/// fresh. In the caller's milliseconds when tests drive time.
+pub const CHECK_EVERY_MS: Millis = 60_000;
+
+/// A write a socket's end left for the next refresh round (or for the next
+/// operation on its pool, whichever comes first).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Queued {
+    /// FINISHED, or no PONG in time: the session ends if this socket holds it.
+    End { id: SessionId, holder: Holder, now: Millis },
+    /// The socket closed: the session waits the reconnect grace.
+    Detach { id: SessionId, holder: Holder, now: Millis },
+}
 
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -36,6 +60,9 @@ pub(crate) struct Held {
     pub pool: PoolKey,
     pub id: SessionId,
     pub name: String,
+    pub created_at: Millis,
+    /// When its record was last checked (`None`: not yet; the first PONG does).
+    pub checked_at: Option<Millis>,
 }
 
 /// How the scripts read the time.
@@ -51,12 +78,17 @@ pub struct RedisStore {
     pub(super) conn: ConnectionManager,
     pub(super) scripts: Scripts,
     timings: Timings,
-    time: TimeSource,
+    pub(super) time: TimeSource,
     index_ttl: Duration,
+    /// This node's id, whose liveness key the refresh rounds write (`None` in
+    /// tests: the node of each socket heard).
+    pub(super) node: Option<u64>,
     /// Sockets of this node and the sessions they hold.
     pub(super) held: DashMap<Holder, Held>,
     /// PONGs waiting for the next refresh, with the time they were heard.
     pub(super) pending: Mutex<HashMap<Holder, (SessionId, Millis)>>,
+    /// Ends and detaches waiting for the next refresh, by pool.
+    pub(super) queued: Mutex<HashMap<PoolKey, Vec<Queued>>>,
     pub(super) local: Arc<dyn Notifier>,
     /// The last value of the epoch key this node saw (see [`super::refresh`]).
     pub(super) epoch: Mutex<Option<String>>,
@@ -73,23 +105,40 @@ impl RedisStore {
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
-        let conn = Self::connection(url).await?;
+        let mut conn = Self::connection(url).await?;
+        let scripts = Scripts::new(
+            duration_ms(timings.connect_timeout),
+            duration_ms(timings.pong_timeout),
+            duration_ms(timings.reconnect_grace),
+            duration_ms(tombstone_ttl),
+        );
+        // Loaded up front, so the pipelines (which do not fall back to EVAL) find them.
+        for script in scripts.all() {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(Self {
             conn,
-            scripts: Scripts::new(
-                duration_ms(timings.connect_timeout),
-                duration_ms(timings.pong_timeout),
-                duration_ms(timings.reconnect_grace),
-                duration_ms(tombstone_ttl),
-            ),
+            scripts,
             timings,
             time,
             index_ttl,
+            node: None,
             held: DashMap::new(),
             pending: Mutex::new(HashMap::new()),
+            queued: Mutex::new(HashMap::new()),
             local,
             epoch: Mutex::new(None),
         })
+    }
+
+    /// The store of node `node`: its refresh rounds vouch for that node's sockets.
+    pub fn for_node(mut self, node: u64) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// A self-reconnecting connection that gives up on a request quickly, so a
@@ -133,41 +182,128 @@ impl RedisStore {
         script: &redis::Script,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
+        self.run_pipeline_of(&[script], pipe).await
+    }
+
+    /// Runs a pipeline that invokes any of `scripts`, loading them all and
+    /// retrying once if Redis had lost one (or the connection dropped).
+    pub(crate) async fn run_pipeline_of(
+        &self,
+        scripts: &[&redis::Script],
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.conn.clone();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Err(e)
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                     || e.is_connection_dropped() =>
             {
-                script
-                    .prepare_invoke()
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                for script in scripts {
+                    script
+                        .prepare_invoke()
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                }
                 pipe.query_async(&mut conn).await.map_err(unavailable)
             }
             other => other.map_err(unavailable),
         }
     }
 
-    /// Where operators' look-ups by id find the session, for as long as its
-    /// session token lives.
-    async fn index(&self, pool: &PoolKey, id: SessionId) {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        self.index_in(&mut pipe, pool, id);
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            // Only operators' look-ups by id depend on it.
-            tracing::debug!(error = %e, "could not index a session id");
+    /// Queues a socket's end or detach for the next refresh round.
+    fn queue(&self, pool: &PoolKey, write: Queued) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.entry(pool.clone()).or_default().push(write);
         }
     }
 
+    /// Takes the queued writes of the pools `which` selects.
+    pub(super) fn take_queued(&self, which: impl Fn(&PoolKey) -> bool) -> Vec<(PoolKey, Queued)> {
+        let Ok(mut queued) = self.queued.lock() else {
+            return Vec::new();
+        };
+        let pools: Vec<PoolKey> = queued.keys().filter(|p| which(p)).cloned().collect();
+        pools
+            .into_iter()
+            .filter_map(|p| queued.remove(&p).map(|writes| (p, writes)))
+            .flat_map(|(p, writes)| writes.into_iter().map(move |w| (p.clone(), w)))
+            .collect()
+    }
+
+    /// Puts back writes a failed round trip did not make, for the next round.
+    pub(super) fn requeue(&self, writes: Vec<(PoolKey, Queued)>) {
+        if let Ok(mut queued) = self.queued.lock() {
+            for (pool, write) in writes {
+                queued.entry(pool).or_default().push(write);
+            }
+        }
+    }
+
+    /// Adds a queued write to `pipe`; its reply is not needed (each is
+    /// conditional on the socket still holding the session).
+    pub(super) fn queued_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, write: &Queued) {
+        match *write {
+            Queued::End { id, holder, now } => pipe.invoke_script(
+                on_pool(&self.scripts.end, pool)
+                    .key(keys::tombstone(pool, id))
+                    .key(keys::session_index(id))
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(record::holder_arg(holder))
+                    .arg(""),
+            ),
+            Queued::Detach { id, holder, now } => pipe.invoke_script(
+                on_pool(&self.scripts.detach, pool)
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(record::holder_arg(holder)),
+            ),
+        };
+    }
+
+    /// Writes the queued ends and detaches of the pools `which` selects, a
+    /// pipeline per thousand. Returns how many were written.
+    pub(super) async fn write_queued(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
+        let writes = self.take_queued(which);
+        let count = writes.len();
+        for (i, chunk) in writes.chunks(PIPELINE_CHUNK).enumerate() {
+            let mut pipe = redis::pipe();
+            for (pool, write) in chunk {
+                self.queued_in(&mut pipe, pool, write);
+            }
+            if let Err(e) = self
+                .run_pipeline_of(&[&self.scripts.end, &self.scripts.detach], &pipe)
+                .await
+            {
+                self.requeue(writes[i * PIPELINE_CHUNK..].to_vec());
+                return Err(e);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Runs `invocation` on `pool`, after writing the ends and detaches queued
+    /// for any pool of its customer: what this node's sockets ended is never
+    /// still counted by this node's next operation for that customer (its limit,
+    /// its cap on pools). Two round trips only when something was queued there;
+    /// not one pipeline, since a pipeline retried after a flushed script cache
+    /// would run the operation twice.
+    async fn run_on(&self, pool: &PoolKey, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let customer = Customer {
+            publisher_id: pool.publisher_id.clone(),
+            customer_id: pool.customer_id.clone(),
+        };
+        self.write_queued(|p| of_customer(p, &customer)).await?;
+        self.run(invocation).await
+    }
+
+    /// Where operators' look-ups by id find the session, for as long as its
+    /// session token lives (the admission and take-over scripts write it too).
     fn index_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, id: SessionId) {
-        // A PoolKey of strings always serializes.
-        let value = serde_json::to_string(pool).unwrap_or_default();
         pipe.cmd("SET")
             .arg(keys::session_index(id))
-            .arg(value)
+            .arg(keys::index_value(pool))
             .arg("PX")
             .arg(duration_ms(self.index_ttl))
             .ignore();
@@ -220,10 +356,8 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let prefix = keys::pool_prefix(customer);
         Ok(members
             .iter()
-            .filter_map(|m| m.strip_prefix(&prefix))
             .filter(|offer| wanted(offer))
             .map(|offer| PoolKey::new(customer, offer))
             .collect())
@@ -255,15 +389,22 @@ impl RedisStore {
     }
 
     /// Registers that this node's socket `holder` holds a session.
-    fn hold(&self, holder: Holder, pool: &PoolKey, id: SessionId, name: String) {
+    fn hold(&self, holder: Holder, pool: &PoolKey, id: SessionId, name: String, created_at: Millis) {
         self.held.insert(
             holder,
             Held {
                 pool: pool.clone(),
                 id,
                 name,
+                created_at,
+                checked_at: None,
             },
         );
+    }
+
+    /// What this node knows of the session its socket `holder` holds, if it is `id`.
+    fn holding(&self, holder: Holder, id: SessionId) -> Option<Held> {
+        self.held.get(&holder).filter(|h| h.id == id).map(|h| h.clone())
     }
 
     pub(crate) fn release(&self, holder: Holder) {
@@ -272,6 +413,10 @@ impl RedisStore {
             pending.remove(&holder);
         }
     }
+}
+
+fn of_customer(pool: &PoolKey, customer: &Customer) -> bool {
+    pool.publisher_id == customer.publisher_id && pool.customer_id == customer.customer_id
 }
 
 /// `PING` on the connection every session operation uses: if it does not answer,
@@ -301,22 +446,21 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
         let reply = self
-            .run(
+            .run_on(
+                pool,
                 on_pool(&self.scripts.admit, pool)
+                    .key(keys::session_index(new.id))
                     .arg(self.now_arg(now))
                     .arg(new.id.to_string())
                     .arg(&new.name)
                     .arg(limits.sessions)
-                    .arg(limits.pools_per_customer),
+                    .arg(limits.pools_per_customer)
+                    .arg(keys::index_value(pool))
+                    .arg(duration_ms(self.index_ttl)),
             )
             .await?;
         match record::reply(&reply, "admit")? {
-            AdmitReply::Granted { now, live } => {
-                let id = new.id;
-                let granted = self.granted(new, now, live);
-                self.index(pool, id).await;
-                Ok(Ok(granted))
-            }
+            AdmitReply::Granted { now, live } => Ok(Ok(self.granted(new, now, live))),
             AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
             AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
                 active: held
@@ -335,13 +479,18 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
         let reply = self
-            .run(
+            .run_on(
+                pool,
                 on_pool(&self.scripts.take_over, pool)
                     .key(keys::tombstone(pool, victim))
+                    .key(keys::session_index(victim))
+                    .key(keys::session_index(new.id))
                     .arg(self.now_arg(now))
                     .arg(victim.to_string())
                     .arg(new.id.to_string())
-                    .arg(&new.name),
+                    .arg(&new.name)
+                    .arg(keys::index_value(pool))
+                    .arg(duration_ms(self.index_ttl)),
             )
             .await?;
         let TakeOverReply::Taken {
@@ -352,13 +501,9 @@ impl SessionStore for RedisStore {
         else {
             return Ok(None);
         };
-        let id = new.id;
-        let granted = self.granted(new, now, live);
-        self.unindex([victim]).await;
-        self.index(pool, id).await;
         Ok(Some(TakenOver {
             victim: victim_session,
-            granted,
+            granted: self.granted(new, now, live),
         }))
     }
 
@@ -370,23 +515,38 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError> {
         let reply = self
-            .run(
+            .run_on(
+                pool,
                 on_pool(&self.scripts.attach, pool)
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
-                    .arg(holder.0.to_string()),
+                    .arg(record::holder_arg(holder)),
             )
             .await?;
-        let AttachReply::Attached { previous, name } = record::reply(&reply, "attach")? else {
+        let AttachReply::Attached {
+            previous,
+            name,
+            created_at,
+        } = record::reply(&reply, "attach")?
+        else {
             return Ok(None);
         };
-        self.hold(holder, pool, id, name);
+        // A socket of this node that held it before holds nothing now: its end
+        // or close must not be queued as if it did.
+        if let Some(previous) = previous
+            && self.holding(previous, id).is_some()
+        {
+            self.release(previous);
+        }
+        self.hold(holder, pool, id, name, created_at);
         Ok(Some(Attached { previous }))
     }
 
-    /// Queued: the next refresh round writes it, and tells the socket if its
-    /// session turns out to be gone. A PONG from a socket this node no longer
-    /// knows as a holder (its session ended or moved) is not held.
+    /// Queued: the node vouches for its live sessions as a whole, and the next
+    /// refresh round checks this one in Redis if it is due (its first PONG, then
+    /// once a [`CHECK_EVERY_MS`]), telling the socket if its session turns out to
+    /// be gone. A PONG from a socket this node no longer knows as a holder (its
+    /// session ended or moved) is not held.
     async fn heartbeat(
         &self,
         _pool: &PoolKey,
@@ -403,19 +563,33 @@ impl SessionStore for RedisStore {
         Ok(Heartbeat::Queued)
     }
 
+    /// Queued when this node's socket holds the session (written within one
+    /// refresh interval: until then the session counts as live, which it would
+    /// detached too); otherwise asked of Redis at once.
     async fn detach(&self, pool: &PoolKey, id: SessionId, holder: Holder, now: Millis) -> Result<bool, StoreError> {
+        if self.holding(holder, id).is_some() {
+            self.release(holder);
+            self.queue(pool, Queued::Detach { id, holder, now });
+            return Ok(true);
+        }
         self.release(holder);
         let reply = self
-            .run(
+            .run_on(
+                pool,
                 on_pool(&self.scripts.detach, pool)
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
-                    .arg(holder.0.to_string()),
+                    .arg(record::holder_arg(holder)),
             )
             .await?;
         Ok(record::int(&reply, "detach")? == 1)
     }
 
+    /// Ended by the socket that holds it: queued, and answered from what this
+    /// node knows of the session. The slot is free for this node's next
+    /// operation on the pool at once (it writes the queued end first, in the same
+    /// round trip) and for every node within one refresh interval. Ended by
+    /// anyone else (an operator): at once.
     async fn end(
         &self,
         pool: &PoolKey,
@@ -424,36 +598,47 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
         if let Some(h) = holder {
+            if let Some(held) = self.holding(h, id) {
+                self.release(h);
+                self.queue(pool, Queued::End { id, holder: h, now });
+                return Ok(Some(Session {
+                    id,
+                    name: held.name,
+                    state: SessionState::Live,
+                    expires_at: now,
+                    holder: Some(h),
+                    created_at: held.created_at,
+                }));
+            }
             self.release(h);
         }
         // Ended by someone else than its socket (an operator): leave a tombstone
-        // so the holder's next refresh learns why, should the order be lost.
+        // so the holder's next check learns why, should the order be lost.
         let tombstone = if holder.is_none() { "E" } else { "" };
         let reply = self
-            .run(
+            .run_on(
+                pool,
                 on_pool(&self.scripts.end, pool)
                     .key(keys::tombstone(pool, id))
+                    .key(keys::session_index(id))
                     .arg(self.now_arg(now))
                     .arg(id.to_string())
-                    .arg(holder.map(|h| h.0.to_string()).unwrap_or_default())
+                    .arg(holder.map(record::holder_arg).unwrap_or_default())
                     .arg(tombstone),
             )
             .await?;
-        let ended = record::session_or_nil(&reply, "end")?;
-        if ended.is_some() {
-            self.unindex([id]).await;
-        }
-        Ok(ended)
+        record::session_or_nil(&reply, "end")
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         let reply = self
-            .run(on_pool(&self.scripts.list, pool).arg(self.now_arg(now)))
+            .run_on(pool, on_pool(&self.scripts.list, pool).arg(self.now_arg(now)))
             .await?;
         record::sessions(reply, "list")
     }
 
     async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
+        self.write_queued(|p| of_customer(p, &query.customer)).await?;
         let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
         let now = self.now_arg(now);
         let found = self
@@ -470,6 +655,7 @@ impl SessionStore for RedisStore {
         offer_id: Option<&str>,
         now: Millis,
     ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        self.write_queued(|p| of_customer(p, customer)).await?;
         let pools = self
             .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
             .await?;
@@ -491,7 +677,7 @@ impl SessionStore for RedisStore {
             .await
             .map_err(unavailable)?;
         value
-            .map(|v| serde_json::from_str(&v).map_err(|e| record::unreadable("session index", e)))
+            .map(|v| keys::parse_index_value(&v).ok_or_else(|| record::unreadable("session index", v)))
             .transpose()
     }
 
@@ -527,6 +713,7 @@ impl SessionStore for RedisStore {
     /// reconnect grace to come back (to any node). Redis drops dead sessions by
     /// itself.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
+        self.write_queued(|_| true).await?;
         let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
         for chunk in held.chunks(PIPELINE_CHUNK) {
             let mut pipe = redis::pipe();
@@ -536,7 +723,7 @@ impl SessionStore for RedisStore {
                     on_pool(&self.scripts.detach, &h.pool)
                         .arg(self.now_arg(now))
                         .arg(h.id.to_string())
-                        .arg(holder.0.to_string()),
+                        .arg(record::holder_arg(*holder)),
                 );
             }
             self.run_pipeline(&self.scripts.detach, &pipe).await?;

@@ -109,9 +109,29 @@ pub async fn request(env: &Env, ws: &mut Ws) -> Result<Action> {
 }
 
 /// Sends FINISHED and waits for the server's close.
+///
+/// An end is clean when the server closes with 1000 (the session was ended):
+/// counted, with the time from FINISHED to that close frame as `finish`
+/// latency. Any other close (1011: the session store failed) is not.
 pub async fn finish(env: &Env, ws: &mut Ws) -> Result<()> {
+    let sent = Instant::now();
     send_action(ws, "FINISHED").await?;
     env.counters.inc(C::Finished);
+    let closed = timeout(ANSWER_TIMEOUT, async {
+        let mut code = None;
+        while let Some(Ok(frame)) = ws.next().await {
+            if let Message::Close(close) = frame {
+                code = Some(close.map_or(1005, |c| u16::from(c.code)));
+                break;
+            }
+        }
+        code
+    })
+    .await;
+    if let Ok(Some(1000)) = closed {
+        env.hists.record("finish", sent.elapsed());
+        env.counters.inc(C::FinishedClean);
+    }
     let _ = timeout(ANSWER_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     Ok(())
 }
