@@ -152,9 +152,13 @@ impl SessionRequest {
 async fn create(
     State(state): State<AppState>,
     customer: Result<CustomerAuth, ApiError>,
-    headers: HeaderMap,
     request: Request,
 ) -> Result<Json<SessionAnswer>, ApiError> {
+    // The headers are moved out for the endpoint, not cloned (as the `HeaderMap`
+    // extractor does): reading the body needs none of them.
+    let (mut parts, body) = request.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let request = Request::from_parts(parts, body);
     let outcome = async {
         let CustomerAuth(customer) = customer?;
         admit_customer(&state, &customer)?;
@@ -306,7 +310,10 @@ fn granted(
 ) -> SessionGranted {
     let now_secs = state.control.clock().now() / 1000;
     let token = state.tokens.issue(pool, session.id, now_secs);
-    let endpoint = format!("{}?token={token}", ws_base(state, headers));
+    let mut endpoint = String::with_capacity(64 + token.len());
+    write_ws_base(&mut endpoint, state, headers);
+    endpoint.push_str("?token=");
+    endpoint.push_str(&token);
     SessionGranted {
         endpoint,
         offer_id,
@@ -315,25 +322,30 @@ fn granted(
     }
 }
 
-/// The WebSocket URL players should open: configured, or else the address the
-/// player itself used to reach us.
-fn ws_base(state: &AppState, headers: &HeaderMap) -> String {
+/// Writes the WebSocket URL players should open: configured, or else the address
+/// the player itself used to reach us. Written straight into the endpoint: no
+/// string of its own per create.
+fn write_ws_base(endpoint: &mut String, state: &AppState, headers: &HeaderMap) {
     let configured = &state.settings.server.public_ws_url;
     if !configured.is_empty() {
-        return configured.clone();
+        endpoint.push_str(configured);
+        return;
     }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| is_plain_host(h));
     let Some(host) = host else {
-        return state.fallback_ws_url.to_string();
+        endpoint.push_str(&state.fallback_ws_url);
+        return;
     };
     let secure = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
         .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    format!("{}://{host}/ws", if secure { "wss" } else { "ws" })
+    endpoint.push_str(if secure { "wss://" } else { "ws://" });
+    endpoint.push_str(host);
+    endpoint.push_str("/ws");
 }
 
 /// A Host header is reflected into the endpoint only if it is a host and port.
