@@ -23,7 +23,7 @@ use crate::limits::Limits;
 use crate::meter::Meter;
 use crate::net::{Drain, Server};
 use crate::readiness::{Dependency, Readiness};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::store::cached_settings::CachedSettings;
 use crate::store::redis::Cluster;
 use crate::store::{self, Sessions, SettingsDb};
@@ -68,7 +68,7 @@ impl App {
         let addr = listener.local_addr()?;
         let limits = rate_limits(&settings)?;
         let readiness = readiness(&settings, &db, &sessions);
-        let state = AppState {
+        let state = AppState::new(Shared {
             control,
             verifier: Arc::new(verifier),
             tokens: Arc::new(tokens),
@@ -80,7 +80,7 @@ impl App {
             settings: Arc::new(settings),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-        };
+        });
         Ok(Self {
             listener,
             addr,

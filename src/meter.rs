@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use axum::http::Method;
+use dashmap::DashMap;
 
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -114,6 +115,10 @@ pub struct Meter {
     ended: Vec<Counter>,
     rate_limited: [Counter; 2],
     shed: [Counter; 2],
+    /// `drisc_http_request_duration_seconds` by route template, then by method and
+    /// status. Routes are the router's templates (and "unmatched"), so the map is
+    /// as small as the API.
+    http_requests: DashMap<String, Vec<(&'static str, u16, Histogram)>, foldhash::fast::RandomState>,
 }
 
 impl Default for Meter {
@@ -156,6 +161,7 @@ impl Meter {
                 counter("drisc_shed_total", "what", "connection"),
                 counter("drisc_shed_total", "what", "request"),
             ],
+            http_requests: DashMap::default(),
             recorder,
             handle,
         };
@@ -196,13 +202,27 @@ impl Meter {
     /// One HTTP request; `route` is the router's template (`/sessions/{session_id}`),
     /// never the path the client sent.
     pub fn http_request(&self, method: &Method, route: &str, status: u16, took: Duration) {
+        let method = method_label(method);
+        let seconds = took.as_secs_f64();
+        // The handle is registered once per series: a request is then a read lock
+        // and a short scan, with no label, string or key built for it.
+        if let Some(series) = self.http_requests.get(route)
+            && let Some((.., histogram)) = series.iter().find(|(m, s, _)| *m == method && *s == status)
+        {
+            histogram.record(seconds);
+            return;
+        }
         let labels = vec![
-            Label::from_static_parts("method", method_label(method)),
+            Label::from_static_parts("method", method),
             Label::new("route", SharedString::from(route.to_owned())),
             Label::new("status", SharedString::from(status.to_string())),
         ];
-        self.histogram(Key::from_parts("drisc_http_request_duration_seconds", labels))
-            .record(took.as_secs_f64());
+        let histogram = self.histogram(Key::from_parts("drisc_http_request_duration_seconds", labels));
+        histogram.record(seconds);
+        let mut series = self.http_requests.entry(route.to_owned()).or_default();
+        if !series.iter().any(|(m, s, _)| *m == method && *s == status) {
+            series.push((method, status, histogram));
+        }
     }
 
     /// The handles of one session store operation, registered once by the store

@@ -4,7 +4,9 @@
 //! by id, on whichever node it lands. It is signed HS256 with the server secret,
 //! which is persisted (or configured), so tokens outlive restarts.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{PoolKey, SessionId};
@@ -41,6 +43,23 @@ pub struct SessionTokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl_secs: u64,
+    /// The encoded header with its dot (`base64(header).`): the same for every
+    /// token, so it is encoded once instead of once per create.
+    header: String,
+}
+
+/// [`SessionClaims`] borrowed from the pool: what [`SessionTokens::issue`] signs,
+/// serialized exactly as `SessionClaims` is (same names, same order).
+#[derive(Serialize)]
+struct BorrowedClaims<'a> {
+    sid: SessionId,
+    #[serde(rename = "pub")]
+    publisher_id: &'a str,
+    #[serde(rename = "cus")]
+    customer_id: &'a str,
+    #[serde(rename = "off")]
+    offer_id: &'a str,
+    exp: u64,
 }
 
 impl SessionTokens {
@@ -49,24 +68,43 @@ impl SessionTokens {
         // An expired token is still *ours*: the socket is accepted and told EXPIRED.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp"]);
+        // A header of two fixed fields always serializes.
+        let header = serde_json::to_vec(&Header::new(Algorithm::HS256)).unwrap_or_default();
+        let mut encoded = URL_SAFE_NO_PAD.encode(header);
+        encoded.push('.');
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_secs,
+            header: encoded,
         }
     }
 
+    /// The same token as `jsonwebtoken::encode` makes (`header.claims.signature`,
+    /// each part base64url without padding), without encoding the header again
+    /// nor cloning the pool's ids into owned claims.
     pub fn issue(&self, pool: &PoolKey, sid: SessionId, now_secs: u64) -> String {
-        let claims = SessionClaims {
+        let claims = BorrowedClaims {
             sid,
-            publisher_id: pool.publisher_id.clone(),
-            customer_id: pool.customer_id.clone(),
-            offer_id: pool.offer_id.clone(),
+            publisher_id: &pool.publisher_id,
+            customer_id: &pool.customer_id,
+            offer_id: &pool.offer_id,
             exp: now_secs + self.ttl_secs,
         };
-        // Encoding a plain struct with an HMAC key cannot fail.
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
+        // Serializing a plain struct and signing with an HMAC key cannot fail.
+        let Ok(json) = serde_json::to_vec(&claims) else {
+            return String::new();
+        };
+        let mut token = String::with_capacity(self.header.len() + json.len() * 4 / 3 + 48);
+        token.push_str(&self.header);
+        URL_SAFE_NO_PAD.encode_string(json, &mut token);
+        let Ok(signature) = jsonwebtoken::crypto::sign(token.as_bytes(), &self.encoding, Algorithm::HS256) else {
+            return String::new();
+        };
+        token.push('.');
+        token.push_str(&signature);
+        token
     }
 
     /// The claims of a token we signed, expired or not; `None` for anything else.
@@ -96,6 +134,25 @@ mod tests {
         let claims = SessionTokens::new(b"secret", 60).verify(&token).unwrap();
         assert_eq!((claims.sid, claims.pool(), claims.exp), (sid, pool(), 1_060));
         assert!(claims.is_expired(1_060));
+    }
+
+    #[test]
+    fn a_token_is_the_one_jsonwebtoken_would_encode() {
+        let sid = SessionId::random();
+        let claims = SessionClaims {
+            sid,
+            publisher_id: "p".into(),
+            customer_id: "c".into(),
+            offer_id: "o".into(),
+            exp: 1_060,
+        };
+        let expected = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(SessionTokens::new(b"secret", 60).issue(&pool(), sid, 1_000), expected);
     }
 
     #[test]

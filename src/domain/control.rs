@@ -175,12 +175,17 @@ impl SessionControl {
         Ok(self.settings.shared_catalog(publisher_id).await?)
     }
 
+    /// `known`: the publisher's catalog, when the caller has just read it.
     async fn resolve(
         &self,
         customer: &Customer,
+        known: Option<Arc<Catalog>>,
         offer: OfferChoice<'_>,
     ) -> Result<Option<ResolvedOffer>, ControlError> {
-        let catalog = self.catalog(&customer.publisher_id).await?;
+        let catalog = match known {
+            Some(catalog) => catalog,
+            None => self.catalog(&customer.publisher_id).await?,
+        };
         if !catalog.publisher.enabled {
             return Ok(None);
         }
@@ -189,7 +194,19 @@ impl SessionControl {
 
     /// `POST /sessions`: grants a session if the customer's pool has room.
     pub async fn create(&self, customer: &Customer, request: CreateRequest<'_>) -> Result<CreateOutcome, ControlError> {
-        let Some(offer) = self.resolve(customer, request.offer).await? else {
+        self.create_in(customer, None, request).await
+    }
+
+    /// [`Self::create`] with the publisher's catalog already in hand (`known`), as
+    /// it is once the customer's token was verified with the publisher's key: the
+    /// settings cache is then read once per create instead of twice.
+    pub async fn create_in(
+        &self,
+        customer: &Customer,
+        known: Option<Arc<Catalog>>,
+        request: CreateRequest<'_>,
+    ) -> Result<CreateOutcome, ControlError> {
+        let Some(offer) = self.resolve(customer, known, request.offer).await? else {
             return Ok(CreateOutcome::Disabled);
         };
         let pool = PoolKey::new(customer, offer.pool_offer_id);
@@ -264,7 +281,7 @@ impl SessionControl {
         request: CreateRequest<'_>,
         victim: SessionId,
     ) -> Result<CreateOutcome, ControlError> {
-        let Some(offer) = self.resolve(customer, request.offer).await? else {
+        let Some(offer) = self.resolve(customer, None, request.offer).await? else {
             return Ok(CreateOutcome::Disabled);
         };
         if !offer.takeover_enabled {

@@ -3,6 +3,7 @@
 
 use axum::body::Bytes;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -13,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, KeySource};
 use crate::domain::Customer;
-use crate::domain::settings::Publisher;
+use crate::domain::settings::{Catalog, Publisher};
 use crate::error::ApiError;
 use crate::limits::Source;
 use crate::meter::RateLimit;
@@ -29,8 +30,10 @@ fn bearer(parts: &Parts) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
-/// The customer named by a verified `Authorization: Bearer <customer JWT>`.
-pub struct CustomerAuth(pub Customer);
+/// The customer named by a verified `Authorization: Bearer <customer JWT>`, with
+/// its publisher's catalog when the publisher is configured (read to choose the
+/// key; handed on so admission does not read it again).
+pub struct CustomerAuth(pub Customer, pub Option<Arc<Catalog>>);
 
 impl FromRequestParts<AppState> for CustomerAuth {
     type Rejection = ApiError;
@@ -53,7 +56,8 @@ impl FromRequestParts<AppState> for CustomerAuth {
                 }) => KeySource::Key(key),
                 _ => KeySource::Server,
             };
-            Ok(Self(state.verifier.verify(token, keys).await?))
+            let customer = state.verifier.verify(token, keys).await?;
+            Ok(Self(customer, catalog))
         }
         .await;
         charge_failure(verified, source, state)

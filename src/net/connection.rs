@@ -61,11 +61,18 @@ pub(super) async fn serve(tcp: TcpStream, remote: SocketAddr, slot: Slot, shared
     let timer = sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut draining = false;
+    // A phase that begins without waking this task (a head starts arriving, a
+    // request ends) has a deadline at least `tick` after it begins, so a task that
+    // looks again at least every `tick` still closes on the very deadline. Waking
+    // the task and moving its timer on each phase change cost two wake-ups, two
+    // timer resets and four cancellation futures per request (bench/analysis.md).
+    let tick = shared.timeouts.header_read.min(shared.timeouts.idle);
     loop {
-        let deadline = entry.deadline(&shared.timeouts);
-        if let Some(at) = deadline
-            && timer.deadline() != at
-        {
+        let now = Instant::now();
+        let at = entry
+            .deadline(&shared.timeouts)
+            .map_or(now + tick, |deadline| deadline.min(now + tick));
+        if timer.deadline() != at {
             timer.as_mut().reset(at);
         }
         tokio::select! {
@@ -86,8 +93,9 @@ pub(super) async fn serve(tcp: TcpStream, remote: SocketAddr, slot: Slot, shared
                 }
                 return;
             }
+            // Shed: the deadline is now.
             () = entry.wake.notified() => {}
-            () = &mut timer, if deadline.is_some() => {
+            () = &mut timer => {
                 // The phase may have changed since the timer was set: look again.
                 if entry.deadline(&shared.timeouts).is_some_and(|at| at <= Instant::now()) {
                     match entry.phase() {

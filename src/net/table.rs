@@ -65,7 +65,7 @@ pub(super) struct Entry {
     /// The phase (low 8 bits) and when it began (ms since `epoch`, the rest), in one
     /// word so that a reader never pairs a phase with another phase's start.
     state: AtomicU64,
-    /// Wakes the connection's task when its deadline may have moved.
+    /// Wakes the connection's task when it is shed: its deadline moved to now.
     pub(super) wake: Notify,
 }
 
@@ -115,10 +115,12 @@ impl Entry {
     }
 
     /// Bytes arrived on the socket: on an idle connection they start a request head,
-    /// whose deadline is shorter than the idle one, so the task is told.
+    /// whose deadline is shorter than the idle one. The connection's task is not
+    /// woken: the head's deadline is at least a tick of its timer away
+    /// (`connection::serve`).
     pub(super) fn on_read(&self) {
-        if self.phase() == Phase::Idle && self.shift(Phase::Idle, Phase::Head) {
-            self.wake.notify_one();
+        if self.phase() == Phase::Idle {
+            self.shift(Phase::Idle, Phase::Head);
         }
     }
 
@@ -128,10 +130,9 @@ impl Entry {
     }
 
     /// The response is on its way: the connection is idle again (unless upgraded or shed).
+    /// Not woken either, as for [`Self::on_read`].
     pub(super) fn request_ended(&self) {
-        if self.shift(Phase::Busy, Phase::Idle) {
-            self.wake.notify_one();
-        }
+        self.shift(Phase::Busy, Phase::Idle);
     }
 
     pub(super) fn in_flight(&self) -> bool {
