@@ -42,9 +42,11 @@ pub enum C {
     ServerClose,
     /// Players holding a live session right now (a gauge).
     Live,
+    /// Players that died silently (socket open, PINGs unanswered) in churn.
+    Silent,
 }
 
-const ALL: [C; 18] = [
+const ALL: [C; 19] = [
     C::Sent,
     C::Granted,
     C::Limit,
@@ -63,6 +65,7 @@ const ALL: [C; 18] = [
     C::Takeover,
     C::ServerClose,
     C::Live,
+    C::Silent,
 ];
 
 impl C {
@@ -86,6 +89,7 @@ impl C {
             C::Takeover => "takeover",
             C::ServerClose => "server_close",
             C::Live => "live",
+            C::Silent => "silent",
         }
     }
 }

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+pub mod charts;
 mod console;
 mod results;
+pub mod soak;
 
 pub use console::print_summary;
 pub use results::{Check, RunResult, Stage};
