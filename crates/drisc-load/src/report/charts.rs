@@ -48,6 +48,9 @@ pub struct Panel {
     /// The y axis starts at 0 (a count, a latency); otherwise it is fitted to the
     /// data, so a drift of a few percent is visible.
     pub y_from_zero: bool,
+    /// The legend goes in the lower right corner (where a series that rises and
+    /// levels off leaves room) instead of the upper left.
+    pub legend_lower_right: bool,
 }
 
 /// A chart: panels side by side (`columns`) and in rows below.
@@ -105,7 +108,8 @@ pub fn write(path: &Path, chart: &Chart) -> Result<()> {
 }
 
 /// The range the points span, widened a little (and made non-empty).
-fn span(values: impl Iterator<Item = f64>, from_zero: bool) -> (f64, f64) {
+/// `headroom` widens the top by that many paddings (room for a legend).
+fn span(values: impl Iterator<Item = f64>, from_zero: bool, headroom: f64) -> (f64, f64) {
     let (mut lo, mut hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -120,17 +124,32 @@ fn span(values: impl Iterator<Item = f64>, from_zero: bool) -> (f64, f64) {
     } else {
         hi.abs().max(1.0) * 0.1
     };
-    hi += pad;
+    hi += pad * headroom;
     if !from_zero {
         lo -= pad;
     }
     (lo, hi)
 }
 
+/// An axis label with as many decimals as the axis's span needs.
+fn tick(v: f64, span: f64) -> String {
+    if span >= 20.0 {
+        format!("{v:.0}")
+    } else if span >= 2.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, panel: &Panel) -> Result<()> {
     let points = || panel.series.iter().flat_map(|s| s.points.iter());
-    let (x0, x1) = span(points().map(|p| p.0), true);
-    let (y0, y1) = span(points().map(|p| p.1), panel.y_from_zero);
+    let (x0, x1) = span(points().map(|p| p.0), true, 1.0);
+    // Above the data, room for a legend in a top corner.
+    let headroom = if panel.legend_lower_right { 1.0 } else { 3.0 };
+    let (y0, y1) = span(points().map(|p| p.1), panel.y_from_zero, headroom);
+    let x_fmt = |v: &f64| tick(*v, x1 - x0);
+    let y_fmt = |v: &f64| tick(*v, y1 - y0);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 15))
         .margin(12)
@@ -144,6 +163,8 @@ fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, panel: &Pa
         .y_desc(panel.y_label.as_str())
         .x_labels(6)
         .y_labels(6)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
         .light_line_style(WHITE)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
@@ -188,7 +209,11 @@ fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, panel: &Pa
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(if panel.legend_lower_right {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(200, 200, 200))
         .draw()
@@ -214,6 +239,7 @@ mod tests {
                         Series::line("baseline", vec![(1000.0, 0.4), (5000.0, 0.5)]),
                     ],
                     y_from_zero: true,
+                    legend_lower_right: false,
                 },
                 Panel {
                     title: "RSS".into(),
@@ -227,6 +253,7 @@ mod tests {
                         Series::guide("mean +2%", vec![(0.0, 41.8), (99.0, 41.8)]),
                     ],
                     y_from_zero: false,
+                    legend_lower_right: true,
                 },
             ],
         }

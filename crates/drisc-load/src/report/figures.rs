@@ -75,6 +75,8 @@ pub fn write_charts(r: &Results, facts: &BTreeMap<String, String>, dir: &Path) -
             y_label: "ms".into(),
             series,
             y_from_zero: true,
+            // Latency climbs with the rate: the lower right corner stays free.
+            legend_lower_right: true,
         }
     };
     let chart = Chart {
@@ -115,6 +117,7 @@ pub fn write_charts(r: &Results, facts: &BTreeMap<String, String>, dir: &Path) -
             y_label: "MB".into(),
             series,
             y_from_zero: true,
+            legend_lower_right: false,
         }],
     };
     let path = dir.join("memory-held.svg");
@@ -138,7 +141,7 @@ fn cell(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| {
         let s = format!("{v:.digits$}");
         // Thousands separators for the large counts; the ms figures keep their decimals.
-        if digits == 0 && v.abs() >= 10_000.0 {
+        if digits == 0 && v.abs() >= 1_000.0 {
             let (neg, body) = s.strip_prefix('-').map_or((false, s.as_str()), |b| (true, b));
             let grouped: Vec<String> = body
                 .as_bytes()

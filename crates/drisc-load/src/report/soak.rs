@@ -166,6 +166,7 @@ fn chart(r: &RunResult, f: &Figures, tolerance: f64) -> Chart {
             y_label: y.into(),
             series,
             y_from_zero: false,
+            legend_lower_right: true,
         }
     };
     Chart {
