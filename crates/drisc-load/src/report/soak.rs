@@ -29,6 +29,10 @@ pub struct SoakArgs {
     /// the steady window (both its spread, max − min, and its fitted drift).
     #[arg(long, default_value_t = 0.02)]
     pub tolerance: f64,
+    /// Judge from this many minutes into the churn instead of the run's own warm-up
+    /// (to look at part of a run again; write it elsewhere with --out and --chart).
+    #[arg(long)]
+    pub steady_from: Option<f64>,
 }
 
 /// How one figure behaved over the steady window.
@@ -41,8 +45,12 @@ pub struct Steadiness {
     pub mean: f64,
     /// Least-squares slope, per hour.
     pub per_hour: f64,
-    /// (max − min) / mean.
+    /// (max − min) / mean, of the one-second samples.
     pub spread: f64,
+    /// (max − min) / mean of the per-minute means: what is judged, since the
+    /// one-second samples of the slot count also move with the load's own
+    /// randomness (how many seats are between two players at that second).
+    pub minute_spread: f64,
     /// The fitted line's rise over the window, / mean (signed).
     pub drift: f64,
     pub samples: usize,
@@ -58,6 +66,13 @@ impl Steadiness {
         let max = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
         let window = last.0 - first.0;
         let rel = |v: f64| if mean > 0.0 { v / mean } else { 0.0 };
+        let mut minutes: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+        for p in points {
+            let m = minutes.entry(((p.0 - first.0) / 60.0).floor() as i64).or_default();
+            *m = (m.0 + p.1, m.1 + 1.0);
+        }
+        let means = minutes.values().map(|(sum, n)| sum / n);
+        let (lo, hi) = means.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         Some(Self {
             first: first.1,
             last: last.1,
@@ -66,14 +81,16 @@ impl Steadiness {
             mean,
             per_hour: per_s * 3600.0,
             spread: rel(max - min),
+            minute_spread: rel(hi - lo),
             drift: rel(per_s * window),
             samples: points.len(),
         })
     }
 
-    /// Flat: neither its spread nor its drift over the window passes `tolerance`.
+    /// Flat: neither the spread of its minute means nor its drift over the window
+    /// passes `tolerance`.
     pub fn flat(&self, tolerance: f64) -> bool {
-        self.spread <= tolerance && self.drift.abs() <= tolerance
+        self.minute_spread <= tolerance && self.drift.abs() <= tolerance
     }
 }
 
@@ -87,10 +104,13 @@ struct Figures {
     t0: f64,
 }
 
-fn figures(r: &RunResult) -> Figures {
+fn figures(r: &RunResult, steady_from: Option<f64>) -> Figures {
     let m = |k: &str| r.metrics.get(k).copied();
     let t0 = m("churn_from_s").unwrap_or(0.0);
-    let from_s = m("steady_from_s").unwrap_or(t0);
+    let from_s = match steady_from {
+        Some(minutes) => t0 + minutes * 60.0,
+        None => m("steady_from_s").unwrap_or(t0),
+    };
     let to_s = m("steady_to_s").unwrap_or(f64::INFINITY);
     let steady: Vec<_> = r
         .server_samples
@@ -118,7 +138,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         .and_then(|d| std::fs::read_to_string(d.join("facts.json")).ok())
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
-    let f = figures(&result);
+    let f = figures(&result, args.steady_from);
     charts::write(&args.chart, &chart(&result, &f, args.tolerance))?;
     let md = render(&result, &f, &facts, args);
     std::fs::write(&args.out, &md).with_context(|| format!("cannot write {:?}", args.out))?;
@@ -231,12 +251,12 @@ fn render(r: &RunResult, f: &Figures, facts: &BTreeMap<String, String>, args: &S
     );
     let _ = writeln!(
         md,
-        "| figure | first | last | min | max | mean | spread (max − min) / mean | drift (fitted, over the window) / mean | slope per hour | flat within {tol:.0}%? |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+        "| figure | first | last | min | max | mean | spread (max − min) / mean | spread of the minute means | drift (fitted, over the window) / mean | slope per hour | flat within {tol:.0}%? |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     let row = |md: &mut String, name: &str, st: &Option<Steadiness>, digits: usize, judged: bool| {
         let Some(s) = st else {
-            let _ = writeln!(md, "| {name} | – | – | – | – | – | – | – | – | not measured |");
+            let _ = writeln!(md, "| {name} | – | – | – | – | – | – | – | – | – | not measured |");
             return;
         };
         let verdict = if !judged {
@@ -248,13 +268,14 @@ fn render(r: &RunResult, f: &Figures, facts: &BTreeMap<String, String>, args: &S
         };
         let _ = writeln!(
             md,
-            "| {name} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {:.2}% | {:+.2}% | {:+.d$} | {verdict} |",
+            "| {name} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {:.d$} | {:.2}% | {:.2}% | {:+.2}% | {:+.d$} | {verdict} |",
             s.first,
             s.last,
             s.min,
             s.max,
             s.mean,
             s.spread * 100.0,
+            s.minute_spread * 100.0,
             s.drift * 100.0,
             s.per_hour,
             d = digits
@@ -285,20 +306,22 @@ fn render(r: &RunResult, f: &Figures, facts: &BTreeMap<String, String>, args: &S
     );
     let verdict = match (&f.rss_mb, &f.slots) {
         (Some(rss), Some(slots)) => format!(
-            "RSS {} flat within {tol:.0}% (spread {:.2}%, drift {:+.2}%); held slots {} (spread {:.2}%, drift {:+.2}%).",
+            "RSS {} flat within {tol:.0}% (minute means spread {:.2}%, drift {:+.2}%); held slots {} \
+             (minute means spread {:.2}%, drift {:+.2}%). Flat: both the spread of the per-minute means and \
+             the fitted drift over the steady window stay within the tolerance.",
             if rss.flat(args.tolerance) {
                 "stayed"
             } else {
                 "did **not** stay"
             },
-            rss.spread * 100.0,
+            rss.minute_spread * 100.0,
             rss.drift * 100.0,
             if slots.flat(args.tolerance) {
-                "too"
+                "stayed flat"
             } else {
                 "did **not**"
             },
-            slots.spread * 100.0,
+            slots.minute_spread * 100.0,
             slots.drift * 100.0,
         ),
         _ => "Not enough samples in the steady window to judge.".into(),
@@ -318,6 +341,8 @@ mod tests {
         assert!(s.flat(0.02), "{s:?}");
         assert!((s.mean - 100.5).abs() < 1e-9);
         assert!((s.spread - 1.0 / 100.5).abs() < 1e-9);
+        // The minute means of an alternating series are all the same.
+        assert!(s.minute_spread < 1e-9, "{s:?}");
 
         // 5% over the window: a leak, however smooth.
         let climb: Vec<(f64, f64)> = (0..600)
