@@ -7,7 +7,8 @@
 //! (`src/lib.rs`); this is the command line.
 //!
 //! Scenarios: `admit`, `attach`, `hold`, `churn`, `hot-pool`, `reap`; `report`
-//! turns a directory of results into BENCHMARKS.md. Run `drisc-load help <scenario>`.
+//! turns a directory of results into BENCHMARKS.md and its charts, `soak-report`
+//! judges a soak. Run `drisc-load help <scenario>`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -77,8 +78,10 @@ enum Cmd {
         #[command(flatten)]
         args: ReapArgs,
     },
-    /// Writes BENCHMARKS.md from the JSON results of bench/run.
+    /// Writes BENCHMARKS.md (and its charts) from the JSON results of bench/run.
     Report(report::ReportArgs),
+    /// Judges a soak (a long churn run): are RSS and held slots flat? Writes bench/soak-results.md and a chart.
+    SoakReport(report::soak::SoakArgs),
     /// (internal) A worker process, driven over stdin/stdout by its coordinator.
     #[command(hide = true)]
     Worker,
@@ -100,6 +103,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("drisc-load report: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::SoakReport(args) => {
+            return match report::soak::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drisc-load soak-report: {e:#}");
                     ExitCode::FAILURE
                 }
             };

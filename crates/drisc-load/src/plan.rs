@@ -151,6 +151,24 @@ pub struct ChurnArgs {
     /// Chance per life of a network blip: the socket drops and reconnects with the cached endpoint.
     #[arg(long, default_value_t = 0.2)]
     pub reconnect: f64,
+    /// Share of leaves that die silently: the socket stays open but nobody answers
+    /// PINGs, until `--silent-for` has passed (the server must expire the session on
+    /// its pong timeout); only then does the seat's next player join.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub silent: f64,
+    /// How long a silently dead player keeps its socket open (longer than the server's pong timeout).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(default = "default_silent_for")]
+    pub silent_for: Duration,
+    /// Ramp-up before the steady window the run reports on (default: two lifetimes).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default)]
+    pub warmup: Option<Duration>,
+}
+
+fn default_silent_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]

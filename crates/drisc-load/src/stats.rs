@@ -44,6 +44,8 @@ pub enum C {
     ServerClose,
     /// Players holding a live session right now (a gauge).
     Live,
+    /// Players that died silently (socket open, PINGs unanswered) in churn.
+    Silent,
 }
 
 const ALL: [C; 19] = [
@@ -66,6 +68,7 @@ const ALL: [C; 19] = [
     C::Takeover,
     C::ServerClose,
     C::Live,
+    C::Silent,
 ];
 
 impl C {
@@ -90,6 +93,7 @@ impl C {
             C::Takeover => "takeover",
             C::ServerClose => "server_close",
             C::Live => "live",
+            C::Silent => "silent",
         }
     }
 }

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+pub mod charts;
 mod console;
+mod figures;
 mod results;
+pub mod soak;
 
 pub use console::print_summary;
 pub use results::{Check, RunResult, Stage};
@@ -27,6 +30,11 @@ pub struct ReportArgs {
     /// Markdown files included verbatim (method, analysis), in order.
     #[arg(long)]
     pub include: Vec<PathBuf>,
+    /// Draw the charts (SVG) into this directory and embed them in the Markdown, linked
+    /// by this path as given (so give it relative to where the Markdown is read: from
+    /// the top of the repository, `bench/charts`).
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
     /// Only print one metric of one result file (`FILE.json KEY`), for scripts.
     #[arg(long, num_args = 2, value_names = ["FILE", "KEY"])]
     pub metric: Option<Vec<String>>,
@@ -60,7 +68,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     for path in &args.include {
         includes.push(std::fs::read_to_string(path).with_context(|| format!("cannot read {path:?}"))?);
     }
-    let md = render(&results, &facts, &includes);
+    let charts = match &args.charts {
+        Some(dir) => figures::write_charts(&Results(&results), &facts, dir)?,
+        None => Vec::new(),
+    };
+    let md = render(&results, &facts, &includes, &charts);
     std::fs::write(&args.out, md).with_context(|| format!("cannot write {:?}", args.out))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
@@ -117,7 +129,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn render(map: &BTreeMap<String, RunResult>, facts: &BTreeMap<String, String>, includes: &[String]) -> String {
+fn render(
+    map: &BTreeMap<String, RunResult>,
+    facts: &BTreeMap<String, String>,
+    includes: &[String],
+    charts: &[figures::Drawn],
+) -> String {
     let r = Results(map);
     let mut md = String::new();
     let fact = |k: &str| facts.get(k).cloned().unwrap_or_else(|| "?".into());
@@ -153,9 +170,12 @@ fn render(map: &BTreeMap<String, RunResult>, facts: &BTreeMap<String, String>, i
         md.push_str("\n\n");
     }
     md.push_str("## Results\n\n");
+    figures::before_after(&r, facts, &mut md);
     admission(&r, &mut md);
+    figures::embed(charts, figures::Figure::Latency, &mut md);
     attach(&r, &mut md);
     held(&r, &mut md);
+    figures::embed(charts, figures::Figure::Memory, &mut md);
     heartbeat(&r, &mut md);
     reaping(&r, &mut md);
     churn(&r, &mut md);
@@ -179,7 +199,13 @@ fn admission(r: &Results, md: &mut String) {
         "| server | pool | offered/s | answered/s | granted/s | server cores busy | answered per core-s | p50 ms | p99 ms | p99.9 ms | max ms | errors |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for prefix in ["admit-max-", "admit-rate-", "baseline-admit-"] {
+    for prefix in [
+        "admit-max-",
+        "admit-rate-",
+        "before-admit-max-",
+        "before-admit-rate-",
+        "baseline-admit-",
+    ] {
         for name in r.series(prefix) {
             let Some(res) = r.get(name) else { continue };
             let lat = res.latency.get("admit");
@@ -261,7 +287,7 @@ fn held(r: &Results, md: &mut String) {
          each stage settles, open files from `/proc/PID/fd`.\n\n",
     );
     md.push_str("| server | sessions held | failed | server RSS MB | server open files |\n|---|---|---|---|---|\n");
-    for name in ["hold", "baseline-hold"] {
+    for name in ["hold", "before-hold", "baseline-hold"] {
         let Some(res) = r.get(name) else { continue };
         if let Some(before) = res.metrics.get("rss_kb_before") {
             let _ = writeln!(md, "| {} | 0 (before) | | {:.1} | |", res.label, before / 1024.0);
@@ -291,10 +317,11 @@ fn held(r: &Results, md: &mut String) {
     let _ = writeln!(
         md,
         "\nMemory per held session (least-squares RSS slope over the stages): drisc **{} bytes**, \
-         baseline {} bytes (ratio {}). Most sessions held by one server process: **{}** (open-file limit 20,000).\n",
+         baseline {} bytes (ratio {}){}. Most sessions held by one server process: **{}** (open-file limit 20,000).\n",
         f0(per("hold")),
         f0(per("baseline-hold")),
         ratio(per("hold"), per("baseline-hold")),
+        per("before-hold").map_or(String::new(), |b| format!("; before: {b:.0} bytes")),
         f0(r.metric("hold", "max_sessions_held")),
     );
     if let Some(res) = r.get("hold") {
@@ -322,7 +349,7 @@ fn heartbeat(r: &Results, md: &mut String) {
     md.push_str(
         "| server | sessions | PONGs/s | server CPU % | µs CPU per PING/PONG | PING/PONG per core-s |\n|---|---|---|---|---|---|\n",
     );
-    for name in ["hold", "baseline-hold"] {
+    for name in ["hold", "before-hold", "baseline-hold"] {
         let Some(res) = r.get(name) else { continue };
         for s in &res.stages {
             let _ = writeln!(
@@ -345,7 +372,7 @@ fn heartbeat(r: &Results, md: &mut String) {
             );
         }
     }
-    for name in ["hold", "baseline-hold"] {
+    for name in ["hold", "before-hold", "baseline-hold"] {
         if let Some(l) = r.get(name).and_then(|res| res.latency.get("ping_late")) {
             let _ = writeln!(
                 md,

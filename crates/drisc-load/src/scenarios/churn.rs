@@ -20,9 +20,14 @@ pub(super) async fn run(plan: &Plan, pool: &Arc<HttpPool>, args: &ChurnArgs, res
     let t0 = run.elapsed();
     run.send(Down::Next);
     let latency = run.finish(args.duration + Duration::from_secs(120)).await;
-    // The steady part: after one lifetime of ramp-up, until the end of the duration.
-    let steady_from = t0 + args.lifetime.as_secs_f64() * 2.0;
+    // The steady part: after the ramp-up (two lifetimes unless --warmup says), until
+    // the end of the duration.
+    let warmup = args.warmup.unwrap_or(args.lifetime * 2);
+    let steady_from = t0 + warmup.as_secs_f64();
     let steady_to = t0 + args.duration.as_secs_f64() - 1.0;
+    result.metrics.insert("churn_from_s".into(), t0);
+    result.metrics.insert("steady_from_s".into(), steady_from);
+    result.metrics.insert("steady_to_s".into(), steady_to);
     let steady: Vec<&ProcSample> = run
         .samples
         .iter()

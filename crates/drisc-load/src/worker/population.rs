@@ -234,7 +234,18 @@ async fn seat(ctx: &Ctx, args: &ChurnArgs, k: usize, end: Instant, phase: &mut w
                 if r < args.abandon {
                     // Gone without FINISHED: the next player finds the slot held and takes it over.
                     drop(j);
-                } else if r < args.abandon + args.takeover {
+                } else if r < args.abandon + args.silent {
+                    // Dead without a word: the socket stays open, unread, so the server
+                    // only learns of it by the missing PONGs. The seat's next player
+                    // comes once the server must have expired it.
+                    env.counters.inc(C::Silent);
+                    let gone = Instant::now() + args.silent_for;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(gone.min(end)) => {}
+                        _ = players::wait_phase(phase, Phase::Hold) => {}
+                    }
+                    drop(j);
+                } else if r < args.abandon + args.silent + args.takeover {
                     // The next player arrives while this one still plays.
                     match join(ctx, &token, "drisc-load takeover", true).await {
                         Ok(next) => {
