@@ -48,7 +48,7 @@ pub enum C {
     Silent,
 }
 
-const ALL: [C; 19] = [
+const ALL: [C; 20] = [
     C::Sent,
     C::Granted,
     C::Limit,
