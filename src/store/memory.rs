@@ -30,7 +30,7 @@ use dashmap::DashMap;
 
 pub use open::open;
 
-use super::roster::Roster;
+use super::roster::{Roster, sharded};
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
@@ -100,7 +100,7 @@ impl MemoryStore {
 
     fn build(timings: Timings, journal: Option<Arc<Journal>>) -> Self {
         Self {
-            pools: Pools::default(),
+            pools: sharded(),
             customers: Customers::default(),
             timings,
             pending: ExpiryQueue::default(),
