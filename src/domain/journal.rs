@@ -69,9 +69,9 @@ impl JournalBatch {
 }
 
 /// Changes per transaction when a flush is spread ([`Journal::flush_spread`]):
-/// about ten milliseconds of SQLite's time each (6 to 10 µs a row measured with
+/// tens of milliseconds of SQLite's time each (6 to 10 µs a row measured with
 /// a table of a few hundred thousand rows, `bench/analysis.md`).
-pub const SPREAD_CHUNK: usize = 1_000;
+pub const SPREAD_CHUNK: usize = 5_000;
 
 type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
 
