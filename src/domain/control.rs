@@ -14,6 +14,11 @@ use super::ports::{
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
 
+/// Pools the sweep visits between two yields to the runtime: about a
+/// millisecond's work (each visit removes the pool's dead sessions, drops an
+/// emptied pool and logs a line per session).
+pub const REAP_BITE: usize = 128;
+
 /// How publishers that are not configured are treated.
 #[derive(Debug, Clone)]
 pub struct PublisherPolicy {
@@ -430,16 +435,31 @@ impl SessionControl {
     /// Ends every session that is dead by now and closes the sockets still bound
     /// to them. Admission never depends on this: it only frees memory and tells
     /// sockets sooner. Nothing to do where the store expires sessions itself.
+    ///
+    /// A bite of [`REAP_BITE`] pools at a time, each followed by a yield to the
+    /// runtime: when tens of thousands of sessions expire in the same second
+    /// (a million customers who were granted a session and never connected), one
+    /// burst of removals and `session_ended` lines on a runtime worker would hold
+    /// up every request queued behind it. The sweep still ends what was due when
+    /// it started before it returns; only the requests in between come first.
     pub async fn reap(&self) -> Result<usize, ControlError> {
         let Some(local) = &self.local else {
             return Ok(0);
         };
-        let dead = local.reap(self.clock.now()).await?;
-        for (pool, session) in &dead {
-            self.events.ended(pool, session.id, EndCause::of_dead(session.state));
-            self.expire(session);
+        let now = self.clock.now();
+        let mut reaped = 0;
+        loop {
+            let bite = local.reap_some(now, REAP_BITE).await?;
+            for (pool, session) in &bite.dead {
+                self.events.ended(pool, session.id, EndCause::of_dead(session.state));
+                self.expire(session);
+            }
+            reaped += bite.dead.len();
+            if !bite.more {
+                return Ok(reaped);
+            }
+            tokio::task::yield_now().await;
         }
-        Ok(dead.len())
     }
 
     /// Sessions by state, as far as the store knows them cheaply.

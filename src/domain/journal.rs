@@ -3,7 +3,8 @@
 //! the last interval, never the sessions held.
 //!
 //! The session store records each change here while it holds the pool's lock; a
-//! background task takes what accumulated and writes it in one transaction. Nothing
+//! background task takes what accumulated and writes it (in one transaction, or in
+//! several spread over time when there is a lot). Nothing
 //! on the admission path waits for the database. Changes are coalesced per session
 //! id: only the last word about a session between two flushes is written, and a
 //! session created and ended within one interval is never written at all. The
@@ -15,6 +16,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::ports::{SessionArchive, SettingsError};
 use super::session::{PoolKey, Session, SessionId};
@@ -52,7 +56,22 @@ impl JournalBatch {
     pub fn len(&self) -> usize {
         self.put.len() + self.delete.len()
     }
+
+    /// Takes out at most `n` changes, puts first.
+    fn split_front(&mut self, n: usize) -> JournalBatch {
+        let puts = self.put.len().min(n);
+        let deletes = self.delete.len().min(n - puts);
+        JournalBatch {
+            put: self.put.drain(..puts).collect(),
+            delete: self.delete.drain(..deletes).collect(),
+        }
+    }
 }
+
+/// Changes per transaction when a flush is spread ([`Journal::flush_spread`]):
+/// tens of milliseconds of SQLite's time each (6 to 10 µs a row measured with
+/// a table of a few hundred thousand rows, `bench/analysis.md`).
+pub const SPREAD_CHUNK: usize = 5_000;
 
 type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
 
@@ -123,9 +142,15 @@ impl Journal {
         self.pending().is_empty()
     }
 
-    /// Takes every change recorded so far, leaving the journal empty.
+    /// Takes every change recorded so far, leaving the journal empty (and sized
+    /// for as many changes again, so the next interval's recording does not grow
+    /// the map step by step under the lock admissions take).
     fn take(&self) -> JournalBatch {
-        let pending = std::mem::take(&mut *self.pending());
+        let pending = {
+            let mut pending = self.pending();
+            let fresh = Pending::with_capacity_and_hasher(pending.len(), Default::default());
+            std::mem::replace(&mut *pending, fresh)
+        };
         let mut batch = JournalBatch::default();
         for (id, entry) in pending {
             match entry {
@@ -158,6 +183,41 @@ impl Journal {
     pub async fn flush(&self, archive: &dyn SessionArchive) -> Result<usize, SettingsError> {
         let _writing = self.writing.lock().await;
         let batch = self.take();
+        self.write_or_keep(archive, batch).await
+    }
+
+    /// Writes the changes recorded so far in transactions of at most
+    /// [`SPREAD_CHUNK`] changes, resting after each as long as it took, for at
+    /// most `within` in all (past it, the rest goes back to back).
+    ///
+    /// Why: with a million customers, a second's changes are tens of thousands
+    /// of rows, and the database's thread writing them in one go takes a hundred
+    /// milliseconds of CPU. Where the server has one core, that is a hundred
+    /// milliseconds in which admissions get half of it. Chunks with rests leave
+    /// the core to requests at least half the time. Each change is the last word
+    /// about its session and no two are about the same one, so chunks may commit
+    /// separately in any order; a crash between two loses only what is unwritten.
+    pub async fn flush_spread(&self, archive: &dyn SessionArchive, within: Duration) -> Result<usize, SettingsError> {
+        let _writing = self.writing.lock().await;
+        let started = Instant::now();
+        let mut rest = self.take();
+        let mut written = 0;
+        while !rest.is_empty() {
+            let chunk = rest.split_front(SPREAD_CHUNK);
+            let began = Instant::now();
+            written += self.write_or_keep(archive, chunk).await.inspect_err(|_| {
+                self.put_back(std::mem::take(&mut rest));
+            })?;
+            let took = began.elapsed();
+            if !rest.is_empty() && started.elapsed() + took < within {
+                tokio::time::sleep(took).await;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes `batch` in one transaction, or keeps it for the next flush.
+    async fn write_or_keep(&self, archive: &dyn SessionArchive, batch: JournalBatch) -> Result<usize, SettingsError> {
         if batch.is_empty() {
             return Ok(0);
         }
@@ -311,6 +371,48 @@ mod tests {
         journal.removed(s.id);
         journal.flush(&db).await.unwrap();
         assert_eq!(db.last().delete, vec![s.id]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spread_flush_writes_every_change_in_bounded_transactions() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let p = pool();
+        let n = SPREAD_CHUNK * 2 + 7;
+        let sessions: Vec<_> = (0..n).map(|_| session()).collect();
+        for s in &sessions {
+            journal.added(&p, s);
+        }
+        journal.flush(&db).await.unwrap();
+        // Some of them end, some are restored: puts and deletes in one flush.
+        for s in &sessions[..SPREAD_CHUNK] {
+            journal.removed(s.id);
+        }
+        let fresh: Vec<_> = (0..SPREAD_CHUNK).map(|_| session()).collect();
+        for s in &fresh {
+            journal.added(&p, s);
+        }
+        let written = journal.flush_spread(&db, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(written, SPREAD_CHUNK * 2);
+        assert_eq!(db.writes(), 1 + 2, "two transactions of a chunk each");
+        assert!(journal.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spread_flush_that_fails_keeps_every_change_for_the_next() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let p = pool();
+        for _ in 0..SPREAD_CHUNK * 3 {
+            journal.added(&p, &session());
+        }
+        db.down.store(true, Ordering::Relaxed);
+        assert!(journal.flush_spread(&db, Duration::from_secs(1)).await.is_err());
+        assert_eq!(journal.len(), SPREAD_CHUNK * 3, "nothing is lost");
+        db.down.store(false, Ordering::Relaxed);
+        assert_eq!(
+            journal.flush_spread(&db, Duration::from_secs(1)).await.unwrap(),
+            SPREAD_CHUNK * 3
+        );
+        assert_eq!(db.writes(), 3);
     }
 
     #[tokio::test]

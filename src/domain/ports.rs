@@ -158,12 +158,29 @@ impl Heartbeat {
 /// sessions by itself (every script drops them first) and outlives the node.
 #[async_trait]
 pub trait LocalSessions: Send + Sync + 'static {
+    /// Removes the dead sessions of at most `pools` of the pools with a deadline
+    /// due by `now`, and returns them. The sweep takes a wave of expiries a
+    /// bounded bite at a time and lets requests run between bites: with a million
+    /// customers, tens of thousands of sessions can expire in the same second.
+    async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError>;
+
     /// Removes every session that is dead at `now` and returns them.
-    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
+        Ok(self.reap_some(now, usize::MAX).await?.dead)
+    }
 
     /// Every session held (dead ones not yet reaped included), to be saved across
     /// a restart.
     async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError>;
+}
+
+/// What one bite of the sweep removed.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// The sessions found dead, each with its pool.
+    pub dead: Vec<(PoolKey, Session)>,
+    /// Whether pools due by then are left for the next bite.
+    pub more: bool,
 }
 
 /// Sessions by state. `None`: the store does not know it cheaply (Redis keeps

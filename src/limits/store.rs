@@ -8,6 +8,7 @@
 //! that were there before a flood are not slowed by it.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use governor::nanos::Nanos;
@@ -27,8 +28,17 @@ pub enum Overflow {
     Untracked,
 }
 
+/// Shards of the key map. With a million customers, forgetting idle keys and
+/// shrinking the map rehashes it shard by shard, each under its write lock, and
+/// each growth rehashes one shard: the fewer keys a shard holds, the shorter the
+/// wait of a request whose key falls in it. An empty shard costs 128 bytes.
+const SHARDS: usize = 64;
+
 pub struct BoundedStore<K: Hash + Eq> {
     keys: DashMap<K, InMemoryState>,
+    /// How many keys `keys` holds, kept as they come and go: `DashMap::len` locks
+    /// every shard in turn, and a key seen for the first time asks it.
+    count: AtomicUsize,
     overflow: InMemoryState,
     policy: Overflow,
     cap: usize,
@@ -37,7 +47,8 @@ pub struct BoundedStore<K: Hash + Eq> {
 impl<K: Hash + Eq> BoundedStore<K> {
     pub fn new(cap: usize, policy: Overflow) -> Self {
         Self {
-            keys: DashMap::new(),
+            keys: DashMap::with_shard_amount(SHARDS),
+            count: AtomicUsize::new(0),
             overflow: InMemoryState::default(),
             policy,
             cap,
@@ -65,22 +76,30 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
         if let Some(state) = self.keys.get(key) {
             return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        // len() visits every shard: only a key seen for the first time pays for it.
-        if self.keys.len() >= self.cap {
+        if self.count.load(Ordering::Relaxed) >= self.cap {
             return match self.policy {
                 Overflow::Shared => self.overflow.measure_and_replace(&NotKeyed::NonKey, f),
                 // Decided as for a fresh key, and nothing is kept.
                 Overflow::Untracked => f(None).map(|(decision, _)| decision),
             };
         }
-        let state = self.keys.entry(key.clone()).or_default();
+        let state = self.keys.entry(key.clone()).or_insert_with(|| {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            InMemoryState::default()
+        });
         state.measure_and_replace(&NotKeyed::NonKey, f)
     }
 }
 
 impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
     fn retain_recent(&self, drop_below: Nanos) {
-        self.keys.retain(|_, state| !Self::is_idle(state, drop_below));
+        self.keys.retain(|_, state| {
+            let idle = Self::is_idle(state, drop_below);
+            if idle {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            !idle
+        });
     }
 
     fn shrink_to_fit(&self) {
@@ -88,10 +107,10 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
     }
 
     fn len(&self) -> usize {
-        self.keys.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{Heartbeat, LocalSessions, SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{Heartbeat, LocalSessions, Reaped, SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
 use crate::meter::{Meter, StoreOperation};
 
@@ -165,8 +165,8 @@ impl<S: SessionStore + ?Sized> SessionStore for Instrumented<S> {
 
 #[async_trait]
 impl<S: LocalSessions + ?Sized> LocalSessions for Instrumented<S> {
-    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        self.timed("reap", self.inner.reap(now)).await
+    async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError> {
+        self.timed("reap", self.inner.reap_some(now, pools)).await
     }
 
     async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {

@@ -30,12 +30,12 @@ use dashmap::DashMap;
 
 pub use open::open;
 
-use super::roster::Roster;
+use super::roster::{Roster, sharded};
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
 use crate::domain::ports::{
-    EndCause, Heartbeat, LocalSessions, NoEvents, SessionEvents, SessionStore, SessionsByState, StoreError,
+    EndCause, Heartbeat, LocalSessions, NoEvents, Reaped, SessionEvents, SessionStore, SessionsByState, StoreError,
 };
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use customers::{Customers, OpenPools};
@@ -57,18 +57,23 @@ impl ExpiryQueue {
         }
     }
 
-    /// Takes the pools whose deadline has come.
-    fn due(&self, now: Millis) -> Vec<Arc<PoolKey>> {
+    /// Takes at most `max` of the pools whose deadline has come, and says whether
+    /// more are due.
+    fn due(&self, now: Millis, max: usize, into: &mut Vec<Arc<PoolKey>>) -> bool {
         let Ok(mut queue) = self.0.lock() else {
-            return Vec::new();
+            return false;
         };
-        let mut due = Vec::new();
+        let mut taken = 0;
         while queue.front().is_some_and(|(at, _)| *at <= now) {
+            if taken == max {
+                return true;
+            }
             if let Some((_, key)) = queue.pop_front() {
-                due.push(key);
+                into.push(key);
+                taken += 1;
             }
         }
-        due
+        false
     }
 }
 
@@ -95,7 +100,7 @@ impl MemoryStore {
 
     fn build(timings: Timings, journal: Option<Arc<Journal>>) -> Self {
         Self {
-            pools: Pools::default(),
+            pools: sharded(),
             customers: Customers::default(),
             timings,
             pending: ExpiryQueue::default(),
@@ -440,22 +445,21 @@ impl SessionStore for MemoryStore {
 /// The memory store is the only one whose sessions nothing else expires or keeps.
 #[async_trait]
 impl LocalSessions for MemoryStore {
-    /// Visits only the pools whose queued deadline has come, yielding now and
-    /// then so a wave of expiries does not stall admissions.
-    async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        let mut due = self.pending.due(now);
-        due.extend(self.detached.due(now));
+    /// Visits only the pools whose queued deadline has come, at most `pools` of
+    /// them: the caller yields between bites, so a wave of expiries does not
+    /// stall admissions.
+    async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError> {
+        let mut due = Vec::new();
+        let mut more = self.pending.due(now, pools, &mut due);
+        more |= self.detached.due(now, pools - due.len(), &mut due);
         let mut dead = Vec::new();
-        for (i, key) in due.into_iter().enumerate() {
+        for key in due {
             // Returned, not reported: the caller tells the events of what it reaps.
             if let Some(pruned) = self.with_pool(&key, now, |_, _, dead| std::mem::take(dead)) {
                 dead.extend(pruned.into_iter().map(|s| (PoolKey::clone(&key), s)));
             }
-            if i % 256 == 255 {
-                tokio::task::yield_now().await;
-            }
         }
-        Ok(dead)
+        Ok(Reaped { dead, more })
     }
 
     async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
@@ -544,6 +548,52 @@ mod tests {
         assert_eq!(reaped.iter().map(|(_, s)| s.id).collect::<Vec<_>>(), vec![pending]);
         assert_eq!(store.by_state().known(), 0);
         assert!(store.pools.is_empty(), "empty pools are dropped");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_in_bites_still_reaps_every_dead_session_once() {
+        let (store, journal) = journaled();
+        let mut granted = Vec::new();
+        for i in 0..300 {
+            let id = store
+                .admit(&key(&format!("bite{i}")), new(), limits(1), 0)
+                .await
+                .unwrap()
+                .unwrap()
+                .session
+                .id;
+            granted.push(id);
+        }
+        // Detached ones are due too, from their own queue: they share the bites.
+        let gone = store
+            .admit(&key("gone"), new(), limits(1), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
+        store.attach(&key("gone"), gone, Holder(1), 0).await.unwrap().unwrap();
+        store.detach(&key("gone"), gone, Holder(1), 0).await.unwrap();
+        granted.push(gone);
+        flushed(&journal).await;
+
+        let mut reaped = Vec::new();
+        let mut bites = Vec::new();
+        loop {
+            let bite = store.reap_some(4_000, 128).await.unwrap();
+            bites.push(bite.dead.len());
+            reaped.extend(bite.dead.into_iter().map(|(_, s)| s.id));
+            if !bite.more {
+                break;
+            }
+        }
+        assert_eq!(bites, vec![128, 128, 45], "no bite visits more pools than asked");
+        assert_eq!(sorted(reaped), sorted(granted.clone()), "each dead session once");
+        assert_eq!(store.by_state().known(), 0);
+        assert!(store.pools.is_empty() && store.customers.len() == 0);
+        assert_eq!(flushed(&journal).await, (vec![], sorted(granted)));
+        let after = store.reap_some(4_000, 128).await.unwrap();
+        assert!(after.dead.is_empty() && !after.more, "nothing left");
     }
 
     #[tokio::test]

@@ -16,12 +16,25 @@ use crate::domain::journal::Journal;
 use crate::domain::ports::SessionsByState;
 use crate::domain::{PoolKey, Session, SessionId};
 
+/// Shards of each of the memory store's maps (pools, customers, the session-id
+/// index). A shard's table grows by doubling, rehashing every entry while its lock
+/// is held: with a million customers and dashmap's default of 4 shards per core,
+/// one growth moves over a hundred thousand entries, a pause of milliseconds for
+/// every request that hashes into that shard. With 256 shards each growth moves
+/// 1/256th of the map. An empty shard costs 128 bytes.
+const SHARDS: usize = 256;
+
+/// An empty map of the memory store, in [`SHARDS`] shards, with a hasher seeded
+/// at random.
+pub(crate) fn sharded<K: Eq + std::hash::Hash, V>() -> DashMap<K, V, foldhash::fast::RandomState> {
+    DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), SHARDS)
+}
+
 /// Session ids are random UUIDs, hashed on every admission and end: foldhash is
 /// cheap and still seeded at random per map. The value shares the pool's key with
 /// the pool map, so an entry costs an id and a pointer.
 type Index = DashMap<SessionId, Arc<PoolKey>, foldhash::fast::RandomState>;
 
-#[derive(Default)]
 pub(crate) struct Roster {
     index: Index,
     /// Pending, live and detached sessions: moved by each pool operation by the
@@ -33,8 +46,9 @@ pub(crate) struct Roster {
 impl Roster {
     pub(crate) fn new(journal: Option<Arc<Journal>>) -> Self {
         Self {
+            index: sharded(),
+            states: Default::default(),
             journal,
-            ..Self::default()
         }
     }
 

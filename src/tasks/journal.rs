@@ -1,6 +1,7 @@
 //! The journal writer: every `journal_interval`, the session changes recorded since
-//! the last flush reach the database in one transaction. Admission never waits for
-//! it; a crash loses at most the changes of the last interval.
+//! the last flush reach the database, in transactions of a thousand changes
+//! spread over half the interval (see [`Journal::flush_spread`]). Admission never
+//! waits for it; a crash loses at most the changes of the last interval.
 //!
 //! A flush that fails keeps its changes for the next one, so a database outage
 //! delays the journal without losing it. The last flush, at shutdown, is the app's.
@@ -15,7 +16,9 @@ use crate::domain::ports::SessionArchive;
 
 pub async fn run(journal: Arc<Journal>, archive: Arc<dyn SessionArchive>, every: Duration, cancel: CancellationToken) {
     super::every(every, cancel, || async {
-        match journal.flush(archive.as_ref()).await {
+        // Spread over at most half the interval, so the writes of one interval
+        // are done before the next begins.
+        match journal.flush_spread(archive.as_ref(), every / 2).await {
             Ok(0) => {}
             Ok(n) => tracing::trace!(changes = n, "session journal written"),
             Err(e) => tracing::warn!(

@@ -35,8 +35,13 @@ impl Hash for CustomerOf {
 /// The keys of the pools a customer has in the pool map.
 pub(super) type OpenPools = Vec<Arc<PoolKey>>;
 
-#[derive(Default)]
 pub(super) struct Customers(DashMap<CustomerOf, OpenPools, foldhash::fast::RandomState>);
+
+impl Default for Customers {
+    fn default() -> Self {
+        Self(crate::store::roster::sharded())
+    }
+}
 
 impl Customers {
     /// Runs `f` on the pools of `pool`'s customer, holding the customer's lock.
