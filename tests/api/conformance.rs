@@ -595,6 +595,31 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_from_the_node() {
     );
 }
 
+#[tokio::test]
+async fn redis_restarted_empty_admits_nobody_beside_a_held_session_before_the_next_refresh() {
+    let mut s = Subject::redis().await;
+    let (p, now) = (pool("r4"), t0());
+    let a = admit(&s, &p, "tv", 1, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
+    s.flush().await; // the node learns the epoch
+    s.redis.as_mut().unwrap().1.restart_empty();
+    // No refresh round runs here: the admission itself finds Redis in a new epoch
+    // and has the node put its session back before it is counted.
+    let mut refused = None;
+    for _ in 0..50 {
+        match s.store.admit(&p, new("phone"), limit(1), t0()).await {
+            Ok(outcome) => {
+                refused = Some(outcome.is_err());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(refused, Some(true), "the limit counts the held session at once");
+    let listed = s.store.list(&p, t0()).await.unwrap();
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a]);
+}
+
 fn customer(publisher: &str, customer: &str) -> Customer {
     Customer {
         publisher_id: publisher.into(),

@@ -236,6 +236,8 @@ pub(crate) enum AdmitReply {
     },
     /// The pool is empty and the customer holds sessions in as many pools as allowed.
     TooManyPools,
+    /// Redis is in another data epoch than the node knows: nothing was done.
+    Lost,
 }
 
 /// The reply of the take-over script.

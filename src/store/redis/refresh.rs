@@ -56,6 +56,11 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
 }
 
 impl RedisStore {
+    /// The data epoch this node last saw (empty before its first refresh).
+    pub(super) fn known_epoch(&self) -> String {
+        self.epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
+    }
+
     /// One refresh round.
     pub async fn refresh(&self) -> Result<Round, StoreError> {
         let mut round = Round {
@@ -177,7 +182,7 @@ impl RedisStore {
     /// The epoch key holds a random value set by whichever node first finds it
     /// missing; every node remembers the value it last saw, so each one notices a
     /// new epoch (Redis restarted empty) exactly once and puts its sessions back.
-    async fn restore_if_lost(&self) -> Result<usize, StoreError> {
+    pub(super) async fn restore_if_lost(&self) -> Result<usize, StoreError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.cmd("SET")

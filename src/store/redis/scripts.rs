@@ -27,7 +27,8 @@ use super::keys;
 
 /// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@`, `@TOMB@`, `@STALE@` and
 /// `@EXTEND@` are replaced by milliseconds when the scripts are built, `@ALIVE@`
-/// by the prefix of the nodes' liveness keys ([`keys::ALIVE_PREFIX`]).
+/// by the prefix of the nodes' liveness keys ([`keys::ALIVE_PREFIX`]), `@EPOCH@` by
+/// the data-epoch key ([`keys::EPOCH`]).
 ///
 /// A record is packed (`record.rs`): `state|expires|holder (hex)|created|name`.
 /// A live record's own deadline is written when it is attached and then only
@@ -49,6 +50,7 @@ if now == nil or now <= 0 then
 end
 local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @TOMB@, @STALE@, @EXTEND@
 local ALIVE = '@ALIVE@'
+local EPOCH = '@EPOCH@'
 
 local function decode(v)
   local s, e, h, c, n = string.match(v, '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
@@ -161,12 +163,18 @@ end
 "#;
 
 /// KEYS[3]: the new session's index key. ARGV: now, id, name, limit, most pools
-/// per customer, index value, index TTL (ms). The index is written here, in the
-/// admission's own round trip. Reply (JSON):
-/// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`, or
+/// per customer, index value, index TTL (ms), the data epoch the node last saw
+/// (empty: none yet). The index is written here, in the admission's own round
+/// trip. Reply (JSON):
+/// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`,
 /// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
-/// as many pools as allowed).
+/// as many pools as allowed), or `{ok: "lost"}`: Redis is not in the epoch the
+/// node knows (it restarted empty), so this node's held sessions may be missing
+/// from the pool; the node puts them back first, then asks again.
 const ADMIT: &str = r#"
+if ARGV[8] ~= '' and redis.call('GET', EPOCH) ~= ARGV[8] then
+  return cjson.encode({ok = 'lost'})
+end
 local live = load()
 local limit = tonumber(ARGV[4])
 if #live >= limit then
@@ -380,7 +388,8 @@ impl Scripts {
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
             .replace("@EXTEND@", &EXTEND_MS.to_string())
-            .replace("@ALIVE@", keys::ALIVE_PREFIX);
+            .replace("@ALIVE@", keys::ALIVE_PREFIX)
+            .replace("@EPOCH@", keys::EPOCH);
         let build = |body: &str| redis::Script::new(&format!("{prelude}{body}"));
         Self {
             admit: build(ADMIT),

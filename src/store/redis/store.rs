@@ -445,30 +445,43 @@ impl SessionStore for RedisStore {
         limits: Limits,
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
-        let reply = self
-            .run_on(
-                pool,
-                on_pool(&self.scripts.admit, pool)
-                    .key(keys::session_index(new.id))
-                    .arg(self.now_arg(now))
-                    .arg(new.id.to_string())
-                    .arg(&new.name)
-                    .arg(limits.sessions)
-                    .arg(limits.pools_per_customer)
-                    .arg(keys::index_value(pool))
-                    .arg(duration_ms(self.index_ttl)),
-            )
-            .await?;
-        match record::reply(&reply, "admit")? {
-            AdmitReply::Granted { now, live } => Ok(Ok(self.granted(new, now, live))),
-            AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
-            AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
-                active: held
-                    .into_iter()
-                    .map(|s| ActiveSession { id: s.id, name: s.name })
-                    .collect(),
-            }))),
+        // Twice at most: a first "lost" reply makes this node put its sessions back
+        // (and learn the new epoch), so they count before anyone is admitted beside them.
+        for _ in 0..2 {
+            let epoch = self.known_epoch();
+            let reply = self
+                .run_on(
+                    pool,
+                    on_pool(&self.scripts.admit, pool)
+                        .key(keys::session_index(new.id))
+                        .arg(self.now_arg(now))
+                        .arg(new.id.to_string())
+                        .arg(&new.name)
+                        .arg(limits.sessions)
+                        .arg(limits.pools_per_customer)
+                        .arg(keys::index_value(pool))
+                        .arg(duration_ms(self.index_ttl))
+                        .arg(epoch),
+                )
+                .await?;
+            return match record::reply(&reply, "admit")? {
+                AdmitReply::Granted { now, live } => Ok(Ok(self.granted(new, now, live))),
+                AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
+                AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
+                    active: held
+                        .into_iter()
+                        .map(|s| ActiveSession { id: s.id, name: s.name })
+                        .collect(),
+                }))),
+                AdmitReply::Lost => {
+                    self.restore_if_lost().await?;
+                    continue;
+                }
+            };
         }
+        Err(StoreError::Unavailable(
+            "Redis changed its data epoch twice during one admission".into(),
+        ))
     }
 
     async fn take_over(
