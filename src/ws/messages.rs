@@ -1,6 +1,6 @@
 //! The protocol's messages: one JSON object with an `action` key per text frame.
 
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
