@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,8 +50,12 @@ enum Exit {
     Shutdown,
 }
 
-struct Connection<'a> {
-    state: &'a AppState,
+/// Everything a socket's task keeps, built before the task starts: the arguments of
+/// an async function stay in its future for its whole life, so a value moved from
+/// one into another local would be kept twice.
+struct Connection {
+    state: AppState,
+    mailbox: Arc<Mailbox>,
     session: SessionId,
     pool: PoolKey,
     /// When the session token expires (seconds since the epoch).
@@ -64,9 +69,9 @@ struct Connection<'a> {
     pong_deadline: Instant,
 }
 
-pub async fn run<S: Stream>(mut socket: WebSocket<S>, claims: SessionClaims, state: AppState) {
+/// The task of one upgraded socket.
+pub fn run<S: Stream>(socket: WebSocket<S>, claims: SessionClaims, state: AppState) -> impl Future<Output = ()> + Send {
     let (holder, mailbox) = state.hub.register();
-    let far = Instant::now() + NEVER;
     let SessionClaims {
         sid,
         publisher_id,
@@ -74,8 +79,13 @@ pub async fn run<S: Stream>(mut socket: WebSocket<S>, claims: SessionClaims, sta
         offer_id,
         exp,
     } = claims;
-    let mut conn = Connection {
-        state: &state,
+    let now = Instant::now();
+    // Until REQUESTED binds it, the socket gets the connect timeout to send it:
+    // an idle socket must not hold a file descriptor forever.
+    let pong_deadline = now + state.control.timings().connect_timeout;
+    let conn = Connection {
+        state,
+        mailbox,
         session: sid,
         pool: PoolKey {
             publisher_id,
@@ -87,23 +97,25 @@ pub async fn run<S: Stream>(mut socket: WebSocket<S>, claims: SessionClaims, sta
         bound: false,
         bad_messages: 0,
         budget: MessageBudget::default(),
-        next_ping: far,
-        // Until REQUESTED binds it, the socket gets the connect timeout to send it:
-        // an idle socket must not hold a file descriptor forever.
-        pong_deadline: Instant::now() + state.control.timings().connect_timeout,
+        next_ping: now + NEVER,
+        pong_deadline,
     };
-    let exit = conn.serve(&mut socket, &mailbox).await;
-    state.hub.unregister(holder);
-    if exit == Exit::Lost && conn.bound {
-        let (pool, id) = (&conn.pool, conn.session);
-        if let Err(e) = state.control.detach(pool, id, holder).await {
-            tracing::warn!(session = %id, error = %e, "could not detach a session whose socket closed");
-        }
-    }
-    tracing::debug!(session = %conn.session, ?exit, "socket closed");
+    conn.live(socket)
 }
 
-impl Connection<'_> {
+impl Connection {
+    async fn live<S: Stream>(mut self, mut socket: WebSocket<S>) {
+        let exit = self.serve(&mut socket).await;
+        self.state.hub.unregister(self.holder);
+        if exit == Exit::Lost && self.bound {
+            // Boxed, as it runs once: inline, its state would be part of every idle socket.
+            let detached = Box::pin(self.state.control.detach(&self.pool, self.session, self.holder)).await;
+            if let Err(e) = detached {
+                tracing::warn!(session = %self.session, error = %e, "could not detach a session whose socket closed");
+            }
+        }
+        tracing::debug!(session = %self.session, ?exit, "socket closed");
+    }
     /// The next thing the timer must wake the socket for: its deadline, or its next
     /// PING if that comes first. One timer for both halves what a socket keeps of them.
     fn next_wake(&self) -> Instant {
@@ -114,9 +126,10 @@ impl Connection<'_> {
         }
     }
 
-    async fn serve<S: Stream>(&mut self, socket: &mut WebSocket<S>, mailbox: &Mailbox) -> Exit {
-        // A copy of the reference, so the loop can borrow `self` mutably meanwhile.
-        let state: &AppState = self.state;
+    async fn serve<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Exit {
+        // Handles of their own, so the loop can borrow `self` mutably meanwhile.
+        let shutdown = self.state.shutdown.clone();
+        let mailbox = Arc::clone(&self.mailbox);
         let timer = sleep_until(self.next_wake());
         tokio::pin!(timer);
         loop {
@@ -127,13 +140,14 @@ impl Connection<'_> {
             }
             tokio::select! {
                 biased;
-                _ = state.shutdown.cancelled() => {
-                    finish(&state.meter, socket, None, close::RESTART, "server restarting").await;
+                _ = shutdown.cancelled() => {
+                    finish(&self.state.meter, socket, None, close::RESTART, "server restarting").await;
                     return Exit::Shutdown;
                 }
                 _ = mailbox.wait() => {
                     if let Some(order) = mailbox.take_final() {
-                        return self.obey(socket, order).await;
+                        // Boxed, as it runs once.
+                        return Box::pin(self.obey(socket, order)).await;
                     }
                     if mailbox.take_ping() && self.bound && !send(socket, &ServerMessage::Ping).await {
                         return Exit::Lost;
@@ -145,14 +159,14 @@ impl Connection<'_> {
                         return Box::pin(self.on_deadline(socket)).await;
                     }
                     // The timer was set for the next PING.
-                    self.next_ping = Instant::now() + state.control.timings().ping_interval;
+                    self.next_ping = Instant::now() + self.state.control.timings().ping_interval;
                     if !send(socket, &ServerMessage::Ping).await {
                         return Exit::Lost;
                     }
                 }
                 frame = socket.recv() => {
                     // Boxed: inline, its state would be part of every idle socket.
-                    if let Some(exit) = Box::pin(self.on_frame(socket, mailbox, frame)).await {
+                    if let Some(exit) = Box::pin(self.on_frame(socket, &mailbox, frame)).await {
                         return exit;
                     }
                 }
@@ -282,7 +296,7 @@ impl Connection<'_> {
     /// Spends one message of this socket's budget: `websocket.message_burst`,
     /// refilled one per `ping_interval / 4`. `false` once it is spent.
     fn spend_budget(&mut self) -> bool {
-        let state = self.state;
+        let state = &self.state;
         if !state.limits.enabled() {
             return true;
         }
@@ -419,3 +433,40 @@ async fn finish_now<S: Stream>(socket: &mut WebSocket<S>, last: Option<ServerMes
     let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every held session keeps one of these futures for as long as it lives (inside
+    /// its task, next to tokio's own header): bench/analysis.md accounts for it, and
+    /// this bound keeps a change from doubling it unseen.
+    #[test]
+    fn a_socket_task_stays_small() {
+        let on_raw_socket = future_size(run::<crate::net::Socket>);
+        let on_hyper_io = future_size(run::<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>);
+        println!("socket task future: {on_raw_socket} bytes on the raw socket, {on_hyper_io} on hyper's IO");
+        println!(
+            "of which: WebSocket {} (tungstenite's context {}), timer {}, AppState {}",
+            std::mem::size_of::<WebSocket<crate::net::Socket>>(),
+            std::mem::size_of::<tungstenite::protocol::WebSocketContext>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<AppState>(),
+        );
+        fn size_of_future<F: Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let (io, _other) = tokio::io::duplex(64);
+        let mut socket = WebSocket::new(io, bytes::Bytes::new(), Default::default());
+        println!("recv {}", size_of_future(&socket.recv()));
+        println!("send {}", size_of_future(&socket.send(Message::text(""))));
+        println!("send2 {}", size_of_future(&send(&mut socket, &ServerMessage::Ping)));
+        println!("msg {} err {}", std::mem::size_of::<Message>(), std::mem::size_of::<tungstenite::Error>());
+        assert!(on_raw_socket <= 2048, "{on_raw_socket} bytes");
+    }
+}
