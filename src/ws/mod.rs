@@ -104,7 +104,10 @@ async fn upgrade(
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let tracker = state.connections.clone();
-    tracker.spawn(async move {
+    // This task only waits for the upgrade, then spawns the socket's own task: what
+    // it holds meanwhile (the claims, the state, the configuration) is not carried
+    // for the socket's whole life.
+    tracker.clone().spawn(async move {
         let upgraded = match pending.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -115,9 +118,12 @@ async fn upgrade(
         // Our own listener's socket, served as it is; any other (a router served
         // elsewhere) through hyper's boxed IO.
         match net::Socket::from_upgraded(upgraded) {
-            Ok((io, read_ahead)) => connection::run(WebSocket::new(io, read_ahead, config), claims, state).await,
+            Ok((io, read_ahead)) => {
+                tracker.spawn(connection::run(WebSocket::new(io, read_ahead, config), claims, state));
+            }
             Err(upgraded) => {
-                connection::run(WebSocket::new(TokioIo::new(upgraded), Default::default(), config), claims, state).await;
+                let io = TokioIo::new(upgraded);
+                tracker.spawn(connection::run(WebSocket::new(io, Default::default(), config), claims, state));
             }
         }
     });
