@@ -107,6 +107,7 @@ impl Connection {
     // Not an `async fn`: its arguments would be stored twice in its future (as
     // arguments, and as the locals they are moved into), 576 bytes per socket. An
     // async block uses what it captured in place.
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     fn live<S: Stream>(mut self, mut socket: WebSocket<S>) -> impl Future<Output = ()> + Send {
         async move {
             let exit = self.serve(&mut socket).await;
@@ -330,12 +331,7 @@ impl Connection {
     async fn on_requested<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Option<Exit> {
         let now_secs = self.state.control.clock().now() / 1000;
         let attached = self.token_expires > now_secs
-            && match self
-                .state
-                .control
-                .attach(&self.pool, self.session, self.holder)
-                .await
-            {
+            && match self.state.control.attach(&self.pool, self.session, self.holder).await {
                 Ok(attached) => attached,
                 Err(e) => return Some(self.store_failed(socket, e).await),
             };
@@ -422,7 +418,12 @@ fn finish<'a, S: Stream>(
     Box::pin(finish_now(socket, last, code, reason))
 }
 
-async fn finish_now<S: Stream>(socket: &mut WebSocket<S>, last: Option<ServerMessage<'_>>, code: u16, reason: &'static str) {
+async fn finish_now<S: Stream>(
+    socket: &mut WebSocket<S>,
+    last: Option<ServerMessage<'_>>,
+    code: u16,
+    reason: &'static str,
+) {
     if let Some(message) = last
         && !send(socket, &message).await
     {
@@ -437,7 +438,6 @@ async fn finish_now<S: Stream>(socket: &mut WebSocket<S>, last: Option<ServerMes
     }
     let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -471,7 +471,11 @@ mod tests {
         println!("recv {}", size_of_future(&socket.recv()));
         println!("send {}", size_of_future(&socket.send(Message::text(""))));
         println!("send2 {}", size_of_future(&send(&mut socket, &ServerMessage::Ping)));
-        println!("msg {} err {}", std::mem::size_of::<Message>(), std::mem::size_of::<tungstenite::Error>());
+        println!(
+            "msg {} err {}",
+            std::mem::size_of::<Message>(),
+            std::mem::size_of::<tungstenite::Error>()
+        );
         assert!(on_raw_socket <= 1280, "{on_raw_socket} bytes");
     }
 }

@@ -123,7 +123,11 @@ async fn upgrade(
             }
             Err(upgraded) => {
                 let io = TokioIo::new(upgraded);
-                tracker.spawn(connection::run(WebSocket::new(io, Default::default(), config), claims, state));
+                tracker.spawn(connection::run(
+                    WebSocket::new(io, Default::default(), config),
+                    claims,
+                    state,
+                ));
             }
         }
     });

@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(got, Message::text("x".repeat(100)));
 
         server.send(Message::text(r#"{"action":"PING"}"#)).await.unwrap();
-        assert_eq!(client.next().await.unwrap().unwrap(), Message::text(r#"{"action":"PING"}"#));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::text(r#"{"action":"PING"}"#)
+        );
 
         client.close(None).await.unwrap();
         assert!(matches!(server.recv().await, Some(Ok(Message::Close(None)))));
