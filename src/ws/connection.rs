@@ -463,19 +463,6 @@ mod tests {
             std::mem::size_of::<tokio::time::Sleep>(),
             std::mem::size_of::<AppState>(),
         );
-        fn size_of_future<F: Future>(_: &F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let (io, _other) = tokio::io::duplex(64);
-        let mut socket = WebSocket::new(io, bytes::Bytes::new(), Default::default());
-        println!("recv {}", size_of_future(&socket.recv()));
-        println!("send {}", size_of_future(&socket.send(Message::text(""))));
-        println!("send2 {}", size_of_future(&send(&mut socket, &ServerMessage::Ping)));
-        println!(
-            "msg {} err {}",
-            std::mem::size_of::<Message>(),
-            std::mem::size_of::<tungstenite::Error>()
-        );
         assert!(on_raw_socket <= 1280, "{on_raw_socket} bytes");
     }
 }
