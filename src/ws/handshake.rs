@@ -64,7 +64,7 @@ mod tests {
         // RFC 6455 1.3's example.
         assert_eq!(
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kxrGzzoZo+xOo0="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
