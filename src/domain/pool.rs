@@ -233,6 +233,9 @@ impl Pool {
             holder: None,
             created_at: now,
         };
+        // A pool holds one or a few sessions for as long as they live: grown one at a
+        // time, not to the four a vector starts with (a session is 80 bytes).
+        self.sessions.reserve_exact(1);
         self.sessions.push(session.clone());
         Granted { session, live_others }
     }

@@ -112,9 +112,21 @@ pub(super) async fn serve(tcp: TcpStream, remote: SocketAddr, slot: Slot, shared
 
 /// The connection's socket, which tells its [`Entry`] when bytes arrive, and frees
 /// its [`Slot`] when dropped (by hyper, or by the WebSocket after an upgrade).
-struct Socket {
+pub struct Socket {
     tcp: TcpStream,
     slot: Slot,
+}
+
+impl Socket {
+    /// The socket under an upgraded connection, and the bytes hyper read past the
+    /// request; `Err` gives the connection back if another server accepted it.
+    /// A WebSocket served on the socket itself costs no boxed IO and no second
+    /// buffer, and it keeps the connection's slot for as long as it lives.
+    pub fn from_upgraded(upgraded: hyper::upgrade::Upgraded) -> Result<(Self, bytes::Bytes), hyper::upgrade::Upgraded> {
+        upgraded
+            .downcast::<TokioIo<Self>>()
+            .map(|parts| (parts.io.into_inner(), parts.read_buf))
+    }
 }
 
 impl AsyncRead for Socket {

@@ -20,4 +20,5 @@ mod listener;
 mod table;
 mod throttle;
 
+pub use connection::Socket;
 pub use listener::{Drain, Limits, Server};

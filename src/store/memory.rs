@@ -217,6 +217,8 @@ impl MemoryStore {
             // A limit of 0 refused the first session: keep no empty pool behind.
             self.drop_if_empty(key, open);
         } else if !known {
+            // Most customers hold one pool: no room for four.
+            open.reserve_exact(1);
             open.push(Arc::clone(key));
         }
         outcome.map_err(Refusal::Full)

@@ -2,23 +2,34 @@
 //! PONGs come back, and carries out the orders the domain posts to it.
 //!
 //! Each socket is one task with no spawned helpers and no channel: a select over
-//! the socket, its mailbox, two deadlines and the shutdown signal.
+//! the socket, its mailbox, one timer and the shutdown signal. The task's future is
+//! what a held session costs most, so what it keeps is small: one timer for both
+//! deadlines, the session's pool key and id rather than its whole token.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use super::hub::Mailbox;
 use super::messages::{ClientMessage, ServerMessage, close};
+use super::socket::WebSocket;
 use crate::auth::SessionClaims;
 use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, EndCause};
-use crate::domain::{Holder, MessageBudget, PoolKey};
+use crate::domain::{Holder, MessageBudget, PoolKey, SessionId};
 use crate::meter::Meter;
 use crate::state::AppState;
+
+/// What a socket's loop needs of the stream under it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// How long a closing socket waits for the player's close reply. Closing the TCP
 /// connection at once could reset it and lose the close frame we just sent.
@@ -39,10 +50,16 @@ enum Exit {
     Shutdown,
 }
 
-struct Connection<'a> {
-    state: &'a AppState,
-    claims: SessionClaims,
+/// Everything a socket's task keeps, built before the task starts: the arguments of
+/// an async function stay in its future for its whole life, so a value moved from
+/// one into another local would be kept twice.
+struct Connection {
+    state: AppState,
+    mailbox: Arc<Mailbox>,
+    session: SessionId,
     pool: PoolKey,
+    /// When the session token expires (seconds since the epoch).
+    token_expires: u64,
     holder: Holder,
     bound: bool,
     bad_messages: u32,
@@ -52,46 +69,80 @@ struct Connection<'a> {
     pong_deadline: Instant,
 }
 
-pub async fn run(mut socket: WebSocket, claims: SessionClaims, state: AppState) {
+/// The task of one upgraded socket.
+pub fn run<S: Stream>(socket: WebSocket<S>, claims: SessionClaims, state: AppState) -> impl Future<Output = ()> + Send {
     let (holder, mailbox) = state.hub.register();
-    let far = Instant::now() + NEVER;
-    let mut conn = Connection {
-        state: &state,
-        pool: claims.pool(),
-        claims,
+    let SessionClaims {
+        sid,
+        publisher_id,
+        customer_id,
+        offer_id,
+        exp,
+    } = claims;
+    let now = Instant::now();
+    // Until REQUESTED binds it, the socket gets the connect timeout to send it:
+    // an idle socket must not hold a file descriptor forever.
+    let pong_deadline = now + state.control.timings().connect_timeout;
+    let conn = Connection {
+        state,
+        mailbox,
+        session: sid,
+        pool: PoolKey {
+            publisher_id,
+            customer_id,
+            offer_id,
+        },
+        token_expires: exp,
         holder,
         bound: false,
         bad_messages: 0,
         budget: MessageBudget::default(),
-        next_ping: far,
-        // Until REQUESTED binds it, the socket gets the connect timeout to send it:
-        // an idle socket must not hold a file descriptor forever.
-        pong_deadline: Instant::now() + state.control.timings().connect_timeout,
+        next_ping: now + NEVER,
+        pong_deadline,
     };
-    let exit = conn.serve(&mut socket, &mailbox).await;
-    state.hub.unregister(holder);
-    if exit == Exit::Lost && conn.bound {
-        let (pool, id) = (&conn.pool, conn.claims.sid);
-        if let Err(e) = state.control.detach(pool, id, holder).await {
-            tracing::warn!(session = %id, error = %e, "could not detach a session whose socket closed");
-        }
-    }
-    tracing::debug!(session = %conn.claims.sid, ?exit, "socket closed");
+    conn.live(socket)
 }
 
-impl Connection<'_> {
-    async fn serve(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> Exit {
-        let shutdown = self.state.shutdown.clone();
-        let deadline = sleep_until(self.pong_deadline);
-        let ping = sleep_until(self.next_ping);
-        tokio::pin!(deadline, ping);
-        loop {
-            // The timers are re-armed only when their instant moved, not every turn.
-            if deadline.deadline() != self.pong_deadline {
-                deadline.as_mut().reset(self.pong_deadline);
+impl Connection {
+    // Not an `async fn`: its arguments would be stored twice in its future (as
+    // arguments, and as the locals they are moved into), 576 bytes per socket. An
+    // async block uses what it captured in place.
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    fn live<S: Stream>(mut self, mut socket: WebSocket<S>) -> impl Future<Output = ()> + Send {
+        async move {
+            let exit = self.serve(&mut socket).await;
+            self.state.hub.unregister(self.holder);
+            if exit == Exit::Lost && self.bound {
+                // Boxed, as it runs once: inline, its state would be part of every idle socket.
+                let detached = Box::pin(self.state.control.detach(&self.pool, self.session, self.holder)).await;
+                if let Err(e) = detached {
+                    tracing::warn!(session = %self.session, error = %e, "could not detach a session whose socket closed");
+                }
             }
-            if ping.deadline() != self.next_ping {
-                ping.as_mut().reset(self.next_ping);
+            tracing::debug!(session = %self.session, ?exit, "socket closed");
+        }
+    }
+    /// The next thing the timer must wake the socket for: its deadline, or its next
+    /// PING if that comes first. One timer for both halves what a socket keeps of them.
+    fn next_wake(&self) -> Instant {
+        if self.bound {
+            self.pong_deadline.min(self.next_ping)
+        } else {
+            self.pong_deadline
+        }
+    }
+
+    async fn serve<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Exit {
+        // Handles of their own, so the loop can borrow `self` mutably meanwhile.
+        let shutdown = self.state.shutdown.clone();
+        let mailbox = Arc::clone(&self.mailbox);
+        let timer = sleep_until(self.next_wake());
+        tokio::pin!(timer);
+        loop {
+            // The timer is re-armed only when its instant moved, not every turn.
+            let wake = self.next_wake();
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
             }
             tokio::select! {
                 biased;
@@ -101,27 +152,19 @@ impl Connection<'_> {
                 }
                 _ = mailbox.wait() => {
                     if let Some(order) = mailbox.take_final() {
-                        return self.obey(socket, order).await;
+                        // Boxed, as it runs once.
+                        return Box::pin(self.obey(socket, order)).await;
                     }
                     if mailbox.take_ping() && self.bound && !send(socket, &ServerMessage::Ping).await {
                         return Exit::Lost;
                     }
                 }
-                _ = &mut deadline => {
-                    if !self.bound {
-                        finish(&self.state.meter, socket, None, close::POLICY, "no REQUESTED in time").await;
-                        return Exit::Done;
+                () = &mut timer => {
+                    if self.pong_deadline <= timer.deadline() {
+                        // Boxed, as it runs once: inline, its state would be part of every idle socket.
+                        return Box::pin(self.on_deadline(socket)).await;
                     }
-                    // No PONG in time: the player is gone or stuck; free the slot.
-                    let _ = self
-                        .state
-                        .control
-                        .end_held(&self.pool, self.claims.sid, self.holder, EndCause::PongTimeout)
-                        .await;
-                    finish(&self.state.meter, socket, Some(ServerMessage::Expired), close::EXPIRED, "no PONG in time").await;
-                    return Exit::Done;
-                }
-                _ = &mut ping, if self.bound => {
+                    // The timer was set for the next PING.
                     self.next_ping = Instant::now() + self.state.control.timings().ping_interval;
                     if !send(socket, &ServerMessage::Ping).await {
                         return Exit::Lost;
@@ -129,7 +172,7 @@ impl Connection<'_> {
                 }
                 frame = socket.recv() => {
                     // Boxed: inline, its state would be part of every idle socket.
-                    if let Some(exit) = Box::pin(self.on_frame(socket, mailbox, frame)).await {
+                    if let Some(exit) = Box::pin(self.on_frame(socket, &mailbox, frame)).await {
                         return exit;
                     }
                 }
@@ -137,8 +180,31 @@ impl Connection<'_> {
         }
     }
 
+    /// The deadline passed: no REQUESTED in time, or no PONG.
+    async fn on_deadline<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Exit {
+        if !self.bound {
+            finish(&self.state.meter, socket, None, close::POLICY, "no REQUESTED in time").await;
+            return Exit::Done;
+        }
+        // No PONG in time: the player is gone or stuck; free the slot.
+        let _ = self
+            .state
+            .control
+            .end_held(&self.pool, self.session, self.holder, EndCause::PongTimeout)
+            .await;
+        finish(
+            &self.state.meter,
+            socket,
+            Some(ServerMessage::Expired),
+            close::EXPIRED,
+            "no PONG in time",
+        )
+        .await;
+        Exit::Done
+    }
+
     /// Carries out a final order posted by the domain.
-    async fn obey(&self, socket: &mut WebSocket, order: Control) -> Exit {
+    async fn obey<S: Stream>(&self, socket: &mut WebSocket<S>, order: Control) -> Exit {
         match order {
             Control::TakeOver { session_name } => {
                 let message = ServerMessage::TakeOver {
@@ -177,11 +243,11 @@ impl Connection<'_> {
         Exit::Done
     }
 
-    async fn on_frame(
+    async fn on_frame<S: Stream>(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut WebSocket<S>,
         mailbox: &Mailbox,
-        frame: Option<Result<Message, axum::Error>>,
+        frame: Option<Result<Message, tungstenite::Error>>,
     ) -> Option<Exit> {
         // Every frame counts, valid PONGs and protocol pings too: a socket that sends
         // them as fast as it can costs every other player time.
@@ -194,7 +260,7 @@ impl Connection<'_> {
         );
         if counted && !self.spend_budget() {
             self.state.hub.count_flooded_socket();
-            tracing::info!(session = %self.claims.sid, "socket sent more messages than its budget; closed");
+            tracing::info!(session = %self.session, "socket sent more messages than its budget; closed");
             finish(&self.state.meter, socket, None, close::POLICY, "too many messages").await;
             return Some(Exit::Lost);
         }
@@ -212,12 +278,13 @@ impl Connection<'_> {
                 .await;
                 return Some(Exit::Lost);
             }
-            // Protocol-level pings are answered by the WebSocket layer itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return None,
+            // Protocol-level pings are answered by the WebSocket layer itself; a
+            // reader never yields raw frames.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
             Some(Err(e)) => {
-                let (code, reason) = match e.into_inner().downcast_ref::<tungstenite::Error>() {
-                    Some(tungstenite::Error::Capacity(_)) => (close::TOO_BIG, "message too big"),
-                    Some(tungstenite::Error::Utf8(_)) => (close::INVALID_TEXT, "text is not UTF-8"),
+                let (code, reason) = match e {
+                    tungstenite::Error::Capacity(_) => (close::TOO_BIG, "message too big"),
+                    tungstenite::Error::Utf8(_) => (close::INVALID_TEXT, "text is not UTF-8"),
                     _ => return Some(Exit::Lost),
                 };
                 finish(&self.state.meter, socket, None, code, reason).await;
@@ -235,7 +302,7 @@ impl Connection<'_> {
     /// Spends one message of this socket's budget: `websocket.message_burst`,
     /// refilled one per `ping_interval / 4`. `false` once it is spent.
     fn spend_budget(&mut self) -> bool {
-        let state = self.state;
+        let state = &self.state;
         if !state.limits.enabled() {
             return true;
         }
@@ -244,7 +311,7 @@ impl Connection<'_> {
         self.budget.spend(now, state.settings.websocket.message_burst, refill)
     }
 
-    async fn on_bad_message(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    async fn on_bad_message<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Option<Exit> {
         self.bad_messages += 1;
         self.state.hub.count_bad_message();
         if self.bad_messages > self.state.settings.websocket.max_bad_messages {
@@ -261,15 +328,10 @@ impl Connection<'_> {
         None
     }
 
-    async fn on_requested(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    async fn on_requested<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Option<Exit> {
         let now_secs = self.state.control.clock().now() / 1000;
-        let attached = !self.claims.is_expired(now_secs)
-            && match self
-                .state
-                .control
-                .attach(&self.pool, self.claims.sid, self.holder)
-                .await
-            {
+        let attached = self.token_expires > now_secs
+            && match self.state.control.attach(&self.pool, self.session, self.holder).await {
                 Ok(attached) => attached,
                 Err(e) => return Some(self.store_failed(socket, e).await),
             };
@@ -292,14 +354,14 @@ impl Connection<'_> {
         (!send(socket, &ServerMessage::Ok).await).then_some(Exit::Lost)
     }
 
-    async fn on_pong(&mut self, socket: &mut WebSocket, mailbox: &Mailbox) -> Option<Exit> {
+    async fn on_pong<S: Stream>(&mut self, socket: &mut WebSocket<S>, mailbox: &Mailbox) -> Option<Exit> {
         if !self.bound {
             return None;
         }
         match self
             .state
             .control
-            .heartbeat(&self.pool, self.claims.sid, self.holder)
+            .heartbeat(&self.pool, self.session, self.holder)
             .await
         {
             Ok(true) => {
@@ -312,7 +374,7 @@ impl Connection<'_> {
         }
     }
 
-    async fn on_finished(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    async fn on_finished<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Option<Exit> {
         if !self.bound {
             // Nothing was played on this socket: it cannot end a session it never held.
             return self.on_bad_message(socket).await;
@@ -320,7 +382,7 @@ impl Connection<'_> {
         if let Err(e) = self
             .state
             .control
-            .end_held(&self.pool, self.claims.sid, self.holder, EndCause::Finished)
+            .end_held(&self.pool, self.session, self.holder, EndCause::Finished)
             .await
         {
             return Some(self.store_failed(socket, e).await);
@@ -329,14 +391,14 @@ impl Connection<'_> {
         Some(Exit::Done)
     }
 
-    async fn store_failed(&self, socket: &mut WebSocket, error: impl std::fmt::Display) -> Exit {
-        tracing::warn!(session = %self.claims.sid, %error, "session store failed; closing the socket");
+    async fn store_failed<S: Stream>(&self, socket: &mut WebSocket<S>, error: impl std::fmt::Display) -> Exit {
+        tracing::warn!(session = %self.session, %error, "session store failed; closing the socket");
         finish(&self.state.meter, socket, None, 1011, "session store unavailable").await;
         Exit::Lost
     }
 }
 
-async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
+async fn send<S: Stream>(socket: &mut WebSocket<S>, message: &ServerMessage<'_>) -> bool {
     socket.send(Message::Text(message.to_text())).await.is_ok()
 }
 
@@ -345,9 +407,9 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
 ///
 /// Boxed: it runs once per socket, and inline it would make every socket's task
 /// larger by its whole state for as long as the socket lives.
-fn finish<'a>(
+fn finish<'a, S: Stream>(
     meter: &Meter,
-    socket: &'a mut WebSocket,
+    socket: &'a mut WebSocket<S>,
     last: Option<ServerMessage<'a>>,
     code: u16,
     reason: &'static str,
@@ -356,18 +418,51 @@ fn finish<'a>(
     Box::pin(finish_now(socket, last, code, reason))
 }
 
-async fn finish_now(socket: &mut WebSocket, last: Option<ServerMessage<'_>>, code: u16, reason: &'static str) {
+async fn finish_now<S: Stream>(
+    socket: &mut WebSocket<S>,
+    last: Option<ServerMessage<'_>>,
+    code: u16,
+    reason: &'static str,
+) {
     if let Some(message) = last
         && !send(socket, &message).await
     {
         return;
     }
     let frame = CloseFrame {
-        code,
+        code: code.into(),
         reason: reason.into(),
     };
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.recv().await {} }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every held session keeps one of these futures for as long as it lives (inside
+    /// its task, next to tokio's own header): bench/analysis.md accounts for it, and
+    /// this bound keeps a change from doubling it unseen.
+    #[test]
+    fn a_socket_task_stays_small() {
+        let on_raw_socket = future_size(run::<crate::net::Socket>);
+        let on_hyper_io = future_size(run::<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>);
+        println!("socket task future: {on_raw_socket} bytes on the raw socket, {on_hyper_io} on hyper's IO");
+        println!(
+            "of which: WebSocket {} (tungstenite's context {}), timer {}, AppState {}",
+            std::mem::size_of::<WebSocket<crate::net::Socket>>(),
+            std::mem::size_of::<tungstenite::protocol::WebSocketContext>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<AppState>(),
+        );
+        assert!(on_raw_socket <= 1280, "{on_raw_socket} bytes");
+    }
 }

@@ -1,7 +1,7 @@
 //! The protocol's messages: one JSON object with an `action` key per text frame.
 
-use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
+use tungstenite::Utf8Bytes;
 use utoipa::ToSchema;
 
 /// What a player may send.

@@ -1,19 +1,30 @@
 //! The player's WebSocket (PROTOCOL 1.4, 2.4): upgrade, per-socket loop, messages.
 
 mod connection;
+mod handshake;
 pub mod hub;
 pub mod messages;
+mod socket;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use tungstenite::protocol::WebSocketConfig;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::net;
 use crate::state::AppState;
+use handshake::Handshake;
+use socket::WebSocket;
 
-const READ_BUFFER: usize = 512;
+/// The read buffer every socket keeps for as long as it lives; it grows only for a
+/// larger frame. Protocol messages are 20 to 60 bytes.
+const READ_BUFFER: usize = 128;
+/// How much a socket may queue when the player does not read (a TAKE_OVER's list).
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
 /// The longest session token accepted in `?token=`. Ours are ~1.3 KiB at most (three
 /// ids of at most 256 bytes each); anything longer is refused before it is parsed.
 pub const MAX_SESSION_TOKEN_BYTES: usize = 2048;
@@ -22,8 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(upgrade))
 }
 
-// Checks the session token, then upgrades with lean buffers: a held session
-// should cost a few KB, not the framework's default of ~135 KB.
+// Checks the session token, then upgrades and serves the WebSocket on the raw
+// socket with lean buffers: a held session should cost a few KB, not the
+// framework's default of ~135 KB (see `socket`).
 /// The player's WebSocket (PROTOCOL 1.4, 2.4): open the `endpoint` of a granted session verbatim.
 ///
 /// Every frame, both ways, is a UTF-8 text frame holding one JSON object with an
@@ -61,6 +73,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn upgrade(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    handshake: Handshake,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let token = query
@@ -77,16 +90,46 @@ async fn upgrade(
         .tokens
         .verify(token)
         .ok_or_else(|| ApiError::Unauthorized("the session token is not valid".into()))?;
-    let ws = ws.map_err(|e| ApiError::InvalidRequest(format!("this endpoint takes a WebSocket upgrade: {e}")))?;
+    // axum's extractor decides whether this is a valid upgrade request (and words
+    // the refusal); the socket is then served by `socket`, not by axum.
+    let _valid = ws.map_err(|e| ApiError::InvalidRequest(format!("this endpoint takes a WebSocket upgrade: {e}")))?;
+    let (response, pending) = handshake
+        .accept()
+        .ok_or_else(|| ApiError::InvalidRequest("this endpoint takes a WebSocket upgrade".into()))?;
     let limit = state.settings.websocket.max_message_bytes;
-    let tracker = state.connections.clone();
-    Ok(ws
-        // The read buffer is allocated up front for every socket, and grows only for
-        // a larger frame: protocol messages are ~25 bytes, so 512 is plenty.
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| tracker.track_future(connection::run(socket, claims, state))))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let tracker = state.connections.clone();
+    // This task only waits for the upgrade, then spawns the socket's own task: what
+    // it holds meanwhile (the claims, the state, the configuration) is not carried
+    // for the socket's whole life.
+    tracker.clone().spawn(async move {
+        let upgraded = match pending.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "the WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        // Our own listener's socket, served as it is; any other (a router served
+        // elsewhere) through hyper's boxed IO.
+        match net::Socket::from_upgraded(upgraded) {
+            Ok((io, read_ahead)) => {
+                tracker.spawn(connection::run(WebSocket::new(io, read_ahead, config), claims, state));
+            }
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                tracker.spawn(connection::run(
+                    WebSocket::new(io, Default::default(), config),
+                    claims,
+                    state,
+                ));
+            }
+        }
+    });
+    Ok(response)
 }
