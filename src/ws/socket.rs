@@ -135,23 +135,38 @@ mod tests {
     /// end is ours: messages cross both ways, and the close handshake ends the reads.
     #[tokio::test]
     async fn messages_cross_both_ways_and_a_close_ends_the_reads() {
-        let (server, client) = tokio::io::duplex(64);
+        let step = std::time::Duration::from_secs(5);
+        let (server, client) = tokio::io::duplex(4096);
         let mut server = WebSocket::new(server, Bytes::new(), WebSocketConfig::default().read_buffer_size(16));
         let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
 
         client.send(Message::text("x".repeat(100))).await.unwrap();
-        let got = server.recv().await.unwrap().unwrap();
+        let got = tokio::time::timeout(step, server.recv())
+            .await
+            .expect("text")
+            .unwrap()
+            .unwrap();
         assert_eq!(got, Message::text("x".repeat(100)));
 
         server.send(Message::text(r#"{"action":"PING"}"#)).await.unwrap();
         assert_eq!(
-            client.next().await.unwrap().unwrap(),
+            tokio::time::timeout(step, client.next())
+                .await
+                .expect("ping")
+                .unwrap()
+                .unwrap(),
             Message::text(r#"{"action":"PING"}"#)
         );
 
-        client.close(None).await.unwrap();
-        assert!(matches!(server.recv().await, Some(Ok(Message::Close(None)))));
-        assert!(server.recv().await.is_none());
-        assert!(server.recv().await.is_none());
+        // The player starts the close handshake and hangs up, as a client does.
+        tokio::time::timeout(step, client.close(None))
+            .await
+            .expect("close sent")
+            .unwrap();
+        drop(client);
+        let first = tokio::time::timeout(step, server.recv()).await.expect("close read");
+        assert!(matches!(first, Some(Ok(Message::Close(None)))), "{first:?}");
+        let after = tokio::time::timeout(step, server.recv()).await.expect("reads end");
+        assert!(after.is_none() || matches!(after, Some(Err(_))), "{after:?}");
     }
 }
