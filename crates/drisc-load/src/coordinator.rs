@@ -47,7 +47,7 @@ impl Run {
     pub async fn start(plan: &Plan, label: &str, health_pool: Option<Arc<HttpPool>>) -> Result<Self> {
         let (up_tx, from) = mpsc::unbounded_channel();
         let n = plan.common.workers;
-        let source = |i: u32| plan.common.source_base.map(|(a, b)| (a, b.wrapping_add(i as u8)));
+        let source = |i: u32| plan.common.source_range().map(|(a, b)| (a, b.wrapping_add(i as u8)));
         let mut workers = Vec::new();
         if n == 0 {
             let (to, down) = mpsc::unbounded_channel();

@@ -66,15 +66,37 @@ pub struct Common {
     /// Bind client sockets to 127.A.B.* (chosen at random per run when absent; "none": 127.0.0.1).
     /// Loopback targets only: for any other the kernel picks the source address.
     #[arg(long, value_parser = parse_source)]
-    pub source_base: Option<(u8, u8)>,
+    pub source_base: Option<SourceBase>,
     /// Set by the coordinator: a fresh id naming this run's customers.
     #[arg(skip)]
     pub run_id: String,
 }
 
-fn parse_source(s: &str) -> Result<(u8, u8), String> {
-    let (a, b) = s.split_once('.').ok_or("give A.B, as in 127.A.B.*")?;
-    Ok((
+/// Where the client sockets are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceBase {
+    /// 127.A.B.* (the coordinator), 127.A.B+i.* (worker i).
+    Range(u8, u8),
+    /// Wherever the kernel picks (127.0.0.1 for a loopback target).
+    Kernel,
+}
+
+impl Common {
+    /// The 127.A.B.* range client sockets are bound to, if any.
+    pub fn source_range(&self) -> Option<(u8, u8)> {
+        match self.source_base {
+            Some(SourceBase::Range(a, b)) => Some((a, b)),
+            _ => None,
+        }
+    }
+}
+
+fn parse_source(s: &str) -> Result<SourceBase, String> {
+    if s == "none" {
+        return Ok(SourceBase::Kernel);
+    }
+    let (a, b) = s.split_once('.').ok_or("give A.B, as in 127.A.B.*, or none")?;
+    Ok(SourceBase::Range(
         a.parse().map_err(|e| format!("{e}"))?,
         b.parse().map_err(|e| format!("{e}"))?,
     ))
@@ -240,5 +262,18 @@ impl Scenario {
             Scenario::HotPool(_) => "hot-pool",
             Scenario::Reap(_) => "reap",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_base_is_a_range_or_none() {
+        assert_eq!(parse_source("40.7"), Ok(SourceBase::Range(40, 7)));
+        assert_eq!(parse_source("none"), Ok(SourceBase::Kernel));
+        assert!(parse_source("40").is_err());
+        assert!(parse_source("300.1").is_err());
     }
 }

@@ -16,7 +16,7 @@ use hyper::header::HeaderValue;
 use tokio::time::Instant;
 
 use crate::coordinator::Run;
-use crate::plan::{Plan, Scenario};
+use crate::plan::{Plan, Scenario, SourceBase};
 use crate::players::{Admin, HttpPool};
 use crate::report::{RunResult, print_summary};
 use crate::server::ProcSample;
@@ -33,17 +33,17 @@ pub async fn run(mut plan: Plan) -> Result<()> {
     }
     if !target.is_loopback() {
         // 127.x.y.z reaches only this machine: elsewhere the kernel picks.
-        plan.common.source_base = None;
+        plan.common.source_base = Some(SourceBase::Kernel);
         eprintln!(
             "drisc-load: warning: {} ({}) is not on this machine: this is real load on a real server",
             plan.common.target, target.addr
         );
     } else if plan.common.source_base.is_none() {
         // A fresh 127.A.B.* per run: the TIME_WAIT sockets of the last run are elsewhere.
-        plan.common.source_base = Some((rand::random_range(16..=250), rand::random()));
+        plan.common.source_base = Some(SourceBase::Range(rand::random_range(16..=250), rand::random()));
     }
     let workers = plan.common.workers;
-    let sources = Arc::new(match plan.common.source_base {
+    let sources = Arc::new(match plan.common.source_range() {
         Some((a, b)) => Sources::range(a, b.wrapping_add(workers as u8)),
         None => Sources::kernel(),
     });
@@ -56,7 +56,7 @@ pub async fn run(mut plan: Plan) -> Result<()> {
             .with_context(|| format!("--target {}", plan.common.target))?;
     }
     let started = Instant::now();
-    let source_addresses = if plan.common.source_base.is_some() {
+    let source_addresses = if plan.common.source_range().is_some() {
         format!("{} (coordinator); workers: the next 127.A.B+i.*", sources.describe())
     } else {
         sources.describe()
