@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::domain::policy::LimitPolicy;
 use crate::domain::ports::{EndCause, SessionEvents, SessionsByState};
 use crate::domain::{PoolKey, SessionId};
 
@@ -309,6 +310,29 @@ impl SessionEvents for Meter {
             offer = %pool.offer_id,
             session = %id,
             "session ended"
+        );
+    }
+
+    /// `drisc_sessions_over_limit_total{publisher, offer}`: the would-be
+    /// refusals of offers in `monitor` mode. Labelled by the pool's offer, as
+    /// configured by the operator (unknown offers share `*unknown`, unless a
+    /// publisher lets each be its own pool), never by customer or session.
+    fn over_limit(&self, pool: &PoolKey, limit: u32, policy: LimitPolicy) {
+        let labels = vec![
+            Label::new("publisher", SharedString::from(pool.publisher_id.clone())),
+            Label::new("offer", SharedString::from(pool.offer_id.clone())),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts("drisc_sessions_over_limit_total", labels), &METADATA)
+            .increment(1);
+        tracing::info!(
+            event = "session_over_limit",
+            policy = policy.as_str(),
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            limit,
+            "session granted past the offer's limit (onLimit = monitor): it would have been refused"
         );
     }
 }

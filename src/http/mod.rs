@@ -3,8 +3,10 @@
 mod admin;
 mod extract;
 mod health;
+mod me;
 mod metrics;
 mod openapi;
+mod overrides;
 mod paging;
 mod sessions;
 
@@ -58,6 +60,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(sessions::router())
+        .merge(me::router())
         .merge(crate::ws::router())
         .merge(health::router())
         .merge(metrics::router())

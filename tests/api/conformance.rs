@@ -123,6 +123,7 @@ fn limit(sessions: u32) -> Limits {
     Limits {
         sessions,
         pools_per_customer: POOLS,
+        customer_sessions: None,
     }
 }
 
@@ -140,6 +141,7 @@ async fn admit_capped(s: &Subject, p: &PoolKey, sessions: u32, pools: u32, now: 
     let limits = Limits {
         sessions,
         pools_per_customer: pools,
+        customer_sessions: None,
     };
     s.store
         .admit(p, new("device"), limits, now)
@@ -272,6 +274,7 @@ async fn parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pool
             let limits = Limits {
                 sessions: 1,
                 pools_per_customer: 5,
+                customer_sessions: None,
             };
             let p = offer_pool("cap3", &format!("made-up-{i}"));
             match store.admit(&p, new("device"), limits, now).await.unwrap() {
@@ -1156,6 +1159,7 @@ async fn redis_a_stopped_nodes_live_sessions_die_one_pong_timeout_after_its_last
             let limits = Limits {
                 sessions: 1,
                 pools_per_customer: 1,
+                customer_sessions: None,
             };
             other.admit(&b, new("phone"), limits, at).await.unwrap()
         }

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use drisc::domain::journal::JournalBatch;
+use drisc::domain::policy::LimitPolicy;
 use drisc::domain::ports::{SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
@@ -77,6 +78,8 @@ pub fn publisher(id: &str) -> Publisher {
         unknown_offers: UnknownOffers::Each,
         verification_key: None,
         jwks_uri: None,
+        on_limit: LimitPolicy::Reject,
+        customer_session_limit: None,
     }
 }
 
@@ -86,6 +89,7 @@ fn offer(id: &str, limit: u32, tags: &[&str], takeover: Option<bool>) -> Offer {
         session_limit: limit,
         tags: tags.iter().map(|t| t.to_string()).collect(),
         takeover_enabled: takeover,
+        on_limit: None,
     }
 }
 
@@ -140,6 +144,8 @@ async fn a_publisher_is_created_once_changed_in_every_field_and_listed_by_id(s: 
         unknown_offers: UnknownOffers::Reject,
         verification_key: Some("-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n".into()),
         jwks_uri: Some("https://idp.example.com/.well-known/jwks.json".into()),
+        on_limit: LimitPolicy::Reject,
+        customer_session_limit: None,
     };
     repo.put_publisher(&changed).await.unwrap();
     assert_eq!(repo.catalog("acme").await.unwrap().unwrap().publisher, changed);

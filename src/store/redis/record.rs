@@ -234,6 +234,11 @@ pub(crate) enum AdmitReply {
         #[serde(default, deserialize_with = "list")]
         held: Vec<Named>,
     },
+    /// The customer holds as many sessions across its pools as its household cap allows.
+    Household {
+        #[serde(default, deserialize_with = "list")]
+        held: Vec<Named>,
+    },
     /// The pool is empty and the customer holds sessions in as many pools as allowed.
     TooManyPools,
     /// Redis is in another data epoch than the node knows: nothing was done.

@@ -164,10 +164,11 @@ end
 
 /// KEYS[3]: the new session's index key. ARGV: now, id, name, limit, most pools
 /// per customer, index value, index TTL (ms), the data epoch the node last saw
-/// (empty: none yet). The index is written here, in the admission's own round
+/// (empty: none yet), the household cap (empty: none). The index is written here, in the admission's own round
 /// trip. Reply (JSON):
 /// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`,
-/// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
+/// `{ok: "household", held: [{id, n}]}` (the customer's sessions across its
+/// pools reach the household cap), `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
 /// as many pools as allowed), or `{ok: "lost"}`: Redis is not in the epoch the
 /// node knows (it restarted empty), so this node's held sessions may be missing
 /// from the pool; the node puts them back first, then asks again.
@@ -183,6 +184,30 @@ if #live >= limit then
   settle()
   return cjson.encode({ok = 'full', held = held})
 end
+-- [household cap] ARGV[9]: the most sessions the customer may hold across all its
+-- pools ('' or absent: no cap). Its pools share its hash slot: counted here, atomic
+-- with the grant. Reply `{ok: "household", held: [{id, n}]}`, oldest first.
+if ARGV[9] and ARGV[9] ~= '' then
+  local held = {}
+  for _, rec in ipairs(live) do held[#held + 1] = {id = rec.id, n = rec.n, c = rec.c} end
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', pools, '(' .. now, '+inf')) do
+    if m ~= member then
+      -- The pool's key, derived as in holds_any.
+      local raw = redis.call('HGETALL', pools:sub(1, #pools - 5) .. 's:' .. m)
+      for i = 1, #raw, 2 do
+        local rec = decode(raw[i + 1])
+        if until_of(rec) > now then held[#held + 1] = {id = raw[i], n = rec.n, c = rec.c} end
+      end
+    end
+  end
+  if #held >= tonumber(ARGV[9]) then
+    table.sort(held, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
+    for _, h in ipairs(held) do h.c = nil end
+    settle()
+    return cjson.encode({ok = 'household', held = held})
+  end
+end
+-- [/household cap]
 if #live == 0 then
   -- This session opens the pool: count the customer's pools alive at `now`.
   local most = tonumber(ARGV[5])

@@ -461,13 +461,20 @@ impl SessionStore for RedisStore {
                         .arg(limits.pools_per_customer)
                         .arg(keys::index_value(pool))
                         .arg(duration_ms(self.index_ttl))
-                        .arg(epoch),
+                        .arg(epoch)
+                        .arg(limits.customer_sessions.map(|c| c.to_string()).unwrap_or_default()),
                 )
                 .await?;
             return match record::reply(&reply, "admit")? {
                 AdmitReply::Granted { now, live } => Ok(Ok(self.granted(new, now, live))),
                 AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
                 AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
+                    active: held
+                        .into_iter()
+                        .map(|s| ActiveSession { id: s.id, name: s.name })
+                        .collect(),
+                }))),
+                AdmitReply::Household { held } => Ok(Err(Refusal::Household(LimitExceeded {
                     active: held
                         .into_iter()
                         .map(|s| ActiveSession { id: s.id, name: s.name })
