@@ -257,10 +257,10 @@ impl MemoryStore {
             });
             if k == key && p.sessions.len() >= limits.sessions as usize {
                 own_full = Some(LimitExceeded {
-                    active: active.clone().collect(),
+                    active: active.collect(),
                 });
             }
-            held.extend(active);
+            held.extend(p.sessions.iter().map(|s| (s.created_at, s.id, s.name.clone())));
             if p.is_empty() && k != key {
                 emptied.push(Arc::clone(k));
             }
@@ -272,7 +272,13 @@ impl MemoryStore {
             return Err(Refusal::Full(full));
         }
         if !limits.household_has_room(held.len()) {
-            return Err(Refusal::Household(LimitExceeded { active: held }));
+            // Oldest first across the pools, as the Redis script lists them.
+            held.sort_unstable();
+            let active = held
+                .into_iter()
+                .map(|(_, id, name)| ActiveSession { id, name })
+                .collect();
+            return Err(Refusal::Household(LimitExceeded { active }));
         }
         self.open_pool(key, open, new, limits, now)
     }
