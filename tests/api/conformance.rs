@@ -22,7 +22,7 @@ const CONNECT: u64 = 30_000;
 const PONG: u64 = 25_000;
 const GRACE: u64 = 20_000;
 
-fn timings() -> Timings {
+pub fn timings() -> Timings {
     Timings {
         ping_interval: Duration::from_secs(10),
         pong_timeout: Duration::from_millis(PONG),
@@ -233,8 +233,12 @@ async fn admit_household(
 async fn the_household_cap_counts_the_customers_sessions_across_offers(s: Subject) {
     let now = t0();
     let a1 = admit_household(&s, &offer_pool("home", "a"), 5, 3, now).await.unwrap();
-    let b1 = admit_household(&s, &offer_pool("home", "b"), 5, 3, now + 1).await.unwrap();
-    let a2 = admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 2).await.unwrap();
+    let b1 = admit_household(&s, &offer_pool("home", "b"), 5, 3, now + 1)
+        .await
+        .unwrap();
+    let a2 = admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 2)
+        .await
+        .unwrap();
     let refused = admit_household(&s, &offer_pool("home", "c"), 5, 3, now + 3).await;
     let Err(Refusal::Household(full)) = refused else {
         panic!("the fourth session across offers is refused: {refused:?}");
@@ -242,22 +246,37 @@ async fn the_household_cap_counts_the_customers_sessions_across_offers(s: Subjec
     let ids: Vec<_> = full.active.iter().map(|a| a.id).collect();
     assert_eq!(ids, vec![a1, b1, a2], "every offer's sessions, oldest first");
     assert!(
-        admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 3).await.is_err(),
+        admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 3)
+            .await
+            .is_err(),
         "a pool with room of its own is refused too"
     );
-    assert!(s.store.list(&offer_pool("home", "c"), now + 3).await.unwrap().is_empty());
+    assert!(
+        s.store
+            .list(&offer_pool("home", "c"), now + 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Per customer: a neighbour is not counted, and without a cap nothing is.
-    admit_household(&s, &offer_pool("home-2", "c"), 5, 3, now + 4).await.unwrap();
+    admit_household(&s, &offer_pool("home-2", "c"), 5, 3, now + 4)
+        .await
+        .unwrap();
     assert!(admit(&s, &offer_pool("home", "c"), "tv", 5, now + 4).await.is_some());
 }
 
 async fn a_full_pool_is_refused_as_full_before_the_household_cap(s: Subject) {
     let now = t0();
-    admit_household(&s, &offer_pool("full-first", "a"), 1, 1, now).await.unwrap();
+    admit_household(&s, &offer_pool("full-first", "a"), 1, 1, now)
+        .await
+        .unwrap();
     // Both limits are reached: the pool's own comes first, so its offer's
     // onLimit policy (evict, monitor) can still apply.
     let refused = admit_household(&s, &offer_pool("full-first", "a"), 1, 1, now + 1).await;
-    assert!(matches!(&refused, Err(Refusal::Full(f)) if f.active.len() == 1), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(Refusal::Full(f)) if f.active.len() == 1),
+        "{refused:?}"
+    );
 }
 
 async fn sessions_that_died_or_ended_leave_room_under_the_household_cap(s: Subject) {
@@ -309,7 +328,9 @@ async fn a_takeover_under_the_household_cap_swaps_without_counting(s: Subject) {
     let now = t0();
     let a = offer_pool("home-swap", "a");
     let victim = admit_household(&s, &a, 2, 2, now).await.unwrap();
-    admit_household(&s, &offer_pool("home-swap", "b"), 2, 2, now).await.unwrap();
+    admit_household(&s, &offer_pool("home-swap", "b"), 2, 2, now)
+        .await
+        .unwrap();
     assert!(matches!(
         admit_household(&s, &a, 2, 2, now + 1).await,
         Err(Refusal::Household(_))

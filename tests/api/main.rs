@@ -12,6 +12,7 @@ mod cors;
 mod crash_safety;
 mod fuzz;
 mod helpers;
+mod limit_conformance;
 mod metrics;
 mod offers;
 mod openapi;
