@@ -89,6 +89,23 @@ pub(super) enum LimitPolicySchema {
     Monitor,
 }
 
+/// An `onLimit` as given; read here rather than by serde so that a wrong value
+/// is refused with a message naming the field and what it may be.
+fn limit_policy(given: Option<String>) -> Result<Option<LimitPolicy>, ApiError> {
+    given
+        .map(|value| {
+            LimitPolicy::parse(&value).ok_or_else(|| {
+                let known: Vec<_> = LimitPolicy::ALL.iter().map(|p| p.as_str()).collect();
+                let shown: String = value.chars().take(40).collect();
+                ApiError::InvalidRequest(format!(
+                    "onLimit '{shown}' is not a policy: give one of {}",
+                    known.join(", ")
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// Whether a publisher's policy is worth showing: the default is left out, so
 /// views of publishers that never set one are as they were.
 fn is_reject(policy: &LimitPolicy) -> bool {
@@ -309,7 +326,7 @@ struct PublisherChange {
     /// `reject`, `evict_oldest` or `monitor`: what a full pool does when its
     /// offer does not say (an extension).
     #[schema(value_type = Option<LimitPolicySchema>)]
-    on_limit: Option<LimitPolicy>,
+    on_limit: Option<String>,
     /// The household cap (an extension): at most this many sessions of one
     /// customer across all offers; null removes it.
     #[serde(default, deserialize_with = "present")]
@@ -375,7 +392,7 @@ async fn put_publisher(
     publisher.takeover_enabled = change.takeover_enabled.unwrap_or(publisher.takeover_enabled);
     publisher.default_session_limit = change.default_session_limit.unwrap_or(publisher.default_session_limit);
     publisher.unknown_offers = change.unknown_offers.unwrap_or(publisher.unknown_offers);
-    publisher.on_limit = change.on_limit.unwrap_or(publisher.on_limit);
+    publisher.on_limit = limit_policy(change.on_limit)?.unwrap_or(publisher.on_limit);
     if let Some(cap) = change.customer_session_limit {
         publisher.customer_session_limit = cap;
     }
@@ -411,7 +428,7 @@ struct OfferChange {
     /// `reject`, `evict_oldest` or `monitor` (an extension); null or absent:
     /// the publisher's `onLimit`.
     #[schema(value_type = Option<LimitPolicySchema>)]
-    on_limit: Option<LimitPolicy>,
+    on_limit: Option<String>,
 }
 
 /// Create or replace an offer (a drisc extension), creating its publisher with
@@ -447,6 +464,7 @@ async fn put_offer(
             "tags must be at most {MAX_TAGS} non-empty strings of at most {MAX_ID_BYTES} bytes"
         )));
     }
+    let on_limit = limit_policy(change.on_limit)?;
     if state.control.known_catalog(&publisher_id).await?.is_none() {
         let publisher = state.control.default_publisher(&publisher_id);
         state.control.put_publisher(&publisher).await?;
@@ -456,7 +474,7 @@ async fn put_offer(
         session_limit: change.session_limit,
         tags: change.tags,
         takeover_enabled: change.takeover_enabled,
-        on_limit: change.on_limit,
+        on_limit,
     };
     state.control.put_offer(&publisher_id, &offer).await?;
     tracing::info!(
