@@ -192,7 +192,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::domain::policy::LimitPolicy;
+    use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
     use crate::domain::settings::{Offer, Publisher, UnknownOffers};
     use crate::store::SqliteSettings;
 
@@ -344,5 +344,61 @@ mod tests {
         assert!(cache.delete_offer("p", "S1").await.unwrap());
         let catalog = cache.shared_catalog("p").await.unwrap().unwrap();
         assert!(catalog.offers.is_empty(), "{catalog:?}");
+    }
+
+    #[tokio::test]
+    async fn an_override_written_here_is_read_at_once_and_one_written_elsewhere_within_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        let ttl = Duration::from_millis(300);
+        let cache = CachedSettings::new(Arc::new(db.clone()), ttl);
+        let publisher = Publisher {
+            id: "p".into(),
+            enabled: true,
+            takeover_enabled: true,
+            default_session_limit: 1,
+            unknown_offers: UnknownOffers::default(),
+            verification_key: None,
+            jwks_uri: None,
+            on_limit: LimitPolicy::Reject,
+            customer_session_limit: None,
+        };
+        cache.create_publisher(&publisher).await.unwrap();
+        cache.put_offer("p", &offer(1)).await.unwrap();
+        let key = OverrideKey {
+            publisher_id: "p".into(),
+            customer_id: "c".into(),
+            offer_id: "S1".into(),
+        };
+        let limit = |n| CustomerOverride {
+            session_limit: n,
+            expires_at: None,
+        };
+        assert_eq!(
+            cache.customer_override(&key).await.unwrap(),
+            None,
+            "none yet, and cached so"
+        );
+        assert!(!cache.shared_catalog("p").await.unwrap().unwrap().overridden);
+
+        cache.put_override(&key, &limit(3)).await.unwrap();
+        assert_eq!(
+            cache.customer_override(&key).await.unwrap(),
+            Some(limit(3)),
+            "read back at once"
+        );
+        assert!(
+            cache.shared_catalog("p").await.unwrap().unwrap().overridden,
+            "the flag too"
+        );
+
+        // Another node's write shows within the TTL, not before.
+        db.put_override(&key, &limit(5)).await.unwrap();
+        assert_eq!(cache.customer_override(&key).await.unwrap(), Some(limit(3)));
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(cache.customer_override(&key).await.unwrap(), Some(limit(5)));
+
+        assert!(cache.delete_override(&key).await.unwrap());
+        assert_eq!(cache.customer_override(&key).await.unwrap(), None);
     }
 }
