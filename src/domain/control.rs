@@ -674,7 +674,7 @@ impl SessionControl {
             .ok_or(ControlError::SessionNotFound(id))?;
         let session = self
             .store
-            .end(&pool, id, None, self.clock.now())
+            .end_taken_over(&pool, id, session_name, self.clock.now())
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
         tracing::info!(

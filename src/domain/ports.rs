@@ -97,6 +97,22 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Session>, StoreError>;
 
+    /// Ends a session on its owner's order from elsewhere (`DELETE
+    /// /me/sessions/{id}`), as [`Self::end`] without a holder; a store that
+    /// leaves a trace of how a session ended (Redis's tombstones) records it as
+    /// taken over by `session_name`, so that its socket is told `TAKE_OVER` even
+    /// if the order to its node is lost.
+    async fn end_taken_over(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        session_name: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        let _ = session_name;
+        self.end(pool, id, None, now).await
+    }
+
     /// The sessions of one pool that are alive at `now`, in creation order.
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;
 

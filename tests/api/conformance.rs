@@ -687,6 +687,25 @@ async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
 }
 
 #[tokio::test]
+async fn redis_refresh_tells_a_socket_stopped_by_its_owner_take_over_even_if_the_order_is_lost() {
+    let s = Subject::redis().await;
+    let (p, now) = (pool("r-stop"), t0());
+    let a = admit(&s, &p, "tv", 2, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap();
+    // Ended through another node: no order reaches this one, only the tombstone.
+    let other = second_node(&s).await;
+    let ended = other.end_taken_over(&p, a, "Kitchen", now + 1).await.unwrap();
+    assert_eq!(ended.map(|e| e.id), Some(a));
+    s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
+    s.flush().await;
+    let orders = s.orders.0.lock().unwrap().clone();
+    let stopped = Control::TakeOver {
+        session_name: "Kitchen".into(),
+    };
+    assert!(orders.contains(&(Holder(1), stopped)), "{orders:?}");
+}
+
+#[tokio::test]
 async fn redis_script_flush_changes_nothing() {
     let s = Subject::redis().await;
     let (p, now) = (pool("r2"), t0());

@@ -110,6 +110,9 @@ impl Rig {
             panic!("{name} is granted");
         };
         assert!(self.control.attach(&pool, session.id, Holder(holder)).await.unwrap());
+        // Redis orders a pool by creation millisecond (then id): the next session
+        // is made a millisecond later, so "oldest" means the same on every store.
+        tokio::time::sleep(Duration::from_millis(2)).await;
         (pool, session)
     }
 
@@ -191,7 +194,10 @@ async fn evict_oldest_grants_and_the_oldest_player_is_taken_over_by_the_new_name
         r.create(&who, "S1", "laptop").await,
         CreateOutcome::Granted { .. }
     ));
-    assert_eq!(r.held(&pool).await, ["phone", "laptop"], "the oldest made room");
+    // Created in the same millisecond, Redis lists them by id: compared as a set.
+    let mut held = r.held(&pool).await;
+    held.sort_unstable();
+    assert_eq!(held, ["laptop", "phone"], "the oldest made room");
     assert!(r.orders().contains(&(Holder(11), take_over("laptop"))));
     assert!(!r.orders().iter().any(|(h, c)| *h == Holder(12) && *c != Control::Ping));
     assert!(r.told.ended.lock().unwrap().contains(&(oldest.id, EndCause::TakenOver)));
@@ -246,7 +252,9 @@ async fn monitor_grants_past_the_limit_and_reports_each_would_be_refusal(r: Rig)
         ));
     }
     let pool = PoolKey::new(&who, "S1");
-    assert_eq!(r.held(&pool).await, ["tv", "phone", "laptop"]);
+    let mut held = r.held(&pool).await;
+    held.sort_unstable();
+    assert_eq!(held, ["laptop", "phone", "tv"]);
     let told = r.told.over_limit.lock().unwrap().clone();
     assert_eq!(told, vec![(pool.clone(), 1), (pool, 1)], "two would-be refusals");
     assert!(r.told.ended.lock().unwrap().is_empty(), "nobody was evicted");

@@ -413,6 +413,30 @@ impl RedisStore {
             pending.remove(&holder);
         }
     }
+
+    /// The end script, leaving `tombstone` ("" for none) for the holder's next check.
+    async fn end_with(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        tombstone: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        let reply = self
+            .run_on(
+                pool,
+                on_pool(&self.scripts.end, pool)
+                    .key(keys::tombstone(pool, id))
+                    .key(keys::session_index(id))
+                    .arg(self.now_arg(now))
+                    .arg(id.to_string())
+                    .arg(holder.map(record::holder_arg).unwrap_or_default())
+                    .arg(tombstone),
+            )
+            .await?;
+        record::session_or_nil(&reply, "end")
+    }
 }
 
 fn of_customer(pool: &PoolKey, customer: &Customer) -> bool {
@@ -635,19 +659,18 @@ impl SessionStore for RedisStore {
         // Ended by someone else than its socket (an operator): leave a tombstone
         // so the holder's next check learns why, should the order be lost.
         let tombstone = if holder.is_none() { "E" } else { "" };
-        let reply = self
-            .run_on(
-                pool,
-                on_pool(&self.scripts.end, pool)
-                    .key(keys::tombstone(pool, id))
-                    .key(keys::session_index(id))
-                    .arg(self.now_arg(now))
-                    .arg(id.to_string())
-                    .arg(holder.map(record::holder_arg).unwrap_or_default())
-                    .arg(tombstone),
-            )
-            .await?;
-        record::session_or_nil(&reply, "end")
+        self.end_with(pool, id, holder, tombstone, now).await
+    }
+
+    /// The tombstone says "taken over by `session_name`", as a takeover's does.
+    async fn end_taken_over(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        session_name: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        self.end_with(pool, id, None, &format!("T{session_name}"), now).await
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
