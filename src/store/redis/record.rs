@@ -425,6 +425,16 @@ mod tests {
     }
 
     #[test]
+    fn a_household_refusal_lists_the_customers_sessions_by_name() {
+        let id = SessionId::random();
+        let text = format!(r#"{{"ok":"household","held":[{{"id":"{id}","n":"TV"}}]}}"#);
+        let AdmitReply::Household { held } = reply(&Value::BulkString(text.into_bytes()), "admit").unwrap() else {
+            panic!("household");
+        };
+        assert_eq!((held[0].id, held[0].name.as_str()), (id, "TV"));
+    }
+
+    #[test]
     fn lists_and_nil_replies_decode_and_a_bad_item_fails_the_whole_reply() {
         let s = session(SessionState::Live, Some(Holder(1)));
         let item = Value::BulkString(as_returned(&s).into_bytes());
