@@ -227,6 +227,38 @@ async fn a_settings_change_on_one_node_shows_on_the_others_within_two_seconds() 
 }
 
 #[tokio::test]
+async fn an_override_set_through_one_node_applies_on_the_others_within_two_seconds() {
+    let redis = RedisServer::start();
+    let pg = super::support_postgres::PgServer::start().await;
+    let (a, b) = (pg_node(&redis, &pg).await, pg_node(&redis, &pg).await);
+    a.put_offer("po", "S1", 1, &[]).await;
+    let token = a.token("po", "fan");
+    b.create_ok(&token, "S1", "TV").await;
+    assert_eq!(b.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    let boost = json!({"sessionLimit": 2, "expiresAt": null});
+    let path = "/publishers/po/customers/fan/offers/S1";
+    let response = a.admin(reqwest::Method::PUT, path, Some(boost)).await;
+    assert_eq!(response.status(), 200);
+    // The node that wrote it reads it back at once (its own cache forgot it).
+    let stored: serde_json::Value = a.admin(reqwest::Method::GET, path, None).await.json().await.unwrap();
+    assert_eq!(stored["sessionLimit"], 2);
+    let changed = tokio::time::Instant::now();
+    loop {
+        let status = b.create(&token, json!({"offerId": "S1"})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "node b still sees the offer's limit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two held on a limit of two: full, on either node.
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+#[tokio::test]
 async fn nodes_keep_serving_and_reconnect_when_postgresql_restarts() {
     let redis = RedisServer::start();
     let mut pg = super::support_postgres::PgServer::start().await;
