@@ -42,6 +42,7 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub web: WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -295,6 +296,24 @@ pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
 }
 
+/// Whether `/demo` (and its token minting) is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoMode {
+    /// Only while customer tokens are verified with the published development key.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the operator console at `/console` (it still needs the admin key).
+    pub console: bool,
+    pub demo: DemoMode,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -541,6 +560,23 @@ impl Settings {
             pong_timeout: self.liveness.pong_timeout,
             reconnect_grace: self.liveness.reconnect_grace,
             connect_timeout: self.liveness.connect_timeout,
+        }
+    }
+
+    /// Whether customer tokens are verified with the published development secret
+    /// (no key of the operator's own, no key file, no JWKS): anyone can mint them.
+    pub fn uses_dev_customer_key(&self) -> bool {
+        let a = &self.auth;
+        a.customer_key.expose_secret() == DEV_CUSTOMER_KEY && a.customer_key_file.is_empty() && a.jwks_uri.is_empty()
+    }
+
+    /// Whether `/demo` is served: `auto` only with the development customer key,
+    /// since the demo is for a laptop, not for a server with real customers.
+    pub fn demo_enabled(&self) -> bool {
+        match self.web.demo {
+            DemoMode::On => true,
+            DemoMode::Off => false,
+            DemoMode::Auto => self.uses_dev_customer_key(),
         }
     }
 
