@@ -228,6 +228,7 @@ impl Browser {
     }
 
     async fn screenshot(&self, path: &std::path::Path) {
+        self.script("window.scrollTo(0, 0); document.activeElement?.blur(); return true").await;
         let png = self.client().screenshot().await.unwrap();
         std::fs::write(path, png).unwrap();
     }
@@ -537,6 +538,15 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
         .await;
     browser.assert_no_csp_or_script_errors().await;
     if let Some(dir) = &docs {
+        // A few more samples, for a chart worth showing.
+        browser
+            .until_script(
+                "return document.querySelector('#chart polyline')?.getAttribute('points').split(' ').length >= 5",
+                "five samples",
+            )
+            .await;
+        // Tall enough for the whole page.
+        browser.client().set_window_size(1280, 1500).await.unwrap();
         browser.screenshot(&dir.join("console.png")).await;
         browser.client().issue_cmd(PreferDark).await.unwrap();
         let dark = browser

@@ -217,3 +217,47 @@ async fn the_api_keeps_no_page_headers() {
     assert!(response.headers().get("content-security-policy").is_none());
     app.stop().await;
 }
+
+/// `examples/player.js` in Node 20 or later with an injected WebSocket: create,
+/// REQUESTED/OK, PONG, a reconnect with the cached endpoint, refusal, takeover,
+/// TERMINATE on resume elsewhere, FINISHED and EXPIRED (tests/fixtures/player_node.mjs).
+/// Skipped, saying so, where no `node` is installed: the server never needs it.
+#[tokio::test]
+async fn examples_player_js_plays_the_protocol_in_node() {
+    let node_version = std::process::Command::new("node").arg("--version").output();
+    let Some(output) = node_version.ok().filter(|o| o.status.success()) else {
+        eprintln!("SKIPPED: node is not installed");
+        return;
+    };
+    let version = String::from_utf8_lossy(&output.stdout);
+    let major: u32 = version.trim().trim_start_matches('v').split('.').next().unwrap().parse().unwrap();
+    assert!(major >= 20, "player.js needs Node 20 or later, found {version}");
+    let app = spawn_app_with(|s| {
+        s.liveness.ping_interval = std::time::Duration::from_millis(200);
+        s.liveness.pong_timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
+    app.put_offer("node", "node-offer", 1, &[]).await;
+    let token = app.token("node", "n1");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/player_node.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}", app.port))
+        .arg(&token)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the Node client finishes within a minute")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "node failed:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(report["ok"], true, "{stdout}");
+    assert!(report["pongs"].as_u64().unwrap() >= 2, "{stdout}");
+    // Everything it opened, it finished.
+    assert_eq!(app.held().await, 0);
+    app.stop().await;
+}

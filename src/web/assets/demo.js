@@ -16,7 +16,8 @@ fields.name.value = `Tab ${Math.random().toString(36).slice(2, 6)}`;
 
 /** Who the token in the box was minted for, so a change of customer mints a new one. */
 let mintedFor = null;
-let lastRefusal = [];
+/** The pool as this tab knows it without /me/sessions: the last 409's list, kept up to date by what this tab did. */
+let known = [];
 
 const player = new DriscPlayer({
   baseUrl: '',
@@ -46,7 +47,13 @@ function onPlayerEvent(event) {
       break;
     case 'response':
       step(`← HTTP ${event.status} ${event.body.code || (event.body.endpoint ? 'granted' : event.body.status || '')}`, 'in');
-      if (event.body.sessionId) $('session-id').textContent = event.body.sessionId;
+      if (event.body.sessionId) {
+        $('session-id').textContent = event.body.sessionId;
+        // A takeover ended its victim; this tab's session joins the pool.
+        const victim = event.path === '/takeover' ? pendingVictim : null;
+        known = known.filter((s) => s.sessionId !== victim);
+        known.push({ sessionId: event.body.sessionId, name: fields.name.value.trim(), state: 'pending' });
+      }
       break;
     case 'open':
       step('socket open', 'note');
@@ -84,8 +91,17 @@ function showState(event) {
   if (event.state === States.EXPIRED) say('The session has ended (EXPIRED): press Play for a new one.');
   if (event.state === States.TERMINATED) say('A newer socket holds this session (TERMINATE).');
   if (event.state === States.RECONNECTING && event.attempt) step(`reconnecting with the cached endpoint (try ${event.attempt})`, 'note');
-  if (!active) refreshPool();
+  const mine = known.find((s) => s.sessionId === player.sessionId);
+  if (mine) {
+    if (event.state === States.PLAYING) mine.state = 'live';
+    if ([States.TAKEN_OVER, States.EXPIRED, States.FINISHED].includes(event.state)) {
+      known = known.filter((s) => s !== mine);
+    }
+  }
+  if (event.state !== States.REQUESTING) refreshPool();
 }
+
+let pendingVictim = null;
 
 async function ensureToken() {
   const who = `${fields.publisher.value}\u0000${fields.customer.value}`;
@@ -128,7 +144,7 @@ async function run(action) {
 }
 
 function showRefusal(answer) {
-  lastRefusal = answer.activeSessions;
+  known = answer.activeSessions.map((s) => ({ ...s }));
   $('refusal').hidden = false;
   $('refusal-text').textContent = answer.takeOverEnabled
     ? `The limit is reached (409 LimitExceeded). Take over one of these ${answer.activeSessions.length} session(s):`
@@ -149,12 +165,15 @@ function showRefusal(answer) {
       button.dataset.sessionId = session.sessionId;
       button.textContent = 'Take over';
       button.setAttribute('aria-label', `Take over ${session.name || session.sessionId}`);
-      button.addEventListener('click', () => run(() => player.takeOver(session.sessionId, request())));
+      button.addEventListener('click', () => {
+        pendingVictim = session.sessionId;
+        run(() => player.takeOver(session.sessionId, request()));
+      });
       item.append(' ', button);
     }
     list.append(item);
   }
-  renderPool(lastRefusal, 'From the 409 answer (the sessions that hold the pool).');
+  renderPool(known, 'From the 409 answer (the sessions that hold the pool).');
   list.querySelector('button')?.focus();
 }
 
@@ -175,7 +194,7 @@ async function refreshPool() {
   } catch {
     // Falls through to what the last refusal said.
   }
-  renderPool(lastRefusal, 'This server has no GET /me/sessions: the list is the one the last 409 gave.');
+  renderPool(known, 'As this tab knows it (this server has no GET /me/sessions): the last 409\u2019s list, and what this tab did since.');
 }
 
 function renderPool(sessions, note) {
