@@ -538,11 +538,16 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
         .await;
     browser.assert_no_csp_or_script_errors().await;
     if let Some(dir) = &docs {
-        // A few more samples, for a chart worth showing.
+        // A few more samples while players come and go, for a chart worth showing.
+        for i in 0..16 {
+            let token = app.token("demo", format!("viewer-{}", i % 5));
+            app.create(&token, json!({"offerId": "demo-offer", "sessionName": "TV"})).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         browser
             .until_script(
-                "return document.querySelector('#chart polyline')?.getAttribute('points').split(' ').length >= 5",
-                "five samples",
+                "return document.querySelector('#chart polyline')?.getAttribute('points').split(' ').length >= 8",
+                "eight samples",
             )
             .await;
         // Tall enough for the whole page.
@@ -555,6 +560,68 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
         assert_eq!(dark, json!(true));
         browser.screenshot(&dir.join("console-dark.png")).await;
     }
+    browser.close().await;
+    app.stop().await;
+}
+
+/// A customer holding 10,000 sessions: the console draws one page of 100 (the
+/// server pages with its cursor), and Next and Previous walk the pages.
+#[tokio::test]
+async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_time() {
+    use futures_util::StreamExt;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start().await else { return };
+    // 100 offers of 100 sessions each: the customer's sessions across its pools are
+    // what the listing pages through (one pool of 10,000 would make each create
+    // check 10,000 sessions, and the test slow).
+    const OFFERS: usize = 100;
+    let app = helpers::spawn_app_with(|s| {
+        s.limits.enabled = false;
+        s.publishers.max_pools_per_customer = OFFERS as u32;
+    })
+    .await;
+    const SESSIONS: usize = 10_000;
+    for offer in 0..OFFERS {
+        app.put_offer("big", &format!("offer-{offer:03}"), (SESSIONS / OFFERS) as u32, &[]).await;
+    }
+    let token = app.token("big", "household");
+    let granted = futures_util::stream::iter(0..SESSIONS)
+        .map(|i| {
+            let (app, token) = (&app, &token);
+            async move {
+                let body = json!({"offerId": format!("offer-{:03}", i % OFFERS), "sessionName": format!("device {i}")});
+                app.create(token, body).await.status().as_u16()
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|status| std::future::ready(*status == 200))
+        .count()
+        .await;
+    assert_eq!(granted, SESSIONS);
+
+    browser.open(&app.url("/console")).await;
+    sign_in(&browser, ADMIN_KEY).await;
+    browser.fill("#search-publisher", "big").await;
+    browser.fill("#search-customer", "household").await;
+    browser.click("#search-go").await;
+    let rows = "return document.querySelectorAll('#session-rows tr').length";
+    browser
+        .until_script(&format!("{rows} === 100"), "the first page of 100")
+        .await;
+    let first_page = browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await;
+    assert!(browser.text("sessions-caption").await.contains("Page 1"));
+    browser.click("#sessions-next").await;
+    browser.until_script("return document.getElementById('sessions-caption').textContent.includes('Page 2')", "page 2").await;
+    let second_page = browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await;
+    assert_ne!(first_page, second_page);
+    assert_eq!(browser.script(rows).await, json!(100));
+    browser.click("#sessions-prev").await;
+    browser.until_script("return document.getElementById('sessions-caption').textContent.includes('Page 1')", "page 1 again").await;
+    assert_eq!(
+        browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await,
+        first_page
+    );
+    browser.assert_no_csp_or_script_errors().await;
     browser.close().await;
     app.stop().await;
 }
