@@ -174,7 +174,10 @@ impl Browser {
     async fn text(&self, id: &str) -> String {
         let value = self
             .client()
-            .execute("const e = document.getElementById(arguments[0]); return e ? e.textContent : null;", vec![json!(id)])
+            .execute(
+                "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;",
+                vec![json!(id)],
+            )
             .await
             .unwrap();
         value.as_str().unwrap_or_default().to_owned()
@@ -194,11 +197,25 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        self.client().wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+        self.client()
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let field = self.client().wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap();
+        let field = self
+            .client()
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap();
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
@@ -228,7 +245,8 @@ impl Browser {
     }
 
     async fn screenshot(&self, path: &std::path::Path) {
-        self.script("window.scrollTo(0, 0); document.activeElement?.blur(); return true").await;
+        self.script("window.scrollTo(0, 0); document.activeElement?.blur(); return true")
+            .await;
         let png = self.client().screenshot().await.unwrap();
         std::fs::write(path, png).unwrap();
     }
@@ -300,7 +318,11 @@ async fn demo_app() -> TestApp {
 
 async fn sessions_of(app: &TestApp, customer: &str) -> Vec<Value> {
     let page: Value = app
-        .admin(Method::GET, &format!("/sessions?publisherId=demo&customerId={customer}"), None)
+        .admin(
+            Method::GET,
+            &format!("/sessions?publisherId=demo&customerId={customer}"),
+            None,
+        )
         .await
         .json()
         .await
@@ -335,7 +357,9 @@ async fn two_demo_tabs_go_through_refusal_takeover_and_finished() {
     browser.click("#play").await;
     browser.until_text("state", "refused").await;
     let listed = browser
-        .script("return [...document.querySelectorAll('#takeover-list button.take-over')].map(b => b.dataset.sessionId)")
+        .script(
+            "return [...document.querySelectorAll('#takeover-list button.take-over')].map(b => b.dataset.sessionId)",
+        )
         .await;
     assert_eq!(listed, json!([session_a]), "the refusal lists tab A's session");
 
@@ -346,7 +370,11 @@ async fn two_demo_tabs_go_through_refusal_takeover_and_finished() {
     assert_ne!(session_a, session_b);
     browser.switch(&tab_a).await;
     browser.until_text("state", "taken-over").await;
-    assert!(browser.text("message").await.contains("Tab B"), "{}", browser.text("message").await);
+    assert!(
+        browser.text("message").await.contains("Tab B"),
+        "{}",
+        browser.text("message").await
+    );
     let steps = browser.text("steps").await;
     assert!(steps.contains(r#""action":"TAKE_OVER""#), "{steps}");
     let held: Vec<String> = sessions_of(&app, "42")
@@ -400,7 +428,9 @@ async fn a_console_kick_ends_a_demo_tabs_session() {
     browser.fill("#search-publisher", "demo").await;
     browser.fill("#search-customer", "42").await;
     browser.click("#search-go").await;
-    browser.click(&format!("button.kick[data-session-id='{session}']")).await;
+    browser
+        .click(&format!("button.kick[data-session-id='{session}']"))
+        .await;
     browser
         .until_script(
             "return document.getElementById('notice').textContent.includes('ended')",
@@ -451,7 +481,12 @@ async fn a_limit_edited_in_the_console_applies_to_the_next_create() {
     );
     assert_eq!(app.create(&token, json!({"offerId": "demo-offer"})).await.status(), 409);
     // The other fields came back as they were.
-    let offer: Value = app.admin(Method::GET, "/publishers/demo", None).await.json().await.unwrap();
+    let offer: Value = app
+        .admin(Method::GET, "/publishers/demo", None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(offer["offers"][0]["tags"], json!(["live"]));
     assert_eq!(offer["offers"][0]["sessionLimit"], 2);
     browser.assert_no_csp_or_script_errors().await;
@@ -468,7 +503,10 @@ async fn the_console_refuses_a_wrong_admin_key_and_keeps_the_right_one_out_of_ur
 
     sign_in(&browser, "not-the-admin-key").await;
     browser.until_text("signin-error", "This admin key is not valid.").await;
-    assert_eq!(browser.script("return document.getElementById('app').hidden").await, json!(true));
+    assert_eq!(
+        browser.script("return document.getElementById('app').hidden").await,
+        json!(true)
+    );
     assert_eq!(
         browser.script("return sessionStorage.getItem('drisc.adminKey')").await,
         Value::Null
@@ -483,10 +521,21 @@ async fn the_console_refuses_a_wrong_admin_key_and_keeps_the_right_one_out_of_ur
         json!(ADMIN_KEY)
     );
     assert_eq!(browser.script("return localStorage.length").await, json!(0));
-    assert!(!browser.client().current_url().await.unwrap().as_str().contains(ADMIN_KEY));
+    assert!(
+        !browser
+            .client()
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains(ADMIN_KEY)
+    );
     // The live figures come from /metrics with the key: they fill in by themselves.
     browser
-        .until_script("return /^\\d+$/.test(document.getElementById('fig-sockets').textContent)", "figures")
+        .until_script(
+            "return /^\\d+$/.test(document.getElementById('fig-sockets').textContent)",
+            "figures",
+        )
         .await;
     browser.assert_no_csp_or_script_errors().await;
     browser.close().await;
@@ -501,11 +550,16 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some(browser) = Browser::start().await else { return };
     let app = demo_app().await;
-    let docs = std::env::var_os("DRISC_SCREENSHOTS").map(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"));
+    let docs =
+        std::env::var_os("DRISC_SCREENSHOTS").map(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"));
     // Some sessions to show.
     for customer in ["42"] {
         let token = app.token("demo", customer);
-        app.create(&token, json!({"offerId": "demo-offer", "sessionName": "Living room TV"})).await;
+        app.create(
+            &token,
+            json!({"offerId": "demo-offer", "sessionName": "Living room TV"}),
+        )
+        .await;
     }
 
     browser.open(&app.url("/demo")).await;
@@ -530,18 +584,25 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
     browser.fill("#search-customer", "42").await;
     browser.click("#search-go").await;
     browser
-        .until_script("return document.querySelectorAll('#session-rows tr').length > 0", "sessions listed")
+        .until_script(
+            "return document.querySelectorAll('#session-rows tr').length > 0",
+            "sessions listed",
+        )
         .await;
     // A few samples for the chart.
     browser
-        .until_script("return document.querySelectorAll('#chart polyline').length > 0", "the chart is drawn")
+        .until_script(
+            "return document.querySelectorAll('#chart polyline').length > 0",
+            "the chart is drawn",
+        )
         .await;
     browser.assert_no_csp_or_script_errors().await;
     if let Some(dir) = &docs {
         // A few more samples while players come and go, for a chart worth showing.
         for i in 0..16 {
             let token = app.token("demo", format!("viewer-{}", i % 5));
-            app.create(&token, json!({"offerId": "demo-offer", "sessionName": "TV"})).await;
+            app.create(&token, json!({"offerId": "demo-offer", "sessionName": "TV"}))
+                .await;
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         browser
@@ -582,7 +643,8 @@ async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_tim
     .await;
     const SESSIONS: usize = 10_000;
     for offer in 0..OFFERS {
-        app.put_offer("big", &format!("offer-{offer:03}"), (SESSIONS / OFFERS) as u32, &[]).await;
+        app.put_offer("big", &format!("offer-{offer:03}"), (SESSIONS / OFFERS) as u32, &[])
+            .await;
     }
     let token = app.token("big", "household");
     let granted = futures_util::stream::iter(0..SESSIONS)
@@ -608,17 +670,33 @@ async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_tim
     browser
         .until_script(&format!("{rows} === 100"), "the first page of 100")
         .await;
-    let first_page = browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await;
+    let first_page = browser
+        .script("return document.querySelector('#session-rows tr').dataset.sessionId")
+        .await;
     assert!(browser.text("sessions-caption").await.contains("Page 1"));
     browser.click("#sessions-next").await;
-    browser.until_script("return document.getElementById('sessions-caption').textContent.includes('Page 2')", "page 2").await;
-    let second_page = browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await;
+    browser
+        .until_script(
+            "return document.getElementById('sessions-caption').textContent.includes('Page 2')",
+            "page 2",
+        )
+        .await;
+    let second_page = browser
+        .script("return document.querySelector('#session-rows tr').dataset.sessionId")
+        .await;
     assert_ne!(first_page, second_page);
     assert_eq!(browser.script(rows).await, json!(100));
     browser.click("#sessions-prev").await;
-    browser.until_script("return document.getElementById('sessions-caption').textContent.includes('Page 1')", "page 1 again").await;
+    browser
+        .until_script(
+            "return document.getElementById('sessions-caption').textContent.includes('Page 1')",
+            "page 1 again",
+        )
+        .await;
     assert_eq!(
-        browser.script("return document.querySelector('#session-rows tr').dataset.sessionId").await,
+        browser
+            .script("return document.querySelector('#session-rows tr').dataset.sessionId")
+            .await,
         first_page
     );
     browser.assert_no_csp_or_script_errors().await;

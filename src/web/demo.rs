@@ -70,7 +70,9 @@ pub async fn mint_token(State(state): State<AppState>, request: Request) -> Resu
     let body: DemoTokenRequest = read_json(&state, request).await?;
     for (what, id) in [("publisherId", &body.publisher_id), ("customerId", &body.customer_id)] {
         if id.is_empty() || id.len() > MAX_ID_BYTES {
-            return Err(ApiError::InvalidRequest(format!("{what} must be 1 to {MAX_ID_BYTES} bytes")));
+            return Err(ApiError::InvalidRequest(format!(
+                "{what} must be 1 to {MAX_ID_BYTES} bytes"
+            )));
         }
     }
     let expires_at = jsonwebtoken::get_current_timestamp() + TOKEN_TTL.as_secs();
@@ -104,7 +106,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, request: Re
         })?;
     // serde would also fill a struct from a JSON array, by position: only an object is a request.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::InvalidRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::InvalidRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("the request body is not valid JSON for this call: {e}")))

@@ -153,6 +153,9 @@ mod tests {
         assert!(plain.contains("frame-ancestors 'none'"), "{plain}");
         assert!(!plain.contains("unsafe-inline"), "{plain}");
         let public = content_security_policy("wss://drisc.example.com:8443/ws?x=1");
-        assert!(public.contains("connect-src 'self' wss://drisc.example.com:8443;"), "{public}");
+        assert!(
+            public.contains("connect-src 'self' wss://drisc.example.com:8443;"),
+            "{public}"
+        );
     }
 }

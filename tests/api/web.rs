@@ -93,7 +93,10 @@ async fn the_pages_have_no_inline_script_style_or_handler() {
         }
         assert!(!lower.contains("<style"), "{path} has an inline style sheet");
         assert!(!lower.contains(" style="), "{path} has a style attribute");
-        assert!(!lower.contains(" onclick=") && !lower.contains(" onload="), "{path} has an inline handler");
+        assert!(
+            !lower.contains(" onclick=") && !lower.contains(" onload="),
+            "{path} has an inline handler"
+        );
         assert!(!lower.contains("javascript:"), "{path} has a javascript: URL");
     }
     app.stop().await;
@@ -106,14 +109,22 @@ async fn the_demo_serves_examples_player_js_itself() {
     let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/player.js")).unwrap();
     assert_eq!(served, file);
     let (_, _, demo) = get(&app, "/web/demo.js").await;
-    assert!(demo.contains("from '/web/player.js'"), "the demo imports the example client");
+    assert!(
+        demo.contains("from '/web/player.js'"),
+        "the demo imports the example client"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn an_unknown_file_is_404_and_no_path_reaches_the_disk() {
     let app = spawn_app().await;
-    for path in ["/web/nope.js", "/web/..%2FCargo.toml", "/web/%2E%2E%2Fsrc%2Fmain.rs", "/web/"] {
+    for path in [
+        "/web/nope.js",
+        "/web/..%2FCargo.toml",
+        "/web/%2E%2E%2Fsrc%2Fmain.rs",
+        "/web/",
+    ] {
         let (status, _, body) = get(&app, path).await;
         assert_eq!(status, 404, "{path}: {body}");
         assert!(!body.contains("[package]") && !body.contains("fn main"), "{path}");
@@ -129,13 +140,13 @@ async fn a_demo_token_is_a_customer_token_the_server_accepts() {
     let body: Value = response.json().await.unwrap();
     let token = body["token"].as_str().unwrap();
     assert!(body["expiresAt"].as_u64().unwrap() > jsonwebtoken::get_current_timestamp());
-    let session = granted(app.create(token, json!({"offerId": "demo-offer", "sessionName": "demo"})).await).await;
+    let session = granted(
+        app.create(token, json!({"offerId": "demo-offer", "sessionName": "demo"}))
+            .await,
+    )
+    .await;
     let listed = app
-        .admin(
-            reqwest::Method::GET,
-            "/sessions?publisherId=demo&customerId=42",
-            None,
-        )
+        .admin(reqwest::Method::GET, "/sessions?publisherId=demo&customerId=42", None)
         .await
         .json::<Value>()
         .await
@@ -230,7 +241,14 @@ async fn examples_player_js_plays_the_protocol_in_node() {
         return;
     };
     let version = String::from_utf8_lossy(&output.stdout);
-    let major: u32 = version.trim().trim_start_matches('v').split('.').next().unwrap().parse().unwrap();
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(major >= 20, "player.js needs Node 20 or later, found {version}");
     let app = spawn_app_with(|s| {
         s.liveness.ping_interval = std::time::Duration::from_millis(200);
