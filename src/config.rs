@@ -686,6 +686,34 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_is_on_by_default_only_with_the_development_customer_key() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.web.demo, DemoMode::Auto);
+        assert!(s.web.console);
+        assert!(s.uses_dev_customer_key() && s.demo_enabled());
+        s.auth.customer_key = "an operator's own".into();
+        assert!(!s.uses_dev_customer_key() && !s.demo_enabled());
+        s.web.demo = DemoMode::On;
+        assert!(s.demo_enabled(), "on is on, whatever the key");
+        let mut s = Settings::defaults().unwrap();
+        s.auth.jwks_uri = "https://idp.example.com/jwks.json".into();
+        assert!(!s.demo_enabled(), "a JWKS is not the development key");
+        let mut s = Settings::defaults().unwrap();
+        s.web.demo = DemoMode::Off;
+        assert!(!s.demo_enabled());
+    }
+
+    #[test]
+    fn a_demo_mode_that_does_not_exist_is_refused_by_name() {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("web.demo", "maybe")
+            .unwrap();
+        let err = format!("{:#}", Settings::finish(builder).unwrap_err());
+        assert!(err.contains("maybe") && err.contains("demo"), "{err}");
+    }
+
+    #[test]
     fn a_cap_of_zero_pools_names_its_setting() {
         let mut s = Settings::defaults().unwrap();
         s.publishers.max_pools_per_customer = 0;
