@@ -530,6 +530,13 @@ async fn the_console_refuses_a_wrong_admin_key_and_keeps_the_right_one_out_of_ur
             .as_str()
             .contains(ADMIN_KEY)
     );
+    // The event stream was tried (this server may or may not have one).
+    browser
+        .until_script(
+            "return document.getElementById('events-status').textContent !== 'Not connected.'",
+            "the event stream tried",
+        )
+        .await;
     // The live figures come from /metrics with the key: they fill in by themselves.
     browser
         .until_script(

@@ -471,22 +471,35 @@ async function kickAll() {
 // Events: GET /admin/v1/events (Server-Sent Events), read with fetch so the key
 // goes in a header (EventSource cannot send one)
 
+/** How long to wait before opening the stream again after it ended or failed. */
+const EVENTS_RETRY_MS = 5000;
+
+/** Follows the stream while signed in: opened again after it ends, never after a 404. */
 async function followEvents(signal) {
+  while (!signal.aborted) {
+    const again = await readEvents(signal);
+    if (!again || signal.aborted) return;
+    await new Promise((resolve) => setTimeout(resolve, EVENTS_RETRY_MS));
+  }
+}
+
+/** Reads the stream until it ends; whether to try again. */
+async function readEvents(signal) {
   const status = $('events-status');
   let response;
   try {
     response = await fetch('/admin/v1/events', { headers: { Authorization: `Bearer ${adminKey}`, Accept: 'text/event-stream' }, signal });
   } catch {
-    if (!signal.aborted) status.textContent = 'The event stream could not be opened.';
-    return;
+    if (!signal.aborted) status.textContent = 'The event stream could not be opened; trying again.';
+    return true;
   }
   if (response.status === 404 || response.status === 405) {
     status.textContent = 'Events: not available on this server.';
-    return;
+    return false;
   }
   if (!response.ok || !response.body) {
     status.textContent = `Events: not available (HTTP ${response.status}).`;
-    return;
+    return response.status >= 500;
   }
   status.textContent = 'Following the event stream.';
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -503,10 +516,11 @@ async function followEvents(signal) {
       }
       if (buffer.length > MAX_EVENT_BYTES) buffer = '';
     }
-    if (!signal.aborted) status.textContent = 'The event stream ended.';
+    if (!signal.aborted) status.textContent = 'The event stream ended; opening it again.';
   } catch {
-    if (!signal.aborted) status.textContent = 'The event stream was interrupted.';
+    if (!signal.aborted) status.textContent = 'The event stream was interrupted; opening it again.';
   }
+  return true;
 }
 
 function showEvent(frame) {
