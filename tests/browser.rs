@@ -710,3 +710,59 @@ async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_tim
     browser.close().await;
     app.stop().await;
 }
+
+/// The console reads `GET /admin/v1/events` (Server-Sent Events) with fetch, the key
+/// in a header. This server may not have the stream yet, so the page's fetch is given
+/// one: frames split across chunks, a keep-alive comment, CRLF line ends.
+#[tokio::test]
+async fn the_console_shows_server_sent_events_read_with_the_key_in_a_header() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start().await else { return };
+    let app = spawn_app().await;
+    browser.open(&app.url("/console")).await;
+    browser
+        .script(
+            r#"
+            const real = window.fetch;
+            window.seenEventsAuth = null;
+            window.fetch = (url, init) => {
+              if (String(url) !== '/admin/v1/events') return real(url, init);
+              window.seenEventsAuth = init.headers.Authorization;
+              const chunks = [
+                ': keep-alive\n\n',
+                'event: session.granted\r\ndata: {"sessionId":"s1",',
+                '"customerId":"42"}\r\n\r\nevent: session.ended\ndata: {"sessionId":"s1","cause":"finished"}\n\n',
+              ];
+              const body = new ReadableStream({
+                start(controller) {
+                  for (const c of chunks) controller.enqueue(new TextEncoder().encode(c));
+                },
+              });
+              return Promise.resolve(new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }));
+            };
+            return true;
+            "#,
+        )
+        .await;
+    sign_in(&browser, ADMIN_KEY).await;
+    browser
+        .until_script(
+            "return document.querySelectorAll('#events li').length === 2",
+            "two events shown",
+        )
+        .await;
+    let shown = browser.text("events").await;
+    assert!(
+        shown.contains(r#"session.granted  {"sessionId":"s1","customerId":"42"}"#),
+        "{shown}"
+    );
+    assert!(shown.contains("session.ended"), "{shown}");
+    assert!(!shown.contains("keep-alive"), "{shown}");
+    assert_eq!(
+        browser.script("return window.seenEventsAuth").await,
+        json!(format!("Bearer {ADMIN_KEY}"))
+    );
+    assert_eq!(browser.text("events-status").await, "Following the event stream.");
+    browser.close().await;
+    app.stop().await;
+}
