@@ -131,19 +131,41 @@ export class DriscPlayer {
     return this.#connect(endpoint);
   }
 
-  /** Sends FINISHED: the session ends and its slot is free at once. Resolves once the socket closed. */
-  stop() {
+  /**
+   * Sends FINISHED: the session ends and its slot is free at once. Resolves once the
+   * socket closed. Without an open socket (still connecting, or reconnecting), the
+   * session is given back with `DELETE /sessions/{sessionId}` (a drisc extension)
+   * instead, so stopping never leaves the slot held until a timeout.
+   */
+  async stop() {
     clearTimeout(this.timer);
     this.#forget();
     const socket = this.socket;
     this.#setState(States.FINISHED);
-    if (!socket || socket.readyState !== OPEN) return Promise.resolve();
+    if (!socket || socket.readyState !== OPEN) {
+      this.#drop();
+      if (this.sessionId) await this.#giveBack(this.sessionId);
+      return;
+    }
     const closed = new Promise((resolve) => {
       socket.addEventListener('close', () => resolve(), { once: true });
       setTimeout(resolve, 3000);
     });
     this.#send(socket, { action: 'FINISHED' });
-    return closed;
+    await closed;
+  }
+
+  async #giveBack(sessionId) {
+    try {
+      const token = typeof this.customerToken === 'function' ? await this.customerToken() : this.customerToken;
+      const response = await this.fetch(`${this.baseUrl}/sessions/${encodeURIComponent(sessionId)}`, {
+        method: 'DELETE',
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      this.#emit({ type: 'response', path: `/sessions/${sessionId}`, status: response.status, body: {} });
+    } catch (error) {
+      this.#emit({ type: 'error', message: String(error) });
+    }
   }
 
   async #ask(path, fields) {
@@ -172,6 +194,11 @@ export class DriscPlayer {
     this.#emit({ type: 'response', path, status: response.status, body: answer });
     if (response.status === 200 && answer.endpoint) {
       this.sessionId = answer.sessionId ?? null;
+      if (this.state === States.FINISHED) {
+        // stop() was called while the request was in flight: give the slot back.
+        if (this.sessionId) await this.#giveBack(this.sessionId);
+        return { status: States.FINISHED, sessionId: this.sessionId };
+      }
       this.#remember(answer.endpoint);
       return this.#connect(answer.endpoint);
     }
@@ -204,6 +231,11 @@ export class DriscPlayer {
           resolve({ status, sessionId: this.sessionId });
         }
       };
+      if (this.state === States.FINISHED) {
+        // stop() was called from a listener of the state just set: never open.
+        settle(States.FINISHED);
+        return;
+      }
       let socket;
       try {
         socket = new this.WebSocket(endpoint);
@@ -215,6 +247,7 @@ export class DriscPlayer {
       }
       this.socket = socket;
       socket.onopen = () => {
+        if (this.socket !== socket) return; // stopped or replaced while opening
         this.#emit({ type: 'open' });
         this.#send(socket, { action: 'REQUESTED' });
       };
