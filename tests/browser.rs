@@ -196,26 +196,28 @@ impl Browser {
         }
     }
 
+    /// The element `css` selects, once it is shown and enabled: a page shows its parts
+    /// after its own awaits, and WebDriver refuses to type into a hidden one.
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(element) = self.client().find(Locator::Css(css)).await
+                && element.is_displayed().await.unwrap_or(false)
+                && element.is_enabled().await.unwrap_or(false)
+            {
+                return element;
+            }
+            assert!(Instant::now() < deadline, "{css} is not shown and enabled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn click(&self, css: &str) {
-        self.client()
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.element(css).await.click().await.unwrap();
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let field = self
-            .client()
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap();
+        let field = self.element(css).await;
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
@@ -408,6 +410,14 @@ async fn sign_in(browser: &Browser, key: &str) {
     browser.click("#sign-in").await;
 }
 
+/// Signs in with the right key and waits for the console to show.
+async fn sign_in_as_admin(browser: &Browser) {
+    sign_in(browser, ADMIN_KEY).await;
+    browser
+        .until_script("return document.body.dataset.signedIn === 'true'", "signed in")
+        .await;
+}
+
 #[tokio::test]
 async fn a_console_kick_ends_a_demo_tabs_session() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -421,10 +431,7 @@ async fn a_console_kick_ends_a_demo_tabs_session() {
     let session = browser.text("session-id").await;
 
     browser.new_tab(&app.url("/console")).await;
-    sign_in(&browser, ADMIN_KEY).await;
-    browser
-        .until_script("return document.body.dataset.signedIn === 'true'", "signed in")
-        .await;
+    sign_in_as_admin(&browser).await;
     browser.fill("#search-publisher", "demo").await;
     browser.fill("#search-customer", "42").await;
     browser.click("#search-go").await;
@@ -461,7 +468,7 @@ async fn a_limit_edited_in_the_console_applies_to_the_next_create() {
     );
 
     browser.open(&app.url("/console")).await;
-    sign_in(&browser, ADMIN_KEY).await;
+    sign_in_as_admin(&browser).await;
     browser.fill("#open-publisher", "demo").await;
     browser.click("#open-publisher-go").await;
     let row = "tr[data-offer-id='demo-offer']";
@@ -489,6 +496,49 @@ async fn a_limit_edited_in_the_console_applies_to_the_next_create() {
         .unwrap();
     assert_eq!(offer["offers"][0]["tags"], json!(["live"]));
     assert_eq!(offer["offers"][0]["sessionLimit"], 2);
+
+    // A new publisher, created from the console with its settings and an offer.
+    browser.fill("#open-publisher", "fresh").await;
+    browser.click("#open-publisher-go").await;
+    browser
+        .until_script(
+            "return document.getElementById('publisher-h').textContent === 'Publisher fresh'",
+            "the form",
+        )
+        .await;
+    browser.fill("#pub-defaultSessionLimit", "3").await;
+    let takeover = browser.client().find(Locator::Id("pub-takeoverEnabled")).await.unwrap();
+    takeover.select_by_value("false").await.unwrap();
+    browser.click("#publisher-save").await;
+    browser
+        .until_script(
+            "return document.getElementById('notice').textContent === 'Publisher fresh saved.'",
+            "saved",
+        )
+        .await;
+    browser.fill("#new-offer-id", "fresh-offer").await;
+    browser.fill("#new-offer-limit", "4").await;
+    browser.fill("#new-offer-tags", "vod, live").await;
+    browser.click("#new-offer-save").await;
+    browser
+        .until_script(
+            "return !!document.querySelector(\"tr[data-offer-id='fresh-offer']\")",
+            "the new offer's row",
+        )
+        .await;
+    let fresh: Value = app
+        .admin(Method::GET, "/publishers/fresh", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["defaultSessionLimit"], 3, "{fresh}");
+    assert_eq!(fresh["takeoverEnabled"], false, "{fresh}");
+    assert_eq!(fresh["enabled"], true, "what was not edited keeps its default: {fresh}");
+    assert_eq!(
+        fresh["offers"],
+        json!([{"offerId": "fresh-offer", "sessionLimit": 4, "tags": ["vod", "live"], "takeoverEnabled": null}])
+    );
     browser.assert_no_csp_or_script_errors().await;
     browser.close().await;
     app.stop().await;
@@ -512,10 +562,7 @@ async fn the_console_refuses_a_wrong_admin_key_and_keeps_the_right_one_out_of_ur
         Value::Null
     );
 
-    sign_in(&browser, ADMIN_KEY).await;
-    browser
-        .until_script("return document.body.dataset.signedIn === 'true'", "signed in")
-        .await;
+    sign_in_as_admin(&browser).await;
     assert_eq!(
         browser.script("return sessionStorage.getItem('drisc.adminKey')").await,
         json!(ADMIN_KEY)
@@ -581,10 +628,7 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
     }
 
     browser.new_tab(&app.url("/console")).await;
-    sign_in(&browser, ADMIN_KEY).await;
-    browser
-        .until_script("return document.body.dataset.signedIn === 'true'", "signed in")
-        .await;
+    sign_in_as_admin(&browser).await;
     browser.fill("#open-publisher", "demo").await;
     browser.click("#open-publisher-go").await;
     browser.fill("#search-publisher", "demo").await;
@@ -669,7 +713,7 @@ async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_tim
     assert_eq!(granted, SESSIONS);
 
     browser.open(&app.url("/console")).await;
-    sign_in(&browser, ADMIN_KEY).await;
+    sign_in_as_admin(&browser).await;
     browser.fill("#search-publisher", "big").await;
     browser.fill("#search-customer", "household").await;
     browser.click("#search-go").await;
