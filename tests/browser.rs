@@ -246,6 +246,19 @@ impl Browser {
         assert!(bad.is_empty(), "console errors: {bad:?}");
     }
 
+    /// Every form control shown has a name a screen reader reads: a `<label for>`, or
+    /// `aria-label`.
+    async fn assert_every_control_is_labelled(&self) {
+        let unlabelled = self
+            .script(
+                "return [...document.querySelectorAll('input, select, textarea')]
+                   .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                   .map(e => e.outerHTML)",
+            )
+            .await;
+        assert_eq!(unlabelled, json!([]), "controls without a label");
+    }
+
     async fn screenshot(&self, path: &std::path::Path) {
         self.script("window.scrollTo(0, 0); document.activeElement?.blur(); return true")
             .await;
@@ -623,6 +636,7 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
     browser.click("#takeover-list button.take-over").await;
     browser.until_text("state", "playing").await;
     browser.assert_no_csp_or_script_errors().await;
+    browser.assert_every_control_is_labelled().await;
     if let Some(dir) = &docs {
         browser.screenshot(&dir.join("demo.png")).await;
     }
@@ -648,6 +662,7 @@ async fn both_pages_render_under_their_csp_and_can_be_photographed() {
         )
         .await;
     browser.assert_no_csp_or_script_errors().await;
+    browser.assert_every_control_is_labelled().await;
     if let Some(dir) = &docs {
         // A few more samples while players come and go, for a chart worth showing.
         for i in 0..16 {
