@@ -42,6 +42,7 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub web: WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -295,6 +296,24 @@ pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
 }
 
+/// Whether `/demo` (and its token minting) is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoMode {
+    /// Only while customer tokens are verified with the published development key.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the operator console at `/console` (it still needs the admin key).
+    pub console: bool,
+    pub demo: DemoMode,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -544,6 +563,23 @@ impl Settings {
         }
     }
 
+    /// Whether customer tokens are verified with the published development secret
+    /// (no key of the operator's own, no key file, no JWKS): anyone can mint them.
+    pub fn uses_dev_customer_key(&self) -> bool {
+        let a = &self.auth;
+        a.customer_key.expose_secret() == DEV_CUSTOMER_KEY && a.customer_key_file.is_empty() && a.jwks_uri.is_empty()
+    }
+
+    /// Whether `/demo` is served: `auto` only with the development customer key,
+    /// since the demo is for a laptop, not for a server with real customers.
+    pub fn demo_enabled(&self) -> bool {
+        match self.web.demo {
+            DemoMode::On => true,
+            DemoMode::Off => false,
+            DemoMode::Auto => self.uses_dev_customer_key(),
+        }
+    }
+
     /// The key verifying customer tokens server-wide, read from the file if one is named.
     pub fn customer_key(&self) -> anyhow::Result<Option<String>> {
         if !self.auth.customer_key_file.is_empty() {
@@ -647,6 +683,34 @@ mod tests {
             .unwrap();
         let s = Settings::finish(old).unwrap();
         assert_eq!(s.publishers.unknown_offers, UnknownOffers::Each);
+    }
+
+    #[test]
+    fn the_demo_is_on_by_default_only_with_the_development_customer_key() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.web.demo, DemoMode::Auto);
+        assert!(s.web.console);
+        assert!(s.uses_dev_customer_key() && s.demo_enabled());
+        s.auth.customer_key = "an operator's own".into();
+        assert!(!s.uses_dev_customer_key() && !s.demo_enabled());
+        s.web.demo = DemoMode::On;
+        assert!(s.demo_enabled(), "on is on, whatever the key");
+        let mut s = Settings::defaults().unwrap();
+        s.auth.jwks_uri = "https://idp.example.com/jwks.json".into();
+        assert!(!s.demo_enabled(), "a JWKS is not the development key");
+        let mut s = Settings::defaults().unwrap();
+        s.web.demo = DemoMode::Off;
+        assert!(!s.demo_enabled());
+    }
+
+    #[test]
+    fn a_demo_mode_that_does_not_exist_is_refused_by_name() {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("web.demo", "maybe")
+            .unwrap();
+        let err = format!("{:#}", Settings::finish(builder).unwrap_err());
+        assert!(err.contains("maybe") && err.contains("demo"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppSta
         .merge(health::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(crate::web::router())
         .nest("/admin/v1", admin::router());
     // The probes after the layers, so outside them: a prober's 503 (draining, a
     // store down) is an answer, not a failure to log at ERROR every few seconds,

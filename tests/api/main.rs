@@ -34,6 +34,7 @@ mod support_process;
 mod support_redis;
 mod takeover;
 mod tokens;
+mod web;
 mod websocket;
 
 #[tokio::test]
