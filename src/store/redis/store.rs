@@ -105,6 +105,20 @@ impl RedisStore {
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
+        let target = redis::IntoConnectionInfo::into_connection_info(url).map_err(unavailable)?;
+        Self::connect_to(target, timings, tombstone_ttl, index_ttl, time, local).await
+    }
+
+    /// As [`Self::connect`], to a target already parsed (a `rediss://` one carries
+    /// its certificates: see [`super::tls`]).
+    pub async fn connect_to(
+        url: redis::ConnectionInfo,
+        timings: Timings,
+        tombstone_ttl: Duration,
+        index_ttl: Duration,
+        time: TimeSource,
+        local: Arc<dyn Notifier>,
+    ) -> Result<Self, StoreError> {
         let mut conn = Self::connection(url).await?;
         let scripts = Scripts::new(
             duration_ms(timings.connect_timeout),
@@ -143,7 +157,7 @@ impl RedisStore {
 
     /// A self-reconnecting connection that gives up on a request quickly, so a
     /// Redis outage turns into clear errors rather than hung players.
-    pub(crate) async fn connection(url: &str) -> Result<ConnectionManager, StoreError> {
+    pub(crate) async fn connection(url: impl redis::IntoConnectionInfo) -> Result<ConnectionManager, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
