@@ -178,7 +178,9 @@ fn check_tls_files(prefix: &str, ca: &str, cert: &str, key: &str) -> anyhow::Res
                 anyhow::anyhow!("invalid configuration: {prefix}_client_key: {key:?} holds no PEM private key: {e}")
             })?;
         }
-        _ => bail!("invalid configuration: {prefix}_client_cert and {prefix}_client_key go together: set both or neither"),
+        _ => bail!(
+            "invalid configuration: {prefix}_client_cert and {prefix}_client_key go together: set both or neither"
+        ),
     }
     Ok(())
 }
@@ -544,7 +546,12 @@ impl Settings {
                      apply to TLS only: storage.redis_url must then be a rediss:// URL"
                 );
             }
-            check_tls_files("storage.redis", &st.redis_ca_file, &st.redis_client_cert, &st.redis_client_key)?;
+            check_tls_files(
+                "storage.redis",
+                &st.redis_ca_file,
+                &st.redis_client_cert,
+                &st.redis_client_key,
+            )?;
         }
         if self.storage.settings == SettingsBackend::Postgres {
             if !st.postgres_sslmode.is_empty() && !POSTGRES_SSLMODES.contains(&st.postgres_sslmode.as_str()) {

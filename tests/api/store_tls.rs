@@ -30,7 +30,9 @@ impl Pki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "drisc store TLS test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "drisc store TLS test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
         let server_key = KeyPair::generate().expect("server key");
         let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
@@ -44,7 +46,10 @@ impl Pki {
 
         // Under /tmp and readable by all: PostgreSQL runs as its own user when the
         // tests run as root. Only the server's key is kept private (below).
-        let dir = tempfile::Builder::new().prefix("drisc-tls-").tempdir_in("/tmp").expect("a directory");
+        let dir = tempfile::Builder::new()
+            .prefix("drisc-tls-")
+            .tempdir_in("/tmp")
+            .expect("a directory");
         set_mode(dir.path(), 0o755);
         let pki = Pki { dir };
         for (name, pem) in [
@@ -77,7 +82,11 @@ impl Pki {
             .arg(self.path("server.key"))
             .output()
             .expect("chown runs");
-        assert!(out.status.success(), "chown {user}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "chown {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -87,8 +96,10 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
 }
 
 fn free_port() -> u16 {
@@ -108,9 +119,17 @@ impl TlsRedis {
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", &pki.file("server.pem"), "--tls-key-file", &pki.file("server.key")])
+            .args([
+                "--tls-cert-file",
+                &pki.file("server.pem"),
+                "--tls-key-file",
+                &pki.file("server.key"),
+            ])
             .args(["--tls-ca-cert-file", &pki.file("ca.pem")])
-            .args(["--tls-auth-clients", if require_client_certificates { "yes" } else { "no" }])
+            .args([
+                "--tls-auth-clients",
+                if require_client_certificates { "yes" } else { "no" },
+            ])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(dir.path())
@@ -124,7 +143,10 @@ impl TlsRedis {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("redis-server exited ({status}): is it built with TLS? `redis-server --tls-port` needs it");
             }
-            assert!(Instant::now() < deadline, "redis-server did not listen on its TLS port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on its TLS port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server.port = port;
@@ -209,7 +231,12 @@ async fn a_redis_requiring_client_certificates_admits_a_node_that_presents_one()
     let error = start_error(without).await;
     assert!(error.contains("storage.redis_url"), "names the setting: {error}");
 
-    let (url, ca, cert, key) = (redis.url(), pki.file("ca.pem"), pki.file("client.pem"), pki.file("client.key"));
+    let (url, ca, cert, key) = (
+        redis.url(),
+        pki.file("ca.pem"),
+        pki.file("client.pem"),
+        pki.file("client.key"),
+    );
     let app = spawn_app_with(move |s| {
         on_redis(s, url);
         s.storage.redis_ca_file = ca;
@@ -239,7 +266,10 @@ fn the_tls_files_are_checked_when_the_settings_load() {
     let mut s = base();
     s.storage.redis_ca_file = pki.file("not-a-certificate.pem");
     let e = error(s);
-    assert!(e.contains("storage.redis_ca_file") && e.contains("no PEM certificate"), "{e}");
+    assert!(
+        e.contains("storage.redis_ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
 
     let mut s = base();
     s.storage.redis_ca_file = "/nonexistent/ca.pem".into();
@@ -249,13 +279,19 @@ fn the_tls_files_are_checked_when_the_settings_load() {
     let mut s = base();
     s.storage.redis_client_cert = pki.file("client.pem");
     let e = error(s);
-    assert!(e.contains("storage.redis_client_key") && e.contains("both or neither"), "{e}");
+    assert!(
+        e.contains("storage.redis_client_key") && e.contains("both or neither"),
+        "{e}"
+    );
 
     let mut s = base();
     s.storage.redis_client_cert = pki.file("client.pem");
     s.storage.redis_client_key = pki.file("client.pem");
     let e = error(s);
-    assert!(e.contains("storage.redis_client_key") && e.contains("private key"), "{e}");
+    assert!(
+        e.contains("storage.redis_client_key") && e.contains("private key"),
+        "{e}"
+    );
 
     let mut s = base();
     s.storage.redis_url = "redis://127.0.0.1:6379/".into();
@@ -267,7 +303,10 @@ fn the_tls_files_are_checked_when_the_settings_load() {
     s.storage.settings = SettingsBackend::Postgres;
     s.storage.postgres_sslmode = "verify_full".into();
     let e = error(s);
-    assert!(e.contains("storage.postgres_sslmode") && e.contains("verify-full"), "{e}");
+    assert!(
+        e.contains("storage.postgres_sslmode") && e.contains("verify-full"),
+        "{e}"
+    );
 
     let mut s = base();
     s.storage.redis_ca_file = pki.file("ca.pem");
@@ -282,7 +321,9 @@ async fn enable_ssl(pg: &PgServer, pki: &Pki) {
     if is_root() {
         pki.give_server_key_to("postgres");
     }
-    let mut conn = sqlx::PgConnection::connect(&pg.url).await.expect("connect to the test PostgreSQL");
+    let mut conn = sqlx::PgConnection::connect(&pg.url)
+        .await
+        .expect("connect to the test PostgreSQL");
     let statements = format!(
         "ALTER SYSTEM SET ssl_cert_file = '{}'; ALTER SYSTEM SET ssl_key_file = '{}'; \
          ALTER SYSTEM SET ssl_ca_file = '{}'; ALTER SYSTEM SET ssl = on",
@@ -293,7 +334,10 @@ async fn enable_ssl(pg: &PgServer, pki: &Pki) {
     for statement in statements.split("; ") {
         sqlx::raw_sql(statement).execute(&mut conn).await.expect(statement);
     }
-    sqlx::raw_sql("SELECT pg_reload_conf()").execute(&mut conn).await.expect("reload");
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(&mut conn)
+        .await
+        .expect("reload");
     conn.close().await.ok();
     let require = format!("{}?sslmode=require", pg.url);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -303,7 +347,11 @@ async fn enable_ssl(pg: &PgServer, pki: &Pki) {
                 c.close().await.ok();
                 return;
             }
-            Err(e) => assert!(Instant::now() < deadline, "PostgreSQL did not turn TLS on: {e}\n{}", pg.log()),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not turn TLS on: {e}\n{}",
+                pg.log()
+            ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -338,7 +386,10 @@ async fn postgres_with_verify_full_and_the_ca_file_keeps_the_settings_over_tls()
     settings.storage.postgres_sslmode = "verify-full".into();
     settings.storage.postgres_ca_file = pki.file("ca.pem");
     settings.validate().expect("valid settings");
-    assert!(connection_is_encrypted(&settings).await, "verify-full connects over TLS");
+    assert!(
+        connection_is_encrypted(&settings).await,
+        "verify-full connects over TLS"
+    );
 
     let storage = settings.storage.clone();
     let app = spawn_app_with(move |s| {
@@ -359,7 +410,10 @@ async fn postgres_with_verify_full_and_the_ca_file_keeps_the_settings_over_tls()
         &mut from_url,
         &format!("{}?sslmode=verify-full&sslrootcert={}", pg.url, pki.file("ca.pem")),
     );
-    assert!(connection_is_encrypted(&from_url).await, "the URL's sslmode=verify-full is used");
+    assert!(
+        connection_is_encrypted(&from_url).await,
+        "the URL's sslmode=verify-full is used"
+    );
 }
 
 #[tokio::test]

@@ -17,9 +17,7 @@ use crate::config::StorageSettings;
 /// neither (a `rediss://` URL then trusts the system's roots).
 pub fn certificates(storage: &StorageSettings) -> anyhow::Result<Option<TlsCertificates>> {
     install_crypto_provider();
-    let read = |name: &str, path: &str| {
-        std::fs::read(path).with_context(|| format!("{name}: cannot read {path:?}"))
-    };
+    let read = |name: &str, path: &str| std::fs::read(path).with_context(|| format!("{name}: cannot read {path:?}"));
     let root_cert = match storage.redis_ca_file.as_str() {
         "" => None,
         path => Some(read("storage.redis_ca_file", path)?),
@@ -80,7 +78,10 @@ mod tests {
         let mut s = storage("rediss://127.0.0.1:6380/");
         s.redis_ca_file = "/nonexistent/ca.pem".into();
         let err = format!("{:#}", connection_info(&s).unwrap_err());
-        assert!(err.contains("storage.redis_ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("storage.redis_ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]
