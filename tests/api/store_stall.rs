@@ -129,3 +129,54 @@ fn pool_key(redis: &RedisServer) -> String {
     let keys: Vec<String> = redis.cmd(&["KEYS", "drisc:*:s:*"]);
     keys.into_iter().next().expect("the pool is in Redis")
 }
+
+#[tokio::test]
+async fn after_a_stall_a_session_admitted_meanwhile_keeps_its_slot_and_the_limit_holds() {
+    let redis = RedisServer::start();
+    let app = node(&redis, |_| {}).await;
+    let token = app.token("p", "stalled");
+    let mut players = Vec::new();
+    for i in 0..PLAYERS {
+        let g = app.create_ok(&token, "live", &format!("TV {i}")).await;
+        players.push(connect_ok(&g.endpoint).await);
+    }
+    let warmup = futures_util::future::join_all(players.iter_mut().map(|p| play_for(p, Duration::from_secs(2)))).await;
+    assert!(warmup.iter().all(Result::is_ok), "before the stall: {warmup:?}");
+
+    let pid = redis_pid(&redis);
+    let play = futures_util::future::join_all(players.iter_mut().map(|p| play_for(p, STALL + Duration::from_secs(8))));
+    let stall = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(&pid, "STOP");
+        // Sent before the node notices the stall: the client gets 503, but the
+        // request waits in Redis's socket and is carried out first when Redis
+        // resumes, finding this node's sessions dead (its liveness key expired).
+        let early = app.create(&token, json!({"offerId": "live", "sessionName": "early"}));
+        let resume = async {
+            tokio::time::sleep(STALL).await;
+            signal(&pid, "CONT");
+        };
+        let (early, ()) = tokio::join!(early, resume);
+        early.status().as_u16()
+    };
+    let (outcomes, early) = tokio::join!(play, stall);
+    assert_eq!(early, 503, "the client of a create during the stall is told it failed");
+    let ended: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.as_ref().err().map(|_| i))
+        .collect();
+    // The session admitted on resume is newer than the stall: it keeps its slot,
+    // and the newest of the node's sessions gives its own up.
+    assert_eq!(ended, vec![PLAYERS - 1], "only the newest session ends: {outcomes:?}");
+    let (_, seen) = outcomes[PLAYERS - 1].as_ref().unwrap_err();
+    assert_eq!(seen, &Seen::Message(json!({"action": "EXPIRED"})), "it is told EXPIRED");
+
+    let refused = app.create(&token, json!({"offerId": "live", "sessionName": "one too many"})).await;
+    assert_eq!(refused.status().as_u16(), 409, "the limit holds after the re-assertion");
+    let held: u64 = redis.cmd(&["HLEN", &pool_key(&redis)]);
+    assert_eq!(held, PLAYERS as u64, "19 re-asserted sessions and the one admitted on resume");
+    let others = &mut players[..PLAYERS - 1];
+    let still = futures_util::future::join_all(others.iter_mut().map(|p| play_for(p, Duration::from_secs(2)))).await;
+    assert!(still.iter().all(Result::is_ok), "after the stall: {still:?}");
+}
