@@ -172,10 +172,15 @@ async fn after_a_stall_a_session_admitted_meanwhile_keeps_its_slot_and_the_limit
     let (_, seen) = outcomes[PLAYERS - 1].as_ref().unwrap_err();
     assert_eq!(seen, &Seen::Message(json!({"action": "EXPIRED"})), "it is told EXPIRED");
 
-    let refused = app.create(&token, json!({"offerId": "live", "sessionName": "one too many"})).await;
+    let refused = app
+        .create(&token, json!({"offerId": "live", "sessionName": "one too many"}))
+        .await;
     assert_eq!(refused.status().as_u16(), 409, "the limit holds after the re-assertion");
     let held: u64 = redis.cmd(&["HLEN", &pool_key(&redis)]);
-    assert_eq!(held, PLAYERS as u64, "19 re-asserted sessions and the one admitted on resume");
+    assert_eq!(
+        held, PLAYERS as u64,
+        "19 re-asserted sessions and the one admitted on resume"
+    );
     let others = &mut players[..PLAYERS - 1];
     let still = futures_util::future::join_all(others.iter_mut().map(|p| play_for(p, Duration::from_secs(2)))).await;
     assert!(still.iter().all(Result::is_ok), "after the stall: {still:?}");

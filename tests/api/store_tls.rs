@@ -214,8 +214,8 @@ async fn a_node_on_rediss_without_the_ca_file_refuses_to_start_with_a_certificat
     let error = start_error(settings).await;
     assert!(error.contains("storage.redis_url"), "names the setting: {error}");
     assert!(
-        error.to_lowercase().contains("certificate"),
-        "says the certificate is not trusted: {error}"
+        error.contains("UnknownIssuer") && error.contains("set storage.redis_ca_file"),
+        "says the certificate is not trusted, and what to set: {error}"
     );
 }
 
@@ -230,6 +230,7 @@ async fn a_redis_requiring_client_certificates_admits_a_node_that_presents_one()
     without.storage.redis_ca_file = pki.file("ca.pem");
     let error = start_error(without).await;
     assert!(error.contains("storage.redis_url"), "names the setting: {error}");
+    assert!(error.contains("storage.redis_client_cert"), "says what to set: {error}");
 
     let (url, ca, cert, key) = (
         redis.url(),
@@ -431,4 +432,66 @@ async fn postgres_with_verify_full_and_no_ca_file_refuses_to_start() {
         error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
         "says the certificate is not trusted: {error}"
     );
+}
+
+#[tokio::test]
+async fn postgres_requiring_a_client_certificate_admits_a_node_that_presents_one() {
+    // The certificate's common name is the PostgreSQL user (`cert` authentication).
+    let pki = Pki::new("drisc_cert");
+    let pg = PgServer::start().await;
+    enable_ssl(&pg, &pki).await;
+    let mut admin = sqlx::PgConnection::connect(&pg.url).await.expect("connect");
+    for statement in [
+        "CREATE ROLE drisc_cert LOGIN",
+        "ALTER DATABASE drisc_test OWNER TO drisc_cert",
+    ] {
+        sqlx::raw_sql(statement).execute(&mut admin).await.expect(statement);
+    }
+    let hba: String = sqlx::query_scalar("SHOW hba_file")
+        .fetch_one(&mut admin)
+        .await
+        .expect("hba_file");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    // First match wins: this user over TLS, by certificate only.
+    std::fs::write(&hba, format!("hostssl all drisc_cert 127.0.0.1/32 cert\n{rules}")).expect("write pg_hba.conf");
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .expect("reload");
+    admin.close().await.ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let url = pg.url.replacen("postgres://postgres@", "postgres://drisc_cert@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut without = test_settings(dir.path());
+    on_postgres(&mut without, &url);
+    without.storage.postgres_sslmode = "verify-full".into();
+    without.storage.postgres_ca_file = pki.file("ca.pem");
+    let error = start_error(without.clone()).await;
+    assert!(error.contains("storage.postgres_url"), "names the setting: {error}");
+    assert!(
+        error.contains("client certificate"),
+        "PostgreSQL asks for the certificate: {error}"
+    );
+
+    let mut with = without;
+    with.storage.postgres_client_cert = pki.file("client.pem");
+    with.storage.postgres_client_key = pki.file("client.key");
+    with.validate().expect("valid settings");
+    assert!(
+        connection_is_encrypted(&with).await,
+        "connects with the client certificate, over TLS"
+    );
+    let storage = with.storage.clone();
+    let app = spawn_app_with(move |s| {
+        let data_dir = s.storage.data_dir.clone();
+        s.storage = storage;
+        s.storage.data_dir = data_dir;
+    })
+    .await;
+    let token = app.token("p", "pg-mtls");
+    let (_, mut player) = live_player(&app, &token, "S1", "TV").await;
+    player.send("FINISHED").await;
+    player.expect_close(1000).await;
+    app.stop().await;
 }

@@ -29,7 +29,17 @@ pub async fn open<L: Notifier>(
     sockets: impl FnOnce(u64) -> Arc<L>,
 ) -> anyhow::Result<Sessions<L>> {
     let url = super::tls::connection_info(&settings.storage)?;
-    let mut conn = RedisStore::connection(url.clone()).await.context(UNREACHABLE)?;
+    let mut conn = match RedisStore::connection(url.clone()).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let hint = super::tls::hint(&e.to_string());
+            let error = anyhow::Error::new(e).context(UNREACHABLE);
+            return Err(match hint {
+                Some(hint) => error.context(hint),
+                None => error,
+            });
+        }
+    };
     let node = inbox::claim_node_id(&mut conn).await.context(UNREACHABLE)?;
     let sockets = sockets(node);
     let local: Arc<dyn Notifier> = sockets.clone();

@@ -46,6 +46,23 @@ pub fn connection_info(storage: &StorageSettings) -> anyhow::Result<ConnectionIn
     info.context("storage.redis_url or its TLS files (storage.redis_ca_file, redis_client_cert, redis_client_key)")
 }
 
+/// What to do about a failed TLS handshake, read from the error's text (rustls
+/// names the cause), or `None` when the error is not about certificates.
+pub fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("CertificateRequired") {
+        Some("the server requires a client certificate: set storage.redis_client_cert and storage.redis_client_key")
+    } else if error.contains("NotValidForName") {
+        Some("the server's certificate does not name the host of storage.redis_url")
+    } else if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
+        Some(
+            "the server's certificate is not signed by a CA this node trusts: \
+             set storage.redis_ca_file to the PEM file of the CA that signed it",
+        )
+    } else {
+        None
+    }
+}
+
 /// rustls needs one crypto provider for the process. ring is the one already in
 /// the tree (reqwest, sqlx); installing it explicitly keeps a second provider
 /// pulled in by some dependency from making the first handshake panic.
@@ -71,6 +88,15 @@ mod tests {
         assert!(certificates(&s).unwrap().is_none());
         let info = connection_info(&s).unwrap();
         assert!(matches!(info.addr(), redis::ConnectionAddr::TcpTls { port: 6380, .. }));
+    }
+
+    #[test]
+    fn certificate_errors_say_which_setting_to_fix() {
+        let unknown = hint("invalid peer certificate: UnknownIssuer").unwrap();
+        assert!(unknown.contains("storage.redis_ca_file"), "{unknown}");
+        let required = hint("received fatal alert: CertificateRequired").unwrap();
+        assert!(required.contains("storage.redis_client_cert"), "{required}");
+        assert!(hint("Connection refused (os error 111)").is_none());
     }
 
     #[test]
