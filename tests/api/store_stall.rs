@@ -92,14 +92,14 @@ async fn a_stalled_redis_ends_no_session_whose_player_answers_pings() {
     let stall = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         signal(&pid, "STOP");
-        // Once a refresh round has failed (a request waits 2 s for Redis), the node
+        // Once a refresh round is late (half the PONG timeout: 1.5 s here), the node
         // admits no one, and sends nothing to Redis that could run when it resumes.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
         let during = app
             .create(&token, json!({"offerId": "live", "sessionName": "during"}))
             .await;
         let during = during.status().as_u16();
-        tokio::time::sleep(STALL.saturating_sub(Duration::from_secs(3))).await;
+        tokio::time::sleep(STALL.saturating_sub(Duration::from_secs(4))).await;
         signal(&pid, "CONT");
         during
     };
