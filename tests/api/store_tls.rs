@@ -205,6 +205,44 @@ async fn a_node_on_rediss_with_the_ca_file_admits_and_serves_players() {
 }
 
 #[tokio::test]
+async fn orders_between_nodes_travel_through_rediss_too() {
+    let pki = Pki::new("drisc");
+    let redis = TlsRedis::start(&pki, true);
+    let node = || {
+        let (url, ca, cert, key) = (
+            redis.url(),
+            pki.file("ca.pem"),
+            pki.file("client.pem"),
+            pki.file("client.key"),
+        );
+        spawn_app_with(move |s| {
+            on_redis(s, url);
+            s.storage.redis_ca_file = ca;
+            s.storage.redis_client_cert = cert;
+            s.storage.redis_client_key = key;
+            s.auth.session_secret = "store-tls-test-session-secret".into();
+            s.publishers.default_session_limit = 1;
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    let token = a.token("p", "inbox");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = crate::players::connect_ok(&tv.endpoint).await;
+    crate::helpers::granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
+    // PINGs unanswered: with no PONG the node never checks the session in Redis,
+    // so the order can only have come through node a's inbox, read over its own
+    // TLS connection (and before the PONG timeout ends the session).
+    let message = tokio::time::timeout(Duration::from_secs(2), player.next_skipping_pings(false))
+        .await
+        .expect("the order arrives within 2 s");
+    assert_eq!(
+        message,
+        crate::players::Seen::Message(serde_json::json!({"action": "TAKE_OVER", "sessionName": "Phone"})),
+    );
+    player.expect_close(4001).await;
+}
+
+#[tokio::test]
 async fn a_node_on_rediss_without_the_ca_file_refuses_to_start_with_a_certificate_error() {
     let pki = Pki::new("drisc");
     let redis = TlsRedis::start(&pki, false);
