@@ -82,7 +82,26 @@ pub struct StorageSettings {
     pub redis_url: String,
     #[serde(serialize_with = "url_redacted")]
     pub postgres_url: String,
+    /// PEM file of the CA(s) a `rediss://` server's certificate must chain to
+    /// (empty: the system's roots).
+    pub redis_ca_file: String,
+    /// PEM files of a client certificate (chain) and its key, for a Redis that
+    /// requires them (`tls-auth-clients yes`). Both or neither.
+    pub redis_client_cert: String,
+    pub redis_client_key: String,
+    /// `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full`;
+    /// empty: the URL's `sslmode` (or PostgreSQL's default, `prefer`).
+    pub postgres_sslmode: String,
+    /// PEM file of the CA(s) for `verify-ca`/`verify-full` (empty: the URL's
+    /// `sslrootcert`, else the system's roots).
+    pub postgres_ca_file: String,
+    /// PEM files of a client certificate and its key (both or neither).
+    pub postgres_client_cert: String,
+    pub postgres_client_key: String,
 }
+
+/// The values `storage.postgres_sslmode` takes (libpq's names).
+pub const POSTGRES_SSLMODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
 /// Shown without the passwords the URLs may carry (logs, debug output).
 impl std::fmt::Debug for StorageSettings {
@@ -95,6 +114,13 @@ impl std::fmt::Debug for StorageSettings {
             .field("journal_interval", &self.journal_interval)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_client_cert", &self.redis_client_cert)
+            .field("redis_client_key", &self.redis_client_key)
+            .field("postgres_sslmode", &self.postgres_sslmode)
+            .field("postgres_ca_file", &self.postgres_ca_file)
+            .field("postgres_client_cert", &self.postgres_client_cert)
+            .field("postgres_client_key", &self.postgres_client_key)
             .finish()
     }
 }
@@ -119,6 +145,45 @@ fn secret_redacted<S: Serializer>(secret: &SecretString, serializer: S) -> Resul
 
 fn url_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redact_url(url))
+}
+
+/// Checks a store's CA file, client certificate and key (`{prefix}_ca_file`,
+/// `{prefix}_client_cert`, `{prefix}_client_key`): each one set is a readable PEM
+/// file holding what its name says, and the certificate and key come together.
+fn check_tls_files(prefix: &str, ca: &str, cert: &str, key: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |suffix: &str, path: &str| -> anyhow::Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("invalid configuration: {prefix}_{suffix}: cannot read {path:?}"))
+    };
+    let certificates = |suffix: &str, path: &str| -> anyhow::Result<()> {
+        let pem = read(suffix, path)?;
+        let found = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {prefix}_{suffix}: {path:?} is not PEM: {e}"))?;
+        if found.is_empty() {
+            bail!("invalid configuration: {prefix}_{suffix}: {path:?} holds no PEM certificate (BEGIN CERTIFICATE)");
+        }
+        Ok(())
+    };
+    if !ca.is_empty() {
+        certificates("ca_file", ca)?;
+    }
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            certificates("client_cert", cert)?;
+            let pem = read("client_key", key)?;
+            PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                anyhow::anyhow!("invalid configuration: {prefix}_client_key: {key:?} holds no PEM private key: {e}")
+            })?;
+        }
+        _ => bail!(
+            "invalid configuration: {prefix}_client_cert and {prefix}_client_key go together: set both or neither"
+        ),
+    }
+    Ok(())
 }
 
 /// Whether `url` carries the placeholder [`redact_url`] puts in place of a password.
@@ -417,6 +482,7 @@ impl Settings {
         if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
             bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
         }
+        self.validate_store_tls()?;
         if !(1..=MAX_POOLS_PER_CUSTOMER).contains(&self.publishers.max_pools_per_customer) {
             bail!(
                 "invalid configuration: publishers.max_pools_per_customer must be between 1 and {MAX_POOLS_PER_CUSTOMER}"
@@ -482,6 +548,44 @@ impl Settings {
                 "invalid configuration: log.level {:?} is not a valid filter",
                 self.log.level
             );
+        }
+        Ok(())
+    }
+
+    /// The stores' TLS files are read once here, so a wrong path or a file holding
+    /// no certificate stops the start with the setting's name, not a handshake
+    /// error on the first connection.
+    fn validate_store_tls(&self) -> anyhow::Result<()> {
+        let st = &self.storage;
+        if self.storage.sessions == SessionBackend::Redis {
+            let files = [&st.redis_ca_file, &st.redis_client_cert, &st.redis_client_key];
+            if files.iter().any(|f| !f.is_empty()) && !st.redis_url.starts_with("rediss://") {
+                bail!(
+                    "invalid configuration: storage.redis_ca_file, redis_client_cert and redis_client_key \
+                     apply to TLS only: storage.redis_url must then be a rediss:// URL"
+                );
+            }
+            check_tls_files(
+                "storage.redis",
+                &st.redis_ca_file,
+                &st.redis_client_cert,
+                &st.redis_client_key,
+            )?;
+        }
+        if self.storage.settings == SettingsBackend::Postgres {
+            if !st.postgres_sslmode.is_empty() && !POSTGRES_SSLMODES.contains(&st.postgres_sslmode.as_str()) {
+                bail!(
+                    "invalid configuration: storage.postgres_sslmode is {:?}; it must be one of {} (or empty: the URL's)",
+                    st.postgres_sslmode,
+                    POSTGRES_SSLMODES.join(", ")
+                );
+            }
+            check_tls_files(
+                "storage.postgres",
+                &st.postgres_ca_file,
+                &st.postgres_client_cert,
+                &st.postgres_client_key,
+            )?;
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use rand::RngCore;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgPool, Postgres, Row};
 
 use super::saved::SavedRow;
@@ -66,7 +66,12 @@ impl PostgresSettings {
     /// applies pending migrations. Nodes starting at once are safe: the migrations run
     /// under PostgreSQL advisory lock, so one node applies them and the others wait.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.application_name("drisc");
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// As [`Self::connect`], with options built by the caller (TLS, see [`connect_options`]).
+    pub async fn connect_with(options: PgConnectOptions) -> anyhow::Result<Self> {
+        let options = options.application_name("drisc");
         // Migrate on a connection of its own, closed afterwards: the advisory lock
         // belongs to the session, and a failed migration must not leave it held on a
         // connection that the pool would go on lending.
@@ -125,10 +130,33 @@ impl PostgresSettings {
 
 /// Opens the cluster's settings database at `storage.postgres_url`.
 pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
-    let db = PostgresSettings::connect(&storage.postgres_url)
+    let db = PostgresSettings::connect_with(connect_options(storage)?)
         .await
         .context("cannot open the PostgreSQL database (storage.postgres_url)")?;
     Ok(SettingsDb::of(db))
+}
+
+/// `storage.postgres_url` with the TLS settings beside it applied over what the
+/// URL says (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in the URL are
+/// honoured when the settings are empty).
+pub fn connect_options(storage: &StorageSettings) -> anyhow::Result<PgConnectOptions> {
+    crate::store::redis::tls::install_crypto_provider();
+    let mut options =
+        PgConnectOptions::from_str(&storage.postgres_url).context("storage.postgres_url is not a PostgreSQL URL")?;
+    if !storage.postgres_sslmode.is_empty() {
+        let mode = PgSslMode::from_str(&storage.postgres_sslmode).context("storage.postgres_sslmode")?;
+        options = options.ssl_mode(mode);
+    }
+    if !storage.postgres_ca_file.is_empty() {
+        options = options.ssl_root_cert(&storage.postgres_ca_file);
+    }
+    if !storage.postgres_client_cert.is_empty() {
+        options = options.ssl_client_cert(&storage.postgres_client_cert);
+    }
+    if !storage.postgres_client_key.is_empty() {
+        options = options.ssl_client_key(&storage.postgres_client_key);
+    }
+    Ok(options)
 }
 
 #[async_trait]

@@ -27,6 +27,8 @@ mod session_admin;
 mod sessions;
 mod settings_conformance;
 mod settings_postgres;
+mod store_stall;
+mod store_tls;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.
 #[allow(dead_code)]

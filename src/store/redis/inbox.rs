@@ -79,7 +79,7 @@ impl Notifier for ClusterNotifier {
 }
 
 /// Pushes queued orders to the holding nodes' inboxes, in pipelined batches.
-pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
+pub async fn run_outbox(url: redis::ConnectionInfo, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
     let mut conn = None;
     let mut batch = Vec::with_capacity(256);
     loop {
@@ -100,7 +100,7 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
         let mut delivered = false;
         for _ in 0..2 {
             if conn.is_none() {
-                conn = super::RedisStore::connection(&url).await.ok();
+                conn = super::RedisStore::connection(url.clone()).await.ok();
             }
             let Some(c) = conn.as_mut() else { break };
             match pipe.query_async::<()>(c).await {
@@ -124,10 +124,10 @@ pub async fn run_outbox(url: String, mut rx: mpsc::Receiver<(u64, String)>, canc
 }
 
 /// Reads this node's inbox and hands each order to the local hub.
-pub async fn run_inbox(url: String, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
+pub async fn run_inbox(url: redis::ConnectionInfo, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
     let key = node::inbox(node);
     while !cancel.is_cancelled() {
-        let Ok(client) = redis::Client::open(url.as_str()) else {
+        let Ok(client) = redis::Client::open(url.clone()) else {
             tracing::error!("invalid Redis URL; the inbox is not read");
             return;
         };

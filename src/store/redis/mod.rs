@@ -11,6 +11,7 @@
 //!   ends its sockets queued, checks its sessions once a minute, and puts them
 //!   back if Redis lost its data;
 //! - [`inbox`]: orders for sockets held by other nodes;
+//! - [`tls`]: the CA and client certificate of a `rediss://` connection;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
 
 pub mod inbox;
@@ -20,6 +21,7 @@ pub(crate) mod record;
 pub mod refresh;
 mod scripts;
 mod store;
+pub mod tls;
 
 pub use open::{Cluster, open};
 pub use store::{RedisStore, TimeSource};

@@ -28,13 +28,23 @@ pub async fn open<L: Notifier>(
     meter: &Arc<Meter>,
     sockets: impl FnOnce(u64) -> Arc<L>,
 ) -> anyhow::Result<Sessions<L>> {
-    let url = settings.storage.redis_url.clone();
-    let mut conn = RedisStore::connection(&url).await.context(UNREACHABLE)?;
+    let url = super::tls::connection_info(&settings.storage)?;
+    let mut conn = match RedisStore::connection(url.clone()).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let hint = super::tls::hint(&e.to_string());
+            let error = anyhow::Error::new(e).context(UNREACHABLE);
+            return Err(match hint {
+                Some(hint) => error.context(hint),
+                None => error,
+            });
+        }
+    };
     let node = inbox::claim_node_id(&mut conn).await.context(UNREACHABLE)?;
     let sockets = sockets(node);
     let local: Arc<dyn Notifier> = sockets.clone();
-    let store = RedisStore::connect(
-        &url,
+    let store = RedisStore::connect_to(
+        url.clone(),
         settings.timings(),
         settings.cluster.tombstone_ttl,
         settings.auth.session_token_ttl,
@@ -69,7 +79,7 @@ pub async fn open<L: Notifier>(
 pub struct Cluster {
     store: Arc<RedisStore>,
     node: u64,
-    url: String,
+    url: redis::ConnectionInfo,
     /// This process's sockets, where the inbox delivers.
     local: Arc<dyn Notifier>,
     /// Orders for other nodes, queued by the [`ClusterNotifier`].

@@ -365,6 +365,53 @@ settle()
 return added
 "#;
 
+/// After the node could not vouch for longer than its liveness key lives (Redis
+/// stalled, or was cut off from this node), puts back its held sessions of one
+/// pool ([`super::refresh`]'s `reassert_after_outage`). KEYS[3..]: each
+/// session's tombstone. ARGV: now, how far back (ms) the outage began, then per
+/// session (oldest first) its id, holder and packed record (`e` 0: now plus the
+/// live allowance). Reply, per session: `r` (still there, held by this socket),
+/// `p` (put back), `x` (another socket holds it), `g` and the tombstone if any
+/// (it ended), or `f`: not put back, as sessions admitted since the outage began
+/// may have taken its slot.
+///
+/// The limit is not known here, yet holds: before the outage the pool held every
+/// session now in it that is older than the outage, and every one of this node's
+/// missing sessions, within the limit. So as many missing sessions come back as
+/// there are missing ones, less one for each session admitted since: the newer
+/// sessions keep their slots.
+const REASSERT: &str = r#"
+local live = load()
+local since = now - tonumber(ARGV[2])
+local newer = 0
+for _, other in ipairs(live) do
+  if other.c > since then newer = newer + 1 end
+end
+local replies, missing = {}, {}
+for i = 1, (#ARGV - 2) / 3 do
+  local id, holder = ARGV[3 * i], ARGV[3 * i + 1]
+  local _, rec = find(live, id)
+  if rec ~= nil then
+    if rec.h == holder then replies[i] = 'r' else replies[i] = 'x' end
+  else
+    local tomb = redis.call('GET', KEYS[2 + i])
+    if tomb then replies[i] = 'g' .. tomb else missing[#missing + 1] = i end
+  end
+end
+for n, i in ipairs(missing) do
+  if n <= #missing - newer then
+    local back = decode(ARGV[3 * i + 2])
+    if back.e == 0 then back.e = now + PONG end
+    redis.call('HSET', pool, ARGV[3 * i], pack(back))
+    replies[i] = 'p'
+  else
+    replies[i] = 'f'
+  end
+end
+settle()
+return replies
+"#;
+
 /// How long past its own deadline a live record may be vouched for by its node
 /// (an hour): the keys' TTLs cover it, so a pool whose node stopped is gone from
 /// Redis's memory within it even if nobody touches it again.
@@ -385,11 +432,12 @@ pub struct Scripts {
     pub end_all: redis::Script,
     pub list: redis::Script,
     pub restore: redis::Script,
+    pub reassert: redis::Script,
 }
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 10] {
+    pub fn all(&self) -> [&redis::Script; 11] {
         [
             &self.admit,
             &self.take_over,
@@ -401,6 +449,7 @@ impl Scripts {
             &self.end_all,
             &self.list,
             &self.restore,
+            &self.reassert,
         ]
     }
 
@@ -427,6 +476,7 @@ impl Scripts {
             end_all: build(END_ALL),
             list: build(LIST),
             restore: build(RESTORE),
+            reassert: build(REASSERT),
         }
     }
 }

@@ -77,7 +77,7 @@ pub enum TimeSource {
 pub struct RedisStore {
     pub(super) conn: ConnectionManager,
     pub(super) scripts: Scripts,
-    timings: Timings,
+    pub(super) timings: Timings,
     pub(super) time: TimeSource,
     index_ttl: Duration,
     /// This node's id, whose liveness key the refresh rounds write (`None` in
@@ -92,6 +92,9 @@ pub struct RedisStore {
     pub(super) local: Arc<dyn Notifier>,
     /// The last value of the epoch key this node saw (see [`super::refresh`]).
     pub(super) epoch: Mutex<Option<String>>,
+    /// When this node last vouched for its sessions, and whether it must re-assert
+    /// them (see [`super::refresh`]).
+    pub(super) vouching: Mutex<super::refresh::Vouching>,
 }
 
 impl RedisStore {
@@ -99,6 +102,20 @@ impl RedisStore {
     /// long a session id stays findable by operators (the session token's lifetime).
     pub async fn connect(
         url: &str,
+        timings: Timings,
+        tombstone_ttl: Duration,
+        index_ttl: Duration,
+        time: TimeSource,
+        local: Arc<dyn Notifier>,
+    ) -> Result<Self, StoreError> {
+        let target = redis::IntoConnectionInfo::into_connection_info(url).map_err(unavailable)?;
+        Self::connect_to(target, timings, tombstone_ttl, index_ttl, time, local).await
+    }
+
+    /// As [`Self::connect`], to a target already parsed (a `rediss://` one carries
+    /// its certificates: see [`super::tls`]).
+    pub async fn connect_to(
+        url: redis::ConnectionInfo,
         timings: Timings,
         tombstone_ttl: Duration,
         index_ttl: Duration,
@@ -132,6 +149,7 @@ impl RedisStore {
             queued: Mutex::new(HashMap::new()),
             local,
             epoch: Mutex::new(None),
+            vouching: Mutex::new(super::refresh::Vouching::default()),
         })
     }
 
@@ -143,7 +161,7 @@ impl RedisStore {
 
     /// A self-reconnecting connection that gives up on a request quickly, so a
     /// Redis outage turns into clear errors rather than hung players.
-    pub(crate) async fn connection(url: &str) -> Result<ConnectionManager, StoreError> {
+    pub(crate) async fn connection(url: impl redis::IntoConnectionInfo) -> Result<ConnectionManager, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -300,7 +318,7 @@ impl RedisStore {
 
     /// Where operators' look-ups by id find the session, for as long as its
     /// session token lives (the admission and take-over scripts write it too).
-    fn index_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, id: SessionId) {
+    pub(super) fn index_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, id: SessionId) {
         pipe.cmd("SET")
             .arg(keys::session_index(id))
             .arg(keys::index_value(pool))
@@ -469,6 +487,7 @@ impl SessionStore for RedisStore {
         limits: Limits,
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
+        self.admitting()?;
         // Twice at most: a first "lost" reply makes this node put its sessions back
         // (and learn the new epoch), so they count before anyone is admitted beside them.
         for _ in 0..2 {
@@ -522,6 +541,7 @@ impl SessionStore for RedisStore {
         new: NewSession,
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
+        self.admitting()?;
         let reply = self
             .run_on(
                 pool,
