@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::clock::Clock;
+use super::events::{EventKind, RefusalReason, SessionEvent};
 use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
 use super::pool::{ActiveSession, Limits, NewSession, Refusal};
@@ -240,6 +241,12 @@ impl SessionControl {
                     session = %granted.session.id,
                     "session granted"
                 );
+                self.events.report(SessionEvent::new(
+                    EventKind::Granted,
+                    &pool,
+                    Some(granted.session.id),
+                    Some(&granted.session.name),
+                ));
                 Ok(CreateOutcome::Granted {
                     pool,
                     offer_id: offer.offer_id,
@@ -256,6 +263,7 @@ impl SessionControl {
                     limit = limits.sessions,
                     "session refused: the customer holds as many sessions as the offer allows"
                 );
+                self.report_refusal(&pool, RefusalReason::LimitExceeded, request.name);
                 Ok(CreateOutcome::LimitExceeded {
                     takeover_enabled: offer.takeover_enabled,
                     active: full.active,
@@ -273,6 +281,7 @@ impl SessionControl {
                     max,
                     "create refused: the customer holds sessions in publishers.max_pools_per_customer pools"
                 );
+                self.report_refusal(&pool, RefusalReason::TooManyPools, request.name);
                 Ok(CreateOutcome::TooManyPools { max })
             }
         }
@@ -311,7 +320,28 @@ impl SessionControl {
             victim = %victim,
             "session taken over"
         );
-        self.events.ended(&pool, victim, EndCause::TakenOver);
+        let by = &done.granted.session;
+        self.events.report(SessionEvent::new(
+            EventKind::TakenOver {
+                by: by.id,
+                by_name: by.name.clone(),
+            },
+            &pool,
+            Some(victim),
+            Some(&done.victim.name),
+        ));
+        self.events.report(SessionEvent::ended(
+            &pool,
+            victim,
+            Some(&done.victim.name),
+            EndCause::TakenOver,
+        ));
+        self.events.report(SessionEvent::new(
+            EventKind::Granted,
+            &pool,
+            Some(by.id),
+            Some(&by.name),
+        ));
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
             self.notifier.notify(holder, Control::TakeOver { session_name });
@@ -378,15 +408,12 @@ impl SessionControl {
         holder: Holder,
         cause: EndCause,
     ) -> Result<bool, ControlError> {
-        let ended = self
-            .store
-            .end(pool, id, Some(holder), self.clock.now())
-            .await?
-            .is_some();
-        if ended {
-            self.events.ended(pool, id, cause);
+        let ended = self.store.end(pool, id, Some(holder), self.clock.now()).await?;
+        if let Some(session) = &ended {
+            self.events
+                .report(SessionEvent::ended(pool, id, Some(&session.name), cause));
         }
-        Ok(ended)
+        Ok(ended.is_some())
     }
 
     /// Ends a session on behalf of an operator (or its owner) and closes its socket.
@@ -396,7 +423,7 @@ impl SessionControl {
             .end(pool, id, None, self.clock.now())
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
-        self.events.ended(pool, id, EndCause::Kicked);
+        self.report_kicked(pool, &session);
         self.expire(&session);
         Ok(session)
     }
@@ -406,7 +433,7 @@ impl SessionControl {
     pub async fn kick_customer(&self, customer: &Customer, offer_id: Option<&str>) -> Result<usize, ControlError> {
         let ended = self.store.end_customer(customer, offer_id, self.clock.now()).await?;
         for (pool, session) in &ended {
-            self.events.ended(pool, session.id, EndCause::Kicked);
+            self.report_kicked(pool, session);
             self.expire(session);
         }
         Ok(ended.len())
@@ -415,6 +442,21 @@ impl SessionControl {
     /// A page of a customer's sessions, for operators.
     pub async fn customer_sessions(&self, query: &SessionQuery) -> Result<SessionPage, ControlError> {
         Ok(self.store.customer_sessions(query, self.clock.now()).await?)
+    }
+
+    /// A refused create, as an event (no session was made: no id).
+    fn report_refusal(&self, pool: &PoolKey, reason: RefusalReason, name: &str) {
+        let kind = EventKind::Refused { reason, enforced: true };
+        self.events.report(SessionEvent::new(kind, pool, None, Some(name)));
+    }
+
+    /// A session an operator (or its owner) ended: kicked, then ended.
+    fn report_kicked(&self, pool: &PoolKey, session: &Session) {
+        let name = Some(session.name.as_str());
+        self.events
+            .report(SessionEvent::new(EventKind::Kicked, pool, Some(session.id), name));
+        self.events
+            .report(SessionEvent::ended(pool, session.id, name, EndCause::Kicked));
     }
 
     /// Tells the socket still bound to an ended session, if any: EXPIRED.
@@ -451,7 +493,9 @@ impl SessionControl {
         loop {
             let bite = local.reap_some(now, REAP_BITE).await?;
             for (pool, session) in &bite.dead {
-                self.events.ended(pool, session.id, EndCause::of_dead(session.state));
+                let cause = EndCause::of_dead(session.state);
+                self.events
+                    .report(SessionEvent::ended(pool, session.id, Some(&session.name), cause));
                 self.expire(session);
             }
             reaped += bite.dead.len();

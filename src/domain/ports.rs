@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::clock::Millis;
+use super::events::{EventKind, SessionEvent};
 use super::journal::JournalBatch;
 use super::listing::{SessionPage, SessionQuery};
 use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
@@ -249,9 +250,19 @@ impl EndCause {
     }
 }
 
-/// Told of every session that ends (counted, and logged as an event).
+/// Told of every session that ends (counted, and logged as an event), and of
+/// every other [`SessionEvent`] control reports. Both are called on the request
+/// path, some under a pool's lock: an implementation never blocks or waits (a
+/// push onto a bounded queue at most).
 pub trait SessionEvents: Send + Sync + 'static {
     fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause);
+
+    /// One event. By default only ends are heard, through [`Self::ended`].
+    fn report(&self, event: SessionEvent) {
+        if let (EventKind::Ended { cause }, Some(id)) = (&event.kind, event.session_id) {
+            self.ended(&event.pool, id, *cause);
+        }
+    }
 }
 
 /// For stores and tests that report to nobody.
