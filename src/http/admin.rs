@@ -23,7 +23,7 @@ use crate::state::AppState;
 /// first: said once here for the OpenAPI document (the bodies are built by ApiError).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
-enum AdminKeyRefusals {
+pub(super) enum AdminKeyRefusals {
     /// Unauthorized: no admin key, or not the right one
     #[response(status = 401)]
     Unauthorized(ErrorBody),
@@ -158,7 +158,7 @@ impl From<&Offer> for OfferView {
     }
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+pub(super) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(ApiError::InvalidRequest(format!(
             "{what} must be 1 to {MAX_ID_BYTES} bytes"
