@@ -10,11 +10,13 @@ mod conformance;
 mod connections;
 mod cors;
 mod crash_safety;
+mod events_stream;
 mod fuzz;
 mod helpers;
 mod metrics;
 mod offers;
 mod openapi;
+mod outbox_conformance;
 mod players;
 mod pools;
 mod rate_limits;
@@ -30,6 +32,7 @@ mod support_process;
 mod support_redis;
 mod takeover;
 mod tokens;
+mod webhooks;
 mod websocket;
 
 #[tokio::test]
