@@ -249,4 +249,15 @@ mod tests {
         ));
         assert!(check("http://127.0.0.1:9/hook", true).await.is_ok());
     }
+
+    #[tokio::test]
+    async fn the_delivery_resolver_drops_private_addresses_unless_allowed() {
+        let name = |host: &str| host.parse::<Name>().unwrap_or_else(|_| unreachable!());
+        let refused = GuardedResolver { allow_private: false }
+            .resolve(name("localhost"))
+            .await;
+        assert!(refused.is_err());
+        let allowed = GuardedResolver { allow_private: true }.resolve(name("localhost")).await;
+        assert!(allowed.is_ok_and(|mut addrs| addrs.next().is_some()));
+    }
 }

@@ -183,3 +183,32 @@ async fn a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events(s: S
     // Another publisher's outbox is its own.
     assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 1);
 }
+
+/// PostgreSQL only: several nodes claim from one outbox, and never the same event.
+#[tokio::test]
+async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
+    let server = PgServer::start().await;
+    let nodes = [
+        super::settings_postgres::repo(&server).await,
+        super::settings_postgres::repo(&server).await,
+    ];
+    nodes[0].create_publisher(&publisher("p")).await.unwrap();
+    nodes[0].put_webhook(&hook("p")).await.unwrap();
+    let events: Vec<_> = (0..60).map(|n| event("p", &format!("k{n}"), n)).collect();
+    nodes[0].enqueue(&events, 1000).await.unwrap();
+    let mut claimed = Vec::new();
+    // Bounded: 60 events, at least one claimed per round while any are due.
+    for _ in 0..60 {
+        let (a, b) = tokio::join!(nodes[0].claim(NOW, LEASE, 7), nodes[1].claim(NOW, LEASE, 7));
+        let round: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+        if round.is_empty() {
+            break;
+        }
+        claimed.extend(round.into_iter().map(|c| c.message_id));
+    }
+    let total = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), total, "an event was claimed twice");
+    assert_eq!(total, 60);
+}

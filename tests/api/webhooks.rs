@@ -535,3 +535,46 @@ async fn bad_webhooks_are_refused_with_a_reason() {
     expect_error(response, 404, "NotFound").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_private_target_is_refused_at_delivery_too_once_the_operator_disallows_it() {
+    let app = webhook_app(|s| s.webhooks.max_attempts = 2).await;
+    let receiver = Receiver::start().await;
+    let port = receiver
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook")
+        .to_owned();
+    // Registered while allowed: an IP literal, and a name that resolves to loopback
+    // (what a DNS answer changed after registration looks like).
+    for (publisher, url) in [
+        ("1", receiver.url.clone()),
+        ("2", format!("http://localhost:{port}/hook")),
+    ] {
+        app.put_offer(publisher, "o", 1, &[]).await;
+        let body = json!({"url": url, "secret": SECRET, "events": ["session.granted"]});
+        assert_eq!(put_webhook(&app, publisher, body).await.status(), 200);
+    }
+    let (mut settings, data_dir) = app.stop().await;
+    settings.webhooks.allow_private_targets = false;
+    let app = crate::helpers::restart_with(settings, data_dir).await;
+    for publisher in ["1", "2"] {
+        app.create_ok(&app.token(publisher, "42"), "o", "TV").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for publisher in ["1", "2"] {
+        loop {
+            let view = webhook_view(&app, publisher).await;
+            if view["outbox"]["deadLettered"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "publisher {publisher}: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(receiver.deliveries().is_empty(), "{:?}", receiver.deliveries());
+    receiver.stop();
+    app.stop().await;
+}
