@@ -216,15 +216,47 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     /// them before the lease ends, and a node that died mid-attempt leaves them to
     /// be claimed again then.
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError>;
+    /// Records what attempts came to, in one transaction.
+    async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError>;
     /// The event was delivered: it leaves the outbox.
-    async fn delivered(&self, id: i64) -> Result<(), SettingsError>;
+    async fn delivered(&self, id: i64) -> Result<(), SettingsError> {
+        self.settle(&[Settled::Delivered { id }]).await
+    }
     /// The attempt failed: try again at `next_at`.
-    async fn retry(&self, id: i64, attempts: u32, next_at: Millis, error: &str) -> Result<(), SettingsError>;
+    async fn retry(&self, id: i64, attempts: u32, next_at: Millis, error: &str) -> Result<(), SettingsError> {
+        let error = error.to_owned();
+        self.settle(&[Settled::Retry {
+            id,
+            attempts,
+            next_at,
+            error,
+        }])
+        .await
+    }
     /// Given up on: kept as a dead letter (no longer claimed, still counted
     /// against the cap until newer events need the room).
-    async fn dead_letter(&self, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError>;
+    async fn dead_letter(&self, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
+        let error = error.to_owned();
+        self.settle(&[Settled::Dead { id, attempts, error }]).await
+    }
     /// Waiting and dead-lettered events of one publisher.
     async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError>;
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Delivered: the event leaves the outbox, and the next of its key is due.
+    Delivered { id: i64 },
+    /// Failed: tried again at `next_at`.
+    Retry {
+        id: i64,
+        attempts: u32,
+        next_at: Millis,
+        error: String,
+    },
+    /// Given up on: a dead letter, and the next of its key is due.
+    Dead { id: i64, attempts: u32, error: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

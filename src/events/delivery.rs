@@ -18,7 +18,7 @@ use super::signature;
 use super::target::{self, GuardedResolver};
 use crate::config::{Settings, WebhookSettings};
 use crate::domain::Millis;
-use crate::domain::events::Claimed;
+use crate::domain::events::{Claimed, Settled};
 
 /// How long a claimed event is kept from other claims beyond the request's own
 /// timeout: a node that dies mid-attempt leaves it to be claimed again then.
@@ -95,14 +95,30 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
                 // Stopping mid-round: the claims are given back, due at once, so
                 // the next start sends them without waiting out the lease (a
                 // receiver that got one already sees it twice: at least once).
-                for c in &claimed {
-                    let _ = events.outbox.retry(c.id, c.attempts, now_ms(), "interrupted by shutdown").await;
-                }
+                let given_back: Vec<_> = claimed
+                    .iter()
+                    .map(|c| Settled::Retry {
+                        id: c.id,
+                        attempts: c.attempts,
+                        next_at: now_ms(),
+                        error: "interrupted by shutdown".into(),
+                    })
+                    .collect();
+                let _ = tokio::time::timeout(DB_TIMEOUT, events.outbox.settle(&given_back)).await;
                 return;
             }
         };
-        for (c, outcome) in outcomes {
-            record(&events, &c, outcome, w).await;
+        // One transaction for the round: a commit per event would cost more
+        // than the event's request.
+        let settled: Vec<_> = outcomes
+            .into_iter()
+            .map(|(c, outcome)| settle(&c, outcome, &events, w))
+            .collect();
+        match tokio::time::timeout(DB_TIMEOUT, events.outbox.settle(&settled)).await {
+            Ok(Ok(())) => {}
+            // The claims' leases run out and the events are tried again: at least once.
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record webhook deliveries"),
+            Err(_) => tracing::warn!("could not record webhook deliveries within {DB_TIMEOUT:?}"),
         }
     }
 }
@@ -166,13 +182,14 @@ async fn attempt(
     (c, outcome)
 }
 
-async fn record(events: &Events, c: &Claimed, outcome: Outcome, w: &WebhookSettings) {
-    let written = match outcome {
+/// What the round's outcomes mean for the outbox, counted and logged.
+fn settle(c: &Claimed, outcome: Outcome, events: &Events, w: &WebhookSettings) -> Settled {
+    match outcome {
         Outcome::Delivered => {
             events.counters.delivered.increment(1);
-            events.outbox.delivered(c.id).await
+            Settled::Delivered { id: c.id }
         }
-        Outcome::NoWebhook => events.outbox.delivered(c.id).await,
+        Outcome::NoWebhook => Settled::Delivered { id: c.id },
         Outcome::Failed(error) => {
             let attempts = c.attempts.saturating_add(1);
             let now = now_ms();
@@ -186,7 +203,11 @@ async fn record(events: &Events, c: &Claimed, outcome: Outcome, w: &WebhookSetti
                     error = %error,
                     "webhook event dead-lettered: webhooks.max_attempts or webhooks.max_age reached"
                 );
-                events.outbox.dead_letter(c.id, attempts, &error).await
+                Settled::Dead {
+                    id: c.id,
+                    attempts,
+                    error,
+                }
             } else {
                 events.counters.failed.increment(1);
                 let wait = backoff(attempts, w.retry_base, w.retry_max);
@@ -198,14 +219,14 @@ async fn record(events: &Events, c: &Claimed, outcome: Outcome, w: &WebhookSetti
                     error = %error,
                     "webhook delivery failed; will retry"
                 );
-                let next_at = now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                events.outbox.retry(c.id, attempts, next_at, &error).await
+                Settled::Retry {
+                    id: c.id,
+                    attempts,
+                    next_at: now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+                    error,
+                }
             }
         }
-    };
-    if let Err(e) = written {
-        // The claim's lease runs out and the event is tried again: at least once.
-        tracing::warn!(error = %e, message = %c.message_id, "could not record a webhook delivery");
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{WAITING, db_err, events_column, short, to_i64, webhook_from};
 use crate::domain::Millis;
-use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Webhook, WebhookOutbox};
+use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
 use crate::store::sqlite::SqliteSettings;
 
@@ -157,44 +157,19 @@ impl WebhookOutbox for SqliteSettings {
         Ok(claimed)
     }
 
-    async fn delivered(&self, id: i64) -> Result<(), SettingsError> {
+    async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
         let mut tx = self.pool().begin().await.map_err(db_err)?;
-        let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ? RETURNING ordering_key")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if let Some(key) = key {
-            promote_next(&mut tx, &key).await?;
-        }
-        tx.commit().await.map_err(db_err)
-    }
-
-    async fn retry(&self, id: i64, attempts: u32, next_at: Millis, error: &str) -> Result<(), SettingsError> {
-        sqlx::query("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
-            .bind(i64::from(attempts))
-            .bind(to_i64(next_at))
-            .bind(short(error))
-            .bind(id)
-            .execute(self.pool())
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
-        let mut tx = self.pool().begin().await.map_err(db_err)?;
-        let key: Option<String> = sqlx::query_scalar(
-            "UPDATE webhook_outbox SET dead = 1, attempts = ?, last_error = ? WHERE id = ? RETURNING ordering_key",
-        )
-        .bind(i64::from(attempts))
-        .bind(short(error))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(key) = key {
-            promote_next(&mut tx, &key).await?;
+        for outcome in outcomes {
+            match outcome {
+                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Retry {
+                    id,
+                    attempts,
+                    next_at,
+                    error,
+                } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
+                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+            }
         }
         tx.commit().await.map_err(db_err)
     }
@@ -216,6 +191,57 @@ impl WebhookOutbox for SqliteSettings {
             dead: count("dead")?,
         })
     }
+}
+
+async fn delivered(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), SettingsError> {
+    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ? RETURNING ordering_key")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    if let Some(key) = key {
+        promote_next(tx, &key).await?;
+    }
+    Ok(())
+}
+
+async fn retry(
+    tx: &mut sqlx::SqliteConnection,
+    id: i64,
+    attempts: u32,
+    next_at: Millis,
+    error: &str,
+) -> Result<(), SettingsError> {
+    sqlx::query("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
+        .bind(i64::from(attempts))
+        .bind(to_i64(next_at))
+        .bind(short(error))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+async fn dead_letter(
+    tx: &mut sqlx::SqliteConnection,
+    id: i64,
+    attempts: u32,
+    error: &str,
+) -> Result<(), SettingsError> {
+    let key: Option<String> = sqlx::query_scalar(
+        "UPDATE webhook_outbox SET dead = 1, attempts = ?, last_error = ? WHERE id = ? RETURNING ordering_key",
+    )
+    .bind(i64::from(attempts))
+    .bind(short(error))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if let Some(key) = key {
+        promote_next(tx, &key).await?;
+    }
+    Ok(())
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
