@@ -55,6 +55,7 @@ pub struct Events {
     counters: EventCounters,
     /// One permit per open stream (`events.max_streams`).
     streams: Arc<Semaphore>,
+    max_streams: usize,
     /// Wakes the delivery when events were written.
     written: Arc<Notify>,
 }
@@ -82,6 +83,7 @@ impl Events {
             outbox,
             counters: meter.event_counters(),
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
+            max_streams: settings.events.max_streams,
             written: Arc::new(Notify::new()),
         });
         events.reload().await?;
@@ -150,7 +152,9 @@ impl SessionEvents for Events {
             .subscriptions
             .get(&event.pool.publisher_id)
             .is_some_and(|mask| *mask & event_type.bit() != 0);
-        let streamed = self.stream.receiver_count() > 0;
+        // The permits tell with an atomic read, where the broadcast's own count
+        // takes a lock: this runs for every event.
+        let streamed = self.streams.available_permits() < self.max_streams;
         if !wanted && !streamed {
             return;
         }
