@@ -20,9 +20,14 @@ use crate::config::{Settings, WebhookSettings};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Settled};
 
-/// How long a claimed event is kept from other claims beyond the request's own
-/// timeout: a node that dies mid-attempt leaves it to be claimed again then.
+/// How long a claimed event is kept from other claims beyond the requests' own
+/// timeouts: a node that dies mid-attempt leaves it to be claimed again then.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Events claimed per round, in waves of `webhooks.max_in_flight`: a round costs
+/// two write transactions (the claim, the outcomes), and each commit of SQLite
+/// waits for the disk, so a round of one wave spent more time committing than
+/// sending when the receiver is fast.
+const WAVES_PER_ROUND: u32 = 8;
 /// The longest one database call of the loop may take.
 const DB_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,7 +60,9 @@ struct Prepared {
 
 pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Settings>, shutdown: CancellationToken) {
     let w = &settings.webhooks;
-    let lease = u64::try_from((w.request_timeout + LEASE_MARGIN).as_millis()).unwrap_or(u64::MAX);
+    let per_round = w.max_in_flight.saturating_mul(WAVES_PER_ROUND);
+    // Long enough for every wave of a round to time out, one after the other.
+    let lease = u64::try_from((w.request_timeout * WAVES_PER_ROUND + LEASE_MARGIN).as_millis()).unwrap_or(u64::MAX);
     let mut next_reload = tokio::time::Instant::now() + w.poll_interval;
     while !shutdown.is_cancelled() {
         if tokio::time::Instant::now() >= next_reload {
@@ -64,15 +71,14 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
                 tracing::warn!(error = %e, "could not re-read the webhooks");
             }
         }
-        let claimed =
-            match tokio::time::timeout(DB_TIMEOUT, events.outbox.claim(now_ms(), lease, w.max_in_flight)).await {
-                Ok(Ok(claimed)) => claimed,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not read the webhook outbox");
-                    Vec::new()
-                }
-                Err(_) => Vec::new(),
-            };
+        let claimed = match tokio::time::timeout(DB_TIMEOUT, events.outbox.claim(now_ms(), lease, per_round)).await {
+            Ok(Ok(claimed)) => claimed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the webhook outbox");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
         if claimed.is_empty() {
             tokio::select! {
                 () = events.written.notified() => {}

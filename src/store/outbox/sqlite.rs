@@ -11,6 +11,12 @@ use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settle
 use crate::domain::ports::SettingsError;
 use crate::store::sqlite::SqliteSettings;
 
+/// Every write transaction here takes the write lock at its start: a deferred
+/// one that reads first (the cap's count) and writes later cannot wait for
+/// another writer (the journal, the delivery) and fails with "database is
+/// locked" at once, where this one waits out the busy timeout.
+const IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
     async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError> {
@@ -66,7 +72,7 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError> {
-        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
         let gone = sqlx::query("DELETE FROM webhooks WHERE publisher_id = ?")
             .bind(publisher_id)
             .execute(&mut *tx)
@@ -83,7 +89,7 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
         let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
         for e in events {
@@ -158,7 +164,7 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
-        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
         for outcome in outcomes {
             match outcome {
                 Settled::Delivered { id } => delivered(&mut tx, *id).await?,
