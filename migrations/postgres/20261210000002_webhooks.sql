@@ -32,3 +32,25 @@ CREATE TABLE webhook_outbox (
 CREATE INDEX webhook_outbox_due ON webhook_outbox (dead, next_attempt_at);
 CREATE INDEX webhook_outbox_key ON webhook_outbox (ordering_key, dead, id);
 CREATE INDEX webhook_outbox_publisher ON webhook_outbox (publisher_id, dead, id);
+
+-- Rows per publisher, kept by a trigger: the cap is checked on every batch, and a
+-- COUNT(*) over a backlog of 100k rows on each would cost more than the batch.
+CREATE TABLE webhook_outbox_counts (
+    publisher_id TEXT PRIMARY KEY NOT NULL,
+    held         BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE FUNCTION webhook_outbox_count() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO webhook_outbox_counts (publisher_id, held) VALUES (NEW.publisher_id, 1)
+            ON CONFLICT (publisher_id) DO UPDATE SET held = webhook_outbox_counts.held + 1;
+        RETURN NEW;
+    END IF;
+    UPDATE webhook_outbox_counts SET held = held - 1 WHERE publisher_id = OLD.publisher_id;
+    RETURN OLD;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER webhook_outbox_counted AFTER INSERT OR DELETE ON webhook_outbox
+    FOR EACH ROW EXECUTE FUNCTION webhook_outbox_count();

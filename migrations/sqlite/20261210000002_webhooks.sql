@@ -32,3 +32,21 @@ CREATE TABLE webhook_outbox (
 CREATE INDEX webhook_outbox_due ON webhook_outbox (dead, next_attempt_at);
 CREATE INDEX webhook_outbox_key ON webhook_outbox (ordering_key, dead, id);
 CREATE INDEX webhook_outbox_publisher ON webhook_outbox (publisher_id, dead, id);
+
+-- Rows per publisher, kept by triggers: the cap is checked on every batch, and a
+-- COUNT(*) over a backlog of 100k rows on each would cost more than the batch.
+CREATE TABLE webhook_outbox_counts (
+    publisher_id TEXT PRIMARY KEY NOT NULL,
+    held         INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TRIGGER webhook_outbox_counted AFTER INSERT ON webhook_outbox
+BEGIN
+    INSERT INTO webhook_outbox_counts (publisher_id, held) VALUES (NEW.publisher_id, 1)
+        ON CONFLICT (publisher_id) DO UPDATE SET held = held + 1;
+END;
+
+CREATE TRIGGER webhook_outbox_uncounted AFTER DELETE ON webhook_outbox
+BEGIN
+    UPDATE webhook_outbox_counts SET held = held - 1 WHERE publisher_id = OLD.publisher_id;
+END;

@@ -463,11 +463,18 @@ async fn a_receiver_down_for_long_fills_the_outbox_to_its_cap_and_no_further() {
     }
     let view = webhook_view(&app, "1").await;
     assert_eq!(view["outbox"]["pending"], 6, "{view}");
-    // The receiver comes back: what the outbox kept is delivered, oldest first.
+    // The receiver comes back: what the outbox kept (the oldest: the first two
+    // sessions' events) is delivered, each session's in order.
     let receiver = Receiver::start_on(closed).await;
     let got = receiver.wait_for("the six kept", |d| d.len() >= 6).await;
-    assert_eq!(got[0].event_type(), "session.granted");
-    assert_eq!(got[0].json()["data"]["sessionName"], "S0");
+    for name in ["S0", "S1"] {
+        let types: Vec<_> = got
+            .iter()
+            .filter(|d| d.json()["data"]["sessionName"] == name)
+            .map(Delivery::event_type)
+            .collect();
+        assert_eq!(types, ["session.granted", "session.kicked", "session.ended"], "{name}");
+    }
     receiver.stop();
     app.stop().await;
 }

@@ -262,8 +262,9 @@ async fn room_for(tx: &mut sqlx::PgConnection, publisher_id: &str, cap: u64) -> 
     Ok(cap.saturating_sub(held))
 }
 
+/// The rows the publisher's outbox holds, as the triggers count them.
 async fn count_rows(tx: &mut sqlx::PgConnection, publisher_id: &str) -> Result<i64, SettingsError> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox WHERE publisher_id = $1")
+    sqlx::query_scalar("SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0)")
         .bind(publisher_id)
         .fetch_one(tx)
         .await
