@@ -19,6 +19,7 @@ use crate::domain::Clock;
 use crate::domain::control::{ControlParts, SessionControl, UnavailablePolicy};
 use crate::domain::journal::Journal;
 use crate::domain::ports::SessionArchive;
+use crate::events::{Events, Loops};
 use crate::limits::Limits;
 use crate::meter::Meter;
 use crate::net::{Drain, Server};
@@ -45,6 +46,8 @@ pub struct App {
     journal: Option<Arc<Journal>>,
     /// Cluster mode: the loops that run beside Redis.
     cluster: Option<Cluster>,
+    /// The outbox writer and the webhooks' delivery.
+    event_loops: Loops,
     background: TaskTracker,
 }
 
@@ -59,6 +62,8 @@ impl App {
         let verifier = customer_verifier(&settings)?;
         warn_about_dev_keys(&settings);
         let meter = Arc::new(Meter::new());
+        let settings = Arc::new(settings);
+        let (events, event_loops) = session_events(&settings, &db, &meter).await?;
         let sessions = open_sessions(&settings, &meter).await?;
         let control = Arc::new(session_control(&settings, &db, &sessions, &meter));
         if sessions.cluster.is_none() {
@@ -77,9 +82,10 @@ impl App {
             meter,
             readiness: Arc::new(readiness),
             fallback_ws_url: format!("ws://{addr}/ws").into(),
-            settings: Arc::new(settings),
+            settings,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            events,
         });
         Ok(Self {
             listener,
@@ -91,6 +97,7 @@ impl App {
             db,
             journal: sessions.journal,
             cluster: sessions.cluster,
+            event_loops,
             background: TaskTracker::new(),
         })
     }
@@ -138,6 +145,7 @@ impl App {
             db,
             journal,
             cluster,
+            event_loops,
             background,
         } = self;
         let shutdown = state.shutdown.clone();
@@ -145,6 +153,7 @@ impl App {
             spawn_journal(&background, journal, &db, &state);
         }
         spawn_liveness_and_upkeep(&background, &state);
+        event_loops.spawn(&background, &shutdown)?;
         if let Some(cluster) = cluster {
             cluster.spawn(&background, &shutdown);
         }
@@ -173,6 +182,20 @@ async fn open_settings_db(settings: &Settings) -> anyhow::Result<SettingsDb> {
         SettingsBackend::Sqlite => store::sqlite::open(&settings.storage).await,
         SettingsBackend::Postgres => store::postgres::open(&settings.storage).await,
     }
+}
+
+/// Session events: every event the meter hears goes on to the live stream and,
+/// through the outbox, to the publishers' webhooks.
+async fn session_events(
+    settings: &Arc<Settings>,
+    db: &SettingsDb,
+    meter: &Arc<Meter>,
+) -> anyhow::Result<(Arc<Events>, Loops)> {
+    let (events, loops) = Events::open(settings, db.webhooks.clone(), meter)
+        .await
+        .context("cannot read the webhooks from the settings database")?;
+    meter.forward_events(events.clone());
+    Ok((events, loops))
 }
 
 /// The session store the configuration names (`storage.sessions`), its sockets

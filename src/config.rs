@@ -41,8 +41,57 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub cors: CorsSettings,
     pub metrics: MetricsSettings,
+    pub events: EventSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub web: WebSettings,
+}
+
+/// Session events: the queue behind every report, and the operators' live stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events waiting to be written to the webhooks' outbox; past it, new ones
+    /// are dropped and counted.
+    pub outbox_queue: usize,
+    /// Events written to the outbox in one transaction at most.
+    pub outbox_batch: usize,
+    /// Events a stream reader may fall behind by before it skips ahead.
+    pub stream_buffer: usize,
+    /// Concurrent `GET /admin/v1/events` streams.
+    pub max_streams: usize,
+    #[serde(with = "humantime_serde")]
+    pub stream_keep_alive: Duration,
+}
+
+/// Delivery of session events to publishers' webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Allow webhook URLs on loopback, private, link-local or otherwise
+    /// non-public addresses (checked at registration and at every connection).
+    pub allow_private_targets: bool,
+    /// Events waiting or dead-lettered per publisher, at most.
+    pub outbox_cap: u64,
+    /// Attempts before an event is dead-lettered.
+    pub max_attempts: u32,
+    /// Age after which a failing event is dead-lettered, whatever its attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The wait after the first failure; doubled after each (with jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// One request, from connect to the end of the answer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests in flight at once from this node.
+    pub max_in_flight: u32,
+    /// How often the outbox is looked at when nothing new arrived, and the
+    /// webhooks re-read (changes made on other nodes).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -543,6 +592,7 @@ impl Settings {
             }
         }
         self.validate_auth()?;
+        self.validate_events()?;
         if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             bail!(
                 "invalid configuration: log.level {:?} is not a valid filter",
@@ -586,6 +636,47 @@ impl Settings {
                 &st.postgres_client_cert,
                 &st.postgres_client_key,
             )?;
+        }
+        Ok(())
+    }
+
+    fn validate_events(&self) -> anyhow::Result<()> {
+        let (e, w) = (&self.events, &self.webhooks);
+        for (name, value, range) in [
+            ("events.outbox_queue", e.outbox_queue, 1..=10_000_000),
+            ("events.outbox_batch", e.outbox_batch, 1..=10_000),
+            ("events.stream_buffer", e.stream_buffer, 1..=1_000_000),
+            ("events.max_streams", e.max_streams, 0..=10_000),
+            ("webhooks.max_in_flight", w.max_in_flight as usize, 1..=1_000),
+            ("webhooks.max_attempts", w.max_attempts as usize, 1..=1_000),
+            (
+                "webhooks.outbox_cap",
+                usize::try_from(w.outbox_cap).unwrap_or(usize::MAX),
+                1..=100_000_000,
+            ),
+        ] {
+            if !range.contains(&value) {
+                bail!(
+                    "invalid configuration: {name} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                );
+            }
+        }
+        for (name, value) in [
+            ("events.stream_keep_alive", e.stream_keep_alive),
+            ("webhooks.max_age", w.max_age),
+            ("webhooks.retry_base", w.retry_base),
+            ("webhooks.retry_max", w.retry_max),
+            ("webhooks.request_timeout", w.request_timeout),
+            ("webhooks.poll_interval", w.poll_interval),
+        ] {
+            if value.is_zero() {
+                bail!("invalid configuration: {name} must be longer than 0");
+            }
+        }
+        if w.retry_max < w.retry_base {
+            bail!("invalid configuration: webhooks.retry_max must be at least webhooks.retry_base");
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod healthcheck;
 pub mod http;
 pub mod limits;

@@ -19,6 +19,9 @@ use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedS
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::domain::policy::LimitPolicy;
+use std::sync::{Arc, OnceLock};
+
+use crate::domain::events::{EventKind, SessionEvent};
 use crate::domain::ports::{EndCause, SessionEvents, SessionsByState};
 use crate::domain::{PoolKey, SessionId};
 
@@ -124,6 +127,27 @@ pub struct Meter {
     /// [`MAX_OVER_LIMIT_SERIES`] of them: offer ids are the operator's, except
     /// under `unknownOffers = each`, where players may make them up.
     over_limit: DashMap<(String, String), Counter, foldhash::fast::RandomState>,
+    /// Where session events go once counted (the live stream and the webhooks'
+    /// outbox): set once by the app, so that every reporter that holds the meter
+    /// (control, the stores) reaches them without being rewired.
+    forward: OnceLock<Arc<dyn SessionEvents>>,
+}
+
+/// The counters of the session events' way out (`crate::events`), registered once.
+#[derive(Clone)]
+pub struct EventCounters {
+    /// `drisc_session_events_dropped_total{reason}`: `queue_full` (the outbox
+    /// writer's queue), `outbox_full` (a publisher's outbox at its cap),
+    /// `outbox_error` (the database refused a batch).
+    pub dropped_queue_full: Counter,
+    pub dropped_outbox_full: Counter,
+    pub dropped_outbox_error: Counter,
+    /// `drisc_webhook_deliveries_total{outcome}`: delivered, failed (retried), dead_lettered.
+    pub delivered: Counter,
+    pub failed: Counter,
+    pub dead_lettered: Counter,
+    /// `drisc_event_streams_lagged_total`: events a slow stream reader skipped.
+    pub stream_lagged: Counter,
 }
 
 /// Series of `drisc_sessions_over_limit_total` beyond which would-be refusals
@@ -172,6 +196,7 @@ impl Meter {
             ],
             http_requests: DashMap::default(),
             over_limit: DashMap::default(),
+            forward: OnceLock::new(),
             recorder,
             handle,
         };
@@ -186,6 +211,39 @@ impl Meter {
             && let Some(c) = self.admissions.get(i)
         {
             c.increment(1);
+        }
+    }
+
+    /// Sends every session event, once counted and logged, on to `sink` too. Set
+    /// once; later calls are ignored.
+    pub fn forward_events(&self, sink: Arc<dyn SessionEvents>) {
+        let _ = self.forward.set(sink);
+    }
+
+    /// The counters of the events' way out, registered (and shown at 0) now.
+    pub fn event_counters(&self) -> EventCounters {
+        let counter = |name: &'static str, label: &'static str, value: &'static str| {
+            let c = self.recorder.register_counter(
+                &Key::from_parts(name, vec![Label::from_static_parts(label, value)]),
+                &METADATA,
+            );
+            c.increment(0);
+            c
+        };
+        let dropped = "drisc_session_events_dropped_total";
+        let deliveries = "drisc_webhook_deliveries_total";
+        let lagged = self
+            .recorder
+            .register_counter(&Key::from_static_name("drisc_event_streams_lagged_total"), &METADATA);
+        lagged.increment(0);
+        EventCounters {
+            dropped_queue_full: counter(dropped, "reason", "queue_full"),
+            dropped_outbox_full: counter(dropped, "reason", "outbox_full"),
+            dropped_outbox_error: counter(dropped, "reason", "outbox_error"),
+            delivered: counter(deliveries, "outcome", "delivered"),
+            failed: counter(deliveries, "outcome", "failed"),
+            dead_lettered: counter(deliveries, "outcome", "dead_lettered"),
+            stream_lagged: lagged,
         }
     }
 
@@ -306,20 +364,31 @@ impl Meter {
 
 impl SessionEvents for Meter {
     fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause) {
-        if let Some(i) = EndCause::ALL.iter().position(|c| *c == cause)
-            && let Some(c) = self.ended.get(i)
-        {
-            c.increment(1);
+        self.report(SessionEvent::ended(pool, id, None, cause));
+    }
+
+    fn report(&self, event: SessionEvent) {
+        if let (EventKind::Ended { cause }, Some(id)) = (&event.kind, event.session_id) {
+            let cause = *cause;
+            if let Some(i) = EndCause::ALL.iter().position(|c| *c == cause)
+                && let Some(c) = self.ended.get(i)
+            {
+                c.increment(1);
+            }
+            let pool = &event.pool;
+            tracing::info!(
+                event = "session_ended",
+                cause = cause.as_str(),
+                publisher = %pool.publisher_id,
+                customer = %pool.customer_id,
+                offer = %pool.offer_id,
+                session = %id,
+                "session ended"
+            );
         }
-        tracing::info!(
-            event = "session_ended",
-            cause = cause.as_str(),
-            publisher = %pool.publisher_id,
-            customer = %pool.customer_id,
-            offer = %pool.offer_id,
-            session = %id,
-            "session ended"
-        );
+        if let Some(sink) = self.forward.get() {
+            sink.report(event);
+        }
     }
 
     /// `drisc_sessions_over_limit_total{publisher, offer}`: the would-be
@@ -388,6 +457,18 @@ fn describe(r: &PrometheusRecorder) {
             "Malformed or unknown WebSocket messages ignored",
         ),
         ("drisc_store_errors_total", "Session store operations that failed"),
+        (
+            "drisc_session_events_dropped_total",
+            "Session events not written to a webhook outbox, by reason (queue_full, outbox_full, outbox_error)",
+        ),
+        (
+            "drisc_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, failed and retried, dead_lettered)",
+        ),
+        (
+            "drisc_event_streams_lagged_total",
+            "Session events skipped by slow readers of GET /admin/v1/events",
+        ),
         (
             "drisc_rate_limited_total",
             "Requests or sockets refused by a rate limit (customer, failed_auth, websocket)",

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{CustomerVerifier, SessionTokens};
 use crate::config::Settings;
 use crate::domain::control::SessionControl;
+use crate::events::Events;
 use crate::limits::Limits;
 use crate::meter::Meter;
 use crate::readiness::Readiness;
@@ -52,4 +53,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks socket tasks, so shutdown can wait for them before saving sessions.
     pub connections: TaskTracker,
+    /// Session events: the live stream and the publishers' webhooks.
+    pub events: Arc<Events>,
 }

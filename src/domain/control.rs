@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::clock::Clock;
 use super::clock::Millis;
+use super::events::{EventKind, RefusalReason, SessionEvent};
 use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
 use super::policy::{self, AtLimit, CustomerOverride, EVICT_TRIES, LimitPolicy, OverrideKey};
@@ -246,6 +247,12 @@ impl SessionControl {
                     session = %granted.session.id,
                     "session granted"
                 );
+                self.events.report(SessionEvent::new(
+                    EventKind::Granted,
+                    &pool,
+                    Some(granted.session.id),
+                    Some(&granted.session.name),
+                ));
                 Ok(CreateOutcome::Granted {
                     pool,
                     offer_id: offer.offer_id,
@@ -262,6 +269,7 @@ impl SessionControl {
                     limit = limits.sessions,
                     "session refused: the customer holds as many sessions as the offer allows"
                 );
+                self.report_refusal(&pool, RefusalReason::LimitExceeded, request.name);
                 Ok(CreateOutcome::LimitExceeded {
                     takeover_enabled: offer.takeover_enabled,
                     active: full.active,
@@ -277,6 +285,7 @@ impl SessionControl {
                     limit = ?limits.customer_sessions,
                     "session refused: the customer holds as many sessions across offers as the publisher allows"
                 );
+                self.report_refusal(&pool, RefusalReason::HouseholdLimit, request.name);
                 // `/takeover` replaces a session of the requested offer's pool
                 // only, and these may be in any pool: the player is not offered it
                 // (DELETE /me/sessions/{id} frees one of them).
@@ -297,6 +306,7 @@ impl SessionControl {
                     max,
                     "create refused: the customer holds sessions in publishers.max_pools_per_customer pools"
                 );
+                self.report_refusal(&pool, RefusalReason::TooManyPools, request.name);
                 Ok(CreateOutcome::TooManyPools { max })
             }
         }
@@ -343,6 +353,11 @@ impl SessionControl {
                 AtLimit::Refuse => return Ok(refused),
                 AtLimit::AdmitPastLimit => {
                     self.events.over_limit(pool, limits.sessions, on_limit);
+                    let kind = EventKind::Refused {
+                        reason: RefusalReason::LimitExceeded,
+                        enforced: false,
+                    };
+                    self.events.report(SessionEvent::new(kind, pool, None, Some(&new.name)));
                     let unbounded = Limits {
                         sessions: u32::MAX,
                         ..limits
@@ -375,7 +390,7 @@ impl SessionControl {
             victim = %done.victim.id,
             "session taken over: its pool was full and the offer evicts the oldest"
         );
-        self.events.ended(pool, done.victim.id, EndCause::TakenOver);
+        self.report_taken_over(pool, done);
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
             self.notifier.notify(holder, Control::TakeOver { session_name });
@@ -415,7 +430,14 @@ impl SessionControl {
             victim = %victim,
             "session taken over"
         );
-        self.events.ended(&pool, victim, EndCause::TakenOver);
+        self.report_taken_over(&pool, &done);
+        let by = &done.granted.session;
+        self.events.report(SessionEvent::new(
+            EventKind::Granted,
+            &pool,
+            Some(by.id),
+            Some(&by.name),
+        ));
         if let Some(holder) = done.victim.holder {
             let session_name = done.granted.session.name.clone();
             self.notifier.notify(holder, Control::TakeOver { session_name });
@@ -482,15 +504,12 @@ impl SessionControl {
         holder: Holder,
         cause: EndCause,
     ) -> Result<bool, ControlError> {
-        let ended = self
-            .store
-            .end(pool, id, Some(holder), self.clock.now())
-            .await?
-            .is_some();
-        if ended {
-            self.events.ended(pool, id, cause);
+        let ended = self.store.end(pool, id, Some(holder), self.clock.now()).await?;
+        if let Some(session) = &ended {
+            self.events
+                .report(SessionEvent::ended(pool, id, Some(&session.name), cause));
         }
-        Ok(ended)
+        Ok(ended.is_some())
     }
 
     /// Ends a session on behalf of an operator (or its owner) and closes its socket.
@@ -500,7 +519,7 @@ impl SessionControl {
             .end(pool, id, None, self.clock.now())
             .await?
             .ok_or(ControlError::SessionNotFound(id))?;
-        self.events.ended(pool, id, EndCause::Kicked);
+        self.report_kicked(pool, &session);
         self.expire(&session);
         Ok(session)
     }
@@ -510,7 +529,7 @@ impl SessionControl {
     pub async fn kick_customer(&self, customer: &Customer, offer_id: Option<&str>) -> Result<usize, ControlError> {
         let ended = self.store.end_customer(customer, offer_id, self.clock.now()).await?;
         for (pool, session) in &ended {
-            self.events.ended(pool, session.id, EndCause::Kicked);
+            self.report_kicked(pool, session);
             self.expire(session);
         }
         Ok(ended.len())
@@ -519,6 +538,39 @@ impl SessionControl {
     /// A page of a customer's sessions, for operators.
     pub async fn customer_sessions(&self, query: &SessionQuery) -> Result<SessionPage, ControlError> {
         Ok(self.store.customer_sessions(query, self.clock.now()).await?)
+    }
+
+    /// A session replaced by another (a takeover, or `evict_oldest`), as events:
+    /// `session.taken_over` then `session.ended` (cause `taken_over`).
+    fn report_taken_over(&self, pool: &PoolKey, done: &TakenOver) {
+        let by = &done.granted.session;
+        let victim = &done.victim;
+        self.events.report(SessionEvent::new(
+            EventKind::TakenOver {
+                by: by.id,
+                by_name: by.name.clone(),
+            },
+            pool,
+            Some(victim.id),
+            Some(&victim.name),
+        ));
+        self.events
+            .report(SessionEvent::ended(pool, victim.id, Some(&victim.name), EndCause::TakenOver));
+    }
+
+    /// A refused create, as an event (no session was made: no id).
+    fn report_refusal(&self, pool: &PoolKey, reason: RefusalReason, name: &str) {
+        let kind = EventKind::Refused { reason, enforced: true };
+        self.events.report(SessionEvent::new(kind, pool, None, Some(name)));
+    }
+
+    /// A session an operator (or its owner) ended: kicked, then ended.
+    fn report_kicked(&self, pool: &PoolKey, session: &Session) {
+        let name = Some(session.name.as_str());
+        self.events
+            .report(SessionEvent::new(EventKind::Kicked, pool, Some(session.id), name));
+        self.events
+            .report(SessionEvent::ended(pool, session.id, name, EndCause::Kicked));
     }
 
     /// Tells the socket still bound to an ended session, if any: EXPIRED.
@@ -555,7 +607,9 @@ impl SessionControl {
         loop {
             let bite = local.reap_some(now, REAP_BITE).await?;
             for (pool, session) in &bite.dead {
-                self.events.ended(pool, session.id, EndCause::of_dead(session.state));
+                let cause = EndCause::of_dead(session.state);
+                self.events
+                    .report(SessionEvent::ended(pool, session.id, Some(&session.name), cause));
                 self.expire(session);
             }
             reaped += bite.dead.len();

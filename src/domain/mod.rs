@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod clock;
 pub mod control;
+pub mod events;
 pub mod journal;
 pub mod listing;
 pub mod liveness;

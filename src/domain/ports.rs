@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::clock::Millis;
+use super::events::{EventKind, SessionEvent};
 use super::journal::JournalBatch;
 use super::listing::{SessionPage, SessionQuery};
 use super::policy::{CustomerOverride, LimitPolicy, OverrideKey};
@@ -266,7 +267,10 @@ impl EndCause {
     }
 }
 
-/// Told of every session that ends (counted, and logged as an event).
+/// Told of every session that ends (counted, and logged as an event), and of
+/// every other [`SessionEvent`] control reports. Both are called on the request
+/// path, some under a pool's lock: an implementation never blocks or waits (a
+/// push onto a bounded queue at most).
 pub trait SessionEvents: Send + Sync + 'static {
     fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause);
 
@@ -275,6 +279,13 @@ pub trait SessionEvents: Send + Sync + 'static {
     /// the place a session event for it belongs.
     fn over_limit(&self, pool: &PoolKey, limit: u32, policy: LimitPolicy) {
         let _ = (pool, limit, policy);
+    }
+
+    /// One event. By default only ends are heard, through [`Self::ended`].
+    fn report(&self, event: SessionEvent) {
+        if let (EventKind::Ended { cause }, Some(id)) = (&event.kind, event.session_id) {
+            self.ended(&event.pool, id, *cause);
+        }
     }
 }
 

@@ -225,7 +225,7 @@ impl From<&Offer> for OfferView {
     }
 }
 
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+pub(super) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(ApiError::InvalidRequest(format!(
             "{what} must be 1 to {MAX_ID_BYTES} bytes"

@@ -1,6 +1,7 @@
 //! The HTTP API: one small router per resource, and the layers they share.
 
 mod admin;
+mod events;
 mod extract;
 mod health;
 mod me;
@@ -66,7 +67,7 @@ fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppSta
         .merge(metrics::router())
         .merge(openapi::router())
         .merge(crate::web::router())
-        .nest("/admin/v1", admin::router());
+        .nest("/admin/v1", admin::router().merge(events::router()));
     // The probes after the layers, so outside them: a prober's 503 (draining, a
     // store down) is an answer, not a failure to log at ERROR every few seconds,
     // and browsers never call the probes (no CORS).

@@ -179,6 +179,39 @@ struct Door {
 /// Marks the request in flight for as long as its handler runs.
 struct InFlight(Arc<Entry>);
 
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// A response body that keeps its request in flight until it ends.
+struct Streaming {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Streaming {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.request_ended();
@@ -217,7 +250,19 @@ impl hyper::service::Service<Request<Incoming>> for Door {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 shared.table.upgraded(&in_flight.0);
             }
-            drop((permit, in_flight));
+            drop(permit);
+            if is_event_stream(&response) {
+                // A stream (GET /admin/v1/events) is a request in flight for as
+                // long as its body: the connection is busy, so neither the idle
+                // deadline nor shedding closes it between two events.
+                return Ok(response.map(|body| {
+                    axum::body::Body::new(Streaming {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                }));
+            }
+            drop(in_flight);
             Ok(response)
         })
     }

@@ -7,7 +7,8 @@
 //! store to time and count its operations; `sqlite` keeps publisher settings and
 //! the sessions saved across a restart; `postgres` keeps the same for the nodes of
 //! a cluster; `cached_settings` keeps the publishers' settings admission reads;
-//! `private_files` keeps the embedded database readable by the server's user only.
+//! `outbox` keeps the publishers' webhooks and the durable outbox of their
+//! events (both databases); `private_files` keeps the embedded database readable by the server's user only.
 //!
 //! `sqlite::open` and `postgres::open` return a [`SettingsDb`]; `memory::open` and
 //! `redis::open` return [`Sessions`]: the port trait objects the app wires, so
@@ -16,6 +17,7 @@
 pub mod cached_settings;
 pub mod instrumented;
 pub mod memory;
+mod outbox;
 pub mod postgres;
 pub mod private_files;
 pub mod redis;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::domain::events::WebhookOutbox;
 use crate::domain::journal::Journal;
 use crate::domain::ports::{LocalSessions, Notifier, SessionArchive, SessionStore, SettingsError, SettingsRepo};
 use crate::readiness::Probe;
@@ -42,16 +45,19 @@ pub struct SettingsDb {
     pub archive: Arc<dyn SessionArchive>,
     pub probe: Arc<dyn Probe>,
     pub server: Arc<dyn ServerData>,
+    /// The publishers' webhooks and the outbox of their events.
+    pub webhooks: Arc<dyn WebhookOutbox>,
 }
 
 impl SettingsDb {
-    fn of<D: SettingsRepo + SessionArchive + Probe + ServerData>(db: D) -> Self {
+    fn of<D: SettingsRepo + SessionArchive + Probe + ServerData + WebhookOutbox>(db: D) -> Self {
         let db = Arc::new(db);
         Self {
             repo: db.clone(),
             archive: db.clone(),
             probe: db.clone(),
-            server: db,
+            server: db.clone(),
+            webhooks: db,
         }
     }
 }

@@ -126,6 +126,11 @@ impl PostgresSettings {
     pub async fn close(&self) {
         self.db.close().await;
     }
+
+    /// The connections, for the webhooks' outbox (`store::outbox`).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.db
+    }
 }
 
 /// Opens the cluster's settings database at `storage.postgres_url`.

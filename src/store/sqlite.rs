@@ -75,6 +75,11 @@ impl SqliteSettings {
     pub async fn close(&self) {
         self.db.close().await;
     }
+
+    /// The connections, for the webhooks' outbox (`store::outbox`).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.db
+    }
 }
 
 /// Opens the embedded database, `drisc.db` in `storage.data_dir` (made 0700 if

@@ -104,6 +104,11 @@ impl TestApp {
     }
 }
 
+/// Starts a server again from what [`TestApp::stop`] returned (any free port).
+pub async fn restart_with(settings: Settings, data_dir: Arc<tempfile::TempDir>) -> TestApp {
+    start(settings, data_dir).await
+}
+
 // ---------------------------------------------------------------------------
 // What players and the operator send: one client for any server
 

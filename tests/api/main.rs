@@ -10,6 +10,7 @@ mod conformance;
 mod connections;
 mod cors;
 mod crash_safety;
+mod events_stream;
 mod fuzz;
 mod helpers;
 mod limit_conformance;
@@ -19,6 +20,7 @@ mod metrics;
 mod offers;
 mod openapi;
 mod overrides;
+mod outbox_conformance;
 mod players;
 mod pools;
 mod rate_limits;
@@ -37,6 +39,7 @@ mod support_redis;
 mod takeover;
 mod tokens;
 mod web;
+mod webhooks;
 mod websocket;
 
 #[tokio::test]

@@ -1,0 +1,286 @@
+//! Session events: what control reports as sessions are granted, refused, taken
+//! over, kicked and ended, for the operators' live stream and the publishers'
+//! webhooks; and the port of the durable outbox those webhooks are sent from.
+//!
+//! Reporting an event is a cheap push that never waits (see
+//! [`super::ports::SessionEvents`]); everything that can be slow (writing the
+//! outbox, calling a publisher's endpoint) happens behind it, off the admission path.
+
+use async_trait::async_trait;
+
+use super::clock::Millis;
+use super::ports::{EndCause, SettingsError};
+use super::session::{PoolKey, SessionId};
+
+/// The kinds of event, as named on the wire (`type` in the JSON body, `event:` in
+/// the stream) and in a webhook's `events` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Granted,
+    Refused,
+    TakenOver,
+    Ended,
+    Kicked,
+}
+
+impl EventType {
+    pub const ALL: [Self; 5] = [Self::Granted, Self::Refused, Self::TakenOver, Self::Ended, Self::Kicked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "session.granted",
+            Self::Refused => "session.refused",
+            Self::TakenOver => "session.taken_over",
+            Self::Ended => "session.ended",
+            Self::Kicked => "session.kicked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// One bit per type, for the cheap "does this publisher want it" test.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Why a create was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The pool holds as many sessions as the offer allows.
+    LimitExceeded,
+    /// The customer holds sessions in as many pools as the server allows.
+    TooManyPools,
+    /// The customer holds as many sessions across all offers as the publisher's
+    /// household cap (`customerSessionLimit`) allows.
+    HouseholdLimit,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LimitExceeded => "limit_exceeded",
+            Self::TooManyPools => "too_many_pools",
+            Self::HouseholdLimit => "household_limit",
+        }
+    }
+}
+
+/// What happened, with what only that kind of event carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Granted,
+    /// `enforced: false` is a refusal that a limit in shadow mode (an offer's
+    /// `onLimit: "monitor"`) would have made, while the session was granted: the
+    /// same type, so that a receiver counting refusals sees what enforcing would do.
+    Refused {
+        reason: RefusalReason,
+        enforced: bool,
+    },
+    /// The event's session was taken over by the session `by` (named `by_name`).
+    /// The taken-over session also gets a `session.ended` with cause `taken_over`.
+    TakenOver {
+        by: SessionId,
+        by_name: String,
+    },
+    Ended {
+        cause: EndCause,
+    },
+    /// An operator (or the session's owner) ended it; a `session.ended` with
+    /// cause `kicked` follows.
+    Kicked,
+}
+
+impl EventKind {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Self::Granted => EventType::Granted,
+            Self::Refused { .. } => EventType::Refused,
+            Self::TakenOver { .. } => EventType::TakenOver,
+            Self::Ended { .. } => EventType::Ended,
+            Self::Kicked => EventType::Kicked,
+        }
+    }
+}
+
+/// One session event. The time is stamped by whoever receives the report (the
+/// wall clock when it is reported), since some reporters (a store pruning dead
+/// sessions) have no clock at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    pub kind: EventKind,
+    /// The pool: publisher, customer, and the offer the pool is of.
+    pub pool: PoolKey,
+    /// None for a refusal: no session was made.
+    pub session_id: Option<SessionId>,
+    /// The session's name, where the reporter knows it.
+    pub session_name: Option<String>,
+}
+
+impl SessionEvent {
+    pub fn new(kind: EventKind, pool: &PoolKey, session_id: Option<SessionId>, session_name: Option<&str>) -> Self {
+        Self {
+            kind,
+            pool: pool.clone(),
+            session_id,
+            session_name: session_name.map(str::to_owned),
+        }
+    }
+
+    pub fn ended(pool: &PoolKey, id: SessionId, name: Option<&str>, cause: EndCause) -> Self {
+        Self::new(EventKind::Ended { cause }, pool, Some(id), name)
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.kind.event_type()
+    }
+}
+
+/// A publisher's webhook: where its events are sent, signed with `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub publisher_id: String,
+    pub url: String,
+    /// `whsec_` and the base64 of the signing key (Standard Webhooks).
+    pub secret: String,
+    /// The types sent; never empty.
+    pub events: Vec<EventType>,
+}
+
+impl Webhook {
+    pub fn wants(&self, t: EventType) -> bool {
+        self.events.contains(&t)
+    }
+
+    /// The event types as a bit set ([`EventType::bit`]).
+    pub fn mask(&self) -> u8 {
+        self.events.iter().fold(0, |m, t| m | t.bit())
+    }
+}
+
+/// An event to write to the outbox, its JSON body already made (the body is
+/// signed byte for byte, so it is made once and kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// `webhook-id`: the same on every attempt, so a receiver can drop duplicates.
+    pub message_id: String,
+    pub publisher_id: String,
+    /// Events with the same key are delivered in the order they were written, each
+    /// only after the one before succeeded (or was given up on): the session id,
+    /// or the message id for an event of no session (a refusal).
+    pub ordering_key: String,
+    pub event_type: EventType,
+    pub body: String,
+    /// When the event was reported (unix ms).
+    pub created_at: Millis,
+}
+
+/// An outbox row claimed for one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: i64,
+    pub message_id: String,
+    pub publisher_id: String,
+    pub body: String,
+    pub created_at: Millis,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What one batch written to the outbox did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    pub written: u64,
+    /// Refused because the publisher's outbox held its cap of undelivered events.
+    pub refused_full: u64,
+}
+
+/// Publishers' webhooks and the durable outbox their events wait in, in the
+/// settings database. The outbox is a queue with one head per ordering key:
+/// [`WebhookOutbox::claim`] only hands out the oldest undelivered event of each
+/// key, so a session's later event waits for the earlier one.
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + 'static {
+    async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError>;
+    /// Every publisher's webhook (one per publisher at most).
+    async fn webhooks(&self) -> Result<Vec<Webhook>, SettingsError>;
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<(), SettingsError>;
+    /// Removes the webhook and the events still waiting for it. False if there was none.
+    async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError>;
+
+    /// Writes a batch in one transaction, in the order given. A publisher whose
+    /// outbox holds `cap` rows (waiting or dead-lettered) first loses its oldest
+    /// dead letters; if it is still full, the new events are refused and counted.
+    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError>;
+
+    /// Claims at most `limit` events due at `now`, each the oldest undelivered one
+    /// of its ordering key, for `lease` ms: nobody else (no other node) claims
+    /// them before the lease ends, and a node that died mid-attempt leaves them to
+    /// be claimed again then.
+    async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError>;
+    /// Records what attempts came to, in one transaction.
+    async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError>;
+    /// The event was delivered: it leaves the outbox.
+    async fn delivered(&self, id: i64) -> Result<(), SettingsError> {
+        self.settle(&[Settled::Delivered { id }]).await
+    }
+    /// The attempt failed: try again at `next_at`.
+    async fn retry(&self, id: i64, attempts: u32, next_at: Millis, error: &str) -> Result<(), SettingsError> {
+        let error = error.to_owned();
+        self.settle(&[Settled::Retry {
+            id,
+            attempts,
+            next_at,
+            error,
+        }])
+        .await
+    }
+    /// Given up on: kept as a dead letter (no longer claimed, still counted
+    /// against the cap until newer events need the room).
+    async fn dead_letter(&self, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
+        let error = error.to_owned();
+        self.settle(&[Settled::Dead { id, attempts, error }]).await
+    }
+    /// Waiting and dead-lettered events of one publisher.
+    async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError>;
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Delivered: the event leaves the outbox, and the next of its key is due.
+    Delivered { id: i64 },
+    /// Failed: tried again at `next_at`.
+    Retry {
+        id: i64,
+        attempts: u32,
+        next_at: Millis,
+        error: String,
+    },
+    /// Given up on: a dead letter, and the next of its key is due.
+    Dead { id: i64, attempts: u32, error: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub dead: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip_and_have_distinct_bits() {
+        let mut bits = 0u8;
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(bits & t.bit(), 0);
+            bits |= t.bit();
+        }
+        assert_eq!(EventType::parse("session.unknown"), None);
+    }
+}

@@ -1,0 +1,53 @@
+//! The publishers' webhooks and the durable outbox of their events
+//! ([`WebhookOutbox`]), in the settings database: `sqlite` for one node,
+//! `postgres` for a cluster (where several nodes claim from the same outbox).
+//!
+//! Order per session is kept by the rows themselves: a new row whose ordering key
+//! already has an undelivered row waits at [`WAITING`] and is made due when the
+//! row before it leaves (delivered, dead-lettered), so claiming is a range scan
+//! over due rows whatever the backlog.
+
+mod postgres;
+mod sqlite;
+
+use crate::domain::events::{EventType, Webhook};
+use crate::domain::ports::SettingsError;
+
+/// `next_attempt_at` of a row waiting for an earlier row of its key.
+const WAITING: i64 = i64::MAX;
+
+/// The longest error kept on a row (a receiver's answer may be long).
+const MAX_ERROR_BYTES: usize = 512;
+
+fn db_err(e: impl std::fmt::Display) -> SettingsError {
+    SettingsError::Database(e.to_string())
+}
+
+fn events_column(events: &[EventType]) -> String {
+    events.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn webhook_from(publisher_id: String, url: String, secret: String, events: &str) -> Webhook {
+    Webhook {
+        publisher_id,
+        url,
+        secret,
+        // Types this version does not know (a newer node wrote them) are skipped.
+        events: events.split(',').filter_map(EventType::parse).collect(),
+    }
+}
+
+fn short(error: &str) -> &str {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error;
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
+}
+
+fn to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,286 @@
+//! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
+//! a claim locks the rows it takes and skips the rows another node is taking.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{WAITING, db_err, events_column, short, to_i64, webhook_from};
+use crate::domain::Millis;
+use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
+use crate::domain::ports::SettingsError;
+use crate::store::postgres::PostgresSettings;
+
+#[async_trait]
+impl WebhookOutbox for PostgresSettings {
+    async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError> {
+        let row = sqlx::query("SELECT publisher_id, url, secret, events FROM webhooks WHERE publisher_id = $1")
+            .bind(publisher_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err)?;
+        row.map(|r| {
+            let events: String = r.try_get("events").map_err(db_err)?;
+            Ok(webhook_from(
+                r.try_get("publisher_id").map_err(db_err)?,
+                r.try_get("url").map_err(db_err)?,
+                r.try_get("secret").map_err(db_err)?,
+                &events,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn webhooks(&self) -> Result<Vec<Webhook>, SettingsError> {
+        let rows = sqlx::query("SELECT publisher_id, url, secret, events FROM webhooks ORDER BY publisher_id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let events: String = r.try_get("events").map_err(db_err)?;
+                Ok(webhook_from(
+                    r.try_get("publisher_id").map_err(db_err)?,
+                    r.try_get("url").map_err(db_err)?,
+                    r.try_get("secret").map_err(db_err)?,
+                    &events,
+                ))
+            })
+            .collect()
+    }
+
+    async fn put_webhook(&self, w: &Webhook) -> Result<(), SettingsError> {
+        sqlx::query(
+            "INSERT INTO webhooks (publisher_id, url, secret, events) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (publisher_id) DO UPDATE SET url = excluded.url, secret = excluded.secret, \
+             events = excluded.events, updated_at = now()",
+        )
+        .bind(&w.publisher_id)
+        .bind(&w.url)
+        .bind(&w.secret)
+        .bind(events_column(&w.events))
+        .execute(self.pool())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError> {
+        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let gone = sqlx::query("DELETE FROM webhooks WHERE publisher_id = $1")
+            .bind(publisher_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        sqlx::query("DELETE FROM webhook_outbox WHERE publisher_id = $1")
+            .bind(publisher_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(gone > 0)
+    }
+
+    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
+        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut room: HashMap<&str, u64> = HashMap::new();
+        let mut done = Enqueued::default();
+        for e in events {
+            let left = match room.get(e.publisher_id.as_str()) {
+                Some(left) => *left,
+                None => {
+                    let left = room_for(&mut tx, &e.publisher_id, cap).await?;
+                    room.insert(&e.publisher_id, left);
+                    left
+                }
+            };
+            if left == 0 {
+                done.refused_full += 1;
+                continue;
+            }
+            room.insert(&e.publisher_id, left - 1);
+            sqlx::query(
+                "INSERT INTO webhook_outbox \
+                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox \
+                 WHERE ordering_key = $3 AND NOT dead) THEN $7 ELSE $6 END)",
+            )
+            .bind(&e.message_id)
+            .bind(&e.publisher_id)
+            .bind(&e.ordering_key)
+            .bind(e.event_type.as_str())
+            .bind(&e.body)
+            .bind(to_i64(e.created_at))
+            .bind(WAITING)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            done.written += 1;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(done)
+    }
+
+    async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
+        // The rows chosen are locked, and rows another node has locked are
+        // skipped; the outer condition is checked again on the locked row, so a
+        // row another node leased meanwhile is not taken twice.
+        let rows = sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $1 WHERE id IN ( \
+               SELECT o.id FROM webhook_outbox o \
+               WHERE NOT o.dead AND o.next_attempt_at <= $2 \
+                 AND o.id = (SELECT MIN(i.id) FROM webhook_outbox i \
+                             WHERE i.ordering_key = o.ordering_key AND NOT i.dead) \
+               ORDER BY o.next_attempt_at, o.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             AND next_attempt_at <= $2 \
+             RETURNING id, message_id, publisher_id, body, created_at, attempts",
+        )
+        .bind(to_i64(now.saturating_add(lease)))
+        .bind(to_i64(now))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err)?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    id: r.try_get("id").map_err(db_err)?,
+                    message_id: r.try_get("message_id").map_err(db_err)?,
+                    publisher_id: r.try_get("publisher_id").map_err(db_err)?,
+                    body: r.try_get("body").map_err(db_err)?,
+                    created_at: u64::try_from(r.try_get::<i64, _>("created_at").map_err(db_err)?).unwrap_or(0),
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err)?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, SettingsError>>()?;
+        claimed.sort_by_key(|c| c.id);
+        Ok(claimed)
+    }
+
+    async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
+        let mut tx = self.pool().begin().await.map_err(db_err)?;
+        for outcome in outcomes {
+            match outcome {
+                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Retry {
+                    id,
+                    attempts,
+                    next_at,
+                    error,
+                } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
+                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE NOT dead) AS pending, \
+             COUNT(*) FILTER (WHERE dead) AS dead FROM webhook_outbox WHERE publisher_id = $1",
+        )
+        .bind(publisher_id)
+        .fetch_one(self.pool())
+        .await
+        .map_err(db_err)?;
+        let count = |name| -> Result<u64, SettingsError> {
+            Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(db_err)?).unwrap_or(0))
+        };
+        Ok(OutboxCounts {
+            pending: count("pending")?,
+            dead: count("dead")?,
+        })
+    }
+}
+
+async fn delivered(tx: &mut sqlx::PgConnection, id: i64) -> Result<(), SettingsError> {
+    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = $1 RETURNING ordering_key")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    if let Some(key) = key {
+        promote_next(tx, &key).await?;
+    }
+    Ok(())
+}
+
+async fn retry(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    attempts: u32,
+    next_at: Millis,
+    error: &str,
+) -> Result<(), SettingsError> {
+    sqlx::query("UPDATE webhook_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4")
+        .bind(i64::from(attempts))
+        .bind(to_i64(next_at))
+        .bind(short(error))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+async fn dead_letter(tx: &mut sqlx::PgConnection, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
+    let key: Option<String> = sqlx::query_scalar(
+        "UPDATE webhook_outbox SET dead = TRUE, attempts = $1, last_error = $2 WHERE id = $3 RETURNING ordering_key",
+    )
+    .bind(i64::from(attempts))
+    .bind(short(error))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if let Some(key) = key {
+        promote_next(tx, &key).await?;
+    }
+    Ok(())
+}
+
+/// How many more rows the publisher's outbox takes under `cap`, after dropping
+/// as many of its oldest dead letters as the room needs.
+async fn room_for(tx: &mut sqlx::PgConnection, publisher_id: &str, cap: u64) -> Result<u64, SettingsError> {
+    let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
+    if held < cap {
+        return Ok(cap - held);
+    }
+    // Full: make room from the dead letters, oldest first (a slice at a time).
+    sqlx::query(
+        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox \
+         WHERE publisher_id = $1 AND dead ORDER BY id LIMIT 1000)",
+    )
+    .bind(publisher_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
+    Ok(cap.saturating_sub(held))
+}
+
+/// The rows the publisher's outbox holds, as the triggers count them.
+async fn count_rows(tx: &mut sqlx::PgConnection, publisher_id: &str) -> Result<i64, SettingsError> {
+    sqlx::query_scalar("SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0)")
+        .bind(publisher_id)
+        .fetch_one(tx)
+        .await
+        .map_err(db_err)
+}
+
+/// The row after the one that left (of the same key) is due now.
+async fn promote_next(tx: &mut sqlx::PgConnection, key: &str) -> Result<(), SettingsError> {
+    sqlx::query(
+        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id = (SELECT MIN(id) FROM webhook_outbox \
+         WHERE ordering_key = $1 AND NOT dead) AND next_attempt_at = $2",
+    )
+    .bind(key)
+    .bind(WAITING)
+    .execute(tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The webhooks' outbox (`WebhookOutbox`) on both settings databases: SQLite and
+//! a real PostgreSQL must keep webhooks, order per session, leases, the cap and
+//! dead letters the same way.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use drisc::domain::events::{EventType, OutboxEvent, Webhook, WebhookOutbox};
+use drisc::domain::ports::SettingsRepo;
+use drisc::store::SqliteSettings;
+
+use super::settings_conformance::publisher;
+use super::support_postgres::PgServer;
+
+pub struct Subject {
+    outbox: Arc<dyn WebhookOutbox>,
+    repo: Arc<dyn SettingsRepo>,
+    _home: Box<dyn Any + Send>,
+}
+
+impl Subject {
+    async fn sqlite() -> Subject {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("drisc.db")).await.unwrap();
+        Subject {
+            outbox: Arc::new(db.clone()),
+            repo: Arc::new(db),
+            _home: Box::new(dir),
+        }
+    }
+
+    async fn postgres() -> Subject {
+        let server = PgServer::start().await;
+        let db = super::settings_postgres::repo(&server).await;
+        Subject {
+            outbox: Arc::new(db.clone()),
+            repo: Arc::new(db),
+            _home: Box::new(server),
+        }
+    }
+
+    async fn with_webhook(self, publisher_id: &str) -> Subject {
+        self.repo.create_publisher(&publisher(publisher_id)).await.unwrap();
+        self.outbox.put_webhook(&hook(publisher_id)).await.unwrap();
+        self
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() { super::$name(super::Subject::sqlite().await).await; })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() { super::$name(super::Subject::postgres().await).await; })*
+        }
+    };
+}
+
+conformance!(
+    a_webhook_is_put_read_replaced_and_deleted_with_its_events,
+    only_the_oldest_undelivered_event_of_a_session_is_claimed,
+    a_claimed_event_is_not_claimed_again_until_its_lease_ends_or_it_is_retried,
+    a_dead_letter_lets_the_next_event_of_its_session_go,
+    a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events,
+);
+
+fn hook(publisher_id: &str) -> Webhook {
+    Webhook {
+        publisher_id: publisher_id.into(),
+        url: format!("https://example.com/{publisher_id}"),
+        secret: "whsec_dGhpcy1pcy1hLXRlc3Qtc2VjcmV0LW9mLTMyLWJ5dGVz".into(),
+        events: vec![EventType::Granted, EventType::Ended],
+    }
+}
+
+fn event(publisher_id: &str, key: &str, n: u64) -> OutboxEvent {
+    OutboxEvent {
+        message_id: format!("msg_{key}_{n}"),
+        publisher_id: publisher_id.into(),
+        ordering_key: key.into(),
+        event_type: EventType::Granted,
+        body: format!("{{\"n\":{n}}}"),
+        created_at: 1_000 + n,
+    }
+}
+
+const NOW: u64 = 1_000_000;
+const LEASE: u64 = 60_000;
+
+async fn a_webhook_is_put_read_replaced_and_deleted_with_its_events(s: Subject) {
+    let s = s.with_webhook("p").await;
+    assert_eq!(s.outbox.webhook("p").await.unwrap(), Some(hook("p")));
+    let mut changed = hook("p");
+    changed.url = "https://example.org/other".into();
+    changed.events = vec![EventType::Kicked];
+    s.outbox.put_webhook(&changed).await.unwrap();
+    assert_eq!(s.outbox.webhooks().await.unwrap(), vec![changed]);
+    s.outbox.enqueue(&[event("p", "a", 1)], 10).await.unwrap();
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 1);
+    assert!(s.outbox.delete_webhook("p").await.unwrap());
+    assert!(!s.outbox.delete_webhook("p").await.unwrap());
+    assert_eq!(s.outbox.webhook("p").await.unwrap(), None);
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
+}
+
+async fn only_the_oldest_undelivered_event_of_a_session_is_claimed(s: Subject) {
+    let s = s.with_webhook("p").await;
+    let batch = [
+        event("p", "a", 1),
+        event("p", "b", 2),
+        event("p", "a", 3),
+        event("p", "a", 4),
+    ];
+    let done = s.outbox.enqueue(&batch, 100).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (4, 0));
+    let claimed = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(ids, ["msg_a_1", "msg_b_2"]);
+    assert_eq!(claimed[0].body, "{\"n\":1}");
+    assert_eq!(claimed[0].attempts, 0);
+    s.outbox.delivered(claimed[0].id).await.unwrap();
+    let next = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = next.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(ids, ["msg_a_3"]);
+    s.outbox.delivered(next[0].id).await.unwrap();
+    let last = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].message_id, "msg_a_4");
+    // An event written after its session's queue emptied is due at once.
+    s.outbox.delivered(last[0].id).await.unwrap();
+    s.outbox.enqueue(&[event("p", "a", 5)], 100).await.unwrap();
+    let again = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, "msg_a_5");
+}
+
+async fn a_claimed_event_is_not_claimed_again_until_its_lease_ends_or_it_is_retried(s: Subject) {
+    let s = s.with_webhook("p").await;
+    s.outbox.enqueue(&[event("p", "a", 1)], 100).await.unwrap();
+    let claimed = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(s.outbox.claim(NOW + LEASE - 1, LEASE, 10).await.unwrap().is_empty());
+    let after_lease = s.outbox.claim(NOW + LEASE, LEASE, 10).await.unwrap();
+    assert_eq!(after_lease.len(), 1, "a node that died mid-attempt leaves it to others");
+    s.outbox.retry(claimed[0].id, 1, NOW + 5, "HTTP 500").await.unwrap();
+    assert!(s.outbox.claim(NOW + 4, LEASE, 10).await.unwrap().is_empty());
+    let retried = s.outbox.claim(NOW + 5, LEASE, 10).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].attempts, 1);
+}
+
+async fn a_dead_letter_lets_the_next_event_of_its_session_go(s: Subject) {
+    let s = s.with_webhook("p").await;
+    s.outbox
+        .enqueue(&[event("p", "a", 1), event("p", "a", 2)], 100)
+        .await
+        .unwrap();
+    let claimed = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    s.outbox.dead_letter(claimed[0].id, 3, "HTTP 500").await.unwrap();
+    let counts = s.outbox.outbox_counts("p").await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (1, 1));
+    let next = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].message_id, "msg_a_2");
+}
+
+async fn a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events(s: Subject) {
+    let s = s.with_webhook("p").await.with_webhook("q").await;
+    let first: Vec<_> = (0..3).map(|n| event("p", &format!("k{n}"), n)).collect();
+    assert_eq!(s.outbox.enqueue(&first, 3).await.unwrap().written, 3);
+    let claimed = s.outbox.claim(NOW, LEASE, 1).await.unwrap();
+    s.outbox.dead_letter(claimed[0].id, 5, "gone").await.unwrap();
+    // Full (2 waiting + 1 dead): the dead letter makes room for one, then refusals.
+    let more = [event("p", "x", 10), event("p", "y", 11), event("q", "z", 12)];
+    let done = s.outbox.enqueue(&more, 3).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (2, 1));
+    let counts = s.outbox.outbox_counts("p").await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (3, 0));
+    // Another publisher's outbox is its own.
+    assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 1);
+}
+
+/// PostgreSQL only: several nodes claim from one outbox, and never the same event.
+#[tokio::test]
+async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
+    let server = PgServer::start().await;
+    let nodes = [
+        super::settings_postgres::repo(&server).await,
+        super::settings_postgres::repo(&server).await,
+    ];
+    nodes[0].create_publisher(&publisher("p")).await.unwrap();
+    nodes[0].put_webhook(&hook("p")).await.unwrap();
+    let events: Vec<_> = (0..60).map(|n| event("p", &format!("k{n}"), n)).collect();
+    nodes[0].enqueue(&events, 1000).await.unwrap();
+    let mut claimed = Vec::new();
+    // Bounded: 60 events, at least one claimed per round while any are due.
+    for _ in 0..60 {
+        let (a, b) = tokio::join!(nodes[0].claim(NOW, LEASE, 7), nodes[1].claim(NOW, LEASE, 7));
+        let round: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+        if round.is_empty() {
+            break;
+        }
+        claimed.extend(round.into_iter().map(|c| c.message_id));
+    }
+    let total = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), total, "an event was claimed twice");
+    assert_eq!(total, 60);
+}

@@ -1,0 +1,587 @@
+//! Session events as signed webhooks, against a real HTTP receiver this test
+//! starts on 127.0.0.1: the signature checked by an implementation of the
+//! Standard Webhooks specification written here, retries after failures, order
+//! per session, nothing lost across a restart, a bounded outbox when the receiver
+//! is down, and targets on private networks refused unless allowed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Api, TestApp, expect_error, spawn_app_with};
+
+/// 32 bytes of key, base64, behind the prefix.
+const SECRET: &str = "whsec_dGhpcy1pcy1hLXRlc3Qtc2VjcmV0LW9mLTMyLWJ5dGVz";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: String,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+impl Delivery {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    pub fn event_type(&self) -> String {
+        self.json()["type"].as_str().unwrap().to_owned()
+    }
+
+    pub fn session_id(&self) -> Option<String> {
+        self.json()["data"]["sessionId"].as_str().map(str::to_owned)
+    }
+}
+
+/// A webhook receiver on 127.0.0.1: records every request, answers 500 to the
+/// next `fail` ones (then 204).
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Delivery>>>,
+    fail: Arc<AtomicU32>,
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    got: Arc<Mutex<Vec<Delivery>>>,
+    fail: Arc<AtomicU32>,
+}
+
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let failing = state
+        .fail
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    state.got.lock().unwrap().push(Delivery {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body: String::from_utf8(body.to_vec()).unwrap(),
+        status: status.as_u16(),
+    });
+    status
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let state = ReceiverState {
+            got: Arc::default(),
+            fail: Arc::default(),
+        };
+        #[expect(clippy::disallowed_methods, reason = "a test's own webhook receiver")]
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        Receiver {
+            url,
+            got: state.got,
+            fail: state.fail,
+            stop,
+        }
+    }
+
+    /// Answers 500 to the next `n` requests.
+    pub fn fail_next(&self, n: u32) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The deliveries it accepted (2xx), in arrival order.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.deliveries().into_iter().filter(|d| d.status < 300).collect()
+    }
+
+    /// Waits until `done` holds of the accepted deliveries.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let accepted = self.accepted();
+            if done(&accepted) {
+                return accepted;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited in vain for {what}; got {:#?}",
+                self.deliveries()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// The Standard Webhooks verification, written from the specification: the key
+/// is the base64 after `whsec_`; the signature `v1,` + base64(HMAC-SHA256(key,
+/// "{id}.{timestamp}.{body}")); the header may hold several, space-separated.
+pub fn verify(secret: &str, d: &Delivery) -> bool {
+    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", d.id, d.timestamp, d.body).as_bytes());
+    let expected = STANDARD.encode(mac.finalize().into_bytes());
+    d.signature
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|s| s == expected)
+}
+
+/// A server that sends webhooks to loopback receivers and retries quickly.
+pub async fn webhook_app(configure: impl FnOnce(&mut drisc::Settings)) -> TestApp {
+    spawn_app_with(|s| {
+        s.webhooks.allow_private_targets = true;
+        s.webhooks.retry_base = Duration::from_millis(100);
+        s.webhooks.retry_max = Duration::from_millis(400);
+        s.webhooks.poll_interval = Duration::from_millis(50);
+        s.webhooks.request_timeout = Duration::from_secs(2);
+        configure(s);
+    })
+    .await
+}
+
+pub async fn put_webhook(api: &Api, publisher: &str, body: Value) -> reqwest::Response {
+    api.admin(Method::PUT, &format!("/publishers/{publisher}/webhooks"), Some(body))
+        .await
+}
+
+async fn webhook_to(api: &Api, publisher: &str, url: &str) {
+    let response = put_webhook(api, publisher, json!({"url": url, "secret": SECRET})).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+async fn webhook_view(api: &Api, publisher: &str) -> Value {
+    let response = api
+        .admin(Method::GET, &format!("/publishers/{publisher}/webhooks"), None)
+        .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn types_of(deliveries: &[Delivery], session: &str) -> Vec<String> {
+    deliveries
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(session))
+        .map(Delivery::event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn session_events_reach_the_webhook_signed_the_standard_webhooks_way() {
+    let app = webhook_app(|_| {}).await;
+    let receiver = Receiver::start().await;
+    app.put_offer("1", "o", 1, &[]).await;
+    webhook_to(&app, "1", &receiver.url).await;
+    let token = app.token("1", "42");
+    let granted = app.create_ok(&token, "o", "TV").await;
+    let refused = app
+        .create(&token, json!({"offerId": "o", "sessionName": "Phone"}))
+        .await;
+    assert_eq!(refused.status(), 409);
+    assert_eq!(app.end_session(&token, &granted.session_id).await.status(), 204);
+
+    let got = receiver
+        .wait_for("granted, refused, kicked and ended", |d| d.len() >= 4)
+        .await;
+    for d in &got {
+        assert!(verify(SECRET, d), "bad signature on {d:?}");
+        assert!(d.id.starts_with("msg_"), "{}", d.id);
+        let sent_at: u64 = d.timestamp.parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(sent_at) < 60, "timestamp {sent_at} is unix seconds");
+    }
+    // A body changed by one byte no longer verifies: the check above means something.
+    let mut forged = got[0].clone();
+    forged.body = forged.body.replacen("42", "43", 1);
+    assert!(!verify(SECRET, &forged));
+
+    assert_eq!(
+        types_of(&got, &granted.session_id),
+        ["session.granted", "session.kicked", "session.ended"]
+    );
+    let ended = got.iter().find(|d| d.event_type() == "session.ended").unwrap().json();
+    assert_eq!(ended["data"]["cause"], "kicked");
+    assert_eq!(ended["data"]["sessionName"], "TV");
+    assert_eq!(ended["data"]["customerId"], "42");
+    assert_eq!(ended["data"]["publisherId"], "1");
+    assert_eq!(ended["data"]["offerId"], "o");
+    let refusal = got.iter().find(|d| d.event_type() == "session.refused").unwrap().json();
+    assert_eq!(refusal["data"]["reason"], "limit_exceeded");
+    assert_eq!(refusal["data"]["enforced"], true);
+    assert_eq!(refusal["data"]["sessionId"], Value::Null);
+    assert_eq!(refusal["data"]["sessionName"], "Phone");
+    receiver.stop();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_gets_only_the_event_types_it_lists_and_never_its_secret_back() {
+    let app = webhook_app(|_| {}).await;
+    let receiver = Receiver::start().await;
+    app.put_offer("1", "o", 1, &[]).await;
+    let response = put_webhook(
+        &app,
+        "1",
+        json!({"url": receiver.url, "secret": SECRET, "events": ["session.ended"]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let put: Value = response.json().await.unwrap();
+    assert_eq!(put.get("secret"), None, "a secret given is never echoed");
+    let view = webhook_view(&app, "1").await;
+    assert_eq!(view["events"], json!(["session.ended"]));
+    assert_eq!(view["url"], receiver.url);
+    assert!(!view.to_string().contains(&SECRET[12..]), "{view}");
+    assert!(view["secretHint"].as_str().unwrap().starts_with("whsec_"));
+
+    let token = app.token("1", "42");
+    let granted = app.create_ok(&token, "o", "TV").await;
+    app.end_session(&token, &granted.session_id).await;
+    let got = receiver.wait_for("the end", |d| !d.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let types: Vec<_> = receiver.accepted().iter().map(Delivery::event_type).collect();
+    assert_eq!(types, ["session.ended"], "{got:?}");
+
+    // Without a secret, the server makes one and shows it once.
+    let response = put_webhook(&app, "1", json!({"url": receiver.url})).await;
+    let made: Value = response.json().await.unwrap();
+    let secret = made["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_") && secret.len() > 40, "{made}");
+    assert_eq!(webhook_view(&app, "1").await.get("secret"), None);
+
+    let response = app.admin(Method::DELETE, "/publishers/1/webhooks", None).await;
+    assert_eq!(response.status(), 204);
+    let response = app.admin(Method::GET, "/publishers/1/webhooks", None).await;
+    expect_error(response, 404, "NotFound").await;
+    receiver.stop();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_event_again_and_a_sessions_later_events_wait_for_it() {
+    let app = webhook_app(|_| {}).await;
+    let receiver = Receiver::start().await;
+    app.put_offer("1", "o", 2, &[]).await;
+    webhook_to(&app, "1", &receiver.url).await;
+    receiver.fail_next(3);
+    let token = app.token("1", "42");
+    let granted = app.create_ok(&token, "o", "TV").await;
+    app.end_session(&token, &granted.session_id).await;
+
+    let got = receiver
+        .wait_for("the session's three events", |d| {
+            types_of(d, &granted.session_id).len() == 3
+        })
+        .await;
+    assert_eq!(
+        types_of(&got, &granted.session_id),
+        ["session.granted", "session.kicked", "session.ended"]
+    );
+    let all = receiver.deliveries();
+    let first = &all[0];
+    assert_eq!(first.event_type(), "session.granted");
+    // The grant was tried 4 times under one id (3 failures, then accepted)...
+    let tries: Vec<_> = all.iter().filter(|d| d.id == first.id).collect();
+    assert_eq!(tries.len(), 4, "{all:#?}");
+    assert_eq!(tries.iter().filter(|d| d.status == 500).count(), 3);
+    // ...and nothing of that session came before the grant was accepted.
+    let accepted_at = all.iter().position(|d| d.id == first.id && d.status < 300).unwrap();
+    assert!(
+        all[..accepted_at].iter().all(|d| d.id == first.id),
+        "a later event overtook the grant: {all:#?}"
+    );
+    let view = webhook_view(&app, "1").await;
+    assert_eq!(view["outbox"], json!({"deadLettered": 0, "pending": 0}));
+    receiver.stop();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_is_dead_lettered_after_the_last_attempt_and_counted() {
+    let app = webhook_app(|s| s.webhooks.max_attempts = 2).await;
+    let receiver = Receiver::start().await;
+    app.put_offer("1", "o", 1, &[]).await;
+    let response = put_webhook(
+        &app,
+        "1",
+        json!({"url": receiver.url, "secret": SECRET, "events": ["session.granted"]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    receiver.fail_next(1000);
+    app.create_ok(&app.token("1", "42"), "o", "TV").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = webhook_view(&app, "1").await;
+        if view["outbox"]["deadLettered"] == 1 {
+            assert_eq!(view["outbox"]["pending"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.deliveries().len(), 2, "max_attempts = 2");
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains("drisc_webhook_deliveries_total{outcome=\"dead_lettered\"} 1"),
+        "{metrics}"
+    );
+    receiver.stop();
+    app.stop().await;
+}
+
+pub async fn metrics_text(api: &Api) -> String {
+    api.http
+        .get(api.url("/metrics"))
+        .bearer_auth(&api.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_in_the_outbox_when_the_server_stops_are_delivered_after_it_starts() {
+    let app = webhook_app(|s| s.webhooks.retry_max = Duration::from_millis(200)).await;
+    let receiver = Receiver::start().await;
+    app.put_offer("1", "o", 3, &[]).await;
+    webhook_to(&app, "1", &receiver.url).await;
+    // The receiver refuses everything while the first server runs.
+    receiver.fail_next(u32::MAX);
+    let token = app.token("1", "42");
+    let mut sessions = Vec::new();
+    for name in ["TV", "Phone", "Tablet"] {
+        sessions.push(app.create_ok(&token, "o", name).await.session_id);
+    }
+    app.end_session(&token, &sessions[0]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while webhook_view(&app, "1").await["outbox"]["pending"] != 5 {
+        assert!(Instant::now() < deadline, "events never reached the outbox");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.accepted().is_empty());
+    let (settings, data_dir) = app.stop().await;
+
+    receiver.fail_next(0);
+    let app = crate::helpers::restart_with(settings, data_dir).await;
+    let got = receiver
+        .wait_for("every event of the first run", |d| d.len() >= 5)
+        .await;
+    for d in &got {
+        assert!(verify(SECRET, d));
+    }
+    assert_eq!(
+        types_of(&got, &sessions[0]),
+        ["session.granted", "session.kicked", "session.ended"]
+    );
+    for id in &sessions[1..] {
+        assert_eq!(types_of(&got, id), ["session.granted"]);
+    }
+    assert_eq!(webhook_view(&app, "1").await["outbox"]["pending"], 0);
+    receiver.stop();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_long_fills_the_outbox_to_its_cap_and_no_further() {
+    let app = webhook_app(|s| s.webhooks.outbox_cap = 6).await;
+    // A port nobody listens on: every attempt fails to connect.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    app.put_offer("1", "o", 1, &[]).await;
+    webhook_to(&app, "1", &format!("http://{closed}/hook")).await;
+    let token = app.token("1", "42");
+    for i in 0..10 {
+        let granted = app.create_ok(&token, "o", &format!("S{i}")).await;
+        app.end_session(&token, &granted.session_id).await;
+    }
+    // 30 events (granted, kicked, ended per session) for room for 6.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = metrics_text(&app).await;
+        let refused = counter(&metrics, "drisc_session_events_dropped_total{reason=\"outbox_full\"}");
+        if refused >= 24 {
+            assert_eq!(refused, 24, "{metrics}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = webhook_view(&app, "1").await;
+    assert_eq!(view["outbox"]["pending"], 6, "{view}");
+    // The receiver comes back: what the outbox kept (the oldest: the first two
+    // sessions' events) is delivered, each session's in order.
+    let receiver = Receiver::start_on(closed).await;
+    let got = receiver.wait_for("the six kept", |d| d.len() >= 6).await;
+    for name in ["S0", "S1"] {
+        let types: Vec<_> = got
+            .iter()
+            .filter(|d| d.json()["data"]["sessionName"] == name)
+            .map(Delivery::event_type)
+            .collect();
+        assert_eq!(types, ["session.granted", "session.kicked", "session.ended"], "{name}");
+    }
+    receiver.stop();
+    app.stop().await;
+}
+
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn a_target_on_a_private_network_is_refused_unless_the_operator_allows_it() {
+    let app = spawn_app_with(|_| {}).await;
+    app.put_offer("1", "o", 1, &[]).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+        "http://[::1]:9/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://192.168.1.1/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+    ] {
+        let response = put_webhook(&app, "1", json!({"url": url, "secret": SECRET})).await;
+        let body = expect_error(response, 400, "InvalidRequest").await;
+        assert!(
+            body["message"].as_str().unwrap().contains("allow_private_targets"),
+            "{url}: {body}"
+        );
+    }
+    let response = app.admin(Method::GET, "/publishers/1/webhooks", None).await;
+    expect_error(response, 404, "NotFound").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_webhooks_are_refused_with_a_reason() {
+    let app = webhook_app(|_| {}).await;
+    app.put_offer("1", "o", 1, &[]).await;
+    let long = format!("https://example.com/{}", "a".repeat(3000));
+    for (body, says) in [
+        (json!({"url": "ftp://example.com/x", "secret": SECRET}), "http"),
+        (json!({"url": "not a url", "secret": SECRET}), "valid URL"),
+        (json!({"url": long, "secret": SECRET}), "2048"),
+        (json!({"url": "https://u:p@example.com/", "secret": SECRET}), "password"),
+        (json!({"url": "http://127.0.0.1/x", "secret": "plain"}), "whsec_"),
+        (
+            json!({"url": "http://127.0.0.1/x", "secret": "whsec_c2hvcnQ="}),
+            "24 to 64",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "events": ["session.exploded"]}),
+            "unknown event type",
+        ),
+        (json!({"url": "http://127.0.0.1/x", "events": []}), "at least one"),
+        (json!({"url": "http://127.0.0.1/x", "colour": "red"}), "unknown field"),
+    ] {
+        let response = put_webhook(&app, "1", body.clone()).await;
+        let error = expect_error(response, 400, "InvalidRequest").await;
+        assert!(error["message"].as_str().unwrap().contains(says), "{body}: {error}");
+    }
+    let response = put_webhook(&app, "nobody", json!({"url": "http://127.0.0.1/x"})).await;
+    expect_error(response, 404, "NotFound").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_target_is_refused_at_delivery_too_once_the_operator_disallows_it() {
+    let app = webhook_app(|s| s.webhooks.max_attempts = 2).await;
+    let receiver = Receiver::start().await;
+    let port = receiver
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook")
+        .to_owned();
+    // Registered while allowed: an IP literal, and a name that resolves to loopback
+    // (what a DNS answer changed after registration looks like).
+    for (publisher, url) in [
+        ("1", receiver.url.clone()),
+        ("2", format!("http://localhost:{port}/hook")),
+    ] {
+        app.put_offer(publisher, "o", 1, &[]).await;
+        let body = json!({"url": url, "secret": SECRET, "events": ["session.granted"]});
+        assert_eq!(put_webhook(&app, publisher, body).await.status(), 200);
+    }
+    let (mut settings, data_dir) = app.stop().await;
+    settings.webhooks.allow_private_targets = false;
+    let app = crate::helpers::restart_with(settings, data_dir).await;
+    for publisher in ["1", "2"] {
+        app.create_ok(&app.token(publisher, "42"), "o", "TV").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for publisher in ["1", "2"] {
+        loop {
+            let view = webhook_view(&app, publisher).await;
+            if view["outbox"]["deadLettered"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "publisher {publisher}: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(receiver.deliveries().is_empty(), "{:?}", receiver.deliveries());
+    receiver.stop();
+    app.stop().await;
+}
