@@ -554,8 +554,12 @@ impl SessionControl {
             Some(victim.id),
             Some(&victim.name),
         ));
-        self.events
-            .report(SessionEvent::ended(pool, victim.id, Some(&victim.name), EndCause::TakenOver));
+        self.events.report(SessionEvent::ended(
+            pool,
+            victim.id,
+            Some(&victim.name),
+            EndCause::TakenOver,
+        ));
     }
 
     /// A refused create, as an event (no session was made: no id).

@@ -196,3 +196,89 @@ async fn a_reader_that_falls_behind_skips_ahead_and_is_told_how_many_it_missed()
     assert!(crate::webhooks::counter(&metrics, "drisc_event_streams_lagged_total") >= skipped);
     app.stop().await;
 }
+
+/// The limit policies' own events: `monitor` reports the refusal it did not make
+/// (`enforced: false`) before the grant; `evict_oldest` reports the session it
+/// replaced as taken over and ended, as a takeover does; the household cap's
+/// refusal names its reason.
+#[tokio::test]
+async fn limit_policies_and_the_household_cap_report_their_events() {
+    let app = spawn_app_with(|_| {}).await;
+    let offer = |policy: &str| Some(serde_json::json!({"sessionLimit": 1, "onLimit": policy}));
+    assert!(
+        app.admin(Method::PUT, "/publishers/1/offers/m", offer("monitor"))
+            .await
+            .status()
+            .is_success()
+    );
+    assert!(
+        app.admin(Method::PUT, "/publishers/1/offers/e", offer("evict_oldest"))
+            .await
+            .status()
+            .is_success()
+    );
+    let mut stream = Stream::open(&app, "").await;
+    let token = app.token("1", "42");
+
+    app.create_ok(&token, "m", "first").await;
+    app.create_ok(&token, "m", "second").await;
+    let events = stream
+        .until("monitor's second grant", |e| {
+            e.iter().filter(|(t, _)| t == "session.granted").count() == 2
+        })
+        .await;
+    let types: Vec<_> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["session.granted", "session.refused", "session.granted"]);
+    let refused = &events[1].1["data"];
+    assert_eq!(
+        (refused["reason"].clone(), refused["enforced"].clone()),
+        (serde_json::json!("limit_exceeded"), serde_json::json!(false))
+    );
+    assert_eq!(refused["sessionName"], "second");
+
+    let oldest = app.create_ok(&token, "e", "oldest").await;
+    app.create_ok(&token, "e", "newest").await;
+    let events = stream
+        .until("the eviction", |e| {
+            e.iter().filter(|(t, _)| t == "session.granted").count() == 4
+        })
+        .await;
+    let types: Vec<_> = events[3..].iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "session.granted",
+            "session.taken_over",
+            "session.ended",
+            "session.granted"
+        ]
+    );
+    assert_eq!(events[4].1["data"]["sessionId"], oldest.session_id);
+    assert_eq!(events[5].1["data"]["cause"], "taken_over");
+
+    app.put_offer("1", "h", 5, &[]).await;
+    let cap = serde_json::json!({"customerSessionLimit": 3});
+    assert!(
+        app.admin(Method::PUT, "/publishers/1", Some(cap))
+            .await
+            .status()
+            .is_success()
+    );
+    assert_eq!(
+        app.create(&token, serde_json::json!({"offerId": "h", "sessionName": "over"}))
+            .await
+            .status(),
+        409
+    );
+    let events = stream
+        .until("the household refusal", |e| {
+            e.iter().filter(|(t, _)| t == "session.refused").count() == 2
+        })
+        .await;
+    let refused = &events.iter().rfind(|(t, _)| t == "session.refused").unwrap().1["data"];
+    assert_eq!(
+        (refused["reason"].clone(), refused["enforced"].clone()),
+        (serde_json::json!("household_limit"), serde_json::json!(true))
+    );
+    app.stop().await;
+}
