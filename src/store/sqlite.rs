@@ -239,52 +239,9 @@ fn bind_publisher<'q>(
         .bind(p.jwks_uri.as_deref())
 }
 
-/// Rows per statement when writing held sessions: one JSON document of about
-/// 150 bytes a row, so a statement's text stays under a few megabytes.
-const WRITE_CHUNK: usize = 10_000;
-
-/// The journal's two statements. Their text never changes, so each connection
-/// prepares them once (sqlx caches prepared statements by text) and binds one JSON
-/// array per chunk, which SQLite unpacks with `json_each`. Before, a statement with
-/// eight parameters per row was built and parsed for every chunk: at a hundred rows a
-/// flush, building, parsing and binding cost SQLite's thread three times the
-/// writing itself (callgrind, bench/analysis.md "Round three").
-const UPSERT: &str = "INSERT OR REPLACE INTO held_sessions
-        (created_at, session_id, publisher_id, customer_id, offer_id, name, state, expires_at)
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7
-    FROM json_each(?)";
-/// A row value IN a subquery: SQLite looks each key up in the primary key.
-const DELETE: &str = "DELETE FROM held_sessions
-    WHERE (created_at, session_id) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))";
-
-/// One held session as the JSON array `UPSERT` reads, in its column order.
-struct HeldRow<'a>(&'a PoolKey, &'a Session);
-
-impl serde::Serialize for HeldRow<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let HeldRow(pool, s) = *self;
-        let mut row = serializer.serialize_tuple(8)?;
-        row.serialize_element(&(s.created_at as i64))?;
-        row.serialize_element(&format_args!("{}", s.id))?;
-        row.serialize_element(&pool.publisher_id)?;
-        row.serialize_element(&pool.customer_id)?;
-        row.serialize_element(&pool.offer_id)?;
-        row.serialize_element(&s.name)?;
-        row.serialize_element(s.state.as_str())?;
-        row.serialize_element(&(s.expires_at as i64))?;
-        row.end()
-    }
-}
-
-/// One ended session as the JSON array `DELETE` reads: its row's key.
-struct Key<'a>(&'a Ended);
-
-impl serde::Serialize for Key<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (self.0.created_at as i64, format_args!("{}", self.0.id)).serialize(serializer)
-    }
-}
+/// Rows per statement when writing held sessions: 8 parameters each, well below
+/// SQLite's limit of 32,766 per statement.
+const WRITE_CHUNK: usize = 1_000;
 
 /// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
 /// journal can hold every session of a restart.
@@ -294,19 +251,21 @@ async fn upsert<'a>(
 ) -> Result<(), SettingsError> {
     let sessions: Vec<_> = sessions.into_iter().collect();
     for chunk in sessions.chunks(WRITE_CHUNK) {
-        let rows: Vec<HeldRow<'_>> = chunk.iter().map(|(pool, s)| HeldRow(pool, s)).collect();
-        let json = serde_json::to_string(&rows).map_err(db_err)?;
-        sqlx::query(UPSERT).bind(json).execute(&mut *tx).await.map_err(db_err)?;
-    }
-    Ok(())
-}
-
-/// Deletes the rows of `ended`, many per statement.
-async fn delete(tx: &mut sqlx::SqliteConnection, ended: &[&Ended]) -> Result<(), SettingsError> {
-    for chunk in ended.chunks(WRITE_CHUNK) {
-        let keys: Vec<Key<'_>> = chunk.iter().map(|e| Key(e)).collect();
-        let json = serde_json::to_string(&keys).map_err(db_err)?;
-        sqlx::query(DELETE).bind(json).execute(&mut *tx).await.map_err(db_err)?;
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO held_sessions
+                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
+        );
+        query.push_values(chunk, |mut row, (pool, s)| {
+            row.push_bind(s.id.to_string())
+                .push_bind(pool.publisher_id.as_str())
+                .push_bind(pool.customer_id.as_str())
+                .push_bind(pool.offer_id.as_str())
+                .push_bind(s.name.as_str())
+                .push_bind(s.state.as_str())
+                .push_bind(s.expires_at as i64)
+                .push_bind(s.created_at as i64);
+        });
+        query.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
 }
@@ -363,11 +322,27 @@ impl SessionArchive for SqliteSettings {
         // (the key is (created_at, session_id), see the held_sessions_by_age migration).
         let mut put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
         put.sort_unstable_by_key(|(_, s)| s.created_at);
-        let mut delete_keys: Vec<&Ended> = batch.delete.iter().collect();
-        delete_keys.sort_unstable_by_key(|ended| ended.created_at);
+        let mut delete: Vec<&Ended> = batch.delete.iter().collect();
+        delete.sort_unstable_by_key(|ended| ended.created_at);
         let mut tx = self.db.begin().await.map_err(db_err)?;
         upsert(&mut tx, put).await?;
-        delete(&mut tx, &delete_keys).await?;
+        for chunk in delete.chunks(WRITE_CHUNK) {
+            // A row value IN a subquery: SQLite looks each key up in the primary key
+            // (an IN over a VALUES list would scan the table).
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
+            );
+            let mut rows = query.separated(", ");
+            for ended in chunk {
+                rows.push("(")
+                    .push_bind_unseparated(ended.created_at as i64)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(ended.id.to_string())
+                    .push_unseparated(")");
+            }
+            query.push("))");
+            query.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)
     }
 }
