@@ -143,7 +143,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let mut md = render(&result, &f, &facts, args);
     if let Some(dir) = args.result.parent() {
         let scrapes = allocator_scrapes(&dir.join("metrics"));
-        if let Some(section) = render_allocator(&scrapes, (f.from_s - f.t0) / 60.0, args.tolerance) {
+        let window = ((f.from_s - f.t0) / 60.0, (f.to_s - f.t0) / 60.0);
+        if let Some(section) = render_allocator(&scrapes, window, args.tolerance) {
             // Inside the soak's markers, so BENCHMARKS.md takes it with the rest.
             md = md.replace("<!-- soak:end -->", &format!("{section}<!-- soak:end -->"));
         }
@@ -388,7 +389,9 @@ fn allocator_scrapes(dir: &std::path::Path) -> Vec<AllocatorScrape> {
 /// A table of the allocator's figures per minute, and what they say about RSS: live
 /// data that grows is a leak (`allocated` climbs); RSS that rises while `allocated`
 /// stays level is jemalloc keeping freed pages, or a cache outside it filling.
-pub fn render_allocator(scrapes: &[AllocatorScrape], steady_from_minute: f64, tolerance: f64) -> Option<String> {
+/// `window` is the steady window in minutes since the churn began: a scrape after the
+/// players left would read as live data falling.
+pub fn render_allocator(scrapes: &[AllocatorScrape], window: (f64, f64), tolerance: f64) -> Option<String> {
     if scrapes.is_empty() {
         return None;
     }
@@ -415,7 +418,7 @@ pub fn render_allocator(scrapes: &[AllocatorScrape], steady_from_minute: f64, to
     let steady = |f: &dyn Fn(&AllocatorScrape) -> Option<f64>| -> Vec<(f64, f64)> {
         scrapes
             .iter()
-            .filter(|s| s.minute >= steady_from_minute)
+            .filter(|s| s.minute >= window.0 && s.minute < window.1)
             .filter_map(|s| Some((s.minute * 60.0, f(s)?)))
             .collect()
     };
@@ -424,8 +427,8 @@ pub fn render_allocator(scrapes: &[AllocatorScrape], steady_from_minute: f64, to
     let line = match (allocated, outside) {
         (Some(a), Some(o)) => format!(
             "\nOver the steady window, jemalloc's live data (`allocated`) moved {:+.2}% (drift) with minute means \
-             spread {:.2}%: {}. RSS outside jemalloc (SQLite's page caches are jemalloc's too; this is code, \
-             stacks, the kernel's accounting of mapped files) moved {:+.2}%.\n",
+             spread {:.2}%: {}. RSS outside jemalloc (SQLite's page caches, which it allocates with the C \
+             library's malloc, not jemalloc; code; stacks) moved {:+.2}%.\n",
             a.drift * 100.0,
             a.minute_spread * 100.0,
             if a.drift.abs() <= tolerance {
@@ -472,7 +475,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let md = render_allocator(&level, 2.0, 0.02).expect("a section");
+        let md = render_allocator(&level, (2.0, 10.0), 0.02).expect("a section");
         assert!(md.contains("no leak of live data"), "{md}");
         // Live data climbing 10% over the window: flagged.
         let climbing: Vec<_> = level
@@ -482,9 +485,9 @@ mod tests {
                 ..s.clone()
             })
             .collect();
-        let md = render_allocator(&climbing, 2.0, 0.02).expect("a section");
+        let md = render_allocator(&climbing, (2.0, 10.0), 0.02).expect("a section");
         assert!(md.contains("**rising**"), "{md}");
-        assert_eq!(render_allocator(&[], 0.0, 0.02), None);
+        assert_eq!(render_allocator(&[], (0.0, 1.0), 0.02), None);
     }
 
     #[test]
