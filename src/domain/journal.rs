@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::clock::Millis;
 use super::ports::{SessionArchive, SettingsError};
 use super::session::{PoolKey, Session, SessionId};
 
@@ -35,8 +36,17 @@ enum Entry {
         /// granted since the last flush has no row yet: ending it writes nothing.
         stored: bool,
     },
-    /// The session ended: delete its row.
-    Delete,
+    /// The session ended: delete its row, found by the key it was written under.
+    Delete { created_at: Millis },
+}
+
+/// A session whose row to delete, by the row's key: the database keeps the rows in
+/// order of `created_at` (sessions mostly end in the order they began), so a
+/// delete lands on the few pages that hold the oldest rows rather than on any page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub id: SessionId,
+    pub created_at: Millis,
 }
 
 /// One transaction's worth of journal changes.
@@ -45,7 +55,7 @@ pub struct JournalBatch {
     /// Sessions to insert or replace.
     pub put: Vec<(Arc<PoolKey>, Session)>,
     /// Sessions whose rows to delete.
-    pub delete: Vec<SessionId>,
+    pub delete: Vec<Ended>,
 }
 
 impl JournalBatch {
@@ -108,7 +118,7 @@ impl Journal {
     fn put(&self, pool: &Arc<PoolKey>, session: &Session, stored: bool) {
         let mut pending = self.pending();
         // A delete waiting for this id means a row exists that the put replaces.
-        let stored = stored || matches!(pending.get(&session.id), Some(Entry::Delete));
+        let stored = stored || matches!(pending.get(&session.id), Some(Entry::Delete { .. }));
         pending.insert(
             session.id,
             Entry::Put {
@@ -120,15 +130,16 @@ impl Journal {
     }
 
     /// A session ended (finished, taken over, kicked, reaped or found dead).
-    pub fn removed(&self, id: SessionId) {
+    pub fn removed(&self, session: &Session) {
         let mut pending = self.pending();
-        match pending.get(&id) {
+        match pending.get(&session.id) {
             // Granted and ended within one interval: the database never hears of it.
             Some(Entry::Put { stored: false, .. }) => {
-                pending.remove(&id);
+                pending.remove(&session.id);
             }
             _ => {
-                pending.insert(id, Entry::Delete);
+                let created_at = session.created_at;
+                pending.insert(session.id, Entry::Delete { created_at });
             }
         }
     }
@@ -155,7 +166,7 @@ impl Journal {
         for (id, entry) in pending {
             match entry {
                 Entry::Put { pool, session, .. } => batch.put.push((pool, session)),
-                Entry::Delete => batch.delete.push(id),
+                Entry::Delete { created_at } => batch.delete.push(Ended { id, created_at }),
             }
         }
         batch
@@ -173,8 +184,8 @@ impl Journal {
                 stored: true,
             });
         }
-        for id in batch.delete {
-            pending.entry(id).or_insert(Entry::Delete);
+        for Ended { id, created_at } in batch.delete {
+            pending.entry(id).or_insert(Entry::Delete { created_at });
         }
     }
 
@@ -303,6 +314,13 @@ mod tests {
         })
     }
 
+    fn gone(s: &Session) -> Ended {
+        Ended {
+            id: s.id,
+            created_at: s.created_at,
+        }
+    }
+
     fn session() -> Session {
         Session {
             id: SessionId::random(),
@@ -319,7 +337,7 @@ mod tests {
         let (journal, db) = (Journal::new(), Recorder::default());
         let s = session();
         journal.added(&pool(), &s);
-        journal.removed(s.id);
+        journal.removed(&s);
         assert!(journal.is_empty());
         assert_eq!(journal.flush(&db).await.unwrap(), 0);
         assert_eq!(db.writes(), 0, "an empty journal opens no transaction");
@@ -332,9 +350,9 @@ mod tests {
         journal.added(&p, &s);
         assert_eq!(journal.flush(&db).await.unwrap(), 1);
         assert_eq!(db.last().put, vec![(p, s.clone())]);
-        journal.removed(s.id);
+        journal.removed(&s);
         journal.flush(&db).await.unwrap();
-        assert_eq!(db.last().delete, vec![s.id]);
+        assert_eq!(db.last().delete, vec![gone(&s)]);
         assert!(db.last().put.is_empty());
     }
 
@@ -343,13 +361,13 @@ mod tests {
         let (journal, db) = (Journal::new(), Recorder::default());
         let s = session();
         journal.restored(&pool(), &s);
-        journal.removed(s.id);
+        journal.removed(&s);
         journal.flush(&db).await.unwrap();
         assert_eq!(
             db.last(),
             JournalBatch {
                 put: vec![],
-                delete: vec![s.id]
+                delete: vec![gone(&s)]
             }
         );
     }
@@ -361,16 +379,16 @@ mod tests {
         journal.added(&p, &s);
         journal.flush(&db).await.unwrap();
         // Ended, then restored again (a reconnect after a crash): one put.
-        journal.removed(s.id);
+        journal.removed(&s);
         journal.restored(&p, &s);
         assert_eq!(journal.len(), 1);
         journal.flush(&db).await.unwrap();
         assert_eq!(db.last().put.len(), 1);
         assert!(db.last().delete.is_empty());
         // The put replaced a delete, so the row exists: ending it deletes it.
-        journal.removed(s.id);
+        journal.removed(&s);
         journal.flush(&db).await.unwrap();
-        assert_eq!(db.last().delete, vec![s.id]);
+        assert_eq!(db.last().delete, vec![gone(&s)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -385,7 +403,7 @@ mod tests {
         journal.flush(&db).await.unwrap();
         // Some of them end, some are restored: puts and deletes in one flush.
         for s in &sessions[..SPREAD_CHUNK] {
-            journal.removed(s.id);
+            journal.removed(s);
         }
         let fresh: Vec<_> = (0..SPREAD_CHUNK).map(|_| session()).collect();
         for s in &fresh {
@@ -425,12 +443,12 @@ mod tests {
         assert!(journal.flush(&db).await.is_err());
         assert_eq!(journal.len(), 2, "nothing is lost while the database is down");
         // Ended after the failed write: its row may exist, so it must be deleted.
-        journal.removed(ended.id);
+        journal.removed(&ended);
         db.down.store(false, Ordering::Relaxed);
         assert_eq!(journal.flush(&db).await.unwrap(), 2);
         let batch = db.last();
         assert_eq!(batch.put, vec![(p, kept)]);
-        assert_eq!(batch.delete, vec![ended.id]);
+        assert_eq!(batch.delete, vec![gone(&ended)]);
         assert!(journal.is_empty());
     }
 }

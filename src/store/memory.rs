@@ -692,7 +692,7 @@ mod tests {
         journal.flush(&db).await.unwrap();
         let batch = db.last();
         let mut put: Vec<_> = batch.put.iter().map(|(_, s)| s.id).collect();
-        let mut delete = batch.delete;
+        let mut delete: Vec<_> = batch.delete.iter().map(|ended| ended.id).collect();
         put.sort();
         delete.sort();
         (put, delete)

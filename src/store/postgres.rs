@@ -527,7 +527,7 @@ impl SessionArchive for PostgresSettings {
     /// A journal batch names each session once, so it needs no de-duplication.
     async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
         let put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
-        let delete: Vec<String> = batch.delete.iter().map(SessionId::to_string).collect();
+        let delete: Vec<String> = batch.delete.iter().map(|ended| ended.id.to_string()).collect();
         bounded(ARCHIVE_TIMEOUT, async {
             let mut tx = self.db.begin().await.map_err(db_err)?;
             upsert(&mut tx, &put).await?;

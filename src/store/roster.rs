@@ -72,7 +72,7 @@ impl Roster {
     pub(crate) fn removed(&self, session: &Session) {
         self.index.remove(&session.id);
         if let Some(journal) = &self.journal {
-            journal.removed(session.id);
+            journal.removed(session);
         }
     }
 

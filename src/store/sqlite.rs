@@ -12,7 +12,7 @@ use sqlx::{Row, SqlitePool};
 use super::saved::SavedRow;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
-use crate::domain::journal::JournalBatch;
+use crate::domain::journal::{Ended, JournalBatch};
 use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
@@ -400,15 +400,29 @@ impl SessionArchive for SqliteSettings {
     }
 
     async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
+        // In key order, so the B-tree is walked one way and each page is dirtied once
+        // (the key is (created_at, session_id), see the held_sessions_by_age migration).
+        let mut put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
+        put.sort_unstable_by_key(|(_, s)| s.created_at);
+        let mut delete: Vec<&Ended> = batch.delete.iter().collect();
+        delete.sort_unstable_by_key(|ended| ended.created_at);
         let mut tx = self.db.begin().await.map_err(db_err)?;
-        upsert(&mut tx, batch.put.iter().map(|(pool, s)| (&**pool, s))).await?;
-        for chunk in batch.delete.chunks(WRITE_CHUNK) {
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM held_sessions WHERE session_id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(id.to_string());
+        upsert(&mut tx, put).await?;
+        for chunk in delete.chunks(WRITE_CHUNK) {
+            // A row value IN a subquery: SQLite looks each key up in the primary key
+            // (an IN over a VALUES list would scan the table).
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
+            );
+            let mut rows = query.separated(", ");
+            for ended in chunk {
+                rows.push("(")
+                    .push_bind_unseparated(ended.created_at as i64)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(ended.id.to_string())
+                    .push_unseparated(")");
             }
-            query.push(")");
+            query.push("))");
             query.build().execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)

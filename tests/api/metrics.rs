@@ -681,3 +681,26 @@ async fn ending_a_customers_sessions_counts_each_as_kicked_and_times_the_store_c
     assert_eq!(after.get("drisc_sessions", &[]), 0.0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_allocators_figures_are_reported_so_a_cache_filling_can_be_told_from_a_leak() {
+    let app = spawn_app().await;
+    let now = scrape(&app.api).await;
+    let figure = |name: &str| {
+        assert!(now.has(name), "{name} is reported");
+        now.get(name, &[])
+    };
+    let (allocated, active, resident) = (
+        figure("drisc_allocator_allocated_bytes"),
+        figure("drisc_allocator_active_bytes"),
+        figure("drisc_allocator_resident_bytes"),
+    );
+    figure("drisc_allocator_retained_bytes");
+    // jemalloc's own order (the test binary does not allocate through it, so the
+    // figures are its own small ones; the server's are read by bench/soak).
+    assert!(resident > 0.0, "jemalloc's metadata at least is resident");
+    assert!(
+        allocated <= active && active <= resident,
+        "{allocated} ≤ {active} ≤ {resident}"
+    );
+}

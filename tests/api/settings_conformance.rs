@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use drisc::domain::journal::JournalBatch;
+use drisc::domain::journal::{Ended, JournalBatch};
 use drisc::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use drisc::domain::ports::{SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
@@ -382,7 +382,13 @@ async fn journal_batches_put_and_delete_rows_and_reading_keeps_them(s: Subject) 
     renamed.1.name = "renamed".into();
     let batch = JournalBatch {
         put: vec![(Arc::new(renamed.0.clone()), renamed.1.clone())],
-        delete: sessions[..1_200].iter().map(|(_, s)| s.id).collect(),
+        delete: sessions[..1_200]
+            .iter()
+            .map(|(_, s)| Ended {
+                id: s.id,
+                created_at: s.created_at,
+            })
+            .collect(),
     };
     archive.write(&batch).await.unwrap();
     let mut expected = sessions[1_200..].to_vec();
@@ -397,7 +403,10 @@ async fn journal_batches_put_and_delete_rows_and_reading_keeps_them(s: Subject) 
     archive
         .write(&JournalBatch {
             put: vec![],
-            delete: vec![SessionId::random()],
+            delete: vec![Ended {
+                id: SessionId::random(),
+                created_at: 0,
+            }],
         })
         .await
         .unwrap();

@@ -140,7 +140,15 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         .unwrap_or_default();
     let f = figures(&result, args.steady_from);
     charts::write(&args.chart, &chart(&result, &f, args.tolerance))?;
-    let md = render(&result, &f, &facts, args);
+    let mut md = render(&result, &f, &facts, args);
+    if let Some(dir) = args.result.parent() {
+        let scrapes = allocator_scrapes(&dir.join("metrics"));
+        let window = ((f.from_s - f.t0) / 60.0, (f.to_s - f.t0) / 60.0);
+        if let Some(section) = render_allocator(&scrapes, window, args.tolerance) {
+            // Inside the soak's markers, so BENCHMARKS.md takes it with the rest.
+            md = md.replace("<!-- soak:end -->", &format!("{section}<!-- soak:end -->"));
+        }
+    }
     std::fs::write(&args.out, &md).with_context(|| format!("cannot write {:?}", args.out))?;
     print!("{md}");
     eprintln!("wrote {} and {}", args.out.display(), args.chart.display());
@@ -330,9 +338,157 @@ fn render(r: &RunResult, f: &Figures, facts: &BTreeMap<String, String>, args: &S
     md
 }
 
+/// The allocator's figures at one of bench/soak's once-a-minute `/metrics` scrapes
+/// (`metrics/MMM.txt` beside soak.json, MMM the minute since the churn began).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllocatorScrape {
+    pub minute: f64,
+    pub rss: Option<f64>,
+    pub resident: Option<f64>,
+    pub active: Option<f64>,
+    pub allocated: Option<f64>,
+    pub retained: Option<f64>,
+}
+
+impl AllocatorScrape {
+    /// Reads the figures out of the Prometheus text format (unlabelled gauges).
+    pub fn parse(minute: f64, text: &str) -> Self {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        };
+        Self {
+            minute,
+            rss: value("process_resident_memory_bytes"),
+            resident: value("drisc_allocator_resident_bytes"),
+            active: value("drisc_allocator_active_bytes"),
+            allocated: value("drisc_allocator_allocated_bytes"),
+            retained: value("drisc_allocator_retained_bytes"),
+        }
+    }
+}
+
+fn allocator_scrapes(dir: &std::path::Path) -> Vec<AllocatorScrape> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut scrapes: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let minute: f64 = path.file_stem()?.to_str()?.parse().ok()?;
+            let text = std::fs::read_to_string(&path).ok()?;
+            Some(AllocatorScrape::parse(minute, &text))
+        })
+        .filter(|s| s.allocated.is_some())
+        .collect();
+    scrapes.sort_by(|a, b| a.minute.total_cmp(&b.minute));
+    scrapes
+}
+
+/// A table of the allocator's figures per minute, and what they say about RSS: live
+/// data that grows is a leak (`allocated` climbs); RSS that rises while `allocated`
+/// stays level is jemalloc keeping freed pages, or a cache outside it filling.
+/// `window` is the steady window in minutes since the churn began: a scrape after the
+/// players left would read as live data falling.
+pub fn render_allocator(scrapes: &[AllocatorScrape], window: (f64, f64), tolerance: f64) -> Option<String> {
+    if scrapes.is_empty() {
+        return None;
+    }
+    let mb = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{:.1}", v / 1_048_576.0));
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Allocator figures (jemalloc, `/metrics` scraped once a minute), MB:\n\n\
+         | minute | process RSS | jemalloc resident | active | allocated (live data) | retained (unmapped, not in RSS) |\n\
+         |---|---|---|---|---|---|"
+    );
+    for s in scrapes {
+        let _ = writeln!(
+            md,
+            "| {:.0} | {} | {} | {} | {} | {} |",
+            s.minute,
+            mb(s.rss),
+            mb(s.resident),
+            mb(s.active),
+            mb(s.allocated),
+            mb(s.retained)
+        );
+    }
+    let steady = |f: &dyn Fn(&AllocatorScrape) -> Option<f64>| -> Vec<(f64, f64)> {
+        scrapes
+            .iter()
+            .filter(|s| s.minute >= window.0 && s.minute < window.1)
+            .filter_map(|s| Some((s.minute * 60.0, f(s)?)))
+            .collect()
+    };
+    let allocated = Steadiness::of(&steady(&|s| s.allocated));
+    let outside = Steadiness::of(&steady(&|s| Some(s.rss? - s.resident?)));
+    let line = match (allocated, outside) {
+        (Some(a), Some(o)) => format!(
+            "\nOver the steady window, jemalloc's live data (`allocated`) moved {:+.2}% (drift) with minute means \
+             spread {:.2}%: {}. RSS outside jemalloc (SQLite's page caches, which it allocates with the C \
+             library's malloc, not jemalloc; code; stacks) moved {:+.2}%.\n",
+            a.drift * 100.0,
+            a.minute_spread * 100.0,
+            if a.drift.abs() <= tolerance {
+                "level, so no leak of live data"
+            } else if a.drift > 0.0 {
+                "**rising**: live data grows, look for a leak or an unbounded cache"
+            } else {
+                "falling"
+            },
+            o.drift * 100.0,
+        ),
+        _ => "\nToo few scrapes in the steady window to judge the allocator's figures.\n".to_owned(),
+    };
+    md.push_str(&line);
+    md.push('\n');
+    Some(md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allocators_figures_are_read_from_a_scrape_and_judged() {
+        let text = "# TYPE drisc_allocator_allocated_bytes gauge\n\
+                    drisc_allocator_allocated_bytes 10485760\n\
+                    drisc_allocator_active_bytes 12582912\n\
+                    drisc_allocator_resident_bytes 20971520\n\
+                    drisc_allocator_retained_bytes 1048576\n\
+                    process_resident_memory_bytes 31457280\n\
+                    drisc_allocator_allocated_bytes_total_is_not_it 1\n";
+        let s = AllocatorScrape::parse(3.0, text);
+        assert_eq!(s.allocated, Some(10_485_760.0));
+        assert_eq!(s.resident, Some(20_971_520.0));
+        assert_eq!(s.rss, Some(31_457_280.0));
+
+        // Level live data while RSS steps up once: not a leak.
+        let level: Vec<_> = (0..10)
+            .map(|m| AllocatorScrape {
+                minute: f64::from(m),
+                rss: Some(if m < 5 { 30e6 } else { 31e6 }),
+                resident: Some(20e6),
+                allocated: Some(10e6),
+                ..Default::default()
+            })
+            .collect();
+        let md = render_allocator(&level, (2.0, 10.0), 0.02).expect("a section");
+        assert!(md.contains("no leak of live data"), "{md}");
+        // Live data climbing 10% over the window: flagged.
+        let climbing: Vec<_> = level
+            .iter()
+            .map(|s| AllocatorScrape {
+                allocated: Some(10e6 * (1.0 + s.minute / 80.0)),
+                ..s.clone()
+            })
+            .collect();
+        let md = render_allocator(&climbing, (2.0, 10.0), 0.02).expect("a section");
+        assert!(md.contains("**rising**"), "{md}");
+        assert_eq!(render_allocator(&[], (0.0, 1.0), 0.02), None);
+    }
 
     #[test]
     fn a_level_series_is_flat_and_a_climbing_one_is_not() {

@@ -1,0 +1,126 @@
+//! What the session journal costs per change, without a server or a network around it.
+//!
+//! `cargo bench --bench journal -- --bench [HELD] [RATE] [SECONDS]` opens a fresh SQLite
+//! settings database, fills the journal's table with HELD sessions (default 200,000: 20 s
+//! of grants at 10,000/s, the state `bench/tail` reaches), then plays SECONDS intervals of
+//! steady churn: each grants RATE sessions and ends the RATE oldest (sessions reaped at
+//! `connect_timeout` end oldest first), then flushes as the journal task does. It prints the
+//! CPU time of the whole process (every thread, SQLite's included, read from
+//! `/proc/self/task/*/schedstat`) per change recorded, split into recording (the part on
+//! the admission path) and flushing (the part on the SQLite thread).
+//!
+//! For a figure that the shared machine's noise does not move, count instructions:
+//! `valgrind --tool=callgrind` on the built bench binary, once with SECONDS and once with 0,
+//! and divide the difference by the changes (bench/journal-cost does both).
+//!
+//! Run by `cargo test --all-targets` without `--bench`: then it plays one small interval, so
+//! the harness keeps compiling and working, and times nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drisc::domain::journal::Journal;
+use drisc::domain::{PoolKey, Session, SessionId, SessionState};
+use drisc::store::SqliteSettings;
+
+/// CPU time of every thread of this process so far.
+fn cpu() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                ns += stat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+fn session(n: u64) -> Session {
+    Session {
+        id: SessionId::random(),
+        name: "living room tv".into(),
+        state: SessionState::Pending,
+        expires_at: 1_800_000_000_000 + n,
+        holder: None,
+        created_at: 1_700_000_000_000 + n / 10,
+    }
+}
+
+fn pools(n: usize) -> Vec<Arc<PoolKey>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(PoolKey {
+                publisher_id: "acme".into(),
+                customer_id: format!("customer-{i:07}"),
+                offer_id: "premium".into(),
+            })
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let (held, rate, seconds) = if benching {
+        (
+            numbers.first().copied().unwrap_or(200_000),
+            numbers.get(1).copied().unwrap_or(10_000),
+            numbers.get(2).copied().unwrap_or(10),
+        )
+    } else {
+        (1_000, 500, 1)
+    };
+
+    let dir = tempfile::tempdir()?;
+    let db = SqliteSettings::open(&dir.path().join("drisc.db")).await?;
+    let journal = Journal::new();
+    let pools = pools(100_000);
+    let mut live = std::collections::VecDeque::new();
+    let mut n = 0u64;
+    for _ in 0..held {
+        let s = session(n);
+        journal.added(&pools[n as usize % pools.len()], &s);
+        live.push_back(s);
+        n += 1;
+    }
+    journal.flush(&db).await?;
+
+    let (mut recording, mut flushing, mut changes) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let wall = Instant::now();
+    for _ in 0..seconds {
+        let before = cpu();
+        for _ in 0..rate {
+            let s = session(n);
+            journal.added(&pools[n as usize % pools.len()], &s);
+            live.push_back(s);
+            n += 1;
+            if let Some(old) = live.pop_front() {
+                journal.removed(&old);
+            }
+            changes += 2;
+        }
+        let recorded = cpu();
+        journal.flush(&db).await?;
+        let flushed = cpu();
+        recording += recorded - before;
+        flushing += flushed - recorded;
+    }
+    let held_now = drisc::domain::ports::SessionArchive::held(&db).await?.len() as u64;
+    assert_eq!(held_now, live.len() as u64, "the table holds exactly the live sessions");
+    if benching && changes > 0 {
+        let per = |d: Duration| d.as_nanos() as f64 / changes as f64 / 1000.0;
+        println!(
+            "held {held}, {rate} grants + {rate} ends per interval, {seconds} intervals ({:.1} s wall): \
+             {:.2} µs CPU per change recording, {:.2} µs flushing, {:.2} µs per create (a grant and its end)",
+            wall.elapsed().as_secs_f64(),
+            per(recording),
+            per(flushing),
+            2.0 * (per(recording) + per(flushing)),
+        );
+    }
+    db.close().await;
+    Ok(())
+}
