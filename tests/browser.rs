@@ -770,58 +770,239 @@ async fn the_console_shows_a_customer_with_ten_thousand_sessions_a_page_at_a_tim
     app.stop().await;
 }
 
-/// The console reads `GET /admin/v1/events` (Server-Sent Events) with fetch, the key
-/// in a header. This server may not have the stream yet, so the page's fetch is given
-/// one: frames split across chunks, a keep-alive comment, CRLF line ends.
+/// The console reads the real `GET /admin/v1/events` (Server-Sent Events) with fetch,
+/// the key in a header: a session created and ended through the API shows as
+/// `session.granted` and `session.ended`, with its name, publisher, customer, offer
+/// and cause (the body of docs/PROTOCOL.md §3.1).
 #[tokio::test]
 async fn the_console_shows_server_sent_events_read_with_the_key_in_a_header() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let Some(browser) = Browser::start().await else { return };
-    let app = spawn_app().await;
+    let app = demo_app().await;
     browser.open(&app.url("/console")).await;
+    // Not a stub: the page's own fetch goes to the server; this only notes what it sent.
     browser
         .script(
             r#"
             const real = window.fetch;
-            window.seenEventsAuth = null;
+            window.eventsRequests = [];
             window.fetch = (url, init) => {
-              if (String(url) !== '/admin/v1/events') return real(url, init);
-              window.seenEventsAuth = init.headers.Authorization;
-              const chunks = [
-                ': keep-alive\n\n',
-                'event: session.granted\r\ndata: {"sessionId":"s1",',
-                '"customerId":"42"}\r\n\r\nevent: session.ended\ndata: {"sessionId":"s1","cause":"finished"}\n\n',
-              ];
-              const body = new ReadableStream({
-                start(controller) {
-                  for (const c of chunks) controller.enqueue(new TextEncoder().encode(c));
-                },
-              });
-              return Promise.resolve(new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }));
+              if (String(url).startsWith('/admin/v1/events')) {
+                window.eventsRequests.push({ url: String(url), auth: init?.headers?.Authorization ?? null });
+              }
+              return real(url, init);
             };
             return true;
             "#,
         )
         .await;
-    sign_in(&browser, ADMIN_KEY).await;
-    browser
-        .until_script(
-            "return document.querySelectorAll('#events li').length === 2",
-            "two events shown",
+    sign_in_as_admin(&browser).await;
+    browser.until_text("events-status", "Following the event stream.").await;
+
+    let token = app.token("demo", "42");
+    let granted = app.create_ok(&token, "demo-offer", "Kitchen tablet").await;
+    assert_eq!(app.end_session(&token, &granted.session_id).await.status(), 204);
+
+    let ended = format!(
+        "return !!document.querySelector(\"#events li[data-type='session.ended'][data-session-id='{}']\")",
+        granted.session_id
+    );
+    browser.until_script(&ended, "session.ended shown").await;
+    let shown = browser
+        .script(
+            "return [...document.querySelectorAll('#events li')].map(li => ({
+               type: li.dataset.type, session: li.dataset.sessionId ?? null, text: li.textContent,
+               time: li.querySelector('time')?.getAttribute('datetime') ?? null }))",
         )
         .await;
-    let shown = browser.text("events").await;
-    assert!(
-        shown.contains(r#"session.granted  {"sessionId":"s1","customerId":"42"}"#),
-        "{shown}"
-    );
-    assert!(shown.contains("session.ended"), "{shown}");
-    assert!(!shown.contains("keep-alive"), "{shown}");
-    assert_eq!(
-        browser.script("return window.seenEventsAuth").await,
-        json!(format!("Bearer {ADMIN_KEY}"))
-    );
+    let events = shown.as_array().unwrap();
+    let of_session = |t: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == t && e["session"] == granted.session_id.as_str())
+            .unwrap_or_else(|| panic!("no {t} of the session in {shown}"))
+    };
+    let grant = of_session("session.granted");
+    let end = of_session("session.ended");
+    for event in [grant, end] {
+        let text = event["text"].as_str().unwrap();
+        assert!(text.contains("\u{201c}Kitchen tablet\u{201d}"), "{text}");
+        assert!(text.contains("demo / 42 / demo-offer"), "{text}");
+        assert!(!text.contains("{\""), "the body is rendered, not shown raw: {text}");
+        assert!(event["time"].as_str().unwrap().ends_with('Z'), "{event}");
+    }
+    assert!(end["text"].as_str().unwrap().contains("cause kicked"), "{end}");
+    // The newest first: the end above the grant.
+    let position = |e: &Value| events.iter().position(|x| x == e).unwrap();
+    assert!(position(end) < position(grant), "{shown}");
+
+    // The key went in a header, never in the URL.
+    let requests = browser.script("return window.eventsRequests").await;
+    let requests = requests.as_array().unwrap();
+    assert!(!requests.is_empty());
+    for request in requests {
+        assert_eq!(request["auth"], json!(format!("Bearer {ADMIN_KEY}")), "{request}");
+        assert!(!request["url"].as_str().unwrap().contains(ADMIN_KEY), "{request}");
+    }
+    let urls = browser
+        .script("return performance.getEntriesByType('resource').map(e => e.name)")
+        .await;
+    assert!(!urls.to_string().contains(ADMIN_KEY), "{urls}");
     assert_eq!(browser.text("events-status").await, "Following the event stream.");
+    browser.assert_no_csp_or_script_errors().await;
+    browser.close().await;
+    app.stop().await;
+}
+
+/// The demo's "sessions of the pool" come from the real `GET /me/sessions`: two tabs
+/// of one customer both show both sessions (by `name`), and not the session the
+/// customer holds in another offer's pool.
+#[tokio::test]
+async fn two_demo_tabs_list_the_pool_from_me_sessions() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start().await else { return };
+    let app = spawn_app().await;
+    app.put_offer("demo", "demo-offer", 2, &["live"]).await;
+    app.put_offer("demo", "other-offer", 1, &[]).await;
+    let elsewhere = app
+        .create_ok(&app.token("demo", "42"), "other-offer", "Elsewhere")
+        .await;
+    let demo = app.url("/demo");
+
+    browser.open(&demo).await;
+    let tab_a = browser.client().window().await.unwrap();
+    browser.fill("#session-name", "Tab A").await;
+    browser.click("#play").await;
+    browser.until_text("state", "playing").await;
+    let session_a = browser.text("session-id").await;
+
+    browser.new_tab(&demo).await;
+    browser.fill("#session-name", "Tab B").await;
+    browser.click("#play").await;
+    browser.until_text("state", "playing").await;
+    let session_b = browser.text("session-id").await;
+
+    let pool = "return [...document.querySelectorAll('#pool li[data-session-id]')].map(li => li.dataset.sessionId).sort().join(' ')";
+    let mut both = [session_a.clone(), session_b.clone()];
+    both.sort();
+    let both = both.join(" ");
+    for tab in [None, Some(&tab_a)] {
+        if let Some(tab) = tab {
+            browser.switch(tab).await;
+        }
+        browser.click("#refresh-pool").await;
+        browser
+            .until_script(&format!("{pool} === '{both}'"), "both sessions in the pool list")
+            .await;
+        let text = browser.text("pool").await;
+        assert!(text.contains("Tab A") && text.contains("Tab B"), "{text}");
+        assert!(!text.contains(&elsewhere.session_id), "another offer's session: {text}");
+        assert!(text.contains("(this tab)"), "{text}");
+        assert!(browser.text("pool-note").await.contains("/me/sessions"));
+    }
+    browser.assert_no_csp_or_script_errors().await;
+    browser.close().await;
+    app.stop().await;
+}
+
+/// `onLimit` and `customerSessionLimit` are edited in the console: an offer's
+/// `onLimit` set to evict_oldest, the publisher's household cap set and its policy
+/// left as it was.
+#[tokio::test]
+async fn the_console_edits_on_limit_and_the_household_cap() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(browser) = Browser::start().await else { return };
+    let app = demo_app().await;
+    browser.open(&app.url("/console")).await;
+    sign_in_as_admin(&browser).await;
+    browser.fill("#open-publisher", "demo").await;
+    browser.click("#open-publisher-go").await;
+    let row = "tr[data-offer-id='demo-offer']";
+    assert_eq!(
+        browser
+            .script(&format!(
+                "return document.querySelector(\"{row} .offer-onlimit\").value"
+            ))
+            .await,
+        json!(""),
+        "an offer without onLimit inherits"
+    );
+    assert_eq!(
+        browser
+            .script("return document.getElementById('pub-onLimit').value")
+            .await,
+        json!("reject"),
+        "a publisher without onLimit shows the default"
+    );
+    let policy = browser
+        .client()
+        .find(Locator::Css(&format!("{row} .offer-onlimit")))
+        .await
+        .unwrap();
+    policy.select_by_value("evict_oldest").await.unwrap();
+    browser.click(&format!("{row} .offer-save")).await;
+    browser
+        .until_script(
+            "return document.getElementById('notice').textContent.includes('demo-offer saved')",
+            "the offer is saved",
+        )
+        .await;
+    let publisher: Value = app
+        .admin(Method::GET, "/publishers/demo", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(publisher["offers"][0]["onLimit"], "evict_oldest", "{publisher}");
+    assert_eq!(publisher["offers"][0]["sessionLimit"], 1, "{publisher}");
+    assert_eq!(publisher["offers"][0]["tags"], json!(["live"]), "{publisher}");
+    // The page shows what was saved.
+    browser
+        .until_script(
+            &format!("return document.querySelector(\"{row} .offer-onlimit\")?.value === 'evict_oldest'"),
+            "the saved policy shown",
+        )
+        .await;
+
+    browser.fill("#pub-customerSessionLimit", "3").await;
+    browser.click("#publisher-save").await;
+    browser
+        .until_script(
+            "return document.getElementById('notice').textContent === 'Publisher demo saved.'",
+            "saved",
+        )
+        .await;
+    let publisher: Value = app
+        .admin(Method::GET, "/publishers/demo", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(publisher["customerSessionLimit"], 3, "{publisher}");
+    assert_eq!(publisher.get("onLimit"), None, "not edited, not sent: {publisher}");
+
+    // The publisher's policy to monitor, the cap removed (an empty field).
+    let policy = browser.client().find(Locator::Id("pub-onLimit")).await.unwrap();
+    policy.select_by_value("monitor").await.unwrap();
+    browser.fill("#pub-customerSessionLimit", "").await;
+    browser.click("#publisher-save").await;
+    let deadline = Instant::now() + PATIENCE;
+    let publisher = loop {
+        let publisher: Value = app
+            .admin(Method::GET, "/publishers/demo", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if publisher["onLimit"] == "monitor" {
+            break publisher;
+        }
+        assert!(Instant::now() < deadline, "onLimit was not saved: {publisher}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(publisher.get("customerSessionLimit"), None, "{publisher}");
+    browser.assert_every_control_is_labelled().await;
+    browser.assert_no_csp_or_script_errors().await;
     browser.close().await;
     app.stop().await;
 }

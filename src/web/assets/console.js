@@ -18,19 +18,24 @@ const MAX_EVENT_BYTES = 64 * 1024;
 // listed here (a setting added since) is shown read-only, never dropped: to make
 // it editable, add a line here.
 
+/** What a full pool does (`onLimit`): the admin API's policies. */
+const LIMIT_POLICIES = ['reject', 'evict_oldest', 'monitor'];
+
 /** Publisher fields: PUT /admin/v1/publishers/{id} changes only what it is given. */
 const PUBLISHER_FIELDS = [
   { name: 'enabled', label: 'Session control enabled', type: 'bool' },
   { name: 'takeoverEnabled', label: 'Takeover enabled', type: 'bool' },
   { name: 'defaultSessionLimit', label: 'Default session limit (unknown offers)', type: 'number' },
   { name: 'unknownOffers', label: 'Unknown offers', type: 'select', options: ['shared', 'each', 'reject'] },
+  { name: 'onLimit', label: 'When a pool is full (onLimit; an offer may override)', type: 'select', options: LIMIT_POLICIES, absent: 'reject' },
+  { name: 'customerSessionLimit', label: 'Household cap: sessions per customer across offers (empty: no cap)', type: 'optional-number' },
   { name: 'verificationKey', label: 'Verification key (HMAC secret or PEM public key; empty: unchanged)', type: 'secret', shownAs: 'verificationKeySet' },
   { name: 'jwksUri', label: 'JWKS URI ("" removes it)', type: 'text' },
 ];
 /** Shown but never sent: what the server says about the publisher. */
 const PUBLISHER_READ_ONLY = new Set(['publisherId', 'offers', 'verificationKeySet']);
 /** Offer fields: PUT /admin/v1/publishers/{id}/offers/{offer} replaces the offer. */
-const OFFER_FIELDS = new Set(['offerId', 'sessionLimit', 'tags', 'takeoverEnabled']);
+const OFFER_FIELDS = new Set(['offerId', 'sessionLimit', 'tags', 'takeoverEnabled', 'onLimit']);
 
 // ---------------------------------------------------------------------------
 // The key and the API
@@ -295,7 +300,9 @@ function renderPublisher(publisher) {
   form.replaceChildren();
   for (const field of PUBLISHER_FIELDS) {
     const id = `pub-${field.name}`;
-    const value = publisher[field.name];
+    // A field the server leaves out when it has its default (onLimit: reject) shows that default.
+    const configured = publisher.enabled !== undefined;
+    const value = publisher[field.name] ?? (configured ? field.absent : undefined);
     let input;
     if (field.type === 'bool') {
       input = el('select', { id, name: field.name },
@@ -306,8 +313,8 @@ function renderPublisher(publisher) {
       input = el('select', { id, name: field.name },
         el('option', { value: '', text: '(unchanged)' }),
         ...field.options.map((o) => el('option', { value: o, text: o, selected: value === o })));
-    } else if (field.type === 'number') {
-      input = el('input', { id, name: field.name, type: 'number', min: '0', value: value === undefined ? '' : String(value) });
+    } else if (field.type === 'number' || field.type === 'optional-number') {
+      input = el('input', { id, name: field.name, type: 'number', min: '0', value: value === undefined || value === null ? '' : String(value) });
     } else if (field.type === 'secret') {
       input = el('input', { id, name: field.name, type: 'password', autocomplete: 'off', placeholder: publisher[field.shownAs] ? 'a key is set' : 'no key set' });
     } else {
@@ -335,8 +342,10 @@ async function savePublisher(event) {
   for (const field of PUBLISHER_FIELDS) {
     const raw = $(`pub-${field.name}`).value;
     if (field.type === 'bool' && raw) change[field.name] = raw === 'true';
-    else if (field.type === 'select' && raw) change[field.name] = raw;
+    else if (field.type === 'select' && raw && !(field.absent && raw === (currentPublisher[field.name] ?? field.absent))) change[field.name] = raw;
     else if (field.type === 'number' && raw !== '' && Number(raw) !== currentPublisher[field.name]) change[field.name] = Number(raw);
+    else if (field.type === 'optional-number' && raw === '' && currentPublisher[field.name] !== undefined && currentPublisher[field.name] !== null) change[field.name] = null;
+    else if (field.type === 'optional-number' && raw !== '' && Number(raw) !== currentPublisher[field.name]) change[field.name] = Number(raw);
     else if (field.type === 'secret' && raw) change[field.name] = raw;
     else if (field.type === 'text' && raw !== (currentPublisher[field.name] ?? '')) change[field.name] = raw;
   }
@@ -360,6 +369,9 @@ function renderOffers(offers) {
       el('option', { value: '', text: 'inherit', selected: offer.takeoverEnabled === null || offer.takeoverEnabled === undefined }),
       el('option', { value: 'true', text: 'yes', selected: offer.takeoverEnabled === true }),
       el('option', { value: 'false', text: 'no', selected: offer.takeoverEnabled === false }));
+    const onLimit = el('select', { class: 'offer-onlimit', 'aria-label': `When the pool of ${key} is full (onLimit)` },
+      el('option', { value: '', text: 'inherit', selected: !offer.onLimit }),
+      ...LIMIT_POLICIES.map((p) => el('option', { value: p, text: p, selected: offer.onLimit === p })));
     const others = Object.fromEntries(Object.entries(offer).filter(([k]) => !OFFER_FIELDS.has(k)));
     const save = el('button', { type: 'button', class: 'offer-save', text: 'Save', 'aria-label': `Save offer ${key}` });
     const remove = el('button', { type: 'button', class: 'offer-delete danger', text: 'Delete', 'aria-label': `Delete offer ${key}` });
@@ -370,6 +382,7 @@ function renderOffers(offers) {
         sessionLimit: Number(limit.value),
         tags: splitTags(tags.value),
         takeoverEnabled: takeover.value === '' ? null : takeover.value === 'true',
+        onLimit: onLimit.value === '' ? null : onLimit.value,
       }));
     remove.addEventListener('click', () => deleteOffer(key));
     rows.append(
@@ -378,11 +391,12 @@ function renderOffers(offers) {
         el('td', {}, limit),
         el('td', {}, tags),
         el('td', {}, takeover),
+        el('td', {}, onLimit),
         el('td', { class: 'mono', text: Object.keys(others).length ? JSON.stringify(others) : '' }),
         el('td', {}, save, ' ', remove)),
     );
   }
-  if (!offers.length) rows.append(el('tr', {}, el('td', { colspan: '6', class: 'muted', text: 'No offer configured.' })));
+  if (!offers.length) rows.append(el('tr', {}, el('td', { colspan: '7', class: 'muted', text: 'No offer configured.' })));
 }
 
 function splitTags(text) {
@@ -528,12 +542,49 @@ function showEvent(frame) {
   const data = [];
   for (const line of frame.split('\n')) {
     if (line.startsWith('event:')) type = line.slice(6).trim();
-    else if (line.startsWith('data:')) data.push(line.slice(5).trimStart());
+    else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
   }
   if (!data.length) return; // a comment or keep-alive
   const list = $('events');
-  list.prepend(el('li', { text: `${new Date().toLocaleTimeString()}  ${type}  ${data.join('\n')}` }));
+  list.prepend(eventItem(type, data.join('\n')));
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+}
+
+/**
+ * One event as a list item. The body is docs/PROTOCOL.md §3.1's:
+ * {"data":{"publisherId","customerId","offerId","sessionId","sessionName","cause"|"reason"+"enforced"|"takenOverBy"},
+ *  "timestamp","type"}; `lagged` has {"skipped"}. Fields this page does not know are ignored;
+ * a body that is not JSON is shown as it came.
+ */
+function eventItem(type, text) {
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = null;
+  }
+  if (!body || typeof body !== 'object') {
+    return el('li', { 'data-type': type, text: `${new Date().toLocaleTimeString()}  ${type}  ${text}` });
+  }
+  if (type === 'lagged') {
+    return el('li', { class: 'lagged', 'data-type': type, text: `${new Date().toLocaleTimeString()}  lagged: ${body.skipped ?? '?'} event(s) skipped` });
+  }
+  const d = body.data && typeof body.data === 'object' ? body.data : {};
+  const kind = typeof body.type === 'string' ? body.type : type;
+  const when = new Date(body.timestamp);
+  const time = Number.isNaN(when.getTime()) ? new Date().toLocaleTimeString() : when.toLocaleTimeString();
+  const who = [d.publisherId, d.customerId, d.offerId].map((v) => (v === undefined || v === null ? '?' : String(v))).join(' / ');
+  const why = [];
+  if (d.cause) why.push(`cause ${d.cause}`);
+  if (d.reason) why.push(`reason ${d.reason}${d.enforced === false ? ' (not enforced: monitor)' : ''}`);
+  if (d.takenOverBy) why.push(`taken over by ${d.takenOverBy}`);
+  return el('li', { class: 'event', 'data-type': kind, 'data-session-id': d.sessionId ?? undefined },
+    el('time', { class: 'event-time', datetime: body.timestamp ?? undefined, text: time }), '  ',
+    el('strong', { class: 'event-type', text: kind }), '  ',
+    el('span', { class: 'event-who', title: 'publisher / customer / offer', text: who }), '  ',
+    el('span', { class: 'event-name', text: d.sessionName ? `“${d.sessionName}”` : '(no name)' }),
+    why.length ? el('span', { class: 'event-why', text: `  ${why.join(', ')}` }) : null,
+    d.sessionId ? el('span', { class: 'event-session muted', text: `  ${d.sessionId}` }) : null);
 }
 
 // ---------------------------------------------------------------------------
@@ -556,6 +607,7 @@ $('new-offer').addEventListener('submit', async (event) => {
   const saved = await putOffer($('new-offer-id').value.trim(), {
     sessionLimit: Number($('new-offer-limit').value),
     tags: splitTags($('new-offer-tags').value),
+    onLimit: $('new-offer-onlimit').value || null,
   });
   if (saved) $('new-offer').reset();
 });

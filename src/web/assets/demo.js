@@ -177,24 +177,45 @@ function showRefusal(answer) {
   list.querySelector('button')?.focus();
 }
 
-/** The customer's sessions: GET /me/sessions where the server has it, else the last 409's list. */
+/**
+ * The customer's sessions in this tab's pool: GET /me/sessions where the server has it, else
+ * the last 409's list. /me/sessions lists every offer's sessions ({sessionId, offerId, name,
+ * state, createdAt}, offerId being the pool's: `*unknown` for the pool unknown offers share), so
+ * the pool is the one this tab's own session is in, or else the offer typed above.
+ */
 async function refreshPool() {
   const token = fields.token.value.trim();
   if (!token) return;
   try {
-    const response = await fetch('/me/sessions', { headers: { Authorization: `Bearer ${token}` } });
-    if (response.ok) {
-      const body = await response.json();
-      const sessions = (Array.isArray(body) ? body : body.sessions || []).filter(
-        (s) => !s.offerId || s.offerId === fields.offer.value.trim() || s.offerId === '*unknown',
-      );
-      renderPool(sessions, 'From GET /me/sessions (the customer\u2019s own view).');
+    const sessions = await mySessions(token);
+    if (sessions) {
+      const own = sessions.find((s) => s.sessionId === player.sessionId);
+      const offer = own ? own.offerId : fields.offer.value.trim();
+      renderPool(sessions.filter((s) => s.offerId === offer), 'From GET /me/sessions (the customer\u2019s own view).');
       return;
     }
   } catch {
     // Falls through to what the last refusal said.
   }
   renderPool(known, 'As this tab knows it (this server has no GET /me/sessions): the last 409\u2019s list, and what this tab did since.');
+}
+
+/** Every page of GET /me/sessions (a few, at most); null where the server does not answer it. */
+async function mySessions(token) {
+  const sessions = [];
+  let cursor = null;
+  for (let page = 0; page < 10; page += 1) {
+    const query = new URLSearchParams({ limit: '1000' });
+    if (cursor) query.set('cursor', cursor);
+    const response = await fetch(`/me/sessions?${query}`, { headers: { Authorization: `Bearer ${token}` } });
+    if (!response.ok) return null;
+    const body = await response.json();
+    if (!Array.isArray(body.sessions)) return null;
+    sessions.push(...body.sessions);
+    cursor = body.nextCursor;
+    if (!cursor) break;
+  }
+  return sessions;
 }
 
 function renderPool(sessions, note) {
@@ -204,7 +225,8 @@ function renderPool(sessions, note) {
   for (const s of sessions) {
     const item = document.createElement('li');
     const mine = s.sessionId === player.sessionId ? ' (this tab)' : '';
-    item.textContent = `${s.name || s.sessionName || '(no name)'}${mine} · ${s.state || 'held'} · ${s.sessionId}`;
+    item.dataset.sessionId = s.sessionId;
+    item.textContent = `${s.name || '(no name)'}${mine} · ${s.state || 'held'} · ${s.sessionId}`;
     pool.append(item);
   }
   if (!sessions.length) {
