@@ -19,6 +19,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The highest `publishers.max_pools_per_customer`: a customer's pools are checked
 /// one by one when it reaches the cap, so the cap must stay small.
 const MAX_POOLS_PER_CUSTOMER: u32 = 1024;
+/// Seed nodes a Redis Cluster may be given: the client learns the others from them.
+const MAX_REDIS_CLUSTER_SEEDS: usize = 64;
 
 /// The longest `server.drain_period`: a drain longer than this would only keep a
 /// stopping node around, and supervisors kill what takes too long to stop.
@@ -79,6 +81,10 @@ pub struct StorageSettings {
     pub journal_interval: Duration,
     #[serde(serialize_with = "url_redacted")]
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster: when any are listed, sessions are kept in
+    /// that cluster and `redis_url` is not used.
+    #[serde(default, serialize_with = "urls_redacted")]
+    pub redis_cluster_nodes: Vec<String>,
     #[serde(serialize_with = "url_redacted")]
     pub postgres_url: String,
 }
@@ -93,6 +99,14 @@ impl std::fmt::Debug for StorageSettings {
             .field("journal", &self.journal)
             .field("journal_interval", &self.journal_interval)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field(
+                "redis_cluster_nodes",
+                &self
+                    .redis_cluster_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("postgres_url", &redact_url(&self.postgres_url))
             .finish()
     }
@@ -118,6 +132,10 @@ fn secret_redacted<S: Serializer>(secret: &SecretString, serializer: S) -> Resul
 
 fn url_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redact_url(url))
+}
+
+fn urls_redacted<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(urls.iter().map(|u| redact_url(u)))
 }
 
 /// Whether `url` carries the placeholder [`redact_url`] puts in place of a password.
@@ -329,7 +347,8 @@ impl Settings {
             .with_list_parse_key("cors.allowed_origins")
             .with_list_parse_key("limits.trusted_proxies")
             .with_list_parse_key("auth.audience")
-            .with_list_parse_key("auth.issuer");
+            .with_list_parse_key("auth.issuer")
+            .with_list_parse_key("storage.redis_cluster_nodes");
         builder.add_source(env)
     }
 
@@ -394,6 +413,26 @@ impl Settings {
         }
         if self.storage.sessions == SessionBackend::Redis && !self.storage.redis_url.starts_with("redis") {
             bail!("invalid configuration: storage.redis_url must be a redis:// or rediss:// URL");
+        }
+        if self.storage.redis_cluster_nodes.len() > MAX_REDIS_CLUSTER_SEEDS {
+            bail!(
+                "invalid configuration: storage.redis_cluster_nodes lists {} nodes; list at most \
+                 {MAX_REDIS_CLUSTER_SEEDS} (a few seeds are enough: the client learns the rest from them)",
+                self.storage.redis_cluster_nodes.len()
+            );
+        }
+        for node in &self.storage.redis_cluster_nodes {
+            let parsed = url::Url::parse(node).ok();
+            let ok = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() && matches!(u.path(), "" | "/" | "/0")
+            });
+            if !ok {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes: {:?} is not a redis:// or \
+                     rediss:// URL of a node (host and port, database 0: a cluster has no other)",
+                    redact_url(node)
+                );
+            }
         }
         if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
             bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
@@ -478,6 +517,15 @@ impl Settings {
                 bail!(
                     "invalid configuration: {name} is {REDACTED:?}, the placeholder `drisc check-config` \
                      prints in place of a secret: put the secret back (or set it in the environment)"
+                );
+            }
+        }
+        for url in &self.storage.redis_cluster_nodes {
+            if url.as_str() == REDACTED || has_redacted_password(url) {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes holds the placeholder `drisc \
+                     check-config` prints in place of a password: put the password back (or set it in \
+                     the environment)"
                 );
             }
         }

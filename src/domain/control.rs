@@ -216,7 +216,7 @@ impl SessionControl {
         };
         let pool = PoolKey::new(customer, offer.pool_offer_id);
         let new = NewSession {
-            id: SessionId::random(),
+            id: SessionId::for_customer(customer),
             name: request.name.to_owned(),
         };
         let limits = Limits {
@@ -294,7 +294,7 @@ impl SessionControl {
         }
         let pool = PoolKey::new(customer, offer.pool_offer_id);
         let new = NewSession {
-            id: SessionId::random(),
+            id: SessionId::for_customer(customer),
             name: request.name.to_owned(),
         };
         let taken = self.store.take_over(&pool, victim, new, self.clock.now()).await;

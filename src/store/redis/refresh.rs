@@ -1,12 +1,14 @@
 //! The node's refresh loop. Each round it vouches for the live sessions its
-//! sockets hold (one key for all of them), writes the ends and detaches its
-//! sockets queued, checks the held sessions that are due (a PONG heard, and the
-//! last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose session turned
-//! out to be gone (the backstop for lost orders), and puts this node's sessions
-//! back if Redis lost its data.
+//! sockets hold (one field per shard it holds sessions in), writes the ends and
+//! detaches its sockets queued, checks the held sessions that are due (a PONG
+//! heard, and the last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose
+//! session turned out to be gone (the backstop for lost orders), and puts this
+//! node's sessions back in a shard that lost its data
+//! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 use tokio::time::MissedTickBehavior;
@@ -14,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
-use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, unavailable};
+use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_epoch};
 use crate::domain::ports::{Control, SessionStore, StoreError};
-use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
+use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState};
 
 /// What one refresh round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,24 +58,19 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
 }
 
 impl RedisStore {
-    /// The data epoch this node last saw (empty before its first refresh).
-    pub(super) fn known_epoch(&self) -> String {
-        self.epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
-    }
-
     /// One refresh round.
     pub async fn refresh(&self) -> Result<Round, StoreError> {
-        let mut round = Round {
-            restored: self.restore_if_lost().await?,
-            ..Round::default()
-        };
         let heard: Vec<(Holder, (SessionId, Millis))> = match self.pending.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => Vec::new(),
         };
-        if let Err(e) = self.vouch(&heard).await {
-            self.pending_again(&heard);
-            return Err(e);
+        let mut round = Round::default();
+        match self.vouch(&heard).await {
+            Ok(restored) => round.restored = restored,
+            Err(e) => {
+                self.pending_again(&heard);
+                return Err(e);
+            }
         }
         round.written = self.write_queued(|_| true).await?;
         // Due: the first PONG since the socket attached, then one a minute.
@@ -88,20 +85,29 @@ impl RedisStore {
                 Some((*holder, held.clone(), *now))
             })
             .collect();
-        for chunk in due.chunks(CHECK_CHUNK) {
-            let replies = match self.check(chunk).await {
-                Ok(replies) => replies,
-                Err(e) => {
-                    // Checked again at their next PONG.
-                    for (holder, _, _) in chunk {
-                        if let Some(mut held) = self.held.get_mut(holder) {
-                            held.checked_at = None;
+        let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
+            .into_values()
+            .flat_map(|group| group.chunks(CHECK_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        let pipes: Vec<redis::Pipeline> = batches.iter().map(|batch| self.check_pipe(batch)).collect();
+        let results = self.run_pipelines(&[&self.scripts.check], &pipes).await;
+        let mut failed = None;
+        for (batch, result) in batches.iter().zip(results) {
+            let replies =
+                match result.and_then(|mut replies| record::checks(replies.pop().unwrap_or(Value::Nil), batch.len())) {
+                    Ok(replies) => replies,
+                    Err(e) => {
+                        // Checked again at their next PONG.
+                        for (holder, _, _) in batch {
+                            if let Some(mut held) = self.held.get_mut(holder) {
+                                held.checked_at = None;
+                            }
                         }
+                        failed = Some(e);
+                        continue;
                     }
-                    return Err(e);
-                }
-            };
-            for ((holder, _, _), reply) in chunk.iter().zip(replies) {
+                };
+            for ((holder, _, _), reply) in batch.iter().zip(replies) {
                 let order = match reply {
                     CheckReply::Held => {
                         round.refreshed += 1;
@@ -120,7 +126,7 @@ impl RedisStore {
                 self.local.notify(*holder, order);
             }
         }
-        Ok(round)
+        failed.map_or(Ok(round), Err)
     }
 
     fn pending_again(&self, heard: &[(Holder, (SessionId, Millis))]) {
@@ -131,103 +137,158 @@ impl RedisStore {
         }
     }
 
-    /// Rewrites this node's liveness key: its live sessions hold their slots for
-    /// one more PONG timeout. With the caller's clock (tests), the latest PONG
-    /// heard is "now", and a round that heard none vouches for nothing new.
-    async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<(), StoreError> {
-        let now = match self.time {
-            TimeSource::Redis => 0,
+    /// Vouches for this node's live sessions in each shard it holds sessions
+    /// in (one field of the shard's liveness hash: they hold their slots one
+    /// more PONG timeout), and reads each shard's epoch, restoring the
+    /// sessions of a shard found in a new one. Returns how many were restored.
+    ///
+    /// With Redis's clock, a shard's field is rewritten once a third of the PONG
+    /// timeout (or every round, if rounds are slower): a field then always
+    /// holds for two thirds of a PONG timeout more, and a node costs each
+    /// shard a few writes a minute, not one a round. With the caller's clock
+    /// (tests), the latest PONG heard is "now", every held shard is vouched
+    /// for each round, and a round that heard none only reads the epochs.
+    async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<usize, StoreError> {
+        let (now, vouching) = match self.time {
+            TimeSource::Redis => (0, true),
             TimeSource::Caller => match heard.iter().map(|(_, (_, now))| *now).max() {
-                Some(now) => now,
-                None => return Ok(()),
+                Some(now) => (now, true),
+                None => (0, false),
             },
         };
         // Every socket of a node names it; tests hold sockets of node 0.
-        let nodes: std::collections::BTreeSet<u64> = match self.node {
-            Some(node) => [node].into(),
-            None => heard.iter().map(|(holder, _)| holder.node()).collect(),
-        };
-        if nodes.is_empty() {
-            return Ok(());
+        let mut wanted: BTreeSet<(u16, u64)> = self
+            .held
+            .iter()
+            .map(|e| (e.value().pool.shard(), self.node.unwrap_or_else(|| e.key().node())))
+            .collect();
+        if self.time == TimeSource::Redis {
+            let every = (self.pong_timeout() / 3).max(Duration::from_millis(1));
+            let at = Instant::now();
+            if let Ok(mut vouched) = self.vouched.lock() {
+                vouched.retain(|_, last| at.duration_since(*last) < every);
+                wanted.retain(|(shard, _)| !vouched.contains_key(shard));
+            }
         }
-        let mut pipe = redis::pipe();
-        for node in nodes {
-            pipe.invoke_script(self.scripts.vouch.key(keys::alive(node)).arg(now));
+        if wanted.is_empty() {
+            return Ok(0);
         }
-        self.run_pipeline(&self.scripts.vouch, &pipe).await.map(drop)
+        let shards: Vec<(u16, u64)> = wanted.into_iter().collect();
+        let pipes: Vec<redis::Pipeline> = shards
+            .iter()
+            .map(|(shard, node)| {
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(
+                    self.scripts
+                        .vouch
+                        .key(keys::alive(*shard))
+                        .key(keys::epoch(*shard))
+                        .arg(now)
+                        .arg(format!("{node:x}"))
+                        .arg(new_epoch())
+                        .arg(if vouching { "1" } else { "" }),
+                );
+                pipe
+            })
+            .collect();
+        let results = self.run_pipelines(&[&self.scripts.vouch], &pipes).await;
+        let mut restored = 0;
+        let mut failed = None;
+        for ((shard, _), result) in shards.iter().zip(results) {
+            let epoch = match result {
+                Ok(mut replies) => match replies.pop() {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                    other => {
+                        failed = Some(record::unreadable("vouch", format!("{other:?}")));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            if vouching
+                && self.time == TimeSource::Redis
+                && let Ok(mut vouched) = self.vouched.lock()
+            {
+                vouched.insert(*shard, Instant::now());
+            }
+            restored += self.restore_if_lost(*shard, &epoch).await?;
+        }
+        failed.map_or(Ok(restored), Err)
     }
 
-    /// Checks `batch` in one script call.
-    async fn check(&self, batch: &[(Holder, Held, Millis)]) -> Result<Vec<CheckReply>, StoreError> {
+    /// A pipeline checking `batch` (one shard's sessions) in one script call.
+    fn check_pipe(&self, batch: &[(Holder, Held, Millis)]) -> redis::Pipeline {
         let now = batch.iter().map(|(_, _, now)| *now).max().unwrap_or(0);
         let mut invocation = self.scripts.check.prepare_invoke();
+        if let Some((_, first, _)) = batch.first() {
+            let shard = first.pool.shard();
+            invocation
+                .key(keys::customer(&first.pool))
+                .key(keys::index(shard))
+                .key(keys::alive(shard));
+        }
         invocation.arg(self.now_arg(now));
         for (holder, held, _) in batch {
             invocation
-                .key(keys::pool(&held.pool))
-                .key(keys::pools(&held.pool))
+                .key(keys::customer(&held.pool))
                 .key(keys::tombstone(&held.pool, held.id))
                 .arg(held.id.to_string())
-                .arg(record::holder_arg(*holder));
+                .arg(record::holder_arg(*holder))
+                .arg(&held.pool.offer_id);
         }
         let mut pipe = redis::pipe();
         pipe.invoke_script(&invocation);
-        let mut replies = self.run_pipeline(&self.scripts.check, &pipe).await?;
-        let reply = replies.pop().unwrap_or(Value::Nil);
-        record::checks(reply, batch.len())
+        pipe
     }
 
-    /// Restores this node's held sessions if Redis lost its data. Returns how many.
+    /// Restores this node's held sessions in `shard` if the shard lost its data:
+    /// `current` is the shard's epoch as a script just read it. Returns how many.
     ///
-    /// The epoch key holds a random value set by whichever node first finds it
-    /// missing; every node remembers the value it last saw, so each one notices a
-    /// new epoch (Redis restarted empty) exactly once and puts its sessions back.
-    pub(super) async fn restore_if_lost(&self) -> Result<usize, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys::EPOCH)
-            .arg(format!("{:016x}", rand::random::<u64>()))
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(keys::EPOCH);
-        let (current,): (Option<String>,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let Some(current) = current else {
-            return Ok(0);
-        };
-        match self.epoch.lock() {
-            Ok(mut known) if known.as_deref() != Some(current.as_str()) => {
+    /// A shard's epoch key holds a random value set by whichever script first
+    /// finds it missing; every node remembers the value it last saw in each
+    /// shard, so each one notices a new epoch (the shard's Redis restarted
+    /// empty) exactly once and puts its sessions there back. The other shards'
+    /// sessions are not touched.
+    pub(super) async fn restore_if_lost(&self, shard: u16, current: &str) -> Result<usize, StoreError> {
+        match self.epochs.lock() {
+            Ok(mut known) => match known.insert(shard, current.to_owned()) {
                 // The first epoch a node sees is the one it started in: nothing was lost.
-                if known.replace(current).is_none() {
-                    return Ok(0);
-                }
-            }
-            _ => return Ok(0),
+                None => return Ok(0),
+                Some(before) if before == current => return Ok(0),
+                Some(_) => {}
+            },
+            Err(_) => return Ok(0),
         }
-        let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        if held.is_empty() {
-            return Ok(0);
-        }
-        let sessions = held
+        let sessions: Vec<(PoolKey, Session)> = self
+            .held
             .iter()
-            .map(|(holder, h)| {
+            .filter(|e| e.value().pool.shard() == shard)
+            .map(|e| {
+                let (holder, h) = (*e.key(), e.value());
                 let session = Session {
                     id: h.id,
                     name: h.name.clone(),
                     state: SessionState::Live,
                     expires_at: 0,
-                    holder: Some(*holder),
+                    holder: Some(holder),
                     created_at: h.created_at,
                 };
                 (h.pool.clone(), session)
             })
             .collect();
+        if sessions.is_empty() {
+            return Ok(0);
+        }
+        let count = sessions.len();
         self.restore(sessions).await?;
         tracing::warn!(
-            restored = held.len(),
-            "Redis had lost its data: this node's sessions are restored"
+            shard,
+            restored = count,
+            "a Redis shard had lost its data: this node's sessions there are restored"
         );
-        Ok(held.len())
+        Ok(count)
     }
 }
