@@ -14,9 +14,9 @@ use drisc::domain::pool::{Limits, NewSession, Refusal};
 use drisc::domain::ports::{Control, Heartbeat, LocalSessions, Notifier, SessionStore, StoreError};
 use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
-use drisc::store::redis::{RedisStore, TimeSource, keys};
+use drisc::store::redis::{RedisStore, RedisTarget, TimeSource, keys};
 
-use super::support_redis::RedisServer;
+use super::support_redis::{RedisCluster, RedisServer};
 
 const CONNECT: u64 = 30_000;
 const PONG: u64 = 25_000;
@@ -47,6 +47,8 @@ pub struct Subject {
     /// The store's `LocalSessions`, if it has them (the memory store).
     pub local: Option<Arc<dyn LocalSessions>>,
     redis: Option<(Arc<RedisStore>, RedisServer)>,
+    /// The store on a Redis Cluster, and the cluster.
+    cluster: Option<(Arc<RedisStore>, RedisCluster)>,
     pub orders: Arc<Recorder>,
 }
 
@@ -57,6 +59,7 @@ impl Subject {
             store: store.clone(),
             local: Some(store),
             redis: None,
+            cluster: None,
             orders: Arc::default(),
         }
     }
@@ -80,6 +83,32 @@ impl Subject {
             store: store.clone(),
             local: None,
             redis: Some((store, server)),
+            cluster: None,
+            orders,
+        }
+    }
+
+    /// The Redis store on a real Redis Cluster of three masters and three replicas.
+    pub async fn redis_cluster() -> Subject {
+        let cluster = RedisCluster::start();
+        let orders: Arc<Recorder> = Arc::default();
+        let store = Arc::new(
+            RedisStore::connect(
+                RedisTarget::Cluster(cluster.seeds()),
+                timings(),
+                Duration::from_secs(60),
+                Duration::from_secs(3600),
+                TimeSource::Caller,
+                orders.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        Subject {
+            store: store.clone(),
+            local: None,
+            redis: None,
+            cluster: Some((store, cluster)),
             orders,
         }
     }
@@ -87,6 +116,9 @@ impl Subject {
     /// Makes queued heartbeats take effect (the Redis store batches them).
     pub async fn flush(&self) {
         if let Some((store, _)) = &self.redis {
+            store.refresh().await.unwrap();
+        }
+        if let Some((store, _)) = &self.cluster {
             store.refresh().await.unwrap();
         }
     }
@@ -169,6 +201,10 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() { super::$name(super::Subject::redis().await).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Subject::redis_cluster().await).await; })*
         }
     };
 }
