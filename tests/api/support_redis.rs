@@ -201,9 +201,9 @@ impl RedisCluster {
         cmd.query(&mut conn)
     }
 
-    /// Runs a command on every live node, masters and replicas.
-    pub fn on_every_node(&self, args: &[&str]) {
-        for port in self.live_ports().collect::<Vec<_>>() {
+    /// Runs a command on every live master.
+    pub fn on_masters(&self, args: &[&str]) {
+        for port in self.masters() {
             let _: redis::Value = self.node_cmd(port, args).unwrap();
         }
     }

@@ -93,20 +93,34 @@ impl RedisStore {
         let results = self.run_pipelines(&[&self.scripts.check], &pipes).await;
         let mut failed = None;
         for (batch, result) in batches.iter().zip(results) {
-            let replies =
-                match result.and_then(|mut replies| record::checks(replies.pop().unwrap_or(Value::Nil), batch.len())) {
-                    Ok(replies) => replies,
-                    Err(e) => {
-                        // Checked again at their next PONG.
-                        for (holder, _, _) in batch {
-                            if let Some(mut held) = self.held.get_mut(holder) {
-                                held.checked_at = None;
-                            }
-                        }
-                        failed = Some(e);
-                        continue;
+            let reply = result.map(|mut replies| replies.pop().unwrap_or(Value::Nil));
+            // The shard lost its data: put this node's sessions back rather than
+            // tell their sockets they ended; they are checked at their next PONG.
+            if let Ok(Value::BulkString(text)) = &reply
+                && let Some(epoch) = text.strip_prefix(b"lost|")
+            {
+                let shard = batch.first().map_or(0, |(_, held, _)| held.pool.shard());
+                for (holder, _, _) in batch {
+                    if let Some(mut held) = self.held.get_mut(holder) {
+                        held.checked_at = None;
                     }
-                };
+                }
+                round.restored += self.restore_if_lost(shard, &String::from_utf8_lossy(epoch)).await?;
+                continue;
+            }
+            let replies = match reply.and_then(|reply| record::checks(reply, batch.len())) {
+                Ok(replies) => replies,
+                Err(e) => {
+                    // Checked again at their next PONG.
+                    for (holder, _, _) in batch {
+                        if let Some(mut held) = self.held.get_mut(holder) {
+                            held.checked_at = None;
+                        }
+                    }
+                    failed = Some(e);
+                    continue;
+                }
+            };
             for ((holder, _, _), reply) in batch.iter().zip(replies) {
                 let order = match reply {
                     CheckReply::Held => {
@@ -223,14 +237,14 @@ impl RedisStore {
     fn check_pipe(&self, batch: &[(Holder, Held, Millis)]) -> redis::Pipeline {
         let now = batch.iter().map(|(_, _, now)| *now).max().unwrap_or(0);
         let mut invocation = self.scripts.check.prepare_invoke();
-        if let Some((_, first, _)) = batch.first() {
-            let shard = first.pool.shard();
-            invocation
-                .key(keys::customer(&first.pool))
-                .key(keys::index(shard))
-                .key(keys::alive(shard));
-        }
-        invocation.arg(self.now_arg(now));
+        let shard = batch.first().map_or(0, |(_, held, _)| held.pool.shard());
+        invocation
+            .key(keys::epoch(shard))
+            .key(keys::index(shard))
+            .key(keys::alive(shard))
+            .arg(self.now_arg(now))
+            .arg(self.known_epoch(shard))
+            .arg(new_epoch());
         for (holder, held, _) in batch {
             invocation
                 .key(keys::customer(&held.pool))
@@ -254,9 +268,12 @@ impl RedisStore {
     /// sessions are not touched.
     pub(super) async fn restore_if_lost(&self, shard: u16, current: &str) -> Result<usize, StoreError> {
         match self.epochs.lock() {
-            Ok(mut known) => match known.insert(shard, current.to_owned()) {
+            Ok(mut known) => match known.get(&shard) {
                 // The first epoch a node sees is the one it started in: nothing was lost.
-                None => return Ok(0),
+                None => {
+                    known.insert(shard, current.to_owned());
+                    return Ok(0);
+                }
                 Some(before) if before == current => return Ok(0),
                 Some(_) => {}
             },
@@ -279,11 +296,18 @@ impl RedisStore {
                 (h.pool.clone(), session)
             })
             .collect();
-        if sessions.is_empty() {
+        let count = sessions.len();
+        if count > 0 {
+            // Learned only once they are back: a restore that fails is tried again
+            // by the next script that finds the new epoch.
+            self.restore(sessions).await?;
+        }
+        if let Ok(mut known) = self.epochs.lock() {
+            known.insert(shard, current.to_owned());
+        }
+        if count == 0 {
             return Ok(0);
         }
-        let count = sessions.len();
-        self.restore(sessions).await?;
         tracing::warn!(
             shard,
             restored = count,

@@ -283,18 +283,27 @@ end
 return ep
 "#;
 
-/// Checks many held sessions of one shard at once, in any pools: KEYS[2] the
-/// shard's index, KEYS[3] its liveness hash, then two per session: its
-/// customer's hash, its tombstone (KEYS[1] is the first of those hashes).
-/// ARGV: now, then per session its id, holder and offer. Reply: one code per
+/// Checks many held sessions of one shard at once, in any pools: KEYS[1] the
+/// shard's epoch, KEYS[2] its index, KEYS[3] its liveness hash, then two per
+/// session: its customer's hash, its tombstone. ARGV: now, the shard's epoch
+/// the node last saw, a new epoch should the shard have none, then per session
+/// its id, holder and offer. Reply: `lost|<epoch>` if the shard is not in the
+/// epoch the node knows (it lost its data: the node restores its sessions
+/// there rather than tell their sockets they ended), else one code per
 /// session, `r` (held, and its own deadline rewritten if older than EXTEND),
 /// `x` (another socket holds it), or `g` followed by its tombstone, if any (it
 /// ended).
 const CHECK: &str = r#"
+local ep = redis.call('GET', KEYS[1])
+if not ep then
+  ep = ARGV[3]
+  redis.call('SET', KEYS[1], ep)
+end
+if ARGV[2] ~= '' and ep ~= ARGV[2] then return 'lost|' .. ep end
 local replies = {}
 for i = 1, (#KEYS - 3) / 2 do
   cust = KEYS[2 + 2 * i]
-  local id, holder, off = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local id, holder, off = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
   local v = redis.call('HGET', cust, id)
   local rec = v and decode(v)
   if not rec or rec.o ~= off or until_of(rec) <= now then
