@@ -208,20 +208,6 @@ impl RedisCluster {
         }
     }
 
-    /// Sums `field` of `INFO <section>` over the live masters (e.g.
-    /// `used_memory` of `memory`).
-    pub fn sum_info(&self, section: &str, field: &str) -> u64 {
-        self.masters()
-            .iter()
-            .map(|port| {
-                let info: String = self.node_cmd(*port, &["INFO", section]).unwrap();
-                info.lines()
-                    .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            })
-            .sum()
-    }
-
     /// The ports of the live masters, as the cluster sees them now.
     pub fn masters(&self) -> Vec<u16> {
         let Some(port) = self.live_ports().next() else {
