@@ -706,6 +706,37 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_seeds_must_be_node_urls_and_are_printed_without_passwords() {
+        let mut s = Settings::defaults().unwrap();
+        assert!(s.storage.redis_cluster_nodes.is_empty(), "one Redis by default");
+        s.storage.redis_cluster_nodes = vec![
+            "redis://:cl-s3cret@10.0.0.5:7000".into(),
+            "rediss://10.0.0.6:7000/".into(),
+        ];
+        s.validate().unwrap();
+        let printed = format!("{s:#?}");
+        assert!(
+            !printed.contains("cl-s3cret") && printed.contains("10.0.0.6:7000"),
+            "{printed}"
+        );
+        let toml = toml::to_string(&s).unwrap();
+        assert!(!toml.contains("cl-s3cret") && toml.contains("10.0.0.5:7000"), "{toml}");
+        for bad in [
+            "10.0.0.5:7000",
+            "http://10.0.0.5:7000",
+            "redis://10.0.0.5:7000/3",
+            "redis://:REDACTED@x:1",
+        ] {
+            s.storage.redis_cluster_nodes = vec![bad.into()];
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("storage.redis_cluster_nodes"), "{bad}: {err}");
+        }
+        s.storage.redis_cluster_nodes = vec!["redis://10.0.0.5:7000".into(); 65];
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
+    }
+
+    #[test]
     fn passwords_in_storage_urls_are_redacted() {
         assert_eq!(
             redact_url("redis://:hunter2@127.0.0.1:6379/"),
