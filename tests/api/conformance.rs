@@ -1314,3 +1314,44 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
     node.refresh().await.unwrap();
     assert_eq!(calls(server, Some("evalsha")) - before, 0, "vouched a moment ago");
 }
+
+/// On a Redis Cluster, a shard that comes back empty (here: its master flushed,
+/// which its replica follows) is noticed for its own sessions alone, and they
+/// are put back; sessions in shards on other masters are not touched. A
+/// `SCRIPT FLUSH` on every node changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_a_shard_that_lost_its_data_is_restored_alone() {
+    let s = Subject::redis_cluster().await;
+    let (store, cluster) = s.cluster.as_ref().map(|(st, c)| (st.clone(), c)).unwrap();
+    let now = t0();
+    let a = pool("lost-shard");
+    let master = cluster.master_of(&keys::customer(&a));
+    let b = (0..)
+        .map(|i| pool(&format!("kept-shard{i}")))
+        .find(|p| cluster.master_of(&keys::customer(p)) != master)
+        .unwrap();
+    let ida = admit(&s, &a, "tv", 1, now).await.unwrap();
+    let idb = admit(&s, &b, "tv", 1, now).await.unwrap();
+    s.store.attach(&a, ida, Holder(1), now).await.unwrap().unwrap();
+    s.store.attach(&b, idb, Holder(2), now).await.unwrap().unwrap();
+    s.flush().await;
+
+    for port in cluster.masters() {
+        let _: String = cluster.node_cmd(port, &["SCRIPT", "FLUSH"]).unwrap();
+    }
+    let _: String = cluster.node_cmd(master, &["FLUSHALL"]).unwrap();
+    let round = store.refresh().await.unwrap();
+    assert_eq!(round.restored, 1, "only the session of the flushed shard");
+    let listed = s.store.list(&a, now).await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].id, listed[0].holder),
+        (1, ida, Some(Holder(1)))
+    );
+    assert_eq!(s.store.locate(ida).await.unwrap(), Some(a.clone()), "indexed again");
+    assert!(
+        admit(&s, &a, "phone", 1, now + 1).await.is_none(),
+        "the limit counts it"
+    );
+    assert!(admit(&s, &b, "phone", 1, now + 1).await.is_none());
+    assert!(s.orders.0.lock().unwrap().is_empty(), "no socket was told anything");
+}

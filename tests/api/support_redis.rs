@@ -191,7 +191,8 @@ impl RedisCluster {
         self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port)
     }
 
-    fn node_cmd<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    /// Runs a command on the node on `port`.
+    pub fn node_cmd<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
         let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
         let mut cmd = redis::cmd(args[0]);
