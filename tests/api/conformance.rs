@@ -1272,12 +1272,13 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
     };
     let round = beat(now + 10_000).await;
     assert_eq!(round.refreshed, 30, "the first PONG checks each");
-    let before = calls(server, Some("evalsha"));
+    let (scripts, sets) = (calls(server, Some("evalsha")), calls(server, Some("set")));
     beat(now + 20_000).await;
+    assert_eq!(calls(server, Some("evalsha")) - scripts, 0, "no check before a minute");
     assert_eq!(
-        calls(server, Some("evalsha")) - before,
-        shards.len() as u64,
-        "one vouch per shard, no check before a minute"
+        calls(server, Some("set")) - sets,
+        2 * shards.len() as u64,
+        "per shard, its liveness key and its epoch"
     );
 
     // With Redis's clock, a shard is vouched for again only once a third of the
@@ -1308,11 +1309,17 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
         .unwrap()
         .unwrap();
     node.refresh().await.unwrap();
-    let vouched: String = server.cmd(&["HGET", &keys::alive(p.shard()), "7"]);
-    assert!(vouched.parse::<u64>().unwrap() > t0(), "{vouched}");
-    let before = calls(server, Some("evalsha"));
+    let vouched: String = server.cmd(&["GET", &keys::alive(p.shard(), 7)]);
+    let ttl: i64 = server.cmd(&["PTTL", &keys::alive(p.shard(), 7)]);
+    assert_eq!(vouched, "r", "Redis's clock: the key's TTL says until when");
+    assert!(ttl > 0 && ttl <= PONG as i64, "{ttl}");
+    let before = calls(server, None);
     node.refresh().await.unwrap();
-    assert_eq!(calls(server, Some("evalsha")) - before, 0, "vouched a moment ago");
+    assert_eq!(
+        calls(server, None) - before,
+        1,
+        "vouched a moment ago: only INFO itself"
+    );
 }
 
 /// On a Redis Cluster, a shard that comes back empty (here: its master flushed,

@@ -6,7 +6,7 @@
 //! | `drisc:{<shard>}:c:<customer>`   | hash   | a customer's sessions, all offers: session id → packed record with its offer (`record.rs`) |
 //! | `drisc:{<shard>}:ix`             | hash   | the shard's session index: session id → its customer ([`customer_tag`]), for operators' look-ups |
 //! | `drisc:{<shard>}:t:<session id>` | string | a tombstone: why a session ended (`T<name>`, `E`) |
-//! | `drisc:{<shard>}:alive`          | hash   | node (hex) → until when (ms) it vouches for its live sessions in the shard |
+//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; a number: until then, in the caller's clock) |
 //! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
 //! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
 //! | `drisc:inbox:<node>`             | list   | orders for a node's sockets ([`node`])        |
@@ -30,14 +30,15 @@
 //! offers of the customer's live records, exactly.
 //!
 //! A node vouches for its live sessions per shard it holds sessions in (one
-//! field in the shard's `alive` hash), and each shard has its own epoch, so a
+//! key per shard and node, set with a TTL of one PONG timeout: two plain
+//! commands with the epoch's, no script, and nothing to prune: a stopped
+//! node's keys expire by themselves), and each shard has its own epoch, so a
 //! shard that comes back empty is noticed, and restored from the nodes, for its
 //! own sessions alone.
 //!
 //! 1024 shards: a node holding sessions everywhere vouches 1024 times per
-//! round at most (each shard's field is rewritten only when a quarter of the
-//! PONG timeout has passed: see `refresh.rs`), and a shard's index stays a few
-//! hundred entries up to about a million sessions. Node-level keys (lease,
+//! third of a PONG timeout at most (see `refresh.rs`), and a shard's index
+//! stays a listpack (up to 128 entries) to about 100,000 sessions. Node-level keys (lease,
 //! inbox) are only ever read or written by single-key commands and stay
 //! outside the shards.
 
@@ -81,10 +82,16 @@ pub fn tombstone_prefix(pool: &PoolKey) -> String {
     format!("{}t:", shard_tag(pool.shard()))
 }
 
-/// The shard's liveness hash: node (hex, as the scripts read it off a holder,
-/// see `record.rs`) → until when (ms) it vouches for its live sessions there.
-pub fn alive(shard: u16) -> String {
-    format!("{}alive", shard_tag(shard))
+/// What the liveness keys of a shard's nodes start with: the node follows, in
+/// hex, as the scripts read it off a holder (see `record.rs`).
+pub fn alive_prefix(shard: u16) -> String {
+    format!("{}alive:", shard_tag(shard))
+}
+
+/// A node's liveness in a shard: while it lives, the node vouches for its live
+/// sessions there.
+pub fn alive(shard: u16, node: u64) -> String {
+    format!("{}{node:x}", alive_prefix(shard))
 }
 
 /// Present while the shard keeps its data; a node that finds it changed knows
@@ -173,7 +180,8 @@ mod tests {
         for other in [
             index(id.shard()),
             tombstone(&p, id),
-            alive(shard),
+            alive(shard, 0xabc),
+            alive_prefix(shard),
             epoch(shard),
             customer_prefix(shard),
         ] {
@@ -194,7 +202,9 @@ mod tests {
     }
 
     #[test]
-    fn a_nodes_liveness_field_names_it_as_the_scripts_read_a_holder() {
+    fn a_nodes_liveness_key_names_it_as_the_scripts_read_a_holder() {
+        let holder = crate::domain::Holder(0xabc << crate::domain::Holder::NODE_SHIFT | 7);
+        assert_eq!(alive(5, holder.node()), "drisc:{5}:alive:abc");
         // The scripts take what is left of the hex holder after its 10 socket digits.
         assert_eq!(crate::domain::Holder::NODE_SHIFT / 4, 10);
     }

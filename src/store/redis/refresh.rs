@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
 use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_epoch};
+use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState};
 
@@ -152,23 +153,25 @@ impl RedisStore {
     }
 
     /// Vouches for this node's live sessions in each shard it holds sessions
-    /// in (one field of the shard's liveness hash: they hold their slots one
-    /// more PONG timeout), and reads each shard's epoch, restoring the
-    /// sessions of a shard found in a new one. Returns how many were restored.
+    /// in (its liveness key there lives one more PONG timeout), and reads each
+    /// shard's epoch, restoring the sessions of a shard found in a new one: two
+    /// plain commands a shard, pipelined. Returns how many were restored.
     ///
-    /// With Redis's clock, a shard's field is rewritten once a third of the PONG
-    /// timeout (or every round, if rounds are slower): a field then always
-    /// holds for two thirds of a PONG timeout more, and a node costs each
-    /// shard a few writes a minute, not one a round. With the caller's clock
-    /// (tests), the latest PONG heard is "now", every held shard is vouched
-    /// for each round, and a round that heard none only reads the epochs.
+    /// With Redis's clock, a shard's key is rewritten once a third of the PONG
+    /// timeout (or every round, if rounds are slower): it then always lives two
+    /// thirds of a PONG timeout more, and a node costs each shard a few writes a
+    /// minute, not one a round; the key holds `r` and the scripts read its TTL,
+    /// so no node's clock is involved. With the caller's clock (tests), the key
+    /// holds the latest PONG heard plus a PONG timeout, every held shard is
+    /// vouched for each round, and a round that heard none only reads the epochs.
     async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<usize, StoreError> {
-        let (now, vouching) = match self.time {
-            TimeSource::Redis => (0, true),
-            TimeSource::Caller => match heard.iter().map(|(_, (_, now))| *now).max() {
-                Some(now) => (now, true),
-                None => (0, false),
-            },
+        let until = match self.time {
+            TimeSource::Redis => Some("r".to_owned()),
+            TimeSource::Caller => heard
+                .iter()
+                .map(|(_, (_, now))| *now)
+                .max()
+                .map(|now| (now + duration_ms(self.pong_timeout())).to_string()),
         };
         // Every socket of a node names it; tests hold sockets of node 0.
         let mut wanted: BTreeSet<(u16, u64)> = self
@@ -187,42 +190,56 @@ impl RedisStore {
         if wanted.is_empty() {
             return Ok(0);
         }
-        let shards: Vec<(u16, u64)> = wanted.into_iter().collect();
+        // One pipeline per shard: its keys share a slot.
+        let shards: Vec<(u16, Vec<u64>)> = by_shard(wanted, |(shard, _)| *shard)
+            .into_iter()
+            .map(|(shard, nodes)| (shard, nodes.into_iter().map(|(_, node)| node).collect()))
+            .collect();
+        let pong_ms = duration_ms(self.pong_timeout()).max(1);
+        let candidates: Vec<String> = shards.iter().map(|_| new_epoch()).collect();
         let pipes: Vec<redis::Pipeline> = shards
             .iter()
-            .map(|(shard, node)| {
+            .zip(&candidates)
+            .map(|((shard, nodes), candidate)| {
                 let mut pipe = redis::pipe();
-                pipe.invoke_script(
-                    self.scripts
-                        .vouch
-                        .key(keys::alive(*shard))
-                        .key(keys::epoch(*shard))
-                        .arg(now)
-                        .arg(format!("{node:x}"))
-                        .arg(new_epoch())
-                        .arg(if vouching { "1" } else { "" }),
-                );
+                if let Some(until) = &until {
+                    for node in nodes {
+                        pipe.cmd("SET")
+                            .arg(keys::alive(*shard, *node))
+                            .arg(until)
+                            .arg("PX")
+                            .arg(pong_ms)
+                            .ignore();
+                    }
+                }
+                // The epoch, set first by whoever finds none (NX), read back (GET:
+                // nil when this call set it).
+                pipe.cmd("SET")
+                    .arg(keys::epoch(*shard))
+                    .arg(candidate)
+                    .arg("NX")
+                    .arg("GET");
                 pipe
             })
             .collect();
-        let results = self.run_pipelines(&[&self.scripts.vouch], &pipes).await;
+        let results = self.run_pipelines(&[], &pipes).await;
         let mut restored = 0;
         let mut failed = None;
-        for ((shard, _), result) in shards.iter().zip(results) {
-            let epoch = match result {
-                Ok(mut replies) => match replies.pop() {
-                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-                    other => {
-                        failed = Some(record::unreadable("vouch", format!("{other:?}")));
-                        continue;
-                    }
-                },
+        for (((shard, _), candidate), result) in shards.iter().zip(candidates).zip(results) {
+            let epoch = match result.map(|mut replies| replies.pop()) {
+                Ok(Some(Value::BulkString(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
+                // Set by this call: the value it sent.
+                Ok(Some(Value::Nil)) => candidate,
+                Ok(other) => {
+                    failed = Some(record::unreadable("epoch", format!("{other:?}")));
+                    continue;
+                }
                 Err(e) => {
                     failed = Some(e);
                     continue;
                 }
             };
-            if vouching
+            if until.is_some()
                 && self.time == TimeSource::Redis
                 && let Ok(mut vouched) = self.vouched.lock()
             {
@@ -241,7 +258,7 @@ impl RedisStore {
         invocation
             .key(keys::epoch(shard))
             .key(keys::index(shard))
-            .key(keys::alive(shard))
+            .key(keys::alive_prefix(shard))
             .arg(self.now_arg(now))
             .arg(self.known_epoch(shard))
             .arg(new_epoch());

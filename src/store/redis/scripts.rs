@@ -35,14 +35,15 @@ local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @T
 "#;
 
 /// The prologue of the scripts on a pool: KEYS[1] the customer's hash, KEYS[2]
-/// the shard's index, KEYS[3] the shard's liveness hash; ARGV[1] now, ARGV[2]
-/// the pool's offer.
+/// the shard's index, KEYS[3] what the shard's liveness keys start with
+/// ([`keys::alive_prefix`]: in the shard's slot, so it routes like a key);
+/// ARGV[1] now, ARGV[2] the pool's offer.
 ///
 /// A record is packed (`record.rs`): `state|expires|holder (hex)|created|offer
 /// length|offer|name`. A live record's own deadline is written when it is
 /// attached and then only every `@EXTEND@` ms: between those writes, the
-/// holding node vouches for it through its field in the shard's liveness hash
-/// (rewritten by its refresh rounds, deadline one PONG timeout ahead), for at
+/// holding node vouches for it through its liveness key in the shard
+/// (rewritten by its refresh rounds, living one PONG timeout), for at
 /// most `@STALE@` ms past the record's own deadline. So a held session costs
 /// Redis nothing per PONG, and the sessions of a node that stops die one PONG
 /// timeout after its last vouch.
@@ -71,7 +72,15 @@ local function node_until(h)
   if #h > 10 then node = h:sub(1, #h - 10) end
   local d = vouched[node]
   if d == nil then
-    d = tonumber(redis.call('HGET', alive, node) or '0') or 0
+    local v = redis.call('GET', alive .. node)
+    if v == 'r' then
+      -- Set with Redis's clock: vouched for as long as the key lives.
+      local ttl = redis.call('PTTL', alive .. node)
+      d = 0
+      if ttl > 0 then d = now + ttl end
+    else
+      d = tonumber(v or '0') or 0
+    end
     vouched[node] = d
   end
   return d
@@ -251,40 +260,8 @@ return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c,
   epoch = redis.call('GET', KEYS[4]) or ''})
 "#;
 
-/// A node vouches for its live sessions in one shard: KEYS[1] the shard's
-/// liveness hash, KEYS[2] its epoch. ARGV: now, the node (hex), a new epoch
-/// should the shard have none, "1" to vouch ("": only read the epoch). Until
-/// one PONG timeout from now, the node's live sessions there hold their slots
-/// (a field is never moved back: tests vouch with their own clocks); fields of
-/// nodes that stopped vouching are dropped. Reply: the shard's epoch.
-const VOUCH: &str = r#"
-if ARGV[4] == '1' then
-  local till = now + PONG
-  if till > (tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0') or 0) then
-    redis.call('HSET', KEYS[1], ARGV[2], string.format('%d', till))
-  end
-  local last = till
-  local fields = redis.call('HGETALL', KEYS[1])
-  for i = 1, #fields, 2 do
-    local u = tonumber(fields[i + 1]) or 0
-    if u <= now then
-      redis.call('HDEL', KEYS[1], fields[i])
-    elseif u > last then
-      last = u
-    end
-  end
-  redis.call('PEXPIREAT', KEYS[1], last)
-end
-local ep = redis.call('GET', KEYS[2])
-if not ep then
-  ep = ARGV[3]
-  redis.call('SET', KEYS[2], ep)
-end
-return ep
-"#;
-
 /// Checks many held sessions of one shard at once, in any pools: KEYS[1] the
-/// shard's epoch, KEYS[2] its index, KEYS[3] its liveness hash, then two per
+/// shard's epoch, KEYS[2] its index, KEYS[3] its liveness prefix, then two per
 /// session: its customer's hash, its tombstone. ARGV: now, the shard's epoch
 /// the node last saw, a new epoch should the shard have none, then per session
 /// its id, holder and offer. Reply: `lost|<epoch>` if the shard is not in the
@@ -421,7 +398,6 @@ pub struct Scripts {
     pub admit: redis::Script,
     pub take_over: redis::Script,
     pub attach: redis::Script,
-    pub vouch: redis::Script,
     pub check: redis::Script,
     pub detach: redis::Script,
     pub end: redis::Script,
@@ -433,12 +409,11 @@ pub struct Scripts {
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 11] {
+    pub fn all(&self) -> [&redis::Script; 10] {
         [
             &self.admit,
             &self.take_over,
             &self.attach,
-            &self.vouch,
             &self.check,
             &self.detach,
             &self.end,
@@ -463,7 +438,6 @@ impl Scripts {
             admit: on_pool(ADMIT),
             take_over: on_pool(TAKE_OVER),
             attach: on_pool(ATTACH),
-            vouch: redis::Script::new(&format!("{now}{VOUCH}")),
             check: on_pool(CHECK),
             detach: on_pool(DETACH),
             end: on_pool(END),
@@ -477,14 +451,14 @@ impl Scripts {
 
 /// An invocation of `script` on `pool`, with the keys and arguments every
 /// script on a pool takes first: the customer's hash, the shard's index and
-/// liveness hash; `now` (0: Redis's clock) and the pool's offer.
+/// liveness prefix; `now` (0: Redis's clock) and the pool's offer.
 pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey, now: u64) -> redis::ScriptInvocation<'a> {
     let shard = pool.shard();
     let mut invocation = script.prepare_invoke();
     invocation
         .key(keys::customer(pool))
         .key(keys::index(shard))
-        .key(keys::alive(shard))
+        .key(keys::alive_prefix(shard))
         .arg(now)
         .arg(&pool.offer_id);
     invocation
