@@ -72,7 +72,6 @@ impl Subject {
                 &server.url,
                 timings(),
                 Duration::from_secs(60),
-                Duration::from_secs(3600),
                 TimeSource::Caller,
                 orders.clone(),
             )
@@ -97,7 +96,6 @@ impl Subject {
                 RedisTarget::Cluster(cluster.seeds()),
                 timings(),
                 Duration::from_secs(60),
-                Duration::from_secs(3600),
                 TimeSource::Caller,
                 orders.clone(),
             )
@@ -1096,7 +1094,6 @@ async fn second_node(s: &Subject) -> Arc<RedisStore> {
             &s.redis_server().unwrap().url,
             timings(),
             Duration::from_secs(60),
-            Duration::from_secs(3600),
             TimeSource::Caller,
             Arc::new(Recorder::default()),
         )
@@ -1288,7 +1285,6 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
             &server.url,
             timings(),
             Duration::from_secs(60),
-            Duration::from_secs(3600),
             TimeSource::Redis,
             Arc::new(Recorder::default()),
         )

@@ -39,7 +39,6 @@ pub async fn open<L: Notifier>(
         target.clone(),
         settings.timings(),
         settings.cluster.tombstone_ttl,
-        settings.auth.session_token_ttl,
         TimeSource::Redis,
         local.clone(),
     )

@@ -112,13 +112,12 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to Redis (one server, or a cluster). `local` reaches this
-    /// node's sockets. (`_index_ttl` is kept for callers: a session id is now
-    /// findable for as long as its session is in Redis.)
+    /// node's sockets. A session id is found by operators for as long as its
+    /// session is in Redis (the shard's index drops it with the session).
     pub async fn connect(
         target: impl Into<RedisTarget>,
         timings: Timings,
         tombstone_ttl: Duration,
-        _index_ttl: Duration,
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
