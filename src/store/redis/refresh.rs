@@ -6,7 +6,7 @@
 //! node's sessions back in a shard that lost its data
 //! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,7 @@ impl RedisStore {
         }
         round.written = self.write_queued(|_| true).await?;
         // Due: the first PONG since the socket attached, then one a minute.
-        let due: Vec<(Holder, Held, Millis)> = heard
+        let mut due: Vec<(Holder, Held, Millis)> = heard
             .iter()
             .filter_map(|(holder, (id, now))| {
                 let mut held = self.held.get_mut(holder)?;
@@ -86,6 +86,7 @@ impl RedisStore {
                 Some((*holder, held.clone(), *now))
             })
             .collect();
+        self.join_due(&mut due);
         let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
             .into_values()
             .flat_map(|group| group.chunks(CHECK_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>())
@@ -142,6 +143,36 @@ impl RedisStore {
             }
         }
         failed.map_or(Ok(round), Err)
+    }
+
+    /// Adds to `due` the other sessions this node holds in the same shards
+    /// whose last check is at least half a [`CHECK_EVERY_MS`] old: a check
+    /// call costs a few commands whatever its size, and each session's PONGs
+    /// come at their own times, so without this each call would check one
+    /// session; with it, a shard's sessions fall into step within a minute or
+    /// two and are checked together, each at most twice as often as due.
+    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>) {
+        let mut shards: HashMap<u16, Millis> = HashMap::new();
+        for (_, held, now) in due.iter() {
+            let at = shards.entry(held.pool.shard()).or_default();
+            *at = (*at).max(*now);
+        }
+        if shards.is_empty() {
+            return;
+        }
+        let already: HashSet<Holder> = due.iter().map(|(holder, _, _)| *holder).collect();
+        for mut entry in self.held.iter_mut() {
+            let holder = *entry.key();
+            let held = entry.value_mut();
+            let Some(now) = shards.get(&held.pool.shard()).copied() else {
+                continue;
+            };
+            let old_enough = held.checked_at.is_some_and(|at| now >= at + CHECK_EVERY_MS / 2);
+            if old_enough && !already.contains(&holder) {
+                held.checked_at = Some(now);
+                due.push((holder, held.clone(), now));
+            }
+        }
     }
 
     fn pending_again(&self, heard: &[(Holder, (SessionId, Millis))]) {
