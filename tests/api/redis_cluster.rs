@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, all_at_once, granted, spawn_app_with};
 use crate::players::{Seen, connect_ok};
+use crate::support_process::{ProcessOptions, ServerProcess};
 use crate::support_redis::RedisCluster;
 
 const SECRET: &str = "redis-cluster-test-session-secret";
@@ -154,4 +155,52 @@ async fn a_master_killed_during_play_is_replaced_and_sessions_elsewhere_never_no
     let (pings, _other_player) = playing.await.unwrap();
     assert!(pings >= 10, "pinged all along: {pings}");
     victim_playing.await.unwrap();
+}
+
+/// The binary, configured through the environment as an operator would (a
+/// comma-separated list of seeds), keeps its sessions on the cluster beside an
+/// in-process node; killed with SIGKILL, its session is freed once its
+/// liveness key in the session's shard expires (one PONG timeout), not before.
+#[tokio::test]
+async fn a_node_process_configured_by_environment_shares_the_cluster_and_its_death_frees_its_sessions() {
+    let cluster = RedisCluster::start();
+    let survivor = node(&cluster, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = ProcessOptions::default()
+        .env("DRISC__STORAGE__SESSIONS", "redis")
+        .env("DRISC__STORAGE__REDIS_CLUSTER_NODES", cluster.seeds().join(","))
+        .env("DRISC__AUTH__SESSION_SECRET", SECRET)
+        .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
+        .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
+        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms");
+    let mut doomed = ServerProcess::start(dir.path(), options);
+    let token = survivor.token("p", "env1");
+    let tv = doomed.api().create_ok(&token, "S1", "TV").await;
+    let mut player = connect_ok(&tv.endpoint).await;
+    player.keep_alive_for(Duration::from_secs(1)).await;
+    assert_eq!(survivor.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    // The session is on the master that serves its customer's slot.
+    let key = keys::customer(&PoolKey {
+        publisher_id: "p".into(),
+        customer_id: "env1".into(),
+        offer_id: "S1".into(),
+    });
+    let held: i64 = cluster.node_cmd(cluster.master_of(&key), &["HLEN", &key]).unwrap();
+    assert_eq!(held, 1);
+
+    doomed.kill9();
+    let killed_at = tokio::time::Instant::now();
+    let mut freed = false;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        if survivor.create(&token, json!({"offerId": "S1"})).await.status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the slot is freed once the dead node's vouching expires");
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(500),
+        "not at once: the node's last vouch still holds"
+    );
 }
