@@ -2,7 +2,7 @@
 //!
 //! Each script touches the keys of one shard ([`super::keys`]): the customer's
 //! hash of sessions (every offer's), the shard's session index, the shard's
-//! liveness hash and epoch, tombstones. They share one hash slot, so each
+//! liveness keys and epoch, tombstones. They share one hash slot, so each
 //! script is atomic on a single Redis and on a Redis Cluster alike. Time is the
 //! caller's `now` when given (tests drive it), else Redis's own `TIME`, so the
 //! clocks of the nodes never matter. Dead sessions are dropped first by every

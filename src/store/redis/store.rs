@@ -2,7 +2,7 @@
 //! of [`super::keys`] and reads their replies with [`super::record`].
 //!
 //! What a node's own sockets do is batched: a PONG costs Redis nothing (the
-//! node's liveness key vouches for its sessions, and each is checked once a
+//! node's liveness key in each shard vouches for its sessions there, and each is checked once a
 //! [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
 //! session is queued for the next refresh round ([`super::refresh`]), at most one
 //! refresh interval away. Any operation on a pool by this node (an admission
