@@ -2,8 +2,8 @@
 //! of [`super::keys`] and reads their replies with [`super::record`].
 //!
 //! What a node's own sockets do is batched: a PONG costs Redis nothing (the
-//! node's liveness key in each shard vouches for its sessions there, and each is checked once a
-//! [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
+//! node's liveness key in each shard vouches for its sessions there, and each
+//! is checked once a [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
 //! session is queued for the next refresh round ([`super::refresh`]), at most one
 //! refresh interval away. Any operation on a pool by this node (an admission
 //! first of all) writes that pool's queued ends first, in the same round trip, so
