@@ -44,6 +44,7 @@ pub struct Settings {
     pub cors: CorsSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub web: WebSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -87,7 +88,26 @@ pub struct StorageSettings {
     pub redis_cluster_nodes: Vec<String>,
     #[serde(serialize_with = "url_redacted")]
     pub postgres_url: String,
+    /// PEM file of the CA(s) a `rediss://` server's certificate must chain to
+    /// (empty: the system's roots).
+    pub redis_ca_file: String,
+    /// PEM files of a client certificate (chain) and its key, for a Redis that
+    /// requires them (`tls-auth-clients yes`). Both or neither.
+    pub redis_client_cert: String,
+    pub redis_client_key: String,
+    /// `disable`, `allow`, `prefer`, `require`, `verify-ca` or `verify-full`;
+    /// empty: the URL's `sslmode` (or PostgreSQL's default, `prefer`).
+    pub postgres_sslmode: String,
+    /// PEM file of the CA(s) for `verify-ca`/`verify-full` (empty: the URL's
+    /// `sslrootcert`, else the system's roots).
+    pub postgres_ca_file: String,
+    /// PEM files of a client certificate and its key (both or neither).
+    pub postgres_client_cert: String,
+    pub postgres_client_key: String,
 }
+
+/// The values `storage.postgres_sslmode` takes (libpq's names).
+pub const POSTGRES_SSLMODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
 /// Shown without the passwords the URLs may carry (logs, debug output).
 impl std::fmt::Debug for StorageSettings {
@@ -108,6 +128,13 @@ impl std::fmt::Debug for StorageSettings {
                     .collect::<Vec<_>>(),
             )
             .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_client_cert", &self.redis_client_cert)
+            .field("redis_client_key", &self.redis_client_key)
+            .field("postgres_sslmode", &self.postgres_sslmode)
+            .field("postgres_ca_file", &self.postgres_ca_file)
+            .field("postgres_client_cert", &self.postgres_client_cert)
+            .field("postgres_client_key", &self.postgres_client_key)
             .finish()
     }
 }
@@ -136,6 +163,45 @@ fn url_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Err
 
 fn urls_redacted<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
+
+/// Checks a store's CA file, client certificate and key (`{prefix}_ca_file`,
+/// `{prefix}_client_cert`, `{prefix}_client_key`): each one set is a readable PEM
+/// file holding what its name says, and the certificate and key come together.
+fn check_tls_files(prefix: &str, ca: &str, cert: &str, key: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |suffix: &str, path: &str| -> anyhow::Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("invalid configuration: {prefix}_{suffix}: cannot read {path:?}"))
+    };
+    let certificates = |suffix: &str, path: &str| -> anyhow::Result<()> {
+        let pem = read(suffix, path)?;
+        let found = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {prefix}_{suffix}: {path:?} is not PEM: {e}"))?;
+        if found.is_empty() {
+            bail!("invalid configuration: {prefix}_{suffix}: {path:?} holds no PEM certificate (BEGIN CERTIFICATE)");
+        }
+        Ok(())
+    };
+    if !ca.is_empty() {
+        certificates("ca_file", ca)?;
+    }
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            certificates("client_cert", cert)?;
+            let pem = read("client_key", key)?;
+            PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                anyhow::anyhow!("invalid configuration: {prefix}_client_key: {key:?} holds no PEM private key: {e}")
+            })?;
+        }
+        _ => bail!(
+            "invalid configuration: {prefix}_client_cert and {prefix}_client_key go together: set both or neither"
+        ),
+    }
+    Ok(())
 }
 
 /// Whether `url` carries the placeholder [`redact_url`] puts in place of a password.
@@ -313,6 +379,24 @@ pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
 }
 
+/// Whether `/demo` (and its token minting) is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoMode {
+    /// Only while customer tokens are verified with the published development key.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the operator console at `/console` (it still needs the admin key).
+    pub console: bool,
+    pub demo: DemoMode,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -437,6 +521,7 @@ impl Settings {
         if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
             bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
         }
+        self.validate_store_tls()?;
         if !(1..=MAX_POOLS_PER_CUSTOMER).contains(&self.publishers.max_pools_per_customer) {
             bail!(
                 "invalid configuration: publishers.max_pools_per_customer must be between 1 and {MAX_POOLS_PER_CUSTOMER}"
@@ -502,6 +587,62 @@ impl Settings {
                 "invalid configuration: log.level {:?} is not a valid filter",
                 self.log.level
             );
+        }
+        Ok(())
+    }
+
+    /// The stores' TLS files are read once here, so a wrong path or a file holding
+    /// no certificate stops the start with the setting's name, not a handshake
+    /// error on the first connection.
+    fn validate_store_tls(&self) -> anyhow::Result<()> {
+        let st = &self.storage;
+        if self.storage.sessions == SessionBackend::Redis {
+            let files = [&st.redis_ca_file, &st.redis_client_cert, &st.redis_client_key];
+            let cluster = !st.redis_cluster_nodes.is_empty();
+            let tls_seeds = st
+                .redis_cluster_nodes
+                .iter()
+                .filter(|n| n.starts_with("rediss://"))
+                .count();
+            if cluster && tls_seeds != 0 && tls_seeds != st.redis_cluster_nodes.len() {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes: either every seed is rediss:// \
+                     (TLS) or none is"
+                );
+            }
+            let tls = if cluster {
+                tls_seeds > 0
+            } else {
+                st.redis_url.starts_with("rediss://")
+            };
+            if files.iter().any(|f| !f.is_empty()) && !tls {
+                bail!(
+                    "invalid configuration: storage.redis_ca_file, redis_client_cert and redis_client_key \
+                     apply to TLS only: storage.redis_url (or, for a cluster, storage.redis_cluster_nodes) \
+                     must then be rediss://"
+                );
+            }
+            check_tls_files(
+                "storage.redis",
+                &st.redis_ca_file,
+                &st.redis_client_cert,
+                &st.redis_client_key,
+            )?;
+        }
+        if self.storage.settings == SettingsBackend::Postgres {
+            if !st.postgres_sslmode.is_empty() && !POSTGRES_SSLMODES.contains(&st.postgres_sslmode.as_str()) {
+                bail!(
+                    "invalid configuration: storage.postgres_sslmode is {:?}; it must be one of {} (or empty: the URL's)",
+                    st.postgres_sslmode,
+                    POSTGRES_SSLMODES.join(", ")
+                );
+            }
+            check_tls_files(
+                "storage.postgres",
+                &st.postgres_ca_file,
+                &st.postgres_client_cert,
+                &st.postgres_client_key,
+            )?;
         }
         Ok(())
     }
@@ -589,6 +730,23 @@ impl Settings {
             pong_timeout: self.liveness.pong_timeout,
             reconnect_grace: self.liveness.reconnect_grace,
             connect_timeout: self.liveness.connect_timeout,
+        }
+    }
+
+    /// Whether customer tokens are verified with the published development secret
+    /// (no key of the operator's own, no key file, no JWKS): anyone can mint them.
+    pub fn uses_dev_customer_key(&self) -> bool {
+        let a = &self.auth;
+        a.customer_key.expose_secret() == DEV_CUSTOMER_KEY && a.customer_key_file.is_empty() && a.jwks_uri.is_empty()
+    }
+
+    /// Whether `/demo` is served: `auto` only with the development customer key,
+    /// since the demo is for a laptop, not for a server with real customers.
+    pub fn demo_enabled(&self) -> bool {
+        match self.web.demo {
+            DemoMode::On => true,
+            DemoMode::Off => false,
+            DemoMode::Auto => self.uses_dev_customer_key(),
         }
     }
 
@@ -695,6 +853,34 @@ mod tests {
             .unwrap();
         let s = Settings::finish(old).unwrap();
         assert_eq!(s.publishers.unknown_offers, UnknownOffers::Each);
+    }
+
+    #[test]
+    fn the_demo_is_on_by_default_only_with_the_development_customer_key() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.web.demo, DemoMode::Auto);
+        assert!(s.web.console);
+        assert!(s.uses_dev_customer_key() && s.demo_enabled());
+        s.auth.customer_key = "an operator's own".into();
+        assert!(!s.uses_dev_customer_key() && !s.demo_enabled());
+        s.web.demo = DemoMode::On;
+        assert!(s.demo_enabled(), "on is on, whatever the key");
+        let mut s = Settings::defaults().unwrap();
+        s.auth.jwks_uri = "https://idp.example.com/jwks.json".into();
+        assert!(!s.demo_enabled(), "a JWKS is not the development key");
+        let mut s = Settings::defaults().unwrap();
+        s.web.demo = DemoMode::Off;
+        assert!(!s.demo_enabled());
+    }
+
+    #[test]
+    fn a_demo_mode_that_does_not_exist_is_refused_by_name() {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("web.demo", "maybe")
+            .unwrap();
+        let err = format!("{:#}", Settings::finish(builder).unwrap_err());
+        assert!(err.contains("maybe") && err.contains("demo"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`app`] builds everything from [`config::Settings`] and runs it;
 //! - [`net`] owns the accept loop and every connection (deadlines, shedding, drain);
 //! - [`http`] (REST API, admin API) and [`ws`] (the player's socket) are the edges;
+//! - [`web`] serves the console and the demo player, pages over that API;
 //! - [`auth`] verifies customer tokens and signs session tokens;
 //! - [`readiness`] says whether the node can admit (`/readyz`): stores reachable, not draining;
 //! - [`limits`] rate-limits customers and failed authentications per source address;
@@ -31,6 +32,7 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod web;
 pub mod ws;
 
 pub use app::App;

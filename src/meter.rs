@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::domain::policy::LimitPolicy;
 use crate::domain::ports::{EndCause, SessionEvents, SessionsByState};
 use crate::domain::{PoolKey, SessionId};
 
@@ -119,7 +120,15 @@ pub struct Meter {
     /// status. Routes are the router's templates (and "unmatched"), so the map is
     /// as small as the API.
     http_requests: DashMap<String, Vec<(&'static str, u16, Histogram)>, foldhash::fast::RandomState>,
+    /// `drisc_sessions_over_limit_total` by (publisher, offer), at most
+    /// [`MAX_OVER_LIMIT_SERIES`] of them: offer ids are the operator's, except
+    /// under `unknownOffers = each`, where players may make them up.
+    over_limit: DashMap<(String, String), Counter, foldhash::fast::RandomState>,
 }
+
+/// Series of `drisc_sessions_over_limit_total` beyond which would-be refusals
+/// are counted under `publisher="other", offer="other"`.
+const MAX_OVER_LIMIT_SERIES: usize = 1_000;
 
 impl Default for Meter {
     fn default() -> Self {
@@ -162,6 +171,7 @@ impl Meter {
                 counter("drisc_shed_total", "what", "request"),
             ],
             http_requests: DashMap::default(),
+            over_limit: DashMap::default(),
             recorder,
             handle,
         };
@@ -311,6 +321,38 @@ impl SessionEvents for Meter {
             "session ended"
         );
     }
+
+    /// `drisc_sessions_over_limit_total{publisher, offer}`: the would-be
+    /// refusals of offers in `monitor` mode. Labelled by the pool's offer, as
+    /// configured by the operator (unknown offers share `*unknown`, unless a
+    /// publisher lets each be its own pool), never by customer or session.
+    fn over_limit(&self, pool: &PoolKey, limit: u32, policy: LimitPolicy) {
+        let mut series = (pool.publisher_id.clone(), pool.offer_id.clone());
+        if self.over_limit.len() >= MAX_OVER_LIMIT_SERIES && !self.over_limit.contains_key(&series) {
+            series = ("other".into(), "other".into());
+        }
+        // Built on every call: this is the path of a would-be refusal, not of a grant.
+        let labels = vec![
+            Label::new("publisher", SharedString::from(series.0.clone())),
+            Label::new("offer", SharedString::from(series.1.clone())),
+        ];
+        self.over_limit
+            .entry(series)
+            .or_insert_with(|| {
+                self.recorder
+                    .register_counter(&Key::from_parts("drisc_sessions_over_limit_total", labels), &METADATA)
+            })
+            .increment(1);
+        tracing::info!(
+            event = "session_over_limit",
+            policy = policy.as_str(),
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            limit,
+            "session granted past the offer's limit (onLimit = monitor): it would have been refused"
+        );
+    }
 }
 
 /// A method as a label: the standard ones, else "other", since a client may send
@@ -335,6 +377,10 @@ fn describe(r: &PrometheusRecorder) {
             "Answers to POST /sessions by outcome (a takeover is counted in drisc_takeovers_total)",
         ),
         ("drisc_takeovers_total", "Sessions granted by POST /takeover"),
+        (
+            "drisc_sessions_over_limit_total",
+            "Sessions granted past their offer's limit under onLimit = monitor (would-be refusals)",
+        ),
         ("drisc_sessions_ended_total", "Sessions ended, by cause"),
         ("drisc_ws_close_total", "Close frames sent by the server, by close code"),
         (
@@ -411,5 +457,56 @@ mod process {
     #[cfg(not(target_os = "linux"))]
     pub(super) fn read() -> Process {
         Process::default()
+    }
+}
+
+#[cfg(test)]
+mod over_limit_tests {
+    use super::*;
+
+    fn rendered(meter: &Meter) -> Vec<String> {
+        let readings = Readings {
+            sessions: SessionsByState::default(),
+            websocket_connections: 0,
+            bad_messages: 0,
+            flooded_sockets: 0,
+        };
+        meter
+            .render(readings)
+            .lines()
+            .filter(|l| l.starts_with("drisc_sessions_over_limit_total{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn pool(offer: &str) -> PoolKey {
+        PoolKey {
+            publisher_id: "p".into(),
+            customer_id: "secret-customer".into(),
+            offer_id: offer.into(),
+        }
+    }
+
+    #[test]
+    fn would_be_refusals_are_counted_per_offer_and_made_up_offers_cannot_grow_the_series_without_end() {
+        let meter = Meter::new();
+        meter.over_limit(&pool("S1"), 1, LimitPolicy::Monitor);
+        meter.over_limit(&pool("S1"), 1, LimitPolicy::Monitor);
+        let lines = rendered(&meter);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with(" 2") && !lines[0].contains("secret-customer"),
+            "{lines:?}"
+        );
+        for i in 0..MAX_OVER_LIMIT_SERIES + 50 {
+            meter.over_limit(&pool(&format!("made-up-{i}")), 1, LimitPolicy::Monitor);
+        }
+        let lines = rendered(&meter);
+        assert_eq!(
+            lines.len(),
+            MAX_OVER_LIMIT_SERIES + 1,
+            "the cap, plus the 'other' series"
+        );
+        assert!(lines.iter().any(|l| l.contains(r#"offer="other""#)));
     }
 }

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use super::clock::Clock;
+use super::clock::Millis;
 use super::listing::{SessionPage, SessionQuery};
 use super::liveness::Timings;
-use super::pool::{ActiveSession, Limits, NewSession, Refusal};
+use super::policy::{self, AtLimit, CustomerOverride, EVICT_TRIES, LimitPolicy, OverrideKey};
+use super::pool::{ActiveSession, Granted, Limits, NewSession, Refusal, TakenOver};
 use super::ports::{
     Control, EndCause, LocalSessions, Notifier, SessionArchive, SessionEvents, SessionStore, SessionsByState,
     SettingsError, SettingsRepo, StoreError,
@@ -42,6 +44,8 @@ impl PublisherPolicy {
             unknown_offers: self.unknown_offers,
             verification_key: None,
             jwks_uri: None,
+            on_limit: LimitPolicy::Reject,
+            customer_session_limit: None,
         }
     }
 }
@@ -214,16 +218,18 @@ impl SessionControl {
         let Some(offer) = self.resolve(customer, known, request.offer).await? else {
             return Ok(CreateOutcome::Disabled);
         };
-        let pool = PoolKey::new(customer, offer.pool_offer_id);
+        let pool = PoolKey::new(customer, offer.pool_offer_id.clone());
         let new = NewSession {
             id: SessionId::for_customer(customer),
             name: request.name.to_owned(),
         };
+        let now = self.clock.now();
         let limits = Limits {
-            sessions: offer.session_limit,
+            sessions: self.session_limit(&pool, &offer, now).await?,
             pools_per_customer: self.policy.max_pools_per_customer,
+            customer_sessions: offer.customer_session_limit,
         };
-        let admitted = self.store.admit(&pool, new, limits, self.clock.now()).await;
+        let admitted = self.admit(&pool, new, limits, offer.on_limit, now).await;
         let Some(admitted) = self.when_unavailable(admitted)? else {
             return Ok(CreateOutcome::Disabled);
         };
@@ -261,6 +267,24 @@ impl SessionControl {
                     active: full.active,
                 })
             }
+            Err(Refusal::Household(full)) => {
+                tracing::info!(
+                    event = "session_refused",
+                    reason = "household_limit",
+                    publisher = %pool.publisher_id,
+                    customer = %pool.customer_id,
+                    offer = %pool.offer_id,
+                    limit = ?limits.customer_sessions,
+                    "session refused: the customer holds as many sessions across offers as the publisher allows"
+                );
+                // `/takeover` replaces a session of the requested offer's pool
+                // only, and these may be in any pool: the player is not offered it
+                // (DELETE /me/sessions/{id} frees one of them).
+                Ok(CreateOutcome::LimitExceeded {
+                    takeover_enabled: false,
+                    active: full.active,
+                })
+            }
             Err(Refusal::TooManyPools) => {
                 let max = limits.pools_per_customer;
                 // Worth an operator's eye: a real player seldom needs that many
@@ -275,6 +299,86 @@ impl SessionControl {
                 );
                 Ok(CreateOutcome::TooManyPools { max })
             }
+        }
+    }
+
+    /// The limit of the customer's pool at `now`: their override while it
+    /// applies, else the offer's. Looked up only for a publisher with overrides.
+    async fn session_limit(&self, pool: &PoolKey, offer: &ResolvedOffer, now: Millis) -> Result<u32, ControlError> {
+        if !offer.overridden {
+            return Ok(offer.session_limit);
+        }
+        let key = OverrideKey {
+            publisher_id: pool.publisher_id.clone(),
+            customer_id: pool.customer_id.clone(),
+            offer_id: pool.offer_id.clone(),
+        };
+        let found = self.settings.customer_override(&key).await?;
+        Ok(policy::session_limit(offer.session_limit, found.as_ref(), now))
+    }
+
+    /// The store's admission, then what the offer's `policy` does with a full
+    /// pool. Every step is one atomic store operation, so the limit holds
+    /// whatever the concurrency: `evict_oldest` swaps a session for another with
+    /// the store's takeover (never growing the pool), and `monitor` alone lets a
+    /// pool past its limit, on purpose.
+    ///
+    /// Evicting through the existing takeover rather than inside the admission
+    /// keeps every store's admission as it was (and its Lua small); the price,
+    /// a second round trip, is paid only by a create that finds its pool full.
+    async fn admit(
+        &self,
+        pool: &PoolKey,
+        new: NewSession,
+        limits: Limits,
+        on_limit: LimitPolicy,
+        now: Millis,
+    ) -> Result<Result<Granted, Refusal>, StoreError> {
+        let mut refused = self.store.admit(pool, new.clone(), limits, now).await?;
+        for _ in 0..EVICT_TRIES {
+            let Err(Refusal::Full(full)) = &refused else {
+                return Ok(refused);
+            };
+            match policy::at_limit(on_limit, &full.active) {
+                AtLimit::Refuse => return Ok(refused),
+                AtLimit::AdmitPastLimit => {
+                    self.events.over_limit(pool, limits.sessions, on_limit);
+                    let unbounded = Limits {
+                        sessions: u32::MAX,
+                        ..limits
+                    };
+                    return self.store.admit(pool, new, unbounded, now).await;
+                }
+                AtLimit::Evict(victim) => {
+                    if let Some(done) = self.store.take_over(pool, victim, new.clone(), now).await? {
+                        self.evicted(pool, &done);
+                        return Ok(Ok(done.granted));
+                    }
+                    // The oldest ended meanwhile: there may be room now.
+                    refused = self.store.admit(pool, new.clone(), limits, now).await?;
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// The session `evict_oldest` replaced: it ends as taken over, and its
+    /// player is told the new session's name, as after `POST /takeover`.
+    fn evicted(&self, pool: &PoolKey, done: &TakenOver) {
+        tracing::info!(
+            event = "session_taken_over",
+            reason = "evict_oldest",
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            session = %done.granted.session.id,
+            victim = %done.victim.id,
+            "session taken over: its pool was full and the offer evicts the oldest"
+        );
+        self.events.ended(pool, done.victim.id, EndCause::TakenOver);
+        if let Some(holder) = done.victim.holder {
+            let session_name = done.granted.session.name.clone();
+            self.notifier.notify(holder, Control::TakeOver { session_name });
         }
     }
 
@@ -537,5 +641,56 @@ impl SessionControl {
 
     pub async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, ControlError> {
         Ok(self.settings.delete_offer(publisher_id, offer_id).await?)
+    }
+
+    pub async fn customer_override(&self, key: &OverrideKey) -> Result<Option<CustomerOverride>, ControlError> {
+        Ok(self.settings.customer_override(key).await?)
+    }
+
+    pub async fn put_override(&self, key: &OverrideKey, value: &CustomerOverride) -> Result<(), ControlError> {
+        Ok(self.settings.put_override(key, value).await?)
+    }
+
+    pub async fn delete_override(&self, key: &OverrideKey) -> Result<bool, ControlError> {
+        Ok(self.settings.delete_override(key).await?)
+    }
+
+    /// `DELETE /me/sessions/{id}`: the customer stops one of its own sessions
+    /// from elsewhere (another device, a web page). Its player is told
+    /// `TAKE_OVER` with `session_name`, as if a device of that name had taken
+    /// it over. Another customer's session is [`ControlError::SessionNotFound`],
+    /// exactly like one that does not exist.
+    pub async fn stop_remotely(
+        &self,
+        customer: &Customer,
+        id: SessionId,
+        session_name: &str,
+    ) -> Result<(PoolKey, Session), ControlError> {
+        let pool = self
+            .store
+            .locate(id)
+            .await?
+            .filter(|pool| pool.publisher_id == customer.publisher_id && pool.customer_id == customer.customer_id)
+            .ok_or(ControlError::SessionNotFound(id))?;
+        let session = self
+            .store
+            .end_taken_over(&pool, id, session_name, self.clock.now())
+            .await?
+            .ok_or(ControlError::SessionNotFound(id))?;
+        tracing::info!(
+            event = "session_stopped_remotely",
+            publisher = %pool.publisher_id,
+            customer = %pool.customer_id,
+            offer = %pool.offer_id,
+            session = %id,
+            "session stopped by its customer from elsewhere"
+        );
+        // Ended on its owner's order, not by another session: counted as kicked.
+        self.events.ended(&pool, id, EndCause::Kicked);
+        if let Some(holder) = session.holder {
+            let session_name = session_name.to_owned();
+            self.notifier.notify(holder, Control::TakeOver { session_name });
+        }
+        Ok((pool, session))
     }
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod journal;
 pub mod listing;
 pub mod liveness;
+pub mod policy;
 pub mod pool;
 pub mod ports;
 pub mod session;

@@ -46,6 +46,9 @@ pub enum Refusal {
     /// The pool is empty and the customer already holds sessions in as many pools
     /// as [`Limits::pools_per_customer`] allows: opening one more is refused.
     TooManyPools,
+    /// The customer holds as many sessions across all offers as the publisher's
+    /// household cap allows (an extension): these are they, whatever their pool.
+    Household(LimitExceeded),
 }
 
 /// What a new session is checked against.
@@ -56,9 +59,17 @@ pub struct Limits {
     /// Pools one customer may hold sessions in at once: the last line against
     /// a customer multiplying its slots with offers of its own making.
     pub pools_per_customer: u32,
+    /// Sessions of the customer across all its pools (the publisher's
+    /// `customerSessionLimit`); `None`: no cap, and the stores skip the count.
+    pub customer_sessions: Option<u32>,
 }
 
 impl Limits {
+    /// Whether a customer holding `held` sessions across its pools may hold one more.
+    pub fn household_has_room(&self, held: usize) -> bool {
+        self.customer_sessions.is_none_or(|cap| held < cap as usize)
+    }
+
     /// Whether a customer whose sessions are in `open` pools may open one more.
     pub fn may_open_pool(&self, open: usize) -> bool {
         open < self.pools_per_customer as usize

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use super::clock::Millis;
 use super::journal::JournalBatch;
 use super::listing::{SessionPage, SessionQuery};
+use super::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use super::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, Publisher};
@@ -95,6 +96,22 @@ pub trait SessionStore: Send + Sync + 'static {
         holder: Option<Holder>,
         now: Millis,
     ) -> Result<Option<Session>, StoreError>;
+
+    /// Ends a session on its owner's order from elsewhere (`DELETE
+    /// /me/sessions/{id}`), as [`Self::end`] without a holder; a store that
+    /// leaves a trace of how a session ended (Redis's tombstones) records it as
+    /// taken over by `session_name`, so that its socket is told `TAKE_OVER` even
+    /// if the order to its node is lost.
+    async fn end_taken_over(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        session_name: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        let _ = session_name;
+        self.end(pool, id, None, now).await
+    }
 
     /// The sessions of one pool that are alive at `now`, in creation order.
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError>;
@@ -252,6 +269,13 @@ impl EndCause {
 /// Told of every session that ends (counted, and logged as an event).
 pub trait SessionEvents: Send + Sync + 'static {
     fn ended(&self, pool: &PoolKey, id: SessionId, cause: EndCause);
+
+    /// A session of `pool` would have been refused at `limit` but was granted,
+    /// the offer's `policy` being `monitor` (shadow mode): counted, logged, and
+    /// the place a session event for it belongs.
+    fn over_limit(&self, pool: &PoolKey, limit: u32, policy: LimitPolicy) {
+        let _ = (pool, limit, policy);
+    }
 }
 
 /// For stores and tests that report to nobody.
@@ -282,6 +306,12 @@ pub trait SettingsRepo: Send + Sync + 'static {
     async fn publishers_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Publisher>, SettingsError>;
     async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError>;
     async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError>;
+    /// A customer's own limit on one offer, expired or not (admission decides).
+    async fn customer_override(&self, key: &OverrideKey) -> Result<Option<CustomerOverride>, SettingsError>;
+    /// Creates or replaces it.
+    async fn put_override(&self, key: &OverrideKey, value: &CustomerOverride) -> Result<(), SettingsError>;
+    /// False if there was none.
+    async fn delete_override(&self, key: &OverrideKey) -> Result<bool, SettingsError>;
 }
 
 /// Where held sessions wait while the server restarts: saved at shutdown and taken

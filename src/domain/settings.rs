@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::policy::LimitPolicy;
+
 /// The longest offer id or tag accepted, in bytes, from players and operators alike.
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -63,6 +65,11 @@ pub struct Publisher {
     /// Or a JWKS verifies them, its key chosen by the token's `kid`: a `file://`,
     /// `https://` (or loopback `http://`) URI. At most one of the two is set.
     pub jwks_uri: Option<String>,
+    /// What a full pool does when its offer does not say (`onLimit`, an extension).
+    pub on_limit: LimitPolicy,
+    /// The household cap: sessions one customer may hold across all offers at
+    /// once (`customerSessionLimit`, an extension); `None`: no cap.
+    pub customer_session_limit: Option<u32>,
 }
 
 /// A plan customers subscribe to, with its session limit.
@@ -73,6 +80,8 @@ pub struct Offer {
     pub tags: Vec<String>,
     /// Overrides the publisher's `takeover_enabled` when set.
     pub takeover_enabled: Option<bool>,
+    /// Overrides the publisher's `on_limit` when set.
+    pub on_limit: Option<LimitPolicy>,
 }
 
 /// A publisher with all of its offers, as admission needs them.
@@ -80,6 +89,10 @@ pub struct Offer {
 pub struct Catalog {
     pub publisher: Publisher,
     pub offers: Vec<Offer>,
+    /// Whether any customer of this publisher has an override (expired ones
+    /// included): admission looks a customer's override up only then, so a
+    /// publisher without any costs no lookup per create.
+    pub overridden: bool,
 }
 
 /// How a request names the offer to count against.
@@ -100,6 +113,12 @@ pub struct ResolvedOffer {
     pub pool_offer_id: String,
     pub session_limit: u32,
     pub takeover_enabled: bool,
+    /// What its pool does when full.
+    pub on_limit: LimitPolicy,
+    /// The publisher's household cap ([`Publisher::customer_session_limit`]).
+    pub customer_session_limit: Option<u32>,
+    /// Whether the customer may have an override of `session_limit` ([`Catalog::overridden`]).
+    pub overridden: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +152,9 @@ impl Catalog {
             pool_offer_id: offer.id.clone(),
             session_limit: offer.session_limit,
             takeover_enabled: offer.takeover_enabled.unwrap_or(self.publisher.takeover_enabled),
+            on_limit: offer.on_limit.unwrap_or(self.publisher.on_limit),
+            customer_session_limit: self.publisher.customer_session_limit,
+            overridden: self.overridden,
         })
     }
 
@@ -148,6 +170,10 @@ impl Catalog {
             pool_offer_id: pool_offer_id.to_owned(),
             session_limit: self.publisher.default_session_limit,
             takeover_enabled: self.publisher.takeover_enabled,
+            on_limit: self.publisher.on_limit,
+            customer_session_limit: self.publisher.customer_session_limit,
+            // Overrides are set on configured offers only.
+            overridden: false,
         })
     }
 }
@@ -162,6 +188,7 @@ mod tests {
             session_limit: limit,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             takeover_enabled: None,
+            on_limit: None,
         };
         Catalog {
             publisher: Publisher {
@@ -172,6 +199,8 @@ mod tests {
                 unknown_offers,
                 verification_key: None,
                 jwks_uri: None,
+                on_limit: LimitPolicy::Reject,
+                customer_session_limit: None,
             },
             offers: vec![
                 offer("B", 3, &["live"]),
@@ -182,6 +211,7 @@ mod tests {
                     ..offer("D", 5, &["sport"])
                 },
             ],
+            overridden: false,
         }
     }
 
@@ -225,6 +255,7 @@ mod tests {
             session_limit: 50,
             tags: vec!["live".into()],
             takeover_enabled: None,
+            on_limit: None,
         });
         let r = c.resolve(OfferChoice::Id(SHARED_UNKNOWN_OFFER)).unwrap();
         assert_eq!(r.session_limit, 1, "the default limit, not the stored 50");
@@ -238,6 +269,19 @@ mod tests {
         assert_eq!(parsed, UnknownOffers::Each);
         assert_eq!(serde_json::to_string(&parsed).unwrap(), "\"each\"");
         assert_eq!(UnknownOffers::default().as_str(), "shared");
+    }
+
+    #[test]
+    fn an_offer_may_override_the_publishers_limit_policy() {
+        let mut c = catalog(UnknownOffers::Each);
+        c.publisher.on_limit = LimitPolicy::Monitor;
+        c.offers[0].on_limit = Some(LimitPolicy::EvictOldest);
+        assert_eq!(
+            c.resolve(OfferChoice::Id("B")).unwrap().on_limit,
+            LimitPolicy::EvictOldest
+        );
+        assert_eq!(c.resolve(OfferChoice::Id("A")).unwrap().on_limit, LimitPolicy::Monitor);
+        assert_eq!(c.resolve(OfferChoice::Id("Z")).unwrap().on_limit, LimitPolicy::Monitor);
     }
 
     #[test]

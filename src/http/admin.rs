@@ -14,6 +14,7 @@ use super::extract::{AdminAuth, AnyJson, Params};
 use super::paging::{self, Paging};
 use crate::auth::{JwksUri, VerificationKey};
 use crate::domain::listing::SessionQuery;
+use crate::domain::policy::LimitPolicy;
 use crate::domain::settings::{Catalog, MAX_ID_BYTES, Offer, Publisher, SHARED_UNKNOWN_OFFER, UnknownOffers};
 use crate::domain::{Customer, Millis, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody};
@@ -23,7 +24,7 @@ use crate::state::AppState;
 /// first: said once here for the OpenAPI document (the bodies are built by ApiError).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
-enum AdminKeyRefusals {
+pub(super) enum AdminKeyRefusals {
     /// Unauthorized: no admin key, or not the right one
     #[response(status = 401)]
     Unauthorized(ErrorBody),
@@ -50,6 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(kick_customer))
         .routes(routes!(list_sessions))
         .routes(routes!(get_session, kick_session))
+        .merge(super::overrides::router())
 }
 
 // Describes `domain::settings::UnknownOffers` for the document only: the domain
@@ -70,12 +72,66 @@ enum UnknownOffersSchema {
     Reject,
 }
 
+// Describes `domain::policy::LimitPolicy` for the document only.
+/// What a full pool does with one more session (`onLimit`, a drisc extension).
+#[derive(ToSchema)]
+#[schema(as = OnLimit)]
+#[allow(dead_code)]
+pub(super) enum LimitPolicySchema {
+    /// Refuse it with 409 and the takeover list (DRISC's behaviour, the default).
+    #[schema(rename = "reject")]
+    Reject,
+    /// Grant it; the pool's oldest session ends as taken over (its player gets TAKE_OVER).
+    #[schema(rename = "evict_oldest")]
+    EvictOldest,
+    /// Grant it past the limit, and count the would-be refusal (shadow mode).
+    #[schema(rename = "monitor")]
+    Monitor,
+}
+
+/// An `onLimit` as given; read here rather than by serde so that a wrong value
+/// is refused with a message naming the field and what it may be.
+fn limit_policy(given: Option<String>) -> Result<Option<LimitPolicy>, ApiError> {
+    given
+        .map(|value| {
+            LimitPolicy::parse(&value).ok_or_else(|| {
+                let known: Vec<_> = LimitPolicy::ALL.iter().map(|p| p.as_str()).collect();
+                let shown: String = value.chars().take(40).collect();
+                ApiError::InvalidRequest(format!(
+                    "onLimit '{shown}' is not a policy: give one of {}",
+                    known.join(", ")
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// Whether a publisher's policy is worth showing: the default is left out, so
+/// views of publishers that never set one are as they were.
+fn is_reject(policy: &LimitPolicy) -> bool {
+    *policy == LimitPolicy::Reject
+}
+
+/// Reads a field that may be given as `null` (to clear it) as `Some(None)`, and
+/// leaves an absent one `None` (with `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// A publisher's settings. The key itself is never echoed.
 // Fields in alphabetical order, as the `json!` they replaced had them (see ErrorBody).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Publisher)]
 struct PublisherView {
+    /// The household cap: sessions one customer may hold across all offers
+    /// (an extension); absent: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_session_limit: Option<u32>,
     /// The limit of offers that are not configured.
     default_session_limit: u32,
     /// false: every create answers "session tracking disabled".
@@ -87,6 +143,10 @@ struct PublisherView {
     /// Its offers: only in `GET /admin/v1/publishers/{publisher_id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     offers: Option<Vec<OfferView>>,
+    /// What a full pool does when its offer does not say (an extension); absent: `reject`.
+    #[serde(skip_serializing_if = "is_reject")]
+    #[schema(value_type = Option<LimitPolicySchema>)]
+    on_limit: LimitPolicy,
     publisher_id: String,
     /// Whether LimitExceeded offers takeover and `/takeover` works (an offer may override).
     takeover_enabled: bool,
@@ -99,10 +159,12 @@ struct PublisherView {
 impl From<&Publisher> for PublisherView {
     fn from(p: &Publisher) -> Self {
         Self {
+            customer_session_limit: p.customer_session_limit,
             default_session_limit: p.default_session_limit,
             enabled: p.enabled,
             jwks_uri: p.jwks_uri.clone(),
             offers: None,
+            on_limit: p.on_limit,
             publisher_id: p.id.clone(),
             takeover_enabled: p.takeover_enabled,
             unknown_offers: p.unknown_offers,
@@ -139,6 +201,10 @@ struct PublisherList {
 #[schema(as = Offer)]
 struct OfferView {
     offer_id: String,
+    /// What its pool does when full (an extension); absent: the publisher's `onLimit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<LimitPolicySchema>)]
+    on_limit: Option<LimitPolicy>,
     /// Sessions per customer for this offer.
     session_limit: u32,
     /// Tags that resolve to this offer.
@@ -151,6 +217,7 @@ impl From<&Offer> for OfferView {
     fn from(o: &Offer) -> Self {
         Self {
             offer_id: o.id.clone(),
+            on_limit: o.on_limit,
             session_limit: o.session_limit,
             tags: o.tags.clone(),
             takeover_enabled: o.takeover_enabled,
@@ -256,6 +323,15 @@ struct PublisherChange {
     verification_key: Option<String>,
     /// A JWKS URI (`https://`, `file://`, loopback `http://`); "" removes it.
     jwks_uri: Option<String>,
+    /// `reject`, `evict_oldest` or `monitor`: what a full pool does when its
+    /// offer does not say (an extension).
+    #[schema(value_type = Option<LimitPolicySchema>)]
+    on_limit: Option<String>,
+    /// The household cap (an extension): at most this many sessions of one
+    /// customer across all offers; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, nullable = true)]
+    customer_session_limit: Option<Option<u32>>,
 }
 
 /// Create or change a publisher (a drisc extension): what is given changes, the
@@ -316,6 +392,10 @@ async fn put_publisher(
     publisher.takeover_enabled = change.takeover_enabled.unwrap_or(publisher.takeover_enabled);
     publisher.default_session_limit = change.default_session_limit.unwrap_or(publisher.default_session_limit);
     publisher.unknown_offers = change.unknown_offers.unwrap_or(publisher.unknown_offers);
+    publisher.on_limit = limit_policy(change.on_limit)?.unwrap_or(publisher.on_limit);
+    if let Some(cap) = change.customer_session_limit {
+        publisher.customer_session_limit = cap;
+    }
     state.control.put_publisher(&publisher).await?;
     // The key itself is a secret (an HMAC key may be one): only whether there is one.
     tracing::info!(
@@ -327,6 +407,8 @@ async fn put_publisher(
         default_session_limit = publisher.default_session_limit,
         own_key = publisher.verification_key.is_some(),
         jwks = publisher.jwks_uri.is_some(),
+        on_limit = publisher.on_limit.as_str(),
+        customer_session_limit = ?publisher.customer_session_limit,
         "publisher settings changed"
     );
     Ok(Json(PublisherView::from(&publisher)))
@@ -343,6 +425,10 @@ struct OfferChange {
     tags: Vec<String>,
     /// Overrides the publisher's takeover flag; null or absent: inherit it.
     takeover_enabled: Option<bool>,
+    /// `reject`, `evict_oldest` or `monitor` (an extension); null or absent:
+    /// the publisher's `onLimit`.
+    #[schema(value_type = Option<LimitPolicySchema>)]
+    on_limit: Option<String>,
 }
 
 /// Create or replace an offer (a drisc extension), creating its publisher with
@@ -378,6 +464,7 @@ async fn put_offer(
             "tags must be at most {MAX_TAGS} non-empty strings of at most {MAX_ID_BYTES} bytes"
         )));
     }
+    let on_limit = limit_policy(change.on_limit)?;
     if state.control.known_catalog(&publisher_id).await?.is_none() {
         let publisher = state.control.default_publisher(&publisher_id);
         state.control.put_publisher(&publisher).await?;
@@ -387,6 +474,7 @@ async fn put_offer(
         session_limit: change.session_limit,
         tags: change.tags,
         takeover_enabled: change.takeover_enabled,
+        on_limit,
     };
     state.control.put_offer(&publisher_id, &offer).await?;
     tracing::info!(
@@ -396,6 +484,7 @@ async fn put_offer(
         offer = %offer.id,
         session_limit = offer.session_limit,
         takeover_enabled = ?offer.takeover_enabled,
+        on_limit = ?offer.on_limit.map(LimitPolicy::as_str),
         "offer settings changed"
     );
     Ok(Json(OfferView::from(&offer)))

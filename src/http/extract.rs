@@ -136,31 +136,54 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.settings.server.max_body_bytes;
-        // One deadline for the whole body, not per chunk (as tower-http's body timeout
-        // is): a client trickling a byte at a time must not hold a request open.
-        let timeout = state.settings.server.body_timeout;
-        let bytes = tokio::time::timeout(timeout, Bytes::from_request(req, state))
-            .await
-            .map_err(|_| ApiError::RequestTimeout(timeout))?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(limit)
-                } else {
-                    ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
-                }
-            })?;
-        // serde would also fill a struct from a JSON array, by position: only an
-        // object is a request.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::InvalidRequest(
-                "the request body must be a JSON object".into(),
-            ));
-        }
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| ApiError::InvalidRequest(format!("the request body is not valid JSON for this call: {e}")))
+        let bytes = read_body(req, state).await?;
+        json_object(&bytes).map(Self)
     }
+}
+
+/// [`AnyJson`] for a call whose body is optional: an empty (or blank) body is `None`.
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for MaybeJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(None));
+        }
+        json_object(&bytes).map(|v| Self(Some(v)))
+    }
+}
+
+/// The whole body, within `server.max_body_bytes` and `server.body_timeout`.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    // One deadline for the whole body, not per chunk (as tower-http's body timeout
+    // is): a client trickling a byte at a time must not hold a request open.
+    let timeout = state.settings.server.body_timeout;
+    tokio::time::timeout(timeout, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::InvalidRequest(format!("the request body could not be read: {rejection}"))
+            }
+        })
+}
+
+fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would also fill a struct from a JSON array, by position: only an
+    // object is a request.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("the request body is not valid JSON for this call: {e}")))
 }
 
 /// Query parameters, refused like every other bad request: a JSON error naming

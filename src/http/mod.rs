@@ -3,8 +3,10 @@
 mod admin;
 mod extract;
 mod health;
+mod me;
 mod metrics;
 mod openapi;
+mod overrides;
 mod paging;
 mod sessions;
 
@@ -58,10 +60,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(sessions::router())
+        .merge(me::router())
         .merge(crate::ws::router())
         .merge(health::router())
         .merge(metrics::router())
         .merge(openapi::router())
+        .merge(crate::web::router())
         .nest("/admin/v1", admin::router());
     // The probes after the layers, so outside them: a prober's 503 (draining, a
     // store down) is an answer, not a failure to log at ERROR every few seconds,

@@ -46,6 +46,7 @@ orchestrators.",
         (name = "protocol", description = "The compatible DRISC protocol: names, bodies and messages exactly as existing players expect"),
         (name = "extensions", description = "drisc extensions for players, beyond the compatible protocol"),
         (name = "admin", description = "drisc extension: the operator API under /admin/v1, authorised by the admin key, never by a customer token"),
+        (name = "web", description = "drisc extension: the browser pages (the operator console, the demo player) and their files; the demo's development token"),
         (name = "operations", description = "For operators and tools: health, the liveness and readiness probes, the Prometheus metrics, and this document"),
     ),
 )]

@@ -18,7 +18,7 @@ use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
 
 /// The longest `sessionName` accepted, in characters.
-const MAX_SESSION_NAME: usize = 100;
+pub(super) const MAX_SESSION_NAME: usize = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -237,7 +237,7 @@ async fn take_over(
     respond(&state, &headers, outcome)
 }
 
-fn admit_customer(state: &AppState, customer: &Customer) -> Result<(), ApiError> {
+pub(super) fn admit_customer(state: &AppState, customer: &Customer) -> Result<(), ApiError> {
     state.limits.admit_customer(customer).map_err(|refused| {
         state.meter.rate_limited(RateLimit::Customer);
         ApiError::from(refused)

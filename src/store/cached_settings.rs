@@ -23,12 +23,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moka::future::Cache;
 
+use crate::domain::policy::{CustomerOverride, OverrideKey};
 use crate::domain::ports::{SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher};
 
 /// How many publishers each cache holds at most. Far above any real deployment;
 /// beyond it the least useful entries are evicted.
 const MAX_PUBLISHERS: u64 = 100_000;
+
+/// How many customers' overrides are cached at most: each entry is small, and a
+/// miss costs one indexed read.
+const MAX_OVERRIDES: u64 = 100_000;
 
 /// How long the last good copy is kept to serve while the database is down.
 const KEEP_KNOWN: Duration = Duration::from_secs(24 * 3600);
@@ -39,6 +44,10 @@ pub struct CachedSettings {
     /// database on every request either.
     fresh: Cache<String, Option<Arc<Catalog>>>,
     known: Cache<String, Arc<Catalog>>,
+    /// Customers' overrides as last read, `None` included ("no override"), for
+    /// `ttl` like the catalogs. Read only for publishers whose catalog says they
+    /// have overrides; bounded like them, since customer ids are the players'.
+    overrides: Cache<OverrideKey, Option<CustomerOverride>>,
 }
 
 impl CachedSettings {
@@ -52,6 +61,7 @@ impl CachedSettings {
             inner,
             fresh: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
             known: Cache::builder().max_capacity(capacity).time_to_idle(KEEP_KNOWN).build(),
+            overrides: Cache::builder().max_capacity(MAX_OVERRIDES).time_to_live(ttl).build(),
         }
     }
 
@@ -131,6 +141,47 @@ impl SettingsRepo for CachedSettings {
     async fn delete_offer(&self, publisher_id: &str, offer_id: &str) -> Result<bool, SettingsError> {
         let deleted = self.inner.delete_offer(publisher_id, offer_id).await?;
         self.forget(publisher_id).await;
+        // Its overrides went with it (ON DELETE CASCADE).
+        self.overrides.invalidate_all();
+        Ok(deleted)
+    }
+
+    /// Admission reads it on every create of a publisher with overrides: from
+    /// memory for `ttl`. While the database is unreachable, a customer whose
+    /// override is not cached gets the offer's own limit (and a warning): the
+    /// catalog is served from its last copy then, and admission goes on.
+    async fn customer_override(&self, key: &OverrideKey) -> Result<Option<CustomerOverride>, SettingsError> {
+        match self
+            .overrides
+            .try_get_with_by_ref(key, self.inner.customer_override(key))
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    publisher = %key.publisher_id,
+                    offer = %key.offer_id,
+                    "settings unreachable; the offer's own limit applies instead of the customer's override"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Read back at once on this node; the publisher's catalog is forgotten too,
+    /// since it says whether the publisher has overrides at all.
+    async fn put_override(&self, key: &OverrideKey, value: &CustomerOverride) -> Result<(), SettingsError> {
+        self.inner.put_override(key, value).await?;
+        self.overrides.invalidate(key).await;
+        self.forget(&key.publisher_id).await;
+        Ok(())
+    }
+
+    async fn delete_override(&self, key: &OverrideKey) -> Result<bool, SettingsError> {
+        let deleted = self.inner.delete_override(key).await?;
+        self.overrides.invalidate(key).await;
+        self.forget(&key.publisher_id).await;
         Ok(deleted)
     }
 }
@@ -141,6 +192,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
     use crate::domain::settings::{Offer, Publisher, UnknownOffers};
     use crate::store::SqliteSettings;
 
@@ -178,6 +230,15 @@ mod tests {
         async fn delete_offer(&self, p: &str, o: &str) -> Result<bool, SettingsError> {
             self.db.delete_offer(p, o).await
         }
+        async fn customer_override(&self, k: &OverrideKey) -> Result<Option<CustomerOverride>, SettingsError> {
+            self.db.customer_override(k).await
+        }
+        async fn put_override(&self, k: &OverrideKey, v: &CustomerOverride) -> Result<(), SettingsError> {
+            self.db.put_override(k, v).await
+        }
+        async fn delete_override(&self, k: &OverrideKey) -> Result<bool, SettingsError> {
+            self.db.delete_override(k).await
+        }
     }
 
     fn offer(limit: u32) -> Offer {
@@ -186,6 +247,7 @@ mod tests {
             session_limit: limit,
             tags: Vec::new(),
             takeover_enabled: None,
+            on_limit: None,
         }
     }
 
@@ -206,6 +268,8 @@ mod tests {
             unknown_offers: UnknownOffers::default(),
             verification_key: None,
             jwks_uri: None,
+            on_limit: LimitPolicy::Reject,
+            customer_session_limit: None,
         })
         .await
         .unwrap();
@@ -265,6 +329,8 @@ mod tests {
             unknown_offers: UnknownOffers::default(),
             verification_key: None,
             jwks_uri: None,
+            on_limit: LimitPolicy::Reject,
+            customer_session_limit: None,
         };
         cache.create_publisher(&publisher).await.unwrap();
         cache.put_offer("p", &offer(1)).await.unwrap();
@@ -278,5 +344,61 @@ mod tests {
         assert!(cache.delete_offer("p", "S1").await.unwrap());
         let catalog = cache.shared_catalog("p").await.unwrap().unwrap();
         assert!(catalog.offers.is_empty(), "{catalog:?}");
+    }
+
+    #[tokio::test]
+    async fn an_override_written_here_is_read_at_once_and_one_written_elsewhere_within_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        let ttl = Duration::from_millis(300);
+        let cache = CachedSettings::new(Arc::new(db.clone()), ttl);
+        let publisher = Publisher {
+            id: "p".into(),
+            enabled: true,
+            takeover_enabled: true,
+            default_session_limit: 1,
+            unknown_offers: UnknownOffers::default(),
+            verification_key: None,
+            jwks_uri: None,
+            on_limit: LimitPolicy::Reject,
+            customer_session_limit: None,
+        };
+        cache.create_publisher(&publisher).await.unwrap();
+        cache.put_offer("p", &offer(1)).await.unwrap();
+        let key = OverrideKey {
+            publisher_id: "p".into(),
+            customer_id: "c".into(),
+            offer_id: "S1".into(),
+        };
+        let limit = |n| CustomerOverride {
+            session_limit: n,
+            expires_at: None,
+        };
+        assert_eq!(
+            cache.customer_override(&key).await.unwrap(),
+            None,
+            "none yet, and cached so"
+        );
+        assert!(!cache.shared_catalog("p").await.unwrap().unwrap().overridden);
+
+        cache.put_override(&key, &limit(3)).await.unwrap();
+        assert_eq!(
+            cache.customer_override(&key).await.unwrap(),
+            Some(limit(3)),
+            "read back at once"
+        );
+        assert!(
+            cache.shared_catalog("p").await.unwrap().unwrap().overridden,
+            "the flag too"
+        );
+
+        // Another node's write shows within the TTL, not before.
+        db.put_override(&key, &limit(5)).await.unwrap();
+        assert_eq!(cache.customer_override(&key).await.unwrap(), Some(limit(3)));
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(cache.customer_override(&key).await.unwrap(), Some(limit(5)));
+
+        assert!(cache.delete_override(&key).await.unwrap());
+        assert_eq!(cache.customer_override(&key).await.unwrap(), None);
     }
 }

@@ -127,6 +127,18 @@ impl<S: SessionStore + ?Sized> SessionStore for Instrumented<S> {
         self.timed("end", self.inner.end(pool, id, holder, now)).await
     }
 
+    /// Timed as an `end`: it is one.
+    async fn end_taken_over(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        session_name: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        self.timed("end", self.inner.end_taken_over(pool, id, session_name, now))
+            .await
+    }
+
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         self.timed("list", self.inner.list(pool, now)).await
     }

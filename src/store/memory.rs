@@ -33,7 +33,9 @@ pub use open::open;
 use super::roster::{Roster, sharded};
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
-use crate::domain::pool::{Attached, Granted, Limits, NewSession, Pool, Refusal, TakenOver};
+use crate::domain::pool::{
+    ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Pool, Refusal, TakenOver,
+};
 use crate::domain::ports::{
     EndCause, Heartbeat, LocalSessions, NoEvents, Reaped, SessionEvents, SessionStore, SessionsByState, StoreError,
 };
@@ -224,6 +226,63 @@ impl MemoryStore {
         outcome.map_err(Refusal::Full)
     }
 
+    /// Admission under a household cap (`Limits::customer_sessions`): under the
+    /// customer's lock, so no other admission of the customer runs meanwhile,
+    /// the sessions alive in each of its pools are counted before the grant.
+    /// Takeovers need not wait for the lock: they swap a session for another
+    /// and never change the count. The pool's own limit is checked first, so a
+    /// full pool is refused as `Full` and its offer's `onLimit` applies.
+    fn admit_in_household(
+        &self,
+        key: &Arc<PoolKey>,
+        open: &mut OpenPools,
+        new: NewSession,
+        limits: Limits,
+        now: Millis,
+    ) -> Result<Granted, Refusal> {
+        let mut held = Vec::new();
+        let mut own_full = None;
+        let mut emptied = Vec::new();
+        for k in open.iter() {
+            let Some(mut p) = self.pools.get_mut(k.as_ref()) else {
+                continue;
+            };
+            let before = p.tally();
+            let dead = self.settle(&mut p, now);
+            self.roster.shift(before, p.tally());
+            self.report_dead(k, &dead);
+            let active = p.sessions.iter().map(|s| ActiveSession {
+                id: s.id,
+                name: s.name.clone(),
+            });
+            if k == key && p.sessions.len() >= limits.sessions as usize {
+                own_full = Some(LimitExceeded {
+                    active: active.collect(),
+                });
+            }
+            held.extend(p.sessions.iter().map(|s| (s.created_at, s.id, s.name.clone())));
+            if p.is_empty() && k != key {
+                emptied.push(Arc::clone(k));
+            }
+        }
+        for k in &emptied {
+            self.drop_if_empty(k, open);
+        }
+        if let Some(full) = own_full {
+            return Err(Refusal::Full(full));
+        }
+        if !limits.household_has_room(held.len()) {
+            // Oldest first across the pools, as the Redis script lists them.
+            held.sort_unstable();
+            let active = held
+                .into_iter()
+                .map(|(_, id, name)| ActiveSession { id, name })
+                .collect();
+            return Err(Refusal::Household(LimitExceeded { active }));
+        }
+        self.open_pool(key, open, new, limits, now)
+    }
+
     /// A session of `key` was granted and waits for its player.
     fn watch_pending(&self, key: &Arc<PoolKey>, now: Millis) {
         let at = self.timings.deadline(SessionState::Pending, now);
@@ -240,6 +299,12 @@ impl SessionStore for MemoryStore {
         limits: Limits,
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
+        if limits.customer_sessions.is_some() {
+            let key = Arc::new(pool.clone());
+            return Ok(self
+                .customers
+                .with(&key, |open| self.admit_in_household(&key, open, new, limits, now)));
+        }
         let mut new = Some(new);
         let existing = self.with_pool(pool, now, |key, p, _| {
             let outcome = p.admit(new.take()?, limits.sessions, now, &self.timings);
@@ -508,12 +573,14 @@ mod tests {
     const ONE: Limits = Limits {
         sessions: 1,
         pools_per_customer: 2,
+        customer_sessions: None,
     };
 
     fn limits(sessions: u32) -> Limits {
         Limits {
             sessions,
             pools_per_customer: 2,
+            customer_sessions: None,
         }
     }
 

@@ -16,13 +16,15 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use rand::RngCore;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgPool, Postgres, Row};
 
 use super::saved::SavedRow;
+use super::sqlite::policy_from;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
+use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
@@ -64,7 +66,12 @@ impl PostgresSettings {
     /// applies pending migrations. Nodes starting at once are safe: the migrations run
     /// under PostgreSQL advisory lock, so one node applies them and the others wait.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.application_name("drisc");
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// As [`Self::connect`], with options built by the caller (TLS, see [`connect_options`]).
+    pub async fn connect_with(options: PgConnectOptions) -> anyhow::Result<Self> {
+        let options = options.application_name("drisc");
         // Migrate on a connection of its own, closed afterwards: the advisory lock
         // belongs to the session, and a failed migration must not leave it held on a
         // connection that the pool would go on lending.
@@ -123,10 +130,33 @@ impl PostgresSettings {
 
 /// Opens the cluster's settings database at `storage.postgres_url`.
 pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
-    let db = PostgresSettings::connect(&storage.postgres_url)
+    let db = PostgresSettings::connect_with(connect_options(storage)?)
         .await
         .context("cannot open the PostgreSQL database (storage.postgres_url)")?;
     Ok(SettingsDb::of(db))
+}
+
+/// `storage.postgres_url` with the TLS settings beside it applied over what the
+/// URL says (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in the URL are
+/// honoured when the settings are empty).
+pub fn connect_options(storage: &StorageSettings) -> anyhow::Result<PgConnectOptions> {
+    crate::store::redis::tls::install_crypto_provider();
+    let mut options =
+        PgConnectOptions::from_str(&storage.postgres_url).context("storage.postgres_url is not a PostgreSQL URL")?;
+    if !storage.postgres_sslmode.is_empty() {
+        let mode = PgSslMode::from_str(&storage.postgres_sslmode).context("storage.postgres_sslmode")?;
+        options = options.ssl_mode(mode);
+    }
+    if !storage.postgres_ca_file.is_empty() {
+        options = options.ssl_root_cert(&storage.postgres_ca_file);
+    }
+    if !storage.postgres_client_cert.is_empty() {
+        options = options.ssl_client_cert(&storage.postgres_client_cert);
+    }
+    if !storage.postgres_client_key.is_empty() {
+        options = options.ssl_client_key(&storage.postgres_client_key);
+    }
+    Ok(options)
 }
 
 #[async_trait]
@@ -154,6 +184,12 @@ fn publisher_from_row(row: &PgRow) -> Result<Publisher, SettingsError> {
         unknown_offers: UnknownOffers::parse(&unknown).unwrap_or_default(),
         verification_key: row.try_get("verification_key").map_err(db_err)?,
         jwks_uri: row.try_get("jwks_uri").map_err(db_err)?,
+        on_limit: policy_from(row.try_get("on_limit").map_err(db_err)?).unwrap_or_default(),
+        customer_session_limit: row
+            .try_get::<Option<i64>, _>("customer_session_limit")
+            .map_err(db_err)?
+            .map(limit_from)
+            .transpose()?,
     })
 }
 
@@ -167,26 +203,29 @@ fn offer_from_row(row: &PgRow) -> Result<Option<Offer>, SettingsError> {
         session_limit: limit_from(row.try_get("offer_session_limit").map_err(db_err)?)?,
         tags: row.try_get("offer_tags").map_err(db_err)?,
         takeover_enabled: row.try_get("offer_takeover_enabled").map_err(db_err)?,
+        on_limit: policy_from(row.try_get("offer_on_limit").map_err(db_err)?),
     }))
 }
 
-const PUBLISHER_COLUMNS: &str =
-    "id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri";
+const PUBLISHER_COLUMNS: &str = "id, enabled, takeover_enabled, default_session_limit, unknown_offers, \
+    verification_key, jwks_uri, on_limit, customer_session_limit";
 
 /// A publisher with its offers in one statement, so one consistent snapshot: one row
 /// per offer, or one row with NULL offer columns when it has none. Ids are ordered
 /// byte-wise (`COLLATE "C"`), as SQLite orders them, whatever the database's locale.
 const CATALOG: &str = r#"SELECT p.id, p.enabled, p.takeover_enabled, p.default_session_limit,
-        p.unknown_offers, p.verification_key, p.jwks_uri,
+        p.unknown_offers, p.verification_key, p.jwks_uri, p.on_limit, p.customer_session_limit,
+        EXISTS (SELECT 1 FROM customer_overrides c WHERE c.publisher_id = p.id) AS overridden,
         o.id AS offer_id, o.session_limit AS offer_session_limit, o.tags AS offer_tags,
-        o.takeover_enabled AS offer_takeover_enabled
+        o.takeover_enabled AS offer_takeover_enabled, o.on_limit AS offer_on_limit
     FROM publishers p LEFT JOIN offers o ON o.publisher_id = p.id
     WHERE p.id = $1
     ORDER BY o.id COLLATE "C""#;
 
 const INSERT_PUBLISHER: &str = "INSERT INTO publishers
-        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri,
+         on_limit, customer_session_limit)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -199,6 +238,8 @@ fn bind_publisher<'q>(query: PgQuery<'q>, p: &'q Publisher) -> PgQuery<'q> {
         .bind(p.unknown_offers.as_str())
         .bind(p.verification_key.as_deref())
         .bind(p.jwks_uri.as_deref())
+        .bind(p.on_limit.as_str())
+        .bind(p.customer_session_limit.map(i64::from))
 }
 
 impl PostgresSettings {
@@ -212,11 +253,16 @@ impl PostgresSettings {
             return Ok(None);
         };
         let publisher = publisher_from_row(first)?;
+        let overridden: bool = first.try_get("overridden").map_err(db_err)?;
         let mut offers = Vec::with_capacity(rows.len());
         for row in &rows {
             offers.extend(offer_from_row(row)?);
         }
-        Ok(Some(Catalog { publisher, offers }))
+        Ok(Some(Catalog {
+            publisher,
+            offers,
+            overridden,
+        }))
     }
 }
 
@@ -251,6 +297,8 @@ impl SettingsRepo for PostgresSettings {
                 unknown_offers = excluded.unknown_offers,
                 verification_key = excluded.verification_key,
                 jwks_uri = excluded.jwks_uri,
+                on_limit = excluded.on_limit,
+                customer_session_limit = excluded.customer_session_limit,
                 updated_at = now()"
         );
         bounded(OPERATION_TIMEOUT, async {
@@ -287,18 +335,20 @@ impl SettingsRepo for PostgresSettings {
     async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError> {
         bounded(OPERATION_TIMEOUT, async {
             sqlx::query(
-                "INSERT INTO offers (publisher_id, id, session_limit, tags, takeover_enabled)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO offers (publisher_id, id, session_limit, tags, takeover_enabled, on_limit)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (publisher_id, id) DO UPDATE SET
                     session_limit = excluded.session_limit,
                     tags = excluded.tags,
-                    takeover_enabled = excluded.takeover_enabled",
+                    takeover_enabled = excluded.takeover_enabled,
+                    on_limit = excluded.on_limit",
             )
             .bind(publisher_id)
             .bind(&offer.id)
             .bind(i64::from(offer.session_limit))
             .bind(&offer.tags)
             .bind(offer.takeover_enabled)
+            .bind(offer.on_limit.map(LimitPolicy::as_str))
             .execute(&self.db)
             .await
             .map_err(db_err)?;
@@ -315,6 +365,68 @@ impl SettingsRepo for PostgresSettings {
                 .execute(&self.db)
                 .await
                 .map_err(db_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn customer_override(&self, key: &OverrideKey) -> Result<Option<CustomerOverride>, SettingsError> {
+        bounded(OPERATION_TIMEOUT, async {
+            let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                "SELECT session_limit, expires_at FROM customer_overrides
+                 WHERE publisher_id = $1 AND customer_id = $2 AND offer_id = $3",
+            )
+            .bind(&key.publisher_id)
+            .bind(&key.customer_id)
+            .bind(&key.offer_id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(db_err)?;
+            row.map(|(limit, expires_at)| {
+                Ok(CustomerOverride {
+                    session_limit: limit_from(limit)?,
+                    expires_at: expires_at.map(|at| u64::try_from(at).unwrap_or(0)),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_override(&self, key: &OverrideKey, value: &CustomerOverride) -> Result<(), SettingsError> {
+        bounded(OPERATION_TIMEOUT, async {
+            sqlx::query(
+                "INSERT INTO customer_overrides (publisher_id, customer_id, offer_id, session_limit, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (publisher_id, customer_id, offer_id) DO UPDATE SET
+                    session_limit = excluded.session_limit,
+                    expires_at = excluded.expires_at,
+                    updated_at = now()",
+            )
+            .bind(&key.publisher_id)
+            .bind(&key.customer_id)
+            .bind(&key.offer_id)
+            .bind(i64::from(value.session_limit))
+            .bind(value.expires_at.map(|at| i64::try_from(at).unwrap_or(i64::MAX)))
+            .execute(&self.db)
+            .await
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_override(&self, key: &OverrideKey) -> Result<bool, SettingsError> {
+        bounded(OPERATION_TIMEOUT, async {
+            let done = sqlx::query(
+                "DELETE FROM customer_overrides WHERE publisher_id = $1 AND customer_id = $2 AND offer_id = $3",
+            )
+            .bind(&key.publisher_id)
+            .bind(&key.customer_id)
+            .bind(&key.offer_id)
+            .execute(&self.db)
+            .await
+            .map_err(db_err)?;
             Ok(done.rows_affected() > 0)
         })
         .await

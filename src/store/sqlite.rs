@@ -13,6 +13,7 @@ use super::saved::SavedRow;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
+use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session};
@@ -110,7 +111,15 @@ fn publisher_from_row(row: &SqliteRow) -> Result<Publisher, SettingsError> {
         unknown_offers: UnknownOffers::parse(&unknown).unwrap_or_default(),
         verification_key: row.try_get("verification_key").map_err(db_err)?,
         jwks_uri: row.try_get("jwks_uri").map_err(db_err)?,
+        on_limit: policy_from(row.try_get("on_limit").map_err(db_err)?).unwrap_or_default(),
+        customer_session_limit: row.try_get("customer_session_limit").map_err(db_err)?,
     })
+}
+
+/// A stored `on_limit`; one this server does not know (written by a later
+/// release) reads as the DRISC behaviour, `reject`.
+pub(super) fn policy_from(stored: Option<String>) -> Option<LimitPolicy> {
+    stored.map(|s| LimitPolicy::parse(&s).unwrap_or_default())
 }
 
 fn offer_from_row(row: &SqliteRow) -> Result<Offer, SettingsError> {
@@ -120,12 +129,14 @@ fn offer_from_row(row: &SqliteRow) -> Result<Offer, SettingsError> {
         session_limit: row.try_get("session_limit").map_err(db_err)?,
         tags: serde_json::from_str(&tags).map_err(db_err)?,
         takeover_enabled: row.try_get("takeover_enabled").map_err(db_err)?,
+        on_limit: policy_from(row.try_get("on_limit").map_err(db_err)?),
     })
 }
 
 const UPSERT_PUBLISHER: &str = "INSERT INTO publishers
-        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri)
-    VALUES (?, ?, ?, ?, ?, ?, ?)";
+        (id, enabled, takeover_enabled, default_session_limit, unknown_offers, verification_key, jwks_uri,
+         on_limit, customer_session_limit)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 #[async_trait]
 impl SettingsRepo for SqliteSettings {
@@ -147,7 +158,17 @@ impl SettingsRepo for SqliteSettings {
             .iter()
             .map(offer_from_row)
             .collect::<Result<_, _>>()?;
-        Ok(Some(Catalog { publisher, offers }))
+        let overridden: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customer_overrides WHERE publisher_id = ?)")
+                .bind(publisher_id)
+                .fetch_one(&self.db)
+                .await
+                .map_err(db_err)?;
+        Ok(Some(Catalog {
+            publisher,
+            offers,
+            overridden,
+        }))
     }
 
     async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError> {
@@ -172,6 +193,8 @@ impl SettingsRepo for SqliteSettings {
                 unknown_offers = excluded.unknown_offers,
                 verification_key = excluded.verification_key,
                 jwks_uri = excluded.jwks_uri,
+                on_limit = excluded.on_limit,
+                customer_session_limit = excluded.customer_session_limit,
                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
         );
         bind_publisher(sqlx::query(&sql), publisher)
@@ -197,17 +220,20 @@ impl SettingsRepo for SqliteSettings {
     async fn put_offer(&self, publisher_id: &str, offer: &Offer) -> Result<(), SettingsError> {
         let tags = serde_json::to_string(&offer.tags).map_err(db_err)?;
         sqlx::query(
-            "INSERT INTO offers (publisher_id, id, session_limit, tags, takeover_enabled) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO offers (publisher_id, id, session_limit, tags, takeover_enabled, on_limit)
+             VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (publisher_id, id) DO UPDATE SET
                 session_limit = excluded.session_limit,
                 tags = excluded.tags,
-                takeover_enabled = excluded.takeover_enabled",
+                takeover_enabled = excluded.takeover_enabled,
+                on_limit = excluded.on_limit",
         )
         .bind(publisher_id)
         .bind(&offer.id)
         .bind(offer.session_limit)
         .bind(tags)
         .bind(offer.takeover_enabled)
+        .bind(offer.on_limit.map(LimitPolicy::as_str))
         .execute(&self.db)
         .await
         .map_err(db_err)?;
@@ -221,6 +247,55 @@ impl SettingsRepo for SqliteSettings {
             .execute(&self.db)
             .await
             .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn customer_override(&self, key: &OverrideKey) -> Result<Option<CustomerOverride>, SettingsError> {
+        let row: Option<(u32, Option<i64>)> = sqlx::query_as(
+            "SELECT session_limit, expires_at FROM customer_overrides
+             WHERE publisher_id = ? AND customer_id = ? AND offer_id = ?",
+        )
+        .bind(&key.publisher_id)
+        .bind(&key.customer_id)
+        .bind(&key.offer_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(|(session_limit, expires_at)| CustomerOverride {
+            session_limit,
+            expires_at: expires_at.map(|at| u64::try_from(at).unwrap_or(0)),
+        }))
+    }
+
+    async fn put_override(&self, key: &OverrideKey, value: &CustomerOverride) -> Result<(), SettingsError> {
+        sqlx::query(
+            "INSERT INTO customer_overrides (publisher_id, customer_id, offer_id, session_limit, expires_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (publisher_id, customer_id, offer_id) DO UPDATE SET
+                session_limit = excluded.session_limit,
+                expires_at = excluded.expires_at,
+                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        )
+        .bind(&key.publisher_id)
+        .bind(&key.customer_id)
+        .bind(&key.offer_id)
+        .bind(value.session_limit)
+        .bind(value.expires_at.map(|at| i64::try_from(at).unwrap_or(i64::MAX)))
+        .execute(&self.db)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_override(&self, key: &OverrideKey) -> Result<bool, SettingsError> {
+        let done =
+            sqlx::query("DELETE FROM customer_overrides WHERE publisher_id = ? AND customer_id = ? AND offer_id = ?")
+                .bind(&key.publisher_id)
+                .bind(&key.customer_id)
+                .bind(&key.offer_id)
+                .execute(&self.db)
+                .await
+                .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -237,6 +312,8 @@ fn bind_publisher<'q>(
         .bind(p.unknown_offers.as_str())
         .bind(p.verification_key.as_deref())
         .bind(p.jwks_uri.as_deref())
+        .bind(p.on_limit.as_str())
+        .bind(p.customer_session_limit)
 }
 
 /// Rows per statement when writing held sessions: 8 parameters each, well below

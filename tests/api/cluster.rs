@@ -227,6 +227,38 @@ async fn a_settings_change_on_one_node_shows_on_the_others_within_two_seconds() 
 }
 
 #[tokio::test]
+async fn an_override_set_through_one_node_applies_on_the_others_within_two_seconds() {
+    let redis = RedisServer::start();
+    let pg = super::support_postgres::PgServer::start().await;
+    let (a, b) = (pg_node(&redis, &pg).await, pg_node(&redis, &pg).await);
+    a.put_offer("po", "S1", 1, &[]).await;
+    let token = a.token("po", "fan");
+    b.create_ok(&token, "S1", "TV").await;
+    assert_eq!(b.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+    let boost = json!({"sessionLimit": 2, "expiresAt": null});
+    let path = "/publishers/po/customers/fan/offers/S1";
+    let response = a.admin(reqwest::Method::PUT, path, Some(boost)).await;
+    assert_eq!(response.status(), 200);
+    // The node that wrote it reads it back at once (its own cache forgot it).
+    let stored: serde_json::Value = a.admin(reqwest::Method::GET, path, None).await.json().await.unwrap();
+    assert_eq!(stored["sessionLimit"], 2);
+    let changed = tokio::time::Instant::now();
+    loop {
+        let status = b.create(&token, json!({"offerId": "S1"})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "node b still sees the offer's limit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two held on a limit of two: full, on either node.
+    assert_eq!(a.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+#[tokio::test]
 async fn nodes_keep_serving_and_reconnect_when_postgresql_restarts() {
     let redis = RedisServer::start();
     let mut pg = super::support_postgres::PgServer::start().await;
@@ -502,4 +534,93 @@ async fn a_player_who_finished_gets_a_session_again_at_once_on_its_node_and_with
         assert!(tokio::time::Instant::now() < deadline, "still full on node b");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Both nodes configure the publisher alike: in these tests each node has a
+/// settings database of its own (SQLite); a cluster shares PostgreSQL.
+async fn put_everywhere(nodes: &[&TestApp], path: &str, body: serde_json::Value) {
+    for node in nodes {
+        let response = node.admin(reqwest::Method::PUT, path, Some(body.clone())).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn evict_oldest_on_one_node_takes_over_the_oldest_socket_held_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 1).await, node(&redis, 1).await);
+    put_everywhere(
+        &[&a, &b],
+        "/publishers/p/offers/S1",
+        json!({"sessionLimit": 2, "onLimit": "evict_oldest"}),
+    )
+    .await;
+    let token = a.token("p", "evict");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut oldest = connect_ok(&tv.endpoint).await;
+    let tablet = b.create_ok(&token, "S1", "Tablet").await;
+    let mut second = connect_ok(&endpoint_on(&tablet.endpoint, b.port)).await;
+    granted(b.create(&token, json!({"offerId": "S1", "sessionName": "Phone"})).await).await;
+    assert_eq!(
+        oldest.next_skipping_pings(true).await,
+        Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Phone"}))
+    );
+    oldest.expect_close(4001).await;
+    keep_playing(&mut second, Duration::from_millis(700)).await;
+    // Still exactly the limit: the next create evicts the Tablet.
+    granted(
+        a.create(&token, json!({"offerId": "S1", "sessionName": "Laptop"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        second.next_skipping_pings(true).await,
+        Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Laptop"}))
+    );
+}
+
+#[tokio::test]
+async fn a_remote_stop_through_one_node_reaches_the_socket_on_another() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, 2).await, node(&redis, 2).await);
+    let token = a.token("p", "remote");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = connect_ok(&tv.endpoint).await;
+    // Another customer cannot, through either node.
+    let intruder = b.token("p", "intruder");
+    for n in [&a, &b] {
+        let response = n
+            .http
+            .delete(n.url(&format!("/me/sessions/{}", tv.session_id)))
+            .bearer_auth(&intruder)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    let listed: serde_json::Value = b
+        .http
+        .get(b.url("/me/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["sessions"][0]["sessionId"], tv.session_id.as_str(), "{listed}");
+    let response = b
+        .http
+        .delete(b.url(&format!("/me/sessions/{}", tv.session_id)))
+        .bearer_auth(&token)
+        .body(json!({"sessionName": "Living room"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        player.next_skipping_pings(true).await,
+        Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Living room"}))
+    );
+    player.expect_close(4001).await;
 }

@@ -22,7 +22,7 @@ const CONNECT: u64 = 30_000;
 const PONG: u64 = 25_000;
 const GRACE: u64 = 20_000;
 
-fn timings() -> Timings {
+pub fn timings() -> Timings {
     Timings {
         ping_interval: Duration::from_secs(10),
         pong_timeout: Duration::from_millis(PONG),
@@ -93,7 +93,7 @@ impl Subject {
         let orders: Arc<Recorder> = Arc::default();
         let store = Arc::new(
             RedisStore::connect(
-                RedisTarget::Cluster(cluster.seeds()),
+                RedisTarget::cluster(cluster.seeds()),
                 timings(),
                 Duration::from_secs(60),
                 TimeSource::Caller,
@@ -155,6 +155,7 @@ fn limit(sessions: u32) -> Limits {
     Limits {
         sessions,
         pools_per_customer: POOLS,
+        customer_sessions: None,
     }
 }
 
@@ -172,6 +173,7 @@ async fn admit_capped(s: &Subject, p: &PoolKey, sessions: u32, pools: u32, now: 
     let limits = Limits {
         sessions,
         pools_per_customer: pools,
+        customer_sessions: None,
     };
     s.store
         .admit(p, new(p, "device"), limits, now)
@@ -237,7 +239,145 @@ conformance!(
     dead_sessions_are_reaped_once_where_kept_locally_and_expire_by_themselves_elsewhere,
     a_snapshot_holds_every_session_and_restores_into_an_equal_store,
     ending_a_customers_sessions_unindexes_them_and_a_second_time_finds_none,
+    the_household_cap_counts_the_customers_sessions_across_offers,
+    a_full_pool_is_refused_as_full_before_the_household_cap,
+    sessions_that_died_or_ended_leave_room_under_the_household_cap,
+    parallel_admissions_on_many_offers_never_exceed_the_household_cap,
+    a_takeover_under_the_household_cap_swaps_without_counting,
 );
+
+/// Admits under a household cap of `household` sessions across offers.
+async fn admit_household(
+    s: &Subject,
+    p: &PoolKey,
+    sessions: u32,
+    household: u32,
+    now: Millis,
+) -> Result<SessionId, Refusal> {
+    let limits = Limits {
+        sessions,
+        pools_per_customer: POOLS,
+        customer_sessions: Some(household),
+    };
+    s.store
+        .admit(p, new(p, "device"), limits, now)
+        .await
+        .unwrap()
+        .map(|g| g.session.id)
+}
+
+async fn the_household_cap_counts_the_customers_sessions_across_offers(s: Subject) {
+    let now = t0();
+    let a1 = admit_household(&s, &offer_pool("home", "a"), 5, 3, now).await.unwrap();
+    let b1 = admit_household(&s, &offer_pool("home", "b"), 5, 3, now + 1)
+        .await
+        .unwrap();
+    let a2 = admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 2)
+        .await
+        .unwrap();
+    let refused = admit_household(&s, &offer_pool("home", "c"), 5, 3, now + 3).await;
+    let Err(Refusal::Household(full)) = refused else {
+        panic!("the fourth session across offers is refused: {refused:?}");
+    };
+    let ids: Vec<_> = full.active.iter().map(|a| a.id).collect();
+    assert_eq!(ids, vec![a1, b1, a2], "every offer's sessions, oldest first");
+    assert!(
+        admit_household(&s, &offer_pool("home", "a"), 5, 3, now + 3)
+            .await
+            .is_err(),
+        "a pool with room of its own is refused too"
+    );
+    assert!(
+        s.store
+            .list(&offer_pool("home", "c"), now + 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Per customer: a neighbour is not counted, and without a cap nothing is.
+    admit_household(&s, &offer_pool("home-2", "c"), 5, 3, now + 4)
+        .await
+        .unwrap();
+    assert!(admit(&s, &offer_pool("home", "c"), "tv", 5, now + 4).await.is_some());
+}
+
+async fn a_full_pool_is_refused_as_full_before_the_household_cap(s: Subject) {
+    let now = t0();
+    admit_household(&s, &offer_pool("full-first", "a"), 1, 1, now)
+        .await
+        .unwrap();
+    // Both limits are reached: the pool's own comes first, so its offer's
+    // onLimit policy (evict, monitor) can still apply.
+    let refused = admit_household(&s, &offer_pool("full-first", "a"), 1, 1, now + 1).await;
+    assert!(
+        matches!(&refused, Err(Refusal::Full(f)) if f.active.len() == 1),
+        "{refused:?}"
+    );
+}
+
+async fn sessions_that_died_or_ended_leave_room_under_the_household_cap(s: Subject) {
+    let now = t0();
+    let a = offer_pool("home-dead", "a");
+    let b = offer_pool("home-dead", "b");
+    // Never connected: each counts until its connect timeout only.
+    admit_household(&s, &a, 5, 2, now).await.unwrap();
+    let b_at = now + CONNECT - 1_000;
+    admit_household(&s, &b, 5, 2, b_at).await.unwrap();
+    assert!(admit_household(&s, &b, 5, 2, b_at + 500).await.is_err());
+    let later = now + CONNECT + 1;
+    let third = admit_household(&s, &b, 5, 2, later).await.unwrap();
+    assert!(admit_household(&s, &a, 5, 2, later).await.is_err(), "two alive again");
+    s.store.end(&b, third, None, later + 1).await.unwrap().unwrap();
+    admit_household(&s, &a, 5, 2, later + 2).await.unwrap();
+}
+
+async fn parallel_admissions_on_many_offers_never_exceed_the_household_cap(s: Subject) {
+    let now = t0();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let store = s.store.clone();
+        let p = offer_pool("home-hot", &format!("o{}", i % 6));
+        tasks.spawn(async move {
+            let limits = Limits {
+                sessions: 3,
+                pools_per_customer: POOLS,
+                customer_sessions: Some(5),
+            };
+            store.admit(&p, new(&p, "d"), limits, now).await.unwrap().is_ok()
+        });
+    }
+    let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(granted, 5);
+    let query = SessionQuery {
+        customer: Customer {
+            publisher_id: "pub".into(),
+            customer_id: "home-hot".into(),
+        },
+        offer_id: None,
+        after: None,
+        limit: 100,
+    };
+    assert_eq!(s.store.customer_sessions(&query, now).await.unwrap().sessions.len(), 5);
+}
+
+async fn a_takeover_under_the_household_cap_swaps_without_counting(s: Subject) {
+    let now = t0();
+    let a = offer_pool("home-swap", "a");
+    let victim = admit_household(&s, &a, 2, 2, now).await.unwrap();
+    admit_household(&s, &offer_pool("home-swap", "b"), 2, 2, now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        admit_household(&s, &a, 2, 2, now + 1).await,
+        Err(Refusal::Household(_))
+    ));
+    let done = s.store.take_over(&a, victim, new(&a, "phone"), now + 1).await.unwrap();
+    assert!(done.is_some(), "a takeover swaps a slot: the cap does not stop it");
+    assert!(matches!(
+        admit_household(&s, &a, 2, 2, now + 2).await,
+        Err(Refusal::Household(f)) if f.active.len() == 2
+    ));
+}
 
 async fn a_customer_holds_sessions_in_at_most_the_cap_of_pools(s: Subject) {
     let now = t0();
@@ -308,6 +448,7 @@ async fn parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pool
             let limits = Limits {
                 sessions: 1,
                 pools_per_customer: 5,
+                customer_sessions: None,
             };
             let p = offer_pool("cap3", &format!("made-up-{i}"));
             match store.admit(&p, new(&p, "device"), limits, now).await.unwrap() {
@@ -597,6 +738,25 @@ async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
     };
     assert!(orders.contains(&(1, Control::Terminate)), "{orders:?}");
     assert!(orders.contains(&(2, taken_over)), "{orders:?}");
+}
+
+#[tokio::test]
+async fn redis_refresh_tells_a_socket_stopped_by_its_owner_take_over_even_if_the_order_is_lost() {
+    let s = Subject::redis().await;
+    let (p, now) = (pool("r-stop"), t0());
+    let a = admit(&s, &p, "tv", 2, now).await.unwrap();
+    s.store.attach(&p, a, Holder(1), now).await.unwrap();
+    // Ended through another node: no order reaches this one, only the tombstone.
+    let other = second_node(&s).await;
+    let ended = other.end_taken_over(&p, a, "Kitchen", now + 1).await.unwrap();
+    assert_eq!(ended.map(|e| e.id), Some(a));
+    s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
+    s.flush().await;
+    let orders = s.orders.0.lock().unwrap().clone();
+    let stopped = Control::TakeOver {
+        session_name: "Kitchen".into(),
+    };
+    assert!(orders.contains(&(Holder(1), stopped)), "{orders:?}");
 }
 
 #[tokio::test]
@@ -1227,6 +1387,7 @@ async fn redis_a_stopped_nodes_live_sessions_die_one_pong_timeout_after_its_last
             let limits = Limits {
                 sessions: 1,
                 pools_per_customer: 1,
+                customer_sessions: None,
             };
             other.admit(&b, new(&b, "phone"), limits, at).await.unwrap()
         }

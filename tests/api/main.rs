@@ -12,9 +12,13 @@ mod cors;
 mod crash_safety;
 mod fuzz;
 mod helpers;
+mod limit_conformance;
+mod limit_policies;
+mod me_sessions;
 mod metrics;
 mod offers;
 mod openapi;
+mod overrides;
 mod players;
 mod pools;
 mod rate_limits;
@@ -24,6 +28,8 @@ mod session_admin;
 mod sessions;
 mod settings_conformance;
 mod settings_postgres;
+mod store_stall;
+mod store_tls;
 mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.
 #[allow(dead_code)]
@@ -31,6 +37,7 @@ mod support_process;
 mod support_redis;
 mod takeover;
 mod tokens;
+mod web;
 mod websocket;
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use drisc::domain::journal::JournalBatch;
+use drisc::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use drisc::domain::ports::{SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
@@ -66,7 +67,73 @@ conformance!(
     publishers_are_read_page_by_page_in_byte_order_after_a_cursor,
     saved_sessions_are_taken_once_and_within_one_save_the_last_copy_wins,
     journal_batches_put_and_delete_rows_and_reading_keeps_them,
+    an_offer_keeps_its_limit_policy_or_inherits_the_publishers,
+    customer_overrides_are_put_replaced_and_deleted_and_flag_their_publisher,
 );
+
+async fn an_offer_keeps_its_limit_policy_or_inherits_the_publishers(s: Subject) {
+    let repo = &s.repo;
+    repo.create_publisher(&publisher("acme")).await.unwrap();
+    let monitored = Offer {
+        on_limit: Some(LimitPolicy::Monitor),
+        ..offer("m", 1, &[], None)
+    };
+    repo.put_offer("acme", &monitored).await.unwrap();
+    repo.put_offer("acme", &offer("plain", 1, &[], None)).await.unwrap();
+    let catalog = repo.catalog("acme").await.unwrap().unwrap();
+    assert_eq!(catalog.offers, vec![monitored, offer("plain", 1, &[], None)]);
+    assert_eq!(catalog.publisher.on_limit, LimitPolicy::Reject, "the default");
+    assert_eq!(catalog.publisher.customer_session_limit, None);
+}
+
+async fn customer_overrides_are_put_replaced_and_deleted_and_flag_their_publisher(s: Subject) {
+    let repo = &s.repo;
+    repo.create_publisher(&publisher("acme")).await.unwrap();
+    repo.create_publisher(&publisher("other")).await.unwrap();
+    repo.put_offer("acme", &offer("S1", 1, &[], None)).await.unwrap();
+    repo.put_offer("other", &offer("S1", 1, &[], None)).await.unwrap();
+    let key = |customer: &str| OverrideKey {
+        publisher_id: "acme".into(),
+        customer_id: customer.into(),
+        offer_id: "S1".into(),
+    };
+    assert!(!repo.catalog("acme").await.unwrap().unwrap().overridden);
+    assert_eq!(repo.customer_override(&key("fan")).await.unwrap(), None);
+
+    let boost = CustomerOverride {
+        session_limit: 4,
+        expires_at: Some(1_900_000_000_123),
+    };
+    repo.put_override(&key("fan"), &boost).await.unwrap();
+    assert_eq!(repo.customer_override(&key("fan")).await.unwrap(), Some(boost));
+    assert_eq!(repo.customer_override(&key("fan-2")).await.unwrap(), None);
+    assert!(repo.catalog("acme").await.unwrap().unwrap().overridden);
+    assert!(
+        !repo.catalog("other").await.unwrap().unwrap().overridden,
+        "per publisher"
+    );
+
+    let forever = CustomerOverride {
+        session_limit: u32::MAX,
+        expires_at: None,
+    };
+    repo.put_override(&key("fan"), &forever).await.unwrap();
+    assert_eq!(repo.customer_override(&key("fan")).await.unwrap(), Some(forever));
+
+    assert!(repo.delete_override(&key("fan")).await.unwrap());
+    assert!(!repo.delete_override(&key("fan")).await.unwrap());
+    assert!(!repo.catalog("acme").await.unwrap().unwrap().overridden);
+
+    // An override goes with its offer, and needs one.
+    let limit = CustomerOverride {
+        session_limit: 2,
+        expires_at: None,
+    };
+    repo.put_override(&key("fan"), &limit).await.unwrap();
+    assert!(repo.delete_offer("acme", "S1").await.unwrap());
+    assert_eq!(repo.customer_override(&key("fan")).await.unwrap(), None);
+    assert!(repo.put_override(&key("fan"), &limit).await.is_err(), "no such offer");
+}
 
 pub fn publisher(id: &str) -> Publisher {
     Publisher {
@@ -77,6 +144,8 @@ pub fn publisher(id: &str) -> Publisher {
         unknown_offers: UnknownOffers::Each,
         verification_key: None,
         jwks_uri: None,
+        on_limit: LimitPolicy::Reject,
+        customer_session_limit: None,
     }
 }
 
@@ -86,6 +155,7 @@ fn offer(id: &str, limit: u32, tags: &[&str], takeover: Option<bool>) -> Offer {
         session_limit: limit,
         tags: tags.iter().map(|t| t.to_string()).collect(),
         takeover_enabled: takeover,
+        on_limit: None,
     }
 }
 
@@ -140,6 +210,8 @@ async fn a_publisher_is_created_once_changed_in_every_field_and_listed_by_id(s: 
         unknown_offers: UnknownOffers::Reject,
         verification_key: Some("-----BEGIN PUBLIC KEY-----\nMFkw...\n-----END PUBLIC KEY-----\n".into()),
         jwks_uri: Some("https://idp.example.com/.well-known/jwks.json".into()),
+        on_limit: LimitPolicy::EvictOldest,
+        customer_session_limit: Some(u32::MAX),
     };
     repo.put_publisher(&changed).await.unwrap();
     assert_eq!(repo.catalog("acme").await.unwrap().unwrap().publisher, changed);

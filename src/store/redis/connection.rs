@@ -1,6 +1,7 @@
 //! The connection to Redis: one server, or a Redis Cluster, chosen by
-//! configuration ([`RedisTarget`]) and built in one place ([`connect`]), so
-//! the rest of the store runs the same commands on either.
+//! configuration ([`RedisTarget`], made by [`super::tls::target`] with the TLS
+//! settings) and built in one place ([`connect`]), so the rest of the store
+//! runs the same commands on either, over TLS or not.
 //!
 //! On a cluster, the client routes each command by its keys' slot, follows
 //! MOVED and ASK redirects and refreshes its map of slots on its own; `SCRIPT
@@ -12,48 +13,86 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
-
-use crate::config::Settings;
+use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
 
 /// Where the sessions are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum RedisTarget {
-    /// One Redis at this URL.
-    Single(String),
-    /// A Redis Cluster, found from these seed nodes.
-    Cluster(Vec<String>),
+    /// One Redis (a `rediss://` one carries its certificates: see [`super::tls`]).
+    Single(ConnectionInfo),
+    /// A Redis Cluster, found from these seed nodes; with `rediss://` seeds, the
+    /// CA and client certificate every node connection uses (`None`: the
+    /// system's roots, no client certificate).
+    Cluster {
+        seeds: Vec<String>,
+        certs: Option<TlsCertificates>,
+    },
 }
 
-impl From<&str> for RedisTarget {
-    fn from(url: &str) -> Self {
-        Self::Single(url.to_owned())
-    }
-}
-
-impl From<&String> for RedisTarget {
-    fn from(url: &String) -> Self {
-        Self::Single(url.clone())
-    }
-}
-
-impl From<&Settings> for RedisTarget {
-    fn from(settings: &Settings) -> Self {
-        let storage = &settings.storage;
-        if storage.redis_cluster_nodes.is_empty() {
-            Self::Single(storage.redis_url.clone())
-        } else {
-            Self::Cluster(storage.redis_cluster_nodes.clone())
+/// Shown without the passwords the URLs may carry, nor the certificates' bytes.
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(info) => f.debug_tuple("Single").field(&info.addr()).finish(),
+            Self::Cluster { seeds, certs } => f
+                .debug_struct("Cluster")
+                .field(
+                    "seeds",
+                    &seeds.iter().map(|u| crate::config::redact_url(u)).collect::<Vec<_>>(),
+                )
+                .field("certs", &certs.is_some())
+                .finish(),
         }
     }
 }
 
+/// What [`crate::store::redis::RedisStore::connect`] takes: a target, or the
+/// URL of one Redis (tests).
+pub trait IntoRedisTarget {
+    fn into_target(self) -> redis::RedisResult<RedisTarget>;
+}
+
+impl IntoRedisTarget for RedisTarget {
+    fn into_target(self) -> redis::RedisResult<RedisTarget> {
+        Ok(self)
+    }
+}
+
+impl IntoRedisTarget for ConnectionInfo {
+    fn into_target(self) -> redis::RedisResult<RedisTarget> {
+        Ok(RedisTarget::Single(self))
+    }
+}
+
+impl IntoRedisTarget for &str {
+    fn into_target(self) -> redis::RedisResult<RedisTarget> {
+        self.into_connection_info().map(RedisTarget::Single)
+    }
+}
+
+impl IntoRedisTarget for &String {
+    fn into_target(self) -> redis::RedisResult<RedisTarget> {
+        self.as_str().into_target()
+    }
+}
+
+impl IntoRedisTarget for String {
+    fn into_target(self) -> redis::RedisResult<RedisTarget> {
+        self.as_str().into_target()
+    }
+}
+
 impl RedisTarget {
+    /// A Redis Cluster without TLS certificates of its own.
+    pub fn cluster(seeds: Vec<String>) -> Self {
+        Self::Cluster { seeds, certs: None }
+    }
+
     /// What the logs call it.
     pub fn describe(&self) -> &'static str {
         match self {
             Self::Single(_) => "Redis",
-            Self::Cluster(_) => "Redis Cluster",
+            Self::Cluster { .. } => "Redis Cluster",
         }
     }
 }
@@ -81,8 +120,8 @@ pub enum Conn {
 /// reconnects to each node by itself.
 pub async fn connect_with(target: &RedisTarget, response: Duration) -> redis::RedisResult<Conn> {
     match target {
-        RedisTarget::Single(url) => {
-            let client = redis::Client::open(url.as_str())?;
+        RedisTarget::Single(info) => {
+            let client = redis::Client::open(info.clone())?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(response))
@@ -90,14 +129,19 @@ pub async fn connect_with(target: &RedisTarget, response: Duration) -> redis::Re
                 .set_max_delay(Duration::from_secs(1));
             Ok(Conn::Single(ConnectionManager::new_with_config(client, config).await?))
         }
-        RedisTarget::Cluster(seeds) => {
-            let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        RedisTarget::Cluster { seeds, certs } => {
+            let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(response)
                 .retries(CLUSTER_RETRIES)
                 .min_retry_wait(100)
-                .max_retry_wait(1000)
-                .build()?;
+                .max_retry_wait(1000);
+            // The same CA and client certificate for every node the cluster names
+            // (the seeds' `rediss://` alone would trust the system's roots).
+            if let Some(certs) = certs {
+                builder = builder.certs(certs.clone());
+            }
+            let client = builder.build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         }
     }

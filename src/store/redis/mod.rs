@@ -13,6 +13,7 @@
 //!   ends its sockets queued, checks its sessions once a minute, and puts them
 //!   back if Redis lost its data;
 //! - [`inbox`]: orders for sockets held by other nodes;
+//! - [`tls`]: the CA and client certificate of a `rediss://` connection;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
 
 mod connection;
@@ -23,6 +24,7 @@ pub(crate) mod record;
 pub mod refresh;
 mod scripts;
 mod store;
+pub mod tls;
 
 pub use connection::RedisTarget;
 pub use open::{Cluster, open};

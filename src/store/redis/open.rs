@@ -21,7 +21,8 @@ use crate::store::instrumented::Instrumented;
 const UNREACHABLE: &str = "cannot reach Redis (storage.redis_url or storage.redis_cluster_nodes)";
 
 /// The session pools in Redis at `storage.redis_url`, or in the Redis Cluster
-/// of `storage.redis_cluster_nodes` ([`RedisTarget`]): claims a node id no live node
+/// of `storage.redis_cluster_nodes` ([`RedisTarget`]), over TLS with `rediss://`
+/// ([`super::tls`]): claims a node id no live node
 /// holds, names this process's `sockets` by it, and routes orders for sockets held
 /// elsewhere through the holding node's inbox. The loops that keep it all going
 /// start with [`Cluster::spawn`].
@@ -30,8 +31,18 @@ pub async fn open<L: Notifier>(
     meter: &Arc<Meter>,
     sockets: impl FnOnce(u64) -> Arc<L>,
 ) -> anyhow::Result<Sessions<L>> {
-    let target = RedisTarget::from(settings);
-    let mut conn = connection::connect(&target).await.context(UNREACHABLE)?;
+    let target = super::tls::target(&settings.storage)?;
+    let mut conn = match connection::connect(&target).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let hint = super::tls::hint(&e.to_string());
+            let error = anyhow::Error::new(e).context(UNREACHABLE);
+            return Err(match hint {
+                Some(hint) => error.context(hint),
+                None => error,
+            });
+        }
+    };
     let node = inbox::claim_node_id(&mut conn).await.context(UNREACHABLE)?;
     let sockets = sockets(node);
     let local: Arc<dyn Notifier> = sockets.clone();

@@ -254,6 +254,11 @@ pub(crate) enum AdmitReply {
         #[serde(default, deserialize_with = "list")]
         held: Vec<Named>,
     },
+    /// The customer holds as many sessions across its pools as its household cap allows.
+    Household {
+        #[serde(default, deserialize_with = "list")]
+        held: Vec<Named>,
+    },
     /// The pool is empty and the customer holds sessions in as many pools as allowed.
     TooManyPools,
     /// The shard is in another data epoch than the node knows: nothing was done.
@@ -451,6 +456,16 @@ mod tests {
         let unknown = Value::BulkString(br#"{"ok":"maybe"}"#.to_vec());
         assert!(reply::<AdmitReply>(&unknown, "admit").is_err());
         assert!(reply::<AdmitReply>(&Value::Int(1), "admit").is_err());
+    }
+
+    #[test]
+    fn a_household_refusal_lists_the_customers_sessions_by_name() {
+        let id = SessionId::random();
+        let text = format!(r#"{{"ok":"household","held":[{{"id":"{id}","n":"TV"}}]}}"#);
+        let AdmitReply::Household { held } = reply(&Value::BulkString(text.into_bytes()), "admit").unwrap() else {
+            panic!("household");
+        };
+        assert_eq!((held[0].id, held[0].name.as_str()), (id, "TV"));
     }
 
     #[test]

@@ -5,6 +5,23 @@
 //! session turned out to be gone (the backstop for lost orders), and puts this
 //! node's sessions back in a shard that lost its data
 //! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
+//!
+//! A store that stalls or is cut off from the node (a fork for a snapshot, a
+//! network blip, a failover) for longer than the node's liveness keys live lets
+//! them expire: the first script to touch a customer afterwards finds the node's
+//! sessions there dead and deletes them, while their players go on answering
+//! PINGs (which cost Redis nothing). So a round that reaches Redis after such a
+//! gap vouches again in every shard the node holds sessions in and re-asserts
+//! every held session ([`RedisStore::reassert_after_outage`]), and until it
+//! has, the node admits no one (503, as while Redis is unreachable).
+//!
+//! The outage is the node's, not a shard's: a node vouches in a shard only
+//! every third of a PONG timeout, so the gap is measured between refresh rounds
+//! that reached Redis (each at least renews the node's lease), and a round
+//! unanswered for half a PONG timeout, or failed, marks one. On a Redis
+//! Cluster a stall of one master thus makes the node re-assert in every shard:
+//! the shards that lost nothing answer `r` for each session, at the cost of a
+//! script call per pool.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +47,29 @@ pub struct Round {
     pub restored: usize,
     /// Queued ends and detaches written.
     pub written: usize,
+    /// Held sessions put back after an outage ([`RedisStore::reassert_after_outage`]).
+    pub reasserted: usize,
 }
+
+/// The node's refresh rounds, as the outage detection sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Vouching {
+    /// When the last round reached Redis (`None`: not yet).
+    last: Option<Instant>,
+    /// A round failed, or came too late: admissions wait until the held
+    /// sessions are re-asserted.
+    outage: bool,
+}
+
+/// A gap between rounds that reached Redis longer than this fraction of the
+/// PONG timeout may have let a liveness key expire (one is rewritten every third
+/// of a PONG timeout and lives a whole one): the held sessions are re-asserted.
+const GAP_DIVISOR: u32 = 2;
+
+/// Added to the outage's length when looking for sessions admitted during it,
+/// so that clock steps and round trips only ever make the re-assertion more
+/// careful (a session admitted just before the outage counts as newer).
+const OUTAGE_MARGIN_MS: u64 = 1_000;
 
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
@@ -43,14 +82,32 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                let mut conn = store.conn.clone();
-                let _: Result<(), _> = redis::cmd("PEXPIRE")
-                    .arg(node::lease(node))
-                    .arg(node::LEASE_TTL_MS)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = store.refresh().await {
+                let round = async {
+                    let mut conn = store.conn.clone();
+                    redis::cmd("PEXPIRE")
+                        .arg(node::lease(node))
+                        .arg(node::LEASE_TTL_MS)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(super::store::unavailable)?;
+                    store.reached(Instant::now());
+                    store.refresh().await
+                };
+                tokio::pin!(round);
+                // A round still unanswered after this long means Redis is stalled or out
+                // of reach: admissions stop now, not when the request times out, so that
+                // none is left waiting in a socket to be carried out when Redis resumes.
+                let late = store.timings.pong_timeout / GAP_DIVISOR;
+                let result = match tokio::time::timeout(late, &mut round).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        store.note_outage();
+                        round.await
+                    }
+                };
+                if let Err(e) = result {
                     // Held sessions keep playing; their PONGs are retried next round.
+                    store.note_outage();
                     tracing::warn!(error = %e, "session refresh failed; retrying");
                 }
             }
@@ -73,6 +130,7 @@ impl RedisStore {
                 return Err(e);
             }
         }
+        round.reasserted = self.reassert_after_outage().await?;
         round.written = self.write_queued(|_| true).await?;
         // Due: the first PONG since the socket attached, then one a minute.
         let mut due: Vec<(Holder, Held, Millis)> = heard
@@ -213,7 +271,12 @@ impl RedisStore {
         if self.time == TimeSource::Redis {
             let every = (self.pong_timeout() / 3).max(Duration::from_millis(1));
             let at = Instant::now();
+            let outage = self.vouching.lock().is_ok_and(|v| v.outage);
             if let Ok(mut vouched) = self.vouched.lock() {
+                // After an outage the keys may have expired whenever they were written.
+                if outage {
+                    vouched.clear();
+                }
                 vouched.retain(|_, last| at.duration_since(*last) < every);
                 wanted.retain(|(shard, _)| !vouched.contains_key(shard));
             }
@@ -279,6 +342,159 @@ impl RedisStore {
             restored += self.restore_if_lost(*shard, &epoch).await?;
         }
         failed.map_or(Ok(restored), Err)
+    }
+
+    /// Notes a round that reached Redis at `at`: one that comes more than a
+    /// fraction of the PONG timeout after the last means an outage.
+    pub(super) fn reached(&self, at: Instant) {
+        let Ok(mut v) = self.vouching.lock() else { return };
+        let limit = self.timings.pong_timeout / GAP_DIVISOR;
+        if v.last.is_some_and(|last| at.duration_since(last) > limit) {
+            v.outage = true;
+        }
+        if !v.outage {
+            v.last = Some(at);
+        }
+    }
+
+    /// A refresh round failed or is late: Redis may be stalled or out of reach.
+    pub(super) fn note_outage(&self) {
+        if let Ok(mut v) = self.vouching.lock() {
+            v.outage = true;
+        }
+    }
+
+    /// Refuses admissions (and take-overs) while this node's held sessions may be
+    /// missing from Redis, until [`Self::reassert_after_outage`] put them back: a
+    /// newcomer admitted first could take their slots.
+    pub(super) fn admitting(&self) -> Result<(), StoreError> {
+        match self.vouching.lock() {
+            Ok(v) if v.outage && self.node.is_some() => Err(StoreError::Unavailable(
+                "Redis was unreachable; this node is re-asserting its sessions".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// After an outage (a refresh round failed, or came too late), puts back
+    /// every session this node's sockets hold that Redis dropped meanwhile, and
+    /// tells the sockets of those it may not keep. Returns how many were put back.
+    /// One script call per pool (a customer's offer), pipelined per shard.
+    ///
+    /// The limit holds: as many of a pool's missing sessions come back as are
+    /// missing, less one for each session admitted into the pool since the
+    /// outage began (before it the pool held all of them within its limit); the
+    /// oldest come back first, and the others' players are told EXPIRED. A
+    /// session another socket now holds, or that ended (a take-over, an
+    /// operator), is ended here as the check would.
+    pub async fn reassert_after_outage(&self) -> Result<usize, StoreError> {
+        let since_last = match self.vouching.lock() {
+            Ok(v) if v.outage => v.last.map(|last| last.elapsed()),
+            _ => return Ok(0),
+        };
+        // Only a node vouches (tests driving time hold sockets of no node).
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            self.outage_over();
+            return Ok(0);
+        }
+        let back_ms = since_last.map_or(u64::MAX / 4, |d| d.as_millis() as u64) + OUTAGE_MARGIN_MS;
+        // By pool, oldest first: the oldest keep their slots if not all may come back.
+        let mut by_pool: HashMap<PoolKey, Vec<(Holder, Held)>> = HashMap::new();
+        for e in self.held.iter() {
+            by_pool
+                .entry(e.value().pool.clone())
+                .or_default()
+                .push((*e.key(), e.value().clone()));
+        }
+        let mut pools: Vec<Vec<(Holder, Held)>> = by_pool.into_values().collect();
+        for sessions in &mut pools {
+            sessions.sort_by_key(|(_, h)| (h.created_at, h.id.to_string()));
+        }
+        // A pipeline per shard (and thousand pools): its keys share a slot.
+        let batches: Vec<Vec<Vec<(Holder, Held)>>> = by_shard(pools, |sessions| sessions[0].1.pool.shard())
+            .into_values()
+            .flat_map(|group| {
+                group
+                    .chunks(super::store::PIPELINE_CHUNK)
+                    .map(<[_]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let pipes: Vec<redis::Pipeline> = batches
+            .iter()
+            .map(|batch| {
+                let mut pipe = redis::pipe();
+                for sessions in batch {
+                    let pool = &sessions[0].1.pool;
+                    let mut invocation = super::scripts::on_pool(&self.scripts.reassert, pool, 0);
+                    invocation.arg(back_ms).arg(keys::customer_tag(pool));
+                    for (holder, h) in sessions {
+                        let session = Session {
+                            id: h.id,
+                            name: h.name.clone(),
+                            state: SessionState::Live,
+                            expires_at: 0,
+                            holder: Some(*holder),
+                            created_at: h.created_at,
+                        };
+                        invocation
+                            .key(keys::tombstone(pool, h.id))
+                            .arg(h.id.to_string())
+                            .arg(record::holder_arg(*holder))
+                            .arg(record::encode(&session));
+                    }
+                    pipe.invoke_script(&invocation);
+                }
+                pipe
+            })
+            .collect();
+        let (mut put_back, mut ended) = (0, 0);
+        let results = self.run_pipelines(&[&self.scripts.reassert], &pipes).await;
+        for (batch, result) in batches.iter().zip(results) {
+            // The outage goes on: tried again next round, admissions still refused.
+            let replies = result?;
+            for (sessions, reply) in batch.iter().zip(replies) {
+                let codes: Vec<String> = redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::Unavailable(format!("unreadable re-assert reply: {e}")))?;
+                for ((holder, _), code) in sessions.iter().zip(codes) {
+                    let order = match code.as_str() {
+                        "r" => continue,
+                        "p" => {
+                            put_back += 1;
+                            continue;
+                        }
+                        "x" => Control::Terminate,
+                        "f" => Control::Expire,
+                        gone => match gone.strip_prefix("gT") {
+                            Some(name) => Control::TakeOver {
+                                session_name: name.to_owned(),
+                            },
+                            None => Control::Expire,
+                        },
+                    };
+                    ended += 1;
+                    self.release(*holder);
+                    self.local.notify(*holder, order);
+                }
+            }
+        }
+        self.outage_over();
+        if put_back > 0 || ended > 0 {
+            tracing::warn!(
+                put_back,
+                ended,
+                outage_ms = back_ms - OUTAGE_MARGIN_MS,
+                "Redis was unreachable: this node re-asserted its sessions"
+            );
+        }
+        Ok(put_back)
+    }
+
+    fn outage_over(&self) {
+        if let Ok(mut v) = self.vouching.lock() {
+            v.outage = false;
+            v.last = Some(Instant::now());
+        }
     }
 
     /// A pipeline checking `batch` (one shard's sessions) in one script call.

@@ -170,9 +170,11 @@ end
 /// KEYS[4]: the shard's epoch. ARGV (after now, offer): id, name, limit, most
 /// pools per customer, the customer's tag (the index's value), the shard's
 /// epoch the node last saw (empty: none yet), a new epoch should the shard
-/// have none. The index is written here, in the admission's own round trip.
-/// Reply (JSON):
+/// have none, the household cap (empty: none). The index is written here, in
+/// the admission's own round trip. Reply (JSON):
 /// `{ok: "granted", now, live: [{id, h}], epoch}`, `{ok: "full", held: [{id, n}]}`,
+/// `{ok: "household", held: [{id, n}]}` (the customer's sessions across its
+/// pools reach the household cap),
 /// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
 /// as many pools as allowed), or `{ok: "lost", epoch}`: the shard is not in the epoch
 /// the node knows (its Redis restarted empty), so this node's held sessions may
@@ -198,6 +200,18 @@ if #mine >= tonumber(ARGV[5]) then
   settle()
   return cjson.encode({ok = 'full', held = held})
 end
+-- [household cap] ARGV[10]: the most sessions the customer may hold across all its
+-- pools ('' or absent: no cap). They are all in its one hash: counted here, atomic
+-- with the grant. Reply `{ok: "household", held: [{id, n}]}`, oldest first.
+if ARGV[10] and ARGV[10] ~= '' and #all >= tonumber(ARGV[10]) then
+  local held = {}
+  for _, rec in ipairs(all) do held[#held + 1] = {id = rec.id, n = rec.n, c = rec.c} end
+  table.sort(held, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
+  for _, h in ipairs(held) do h.c = nil end
+  settle()
+  return cjson.encode({ok = 'household', held = held})
+end
+-- [/household cap]
 if #mine == 0 then
   -- This session opens the pool: count the customer's pools alive at `now`.
   local offers, n = {}, 0
@@ -368,6 +382,59 @@ settle()
 return added
 "#;
 
+/// After the node could not vouch for longer than its liveness key in the
+/// shard lives (Redis stalled, or was cut off from this node), puts back its
+/// held sessions of one pool ([`super::refresh`]'s `reassert_after_outage`).
+/// KEYS[4..]: each session's tombstone. ARGV (after now, offer): how far back
+/// (ms) the outage began, the customer's tag (the index's value), then per
+/// session (oldest first) its id, holder and record as `record::encode` packs
+/// it (`s|e|h|c|n`; `e` 0: now plus the live allowance). Reply, per session:
+/// `r` (still there, held by this socket), `p` (put back, and indexed), `x`
+/// (another socket holds it), `g` and the tombstone if any (it ended), or `f`:
+/// not put back, as sessions admitted since the outage began may have taken
+/// its slot.
+///
+/// The limit is not known here, yet holds: before the outage the pool held every
+/// session now in it that is older than the outage, and every one of this node's
+/// missing sessions, within the limit. So as many missing sessions come back as
+/// there are missing ones, less one for each session admitted since: the newer
+/// sessions keep their slots.
+const REASSERT: &str = r#"
+local mine = load()
+local since = now - tonumber(ARGV[3])
+local newer = 0
+for _, other in ipairs(mine) do
+  if other.c > since then newer = newer + 1 end
+end
+local replies, missing = {}, {}
+for i = 1, (#ARGV - 4) / 3 do
+  local id, holder = ARGV[3 * i + 2], ARGV[3 * i + 3]
+  local _, rec = find(mine, id)
+  if rec ~= nil then
+    if rec.h == holder then replies[i] = 'r' else replies[i] = 'x' end
+  else
+    local tomb = redis.call('GET', KEYS[3 + i])
+    if tomb then replies[i] = 'g' .. tomb else missing[#missing + 1] = i end
+  end
+end
+for n, i in ipairs(missing) do
+  if n <= #missing - newer then
+    local s, e, h, c, name = string.match(ARGV[3 * i + 4], '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
+    if s == nil then error('unreadable session to re-assert in ' .. cust) end
+    local back = {id = ARGV[3 * i + 2], s = s, e = tonumber(e), h = h, c = tonumber(c), o = offer, n = name}
+    if back.e == 0 then back.e = now + PONG end
+    if back.c == 0 then back.c = now end
+    save(back)
+    redis.call('HSET', ix, back.id, ARGV[4])
+    replies[i] = 'p'
+  else
+    replies[i] = 'f'
+  end
+end
+settle()
+return replies
+"#;
+
 /// Where a session is: KEYS[1] its shard's index. ARGV: id, the prefix of the
 /// shard's customer keys. Reply: `[customer tag, offer]`, or false if the index
 /// does not name it or its customer no longer has it (the stale entry is
@@ -404,12 +471,13 @@ pub struct Scripts {
     pub end_all: redis::Script,
     pub list: redis::Script,
     pub restore: redis::Script,
+    pub reassert: redis::Script,
     pub locate: redis::Script,
 }
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 10] {
+    pub fn all(&self) -> [&redis::Script; 11] {
         [
             &self.admit,
             &self.take_over,
@@ -420,6 +488,7 @@ impl Scripts {
             &self.end_all,
             &self.list,
             &self.restore,
+            &self.reassert,
             &self.locate,
         ]
     }
@@ -444,6 +513,7 @@ impl Scripts {
             end_all: on_pool(END_ALL),
             list: on_pool(LIST),
             restore: on_pool(RESTORE),
+            reassert: on_pool(REASSERT),
             locate: redis::Script::new(LOCATE),
         }
     }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Value;
 
-use super::connection::{self, Conn, RedisTarget};
+use super::connection::{self, Conn, IntoRedisTarget};
 use super::keys;
 use super::record::{self, AdmitReply, AttachReply, TakeOverReply};
 use super::scripts::{Scripts, on_pool};
@@ -92,7 +92,7 @@ pub enum TimeSource {
 pub struct RedisStore {
     pub(super) conn: Conn,
     pub(super) scripts: Scripts,
-    timings: Timings,
+    pub(super) timings: Timings,
     pub(super) time: TimeSource,
     /// This node's id, whose liveness key the refresh rounds write (`None` in
     /// tests: the node of each socket heard).
@@ -108,6 +108,9 @@ pub struct RedisStore {
     pub(super) epochs: Mutex<HashMap<u16, String>>,
     /// When this node last vouched for its sessions in each shard (see [`super::refresh`]).
     pub(super) vouched: Mutex<HashMap<u16, std::time::Instant>>,
+    /// When this node's refresh rounds last reached Redis, and whether it must
+    /// re-assert its sessions (see [`super::refresh`]).
+    pub(super) vouching: Mutex<super::refresh::Vouching>,
 }
 
 impl RedisStore {
@@ -115,13 +118,14 @@ impl RedisStore {
     /// node's sockets. A session id is found by operators for as long as its
     /// session is in Redis (the shard's index drops it with the session).
     pub async fn connect(
-        target: impl Into<RedisTarget>,
+        target: impl IntoRedisTarget,
         timings: Timings,
         tombstone_ttl: Duration,
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
-        let mut conn = connection::connect(&target.into()).await.map_err(unavailable)?;
+        let target = target.into_target().map_err(unavailable)?;
+        let mut conn = connection::connect(&target).await.map_err(unavailable)?;
         let scripts = Scripts::new(
             duration_ms(timings.connect_timeout),
             duration_ms(timings.pong_timeout),
@@ -148,6 +152,7 @@ impl RedisStore {
             local,
             epochs: Mutex::new(HashMap::new()),
             vouched: Mutex::new(HashMap::new()),
+            vouching: Mutex::new(super::refresh::Vouching::default()),
         })
     }
 
@@ -451,6 +456,30 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The end script, leaving `tombstone` ("" for none) for the holder's next check.
+    async fn end_with(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Option<Holder>,
+        tombstone: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        let reply = self
+            .run_on(
+                pool,
+                on_pool(&self.scripts.end, pool, self.now_arg(now))
+                    .key(keys::tombstone(pool, id))
+                    .arg(id.to_string())
+                    .arg(holder.map(record::holder_arg).unwrap_or_default())
+                    .arg(tombstone),
+            )
+            .await?;
+        record::session_or_nil(&reply, "end")
+    }
+}
+
 /// A new random value for a shard's epoch key, should the shard have none.
 pub(super) fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -488,6 +517,7 @@ impl SessionStore for RedisStore {
     ) -> Result<Result<Granted, Refusal>, StoreError> {
         // Twice at most: a first "lost" reply makes this node put its sessions back
         // (and learn the new epoch), so they count before anyone is admitted beside them.
+        self.admitting()?;
         let shard = pool.shard();
         for _ in 0..2 {
             let reply = self
@@ -501,7 +531,8 @@ impl SessionStore for RedisStore {
                         .arg(limits.pools_per_customer)
                         .arg(keys::customer_tag(pool))
                         .arg(self.known_epoch(shard))
-                        .arg(new_epoch()),
+                        .arg(new_epoch())
+                        .arg(limits.customer_sessions.map(|c| c.to_string()).unwrap_or_default()),
                 )
                 .await?;
             return match record::reply(&reply, "admit")? {
@@ -511,6 +542,12 @@ impl SessionStore for RedisStore {
                 }
                 AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
                 AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
+                    active: held
+                        .into_iter()
+                        .map(|s| ActiveSession { id: s.id, name: s.name })
+                        .collect(),
+                }))),
+                AdmitReply::Household { held } => Ok(Err(Refusal::Household(LimitExceeded {
                     active: held
                         .into_iter()
                         .map(|s| ActiveSession { id: s.id, name: s.name })
@@ -534,6 +571,7 @@ impl SessionStore for RedisStore {
         new: NewSession,
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
+        self.admitting()?;
         let reply = self
             .run_on(
                 pool,
@@ -668,17 +706,18 @@ impl SessionStore for RedisStore {
         // Ended by someone else than its socket (an operator): leave a tombstone
         // so the holder's next check learns why, should the order be lost.
         let tombstone = if holder.is_none() { "E" } else { "" };
-        let reply = self
-            .run_on(
-                pool,
-                on_pool(&self.scripts.end, pool, self.now_arg(now))
-                    .key(keys::tombstone(pool, id))
-                    .arg(id.to_string())
-                    .arg(holder.map(record::holder_arg).unwrap_or_default())
-                    .arg(tombstone),
-            )
-            .await?;
-        record::session_or_nil(&reply, "end")
+        self.end_with(pool, id, holder, tombstone, now).await
+    }
+
+    /// The tombstone says "taken over by `session_name`", as a takeover's does.
+    async fn end_taken_over(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        session_name: &str,
+        now: Millis,
+    ) -> Result<Option<Session>, StoreError> {
+        self.end_with(pool, id, None, &format!("T{session_name}"), now).await
     }
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
