@@ -11,17 +11,23 @@
 //! them expire: the first script to touch a customer afterwards finds the node's
 //! sessions there dead and deletes them, while their players go on answering
 //! PINGs (which cost Redis nothing). So a round that reaches Redis after such a
-//! gap vouches again in every shard the node holds sessions in and re-asserts
-//! every held session ([`RedisStore::reassert_after_outage`]), and until it
-//! has, the node admits no one (503, as while Redis is unreachable).
+//! gap vouches again in the shards concerned and re-asserts the sessions held
+//! there ([`RedisStore::reassert_after_outage`]), and until it has, the node
+//! admits no one there (503, as while Redis is unreachable).
 //!
-//! The outage is the node's, not a shard's: a node vouches in a shard only
-//! every third of a PONG timeout, so the gap is measured between refresh rounds
-//! that reached Redis (each at least renews the node's lease), and a round
-//! unanswered for half a PONG timeout, or failed, marks one. On a Redis
-//! Cluster a stall of one master thus makes the node re-assert in every shard:
-//! the shards that lost nothing answer `r` for each session, at the cost of a
-//! script call per pool.
+//! The outage is counted per shard, as vouching is: a shard whose vouch
+//! failed is lost until a later vouch there goes through and the node's
+//! sessions there are re-asserted; admissions in it wait meanwhile, the other
+//! shards' go on (a Redis Cluster master that fails over stops only its own
+//! shards). A round still unanswered after half a PONG timeout does not say
+//! which shard stalls, nor does one that cannot renew the node's lease: every
+//! shard the node holds sessions in counts as lost, and until a round reaches
+//! Redis again the node admits no one, so that no admission waits in a stalled
+//! server's socket to be carried out when it resumes. An admission in a lost
+//! shard first vouches there and re-asserts the node's sessions itself, so no
+//! newcomer takes their slots and none waits for the next round. A gap
+//! between rounds that reached Redis longer than that (the node itself
+//! stalled) counts every shard as lost too.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -56,9 +62,14 @@ pub struct Round {
 pub(crate) struct Vouching {
     /// When the last round reached Redis (`None`: not yet).
     last: Option<Instant>,
-    /// A round failed, or came too late: admissions wait until the held
-    /// sessions are re-asserted.
-    outage: bool,
+    /// A round was late or could not reach Redis, and none has reached it since:
+    /// admissions wait.
+    late: bool,
+    /// Shards whose liveness keys may have expired (a vouch failed there, or a
+    /// round was late), with when a vouch there last went through before: the
+    /// node's sessions there are re-asserted once a vouch goes through again,
+    /// and admissions there wait until then.
+    lost: HashMap<u16, Option<Instant>>,
 }
 
 /// A gap between rounds that reached Redis longer than this fraction of the
@@ -70,6 +81,9 @@ const GAP_DIVISOR: u32 = 2;
 /// so that clock steps and round trips only ever make the re-assertion more
 /// careful (a session admitted just before the outage counts as newer).
 const OUTAGE_MARGIN_MS: u64 = 1_000;
+
+/// One pool's sessions held by this node's sockets.
+type PoolSessions = Vec<(Holder, Held)>;
 
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
@@ -84,12 +98,16 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
             _ = tick.tick() => {
                 let round = async {
                     let mut conn = store.conn.clone();
-                    redis::cmd("PEXPIRE")
+                    let lease = redis::cmd("PEXPIRE")
                         .arg(node::lease(node))
                         .arg(node::LEASE_TTL_MS)
                         .query_async::<()>(&mut conn)
-                        .await
-                        .map_err(super::store::unavailable)?;
+                        .await;
+                    if let Err(e) = lease {
+                        // Redis out of reach (on a cluster, the lease's master): as late.
+                        store.note_late();
+                        return Err(super::store::unavailable(e));
+                    }
                     store.reached(Instant::now());
                     store.refresh().await
                 };
@@ -101,13 +119,13 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
                 let result = match tokio::time::timeout(late, &mut round).await {
                     Ok(result) => result,
                     Err(_) => {
-                        store.note_outage();
+                        store.note_late();
                         round.await
                     }
                 };
                 if let Err(e) = result {
-                    // Held sessions keep playing; their PONGs are retried next round.
-                    store.note_outage();
+                    // Held sessions keep playing; their PONGs are retried next round. A
+                    // shard whose vouch failed was marked lost by the vouch itself.
                     tracing::warn!(error = %e, "session refresh failed; retrying");
                 }
             }
@@ -127,6 +145,8 @@ impl RedisStore {
             Ok(restored) => round.restored = restored,
             Err(e) => {
                 self.pending_again(&heard);
+                // The shards whose vouch went through are re-asserted all the same.
+                let _ = self.reassert_after_outage().await;
                 return Err(e);
             }
         }
@@ -271,14 +291,9 @@ impl RedisStore {
         if self.time == TimeSource::Redis {
             let every = (self.pong_timeout() / 3).max(Duration::from_millis(1));
             let at = Instant::now();
-            let outage = self.vouching.lock().is_ok_and(|v| v.outage);
-            if let Ok(mut vouched) = self.vouched.lock() {
-                // After an outage the keys may have expired whenever they were written.
-                if outage {
-                    vouched.clear();
-                }
-                vouched.retain(|_, last| at.duration_since(*last) < every);
-                wanted.retain(|(shard, _)| !vouched.contains_key(shard));
+            // A lost shard has no entry (see `lose`): vouched for at once.
+            if let Ok(vouched) = self.vouched.lock() {
+                wanted.retain(|(shard, _)| vouched.get(shard).is_none_or(|last| at.duration_since(*last) >= every));
             }
         }
         if wanted.is_empty() {
@@ -325,10 +340,13 @@ impl RedisStore {
                 // Set by this call: the value it sent.
                 Ok(Some(Value::Nil)) => candidate,
                 Ok(other) => {
+                    self.lose([*shard]);
                     failed = Some(record::unreadable("epoch", format!("{other:?}")));
                     continue;
                 }
                 Err(e) => {
+                    // Its liveness key may run out before a vouch goes through.
+                    self.lose([*shard]);
                     failed = Some(e);
                     continue;
                 }
@@ -345,41 +363,101 @@ impl RedisStore {
     }
 
     /// Notes a round that reached Redis at `at`: one that comes more than a
-    /// fraction of the PONG timeout after the last means an outage.
+    /// fraction of the PONG timeout after the last means the node's keys may
+    /// have run out in every shard.
     pub(super) fn reached(&self, at: Instant) {
-        let Ok(mut v) = self.vouching.lock() else { return };
-        let limit = self.timings.pong_timeout / GAP_DIVISOR;
-        if v.last.is_some_and(|last| at.duration_since(last) > limit) {
-            v.outage = true;
-        }
-        if !v.outage {
-            v.last = Some(at);
-        }
-    }
-
-    /// A refresh round failed or is late: Redis may be stalled or out of reach.
-    pub(super) fn note_outage(&self) {
-        if let Ok(mut v) = self.vouching.lock() {
-            v.outage = true;
+        let gap = match self.vouching.lock() {
+            Ok(mut v) => {
+                let limit = self.timings.pong_timeout / GAP_DIVISOR;
+                let gap = v.last.is_some_and(|last| at.duration_since(last) > limit);
+                v.last = Some(at);
+                v.late = false;
+                gap
+            }
+            Err(_) => false,
+        };
+        if gap {
+            self.lose(self.held_shards());
         }
     }
 
-    /// Refuses admissions (and take-overs) while this node's held sessions may be
-    /// missing from Redis, until [`Self::reassert_after_outage`] put them back: a
-    /// newcomer admitted first could take their slots.
-    pub(super) fn admitting(&self) -> Result<(), StoreError> {
+    /// A refresh round is late, or could not reach Redis at all: Redis may be
+    /// stalled or out of reach, and every shard's keys may run out. Until a
+    /// round reaches Redis again ([`Self::reached`]) the node admits no one;
+    /// then each lost shard is re-asserted by the round, or first by the next
+    /// admission there.
+    pub(super) fn note_late(&self) {
+        self.lose(self.held_shards());
+        if let Ok(mut v) = self.vouching.lock()
+            && self.node.is_some()
+        {
+            v.late = true;
+        }
+    }
+
+    /// The shards this node's sockets hold sessions in.
+    fn held_shards(&self) -> BTreeSet<u16> {
+        self.held.iter().map(|e| e.value().pool.shard()).collect()
+    }
+
+    /// Counts `shards` as lost (their liveness keys may expire before a vouch
+    /// there goes through): forgets their last vouch, so the next round vouches
+    /// there at once, and remembers it as when the outage may have begun.
+    pub(super) fn lose(&self, shards: impl IntoIterator<Item = u16>) {
+        // Only a node vouches (tests driving time hold sockets of no node).
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return;
+        }
+        let (Ok(mut vouched), Ok(mut v)) = (self.vouched.lock(), self.vouching.lock()) else {
+            return;
+        };
+        let fallback = v.last;
+        for shard in shards {
+            let last = vouched.remove(&shard).or(fallback);
+            v.lost.entry(shard).or_insert(last);
+        }
+    }
+
+    /// Before an admission (or take-over) in `shard`: refuses every one while a
+    /// round is late, and in a shard where this node's held sessions may be
+    /// missing from Redis first vouches there and puts them back
+    /// ([`Self::reassert_after_outage`]): a newcomer admitted first could take
+    /// their slots. Refused if that fails.
+    pub(super) async fn admitting(&self, shard: u16) -> Result<(), StoreError> {
+        let unavailable =
+            || StoreError::Unavailable("Redis was unreachable; this node is re-asserting its sessions".into());
+        let lost = match self.vouching.lock() {
+            Ok(v) if v.late => return Err(unavailable()),
+            Ok(v) => v.lost.contains_key(&shard),
+            Err(_) => false,
+        };
+        let Some(node) = self.node.filter(|_| lost) else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(keys::alive(shard, node))
+            .arg("r")
+            .arg("PX")
+            .arg(duration_ms(self.pong_timeout()).max(1))
+            .ignore();
+        self.run_pipeline_of(&[], &pipe).await?;
+        if let Ok(mut vouched) = self.vouched.lock() {
+            vouched.insert(shard, Instant::now());
+        }
+        // An error may be another shard's: whether this one is back is what counts.
+        let _ = self.reassert_after_outage().await;
         match self.vouching.lock() {
-            Ok(v) if v.outage && self.node.is_some() => Err(StoreError::Unavailable(
-                "Redis was unreachable; this node is re-asserting its sessions".into(),
-            )),
+            Ok(v) if v.lost.contains_key(&shard) => Err(unavailable()),
             _ => Ok(()),
         }
     }
 
-    /// After an outage (a refresh round failed, or came too late), puts back
-    /// every session this node's sockets hold that Redis dropped meanwhile, and
-    /// tells the sockets of those it may not keep. Returns how many were put back.
-    /// One script call per pool (a customer's offer), pipelined per shard.
+    /// After an outage in some shards (a vouch there failed, or a round came
+    /// too late), once a vouch there went through again: puts back every
+    /// session this node's sockets hold there that Redis dropped meanwhile, and
+    /// tells the sockets of those it may not keep. Returns how many were put
+    /// back. One script call per pool (a customer's offer), pipelined per shard.
     ///
     /// The limit holds: as many of a pool's missing sessions come back as are
     /// missing, less one for each session admitted into the pool since the
@@ -388,46 +466,56 @@ impl RedisStore {
     /// session another socket now holds, or that ended (a take-over, an
     /// operator), is ended here as the check would.
     pub async fn reassert_after_outage(&self) -> Result<usize, StoreError> {
-        let since_last = match self.vouching.lock() {
-            Ok(v) if v.outage => v.last.map(|last| last.elapsed()),
-            _ => return Ok(0),
+        // The lost shards a vouch went through again since (see `lose`), and how
+        // far back (ms) the outage there may have begun.
+        let ready: HashMap<u16, u64> = {
+            let (Ok(vouched), Ok(v)) = (self.vouched.lock(), self.vouching.lock()) else {
+                return Ok(0);
+            };
+            v.lost
+                .iter()
+                .filter(|(shard, _)| vouched.contains_key(shard))
+                .map(|(shard, last)| {
+                    let back = last.map_or(u64::MAX / 4, |at| at.elapsed().as_millis() as u64);
+                    (*shard, back.saturating_add(OUTAGE_MARGIN_MS))
+                })
+                .collect()
         };
-        // Only a node vouches (tests driving time hold sockets of no node).
-        if self.node.is_none() || self.time != TimeSource::Redis {
-            self.outage_over();
+        if ready.is_empty() {
             return Ok(0);
         }
-        let back_ms = since_last.map_or(u64::MAX / 4, |d| d.as_millis() as u64) + OUTAGE_MARGIN_MS;
         // By pool, oldest first: the oldest keep their slots if not all may come back.
         let mut by_pool: HashMap<PoolKey, Vec<(Holder, Held)>> = HashMap::new();
         for e in self.held.iter() {
-            by_pool
-                .entry(e.value().pool.clone())
-                .or_default()
-                .push((*e.key(), e.value().clone()));
+            if ready.contains_key(&e.value().pool.shard()) {
+                by_pool
+                    .entry(e.value().pool.clone())
+                    .or_default()
+                    .push((*e.key(), e.value().clone()));
+            }
         }
-        let mut pools: Vec<Vec<(Holder, Held)>> = by_pool.into_values().collect();
+        let mut pools: Vec<PoolSessions> = by_pool.into_values().collect();
         for sessions in &mut pools {
             sessions.sort_by_key(|(_, h)| (h.created_at, h.id.to_string()));
         }
         // A pipeline per shard (and thousand pools): its keys share a slot.
-        let batches: Vec<Vec<Vec<(Holder, Held)>>> = by_shard(pools, |sessions| sessions[0].1.pool.shard())
-            .into_values()
-            .flat_map(|group| {
+        let batches: Vec<(u16, Vec<PoolSessions>)> = by_shard(pools, |sessions| sessions[0].1.pool.shard())
+            .into_iter()
+            .flat_map(|(shard, group)| {
                 group
                     .chunks(super::store::PIPELINE_CHUNK)
-                    .map(<[_]>::to_vec)
+                    .map(|chunk| (shard, chunk.to_vec()))
                     .collect::<Vec<_>>()
             })
             .collect();
         let pipes: Vec<redis::Pipeline> = batches
             .iter()
-            .map(|batch| {
+            .map(|(shard, batch)| {
                 let mut pipe = redis::pipe();
                 for sessions in batch {
                     let pool = &sessions[0].1.pool;
                     let mut invocation = super::scripts::on_pool(&self.scripts.reassert, pool, 0);
-                    invocation.arg(back_ms).arg(keys::customer_tag(pool));
+                    invocation.arg(ready[shard]).arg(keys::customer_tag(pool));
                     for (holder, h) in sessions {
                         let session = Session {
                             id: h.id,
@@ -449,13 +537,28 @@ impl RedisStore {
             })
             .collect();
         let (mut put_back, mut ended) = (0, 0);
+        let mut failed = BTreeSet::new();
+        let mut error = None;
         let results = self.run_pipelines(&[&self.scripts.reassert], &pipes).await;
-        for (batch, result) in batches.iter().zip(results) {
-            // The outage goes on: tried again next round, admissions still refused.
-            let replies = result?;
+        for ((shard, batch), result) in batches.iter().zip(results) {
+            let replies = match result {
+                Ok(replies) => replies,
+                Err(e) => {
+                    // The outage goes on there: tried again next round.
+                    failed.insert(*shard);
+                    error = Some(e);
+                    continue;
+                }
+            };
             for (sessions, reply) in batch.iter().zip(replies) {
-                let codes: Vec<String> = redis::from_redis_value(reply)
-                    .map_err(|e| StoreError::Unavailable(format!("unreadable re-assert reply: {e}")))?;
+                let codes: Vec<String> = match redis::from_redis_value(reply) {
+                    Ok(codes) => codes,
+                    Err(e) => {
+                        failed.insert(*shard);
+                        error = Some(StoreError::Unavailable(format!("unreadable re-assert reply: {e}")));
+                        continue;
+                    }
+                };
                 for ((holder, _), code) in sessions.iter().zip(codes) {
                     let order = match code.as_str() {
                         "r" => continue,
@@ -478,23 +581,19 @@ impl RedisStore {
                 }
             }
         }
-        self.outage_over();
+        if let Ok(mut v) = self.vouching.lock() {
+            v.lost
+                .retain(|shard, _| !ready.contains_key(shard) || failed.contains(shard));
+        }
         if put_back > 0 || ended > 0 {
             tracing::warn!(
                 put_back,
                 ended,
-                outage_ms = back_ms - OUTAGE_MARGIN_MS,
+                shards = ready.len(),
                 "Redis was unreachable: this node re-asserted its sessions"
             );
         }
-        Ok(put_back)
-    }
-
-    fn outage_over(&self) {
-        if let Ok(mut v) = self.vouching.lock() {
-            v.outage = false;
-            v.last = Some(Instant::now());
-        }
+        error.map_or(Ok(put_back), Err)
     }
 
     /// A pipeline checking `batch` (one shard's sessions) in one script call.

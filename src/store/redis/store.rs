@@ -517,8 +517,8 @@ impl SessionStore for RedisStore {
     ) -> Result<Result<Granted, Refusal>, StoreError> {
         // Twice at most: a first "lost" reply makes this node put its sessions back
         // (and learn the new epoch), so they count before anyone is admitted beside them.
-        self.admitting()?;
         let shard = pool.shard();
+        self.admitting(shard).await?;
         for _ in 0..2 {
             let reply = self
                 .run_on(
@@ -571,7 +571,7 @@ impl SessionStore for RedisStore {
         new: NewSession,
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
-        self.admitting()?;
+        self.admitting(pool.shard()).await?;
         let reply = self
             .run_on(
                 pool,
