@@ -19,6 +19,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The highest `publishers.max_pools_per_customer`: a customer's pools are checked
 /// one by one when it reaches the cap, so the cap must stay small.
 const MAX_POOLS_PER_CUSTOMER: u32 = 1024;
+/// Seed nodes a Redis Cluster may be given: the client learns the others from them.
+const MAX_REDIS_CLUSTER_SEEDS: usize = 64;
 
 /// The longest `server.drain_period`: a drain longer than this would only keep a
 /// stopping node around, and supervisors kill what takes too long to stop.
@@ -129,6 +131,10 @@ pub struct StorageSettings {
     pub journal_interval: Duration,
     #[serde(serialize_with = "url_redacted")]
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster: when any are listed, sessions are kept in
+    /// that cluster and `redis_url` is not used.
+    #[serde(default, serialize_with = "urls_redacted")]
+    pub redis_cluster_nodes: Vec<String>,
     #[serde(serialize_with = "url_redacted")]
     pub postgres_url: String,
     /// PEM file of the CA(s) a `rediss://` server's certificate must chain to
@@ -162,6 +168,14 @@ impl std::fmt::Debug for StorageSettings {
             .field("journal", &self.journal)
             .field("journal_interval", &self.journal_interval)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field(
+                "redis_cluster_nodes",
+                &self
+                    .redis_cluster_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("postgres_url", &redact_url(&self.postgres_url))
             .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_client_cert", &self.redis_client_cert)
@@ -194,6 +208,10 @@ fn secret_redacted<S: Serializer>(secret: &SecretString, serializer: S) -> Resul
 
 fn url_redacted<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redact_url(url))
+}
+
+fn urls_redacted<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(urls.iter().map(|u| redact_url(u)))
 }
 
 /// Checks a store's CA file, client certificate and key (`{prefix}_ca_file`,
@@ -462,7 +480,8 @@ impl Settings {
             .with_list_parse_key("cors.allowed_origins")
             .with_list_parse_key("limits.trusted_proxies")
             .with_list_parse_key("auth.audience")
-            .with_list_parse_key("auth.issuer");
+            .with_list_parse_key("auth.issuer")
+            .with_list_parse_key("storage.redis_cluster_nodes");
         builder.add_source(env)
     }
 
@@ -527,6 +546,26 @@ impl Settings {
         }
         if self.storage.sessions == SessionBackend::Redis && !self.storage.redis_url.starts_with("redis") {
             bail!("invalid configuration: storage.redis_url must be a redis:// or rediss:// URL");
+        }
+        if self.storage.redis_cluster_nodes.len() > MAX_REDIS_CLUSTER_SEEDS {
+            bail!(
+                "invalid configuration: storage.redis_cluster_nodes lists {} nodes; list at most \
+                 {MAX_REDIS_CLUSTER_SEEDS} (a few seeds are enough: the client learns the rest from them)",
+                self.storage.redis_cluster_nodes.len()
+            );
+        }
+        for node in &self.storage.redis_cluster_nodes {
+            let parsed = url::Url::parse(node).ok();
+            let ok = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() && matches!(u.path(), "" | "/" | "/0")
+            });
+            if !ok {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes: {:?} is not a redis:// or \
+                     rediss:// URL of a node (host and port, database 0: a cluster has no other)",
+                    redact_url(node)
+                );
+            }
         }
         if self.storage.settings == SettingsBackend::Postgres && !self.storage.postgres_url.starts_with("postgres") {
             bail!("invalid configuration: storage.postgres_url must be a postgres:// URL");
@@ -609,10 +648,28 @@ impl Settings {
         let st = &self.storage;
         if self.storage.sessions == SessionBackend::Redis {
             let files = [&st.redis_ca_file, &st.redis_client_cert, &st.redis_client_key];
-            if files.iter().any(|f| !f.is_empty()) && !st.redis_url.starts_with("rediss://") {
+            let cluster = !st.redis_cluster_nodes.is_empty();
+            let tls_seeds = st
+                .redis_cluster_nodes
+                .iter()
+                .filter(|n| n.starts_with("rediss://"))
+                .count();
+            if cluster && tls_seeds != 0 && tls_seeds != st.redis_cluster_nodes.len() {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes: either every seed is rediss:// \
+                     (TLS) or none is"
+                );
+            }
+            let tls = if cluster {
+                tls_seeds > 0
+            } else {
+                st.redis_url.starts_with("rediss://")
+            };
+            if files.iter().any(|f| !f.is_empty()) && !tls {
                 bail!(
                     "invalid configuration: storage.redis_ca_file, redis_client_cert and redis_client_key \
-                     apply to TLS only: storage.redis_url must then be a rediss:// URL"
+                     apply to TLS only: storage.redis_url (or, for a cluster, storage.redis_cluster_nodes) \
+                     must then be rediss://"
                 );
             }
             check_tls_files(
@@ -692,6 +749,15 @@ impl Settings {
                 bail!(
                     "invalid configuration: {name} is {REDACTED:?}, the placeholder `drisc check-config` \
                      prints in place of a secret: put the secret back (or set it in the environment)"
+                );
+            }
+        }
+        for url in &self.storage.redis_cluster_nodes {
+            if url.as_str() == REDACTED || has_redacted_password(url) {
+                bail!(
+                    "invalid configuration: storage.redis_cluster_nodes holds the placeholder `drisc \
+                     check-config` prints in place of a password: put the password back (or set it in \
+                     the environment)"
                 );
             }
         }
@@ -914,6 +980,37 @@ mod tests {
         s.publishers.max_pools_per_customer = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("publishers.max_pools_per_customer"), "{err}");
+    }
+
+    #[test]
+    fn redis_cluster_seeds_must_be_node_urls_and_are_printed_without_passwords() {
+        let mut s = Settings::defaults().unwrap();
+        assert!(s.storage.redis_cluster_nodes.is_empty(), "one Redis by default");
+        s.storage.redis_cluster_nodes = vec![
+            "redis://:cl-s3cret@10.0.0.5:7000".into(),
+            "rediss://10.0.0.6:7000/".into(),
+        ];
+        s.validate().unwrap();
+        let printed = format!("{s:#?}");
+        assert!(
+            !printed.contains("cl-s3cret") && printed.contains("10.0.0.6:7000"),
+            "{printed}"
+        );
+        let toml = toml::to_string(&s).unwrap();
+        assert!(!toml.contains("cl-s3cret") && toml.contains("10.0.0.5:7000"), "{toml}");
+        for bad in [
+            "10.0.0.5:7000",
+            "http://10.0.0.5:7000",
+            "redis://10.0.0.5:7000/3",
+            "redis://:REDACTED@x:1",
+        ] {
+            s.storage.redis_cluster_nodes = vec![bad.into()];
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("storage.redis_cluster_nodes"), "{bad}: {err}");
+        }
+        s.storage.redis_cluster_nodes = vec!["redis://10.0.0.5:7000".into(); 65];
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
     }
 
     #[test]

@@ -221,7 +221,7 @@ impl SessionControl {
         };
         let pool = PoolKey::new(customer, offer.pool_offer_id.clone());
         let new = NewSession {
-            id: SessionId::random(),
+            id: SessionId::for_customer(customer),
             name: request.name.to_owned(),
         };
         let now = self.clock.now();
@@ -413,7 +413,7 @@ impl SessionControl {
         }
         let pool = PoolKey::new(customer, offer.pool_offer_id);
         let new = NewSession {
-            id: SessionId::random(),
+            id: SessionId::for_customer(customer),
             name: request.name.to_owned(),
         };
         let taken = self.store.take_over(&pool, victim, new, self.clock.now()).await;

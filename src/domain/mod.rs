@@ -23,4 +23,4 @@ pub mod settings;
 pub use budget::MessageBudget;
 pub use clock::{Clock, Millis};
 pub use liveness::Timings;
-pub use session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
+pub use session::{Customer, Holder, PoolKey, SHARDS, Session, SessionId, SessionState};

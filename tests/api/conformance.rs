@@ -14,9 +14,9 @@ use drisc::domain::pool::{Limits, NewSession, Refusal};
 use drisc::domain::ports::{Control, Heartbeat, LocalSessions, Notifier, SessionStore, StoreError};
 use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
-use drisc::store::redis::{RedisStore, TimeSource, keys};
+use drisc::store::redis::{RedisStore, RedisTarget, TimeSource, keys};
 
-use super::support_redis::RedisServer;
+use super::support_redis::{RedisCluster, RedisServer};
 
 const CONNECT: u64 = 30_000;
 const PONG: u64 = 25_000;
@@ -47,6 +47,8 @@ pub struct Subject {
     /// The store's `LocalSessions`, if it has them (the memory store).
     pub local: Option<Arc<dyn LocalSessions>>,
     redis: Option<(Arc<RedisStore>, RedisServer)>,
+    /// The store on a Redis Cluster, and the cluster.
+    cluster: Option<(Arc<RedisStore>, RedisCluster)>,
     pub orders: Arc<Recorder>,
 }
 
@@ -57,6 +59,7 @@ impl Subject {
             store: store.clone(),
             local: Some(store),
             redis: None,
+            cluster: None,
             orders: Arc::default(),
         }
     }
@@ -69,7 +72,6 @@ impl Subject {
                 &server.url,
                 timings(),
                 Duration::from_secs(60),
-                Duration::from_secs(3600),
                 TimeSource::Caller,
                 orders.clone(),
             )
@@ -80,6 +82,31 @@ impl Subject {
             store: store.clone(),
             local: None,
             redis: Some((store, server)),
+            cluster: None,
+            orders,
+        }
+    }
+
+    /// The Redis store on a real Redis Cluster of three masters and three replicas.
+    pub async fn redis_cluster() -> Subject {
+        let cluster = RedisCluster::start();
+        let orders: Arc<Recorder> = Arc::default();
+        let store = Arc::new(
+            RedisStore::connect(
+                RedisTarget::cluster(cluster.seeds()),
+                timings(),
+                Duration::from_secs(60),
+                TimeSource::Caller,
+                orders.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        Subject {
+            store: store.clone(),
+            local: None,
+            redis: None,
+            cluster: Some((store, cluster)),
             orders,
         }
     }
@@ -87,6 +114,9 @@ impl Subject {
     /// Makes queued heartbeats take effect (the Redis store batches them).
     pub async fn flush(&self) {
         if let Some((store, _)) = &self.redis {
+            store.refresh().await.unwrap();
+        }
+        if let Some((store, _)) = &self.cluster {
             store.refresh().await.unwrap();
         }
     }
@@ -104,9 +134,11 @@ fn pool(customer: &str) -> PoolKey {
     }
 }
 
-fn new(name: &str) -> NewSession {
+/// A new session of `p`'s customer: its id carries the customer's shard, as
+/// the ids `domain::control` makes do.
+fn new(p: &PoolKey, name: &str) -> NewSession {
     NewSession {
-        id: SessionId::random(),
+        id: SessionId::for_customer(&p.owner()),
         name: name.into(),
     }
 }
@@ -129,7 +161,7 @@ fn limit(sessions: u32) -> Limits {
 
 async fn admit(s: &Subject, p: &PoolKey, name: &str, sessions: u32, now: Millis) -> Option<SessionId> {
     s.store
-        .admit(p, new(name), limit(sessions), now)
+        .admit(p, new(p, name), limit(sessions), now)
         .await
         .unwrap()
         .ok()
@@ -144,7 +176,7 @@ async fn admit_capped(s: &Subject, p: &PoolKey, sessions: u32, pools: u32, now: 
         customer_sessions: None,
     };
     s.store
-        .admit(p, new("device"), limits, now)
+        .admit(p, new(p, "device"), limits, now)
         .await
         .unwrap()
         .map(|g| g.session.id)
@@ -169,6 +201,10 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() { super::$name(super::Subject::redis().await).await; })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name(super::Subject::redis_cluster().await).await; })*
         }
     };
 }
@@ -224,7 +260,7 @@ async fn admit_household(
         customer_sessions: Some(household),
     };
     s.store
-        .admit(p, new("device"), limits, now)
+        .admit(p, new(p, "device"), limits, now)
         .await
         .unwrap()
         .map(|g| g.session.id)
@@ -307,7 +343,7 @@ async fn parallel_admissions_on_many_offers_never_exceed_the_household_cap(s: Su
                 pools_per_customer: POOLS,
                 customer_sessions: Some(5),
             };
-            store.admit(&p, new("d"), limits, now).await.unwrap().is_ok()
+            store.admit(&p, new(&p, "d"), limits, now).await.unwrap().is_ok()
         });
     }
     let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
@@ -335,7 +371,7 @@ async fn a_takeover_under_the_household_cap_swaps_without_counting(s: Subject) {
         admit_household(&s, &a, 2, 2, now + 1).await,
         Err(Refusal::Household(_))
     ));
-    let done = s.store.take_over(&a, victim, new("phone"), now + 1).await.unwrap();
+    let done = s.store.take_over(&a, victim, new(&a, "phone"), now + 1).await.unwrap();
     assert!(done.is_some(), "a takeover swaps a slot: the cap does not stop it");
     assert!(matches!(
         admit_household(&s, &a, 2, 2, now + 2).await,
@@ -415,7 +451,7 @@ async fn parallel_first_sessions_on_distinct_offers_open_exactly_the_cap_of_pool
                 customer_sessions: None,
             };
             let p = offer_pool("cap3", &format!("made-up-{i}"));
-            match store.admit(&p, new("device"), limits, now).await.unwrap() {
+            match store.admit(&p, new(&p, "device"), limits, now).await.unwrap() {
                 Ok(_) => Some(p),
                 Err(Refusal::TooManyPools) => None,
                 Err(other) => panic!("only the cap may refuse a first session: {other:?}"),
@@ -433,7 +469,7 @@ async fn restored_sessions_open_their_pools_whatever_the_cap(s: Subject) {
     let now = t0();
     let restored = ["a", "b", "c"].map(|offer| {
         let session = drisc::domain::Session {
-            id: SessionId::random(),
+            id: SessionId::for_customer(&offer_pool("cap4", offer).owner()),
             name: "tv".into(),
             state: SessionState::Detached,
             expires_at: now + GRACE,
@@ -466,7 +502,7 @@ async fn admits_up_to_the_limit_and_lists_the_holders_in_creation_order(s: Subje
     let (p, now) = (pool("c1"), t0());
     let a = admit(&s, &p, "tv", 2, now).await.unwrap();
     let b = admit(&s, &p, "phone", 2, now + 1).await.unwrap();
-    let Err(Refusal::Full(full)) = s.store.admit(&p, new("laptop"), limit(2), now + 2).await.unwrap() else {
+    let Err(Refusal::Full(full)) = s.store.admit(&p, new(&p, "laptop"), limit(2), now + 2).await.unwrap() else {
         panic!("the pool is full");
     };
     let listed: Vec<_> = full.active.iter().map(|x| (x.id, x.name.as_str())).collect();
@@ -559,19 +595,33 @@ async fn takeover_swaps_the_victim_for_the_new_session(s: Subject) {
     let (p, now) = (pool("c7"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     s.store.attach(&p, a, Holder(7), now).await.unwrap().unwrap();
-    let done = s.store.take_over(&p, a, new("phone"), now + 1).await.unwrap().unwrap();
+    let done = s
+        .store
+        .take_over(&p, a, new(&p, "phone"), now + 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((done.victim.id, done.victim.holder), (a, Some(Holder(7))));
     assert_eq!(done.granted.session.name, "phone");
     let listed = s.store.list(&p, now + 2).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, done.granted.session.id);
     assert!(
-        s.store.take_over(&p, a, new("again"), now + 3).await.unwrap().is_none(),
+        s.store
+            .take_over(&p, a, new(&p, "again"), now + 3)
+            .await
+            .unwrap()
+            .is_none(),
         "victim gone"
     );
     assert!(
         s.store
-            .take_over(&pool("other"), done.granted.session.id, new("x"), now + 3)
+            .take_over(
+                &pool("other"),
+                done.granted.session.id,
+                new(&pool("other"), "x"),
+                now + 3
+            )
             .await
             .unwrap()
             .is_none()
@@ -585,7 +635,7 @@ async fn a_new_session_names_the_live_sessions_to_ping(s: Subject) {
     s.store.attach(&p, a, Holder(5), now).await.unwrap().unwrap();
     let granted = s
         .store
-        .admit(&p, new("phone"), limit(3), now + 1)
+        .admit(&p, new(&p, "phone"), limit(3), now + 1)
         .await
         .unwrap()
         .unwrap();
@@ -600,7 +650,7 @@ async fn parallel_admissions_never_exceed_the_limit(s: Subject) {
         let p = p.clone();
         tasks.spawn(async move {
             store
-                .admit(&p, new(&format!("d{i}")), limit(3), now)
+                .admit(&p, new(&p, &format!("d{i}")), limit(3), now)
                 .await
                 .unwrap()
                 .is_ok()
@@ -639,7 +689,7 @@ async fn a_session_is_located_by_its_id_until_it_ends(s: Subject) {
 
 async fn restored_sessions_count_again(s: Subject) {
     let (p, now) = (pool("c10"), t0());
-    let id = SessionId::random();
+    let id = SessionId::for_customer(&p.owner());
     let session = drisc::domain::Session {
         id,
         name: "tv".into(),
@@ -667,7 +717,11 @@ async fn redis_refresh_tells_a_replaced_socket_to_terminate_and_a_victim_why() {
     // b is taken over.
     let other = second_node(&s).await;
     other.attach(&p, a, Holder(3), now + 1).await.unwrap();
-    s.store.take_over(&p, b, new("laptop"), now + 1).await.unwrap().unwrap();
+    s.store
+        .take_over(&p, b, new(&p, "laptop"), now + 1)
+        .await
+        .unwrap()
+        .unwrap();
     s.store.heartbeat(&p, a, Holder(1), now + 2).await.unwrap();
     s.store.heartbeat(&p, b, Holder(2), now + 2).await.unwrap();
     s.flush().await;
@@ -767,7 +821,7 @@ async fn redis_restarted_empty_admits_nobody_beside_a_held_session_before_the_ne
     // and has the node put its session back before it is counted.
     let mut refused = None;
     for _ in 0..50 {
-        match s.store.admit(&p, new("phone"), limit(1), t0()).await {
+        match s.store.admit(&p, new(&p, "phone"), limit(1), t0()).await {
             Ok(outcome) => {
                 refused = Some(outcome.is_err());
                 break;
@@ -987,7 +1041,12 @@ async fn a_pool_is_listed_in_creation_order_without_its_dead_sessions(s: Subject
 async fn a_taken_over_session_is_located_no_more_and_its_successor_is(s: Subject) {
     let (p, now) = (pool("loc2"), t0());
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
-    let done = s.store.take_over(&p, a, new("phone"), now + 1).await.unwrap().unwrap();
+    let done = s
+        .store
+        .take_over(&p, a, new(&p, "phone"), now + 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.store.locate(a).await.unwrap(), None);
     assert_eq!(s.store.locate(done.granted.session.id).await.unwrap(), Some(p.clone()));
     assert_eq!(
@@ -1000,7 +1059,7 @@ async fn a_taken_over_session_is_located_no_more_and_its_successor_is(s: Subject
 async fn restoring_a_session_the_pool_has_already_changes_nothing(s: Subject) {
     let (p, now) = (pool("rs2"), t0());
     let saved = Session {
-        id: SessionId::random(),
+        id: SessionId::for_customer(&p.owner()),
         name: "tv".into(),
         state: SessionState::Detached,
         expires_at: now + GRACE,
@@ -1173,13 +1232,12 @@ async fn ending_a_customers_sessions_unindexes_them_and_a_second_time_finds_none
 async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session() {
     let s = Subject::redis().await;
     let (p, now) = (pool("r4"), t0());
-    let id = SessionId::random();
-    // A packed record (state|expires|holder|created|name) in a state nobody writes.
-    let record = format!("x|{}||{now}|tv", now + GRACE);
+    let id = SessionId::for_customer(&p.owner());
+    // A packed record (state|expires|holder|created|offer length|offer|name) in a
+    // state nobody writes.
+    let record = format!("x|{}||{now}|{}|{}|tv", now + GRACE, p.offer_id.len(), p.offer_id);
     let server = s.redis_server().unwrap();
-    let _: i64 = server.cmd(&["HSET", &keys::pool(&p), &id.to_string(), &record]);
-    let score = (now + GRACE).to_string();
-    let _: i64 = server.cmd(&["ZADD", &keys::pools(&p), &score, &p.offer_id]);
+    let _: i64 = server.cmd(&["HSET", &keys::customer(&p), &id.to_string(), &record]);
     let listed = s.store.list(&p, now).await;
     assert!(matches!(listed, Err(StoreError::Unreadable(_))), "{listed:?}");
     let page = s
@@ -1196,7 +1254,6 @@ async fn second_node(s: &Subject) -> Arc<RedisStore> {
             &s.redis_server().unwrap().url,
             timings(),
             Duration::from_secs(60),
-            Duration::from_secs(3600),
             TimeSource::Caller,
             Arc::new(Recorder::default()),
         )
@@ -1228,12 +1285,12 @@ async fn redis_an_end_by_its_socket_is_queued_seen_at_once_by_its_node_and_by_ev
     let ended = s.store.end(&p, a, Some(Holder(1)), now + 1).await.unwrap().unwrap();
     assert_eq!((ended.id, ended.name.as_str()), (a, "tv"));
     // Another node may still see it held until this node's next refresh round...
-    let refused = other.admit(&p, new("phone"), limit(1), now + 2).await.unwrap();
+    let refused = other.admit(&p, new(&p, "phone"), limit(1), now + 2).await.unwrap();
     assert!(refused.is_err(), "not written yet: {refused:?}");
     let round = s.redis.as_ref().unwrap().0.refresh().await.unwrap();
     assert_eq!(round.written, 1);
     // ...and sees the slot free once it ran.
-    let granted = other.admit(&p, new("phone"), limit(1), now + 3).await.unwrap();
+    let granted = other.admit(&p, new(&p, "phone"), limit(1), now + 3).await.unwrap();
     assert!(granted.is_ok(), "{granted:?}");
     assert_eq!(s.store.locate(a).await.unwrap(), None, "the end unindexed it");
 }
@@ -1246,17 +1303,31 @@ async fn redis_an_admission_writes_its_customers_queued_ends_first_and_the_index
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
     s.store.end(&p, a, Some(Holder(1)), now + 1).await.unwrap().unwrap();
-    let (scripts, sets) = (calls(server, Some("evalsha")), calls(server, Some("set")));
+    let (scripts, sets) = (calls(server, Some("evalsha")), calls(server, Some("hset")));
     let b = admit(&s, &p, "phone", 1, now + 2)
         .await
         .expect("the queued end was written first");
     // The queued end and the admission are two scripts; the index is set by the
-    // admission's script, not by a command of its own.
+    // admission's script (its record, its index entry), not by a command of its own.
     assert_eq!(calls(server, Some("evalsha")) - scripts, 2);
-    assert_eq!(calls(server, Some("set")) - sets, 1);
+    assert_eq!(calls(server, Some("hset")) - sets, 2);
     assert_eq!(s.store.locate(b).await.unwrap(), Some(p));
 }
 
+/// `n` customers whose sessions share one shard (of Redis Cluster: one slot).
+fn customers_of_one_shard(n: usize) -> Vec<String> {
+    let shard = pool("steady0").shard();
+    (0..)
+        .map(|i| format!("steady{i}"))
+        .filter(|c| pool(c).shard() == shard)
+        .take(n)
+        .collect()
+}
+
+/// Per session, what a node's sessions cost where they share their shard with
+/// others (a shard holds a thousandth of all customers: at 100k sessions, a
+/// hundred): the checks, and the node's vouching for the shard shared among
+/// them. (What vouching costs per shard is `redis_a_node_vouches_once_per_shard_it_holds_sessions_in`.)
 #[tokio::test]
 async fn redis_a_held_session_costs_at_most_two_commands_a_minute_with_pings_every_ten_seconds() {
     let s = Subject::redis().await;
@@ -1264,8 +1335,8 @@ async fn redis_a_held_session_costs_at_most_two_commands_a_minute_with_pings_eve
     let now = t0();
     let n = 50;
     let mut held = Vec::new();
-    for i in 0..n {
-        let p = pool(&format!("steady{i}"));
+    for (i, customer) in customers_of_one_shard(n).iter().enumerate() {
+        let p = pool(customer);
         let id = admit(&s, &p, "tv", 1, now).await.unwrap();
         let holder = Holder(i as u64 + 1);
         s.store.attach(&p, id, holder, now).await.unwrap().unwrap();
@@ -1318,7 +1389,7 @@ async fn redis_a_stopped_nodes_live_sessions_die_one_pong_timeout_after_its_last
                 pools_per_customer: 1,
                 customer_sessions: None,
             };
-            other.admit(&b, new("phone"), limits, at).await.unwrap()
+            other.admit(&b, new(&b, "phone"), limits, at).await.unwrap()
         }
     };
     assert!(matches!(
@@ -1330,4 +1401,121 @@ async fn redis_a_stopped_nodes_live_sessions_die_one_pong_timeout_after_its_last
         "the dead pool no longer counts"
     );
     assert!(other.list(&a, now + 10_000 + PONG).await.unwrap().is_empty());
+}
+
+/// Vouching costs one script per shard a node holds live sessions in, per
+/// round (the caller's clock: every round; Redis's: once a third of the PONG
+/// timeout), however many sessions the shard holds.
+#[tokio::test]
+async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
+    let s = Subject::redis().await;
+    let (store, server) = s.redis.as_ref().map(|(st, sv)| (st.clone(), sv)).unwrap();
+    let now = t0();
+    let mut held = Vec::new();
+    for i in 0..30 {
+        let p = pool(&format!("spread{i}"));
+        let id = admit(&s, &p, "tv", 1, now).await.unwrap();
+        s.store.attach(&p, id, Holder(i + 1), now).await.unwrap().unwrap();
+        held.push((p, id, Holder(i + 1)));
+    }
+    let shards: std::collections::BTreeSet<u16> = held.iter().map(|(p, _, _)| p.shard()).collect();
+    let beat = |at: Millis| {
+        let (store, held) = (store.clone(), held.clone());
+        async move {
+            for (p, id, holder) in &held {
+                store.heartbeat(p, *id, *holder, at).await.unwrap();
+            }
+            store.refresh().await.unwrap()
+        }
+    };
+    let round = beat(now + 10_000).await;
+    assert_eq!(round.refreshed, 30, "the first PONG checks each");
+    let (scripts, sets) = (calls(server, Some("evalsha")), calls(server, Some("set")));
+    beat(now + 20_000).await;
+    assert_eq!(calls(server, Some("evalsha")) - scripts, 0, "no check before a minute");
+    assert_eq!(
+        calls(server, Some("set")) - sets,
+        2 * shards.len() as u64,
+        "per shard, its liveness key and its epoch"
+    );
+
+    // With Redis's clock, a shard is vouched for again only once a third of the
+    // PONG timeout has passed.
+    let node = Arc::new(
+        RedisStore::connect(
+            &server.url,
+            timings(),
+            Duration::from_secs(60),
+            TimeSource::Redis,
+            Arc::new(Recorder::default()),
+        )
+        .await
+        .unwrap()
+        .for_node(7),
+    );
+    let p = pool("redis-clock");
+    let id = node
+        .admit(&p, new(&p, "tv"), limit(1), 0)
+        .await
+        .unwrap()
+        .unwrap()
+        .session
+        .id;
+    node.attach(&p, id, Holder(7 << Holder::NODE_SHIFT | 1), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    node.refresh().await.unwrap();
+    let vouched: String = server.cmd(&["GET", &keys::alive(p.shard(), 7)]);
+    let ttl: i64 = server.cmd(&["PTTL", &keys::alive(p.shard(), 7)]);
+    assert_eq!(vouched, "r", "Redis's clock: the key's TTL says until when");
+    assert!(ttl > 0 && ttl <= PONG as i64, "{ttl}");
+    let before = calls(server, None);
+    node.refresh().await.unwrap();
+    assert_eq!(
+        calls(server, None) - before,
+        1,
+        "vouched a moment ago: only INFO itself"
+    );
+}
+
+/// On a Redis Cluster, a shard that comes back empty (here: its master flushed,
+/// which its replica follows) is noticed for its own sessions alone, and they
+/// are put back; sessions in shards on other masters are not touched. A
+/// `SCRIPT FLUSH` on every node changes nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_a_shard_that_lost_its_data_is_restored_alone() {
+    let s = Subject::redis_cluster().await;
+    let (store, cluster) = s.cluster.as_ref().map(|(st, c)| (st.clone(), c)).unwrap();
+    let now = t0();
+    let a = pool("lost-shard");
+    let master = cluster.master_of(&keys::customer(&a));
+    let b = (0..)
+        .map(|i| pool(&format!("kept-shard{i}")))
+        .find(|p| cluster.master_of(&keys::customer(p)) != master)
+        .unwrap();
+    let ida = admit(&s, &a, "tv", 1, now).await.unwrap();
+    let idb = admit(&s, &b, "tv", 1, now).await.unwrap();
+    s.store.attach(&a, ida, Holder(1), now).await.unwrap().unwrap();
+    s.store.attach(&b, idb, Holder(2), now).await.unwrap().unwrap();
+    s.flush().await;
+
+    for port in cluster.masters() {
+        let _: String = cluster.node_cmd(port, &["SCRIPT", "FLUSH"]).unwrap();
+    }
+    let _: String = cluster.node_cmd(master, &["FLUSHALL"]).unwrap();
+    let round = store.refresh().await.unwrap();
+    assert_eq!(round.restored, 1, "only the session of the flushed shard");
+    let listed = s.store.list(&a, now).await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].id, listed[0].holder),
+        (1, ida, Some(Holder(1)))
+    );
+    assert_eq!(s.store.locate(ida).await.unwrap(), Some(a.clone()), "indexed again");
+    assert!(
+        admit(&s, &a, "phone", 1, now + 1).await.is_none(),
+        "the limit counts it"
+    );
+    assert!(admit(&s, &b, "phone", 1, now + 1).await.is_none());
+    assert!(s.orders.0.lock().unwrap().is_empty(), "no socket was told anything");
 }

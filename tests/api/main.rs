@@ -25,6 +25,7 @@ mod players;
 mod pools;
 mod rate_limits;
 mod readiness;
+mod redis_cluster;
 mod session_admin;
 mod sessions;
 mod settings_conformance;

@@ -123,11 +123,13 @@ async fn a_stalled_redis_ends_no_session_whose_player_answers_pings() {
     assert_eq!(held, PLAYERS as u64, "Redis holds every session again");
 }
 
-/// The key of the one pool the test fills (found by pattern, so the test does
-/// not depend on how keys are spelled beyond the `:s:` pool marker).
+/// The hash of the one customer the test fills, whose one offer is the pool
+/// (found by pattern, so the test does not depend on how keys are spelled
+/// beyond the `:c:` customer marker; every offer's sessions of a customer are
+/// in that hash).
 fn pool_key(redis: &RedisServer) -> String {
-    let keys: Vec<String> = redis.cmd(&["KEYS", "drisc:*:s:*"]);
-    keys.into_iter().next().expect("the pool is in Redis")
+    let keys: Vec<String> = redis.cmd(&["KEYS", "drisc:*:c:*"]);
+    keys.into_iter().next().expect("the customer is in Redis")
 }
 
 #[tokio::test]

@@ -533,3 +533,169 @@ async fn postgres_requiring_a_client_certificate_admits_a_node_that_presents_one
     player.expect_close(1000).await;
     app.stop().await;
 }
+
+/// A Redis Cluster that speaks TLS only: three masters (no replicas: the
+/// cluster's own failover is tested without TLS in `redis_cluster.rs`), each
+/// with `--tls-cluster yes` and `--tls-replication yes`, requiring client
+/// certificates; joined with `redis-cli --cluster create --tls`. Killed when dropped.
+struct TlsCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsCluster {
+    fn start(pki: &Pki) -> TlsCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = TlsCluster {
+            ports: Vec::new(),
+            children: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..3 {
+            let (port, bus) = (free_port(), free_port());
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &pki.file("server.pem")])
+                .args(["--tls-key-file", &pki.file("server.key")])
+                .args(["--tls-ca-cert-file", &pki.file("ca.pem")])
+                .args([
+                    "--tls-auth-clients",
+                    "yes",
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(cluster._dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.ports.push(port);
+            cluster.children.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "a TLS cluster node did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(cluster.cli_tls(pki))
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create --tls failed");
+        while !cluster.ports.iter().all(|port| {
+            Command::new("redis-cli")
+                .args(cluster.cli_tls(pki))
+                .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the TLS cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn cli_tls(&self, pki: &Pki) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            pki.file("ca.pem"),
+            "--cert".into(),
+            pki.file("client.pem"),
+            "--key".into(),
+            pki.file("client.key"),
+        ]
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("rediss://127.0.0.1:{p}")).collect()
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn nodes_on_a_redis_cluster_over_rediss_admit_serve_and_pass_orders() {
+    let pki = Pki::new("drisc");
+    let cluster = TlsCluster::start(&pki);
+
+    // Without the client certificate the cluster refuses the node (the CA alone
+    // gets it through the server's certificate check: the refusal is the cluster's).
+    let dir = tempfile::tempdir().unwrap();
+    let mut without = test_settings(dir.path());
+    on_redis(&mut without, "redis://127.0.0.1:1/".into());
+    without.storage.redis_cluster_nodes = cluster.seeds();
+    without.storage.redis_ca_file = pki.file("ca.pem");
+    let error = start_error(without).await;
+    assert!(
+        error.contains("storage.redis_cluster_nodes"),
+        "names the setting: {error}"
+    );
+    assert!(
+        error.contains("CertificateRequired") && error.contains("set storage.redis_client_cert"),
+        "says a client certificate is required, and what to set: {error}"
+    );
+
+    let node = || {
+        let (seeds, ca, cert, key) = (
+            cluster.seeds(),
+            pki.file("ca.pem"),
+            pki.file("client.pem"),
+            pki.file("client.key"),
+        );
+        spawn_app_with(move |s| {
+            on_redis(s, "redis://127.0.0.1:1/".into());
+            s.storage.redis_cluster_nodes = seeds;
+            s.storage.redis_ca_file = ca;
+            s.storage.redis_client_cert = cert;
+            s.storage.redis_client_key = key;
+            s.auth.session_secret = "store-tls-test-session-secret".into();
+            s.publishers.default_session_limit = 1;
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    let token = a.token("p", "tls-cluster");
+    let tv = a.create_ok(&token, "S1", "TV").await;
+    let mut player = crate::players::connect_ok(&tv.endpoint).await;
+    let refused = b
+        .create(&token, serde_json::json!({"offerId": "S1", "sessionName": "Phone"}))
+        .await;
+    assert_eq!(refused.status().as_u16(), 409, "the limit holds across nodes");
+    crate::helpers::granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
+    // As above: with no PONG answered, the order came through node a's inbox,
+    // read over its own TLS connection to the cluster.
+    let message = tokio::time::timeout(Duration::from_secs(2), player.next_skipping_pings(false))
+        .await
+        .expect("the order arrives within 2 s");
+    assert_eq!(
+        message,
+        crate::players::Seen::Message(serde_json::json!({"action": "TAKE_OVER", "sessionName": "Phone"})),
+    );
+    player.expect_close(4001).await;
+}

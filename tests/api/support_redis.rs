@@ -103,3 +103,193 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A real Redis Cluster on loopback: three masters and three replicas, each a
+/// `redis-server --cluster-enabled yes` in a temporary directory, joined by
+/// `redis-cli --cluster create`; killed when dropped.
+pub struct RedisCluster {
+    /// One per node, masters first as `redis-cli` was given them.
+    nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// How long a node may be silent before the others count it failed: short, so
+/// a killed master's replica takes over within a few seconds.
+const NODE_TIMEOUT_MS: &str = "1000";
+
+fn redis_cli() -> &'static str {
+    let found = Command::new("redis-cli")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "redis-cli is not installed: run scripts/test-deps; tests that need Redis never skip"
+    );
+    "redis-cli"
+}
+
+impl RedisCluster {
+    /// Starts six nodes and joins them: three masters, a replica each.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let (port, bus) = (free_port(), free_port());
+            let child = Command::new(binary())
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            nodes.push(ClusterNode {
+                port,
+                child: Some(child),
+            });
+        }
+        let cluster = RedisCluster { nodes, _dir: dir };
+        for node in &cluster.nodes {
+            wait_for("a cluster node to answer", || {
+                cluster.node_cmd::<String>(node.port, &["PING"]).is_ok()
+            });
+        }
+        let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new(redis_cli())
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// The seed URLs a client is given.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port)
+    }
+
+    /// Runs a command on the node on `port`.
+    pub fn node_cmd<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+
+    /// Runs a command on every live master.
+    pub fn on_masters(&self, args: &[&str]) {
+        for port in self.masters() {
+            let _: redis::Value = self.node_cmd(port, args).unwrap();
+        }
+    }
+
+    /// The ports of the live masters, as the cluster sees them now.
+    pub fn masters(&self) -> Vec<u16> {
+        let Some(port) = self.live_ports().next() else {
+            return Vec::new();
+        };
+        let nodes: String = self.node_cmd(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+        nodes
+            .lines()
+            .filter(|l| {
+                let flags = l.split(' ').nth(2).unwrap_or("");
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .filter_map(|l| l.split(' ').nth(1)?.split(['@', ':']).nth(1)?.parse().ok())
+            .filter(|p| self.live_ports().any(|live| live == *p))
+            .collect()
+    }
+
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().unwrap();
+        let slot: i64 = self.node_cmd(port, &["CLUSTER", "KEYSLOT", key]).unwrap();
+        let ranges: redis::Value = self.node_cmd(port, &["CLUSTER", "SLOTS"]).unwrap();
+        let redis::Value::Array(ranges) = ranges else {
+            panic!("CLUSTER SLOTS: {ranges:?}")
+        };
+        for range in ranges {
+            let redis::Value::Array(parts) = range else { continue };
+            let (Some(redis::Value::Int(from)), Some(redis::Value::Int(to)), Some(redis::Value::Array(master))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                continue;
+            };
+            if (*from..=*to).contains(&slot)
+                && let Some(redis::Value::Int(p)) = master.get(1)
+            {
+                return *p as u16;
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// SIGKILLs the node on `port` (its data is gone with it).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until every live node says the cluster is ok, each slot served.
+    pub fn wait_until_ok(&self) {
+        wait_for("cluster_state:ok on every node", || {
+            self.live_ports().all(|port| {
+                self.node_cmd::<String>(port, &["CLUSTER", "INFO"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+        });
+    }
+}
+
+/// Polls `ready` every 50 ms, for 30 s at most.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::{self, Conn, RedisTarget};
 use super::keys::node::{self, INBOX_TTL_MS, LEASE_TTL_MS};
 use crate::domain::Holder;
 use crate::domain::ports::{Control, Notifier};
@@ -78,9 +79,30 @@ impl Notifier for ClusterNotifier {
     }
 }
 
+/// One pipeline per destination node: each inbox is a key of its own (its own
+/// slot on a Redis Cluster), and one RPUSH takes all of a node's orders.
+fn pipelines(batch: &[(u64, String)]) -> Vec<redis::Pipeline> {
+    let mut by_node: std::collections::BTreeMap<u64, Vec<&str>> = std::collections::BTreeMap::new();
+    for (to, message) in batch {
+        by_node.entry(*to).or_default().push(message);
+    }
+    by_node
+        .into_iter()
+        .map(|(to, messages)| {
+            let key = node::inbox(to);
+            let mut pipe = redis::pipe();
+            pipe.rpush(&key, messages)
+                .ignore()
+                .pexpire(&key, INBOX_TTL_MS as i64)
+                .ignore();
+            pipe
+        })
+        .collect()
+}
+
 /// Pushes queued orders to the holding nodes' inboxes, in pipelined batches.
-pub async fn run_outbox(url: redis::ConnectionInfo, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
-    let mut conn = None;
+pub async fn run_outbox(target: RedisTarget, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
+    let mut conn: Option<Conn> = None;
     let mut batch = Vec::with_capacity(256);
     loop {
         batch.clear();
@@ -88,27 +110,25 @@ pub async fn run_outbox(url: redis::ConnectionInfo, mut rx: mpsc::Receiver<(u64,
             _ = cancel.cancelled() => return,
             n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
         }
-        let mut pipe = redis::pipe();
-        for (to, message) in &batch {
-            let key = node::inbox(*to);
-            pipe.rpush(&key, message)
-                .ignore()
-                .pexpire(&key, INBOX_TTL_MS as i64)
-                .ignore();
-        }
+        let pipes = pipelines(&batch);
         // Twice: a connection found dead is replaced once before giving up.
         let mut delivered = false;
         for _ in 0..2 {
             if conn.is_none() {
-                conn = super::RedisStore::connection(url.clone()).await.ok();
+                conn = connection::connect(&target).await.ok();
             }
-            let Some(c) = conn.as_mut() else { break };
-            match pipe.query_async::<()>(c).await {
-                Ok(()) => {
+            let Some(c) = conn.as_ref() else { break };
+            let sent = futures_util::future::join_all(pipes.iter().map(|pipe| {
+                let mut c = c.clone();
+                async move { pipe.query_async::<()>(&mut c).await }
+            }))
+            .await;
+            match sent.into_iter().find_map(Result::err) {
+                None => {
                     delivered = true;
                     break;
                 }
-                Err(e) => {
+                Some(e) => {
                     tracing::debug!(error = %e, "outbox connection failed");
                     conn = None;
                 }
@@ -117,25 +137,21 @@ pub async fn run_outbox(url: redis::ConnectionInfo, mut rx: mpsc::Receiver<(u64,
         if !delivered {
             tracing::warn!(
                 dropped = batch.len(),
-                "orders for other nodes dropped; the refresh backstop delivers them"
+                "orders for other nodes dropped (or sent twice); the refresh backstop delivers them"
             );
         }
     }
 }
 
 /// Reads this node's inbox and hands each order to the local hub.
-pub async fn run_inbox(url: redis::ConnectionInfo, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
+pub async fn run_inbox(target: RedisTarget, node: u64, local: Arc<dyn Notifier>, cancel: CancellationToken) {
     let key = node::inbox(node);
     while !cancel.is_cancelled() {
-        let Ok(client) = redis::Client::open(url.clone()) else {
-            tracing::error!("invalid Redis URL; the inbox is not read");
-            return;
-        };
-        // The reply to a blocking pop may take the whole pop timeout: give it more.
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(BLOCK_SECS as u64 + 2)));
-        let mut conn = match client.get_multiplexed_async_connection_with_config(&config).await {
+        // The reply to a blocking pop may take the whole pop timeout: give it
+        // more. A connection of its own, since the pop holds it while it waits
+        // (on a cluster, its link to the inbox's master).
+        let response = Duration::from_secs(BLOCK_SECS as u64 + 2);
+        let mut conn = match connection::connect_with(&target, response).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "inbox connection failed; retrying");
@@ -172,7 +188,7 @@ pub async fn run_inbox(url: redis::ConnectionInfo, node: u64, local: Arc<dyn Not
 
 /// Claims a node id no other live node uses (a lease the refresh loop renews,
 /// [`node::lease`]), and returns it.
-pub async fn claim_node_id(conn: &mut redis::aio::ConnectionManager) -> Result<u64, redis::RedisError> {
+pub async fn claim_node_id(conn: &mut Conn) -> Result<u64, redis::RedisError> {
     loop {
         let id = Holder::random_node();
         let claimed: Option<String> = redis::cmd("SET")

@@ -1,100 +1,128 @@
 //! Every key drisc writes in Redis, in one place: reading this file tells what a
 //! `redis-cli --scan --pattern 'drisc:*'` shows.
 //!
-//! | key                              | type       | what                                          |
-//! |----------------------------------|------------|-----------------------------------------------|
-//! | `drisc:{tag}:s:<offer>`          | hash       | a pool: session id → packed record (`record.rs`) |
-//! | `drisc:{tag}:pools`              | sorted set | the customer's offers with a pool, scored by the latest its sessions may live |
-//! | `drisc:{tag}:t:<session id>`     | string     | a tombstone: why a session ended (`T<name>`, `E`) |
-//! | `drisc:sid:<session id>`         | string     | the pool of a session ([`index_value`]), for operators |
-//! | `drisc:alive:<node, hex>`        | string     | until when (ms) a node vouches for its live sessions |
-//! | `drisc:epoch`                    | string     | present while Redis keeps its data            |
-//! | `drisc:node:<node>`              | string     | a node's lease on its id ([`node`])           |
-//! | `drisc:inbox:<node>`             | list       | orders for a node's sockets ([`node`])        |
+//! | key                              | type   | what                                          |
+//! |----------------------------------|--------|-----------------------------------------------|
+//! | `drisc:{<shard>}:c:<customer>`   | hash   | a customer's sessions, all offers: session id → packed record with its offer (`record.rs`) |
+//! | `drisc:{<shard>}:ix`             | hash   | the shard's session index: session id → its customer ([`customer_tag`]), for operators' look-ups |
+//! | `drisc:{<shard>}:t:<session id>` | string | a tombstone: why a session ended (`T<name>`, `E`) |
+//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; a number: until then, in the caller's clock) |
+//! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
+//! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
+//! | `drisc:inbox:<node>`             | list   | orders for a node's sockets ([`node`])        |
 //!
-//! `{tag}` is the customer's hash tag: every key of one customer is in one slot of
-//! a Redis Cluster, so one script may touch them all atomically.
+//! # Why this layout
+//!
+//! Every script touches the keys of one hash slot, so the same scripts run on a
+//! single Redis and on a Redis Cluster. Customers are spread over
+//! [`SHARDS`](crate::domain::SHARDS) shards by a hash of their ids that never
+//! changes ([`crate::domain::Customer::shard`]); every key of a shard carries
+//! the shard as its hash tag `{<shard>}`, so a shard lives in one slot and an
+//! operation sees its customer's sessions, the shard's index, the liveness of
+//! the nodes holding them and the shard's epoch atomically. A session id
+//! carries its shard ([`crate::domain::SessionId::shard`]): a look-up by id
+//! reads one small hash in the right slot, where a key per session used to cost
+//! a key's overhead for every session.
+//!
+//! One hash per customer rather than one per pool plus a set of pools: most
+//! customers hold one or two sessions, and a key costs more Redis memory than
+//! the record it holds; the cap on pools per customer is counted from the
+//! offers of the customer's live records, exactly.
+//!
+//! A node vouches for its live sessions per shard it holds sessions in (one
+//! key per shard and node, set with a TTL of one PONG timeout: two plain
+//! commands with the epoch's, no script, and nothing to prune: a stopped
+//! node's keys expire by themselves), and each shard has its own epoch, so a
+//! shard that comes back empty is noticed, and restored from the nodes, for its
+//! own sessions alone.
+//!
+//! 256 shards: vouching costs a node two commands per shard it holds sessions
+//! in, per third of a PONG timeout (see `refresh.rs`), so fewer shards cost
+//! less where sessions are few (at 12,000 sessions on 3 nodes, 1024 shards
+//! made it about 4 commands per session-minute, 256 about 1); and 256 slots
+//! spread over a cluster's masters evenly enough up to a few dozen masters. A
+//! shard's index stays a listpack (Redis's default: up to 128 entries) to
+//! about 30,000 sessions, a hash table above. Node-level keys (lease,
+//! inbox) are only ever read or written by single-key commands and stay
+//! outside the shards.
 
 use crate::domain::{PoolKey, SessionId};
 
-/// The hash tag of a customer: each id prefixed by its length, so no two
-/// customers share keys whatever characters their ids contain. The offer stays
-/// outside the tag: every pool of a customer is in the slot of its set of pools.
-fn customer_tag(pool: &PoolKey) -> String {
+/// The hash tag of shard `shard`.
+fn shard_tag(shard: u16) -> String {
+    format!("drisc:{{{shard}}}:")
+}
+
+/// The customer of a pool as the keys and the index name it: each id prefixed
+/// by its length, so no two customers share keys whatever characters their ids
+/// contain.
+pub fn customer_tag(pool: &PoolKey) -> String {
     let (p, c) = (&pool.publisher_id, &pool.customer_id);
     format!("{}:{p}|{}:{c}", p.len(), c.len())
 }
 
-/// The pool's session hash. Everything after the tag's end (fixed by its lengths)
-/// is the offer id, so distinct pools never share a key.
-pub fn pool(pool: &PoolKey) -> String {
-    format!("drisc:{{{}}}:s:{}", customer_tag(pool), pool.offer_id)
+/// The hash of the customer's sessions, every offer's.
+pub fn customer(pool: &PoolKey) -> String {
+    format!("{}c:{}", shard_tag(pool.shard()), customer_tag(pool))
 }
 
-/// What the key of every pool of `customer` starts with: the offer id follows.
-#[cfg(test)]
-fn pool_prefix(customer: &crate::domain::Customer) -> String {
-    pool(&PoolKey::new(customer, ""))
+/// What the key of every customer of `shard` starts with (the index's values follow).
+pub fn customer_prefix(shard: u16) -> String {
+    format!("{}c:", shard_tag(shard))
 }
 
-/// The customer's pools: each pool's offer id, scored by the latest its sessions
-/// may live. (The scripts find a pool's key from this one's: see `scripts.rs`.)
-pub fn pools(pool: &PoolKey) -> String {
-    format!("drisc:{{{}}}:pools", customer_tag(pool))
+/// The shard's session index: id → [`customer_tag`].
+pub fn index(shard: u16) -> String {
+    format!("{}ix", shard_tag(shard))
 }
 
 pub fn tombstone(pool: &PoolKey, id: SessionId) -> String {
     format!("{}{id}", tombstone_prefix(pool))
 }
 
-/// What the tombstone keys of a customer's sessions start with (the script that
+/// What the tombstone keys of a shard's sessions start with (the script that
 /// ends every session of a pool appends the ids).
 pub fn tombstone_prefix(pool: &PoolKey) -> String {
-    format!("drisc:{{{}}}:t:", customer_tag(pool))
+    format!("{}t:", shard_tag(pool.shard()))
 }
 
-/// Where an operator's look-up by session id finds the pool. In a slot of its own
-/// (no hash tag): the id is all the operator knows.
-pub fn session_index(id: SessionId) -> String {
-    format!("drisc:sid:{id}")
+/// What the liveness keys of a shard's nodes start with: the node follows, in
+/// hex, as the scripts read it off a holder (see `record.rs`).
+pub fn alive_prefix(shard: u16) -> String {
+    format!("{}alive:", shard_tag(shard))
 }
 
-/// The index's value: the customer's tag, then the offer (the tag's lengths say
-/// where each id ends), a third of the JSON it replaces.
-pub fn index_value(pool: &PoolKey) -> String {
-    format!("{}|{}", customer_tag(pool), pool.offer_id)
+/// A node's liveness in a shard: while it lives, the node vouches for its live
+/// sessions there.
+pub fn alive(shard: u16, node: u64) -> String {
+    format!("{}{node:x}", alive_prefix(shard))
 }
 
-/// Reads [`index_value`] back; `None` if it is not one.
-pub fn parse_index_value(value: &str) -> Option<PoolKey> {
+/// Present while the shard keeps its data; a node that finds it changed knows
+/// the shard's Redis restarted empty and restores the sessions it holds there.
+pub fn epoch(shard: u16) -> String {
+    format!("{}epoch", shard_tag(shard))
+}
+
+/// Reads a located session's pool back from its [`customer_tag`] and offer;
+/// `None` if the tag is not one.
+pub fn parse_customer_tag(tag: &str, offer: &str) -> Option<PoolKey> {
     fn sized(text: &str) -> Option<(&str, &str)> {
         let (len, rest) = text.split_once(':')?;
         let len: usize = len.parse().ok()?;
         Some((rest.get(..len)?, rest.get(len..)?))
     }
-    let (publisher, rest) = sized(value)?;
+    let (publisher, rest) = sized(tag)?;
     let (customer, rest) = sized(rest.strip_prefix('|')?)?;
-    let offer = rest.strip_prefix('|')?;
+    if !rest.is_empty() {
+        return None;
+    }
     Some(PoolKey {
         publisher_id: publisher.to_owned(),
         customer_id: customer.to_owned(),
         offer_id: offer.to_owned(),
     })
 }
-
-/// What a node's liveness key starts with; the node's id follows in hex, as the
-/// scripts read it off a holder (hex too: `record.rs`).
-pub const ALIVE_PREFIX: &str = "drisc:alive:";
-
-/// A node's liveness: until when (ms) it vouches for the live sessions its
-/// sockets hold, rewritten every refresh round.
-pub fn alive(node: u64) -> String {
-    format!("{ALIVE_PREFIX}{node:x}")
-}
-
-/// Present while Redis keeps its data; a node that finds it missing knows Redis
-/// restarted empty and restores the sessions its sockets hold.
-pub const EPOCH: &str = "drisc:epoch";
 
 /// A node's lease on its id and its inbox: the names and how long each lives.
 pub mod node {
@@ -132,42 +160,55 @@ mod tests {
         }
     }
 
+    /// The hash tag Redis Cluster hashes: the text between the first `{` and the next `}`.
+    fn tag(k: &str) -> String {
+        let open = k.find('{').unwrap();
+        let close = open + k[open..].find('}').unwrap();
+        k[open..=close].to_owned()
+    }
+
     #[test]
     fn ids_that_a_naive_join_would_confuse_get_distinct_keys() {
-        assert_ne!(pool(&key("a:b", "c", "o")), pool(&key("a", "b:c", "o")));
-        assert_ne!(pools(&key("a|1:b", "c", "o")), pools(&key("a", "1:b|c", "o")));
+        assert_ne!(customer(&key("a:b", "c", "o")), customer(&key("a", "b:c", "o")));
+        assert_ne!(customer(&key("a|1:b", "c", "o")), customer(&key("a", "1:b|c", "o")));
     }
 
     #[test]
-    fn every_key_of_a_customer_shares_its_hash_tag_and_the_offer_is_read_back() {
+    fn every_key_a_script_touches_shares_the_shard_of_its_customer_and_of_its_session_ids() {
         let p = key("pub", "cus{x}", "off:er");
-        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
-        let id = SessionId::random();
-        assert_eq!(tag(&pool(&p)), tag(&pools(&p)));
-        assert_eq!(tag(&pool(&p)), tag(&tombstone(&p, id)));
-        let prefix = |c: &str| {
-            pool_prefix(&crate::domain::Customer {
-                publisher_id: "pub".into(),
-                customer_id: c.into(),
-            })
-        };
-        assert_eq!(pool(&p).strip_prefix(&prefix("cus{x}")), Some("off:er"));
-        assert_eq!(pool(&p).strip_prefix(&prefix("cus")), None);
+        let id = SessionId::for_customer(&p.owner());
+        let shard = p.shard();
+        assert_eq!(id.shard(), shard);
+        let t = tag(&customer(&p));
+        assert_eq!(t, format!("{{{shard}}}"));
+        for other in [
+            index(id.shard()),
+            tombstone(&p, id),
+            alive(shard, 0xabc),
+            alive_prefix(shard),
+            epoch(shard),
+            customer_prefix(shard),
+        ] {
+            assert_eq!(tag(&other), t, "{other}");
+        }
+        // The index's value names the customer's hash after the shard's prefix.
+        assert_eq!(format!("{}{}", customer_prefix(shard), customer_tag(&p)), customer(&p));
     }
 
     #[test]
-    fn an_index_value_reads_back_as_its_pool_whatever_its_ids_contain() {
+    fn a_customer_tag_reads_back_as_its_pool_whatever_its_ids_contain() {
         for p in [key("pub", "cus", "S1"), key("a|1:b", "c|", "o|f:f"), key("ü", "", "")] {
-            assert_eq!(parse_index_value(&index_value(&p)), Some(p));
+            assert_eq!(parse_customer_tag(&customer_tag(&p), &p.offer_id), Some(p));
         }
-        assert_eq!(parse_index_value("3:pub|9:short|o"), None);
-        assert_eq!(parse_index_value("{\"publisher_id\":\"p\"}"), None);
+        assert_eq!(parse_customer_tag("3:pub|9:short", "o"), None);
+        assert_eq!(parse_customer_tag("3:pub|1:cX", "o"), None);
+        assert_eq!(parse_customer_tag("{\"publisher_id\":\"p\"}", "o"), None);
     }
 
     #[test]
     fn a_nodes_liveness_key_names_it_as_the_scripts_read_a_holder() {
         let holder = crate::domain::Holder(0xabc << crate::domain::Holder::NODE_SHIFT | 7);
-        assert_eq!(alive(holder.node()), "drisc:alive:abc");
+        assert_eq!(alive(5, holder.node()), "drisc:{5}:alive:abc");
         // The scripts take what is left of the hex holder after its 10 socket digits.
         assert_eq!(crate::domain::Holder::NODE_SHIFT / 4, 10);
     }

@@ -1,8 +1,10 @@
 //! The session pools on Redis, for a cluster of drisc nodes, in rooms:
 //!
-//! - [`keys`]: every key and the hash-tag layout (a customer's keys share one
-//!   slot of a Redis Cluster, so a script can count its pools atomically), and
-//!   the node's lease;
+//! - [`keys`]: every key and the hash-tag layout (each shard of customers is
+//!   one slot of a Redis Cluster, so every script runs on one slot), and the
+//!   node's lease;
+//! - `connection`: one Redis or a Redis Cluster ([`RedisTarget`]), behind one
+//!   connection type;
 //! - `record`: the one codec of the session record and of the scripts' replies;
 //! - `scripts`: the pool rules in Lua, one script per operation;
 //! - `store`: the [`RedisStore`], the [`SessionStore`](crate::domain::ports::SessionStore)
@@ -14,6 +16,7 @@
 //! - [`tls`]: the CA and client certificate of a `rediss://` connection;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
 
+mod connection;
 pub mod inbox;
 pub mod keys;
 mod open;
@@ -23,5 +26,6 @@ mod scripts;
 mod store;
 pub mod tls;
 
+pub use connection::RedisTarget;
 pub use open::{Cluster, open};
 pub use store::{RedisStore, TimeSource};

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connection::{self, RedisTarget};
 use super::inbox::{self, ClusterNotifier};
 use super::{RedisStore, TimeSource, refresh};
 use crate::config::Settings;
@@ -17,9 +18,11 @@ use crate::readiness::Probe;
 use crate::store::Sessions;
 use crate::store::instrumented::Instrumented;
 
-const UNREACHABLE: &str = "cannot reach Redis (storage.redis_url)";
+const UNREACHABLE: &str = "cannot reach Redis (storage.redis_url or storage.redis_cluster_nodes)";
 
-/// The session pools in Redis at `storage.redis_url`: claims a node id no live node
+/// The session pools in Redis at `storage.redis_url`, or in the Redis Cluster
+/// of `storage.redis_cluster_nodes` ([`RedisTarget`]), over TLS with `rediss://`
+/// ([`super::tls`]): claims a node id no live node
 /// holds, names this process's `sockets` by it, and routes orders for sockets held
 /// elsewhere through the holding node's inbox. The loops that keep it all going
 /// start with [`Cluster::spawn`].
@@ -28,8 +31,8 @@ pub async fn open<L: Notifier>(
     meter: &Arc<Meter>,
     sockets: impl FnOnce(u64) -> Arc<L>,
 ) -> anyhow::Result<Sessions<L>> {
-    let url = super::tls::connection_info(&settings.storage)?;
-    let mut conn = match RedisStore::connection(url.clone()).await {
+    let target = super::tls::target(&settings.storage)?;
+    let mut conn = match connection::connect(&target).await {
         Ok(conn) => conn,
         Err(e) => {
             let hint = super::tls::hint(&e.to_string());
@@ -43,11 +46,10 @@ pub async fn open<L: Notifier>(
     let node = inbox::claim_node_id(&mut conn).await.context(UNREACHABLE)?;
     let sockets = sockets(node);
     let local: Arc<dyn Notifier> = sockets.clone();
-    let store = RedisStore::connect_to(
-        url.clone(),
+    let store = RedisStore::connect(
+        target.clone(),
         settings.timings(),
         settings.cluster.tombstone_ttl,
-        settings.auth.session_token_ttl,
         TimeSource::Redis,
         local.clone(),
     )
@@ -56,7 +58,7 @@ pub async fn open<L: Notifier>(
     .for_node(node);
     let store = Arc::new(store);
     let (notifier, outbox) = ClusterNotifier::new(node, local.clone());
-    tracing::info!(node, "cluster mode: sessions in Redis");
+    tracing::info!(node, store = target.describe(), "cluster mode: sessions in Redis");
     Ok(Sessions {
         store: Arc::new(Instrumented::new(store.clone(), "redis", meter.clone())),
         local: None,
@@ -66,7 +68,7 @@ pub async fn open<L: Notifier>(
         cluster: Some(Cluster {
             store,
             node,
-            url,
+            target,
             local,
             outbox,
             refresh_every: settings.cluster.refresh_interval,
@@ -79,7 +81,7 @@ pub async fn open<L: Notifier>(
 pub struct Cluster {
     store: Arc<RedisStore>,
     node: u64,
-    url: redis::ConnectionInfo,
+    target: RedisTarget,
     /// This process's sockets, where the inbox delivers.
     local: Arc<dyn Notifier>,
     /// Orders for other nodes, queued by the [`ClusterNotifier`].
@@ -102,11 +104,11 @@ impl Cluster {
             shutdown.clone(),
         ));
         tasks.spawn(inbox::run_inbox(
-            self.url.clone(),
+            self.target.clone(),
             self.node,
             self.local,
             shutdown.clone(),
         ));
-        tasks.spawn(inbox::run_outbox(self.url, self.outbox, shutdown.clone()));
+        tasks.spawn(inbox::run_outbox(self.target, self.outbox, shutdown.clone()));
     }
 }

@@ -1,11 +1,13 @@
 //! The one codec between the scripts and Rust: the session record as the scripts
 //! keep it in a pool's hash, and the replies they send back.
 //!
-//! In a pool's hash a record is packed, `s|e|h|c|n`: `s` state (`p`ending,
-//! `l`ive, `d`etached), `e` expires at (epoch ms), `h` holder (socket id in hex,
-//! "" if none: its leading digits name the node, which the scripts read), `c`
-//! created at (epoch ms), `n` name, last since it may hold any character. The
-//! id is the hash's field. Packed rather than JSON: a third smaller in Redis's
+//! In a customer's hash a record is packed, `s|e|h|c|L|o|n`: `s` state
+//! (`p`ending, `l`ive, `d`etached), `e` expires at (epoch ms), `h` holder (socket
+//! id in hex, "" if none: its leading digits name the node, which the scripts
+//! read), `c` created at (epoch ms), `L` the length in bytes of `o`, the offer
+//! (the pool), `n` name, last since it may hold any character. The id is the
+//! hash's field. A session handed to the restore script is packed without the
+//! offer (`s|e|h|c|n`, [`encode`]): the script is told the pool. Packed rather than JSON: a third smaller in Redis's
 //! memory, and cheaper for the scripts to read. When a script returns a record
 //! it is a JSON object with those field names and `id` added (`e` is then the
 //! deadline the record holds its slot until). Replies that carry more than one
@@ -105,6 +107,21 @@ pub(crate) fn encode(session: &Session) -> String {
         session.created_at,
         session.name
     )
+}
+
+/// The offer (the pool) of a record as a customer's hash keeps it; `None` if
+/// the text is not one.
+pub(crate) fn stored_offer(stored: &str) -> Option<&str> {
+    let mut parts = stored.splitn(6, '|');
+    let state = parts.next()?;
+    for _ in 0..3 {
+        parts.next()?;
+    }
+    let len: usize = parts.next()?.parse().ok()?;
+    let rest = parts.next()?;
+    (state.len() == 1 && rest.as_bytes().get(len) == Some(&b'|'))
+        .then(|| rest.get(..len))
+        .flatten()
 }
 
 /// A record with its id, as the scripts return it.
@@ -228,6 +245,9 @@ pub(crate) enum AdmitReply {
         now: Millis,
         #[serde(default, deserialize_with = "list")]
         live: Vec<LiveSession>,
+        /// The shard's data epoch.
+        #[serde(default)]
+        epoch: String,
     },
     /// The pool holds as many sessions as allowed.
     Full {
@@ -241,8 +261,8 @@ pub(crate) enum AdmitReply {
     },
     /// The pool is empty and the customer holds sessions in as many pools as allowed.
     TooManyPools,
-    /// Redis is in another data epoch than the node knows: nothing was done.
-    Lost,
+    /// The shard is in another data epoch than the node knows: nothing was done.
+    Lost { epoch: String },
 }
 
 /// The reply of the take-over script.
@@ -273,6 +293,9 @@ pub(crate) enum AttachReply {
         name: String,
         #[serde(rename = "c", deserialize_with = "epoch_ms")]
         created_at: Millis,
+        /// The shard's data epoch ("" if it has none).
+        #[serde(default)]
+        epoch: String,
     },
     Gone,
 }
@@ -384,6 +407,17 @@ mod tests {
     }
 
     #[test]
+    fn the_offer_of_a_stored_record_is_read_by_its_length_whatever_it_contains() {
+        assert_eq!(stored_offer("l|5|abc|1|5|o|f|f|TV | kitchen"), Some("o|f|f"));
+        assert_eq!(stored_offer("p|5||1|0||"), Some(""));
+        assert_eq!(stored_offer("p|5||1|9|short|tv"), None);
+        assert_eq!(stored_offer("p|5||1|2|abc"), None, "no separator after the offer");
+        assert_eq!(stored_offer("p|5||1|tv"), None, "the old layout, without offer");
+        let lost = Value::BulkString(br#"{"ok":"lost","epoch":"00ff"}"#.to_vec());
+        assert!(matches!(reply(&lost, "admit").unwrap(), AdmitReply::Lost { epoch } if epoch == "00ff"));
+    }
+
+    #[test]
     fn an_unknown_state_is_an_error_not_a_detached_session() {
         let s = session(SessionState::Detached, None);
         let text = as_returned(&s).replace(r#""s":"d""#, r#""s":"x""#);
@@ -412,7 +446,7 @@ mod tests {
     fn replies_are_read_by_name_and_an_empty_lua_table_is_an_empty_list() {
         let id = SessionId::random();
         let granted = format!(r#"{{"live":[{{"h":"5","id":"{id}"}}],"now":1780000000000,"ok":"granted"}}"#);
-        let AdmitReply::Granted { now, live } = reply(&Value::BulkString(granted.into_bytes()), "admit").unwrap()
+        let AdmitReply::Granted { now, live, .. } = reply(&Value::BulkString(granted.into_bytes()), "admit").unwrap()
         else {
             panic!("granted");
         };

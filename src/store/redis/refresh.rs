@@ -1,18 +1,35 @@
 //! The node's refresh loop. Each round it vouches for the live sessions its
-//! sockets hold (one key for all of them), writes the ends and detaches its
-//! sockets queued, checks the held sessions that are due (a PONG heard, and the
-//! last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose session turned
-//! out to be gone (the backstop for lost orders), and puts this node's sessions
-//! back if Redis lost its data.
+//! sockets hold (one field per shard it holds sessions in), writes the ends and
+//! detaches its sockets queued, checks the held sessions that are due (a PONG
+//! heard, and the last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose
+//! session turned out to be gone (the backstop for lost orders), and puts this
+//! node's sessions back in a shard that lost its data
+//! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
 //!
 //! A store that stalls or is cut off from the node (a fork for a snapshot, a
-//! network blip, a failover) for longer than the node's liveness key lives lets
-//! that key expire: the first script to touch a pool afterwards finds the node's
-//! sessions dead and deletes them, while their players go on answering PINGs
-//! (which cost Redis nothing). So a round that vouches after such a gap
-//! re-asserts every held session ([`RedisStore::reassert_after_outage`]), and
-//! until it has, the node admits no one (503, as while Redis is unreachable).
+//! network blip, a failover) for longer than the node's liveness keys live lets
+//! them expire: the first script to touch a customer afterwards finds the node's
+//! sessions there dead and deletes them, while their players go on answering
+//! PINGs (which cost Redis nothing). So a round that reaches Redis after such a
+//! gap vouches again in the shards concerned and re-asserts the sessions held
+//! there ([`RedisStore::reassert_after_outage`]), and until it has, the node
+//! admits no one there (503, as while Redis is unreachable).
+//!
+//! The outage is counted per shard, as vouching is: a shard whose vouch
+//! failed is lost until a later vouch there goes through and the node's
+//! sessions there are re-asserted; admissions in it wait meanwhile, the other
+//! shards' go on (a Redis Cluster master that fails over stops only its own
+//! shards). A round still unanswered after half a PONG timeout does not say
+//! which shard stalls, nor does one that cannot renew the node's lease: every
+//! shard the node holds sessions in counts as lost, and until a round reaches
+//! Redis again the node admits no one, so that no admission waits in a stalled
+//! server's socket to be carried out when it resumes. An admission in a lost
+//! shard first vouches there and re-asserts the node's sessions itself, so no
+//! newcomer takes their slots and none waits for the next round. A gap
+//! between rounds that reached Redis longer than that (the node itself
+//! stalled) counts every shard as lost too.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
-use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, unavailable};
+use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_epoch};
+use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState};
 
@@ -39,25 +57,33 @@ pub struct Round {
     pub reasserted: usize,
 }
 
-/// The node's vouching, as its refresh rounds see it.
+/// The node's refresh rounds, as the outage detection sees them.
 #[derive(Debug, Default)]
 pub(crate) struct Vouching {
-    /// When the last vouch was answered (`None`: not yet).
+    /// When the last round reached Redis (`None`: not yet).
     last: Option<Instant>,
-    /// A round failed, or the last vouch came too late: admissions wait until
-    /// the held sessions are re-asserted.
-    outage: bool,
+    /// A round was late or could not reach Redis, and none has reached it since:
+    /// admissions wait.
+    late: bool,
+    /// Shards whose liveness keys may have expired (a vouch failed there, or a
+    /// round was late), with when a vouch there last went through before: the
+    /// node's sessions there are re-asserted once a vouch goes through again,
+    /// and admissions there wait until then.
+    lost: HashMap<u16, Option<Instant>>,
 }
 
-/// A gap since the last vouch longer than this fraction of the PONG timeout may
-/// have let the liveness key expire (it was written up to a round trip before
-/// its answer came back): the held sessions are re-asserted.
+/// A gap between rounds that reached Redis longer than this fraction of the
+/// PONG timeout may have let a liveness key expire (one is rewritten every third
+/// of a PONG timeout and lives a whole one): the held sessions are re-asserted.
 const GAP_DIVISOR: u32 = 2;
 
 /// Added to the outage's length when looking for sessions admitted during it,
 /// so that clock steps and round trips only ever make the re-assertion more
 /// careful (a session admitted just before the outage counts as newer).
 const OUTAGE_MARGIN_MS: u64 = 1_000;
+
+/// One pool's sessions held by this node's sockets.
+type PoolSessions = Vec<(Holder, Held)>;
 
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
@@ -72,11 +98,17 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
             _ = tick.tick() => {
                 let round = async {
                     let mut conn = store.conn.clone();
-                    let _: Result<(), _> = redis::cmd("PEXPIRE")
+                    let lease = redis::cmd("PEXPIRE")
                         .arg(node::lease(node))
                         .arg(node::LEASE_TTL_MS)
-                        .query_async(&mut conn)
+                        .query_async::<()>(&mut conn)
                         .await;
+                    if let Err(e) = lease {
+                        // Redis out of reach (on a cluster, the lease's master): as late.
+                        store.note_late();
+                        return Err(super::store::unavailable(e));
+                    }
+                    store.reached(Instant::now());
                     store.refresh().await
                 };
                 tokio::pin!(round);
@@ -87,13 +119,13 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
                 let result = match tokio::time::timeout(late, &mut round).await {
                     Ok(result) => result,
                     Err(_) => {
-                        store.note_outage();
+                        store.note_late();
                         round.await
                     }
                 };
                 if let Err(e) = result {
-                    // Held sessions keep playing; their PONGs are retried next round.
-                    store.note_outage();
+                    // Held sessions keep playing; their PONGs are retried next round. A
+                    // shard whose vouch failed was marked lost by the vouch itself.
                     tracing::warn!(error = %e, "session refresh failed; retrying");
                 }
             }
@@ -102,29 +134,26 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
 }
 
 impl RedisStore {
-    /// The data epoch this node last saw (empty before its first refresh).
-    pub(super) fn known_epoch(&self) -> String {
-        self.epoch.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
-    }
-
     /// One refresh round.
     pub async fn refresh(&self) -> Result<Round, StoreError> {
-        let mut round = Round {
-            restored: self.restore_if_lost().await?,
-            ..Round::default()
-        };
         let heard: Vec<(Holder, (SessionId, Millis))> = match self.pending.lock() {
             Ok(mut pending) => pending.drain().collect(),
             Err(_) => Vec::new(),
         };
-        if let Err(e) = self.vouch(&heard).await {
-            self.pending_again(&heard);
-            return Err(e);
+        let mut round = Round::default();
+        match self.vouch(&heard).await {
+            Ok(restored) => round.restored = restored,
+            Err(e) => {
+                self.pending_again(&heard);
+                // The shards whose vouch went through are re-asserted all the same.
+                let _ = self.reassert_after_outage().await;
+                return Err(e);
+            }
         }
         round.reasserted = self.reassert_after_outage().await?;
         round.written = self.write_queued(|_| true).await?;
         // Due: the first PONG since the socket attached, then one a minute.
-        let due: Vec<(Holder, Held, Millis)> = heard
+        let mut due: Vec<(Holder, Held, Millis)> = heard
             .iter()
             .filter_map(|(holder, (id, now))| {
                 let mut held = self.held.get_mut(holder)?;
@@ -135,20 +164,44 @@ impl RedisStore {
                 Some((*holder, held.clone(), *now))
             })
             .collect();
-        for chunk in due.chunks(CHECK_CHUNK) {
-            let replies = match self.check(chunk).await {
+        self.join_due(&mut due);
+        let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
+            .into_values()
+            .flat_map(|group| group.chunks(CHECK_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        let pipes: Vec<redis::Pipeline> = batches.iter().map(|batch| self.check_pipe(batch)).collect();
+        let results = self.run_pipelines(&[&self.scripts.check], &pipes).await;
+        let mut failed = None;
+        for (batch, result) in batches.iter().zip(results) {
+            let reply = result.map(|mut replies| replies.pop().unwrap_or(Value::Nil));
+            // The shard lost its data: put this node's sessions back rather than
+            // tell their sockets they ended; they are checked at their next PONG.
+            if let Ok(Value::BulkString(text)) = &reply
+                && let Some(epoch) = text.strip_prefix(b"lost|")
+            {
+                let shard = batch.first().map_or(0, |(_, held, _)| held.pool.shard());
+                for (holder, _, _) in batch {
+                    if let Some(mut held) = self.held.get_mut(holder) {
+                        held.checked_at = None;
+                    }
+                }
+                round.restored += self.restore_if_lost(shard, &String::from_utf8_lossy(epoch)).await?;
+                continue;
+            }
+            let replies = match reply.and_then(|reply| record::checks(reply, batch.len())) {
                 Ok(replies) => replies,
                 Err(e) => {
                     // Checked again at their next PONG.
-                    for (holder, _, _) in chunk {
+                    for (holder, _, _) in batch {
                         if let Some(mut held) = self.held.get_mut(holder) {
                             held.checked_at = None;
                         }
                     }
-                    return Err(e);
+                    failed = Some(e);
+                    continue;
                 }
             };
-            for ((holder, _, _), reply) in chunk.iter().zip(replies) {
+            for ((holder, _, _), reply) in batch.iter().zip(replies) {
                 let order = match reply {
                     CheckReply::Held => {
                         round.refreshed += 1;
@@ -167,7 +220,37 @@ impl RedisStore {
                 self.local.notify(*holder, order);
             }
         }
-        Ok(round)
+        failed.map_or(Ok(round), Err)
+    }
+
+    /// Adds to `due` the other sessions this node holds in the same shards
+    /// whose last check is at least half a [`CHECK_EVERY_MS`] old: a check
+    /// call costs a few commands whatever its size, and each session's PONGs
+    /// come at their own times, so without this each call would check one
+    /// session; with it, a shard's sessions fall into step within a minute or
+    /// two and are checked together, each at most twice as often as due.
+    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>) {
+        let mut shards: HashMap<u16, Millis> = HashMap::new();
+        for (_, held, now) in due.iter() {
+            let at = shards.entry(held.pool.shard()).or_default();
+            *at = (*at).max(*now);
+        }
+        if shards.is_empty() {
+            return;
+        }
+        let already: HashSet<Holder> = due.iter().map(|(holder, _, _)| *holder).collect();
+        for mut entry in self.held.iter_mut() {
+            let holder = *entry.key();
+            let held = entry.value_mut();
+            let Some(now) = shards.get(&held.pool.shard()).copied() else {
+                continue;
+            };
+            let old_enough = held.checked_at.is_some_and(|at| now >= at + CHECK_EVERY_MS / 2);
+            if old_enough && !already.contains(&holder) {
+                held.checked_at = Some(now);
+                due.push((holder, held.clone(), now));
+            }
+        }
     }
 
     fn pending_again(&self, heard: &[(Holder, (SessionId, Millis))]) {
@@ -178,133 +261,309 @@ impl RedisStore {
         }
     }
 
-    /// Rewrites this node's liveness key: its live sessions hold their slots for
-    /// one more PONG timeout. With the caller's clock (tests), the latest PONG
-    /// heard is "now", and a round that heard none vouches for nothing new.
-    async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<(), StoreError> {
-        let now = match self.time {
-            TimeSource::Redis => 0,
-            TimeSource::Caller => match heard.iter().map(|(_, (_, now))| *now).max() {
-                Some(now) => now,
-                None => return Ok(()),
-            },
+    /// Vouches for this node's live sessions in each shard it holds sessions
+    /// in (its liveness key there lives one more PONG timeout), and reads each
+    /// shard's epoch, restoring the sessions of a shard found in a new one: two
+    /// plain commands a shard, pipelined. Returns how many were restored.
+    ///
+    /// With Redis's clock, a shard's key is rewritten once a third of the PONG
+    /// timeout (or every round, if rounds are slower): it then always lives two
+    /// thirds of a PONG timeout more, and a node costs each shard a few writes a
+    /// minute, not one a round; the key holds `r` and the scripts read its TTL,
+    /// so no node's clock is involved. With the caller's clock (tests), the key
+    /// holds the latest PONG heard plus a PONG timeout, every held shard is
+    /// vouched for each round, and a round that heard none only reads the epochs.
+    async fn vouch(&self, heard: &[(Holder, (SessionId, Millis))]) -> Result<usize, StoreError> {
+        let until = match self.time {
+            TimeSource::Redis => Some("r".to_owned()),
+            TimeSource::Caller => heard
+                .iter()
+                .map(|(_, (_, now))| *now)
+                .max()
+                .map(|now| (now + duration_ms(self.pong_timeout())).to_string()),
         };
         // Every socket of a node names it; tests hold sockets of node 0.
-        let nodes: std::collections::BTreeSet<u64> = match self.node {
-            Some(node) => [node].into(),
-            None => heard.iter().map(|(holder, _)| holder.node()).collect(),
+        let mut wanted: BTreeSet<(u16, u64)> = self
+            .held
+            .iter()
+            .map(|e| (e.value().pool.shard(), self.node.unwrap_or_else(|| e.key().node())))
+            .collect();
+        if self.time == TimeSource::Redis {
+            let every = (self.pong_timeout() / 3).max(Duration::from_millis(1));
+            let at = Instant::now();
+            // A lost shard has no entry (see `lose`): vouched for at once.
+            if let Ok(vouched) = self.vouched.lock() {
+                wanted.retain(|(shard, _)| vouched.get(shard).is_none_or(|last| at.duration_since(*last) >= every));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        // One pipeline per shard: its keys share a slot.
+        let shards: Vec<(u16, Vec<u64>)> = by_shard(wanted, |(shard, _)| *shard)
+            .into_iter()
+            .map(|(shard, nodes)| (shard, nodes.into_iter().map(|(_, node)| node).collect()))
+            .collect();
+        let pong_ms = duration_ms(self.pong_timeout()).max(1);
+        let candidates: Vec<String> = shards.iter().map(|_| new_epoch()).collect();
+        let pipes: Vec<redis::Pipeline> = shards
+            .iter()
+            .zip(&candidates)
+            .map(|((shard, nodes), candidate)| {
+                let mut pipe = redis::pipe();
+                if let Some(until) = &until {
+                    for node in nodes {
+                        pipe.cmd("SET")
+                            .arg(keys::alive(*shard, *node))
+                            .arg(until)
+                            .arg("PX")
+                            .arg(pong_ms)
+                            .ignore();
+                    }
+                }
+                // The epoch, set first by whoever finds none (NX), read back (GET:
+                // nil when this call set it).
+                pipe.cmd("SET")
+                    .arg(keys::epoch(*shard))
+                    .arg(candidate)
+                    .arg("NX")
+                    .arg("GET");
+                pipe
+            })
+            .collect();
+        let results = self.run_pipelines(&[], &pipes).await;
+        let mut restored = 0;
+        let mut failed = None;
+        for (((shard, _), candidate), result) in shards.iter().zip(candidates).zip(results) {
+            let epoch = match result.map(|mut replies| replies.pop()) {
+                Ok(Some(Value::BulkString(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
+                // Set by this call: the value it sent.
+                Ok(Some(Value::Nil)) => candidate,
+                Ok(other) => {
+                    self.lose([*shard]);
+                    failed = Some(record::unreadable("epoch", format!("{other:?}")));
+                    continue;
+                }
+                Err(e) => {
+                    // Its liveness key may run out before a vouch goes through.
+                    self.lose([*shard]);
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            if until.is_some()
+                && self.time == TimeSource::Redis
+                && let Ok(mut vouched) = self.vouched.lock()
+            {
+                vouched.insert(*shard, Instant::now());
+            }
+            restored += self.restore_if_lost(*shard, &epoch).await?;
+        }
+        failed.map_or(Ok(restored), Err)
+    }
+
+    /// Notes a round that reached Redis at `at`: one that comes more than a
+    /// fraction of the PONG timeout after the last means the node's keys may
+    /// have run out in every shard.
+    pub(super) fn reached(&self, at: Instant) {
+        let gap = match self.vouching.lock() {
+            Ok(mut v) => {
+                let limit = self.timings.pong_timeout / GAP_DIVISOR;
+                let gap = v.last.is_some_and(|last| at.duration_since(last) > limit);
+                v.last = Some(at);
+                v.late = false;
+                gap
+            }
+            Err(_) => false,
         };
-        if nodes.is_empty() {
+        if gap {
+            self.lose(self.held_shards());
+        }
+    }
+
+    /// A refresh round is late, or could not reach Redis at all: Redis may be
+    /// stalled or out of reach, and every shard's keys may run out. Until a
+    /// round reaches Redis again ([`Self::reached`]) the node admits no one;
+    /// then each lost shard is re-asserted by the round, or first by the next
+    /// admission there.
+    pub(super) fn note_late(&self) {
+        self.lose(self.held_shards());
+        if let Ok(mut v) = self.vouching.lock()
+            && self.node.is_some()
+        {
+            v.late = true;
+        }
+    }
+
+    /// The shards this node's sockets hold sessions in.
+    fn held_shards(&self) -> BTreeSet<u16> {
+        self.held.iter().map(|e| e.value().pool.shard()).collect()
+    }
+
+    /// Counts `shards` as lost (their liveness keys may expire before a vouch
+    /// there goes through): forgets their last vouch, so the next round vouches
+    /// there at once, and remembers it as when the outage may have begun.
+    pub(super) fn lose(&self, shards: impl IntoIterator<Item = u16>) {
+        // Only a node vouches (tests driving time hold sockets of no node).
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return;
+        }
+        let (Ok(mut vouched), Ok(mut v)) = (self.vouched.lock(), self.vouching.lock()) else {
+            return;
+        };
+        let fallback = v.last;
+        for shard in shards {
+            let last = vouched.remove(&shard).or(fallback);
+            v.lost.entry(shard).or_insert(last);
+        }
+    }
+
+    /// Before an admission (or take-over) in `shard`: refuses every one while a
+    /// round is late, and in a shard where this node's held sessions may be
+    /// missing from Redis first vouches there and puts them back
+    /// ([`Self::reassert_after_outage`]): a newcomer admitted first could take
+    /// their slots. Refused if that fails.
+    pub(super) async fn admitting(&self, shard: u16) -> Result<(), StoreError> {
+        let unavailable =
+            || StoreError::Unavailable("Redis was unreachable; this node is re-asserting its sessions".into());
+        let lost = match self.vouching.lock() {
+            Ok(v) if v.late => return Err(unavailable()),
+            Ok(v) => v.lost.contains_key(&shard),
+            Err(_) => false,
+        };
+        let Some(node) = self.node.filter(|_| lost) else {
             return Ok(());
-        }
+        };
         let mut pipe = redis::pipe();
-        for node in nodes {
-            pipe.invoke_script(self.scripts.vouch.key(keys::alive(node)).arg(now));
+        pipe.cmd("SET")
+            .arg(keys::alive(shard, node))
+            .arg("r")
+            .arg("PX")
+            .arg(duration_ms(self.pong_timeout()).max(1))
+            .ignore();
+        self.run_pipeline_of(&[], &pipe).await?;
+        if let Ok(mut vouched) = self.vouched.lock() {
+            vouched.insert(shard, Instant::now());
         }
-        self.run_pipeline(&self.scripts.vouch, &pipe).await?;
-        self.vouched(Instant::now());
-        Ok(())
-    }
-
-    /// Notes a vouch answered at `at`: one that comes more than a fraction of
-    /// the PONG timeout after the last means an outage.
-    fn vouched(&self, at: Instant) {
-        let Ok(mut v) = self.vouching.lock() else { return };
-        let limit = self.timings.pong_timeout / GAP_DIVISOR;
-        if v.last.is_some_and(|last| at.duration_since(last) > limit) {
-            v.outage = true;
-        }
-        if !v.outage {
-            v.last = Some(at);
-        }
-    }
-
-    /// A refresh round failed: Redis may be stalled or out of reach.
-    pub(super) fn note_outage(&self) {
-        if let Ok(mut v) = self.vouching.lock() {
-            v.outage = true;
-        }
-    }
-
-    /// Refuses admissions (and take-overs) while this node's held sessions may be
-    /// missing from Redis, until [`Self::reassert_after_outage`] put them back: a
-    /// newcomer admitted first could take their slots.
-    pub(super) fn admitting(&self) -> Result<(), StoreError> {
+        // An error may be another shard's: whether this one is back is what counts.
+        let _ = self.reassert_after_outage().await;
         match self.vouching.lock() {
-            Ok(v) if v.outage && self.node.is_some() => Err(StoreError::Unavailable(
-                "Redis was unreachable; this node is re-asserting its sessions".into(),
-            )),
+            Ok(v) if v.lost.contains_key(&shard) => Err(unavailable()),
             _ => Ok(()),
         }
     }
 
-    /// After an outage (a refresh round failed, or vouched too late), puts back
-    /// every session this node's sockets hold that Redis dropped meanwhile, and
-    /// tells the sockets of those it may not keep. Returns how many were put back.
+    /// After an outage in some shards (a vouch there failed, or a round came
+    /// too late), once a vouch there went through again: puts back every
+    /// session this node's sockets hold there that Redis dropped meanwhile, and
+    /// tells the sockets of those it may not keep. Returns how many were put
+    /// back. One script call per pool (a customer's offer), pipelined per shard.
     ///
-    /// The limit holds: a session is put back only if no session in its pool was
-    /// admitted since the outage began (before it the pool held this one too, and
-    /// was within its limit); otherwise the newer session keeps the slot and this
-    /// one's player is told EXPIRED. A session another socket now holds, or that
-    /// ended (a take-over, an operator), is ended here as the check would.
+    /// The limit holds: as many of a pool's missing sessions come back as are
+    /// missing, less one for each session admitted into the pool since the
+    /// outage began (before it the pool held all of them within its limit); the
+    /// oldest come back first, and the others' players are told EXPIRED. A
+    /// session another socket now holds, or that ended (a take-over, an
+    /// operator), is ended here as the check would.
     pub async fn reassert_after_outage(&self) -> Result<usize, StoreError> {
-        let since_last = match self.vouching.lock() {
-            Ok(v) if v.outage => v.last.map(|last| last.elapsed()),
-            _ => return Ok(0),
+        // The lost shards a vouch went through again since (see `lose`), and how
+        // far back (ms) the outage there may have begun.
+        let ready: HashMap<u16, u64> = {
+            let (Ok(vouched), Ok(v)) = (self.vouched.lock(), self.vouching.lock()) else {
+                return Ok(0);
+            };
+            v.lost
+                .iter()
+                .filter(|(shard, _)| vouched.contains_key(shard))
+                .map(|(shard, last)| {
+                    let back = last.map_or(u64::MAX / 4, |at| at.elapsed().as_millis() as u64);
+                    (*shard, back.saturating_add(OUTAGE_MARGIN_MS))
+                })
+                .collect()
         };
-        // Only a node vouches (tests driving time hold sockets of no node).
-        if self.node.is_none() || self.time != TimeSource::Redis {
-            self.outage_over();
+        if ready.is_empty() {
             return Ok(0);
         }
-        let back_ms = since_last.map_or(u64::MAX / 4, |d| d.as_millis() as u64) + OUTAGE_MARGIN_MS;
         // By pool, oldest first: the oldest keep their slots if not all may come back.
-        let mut by_pool: std::collections::HashMap<PoolKey, Vec<(Holder, Held)>> = std::collections::HashMap::new();
+        let mut by_pool: HashMap<PoolKey, Vec<(Holder, Held)>> = HashMap::new();
         for e in self.held.iter() {
-            by_pool
-                .entry(e.value().pool.clone())
-                .or_default()
-                .push((*e.key(), e.value().clone()));
+            if ready.contains_key(&e.value().pool.shard()) {
+                by_pool
+                    .entry(e.value().pool.clone())
+                    .or_default()
+                    .push((*e.key(), e.value().clone()));
+            }
         }
-        let mut pools: Vec<Vec<(Holder, Held)>> = by_pool.into_values().collect();
+        let mut pools: Vec<PoolSessions> = by_pool.into_values().collect();
         for sessions in &mut pools {
             sessions.sort_by_key(|(_, h)| (h.created_at, h.id.to_string()));
         }
-        let (mut put_back, mut ended) = (0, 0);
-        for chunk in pools.chunks(super::store::PIPELINE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for sessions in chunk {
-                let pool = &sessions[0].1.pool;
-                let mut invocation = super::scripts::on_pool(&self.scripts.reassert, pool);
-                invocation.arg(0).arg(back_ms);
-                for (holder, h) in sessions {
-                    let session = Session {
-                        id: h.id,
-                        name: h.name.clone(),
-                        state: SessionState::Live,
-                        expires_at: 0,
-                        holder: Some(*holder),
-                        created_at: h.created_at,
-                    };
-                    invocation
-                        .key(keys::tombstone(pool, h.id))
-                        .arg(h.id.to_string())
-                        .arg(record::holder_arg(*holder))
-                        .arg(record::encode(&session));
+        // A pipeline per shard (and thousand pools): its keys share a slot.
+        let batches: Vec<(u16, Vec<PoolSessions>)> = by_shard(pools, |sessions| sessions[0].1.pool.shard())
+            .into_iter()
+            .flat_map(|(shard, group)| {
+                group
+                    .chunks(super::store::PIPELINE_CHUNK)
+                    .map(|chunk| (shard, chunk.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let pipes: Vec<redis::Pipeline> = batches
+            .iter()
+            .map(|(shard, batch)| {
+                let mut pipe = redis::pipe();
+                for sessions in batch {
+                    let pool = &sessions[0].1.pool;
+                    let mut invocation = super::scripts::on_pool(&self.scripts.reassert, pool, 0);
+                    invocation.arg(ready[shard]).arg(keys::customer_tag(pool));
+                    for (holder, h) in sessions {
+                        let session = Session {
+                            id: h.id,
+                            name: h.name.clone(),
+                            state: SessionState::Live,
+                            expires_at: 0,
+                            holder: Some(*holder),
+                            created_at: h.created_at,
+                        };
+                        invocation
+                            .key(keys::tombstone(pool, h.id))
+                            .arg(h.id.to_string())
+                            .arg(record::holder_arg(*holder))
+                            .arg(record::encode(&session));
+                    }
+                    pipe.invoke_script(&invocation);
                 }
-                pipe.invoke_script(&invocation);
-            }
-            let replies = self.run_pipeline(&self.scripts.reassert, &pipe).await?;
-            let mut index = redis::pipe();
-            for (sessions, reply) in chunk.iter().zip(replies) {
-                let codes: Vec<String> = redis::from_redis_value(reply)
-                    .map_err(|e| StoreError::Unavailable(format!("unreadable re-assert reply: {e}")))?;
-                for ((holder, h), code) in sessions.iter().zip(codes) {
+                pipe
+            })
+            .collect();
+        let (mut put_back, mut ended) = (0, 0);
+        let mut failed = BTreeSet::new();
+        let mut error = None;
+        let results = self.run_pipelines(&[&self.scripts.reassert], &pipes).await;
+        for ((shard, batch), result) in batches.iter().zip(results) {
+            let replies = match result {
+                Ok(replies) => replies,
+                Err(e) => {
+                    // The outage goes on there: tried again next round.
+                    failed.insert(*shard);
+                    error = Some(e);
+                    continue;
+                }
+            };
+            for (sessions, reply) in batch.iter().zip(replies) {
+                let codes: Vec<String> = match redis::from_redis_value(reply) {
+                    Ok(codes) => codes,
+                    Err(e) => {
+                        failed.insert(*shard);
+                        error = Some(StoreError::Unavailable(format!("unreadable re-assert reply: {e}")));
+                        continue;
+                    }
+                };
+                for ((holder, _), code) in sessions.iter().zip(codes) {
                     let order = match code.as_str() {
                         "r" => continue,
                         "p" => {
                             put_back += 1;
-                            self.index_in(&mut index, &h.pool, h.id);
                             continue;
                         }
                         "x" => Control::Terminate,
@@ -321,102 +580,102 @@ impl RedisStore {
                     self.local.notify(*holder, order);
                 }
             }
-            if put_back > 0 {
-                let mut conn = self.conn.clone();
-                // Only operators' look-ups by id depend on the index.
-                let _: Result<(), _> = index.query_async(&mut conn).await;
-            }
         }
-        self.outage_over();
+        if let Ok(mut v) = self.vouching.lock() {
+            v.lost
+                .retain(|shard, _| !ready.contains_key(shard) || failed.contains(shard));
+        }
         if put_back > 0 || ended > 0 {
             tracing::warn!(
                 put_back,
                 ended,
-                outage_ms = back_ms - OUTAGE_MARGIN_MS,
+                shards = ready.len(),
                 "Redis was unreachable: this node re-asserted its sessions"
             );
         }
-        Ok(put_back)
+        error.map_or(Ok(put_back), Err)
     }
 
-    fn outage_over(&self) {
-        if let Ok(mut v) = self.vouching.lock() {
-            v.outage = false;
-            v.last = Some(Instant::now());
-        }
-    }
-
-    /// Checks `batch` in one script call.
-    async fn check(&self, batch: &[(Holder, Held, Millis)]) -> Result<Vec<CheckReply>, StoreError> {
+    /// A pipeline checking `batch` (one shard's sessions) in one script call.
+    fn check_pipe(&self, batch: &[(Holder, Held, Millis)]) -> redis::Pipeline {
         let now = batch.iter().map(|(_, _, now)| *now).max().unwrap_or(0);
         let mut invocation = self.scripts.check.prepare_invoke();
-        invocation.arg(self.now_arg(now));
+        let shard = batch.first().map_or(0, |(_, held, _)| held.pool.shard());
+        invocation
+            .key(keys::epoch(shard))
+            .key(keys::index(shard))
+            .key(keys::alive_prefix(shard))
+            .arg(self.now_arg(now))
+            .arg(self.known_epoch(shard))
+            .arg(new_epoch());
         for (holder, held, _) in batch {
             invocation
-                .key(keys::pool(&held.pool))
-                .key(keys::pools(&held.pool))
+                .key(keys::customer(&held.pool))
                 .key(keys::tombstone(&held.pool, held.id))
                 .arg(held.id.to_string())
-                .arg(record::holder_arg(*holder));
+                .arg(record::holder_arg(*holder))
+                .arg(&held.pool.offer_id);
         }
         let mut pipe = redis::pipe();
         pipe.invoke_script(&invocation);
-        let mut replies = self.run_pipeline(&self.scripts.check, &pipe).await?;
-        let reply = replies.pop().unwrap_or(Value::Nil);
-        record::checks(reply, batch.len())
+        pipe
     }
 
-    /// Restores this node's held sessions if Redis lost its data. Returns how many.
+    /// Restores this node's held sessions in `shard` if the shard lost its data:
+    /// `current` is the shard's epoch as a script just read it. Returns how many.
     ///
-    /// The epoch key holds a random value set by whichever node first finds it
-    /// missing; every node remembers the value it last saw, so each one notices a
-    /// new epoch (Redis restarted empty) exactly once and puts its sessions back.
-    pub(super) async fn restore_if_lost(&self) -> Result<usize, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(keys::EPOCH)
-            .arg(format!("{:016x}", rand::random::<u64>()))
-            .arg("NX")
-            .ignore()
-            .cmd("GET")
-            .arg(keys::EPOCH);
-        let (current,): (Option<String>,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let Some(current) = current else {
-            return Ok(0);
-        };
-        match self.epoch.lock() {
-            Ok(mut known) if known.as_deref() != Some(current.as_str()) => {
+    /// A shard's epoch key holds a random value set by whichever script first
+    /// finds it missing; every node remembers the value it last saw in each
+    /// shard, so each one notices a new epoch (the shard's Redis restarted
+    /// empty) exactly once and puts its sessions there back. The other shards'
+    /// sessions are not touched.
+    pub(super) async fn restore_if_lost(&self, shard: u16, current: &str) -> Result<usize, StoreError> {
+        match self.epochs.lock() {
+            Ok(mut known) => match known.get(&shard) {
                 // The first epoch a node sees is the one it started in: nothing was lost.
-                if known.replace(current).is_none() {
+                None => {
+                    known.insert(shard, current.to_owned());
                     return Ok(0);
                 }
-            }
-            _ => return Ok(0),
+                Some(before) if before == current => return Ok(0),
+                Some(_) => {}
+            },
+            Err(_) => return Ok(0),
         }
-        let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        if held.is_empty() {
-            return Ok(0);
-        }
-        let sessions = held
+        let sessions: Vec<(PoolKey, Session)> = self
+            .held
             .iter()
-            .map(|(holder, h)| {
+            .filter(|e| e.value().pool.shard() == shard)
+            .map(|e| {
+                let (holder, h) = (*e.key(), e.value());
                 let session = Session {
                     id: h.id,
                     name: h.name.clone(),
                     state: SessionState::Live,
                     expires_at: 0,
-                    holder: Some(*holder),
+                    holder: Some(holder),
                     created_at: h.created_at,
                 };
                 (h.pool.clone(), session)
             })
             .collect();
-        self.restore(sessions).await?;
+        let count = sessions.len();
+        if count > 0 {
+            // Learned only once they are back: a restore that fails is tried again
+            // by the next script that finds the new epoch.
+            self.restore(sessions).await?;
+        }
+        if let Ok(mut known) = self.epochs.lock() {
+            known.insert(shard, current.to_owned());
+        }
+        if count == 0 {
+            return Ok(0);
+        }
         tracing::warn!(
-            restored = held.len(),
-            "Redis had lost its data: this node's sessions are restored"
+            shard,
+            restored = count,
+            "a Redis shard had lost its data: this node's sessions there are restored"
         );
-        Ok(held.len())
+        Ok(count)
     }
 }

@@ -1,21 +1,17 @@
 //! The pool rules of `domain::pool`, in Lua, one script per operation.
 //!
-//! Each operation's script touches the keys of one customer (one pool's session
-//! hash, the customer's set of pools, tombstones, all under the customer's hash
-//! tag), so it is atomic; beside them it reads the holding nodes' liveness keys
-//! and writes the session-id index, which are in other hash slots: drisc runs
-//! on one Redis, not on Redis Cluster. Time is the caller's `now` when given
-//! (tests drive it), else Redis's own `TIME`, so the clocks of the nodes never
-//! matter. Dead sessions are dropped first by every script: expiry never waits
-//! for a sweep. The pool's hash expires by itself when its last session may, so
-//! nothing has to scan for dead pools.
+//! Each script touches the keys of one shard ([`super::keys`]): the customer's
+//! hash of sessions (every offer's), the shard's session index, the shard's
+//! liveness keys and epoch, tombstones. They share one hash slot, so each
+//! script is atomic on a single Redis and on a Redis Cluster alike. Time is the
+//! caller's `now` when given (tests drive it), else Redis's own `TIME`, so the
+//! clocks of the nodes never matter. Dead sessions are dropped first by every
+//! script: expiry never waits for a sweep. The customer's hash expires by
+//! itself when its last session may, so nothing has to scan for dead ones.
 //!
-//! The customer's set of pools (KEYS[2]) is a sorted set of offer ids, each
-//! scored by the latest its pool's sessions may live, written by every script
-//! that changes a pool. A pool scored at or below `now` is dead and dropped when
-//! counted; one scored above may hold only sessions whose node stopped, so at
-//! the cap the admission looks into each. That count caps the pools a customer
-//! may hold.
+//! A pool is the customer's records whose offer is the pool's. The cap on
+//! pools per customer counts the distinct offers of the customer's live
+//! records: exact, with no set of pools to keep in step.
 //!
 //! The records they keep and the replies they send are read by one codec,
 //! [`super::record`]; a reply with more than one value is a JSON object, read by
@@ -25,51 +21,66 @@ use crate::domain::PoolKey;
 
 use super::keys;
 
-/// Shared prologue. `@CONNECT@`, `@PONG@`, `@GRACE@`, `@TOMB@`, `@STALE@` and
-/// `@EXTEND@` are replaced by milliseconds when the scripts are built, `@ALIVE@`
-/// by the prefix of the nodes' liveness keys ([`keys::ALIVE_PREFIX`]), `@EPOCH@` by
-/// the data-epoch key ([`keys::EPOCH`]).
-///
-/// A record is packed (`record.rs`): `state|expires|holder (hex)|created|name`.
-/// A live record's own deadline is written when it is attached and then only
-/// every `@EXTEND@` ms: between those writes, the holding node vouches for it
-/// through its liveness key (rewritten every refresh round, deadline one PONG
-/// timeout ahead), for at most `@STALE@` ms past the record's own deadline. So a
-/// held session costs Redis nothing per PONG, and the sessions of a node that
-/// stops die one PONG timeout after its last round, as they did when every PONG
-/// was written. (The liveness keys are outside the customer's hash slot: drisc
-/// runs on one Redis, not on Redis Cluster.)
-const PRELUDE: &str = r#"
-local pool, pools = KEYS[1], KEYS[2]
--- The pool's member in its customer's set of pools: its offer id.
-local member = pools and pool:sub(#pools - 2)
+/// The time every script reads first: ARGV[1], the caller's `now` (0: Redis's
+/// own clock), and the lifecycle timings. `@CONNECT@`, `@PONG@`, `@GRACE@`,
+/// `@TOMB@`, `@STALE@` and `@EXTEND@` are replaced by milliseconds when the
+/// scripts are built.
+const NOW: &str = r#"
 local now = tonumber(ARGV[1])
 if now == nil or now <= 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @TOMB@, @STALE@, @EXTEND@
-local ALIVE = '@ALIVE@'
-local EPOCH = '@EPOCH@'
+"#;
+
+/// The prologue of the scripts on a pool: KEYS[1] the customer's hash, KEYS[2]
+/// the shard's index, KEYS[3] what the shard's liveness keys start with
+/// ([`keys::alive_prefix`]: in the shard's slot, so it routes like a key);
+/// ARGV[1] now, ARGV[2] the pool's offer.
+///
+/// A record is packed (`record.rs`): `state|expires|holder (hex)|created|offer
+/// length|offer|name`. A live record's own deadline is written when it is
+/// attached and then only every `@EXTEND@` ms: between those writes, the
+/// holding node vouches for it through its liveness key in the shard
+/// (rewritten by its refresh rounds, living one PONG timeout), for at
+/// most `@STALE@` ms past the record's own deadline. So a held session costs
+/// Redis nothing per PONG, and the sessions of a node that stops die one PONG
+/// timeout after its last vouch.
+const PRELUDE: &str = r#"
+local cust, ix, alive = KEYS[1], KEYS[2], KEYS[3]
+local offer = ARGV[2]
 
 local function decode(v)
-  local s, e, h, c, n = string.match(v, '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
-  if s == nil then error('unreadable session record in ' .. pool) end
-  return {s = s, e = tonumber(e), h = h, c = tonumber(c), n = n}
+  local s, e, h, c, ol, rest = string.match(v, '^(%a)|(%d+)|(%x*)|(%d+)|(%d+)|(.*)$')
+  if s == nil then error('unreadable session record in ' .. cust) end
+  ol = tonumber(ol)
+  if rest:sub(ol + 1, ol + 1) ~= '|' then error('unreadable session record in ' .. cust) end
+  return {s = s, e = tonumber(e), h = h, c = tonumber(c), o = rest:sub(1, ol), n = rest:sub(ol + 2)}
 end
 
 local function pack(rec)
-  return rec.s .. '|' .. string.format('%d', rec.e) .. '|' .. rec.h .. '|' .. string.format('%d', rec.c) .. '|' .. rec.n
+  return rec.s .. '|' .. string.format('%d', rec.e) .. '|' .. rec.h .. '|' .. string.format('%d', rec.c)
+    .. '|' .. #rec.o .. '|' .. rec.o .. '|' .. rec.n
 end
 
--- Until when each node vouches for its live sessions (0: it does not), read once a script.
+-- Until when each node vouches for its live sessions in the shard (0: it does
+-- not), read once a script.
 local vouched = {}
 local function node_until(h)
   local node = '0'
   if #h > 10 then node = h:sub(1, #h - 10) end
   local d = vouched[node]
   if d == nil then
-    d = tonumber(redis.call('GET', ALIVE .. node) or '0') or 0
+    local v = redis.call('GET', alive .. node)
+    if v == 'r' then
+      -- Set with Redis's clock: vouched for as long as the key lives.
+      local ttl = redis.call('PTTL', alive .. node)
+      d = 0
+      if ttl > 0 then d = now + ttl end
+    else
+      d = tonumber(v or '0') or 0
+    end
     vouched[node] = d
   end
   return d
@@ -90,22 +101,31 @@ local function horizon_of(rec)
   return rec.e
 end
 
--- The pool's sessions alive at `now`, in creation order; dead ones are deleted.
+-- Keeps `key` (if it exists) until `at` at least.
+local function keep_until(key, at)
+  local t = redis.call('PEXPIRETIME', key)
+  if t == -1 or (t >= 0 and t < at) then redis.call('PEXPIREAT', key, at) end
+end
+
+-- The customer's sessions alive at `now` (dead ones are deleted, with their
+-- index entries): the pool's, in creation order, and all of them.
 local function load()
-  local raw = redis.call('HGETALL', pool)
-  local live = {}
+  local raw = redis.call('HGETALL', cust)
+  local mine, all = {}, {}
   for i = 1, #raw, 2 do
     local rec = decode(raw[i + 1])
     rec.id = raw[i]
     rec.till = until_of(rec)
     if rec.till <= now then
-      redis.call('HDEL', pool, raw[i])
+      redis.call('HDEL', cust, rec.id)
+      redis.call('HDEL', ix, rec.id)
     else
-      live[#live + 1] = rec
+      all[#all + 1] = rec
+      if rec.o == offer then mine[#mine + 1] = rec end
     end
   end
-  table.sort(live, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
-  return live
+  table.sort(mine, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
+  return mine, all
 end
 
 local function find(live, id)
@@ -116,36 +136,21 @@ local function find(live, id)
 end
 
 local function save(rec)
-  redis.call('HSET', pool, rec.id, pack(rec))
+  redis.call('HSET', cust, rec.id, pack(rec))
 end
 
--- The hash lives as long as its longest-lived session may, and the customer's set
--- of pools scores it so; the set lives as long as its longest-lived pool.
+-- The customer's hash lives as long as its longest-lived session may, and the
+-- shard's index at least as long.
 local function settle()
   local last = 0
-  for _, v in ipairs(redis.call('HVALS', pool)) do
+  for _, v in ipairs(redis.call('HVALS', cust)) do
     local h = horizon_of(decode(v))
     if h > last then last = h end
   end
   if last > 0 then
-    redis.call('PEXPIREAT', pool, last + 1000)
-    redis.call('ZADD', pools, last, member)
-  else
-    redis.call('ZREM', pools, member)
+    redis.call('PEXPIREAT', cust, last + 1000)
+    keep_until(ix, last + 1000)
   end
-  local top = redis.call('ZRANGE', pools, -1, -1, 'WITHSCORES')
-  if top[2] then redis.call('PEXPIREAT', pools, tonumber(top[2]) + 1000) end
-end
-
--- A pool's score is the latest its sessions may live: one whose live sessions'
--- node stopped may be scored ahead and hold nothing. Whether any session of the
--- customer's pool `m` is alive at `now`.
-local function holds_any(m)
-  local key = pools:sub(1, #pools - 5) .. 's:' .. m
-  for _, v in ipairs(redis.call('HVALS', key)) do
-    if until_of(decode(v)) > now then return true end
-  end
-  return false
 end
 
 local function encode(rec)
@@ -162,139 +167,146 @@ local function live_ones(live)
 end
 "#;
 
-/// KEYS[3]: the new session's index key. ARGV: now, id, name, limit, most pools
-/// per customer, index value, index TTL (ms), the data epoch the node last saw
-/// (empty: none yet), the household cap (empty: none). The index is written here, in the admission's own round
-/// trip. Reply (JSON):
-/// `{ok: "granted", now, live: [{id, h}]}`, `{ok: "full", held: [{id, n}]}`,
+/// KEYS[4]: the shard's epoch. ARGV (after now, offer): id, name, limit, most
+/// pools per customer, the customer's tag (the index's value), the shard's
+/// epoch the node last saw (empty: none yet), a new epoch should the shard
+/// have none, the household cap (empty: none). The index is written here, in
+/// the admission's own round trip. Reply (JSON):
+/// `{ok: "granted", now, live: [{id, h}], epoch}`, `{ok: "full", held: [{id, n}]}`,
 /// `{ok: "household", held: [{id, n}]}` (the customer's sessions across its
-/// pools reach the household cap), `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
-/// as many pools as allowed), or `{ok: "lost"}`: Redis is not in the epoch the
-/// node knows (it restarted empty), so this node's held sessions may be missing
-/// from the pool; the node puts them back first, then asks again.
+/// pools reach the household cap),
+/// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
+/// as many pools as allowed), or `{ok: "lost", epoch}`: the shard is not in the epoch
+/// the node knows (its Redis restarted empty), so this node's held sessions may
+/// be missing from it; the node puts them back first, then asks again.
+///
+/// Each admission also looks at three index entries at random and drops those
+/// whose session is gone from its customer's hash (a customer's hash that
+/// expired by itself took its sessions with it, but not their entries): the
+/// index then holds at most about half as many stale entries as live ones.
 const ADMIT: &str = r#"
-if ARGV[8] ~= '' and redis.call('GET', EPOCH) ~= ARGV[8] then
-  return cjson.encode({ok = 'lost'})
+local ep = redis.call('GET', KEYS[4])
+if not ep then
+  ep = ARGV[9]
+  redis.call('SET', KEYS[4], ep)
 end
-local live = load()
-local limit = tonumber(ARGV[4])
-if #live >= limit then
+if ARGV[8] ~= '' and ep ~= ARGV[8] then
+  return cjson.encode({ok = 'lost', epoch = ep})
+end
+local mine, all = load()
+if #mine >= tonumber(ARGV[5]) then
   local held = {}
-  for _, rec in ipairs(live) do held[#held + 1] = {id = rec.id, n = rec.n} end
+  for _, rec in ipairs(mine) do held[#held + 1] = {id = rec.id, n = rec.n} end
   settle()
   return cjson.encode({ok = 'full', held = held})
 end
--- [household cap] ARGV[9]: the most sessions the customer may hold across all its
--- pools ('' or absent: no cap). Its pools share its hash slot: counted here, atomic
+-- [household cap] ARGV[10]: the most sessions the customer may hold across all its
+-- pools ('' or absent: no cap). They are all in its one hash: counted here, atomic
 -- with the grant. Reply `{ok: "household", held: [{id, n}]}`, oldest first.
-if ARGV[9] and ARGV[9] ~= '' then
+if ARGV[10] and ARGV[10] ~= '' and #all >= tonumber(ARGV[10]) then
   local held = {}
-  for _, rec in ipairs(live) do held[#held + 1] = {id = rec.id, n = rec.n, c = rec.c} end
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', pools, '(' .. now, '+inf')) do
-    if m ~= member then
-      -- The pool's key, derived as in holds_any.
-      local raw = redis.call('HGETALL', pools:sub(1, #pools - 5) .. 's:' .. m)
-      for i = 1, #raw, 2 do
-        local rec = decode(raw[i + 1])
-        if until_of(rec) > now then held[#held + 1] = {id = raw[i], n = rec.n, c = rec.c} end
-      end
-    end
-  end
-  if #held >= tonumber(ARGV[9]) then
-    table.sort(held, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
-    for _, h in ipairs(held) do h.c = nil end
-    settle()
-    return cjson.encode({ok = 'household', held = held})
-  end
+  for _, rec in ipairs(all) do held[#held + 1] = {id = rec.id, n = rec.n, c = rec.c} end
+  table.sort(held, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
+  for _, h in ipairs(held) do h.c = nil end
+  settle()
+  return cjson.encode({ok = 'household', held = held})
 end
 -- [/household cap]
-if #live == 0 then
+if #mine == 0 then
   -- This session opens the pool: count the customer's pools alive at `now`.
-  local most = tonumber(ARGV[5])
-  redis.call('ZREMRANGEBYSCORE', pools, '-inf', now)
-  if not redis.call('ZSCORE', pools, member) and redis.call('ZCARD', pools) >= most then
-    -- At the cap: look whether each counted pool really holds a session.
-    for _, m in ipairs(redis.call('ZRANGE', pools, 0, -1)) do
-      if not holds_any(m) then redis.call('ZREM', pools, m) end
-    end
-    if redis.call('ZCARD', pools) >= most then
-      settle()
-      return cjson.encode({ok = 'too_many_pools'})
+  local offers, n = {}, 0
+  for _, rec in ipairs(all) do
+    if not offers[rec.o] then
+      offers[rec.o] = true
+      n = n + 1
     end
   end
+  if n >= tonumber(ARGV[6]) then
+    settle()
+    return cjson.encode({ok = 'too_many_pools'})
+  end
 end
-save({id = ARGV[2], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[3]})
+save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[4]})
+redis.call('HSET', ix, ARGV[3], ARGV[7])
 settle()
-redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
-return cjson.encode({ok = 'granted', now = now, live = live_ones(live)})
+local prefix = cust:sub(1, #cust - #ARGV[7])
+local sample = redis.call('HRANDFIELD', ix, 3, 'WITHVALUES')
+for i = 1, #sample, 2 do
+  if redis.call('HEXISTS', prefix .. sample[i + 1], sample[i]) == 0 then
+    redis.call('HDEL', ix, sample[i])
+  end
+end
+return cjson.encode({ok = 'granted', now = now, live = live_ones(mine), epoch = ep})
 "#;
 
-/// KEYS[3]: the victim's tombstone, KEYS[4] its index key, KEYS[5] the new
-/// session's index key. ARGV: now, victim id, new id, new name, index value,
-/// index TTL (ms). Reply (JSON): `{ok: "gone"}` or
+/// KEYS[4]: the victim's tombstone. ARGV (after now, offer): victim id, new id,
+/// new name, the customer's tag. Reply (JSON): `{ok: "gone"}` or
 /// `{ok: "taken", now, victim: record, live: [{id, h}]}`.
 const TAKE_OVER: &str = r#"
-local live = load()
-local index, victim = find(live, ARGV[2])
+local mine = load()
+local index, victim = find(mine, ARGV[3])
 if victim == nil then return cjson.encode({ok = 'gone'}) end
-table.remove(live, index)
-redis.call('HDEL', pool, victim.id)
-redis.call('SET', KEYS[3], 'T' .. ARGV[4], 'PX', TOMB)
-save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, n = ARGV[4]})
+table.remove(mine, index)
+redis.call('HDEL', cust, victim.id)
+redis.call('HDEL', ix, victim.id)
+redis.call('SET', KEYS[4], 'T' .. ARGV[5], 'PX', TOMB)
+save({id = ARGV[4], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[5]})
+redis.call('HSET', ix, ARGV[4], ARGV[6])
 settle()
-redis.call('DEL', KEYS[4])
-redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6])
-return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(live)})
+return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(mine)})
 "#;
 
-/// ARGV: now, id, holder. Reply (JSON): `{ok: "gone"}`, or
-/// `{ok: "attached", previous: holder or "", n: name, c: created}`.
+/// KEYS[4]: the shard's epoch. ARGV (after now, offer): id, holder. Reply
+/// (JSON): `{ok: "gone"}`, or `{ok: "attached", previous: holder or "", n:
+/// name, c: created, epoch: the shard's epoch or ""}`.
 const ATTACH: &str = r#"
-local live = load()
-local _, rec = find(live, ARGV[2])
+local mine = load()
+local _, rec = find(mine, ARGV[3])
 if rec == nil then return cjson.encode({ok = 'gone'}) end
 local previous = rec.h
-if previous == ARGV[3] then previous = '' end
-rec.h = ARGV[3]
+if previous == ARGV[4] then previous = '' end
+rec.h = ARGV[4]
 rec.s = 'l'
 rec.e = now + PONG
 save(rec)
 settle()
-return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c})
+return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c,
+  epoch = redis.call('GET', KEYS[4]) or ''})
 "#;
 
-/// A node's liveness: KEYS[1] its key. ARGV: now. Until one PONG timeout from
-/// now, the node vouches for the live sessions its sockets hold.
-const VOUCH: &str = r#"
-redis.call('SET', KEYS[1], string.format('%d', now + PONG), 'PX', PONG)
-return 1
-"#;
-
-/// Checks many held sessions at once, in any pools: KEYS, three per session:
-/// its pool, its customer's set of pools, its tombstone. ARGV: now, then per
-/// session its id and holder. Reply: one code per session, `r` (held, and its
-/// own deadline rewritten if older than EXTEND), `x` (another socket holds it),
-/// or `g` followed by its tombstone, if any (it ended).
+/// Checks many held sessions of one shard at once, in any pools: KEYS[1] the
+/// shard's epoch, KEYS[2] its index, KEYS[3] its liveness prefix, then two per
+/// session: its customer's hash, its tombstone. ARGV: now, the shard's epoch
+/// the node last saw, a new epoch should the shard have none, then per session
+/// its id, holder and offer. Reply: `lost|<epoch>` if the shard is not in the
+/// epoch the node knows (it lost its data: the node restores its sessions
+/// there rather than tell their sockets they ended), else one code per
+/// session, `r` (held, and its own deadline rewritten if older than EXTEND),
+/// `x` (another socket holds it), or `g` followed by its tombstone, if any (it
+/// ended).
 const CHECK: &str = r#"
+local ep = redis.call('GET', KEYS[1])
+if not ep then
+  ep = ARGV[3]
+  redis.call('SET', KEYS[1], ep)
+end
+if ARGV[2] ~= '' and ep ~= ARGV[2] then return 'lost|' .. ep end
 local replies = {}
-for i = 1, #KEYS / 3 do
-  pool, pools = KEYS[3 * i - 2], KEYS[3 * i - 1]
-  member = pool:sub(#pools - 2)
-  local id, holder = ARGV[2 * i], ARGV[2 * i + 1]
-  local v = redis.call('HGET', pool, id)
+for i = 1, (#KEYS - 3) / 2 do
+  cust = KEYS[2 + 2 * i]
+  local id, holder, off = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
+  local v = redis.call('HGET', cust, id)
   local rec = v and decode(v)
-  if not rec or until_of(rec) <= now then
-    replies[i] = 'g' .. (redis.call('GET', KEYS[3 * i]) or '')
+  if not rec or rec.o ~= off or until_of(rec) <= now then
+    replies[i] = 'g' .. (redis.call('GET', KEYS[3 + 2 * i]) or '')
   elseif rec.h ~= holder then
     replies[i] = 'x'
   else
     if rec.e < now - EXTEND then
       rec.id, rec.e = id, now + PONG
       save(rec)
-      local last = rec.e + STALE
-      redis.call('PEXPIREAT', pool, last + 1000, 'GT')
-      redis.call('ZADD', pools, 'GT', last, member)
-      redis.call('PEXPIREAT', pools, last + 1000, 'GT')
+      keep_until(cust, rec.e + STALE + 1000)
+      keep_until(ix, rec.e + STALE + 1000)
     end
     replies[i] = 'r'
   end
@@ -302,11 +314,11 @@ end
 return replies
 "#;
 
-/// ARGV: now, id, holder. Reply: 1 detached, 0 not held by this socket.
+/// ARGV (after now, offer): id, holder. Reply: 1 detached, 0 not held by this socket.
 const DETACH: &str = r#"
-local live = load()
-local _, rec = find(live, ARGV[2])
-if rec == nil or rec.h ~= ARGV[3] then return 0 end
+local mine = load()
+local _, rec = find(mine, ARGV[3])
+if rec == nil or rec.h ~= ARGV[4] then return 0 end
 rec.h = ''
 rec.s = 'd'
 rec.e = now + GRACE
@@ -315,65 +327,72 @@ settle()
 return 1
 "#;
 
-/// KEYS[3]: the session's tombstone, KEYS[4] its index key. ARGV: now, id,
-/// holder or "" (anyone), tombstone text or "" (none). Reply: the ended record,
-/// or false.
+/// KEYS[4]: the session's tombstone. ARGV (after now, offer): id, holder or ""
+/// (anyone), tombstone text or "" (none). Reply: the ended record, or false.
 const END: &str = r#"
-local live = load()
-local _, rec = find(live, ARGV[2])
-if rec == nil or (ARGV[3] ~= '' and rec.h ~= ARGV[3]) then return false end
-redis.call('HDEL', pool, rec.id)
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', TOMB) end
-redis.call('DEL', KEYS[4])
+local mine = load()
+local _, rec = find(mine, ARGV[3])
+if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
+redis.call('HDEL', cust, rec.id)
+redis.call('HDEL', ix, rec.id)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', TOMB) end
 settle()
 return encode(rec)
 "#;
 
-/// ARGV: now. Reply: the records alive at `now`.
+/// ARGV: now, offer. Reply: the pool's records alive at `now`.
 const LIST: &str = r#"
-local live = load()
+local mine = load()
 local reply = {}
-for _, rec in ipairs(live) do reply[#reply + 1] = encode(rec) end
+for _, rec in ipairs(mine) do reply[#reply + 1] = encode(rec) end
 return reply
 "#;
 
-/// ARGV: now, the prefix of the customer's tombstone keys ([`keys::tombstone_prefix`]).
-/// Ends every session of the pool at once, each leaving an "E" tombstone (in the
-/// customer's slot, like every key here) so its holder learns why even if the
-/// order is lost. Reply: the ended records.
+/// ARGV (after now, offer): the prefix of the shard's tombstone keys
+/// ([`keys::tombstone_prefix`]). Ends every session of the pool at once, each
+/// leaving an "E" tombstone (in the shard's slot, like every key here) so its
+/// holder learns why even if the order is lost. Reply: the ended records.
 const END_ALL: &str = r#"
-local live = load()
+local mine = load()
 local reply = {}
-for _, rec in ipairs(live) do
-  redis.call('HDEL', pool, rec.id)
-  redis.call('SET', ARGV[2] .. rec.id, 'E', 'PX', TOMB)
+for _, rec in ipairs(mine) do
+  redis.call('HDEL', cust, rec.id)
+  redis.call('HDEL', ix, rec.id)
+  redis.call('SET', ARGV[3] .. rec.id, 'E', 'PX', TOMB)
   reply[#reply + 1] = encode(rec)
 end
 settle()
 return reply
 "#;
 
-/// ARGV: now, id, packed record (`e` or `c` 0: now, plus the live allowance for `e`).
-/// Puts back a session unless the pool has it. Reply: 1 restored, 0 already there.
+/// ARGV (after now, offer): id, the record as `record::encode` packs it
+/// (`s|e|h|c|n`; `e` or `c` 0: now, plus the live allowance for `e`), the
+/// customer's tag. Puts back a session unless the customer has it, and indexes
+/// it. Reply: 1 restored, 0 already there.
 const RESTORE: &str = r#"
 load()
-local rec = decode(ARGV[3])
+local s, e, h, c, n = string.match(ARGV[4], '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
+if s == nil then error('unreadable session to restore in ' .. cust) end
+local rec = {s = s, e = tonumber(e), h = h, c = tonumber(c), o = offer, n = n}
 if rec.e == 0 then rec.e = now + PONG end
 if rec.c == 0 then rec.c = now end
-local added = redis.call('HSETNX', pool, ARGV[2], pack(rec))
+local added = redis.call('HSETNX', cust, ARGV[3], pack(rec))
+redis.call('HSET', ix, ARGV[3], ARGV[5])
 settle()
 return added
 "#;
 
-/// After the node could not vouch for longer than its liveness key lives (Redis
-/// stalled, or was cut off from this node), puts back its held sessions of one
-/// pool ([`super::refresh`]'s `reassert_after_outage`). KEYS[3..]: each
-/// session's tombstone. ARGV: now, how far back (ms) the outage began, then per
-/// session (oldest first) its id, holder and packed record (`e` 0: now plus the
-/// live allowance). Reply, per session: `r` (still there, held by this socket),
-/// `p` (put back), `x` (another socket holds it), `g` and the tombstone if any
-/// (it ended), or `f`: not put back, as sessions admitted since the outage began
-/// may have taken its slot.
+/// After the node could not vouch for longer than its liveness key in the
+/// shard lives (Redis stalled, or was cut off from this node), puts back its
+/// held sessions of one pool ([`super::refresh`]'s `reassert_after_outage`).
+/// KEYS[4..]: each session's tombstone. ARGV (after now, offer): how far back
+/// (ms) the outage began, the customer's tag (the index's value), then per
+/// session (oldest first) its id, holder and record as `record::encode` packs
+/// it (`s|e|h|c|n`; `e` 0: now plus the live allowance). Reply, per session:
+/// `r` (still there, held by this socket), `p` (put back, and indexed), `x`
+/// (another socket holds it), `g` and the tombstone if any (it ended), or `f`:
+/// not put back, as sessions admitted since the outage began may have taken
+/// its slot.
 ///
 /// The limit is not known here, yet holds: before the outage the pool held every
 /// session now in it that is older than the outage, and every one of this node's
@@ -381,28 +400,32 @@ return added
 /// there are missing ones, less one for each session admitted since: the newer
 /// sessions keep their slots.
 const REASSERT: &str = r#"
-local live = load()
-local since = now - tonumber(ARGV[2])
+local mine = load()
+local since = now - tonumber(ARGV[3])
 local newer = 0
-for _, other in ipairs(live) do
+for _, other in ipairs(mine) do
   if other.c > since then newer = newer + 1 end
 end
 local replies, missing = {}, {}
-for i = 1, (#ARGV - 2) / 3 do
-  local id, holder = ARGV[3 * i], ARGV[3 * i + 1]
-  local _, rec = find(live, id)
+for i = 1, (#ARGV - 4) / 3 do
+  local id, holder = ARGV[3 * i + 2], ARGV[3 * i + 3]
+  local _, rec = find(mine, id)
   if rec ~= nil then
     if rec.h == holder then replies[i] = 'r' else replies[i] = 'x' end
   else
-    local tomb = redis.call('GET', KEYS[2 + i])
+    local tomb = redis.call('GET', KEYS[3 + i])
     if tomb then replies[i] = 'g' .. tomb else missing[#missing + 1] = i end
   end
 end
 for n, i in ipairs(missing) do
   if n <= #missing - newer then
-    local back = decode(ARGV[3 * i + 2])
+    local s, e, h, c, name = string.match(ARGV[3 * i + 4], '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
+    if s == nil then error('unreadable session to re-assert in ' .. cust) end
+    local back = {id = ARGV[3 * i + 2], s = s, e = tonumber(e), h = h, c = tonumber(c), o = offer, n = name}
     if back.e == 0 then back.e = now + PONG end
-    redis.call('HSET', pool, ARGV[3 * i], pack(back))
+    if back.c == 0 then back.c = now end
+    save(back)
+    redis.call('HSET', ix, back.id, ARGV[4])
     replies[i] = 'p'
   else
     replies[i] = 'f'
@@ -410,6 +433,23 @@ for n, i in ipairs(missing) do
 end
 settle()
 return replies
+"#;
+
+/// Where a session is: KEYS[1] its shard's index. ARGV: id, the prefix of the
+/// shard's customer keys. Reply: `[customer tag, offer]`, or false if the index
+/// does not name it or its customer no longer has it (the stale entry is
+/// dropped).
+const LOCATE: &str = r#"
+local tag = redis.call('HGET', KEYS[1], ARGV[1])
+if not tag then return false end
+local v = redis.call('HGET', ARGV[2] .. tag, ARGV[1])
+if not v then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return false
+end
+local ol, rest = string.match(v, '^%a|%d+|%x*|%d+|(%d+)|(.*)$')
+if ol == nil then error('unreadable session record for ' .. ARGV[1]) end
+return {tag, rest:sub(1, tonumber(ol))}
 "#;
 
 /// How long past its own deadline a live record may be vouched for by its node
@@ -425,7 +465,6 @@ pub struct Scripts {
     pub admit: redis::Script,
     pub take_over: redis::Script,
     pub attach: redis::Script,
-    pub vouch: redis::Script,
     pub check: redis::Script,
     pub detach: redis::Script,
     pub end: redis::Script,
@@ -433,6 +472,7 @@ pub struct Scripts {
     pub list: redis::Script,
     pub restore: redis::Script,
     pub reassert: redis::Script,
+    pub locate: redis::Script,
 }
 
 impl Scripts {
@@ -442,7 +482,6 @@ impl Scripts {
             &self.admit,
             &self.take_over,
             &self.attach,
-            &self.vouch,
             &self.check,
             &self.detach,
             &self.end,
@@ -450,41 +489,47 @@ impl Scripts {
             &self.list,
             &self.restore,
             &self.reassert,
+            &self.locate,
         ]
     }
 
     /// Builds the scripts with the lifecycle timings (ms) baked in.
     pub fn new(connect_ms: u64, pong_ms: u64, grace_ms: u64, tombstone_ms: u64) -> Self {
-        let prelude = PRELUDE
+        let now = NOW
             .replace("@CONNECT@", &connect_ms.to_string())
             .replace("@PONG@", &pong_ms.max(1).to_string())
             .replace("@GRACE@", &grace_ms.to_string())
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
-            .replace("@EXTEND@", &EXTEND_MS.to_string())
-            .replace("@ALIVE@", keys::ALIVE_PREFIX)
-            .replace("@EPOCH@", keys::EPOCH);
-        let build = |body: &str| redis::Script::new(&format!("{prelude}{body}"));
+            .replace("@EXTEND@", &EXTEND_MS.to_string());
+        let on_pool = |body: &str| redis::Script::new(&format!("{now}{PRELUDE}{body}"));
         Self {
-            admit: build(ADMIT),
-            take_over: build(TAKE_OVER),
-            attach: build(ATTACH),
-            vouch: build(VOUCH),
-            check: build(CHECK),
-            detach: build(DETACH),
-            end: build(END),
-            end_all: build(END_ALL),
-            list: build(LIST),
-            restore: build(RESTORE),
-            reassert: build(REASSERT),
+            admit: on_pool(ADMIT),
+            take_over: on_pool(TAKE_OVER),
+            attach: on_pool(ATTACH),
+            check: on_pool(CHECK),
+            detach: on_pool(DETACH),
+            end: on_pool(END),
+            end_all: on_pool(END_ALL),
+            list: on_pool(LIST),
+            restore: on_pool(RESTORE),
+            reassert: on_pool(REASSERT),
+            locate: redis::Script::new(LOCATE),
         }
     }
 }
 
-/// An invocation of `script` on `pool`, with the keys every script takes first:
-/// the pool's hash and its customer's set of pools.
-pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey) -> redis::ScriptInvocation<'a> {
+/// An invocation of `script` on `pool`, with the keys and arguments every
+/// script on a pool takes first: the customer's hash, the shard's index and
+/// liveness prefix; `now` (0: Redis's clock) and the pool's offer.
+pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey, now: u64) -> redis::ScriptInvocation<'a> {
+    let shard = pool.shard();
     let mut invocation = script.prepare_invoke();
-    invocation.key(keys::pool(pool)).key(keys::pools(pool));
+    invocation
+        .key(keys::customer(pool))
+        .key(keys::index(shard))
+        .key(keys::alive_prefix(shard))
+        .arg(now)
+        .arg(&pool.offer_id);
     invocation
 }

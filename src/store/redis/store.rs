@@ -2,8 +2,8 @@
 //! of [`super::keys`] and reads their replies with [`super::record`].
 //!
 //! What a node's own sockets do is batched: a PONG costs Redis nothing (the
-//! node's liveness key vouches for its sessions, and each is checked once a
-//! [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
+//! node's liveness key in each shard vouches for its sessions there, and each
+//! is checked once a [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
 //! session is queued for the next refresh round ([`super::refresh`]), at most one
 //! refresh interval away. Any operation on a pool by this node (an admission
 //! first of all) writes that pool's queued ends first, in the same round trip, so
@@ -11,15 +11,15 @@
 //! session still counted; another node sees the slot free within one refresh
 //! interval.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::Value;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::connection::{self, Conn, IntoRedisTarget};
 use super::keys;
 use super::record::{self, AdmitReply, AttachReply, TakeOverReply};
 use super::scripts::{Scripts, on_pool};
@@ -32,6 +32,21 @@ use crate::readiness::Probe;
 
 /// How many script calls go in one pipeline when a node acts on all its sessions.
 pub(super) const PIPELINE_CHUNK: usize = 1000;
+
+/// How many pipelines (each on one shard) a node has in flight at once when it
+/// acts on sessions in many shards: enough to keep every master of a cluster
+/// busy, few enough not to flood one.
+pub(super) const PIPELINES_IN_FLIGHT: usize = 16;
+
+/// Groups `items` by shard, in shard order: a pipeline may only hold the keys
+/// of one slot on a Redis Cluster.
+pub(super) fn by_shard<T>(items: impl IntoIterator<Item = T>, shard: impl Fn(&T) -> u16) -> BTreeMap<u16, Vec<T>> {
+    let mut groups: BTreeMap<u16, Vec<T>> = BTreeMap::new();
+    for item in items {
+        groups.entry(shard(&item)).or_default().push(item);
+    }
+    groups
+}
 
 /// How often each held session is checked in Redis (once a minute, from its
 /// first PONG): the backstop that tells a socket its session ended or moved
@@ -75,11 +90,10 @@ pub enum TimeSource {
 }
 
 pub struct RedisStore {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) scripts: Scripts,
     pub(super) timings: Timings,
     pub(super) time: TimeSource,
-    index_ttl: Duration,
     /// This node's id, whose liveness key the refresh rounds write (`None` in
     /// tests: the node of each socket heard).
     pub(super) node: Option<u64>,
@@ -90,39 +104,28 @@ pub struct RedisStore {
     /// Ends and detaches waiting for the next refresh, by pool.
     pub(super) queued: Mutex<HashMap<PoolKey, Vec<Queued>>>,
     pub(super) local: Arc<dyn Notifier>,
-    /// The last value of the epoch key this node saw (see [`super::refresh`]).
-    pub(super) epoch: Mutex<Option<String>>,
-    /// When this node last vouched for its sessions, and whether it must re-assert
-    /// them (see [`super::refresh`]).
+    /// The last value of each shard's epoch key this node saw (see [`super::refresh`]).
+    pub(super) epochs: Mutex<HashMap<u16, String>>,
+    /// When this node last vouched for its sessions in each shard (see [`super::refresh`]).
+    pub(super) vouched: Mutex<HashMap<u16, std::time::Instant>>,
+    /// When this node's refresh rounds last reached Redis, and whether it must
+    /// re-assert its sessions (see [`super::refresh`]).
     pub(super) vouching: Mutex<super::refresh::Vouching>,
 }
 
 impl RedisStore {
-    /// Connects to Redis. `local` reaches this node's sockets; `index_ttl` is how
-    /// long a session id stays findable by operators (the session token's lifetime).
+    /// Connects to Redis (one server, or a cluster). `local` reaches this
+    /// node's sockets. A session id is found by operators for as long as its
+    /// session is in Redis (the shard's index drops it with the session).
     pub async fn connect(
-        url: &str,
+        target: impl IntoRedisTarget,
         timings: Timings,
         tombstone_ttl: Duration,
-        index_ttl: Duration,
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
-        let target = redis::IntoConnectionInfo::into_connection_info(url).map_err(unavailable)?;
-        Self::connect_to(target, timings, tombstone_ttl, index_ttl, time, local).await
-    }
-
-    /// As [`Self::connect`], to a target already parsed (a `rediss://` one carries
-    /// its certificates: see [`super::tls`]).
-    pub async fn connect_to(
-        url: redis::ConnectionInfo,
-        timings: Timings,
-        tombstone_ttl: Duration,
-        index_ttl: Duration,
-        time: TimeSource,
-        local: Arc<dyn Notifier>,
-    ) -> Result<Self, StoreError> {
-        let mut conn = Self::connection(url).await?;
+        let target = target.into_target().map_err(unavailable)?;
+        let mut conn = connection::connect(&target).await.map_err(unavailable)?;
         let scripts = Scripts::new(
             duration_ms(timings.connect_timeout),
             duration_ms(timings.pong_timeout),
@@ -142,13 +145,13 @@ impl RedisStore {
             scripts,
             timings,
             time,
-            index_ttl,
             node: None,
             held: DashMap::new(),
             pending: Mutex::new(HashMap::new()),
             queued: Mutex::new(HashMap::new()),
             local,
-            epoch: Mutex::new(None),
+            epochs: Mutex::new(HashMap::new()),
+            vouched: Mutex::new(HashMap::new()),
             vouching: Mutex::new(super::refresh::Vouching::default()),
         })
     }
@@ -159,18 +162,8 @@ impl RedisStore {
         self
     }
 
-    /// A self-reconnecting connection that gives up on a request quickly, so a
-    /// Redis outage turns into clear errors rather than hung players.
-    pub(crate) async fn connection(url: impl redis::IntoConnectionInfo) -> Result<ConnectionManager, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(unavailable)
+    pub(super) fn pong_timeout(&self) -> Duration {
+        self.timings.pong_timeout
     }
 
     pub(super) fn now_arg(&self, now: Millis) -> u64 {
@@ -229,6 +222,26 @@ impl RedisStore {
         }
     }
 
+    /// Runs `pipes` (each on one shard), [`PIPELINES_IN_FLIGHT`] at a time, and
+    /// returns each one's replies or error, in order.
+    pub(crate) async fn run_pipelines(
+        &self,
+        scripts: &[&redis::Script],
+        pipes: &[redis::Pipeline],
+    ) -> Vec<Result<Vec<Value>, StoreError>> {
+        // In waves, with plain loops: a closure here would trip the compiler's
+        // proof that the futures of the store's methods are `Send`.
+        let mut results = Vec::with_capacity(pipes.len());
+        for wave in pipes.chunks(PIPELINES_IN_FLIGHT) {
+            let mut running = Vec::with_capacity(wave.len());
+            for pipe in wave {
+                running.push(self.run_pipeline_of(scripts, pipe));
+            }
+            results.extend(futures_util::future::join_all(running).await);
+        }
+        results
+    }
+
     /// Queues a socket's end or detach for the next refresh round.
     fn queue(&self, pool: &PoolKey, write: Queued) {
         if let Ok(mut queued) = self.queued.lock() {
@@ -263,17 +276,14 @@ impl RedisStore {
     pub(super) fn queued_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, write: &Queued) {
         match *write {
             Queued::End { id, holder, now } => pipe.invoke_script(
-                on_pool(&self.scripts.end, pool)
+                on_pool(&self.scripts.end, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, id))
-                    .key(keys::session_index(id))
-                    .arg(self.now_arg(now))
                     .arg(id.to_string())
                     .arg(record::holder_arg(holder))
                     .arg(""),
             ),
             Queued::Detach { id, holder, now } => pipe.invoke_script(
-                on_pool(&self.scripts.detach, pool)
-                    .arg(self.now_arg(now))
+                on_pool(&self.scripts.detach, pool, self.now_arg(now))
                     .arg(id.to_string())
                     .arg(record::holder_arg(holder)),
             ),
@@ -281,24 +291,44 @@ impl RedisStore {
     }
 
     /// Writes the queued ends and detaches of the pools `which` selects, a
-    /// pipeline per thousand. Returns how many were written.
+    /// pipeline per shard and thousand. Returns how many were written; the
+    /// writes of a pipeline that failed are queued again for the next round.
     pub(super) async fn write_queued(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
         let writes = self.take_queued(which);
+        if writes.is_empty() {
+            return Ok(0);
+        }
         let count = writes.len();
-        for (i, chunk) in writes.chunks(PIPELINE_CHUNK).enumerate() {
-            let mut pipe = redis::pipe();
-            for (pool, write) in chunk {
-                self.queued_in(&mut pipe, pool, write);
-            }
-            if let Err(e) = self
-                .run_pipeline_of(&[&self.scripts.end, &self.scripts.detach], &pipe)
-                .await
-            {
-                self.requeue(writes[i * PIPELINE_CHUNK..].to_vec());
-                return Err(e);
+        let chunks: Vec<Vec<(PoolKey, Queued)>> = by_shard(writes, |(pool, _)| pool.shard())
+            .into_values()
+            .flat_map(|group| {
+                group
+                    .chunks(PIPELINE_CHUNK)
+                    .map(<[(PoolKey, Queued)]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let pipes: Vec<redis::Pipeline> = chunks
+            .iter()
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                for (pool, write) in chunk {
+                    self.queued_in(&mut pipe, pool, write);
+                }
+                pipe
+            })
+            .collect();
+        let results = self
+            .run_pipelines(&[&self.scripts.end, &self.scripts.detach], &pipes)
+            .await;
+        let mut failed = None;
+        for (chunk, result) in chunks.into_iter().zip(results) {
+            if let Err(e) = result {
+                self.requeue(chunk);
+                failed = Some(e);
             }
         }
-        Ok(count)
+        failed.map_or(Ok(count), Err)
     }
 
     /// Runs `invocation` on `pool`, after writing the ends and detaches queued
@@ -316,32 +346,23 @@ impl RedisStore {
         self.run(invocation).await
     }
 
-    /// Where operators' look-ups by id find the session, for as long as its
-    /// session token lives (the admission and take-over scripts write it too).
-    pub(super) fn index_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, id: SessionId) {
-        pipe.cmd("SET")
-            .arg(keys::session_index(id))
-            .arg(keys::index_value(pool))
-            .arg("PX")
-            .arg(duration_ms(self.index_ttl))
-            .ignore();
+    /// The data epoch this node last saw in `shard` (empty: none yet).
+    pub(super) fn known_epoch(&self, shard: u16) -> String {
+        self.epochs
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&shard).cloned())
+            .unwrap_or_default()
     }
 
-    /// Each id's index key has a slot of its own (a multi-key DEL would cross
-    /// slots): one DEL each, pipelined. Only operators' look-ups by id depend on it.
-    async fn unindex(&self, ids: impl IntoIterator<Item = SessionId>) {
-        let mut pipe = redis::pipe();
-        let mut any = false;
-        for id in ids {
-            pipe.cmd("DEL").arg(keys::session_index(id)).ignore();
-            any = true;
-        }
-        if !any {
+    /// Learns `shard`'s epoch from a script's reply, if this node knew none:
+    /// from then on, a change of epoch there is noticed.
+    pub(super) fn learn_epoch(&self, shard: u16, epoch: &str) {
+        if epoch.is_empty() {
             return;
         }
-        let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::debug!(error = %e, "could not unindex ended sessions");
+        if let Ok(mut epochs) = self.epochs.lock() {
+            epochs.entry(shard).or_insert_with(|| epoch.to_owned());
         }
     }
 
@@ -360,41 +381,43 @@ impl RedisStore {
         }
     }
 
-    /// The pools `customer` holds sessions in, from the customer's set of pools
-    /// (one key in the customer's slot: no SCAN). A pool whose sessions all died
-    /// may still be listed until the next admission drops it; its scripts find
-    /// it empty.
+    /// The pools `customer` holds sessions in: the offers of the records in
+    /// the customer's hash (one key: no SCAN). A pool whose sessions all died
+    /// may still be listed until a script drops them; its scripts find it empty.
     async fn pools_of(&self, customer: &Customer, wanted: impl Fn(&str) -> bool) -> Result<Vec<PoolKey>, StoreError> {
         let probe = PoolKey::new(customer, "");
         let mut conn = self.conn.clone();
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys::pools(&probe))
-            .arg(0)
-            .arg(-1)
+        let records: Vec<String> = redis::cmd("HVALS")
+            .arg(keys::customer(&probe))
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(members
-            .iter()
-            .filter(|offer| wanted(offer))
-            .map(|offer| PoolKey::new(customer, offer))
-            .collect())
+        let mut offers = std::collections::BTreeSet::new();
+        for stored in &records {
+            let offer = record::stored_offer(stored).ok_or_else(|| record::unreadable("session record", stored))?;
+            if wanted(offer) {
+                offers.insert(offer);
+            }
+        }
+        Ok(offers.into_iter().map(|offer| PoolKey::new(customer, offer)).collect())
     }
 
     /// Runs `script` once on each pool, pipelined, and returns each reply's
     /// records paired with their pool.
+    /// The pools are one customer's: one shard, one pipeline per thousand.
     async fn on_each_pool(
         &self,
         script: &redis::Script,
         what: &str,
         pools: Vec<PoolKey>,
+        now: u64,
         args: impl Fn(&PoolKey, &mut redis::ScriptInvocation<'_>),
     ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         let mut found = Vec::new();
         for chunk in pools.chunks(PIPELINE_CHUNK) {
             let mut pipe = redis::pipe();
             for pool in chunk {
-                let mut invocation = on_pool(script, pool);
+                let mut invocation = on_pool(script, pool, now);
                 args(pool, &mut invocation);
                 pipe.invoke_script(&invocation);
             }
@@ -431,7 +454,9 @@ impl RedisStore {
             pending.remove(&holder);
         }
     }
+}
 
+impl RedisStore {
     /// The end script, leaving `tombstone` ("" for none) for the holder's next check.
     async fn end_with(
         &self,
@@ -444,10 +469,8 @@ impl RedisStore {
         let reply = self
             .run_on(
                 pool,
-                on_pool(&self.scripts.end, pool)
+                on_pool(&self.scripts.end, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, id))
-                    .key(keys::session_index(id))
-                    .arg(self.now_arg(now))
                     .arg(id.to_string())
                     .arg(holder.map(record::holder_arg).unwrap_or_default())
                     .arg(tombstone),
@@ -455,6 +478,11 @@ impl RedisStore {
             .await?;
         record::session_or_nil(&reply, "end")
     }
+}
+
+/// A new random value for a shard's epoch key, should the shard have none.
+pub(super) fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn of_customer(pool: &PoolKey, customer: &Customer) -> bool {
@@ -487,29 +515,31 @@ impl SessionStore for RedisStore {
         limits: Limits,
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
-        self.admitting()?;
         // Twice at most: a first "lost" reply makes this node put its sessions back
         // (and learn the new epoch), so they count before anyone is admitted beside them.
+        let shard = pool.shard();
+        self.admitting(shard).await?;
         for _ in 0..2 {
-            let epoch = self.known_epoch();
             let reply = self
                 .run_on(
                     pool,
-                    on_pool(&self.scripts.admit, pool)
-                        .key(keys::session_index(new.id))
-                        .arg(self.now_arg(now))
+                    on_pool(&self.scripts.admit, pool, self.now_arg(now))
+                        .key(keys::epoch(shard))
                         .arg(new.id.to_string())
                         .arg(&new.name)
                         .arg(limits.sessions)
                         .arg(limits.pools_per_customer)
-                        .arg(keys::index_value(pool))
-                        .arg(duration_ms(self.index_ttl))
-                        .arg(epoch)
+                        .arg(keys::customer_tag(pool))
+                        .arg(self.known_epoch(shard))
+                        .arg(new_epoch())
                         .arg(limits.customer_sessions.map(|c| c.to_string()).unwrap_or_default()),
                 )
                 .await?;
             return match record::reply(&reply, "admit")? {
-                AdmitReply::Granted { now, live } => Ok(Ok(self.granted(new, now, live))),
+                AdmitReply::Granted { now, live, epoch } => {
+                    self.learn_epoch(shard, &epoch);
+                    Ok(Ok(self.granted(new, now, live)))
+                }
                 AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
                 AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
                     active: held
@@ -523,14 +553,14 @@ impl SessionStore for RedisStore {
                         .map(|s| ActiveSession { id: s.id, name: s.name })
                         .collect(),
                 }))),
-                AdmitReply::Lost => {
-                    self.restore_if_lost().await?;
+                AdmitReply::Lost { epoch } => {
+                    self.restore_if_lost(shard, &epoch).await?;
                     continue;
                 }
             };
         }
         Err(StoreError::Unavailable(
-            "Redis changed its data epoch twice during one admission".into(),
+            "a Redis shard changed its data epoch twice during one admission".into(),
         ))
     }
 
@@ -541,20 +571,16 @@ impl SessionStore for RedisStore {
         new: NewSession,
         now: Millis,
     ) -> Result<Option<TakenOver>, StoreError> {
-        self.admitting()?;
+        self.admitting(pool.shard()).await?;
         let reply = self
             .run_on(
                 pool,
-                on_pool(&self.scripts.take_over, pool)
+                on_pool(&self.scripts.take_over, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, victim))
-                    .key(keys::session_index(victim))
-                    .key(keys::session_index(new.id))
-                    .arg(self.now_arg(now))
                     .arg(victim.to_string())
                     .arg(new.id.to_string())
                     .arg(&new.name)
-                    .arg(keys::index_value(pool))
-                    .arg(duration_ms(self.index_ttl)),
+                    .arg(keys::customer_tag(pool)),
             )
             .await?;
         let TakeOverReply::Taken {
@@ -581,8 +607,8 @@ impl SessionStore for RedisStore {
         let reply = self
             .run_on(
                 pool,
-                on_pool(&self.scripts.attach, pool)
-                    .arg(self.now_arg(now))
+                on_pool(&self.scripts.attach, pool, self.now_arg(now))
+                    .key(keys::epoch(pool.shard()))
                     .arg(id.to_string())
                     .arg(record::holder_arg(holder)),
             )
@@ -591,10 +617,12 @@ impl SessionStore for RedisStore {
             previous,
             name,
             created_at,
+            epoch,
         } = record::reply(&reply, "attach")?
         else {
             return Ok(None);
         };
+        self.learn_epoch(pool.shard(), &epoch);
         // A socket of this node that held it before holds nothing now: its end
         // or close must not be queued as if it did.
         if let Some(previous) = previous
@@ -640,8 +668,7 @@ impl SessionStore for RedisStore {
         let reply = self
             .run_on(
                 pool,
-                on_pool(&self.scripts.detach, pool)
-                    .arg(self.now_arg(now))
+                on_pool(&self.scripts.detach, pool, self.now_arg(now))
                     .arg(id.to_string())
                     .arg(record::holder_arg(holder)),
             )
@@ -695,7 +722,7 @@ impl SessionStore for RedisStore {
 
     async fn list(&self, pool: &PoolKey, now: Millis) -> Result<Vec<Session>, StoreError> {
         let reply = self
-            .run_on(pool, on_pool(&self.scripts.list, pool).arg(self.now_arg(now)))
+            .run_on(pool, &on_pool(&self.scripts.list, pool, self.now_arg(now)))
             .await?;
         record::sessions(reply, "list")
     }
@@ -705,9 +732,7 @@ impl SessionStore for RedisStore {
         let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
         let now = self.now_arg(now);
         let found = self
-            .on_each_pool(&self.scripts.list, "list", pools, |_, invocation| {
-                invocation.arg(now);
-            })
+            .on_each_pool(&self.scripts.list, "list", pools, now, |_, _| {})
             .await?;
         Ok(query.page(found))
     }
@@ -723,41 +748,56 @@ impl SessionStore for RedisStore {
             .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
             .await?;
         let now = self.now_arg(now);
-        let ended = self
-            .on_each_pool(&self.scripts.end_all, "end_all", pools, |pool, invocation| {
-                invocation.arg(now).arg(keys::tombstone_prefix(pool));
-            })
-            .await?;
-        self.unindex(ended.iter().map(|(_, s)| s.id)).await;
-        Ok(ended)
+        self.on_each_pool(&self.scripts.end_all, "end_all", pools, now, |pool, invocation| {
+            invocation.arg(keys::tombstone_prefix(pool));
+        })
+        .await
     }
 
+    /// The id names its shard: one look in that shard's index.
     async fn locate(&self, id: SessionId) -> Result<Option<PoolKey>, StoreError> {
-        let mut conn = self.conn.clone();
-        let value: Option<String> = redis::cmd("GET")
-            .arg(keys::session_index(id))
-            .query_async(&mut conn)
+        let shard = id.shard();
+        let found: Option<(String, String)> = self
+            .run(
+                self.scripts
+                    .locate
+                    .key(keys::index(shard))
+                    .arg(id.to_string())
+                    .arg(keys::customer_prefix(shard)),
+            )
             .await
-            .map_err(unavailable)?;
-        value
-            .map(|v| keys::parse_index_value(&v).ok_or_else(|| record::unreadable("session index", v)))
+            .and_then(|v| redis::from_redis_value(v).map_err(|e| record::unreadable("locate", e)))?;
+        found
+            .map(|(tag, offer)| {
+                keys::parse_customer_tag(&tag, &offer).ok_or_else(|| record::unreadable("session index", tag))
+            })
             .transpose()
     }
 
-    /// Pipelined, a thousand at a time: a node may hold tens of thousands.
+    /// Pipelined per shard, a thousand at a time: a node may hold tens of thousands.
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
-        for chunk in sessions.chunks(PIPELINE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for (pool, s) in chunk {
-                pipe.invoke_script(
-                    on_pool(&self.scripts.restore, pool)
-                        .arg(0)
-                        .arg(s.id.to_string())
-                        .arg(record::encode(s)),
-                );
-                self.index_in(&mut pipe, pool, s.id);
-            }
-            self.run_pipeline(&self.scripts.restore, &pipe).await?;
+        let pipes: Vec<redis::Pipeline> = by_shard(sessions, |(pool, _)| pool.shard())
+            .into_values()
+            .flat_map(|group| {
+                group
+                    .chunks(PIPELINE_CHUNK)
+                    .map(|chunk| {
+                        let mut pipe = redis::pipe();
+                        for (pool, s) in chunk {
+                            pipe.invoke_script(
+                                on_pool(&self.scripts.restore, pool, 0)
+                                    .arg(s.id.to_string())
+                                    .arg(record::encode(s))
+                                    .arg(keys::customer_tag(pool)),
+                            );
+                        }
+                        pipe
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for result in self.run_pipelines(&[&self.scripts.restore], &pipes).await {
+            result?;
         }
         Ok(())
     }
@@ -778,18 +818,23 @@ impl SessionStore for RedisStore {
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
         self.write_queued(|_| true).await?;
         let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        for chunk in held.chunks(PIPELINE_CHUNK) {
-            let mut pipe = redis::pipe();
-            for (holder, h) in chunk {
-                self.release(*holder);
-                pipe.invoke_script(
-                    on_pool(&self.scripts.detach, &h.pool)
-                        .arg(self.now_arg(now))
-                        .arg(h.id.to_string())
-                        .arg(record::holder_arg(*holder)),
-                );
+        let mut pipes = Vec::new();
+        for group in by_shard(held, |(_, h)| h.pool.shard()).into_values() {
+            for chunk in group.chunks(PIPELINE_CHUNK) {
+                let mut pipe = redis::pipe();
+                for (holder, h) in chunk {
+                    self.release(*holder);
+                    pipe.invoke_script(
+                        on_pool(&self.scripts.detach, &h.pool, self.now_arg(now))
+                            .arg(h.id.to_string())
+                            .arg(record::holder_arg(*holder)),
+                    );
+                }
+                pipes.push(pipe);
             }
-            self.run_pipeline(&self.scripts.detach, &pipe).await?;
+        }
+        for result in self.run_pipelines(&[&self.scripts.detach], &pipes).await {
+            result?;
         }
         Ok(())
     }

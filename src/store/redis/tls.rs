@@ -3,13 +3,16 @@
 //! `storage.redis_client_cert` and `storage.redis_client_key` name.
 //!
 //! [`certificates`] returns what the redis crate's clients take
-//! (`Client::build_with_tls`, and a cluster client builder's `certs`), so every
-//! client of a node — single Redis or Cluster — trusts the same CA. The files were
+//! (`Client::build_with_tls`, and a cluster client builder's `certs`), and
+//! [`target`] hands them to either, so every client of a node — single Redis
+//! or Cluster, the store's, the inbox's and the outbox's — trusts the same CA. The files were
 //! already checked by `Settings::validate`; they are read again here because they
 //! may have changed since, and an error names the setting.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use redis::{ClientTlsConfig, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
+
+use super::connection::RedisTarget;
 
 use crate::config::StorageSettings;
 
@@ -46,13 +49,38 @@ pub fn connection_info(storage: &StorageSettings) -> anyhow::Result<ConnectionIn
     info.context("storage.redis_url or its TLS files (storage.redis_ca_file, redis_client_cert, redis_client_key)")
 }
 
+/// Where the sessions are kept: the Redis Cluster of
+/// `storage.redis_cluster_nodes` when any are listed, else the single Redis of
+/// `storage.redis_url`, either with the certificates above. On a cluster, the
+/// certificates need `rediss://` seeds (every seed: the client connects to the
+/// nodes the cluster names in the seeds' scheme); `rediss://` seeds without them
+/// trust the system's roots.
+pub fn target(storage: &StorageSettings) -> anyhow::Result<RedisTarget> {
+    if storage.redis_cluster_nodes.is_empty() {
+        return connection_info(storage).map(RedisTarget::Single);
+    }
+    let seeds = storage.redis_cluster_nodes.clone();
+    let tls = seeds.iter().filter(|s| s.starts_with("rediss://")).count();
+    if tls != 0 && tls != seeds.len() {
+        bail!("storage.redis_cluster_nodes: either every seed is rediss:// (TLS) or none is");
+    }
+    let certs = certificates(storage)?;
+    if certs.is_some() && tls == 0 {
+        bail!(
+            "storage.redis_ca_file, redis_client_cert and redis_client_key need rediss:// \
+             seeds in storage.redis_cluster_nodes"
+        );
+    }
+    Ok(RedisTarget::Cluster { seeds, certs })
+}
+
 /// What to do about a failed TLS handshake, read from the error's text (rustls
 /// names the cause), or `None` when the error is not about certificates.
 pub fn hint(error: &str) -> Option<&'static str> {
     if error.contains("CertificateRequired") {
         Some("the server requires a client certificate: set storage.redis_client_cert and storage.redis_client_key")
     } else if error.contains("NotValidForName") {
-        Some("the server's certificate does not name the host of storage.redis_url")
+        Some("the server's certificate does not name the host of storage.redis_url (or of a cluster node)")
     } else if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
         Some(
             "the server's certificate is not signed by a CA this node trusts: \
@@ -108,6 +136,26 @@ mod tests {
             err.contains("storage.redis_ca_file") && err.contains("/nonexistent/ca.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cluster_seeds_take_the_certificates_only_over_rediss() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+        let mut s = storage("redis://127.0.0.1:6379/");
+        s.redis_cluster_nodes = vec!["rediss://127.0.0.1:7000".into(), "rediss://127.0.0.1:7001".into()];
+        s.redis_ca_file = ca.to_string_lossy().into_owned();
+        assert!(matches!(
+            target(&s).unwrap(),
+            RedisTarget::Cluster { certs: Some(_), .. }
+        ));
+        s.redis_cluster_nodes[1] = "redis://127.0.0.1:7001".into();
+        assert!(format!("{:#}", target(&s).unwrap_err()).contains("every seed"));
+        s.redis_cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
+        assert!(format!("{:#}", target(&s).unwrap_err()).contains("rediss://"));
+        s.redis_ca_file.clear();
+        assert!(matches!(target(&s).unwrap(), RedisTarget::Cluster { certs: None, .. }));
     }
 
     #[test]
