@@ -176,6 +176,7 @@ impl RedisCluster {
             .expect("redis-cli runs");
         assert!(created.success(), "redis-cli --cluster create failed");
         cluster.wait_until_ok();
+        cluster.wait_until_replicas_synced();
         cluster
     }
 
@@ -261,6 +262,22 @@ impl RedisCluster {
     }
 
     /// Waits until every live node says the cluster is ok, each slot served.
+    /// Until every replica has loaded its master's data: `cluster_state:ok` comes
+    /// before that, and a replica that never synced refuses to be promoted (its
+    /// data's age is unknown), so a master killed too soon would never be replaced.
+    fn wait_until_replicas_synced(&self) {
+        wait_for("three replicas in sync with their masters", || {
+            let synced = self
+                .live_ports()
+                .filter(|port| {
+                    self.node_cmd::<String>(*port, &["INFO", "replication"])
+                        .is_ok_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+                })
+                .count();
+            synced == 3
+        });
+    }
+
     pub fn wait_until_ok(&self) {
         wait_for("cluster_state:ok on every node", || {
             self.live_ports().all(|port| {
