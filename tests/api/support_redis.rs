@@ -118,6 +118,52 @@ struct ClusterNode {
     child: Option<Child>,
 }
 
+impl ClusterNode {
+    /// Starts a node on free ports and waits until it answers. A port found free
+    /// may be taken by a parallel test before the node binds it, and the node
+    /// then exits: it is started again on other ports (a few times at most).
+    fn spawn(dir: &std::path::Path) -> ClusterNode {
+        for _ in 0..5 {
+            let (port, bus) = (free_port(), free_port());
+            let mut child = Command::new(binary())
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if ping(port) {
+                    return ClusterNode {
+                        port,
+                        child: Some(child),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("timed out waiting for a cluster node to answer (5 tries on fresh ports)");
+    }
+}
+
+fn ping(port: u16) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+        .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+        .is_ok()
+}
+
 /// How long a node may be silent before the others count it failed: short, so
 /// a killed master's replica takes over within a few seconds.
 const NODE_TIMEOUT_MS: &str = "1000";
@@ -139,32 +185,8 @@ impl RedisCluster {
     /// Starts six nodes and joins them: three masters, a replica each.
     pub fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let (port, bus) = (free_port(), free_port());
-            let child = Command::new(binary())
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            nodes.push(ClusterNode {
-                port,
-                child: Some(child),
-            });
-        }
+        let nodes: Vec<ClusterNode> = (0..6).map(|_| ClusterNode::spawn(dir.path())).collect();
         let cluster = RedisCluster { nodes, _dir: dir };
-        for node in &cluster.nodes {
-            wait_for("a cluster node to answer", || {
-                cluster.node_cmd::<String>(node.port, &["PING"]).is_ok()
-            });
-        }
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new(redis_cli())
             .args(["--cluster", "create"])
