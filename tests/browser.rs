@@ -918,6 +918,13 @@ async fn the_console_edits_on_limit_and_the_household_cap() {
     browser.fill("#open-publisher", "demo").await;
     browser.click("#open-publisher-go").await;
     let row = "tr[data-offer-id='demo-offer']";
+    // The publisher is fetched and drawn after the click: read it once it is there.
+    browser
+        .until_script(
+            &format!("return document.querySelector(\"{row} .offer-onlimit\") !== null"),
+            "the publisher's offers drawn",
+        )
+        .await;
     assert_eq!(
         browser
             .script(&format!(
