@@ -552,40 +552,54 @@ impl TlsCluster {
             children: Vec::new(),
             _dir: dir,
         };
+        // A port found free may be taken by a parallel test before the node binds
+        // it; the node then exits and is started again on fresh ports.
         for _ in 0..3 {
-            let (port, bus) = (free_port(), free_port());
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
-                .args(["--tls-cert-file", &pki.file("server.pem")])
-                .args(["--tls-key-file", &pki.file("server.key")])
-                .args(["--tls-ca-cert-file", &pki.file("ca.pem")])
-                .args([
-                    "--tls-auth-clients",
-                    "yes",
-                    "--tls-cluster",
-                    "yes",
-                    "--tls-replication",
-                    "yes",
-                ])
-                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "1000"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .arg("--dir")
-                .arg(cluster._dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
+            let mut started = None;
+            for _ in 0..5 {
+                let (port, bus) = (free_port(), free_port());
+                let mut child = Command::new("redis-server")
+                    .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-cert-file", &pki.file("server.pem")])
+                    .args(["--tls-key-file", &pki.file("server.key")])
+                    .args(["--tls-ca-cert-file", &pki.file("ca.pem")])
+                    .args([
+                        "--tls-auth-clients",
+                        "yes",
+                        "--tls-cluster",
+                        "yes",
+                        "--tls-replication",
+                        "yes",
+                    ])
+                    .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", "1000"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .arg("--dir")
+                    .arg(cluster._dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts");
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if child.try_wait().ok().flatten().is_none()
+                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                {
+                    started = Some((port, child));
+                    break;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let (port, child) = started.expect("a TLS cluster node listens (5 tries on fresh ports)");
             cluster.ports.push(port);
             cluster.children.push(child);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in &cluster.ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(Instant::now() < deadline, "a TLS cluster node did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
         let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
@@ -598,6 +612,7 @@ impl TlsCluster {
             .status()
             .expect("redis-cli runs");
         assert!(created.success(), "redis-cli --cluster create --tls failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ports.iter().all(|port| {
             Command::new("redis-cli")
                 .args(cluster.cli_tls(pki))
