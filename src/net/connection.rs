@@ -179,11 +179,12 @@ struct Door {
 /// Marks the request in flight for as long as its handler runs.
 struct InFlight(Arc<Entry>);
 
-fn is_event_stream(response: &Response) -> bool {
-    response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+/// A body whose length is not known up front is written as it is produced (a
+/// stream, such as GET /admin/v1/events): its request is in flight until it ends.
+/// Bodies made in full by the handler (JSON, text) know their length.
+fn is_streamed(response: &Response) -> bool {
+    use hyper::body::Body as _;
+    response.body().size_hint().exact().is_none()
 }
 
 /// A response body that keeps its request in flight until it ends.
@@ -251,10 +252,10 @@ impl hyper::service::Service<Request<Incoming>> for Door {
                 shared.table.upgraded(&in_flight.0);
             }
             drop(permit);
-            if is_event_stream(&response) {
-                // A stream (GET /admin/v1/events) is a request in flight for as
-                // long as its body: the connection is busy, so neither the idle
-                // deadline nor shedding closes it between two events.
+            if is_streamed(&response) {
+                // A streamed body is a request in flight for as long as it lasts:
+                // the connection is busy, so neither the idle deadline nor
+                // shedding closes it between two events.
                 return Ok(response.map(|body| {
                     axum::body::Body::new(Streaming {
                         body,

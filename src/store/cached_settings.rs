@@ -316,12 +316,9 @@ mod tests {
         assert!(cache.entries().await <= 50, "{} entries", cache.entries().await);
     }
 
-    #[tokio::test]
-    async fn a_write_through_the_cache_shows_at_once_one_made_elsewhere_within_the_ttl() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
-        let cache = CachedSettings::new(Arc::new(db.clone()), Duration::from_secs(3600));
-        let publisher = Publisher {
+    /// Publisher "p" with the defaults and an offer limit of 1.
+    fn publisher_p() -> Publisher {
+        Publisher {
             id: "p".into(),
             enabled: true,
             takeover_enabled: true,
@@ -331,7 +328,15 @@ mod tests {
             jwks_uri: None,
             on_limit: LimitPolicy::Reject,
             customer_session_limit: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_through_the_cache_shows_at_once_one_made_elsewhere_within_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
+        let cache = CachedSettings::new(Arc::new(db.clone()), Duration::from_secs(3600));
+        let publisher = publisher_p();
         cache.create_publisher(&publisher).await.unwrap();
         cache.put_offer("p", &offer(1)).await.unwrap();
         assert_eq!(limit_of(&cache).await, 1);
@@ -352,17 +357,7 @@ mod tests {
         let db = SqliteSettings::open(&dir.path().join("t.db")).await.unwrap();
         let ttl = Duration::from_millis(300);
         let cache = CachedSettings::new(Arc::new(db.clone()), ttl);
-        let publisher = Publisher {
-            id: "p".into(),
-            enabled: true,
-            takeover_enabled: true,
-            default_session_limit: 1,
-            unknown_offers: UnknownOffers::default(),
-            verification_key: None,
-            jwks_uri: None,
-            on_limit: LimitPolicy::Reject,
-            customer_session_limit: None,
-        };
+        let publisher = publisher_p();
         cache.create_publisher(&publisher).await.unwrap();
         cache.put_offer("p", &offer(1)).await.unwrap();
         let key = OverrideKey {

@@ -282,3 +282,21 @@ async fn limit_policies_and_the_household_cap_report_their_events() {
     );
     app.stop().await;
 }
+
+/// A stream is a request in flight for as long as it lasts: the idle deadline,
+/// which closes connections with nothing in flight, never cuts it between events.
+#[tokio::test]
+async fn a_quiet_stream_outlives_the_idle_timeout() {
+    let app = spawn_app_with(|s| {
+        s.server.idle_timeout = Duration::from_secs(1);
+        s.events.stream_keep_alive = Duration::from_secs(60);
+    })
+    .await;
+    app.put_offer("1", "o", 1, &[]).await;
+    let mut stream = Stream::open(&app, "").await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.create_ok(&app.token("1", "42"), "o", "TV").await;
+    let events = stream.until("a grant after the quiet spell", |e| !e.is_empty()).await;
+    assert_eq!(events[0].0, "session.granted");
+    app.stop().await;
+}
