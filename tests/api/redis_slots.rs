@@ -185,17 +185,17 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
     for (customer, answers) in &rounds {
         for (status, body) in answers {
             *during.entry(*status).or_default() += 1;
-            assert!(
-                [200, 409, 503].contains(status),
-                "{customer}: {status} {body}"
-            );
+            assert!([200, 409, 503].contains(status), "{customer}: {status} {body}");
         }
         let ids: Vec<String> = answers
             .iter()
             .filter(|(s, _)| *s == 200)
             .map(|(_, body)| body["sessionId"].as_str().unwrap().to_owned())
             .collect();
-        assert!(ids.len() <= LIMIT as usize, "{customer}: more granted than the limit: {answers:?}");
+        assert!(
+            ids.len() <= LIMIT as usize,
+            "{customer}: more granted than the limit: {answers:?}"
+        );
         // Filled to the limit now (a create refused only while the pool is full):
         // every session granted during the race is among those the pool holds.
         let token = a.token("p", customer.as_str());
@@ -215,7 +215,11 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
         }
         let refused = refused.unwrap_or_else(|| panic!("{customer}: the pool never filled"));
         let held = active_sessions(&refused);
-        assert_eq!(held.len(), LIMIT as usize, "{customer}: the pool holds its limit: {refused}");
+        assert_eq!(
+            held.len(),
+            LIMIT as usize,
+            "{customer}: the pool holds its limit: {refused}"
+        );
         for id in &ids {
             assert!(
                 held.iter().any(|(held, _)| held == id),
@@ -227,7 +231,10 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
         during.get(&200).copied().unwrap_or(0) > 0,
         "sessions were granted during the move: {during:?}"
     );
-    println!("creates during the move, by status: {during:?}; {} rounds, {moved} keys moved one by one, {redirected} ASK/TRYAGAIN replies", rounds.len());
+    println!(
+        "creates during the move, by status: {during:?}; {} rounds, {moved} keys moved one by one, {redirected} ASK/TRYAGAIN replies",
+        rounds.len()
+    );
 
     // A new admission on the moved slot, through either node.
     granted(a.create(&probe_token, json!({"offerId": "S1"})).await).await;
@@ -242,7 +249,10 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
             .expect("the players stop when told")
             .expect("no player was disturbed during the move");
         assert!(pings >= 2, "pinged all along: {pings}");
-        assert!(player.keep_alive_for(Duration::from_secs(1)).await >= 1, "still pinged after the move");
+        assert!(
+            player.keep_alive_for(Duration::from_secs(1)).await >= 1,
+            "still pinged after the move"
+        );
         players_back.push(player);
     }
     for token in [&held_a_token, &held_b_token] {
@@ -268,12 +278,14 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
     taken.expect_close(4001).await;
 }
 
-/// `/readyz` while a master is down: the Redis check pings every master, so the
-/// node says it is not ready (503, `redis unreachable`) until the master's
-/// replica is promoted, then ready again by itself. Not ready is the truth: by
-/// default (`cluster-require-full-coverage yes`) a cluster with a slot unserved
-/// refuses every command on every master until the promotion, so no shard
-/// admits meanwhile. Held sessions on the other masters keep playing.
+/// `/readyz` during a failover: from when the cluster counts a killed master
+/// failed until its replica is promoted, the node says it is not ready (503,
+/// `redis unreachable`), then ready again by itself. Not ready is the truth:
+/// by default (`cluster-require-full-coverage yes`) a cluster with a slot
+/// unserved refuses every command on every master, so no shard admits
+/// meanwhile. The replica is kept from taking over until the test has seen the
+/// 503 (`cluster-replica-no-failover`), so the window is not missed on a fast
+/// machine; a player held on another master plays on throughout.
 #[tokio::test]
 async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_replica_is_promoted() {
     let mut cluster = RedisCluster::start();
@@ -282,6 +294,7 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
     assert_eq!((status, body["checks"]["redis"].clone()), (200, json!("up")), "{body}");
 
     let doomed = cluster.master_of(&shard_tag(shard_of("rz0")));
+    let replica = cluster.replica_of(doomed);
     let elsewhere = (1..200)
         .map(|i| format!("rz{i}"))
         .find(|c| cluster.master_of(&shard_tag(shard_of(c))) != doomed)
@@ -291,43 +304,36 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
     let mut player = connect_ok(&held.endpoint).await;
     player.keep_alive_for(Duration::from_millis(600)).await;
     cluster.on_masters(&["WAIT", "1", "1000"]);
+    let _: () = cluster
+        .node_cmd(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "yes"])
+        .unwrap();
 
     cluster.kill(doomed);
+    let killed_at = tokio::time::Instant::now();
     let playing = tokio::spawn(async move {
         let pings = player.keep_alive_for(Duration::from_secs(10)).await;
         (pings, player)
     });
-    // Polled every 100 ms (the probe runs at most once a second): 503 first,
-    // then 200, within 60 s (an election is slow on a loaded machine).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut seen_down = None;
-    loop {
-        let (status, body) = readyz(&app).await;
-        match status {
-            503 => {
-                assert_eq!(body["status"], "unavailable", "{body}");
-                assert_eq!(body["reason"], "redis unreachable", "{body}");
-                assert_eq!(body["checks"]["redis"], "down", "{body}");
-                assert_eq!(body["checks"]["sqlite"], "up", "{body}");
-                seen_down.get_or_insert(body);
-            }
-            200 if seen_down.is_some() => {
-                assert_eq!(body["checks"]["redis"], "up", "{body}");
-                break;
-            }
-            200 => {}
-            _ => panic!("/readyz answered {status} {body}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz did not go down and up again within 60 s (down seen: {seen_down:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_ne!(
+    // Polled every 100 ms (the probe runs at most once a second).
+    let body = until_readyz(&app, 503, Duration::from_secs(30)).await;
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["reason"], "redis unreachable", "{body}");
+    assert_eq!(body["checks"]["redis"], "down", "{body}");
+    assert_eq!(body["checks"]["sqlite"], "up", "{body}");
+    let (status, body) = get_livez(&app).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})), "alive all the same");
+    println!("/readyz said 503 {:?} after the master was killed", killed_at.elapsed());
+
+    let _: () = cluster
+        .node_cmd(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "no"])
+        .unwrap();
+    // Generous: an election is slow on a loaded machine.
+    let body = until_readyz(&app, 200, Duration::from_secs(60)).await;
+    assert_eq!(body["checks"]["redis"], "up", "{body}");
+    assert_eq!(
         cluster.master_of(&shard_tag(shard_of("rz0"))),
-        doomed,
-        "ready again once a replica serves the dead master's slots"
+        replica,
+        "ready again once the replica serves the dead master's slots"
     );
     // Admissions on the dead master's slots resume (a node may first wait for
     // its next vouch there: 503 meanwhile, bounded).
@@ -339,13 +345,33 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
             break;
         }
         assert_eq!(status, 503, "only refused while the shard is being re-asserted");
-        assert!(tokio::time::Instant::now() < deadline, "admissions never resumed after /readyz said ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admissions never resumed after /readyz said ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (pings, _player) = playing.await.expect("the player elsewhere never noticed");
     assert!(pings >= 10, "pinged all along: {pings}");
-    let (status, body) = get_livez(&app).await;
-    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    // The session held elsewhere still counts.
+    granted(app.create(&token, json!({"offerId": "S1"})).await).await;
+    assert_eq!(app.create(&token, json!({"offerId": "S1"})).await.status(), 409);
+}
+
+/// Polls `/readyz` every 100 ms until it answers `status`, for at most `patience`.
+async fn until_readyz(app: &TestApp, status: u16, patience: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let (got, body) = readyz(app).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still answers {got} {body} after {patience:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn readyz(app: &TestApp) -> (u16, Value) {

@@ -442,3 +442,22 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("COUNTKEYSINSLOT {slot} on {port}: {e}"))
     }
 }
+
+impl RedisCluster {
+    /// The port of the replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let nodes: String = self.node_cmd(port, &["CLUSTER", "NODES"]).unwrap();
+        let port_of = |line: &str| -> Option<u16> { line.split(' ').nth(1)?.split(['@', ':']).nth(1)?.parse().ok() };
+        let master_id = nodes
+            .lines()
+            .find(|l| port_of(l) == Some(master))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no node on {master}: {nodes}"));
+        nodes
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(master_id))
+            .and_then(port_of)
+            .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
+    }
+}
