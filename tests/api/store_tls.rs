@@ -534,27 +534,43 @@ async fn postgres_requiring_a_client_certificate_admits_a_node_that_presents_one
     app.stop().await;
 }
 
-/// A Redis Cluster that speaks TLS only: three masters (no replicas: the
-/// cluster's own failover is tested without TLS in `redis_cluster.rs`), each
-/// with `--tls-cluster yes` and `--tls-replication yes`, requiring client
-/// certificates; joined with `redis-cli --cluster create --tls`. Killed when dropped.
+/// A Redis Cluster that speaks TLS only: three masters (and a replica each, for
+/// the failover test), each with `--tls-cluster yes` and `--tls-replication yes`,
+/// requiring client certificates; joined with `redis-cli --cluster create --tls`.
+/// Killed when dropped.
 struct TlsCluster {
     ports: Vec<u16>,
     children: Vec<Child>,
+    /// The CA and client certificate `redis-cli` presents.
+    cli_tls: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl TlsCluster {
     fn start(pki: &Pki) -> TlsCluster {
+        Self::start_with(pki, 0)
+    }
+
+    /// Three masters and `replicas` replicas of each.
+    fn start_with(pki: &Pki, replicas: usize) -> TlsCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = TlsCluster {
             ports: Vec::new(),
             children: Vec::new(),
+            cli_tls: vec![
+                "--tls".into(),
+                "--cacert".into(),
+                pki.file("ca.pem"),
+                "--cert".into(),
+                pki.file("client.pem"),
+                "--key".into(),
+                pki.file("client.key"),
+            ],
             _dir: dir,
         };
         // A port found free may be taken by a parallel test before the node binds
         // it; the node then exits and is started again on fresh ports.
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let mut started = None;
             for _ in 0..5 {
                 let (port, bus) = (free_port(), free_port());
@@ -603,10 +619,10 @@ impl TlsCluster {
         }
         let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
-            .args(cluster.cli_tls(pki))
+            .args(&cluster.cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -615,7 +631,7 @@ impl TlsCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ports.iter().all(|port| {
             Command::new("redis-cli")
-                .args(cluster.cli_tls(pki))
+                .args(&cluster.cli_tls)
                 .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
@@ -626,19 +642,79 @@ impl TlsCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // A replica that never synced refuses to be promoted (as in the plain
+        // test cluster): wait until each has its master's data.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster
+            .ports
+            .iter()
+            .filter(|port| {
+                let info = cluster.cli(**port, &["INFO", "replication"]);
+                info.contains("role:slave") && info.contains("master_link_status:up")
+            })
+            .count()
+            < 3 * replicas
+        {
+            assert!(Instant::now() < deadline, "the TLS cluster's replicas did not sync");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         cluster
     }
 
-    fn cli_tls(&self, pki: &Pki) -> Vec<String> {
-        vec![
-            "--tls".into(),
-            "--cacert".into(),
-            pki.file("ca.pem"),
-            "--cert".into(),
-            pki.file("client.pem"),
-            "--key".into(),
-            pki.file("client.key"),
-        ]
+    /// What `redis-cli` over TLS prints for a command on the node on `port` (empty
+    /// if it could not run).
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(&self.cli_tls)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of a node still running.
+    fn live_port(&mut self) -> u16 {
+        let live = self
+            .children
+            .iter_mut()
+            .position(|c| c.try_wait().ok().flatten().is_none())
+            .expect("a live node");
+        self.ports[live]
+    }
+
+    /// The port of the master serving `key`'s slot now, as `CLUSTER NODES` says.
+    fn master_of(&mut self, key: &str) -> u16 {
+        let port = self.live_port();
+        let slot: u16 = self
+            .cli(port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number");
+        let nodes = self.cli(port, &["CLUSTER", "NODES"]);
+        let serves = |range: &str| match range.split_once('-') {
+            Some((from, to)) => from.parse().is_ok_and(|f: u16| f <= slot) && to.parse().is_ok_and(|t: u16| slot <= t),
+            None => range.parse() == Ok(slot),
+        };
+        nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| {
+                f.len() > 8 && f[2].contains("master") && !f[2].contains("fail") && f[8..].iter().any(|r| serves(r))
+            })
+            .and_then(|f| f[1].split(['@', ':']).nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no master serves slot {slot}: {nodes}"))
+    }
+
+    /// SIGKILLs the node on `port`.
+    fn kill(&mut self, port: u16) {
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of the cluster");
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
     }
 
     fn seeds(&self) -> Vec<String> {
@@ -713,4 +789,105 @@ async fn nodes_on_a_redis_cluster_over_rediss_admit_serve_and_pass_orders() {
         crate::players::Seen::Message(serde_json::json!({"action": "TAKE_OVER", "sessionName": "Phone"})),
     );
     player.expect_close(4001).await;
+}
+
+/// The failover of `redis_cluster.rs`, over TLS (replication and the cluster bus
+/// too): a master of the TLS cluster is SIGKILLed during play; its replica is
+/// promoted, admissions on its slots resume with the limit intact through both
+/// nodes, and a player held on another master never notices.
+#[tokio::test]
+async fn a_tls_cluster_master_killed_during_play_is_replaced() {
+    let pki = Pki::new("drisc");
+    let mut cluster = TlsCluster::start_with(&pki, 1);
+    let node = |cluster: &TlsCluster| {
+        let (seeds, ca, cert, key) = (
+            cluster.seeds(),
+            pki.file("ca.pem"),
+            pki.file("client.pem"),
+            pki.file("client.key"),
+        );
+        spawn_app_with(move |s| {
+            on_redis(s, "redis://127.0.0.1:1/".into());
+            s.storage.redis_cluster_nodes = seeds;
+            s.storage.redis_ca_file = ca;
+            s.storage.redis_client_cert = cert;
+            s.storage.redis_client_key = key;
+            s.auth.session_secret = "store-tls-test-session-secret".into();
+            s.publishers.default_session_limit = 1;
+            s.limits.customer_burst = 1000;
+            // Longer than a failover takes here, as in `redis_cluster.rs`: a longer
+            // one is the stall case (`store_stall.rs`).
+            s.liveness.pong_timeout = Duration::from_secs(8);
+            s.liveness.reconnect_grace = Duration::from_secs(2);
+        })
+    };
+    let (a, b) = (node(&cluster).await, node(&cluster).await);
+    let tag = |c: &str| {
+        let pool = drisc::domain::PoolKey {
+            publisher_id: "p".into(),
+            customer_id: c.into(),
+            offer_id: "S1".into(),
+        };
+        format!("drisc:{{{}}}:", pool.shard())
+    };
+    let doomed = cluster.master_of(&tag("tfo0"));
+    let other = (1..200)
+        .map(|i| format!("tfo{i}"))
+        .find(|c| cluster.master_of(&tag(c)) != doomed)
+        .unwrap();
+    let probe = (1..200)
+        .map(|i| format!("tprobe{i}"))
+        .find(|c| cluster.master_of(&tag(c)) == doomed)
+        .unwrap();
+    let (victim_token, other_token) = (a.token("p", "tfo0"), a.token("p", other.as_str()));
+    let victim_tv = a.create_ok(&victim_token, "S1", "TV").await;
+    let other_tv = b.create_ok(&other_token, "S1", "TV").await;
+    let mut victim_player = crate::players::connect_ok(&victim_tv.endpoint).await;
+    let mut other_player = crate::players::connect_ok(&other_tv.endpoint).await;
+    victim_player.keep_alive_for(Duration::from_secs(1)).await;
+    // The replicas have what the masters acknowledged.
+    for port in cluster.ports.clone() {
+        if cluster.cli(port, &["ROLE"]).starts_with("master") {
+            cluster.cli(port, &["WAIT", "1", "1000"]);
+        }
+    }
+
+    cluster.kill(doomed);
+    let playing = tokio::spawn(async move {
+        let pings = other_player.keep_alive_for(Duration::from_secs(12)).await;
+        (pings, other_player)
+    });
+    let victim_playing = tokio::spawn(async move {
+        victim_player.keep_alive_for(Duration::from_secs(10)).await;
+        victim_player
+    });
+    // Admissions on the dead master's slots fail (each request answered) until
+    // its replica is promoted, then resume. Generous: an election is slow on a
+    // loaded machine.
+    let probe_token = a.token("p", probe.as_str());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = a
+            .create(&probe_token, serde_json::json!({"offerId": "S1"}))
+            .await
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only refused while the shard has no master");
+        assert!(tokio::time::Instant::now() < deadline, "admissions never resumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(cluster.master_of(&tag("tfo0")), doomed, "a replica took over");
+    // The limit holds on the promoted replica: the held session still counts,
+    // through either node.
+    let full = serde_json::json!({"offerId": "S1"});
+    assert_eq!(a.create(&victim_token, full.clone()).await.status(), 409);
+    assert_eq!(b.create(&victim_token, full.clone()).await.status(), 409);
+    assert_eq!(b.create(&other_token, full).await.status(), 409);
+    let (pings, _other_player) = playing.await.expect("the player on another master never noticed");
+    assert!(pings >= 10, "pinged all along: {pings}");
+    victim_playing
+        .await
+        .expect("the player on the dead master's shard played on");
 }

@@ -332,3 +332,135 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// Runs a command on the cluster node on `port` (what [`RedisCluster::node_cmd`]
+/// does, without the cluster: for a thread that moves slots while the test plays).
+pub fn cluster_node_cmd<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn)
+}
+
+/// One hash slot moving from one master to another by hand, the way
+/// `redis-cli --cluster reshard` does it, in steps a test can interleave with
+/// traffic: [`begin`](Self::begin) (IMPORTING on the target, MIGRATING on the
+/// source), [`move_keys`](Self::move_keys) (MIGRATE a few keys at a time: until
+/// every key is over, a command on the slot is redirected with ASK, or refused
+/// with TRYAGAIN when its keys are split), [`finish`](Self::finish) (SETSLOT NODE
+/// on every master: the source then answers MOVED).
+#[derive(Debug, Clone)]
+pub struct SlotMigration {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    from_id: String,
+    to_id: String,
+}
+
+impl SlotMigration {
+    pub fn new(slot: u16, from: u16, to: u16) -> SlotMigration {
+        let id = |port: u16| -> String {
+            cluster_node_cmd(port, &["CLUSTER", "MYID"]).unwrap_or_else(|e| panic!("CLUSTER MYID on {port}: {e}"))
+        };
+        SlotMigration {
+            slot,
+            from,
+            to,
+            from_id: id(from),
+            to_id: id(to),
+        }
+    }
+
+    /// The target first, so that no ASK can point at a node not ready for it.
+    pub fn begin(&self) {
+        let slot = self.slot.to_string();
+        let _: () = cluster_node_cmd(self.to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &self.from_id])
+            .unwrap_or_else(|e| panic!("SETSLOT {slot} IMPORTING: {e}"));
+        let _: () = cluster_node_cmd(self.from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &self.to_id])
+            .unwrap_or_else(|e| panic!("SETSLOT {slot} MIGRATING: {e}"));
+    }
+
+    /// Moves at most `count` of the slot's keys still on the source; returns how
+    /// many moved (0: none is left).
+    pub fn move_keys(&self, count: usize) -> usize {
+        let slot = self.slot.to_string();
+        let keys: Vec<String> = cluster_node_cmd(self.from, &["CLUSTER", "GETKEYSINSLOT", &slot, &count.to_string()])
+            .unwrap_or_else(|e| panic!("GETKEYSINSLOT {slot}: {e}"));
+        if keys.is_empty() {
+            return 0;
+        }
+        let to = self.to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        // NOKEY: a key that expired between the listing and the move.
+        let _: redis::Value = cluster_node_cmd(self.from, &args).unwrap_or_else(|e| panic!("MIGRATE {keys:?}: {e}"));
+        keys.len()
+    }
+
+    /// Gives the slot to the target on every master in `masters` (the target
+    /// first, then the source, as redis-cli does), once no key is left behind.
+    pub fn finish(&self, masters: &[u16]) {
+        // Bounded: no key can be added to the slot on the source meanwhile (a
+        // write of a key it lacks is sent on with ASK).
+        let left = (0..10_000).find(|_| self.move_keys(100) == 0);
+        assert!(left.is_some(), "slot {}: keys kept coming on the source", self.slot);
+        let slot = self.slot.to_string();
+        let mut order = vec![self.to, self.from];
+        order.extend(masters.iter().filter(|p| **p != self.to && **p != self.from));
+        for port in order {
+            let _: () = cluster_node_cmd(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &self.to_id])
+                .unwrap_or_else(|e| panic!("SETSLOT {slot} NODE on {port}: {e}"));
+        }
+    }
+}
+
+/// How many error replies of each kind (`MOVED`, `ASK`, `TRYAGAIN`, ...) the node
+/// on `port` has sent since its statistics were last reset (`INFO errorstats`).
+pub fn error_replies(port: u16, kind: &str) -> u64 {
+    let info: String = cluster_node_cmd(port, &["INFO", "errorstats"]).unwrap_or_default();
+    let prefix = format!("errorstat_{kind}:count=");
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .and_then(|n| n.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl RedisCluster {
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let slot: i64 = self
+            .node_cmd(port, &["CLUSTER", "KEYSLOT", key])
+            .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"));
+        u16::try_from(slot).expect("a slot is below 16384")
+    }
+
+    /// How many keys of `slot` the node on `port` holds.
+    pub fn keys_in_slot(&self, port: u16, slot: u16) -> i64 {
+        self.node_cmd(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+            .unwrap_or_else(|e| panic!("COUNTKEYSINSLOT {slot} on {port}: {e}"))
+    }
+}
+
+impl RedisCluster {
+    /// The port of the replica of the master on `master`.
+    pub fn replica_of(&self, master: u16) -> u16 {
+        let port = self.live_ports().next().expect("a live node");
+        let nodes: String = self.node_cmd(port, &["CLUSTER", "NODES"]).unwrap();
+        let port_of = |line: &str| -> Option<u16> { line.split(' ').nth(1)?.split(['@', ':']).nth(1)?.parse().ok() };
+        let master_id = nodes
+            .lines()
+            .find(|l| port_of(l) == Some(master))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_else(|| panic!("no node on {master}: {nodes}"));
+        nodes
+            .lines()
+            .find(|l| l.split(' ').nth(3) == Some(master_id))
+            .and_then(port_of)
+            .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
+    }
+}

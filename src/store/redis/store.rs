@@ -490,7 +490,12 @@ fn of_customer(pool: &PoolKey, customer: &Customer) -> bool {
 }
 
 /// `PING` on the connection every session operation uses: if it does not answer,
-/// neither would an admission.
+/// neither would an admission. On a cluster, also the cluster's own verdict
+/// (`cluster_state` in `CLUSTER INFO`, from any node): the client's `PING` to every
+/// master skips one it has lost its connection to (or asks its replica), so it
+/// answers while a master is down; a cluster whose slots are not all served
+/// refuses every command (`cluster-require-full-coverage`, on by default) until a
+/// replica is promoted, and admits no one meanwhile.
 #[async_trait]
 impl Probe for RedisStore {
     fn name(&self) -> &'static str {
@@ -502,7 +507,18 @@ impl Probe for RedisStore {
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if matches!(self.conn, Conn::Cluster(_)) {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                return Err("the cluster does not serve every slot (cluster_state is not ok)".into());
+            }
+        }
+        Ok(())
     }
 }
 
