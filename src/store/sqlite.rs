@@ -21,6 +21,9 @@ use crate::readiness::Probe;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// SQLite's page cache per connection, in KiB: 4 connections hold at most 2 MiB.
+const CACHE_KIB: u32 = 512;
+
 #[derive(Clone)]
 pub struct SqliteSettings {
     db: SqlitePool,
@@ -45,7 +48,14 @@ impl SqliteSettings {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Each connection's page cache, in KiB (SQLite's default: 2,000). The pool's
+            // connections take turns, and the journal's keys move on as sessions come and
+            // go, so each cache filled to its cap over half an hour of churn: RSS crept by
+            // megabytes after warm-up (bench/soak-results.md). The working set is the
+            // journal's newest pages and the tree's inner pages; the rest is in the OS's
+            // page cache, a read away (`benches/journal.rs` measures the cost).
+            .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
