@@ -357,7 +357,11 @@ async fn upsert<'a>(
                 .push_bind(s.expires_at as i64)
                 .push_bind(s.created_at as i64);
         });
-        query.build().execute(&mut *tx).await.map_err(db_err)?;
+        // Not kept prepared: each row count is a different statement, and sqlx kept up
+        // to 100 of them per connection, a few of the largest holding more memory
+        // than the journal's rows: RSS crept for as long as new counts came up
+        // (bench/analysis.md, "Soak: where RSS crept").
+        query.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
 }
@@ -433,7 +437,8 @@ impl SessionArchive for SqliteSettings {
                     .push_unseparated(")");
             }
             query.push("))");
-            query.build().execute(&mut *tx).await.map_err(db_err)?;
+            // Not kept prepared, as in `upsert`.
+            query.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
     }
