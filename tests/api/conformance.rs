@@ -1435,8 +1435,26 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
     assert_eq!(calls(server, Some("evalsha")) - scripts, 0, "no check before a minute");
     assert_eq!(
         calls(server, Some("set")) - sets,
-        2 * shards.len() as u64,
-        "per shard, its liveness key and its epoch"
+        shards.len() as u64,
+        "per shard, one command: its liveness key rewritten where it still is (SET XX)"
+    );
+    // A shard whose key is gone (it lost its data, or the key ran out) is
+    // vouched for again and has its epoch read: two commands more there.
+    let gone = *shards.iter().next().unwrap();
+    let _: i64 = server.cmd(&["DEL", &keys::alive(gone, 0)]);
+    let (sets, epochs) = (calls(server, Some("set")), calls(server, Some("get")));
+    beat(now + 30_000).await;
+    assert_eq!(
+        calls(server, Some("set")) - sets,
+        shards.len() as u64 + 2,
+        "the XX that found no key, then the key and the epoch (SET NX GET)"
+    );
+    let alive: String = server.cmd(&["GET", &keys::alive(gone, 0)]);
+    assert_eq!(alive, (now + 30_000 + PONG).to_string(), "vouched for again");
+    assert_eq!(
+        calls(server, Some("get")),
+        epochs,
+        "no separate GET: SET … GET reads the epoch"
     );
 
     // With Redis's clock, a shard is vouched for again only once a third of the
