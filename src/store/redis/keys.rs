@@ -30,9 +30,10 @@
 //! offers of the customer's live records, exactly.
 //!
 //! A node vouches for its live sessions per shard it holds sessions in (one
-//! key per shard and node, set with a TTL of one PONG timeout: two plain
-//! commands with the epoch's, no script, and nothing to prune: a stopped
-//! node's keys expire by themselves), and each shard has its own epoch, so a
+//! key per shard and node, set with a TTL of one PONG timeout: one plain
+//! command, `SET … XX`, no script, and nothing to prune: a stopped node's
+//! keys expire by themselves; the epoch is read only when that key was gone),
+//! and each shard has its own epoch, so a
 //! shard that comes back empty is noticed, and restored from the nodes, for its
 //! own sessions alone.
 //!
