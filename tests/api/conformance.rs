@@ -1435,9 +1435,22 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
     assert_eq!(calls(server, Some("evalsha")) - scripts, 0, "no check before a minute");
     assert_eq!(
         calls(server, Some("set")) - sets,
-        2 * shards.len() as u64,
-        "per shard, its liveness key and its epoch"
+        shards.len() as u64,
+        "per shard, one command: its liveness key rewritten where it still is (SET XX)"
     );
+    // A shard whose key is gone (it lost its data, or the key ran out) is
+    // vouched for again and has its epoch read: two commands more there.
+    let gone = *shards.iter().next().unwrap();
+    let _: i64 = server.cmd(&["DEL", &keys::alive(gone, 0)]);
+    let sets = calls(server, Some("set"));
+    beat(now + 30_000).await;
+    assert_eq!(
+        calls(server, Some("set")) - sets,
+        shards.len() as u64 + 2,
+        "the XX that found no key, then the key and the epoch (SET NX GET)"
+    );
+    let alive: String = server.cmd(&["GET", &keys::alive(gone, 0)]);
+    assert_eq!(alive, (now + 30_000 + PONG).to_string(), "vouched for again");
 
     // With Redis's clock, a shard is vouched for again only once a third of the
     // PONG timeout has passed.
@@ -1477,6 +1490,47 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
         1,
         "vouched a moment ago: only INFO itself"
     );
+}
+
+/// Redis keeps a customer's hash and an index bucket as listpacks (about half
+/// what a hash table costs) under its default limits (64 bytes a value): inside
+/// Redis a session id is compact (22 characters) and a record's times are in
+/// base 36, so a record with the longest holder and a player's usual name
+/// stays under 64 bytes, and the session still reads back whole.
+#[tokio::test]
+async fn redis_a_held_session_is_kept_in_listpacks_under_redis_default_limits() {
+    let s = Subject::redis().await;
+    let server = s.redis.as_ref().map(|(_, sv)| sv).unwrap();
+    let now = t0();
+    let p = PoolKey {
+        publisher_id: "publisher-01".into(),
+        customer_id: "customer-0000042".into(),
+        offer_id: "bench".into(),
+    };
+    let name = "Living room TV";
+    let id = admit(&s, &p, name, 1, now).await.unwrap();
+    // The longest holder there is: every node bit and every socket bit set.
+    let holder = Holder(u64::MAX);
+    s.store.attach(&p, id, holder, now).await.unwrap().unwrap();
+
+    let key = keys::customer(&p);
+    let encoding: String = server.cmd(&["OBJECT", "ENCODING", &key]);
+    assert_eq!(encoding, "listpack", "the customer's hash");
+    let fields: Vec<String> = server.cmd(&["HKEYS", &key]);
+    assert_eq!(fields, vec![keys::compact(id)], "the field is the compact id");
+    let record: String = server.cmd(&["HGET", &key, &keys::compact(id)]);
+    assert!(record.len() <= 64, "{} bytes: {record}", record.len());
+    let index: String = server.cmd(&["OBJECT", "ENCODING", &keys::index(id)]);
+    assert_eq!(index, "listpack", "the index bucket");
+    let tag: String = server.cmd(&["HGET", &keys::index(id), &keys::compact(id)]);
+    assert_eq!(tag, keys::customer_tag(&p));
+
+    let listed = s.store.list(&p, now).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].name.as_str()), (id, name));
+    assert_eq!(listed[0].created_at, now, "times survive base 36");
+    assert_eq!(listed[0].holder, Some(holder));
+    assert_eq!(s.store.locate(id).await.unwrap(), Some(p.clone()));
 }
 
 /// On a Redis Cluster, a shard that comes back empty (here: its master flushed,

@@ -125,10 +125,10 @@ async fn a_stalled_redis_ends_no_session_whose_player_answers_pings() {
 
 /// The hash of the one customer the test fills, whose one offer is the pool
 /// (found by pattern, so the test does not depend on how keys are spelled
-/// beyond the `:c:` customer marker; every offer's sessions of a customer are
+/// beyond the `:cs:` customer marker; every offer's sessions of a customer are
 /// in that hash).
 fn pool_key(redis: &RedisServer) -> String {
-    let keys: Vec<String> = redis.cmd(&["KEYS", "drisc:*:c:*"]);
+    let keys: Vec<String> = redis.cmd(&["KEYS", "drisc:*:cs:*"]);
     keys.into_iter().next().expect("the customer is in Redis")
 }
 

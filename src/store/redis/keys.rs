@@ -3,9 +3,9 @@
 //!
 //! | key                              | type   | what                                          |
 //! |----------------------------------|--------|-----------------------------------------------|
-//! | `drisc:{<shard>}:c:<customer>`   | hash   | a customer's sessions, all offers: session id → packed record with its offer (`record.rs`) |
-//! | `drisc:{<shard>}:ix`             | hash   | the shard's session index: session id → its customer ([`customer_tag`]), for operators' look-ups |
-//! | `drisc:{<shard>}:t:<session id>` | string | a tombstone: why a session ended (`T<name>`, `E`) |
+//! | `drisc:{<shard>}:cs:<customer>`  | hash   | a customer's sessions, all offers: compact session id → packed record with its offer (`record.rs`) |
+//! | `drisc:{<shard>}:ix:<bucket>`    | hash   | one of the shard's [`INDEX_BUCKETS`] session indexes: compact session id → its customer ([`customer_tag`]), for operators' look-ups |
+//! | `drisc:{<shard>}:t:<session id>` | string | a tombstone (compact id): why a session ended (`T<name>`, `E`) |
 //! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; a number: until then, in the caller's clock) |
 //! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
 //! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
@@ -30,21 +30,38 @@
 //! offers of the customer's live records, exactly.
 //!
 //! A node vouches for its live sessions per shard it holds sessions in (one
-//! key per shard and node, set with a TTL of one PONG timeout: two plain
-//! commands with the epoch's, no script, and nothing to prune: a stopped
-//! node's keys expire by themselves), and each shard has its own epoch, so a
+//! key per shard and node, set with a TTL of one PONG timeout: one plain
+//! command, `SET … XX`, no script, and nothing to prune: a stopped node's
+//! keys expire by themselves; the epoch is read only when that key was gone),
+//! and each shard has its own epoch, so a
 //! shard that comes back empty is noticed, and restored from the nodes, for its
 //! own sessions alone.
 //!
-//! 256 shards: vouching costs a node two commands per shard it holds sessions
+//! 256 shards: vouching costs a node one command per shard it holds sessions
 //! in, per third of a PONG timeout (see `refresh.rs`), so fewer shards cost
 //! less where sessions are few (at 12,000 sessions on 3 nodes, 1024 shards
 //! made it about 4 commands per session-minute, 256 about 1); and 256 slots
-//! spread over a cluster's masters evenly enough up to a few dozen masters. A
-//! shard's index stays a listpack (Redis's default: up to 128 entries) to
-//! about 30,000 sessions, a hash table above. Node-level keys (lease,
-//! inbox) are only ever read or written by single-key commands and stay
-//! outside the shards.
+//! spread over a cluster's masters evenly enough up to a few dozen masters.
+//! Node-level keys (lease, inbox) are only ever read or written by
+//! single-key commands and stay outside the shards.
+//!
+//! # Memory
+//!
+//! A small hash is kept by Redis as a listpack (`hash-max-listpack-entries`
+//! 512 and `hash-max-listpack-value` 64 by default), about half what the same
+//! entries cost in a hash table; the layout is made to stay within those
+//! defaults, so operators change nothing. Inside Redis a session id is
+//! [`compact`] (22 characters for the UUID's 36; players and the API still
+//! see the UUID), and a record's times are in base 36 (`record.rs`), so a
+//! record with a name of 20 bytes or so stays under 64. A shard's index is
+//! split in [`INDEX_BUCKETS`] hashes by the id's first character, so each
+//! stays a listpack up to `256 × 8 × 512` ≈ a million sessions (one hash a
+//! shard turned into a hash table past 131,072 sessions: +58 B a session,
+//! `bench/cluster-keys`), at a fixed cost of 2,048 small keys.
+//!
+//! The customer's hash (`cs:`) and the index buckets (`ix:<n>`) are named
+//! apart from the layout before compact ids (`c:`, `ix`), whose records this
+//! code would misread: the two layouts never see each other's sessions.
 
 use crate::domain::{PoolKey, SessionId};
 
@@ -63,21 +80,55 @@ pub fn customer_tag(pool: &PoolKey) -> String {
 
 /// The hash of the customer's sessions, every offer's.
 pub fn customer(pool: &PoolKey) -> String {
-    format!("{}c:{}", shard_tag(pool.shard()), customer_tag(pool))
+    format!("{}cs:{}", shard_tag(pool.shard()), customer_tag(pool))
 }
 
 /// What the key of every customer of `shard` starts with (the index's values follow).
 pub fn customer_prefix(shard: u16) -> String {
-    format!("{}c:", shard_tag(shard))
+    format!("{}cs:", shard_tag(shard))
 }
 
-/// The shard's session index: id → [`customer_tag`].
-pub fn index(shard: u16) -> String {
-    format!("{}ix", shard_tag(shard))
+/// How many hashes a shard's session index is split in (see "Memory" above).
+/// The scripts compute the same bucket (`scripts.rs`, `ix_of`).
+pub const INDEX_BUCKETS: u8 = 8;
+
+/// The base64url alphabet, in order: a compact id's characters.
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// A session id as Redis keeps it: the UUID's 16 bytes in base64url without
+/// padding (22 characters). Only inside Redis; the wire keeps the UUID text.
+pub fn compact(id: SessionId) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.0.as_bytes())
+}
+
+/// A session id from its [`compact`] form; `None` if the text is not one.
+pub fn parse_compact(text: &str) -> Option<SessionId> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+    uuid::Uuid::from_slice(&bytes).ok().map(SessionId)
+}
+
+/// The index bucket of a session whose compact id is `compact`: its first
+/// character's value modulo [`INDEX_BUCKETS`] (the UUID's first 6 bits, random).
+fn bucket(compact: &str) -> u8 {
+    let first = compact.as_bytes().first().copied().unwrap_or(b'A');
+    let value = B64.iter().position(|c| *c == first).unwrap_or(0) as u8;
+    value % INDEX_BUCKETS
+}
+
+/// What a shard's index buckets start with (the scripts append the bucket).
+pub fn index_prefix(shard: u16) -> String {
+    format!("{}ix:", shard_tag(shard))
+}
+
+/// The index bucket that names session `id`: compact id → [`customer_tag`].
+pub fn index(id: SessionId) -> String {
+    format!("{}{}", index_prefix(id.shard()), bucket(&compact(id)))
 }
 
 pub fn tombstone(pool: &PoolKey, id: SessionId) -> String {
-    format!("{}{id}", tombstone_prefix(pool))
+    format!("{}{}", tombstone_prefix(pool), compact(id))
 }
 
 /// What the tombstone keys of a shard's sessions start with (the script that
@@ -182,7 +233,8 @@ mod tests {
         let t = tag(&customer(&p));
         assert_eq!(t, format!("{{{shard}}}"));
         for other in [
-            index(id.shard()),
+            index(id),
+            index_prefix(id.shard()),
             tombstone(&p, id),
             alive(shard, 0xabc),
             alive_prefix(shard),
@@ -203,6 +255,26 @@ mod tests {
         assert_eq!(parse_customer_tag("3:pub|9:short", "o"), None);
         assert_eq!(parse_customer_tag("3:pub|1:cX", "o"), None);
         assert_eq!(parse_customer_tag("{\"publisher_id\":\"p\"}", "o"), None);
+    }
+
+    #[test]
+    fn a_compact_id_reads_back_and_is_shorter_and_its_buckets_spread() {
+        let mut counts = [0u32; INDEX_BUCKETS as usize];
+        for _ in 0..4096 {
+            let id = SessionId::random();
+            let c = compact(id);
+            assert_eq!(c.len(), 22);
+            assert_eq!(parse_compact(&c), Some(id));
+            counts[bucket(&c) as usize] += 1;
+            assert!(index(id).ends_with(&format!("ix:{}", bucket(&c))));
+        }
+        assert_eq!(
+            parse_compact(&SessionId::random().to_string()),
+            None,
+            "a UUID's text is not compact"
+        );
+        // 512 a bucket on average: none far from it.
+        assert!(counts.iter().all(|n| (384..640).contains(n)), "{counts:?}");
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! keep it in a pool's hash, and the replies they send back.
 //!
 //! In a customer's hash a record is packed, `s|e|h|c|L|o|n`: `s` state
-//! (`p`ending, `l`ive, `d`etached), `e` expires at (epoch ms), `h` holder (socket
+//! (`p`ending, `l`ive, `d`etached), `e` expires at (epoch ms, base 36), `h` holder (socket
 //! id in hex, "" if none: its leading digits name the node, which the scripts
-//! read), `c` created at (epoch ms), `L` the length in bytes of `o`, the offer
+//! read), `c` created at (epoch ms, base 36), `L` the length in bytes of `o`, the offer
 //! (the pool), `n` name, last since it may hold any character. The id is the
-//! hash's field. A session handed to the restore script is packed without the
+//! hash's field, [`keys::compact`]. Base 36 and the compact id keep a record
+//! with a short name under Redis's 64 bytes for a listpack (`keys.rs`,
+//! "Memory"): 8 characters for an epoch millisecond's 13. A session handed to the restore script is packed without the
 //! offer (`s|e|h|c|n`, [`encode`]): the script is told the pool. Packed rather than JSON: a third smaller in Redis's
 //! memory, and cheaper for the scripts to read. When a script returns a record
 //! it is a JSON object with those field names and `id` added (`e` is then the
@@ -25,6 +27,7 @@ use redis::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use super::keys;
 use crate::domain::ports::StoreError;
 use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
 
@@ -70,6 +73,16 @@ fn holder_text(holder: Option<Holder>) -> String {
     holder.map(holder_arg).unwrap_or_default()
 }
 
+/// A session id as the scripts take it: [`keys::compact`].
+pub(crate) fn id_arg(id: SessionId) -> String {
+    keys::compact(id)
+}
+
+/// A session id as the scripts return it (compact; a UUID's text is read too).
+fn id_of(text: &str) -> Option<SessionId> {
+    keys::parse_compact(text).or_else(|| SessionId::parse(text))
+}
+
 /// A session record as a script returns it, field for field.
 #[derive(Debug, Deserialize)]
 struct Record {
@@ -86,7 +99,7 @@ impl Record {
     fn into_session(self) -> Result<Session, String> {
         let id = self.id.ok_or("the record has no id")?;
         Ok(Session {
-            id: SessionId::parse(&id).ok_or_else(|| format!("unreadable session id {id:?}"))?,
+            id: id_of(&id).ok_or_else(|| format!("unreadable session id {id:?}"))?,
             name: self.n,
             state: state_of(&self.s)?,
             expires_at: self.e as Millis,
@@ -96,8 +109,9 @@ impl Record {
     }
 }
 
-/// The packed record a pool's hash keeps for `session` (the id is the hash's
-/// field). `expires_at` or `created_at` 0 ask the restore script for "now".
+/// A session as the restore and re-assert scripts take it, `s|e|h|c|n` with
+/// the times in decimal (the scripts pack it as the customer's hash keeps it).
+/// `expires_at` or `created_at` 0 ask the script for "now".
 pub(crate) fn encode(session: &Session) -> String {
     format!(
         "{}|{}|{}|{}|{}",
@@ -202,7 +216,7 @@ fn epoch_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
 
 fn session_id<'de, D: Deserializer<'de>>(d: D) -> Result<SessionId, D::Error> {
     let text = String::deserialize(d)?;
-    SessionId::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unreadable session id {text:?}")))
+    id_of(&text).ok_or_else(|| serde::de::Error::custom(format!("unreadable session id {text:?}")))
 }
 
 fn optional_holder<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Holder>, D::Error> {
@@ -354,7 +368,7 @@ mod tests {
     /// The record as a script returns it: a JSON object with its id.
     fn as_returned(s: &Session) -> String {
         serde_json::json!({
-            "id": s.id.to_string(),
+            "id": id_arg(s.id),
             "s": state_code(s.state),
             "e": s.expires_at,
             "h": holder_text(s.holder),
@@ -439,7 +453,10 @@ mod tests {
     fn an_unreadable_holder_or_id_is_an_error() {
         let s = session(SessionState::Live, Some(Holder(3)));
         assert!(decode(&as_returned(&s).replace(r#""h":"3""#, r#""h":"three""#)).is_err());
-        assert!(decode(&as_returned(&s).replace(&s.id.to_string(), "not-a-uuid")).is_err());
+        assert!(decode(&as_returned(&s).replace(&id_arg(s.id), "not-an-id")).is_err());
+        // A UUID's text is read too (the scripts return what they were given).
+        let uuid_text = as_returned(&s).replace(&id_arg(s.id), &s.id.to_string());
+        assert_eq!(decode(&uuid_text).unwrap().id, s.id);
     }
 
     #[test]

@@ -88,6 +88,15 @@ type PoolSessions = Vec<(Holder, Held)>;
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
 
+/// `SET`'s reply when it set the key (`XX` answers nil when the key was gone).
+fn is_ok(reply: &Value) -> bool {
+    match reply {
+        Value::Okay => true,
+        Value::SimpleString(s) => s == "OK",
+        _ => false,
+    }
+}
+
 /// Refreshes every `every`, and keeps node `node`'s claim on its id alive.
 pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(every);
@@ -262,9 +271,21 @@ impl RedisStore {
     }
 
     /// Vouches for this node's live sessions in each shard it holds sessions
-    /// in (its liveness key there lives one more PONG timeout), and reads each
-    /// shard's epoch, restoring the sessions of a shard found in a new one: two
-    /// plain commands a shard, pipelined. Returns how many were restored.
+    /// in (its liveness key there lives one more PONG timeout), and notices a
+    /// shard that lost its data, restoring this node's sessions there. Returns
+    /// how many were restored.
+    ///
+    /// One command a shard while nothing is amiss: the liveness key is
+    /// rewritten only if it is still there (`SET … XX`). A shard that lost its
+    /// data (restarted empty, or a master that failed over to a replica that
+    /// never had the key) has lost that key too, since only this node writes
+    /// it; so does a shard where the key ran out (a stall, or the node's first
+    /// vouch there). Only then is the shard's epoch read, with the key set
+    /// again (two commands, as every vouch cost before), and the sessions
+    /// restored if the epoch changed. The key living a whole PONG timeout
+    /// while it is rewritten every third of one, a key that ran out means the
+    /// node could not vouch for longer than that, which the outage detection
+    /// ([`Self::reached`], [`Self::note_late`]) already treats as lost.
     ///
     /// With Redis's clock, a shard's key is rewritten once a third of the PONG
     /// timeout (or every round, if rounds are slower): it then always lives two
@@ -300,11 +321,47 @@ impl RedisStore {
             return Ok(0);
         }
         // One pipeline per shard: its keys share a slot.
-        let shards: Vec<(u16, Vec<u64>)> = by_shard(wanted, |(shard, _)| *shard)
+        let mut shards: Vec<(u16, Vec<u64>)> = by_shard(wanted, |(shard, _)| *shard)
             .into_iter()
             .map(|(shard, nodes)| (shard, nodes.into_iter().map(|(_, node)| node).collect()))
             .collect();
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
+        let mut failed = None;
+        if let Some(until) = &until {
+            // The rewrite alone, where every key is still there.
+            let pipes: Vec<redis::Pipeline> = shards
+                .iter()
+                .map(|(shard, nodes)| {
+                    let mut pipe = redis::pipe();
+                    for node in nodes {
+                        pipe.cmd("SET")
+                            .arg(keys::alive(*shard, *node))
+                            .arg(until)
+                            .arg("PX")
+                            .arg(pong_ms)
+                            .arg("XX");
+                    }
+                    pipe
+                })
+                .collect();
+            let results = self.run_pipelines(&[], &pipes).await;
+            let mut again = Vec::new();
+            for ((shard, nodes), result) in shards.into_iter().zip(results) {
+                match result {
+                    Ok(replies) if replies.len() == nodes.len() && replies.iter().all(is_ok) => {
+                        self.vouched_now(shard);
+                    }
+                    // A key was gone: read the epoch, and set the key again.
+                    Ok(_) => again.push((shard, nodes)),
+                    Err(e) => {
+                        // Its liveness key may run out before a vouch goes through.
+                        self.lose([shard]);
+                        failed = Some(e);
+                    }
+                }
+            }
+            shards = again;
+        }
         let candidates: Vec<String> = shards.iter().map(|_| new_epoch()).collect();
         let pipes: Vec<redis::Pipeline> = shards
             .iter()
@@ -333,7 +390,6 @@ impl RedisStore {
             .collect();
         let results = self.run_pipelines(&[], &pipes).await;
         let mut restored = 0;
-        let mut failed = None;
         for (((shard, _), candidate), result) in shards.iter().zip(candidates).zip(results) {
             let epoch = match result.map(|mut replies| replies.pop()) {
                 Ok(Some(Value::BulkString(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -351,15 +407,22 @@ impl RedisStore {
                     continue;
                 }
             };
-            if until.is_some()
-                && self.time == TimeSource::Redis
-                && let Ok(mut vouched) = self.vouched.lock()
-            {
-                vouched.insert(*shard, Instant::now());
+            if until.is_some() {
+                self.vouched_now(*shard);
             }
             restored += self.restore_if_lost(*shard, &epoch).await?;
         }
         failed.map_or(Ok(restored), Err)
+    }
+
+    /// Notes a vouch in `shard` that went through (with Redis's clock: the
+    /// next is due a third of a PONG timeout later).
+    fn vouched_now(&self, shard: u16) {
+        if self.time == TimeSource::Redis
+            && let Ok(mut vouched) = self.vouched.lock()
+        {
+            vouched.insert(shard, Instant::now());
+        }
     }
 
     /// Notes a round that reached Redis at `at`: one that comes more than a
@@ -496,7 +559,7 @@ impl RedisStore {
         }
         let mut pools: Vec<PoolSessions> = by_pool.into_values().collect();
         for sessions in &mut pools {
-            sessions.sort_by_key(|(_, h)| (h.created_at, h.id.to_string()));
+            sessions.sort_by_key(|(_, h)| (h.created_at, record::id_arg(h.id)));
         }
         // A pipeline per shard (and thousand pools): its keys share a slot.
         let batches: Vec<(u16, Vec<PoolSessions>)> = by_shard(pools, |sessions| sessions[0].1.pool.shard())
@@ -527,7 +590,7 @@ impl RedisStore {
                         };
                         invocation
                             .key(keys::tombstone(pool, h.id))
-                            .arg(h.id.to_string())
+                            .arg(record::id_arg(h.id))
                             .arg(record::holder_arg(*holder))
                             .arg(record::encode(&session));
                     }
@@ -603,7 +666,7 @@ impl RedisStore {
         let shard = batch.first().map_or(0, |(_, held, _)| held.pool.shard());
         invocation
             .key(keys::epoch(shard))
-            .key(keys::index(shard))
+            .key(keys::index_prefix(shard))
             .key(keys::alive_prefix(shard))
             .arg(self.now_arg(now))
             .arg(self.known_epoch(shard))
@@ -612,7 +675,7 @@ impl RedisStore {
             invocation
                 .key(keys::customer(&held.pool))
                 .key(keys::tombstone(&held.pool, held.id))
-                .arg(held.id.to_string())
+                .arg(record::id_arg(held.id))
                 .arg(record::holder_arg(*holder))
                 .arg(&held.pool.offer_id);
         }

@@ -35,12 +35,14 @@ local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @T
 "#;
 
 /// The prologue of the scripts on a pool: KEYS[1] the customer's hash, KEYS[2]
-/// the shard's index, KEYS[3] what the shard's liveness keys start with
-/// ([`keys::alive_prefix`]: in the shard's slot, so it routes like a key);
-/// ARGV[1] now, ARGV[2] the pool's offer.
+/// what the shard's index buckets start with ([`keys::index_prefix`]), KEYS[3]
+/// what the shard's liveness keys start with ([`keys::alive_prefix`]; both in
+/// the shard's slot, so they route like keys); ARGV[1] now, ARGV[2] the pool's
+/// offer. Session ids are compact ([`keys::compact`]); `ix_of` names the
+/// bucket of one as `keys::index` does.
 ///
-/// A record is packed (`record.rs`): `state|expires|holder (hex)|created|offer
-/// length|offer|name`. A live record's own deadline is written when it is
+/// A record is packed (`record.rs`): `state|expires (base 36)|holder
+/// (hex)|created (base 36)|offer length|offer|name`. A live record's own deadline is written when it is
 /// attached and then only every `@EXTEND@` ms: between those writes, the
 /// holding node vouches for it through its liveness key in the shard
 /// (rewritten by its refresh rounds, living one PONG timeout), for at
@@ -48,19 +50,39 @@ local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @T
 /// Redis nothing per PONG, and the sessions of a node that stops die one PONG
 /// timeout after its last vouch.
 const PRELUDE: &str = r#"
-local cust, ix, alive = KEYS[1], KEYS[2], KEYS[3]
+local cust, ixp, alive = KEYS[1], KEYS[2], KEYS[3]
 local offer = ARGV[2]
 
+-- The index bucket of a compact id: its first character's value modulo @BUCKETS@.
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+local function ix_of(id)
+  local v = B64:find(id:sub(1, 1), 1, true) or 1
+  return ixp .. ((v - 1) % @BUCKETS@)
+end
+
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function b36(n)
+  n = math.floor(n)
+  if n <= 0 then return '0' end
+  local out = ''
+  while n > 0 do
+    local d = n % 36
+    out = B36:sub(d + 1, d + 1) .. out
+    n = (n - d) / 36
+  end
+  return out
+end
+
 local function decode(v)
-  local s, e, h, c, ol, rest = string.match(v, '^(%a)|(%d+)|(%x*)|(%d+)|(%d+)|(.*)$')
+  local s, e, h, c, ol, rest = string.match(v, '^(%a)|(%w+)|(%x*)|(%w+)|(%d+)|(.*)$')
   if s == nil then error('unreadable session record in ' .. cust) end
   ol = tonumber(ol)
   if rest:sub(ol + 1, ol + 1) ~= '|' then error('unreadable session record in ' .. cust) end
-  return {s = s, e = tonumber(e), h = h, c = tonumber(c), o = rest:sub(1, ol), n = rest:sub(ol + 2)}
+  return {s = s, e = tonumber(e, 36), h = h, c = tonumber(c, 36), o = rest:sub(1, ol), n = rest:sub(ol + 2)}
 end
 
 local function pack(rec)
-  return rec.s .. '|' .. string.format('%d', rec.e) .. '|' .. rec.h .. '|' .. string.format('%d', rec.c)
+  return rec.s .. '|' .. b36(rec.e) .. '|' .. rec.h .. '|' .. b36(rec.c)
     .. '|' .. #rec.o .. '|' .. rec.o .. '|' .. rec.n
 end
 
@@ -118,7 +140,7 @@ local function load()
     rec.till = until_of(rec)
     if rec.till <= now then
       redis.call('HDEL', cust, rec.id)
-      redis.call('HDEL', ix, rec.id)
+      redis.call('HDEL', ix_of(rec.id), rec.id)
     else
       all[#all + 1] = rec
       if rec.o == offer then mine[#mine + 1] = rec end
@@ -140,16 +162,18 @@ local function save(rec)
 end
 
 -- The customer's hash lives as long as its longest-lived session may, and the
--- shard's index at least as long.
+-- index buckets naming its sessions at least as long.
 local function settle()
-  local last = 0
-  for _, v in ipairs(redis.call('HVALS', cust)) do
-    local h = horizon_of(decode(v))
+  local last, buckets = 0, {}
+  local raw = redis.call('HGETALL', cust)
+  for i = 1, #raw, 2 do
+    local h = horizon_of(decode(raw[i + 1]))
     if h > last then last = h end
+    buckets[ix_of(raw[i])] = true
   end
   if last > 0 then
     redis.call('PEXPIREAT', cust, last + 1000)
-    keep_until(ix, last + 1000)
+    for bucket in pairs(buckets) do keep_until(bucket, last + 1000) end
   end
 end
 
@@ -180,7 +204,7 @@ end
 /// the node knows (its Redis restarted empty), so this node's held sessions may
 /// be missing from it; the node puts them back first, then asks again.
 ///
-/// Each admission also looks at three index entries at random and drops those
+/// Each admission also looks at three entries of its index bucket at random and drops those
 /// whose session is gone from its customer's hash (a customer's hash that
 /// expired by itself took its sessions with it, but not their entries): the
 /// index then holds at most about half as many stale entries as live ones.
@@ -227,6 +251,7 @@ if #mine == 0 then
   end
 end
 save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[4]})
+local ix = ix_of(ARGV[3])
 redis.call('HSET', ix, ARGV[3], ARGV[7])
 settle()
 local prefix = cust:sub(1, #cust - #ARGV[7])
@@ -248,10 +273,10 @@ local index, victim = find(mine, ARGV[3])
 if victim == nil then return cjson.encode({ok = 'gone'}) end
 table.remove(mine, index)
 redis.call('HDEL', cust, victim.id)
-redis.call('HDEL', ix, victim.id)
+redis.call('HDEL', ix_of(victim.id), victim.id)
 redis.call('SET', KEYS[4], 'T' .. ARGV[5], 'PX', TOMB)
 save({id = ARGV[4], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[5]})
-redis.call('HSET', ix, ARGV[4], ARGV[6])
+redis.call('HSET', ix_of(ARGV[4]), ARGV[4], ARGV[6])
 settle()
 return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(mine)})
 "#;
@@ -275,41 +300,50 @@ return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c,
 "#;
 
 /// Checks many held sessions of one shard at once, in any pools: KEYS[1] the
-/// shard's epoch, KEYS[2] its index, KEYS[3] its liveness prefix, then two per
+/// shard's epoch, KEYS[2] its index prefix, KEYS[3] its liveness prefix, then two per
 /// session: its customer's hash, its tombstone. ARGV: now, the shard's epoch
 /// the node last saw, a new epoch should the shard have none, then per session
-/// its id, holder and offer. Reply: `lost|<epoch>` if the shard is not in the
-/// epoch the node knows (it lost its data: the node restores its sessions
-/// there rather than tell their sockets they ended), else one code per
-/// session, `r` (held, and its own deadline rewritten if older than EXTEND),
-/// `x` (another socket holds it), or `g` followed by its tombstone, if any (it
-/// ended).
+/// its id, holder and offer. Reply: `lost|<epoch>` if a session is missing and
+/// the shard is not in the epoch the node knows (it lost its data: the node
+/// restores its sessions there rather than tell their sockets they ended),
+/// else one code per session, `r` (held, and its own deadline rewritten if
+/// older than EXTEND), `x` (another socket holds it), or `g` followed by its
+/// tombstone, if any (it ended).
+///
+/// A held session costs one HGET: the epoch is read only when a session is
+/// missing (a shard that lost its data has lost them all), and the checking
+/// node's own liveness key is not read, since the node vouched there before
+/// this call in the same round (its refresh stops at a vouch that fails), so
+/// its records live until their horizon.
 const CHECK: &str = r#"
-local ep = redis.call('GET', KEYS[1])
-if not ep then
-  ep = ARGV[3]
-  redis.call('SET', KEYS[1], ep)
-end
-if ARGV[2] ~= '' and ep ~= ARGV[2] then return 'lost|' .. ep end
-local replies = {}
+local replies, missing = {}, false
 for i = 1, (#KEYS - 3) / 2 do
   cust = KEYS[2 + 2 * i]
   local id, holder, off = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
   local v = redis.call('HGET', cust, id)
   local rec = v and decode(v)
-  if not rec or rec.o ~= off or until_of(rec) <= now then
-    replies[i] = 'g' .. (redis.call('GET', KEYS[3 + 2 * i]) or '')
-  elseif rec.h ~= holder then
-    replies[i] = 'x'
-  else
+  if rec and rec.o == off and rec.h == holder and horizon_of(rec) > now then
     if rec.e < now - EXTEND then
       rec.id, rec.e = id, now + PONG
       save(rec)
       keep_until(cust, rec.e + STALE + 1000)
-      keep_until(ix, rec.e + STALE + 1000)
+      keep_until(ix_of(id), rec.e + STALE + 1000)
     end
     replies[i] = 'r'
+  elseif rec and rec.o == off and rec.h ~= holder and until_of(rec) > now then
+    replies[i] = 'x'
+  else
+    missing = true
+    replies[i] = 'g' .. (redis.call('GET', KEYS[3 + 2 * i]) or '')
   end
+end
+if missing then
+  local ep = redis.call('GET', KEYS[1])
+  if not ep then
+    ep = ARGV[3]
+    redis.call('SET', KEYS[1], ep)
+  end
+  if ARGV[2] ~= '' and ep ~= ARGV[2] then return 'lost|' .. ep end
 end
 return replies
 "#;
@@ -334,7 +368,7 @@ local mine = load()
 local _, rec = find(mine, ARGV[3])
 if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
 redis.call('HDEL', cust, rec.id)
-redis.call('HDEL', ix, rec.id)
+redis.call('HDEL', ix_of(rec.id), rec.id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', TOMB) end
 settle()
 return encode(rec)
@@ -357,7 +391,7 @@ local mine = load()
 local reply = {}
 for _, rec in ipairs(mine) do
   redis.call('HDEL', cust, rec.id)
-  redis.call('HDEL', ix, rec.id)
+  redis.call('HDEL', ix_of(rec.id), rec.id)
   redis.call('SET', ARGV[3] .. rec.id, 'E', 'PX', TOMB)
   reply[#reply + 1] = encode(rec)
 end
@@ -377,7 +411,7 @@ local rec = {s = s, e = tonumber(e), h = h, c = tonumber(c), o = offer, n = n}
 if rec.e == 0 then rec.e = now + PONG end
 if rec.c == 0 then rec.c = now end
 local added = redis.call('HSETNX', cust, ARGV[3], pack(rec))
-redis.call('HSET', ix, ARGV[3], ARGV[5])
+redis.call('HSET', ix_of(ARGV[3]), ARGV[3], ARGV[5])
 settle()
 return added
 "#;
@@ -425,7 +459,7 @@ for n, i in ipairs(missing) do
     if back.e == 0 then back.e = now + PONG end
     if back.c == 0 then back.c = now end
     save(back)
-    redis.call('HSET', ix, back.id, ARGV[4])
+    redis.call('HSET', ix_of(back.id), back.id, ARGV[4])
     replies[i] = 'p'
   else
     replies[i] = 'f'
@@ -435,7 +469,7 @@ settle()
 return replies
 "#;
 
-/// Where a session is: KEYS[1] its shard's index. ARGV: id, the prefix of the
+/// Where a session is: KEYS[1] its index bucket. ARGV: its compact id, the prefix of the
 /// shard's customer keys. Reply: `[customer tag, offer]`, or false if the index
 /// does not name it or its customer no longer has it (the stale entry is
 /// dropped).
@@ -447,7 +481,7 @@ if not v then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return false
 end
-local ol, rest = string.match(v, '^%a|%d+|%x*|%d+|(%d+)|(.*)$')
+local ol, rest = string.match(v, '^%a|%w+|%x*|%w+|(%d+)|(.*)$')
 if ol == nil then error('unreadable session record for ' .. ARGV[1]) end
 return {tag, rest:sub(1, tonumber(ol))}
 "#;
@@ -502,7 +536,8 @@ impl Scripts {
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
             .replace("@EXTEND@", &EXTEND_MS.to_string());
-        let on_pool = |body: &str| redis::Script::new(&format!("{now}{PRELUDE}{body}"));
+        let prelude = PRELUDE.replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string());
+        let on_pool = |body: &str| redis::Script::new(&format!("{now}{prelude}{body}"));
         Self {
             admit: on_pool(ADMIT),
             take_over: on_pool(TAKE_OVER),
@@ -527,7 +562,7 @@ pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey, now: u64) -
     let mut invocation = script.prepare_invoke();
     invocation
         .key(keys::customer(pool))
-        .key(keys::index(shard))
+        .key(keys::index_prefix(shard))
         .key(keys::alive_prefix(shard))
         .arg(now)
         .arg(&pool.offer_id);

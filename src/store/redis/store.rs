@@ -278,13 +278,13 @@ impl RedisStore {
             Queued::End { id, holder, now } => pipe.invoke_script(
                 on_pool(&self.scripts.end, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, id))
-                    .arg(id.to_string())
+                    .arg(record::id_arg(id))
                     .arg(record::holder_arg(holder))
                     .arg(""),
             ),
             Queued::Detach { id, holder, now } => pipe.invoke_script(
                 on_pool(&self.scripts.detach, pool, self.now_arg(now))
-                    .arg(id.to_string())
+                    .arg(record::id_arg(id))
                     .arg(record::holder_arg(holder)),
             ),
         };
@@ -471,7 +471,7 @@ impl RedisStore {
                 pool,
                 on_pool(&self.scripts.end, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, id))
-                    .arg(id.to_string())
+                    .arg(record::id_arg(id))
                     .arg(holder.map(record::holder_arg).unwrap_or_default())
                     .arg(tombstone),
             )
@@ -541,7 +541,7 @@ impl SessionStore for RedisStore {
                     pool,
                     on_pool(&self.scripts.admit, pool, self.now_arg(now))
                         .key(keys::epoch(shard))
-                        .arg(new.id.to_string())
+                        .arg(record::id_arg(new.id))
                         .arg(&new.name)
                         .arg(limits.sessions)
                         .arg(limits.pools_per_customer)
@@ -593,8 +593,8 @@ impl SessionStore for RedisStore {
                 pool,
                 on_pool(&self.scripts.take_over, pool, self.now_arg(now))
                     .key(keys::tombstone(pool, victim))
-                    .arg(victim.to_string())
-                    .arg(new.id.to_string())
+                    .arg(record::id_arg(victim))
+                    .arg(record::id_arg(new.id))
                     .arg(&new.name)
                     .arg(keys::customer_tag(pool)),
             )
@@ -625,7 +625,7 @@ impl SessionStore for RedisStore {
                 pool,
                 on_pool(&self.scripts.attach, pool, self.now_arg(now))
                     .key(keys::epoch(pool.shard()))
-                    .arg(id.to_string())
+                    .arg(record::id_arg(id))
                     .arg(record::holder_arg(holder)),
             )
             .await?;
@@ -685,7 +685,7 @@ impl SessionStore for RedisStore {
             .run_on(
                 pool,
                 on_pool(&self.scripts.detach, pool, self.now_arg(now))
-                    .arg(id.to_string())
+                    .arg(record::id_arg(id))
                     .arg(record::holder_arg(holder)),
             )
             .await?;
@@ -777,8 +777,8 @@ impl SessionStore for RedisStore {
             .run(
                 self.scripts
                     .locate
-                    .key(keys::index(shard))
-                    .arg(id.to_string())
+                    .key(keys::index(id))
+                    .arg(record::id_arg(id))
                     .arg(keys::customer_prefix(shard)),
             )
             .await
@@ -802,7 +802,7 @@ impl SessionStore for RedisStore {
                         for (pool, s) in chunk {
                             pipe.invoke_script(
                                 on_pool(&self.scripts.restore, pool, 0)
-                                    .arg(s.id.to_string())
+                                    .arg(record::id_arg(s.id))
                                     .arg(record::encode(s))
                                     .arg(keys::customer_tag(pool)),
                             );
@@ -842,7 +842,7 @@ impl SessionStore for RedisStore {
                     self.release(*holder);
                     pipe.invoke_script(
                         on_pool(&self.scripts.detach, &h.pool, self.now_arg(now))
-                            .arg(h.id.to_string())
+                            .arg(record::id_arg(h.id))
                             .arg(record::holder_arg(*holder)),
                     );
                 }
