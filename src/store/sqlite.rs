@@ -331,9 +331,30 @@ fn bind_publisher<'q>(
         .bind(p.customer_session_limit)
 }
 
-/// Rows per statement when writing held sessions: 8 parameters each, well below
-/// SQLite's limit of 32,766 per statement.
-const WRITE_CHUNK: usize = 1_000;
+/// The most rows per statement when writing held sessions: 8 parameters each, well
+/// below SQLite's limit of 32,766 per statement.
+const WRITE_CHUNK: usize = 512;
+
+/// Cuts `rows` into statements of a power-of-two row count (`WRITE_CHUNK` at
+/// most): sqlx keeps each statement shape prepared on every connection (up to 100),
+/// and a shape per row count made them pile up: memory that grew for as long as
+/// new counts came up (bench/analysis.md, "Soak: where RSS crept"). Ten shapes
+/// each for inserts and deletes stay prepared.
+fn statements<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= WRITE_CHUNK {
+            WRITE_CHUNK
+        } else {
+            1 << rows.len().ilog2()
+        };
+        let (head, tail) = rows.split_at(size);
+        rows = tail;
+        Some(head)
+    })
+}
 
 /// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
 /// journal can hold every session of a restart.
@@ -342,7 +363,7 @@ async fn upsert<'a>(
     sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
 ) -> Result<(), SettingsError> {
     let sessions: Vec<_> = sessions.into_iter().collect();
-    for chunk in sessions.chunks(WRITE_CHUNK) {
+    for chunk in statements(&sessions) {
         let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR REPLACE INTO held_sessions
                 (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
@@ -357,11 +378,7 @@ async fn upsert<'a>(
                 .push_bind(s.expires_at as i64)
                 .push_bind(s.created_at as i64);
         });
-        // Not kept prepared: each row count is a different statement, and sqlx kept up
-        // to 100 of them per connection, a few of the largest holding more memory
-        // than the journal's rows: RSS crept for as long as new counts came up
-        // (bench/analysis.md, "Soak: where RSS crept").
-        query.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
+        query.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
 }
@@ -422,7 +439,7 @@ impl SessionArchive for SqliteSettings {
         delete.sort_unstable_by_key(|ended| ended.created_at);
         let mut tx = self.db.begin().await.map_err(db_err)?;
         upsert(&mut tx, put).await?;
-        for chunk in delete.chunks(WRITE_CHUNK) {
+        for chunk in statements(&delete) {
             // A row value IN a subquery: SQLite looks each key up in the primary key
             // (an IN over a VALUES list would scan the table).
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -437,9 +454,29 @@ impl SessionArchive for SqliteSettings {
                     .push_unseparated(")");
             }
             query.push("))");
-            // Not kept prepared, as in `upsert`.
-            query.build().persistent(false).execute(&mut *tx).await.map_err(db_err)?;
+            query.build().execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_statements_cover_every_row_in_order_in_ten_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 0..=3 * WRITE_CHUNK {
+            let rows: Vec<usize> = (0..n).collect();
+            let mut seen = Vec::new();
+            for chunk in statements(&rows) {
+                assert!(chunk.len().is_power_of_two() && chunk.len() <= WRITE_CHUNK, "{n}: {}", chunk.len());
+                shapes.insert(chunk.len());
+                seen.extend_from_slice(chunk);
+            }
+            assert_eq!(seen, rows, "{n} rows");
+        }
+        assert_eq!(shapes.len(), 10, "{shapes:?}");
     }
 }
