@@ -471,7 +471,11 @@ mod tests {
             let rows: Vec<usize> = (0..n).collect();
             let mut seen = Vec::new();
             for chunk in statements(&rows) {
-                assert!(chunk.len().is_power_of_two() && chunk.len() <= WRITE_CHUNK, "{n}: {}", chunk.len());
+                assert!(
+                    chunk.len().is_power_of_two() && chunk.len() <= WRITE_CHUNK,
+                    "{n}: {}",
+                    chunk.len()
+                );
                 shapes.insert(chunk.len());
                 seen.extend_from_slice(chunk);
             }
