@@ -17,6 +17,7 @@
 
 mod body;
 pub mod delivery;
+pub mod idle;
 pub mod signature;
 pub mod target;
 pub mod writer;
@@ -212,7 +213,17 @@ impl Loops {
             events.written.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(delivery::run(events, client, settings, shutdown.clone()));
+        // Delivery yields to admissions (see `idle`); the tracker waits for its
+        // thread like for any task, so a graceful stop still settles its round.
+        let main = idle::OnMain(tokio::runtime::Handle::current());
+        let priority = settings.webhooks.delivery_priority;
+        let stopping = shutdown.clone();
+        let finished = idle::spawn("drisc-webhooks", priority, move || {
+            delivery::run(events, main, client, settings, stopping)
+        })?;
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
         Ok(())
     }
 }

@@ -17,6 +17,13 @@ use crate::store::sqlite::SqliteSettings;
 /// locked" at once, where this one waits out the busy timeout.
 const IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
+/// Rows per INSERT of a batch: 9 parameters each at most, well under SQLite's
+/// 32,766 per statement.
+const ROWS_PER_INSERT: usize = 128;
+
+/// Ids or keys listed in one statement of a round's outcomes.
+const IDS_PER_STATEMENT: usize = 500;
+
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
     async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError> {
@@ -92,38 +99,53 @@ impl WebhookOutbox for SqliteSettings {
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
         let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
+        let mut accepted = Vec::with_capacity(events.len());
         for e in events {
             let left = match room.get(e.publisher_id.as_str()) {
                 Some(left) => *left,
-                None => {
-                    let left = room_for(&mut tx, &e.publisher_id, cap).await?;
-                    room.insert(&e.publisher_id, left);
-                    left
-                }
+                None => room_for(&mut tx, &e.publisher_id, cap).await?,
             };
             if left == 0 {
                 done.refused_full += 1;
-                continue;
+            } else {
+                accepted.push(e);
             }
-            room.insert(&e.publisher_id, left - 1);
-            sqlx::query(
-                "INSERT INTO webhook_outbox \
-                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox \
-                 WHERE ordering_key = ?3 AND dead = 0) THEN ?7 ELSE ?6 END)",
-            )
-            .bind(&e.message_id)
-            .bind(&e.publisher_id)
-            .bind(&e.ordering_key)
-            .bind(e.event_type.as_str())
-            .bind(&e.body)
-            .bind(to_i64(e.created_at))
-            .bind(WAITING)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            done.written += 1;
+            room.insert(&e.publisher_id, left.saturating_sub(1));
         }
+        // Many rows per statement: each statement is a round trip to the
+        // connection's thread, which cost more than the row's own insert.
+        let mut keys_seen = std::collections::HashSet::with_capacity(accepted.len());
+        for chunk in accepted.chunks(ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO webhook_outbox \
+                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.message_id)
+                    .push_bind(&e.publisher_id)
+                    .push_bind(&e.ordering_key)
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(&e.body)
+                    .push_bind(to_i64(e.created_at));
+                if keys_seen.insert(e.ordering_key.as_str()) {
+                    // The key's first row in this batch waits if the outbox
+                    // already holds one of its key (rows of this statement are
+                    // not looked at: none of them has this key).
+                    row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
+                        .push_bind_unseparated(&e.ordering_key)
+                        .push_unseparated(" AND dead = 0) THEN ")
+                        .push_bind_unseparated(WAITING)
+                        .push_unseparated(" ELSE ")
+                        .push_bind_unseparated(to_i64(e.created_at))
+                        .push_unseparated(" END");
+                } else {
+                    // A later row of a key written in this batch waits for it.
+                    row.push_bind(WAITING);
+                }
+            });
+            insert.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        done.written = accepted.len() as u64;
         tx.commit().await.map_err(db_err)?;
         Ok(done)
     }
@@ -165,17 +187,42 @@ impl WebhookOutbox for SqliteSettings {
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        // The keys whose head row left: their next rows become due. A round
+        // claims one row per key, so no key is here twice.
+        let mut left_keys: Vec<String> = Vec::new();
+        let mut delivered_ids: Vec<i64> = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Delivered { id } => delivered_ids.push(*id),
                 Settled::Retry {
                     id,
                     attempts,
                     next_at,
                     error,
                 } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
-                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+                Settled::Dead { id, attempts, error } => {
+                    left_keys.extend(dead_letter(&mut tx, *id, *attempts, error).await?);
+                }
             }
+        }
+        // Deliveries are nearly every outcome: a statement per slice of them,
+        // not two per row (each statement is a round trip to the connection's thread).
+        for ids in delivered_ids.chunks(IDS_PER_STATEMENT) {
+            let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
+            let mut list = delete.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            delete.push(") RETURNING ordering_key");
+            let keys: Vec<String> = delete
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            left_keys.extend(keys);
+        }
+        for keys in left_keys.chunks(IDS_PER_STATEMENT) {
+            promote_next(&mut tx, keys).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -199,18 +246,6 @@ impl WebhookOutbox for SqliteSettings {
     }
 }
 
-async fn delivered(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ? RETURNING ordering_key")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
-}
-
 async fn retry(
     tx: &mut sqlx::SqliteConnection,
     id: i64,
@@ -229,13 +264,14 @@ async fn retry(
     Ok(())
 }
 
+/// The row's ordering key, if it was there.
 async fn dead_letter(
     tx: &mut sqlx::SqliteConnection,
     id: i64,
     attempts: u32,
     error: &str,
-) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar(
+) -> Result<Option<String>, SettingsError> {
+    sqlx::query_scalar(
         "UPDATE webhook_outbox SET dead = 1, attempts = ?, last_error = ? WHERE id = ? RETURNING ordering_key",
     )
     .bind(i64::from(attempts))
@@ -243,11 +279,7 @@ async fn dead_letter(
     .bind(id)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
+    .map_err(db_err)
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
@@ -279,16 +311,16 @@ async fn count_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str) -> Resu
         .map_err(db_err)
 }
 
-/// The row after the one that left (of the same key) is due now.
-async fn promote_next(tx: &mut sqlx::SqliteConnection, key: &str) -> Result<(), SettingsError> {
-    sqlx::query(
-        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id = (SELECT MIN(id) FROM webhook_outbox \
-         WHERE ordering_key = ? AND dead = 0) AND next_attempt_at = ?",
-    )
-    .bind(key)
-    .bind(WAITING)
-    .execute(tx)
-    .await
-    .map_err(db_err)?;
+/// For each key whose head row left, the key's next row is due now.
+async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Result<(), SettingsError> {
+    let mut promote = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhook_outbox SET next_attempt_at = 0 WHERE next_attempt_at = ");
+    promote.push_bind(WAITING);
+    promote.push(" AND id IN (SELECT MIN(id) FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (");
+    let mut list = promote.separated(", ");
+    for key in keys {
+        list.push_bind(key);
+    }
+    promote.push(") GROUP BY ordering_key)");
+    promote.build().execute(tx).await.map_err(db_err)?;
     Ok(())
 }
