@@ -1,7 +1,5 @@
 //! [`WebhookOutbox`] on SQLite.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -86,71 +84,57 @@ impl WebhookOutbox for SqliteSettings {
             .await
             .map_err(db_err)?
             .rows_affected();
-        sqlx::query("DELETE FROM webhook_outbox WHERE publisher_id = ?")
-            .bind(publisher_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for table in ["webhook_outbox", "webhook_outbox_staged"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE publisher_id = ?"))
+                .bind(publisher_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(gone > 0)
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
-        let mut room: HashMap<&str, u64> = HashMap::new();
-        let mut done = Enqueued::default();
-        let mut accepted = Vec::with_capacity(events.len());
+        // One staged row per publisher of the batch (see the migration
+        // webhook_outbox_staged): the write that makes events durable appends,
+        // whatever the backlog; [`unstage`] does the rows' indexing at delivery.
+        let mut by_publisher: Vec<(&str, Vec<Staged<'_>>)> = Vec::new();
         for e in events {
-            let left = match room.get(e.publisher_id.as_str()) {
-                Some(left) => *left,
-                None => room_for(&mut tx, &e.publisher_id, cap).await?,
-            };
-            if left == 0 {
-                done.refused_full += 1;
-            } else {
-                accepted.push(e);
+            let staged = Staged(&e.message_id, &e.ordering_key, e.event_type.as_str(), &e.body, e.created_at);
+            match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
+                Some((_, list)) => list.push(staged),
+                None => by_publisher.push((&e.publisher_id, vec![staged])),
             }
-            room.insert(&e.publisher_id, left.saturating_sub(1));
         }
-        // Many rows per statement: each statement is a round trip to the
-        // connection's thread, which cost more than the row's own insert.
-        let mut keys_seen = std::collections::HashSet::with_capacity(accepted.len());
-        for chunk in accepted.chunks(ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO webhook_outbox \
-                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(&e.message_id)
-                    .push_bind(&e.publisher_id)
-                    .push_bind(&e.ordering_key)
-                    .push_bind(e.event_type.as_str())
-                    .push_bind(&e.body)
-                    .push_bind(to_i64(e.created_at));
-                if keys_seen.insert(e.ordering_key.as_str()) {
-                    // The key's first row in this batch waits if the outbox
-                    // already holds one of its key (rows of this statement are
-                    // not looked at: none of them has this key).
-                    row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
-                        .push_bind_unseparated(&e.ordering_key)
-                        .push_unseparated(" AND dead = 0) THEN ")
-                        .push_bind_unseparated(WAITING)
-                        .push_unseparated(" ELSE ")
-                        .push_bind_unseparated(to_i64(e.created_at))
-                        .push_unseparated(" END");
-                } else {
-                    // A later row of a key written in this batch waits for it.
-                    row.push_bind(WAITING);
-                }
-            });
-            insert.build().execute(&mut *tx).await.map_err(db_err)?;
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        let mut done = Enqueued::default();
+        for (publisher_id, mut list) in by_publisher {
+            let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
+            if list.len() > left {
+                done.refused_full += (list.len() - left) as u64;
+                list.truncate(left);
+            }
+            if list.is_empty() {
+                continue;
+            }
+            let batch = serde_json::to_string(&list).map_err(db_err)?;
+            sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch) VALUES (?, ?, ?)")
+                .bind(publisher_id)
+                .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
+                .bind(batch)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            done.written += list.len() as u64;
         }
-        done.written = accepted.len() as u64;
         tx.commit().await.map_err(db_err)?;
         Ok(done)
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        unstage(&mut tx, limit).await?;
         // A single UPDATE: SQLite runs one writer at a time, so nothing claims
         // the same rows between the choice and the lease.
         let rows = sqlx::query(
@@ -165,9 +149,10 @@ impl WebhookOutbox for SqliteSettings {
         .bind(to_i64(now.saturating_add(lease)))
         .bind(to_i64(now))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         let mut claimed = rows
             .iter()
             .map(|r| {
@@ -239,11 +224,93 @@ impl WebhookOutbox for SqliteSettings {
         let count = |name| -> Result<u64, SettingsError> {
             Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(db_err)?).unwrap_or(0))
         };
+        let staged: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(events), 0) FROM webhook_outbox_staged WHERE publisher_id = ?")
+                .bind(publisher_id)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db_err)?;
         Ok(OutboxCounts {
-            pending: count("pending")?,
+            pending: count("pending")? + u64::try_from(staged).unwrap_or(0),
             dead: count("dead")?,
         })
     }
+}
+
+/// One staged event: message id, ordering key, type, body, created at (unix ms).
+#[derive(serde::Serialize)]
+struct Staged<'a>(&'a str, &'a str, &'a str, &'a str, Millis);
+
+#[derive(serde::Deserialize)]
+struct Unstaged(String, String, String, String, Millis);
+
+/// Moves the oldest staged batches into webhook_outbox, in order, until at least
+/// `wanted` events moved or none is left: a claim then sees them as rows. A few
+/// batches per claim, so that the transaction (which holds the write lock the
+/// outbox writer waits for) stays short.
+async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), SettingsError> {
+    let mut moved = 0u64;
+    while moved < u64::from(wanted) {
+        let next: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT id, publisher_id, batch FROM webhook_outbox_staged ORDER BY id LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some((id, publisher_id, batch)) = next else {
+            return Ok(());
+        };
+        // A batch this version cannot read (a newer node wrote it) stays for it.
+        let events: Vec<Unstaged> = match serde_json::from_str(&batch) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
+                return Ok(());
+            }
+        };
+        sqlx::query("DELETE FROM webhook_outbox_staged WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        insert_rows(&mut *tx, &publisher_id, &events).await?;
+        moved += events.len() as u64;
+    }
+    Ok(())
+}
+
+/// Inserts a batch's rows, many per statement (each statement is a round trip to
+/// the connection's thread). A row waits if an earlier undelivered row of its key
+/// is in the outbox or earlier in this batch.
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str, events: &[Unstaged]) -> Result<(), SettingsError> {
+    let mut keys_seen = std::collections::HashSet::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO webhook_outbox \
+             (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
+        );
+        insert.push_values(chunk, |mut row, Unstaged(message_id, key, event_type, body, created_at)| {
+            row.push_bind(message_id)
+                .push_bind(publisher_id)
+                .push_bind(key)
+                .push_bind(event_type)
+                .push_bind(body)
+                .push_bind(to_i64(*created_at));
+            if keys_seen.insert(key.as_str()) {
+                // Rows of this statement are not looked at: none has this key.
+                row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
+                    .push_bind_unseparated(key)
+                    .push_unseparated(" AND dead = 0) THEN ")
+                    .push_bind_unseparated(WAITING)
+                    .push_unseparated(" ELSE ")
+                    .push_bind_unseparated(to_i64(*created_at))
+                    .push_unseparated(" END");
+            } else {
+                row.push_bind(WAITING);
+            }
+        });
+        insert.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(())
 }
 
 async fn retry(
