@@ -52,10 +52,7 @@ fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result
     s.collect_str(value)
 }
 
-fn display_or_null<S: serde::Serializer>(
-    value: &Option<crate::domain::SessionId>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn display_or_null<S: serde::Serializer>(value: &Option<crate::domain::SessionId>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(id) => s.collect_str(id),
         None => s.serialize_none(),
@@ -101,9 +98,9 @@ pub fn render(event: &SessionEvent, at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
     use crate::domain::ports::EndCause;
     use crate::domain::{PoolKey, SessionId};
+    use serde_json::Value;
 
     #[test]
     fn an_end_carries_its_cause_and_session() {

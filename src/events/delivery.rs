@@ -81,7 +81,8 @@ pub async fn run(
             }
         }
         let outbox = events.outbox.clone();
-        let claiming = main.run(async move { tokio::time::timeout(DB_TIMEOUT, outbox.claim(now_ms(), lease, per_round)).await });
+        let claiming =
+            main.run(async move { tokio::time::timeout(DB_TIMEOUT, outbox.claim(now_ms(), lease, per_round)).await });
         let claimed = match claiming.await {
             Some(Ok(Ok(claimed))) => claimed,
             Some(Ok(Err(e))) => {

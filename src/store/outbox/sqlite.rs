@@ -101,7 +101,13 @@ impl WebhookOutbox for SqliteSettings {
         // whatever the backlog; [`unstage`] does the rows' indexing at delivery.
         let mut by_publisher: Vec<(&str, Vec<Staged<'_>>)> = Vec::new();
         for e in events {
-            let staged = Staged(&e.message_id, &e.ordering_key, e.event_type.as_str(), &e.body, e.created_at);
+            let staged = Staged(
+                &e.message_id,
+                &e.ordering_key,
+                e.event_type.as_str(),
+                &e.body,
+                e.created_at,
+            );
             match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
                 Some((_, list)) => list.push(staged),
                 None => by_publisher.push((&e.publisher_id, vec![staged])),
@@ -199,11 +205,7 @@ impl WebhookOutbox for SqliteSettings {
                 list.push_bind(*id);
             }
             delete.push(") RETURNING ordering_key");
-            let keys: Vec<String> = delete
-                .build_query_scalar()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
             left_keys.extend(keys);
         }
         for keys in left_keys.chunks(IDS_PER_STATEMENT) {
@@ -281,33 +283,40 @@ async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), Set
 /// Inserts a batch's rows, many per statement (each statement is a round trip to
 /// the connection's thread). A row waits if an earlier undelivered row of its key
 /// is in the outbox or earlier in this batch.
-async fn insert_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str, events: &[Unstaged]) -> Result<(), SettingsError> {
+async fn insert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    publisher_id: &str,
+    events: &[Unstaged],
+) -> Result<(), SettingsError> {
     let mut keys_seen = std::collections::HashSet::with_capacity(events.len());
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO webhook_outbox \
              (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
         );
-        insert.push_values(chunk, |mut row, Unstaged(message_id, key, event_type, body, created_at)| {
-            row.push_bind(message_id)
-                .push_bind(publisher_id)
-                .push_bind(key)
-                .push_bind(event_type)
-                .push_bind(body)
-                .push_bind(to_i64(*created_at));
-            if keys_seen.insert(key.as_str()) {
-                // Rows of this statement are not looked at: none has this key.
-                row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
-                    .push_bind_unseparated(key)
-                    .push_unseparated(" AND dead = 0) THEN ")
-                    .push_bind_unseparated(WAITING)
-                    .push_unseparated(" ELSE ")
-                    .push_bind_unseparated(to_i64(*created_at))
-                    .push_unseparated(" END");
-            } else {
-                row.push_bind(WAITING);
-            }
-        });
+        insert.push_values(
+            chunk,
+            |mut row, Unstaged(message_id, key, event_type, body, created_at)| {
+                row.push_bind(message_id)
+                    .push_bind(publisher_id)
+                    .push_bind(key)
+                    .push_bind(event_type)
+                    .push_bind(body)
+                    .push_bind(to_i64(*created_at));
+                if keys_seen.insert(key.as_str()) {
+                    // Rows of this statement are not looked at: none has this key.
+                    row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
+                        .push_bind_unseparated(key)
+                        .push_unseparated(" AND dead = 0) THEN ")
+                        .push_bind_unseparated(WAITING)
+                        .push_unseparated(" ELSE ")
+                        .push_bind_unseparated(to_i64(*created_at))
+                        .push_unseparated(" END");
+                } else {
+                    row.push_bind(WAITING);
+                }
+            },
+        );
         insert.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
@@ -380,7 +389,9 @@ async fn count_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str) -> Resu
 
 /// For each key whose head row left, the key's next row is due now.
 async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Result<(), SettingsError> {
-    let mut promote = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE webhook_outbox SET next_attempt_at = 0 WHERE next_attempt_at = ");
+    let mut promote = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE next_attempt_at = ",
+    );
     promote.push_bind(WAITING);
     promote.push(" AND id IN (SELECT MIN(id) FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (");
     let mut list = promote.separated(", ");
