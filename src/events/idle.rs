@@ -57,12 +57,13 @@ where
 
 #[cfg(target_os = "linux")]
 fn lower_to_idle() {
+    use thread_priority::ThreadPriority;
     use thread_priority::unix::{
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
     };
-    use thread_priority::{ThreadPriority, ThreadPriorityValue};
-    // SCHED_IDLE takes no static priority: 0 is the only value the kernel accepts.
-    let priority = ThreadPriorityValue::try_from(0u8).map_or(ThreadPriority::Min, ThreadPriority::Crossplatform);
+    // SCHED_IDLE takes no static priority: `Min` is 0 for it, the only value the
+    // kernel accepts (the crate's cross-platform values map to a nice level).
+    let priority = ThreadPriority::Min;
     let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(e) = set_thread_priority_and_policy(thread_native_id(), priority, policy) {
         tracing::warn!(error = ?e, "could not lower the webhooks' delivery thread to SCHED_IDLE: it runs at normal priority");
