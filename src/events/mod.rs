@@ -13,7 +13,9 @@
 //! that queue: a full queue drops new events (counted), a crash loses what it
 //! holds, a graceful stop writes it first. From the outbox, [`delivery`] sends
 //! each event at least once, in order per session, with exponential backoff,
-//! and dead-letters it after `webhooks.max_attempts` or `webhooks.max_age`.
+//! and dead-letters it after `webhooks.max_attempts` or `webhooks.max_age`. It
+//! runs on a thread of its own that only gets the CPU admissions leave ([`idle`]):
+//! a saturated node admits as if it had no webhook, and sends the backlog after.
 
 mod body;
 pub mod delivery;
