@@ -119,4 +119,45 @@ mod tests {
         assert_eq!(body["data"]["sessionName"], "tv");
         assert_eq!(body["data"]["customerId"], "c");
     }
+
+    /// The bytes of the `serde_json::Value` rendering this replaced (keys sorted):
+    /// a receiver comparing or storing bodies sees no change.
+    #[test]
+    fn the_bytes_are_those_of_the_sorted_json_rendering() {
+        let pool = PoolKey {
+            publisher_id: "p".into(),
+            customer_id: "c\"1".into(),
+            offer_id: "o".into(),
+        };
+        let refused = SessionEvent::new(
+            EventKind::Refused {
+                reason: crate::domain::events::RefusalReason::LimitExceeded,
+                enforced: true,
+            },
+            &pool,
+            None,
+            None,
+        );
+        assert_eq!(
+            render(&refused, SystemTime::UNIX_EPOCH),
+            r#"{"data":{"customerId":"c\"1","enforced":true,"offerId":"o","publisherId":"p","reason":"limit_exceeded","sessionId":null,"sessionName":null},"timestamp":"1970-01-01T00:00:00.000Z","type":"session.refused"}"#
+        );
+        let id = SessionId::random();
+        let by = SessionId::random();
+        let taken = SessionEvent::new(
+            EventKind::TakenOver {
+                by,
+                by_name: "phone".into(),
+            },
+            &pool,
+            Some(id),
+            Some("tv"),
+        );
+        assert_eq!(
+            render(&taken, SystemTime::UNIX_EPOCH),
+            format!(
+                r#"{{"data":{{"customerId":"c\"1","offerId":"o","publisherId":"p","sessionId":"{id}","sessionName":"tv","takenOverBy":{{"sessionId":"{by}","sessionName":"phone"}}}},"timestamp":"1970-01-01T00:00:00.000Z","type":"session.taken_over"}}"#
+            )
+        );
+    }
 }
