@@ -94,6 +94,19 @@ pub struct WebhookSettings {
     /// webhooks re-read (changes made on other nodes).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How the delivery's thread is scheduled against admissions.
+    pub delivery_priority: DeliveryPriority,
+}
+
+/// `webhooks.delivery_priority`: `idle` (the delivery gets only the CPU that
+/// admissions leave: none while the node is saturated, all of it otherwise) or
+/// `normal` (an equal share: webhooks keep flowing on a node that is always
+/// saturated, at the cost of admissions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryPriority {
+    Idle,
+    Normal,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

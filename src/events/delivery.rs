@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::Events;
+use super::idle::OnMain;
 use super::signature;
 use super::target::{self, GuardedResolver};
 use crate::config::{Settings, WebhookSettings};
@@ -58,7 +59,14 @@ struct Prepared {
     key: Vec<u8>,
 }
 
-pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Settings>, shutdown: CancellationToken) {
+/// The delivery loop; `main` runs its database calls (see [`super::idle`]).
+pub async fn run(
+    events: Arc<Events>,
+    main: OnMain,
+    client: reqwest::Client,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
     let w = &settings.webhooks;
     let per_round = w.max_in_flight.saturating_mul(WAVES_PER_ROUND);
     // Long enough for every wave of a round to time out, one after the other.
@@ -67,17 +75,21 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
     while !shutdown.is_cancelled() {
         if tokio::time::Instant::now() >= next_reload {
             next_reload = tokio::time::Instant::now() + w.poll_interval;
-            if let Err(e) = events.reload().await {
+            let reading = events.clone();
+            if let Some(Err(e)) = main.run(async move { reading.reload().await }).await {
                 tracing::warn!(error = %e, "could not re-read the webhooks");
             }
         }
-        let claimed = match tokio::time::timeout(DB_TIMEOUT, events.outbox.claim(now_ms(), lease, per_round)).await {
-            Ok(Ok(claimed)) => claimed,
-            Ok(Err(e)) => {
+        let outbox = events.outbox.clone();
+        let claiming =
+            main.run(async move { tokio::time::timeout(DB_TIMEOUT, outbox.claim(now_ms(), lease, per_round)).await });
+        let claimed = match claiming.await {
+            Some(Ok(Ok(claimed))) => claimed,
+            Some(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "could not read the webhook outbox");
                 Vec::new()
             }
-            Err(_) => Vec::new(),
+            Some(Err(_)) | None => Vec::new(),
         };
         if claimed.is_empty() {
             tokio::select! {
@@ -87,7 +99,7 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
             }
             continue;
         }
-        let hooks = prepare(&events, &claimed).await;
+        let hooks = prepare(&events, &main, &claimed).await;
         let round = futures_util::stream::iter(claimed.iter().cloned())
             .map(|c| {
                 let hook = hooks.get(&c.publisher_id).and_then(Option::as_ref);
@@ -110,7 +122,10 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
                         error: "interrupted by shutdown".into(),
                     })
                     .collect();
-                let _ = tokio::time::timeout(DB_TIMEOUT, events.outbox.settle(&given_back)).await;
+                let outbox = events.outbox.clone();
+                let _ = main
+                    .run(async move { tokio::time::timeout(DB_TIMEOUT, outbox.settle(&given_back)).await })
+                    .await;
                 return;
             }
         };
@@ -120,24 +135,28 @@ pub async fn run(events: Arc<Events>, client: reqwest::Client, settings: Arc<Set
             .into_iter()
             .map(|(c, outcome)| settle(&c, outcome, &events, w))
             .collect();
-        match tokio::time::timeout(DB_TIMEOUT, events.outbox.settle(&settled)).await {
-            Ok(Ok(())) => {}
+        let outbox = events.outbox.clone();
+        let settling = main.run(async move { tokio::time::timeout(DB_TIMEOUT, outbox.settle(&settled)).await });
+        match settling.await {
+            Some(Ok(Ok(()))) => {}
             // The claims' leases run out and the events are tried again: at least once.
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not record webhook deliveries"),
-            Err(_) => tracing::warn!("could not record webhook deliveries within {DB_TIMEOUT:?}"),
+            Some(Ok(Err(e))) => tracing::warn!(error = %e, "could not record webhook deliveries"),
+            Some(Err(_)) => tracing::warn!("could not record webhook deliveries within {DB_TIMEOUT:?}"),
+            None => return,
         }
     }
 }
 
 /// The webhooks of the publishers in this round, read once each.
-async fn prepare(events: &Events, claimed: &[Claimed]) -> HashMap<String, Option<Prepared>> {
+async fn prepare(events: &Arc<Events>, main: &OnMain, claimed: &[Claimed]) -> HashMap<String, Option<Prepared>> {
     let mut hooks = HashMap::new();
     for c in claimed {
         if hooks.contains_key(&c.publisher_id) {
             continue;
         }
-        let prepared = match events.webhook(&c.publisher_id).await {
-            Ok(Some(hook)) => match (Url::parse(&hook.url), signature::key_of(&hook.secret)) {
+        let (reading, publisher) = (events.clone(), c.publisher_id.clone());
+        let prepared = match main.run(async move { reading.webhook(&publisher).await }).await {
+            Some(Ok(Some(hook))) => match (Url::parse(&hook.url), signature::key_of(&hook.secret)) {
                 (Ok(url), Ok(key)) => Some(Prepared { url, key }),
                 _ => None,
             },

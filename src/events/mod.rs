@@ -13,10 +13,13 @@
 //! that queue: a full queue drops new events (counted), a crash loses what it
 //! holds, a graceful stop writes it first. From the outbox, [`delivery`] sends
 //! each event at least once, in order per session, with exponential backoff,
-//! and dead-letters it after `webhooks.max_attempts` or `webhooks.max_age`.
+//! and dead-letters it after `webhooks.max_attempts` or `webhooks.max_age`. It
+//! runs on a thread of its own that only gets the CPU admissions leave ([`idle`]):
+//! a saturated node admits as if it had no webhook, and sends the backlog after.
 
 mod body;
 pub mod delivery;
+pub mod idle;
 pub mod signature;
 pub mod target;
 pub mod writer;
@@ -212,7 +215,17 @@ impl Loops {
             events.written.clone(),
             shutdown.clone(),
         ));
-        tracker.spawn(delivery::run(events, client, settings, shutdown.clone()));
+        // Delivery yields to admissions (see `idle`); the tracker waits for its
+        // thread like for any task, so a graceful stop still settles its round.
+        let main = idle::OnMain(tokio::runtime::Handle::current());
+        let priority = settings.webhooks.delivery_priority;
+        let stopping = shutdown.clone();
+        let finished = idle::spawn("drisc-webhooks", priority, move || {
+            delivery::run(events, main, client, settings, stopping)
+        })?;
+        tracker.spawn(async move {
+            let _ = finished.await;
+        });
         Ok(())
     }
 }

@@ -65,6 +65,7 @@ conformance!(
     a_claimed_event_is_not_claimed_again_until_its_lease_ends_or_it_is_retried,
     a_dead_letter_lets_the_next_event_of_its_session_go,
     a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events,
+    a_sessions_events_written_in_many_batches_go_out_in_order_whatever_the_claims_size,
 );
 
 fn hook(publisher_id: &str) -> Webhook {
@@ -135,6 +136,48 @@ async fn only_the_oldest_undelivered_event_of_a_session_is_claimed(s: Subject) {
     let again = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message_id, "msg_a_5");
+}
+
+/// SQLite keeps a written batch as one staged row and moves it into the outbox as
+/// it claims: order per session must hold across batches, whatever a claim asks
+/// for, and a round's outcomes settled at once.
+async fn a_sessions_events_written_in_many_batches_go_out_in_order_whatever_the_claims_size(s: Subject) {
+    let s = s.with_webhook("p").await;
+    s.repo.create_publisher(&publisher("q")).await.unwrap();
+    s.outbox.put_webhook(&hook("q")).await.unwrap();
+    for batch in [
+        vec![event("p", "a", 1), event("q", "b", 2)],
+        vec![event("p", "a", 3), event("p", "c", 4)],
+        vec![event("p", "a", 5)],
+    ] {
+        s.outbox.enqueue(&batch, 100).await.unwrap();
+    }
+    // Written is pending, before any claim.
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 4);
+    assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 1);
+    let first = s.outbox.claim(NOW, LEASE, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].message_id, "msg_a_1");
+    let rest = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = rest.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(ids, ["msg_b_2", "msg_c_4"]);
+    let round: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
+        .collect();
+    s.outbox.settle(&round).await.unwrap();
+    let second = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = second.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(ids, ["msg_a_3"]);
+    s.outbox.delivered(second[0].id).await.unwrap();
+    let third = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<_> = third.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(ids, ["msg_a_5"]);
+    s.outbox.delivered(third[0].id).await.unwrap();
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
+    assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 0);
+    assert!(s.outbox.claim(NOW, LEASE, 10).await.unwrap().is_empty());
 }
 
 async fn a_claimed_event_is_not_claimed_again_until_its_lease_ends_or_it_is_retried(s: Subject) {

@@ -1,7 +1,5 @@
 //! [`WebhookOutbox`] on SQLite.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -16,6 +14,13 @@ use crate::store::sqlite::SqliteSettings;
 /// another writer (the journal, the delivery) and fails with "database is
 /// locked" at once, where this one waits out the busy timeout.
 const IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
+/// Rows per INSERT of a batch: 9 parameters each at most, well under SQLite's
+/// 32,766 per statement.
+const ROWS_PER_INSERT: usize = 128;
+
+/// Ids or keys listed in one statement of a round's outcomes.
+const IDS_PER_STATEMENT: usize = 500;
 
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
@@ -79,56 +84,63 @@ impl WebhookOutbox for SqliteSettings {
             .await
             .map_err(db_err)?
             .rows_affected();
-        sqlx::query("DELETE FROM webhook_outbox WHERE publisher_id = ?")
-            .bind(publisher_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for table in ["webhook_outbox", "webhook_outbox_staged"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE publisher_id = ?"))
+                .bind(publisher_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(gone > 0)
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
-        let mut room: HashMap<&str, u64> = HashMap::new();
-        let mut done = Enqueued::default();
+        // One staged row per publisher of the batch (see the migration
+        // webhook_outbox_staged): the write that makes events durable appends,
+        // whatever the backlog; [`unstage`] does the rows' indexing at delivery.
+        let mut by_publisher: Vec<(&str, Vec<Staged<'_>>)> = Vec::new();
         for e in events {
-            let left = match room.get(e.publisher_id.as_str()) {
-                Some(left) => *left,
-                None => {
-                    let left = room_for(&mut tx, &e.publisher_id, cap).await?;
-                    room.insert(&e.publisher_id, left);
-                    left
-                }
-            };
-            if left == 0 {
-                done.refused_full += 1;
+            let staged = Staged(
+                &e.message_id,
+                &e.ordering_key,
+                e.event_type.as_str(),
+                &e.body,
+                e.created_at,
+            );
+            match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
+                Some((_, list)) => list.push(staged),
+                None => by_publisher.push((&e.publisher_id, vec![staged])),
+            }
+        }
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        let mut done = Enqueued::default();
+        for (publisher_id, mut list) in by_publisher {
+            let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
+            if list.len() > left {
+                done.refused_full += (list.len() - left) as u64;
+                list.truncate(left);
+            }
+            if list.is_empty() {
                 continue;
             }
-            room.insert(&e.publisher_id, left - 1);
-            sqlx::query(
-                "INSERT INTO webhook_outbox \
-                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox \
-                 WHERE ordering_key = ?3 AND dead = 0) THEN ?7 ELSE ?6 END)",
-            )
-            .bind(&e.message_id)
-            .bind(&e.publisher_id)
-            .bind(&e.ordering_key)
-            .bind(e.event_type.as_str())
-            .bind(&e.body)
-            .bind(to_i64(e.created_at))
-            .bind(WAITING)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            done.written += 1;
+            let batch = serde_json::to_string(&list).map_err(db_err)?;
+            sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch) VALUES (?, ?, ?)")
+                .bind(publisher_id)
+                .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
+                .bind(batch)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            done.written += list.len() as u64;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(done)
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
+        let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        unstage(&mut tx, limit).await?;
         // A single UPDATE: SQLite runs one writer at a time, so nothing claims
         // the same rows between the choice and the lease.
         let rows = sqlx::query(
@@ -143,9 +155,10 @@ impl WebhookOutbox for SqliteSettings {
         .bind(to_i64(now.saturating_add(lease)))
         .bind(to_i64(now))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         let mut claimed = rows
             .iter()
             .map(|r| {
@@ -165,17 +178,38 @@ impl WebhookOutbox for SqliteSettings {
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+        // The keys whose head row left: their next rows become due. A round
+        // claims one row per key, so no key is here twice.
+        let mut left_keys: Vec<String> = Vec::new();
+        let mut delivered_ids: Vec<i64> = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Delivered { id } => delivered_ids.push(*id),
                 Settled::Retry {
                     id,
                     attempts,
                     next_at,
                     error,
                 } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
-                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+                Settled::Dead { id, attempts, error } => {
+                    left_keys.extend(dead_letter(&mut tx, *id, *attempts, error).await?);
+                }
             }
+        }
+        // Deliveries are nearly every outcome: a statement per slice of them,
+        // not two per row (each statement is a round trip to the connection's thread).
+        for ids in delivered_ids.chunks(IDS_PER_STATEMENT) {
+            let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
+            let mut list = delete.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            delete.push(") RETURNING ordering_key");
+            let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
+            left_keys.extend(keys);
+        }
+        for keys in left_keys.chunks(IDS_PER_STATEMENT) {
+            promote_next(&mut tx, keys).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -192,21 +226,98 @@ impl WebhookOutbox for SqliteSettings {
         let count = |name| -> Result<u64, SettingsError> {
             Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(db_err)?).unwrap_or(0))
         };
+        let staged: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(events), 0) FROM webhook_outbox_staged WHERE publisher_id = ?")
+                .bind(publisher_id)
+                .fetch_one(self.pool())
+                .await
+                .map_err(db_err)?;
         Ok(OutboxCounts {
-            pending: count("pending")?,
+            pending: count("pending")? + u64::try_from(staged).unwrap_or(0),
             dead: count("dead")?,
         })
     }
 }
 
-async fn delivered(tx: &mut sqlx::SqliteConnection, id: i64) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ? RETURNING ordering_key")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
+/// One staged event: message id, ordering key, type, body, created at (unix ms).
+#[derive(serde::Serialize)]
+struct Staged<'a>(&'a str, &'a str, &'a str, &'a str, Millis);
+
+#[derive(serde::Deserialize)]
+struct Unstaged(String, String, String, String, Millis);
+
+/// Moves the oldest staged batches into webhook_outbox, in order, until at least
+/// `wanted` events moved or none is left: a claim then sees them as rows. A few
+/// batches per claim, so that the transaction (which holds the write lock the
+/// outbox writer waits for) stays short.
+async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), SettingsError> {
+    let mut moved = 0u64;
+    while moved < u64::from(wanted) {
+        let next: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT id, publisher_id, batch FROM webhook_outbox_staged ORDER BY id LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some((id, publisher_id, batch)) = next else {
+            return Ok(());
+        };
+        // A batch this version cannot read (a newer node wrote it) stays for it.
+        let events: Vec<Unstaged> = match serde_json::from_str(&batch) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
+                return Ok(());
+            }
+        };
+        sqlx::query("DELETE FROM webhook_outbox_staged WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        insert_rows(&mut *tx, &publisher_id, &events).await?;
+        moved += events.len() as u64;
+    }
+    Ok(())
+}
+
+/// Inserts a batch's rows, many per statement (each statement is a round trip to
+/// the connection's thread). A row waits if an earlier undelivered row of its key
+/// is in the outbox or earlier in this batch.
+async fn insert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    publisher_id: &str,
+    events: &[Unstaged],
+) -> Result<(), SettingsError> {
+    let mut keys_seen = std::collections::HashSet::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO webhook_outbox \
+             (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
+        );
+        insert.push_values(
+            chunk,
+            |mut row, Unstaged(message_id, key, event_type, body, created_at)| {
+                row.push_bind(message_id)
+                    .push_bind(publisher_id)
+                    .push_bind(key)
+                    .push_bind(event_type)
+                    .push_bind(body)
+                    .push_bind(to_i64(*created_at));
+                if keys_seen.insert(key.as_str()) {
+                    // Rows of this statement are not looked at: none has this key.
+                    row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
+                        .push_bind_unseparated(key)
+                        .push_unseparated(" AND dead = 0) THEN ")
+                        .push_bind_unseparated(WAITING)
+                        .push_unseparated(" ELSE ")
+                        .push_bind_unseparated(to_i64(*created_at))
+                        .push_unseparated(" END");
+                } else {
+                    row.push_bind(WAITING);
+                }
+            },
+        );
+        insert.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
 }
@@ -229,13 +340,14 @@ async fn retry(
     Ok(())
 }
 
+/// The row's ordering key, if it was there.
 async fn dead_letter(
     tx: &mut sqlx::SqliteConnection,
     id: i64,
     attempts: u32,
     error: &str,
-) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar(
+) -> Result<Option<String>, SettingsError> {
+    sqlx::query_scalar(
         "UPDATE webhook_outbox SET dead = 1, attempts = ?, last_error = ? WHERE id = ? RETURNING ordering_key",
     )
     .bind(i64::from(attempts))
@@ -243,11 +355,7 @@ async fn dead_letter(
     .bind(id)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
+    .map_err(db_err)
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
@@ -279,16 +387,18 @@ async fn count_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str) -> Resu
         .map_err(db_err)
 }
 
-/// The row after the one that left (of the same key) is due now.
-async fn promote_next(tx: &mut sqlx::SqliteConnection, key: &str) -> Result<(), SettingsError> {
-    sqlx::query(
-        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id = (SELECT MIN(id) FROM webhook_outbox \
-         WHERE ordering_key = ? AND dead = 0) AND next_attempt_at = ?",
-    )
-    .bind(key)
-    .bind(WAITING)
-    .execute(tx)
-    .await
-    .map_err(db_err)?;
+/// For each key whose head row left, the key's next row is due now.
+async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Result<(), SettingsError> {
+    let mut promote = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE next_attempt_at = ",
+    );
+    promote.push_bind(WAITING);
+    promote.push(" AND id IN (SELECT MIN(id) FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (");
+    let mut list = promote.separated(", ");
+    for key in keys {
+        list.push_bind(key);
+    }
+    promote.push(") GROUP BY ordering_key)");
+    promote.build().execute(tx).await.map_err(db_err)?;
     Ok(())
 }
