@@ -331,22 +331,23 @@ fn bind_publisher<'q>(
         .bind(p.customer_session_limit)
 }
 
-/// The most rows per statement when writing held sessions: 8 parameters each, well
-/// below SQLite's limit of 32,766 per statement.
+/// The most rows per statement when writing held sessions (a power of two, see
+/// [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
 const WRITE_CHUNK: usize = 512;
 
-/// Cuts `rows` into statements of a power-of-two row count (`WRITE_CHUNK` at
-/// most): sqlx keeps each statement shape prepared on every connection (up to 100),
-/// and a shape per row count made them pile up: memory that grew for as long as
-/// new counts came up (bench/analysis.md, "Soak: where RSS crept"). Ten shapes
-/// each for inserts and deletes stay prepared.
-fn statements<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+/// Cuts `rows` into statements of a power-of-two row count, `most` at most (a
+/// power of two): sqlx keeps each statement shape prepared on every connection
+/// (up to 100), and a shape per row count made them pile up: memory that grew for
+/// as long as new counts came up (bench/analysis.md, "Soak: where RSS crept").
+/// With these, log2(`most`) + 1 shapes per statement stay prepared.
+pub(crate) fn statements<T>(mut rows: &[T], most: usize) -> impl Iterator<Item = &[T]> {
+    debug_assert!(most.is_power_of_two());
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
         }
-        let size = if rows.len() >= WRITE_CHUNK {
-            WRITE_CHUNK
+        let size = if rows.len() >= most {
+            most
         } else {
             1 << rows.len().ilog2()
         };
@@ -363,7 +364,7 @@ async fn upsert<'a>(
     sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
 ) -> Result<(), SettingsError> {
     let sessions: Vec<_> = sessions.into_iter().collect();
-    for chunk in statements(&sessions) {
+    for chunk in statements(&sessions, WRITE_CHUNK) {
         let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR REPLACE INTO held_sessions
                 (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
@@ -439,7 +440,7 @@ impl SessionArchive for SqliteSettings {
         delete.sort_unstable_by_key(|ended| ended.created_at);
         let mut tx = self.db.begin().await.map_err(db_err)?;
         upsert(&mut tx, put).await?;
-        for chunk in statements(&delete) {
+        for chunk in statements(&delete, WRITE_CHUNK) {
             // A row value IN a subquery: SQLite looks each key up in the primary key
             // (an IN over a VALUES list would scan the table).
             let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -470,7 +471,7 @@ mod tests {
         for n in 0..=3 * WRITE_CHUNK {
             let rows: Vec<usize> = (0..n).collect();
             let mut seen = Vec::new();
-            for chunk in statements(&rows) {
+            for chunk in statements(&rows, WRITE_CHUNK) {
                 assert!(
                     chunk.len().is_power_of_two() && chunk.len() <= WRITE_CHUNK,
                     "{n}: {}",

@@ -7,7 +7,7 @@ use super::{WAITING, db_err, events_column, short, to_i64, webhook_from};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
-use crate::store::sqlite::SqliteSettings;
+use crate::store::sqlite::{SqliteSettings, statements};
 
 /// Every write transaction here takes the write lock at its start: a deferred
 /// one that reads first (the cap's count) and writes later cannot wait for
@@ -15,12 +15,13 @@ use crate::store::sqlite::SqliteSettings;
 /// locked" at once, where this one waits out the busy timeout.
 const IMMEDIATE: &str = "BEGIN IMMEDIATE";
 
-/// Rows per INSERT of a batch: 9 parameters each at most, well under SQLite's
-/// 32,766 per statement.
+/// Rows per INSERT of a batch, at most: 9 parameters each at most, well under
+/// SQLite's 32,766 per statement. Powers of two, as [`statements`] cuts by them
+/// (a shape per row count would each stay prepared).
 const ROWS_PER_INSERT: usize = 128;
 
-/// Ids or keys listed in one statement of a round's outcomes.
-const IDS_PER_STATEMENT: usize = 500;
+/// Ids or keys listed in one statement of a round's outcomes, at most.
+const IDS_PER_STATEMENT: usize = 512;
 
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
@@ -198,7 +199,7 @@ impl WebhookOutbox for SqliteSettings {
         }
         // Deliveries are nearly every outcome: a statement per slice of them,
         // not two per row (each statement is a round trip to the connection's thread).
-        for ids in delivered_ids.chunks(IDS_PER_STATEMENT) {
+        for ids in statements(&delivered_ids, IDS_PER_STATEMENT) {
             let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
             let mut list = delete.separated(", ");
             for id in ids {
@@ -208,7 +209,7 @@ impl WebhookOutbox for SqliteSettings {
             let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
             left_keys.extend(keys);
         }
-        for keys in left_keys.chunks(IDS_PER_STATEMENT) {
+        for keys in statements(&left_keys, IDS_PER_STATEMENT) {
             promote_next(&mut tx, keys).await?;
         }
         tx.commit().await.map_err(db_err)
@@ -289,7 +290,7 @@ async fn insert_rows(
     events: &[Unstaged],
 ) -> Result<(), SettingsError> {
     let mut keys_seen = std::collections::HashSet::with_capacity(events.len());
-    for chunk in events.chunks(ROWS_PER_INSERT) {
+    for chunk in statements(events, ROWS_PER_INSERT) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO webhook_outbox \
              (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
