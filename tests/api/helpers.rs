@@ -173,6 +173,21 @@ impl Api {
         self.post("/sessions", token, body).await
     }
 
+    /// The status of a create once the node answers other than 503 (within 30 s):
+    /// after a store's failover, a node that counted its shards lost refuses with
+    /// 503 until its next round reaches the new master; what it says then is
+    /// what a test asserts.
+    pub async fn create_status_once_available(&self, token: &str, body: Value) -> u16 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = self.create(token, body.clone()).await.status().as_u16();
+            if status != 503 || tokio::time::Instant::now() >= deadline {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Creates a session that must be granted.
     pub async fn create_ok(&self, token: &str, offer: &str, name: &str) -> Granted {
         let response = self.create(token, json!({"offerId": offer, "sessionName": name})).await;

@@ -152,14 +152,7 @@ async fn a_master_killed_during_play_is_replaced_and_sessions_elsewhere_never_no
     // failover answers 503 until its next round reaches the new master (node b
     // may only get there after a's probe): never 200.
     for (node, token) in [(&a, &victim_token), (&b, &victim_token), (&b, &other_token)] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            let status = node.create(token, json!({"offerId": "S1"})).await.status();
-            if status != 503 || tokio::time::Instant::now() >= deadline {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = node.create_status_once_available(token, json!({"offerId": "S1"})).await;
         assert_eq!(status, 409, "the held session still counts after the failover");
     }
     let (pings, _other_player) = playing.await.unwrap();
