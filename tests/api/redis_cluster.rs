@@ -21,7 +21,7 @@ const SECRET: &str = "redis-cluster-test-session-secret";
 /// at Redis every 200 ms. The PONG timeout is longer than a failover takes
 /// here (a node is counted failed after a second), so a held session outlives
 /// one; what a longer stall does is not under test here.
-async fn node(cluster: &RedisCluster, limit: u32) -> TestApp {
+pub(crate) async fn node(cluster: &RedisCluster, limit: u32) -> TestApp {
     let seeds = cluster.seeds();
     spawn_app_with(move |s: &mut Settings| {
         s.storage.sessions = SessionBackend::Redis;

@@ -10,35 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use drisc::Settings;
-use drisc::config::SessionBackend;
 use drisc::domain::PoolKey;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, active_sessions, all_at_once, granted, spawn_app_with};
+use crate::helpers::{TestApp, active_sessions, all_at_once, granted};
 use crate::players::{Player, Seen, connect_ok};
 use crate::support_redis::{RedisCluster, SlotMigration, cluster_node_cmd, error_replies};
 
-const SECRET: &str = "redis-slots-test-session-secret";
 const LIMIT: u32 = 2;
 
-/// A node on the cluster, as in `redis_cluster.rs`: PINGs often, a PONG timeout
-/// longer than a failover takes here, Redis looked at every 200 ms.
+/// A node on the cluster, as `redis_cluster.rs` starts them.
 async fn node(cluster: &RedisCluster) -> TestApp {
-    let seeds = cluster.seeds();
-    spawn_app_with(move |s: &mut Settings| {
-        s.storage.sessions = SessionBackend::Redis;
-        s.storage.redis_url = "redis://127.0.0.1:1/".into(); // not used: the seeds are
-        s.storage.redis_cluster_nodes = seeds;
-        s.auth.session_secret = SECRET.into();
-        s.publishers.default_session_limit = LIMIT;
-        s.limits.customer_burst = 1000;
-        s.liveness.ping_interval = Duration::from_millis(500);
-        s.liveness.pong_timeout = Duration::from_secs(8);
-        s.liveness.reconnect_grace = Duration::from_secs(2);
-        s.cluster.refresh_interval = Duration::from_millis(200);
-    })
-    .await
+    crate::redis_cluster::node(cluster, LIMIT).await
 }
 
 fn shard_of(customer: &str) -> u16 {

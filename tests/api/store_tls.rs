@@ -753,24 +753,10 @@ async fn nodes_on_a_redis_cluster_over_rediss_admit_serve_and_pass_orders() {
         "says a client certificate is required, and what to set: {error}"
     );
 
-    let node = || {
-        let (seeds, ca, cert, key) = (
-            cluster.seeds(),
-            pki.file("ca.pem"),
-            pki.file("client.pem"),
-            pki.file("client.key"),
-        );
-        spawn_app_with(move |s| {
-            on_redis(s, "redis://127.0.0.1:1/".into());
-            s.storage.redis_cluster_nodes = seeds;
-            s.storage.redis_ca_file = ca;
-            s.storage.redis_client_cert = cert;
-            s.storage.redis_client_key = key;
-            s.auth.session_secret = "store-tls-test-session-secret".into();
-            s.publishers.default_session_limit = 1;
-        })
-    };
-    let (a, b) = (node().await, node().await);
+    let (a, b) = (
+        tls_cluster_node(&pki, &cluster, |_| {}).await,
+        tls_cluster_node(&pki, &cluster, |_| {}).await,
+    );
     let token = a.token("p", "tls-cluster");
     let tv = a.create_ok(&token, "S1", "TV").await;
     let mut player = crate::players::connect_ok(&tv.endpoint).await;
@@ -791,6 +777,32 @@ async fn nodes_on_a_redis_cluster_over_rediss_admit_serve_and_pass_orders() {
     player.expect_close(4001).await;
 }
 
+/// A node of the TLS cluster, with the CA and a client certificate, a session
+/// limit of 1, and whatever `tune` adds.
+async fn tls_cluster_node(
+    pki: &Pki,
+    cluster: &TlsCluster,
+    tune: impl FnOnce(&mut Settings),
+) -> crate::helpers::TestApp {
+    let (seeds, ca, cert, key) = (
+        cluster.seeds(),
+        pki.file("ca.pem"),
+        pki.file("client.pem"),
+        pki.file("client.key"),
+    );
+    spawn_app_with(move |s| {
+        on_redis(s, "redis://127.0.0.1:1/".into());
+        s.storage.redis_cluster_nodes = seeds;
+        s.storage.redis_ca_file = ca;
+        s.storage.redis_client_cert = cert;
+        s.storage.redis_client_key = key;
+        s.auth.session_secret = "store-tls-test-session-secret".into();
+        s.publishers.default_session_limit = 1;
+        tune(s);
+    })
+    .await
+}
+
 /// The failover of `redis_cluster.rs`, over TLS (replication and the cluster bus
 /// too): a master of the TLS cluster is SIGKILLed during play; its replica is
 /// promoted, admissions on its slots resume with the limit intact through both
@@ -799,29 +811,17 @@ async fn nodes_on_a_redis_cluster_over_rediss_admit_serve_and_pass_orders() {
 async fn a_tls_cluster_master_killed_during_play_is_replaced() {
     let pki = Pki::new("drisc");
     let mut cluster = TlsCluster::start_with(&pki, 1);
-    let node = |cluster: &TlsCluster| {
-        let (seeds, ca, cert, key) = (
-            cluster.seeds(),
-            pki.file("ca.pem"),
-            pki.file("client.pem"),
-            pki.file("client.key"),
-        );
-        spawn_app_with(move |s| {
-            on_redis(s, "redis://127.0.0.1:1/".into());
-            s.storage.redis_cluster_nodes = seeds;
-            s.storage.redis_ca_file = ca;
-            s.storage.redis_client_cert = cert;
-            s.storage.redis_client_key = key;
-            s.auth.session_secret = "store-tls-test-session-secret".into();
-            s.publishers.default_session_limit = 1;
-            s.limits.customer_burst = 1000;
-            // Longer than a failover takes here, as in `redis_cluster.rs`: a longer
-            // one is the stall case (`store_stall.rs`).
-            s.liveness.pong_timeout = Duration::from_secs(8);
-            s.liveness.reconnect_grace = Duration::from_secs(2);
-        })
+    let tuned = |s: &mut Settings| {
+        s.limits.customer_burst = 1000;
+        // Longer than a failover takes here, as in `redis_cluster.rs`: a longer
+        // one is the stall case (`store_stall.rs`).
+        s.liveness.pong_timeout = Duration::from_secs(8);
+        s.liveness.reconnect_grace = Duration::from_secs(2);
     };
-    let (a, b) = (node(&cluster).await, node(&cluster).await);
+    let (a, b) = (
+        tls_cluster_node(&pki, &cluster, tuned).await,
+        tls_cluster_node(&pki, &cluster, tuned).await,
+    );
     let tag = |c: &str| {
         let pool = drisc::domain::PoolKey {
             publisher_id: "p".into(),

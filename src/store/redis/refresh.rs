@@ -334,12 +334,7 @@ impl RedisStore {
                 .map(|(shard, nodes)| {
                     let mut pipe = redis::pipe();
                     for node in nodes {
-                        pipe.cmd("SET")
-                            .arg(keys::alive(*shard, *node))
-                            .arg(until)
-                            .arg("PX")
-                            .arg(pong_ms)
-                            .arg("XX");
+                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX");
                     }
                     pipe
                 })
@@ -370,12 +365,7 @@ impl RedisStore {
                 let mut pipe = redis::pipe();
                 if let Some(until) = &until {
                     for node in nodes {
-                        pipe.cmd("SET")
-                            .arg(keys::alive(*shard, *node))
-                            .arg(until)
-                            .arg("PX")
-                            .arg(pong_ms)
-                            .ignore();
+                        set_alive(&mut pipe, *shard, *node, until, pong_ms).ignore();
                     }
                 }
                 // The epoch, set first by whoever finds none (NX), read back (GET:
@@ -741,4 +731,20 @@ impl RedisStore {
         );
         Ok(count)
     }
+}
+
+/// The node's liveness key in a shard, set to `until` for one PONG timeout: the
+/// command of a vouch, to which the caller adds its condition or `ignore`.
+fn set_alive<'p>(
+    pipe: &'p mut redis::Pipeline,
+    shard: u16,
+    node: u64,
+    until: &str,
+    pong_ms: u64,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("SET")
+        .arg(keys::alive(shard, node))
+        .arg(until)
+        .arg("PX")
+        .arg(pong_ms)
 }
