@@ -27,14 +27,20 @@ fn events_column(events: &[EventType]) -> String {
     events.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
 }
 
-fn webhook_from(publisher_id: String, url: String, secret: String, events: &str) -> Webhook {
-    Webhook {
-        publisher_id,
-        url,
-        secret,
+/// A webhook from its row (`publisher_id, url, secret, events`), on either database.
+fn webhook_of<R: sqlx::Row>(r: &R) -> Result<Webhook, SettingsError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'v> String: sqlx::Decode<'v, R::Database> + sqlx::Type<R::Database>,
+{
+    let events: String = r.try_get("events").map_err(db_err)?;
+    Ok(Webhook {
+        publisher_id: r.try_get("publisher_id").map_err(db_err)?,
+        url: r.try_get("url").map_err(db_err)?,
+        secret: r.try_get("secret").map_err(db_err)?,
         // Types this version does not know (a newer node wrote them) are skipped.
         events: events.split(',').filter_map(EventType::parse).collect(),
-    }
+    })
 }
 
 fn short(error: &str) -> &str {

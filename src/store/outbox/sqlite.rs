@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{WAITING, db_err, events_column, short, to_i64, webhook_from};
+use super::{WAITING, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
@@ -31,16 +31,7 @@ impl WebhookOutbox for SqliteSettings {
             .fetch_optional(self.pool())
             .await
             .map_err(db_err)?;
-        row.map(|r| {
-            let events: String = r.try_get("events").map_err(db_err)?;
-            Ok(webhook_from(
-                r.try_get("publisher_id").map_err(db_err)?,
-                r.try_get("url").map_err(db_err)?,
-                r.try_get("secret").map_err(db_err)?,
-                &events,
-            ))
-        })
-        .transpose()
+        row.as_ref().map(webhook_of).transpose()
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, SettingsError> {
@@ -48,17 +39,7 @@ impl WebhookOutbox for SqliteSettings {
             .fetch_all(self.pool())
             .await
             .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                let events: String = r.try_get("events").map_err(db_err)?;
-                Ok(webhook_from(
-                    r.try_get("publisher_id").map_err(db_err)?,
-                    r.try_get("url").map_err(db_err)?,
-                    r.try_get("secret").map_err(db_err)?,
-                    &events,
-                ))
-            })
-            .collect()
+        rows.iter().map(webhook_of).collect()
     }
 
     async fn put_webhook(&self, w: &Webhook) -> Result<(), SettingsError> {
