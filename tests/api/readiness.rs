@@ -27,13 +27,19 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (status, body)
 }
 
-async fn readyz(app: &TestApp) -> (u16, Value) {
+pub(crate) async fn readyz(app: &TestApp) -> (u16, Value) {
     get(&app.http, &app.url("/readyz")).await
 }
 
 /// Polls `/readyz` until it answers `status`, for at most STORE_PATIENCE; returns the body.
 async fn until_readyz(app: &TestApp, status: u16) -> Value {
-    let deadline = tokio::time::Instant::now() + STORE_PATIENCE;
+    until_readyz_within(app, status, STORE_PATIENCE).await
+}
+
+/// Polls `/readyz` every 100 ms until it answers `status`, for at most `patience`;
+/// returns the body.
+pub(crate) async fn until_readyz_within(app: &TestApp, status: u16, patience: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         let (got, body) = readyz(app).await;
         if got == status {
@@ -41,7 +47,7 @@ async fn until_readyz(app: &TestApp, status: u16) -> Value {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "/readyz still answers {got} {body}, not {status}"
+            "/readyz still answers {got} {body} after {patience:?}, not {status}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, active_sessions, all_at_once, granted};
 use crate::players::{Player, Seen, connect_ok};
+use crate::readiness::{readyz, until_readyz_within};
 use crate::support_redis::{RedisCluster, SlotMigration, cluster_node_cmd, error_replies};
 
 const LIMIT: u32 = 2;
@@ -362,7 +363,7 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
         (pings, player)
     });
     // Polled every 100 ms (the probe runs at most once a second).
-    let body = until_readyz(&app, 503, Duration::from_secs(30)).await;
+    let body = until_readyz_within(&app, 503, Duration::from_secs(30)).await;
     assert_eq!(body["status"], "unavailable", "{body}");
     assert_eq!(body["reason"], "redis unreachable", "{body}");
     assert_eq!(body["checks"]["redis"], "down", "{body}");
@@ -375,7 +376,7 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
         .node_cmd(replica, &["CONFIG", "SET", "cluster-replica-no-failover", "no"])
         .unwrap();
     // Generous: an election is slow on a loaded machine.
-    let body = until_readyz(&app, 200, Duration::from_secs(60)).await;
+    let body = until_readyz_within(&app, 200, Duration::from_secs(60)).await;
     assert_eq!(body["checks"]["redis"], "up", "{body}");
     assert_eq!(
         cluster.master_of(&shard_tag(shard_of("rz0"))),
@@ -405,32 +406,8 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
     assert_eq!(app.create(&token, json!({"offerId": "S1"})).await.status(), 409);
 }
 
-/// Polls `/readyz` every 100 ms until it answers `status`, for at most `patience`.
-async fn until_readyz(app: &TestApp, status: u16, patience: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let (got, body) = readyz(app).await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz still answers {got} {body} after {patience:?}, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn readyz(app: &TestApp) -> (u16, Value) {
-    get_json(app, "/readyz").await
-}
-
 async fn get_livez(app: &TestApp) -> (u16, Value) {
-    get_json(app, "/livez").await
-}
-
-async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app.http.get(app.url(path)).send().await.unwrap();
+    let response = app.http.get(app.url("/livez")).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
