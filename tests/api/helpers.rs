@@ -173,12 +173,12 @@ impl Api {
         self.post("/sessions", token, body).await
     }
 
-    /// The status of a create once the node answers other than 503 (within 30 s):
-    /// after a store's failover, a node that counted its shards lost refuses with
-    /// 503 until its next round reaches the new master; what it says then is
-    /// what a test asserts.
-    pub async fn create_status_once_available(&self, token: &str, body: Value) -> u16 {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    /// The status of a create once the node answers other than 503 (503 if it
+    /// still does after `patience`): during a store's failover, and after it
+    /// until the node's next round reaches the new master, a node refuses with
+    /// 503; what it says then is what a test asserts.
+    pub async fn create_status_once_available(&self, token: &str, body: Value, patience: std::time::Duration) -> u16 {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let status = self.create(token, body.clone()).await.status().as_u16();
             if status != 503 || tokio::time::Instant::now() >= deadline {

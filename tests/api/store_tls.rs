@@ -865,26 +865,26 @@ async fn a_tls_cluster_master_killed_during_play_is_replaced() {
     // its replica is promoted, then resume. Generous: an election is slow on a
     // loaded machine.
     let probe_token = a.token("p", probe.as_str());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = a
-            .create(&probe_token, serde_json::json!({"offerId": "S1"}))
-            .await
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "only refused while the shard has no master");
-        assert!(tokio::time::Instant::now() < deadline, "admissions never resumed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let resumed = a
+        .create_status_once_available(
+            &probe_token,
+            serde_json::json!({"offerId": "S1"}),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        resumed, 200,
+        "refused only with 503 while the shard had no master, then admitted"
+    );
     assert_ne!(cluster.master_of(&tag("tfo0")), doomed, "a replica took over");
     // The limit holds on the promoted replica: the held session still counts,
     // through either node (each once it answers other than 503: see
     // `create_status_once_available`), never granted.
     let full = serde_json::json!({"offerId": "S1"});
     for (node, token) in [(&a, &victim_token), (&b, &victim_token), (&b, &other_token)] {
-        let status = node.create_status_once_available(token, full.clone()).await;
+        let status = node
+            .create_status_once_available(token, full.clone(), Duration::from_secs(30))
+            .await;
         assert_eq!(status, 409, "the held session still counts after the failover");
     }
     let (pings, _other_player) = playing.await.expect("the player on another master never noticed");
