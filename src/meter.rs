@@ -625,8 +625,9 @@ mod over_limit_tests {
 /// holding freed pages for reuse (`resident` above `active`, `allocated` level).
 /// Read at scrape time; `epoch::advance` makes jemalloc refresh its cached totals.
 ///
-/// In a process whose global allocator is not jemalloc (the test binaries), these
-/// are jemalloc's own small figures, not the process's.
+/// jemalloc also serves C's `malloc` (Cargo.toml), so SQLite's memory is in them,
+/// and so is everything in the test binaries, whose Rust allocator is the system
+/// one: it calls that same `malloc`.
 mod allocator {
     #[derive(Default)]
     pub(super) struct Allocator {
