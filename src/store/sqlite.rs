@@ -49,12 +49,12 @@ impl SqliteSettings {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            // Each connection's page cache, in KiB (SQLite's default: 2,000). The pool's
-            // connections take turns, and the journal's keys move on as sessions come and
-            // go, so each cache filled to its cap over half an hour of churn: RSS crept by
-            // megabytes after warm-up (bench/soak-results.md). The working set is the
-            // journal's newest pages and the tree's inner pages; the rest is in the OS's
-            // page cache, a read away (`benches/journal.rs` measures the cost).
+            // Each connection's page cache, in KiB (SQLite's default: 2,000): a bound on
+            // what the pool's 4 connections can hold as the journal's keys move on with
+            // the sessions (not what made the soak's RSS creep: that was prepared
+            // statements, see `statements`). The working set is the journal's newest
+            // pages and the tree's inner pages; the rest is in the OS's page cache, a
+            // read away (`benches/journal.rs`: no measurable cost).
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)
