@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;
+pub mod threads;
 pub mod web;
 pub mod ws;
 

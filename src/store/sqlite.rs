@@ -24,9 +24,22 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// SQLite's page cache per connection, in KiB: 4 connections hold at most 2 MiB.
 const CACHE_KIB: u32 = 512;
 
+/// The name of the session journal's SQLite thread (`ps -eLo tid,ni,comm`).
+const JOURNAL_THREAD: &str = "drisc-journal";
+
 #[derive(Clone)]
 pub struct SqliteSettings {
     db: SqlitePool,
+    /// The session journal's own connection, opened at its first write, whose
+    /// SQLite thread runs at the lowest priority: the journal writes a row per
+    /// session granted and ended, tens of thousands a second at full load, in
+    /// bursts once a second; on the server's core at normal priority those bursts
+    /// took the CPU from admissions and made their latency tail (bench/analysis.md,
+    /// "The tail, round five"). At the lowest priority it takes only what
+    /// admissions leave, which at any load short of saturation is plenty. Its
+    /// transactions then hold SQLite's write lock longer on a saturated node, so
+    /// a settings or outbox write may wait behind one (SQLite's busy timeout, 5 s).
+    journal: SqlitePool,
 }
 
 fn db_err(e: impl std::fmt::Display) -> SettingsError {
@@ -58,10 +71,22 @@ impl SqliteSettings {
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&db).await?;
-        Ok(Self { db })
+        let journal = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    // The connection's thread exists (and is named) once it is open.
+                    if crate::threads::lower_named(JOURNAL_THREAD, crate::threads::LOWEST) == 0 {
+                        tracing::debug!("the session journal's SQLite thread keeps its priority");
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options.thread_name(|_| JOURNAL_THREAD.to_owned()));
+        Ok(Self { db, journal })
     }
 
     /// The secret named `name`, created at random on first use so it survives restarts.
@@ -83,6 +108,7 @@ impl SqliteSettings {
     }
 
     pub async fn close(&self) {
+        self.journal.close().await;
         self.db.close().await;
     }
 
@@ -438,7 +464,7 @@ impl SessionArchive for SqliteSettings {
         put.sort_unstable_by_key(|(_, s)| s.created_at);
         let mut delete: Vec<&Ended> = batch.delete.iter().collect();
         delete.sort_unstable_by_key(|ended| ended.created_at);
-        let mut tx = self.db.begin().await.map_err(db_err)?;
+        let mut tx = self.journal.begin().await.map_err(db_err)?;
         upsert(&mut tx, put).await?;
         for chunk in statements(&delete, WRITE_CHUNK) {
             // A row value IN a subquery: SQLite looks each key up in the primary key

@@ -74,6 +74,50 @@ async fn until_journaled(db: &dyn SessionArchive, expected: &[&str]) {
     }
 }
 
+/// The nice values of the threads of process `pid` named `name`.
+fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // "tid (comm) state ppid …": the name is between the first "(" and the
+            // last ")"; nice is the 17th field after it (field 19 of proc(5)).
+            let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            (&stat[open + 1..close] == name).then(|| fields.get(16)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The journal's SQLite thread runs at nice 19, so its bursts of writes take only
+/// the CPU admissions leave (bench/analysis.md, "The tail, round five"); the
+/// runtime's workers keep theirs.
+#[tokio::test]
+async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), ProcessOptions::default());
+    let db = open_db(&node.server.data_dir).await;
+    let tv = node.create_ok(&customer_token("p", "c1"), "S1", "TV").await;
+    until_journaled(&db, &[&tv.session_id]).await;
+    let pid = node.server.pid();
+    assert_eq!(
+        nice_of_threads(pid, "drisc-journal"),
+        vec![19],
+        "one journal thread, at nice 19"
+    );
+    // The others keep the process's own (a test run under `nice` starts it lower).
+    let process = nice_of_threads(pid, "drisc");
+    let workers = nice_of_threads(pid, "tokio-rt-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|nice| process.contains(nice)),
+        "{workers:?} {process:?}"
+    );
+    db.close().await;
+}
+
 async fn open_db(dir: &Path) -> SqliteSettings {
     SqliteSettings::open(&dir.join("drisc.db")).await.unwrap()
 }
