@@ -82,6 +82,8 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Judges a soak (a long churn run): are RSS and held slots flat? Writes bench/soak-results.md and a chart.
     SoakReport(report::soak::SoakArgs),
+    /// Draws bench/tail's chart: admission p99 and p99.9 against offered rate, per server.
+    TailChart(report::tail::TailArgs),
     /// (internal) A worker process, driven over stdin/stdout by its coordinator.
     #[command(hide = true)]
     Worker,
@@ -112,6 +114,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("drisc-load soak-report: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::TailChart(args) => {
+            return match report::tail::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("drisc-load tail-chart: {e:#}");
                     ExitCode::FAILURE
                 }
             };

@@ -13,6 +13,7 @@ mod console;
 mod figures;
 mod results;
 pub mod soak;
+pub mod tail;
 
 pub use console::print_summary;
 pub use results::{Check, RunResult, Stage};
