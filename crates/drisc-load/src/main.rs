@@ -89,6 +89,17 @@ enum Cmd {
     Worker,
 }
 
+/// The exit of a command that writes a report: its error, if any, on stderr.
+fn reported(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drisc-load {command}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -100,33 +111,9 @@ fn main() -> ExitCode {
     };
     let (common, scenario) = match cli.command {
         Cmd::Worker => return runtime.block_on(worker::main()),
-        Cmd::Report(args) => {
-            return match report::run(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("drisc-load report: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Cmd::SoakReport(args) => {
-            return match report::soak::run(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("drisc-load soak-report: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Cmd::TailChart(args) => {
-            return match report::tail::run(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("drisc-load tail-chart: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Cmd::Report(args) => return reported("report", report::run(&args)),
+        Cmd::SoakReport(args) => return reported("soak-report", report::soak::run(&args)),
+        Cmd::TailChart(args) => return reported("tail-chart", report::tail::run(&args)),
         Cmd::Admit { common, args } => (common, Scenario::Admit(args)),
         Cmd::Attach { common, args } => (common, Scenario::Attach(args)),
         Cmd::Hold { common, args } => (common, Scenario::Hold(args)),
