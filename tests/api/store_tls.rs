@@ -16,6 +16,7 @@ use sqlx::Connection;
 use crate::helpers::{spawn_app_with, test_settings};
 use crate::players::live_player;
 use crate::support_postgres::PgServer;
+use crate::support_redis::{cli_binary, server_binary};
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, as
 /// PEM files in a directory of their own.
@@ -117,7 +118,7 @@ impl TlsRedis {
     fn start(pki: &Pki, require_client_certificates: bool) -> TlsRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new("redis-server")
+        let child = Command::new(server_binary())
             .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
             .args([
                 "--tls-cert-file",
@@ -574,7 +575,7 @@ impl TlsCluster {
             let mut started = None;
             for _ in 0..5 {
                 let (port, bus) = (free_port(), free_port());
-                let mut child = Command::new("redis-server")
+                let mut child = Command::new(server_binary())
                     .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
                     .args(["--tls-cert-file", &pki.file("server.pem")])
                     .args(["--tls-key-file", &pki.file("server.key")])
@@ -618,7 +619,7 @@ impl TlsCluster {
             cluster.children.push(child);
         }
         let addresses: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
+        let created = Command::new(cli_binary())
             .args(&cluster.cli_tls)
             .args(["--cluster", "create"])
             .args(&addresses)
@@ -630,7 +631,7 @@ impl TlsCluster {
         assert!(created.success(), "redis-cli --cluster create --tls failed");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ports.iter().all(|port| {
-            Command::new("redis-cli")
+            Command::new(cli_binary())
                 .args(&cluster.cli_tls)
                 .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
                 .output()
@@ -664,7 +665,7 @@ impl TlsCluster {
     /// What `redis-cli` over TLS prints for a command on the node on `port` (empty
     /// if it could not run).
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        Command::new("redis-cli")
+        Command::new(cli_binary())
             .args(&self.cli_tls)
             .args(["-p", &port.to_string()])
             .args(args)

@@ -1,8 +1,16 @@
 //! A real `redis-server` on loopback for tests, started per test on a free port
 //! with nothing persisted, and killed when dropped.
+//!
+//! The server program is `redis-server` unless `DRISC_TEST_REDIS_SERVER` names
+//! another (`valkey-server`: scripts/test runs the Redis modules a second time
+//! on Valkey that way); the CLI that joins a cluster follows it (`valkey-cli`),
+//! or `DRISC_TEST_REDIS_CLI` names it.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use redis::IntoConnectionInfo;
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
@@ -16,19 +24,68 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn binary() -> String {
-    let found = Command::new("redis-server")
+/// The server program the tests start: `DRISC_TEST_REDIS_SERVER`, else
+/// `redis-server`. Panics when it does not run: tests that need it never skip.
+pub fn server_binary() -> String {
+    static CHOSEN: OnceLock<String> = OnceLock::new();
+    CHOSEN.get_or_init(find_server).clone()
+}
+
+fn find_server() -> String {
+    let name = std::env::var("DRISC_TEST_REDIS_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".into());
+    let found = Command::new(&name)
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         panic!(
-            "redis-server is not installed: run scripts/test-deps (CI={}); tests that need Redis never skip",
+            "{name} is not installed: run scripts/test-deps (CI={}); tests that need Redis never skip",
             std::env::var("CI").unwrap_or_default()
         );
     }
-    "redis-server".into()
+    name
+}
+
+/// The CLI of the same server (`redis-cli --cluster create` joins a cluster):
+/// `DRISC_TEST_REDIS_CLI`, else the server's name with `-server` made `-cli`
+/// (`valkey-server` gives `valkey-cli`, a path keeps its directory).
+pub fn cli_binary() -> String {
+    static CHOSEN: OnceLock<String> = OnceLock::new();
+    CHOSEN.get_or_init(find_cli).clone()
+}
+
+fn find_cli() -> String {
+    let name = std::env::var("DRISC_TEST_REDIS_CLI")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| match server_binary().strip_suffix("-server") {
+            Some(stem) => format!("{stem}-cli"),
+            None => "redis-cli".into(),
+        });
+    let found = Command::new(&name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{name} is not installed: run scripts/test-deps; tests that need Redis never skip"
+    );
+    name
+}
+
+/// A client for the tests' own commands that does not name its library on
+/// connecting: Redis 7.2+ and Valkey count each `CLIENT SETINFO` in `INFO
+/// commandstats`, which would add the test's own calls to the server's it
+/// counts (Redis 7.0 refuses the command, so counts nothing).
+fn quiet_client(url: &str) -> redis::RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    let quiet = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(quiet))
 }
 
 impl RedisServer {
@@ -46,7 +103,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(binary())
+        let child = Command::new(server_binary())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
@@ -75,7 +132,7 @@ impl RedisServer {
 
     /// Runs a command and returns its reply.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let client = quiet_client(&self.url).unwrap();
         let mut conn = client.get_connection().unwrap();
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
@@ -125,7 +182,7 @@ impl ClusterNode {
     fn spawn(dir: &std::path::Path) -> ClusterNode {
         for _ in 0..5 {
             let (port, bus) = (free_port(), free_port());
-            let mut child = Command::new(binary())
+            let mut child = Command::new(server_binary())
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
@@ -168,19 +225,6 @@ fn ping(port: u16) -> bool {
 /// a killed master's replica takes over within a few seconds.
 const NODE_TIMEOUT_MS: &str = "1000";
 
-fn redis_cli() -> &'static str {
-    let found = Command::new("redis-cli")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "redis-cli is not installed: run scripts/test-deps; tests that need Redis never skip"
-    );
-    "redis-cli"
-}
-
 impl RedisCluster {
     /// Starts six nodes and joins them: three masters, a replica each.
     pub fn start() -> RedisCluster {
@@ -188,7 +232,7 @@ impl RedisCluster {
         let nodes: Vec<ClusterNode> = (0..6).map(|_| ClusterNode::spawn(dir.path())).collect();
         let cluster = RedisCluster { nodes, _dir: dir };
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let created = Command::new(redis_cli())
+        let created = Command::new(cli_binary())
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -216,7 +260,7 @@ impl RedisCluster {
 
     /// Runs a command on the node on `port`.
     pub fn node_cmd<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let client = quiet_client(&format!("redis://127.0.0.1:{port}/"))?;
         let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
@@ -336,7 +380,7 @@ impl Drop for RedisCluster {
 /// Runs a command on the cluster node on `port` (what [`RedisCluster::node_cmd`]
 /// does, without the cluster: for a thread that moves slots while the test plays).
 pub fn cluster_node_cmd<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let client = quiet_client(&format!("redis://127.0.0.1:{port}/"))?;
     let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -463,4 +507,21 @@ impl RedisCluster {
             .and_then(port_of)
             .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
     }
+}
+
+/// The server the tests start is the one chosen: a Valkey pass that ran Redis
+/// by mistake (or the reverse) would prove nothing about Valkey.
+#[test]
+fn the_chosen_server_is_the_one_answering() {
+    let program = server_binary();
+    let server = RedisServer::start();
+    let info: String = server.cmd(&["INFO", "server"]);
+    // Valkey names itself in INFO (and keeps `redis_version` for old clients);
+    // Redis has no `server_name` field.
+    let valkey = info.lines().any(|l| l.trim() == "server_name:valkey");
+    assert_eq!(
+        valkey,
+        program.contains("valkey"),
+        "{program} was chosen, and this answered INFO: {info}"
+    );
 }
