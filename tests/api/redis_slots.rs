@@ -189,12 +189,13 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
     assert!(cluster.keys_in_slot(to, slot) > 0, "the shard's keys are on B");
 
     // The limit held in every round: never more granted than it; only a full
-    // pool (409) or a store not answering in time (503) refused.
+    // pool refused (409). No create met the move as an error: one whose keys
+    // were half moved (TRYAGAIN) waited for the slot to settle.
     let mut during = std::collections::BTreeMap::<u16, usize>::new();
     for (customer, answers) in &rounds {
         for (status, body) in answers {
             *during.entry(*status).or_default() += 1;
-            assert!([200, 409, 503].contains(status), "{customer}: {status} {body}");
+            assert!([200, 409].contains(status), "{customer}: {status} {body}");
         }
         let ids: Vec<String> = answers
             .iter()

@@ -65,7 +65,64 @@ pub(crate) enum Queued {
 }
 
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
+    if moving(&e) {
+        return StoreError::Unavailable(format!(
+            "a Redis Cluster slot is being moved between masters and did not settle within {} s ({e})",
+            MIGRATION_PATIENCE.as_secs()
+        ));
+    }
     StoreError::Unavailable(e.to_string())
+}
+
+/// How long an operation keeps trying a shard whose slot is being moved from
+/// one master to another. While keys move, Redis answers a script whose keys
+/// are not all on one side TRYAGAIN, and that is what keeps the script from
+/// running on half of its data: every script declares its shard's index and
+/// liveness prefixes (names no key has), so none runs anywhere until the slot
+/// has moved whole (run on the importing master it would read a liveness key
+/// not moved yet as missing and drop the sessions it vouches for; on the
+/// source, it fails at the first key already moved, after writing part of its
+/// work). The cluster client retries TRYAGAIN five times over a second or
+/// two; this waits on, with the same growing pauses, for a slot moved the way
+/// `redis-cli --cluster reshard` moves one (a few seconds for tens of thousands
+/// of keys), and then answers a clear error (503) rather than hang on a move
+/// that stopped half done.
+pub(crate) const MIGRATION_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The first and the longest pause between two tries of a moving shard.
+const MIGRATION_FIRST_WAIT: Duration = Duration::from_millis(50);
+const MIGRATION_LONGEST_WAIT: Duration = Duration::from_millis(500);
+
+/// TRYAGAIN: the keys of a multi-key command (every script) are in a slot
+/// being moved, some on each side.
+pub(crate) fn moving(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+}
+
+/// The pauses between tries of a shard whose slot is moving, bounded by
+/// [`MIGRATION_PATIENCE`] from the first try.
+struct Patience {
+    started: std::time::Instant,
+    next: Duration,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            next: MIGRATION_FIRST_WAIT,
+        }
+    }
+
+    /// Waits before the next try; `false` (at once) when none is left.
+    async fn wait(&mut self) -> bool {
+        if self.started.elapsed() + self.next > MIGRATION_PATIENCE {
+            return false;
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(MIGRATION_LONGEST_WAIT);
+        true
+    }
 }
 
 /// A session this node's socket holds: what is needed to refresh it, and to put
@@ -174,15 +231,22 @@ impl RedisStore {
     }
 
     /// Runs a script, once more if the connection had dropped (the manager
-    /// reconnects by itself, but does not replay the request that found it dead).
-    /// A replayed script cannot break a limit: each one re-checks the pool.
+    /// reconnects by itself, but does not replay the request that found it dead),
+    /// and again while its shard's slot is being moved between masters
+    /// ([`moving`], within [`MIGRATION_PATIENCE`]). A replayed script cannot
+    /// break a limit: each one re-checks the pool.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
-        match invocation.invoke_async(&mut conn).await {
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                invocation.invoke_async(&mut conn).await.map_err(unavailable)
+        let mut patience = Patience::new();
+        loop {
+            let result = match invocation.invoke_async(&mut conn).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => invocation.invoke_async(&mut conn).await,
+                other => other,
+            };
+            match result {
+                Err(e) if moving(&e) && patience.wait().await => continue,
+                other => return other.map_err(unavailable),
             }
-            other => other.map_err(unavailable),
         }
     }
 
@@ -197,28 +261,48 @@ impl RedisStore {
     }
 
     /// Runs a pipeline that invokes any of `scripts`, loading them all and
-    /// retrying once if Redis had lost one (or the connection dropped).
+    /// retrying once if Redis had lost one (or the connection dropped), and
+    /// again while its shard's slot is moving (a request waits for it).
     pub(crate) async fn run_pipeline_of(
         &self,
         scripts: &[&redis::Script],
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
+        self.run_pipeline_with(scripts, pipe, true).await
+    }
+
+    /// [`Self::run_pipeline_of`], waiting for a moving slot only if `patient`:
+    /// a refresh round does not (its work is tried again next round, and a
+    /// round that waits comes late, which stops every admission).
+    async fn run_pipeline_with(
+        &self,
+        scripts: &[&redis::Script],
+        pipe: &redis::Pipeline,
+        patient: bool,
+    ) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.conn.clone();
-        match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Err(e)
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    || e.is_connection_dropped() =>
-            {
-                for script in scripts {
-                    script
-                        .prepare_invoke()
-                        .load_async(&mut conn)
-                        .await
-                        .map_err(unavailable)?;
+        let mut patience = Patience::new();
+        loop {
+            let result = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        || e.is_connection_dropped() =>
+                {
+                    for script in scripts {
+                        script
+                            .prepare_invoke()
+                            .load_async(&mut conn)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    pipe.query_async(&mut conn).await
                 }
-                pipe.query_async(&mut conn).await.map_err(unavailable)
+                other => other,
+            };
+            match result {
+                Err(e) if patient && moving(&e) && patience.wait().await => continue,
+                other => return other.map_err(unavailable),
             }
-            other => other.map_err(unavailable),
         }
     }
 
@@ -229,13 +313,23 @@ impl RedisStore {
         scripts: &[&redis::Script],
         pipes: &[redis::Pipeline],
     ) -> Vec<Result<Vec<Value>, StoreError>> {
+        self.run_pipelines_with(scripts, pipes, false).await
+    }
+
+    /// [`Self::run_pipelines`], each waiting for a moving slot if `patient`.
+    async fn run_pipelines_with(
+        &self,
+        scripts: &[&redis::Script],
+        pipes: &[redis::Pipeline],
+        patient: bool,
+    ) -> Vec<Result<Vec<Value>, StoreError>> {
         // In waves, with plain loops: a closure here would trip the compiler's
         // proof that the futures of the store's methods are `Send`.
         let mut results = Vec::with_capacity(pipes.len());
         for wave in pipes.chunks(PIPELINES_IN_FLIGHT) {
             let mut running = Vec::with_capacity(wave.len());
             for pipe in wave {
-                running.push(self.run_pipeline_of(scripts, pipe));
+                running.push(self.run_pipeline_with(scripts, pipe, patient));
             }
             results.extend(futures_util::future::join_all(running).await);
         }
@@ -294,6 +388,16 @@ impl RedisStore {
     /// pipeline per shard and thousand. Returns how many were written; the
     /// writes of a pipeline that failed are queued again for the next round.
     pub(super) async fn write_queued(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
+        self.write_queued_with(which, false).await
+    }
+
+    /// [`Self::write_queued`] before a request's own operation: waits for a
+    /// moving slot as the operation would.
+    async fn write_queued_now(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
+        self.write_queued_with(which, true).await
+    }
+
+    async fn write_queued_with(&self, which: impl Fn(&PoolKey) -> bool, patient: bool) -> Result<usize, StoreError> {
         let writes = self.take_queued(which);
         if writes.is_empty() {
             return Ok(0);
@@ -319,7 +423,7 @@ impl RedisStore {
             })
             .collect();
         let results = self
-            .run_pipelines(&[&self.scripts.end, &self.scripts.detach], &pipes)
+            .run_pipelines_with(&[&self.scripts.end, &self.scripts.detach], &pipes, patient)
             .await;
         let mut failed = None;
         for (chunk, result) in chunks.into_iter().zip(results) {
@@ -342,7 +446,7 @@ impl RedisStore {
             publisher_id: pool.publisher_id.clone(),
             customer_id: pool.customer_id.clone(),
         };
-        self.write_queued(|p| of_customer(p, &customer)).await?;
+        self.write_queued_now(|p| of_customer(p, &customer)).await?;
         self.run(invocation).await
     }
 
@@ -744,7 +848,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
-        self.write_queued(|p| of_customer(p, &query.customer)).await?;
+        self.write_queued_now(|p| of_customer(p, &query.customer)).await?;
         let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
         let now = self.now_arg(now);
         let found = self
@@ -759,7 +863,7 @@ impl SessionStore for RedisStore {
         offer_id: Option<&str>,
         now: Millis,
     ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        self.write_queued(|p| of_customer(p, customer)).await?;
+        self.write_queued_now(|p| of_customer(p, customer)).await?;
         let pools = self
             .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
             .await?;
