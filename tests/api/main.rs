@@ -31,6 +31,7 @@ mod session_admin;
 mod sessions;
 mod settings_conformance;
 mod settings_postgres;
+mod store_slow;
 mod store_stall;
 mod store_tls;
 mod support_postgres;

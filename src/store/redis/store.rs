@@ -93,10 +93,41 @@ pub(crate) const MIGRATION_PATIENCE: Duration = Duration::from_secs(5);
 const MIGRATION_FIRST_WAIT: Duration = Duration::from_millis(50);
 const MIGRATION_LONGEST_WAIT: Duration = Duration::from_millis(500);
 
-/// TRYAGAIN: the keys of a multi-key command (every script) are in a slot
-/// being moved, some on each side.
+/// Sends `pipe` (its commands' keys in one slot), or, if it was redirected
+/// (ASK, MOVED) more often than the cluster client retries, its commands one
+/// at a time. The client follows an ASK for a pipeline by sending `ASKING`
+/// once before it, which covers the first command only: while a slot is
+/// being moved, the others are sent back (MOVED) to the source, which
+/// redirects them again (ASK), until the retries run out. One at a time, each
+/// is redirected on its own to the side that has its key. Every reply is
+/// returned then, so a pipeline sent here ignores none.
+async fn query_pipeline(conn: &mut Conn, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+    match pipe.query_async::<Vec<Value>>(conn).await {
+        Err(e) if redirected(&e) && pipe.len() > 1 => {
+            let mut replies = Vec::with_capacity(pipe.len());
+            for cmd in pipe.cmd_iter() {
+                replies.push(cmd.query_async::<Value>(conn).await?);
+            }
+            Ok(replies)
+        }
+        other => other,
+    }
+}
+
+/// ASK or MOVED: the command's slot is served elsewhere, or moving there.
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::Ask | redis::ServerErrorKind::Moved)
+    )
+}
+
+/// A slot being moved: TRYAGAIN (the keys of a multi-key command, every
+/// script, are some on each side), or a redirect the cluster client gave up
+/// following (its retries are few, and a script sent on by ASK to the
+/// importing master is answered TRYAGAIN there, which counts as one).
 pub(crate) fn moving(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain) || redirected(e)
 }
 
 /// The pauses between tries of a shard whose slot is moving, bounded by
@@ -283,7 +314,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let mut patience = Patience::new();
         loop {
-            let result = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            let result = match query_pipeline(&mut conn, pipe).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         || e.is_connection_dropped() =>
@@ -295,7 +326,7 @@ impl RedisStore {
                             .await
                             .map_err(unavailable)?;
                     }
-                    pipe.query_async(&mut conn).await
+                    query_pipeline(&mut conn, pipe).await
                 }
                 other => other,
             };
@@ -317,7 +348,7 @@ impl RedisStore {
     }
 
     /// [`Self::run_pipelines`], each waiting for a moving slot if `patient`.
-    async fn run_pipelines_with(
+    pub(super) async fn run_pipelines_with(
         &self,
         scripts: &[&redis::Script],
         pipes: &[redis::Pipeline],
@@ -550,6 +581,19 @@ impl RedisStore {
     /// What this node knows of the session its socket `holder` holds, if it is `id`.
     fn holding(&self, holder: Holder, id: SessionId) -> Option<Held> {
         self.held.get(&holder).filter(|h| h.id == id).map(|h| h.clone())
+    }
+
+    /// Releases `holder` if it still holds session `id`: `true` if it did, so
+    /// that what ended the session tells its socket once, whichever of a check
+    /// or a re-assertion running side by side found it first.
+    pub(crate) fn release_held(&self, holder: Holder, id: SessionId) -> bool {
+        if self.held.remove_if(&holder, |_, held| held.id == id).is_none() {
+            return false;
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&holder);
+        }
+        true
     }
 
     pub(crate) fn release(&self, holder: Holder) {
