@@ -70,7 +70,7 @@ async fn granted_soon(node: &TestApp, token: &str) -> crate::helpers::Granted {
 
 /// A player answering every PING until `stop` is set (failing on anything
 /// else: an EXPIRED, a close); hands the player back with the PINGs it answered.
-fn keep_playing(mut player: Player, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Player)> {
+pub(crate) fn keep_playing(mut player: Player, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Player)> {
     tokio::spawn(async move {
         let mut pings = 0;
         // Bounded: the test sets `stop` well within this.
