@@ -66,6 +66,7 @@ async fn fill(node: &TestApp, token: &str) -> Value {
 
 #[tokio::test]
 async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again() {
+    let _ = tracing_subscriber::fmt().with_env_filter("drisc=debug").try_init(); // TEMPDEBUG
     let mut cluster = RedisCluster::start();
     let (a, b) = (
         crate::redis_cluster::node(&cluster, LIMIT).await,
