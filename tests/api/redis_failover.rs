@@ -66,7 +66,6 @@ async fn fill(node: &TestApp, token: &str) -> Value {
 
 #[tokio::test]
 async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again() {
-    let _ = tracing_subscriber::fmt().with_env_filter("drisc=debug").try_init(); // TEMPDEBUG
     let mut cluster = RedisCluster::start();
     let (a, b) = (
         crate::redis_cluster::node(&cluster, LIMIT).await,
@@ -91,6 +90,9 @@ async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again
     let mut held_player = connect_ok(&held.endpoint).await;
     held_player.keep_alive_for(Duration::from_secs(1)).await;
     cluster.on_masters(&["WAIT", "1", "1000"]);
+    // Played on its own task: a create during the freeze may take seconds.
+    let held_stop = Arc::new(AtomicBool::new(false));
+    let held_playing = keep_playing(held_player, held_stop.clone());
 
     cluster.signal(frozen, "STOP");
     let frozen_at = tokio::time::Instant::now();
@@ -104,7 +106,7 @@ async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again
             *during.entry(status).or_default() += 1;
             assert!([200, 409, 503].contains(&status), "during the freeze: {status}");
         }
-        let _ = held_player.keep_alive_for(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         if cluster.master_of(&customer_key(&on_frozen[0])) == replica {
             break frozen_at.elapsed();
         }
@@ -146,6 +148,13 @@ async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again
         still_held,
         "the session held on the frozen master still counts: {refused}"
     );
+    // And its player was never told otherwise.
+    held_stop.store(true, Ordering::Relaxed);
+    let (pings, _) = tokio::time::timeout(Duration::from_secs(10), held_playing)
+        .await
+        .expect("the player stops when told")
+        .expect("the player on the frozen master's slots played through the failover");
+    assert!(pings >= 10, "pinged all along: {pings}");
 
     // The sessions on the other masters never noticed.
     stop.store(true, Ordering::Relaxed);
