@@ -522,8 +522,8 @@ impl RedisStore {
         let fallback = v.last;
         for shard in shards {
             let last = vouched.remove(&shard).or(fallback);
-            if !v.lost.contains_key(&shard) {
-                v.lost.insert(shard, last);
+            if let std::collections::hash_map::Entry::Vacant(entry) = v.lost.entry(shard) {
+                entry.insert(last);
                 v.suspected.insert(shard);
             }
             // Its next vouch says again whether the key is still there.
