@@ -67,7 +67,7 @@ pub(crate) enum Queued {
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     if moving(&e) {
         return StoreError::Unavailable(format!(
-            "a Redis Cluster slot is being moved between masters and did not settle within {} s ({e})",
+            "a Redis Cluster slot is moving between masters (a request waits up to {} s for it): {e}",
             MIGRATION_PATIENCE.as_secs()
         ));
     }
