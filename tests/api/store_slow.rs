@@ -64,21 +64,15 @@ async fn a_late_round_whose_vouches_still_hold_re_asserts_no_session() {
     let pid = redis_pid(&redis);
     let before = calls(&redis, "hgetall");
     let play = futures_util::future::join_all(players.iter_mut().map(|p| play_for(p, SLOW + Duration::from_secs(4))));
+    // No create meanwhile: one sent before the node counts the round late would
+    // wait in Redis's socket and run (an admission script) when it resumes. That
+    // a late round stops admissions is `store_stall`'s to show.
     let slow = async {
         signal(&pid, "STOP");
-        // A round is late once half the PONG timeout passed: admissions wait.
-        tokio::time::sleep(PONG / 2 + Duration::from_millis(500)).await;
-        let during = app
-            .create(&tokens[0], json!({"offerId": "other"}))
-            .await
-            .status()
-            .as_u16();
-        tokio::time::sleep(SLOW.saturating_sub(PONG / 2 + Duration::from_millis(500))).await;
+        tokio::time::sleep(SLOW).await;
         signal(&pid, "CONT");
-        during
     };
-    let (outcomes, during) = tokio::join!(play, slow);
-    assert_eq!(during, 503, "while a round is late the node admits no one");
+    let (outcomes, ()) = tokio::join!(play, slow);
     let ended: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert!(ended.is_empty(), "no session ended: {ended:?}");
     let after = calls(&redis, "hgetall");
