@@ -261,8 +261,9 @@ impl RedisStore {
         }
     }
 
-    /// Runs a script, once more if the connection had dropped (the manager
-    /// reconnects by itself, but does not replay the request that found it dead),
+    /// Runs a script, once more if the connection to one Redis had dropped (the
+    /// manager reconnects by itself, but does not replay the request that found
+    /// it dead; the cluster client does, within its own retries and time),
     /// and again while its shard's slot is being moved between masters
     /// ([`moving`], within [`MIGRATION_PATIENCE`]). A replayed script cannot
     /// break a limit: each one re-checks the pool.
@@ -271,7 +272,9 @@ impl RedisStore {
         let mut patience = Patience::new();
         loop {
             let result = match invocation.invoke_async(&mut conn).await {
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => invocation.invoke_async(&mut conn).await,
+                Err(e) if matches!(self.conn, Conn::Single(_)) && (e.is_connection_dropped() || e.is_io_error()) => {
+                    invocation.invoke_async(&mut conn).await
+                }
                 other => other,
             };
             match result {
