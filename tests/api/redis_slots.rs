@@ -70,7 +70,7 @@ async fn granted_soon(node: &TestApp, token: &str) -> crate::helpers::Granted {
 
 /// A player answering every PING until `stop` is set (failing on anything
 /// else: an EXPIRED, a close); hands the player back with the PINGs it answered.
-fn keep_playing(mut player: Player, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Player)> {
+pub(crate) fn keep_playing(mut player: Player, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Player)> {
     tokio::spawn(async move {
         let mut pings = 0;
         // Bounded: the test sets `stop` well within this.
@@ -189,12 +189,13 @@ async fn held_sessions_survive_their_slots_moving_to_another_master() {
     assert!(cluster.keys_in_slot(to, slot) > 0, "the shard's keys are on B");
 
     // The limit held in every round: never more granted than it; only a full
-    // pool (409) or a store not answering in time (503) refused.
+    // pool refused (409). No create met the move as an error: one whose keys
+    // were half moved (TRYAGAIN) waited for the slot to settle.
     let mut during = std::collections::BTreeMap::<u16, usize>::new();
     for (customer, answers) in &rounds {
         for (status, body) in answers {
             *during.entry(*status).or_default() += 1;
-            assert!([200, 409, 503].contains(status), "{customer}: {status} {body}");
+            assert!([200, 409].contains(status), "{customer}: {status} {body}");
         }
         let ids: Vec<String> = answers
             .iter()

@@ -19,7 +19,7 @@ const PLAYERS: usize = 20;
 /// liveness key runs out while Redis is stopped.
 const STALL: Duration = Duration::from_secs(5);
 
-async fn node(redis: &RedisServer, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn node(redis: &RedisServer, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let url = redis.url.clone();
     spawn_app_with(move |s| {
         s.storage.sessions = SessionBackend::Redis;
@@ -36,14 +36,14 @@ async fn node(redis: &RedisServer, configure: impl FnOnce(&mut Settings)) -> Tes
 }
 
 /// The redis-server's process id, from its own INFO.
-fn redis_pid(redis: &RedisServer) -> String {
+pub(crate) fn redis_pid(redis: &RedisServer) -> String {
     let info: redis::InfoDict = redis.cmd(&["INFO", "server"]);
     info.get::<u64>("process_id")
         .expect("INFO names the process")
         .to_string()
 }
 
-fn signal(pid: &str, name: &str) {
+pub(crate) fn signal(pid: &str, name: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid)
@@ -54,7 +54,7 @@ fn signal(pid: &str, name: &str) {
 
 /// Answers every PING for `window`; anything else the player is told is what
 /// ended its play (`Err`), with the number of PINGs answered until then.
-async fn play_for(player: &mut Player, window: Duration) -> Result<usize, (usize, Seen)> {
+pub(crate) async fn play_for(player: &mut Player, window: Duration) -> Result<usize, (usize, Seen)> {
     let deadline = tokio::time::Instant::now() + window;
     let mut pings = 0;
     loop {

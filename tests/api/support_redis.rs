@@ -173,6 +173,8 @@ pub struct RedisCluster {
 struct ClusterNode {
     port: u16,
     child: Option<Child>,
+    /// Stopped by a signal ([`RedisCluster::signal`]): alive, but asked nothing.
+    frozen: bool,
 }
 
 impl ClusterNode {
@@ -203,6 +205,7 @@ impl ClusterNode {
                     return ClusterNode {
                         port,
                         child: Some(child),
+                        frozen: false,
                     };
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -255,7 +258,10 @@ impl RedisCluster {
     }
 
     fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port)
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && !n.frozen)
+            .map(|n| n.port)
     }
 
     /// Runs a command on the node on `port`.
@@ -506,6 +512,28 @@ impl RedisCluster {
             .find(|l| l.split(' ').nth(3) == Some(master_id))
             .and_then(port_of)
             .unwrap_or_else(|| panic!("no replica of {master}: {nodes}"))
+    }
+}
+
+impl RedisCluster {
+    /// Stops (`STOP`) or resumes (`CONT`) the node on `port`, as a machine
+    /// starved of CPU would: it keeps its sockets open but answers nothing, so
+    /// its peers fail it over once it has been silent past the node timeout.
+    /// While stopped, it is left out of the nodes the helpers ask.
+    pub fn signal(&mut self, port: u16, name: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on {port}"));
+        let pid = node.child.as_ref().expect("a live node").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{name} {pid} failed");
+        node.frozen = name == "STOP";
     }
 }
 

@@ -107,6 +107,17 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// and enough for a failover of a second or two (the waits grow from 100 ms).
 const CLUSTER_RETRIES: u32 = 5;
 
+/// How long a cluster request may take over and above one attempt's response
+/// timeout, retries and redirects included. The cluster client otherwise uses
+/// the response timeout as this overall bound too, so a request that has to be
+/// retried (MOVED after a failover, CLUSTERDOWN while a replica is elected, a
+/// node reconnected) must finish within what is left of its first attempt's
+/// two seconds, and on a loaded machine answers "timed out" instead: the
+/// retries above were mostly never made. Room for a few of them, and bounded:
+/// a request to a master that stopped answering ends in an error (503) after
+/// four seconds, as it did with one replay of two seconds each.
+const CLUSTER_RETRY_TIME: Duration = Duration::from_secs(2);
+
 /// A connection to one Redis or to a cluster, cheap to clone (both multiplex).
 #[derive(Clone)]
 pub enum Conn {
@@ -133,6 +144,7 @@ pub async fn connect_with(target: &RedisTarget, response: Duration) -> redis::Re
             let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(response)
+                .overall_response_timeout(Some(response + CLUSTER_RETRY_TIME))
                 .retries(CLUSTER_RETRIES)
                 .min_retry_wait(100)
                 .max_retry_wait(1000);

@@ -70,6 +70,14 @@ pub(crate) struct Vouching {
     /// node's sessions there are re-asserted once a vouch goes through again,
     /// and admissions there wait until then.
     lost: HashMap<u16, Option<Instant>>,
+    /// Lost shards counted lost only because a round was late, came after a
+    /// gap or could not renew the lease ([`RedisStore::suspect`]), not because
+    /// a vouch of their own failed.
+    suspected: HashSet<u16>,
+    /// Suspected shards whose liveness key a vouch since found still there
+    /// (`SET … XX` went through): it never ran out, so no script took this
+    /// node's sessions there for dead, and nothing needs re-asserting.
+    kept: HashSet<u16>,
 }
 
 /// A gap between rounds that reached Redis longer than this fraction of the
@@ -84,6 +92,14 @@ const OUTAGE_MARGIN_MS: u64 = 1_000;
 
 /// One pool's sessions held by this node's sockets.
 type PoolSessions = Vec<(Holder, Held)>;
+
+/// The most re-assertion scripts (one per pool) a refresh round sends: a
+/// round that found many shards lost puts them back over several rounds,
+/// the shards lost longest first, so that a Redis already slow is not sent
+/// one script per held pool at once (which made the next rounds later still,
+/// and every shard lost again). An admission in a lost shard does not wait
+/// for its turn: it re-asserts that shard itself.
+const REASSERT_PER_ROUND: usize = 2_000;
 
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
@@ -210,7 +226,7 @@ impl RedisStore {
                     continue;
                 }
             };
-            for ((holder, _, _), reply) in batch.iter().zip(replies) {
+            for ((holder, held, _), reply) in batch.iter().zip(replies) {
                 let order = match reply {
                     CheckReply::Held => {
                         round.refreshed += 1;
@@ -225,8 +241,11 @@ impl RedisStore {
                     },
                 };
                 round.gone += 1;
-                self.release(*holder);
-                self.local.notify(*holder, order);
+                // Told once: a re-assertion running beside this round may have
+                // ended it and told its socket already.
+                if self.release_held(*holder, held.id) {
+                    self.local.notify(*holder, order);
+                }
             }
         }
         failed.map_or(Ok(round), Err)
@@ -344,7 +363,7 @@ impl RedisStore {
             for ((shard, nodes), result) in shards.into_iter().zip(results) {
                 match result {
                     Ok(replies) if replies.len() == nodes.len() && replies.iter().all(is_ok) => {
-                        self.vouched_now(shard);
+                        self.vouched_kept(shard);
                     }
                     // A key was gone: read the epoch, and set the key again.
                     Ok(_) => again.push((shard, nodes)),
@@ -365,7 +384,10 @@ impl RedisStore {
                 let mut pipe = redis::pipe();
                 if let Some(until) = &until {
                     for node in nodes {
-                        set_alive(&mut pipe, *shard, *node, until, pong_ms).ignore();
+                        // Not ignored: a pipeline sent one command at a time while its
+                        // slot moves returns every reply (`query_pipeline`); the epoch's is
+                        // the last either way.
+                        set_alive(&mut pipe, *shard, *node, until, pong_ms);
                     }
                 }
                 // The epoch, set first by whoever finds none (NX), read back (GET:
@@ -415,6 +437,17 @@ impl RedisStore {
         }
     }
 
+    /// Notes a vouch in `shard` that found the node's liveness key still there
+    /// (`SET … XX`): if the shard was only suspected lost, nothing was.
+    fn vouched_kept(&self, shard: u16) {
+        self.vouched_now(shard);
+        if let Ok(mut v) = self.vouching.lock()
+            && v.suspected.contains(&shard)
+        {
+            v.kept.insert(shard);
+        }
+    }
+
     /// Notes a round that reached Redis at `at`: one that comes more than a
     /// fraction of the PONG timeout after the last means the node's keys may
     /// have run out in every shard.
@@ -430,7 +463,7 @@ impl RedisStore {
             Err(_) => false,
         };
         if gap {
-            self.lose(self.held_shards());
+            self.suspect(self.held_shards());
         }
     }
 
@@ -440,7 +473,7 @@ impl RedisStore {
     /// then each lost shard is re-asserted by the round, or first by the next
     /// admission there.
     pub(super) fn note_late(&self) {
-        self.lose(self.held_shards());
+        self.suspect(self.held_shards());
         if let Ok(mut v) = self.vouching.lock()
             && self.node.is_some()
         {
@@ -468,6 +501,33 @@ impl RedisStore {
         for shard in shards {
             let last = vouched.remove(&shard).or(fallback);
             v.lost.entry(shard).or_insert(last);
+            v.suspected.remove(&shard);
+            v.kept.remove(&shard);
+        }
+    }
+
+    /// Counts `shards` as lost on suspicion alone (a round late, a gap between
+    /// rounds, a lease not renewed: Redis slow or stalled, which says nothing
+    /// of any one shard): as [`Self::lose`], except that a shard whose next
+    /// vouch finds the liveness key still there lost nothing and is not
+    /// re-asserted ([`Self::vouched_kept`]). A shard lost by a vouch of its
+    /// own that failed stays lost until re-asserted.
+    fn suspect(&self, shards: impl IntoIterator<Item = u16>) {
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return;
+        }
+        let (Ok(mut vouched), Ok(mut v)) = (self.vouched.lock(), self.vouching.lock()) else {
+            return;
+        };
+        let fallback = v.last;
+        for shard in shards {
+            let last = vouched.remove(&shard).or(fallback);
+            if let std::collections::hash_map::Entry::Vacant(entry) = v.lost.entry(shard) {
+                entry.insert(last);
+                v.suspected.insert(shard);
+            }
+            // Its next vouch says again whether the key is still there.
+            v.kept.remove(&shard);
         }
     }
 
@@ -487,19 +547,25 @@ impl RedisStore {
         let Some(node) = self.node.filter(|_| lost) else {
             return Ok(());
         };
+        // The key set again, and what it held (nil: it had run out).
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(keys::alive(shard, node))
             .arg("r")
             .arg("PX")
             .arg(duration_ms(self.pong_timeout()).max(1))
-            .ignore();
-        self.run_pipeline_of(&[], &pipe).await?;
+            .arg("GET");
+        let before = self.run_pipeline_of(&[], &pipe).await?;
+        if matches!(before.first(), Some(Value::Nil) | None) {
+            self.vouched_now(shard);
+        } else {
+            self.vouched_kept(shard);
+        }
         if let Ok(mut vouched) = self.vouched.lock() {
             vouched.insert(shard, Instant::now());
         }
-        // An error may be another shard's: whether this one is back is what counts.
-        let _ = self.reassert_after_outage().await;
+        // This shard alone, whatever the round's pace: the admission waits on it.
+        let _ = self.reassert(Some(shard)).await;
         match self.vouching.lock() {
             Ok(v) if v.lost.contains_key(&shard) => Err(unavailable()),
             _ => Ok(()),
@@ -518,16 +584,45 @@ impl RedisStore {
     /// oldest come back first, and the others' players are told EXPIRED. A
     /// session another socket now holds, or that ended (a take-over, an
     /// operator), is ended here as the check would.
+    ///
+    /// Proportional: a shard only suspected lost (a late round) whose vouch
+    /// since found the node's liveness key still there lost nothing and costs
+    /// no script; the others are re-asserted at most [`REASSERT_PER_ROUND`]
+    /// scripts a call, the shards lost longest first.
     pub async fn reassert_after_outage(&self) -> Result<usize, StoreError> {
+        self.reassert(None).await
+    }
+
+    /// [`Self::reassert_after_outage`] for every lost shard ready (`None`,
+    /// paced), or for `only` that one (an admission there waits on it).
+    async fn reassert(&self, only: Option<u16>) -> Result<usize, StoreError> {
         // The lost shards a vouch went through again since (see `lose`), and how
-        // far back (ms) the outage there may have begun.
+        // far back (ms) the outage there may have begun. Those only suspected
+        // whose key was still there are done with at once.
         let ready: HashMap<u16, u64> = {
-            let (Ok(vouched), Ok(v)) = (self.vouched.lock(), self.vouching.lock()) else {
+            let (Ok(vouched), Ok(mut v)) = (self.vouched.lock(), self.vouching.lock()) else {
                 return Ok(0);
             };
+            let kept: Vec<u16> = v
+                .kept
+                .iter()
+                .copied()
+                .filter(|shard| only.is_none_or(|only| only == *shard))
+                .collect();
+            for shard in &kept {
+                v.lost.remove(shard);
+                v.suspected.remove(shard);
+                v.kept.remove(shard);
+            }
+            if !kept.is_empty() {
+                tracing::debug!(
+                    shards = kept.len(),
+                    "a late refresh round lost nothing where the liveness keys were still there"
+                );
+            }
             v.lost
                 .iter()
-                .filter(|(shard, _)| vouched.contains_key(shard))
+                .filter(|(shard, _)| vouched.contains_key(shard) && only.is_none_or(|only| only == **shard))
                 .map(|(shard, last)| {
                     let back = last.map_or(u64::MAX / 4, |at| at.elapsed().as_millis() as u64);
                     (*shard, back.saturating_add(OUTAGE_MARGIN_MS))
@@ -547,6 +642,17 @@ impl RedisStore {
                     .push((*e.key(), e.value().clone()));
             }
         }
+        // Paced: the shards lost longest first, up to the round's budget of
+        // scripts (at least one shard, whatever its size). The rest stay lost,
+        // for the next round or an admission there.
+        let ready = {
+            let mut pools_in: HashMap<u16, usize> = HashMap::new();
+            for pool in by_pool.keys() {
+                *pools_in.entry(pool.shard()).or_default() += 1;
+            }
+            pace(ready, &pools_in, REASSERT_PER_ROUND)
+        };
+        by_pool.retain(|pool, _| ready.contains_key(&pool.shard()));
         let mut pools: Vec<PoolSessions> = by_pool.into_values().collect();
         for sessions in &mut pools {
             sessions.sort_by_key(|(_, h)| (h.created_at, record::id_arg(h.id)));
@@ -592,7 +698,10 @@ impl RedisStore {
         let (mut put_back, mut ended) = (0, 0);
         let mut failed = BTreeSet::new();
         let mut error = None;
-        let results = self.run_pipelines(&[&self.scripts.reassert], &pipes).await;
+        // An admission waits for a moving slot (TRYAGAIN); a round does not.
+        let results = self
+            .run_pipelines_with(&[&self.scripts.reassert], &pipes, only.is_some())
+            .await;
         for ((shard, batch), result) in batches.iter().zip(results) {
             let replies = match result {
                 Ok(replies) => replies,
@@ -612,7 +721,7 @@ impl RedisStore {
                         continue;
                     }
                 };
-                for ((holder, _), code) in sessions.iter().zip(codes) {
+                for ((holder, held), code) in sessions.iter().zip(codes) {
                     let order = match code.as_str() {
                         "r" => continue,
                         "p" => {
@@ -628,15 +737,21 @@ impl RedisStore {
                             None => Control::Expire,
                         },
                     };
-                    ended += 1;
-                    self.release(*holder);
-                    self.local.notify(*holder, order);
+                    // Told once: a check, or a re-assertion by an admission
+                    // beside this one, may have ended it and told its socket.
+                    if self.release_held(*holder, held.id) {
+                        ended += 1;
+                        self.local.notify(*holder, order);
+                    }
                 }
             }
         }
         if let Ok(mut v) = self.vouching.lock() {
             v.lost
                 .retain(|shard, _| !ready.contains_key(shard) || failed.contains(shard));
+            let lost = &v.lost;
+            let still: HashSet<u16> = v.suspected.iter().copied().filter(|s| lost.contains_key(s)).collect();
+            v.suspected = still;
         }
         if put_back > 0 || ended > 0 {
             tracing::warn!(
@@ -733,6 +848,25 @@ impl RedisStore {
     }
 }
 
+/// The lost shards a re-assertion takes on (`ready`: each with how far back
+/// its outage may have begun), given how many pools each holds: the longest
+/// lost first, as many as `budget` scripts allow (always at least one).
+fn pace(ready: HashMap<u16, u64>, pools_in: &HashMap<u16, usize>, budget: usize) -> HashMap<u16, u64> {
+    let mut order: Vec<(u16, u64)> = ready.into_iter().collect();
+    order.sort_by_key(|(shard, back)| (std::cmp::Reverse(*back), *shard));
+    let mut left = budget;
+    let mut taken = HashMap::new();
+    for (shard, back) in order {
+        let pools = pools_in.get(&shard).copied().unwrap_or(0);
+        if !taken.is_empty() && pools > left {
+            break;
+        }
+        left = left.saturating_sub(pools);
+        taken.insert(shard, back);
+    }
+    taken
+}
+
 /// The node's liveness key in a shard, set to `until` for one PONG timeout: the
 /// command of a vouch, to which the caller adds its condition or `ignore`.
 fn set_alive<'p>(
@@ -747,4 +881,27 @@ fn set_alive<'p>(
         .arg(until)
         .arg("PX")
         .arg(pong_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_takes_the_longest_lost_shards_first_within_the_budget() {
+        let ready = HashMap::from([(1, 5_000), (2, 9_000), (3, 7_000), (4, 1_000)]);
+        let pools = HashMap::from([(1, 40), (2, 50), (3, 30), (4, 10)]);
+        let taken = pace(ready.clone(), &pools, 100);
+        // 2 (lost longest, 50), then 3 (30): 80; 1 (40) would pass 100, so it
+        // and the shorter-lost 4 wait for the next round.
+        assert_eq!(taken, HashMap::from([(2, 9_000), (3, 7_000)]));
+        assert_eq!(
+            pace(ready.clone(), &pools, 1_000).len(),
+            4,
+            "all, within a large budget"
+        );
+        // A shard larger than the whole budget is still taken, alone.
+        let big = HashMap::from([(1, 40), (2, 500), (3, 30), (4, 10)]);
+        assert_eq!(pace(ready, &big, 100), HashMap::from([(2, 9_000)]));
+    }
 }

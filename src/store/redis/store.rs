@@ -65,7 +65,95 @@ pub(crate) enum Queued {
 }
 
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
+    if moving(&e) {
+        return StoreError::Unavailable(format!(
+            "a Redis Cluster slot is moving between masters (a request waits up to {} s for it): {e}",
+            MIGRATION_PATIENCE.as_secs()
+        ));
+    }
     StoreError::Unavailable(e.to_string())
+}
+
+/// How long an operation keeps trying a shard whose slot is being moved from
+/// one master to another. While keys move, Redis answers a script whose keys
+/// are not all on one side TRYAGAIN, and that is what keeps the script from
+/// running on half of its data: every script declares its shard's index and
+/// liveness prefixes (names no key has), so none runs anywhere until the slot
+/// has moved whole (run on the importing master it would read a liveness key
+/// not moved yet as missing and drop the sessions it vouches for; on the
+/// source, it fails at the first key already moved, after writing part of its
+/// work). The cluster client retries TRYAGAIN five times over a second or
+/// two; this waits on, with the same growing pauses, for a slot moved the way
+/// `redis-cli --cluster reshard` moves one (a few seconds for tens of thousands
+/// of keys), and then answers a clear error (503) rather than hang on a move
+/// that stopped half done.
+pub(crate) const MIGRATION_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The first and the longest pause between two tries of a moving shard.
+const MIGRATION_FIRST_WAIT: Duration = Duration::from_millis(50);
+const MIGRATION_LONGEST_WAIT: Duration = Duration::from_millis(500);
+
+/// Sends `pipe` (its commands' keys in one slot), or, if it was redirected
+/// (ASK, MOVED) more often than the cluster client retries, its commands one
+/// at a time. The client follows an ASK for a pipeline by sending `ASKING`
+/// once before it, which covers the first command only: while a slot is
+/// being moved, the others are sent back (MOVED) to the source, which
+/// redirects them again (ASK), until the retries run out. One at a time, each
+/// is redirected on its own to the side that has its key. Every reply is
+/// returned then, so a pipeline sent here ignores none.
+async fn query_pipeline(conn: &mut Conn, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+    match pipe.query_async::<Vec<Value>>(conn).await {
+        Err(e) if redirected(&e) && pipe.len() > 1 => {
+            let mut replies = Vec::with_capacity(pipe.len());
+            for cmd in pipe.cmd_iter() {
+                replies.push(cmd.query_async::<Value>(conn).await?);
+            }
+            Ok(replies)
+        }
+        other => other,
+    }
+}
+
+/// ASK or MOVED: the command's slot is served elsewhere, or moving there.
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::Ask | redis::ServerErrorKind::Moved)
+    )
+}
+
+/// A slot being moved: TRYAGAIN (the keys of a multi-key command, every
+/// script, are some on each side), or a redirect the cluster client gave up
+/// following (its retries are few, and a script sent on by ASK to the
+/// importing master is answered TRYAGAIN there, which counts as one).
+pub(crate) fn moving(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain) || redirected(e)
+}
+
+/// The pauses between tries of a shard whose slot is moving, bounded by
+/// [`MIGRATION_PATIENCE`] from the first try.
+struct Patience {
+    started: std::time::Instant,
+    next: Duration,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            next: MIGRATION_FIRST_WAIT,
+        }
+    }
+
+    /// Waits before the next try; `false` (at once) when none is left.
+    async fn wait(&mut self) -> bool {
+        if self.started.elapsed() + self.next > MIGRATION_PATIENCE {
+            return false;
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(MIGRATION_LONGEST_WAIT);
+        true
+    }
 }
 
 /// A session this node's socket holds: what is needed to refresh it, and to put
@@ -173,16 +261,26 @@ impl RedisStore {
         }
     }
 
-    /// Runs a script, once more if the connection had dropped (the manager
-    /// reconnects by itself, but does not replay the request that found it dead).
-    /// A replayed script cannot break a limit: each one re-checks the pool.
+    /// Runs a script, once more if the connection to one Redis had dropped (the
+    /// manager reconnects by itself, but does not replay the request that found
+    /// it dead; the cluster client does, within its own retries and time),
+    /// and again while its shard's slot is being moved between masters
+    /// ([`moving`], within [`MIGRATION_PATIENCE`]). A replayed script cannot
+    /// break a limit: each one re-checks the pool.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
-        match invocation.invoke_async(&mut conn).await {
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                invocation.invoke_async(&mut conn).await.map_err(unavailable)
+        let mut patience = Patience::new();
+        loop {
+            let result = match invocation.invoke_async(&mut conn).await {
+                Err(e) if matches!(self.conn, Conn::Single(_)) && (e.is_connection_dropped() || e.is_io_error()) => {
+                    invocation.invoke_async(&mut conn).await
+                }
+                other => other,
+            };
+            match result {
+                Err(e) if moving(&e) && patience.wait().await => continue,
+                other => return other.map_err(unavailable),
             }
-            other => other.map_err(unavailable),
         }
     }
 
@@ -197,28 +295,48 @@ impl RedisStore {
     }
 
     /// Runs a pipeline that invokes any of `scripts`, loading them all and
-    /// retrying once if Redis had lost one (or the connection dropped).
+    /// retrying once if Redis had lost one (or the connection dropped), and
+    /// again while its shard's slot is moving (a request waits for it).
     pub(crate) async fn run_pipeline_of(
         &self,
         scripts: &[&redis::Script],
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
+        self.run_pipeline_with(scripts, pipe, true).await
+    }
+
+    /// [`Self::run_pipeline_of`], waiting for a moving slot only if `patient`:
+    /// a refresh round does not (its work is tried again next round, and a
+    /// round that waits comes late, which stops every admission).
+    async fn run_pipeline_with(
+        &self,
+        scripts: &[&redis::Script],
+        pipe: &redis::Pipeline,
+        patient: bool,
+    ) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.conn.clone();
-        match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Err(e)
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    || e.is_connection_dropped() =>
-            {
-                for script in scripts {
-                    script
-                        .prepare_invoke()
-                        .load_async(&mut conn)
-                        .await
-                        .map_err(unavailable)?;
+        let mut patience = Patience::new();
+        loop {
+            let result = match query_pipeline(&mut conn, pipe).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        || e.is_connection_dropped() =>
+                {
+                    for script in scripts {
+                        script
+                            .prepare_invoke()
+                            .load_async(&mut conn)
+                            .await
+                            .map_err(unavailable)?;
+                    }
+                    query_pipeline(&mut conn, pipe).await
                 }
-                pipe.query_async(&mut conn).await.map_err(unavailable)
+                other => other,
+            };
+            match result {
+                Err(e) if patient && moving(&e) && patience.wait().await => continue,
+                other => return other.map_err(unavailable),
             }
-            other => other.map_err(unavailable),
         }
     }
 
@@ -229,13 +347,23 @@ impl RedisStore {
         scripts: &[&redis::Script],
         pipes: &[redis::Pipeline],
     ) -> Vec<Result<Vec<Value>, StoreError>> {
+        self.run_pipelines_with(scripts, pipes, false).await
+    }
+
+    /// [`Self::run_pipelines`], each waiting for a moving slot if `patient`.
+    pub(super) async fn run_pipelines_with(
+        &self,
+        scripts: &[&redis::Script],
+        pipes: &[redis::Pipeline],
+        patient: bool,
+    ) -> Vec<Result<Vec<Value>, StoreError>> {
         // In waves, with plain loops: a closure here would trip the compiler's
         // proof that the futures of the store's methods are `Send`.
         let mut results = Vec::with_capacity(pipes.len());
         for wave in pipes.chunks(PIPELINES_IN_FLIGHT) {
             let mut running = Vec::with_capacity(wave.len());
             for pipe in wave {
-                running.push(self.run_pipeline_of(scripts, pipe));
+                running.push(self.run_pipeline_with(scripts, pipe, patient));
             }
             results.extend(futures_util::future::join_all(running).await);
         }
@@ -294,6 +422,16 @@ impl RedisStore {
     /// pipeline per shard and thousand. Returns how many were written; the
     /// writes of a pipeline that failed are queued again for the next round.
     pub(super) async fn write_queued(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
+        self.write_queued_with(which, false).await
+    }
+
+    /// [`Self::write_queued`] before a request's own operation: waits for a
+    /// moving slot as the operation would.
+    async fn write_queued_now(&self, which: impl Fn(&PoolKey) -> bool) -> Result<usize, StoreError> {
+        self.write_queued_with(which, true).await
+    }
+
+    async fn write_queued_with(&self, which: impl Fn(&PoolKey) -> bool, patient: bool) -> Result<usize, StoreError> {
         let writes = self.take_queued(which);
         if writes.is_empty() {
             return Ok(0);
@@ -319,7 +457,7 @@ impl RedisStore {
             })
             .collect();
         let results = self
-            .run_pipelines(&[&self.scripts.end, &self.scripts.detach], &pipes)
+            .run_pipelines_with(&[&self.scripts.end, &self.scripts.detach], &pipes, patient)
             .await;
         let mut failed = None;
         for (chunk, result) in chunks.into_iter().zip(results) {
@@ -342,7 +480,7 @@ impl RedisStore {
             publisher_id: pool.publisher_id.clone(),
             customer_id: pool.customer_id.clone(),
         };
-        self.write_queued(|p| of_customer(p, &customer)).await?;
+        self.write_queued_now(|p| of_customer(p, &customer)).await?;
         self.run(invocation).await
     }
 
@@ -446,6 +584,19 @@ impl RedisStore {
     /// What this node knows of the session its socket `holder` holds, if it is `id`.
     fn holding(&self, holder: Holder, id: SessionId) -> Option<Held> {
         self.held.get(&holder).filter(|h| h.id == id).map(|h| h.clone())
+    }
+
+    /// Releases `holder` if it still holds session `id`: `true` if it did, so
+    /// that what ended the session tells its socket once, whichever of a check
+    /// or a re-assertion running side by side found it first.
+    pub(crate) fn release_held(&self, holder: Holder, id: SessionId) -> bool {
+        if self.held.remove_if(&holder, |_, held| held.id == id).is_none() {
+            return false;
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&holder);
+        }
+        true
     }
 
     pub(crate) fn release(&self, holder: Holder) {
@@ -744,7 +895,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
-        self.write_queued(|p| of_customer(p, &query.customer)).await?;
+        self.write_queued_now(|p| of_customer(p, &query.customer)).await?;
         let pools = self.pools_of(&query.customer, |offer| query.wants_pool(offer)).await?;
         let now = self.now_arg(now);
         let found = self
@@ -759,7 +910,7 @@ impl SessionStore for RedisStore {
         offer_id: Option<&str>,
         now: Millis,
     ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
-        self.write_queued(|p| of_customer(p, customer)).await?;
+        self.write_queued_now(|p| of_customer(p, customer)).await?;
         let pools = self
             .pools_of(customer, |offer| offer_id.is_none_or(|only| only == offer))
             .await?;
