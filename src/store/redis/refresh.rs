@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
+use super::scripts::{EXTEND_MS, STALE_MS};
 use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_epoch};
 use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, SessionStore, StoreError};
@@ -70,7 +71,19 @@ pub(crate) struct Vouching {
     /// node's sessions there are re-asserted once a vouch goes through again,
     /// and admissions there wait until then.
     lost: HashMap<u16, Option<Instant>>,
+    /// Shards where a vouch found this node's liveness key flagged (`m`: a
+    /// session it holds there was ended or moved by another node) or gone:
+    /// every session the node holds there is checked this round, and the shard
+    /// stays here until a check there went through.
+    moved: BTreeSet<u16>,
 }
+
+/// With Redis's clock, how often each held session is checked in full when no
+/// vouch flags its shard (ten minutes; see [`RedisStore::refresh`]). A check
+/// rewrites the record's own deadline once it is [`EXTEND_MS`] old, which must
+/// happen well before it is [`STALE_MS`] old, even with a check that failed.
+pub const FULL_CHECK_EVERY_MS: Millis = 600_000;
+const _: () = assert!(EXTEND_MS + 2 * FULL_CHECK_EVERY_MS < STALE_MS);
 
 /// A gap between rounds that reached Redis longer than this fraction of the
 /// PONG timeout may have let a liveness key expire (one is rewritten every third
@@ -88,12 +101,23 @@ type PoolSessions = Vec<(Holder, Held)>;
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
 
-/// `SET`'s reply when it set the key (`XX` answers nil when the key was gone).
-fn is_ok(reply: &Value) -> bool {
+/// What a vouch (`SET … XX GET`) found: the key's old value, nil when it was gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vouch {
+    /// Rewritten; nothing flagged.
+    Kept,
+    /// Rewritten, and it held `m`: a session of this node's in the shard was
+    /// ended or moved by another node (the scripts' `flag_moved`).
+    Flagged,
+    /// The key was gone (nothing was written).
+    Gone,
+}
+
+fn vouch_of(reply: &Value) -> Vouch {
     match reply {
-        Value::Okay => true,
-        Value::SimpleString(s) => s == "OK",
-        _ => false,
+        Value::BulkString(old) if old.as_slice() == b"m" => Vouch::Flagged,
+        Value::BulkString(_) | Value::SimpleString(_) | Value::Okay => Vouch::Kept,
+        _ => Vouch::Gone,
     }
 }
 
@@ -161,19 +185,24 @@ impl RedisStore {
         }
         round.reasserted = self.reassert_after_outage().await?;
         round.written = self.write_queued(|_| true).await?;
-        // Due: the first PONG since the socket attached, then one a minute.
+        // Due: the first PONG since the socket attached, then one a period: a
+        // minute with the caller's clock, ten with Redis's, where a vouch that
+        // finds its key flagged has every session of the shard checked at once
+        // (`moved_due`).
+        let every = self.check_every();
         let mut due: Vec<(Holder, Held, Millis)> = heard
             .iter()
             .filter_map(|(holder, (id, now))| {
                 let mut held = self.held.get_mut(holder)?;
-                if held.id != *id || held.checked_at.is_some_and(|at| *now < at + CHECK_EVERY_MS) {
+                if held.id != *id || held.checked_at.is_some_and(|at| *now < at + every) {
                     return None;
                 }
                 held.checked_at = Some(*now);
                 Some((*holder, held.clone(), *now))
             })
             .collect();
-        self.join_due(&mut due);
+        let moved = self.moved_due(&heard, &mut due);
+        self.join_due(&mut due, every);
         let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
             .into_values()
             .flat_map(|group| group.chunks(CHECK_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>())
@@ -181,6 +210,7 @@ impl RedisStore {
         let pipes: Vec<redis::Pipeline> = batches.iter().map(|batch| self.check_pipe(batch)).collect();
         let results = self.run_pipelines(&[&self.scripts.check], &pipes).await;
         let mut failed = None;
+        let mut unchecked = BTreeSet::new();
         for (batch, result) in batches.iter().zip(results) {
             let reply = result.map(|mut replies| replies.pop().unwrap_or(Value::Nil));
             // The shard lost its data: put this node's sessions back rather than
@@ -200,12 +230,13 @@ impl RedisStore {
             let replies = match reply.and_then(|reply| record::checks(reply, batch.len())) {
                 Ok(replies) => replies,
                 Err(e) => {
-                    // Checked again at their next PONG.
+                    // Checked again at their next PONG; a flagged shard, next round.
                     for (holder, _, _) in batch {
                         if let Some(mut held) = self.held.get_mut(holder) {
                             held.checked_at = None;
                         }
                     }
+                    unchecked.insert(batch.first().map_or(0, |(_, held, _)| held.pool.shard()));
                     failed = Some(e);
                     continue;
                 }
@@ -229,16 +260,86 @@ impl RedisStore {
                 self.local.notify(*holder, order);
             }
         }
+        // The flagged shards checked (or where this node holds nothing now);
+        // the others stay flagged for the next round, as does every one if
+        // this round stopped early.
+        if let Ok(mut v) = self.vouching.lock() {
+            v.moved
+                .retain(|shard| !moved.contains(shard) || unchecked.contains(shard));
+        }
         failed.map_or(Ok(round), Err)
     }
 
+    /// How often each held session is checked in full when nothing flags its
+    /// shard. With Redis's clock, [`FULL_CHECK_EVERY_MS`]: the check's other
+    /// duty, noticing a session another node ended or moved when the order to
+    /// this node was lost, is done by the flag each vouch reads (the scripts'
+    /// `flag_moved`), so a quiet shard costs no command per session and minute.
+    /// With the caller's clock (tests) the liveness keys hold deadlines, which
+    /// are never flagged: [`CHECK_EVERY_MS`], as before.
+    fn check_every(&self) -> Millis {
+        match self.time {
+            TimeSource::Redis => FULL_CHECK_EVERY_MS,
+            TimeSource::Caller => CHECK_EVERY_MS,
+        }
+    }
+
+    /// Remembers `shards` as flagged: every session held there is checked at
+    /// the next round.
+    fn flag_moved(&self, shards: impl IntoIterator<Item = u16>) {
+        if let Ok(mut v) = self.vouching.lock() {
+            v.moved.extend(shards);
+        }
+    }
+
+    /// Adds to `due` every session this node holds in a shard a vouch found
+    /// flagged (or its key gone), whatever its last check; returns those shards.
+    ///
+    /// Why a flag is never missed: a vouch is one `SET … XX GET`, so reading the
+    /// flag and writing `r` over it are one atomic step. A script that flags
+    /// the key after that step leaves `m` for the next vouch, one vouch period
+    /// later (a third of a PONG timeout); one that flagged it before is read
+    /// now. The flag is lost only with the key (it ran out, or the shard lost
+    /// its data), and then the vouch answers nil, which flags the shard as
+    /// well (and the outage or the epoch's change re-asserts or restores its
+    /// sessions). A flagged shard stays flagged here until its check went
+    /// through (see the end of [`Self::refresh`]).
+    fn moved_due(
+        &self,
+        heard: &[(Holder, (SessionId, Millis))],
+        due: &mut Vec<(Holder, Held, Millis)>,
+    ) -> BTreeSet<u16> {
+        let moved = match self.vouching.lock() {
+            Ok(v) => v.moved.clone(),
+            Err(_) => return BTreeSet::new(),
+        };
+        if moved.is_empty() {
+            return moved;
+        }
+        let now = heard
+            .iter()
+            .map(|(_, (_, now))| *now)
+            .max()
+            .unwrap_or_else(|| crate::domain::Clock::new().now());
+        let already: HashSet<Holder> = due.iter().map(|(holder, _, _)| *holder).collect();
+        for mut entry in self.held.iter_mut() {
+            let holder = *entry.key();
+            let held = entry.value_mut();
+            if moved.contains(&held.pool.shard()) && !already.contains(&holder) {
+                held.checked_at = Some(now);
+                due.push((holder, held.clone(), now));
+            }
+        }
+        moved
+    }
+
     /// Adds to `due` the other sessions this node holds in the same shards
-    /// whose last check is at least half a [`CHECK_EVERY_MS`] old: a check
+    /// whose last check is at least half a period (`every`) old: a check
     /// call costs a few commands whatever its size, and each session's PONGs
     /// come at their own times, so without this each call would check one
     /// session; with it, a shard's sessions fall into step within a minute or
     /// two and are checked together, each at most twice as often as due.
-    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>) {
+    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>, every: Millis) {
         let mut shards: HashMap<u16, Millis> = HashMap::new();
         for (_, held, now) in due.iter() {
             let at = shards.entry(held.pool.shard()).or_default();
@@ -254,7 +355,7 @@ impl RedisStore {
             let Some(now) = shards.get(&held.pool.shard()).copied() else {
                 continue;
             };
-            let old_enough = held.checked_at.is_some_and(|at| now >= at + CHECK_EVERY_MS / 2);
+            let old_enough = held.checked_at.is_some_and(|at| now >= at + every / 2);
             if old_enough && !already.contains(&holder) {
                 held.checked_at = Some(now);
                 due.push((holder, held.clone(), now));
@@ -328,22 +429,32 @@ impl RedisStore {
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
         let mut failed = None;
         if let Some(until) = &until {
-            // The rewrite alone, where every key is still there.
+            // The rewrite alone, where every key is still there, reading back
+            // the old value: `m` if a script flagged it (see `moved_due`).
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
                 .map(|(shard, nodes)| {
                     let mut pipe = redis::pipe();
                     for node in nodes {
-                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX");
+                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
                     }
                     pipe
                 })
                 .collect();
             let results = self.run_pipelines(&[], &pipes).await;
             let mut again = Vec::new();
+            let flags = self.time == TimeSource::Redis;
             for ((shard, nodes), result) in shards.into_iter().zip(results) {
+                let vouches: Vec<Vouch> = match &result {
+                    Ok(replies) if replies.len() == nodes.len() => replies.iter().map(vouch_of).collect(),
+                    Ok(_) => vec![Vouch::Gone],
+                    Err(_) => Vec::new(),
+                };
+                if flags && vouches.iter().any(|v| *v != Vouch::Kept) {
+                    self.flag_moved([shard]);
+                }
                 match result {
-                    Ok(replies) if replies.len() == nodes.len() && replies.iter().all(is_ok) => {
+                    Ok(_) if !vouches.contains(&Vouch::Gone) => {
                         self.vouched_now(shard);
                     }
                     // A key was gone: read the epoch, and set the key again.

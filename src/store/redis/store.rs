@@ -166,6 +166,13 @@ impl RedisStore {
         self.timings.pong_timeout
     }
 
+    /// This node as the scripts that may end or move another node's session
+    /// take it (hex, as in a socket id; "" in tests, which hold sockets of any
+    /// node): they flag the holder's node unless it is this one.
+    pub(super) fn node_arg(&self) -> String {
+        self.node.map(|node| format!("{node:x}")).unwrap_or_default()
+    }
+
     pub(super) fn now_arg(&self, now: Millis) -> u64 {
         match self.time {
             TimeSource::Redis => 0,
@@ -473,7 +480,8 @@ impl RedisStore {
                     .key(keys::tombstone(pool, id))
                     .arg(record::id_arg(id))
                     .arg(holder.map(record::holder_arg).unwrap_or_default())
-                    .arg(tombstone),
+                    .arg(tombstone)
+                    .arg(self.node_arg()),
             )
             .await?;
         record::session_or_nil(&reply, "end")
@@ -596,7 +604,8 @@ impl SessionStore for RedisStore {
                     .arg(record::id_arg(victim))
                     .arg(record::id_arg(new.id))
                     .arg(&new.name)
-                    .arg(keys::customer_tag(pool)),
+                    .arg(keys::customer_tag(pool))
+                    .arg(self.node_arg()),
             )
             .await?;
         let TakeOverReply::Taken {
@@ -765,7 +774,7 @@ impl SessionStore for RedisStore {
             .await?;
         let now = self.now_arg(now);
         self.on_each_pool(&self.scripts.end_all, "end_all", pools, now, |pool, invocation| {
-            invocation.arg(keys::tombstone_prefix(pool));
+            invocation.arg(keys::tombstone_prefix(pool)).arg(self.node_arg());
         })
         .await
     }
