@@ -26,6 +26,7 @@ mod pools;
 mod rate_limits;
 mod readiness;
 mod redis_cluster;
+mod redis_moved;
 mod redis_slots;
 mod session_admin;
 mod sessions;
