@@ -138,7 +138,7 @@ async fn redis_a_session_ended_or_moved_by_another_node_is_told_to_its_socket_at
             }
         }
         let flag: String = server.cmd(&["GET", &keys::alive(p.shard(), 7)]);
-        assert_eq!(flag, "m", "{case}: node a's key in the shard is flagged");
+        assert_eq!(flag, keys::MOVED, "{case}: node a's key in the shard is flagged");
         let ttl: i64 = server.cmd(&["PTTL", &keys::alive(p.shard(), 7)]);
         assert!(ttl > 0, "{case}: the flag keeps the key's TTL ({ttl})");
 

@@ -149,6 +149,16 @@ pub fn alive(shard: u16, node: u64) -> String {
     format!("{}{node:x}", alive_prefix(shard))
 }
 
+/// What a node's liveness key in a shard holds once a script ended or moved a
+/// session that node holds there (the scripts' `flag_moved`; its next vouch
+/// reads it and writes `r` back). A number, not a letter: a node of the
+/// previous release, sharing Redis during a rolling restart, reads any value
+/// but `r` as a deadline in ms, and this one (the year 2255) makes it count the
+/// flagged node's sessions alive for as long as the key lives, as `r` does (the
+/// flag keeps the key's TTL). The caller's clock (tests) writes integers, never
+/// this.
+pub const MOVED: &str = "9e15";
+
 /// Present while the shard keeps its data; a node that finds it changed knows
 /// the shard's Redis restarted empty and restores the sessions it holds there.
 pub fn epoch(shard: u16) -> String {

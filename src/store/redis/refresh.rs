@@ -37,6 +37,7 @@ use redis::Value;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::keys::MOVED;
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
 use super::scripts::{EXTEND_MS, STALE_MS};
@@ -106,7 +107,7 @@ const CHECK_CHUNK: usize = 250;
 enum Vouch {
     /// Rewritten; nothing flagged.
     Kept,
-    /// Rewritten, and it held `m`: a session of this node's in the shard was
+    /// Rewritten, and it held [`MOVED`]: a session of this node's in the shard was
     /// ended or moved by another node (the scripts' `flag_moved`).
     Flagged,
     /// The key was gone (nothing was written).
@@ -115,7 +116,7 @@ enum Vouch {
 
 fn vouch_of(reply: &Value) -> Vouch {
     match reply {
-        Value::BulkString(old) if old.as_slice() == b"m" => Vouch::Flagged,
+        Value::BulkString(old) if old.as_slice() == MOVED.as_bytes() => Vouch::Flagged,
         Value::BulkString(_) | Value::SimpleString(_) | Value::Okay => Vouch::Kept,
         _ => Vouch::Gone,
     }
@@ -430,7 +431,7 @@ impl RedisStore {
         let mut failed = None;
         if let Some(until) = &until {
             // The rewrite alone, where every key is still there, reading back
-            // the old value: `m` if a script flagged it (see `moved_due`).
+            // the old value: [`MOVED`] if a script flagged it (see `moved_due`).
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
                 .map(|(shard, nodes)| {

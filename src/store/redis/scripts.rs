@@ -51,6 +51,7 @@ local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @T
 /// timeout after its last vouch.
 const PRELUDE: &str = r#"
 local cust, ixp, alive = KEYS[1], KEYS[2], KEYS[3]
+local MOVED = '@MOVED@'
 local offer = ARGV[2]
 
 -- The index bucket of a compact id: its first character's value modulo @BUCKETS@.
@@ -100,8 +101,8 @@ local function node_until(h)
   local d = vouched[node]
   if d == nil then
     local v = redis.call('GET', alive .. node)
-    -- 'm': set with Redis's clock, and flagged by `flag_moved`.
-    if v == 'r' or v == 'm' then
+    -- MOVED: set with Redis's clock, and flagged by `flag_moved`.
+    if v == 'r' or v == MOVED then
       -- Set with Redis's clock: vouched for as long as the key lives.
       local ttl = redis.call('PTTL', alive .. node)
       d = 0
@@ -116,7 +117,7 @@ end
 
 -- A session held by socket `h` ended or moved, and `by` (the node running this
 -- script, '' if unknown) is not the node holding it: that node's liveness key in
--- the shard is flagged 'm', keeping its TTL. The node's next vouch (`SET … XX
+-- the shard is flagged (MOVED), keeping its TTL. The node's next vouch (`SET … XX
 -- GET`, which reads the old value and writes 'r' in one command) reads the flag
 -- and checks the node's sessions in the shard that round, so a lost order to it
 -- costs one vouch period, not a full check's period. Only a key set with Redis's
@@ -127,7 +128,7 @@ local function flag_moved(h, by)
   local node = node_of(h)
   if node == by then return end
   if redis.call('GET', alive .. node) == 'r' then
-    redis.call('SET', alive .. node, 'm', 'KEEPTTL', 'XX')
+    redis.call('SET', alive .. node, MOVED, 'KEEPTTL', 'XX')
   end
 end
 
@@ -569,7 +570,9 @@ impl Scripts {
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
             .replace("@EXTEND@", &EXTEND_MS.to_string());
-        let prelude = PRELUDE.replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string());
+        let prelude = PRELUDE
+            .replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string())
+            .replace("@MOVED@", keys::MOVED);
         let on_pool = |body: &str| redis::Script::new(&format!("{now}{prelude}{body}"));
         Self {
             admit: on_pool(ADMIT),
