@@ -225,3 +225,38 @@ async fn redis_a_quiet_shard_costs_no_check_per_session_and_minute() {
     assert_eq!(calls(&server, "hget") - hgets, 20);
     assert!(orders.0.lock().unwrap().is_empty());
 }
+
+/// A flagged key still vouches for the other sessions its node holds in the
+/// shard: they keep their slots for as long as it lives, past their records'
+/// own deadlines (here the flag is left in place, with a long TTL, as if the
+/// node's next vouch were still to come).
+#[tokio::test]
+async fn redis_a_flagged_key_still_vouches_for_its_nodes_sessions() {
+    let server = RedisServer::start();
+    let (a, _) = node(&server, 7).await;
+    let (b, _) = node(&server, 8).await;
+    let p = pool("flagged");
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let id = a
+            .admit(&p, new(&p, "tv"), limit(2), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
+        a.attach(&p, id, socket(7, n), 0).await.unwrap().unwrap();
+        ids.push(id);
+    }
+    a.refresh().await.unwrap();
+    b.end(&p, ids[0], None, 0).await.unwrap().unwrap();
+    let key = keys::alive(p.shard(), 7);
+    let flag: String = server.cmd(&["GET", &key]);
+    assert_eq!(flag, keys::MOVED);
+    let _: i64 = server.cmd(&["PEXPIRE", &key, "60000"]);
+    // Past the second session's own deadline (a PONG timeout after its attach).
+    tokio::time::sleep(PONG + Duration::from_millis(300)).await;
+    assert!(b.admit(&p, new(&p, "phone"), limit(2), 0).await.unwrap().is_ok());
+    let full = b.admit(&p, new(&p, "laptop"), limit(2), 0).await.unwrap();
+    assert!(full.is_err(), "the flagged node's session still counts: {full:?}");
+}

@@ -1,9 +1,10 @@
 //! The node's refresh loop. Each round it vouches for the live sessions its
-//! sockets hold (one field per shard it holds sessions in), writes the ends and
+//! sockets hold (one key per shard it holds sessions in), writes the ends and
 //! detaches its sockets queued, checks the held sessions that are due (a PONG
-//! heard, and the last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose
-//! session turned out to be gone (the backstop for lost orders), and puts this
-//! node's sessions back in a shard that lost its data
+//! heard, and the last check a [`FULL_CHECK_EVERY_MS`] ago, or every one in a
+//! shard whose vouch read the "moved" flag another node's script left there),
+//! tells the sockets whose session turned out to be gone (the backstop for lost
+//! orders), and puts this node's sessions back in a shard that lost its data
 //! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
 //!
 //! A store that stalls or is cut off from the node (a fork for a snapshot, a

@@ -3,7 +3,8 @@
 //!
 //! What a node's own sockets do is batched: a PONG costs Redis nothing (the
 //! node's liveness key in each shard vouches for its sessions there, and each
-//! is checked once a [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
+//! is checked every ten minutes, or at once when another node ended or moved
+//! it: [`super::refresh`]), and an end or detach by the socket that holds the
 //! session is queued for the next refresh round ([`super::refresh`]), at most one
 //! refresh interval away. Any operation on a pool by this node (an admission
 //! first of all) writes that pool's queued ends first, in the same round trip, so
@@ -48,10 +49,12 @@ pub(super) fn by_shard<T>(items: impl IntoIterator<Item = T>, shard: impl Fn(&T)
     groups
 }
 
-/// How often each held session is checked in Redis (once a minute, from its
-/// first PONG): the backstop that tells a socket its session ended or moved
-/// should the order have been lost, and what keeps its record's own deadline
-/// fresh. In the caller's milliseconds when tests drive time.
+/// How often each held session is checked in Redis when tests drive time (once
+/// a minute, from its first PONG, in the caller's milliseconds): the backstop
+/// that tells a socket its session ended or moved should the order have been
+/// lost, and what keeps its record's own deadline fresh. With Redis's clock
+/// (every node) a vouch's "moved" flag does the former, and a session is
+/// checked in full every `refresh::FULL_CHECK_EVERY_MS`.
 pub const CHECK_EVERY_MS: Millis = 60_000;
 
 /// A write a socket's end left for the next refresh round (or for the next
@@ -661,7 +664,8 @@ impl SessionStore for RedisStore {
 
     /// Queued: the node vouches for its live sessions as a whole, and the next
     /// refresh round checks this one in Redis if it is due (its first PONG, then
-    /// once a [`CHECK_EVERY_MS`]), telling the socket if its session turns out to
+    /// every ten minutes, or at once if a vouch read that another node ended or
+    /// moved a session here: [`super::refresh`]), telling the socket if its session turns out to
     /// be gone. A PONG from a socket this node no longer knows as a holder (its
     /// session ended or moved) is not held.
     async fn heartbeat(
