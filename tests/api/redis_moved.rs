@@ -260,3 +260,42 @@ async fn redis_a_flagged_key_still_vouches_for_its_nodes_sessions() {
     let full = b.admit(&p, new(&p, "laptop"), limit(2), 0).await.unwrap();
     assert!(full.is_err(), "the flagged node's session still counts: {full:?}");
 }
+
+/// The check a flag brings costs one `HGET` per session moved, not one per
+/// session the node holds in the shard: the flagging script names the session
+/// in the node's set of moved sessions there, which the node pops.
+#[tokio::test]
+async fn redis_a_flag_checks_only_the_sessions_moved() {
+    let server = RedisServer::start();
+    let (a, orders) = node(&server, 7).await;
+    let (b, _) = node(&server, 8).await;
+    let now = Clock::new().now();
+    let shard = pool("same0").shard();
+    let pools: Vec<PoolKey> = (0..10_000)
+        .map(|i| pool(&format!("same{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(10)
+        .collect();
+    assert_eq!(pools.len(), 10, "ten customers in one shard");
+    let mut sessions = Vec::new();
+    for (i, p) in pools.iter().enumerate() {
+        let holder = socket(7, i as u64 + 1);
+        let id = held(&a, p, holder).await;
+        a.heartbeat(p, id, holder, now).await.unwrap();
+        sessions.push((p.clone(), id, holder));
+    }
+    assert_eq!(a.refresh().await.unwrap().refreshed, 10);
+    let (p, id, holder) = sessions[3].clone();
+    b.end(&p, id, None, 0).await.unwrap().unwrap();
+    let moved: Vec<String> = server.cmd(&["SMEMBERS", &keys::moved(shard, 7)]);
+    assert_eq!(moved, vec![keys::compact(id)]);
+
+    vouch_period().await;
+    let hgets = calls(&server, "hget");
+    let round = a.refresh().await.unwrap();
+    assert_eq!((round.gone, round.refreshed), (1, 0));
+    assert_eq!(calls(&server, "hget") - hgets, 1, "the moved session alone");
+    assert_eq!(orders.0.lock().unwrap().clone(), vec![(holder, Control::Expire)]);
+    let left: i64 = server.cmd(&["EXISTS", &keys::moved(shard, 7)]);
+    assert_eq!(left, 0, "popped");
+}

@@ -159,6 +159,13 @@ pub fn alive(shard: u16, node: u64) -> String {
 /// this.
 pub const MOVED: &str = "9e15";
 
+/// The compact ids of the sessions node `node` holds in a shard that another
+/// node ended or moved since the node last read it (a set, living one PONG
+/// timeout; see [`MOVED`]): the node checks those at once.
+pub fn moved(shard: u16, node: u64) -> String {
+    format!("{}:moved", alive(shard, node))
+}
+
 /// Present while the shard keeps its data; a node that finds it changed knows
 /// the shard's Redis restarted empty and restores the sessions it holds there.
 pub fn epoch(shard: u16) -> String {

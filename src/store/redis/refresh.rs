@@ -73,12 +73,19 @@ pub(crate) struct Vouching {
     /// node's sessions there are re-asserted once a vouch goes through again,
     /// and admissions there wait until then.
     lost: HashMap<u16, Option<Instant>>,
-    /// Shards where a vouch found this node's liveness key flagged (`m`: a
-    /// session it holds there was ended or moved by another node) or gone:
-    /// every session the node holds there is checked this round, and the shard
-    /// stays here until a check there went through.
+    /// Shards where a vouch found this node's liveness key gone: every
+    /// session the node holds there is checked this round, and the shard stays
+    /// here until a check there went through.
     moved: BTreeSet<u16>,
+    /// Shards (and nodes) where a vouch found the liveness key flagged
+    /// ([`MOVED`]: a session held there was ended or moved by another node):
+    /// the set of those sessions ([`keys::moved`]) is read this round.
+    flagged: BTreeSet<(u16, u64)>,
 }
+
+/// The most ids one read of a node's set of moved sessions in a shard takes
+/// (`SPOP` with a count: all of them, in practice).
+const MOVED_POP: u64 = 1 << 30;
 
 /// With Redis's clock, how often each held session is checked in full when no
 /// vouch flags its shard (ten minutes; see [`RedisStore::refresh`]). A check
@@ -109,7 +116,8 @@ enum Vouch {
     /// Rewritten; nothing flagged.
     Kept,
     /// Rewritten, and it held [`MOVED`]: a session of this node's in the shard was
-    /// ended or moved by another node (the scripts' `flag_moved`).
+    /// ended or moved by another node (the scripts' `flag_moved`), and is
+    /// named in the node's set of moved sessions there.
     Flagged,
     /// The key was gone (nothing was written).
     Gone,
@@ -203,7 +211,8 @@ impl RedisStore {
                 Some((*holder, held.clone(), *now))
             })
             .collect();
-        let moved = self.moved_due(&heard, &mut due);
+        let popped = self.pop_moved().await;
+        let moved = self.moved_due(&heard, &popped, &mut due);
         self.join_due(&mut due, every);
         let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
             .into_values()
@@ -286,36 +295,82 @@ impl RedisStore {
         }
     }
 
-    /// Remembers `shards` as flagged: every session held there is checked at
-    /// the next round.
-    fn flag_moved(&self, shards: impl IntoIterator<Item = u16>) {
+    /// Remembers `shards` as to be checked in full at the next round (a vouch
+    /// found the key gone, or the set of moved sessions could not be read).
+    fn check_all_in(&self, shards: impl IntoIterator<Item = u16>) {
         if let Ok(mut v) = self.vouching.lock() {
             v.moved.extend(shards);
         }
     }
 
-    /// Adds to `due` every session this node holds in a shard a vouch found
-    /// flagged (or its key gone), whatever its last check; returns those shards.
+    /// Reads (and empties, `SPOP`) the sets of moved sessions where a vouch
+    /// found the key flagged: the compact ids of the sessions to check now. A
+    /// shard whose set cannot be read is checked in full.
     ///
-    /// Why a flag is never missed: a vouch is one `SET … XX GET`, so reading the
-    /// flag and writing `r` over it are one atomic step. A script that flags
-    /// the key after that step leaves `m` for the next vouch, one vouch period
-    /// later (a third of a PONG timeout); one that flagged it before is read
-    /// now. The flag is lost only with the key (it ran out, or the shard lost
-    /// its data), and then the vouch answers nil, which flags the shard as
-    /// well (and the outage or the epoch's change re-asserts or restores its
-    /// sessions). A flagged shard stays flagged here until its check went
-    /// through (see the end of [`Self::refresh`]).
+    /// Why a moved session is never missed: a vouch is one `SET … XX GET`, so
+    /// reading the flag and writing `r` over it are one atomic step, and a
+    /// script adds the id to the set and flags the key in one atomic step too.
+    /// A script that runs after the vouch leaves the flag for the next vouch,
+    /// one vouch period later (a third of a PONG timeout), and its id in the
+    /// set: popped now or then (a session popped now is checked again then,
+    /// found gone again, harmlessly). One that ran before the vouch was read by
+    /// it and its id is popped here. The flag and the set are lost only with
+    /// the key (it ran out, or the shard lost its data: the set lives no longer
+    /// than the key), and then the vouch answers nil and every session the node
+    /// holds in the shard is checked (and the outage or the epoch's change
+    /// re-asserts or restores them).
+    async fn pop_moved(&self) -> HashSet<String> {
+        let flagged: Vec<(u16, u64)> = match self.vouching.lock() {
+            Ok(mut v) => std::mem::take(&mut v.flagged).into_iter().collect(),
+            Err(_) => return HashSet::new(),
+        };
+        if flagged.is_empty() {
+            return HashSet::new();
+        }
+        let shards: Vec<(u16, Vec<u64>)> = by_shard(flagged, |(shard, _)| *shard)
+            .into_iter()
+            .map(|(shard, pairs)| (shard, pairs.into_iter().map(|(_, node)| node).collect()))
+            .collect();
+        let pipes: Vec<redis::Pipeline> = shards
+            .iter()
+            .map(|(shard, nodes)| {
+                let mut pipe = redis::pipe();
+                for node in nodes {
+                    pipe.cmd("SPOP").arg(keys::moved(*shard, *node)).arg(MOVED_POP);
+                }
+                pipe
+            })
+            .collect();
+        let results = self.run_pipelines(&[], &pipes).await;
+        let mut ids = HashSet::new();
+        for ((shard, _), result) in shards.iter().zip(results) {
+            let popped: Result<Vec<Vec<String>>, _> = result.and_then(|replies| {
+                redis::from_redis_value(Value::Array(replies)).map_err(|e| record::unreadable("moved", e))
+            });
+            match popped {
+                Ok(sets) => ids.extend(sets.into_iter().flatten()),
+                Err(_) => self.check_all_in([*shard]),
+            }
+        }
+        ids
+    }
+
+    /// Adds to `due` every session this node holds in a shard a vouch found
+    /// its key gone in, and every one named in `popped` (another node ended or
+    /// moved it: [`Self::pop_moved`]), whatever its last check. Returns the
+    /// shards checked in full; each stays to be checked in full until its check
+    /// went through (see the end of [`Self::refresh`]).
     fn moved_due(
         &self,
         heard: &[(Holder, (SessionId, Millis))],
+        popped: &HashSet<String>,
         due: &mut Vec<(Holder, Held, Millis)>,
     ) -> BTreeSet<u16> {
         let moved = match self.vouching.lock() {
             Ok(v) => v.moved.clone(),
             Err(_) => return BTreeSet::new(),
         };
-        if moved.is_empty() {
+        if moved.is_empty() && popped.is_empty() {
             return moved;
         }
         let now = heard
@@ -327,7 +382,8 @@ impl RedisStore {
         for mut entry in self.held.iter_mut() {
             let holder = *entry.key();
             let held = entry.value_mut();
-            if moved.contains(&held.pool.shard()) && !already.contains(&holder) {
+            let named = !popped.is_empty() && popped.contains(&record::id_arg(held.id));
+            if (named || moved.contains(&held.pool.shard())) && !already.contains(&holder) {
                 held.checked_at = Some(now);
                 due.push((holder, held.clone(), now));
             }
@@ -452,8 +508,17 @@ impl RedisStore {
                     Ok(_) => vec![Vouch::Gone],
                     Err(_) => Vec::new(),
                 };
-                if flags && vouches.iter().any(|v| *v != Vouch::Kept) {
-                    self.flag_moved([shard]);
+                if flags {
+                    if vouches.contains(&Vouch::Gone) {
+                        self.check_all_in([shard]);
+                    }
+                    if let Ok(mut v) = self.vouching.lock() {
+                        for (node, vouch) in nodes.iter().zip(&vouches) {
+                            if *vouch == Vouch::Flagged {
+                                v.flagged.insert((shard, *node));
+                            }
+                        }
+                    }
                 }
                 match result {
                     Ok(_) if !vouches.contains(&Vouch::Gone) => {

@@ -115,21 +115,28 @@ local function node_until(h)
   return d
 end
 
--- A session held by socket `h` ended or moved, and `by` (the node running this
--- script, '' if unknown) is not the node holding it: that node's liveness key in
--- the shard is flagged (MOVED), keeping its TTL. The node's next vouch (`SET … XX
--- GET`, which reads the old value and writes 'r' in one command) reads the flag
--- and checks the node's sessions in the shard that round, so a lost order to it
--- costs one vouch period, not a full check's period. Only a key set with Redis's
--- clock ('r') is flagged: one holding the caller's deadline (tests) is read as
--- a number by `node_until`, and its node checks every session once a minute.
-local function flag_moved(h, by)
+-- The session `id`, held by socket `h`, ended or moved, and `by` (the node
+-- running this script, '' if unknown) is not the node holding it: that node's
+-- liveness key in the shard is flagged (MOVED), keeping its TTL, and the id is
+-- added to the node's set of moved sessions there (`keys::moved`, living one
+-- PONG timeout: the holder pops it within a third of one, or its key has run
+-- out and it checks every session there anyway). The node's next vouch (`SET …
+-- XX GET`, which reads the old value and writes 'r' in one command) reads the
+-- flag, and the node checks those sessions that round: a lost order costs one
+-- vouch period, and one HGET per session moved, not per session held there.
+-- Only a key set with Redis's clock ('r') is flagged: one holding the caller's
+-- deadline (tests) is read as a number by `node_until`, and its node checks
+-- every session once a minute.
+local function flag_moved(h, by, id)
   if h == nil or h == '' then return end
   local node = node_of(h)
   if node == by then return end
-  if redis.call('GET', alive .. node) == 'r' then
-    redis.call('SET', alive .. node, MOVED, 'KEEPTTL', 'XX')
-  end
+  local v = redis.call('GET', alive .. node)
+  if v ~= 'r' and v ~= MOVED then return end
+  local set = alive .. node .. ':moved'
+  redis.call('SADD', set, id)
+  redis.call('PEXPIRE', set, PONG)
+  if v == 'r' then redis.call('SET', alive .. node, MOVED, 'KEEPTTL', 'XX') end
 end
 
 -- Until when a record holds its slot: its own deadline, or for a live one as long
@@ -296,7 +303,7 @@ const TAKE_OVER: &str = r#"
 local mine = load()
 local index, victim = find(mine, ARGV[3])
 if victim == nil then return cjson.encode({ok = 'gone'}) end
-flag_moved(victim.h, ARGV[7] or '')
+flag_moved(victim.h, ARGV[7] or '', victim.id)
 table.remove(mine, index)
 redis.call('HDEL', cust, victim.id)
 redis.call('HDEL', ix_of(victim.id), victim.id)
@@ -317,7 +324,7 @@ if rec == nil then return cjson.encode({ok = 'gone'}) end
 local previous = rec.h
 if previous == ARGV[4] then previous = '' end
 -- The socket attaching is of the node running this script.
-flag_moved(previous, node_of(ARGV[4]))
+flag_moved(previous, node_of(ARGV[4]), rec.id)
 rec.h = ARGV[4]
 rec.s = 'l'
 rec.e = now + PONG
@@ -397,7 +404,7 @@ const END: &str = r#"
 local mine = load()
 local _, rec = find(mine, ARGV[3])
 if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
-if ARGV[4] == '' then flag_moved(rec.h, ARGV[6] or '') end
+if ARGV[4] == '' then flag_moved(rec.h, ARGV[6] or '', rec.id) end
 redis.call('HDEL', cust, rec.id)
 redis.call('HDEL', ix_of(rec.id), rec.id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', TOMB) end
@@ -423,7 +430,7 @@ const END_ALL: &str = r#"
 local mine = load()
 local reply = {}
 for _, rec in ipairs(mine) do
-  flag_moved(rec.h, ARGV[4] or '')
+  flag_moved(rec.h, ARGV[4] or '', rec.id)
   redis.call('HDEL', cust, rec.id)
   redis.call('HDEL', ix_of(rec.id), rec.id)
   redis.call('SET', ARGV[3] .. rec.id, 'E', 'PX', TOMB)
