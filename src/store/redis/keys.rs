@@ -6,7 +6,8 @@
 //! | `drisc:{<shard>}:cs:<customer>`  | hash   | a customer's sessions, all offers: compact session id → packed record with its offer (`record.rs`) |
 //! | `drisc:{<shard>}:ix:<bucket>`    | hash   | one of the shard's [`INDEX_BUCKETS`] session indexes: compact session id → its customer ([`customer_tag`]), for operators' look-ups |
 //! | `drisc:{<shard>}:t:<session id>` | string | a tombstone (compact id): why a session ended (`T<name>`, `E`) |
-//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; a number: until then, in the caller's clock) |
+//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; [`MOVED`]: the same, and another node ended or moved one of them; a number: until then, in the caller's clock) |
+//! | `drisc:{<shard>}:alive:<node>:moved` | set | the compact ids of those sessions, until the node reads them at its next vouch ([`moved`]; one PONG timeout at most) |
 //! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
 //! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
 //! | `drisc:inbox:<node>`             | list   | orders for a node's sockets ([`node`])        |
@@ -31,7 +32,7 @@
 //!
 //! A node vouches for its live sessions per shard it holds sessions in (one
 //! key per shard and node, set with a TTL of one PONG timeout: one plain
-//! command, `SET … XX`, no script, and nothing to prune: a stopped node's
+//! command, `SET … XX GET`, no script, and nothing to prune: a stopped node's
 //! keys expire by themselves; the epoch is read only when that key was gone),
 //! and each shard has its own epoch, so a
 //! shard that comes back empty is noticed, and restored from the nodes, for its
