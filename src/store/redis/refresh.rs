@@ -384,7 +384,9 @@ impl RedisStore {
             let held = entry.value_mut();
             let named = !popped.is_empty() && popped.contains(&record::id_arg(held.id));
             if (named || moved.contains(&held.pool.shard())) && !already.contains(&holder) {
-                held.checked_at = Some(now);
+                // A named session's id was popped: should this round's reply be
+                // lost, its next PONG checks it again (it is gone from the set).
+                held.checked_at = if named { None } else { Some(now) };
                 due.push((holder, held.clone(), now));
             }
         }
