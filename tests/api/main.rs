@@ -27,6 +27,7 @@ mod rate_limits;
 mod readiness;
 mod redis_cluster;
 mod redis_failover;
+mod redis_moved;
 mod redis_slots;
 mod session_admin;
 mod sessions;

@@ -6,7 +6,8 @@
 //! | `drisc:{<shard>}:cs:<customer>`  | hash   | a customer's sessions, all offers: compact session id → packed record with its offer (`record.rs`) |
 //! | `drisc:{<shard>}:ix:<bucket>`    | hash   | one of the shard's [`INDEX_BUCKETS`] session indexes: compact session id → its customer ([`customer_tag`]), for operators' look-ups |
 //! | `drisc:{<shard>}:t:<session id>` | string | a tombstone (compact id): why a session ended (`T<name>`, `E`) |
-//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; a number: until then, in the caller's clock) |
+//! | `drisc:{<shard>}:alive:<node>`   | string | a node (hex) vouches for its live sessions in the shard while it lives (`r`: its TTL says until when; [`MOVED`]: the same, and another node ended or moved one of them; a number: until then, in the caller's clock) |
+//! | `drisc:{<shard>}:alive:<node>:moved` | set | the compact ids of those sessions, until the node reads them at its next vouch ([`moved`]; one PONG timeout at most) |
 //! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
 //! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
 //! | `drisc:inbox:<node>`             | list   | orders for a node's sockets ([`node`])        |
@@ -31,7 +32,7 @@
 //!
 //! A node vouches for its live sessions per shard it holds sessions in (one
 //! key per shard and node, set with a TTL of one PONG timeout: one plain
-//! command, `SET … XX`, no script, and nothing to prune: a stopped node's
+//! command, `SET … XX GET`, no script, and nothing to prune: a stopped node's
 //! keys expire by themselves; the epoch is read only when that key was gone),
 //! and each shard has its own epoch, so a
 //! shard that comes back empty is noticed, and restored from the nodes, for its
@@ -147,6 +148,23 @@ pub fn alive_prefix(shard: u16) -> String {
 /// sessions there.
 pub fn alive(shard: u16, node: u64) -> String {
     format!("{}{node:x}", alive_prefix(shard))
+}
+
+/// What a node's liveness key in a shard holds once a script ended or moved a
+/// session that node holds there (the scripts' `flag_moved`; its next vouch
+/// reads it and writes `r` back). A number, not a letter: a node of the
+/// previous release, sharing Redis during a rolling restart, reads any value
+/// but `r` as a deadline in ms, and this one (the year 2255) makes it count the
+/// flagged node's sessions alive for as long as the key lives, as `r` does (the
+/// flag keeps the key's TTL). The caller's clock (tests) writes integers, never
+/// this.
+pub const MOVED: &str = "9e15";
+
+/// The compact ids of the sessions node `node` holds in a shard that another
+/// node ended or moved since the node last read it (a set, living one PONG
+/// timeout; see [`MOVED`]): the node checks those at once.
+pub fn moved(shard: u16, node: u64) -> String {
+    format!("{}:moved", alive(shard, node))
 }
 
 /// Present while the shard keeps its data; a node that finds it changed knows

@@ -10,8 +10,9 @@
 //! - `store`: the [`RedisStore`], the [`SessionStore`](crate::domain::ports::SessionStore)
 //!   that runs them;
 //! - [`refresh`]: the node's loop that vouches for its live sessions, writes the
-//!   ends its sockets queued, checks its sessions once a minute, and puts them
-//!   back if Redis lost its data;
+//!   ends its sockets queued, checks its sessions every ten minutes (at once,
+//!   those another node ended or moved), and puts them back if Redis lost its
+//!   data;
 //! - [`inbox`]: orders for sockets held by other nodes;
 //! - [`tls`]: the CA and client certificate of a `rediss://` connection;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.

@@ -1,9 +1,10 @@
 //! The node's refresh loop. Each round it vouches for the live sessions its
-//! sockets hold (one field per shard it holds sessions in), writes the ends and
+//! sockets hold (one key per shard it holds sessions in), writes the ends and
 //! detaches its sockets queued, checks the held sessions that are due (a PONG
-//! heard, and the last check a [`CHECK_EVERY_MS`] ago), tells the sockets whose
-//! session turned out to be gone (the backstop for lost orders), and puts this
-//! node's sessions back in a shard that lost its data
+//! heard, and the last check a [`FULL_CHECK_EVERY_MS`] ago, or every one in a
+//! shard whose vouch read the "moved" flag another node's script left there),
+//! tells the sockets whose session turned out to be gone (the backstop for lost
+//! orders), and puts this node's sessions back in a shard that lost its data
 //! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
 //!
 //! A store that stalls or is cut off from the node (a fork for a snapshot, a
@@ -37,8 +38,10 @@ use redis::Value;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::keys::MOVED;
 use super::keys::{self, node};
 use super::record::{self, CheckReply};
+use super::scripts::{EXTEND_MS, STALE_MS};
 use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_epoch};
 use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, SessionStore, StoreError};
@@ -78,7 +81,26 @@ pub(crate) struct Vouching {
     /// (`SET … XX` went through): it never ran out, so no script took this
     /// node's sessions there for dead, and nothing needs re-asserting.
     kept: HashSet<u16>,
+    /// Shards where a vouch found this node's liveness key gone: every
+    /// session the node holds there is checked this round, and the shard stays
+    /// here until a check there went through.
+    moved: BTreeSet<u16>,
+    /// Shards (and nodes) where a vouch found the liveness key flagged
+    /// ([`MOVED`]: a session held there was ended or moved by another node):
+    /// the set of those sessions ([`keys::moved`]) is read this round.
+    flagged: BTreeSet<(u16, u64)>,
 }
+
+/// The most ids one read of a node's set of moved sessions in a shard takes
+/// (`SPOP` with a count: all of them, in practice).
+const MOVED_POP: u64 = 1 << 30;
+
+/// With Redis's clock, how often each held session is checked in full when no
+/// vouch flags its shard (ten minutes; see [`RedisStore::refresh`]). A check
+/// rewrites the record's own deadline once it is [`EXTEND_MS`] old, which must
+/// happen well before it is [`STALE_MS`] old, even with a check that failed.
+pub const FULL_CHECK_EVERY_MS: Millis = 600_000;
+const _: () = assert!(EXTEND_MS + 2 * FULL_CHECK_EVERY_MS < STALE_MS);
 
 /// A gap between rounds that reached Redis longer than this fraction of the
 /// PONG timeout may have let a liveness key expire (one is rewritten every third
@@ -104,12 +126,24 @@ const REASSERT_PER_ROUND: usize = 2_000;
 /// How many sessions one call of the check script takes.
 const CHECK_CHUNK: usize = 250;
 
-/// `SET`'s reply when it set the key (`XX` answers nil when the key was gone).
-fn is_ok(reply: &Value) -> bool {
+/// What a vouch (`SET … XX GET`) found: the key's old value, nil when it was gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vouch {
+    /// Rewritten; nothing flagged.
+    Kept,
+    /// Rewritten, and it held [`MOVED`]: a session of this node's in the shard was
+    /// ended or moved by another node (the scripts' `flag_moved`), and is
+    /// named in the node's set of moved sessions there.
+    Flagged,
+    /// The key was gone (nothing was written).
+    Gone,
+}
+
+fn vouch_of(reply: &Value) -> Vouch {
     match reply {
-        Value::Okay => true,
-        Value::SimpleString(s) => s == "OK",
-        _ => false,
+        Value::BulkString(old) if old.as_slice() == MOVED.as_bytes() => Vouch::Flagged,
+        Value::BulkString(_) | Value::SimpleString(_) | Value::Okay => Vouch::Kept,
+        _ => Vouch::Gone,
     }
 }
 
@@ -177,19 +211,25 @@ impl RedisStore {
         }
         round.reasserted = self.reassert_after_outage().await?;
         round.written = self.write_queued(|_| true).await?;
-        // Due: the first PONG since the socket attached, then one a minute.
+        // Due: the first PONG since the socket attached, then one a period: a
+        // minute with the caller's clock, ten with Redis's, where a vouch that
+        // finds its key flagged has every session of the shard checked at once
+        // (`moved_due`).
+        let every = self.check_every();
         let mut due: Vec<(Holder, Held, Millis)> = heard
             .iter()
             .filter_map(|(holder, (id, now))| {
                 let mut held = self.held.get_mut(holder)?;
-                if held.id != *id || held.checked_at.is_some_and(|at| *now < at + CHECK_EVERY_MS) {
+                if held.id != *id || held.checked_at.is_some_and(|at| *now < at + every) {
                     return None;
                 }
                 held.checked_at = Some(*now);
                 Some((*holder, held.clone(), *now))
             })
             .collect();
-        self.join_due(&mut due);
+        let popped = self.pop_moved().await;
+        let moved = self.moved_due(&heard, &popped, &mut due);
+        self.join_due(&mut due, every);
         let batches: Vec<Vec<(Holder, Held, Millis)>> = by_shard(due, |(_, held, _)| held.pool.shard())
             .into_values()
             .flat_map(|group| group.chunks(CHECK_CHUNK).map(<[_]>::to_vec).collect::<Vec<_>>())
@@ -197,6 +237,7 @@ impl RedisStore {
         let pipes: Vec<redis::Pipeline> = batches.iter().map(|batch| self.check_pipe(batch)).collect();
         let results = self.run_pipelines(&[&self.scripts.check], &pipes).await;
         let mut failed = None;
+        let mut unchecked = BTreeSet::new();
         for (batch, result) in batches.iter().zip(results) {
             let reply = result.map(|mut replies| replies.pop().unwrap_or(Value::Nil));
             // The shard lost its data: put this node's sessions back rather than
@@ -216,12 +257,13 @@ impl RedisStore {
             let replies = match reply.and_then(|reply| record::checks(reply, batch.len())) {
                 Ok(replies) => replies,
                 Err(e) => {
-                    // Checked again at their next PONG.
+                    // Checked again at their next PONG; a flagged shard, next round.
                     for (holder, _, _) in batch {
                         if let Some(mut held) = self.held.get_mut(holder) {
                             held.checked_at = None;
                         }
                     }
+                    unchecked.insert(batch.first().map_or(0, |(_, held, _)| held.pool.shard()));
                     failed = Some(e);
                     continue;
                 }
@@ -248,16 +290,135 @@ impl RedisStore {
                 }
             }
         }
+        // The flagged shards checked (or where this node holds nothing now);
+        // the others stay flagged for the next round, as does every one if
+        // this round stopped early.
+        if let Ok(mut v) = self.vouching.lock() {
+            v.moved
+                .retain(|shard| !moved.contains(shard) || unchecked.contains(shard));
+        }
         failed.map_or(Ok(round), Err)
     }
 
+    /// How often each held session is checked in full when nothing flags its
+    /// shard. With Redis's clock, [`FULL_CHECK_EVERY_MS`]: the check's other
+    /// duty, noticing a session another node ended or moved when the order to
+    /// this node was lost, is done by the flag each vouch reads (the scripts'
+    /// `flag_moved`), so a quiet shard costs no command per session and minute.
+    /// With the caller's clock (tests) the liveness keys hold deadlines, which
+    /// are never flagged: [`CHECK_EVERY_MS`], as before.
+    fn check_every(&self) -> Millis {
+        match self.time {
+            TimeSource::Redis => FULL_CHECK_EVERY_MS,
+            TimeSource::Caller => CHECK_EVERY_MS,
+        }
+    }
+
+    /// Remembers `shards` as to be checked in full at the next round (a vouch
+    /// found the key gone, or the set of moved sessions could not be read).
+    fn check_all_in(&self, shards: impl IntoIterator<Item = u16>) {
+        if let Ok(mut v) = self.vouching.lock() {
+            v.moved.extend(shards);
+        }
+    }
+
+    /// Reads (and empties, `SPOP`) the sets of moved sessions where a vouch
+    /// found the key flagged: the compact ids of the sessions to check now. A
+    /// shard whose set cannot be read is checked in full.
+    ///
+    /// Why a moved session is never missed: a vouch is one `SET … XX GET`, so
+    /// reading the flag and writing `r` over it are one atomic step, and a
+    /// script adds the id to the set and flags the key in one atomic step too.
+    /// A script that runs after the vouch leaves the flag for the next vouch,
+    /// one vouch period later (a third of a PONG timeout), and its id in the
+    /// set: popped now or then (a session popped now is checked again then,
+    /// found gone again, harmlessly). One that ran before the vouch was read by
+    /// it and its id is popped here. The flag and the set are lost only with
+    /// the key (it ran out, or the shard lost its data: the set lives no longer
+    /// than the key), and then the vouch answers nil and every session the node
+    /// holds in the shard is checked (and the outage or the epoch's change
+    /// re-asserts or restores them).
+    async fn pop_moved(&self) -> HashSet<String> {
+        let flagged: Vec<(u16, u64)> = match self.vouching.lock() {
+            Ok(mut v) => std::mem::take(&mut v.flagged).into_iter().collect(),
+            Err(_) => return HashSet::new(),
+        };
+        if flagged.is_empty() {
+            return HashSet::new();
+        }
+        let shards: Vec<(u16, Vec<u64>)> = by_shard(flagged, |(shard, _)| *shard)
+            .into_iter()
+            .map(|(shard, pairs)| (shard, pairs.into_iter().map(|(_, node)| node).collect()))
+            .collect();
+        let pipes: Vec<redis::Pipeline> = shards
+            .iter()
+            .map(|(shard, nodes)| {
+                let mut pipe = redis::pipe();
+                for node in nodes {
+                    pipe.cmd("SPOP").arg(keys::moved(*shard, *node)).arg(MOVED_POP);
+                }
+                pipe
+            })
+            .collect();
+        let results = self.run_pipelines(&[], &pipes).await;
+        let mut ids = HashSet::new();
+        for ((shard, _), result) in shards.iter().zip(results) {
+            let popped: Result<Vec<Vec<String>>, _> = result.and_then(|replies| {
+                redis::from_redis_value(Value::Array(replies)).map_err(|e| record::unreadable("moved", e))
+            });
+            match popped {
+                Ok(sets) => ids.extend(sets.into_iter().flatten()),
+                Err(_) => self.check_all_in([*shard]),
+            }
+        }
+        ids
+    }
+
+    /// Adds to `due` every session this node holds in a shard a vouch found
+    /// its key gone in, and every one named in `popped` (another node ended or
+    /// moved it: [`Self::pop_moved`]), whatever its last check. Returns the
+    /// shards checked in full; each stays to be checked in full until its check
+    /// went through (see the end of [`Self::refresh`]).
+    fn moved_due(
+        &self,
+        heard: &[(Holder, (SessionId, Millis))],
+        popped: &HashSet<String>,
+        due: &mut Vec<(Holder, Held, Millis)>,
+    ) -> BTreeSet<u16> {
+        let moved = match self.vouching.lock() {
+            Ok(v) => v.moved.clone(),
+            Err(_) => return BTreeSet::new(),
+        };
+        if moved.is_empty() && popped.is_empty() {
+            return moved;
+        }
+        let now = heard
+            .iter()
+            .map(|(_, (_, now))| *now)
+            .max()
+            .unwrap_or_else(|| crate::domain::Clock::new().now());
+        let already: HashSet<Holder> = due.iter().map(|(holder, _, _)| *holder).collect();
+        for mut entry in self.held.iter_mut() {
+            let holder = *entry.key();
+            let held = entry.value_mut();
+            let named = !popped.is_empty() && popped.contains(&record::id_arg(held.id));
+            if (named || moved.contains(&held.pool.shard())) && !already.contains(&holder) {
+                // A named session's id was popped: should this round's reply be
+                // lost, its next PONG checks it again (it is gone from the set).
+                held.checked_at = if named { None } else { Some(now) };
+                due.push((holder, held.clone(), now));
+            }
+        }
+        moved
+    }
+
     /// Adds to `due` the other sessions this node holds in the same shards
-    /// whose last check is at least half a [`CHECK_EVERY_MS`] old: a check
+    /// whose last check is at least half a period (`every`) old: a check
     /// call costs a few commands whatever its size, and each session's PONGs
     /// come at their own times, so without this each call would check one
     /// session; with it, a shard's sessions fall into step within a minute or
     /// two and are checked together, each at most twice as often as due.
-    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>) {
+    fn join_due(&self, due: &mut Vec<(Holder, Held, Millis)>, every: Millis) {
         let mut shards: HashMap<u16, Millis> = HashMap::new();
         for (_, held, now) in due.iter() {
             let at = shards.entry(held.pool.shard()).or_default();
@@ -273,7 +434,7 @@ impl RedisStore {
             let Some(now) = shards.get(&held.pool.shard()).copied() else {
                 continue;
             };
-            let old_enough = held.checked_at.is_some_and(|at| now >= at + CHECK_EVERY_MS / 2);
+            let old_enough = held.checked_at.is_some_and(|at| now >= at + every / 2);
             if old_enough && !already.contains(&holder) {
                 held.checked_at = Some(now);
                 due.push((holder, held.clone(), now));
@@ -347,22 +508,41 @@ impl RedisStore {
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
         let mut failed = None;
         if let Some(until) = &until {
-            // The rewrite alone, where every key is still there.
+            // The rewrite alone, where every key is still there, reading back
+            // the old value: [`MOVED`] if a script flagged it (see `moved_due`).
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
                 .map(|(shard, nodes)| {
                     let mut pipe = redis::pipe();
                     for node in nodes {
-                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX");
+                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
                     }
                     pipe
                 })
                 .collect();
             let results = self.run_pipelines(&[], &pipes).await;
             let mut again = Vec::new();
+            let flags = self.time == TimeSource::Redis;
             for ((shard, nodes), result) in shards.into_iter().zip(results) {
+                let vouches: Vec<Vouch> = match &result {
+                    Ok(replies) if replies.len() == nodes.len() => replies.iter().map(vouch_of).collect(),
+                    Ok(_) => vec![Vouch::Gone],
+                    Err(_) => Vec::new(),
+                };
+                if flags {
+                    if vouches.contains(&Vouch::Gone) {
+                        self.check_all_in([shard]);
+                    }
+                    if let Ok(mut v) = self.vouching.lock() {
+                        for (node, vouch) in nodes.iter().zip(&vouches) {
+                            if *vouch == Vouch::Flagged {
+                                v.flagged.insert((shard, *node));
+                            }
+                        }
+                    }
+                }
                 match result {
-                    Ok(replies) if replies.len() == nodes.len() && replies.iter().all(is_ok) => {
+                    Ok(_) if !vouches.contains(&Vouch::Gone) => {
                         self.vouched_kept(shard);
                     }
                     // A key was gone: read the epoch, and set the key again.
@@ -556,10 +736,19 @@ impl RedisStore {
             .arg(duration_ms(self.pong_timeout()).max(1))
             .arg("GET");
         let before = self.run_pipeline_of(&[], &pipe).await?;
-        if matches!(before.first(), Some(Value::Nil) | None) {
-            self.vouched_now(shard);
-        } else {
-            self.vouched_kept(shard);
+        match before.first().map_or(Vouch::Gone, vouch_of) {
+            Vouch::Gone => self.vouched_now(shard),
+            Vouch::Kept => self.vouched_kept(shard),
+            // Writing `r` took the flag away: its moved sessions are read this
+            // round, as the round's own vouch would have had them read.
+            Vouch::Flagged => {
+                self.vouched_kept(shard);
+                if self.time == TimeSource::Redis
+                    && let Ok(mut v) = self.vouching.lock()
+                {
+                    v.flagged.insert((shard, node));
+                }
+            }
         }
         if let Ok(mut vouched) = self.vouched.lock() {
             vouched.insert(shard, Instant::now());

@@ -51,6 +51,7 @@ local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @T
 /// timeout after its last vouch.
 const PRELUDE: &str = r#"
 local cust, ixp, alive = KEYS[1], KEYS[2], KEYS[3]
+local MOVED = '@MOVED@'
 local offer = ARGV[2]
 
 -- The index bucket of a compact id: its first character's value modulo @BUCKETS@.
@@ -86,16 +87,22 @@ local function pack(rec)
     .. '|' .. #rec.o .. '|' .. rec.o .. '|' .. rec.n
 end
 
+-- The node a socket id names: its hex digits above the socket's 40 bits.
+local function node_of(h)
+  if #h > 10 then return h:sub(1, #h - 10) end
+  return '0'
+end
+
 -- Until when each node vouches for its live sessions in the shard (0: it does
 -- not), read once a script.
 local vouched = {}
 local function node_until(h)
-  local node = '0'
-  if #h > 10 then node = h:sub(1, #h - 10) end
+  local node = node_of(h)
   local d = vouched[node]
   if d == nil then
     local v = redis.call('GET', alive .. node)
-    if v == 'r' then
+    -- MOVED: set with Redis's clock, and flagged by `flag_moved`.
+    if v == 'r' or v == MOVED then
       -- Set with Redis's clock: vouched for as long as the key lives.
       local ttl = redis.call('PTTL', alive .. node)
       d = 0
@@ -106,6 +113,30 @@ local function node_until(h)
     vouched[node] = d
   end
   return d
+end
+
+-- The session `id`, held by socket `h`, ended or moved, and `by` (the node
+-- running this script, '' if unknown) is not the node holding it: that node's
+-- liveness key in the shard is flagged (MOVED), keeping its TTL, and the id is
+-- added to the node's set of moved sessions there (`keys::moved`, living one
+-- PONG timeout: the holder pops it within a third of one, or its key has run
+-- out and it checks every session there anyway). The node's next vouch (`SET …
+-- XX GET`, which reads the old value and writes 'r' in one command) reads the
+-- flag, and the node checks those sessions that round: a lost order costs one
+-- vouch period, and one HGET per session moved, not per session held there.
+-- Only a key set with Redis's clock ('r') is flagged: one holding the caller's
+-- deadline (tests) is read as a number by `node_until`, and its node checks
+-- every session once a minute.
+local function flag_moved(h, by, id)
+  if h == nil or h == '' then return end
+  local node = node_of(h)
+  if node == by then return end
+  local v = redis.call('GET', alive .. node)
+  if v ~= 'r' and v ~= MOVED then return end
+  local set = alive .. node .. ':moved'
+  redis.call('SADD', set, id)
+  redis.call('PEXPIRE', set, PONG)
+  if v == 'r' then redis.call('SET', alive .. node, MOVED, 'KEEPTTL', 'XX') end
 end
 
 -- Until when a record holds its slot: its own deadline, or for a live one as long
@@ -265,12 +296,14 @@ return cjson.encode({ok = 'granted', now = now, live = live_ones(mine), epoch = 
 "#;
 
 /// KEYS[4]: the victim's tombstone. ARGV (after now, offer): victim id, new id,
-/// new name, the customer's tag. Reply (JSON): `{ok: "gone"}` or
+/// new name, the customer's tag, the node running it (hex; '' unknown: the
+/// victim's holder is flagged whatever its node). Reply (JSON): `{ok: "gone"}` or
 /// `{ok: "taken", now, victim: record, live: [{id, h}]}`.
 const TAKE_OVER: &str = r#"
 local mine = load()
 local index, victim = find(mine, ARGV[3])
 if victim == nil then return cjson.encode({ok = 'gone'}) end
+flag_moved(victim.h, ARGV[7] or '', victim.id)
 table.remove(mine, index)
 redis.call('HDEL', cust, victim.id)
 redis.call('HDEL', ix_of(victim.id), victim.id)
@@ -290,6 +323,8 @@ local _, rec = find(mine, ARGV[3])
 if rec == nil then return cjson.encode({ok = 'gone'}) end
 local previous = rec.h
 if previous == ARGV[4] then previous = '' end
+-- The socket attaching is of the node running this script.
+flag_moved(previous, node_of(ARGV[4]), rec.id)
 rec.h = ARGV[4]
 rec.s = 'l'
 rec.e = now + PONG
@@ -362,11 +397,14 @@ return 1
 "#;
 
 /// KEYS[4]: the session's tombstone. ARGV (after now, offer): id, holder or ""
-/// (anyone), tombstone text or "" (none). Reply: the ended record, or false.
+/// (anyone), tombstone text or "" (none), the node running it (hex; '' unknown).
+/// Ended by anyone but its socket, its holder's node is flagged
+/// (`flag_moved`). Reply: the ended record, or false.
 const END: &str = r#"
 local mine = load()
 local _, rec = find(mine, ARGV[3])
 if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
+if ARGV[4] == '' then flag_moved(rec.h, ARGV[6] or '', rec.id) end
 redis.call('HDEL', cust, rec.id)
 redis.call('HDEL', ix_of(rec.id), rec.id)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', TOMB) end
@@ -383,13 +421,16 @@ return reply
 "#;
 
 /// ARGV (after now, offer): the prefix of the shard's tombstone keys
-/// ([`keys::tombstone_prefix`]). Ends every session of the pool at once, each
-/// leaving an "E" tombstone (in the shard's slot, like every key here) so its
-/// holder learns why even if the order is lost. Reply: the ended records.
+/// ([`keys::tombstone_prefix`]), the node running it (hex; '' unknown). Ends
+/// every session of the pool at once, each leaving an "E" tombstone (in the
+/// shard's slot, like every key here) and flagging its holder's node
+/// (`flag_moved`) so its holder learns why even if the order is lost. Reply:
+/// the ended records.
 const END_ALL: &str = r#"
 local mine = load()
 local reply = {}
 for _, rec in ipairs(mine) do
+  flag_moved(rec.h, ARGV[4] or '', rec.id)
   redis.call('HDEL', cust, rec.id)
   redis.call('HDEL', ix_of(rec.id), rec.id)
   redis.call('SET', ARGV[3] .. rec.id, 'E', 'PX', TOMB)
@@ -536,7 +577,9 @@ impl Scripts {
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
             .replace("@EXTEND@", &EXTEND_MS.to_string());
-        let prelude = PRELUDE.replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string());
+        let prelude = PRELUDE
+            .replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string())
+            .replace("@MOVED@", keys::MOVED);
         let on_pool = |body: &str| redis::Script::new(&format!("{now}{prelude}{body}"));
         Self {
             admit: on_pool(ADMIT),

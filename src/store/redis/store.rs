@@ -3,7 +3,8 @@
 //!
 //! What a node's own sockets do is batched: a PONG costs Redis nothing (the
 //! node's liveness key in each shard vouches for its sessions there, and each
-//! is checked once a [`CHECK_EVERY_MS`]), and an end or detach by the socket that holds the
+//! is checked every ten minutes, or at once when another node ended or moved
+//! it: [`super::refresh`]), and an end or detach by the socket that holds the
 //! session is queued for the next refresh round ([`super::refresh`]), at most one
 //! refresh interval away. Any operation on a pool by this node (an admission
 //! first of all) writes that pool's queued ends first, in the same round trip, so
@@ -48,10 +49,12 @@ pub(super) fn by_shard<T>(items: impl IntoIterator<Item = T>, shard: impl Fn(&T)
     groups
 }
 
-/// How often each held session is checked in Redis (once a minute, from its
-/// first PONG): the backstop that tells a socket its session ended or moved
-/// should the order have been lost, and what keeps its record's own deadline
-/// fresh. In the caller's milliseconds when tests drive time.
+/// How often each held session is checked in Redis when tests drive time (once
+/// a minute, from its first PONG, in the caller's milliseconds): the backstop
+/// that tells a socket its session ended or moved should the order have been
+/// lost, and what keeps its record's own deadline fresh. With Redis's clock
+/// (every node) a vouch's "moved" flag does the former, and a session is
+/// checked in full every `refresh::FULL_CHECK_EVERY_MS`.
 pub const CHECK_EVERY_MS: Millis = 60_000;
 
 /// A write a socket's end left for the next refresh round (or for the next
@@ -252,6 +255,13 @@ impl RedisStore {
 
     pub(super) fn pong_timeout(&self) -> Duration {
         self.timings.pong_timeout
+    }
+
+    /// This node as the scripts that may end or move another node's session
+    /// take it (hex, as in a socket id; "" in tests, which hold sockets of any
+    /// node): they flag the holder's node unless it is this one.
+    pub(super) fn node_arg(&self) -> String {
+        self.node.map(|node| format!("{node:x}")).unwrap_or_default()
     }
 
     pub(super) fn now_arg(&self, now: Millis) -> u64 {
@@ -624,7 +634,8 @@ impl RedisStore {
                     .key(keys::tombstone(pool, id))
                     .arg(record::id_arg(id))
                     .arg(holder.map(record::holder_arg).unwrap_or_default())
-                    .arg(tombstone),
+                    .arg(tombstone)
+                    .arg(self.node_arg()),
             )
             .await?;
         record::session_or_nil(&reply, "end")
@@ -747,7 +758,8 @@ impl SessionStore for RedisStore {
                     .arg(record::id_arg(victim))
                     .arg(record::id_arg(new.id))
                     .arg(&new.name)
-                    .arg(keys::customer_tag(pool)),
+                    .arg(keys::customer_tag(pool))
+                    .arg(self.node_arg()),
             )
             .await?;
         let TakeOverReply::Taken {
@@ -803,7 +815,8 @@ impl SessionStore for RedisStore {
 
     /// Queued: the node vouches for its live sessions as a whole, and the next
     /// refresh round checks this one in Redis if it is due (its first PONG, then
-    /// once a [`CHECK_EVERY_MS`]), telling the socket if its session turns out to
+    /// every ten minutes, or at once if a vouch read that another node ended or
+    /// moved a session here: [`super::refresh`]), telling the socket if its session turns out to
     /// be gone. A PONG from a socket this node no longer knows as a holder (its
     /// session ended or moved) is not held.
     async fn heartbeat(
@@ -916,7 +929,7 @@ impl SessionStore for RedisStore {
             .await?;
         let now = self.now_arg(now);
         self.on_each_pool(&self.scripts.end_all, "end_all", pools, now, |pool, invocation| {
-            invocation.arg(keys::tombstone_prefix(pool));
+            invocation.arg(keys::tombstone_prefix(pool)).arg(self.node_arg());
         })
         .await
     }
