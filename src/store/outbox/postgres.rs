@@ -1,7 +1,7 @@
 //! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
 //! a claim locks the rows it takes and skips the rows another node is taking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -68,6 +68,8 @@ impl WebhookOutbox for PostgresSettings {
         let mut tx = self.pool().begin().await.map_err(db_err)?;
         let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
+        let mut batch = Batch::default();
+        let mut keys_seen: HashSet<&str> = HashSet::new();
         for e in events {
             let left = match room.get(e.publisher_id.as_str()) {
                 Some(left) => *left,
@@ -82,23 +84,14 @@ impl WebhookOutbox for PostgresSettings {
                 continue;
             }
             room.insert(&e.publisher_id, left - 1);
-            sqlx::query(
-                "INSERT INTO webhook_outbox \
-                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox \
-                 WHERE ordering_key = $3 AND NOT dead) THEN $7 ELSE $6 END)",
-            )
-            .bind(&e.message_id)
-            .bind(&e.publisher_id)
-            .bind(&e.ordering_key)
-            .bind(e.event_type.as_str())
-            .bind(&e.body)
-            .bind(to_i64(e.created_at))
-            .bind(WAITING)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            // The statement sees the table as it was before it: a key's later
+            // events in this batch wait behind its first one here.
+            let behind = !keys_seen.insert(&e.ordering_key);
+            batch.push(e, behind);
             done.written += 1;
+        }
+        if !batch.message_id.is_empty() {
+            batch.insert(&mut tx).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(done)
@@ -264,4 +257,58 @@ async fn promote_next(tx: &mut sqlx::PgConnection, key: &str) -> Result<(), Sett
     .await
     .map_err(db_err)?;
     Ok(())
+}
+
+/// A writer's batch as columns, written by one `INSERT … SELECT FROM UNNEST`:
+/// one statement (and one prepared shape, whatever the batch's size) where
+/// there was one per event.
+#[derive(Default)]
+struct Batch<'a> {
+    message_id: Vec<&'a str>,
+    publisher_id: Vec<&'a str>,
+    ordering_key: Vec<&'a str>,
+    event_type: Vec<&'static str>,
+    body: Vec<&'a str>,
+    created_at: Vec<i64>,
+    /// An earlier event of the same key is in this batch.
+    behind: Vec<bool>,
+}
+
+impl<'a> Batch<'a> {
+    fn push(&mut self, e: &'a OutboxEvent, behind: bool) {
+        self.message_id.push(&e.message_id);
+        self.publisher_id.push(&e.publisher_id);
+        self.ordering_key.push(&e.ordering_key);
+        self.event_type.push(e.event_type.as_str());
+        self.body.push(&e.body);
+        self.created_at.push(to_i64(e.created_at));
+        self.behind.push(behind);
+    }
+
+    /// Rows are inserted in the batch's order (`ORDER BY` the ordinality), so
+    /// their ids, which order a key's events, follow it. A row is due at once
+    /// only if it is the first of its key here and its key has nothing
+    /// undelivered in the table; otherwise it waits for the one before.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), SettingsError> {
+        sqlx::query(
+            "INSERT INTO webhook_outbox \
+             (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
+             SELECT e.m, e.p, e.k, e.t, e.b, e.c, CASE WHEN e.behind OR EXISTS (SELECT 1 FROM webhook_outbox o \
+             WHERE o.ordering_key = e.k AND NOT o.dead) THEN $8 ELSE e.c END \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bool[]) \
+             WITH ORDINALITY AS e(m, p, k, t, b, c, behind, n) ORDER BY e.n",
+        )
+        .bind(&self.message_id)
+        .bind(&self.publisher_id)
+        .bind(&self.ordering_key)
+        .bind(&self.event_type)
+        .bind(&self.body)
+        .bind(&self.created_at)
+        .bind(&self.behind)
+        .bind(WAITING)
+        .execute(tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }
