@@ -135,18 +135,39 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
+        // A round's deliveries leave in one statement and the next rows of their
+        // keys are promoted in one more (was two statements per event); retries
+        // and dead letters are rare and stay one statement each.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut delivered_ids: Vec<i64> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Delivered { id } => delivered_ids.push(*id),
                 Settled::Retry {
                     id,
                     attempts,
                     next_at,
                     error,
                 } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
-                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+                Settled::Dead { id, attempts, error } => {
+                    keys.extend(dead_letter(&mut tx, *id, *attempts, error).await?);
+                }
             }
+        }
+        if !delivered_ids.is_empty() {
+            let gone: Vec<String> =
+                sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ANY($1::bigint[]) RETURNING ordering_key")
+                    .bind(&delivered_ids)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            keys.extend(gone);
+        }
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            promote_next(&mut tx, &keys).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -170,18 +191,6 @@ impl WebhookOutbox for PostgresSettings {
     }
 }
 
-async fn delivered(tx: &mut sqlx::PgConnection, id: i64) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = $1 RETURNING ordering_key")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
-}
-
 async fn retry(
     tx: &mut sqlx::PgConnection,
     id: i64,
@@ -200,8 +209,14 @@ async fn retry(
     Ok(())
 }
 
-async fn dead_letter(tx: &mut sqlx::PgConnection, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar(
+/// Dead-letters the row; its key, whose next row is then due, if it was there.
+async fn dead_letter(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    attempts: u32,
+    error: &str,
+) -> Result<Option<String>, SettingsError> {
+    sqlx::query_scalar(
         "UPDATE webhook_outbox SET dead = TRUE, attempts = $1, last_error = $2 WHERE id = $3 RETURNING ordering_key",
     )
     .bind(i64::from(attempts))
@@ -209,11 +224,7 @@ async fn dead_letter(tx: &mut sqlx::PgConnection, id: i64, attempts: u32, error:
     .bind(id)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
+    .map_err(db_err)
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
@@ -245,13 +256,13 @@ async fn count_rows(tx: &mut sqlx::PgConnection, publisher_id: &str) -> Result<i
         .map_err(db_err)
 }
 
-/// The row after the one that left (of the same key) is due now.
-async fn promote_next(tx: &mut sqlx::PgConnection, key: &str) -> Result<(), SettingsError> {
+/// The row after the one that left (of each key) is due now.
+async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<(), SettingsError> {
     sqlx::query(
-        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id = (SELECT MIN(id) FROM webhook_outbox \
-         WHERE ordering_key = $1 AND NOT dead) AND next_attempt_at = $2",
+        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id IN (SELECT MIN(id) FROM webhook_outbox \
+         WHERE ordering_key = ANY($1::text[]) AND NOT dead GROUP BY ordering_key) AND next_attempt_at = $2",
     )
-    .bind(key)
+    .bind(keys)
     .bind(WAITING)
     .execute(tx)
     .await
