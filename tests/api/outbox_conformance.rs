@@ -77,6 +77,7 @@ async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: 
     let keys = ["a", "b", "c", "d", "e", "f", "g"];
     let batch: Vec<_> = (0..600u64).map(|n| event("p", keys[(n * 5 % 7) as usize], n)).collect();
     assert_eq!(s.outbox.enqueue(&batch, 10_000).await.unwrap().written, 600);
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 600);
     let mut seen: Vec<(String, u64)> = Vec::new();
     for _ in 0..700 {
         let round = s.outbox.claim(NOW, LEASE, 100).await.unwrap();
@@ -97,6 +98,10 @@ async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: 
         s.outbox.settle(&settled).await.unwrap();
     }
     assert_eq!(seen.len(), 600, "every event once");
+    // The counts the cap is checked against followed every insert and delete.
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
+    assert_eq!(s.outbox.enqueue(&batch[..3], 3).await.unwrap().written, 3);
+    assert_eq!(s.outbox.enqueue(&batch[3..4], 3).await.unwrap().refused_full, 1);
     for key in keys {
         let ns: Vec<u64> = seen.iter().filter(|(k, _)| k == key).map(|(_, n)| *n).collect();
         let expected: Vec<u64> = (0..600u64).filter(|n| keys[(n * 5 % 7) as usize] == key).collect();
