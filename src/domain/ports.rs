@@ -234,17 +234,30 @@ pub enum EndCause {
     TakenOver,
     /// Ended by an operator, or by its owner without a socket.
     Kicked,
+    /// Live, but the node holding its socket stopped (killed, or cut off from the
+    /// session store for longer than a PONG timeout): ended by whichever node
+    /// found it dead in the shared store.
+    NodeLost,
+    /// Live and still vouched for by its node, but not checked for so long that
+    /// its record ran out: ended by whichever node found it in the shared store.
+    Expired,
 }
 
 impl EndCause {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Finished,
         Self::PongTimeout,
         Self::ConnectTimeout,
         Self::GraceExpired,
         Self::TakenOver,
         Self::Kicked,
+        Self::NodeLost,
+        Self::Expired,
     ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -254,6 +267,8 @@ impl EndCause {
             Self::GraceExpired => "grace_expired",
             Self::TakenOver => "taken_over",
             Self::Kicked => "kicked",
+            Self::NodeLost => "node_lost",
+            Self::Expired => "expired",
         }
     }
 

@@ -653,3 +653,131 @@ async fn webhooks_are_sent_from_a_thread_that_only_gets_idle_cpu() {
     receiver.stop();
     app.stop().await;
 }
+
+/// A node of a cluster on `redis` that sends webhooks to loopback receivers.
+async fn redis_webhook_node(redis: &crate::support_redis::RedisServer) -> TestApp {
+    let url = redis.url.clone();
+    webhook_app(move |s| {
+        s.storage.sessions = drisc::config::SessionBackend::Redis;
+        s.storage.redis_url = url;
+        s.liveness.ping_interval = Duration::from_millis(500);
+        s.liveness.pong_timeout = Duration::from_secs(2);
+        s.liveness.connect_timeout = Duration::from_secs(1);
+        s.cluster.refresh_interval = Duration::from_millis(200);
+        // Creates are retried until a slot frees: the customer's rate limit is not under test.
+        s.limits.customer_burst = 1000;
+    })
+    .await
+}
+
+/// Creates on `node` until one is granted (the dead session's slot freed), within `patience`.
+async fn create_until_granted(node: &Api, token: &str, patience: Duration) -> crate::helpers::Granted {
+    let started = Instant::now();
+    loop {
+        let response = node
+            .create(token, json!({"offerId": "o", "sessionName": "Phone"}))
+            .await;
+        if response.status() == 200 {
+            return crate::helpers::granted(response).await;
+        }
+        assert_eq!(response.status(), 409, "{}", response.text().await.unwrap());
+        assert!(started.elapsed() < patience, "the dead session's slot was not freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost() {
+    let redis = crate::support_redis::RedisServer::start();
+    let survivor = redis_webhook_node(&redis).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The node that dies, as a process of its own so that it can get SIGKILL.
+    let options = crate::support_process::ProcessOptions::default()
+        .env("DRISC__STORAGE__SESSIONS", "redis")
+        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+        .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
+        .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
+        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms");
+    let mut doomed = crate::support_process::ServerProcess::start(dir.path(), options);
+    // Each node has its own settings database: the same offer on both, the webhook on the survivor.
+    survivor.put_offer("1", "o", 1, &[]).await;
+    doomed.api().put_offer("1", "o", 1, &[]).await;
+    webhook_to(&survivor, "1", &receiver.url).await;
+
+    let token = survivor.token("1", "42");
+    let tv = doomed.api().create_ok(&token, "o", "TV").await;
+    let mut player = crate::players::connect_ok(&tv.endpoint).await;
+    assert!(
+        player.keep_alive_for(Duration::from_millis(1200)).await > 0,
+        "live on the doomed node"
+    );
+    assert_eq!(survivor.create(&token, json!({"offerId": "o"})).await.status(), 409);
+    doomed.kill9();
+
+    let phone = create_until_granted(&survivor, &token, Duration::from_secs(10)).await;
+    let got = receiver
+        .wait_for("the killed node's session ended", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        })
+        .await;
+    let ended: Vec<Value> = got
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        .map(Delivery::json)
+        .collect();
+    assert_eq!(ended.len(), 1, "reported once: {ended:?}");
+    assert_eq!(ended[0]["type"], "session.ended");
+    assert_eq!(ended[0]["data"]["cause"], "node_lost");
+    assert_eq!(ended[0]["data"]["sessionName"], "TV");
+    assert_eq!(ended[0]["data"]["offerId"], "o");
+    assert_eq!(ended[0]["data"]["customerId"], "42");
+    assert!(got.iter().all(|d| verify(SECRET, d)));
+    // The session that took the slot was reported too, and the counter names the cause.
+    receiver
+        .wait_for("the new session granted", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(phone.session_id.as_str()))
+        })
+        .await;
+    let metrics = metrics_text(&survivor).await;
+    assert_eq!(
+        counter(&metrics, r#"drisc_sessions_ended_total{cause="node_lost"}"#),
+        1,
+        "{metrics}"
+    );
+    receiver.stop();
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_granted_on_one_node_and_never_connected_is_reported_ended_by_the_next_admission() {
+    let redis = crate::support_redis::RedisServer::start();
+    let (a, b) = (redis_webhook_node(&redis).await, redis_webhook_node(&redis).await);
+    let receiver = Receiver::start().await;
+    for node in [&a, &b] {
+        node.put_offer("1", "o", 1, &[]).await;
+    }
+    webhook_to(&b, "1", &receiver.url).await;
+    let token = a.token("1", "7");
+    // Granted on A; no player ever connects: it dies in Redis after connect_timeout (1 s).
+    let tv = a.create_ok(&token, "o", "TV").await;
+    create_until_granted(&b, &token, Duration::from_secs(5)).await;
+    let got = receiver
+        .wait_for("the never-connected session ended", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        })
+        .await;
+    let ended = got
+        .iter()
+        .find(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        .unwrap()
+        .json();
+    assert_eq!(ended["type"], "session.ended");
+    assert_eq!(ended["data"]["cause"], "connect_timeout");
+    receiver.stop();
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,7 +1,7 @@
 //! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
 //! a claim locks the rows it takes and skips the rows another node is taking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -68,6 +68,8 @@ impl WebhookOutbox for PostgresSettings {
         let mut tx = self.pool().begin().await.map_err(db_err)?;
         let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
+        let mut batch = Batch::default();
+        let mut keys_seen: HashSet<&str> = HashSet::new();
         for e in events {
             let left = match room.get(e.publisher_id.as_str()) {
                 Some(left) => *left,
@@ -82,23 +84,14 @@ impl WebhookOutbox for PostgresSettings {
                 continue;
             }
             room.insert(&e.publisher_id, left - 1);
-            sqlx::query(
-                "INSERT INTO webhook_outbox \
-                 (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox \
-                 WHERE ordering_key = $3 AND NOT dead) THEN $7 ELSE $6 END)",
-            )
-            .bind(&e.message_id)
-            .bind(&e.publisher_id)
-            .bind(&e.ordering_key)
-            .bind(e.event_type.as_str())
-            .bind(&e.body)
-            .bind(to_i64(e.created_at))
-            .bind(WAITING)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            // The statement sees the table as it was before it: a key's later
+            // events in this batch wait behind its first one here.
+            let behind = !keys_seen.insert(&e.ordering_key);
+            batch.push(e, behind);
             done.written += 1;
+        }
+        if !batch.message_id.is_empty() {
+            batch.insert(&mut tx).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(done)
@@ -142,18 +135,39 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
+        // A round's deliveries leave in one statement and the next rows of their
+        // keys are promoted in one more (was two statements per event); retries
+        // and dead letters are rare and stay one statement each.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
+        let mut delivered_ids: Vec<i64> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Settled::Delivered { id } => delivered(&mut tx, *id).await?,
+                Settled::Delivered { id } => delivered_ids.push(*id),
                 Settled::Retry {
                     id,
                     attempts,
                     next_at,
                     error,
                 } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
-                Settled::Dead { id, attempts, error } => dead_letter(&mut tx, *id, *attempts, error).await?,
+                Settled::Dead { id, attempts, error } => {
+                    keys.extend(dead_letter(&mut tx, *id, *attempts, error).await?);
+                }
             }
+        }
+        if !delivered_ids.is_empty() {
+            let gone: Vec<String> =
+                sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = ANY($1::bigint[]) RETURNING ordering_key")
+                    .bind(&delivered_ids)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            keys.extend(gone);
+        }
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            promote_next(&mut tx, &keys).await?;
         }
         tx.commit().await.map_err(db_err)
     }
@@ -177,18 +191,6 @@ impl WebhookOutbox for PostgresSettings {
     }
 }
 
-async fn delivered(tx: &mut sqlx::PgConnection, id: i64) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar("DELETE FROM webhook_outbox WHERE id = $1 RETURNING ordering_key")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
-}
-
 async fn retry(
     tx: &mut sqlx::PgConnection,
     id: i64,
@@ -207,8 +209,14 @@ async fn retry(
     Ok(())
 }
 
-async fn dead_letter(tx: &mut sqlx::PgConnection, id: i64, attempts: u32, error: &str) -> Result<(), SettingsError> {
-    let key: Option<String> = sqlx::query_scalar(
+/// Dead-letters the row; its key, whose next row is then due, if it was there.
+async fn dead_letter(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    attempts: u32,
+    error: &str,
+) -> Result<Option<String>, SettingsError> {
+    sqlx::query_scalar(
         "UPDATE webhook_outbox SET dead = TRUE, attempts = $1, last_error = $2 WHERE id = $3 RETURNING ordering_key",
     )
     .bind(i64::from(attempts))
@@ -216,11 +224,7 @@ async fn dead_letter(tx: &mut sqlx::PgConnection, id: i64, attempts: u32, error:
     .bind(id)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(db_err)?;
-    if let Some(key) = key {
-        promote_next(tx, &key).await?;
-    }
-    Ok(())
+    .map_err(db_err)
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
@@ -252,16 +256,70 @@ async fn count_rows(tx: &mut sqlx::PgConnection, publisher_id: &str) -> Result<i
         .map_err(db_err)
 }
 
-/// The row after the one that left (of the same key) is due now.
-async fn promote_next(tx: &mut sqlx::PgConnection, key: &str) -> Result<(), SettingsError> {
+/// The row after the one that left (of each key) is due now.
+async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<(), SettingsError> {
     sqlx::query(
-        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id = (SELECT MIN(id) FROM webhook_outbox \
-         WHERE ordering_key = $1 AND NOT dead) AND next_attempt_at = $2",
+        "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE id IN (SELECT MIN(id) FROM webhook_outbox \
+         WHERE ordering_key = ANY($1::text[]) AND NOT dead GROUP BY ordering_key) AND next_attempt_at = $2",
     )
-    .bind(key)
+    .bind(keys)
     .bind(WAITING)
     .execute(tx)
     .await
     .map_err(db_err)?;
     Ok(())
+}
+
+/// A writer's batch as columns, written by one `INSERT … SELECT FROM UNNEST`:
+/// one statement (and one prepared shape, whatever the batch's size) where
+/// there was one per event.
+#[derive(Default)]
+struct Batch<'a> {
+    message_id: Vec<&'a str>,
+    publisher_id: Vec<&'a str>,
+    ordering_key: Vec<&'a str>,
+    event_type: Vec<&'static str>,
+    body: Vec<&'a str>,
+    created_at: Vec<i64>,
+    /// An earlier event of the same key is in this batch.
+    behind: Vec<bool>,
+}
+
+impl<'a> Batch<'a> {
+    fn push(&mut self, e: &'a OutboxEvent, behind: bool) {
+        self.message_id.push(&e.message_id);
+        self.publisher_id.push(&e.publisher_id);
+        self.ordering_key.push(&e.ordering_key);
+        self.event_type.push(e.event_type.as_str());
+        self.body.push(&e.body);
+        self.created_at.push(to_i64(e.created_at));
+        self.behind.push(behind);
+    }
+
+    /// Rows are inserted in the batch's order (`ORDER BY` the ordinality), so
+    /// their ids, which order a key's events, follow it. A row is due at once
+    /// only if it is the first of its key here and its key has nothing
+    /// undelivered in the table; otherwise it waits for the one before.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<(), SettingsError> {
+        sqlx::query(
+            "INSERT INTO webhook_outbox \
+             (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) \
+             SELECT e.m, e.p, e.k, e.t, e.b, e.c, CASE WHEN e.behind OR EXISTS (SELECT 1 FROM webhook_outbox o \
+             WHERE o.ordering_key = e.k AND NOT o.dead) THEN $8 ELSE e.c END \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bool[]) \
+             WITH ORDINALITY AS e(m, p, k, t, b, c, behind, n) ORDER BY e.n",
+        )
+        .bind(&self.message_id)
+        .bind(&self.publisher_id)
+        .bind(&self.ordering_key)
+        .bind(&self.event_type)
+        .bind(&self.body)
+        .bind(&self.created_at)
+        .bind(&self.behind)
+        .bind(WAITING)
+        .execute(tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }

@@ -55,7 +55,8 @@ pub async fn open<L: Notifier>(
     )
     .await
     .context(UNREACHABLE)?
-    .for_node(node);
+    .for_node(node)
+    .with_events(meter.clone());
     let store = Arc::new(store);
     let (notifier, outbox) = ClusterNotifier::new(node, local.clone());
     tracing::info!(node, store = target.describe(), "cluster mode: sessions in Redis");

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::keys;
-use crate::domain::ports::StoreError;
+use crate::domain::ports::{EndCause, StoreError};
 use crate::domain::{Holder, Millis, Session, SessionId, SessionState};
 
 /// A reply the store cannot read: the scripts and this codec disagree.
@@ -249,7 +249,28 @@ pub(crate) struct Named {
     pub name: String,
 }
 
-/// The reply of the admit script.
+/// A dead session of the customer that the admit script deleted: nobody else
+/// will report its end (its node is gone, or it never had a socket).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Purged {
+    #[serde(deserialize_with = "session_id")]
+    pub id: SessionId,
+    /// Its pool's offer (the customer's hash holds every offer's sessions).
+    #[serde(rename = "o")]
+    pub offer: String,
+    #[serde(rename = "n")]
+    pub name: String,
+    #[serde(rename = "c", deserialize_with = "end_cause")]
+    pub cause: EndCause,
+}
+
+fn end_cause<'de, D: Deserializer<'de>>(d: D) -> Result<EndCause, D::Error> {
+    let text = String::deserialize(d)?;
+    EndCause::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown end cause {text:?}")))
+}
+
+/// The reply of the admit script. Each outcome but `Lost` carries the dead
+/// sessions the script deleted (`gone`).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "ok", rename_all = "snake_case")]
 pub(crate) enum AdmitReply {
@@ -262,19 +283,28 @@ pub(crate) enum AdmitReply {
         /// The shard's data epoch.
         #[serde(default)]
         epoch: String,
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
     },
     /// The pool holds as many sessions as allowed.
     Full {
         #[serde(default, deserialize_with = "list")]
         held: Vec<Named>,
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
     },
     /// The customer holds as many sessions across its pools as its household cap allows.
     Household {
         #[serde(default, deserialize_with = "list")]
         held: Vec<Named>,
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
     },
     /// The pool is empty and the customer holds sessions in as many pools as allowed.
-    TooManyPools,
+    TooManyPools {
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
+    },
     /// The shard is in another data epoch than the node knows: nothing was done.
     Lost { epoch: String },
 }
@@ -469,7 +499,7 @@ mod tests {
         };
         assert_eq!((now, live[0].id, live[0].holder), (1_780_000_000_000, id, Holder(5)));
         let empty = Value::BulkString(br#"{"ok":"full","held":{}}"#.to_vec());
-        assert!(matches!(reply(&empty, "admit").unwrap(), AdmitReply::Full { held } if held.is_empty()));
+        assert!(matches!(reply(&empty, "admit").unwrap(), AdmitReply::Full { held, .. } if held.is_empty()));
         let unknown = Value::BulkString(br#"{"ok":"maybe"}"#.to_vec());
         assert!(reply::<AdmitReply>(&unknown, "admit").is_err());
         assert!(reply::<AdmitReply>(&Value::Int(1), "admit").is_err());
@@ -479,10 +509,29 @@ mod tests {
     fn a_household_refusal_lists_the_customers_sessions_by_name() {
         let id = SessionId::random();
         let text = format!(r#"{{"ok":"household","held":[{{"id":"{id}","n":"TV"}}]}}"#);
-        let AdmitReply::Household { held } = reply(&Value::BulkString(text.into_bytes()), "admit").unwrap() else {
+        let AdmitReply::Household { held, .. } = reply(&Value::BulkString(text.into_bytes()), "admit").unwrap() else {
             panic!("household");
         };
         assert_eq!((held[0].id, held[0].name.as_str()), (id, "TV"));
+    }
+
+    #[test]
+    fn an_admission_names_the_dead_sessions_it_deleted_with_their_cause() {
+        let (id, dead) = (SessionId::random(), SessionId::random());
+        let compact = keys::compact(dead);
+        let text = format!(
+            r#"{{"ok":"full","held":[{{"id":"{id}","n":"TV"}}],"gone":[{{"id":"{compact}","o":"sport","n":"Phone","c":"node_lost"}}]}}"#
+        );
+        let AdmitReply::Full { gone, .. } = reply(&Value::BulkString(text.into_bytes()), "admit").unwrap() else {
+            panic!("full");
+        };
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].id, gone[0].offer.as_str()), (dead, "sport"));
+        assert_eq!((gone[0].name.as_str(), gone[0].cause), ("Phone", EndCause::NodeLost));
+        let none = Value::BulkString(br#"{"ok":"too_many_pools"}"#.to_vec());
+        assert!(matches!(reply(&none, "admit").unwrap(), AdmitReply::TooManyPools { gone } if gone.is_empty()));
+        let unknown = format!(r#"{{"ok":"too_many_pools","gone":[{{"id":"{compact}","o":"o","n":"","c":"bored"}}]}}"#);
+        assert!(reply::<AdmitReply>(&Value::BulkString(unknown.into_bytes()), "admit").is_err());
     }
 
     #[test]

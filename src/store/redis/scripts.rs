@@ -160,6 +160,20 @@ local function keep_until(key, at)
   if t == -1 or (t >= 0 and t < at) then redis.call('PEXPIREAT', key, at) end
 end
 
+-- Why a dead record died, as `EndCause` names it: no node ends these, so the
+-- script that deletes them says why (a live one whose node stopped vouching lost
+-- its node; one still vouched for outlived its horizon unchecked).
+local function why_dead(rec)
+  if rec.s == 'p' then return 'connect_timeout' end
+  if rec.s == 'd' then return 'grace_expired' end
+  if rec.h ~= '' and node_until(rec.h) <= now then return 'node_lost' end
+  return 'expired'
+end
+
+-- The dead records `load` deleted ({id, o, n, c}: c the cause), for the admit
+-- script's reply: the node that freed their slots reports their end.
+local purged = {}
+
 -- The customer's sessions alive at `now` (dead ones are deleted, with their
 -- index entries): the pool's, in creation order, and all of them.
 local function load()
@@ -172,6 +186,7 @@ local function load()
     if rec.till <= now then
       redis.call('HDEL', cust, rec.id)
       redis.call('HDEL', ix_of(rec.id), rec.id)
+      purged[#purged + 1] = {id = rec.id, o = rec.o, n = rec.n, c = why_dead(rec)}
     else
       all[#all + 1] = rec
       if rec.o == offer then mine[#mine + 1] = rec end
@@ -231,7 +246,8 @@ end
 /// `{ok: "household", held: [{id, n}]}` (the customer's sessions across its
 /// pools reach the household cap),
 /// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
-/// as many pools as allowed), or `{ok: "lost", epoch}`: the shard is not in the epoch
+/// as many pools as allowed), each with `gone: [{id, o, n, c}]` when it deleted
+/// dead sessions of the customer (`c`: why they died, an `EndCause`), or `{ok: "lost", epoch}`: the shard is not in the epoch
 /// the node knows (its Redis restarted empty), so this node's held sessions may
 /// be missing from it; the node puts them back first, then asks again.
 ///
@@ -248,12 +264,18 @@ end
 if ARGV[8] ~= '' and ep ~= ARGV[8] then
   return cjson.encode({ok = 'lost', epoch = ep})
 end
+-- [ended] Every reply below names the dead sessions `load` deleted (`gone`, when any).
+local function answer(t)
+  if #purged > 0 then t.gone = purged end
+  return cjson.encode(t)
+end
+-- [/ended]
 local mine, all = load()
 if #mine >= tonumber(ARGV[5]) then
   local held = {}
   for _, rec in ipairs(mine) do held[#held + 1] = {id = rec.id, n = rec.n} end
   settle()
-  return cjson.encode({ok = 'full', held = held})
+  return answer({ok = 'full', held = held})
 end
 -- [household cap] ARGV[10]: the most sessions the customer may hold across all its
 -- pools ('' or absent: no cap). They are all in its one hash: counted here, atomic
@@ -264,7 +286,7 @@ if ARGV[10] and ARGV[10] ~= '' and #all >= tonumber(ARGV[10]) then
   table.sort(held, function(a, b) if a.c == b.c then return a.id < b.id end return a.c < b.c end)
   for _, h in ipairs(held) do h.c = nil end
   settle()
-  return cjson.encode({ok = 'household', held = held})
+  return answer({ok = 'household', held = held})
 end
 -- [/household cap]
 if #mine == 0 then
@@ -278,7 +300,7 @@ if #mine == 0 then
   end
   if n >= tonumber(ARGV[6]) then
     settle()
-    return cjson.encode({ok = 'too_many_pools'})
+    return answer({ok = 'too_many_pools'})
   end
 end
 save({id = ARGV[3], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[4]})
@@ -292,7 +314,7 @@ for i = 1, #sample, 2 do
     redis.call('HDEL', ix, sample[i])
   end
 end
-return cjson.encode({ok = 'granted', now = now, live = live_ones(mine), epoch = ep})
+return answer({ok = 'granted', now = now, live = live_ones(mine), epoch = ep})
 "#;
 
 /// KEYS[4]: the victim's tombstone. ARGV (after now, offer): victim id, new id,

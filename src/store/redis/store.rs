@@ -25,9 +25,10 @@ use super::keys;
 use super::record::{self, AdmitReply, AttachReply, TakeOverReply};
 use super::scripts::{Scripts, on_pool};
 use crate::domain::clock::duration_ms;
+use crate::domain::events::SessionEvent;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{Heartbeat, Notifier, SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{Heartbeat, NoEvents, Notifier, SessionEvents, SessionStore, SessionsByState, StoreError};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use crate::readiness::Probe;
 
@@ -202,6 +203,9 @@ pub struct RedisStore {
     /// When this node's refresh rounds last reached Redis, and whether it must
     /// re-assert its sessions (see [`super::refresh`]).
     pub(super) vouching: Mutex<super::refresh::Vouching>,
+    /// Told of the dead sessions an admission deletes: no node ends those (see
+    /// [`Self::with_events`]).
+    pub(super) events: Arc<dyn SessionEvents>,
 }
 
 impl RedisStore {
@@ -244,6 +248,7 @@ impl RedisStore {
             epochs: Mutex::new(HashMap::new()),
             vouched: Mutex::new(HashMap::new()),
             vouching: Mutex::new(super::refresh::Vouching::default()),
+            events: Arc::new(NoEvents),
         })
     }
 
@@ -251,6 +256,29 @@ impl RedisStore {
     pub fn for_node(mut self, node: u64) -> Self {
         self.node = Some(node);
         self
+    }
+
+    /// Reports to `events` the end of every dead session an admission deletes
+    /// from Redis: a session whose node died (SIGKILL, or cut off), or one
+    /// granted or detached whose deadline passed with no socket. No node ends
+    /// those, so the node whose admission freed their slots says they ended,
+    /// once (the script deletes each record once), from the reply it reads
+    /// anyway. Dead sessions that no admission of their customer meets before
+    /// the customer's hash expires are not reported.
+    pub fn with_events(mut self, events: Arc<dyn SessionEvents>) -> Self {
+        self.events = events;
+        self
+    }
+
+    fn report_gone(&self, pool: &PoolKey, gone: Vec<record::Purged>) {
+        for dead in gone {
+            let pool = PoolKey {
+                offer_id: dead.offer,
+                ..pool.clone()
+            };
+            self.events
+                .report(SessionEvent::ended(&pool, dead.id, Some(&dead.name), dead.cause));
+        }
     }
 
     pub(super) fn pong_timeout(&self) -> Duration {
@@ -714,23 +742,33 @@ impl SessionStore for RedisStore {
                 )
                 .await?;
             return match record::reply(&reply, "admit")? {
-                AdmitReply::Granted { now, live, epoch } => {
+                AdmitReply::Granted { now, live, epoch, gone } => {
+                    self.report_gone(pool, gone);
                     self.learn_epoch(shard, &epoch);
                     Ok(Ok(self.granted(new, now, live)))
                 }
-                AdmitReply::TooManyPools => Ok(Err(Refusal::TooManyPools)),
-                AdmitReply::Full { held } => Ok(Err(Refusal::Full(LimitExceeded {
-                    active: held
-                        .into_iter()
-                        .map(|s| ActiveSession { id: s.id, name: s.name })
-                        .collect(),
-                }))),
-                AdmitReply::Household { held } => Ok(Err(Refusal::Household(LimitExceeded {
-                    active: held
-                        .into_iter()
-                        .map(|s| ActiveSession { id: s.id, name: s.name })
-                        .collect(),
-                }))),
+                AdmitReply::TooManyPools { gone } => {
+                    self.report_gone(pool, gone);
+                    Ok(Err(Refusal::TooManyPools))
+                }
+                AdmitReply::Full { held, gone } => {
+                    self.report_gone(pool, gone);
+                    Ok(Err(Refusal::Full(LimitExceeded {
+                        active: held
+                            .into_iter()
+                            .map(|s| ActiveSession { id: s.id, name: s.name })
+                            .collect(),
+                    })))
+                }
+                AdmitReply::Household { held, gone } => {
+                    self.report_gone(pool, gone);
+                    Ok(Err(Refusal::Household(LimitExceeded {
+                        active: held
+                            .into_iter()
+                            .map(|s| ActiveSession { id: s.id, name: s.name })
+                            .collect(),
+                    })))
+                }
                 AdmitReply::Lost { epoch } => {
                     self.restore_if_lost(shard, &epoch).await?;
                     continue;
