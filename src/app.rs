@@ -321,11 +321,12 @@ fn spawn_journal(background: &TaskTracker, journal: &Arc<Journal>, db: &Settings
 /// forgetting of idle rate-limit keys.
 fn spawn_liveness_and_upkeep(background: &TaskTracker, state: &AppState) {
     let shutdown = &state.shutdown;
-    background.spawn(crate::tasks::sweep::run(
+    crate::tasks::sweep::spawn(
+        background,
         state.control.clone(),
         state.settings.liveness.sweep_interval,
         shutdown.clone(),
-    ));
+    );
     background.spawn(crate::tasks::metrics::run(state.meter.clone(), shutdown.clone()));
     if state.limits.enabled() {
         background.spawn(crate::tasks::rate_limits::run(

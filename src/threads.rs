@@ -8,8 +8,59 @@
 //! against each other by their nice values: a thread at nice 19 gets about 1.5% of
 //! a core that a thread at nice 0 also wants, and all of it when the core is idle.
 
+use std::future::Future;
+
+use tokio::sync::oneshot;
+
 /// The nice value for work that must never take the CPU from admissions.
 pub const LOWEST: i32 = 19;
+
+/// Runs `work` to its end on a new thread named `name`, on a current-thread
+/// runtime of its own, after `lower` has set the thread's priority; the
+/// receiver is told when the thread is done (or gone). `blocking` names the
+/// runtime's blocking threads, which inherit the thread's priority (Linux
+/// copies a thread's scheduling to the threads it creates).
+pub fn spawn_runtime<F, Fut>(
+    name: &str,
+    blocking: &'static str,
+    lower: impl FnOnce() + Send + 'static,
+    work: F,
+) -> std::io::Result<oneshot::Receiver<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (done, finished) = oneshot::channel();
+    let thread = name.to_owned();
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        lower();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(blocking)
+            .build();
+        match runtime {
+            Ok(runtime) => {
+                runtime.block_on(work());
+                // Its blocking threads are told to stop before the server is.
+                runtime.shutdown_background();
+            }
+            Err(e) => tracing::error!(error = %e, thread, "could not start a runtime: its work is not done"),
+        }
+        let _ = done.send(());
+    })?;
+    Ok(finished)
+}
+
+/// Sets the calling thread's nice value (Linux: `setpriority` of this thread
+/// alone); elsewhere nothing.
+pub fn lower_this(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        tracing::warn!(error = %e, "could not lower this thread's priority: it runs at the process's");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
 
 /// Sets the nice value of every thread of this process named `name` (Linux keeps
 /// 15 bytes of a name) and answers how many it changed. Elsewhere it changes

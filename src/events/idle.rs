@@ -33,26 +33,16 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    let (done, finished) = oneshot::channel();
-    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-        if priority == Priority::Idle {
-            lower_to_idle();
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(BLOCKING_THREADS)
-            .build();
-        match runtime {
-            Ok(runtime) => {
-                runtime.block_on(work());
-                // Its blocking threads are told to stop before the server is.
-                runtime.shutdown_background();
+    crate::threads::spawn_runtime(
+        name,
+        BLOCKING_THREADS,
+        move || {
+            if priority == Priority::Idle {
+                lower_to_idle();
             }
-            Err(e) => tracing::error!(error = %e, "could not start the webhooks' delivery runtime: no webhook is sent"),
-        }
-        let _ = done.send(());
-    })?;
-    Ok(finished)
+        },
+        work,
+    )
 }
 
 #[cfg(target_os = "linux")]

@@ -7,8 +7,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::domain::control::SessionControl;
+
+/// The sweep's thread (`ps -eLo tid,ni,comm`).
+pub const THREAD: &str = "drisc-sweep";
+
+/// Starts the sweep on a thread of its own at the lowest priority, so that it
+/// takes only the CPU admissions leave: reaping costs about 5 µs a session
+/// (bench/analysis.md, "The tail, round five"), and tens of thousands of sessions
+/// dying in the same second (players granted a session who never connect) made
+/// bursts on the server's core that requests queued behind. Admission never waits
+/// for the sweep (it checks expiry itself), so the limit is exact however late it
+/// runs; on a node saturated for long, dead sessions wait in memory until the load
+/// drops. If the thread cannot be started, the sweep runs on the server's runtime.
+pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
+    let (on_thread, stopping) = (Arc::clone(&control), cancel.clone());
+    let lower = || crate::threads::lower_this(crate::threads::LOWEST);
+    match crate::threads::spawn_runtime(THREAD, "drisc-sweep-io", lower, move || run(on_thread, every, stopping)) {
+        Ok(finished) => {
+            background.spawn(async move {
+                let _ = finished.await;
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the sweep's thread: the sweep runs on the server's runtime");
+            background.spawn(run(control, every, cancel));
+        }
+    }
+}
 
 pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
     super::every(every, cancel, || async {
