@@ -92,9 +92,9 @@ fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
         .collect()
 }
 
-/// The journal's SQLite thread runs at nice 19, so its bursts of writes take only
-/// the CPU admissions leave (bench/analysis.md, "The tail, round five"); the
-/// runtime's workers keep theirs.
+/// The journal's SQLite thread and the sweep's thread run at nice 19, so their
+/// bursts of work take only the CPU admissions leave (bench/analysis.md, "The tail,
+/// round five"); the runtime's workers keep theirs.
 #[tokio::test]
 async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,6 +107,11 @@ async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
         nice_of_threads(pid, "drisc-journal"),
         vec![19],
         "one journal thread, at nice 19"
+    );
+    assert_eq!(
+        nice_of_threads(pid, "drisc-sweep"),
+        vec![19],
+        "one sweep thread, at nice 19"
     );
     // The others keep the process's own (a test run under `nice` starts it lower).
     let process = nice_of_threads(pid, "drisc");
