@@ -126,7 +126,7 @@ impl Subject {
     }
 }
 
-fn pool(customer: &str) -> PoolKey {
+pub(crate) fn pool(customer: &str) -> PoolKey {
     PoolKey {
         publisher_id: "pub".into(),
         customer_id: customer.into(),
@@ -136,7 +136,7 @@ fn pool(customer: &str) -> PoolKey {
 
 /// A new session of `p`'s customer: its id carries the customer's shard, as
 /// the ids `domain::control` makes do.
-fn new(p: &PoolKey, name: &str) -> NewSession {
+pub(crate) fn new(p: &PoolKey, name: &str) -> NewSession {
     NewSession {
         id: SessionId::for_customer(&p.owner()),
         name: name.into(),
@@ -151,7 +151,7 @@ fn t0() -> Millis {
 /// Pools per customer in the rules that are not about that cap.
 const POOLS: u32 = 16;
 
-fn limit(sessions: u32) -> Limits {
+pub(crate) fn limit(sessions: u32) -> Limits {
     Limits {
         sessions,
         pools_per_customer: POOLS,

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drisc::domain::pool::{Limits, NewSession};
 use drisc::domain::ports::{Control, SessionStore};
 use drisc::domain::{Clock, Holder, Millis, PoolKey, SessionId, Timings};
 use drisc::store::redis::{RedisStore, TimeSource, keys};
 
-use super::conformance::Recorder;
+use super::conformance::{Recorder, limit, new, pool};
 use super::support_redis::RedisServer;
 
 /// A PONG timeout short enough that a node vouches again (every third of it)
@@ -44,29 +43,6 @@ async fn node(server: &RedisServer, node: u64) -> (Arc<RedisStore>, Arc<Recorder
     .unwrap()
     .for_node(node);
     (Arc::new(store), orders)
-}
-
-fn pool(customer: &str) -> PoolKey {
-    PoolKey {
-        publisher_id: "pub".into(),
-        customer_id: customer.into(),
-        offer_id: "offer".into(),
-    }
-}
-
-fn new(p: &PoolKey, name: &str) -> NewSession {
-    NewSession {
-        id: SessionId::for_customer(&p.owner()),
-        name: name.into(),
-    }
-}
-
-fn limit(sessions: u32) -> Limits {
-    Limits {
-        sessions,
-        pools_per_customer: 16,
-        customer_sessions: None,
-    }
 }
 
 fn socket(node: u64, n: u64) -> Holder {

@@ -670,6 +670,20 @@ impl RedisStore {
     /// there goes through): forgets their last vouch, so the next round vouches
     /// there at once, and remembers it as when the outage may have begun.
     pub(super) fn lose(&self, shards: impl IntoIterator<Item = u16>) {
+        self.count_lost(shards, false);
+    }
+
+    /// Counts `shards` as lost on suspicion alone (a round late, a gap between
+    /// rounds, a lease not renewed: Redis slow or stalled, which says nothing
+    /// of any one shard): as [`Self::lose`], except that a shard whose next
+    /// vouch finds the liveness key still there lost nothing and is not
+    /// re-asserted ([`Self::vouched_kept`]). A shard lost by a vouch of its
+    /// own that failed stays lost until re-asserted.
+    fn suspect(&self, shards: impl IntoIterator<Item = u16>) {
+        self.count_lost(shards, true);
+    }
+
+    fn count_lost(&self, shards: impl IntoIterator<Item = u16>, suspicion: bool) {
         // Only a node vouches (tests driving time hold sockets of no node).
         if self.node.is_none() || self.time != TimeSource::Redis {
             return;
@@ -680,29 +694,10 @@ impl RedisStore {
         let fallback = v.last;
         for shard in shards {
             let last = vouched.remove(&shard).or(fallback);
-            v.lost.entry(shard).or_insert(last);
-            v.suspected.remove(&shard);
-            v.kept.remove(&shard);
-        }
-    }
-
-    /// Counts `shards` as lost on suspicion alone (a round late, a gap between
-    /// rounds, a lease not renewed: Redis slow or stalled, which says nothing
-    /// of any one shard): as [`Self::lose`], except that a shard whose next
-    /// vouch finds the liveness key still there lost nothing and is not
-    /// re-asserted ([`Self::vouched_kept`]). A shard lost by a vouch of its
-    /// own that failed stays lost until re-asserted.
-    fn suspect(&self, shards: impl IntoIterator<Item = u16>) {
-        if self.node.is_none() || self.time != TimeSource::Redis {
-            return;
-        }
-        let (Ok(mut vouched), Ok(mut v)) = (self.vouched.lock(), self.vouching.lock()) else {
-            return;
-        };
-        let fallback = v.last;
-        for shard in shards {
-            let last = vouched.remove(&shard).or(fallback);
-            if let std::collections::hash_map::Entry::Vacant(entry) = v.lost.entry(shard) {
+            if !suspicion {
+                v.lost.entry(shard).or_insert(last);
+                v.suspected.remove(&shard);
+            } else if let std::collections::hash_map::Entry::Vacant(entry) = v.lost.entry(shard) {
                 entry.insert(last);
                 v.suspected.insert(shard);
             }
