@@ -1,4 +1,5 @@
-//! Lowering the priority of threads the server does not start itself.
+//! Threads whose work must yield to admissions: threads of their own started at a
+//! lower priority ([`spawn_runtime`]), and threads a library starts, lowered by name.
 //!
 //! A library that runs work on a thread of its own (sqlx runs each SQLite
 //! connection on one) offers no hook to run code there, but it names the thread.
