@@ -32,21 +32,25 @@ pub fn server_binary() -> String {
 }
 
 fn find_server() -> String {
-    let name = std::env::var("DRISC_TEST_REDIS_SERVER")
+    installed("DRISC_TEST_REDIS_SERVER", || "redis-server".into())
+}
+
+/// The program named by `var`, else `default()`; panics unless it runs (`--version`).
+fn installed(var: &str, default: impl FnOnce() -> String) -> String {
+    let name = std::env::var(var)
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "redis-server".into());
+        .unwrap_or_else(default);
     let found = Command::new(&name)
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        panic!(
-            "{name} is not installed: run scripts/test-deps (CI={}); tests that need Redis never skip",
-            std::env::var("CI").unwrap_or_default()
-        );
-    }
+    assert!(
+        found,
+        "{name} is not installed: run scripts/test-deps (CI={}); tests that need Redis never skip",
+        std::env::var("CI").unwrap_or_default()
+    );
     name
 }
 
@@ -59,23 +63,12 @@ pub fn cli_binary() -> String {
 }
 
 fn find_cli() -> String {
-    let name = std::env::var("DRISC_TEST_REDIS_CLI")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| match server_binary().strip_suffix("-server") {
+    installed("DRISC_TEST_REDIS_CLI", || {
+        match server_binary().strip_suffix("-server") {
             Some(stem) => format!("{stem}-cli"),
             None => "redis-cli".into(),
-        });
-    let found = Command::new(&name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{name} is not installed: run scripts/test-deps; tests that need Redis never skip"
-    );
-    name
+        }
+    })
 }
 
 /// A client for the tests' own commands that does not name its library on

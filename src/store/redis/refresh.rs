@@ -139,6 +139,15 @@ enum Vouch {
     Gone,
 }
 
+/// (shard, node) pairs as each shard with its nodes, in shard order: one
+/// pipeline per shard, since its keys share a slot.
+fn nodes_by_shard(pairs: impl IntoIterator<Item = (u16, u64)>) -> Vec<(u16, Vec<u64>)> {
+    by_shard(pairs, |(shard, _)| *shard)
+        .into_iter()
+        .map(|(shard, pairs)| (shard, pairs.into_iter().map(|(_, node)| node).collect()))
+        .collect()
+}
+
 fn vouch_of(reply: &Value) -> Vouch {
     match reply {
         Value::BulkString(old) if old.as_slice() == MOVED.as_bytes() => Vouch::Flagged,
@@ -346,10 +355,7 @@ impl RedisStore {
         if flagged.is_empty() {
             return HashSet::new();
         }
-        let shards: Vec<(u16, Vec<u64>)> = by_shard(flagged, |(shard, _)| *shard)
-            .into_iter()
-            .map(|(shard, pairs)| (shard, pairs.into_iter().map(|(_, node)| node).collect()))
-            .collect();
+        let shards = nodes_by_shard(flagged);
         let pipes: Vec<redis::Pipeline> = shards
             .iter()
             .map(|(shard, nodes)| {
@@ -501,10 +507,7 @@ impl RedisStore {
             return Ok(0);
         }
         // One pipeline per shard: its keys share a slot.
-        let mut shards: Vec<(u16, Vec<u64>)> = by_shard(wanted, |(shard, _)| *shard)
-            .into_iter()
-            .map(|(shard, nodes)| (shard, nodes.into_iter().map(|(_, node)| node).collect()))
-            .collect();
+        let mut shards = nodes_by_shard(wanted);
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
         let mut failed = None;
         if let Some(until) = &until {
