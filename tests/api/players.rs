@@ -142,6 +142,16 @@ impl Player {
         }
     }
 
+    /// [`Self::keep_alive_for`] on a task of its own, so the test goes on
+    /// (creates, a failover) while the player plays; the task gives the
+    /// player back with the PINGs it answered.
+    pub fn keep_alive_in_background(mut self, window: Duration) -> tokio::task::JoinHandle<(usize, Self)> {
+        tokio::spawn(async move {
+            let pings = self.keep_alive_for(window).await;
+            (pings, self)
+        })
+    }
+
     /// Answers every PING for `window`; fails on anything else. Returns how many PINGs came.
     pub async fn keep_alive_for(&mut self, window: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + window;

@@ -117,21 +117,15 @@ async fn a_master_killed_during_play_is_replaced_and_sessions_elsewhere_never_no
     let victim_tv = a.create_ok(&victim_token, "S1", "TV").await;
     let other_tv = b.create_ok(&other_token, "S1", "TV").await;
     let mut victim_player = connect_ok(&victim_tv.endpoint).await;
-    let mut other_player = connect_ok(&other_tv.endpoint).await;
+    let other_player = connect_ok(&other_tv.endpoint).await;
     victim_player.keep_alive_for(Duration::from_secs(1)).await;
     // The replicas have what the masters acknowledged.
     cluster.on_masters(&["WAIT", "1", "1000"]);
 
     cluster.kill(doomed);
     // The player on another shard keeps playing through the failover, and after.
-    let playing = tokio::spawn(async move {
-        let pings = other_player.keep_alive_for(Duration::from_secs(12)).await;
-        (pings, other_player)
-    });
-    let victim_playing = tokio::spawn(async move {
-        victim_player.keep_alive_for(Duration::from_secs(10)).await;
-        victim_player
-    });
+    let playing = other_player.keep_alive_in_background(Duration::from_secs(12));
+    let victim_playing = victim_player.keep_alive_in_background(Duration::from_secs(10));
     // Admissions on the dead master's slots fail (bounded: each request is
     // answered) until its replica is promoted, then resume.
     let probe_token = a.token("p", probe.as_str());

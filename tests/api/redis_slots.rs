@@ -359,10 +359,7 @@ async fn readyz_is_unready_while_a_master_is_down_and_ready_again_once_its_repli
 
     cluster.kill(doomed);
     let killed_at = tokio::time::Instant::now();
-    let playing = tokio::spawn(async move {
-        let pings = player.keep_alive_for(Duration::from_secs(10)).await;
-        (pings, player)
-    });
+    let playing = player.keep_alive_in_background(Duration::from_secs(10));
     // Polled every 100 ms (the probe runs at most once a second).
     let body = until_readyz_within(&app, 503, Duration::from_secs(30)).await;
     assert_eq!(body["status"], "unavailable", "{body}");

@@ -844,7 +844,7 @@ async fn a_tls_cluster_master_killed_during_play_is_replaced() {
     let victim_tv = a.create_ok(&victim_token, "S1", "TV").await;
     let other_tv = b.create_ok(&other_token, "S1", "TV").await;
     let mut victim_player = crate::players::connect_ok(&victim_tv.endpoint).await;
-    let mut other_player = crate::players::connect_ok(&other_tv.endpoint).await;
+    let other_player = crate::players::connect_ok(&other_tv.endpoint).await;
     victim_player.keep_alive_for(Duration::from_secs(1)).await;
     // The replicas have what the masters acknowledged.
     for port in cluster.ports.clone() {
@@ -854,14 +854,8 @@ async fn a_tls_cluster_master_killed_during_play_is_replaced() {
     }
 
     cluster.kill(doomed);
-    let playing = tokio::spawn(async move {
-        let pings = other_player.keep_alive_for(Duration::from_secs(12)).await;
-        (pings, other_player)
-    });
-    let victim_playing = tokio::spawn(async move {
-        victim_player.keep_alive_for(Duration::from_secs(10)).await;
-        victim_player
-    });
+    let playing = other_player.keep_alive_in_background(Duration::from_secs(12));
+    let victim_playing = victim_player.keep_alive_in_background(Duration::from_secs(10));
     // Admissions on the dead master's slots fail (each request answered) until
     // its replica is promoted, then resume. Generous: an election is slow on a
     // loaded machine.
