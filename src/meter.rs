@@ -348,6 +348,7 @@ impl Meter {
             vec![Label::from_static_parts("limit", "websocket")],
         ))
         .absolute(now.flooded_sockets);
+        counter(Key::from_static_name("drisc_log_lines_dropped_total")).absolute(crate::telemetry::dropped_lines());
         let process = process::read();
         for (name, value) in [
             ("process_open_fds", process.open_fds),
@@ -483,6 +484,10 @@ fn describe(r: &PrometheusRecorder) {
         (
             "drisc_rate_limited_total",
             "Requests or sockets refused by a rate limit (customer, failed_auth, websocket)",
+        ),
+        (
+            "drisc_log_lines_dropped_total",
+            "Log lines dropped because the log writer (at idle priority) was too far behind",
         ),
         (
             "drisc_shed_total",

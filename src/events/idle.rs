@@ -45,26 +45,9 @@ where
     )
 }
 
-#[cfg(target_os = "linux")]
 fn lower_to_idle() {
-    use thread_priority::ThreadPriority;
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
-    };
-    // SCHED_IDLE takes no static priority: `Min` is 0 for it, the only value the
-    // kernel accepts (the crate's cross-platform values map to a nice level).
-    let priority = ThreadPriority::Min;
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), priority, policy) {
-        tracing::warn!(error = ?e, "could not lower the webhooks' delivery thread to SCHED_IDLE: it runs at normal priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_to_idle() {
-    // The lowest priority the platform offers; nothing like SCHED_IDLE elsewhere.
-    if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
-        tracing::warn!(error = ?e, "could not lower the webhooks' delivery thread's priority");
+    if let Err(e) = crate::threads::idle_this() {
+        tracing::warn!(error = %e, "could not lower the webhooks' delivery thread to SCHED_IDLE: it runs at normal priority");
     }
 }
 

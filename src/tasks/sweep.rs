@@ -14,17 +14,25 @@ use crate::domain::control::SessionControl;
 /// The sweep's thread (`ps -eLo tid,ni,comm`).
 pub const THREAD: &str = "drisc-sweep";
 
-/// Starts the sweep on a thread of its own at the lowest priority, so that it
-/// takes only the CPU admissions leave: reaping costs about 5 µs a session
+/// Starts the sweep on a thread of its own in `SCHED_IDLE` ([`crate::threads::idle_this`]),
+/// so that it takes only the CPU admissions leave and gives the core back the
+/// moment a request comes: reaping costs about 5 µs a session
 /// (bench/analysis.md, "The tail, round five"), and tens of thousands of sessions
 /// dying in the same second (players granted a session who never connect) made
 /// bursts on the server's core that requests queued behind. Admission never waits
 /// for the sweep (it checks expiry itself), so the limit is exact however late it
 /// runs; on a node saturated for long, dead sessions wait in memory until the load
-/// drops. If the thread cannot be started, the sweep runs on the server's runtime.
+/// drops. The locks it takes are a pool's map shard for one pool's removals: a
+/// request that wants that shard while the sweep is held off waits for those few
+/// operations, as the sweep then has the core. If the thread cannot be started,
+/// the sweep runs on the server's runtime.
 pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
     let (on_thread, stopping) = (Arc::clone(&control), cancel.clone());
-    let lower = || crate::threads::lower_this(crate::threads::LOWEST);
+    let lower = || {
+        if let Err(e) = crate::threads::idle_this() {
+            tracing::warn!(error = %e, "could not put the sweep's thread in SCHED_IDLE: it runs at normal priority");
+        }
+    };
     match crate::threads::spawn_runtime(THREAD, "drisc-sweep-io", lower, move || run(on_thread, every, stopping)) {
         Ok(finished) => {
             background.spawn(async move {

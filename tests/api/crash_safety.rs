@@ -76,6 +76,18 @@ async fn until_journaled(db: &dyn SessionArchive, expected: &[&str]) {
 
 /// The nice values of the threads of process `pid` named `name`.
 fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
+    stat_field_of_threads(pid, name, 16)
+}
+
+/// The scheduling policy (0 normal, 5 `SCHED_IDLE`) of each thread named `name`.
+fn policy_of_threads(pid: u32, name: &str) -> Vec<i64> {
+    stat_field_of_threads(pid, name, 38)
+}
+
+/// A numeric field of /proc/<pid>/task/*/stat for each thread named `name`,
+/// counted after the name (nice is the 17th, index 16; policy the 39th, index 38:
+/// fields 19 and 41 of proc(5)).
+fn stat_field_of_threads(pid: u32, name: &str, index: usize) -> Vec<i64> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -83,18 +95,22 @@ fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
         .filter_map(Result::ok)
         .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
         .filter_map(|stat| {
-            // "tid (comm) state ppid …": the name is between the first "(" and the
-            // last ")"; nice is the 17th field after it (field 19 of proc(5)).
+            // "tid (comm) state ppid …": the name is between the first "(" and the last ")".
             let (open, close) = (stat.find('(')?, stat.rfind(')')?);
             let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            (&stat[open + 1..close] == name).then(|| fields.get(16)?.parse().ok())?
+            (&stat[open + 1..close] == name).then(|| fields.get(index)?.parse().ok())?
         })
         .collect()
 }
 
-/// The journal's SQLite thread and the sweep's thread run at nice 19, so their
-/// bursts of work take only the CPU admissions leave (bench/analysis.md, "The tail,
-/// round five"); the runtime's workers keep theirs.
+const SCHED_OTHER: i64 = 0;
+const SCHED_IDLE: i64 = 5;
+
+/// The journal's SQLite thread runs at nice 19 (it holds SQLite's write lock, so
+/// it keeps a share of a busy core); the sweep, the log writer and the webhooks'
+/// delivery in `SCHED_IDLE`, so their bursts of work take only the CPU admissions
+/// leave and give the core back at once (bench/analysis.md, "The tail, round five"
+/// and "round six"); the runtime's workers keep the process's priority.
 #[tokio::test]
 async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,17 +124,26 @@ async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
         vec![19],
         "one journal thread, at nice 19"
     );
-    assert_eq!(
-        nice_of_threads(pid, "drisc-sweep"),
-        vec![19],
-        "one sweep thread, at nice 19"
-    );
+    assert_eq!(policy_of_threads(pid, "drisc-journal"), vec![SCHED_OTHER]);
+    for idle in ["drisc-sweep", "drisc-log", "drisc-webhooks"] {
+        assert_eq!(
+            policy_of_threads(pid, idle),
+            vec![SCHED_IDLE],
+            "one {idle} thread, in SCHED_IDLE"
+        );
+    }
     // The others keep the process's own (a test run under `nice` starts it lower).
     let process = nice_of_threads(pid, "drisc");
     let workers = nice_of_threads(pid, "tokio-rt-worker");
     assert!(
         !workers.is_empty() && workers.iter().all(|nice| process.contains(nice)),
         "{workers:?} {process:?}"
+    );
+    assert!(
+        policy_of_threads(pid, "tokio-rt-worker")
+            .iter()
+            .all(|p| *p == SCHED_OTHER),
+        "the runtime's workers keep the normal policy"
     );
     db.close().await;
 }
