@@ -47,7 +47,7 @@ pub fn run(args: &TailArgs) -> Result<()> {
         let Some((side, rate)) = stem.strip_prefix("tail-").and_then(|s| s.rsplit_once('-')) else {
             continue;
         };
-        if path.extension().is_none_or(|e| e != "json") || rate == "max" {
+        if path.extension().is_none_or(|e| e != "json") || rate == "max" || rate == "calibrate" {
             continue;
         }
         let result = load(&path)?;
