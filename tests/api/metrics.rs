@@ -207,6 +207,7 @@ fn expected() -> Vec<Expected> {
         ("drisc_rate_limited_total", vec![("limit", "failed_auth")], 0.0),
         ("drisc_rate_limited_total", vec![("limit", "websocket")], 0.0),
         ("drisc_shed_total", vec![], 0.0),
+        ("drisc_log_lines_dropped_total", vec![], 0.0),
         ("drisc_sessions", vec![], 0.0),
         ("drisc_websocket_connections", vec![], 0.0),
         (
