@@ -824,8 +824,9 @@ async fn a_dead_session_met_by_another_players_connection_is_reported_ended_once
     assert_eq!(ended[0]["data"]["sessionName"], "TV");
     // Phone lives on: its connection was granted, not ended.
     assert!(
-        !got.iter()
-            .any(|d| d.session_id().as_deref() == Some(phone.session_id.as_str()) && d.json()["type"] == "session.ended")
+        !got.iter().any(
+            |d| d.session_id().as_deref() == Some(phone.session_id.as_str()) && d.json()["type"] == "session.ended"
+        )
     );
     receiver.stop();
     a.stop().await;

@@ -567,12 +567,17 @@ mod tests {
         let compact = id_arg(dead);
         let gone = format!(r#""gone":[{{"id":"{compact}","o":"o","n":"TV","c":"connect_timeout"}}]"#);
         let text = format!(r#"{{"ok":"gone",{gone}}}"#);
-        let TakeOverReply::Gone { gone: taken } = reply(&Value::BulkString(text.into_bytes()), "take_over").unwrap() else {
+        let TakeOverReply::Gone { gone: taken } = reply(&Value::BulkString(text.into_bytes()), "take_over").unwrap()
+        else {
             panic!("not gone");
         };
-        assert_eq!((taken.len(), taken[0].id, taken[0].cause), (1, dead, EndCause::ConnectTimeout));
+        assert_eq!(
+            (taken.len(), taken[0].id, taken[0].cause),
+            (1, dead, EndCause::ConnectTimeout)
+        );
         let text = format!(r#"{{"ok":"attached","previous":"","n":"Phone","c":5,"epoch":"",{gone}}}"#);
-        let AttachReply::Attached { gone: met, .. } = reply(&Value::BulkString(text.into_bytes()), "attach").unwrap() else {
+        let AttachReply::Attached { gone: met, .. } = reply(&Value::BulkString(text.into_bytes()), "attach").unwrap()
+        else {
             panic!("not attached");
         };
         assert_eq!((met.len(), met[0].name.as_str()), (1, "TV"));
