@@ -160,8 +160,10 @@ impl Webhook {
     }
 }
 
-/// An event to write to the outbox, its JSON body already made (the body is
-/// signed byte for byte, so it is made once and kept).
+/// An event to write to the outbox. `body` is either the JSON body already made
+/// or, for an outbox that [keeps records](WebhookOutbox::keeps_records), the
+/// event's record, rendered into the same body at each delivery attempt (from
+/// the record and `created_at` alone, so every attempt signs the same bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
     /// `webhook-id`: the same on every attempt, so a receiver can drop duplicates.
@@ -209,6 +211,13 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), SettingsError>;
     /// Removes the webhook and the events still waiting for it. False if there was none.
     async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError>;
+
+    /// Whether `body` may be an event's record rather than its rendered body:
+    /// false for an outbox that nodes of an older version may share and deliver
+    /// from (they would send a record as it is).
+    fn keeps_records(&self) -> bool {
+        false
+    }
 
     /// Writes a batch in one transaction, in the order given. A publisher whose
     /// outbox holds `cap` rows (waiting or dead-lettered) first loses its oldest

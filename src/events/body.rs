@@ -1,12 +1,19 @@
 //! The JSON body of an event: the same bytes in a webhook request (where they are
 //! signed) and in the live stream's `data:` line. The envelope is the Standard
 //! Webhooks one: `type`, `timestamp` (RFC 3339), `data`.
+//!
+//! A webhook's event is not rendered when it happens but at delivery: the outbox
+//! keeps its [`record`] (the fields alone, about half the bytes, made on the
+//! request's thread), and [`deliverable`] renders it on the webhooks' own thread.
+//! At saturation the outbox's bytes (SQLite's WAL pages and checkpoints) and the
+//! rendering were most of what webhooks took from admissions.
 
-use std::time::SystemTime;
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::domain::events::{EventKind, SessionEvent};
+use crate::domain::events::{EventKind, EventType, SessionEvent};
 
 /// The envelope. Fields (here and in [`Data`]) are in alphabetical order: the
 /// bodies were first rendered through `serde_json::Value`, whose maps sort their
@@ -25,16 +32,16 @@ struct Envelope<'a> {
 #[serde(rename_all = "camelCase")]
 struct Data<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    cause: Option<&'static str>,
+    cause: Option<&'a str>,
     customer_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     enforced: Option<bool>,
     offer_id: &'a str,
     publisher_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
+    reason: Option<&'a str>,
     #[serde(serialize_with = "display_or_null")]
-    session_id: Option<crate::domain::SessionId>,
+    session_id: Option<Id<'a>>,
     session_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     taken_over_by: Option<TakenOverBy<'a>>,
@@ -44,55 +51,207 @@ struct Data<'a> {
 #[serde(rename_all = "camelCase")]
 struct TakenOverBy<'a> {
     #[serde(serialize_with = "display")]
-    session_id: crate::domain::SessionId,
+    session_id: Id<'a>,
     session_name: &'a str,
+}
+
+/// A session id as the event has it, or as a record kept it (already text).
+#[derive(Clone, Copy)]
+enum Id<'a> {
+    Typed(crate::domain::SessionId),
+    Text(&'a str),
+}
+
+impl std::fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Typed(id) => id.fmt(f),
+            Self::Text(id) => f.write_str(id),
+        }
+    }
 }
 
 fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
 
-fn display_or_null<S: serde::Serializer>(value: &Option<crate::domain::SessionId>, s: S) -> Result<S::Ok, S::Error> {
+fn display_or_null<S: serde::Serializer>(value: &Option<impl std::fmt::Display>, s: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(id) => s.collect_str(id),
         None => s.serialize_none(),
     }
 }
 
+/// Room for a whole body or record at once: growing the buffer from serde_json's
+/// 128 bytes took two reallocations per event.
+const BODY_CAPACITY: usize = 384;
+const RECORD_CAPACITY: usize = 192;
+
 pub fn render(event: &SessionEvent, at: SystemTime) -> String {
-    let pool = &event.pool;
-    let mut data = Data {
-        cause: None,
-        customer_id: &pool.customer_id,
-        enforced: None,
-        offer_id: &pool.offer_id,
-        publisher_id: &pool.publisher_id,
-        reason: None,
-        session_id: event.session_id,
-        session_name: event.session_name.as_deref(),
-        taken_over_by: None,
+    envelope(Record::of(event), &event.pool.publisher_id, at)
+}
+
+fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
+    let data = Data {
+        cause: r.cause.as_deref(),
+        customer_id: &r.customer_id,
+        enforced: r.enforced,
+        offer_id: &r.offer_id,
+        publisher_id,
+        reason: r.reason.as_deref(),
+        session_id: r.session_id,
+        session_name: r.session_name.as_deref(),
+        taken_over_by: r.taken_over_by.as_ref().map(|(id, name)| TakenOverBy {
+            session_id: *id,
+            session_name: name,
+        }),
     };
-    match &event.kind {
-        EventKind::Granted | EventKind::Kicked => {}
-        EventKind::Refused { reason, enforced } => {
-            data.reason = Some(reason.as_str());
-            data.enforced = Some(*enforced);
-        }
-        EventKind::TakenOver { by, by_name } => {
-            data.taken_over_by = Some(TakenOverBy {
-                session_id: *by,
-                session_name: by_name,
-            });
-        }
-        EventKind::Ended { cause } => data.cause = Some(cause.as_str()),
-    }
     let envelope = Envelope {
         data,
         timestamp: humantime::format_rfc3339_millis(at),
-        event_type: event.event_type().as_str(),
+        event_type: r.event_type.as_str(),
     };
+    let mut out = Vec::with_capacity(BODY_CAPACITY);
     // Only a failing writer or a map with non-string keys fails, and neither is here.
-    serde_json::to_string(&envelope).unwrap_or_default()
+    if serde_json::to_writer(&mut out, &envelope).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// What a body says, without its envelope's fixed parts (the publisher is the
+/// outbox row's, the timestamp its `created_at`).
+struct Record<'a> {
+    event_type: EventType,
+    customer_id: Cow<'a, str>,
+    offer_id: Cow<'a, str>,
+    session_id: Option<Id<'a>>,
+    session_name: Option<Cow<'a, str>>,
+    cause: Option<Cow<'a, str>>,
+    reason: Option<Cow<'a, str>>,
+    enforced: Option<bool>,
+    taken_over_by: Option<(Id<'a>, Cow<'a, str>)>,
+}
+
+impl<'a> Record<'a> {
+    fn of(event: &'a SessionEvent) -> Self {
+        let pool = &event.pool;
+        let mut r = Record {
+            event_type: event.event_type(),
+            customer_id: Cow::Borrowed(&pool.customer_id),
+            offer_id: Cow::Borrowed(&pool.offer_id),
+            session_id: event.session_id.map(Id::Typed),
+            session_name: event.session_name.as_deref().map(Cow::Borrowed),
+            cause: None,
+            reason: None,
+            enforced: None,
+            taken_over_by: None,
+        };
+        match &event.kind {
+            EventKind::Granted | EventKind::Kicked => {}
+            EventKind::Refused { reason, enforced } => {
+                r.reason = Some(Cow::Borrowed(reason.as_str()));
+                r.enforced = Some(*enforced);
+            }
+            EventKind::TakenOver { by, by_name } => r.taken_over_by = Some((Id::Typed(*by), Cow::Borrowed(by_name))),
+            EventKind::Ended { cause } => r.cause = Some(Cow::Borrowed(cause.as_str())),
+        }
+        r
+    }
+}
+
+/// The record's form in the outbox: a JSON array (it starts with `[`, where a
+/// rendered body starts with `{`), positions fixed, absent fields `null`:
+/// `[1, type, customerId, offerId, sessionId, sessionName, cause, reason,
+/// enforced, takenOverBy.sessionId, takenOverBy.sessionName]`. The leading 1 is
+/// the form's version.
+#[derive(Serialize, Deserialize)]
+struct Stored<'a>(
+    u8,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow, serialize_with = "display_or_null", deserialize_with = "id_text")] Option<Id<'a>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    Option<bool>,
+    #[serde(borrow, serialize_with = "display_or_null", deserialize_with = "id_text")] Option<Id<'a>>,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+);
+
+const STORED_VERSION: u8 = 1;
+
+fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D::Error> {
+    // Session ids never need escaping, so they are borrowed from the record.
+    Ok(Option::<&'de str>::deserialize(d)?.map(Id::Text))
+}
+
+/// The event as the outbox keeps it until delivery ([`deliverable`] renders it).
+pub fn record(event: &SessionEvent) -> String {
+    let r = Record::of(event);
+    let (by, by_name) = r
+        .taken_over_by
+        .map_or((None, None), |(id, name)| (Some(id), Some(name)));
+    let stored = Stored(
+        STORED_VERSION,
+        Cow::Borrowed(r.event_type.as_str()),
+        r.customer_id,
+        r.offer_id,
+        r.session_id,
+        r.session_name,
+        r.cause,
+        r.reason,
+        r.enforced,
+        by,
+        by_name,
+    );
+    let mut out = Vec::with_capacity(RECORD_CAPACITY);
+    if serde_json::to_writer(&mut out, &stored).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The bytes to sign and send for an outbox row's body: a record rendered now
+/// (the timestamp is the event's, `created_at`, so every attempt sends the same
+/// bytes), or a body rendered before records were kept, as it is. An unreadable
+/// record is an error (a newer version's form): the caller retries it later.
+pub fn deliverable<'b>(stored: &'b str, publisher_id: &str, created_at: u64) -> Result<Cow<'b, str>, String> {
+    if !stored.starts_with('[') {
+        return Ok(Cow::Borrowed(stored));
+    }
+    let Stored(
+        version,
+        event_type,
+        customer_id,
+        offer_id,
+        session_id,
+        session_name,
+        cause,
+        reason,
+        enforced,
+        by,
+        by_name,
+    ) = serde_json::from_str(stored).map_err(|e| format!("unreadable outbox record: {e}"))?;
+    if version != STORED_VERSION {
+        return Err(format!("outbox record of an unknown form (version {version})"));
+    }
+    let event_type = EventType::parse(&event_type)
+        .ok_or_else(|| format!("outbox record of an unknown event type {event_type:?}"))?;
+    let record = Record {
+        event_type,
+        customer_id,
+        offer_id,
+        session_id,
+        session_name,
+        cause,
+        reason,
+        enforced,
+        taken_over_by: by.zip(by_name),
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_at);
+    Ok(Cow::Owned(envelope(record, publisher_id, at)))
 }
 
 #[cfg(test)]
@@ -159,5 +318,83 @@ mod tests {
                 r#"{{"data":{{"customerId":"c\"1","offerId":"o","publisherId":"p","sessionId":"{id}","sessionName":"tv","takenOverBy":{{"sessionId":"{by}","sessionName":"phone"}}}},"timestamp":"1970-01-01T00:00:00.000Z","type":"session.taken_over"}}"#
             )
         );
+    }
+
+    fn every_kind(pool: &PoolKey) -> Vec<SessionEvent> {
+        let id = SessionId::random();
+        let by = SessionId::random();
+        vec![
+            SessionEvent::new(EventKind::Granted, pool, Some(id), Some("tv \"1\"\n")),
+            SessionEvent::new(EventKind::Kicked, pool, Some(id), None),
+            SessionEvent::new(
+                EventKind::Refused {
+                    reason: crate::domain::events::RefusalReason::LimitExceeded,
+                    enforced: false,
+                },
+                pool,
+                None,
+                None,
+            ),
+            SessionEvent::new(
+                EventKind::TakenOver {
+                    by,
+                    by_name: "ph\u{f6}ne\\".into(),
+                },
+                pool,
+                Some(id),
+                Some("tv"),
+            ),
+            SessionEvent::ended(pool, id, Some("tv"), EndCause::Finished),
+        ]
+    }
+
+    /// What a receiver gets from a record, rendered at delivery, is byte for byte
+    /// what rendering the event when it happened gave.
+    #[test]
+    fn a_record_delivers_the_bytes_of_the_event_rendered_when_it_happened() {
+        let pool = PoolKey {
+            publisher_id: "p\"x".into(),
+            customer_id: "c\"1\u{e9}".into(),
+            offer_id: "o/\t".into(),
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_527_405_123);
+        for event in every_kind(&pool) {
+            let record = record(&event);
+            assert!(record.starts_with('['), "{record}");
+            assert!(
+                record.len() < render(&event, at).len(),
+                "a record is smaller than its body"
+            );
+            let delivered = deliverable(&record, &pool.publisher_id, 1_764_527_405_123);
+            assert_eq!(delivered.as_deref(), Ok(render(&event, at).as_str()), "{record}");
+        }
+    }
+
+    /// Rows written before records were kept hold the body itself.
+    #[test]
+    fn a_body_rendered_before_records_is_delivered_as_it_is() {
+        let body = r#"{"data":{},"timestamp":"1970-01-01T00:00:00.000Z","type":"session.granted"}"#;
+        assert_eq!(deliverable(body, "p", 5), Ok(Cow::Borrowed(body)));
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_form_is_an_error_not_a_body() {
+        assert!(
+            deliverable(
+                r#"[2,"session.granted","c","o",null,null,null,null,null,null,null]"#,
+                "p",
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            deliverable(
+                r#"[1,"session.unknown","c","o",null,null,null,null,null,null,null]"#,
+                "p",
+                0
+            )
+            .is_err()
+        );
+        assert!(deliverable("[1,", "p", 0).is_err());
     }
 }

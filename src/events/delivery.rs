@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::Events;
+use super::body;
 use super::idle::OnMain;
 use super::signature;
 use super::target::{self, GuardedResolver};
@@ -188,15 +189,20 @@ async fn attempt(
     {
         return (c, Outcome::Failed(e.to_string()));
     }
+    // Rendered here, on the webhooks' thread, from the record the outbox kept.
+    let body = match body::deliverable(&c.body, &c.publisher_id, c.created_at) {
+        Ok(body) => body.into_owned(),
+        Err(e) => return (c, Outcome::Failed(e)),
+    };
     let timestamp = now_ms() / 1000;
-    let signed = signature::sign(&hook.key, &c.message_id, timestamp, &c.body);
+    let signed = signature::sign(&hook.key, &c.message_id, timestamp, &body);
     let sent = client
         .post(hook.url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", &c.message_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signed)
-        .body(c.body.clone())
+        .body(body)
         .send()
         .await;
     let outcome = match sent {

@@ -61,6 +61,8 @@ pub struct Events {
     max_streams: usize,
     /// Wakes the delivery when events were written.
     written: Arc<Notify>,
+    /// The outbox takes records ([`WebhookOutbox::keeps_records`]), not bodies.
+    records: bool,
 }
 
 /// The loops that move events out, spawned by [`Loops::spawn`].
@@ -83,6 +85,7 @@ impl Events {
             subscriptions: DashMap::default(),
             stream,
             queue,
+            records: outbox.keeps_records(),
             outbox,
             counters: meter.event_counters(),
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
@@ -162,15 +165,14 @@ impl SessionEvents for Events {
             return;
         }
         let now = SystemTime::now();
-        let message_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        let body = body::render(&event, now);
+        let message_id = message_id();
         if streamed {
             // An error only means the last reader left meanwhile.
             let _ = self.stream.send(Arc::new(Published {
                 id: message_id.clone(),
                 event_type,
                 publisher_id: event.pool.publisher_id.clone(),
-                body: body.clone(),
+                body: body::render(&event, now),
             }));
         }
         if wanted {
@@ -179,6 +181,13 @@ impl SessionEvents for Events {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
             let ordering_key = event.session_id.map_or_else(|| message_id.clone(), |id| id.to_string());
+            // The record, not the body, where the outbox takes it: it is
+            // rendered at delivery, off this thread (see `body`).
+            let body = if self.records {
+                body::record(&event)
+            } else {
+                body::render(&event, now)
+            };
             let queued = self.queue.try_send(OutboxEvent {
                 message_id,
                 publisher_id: event.pool.publisher_id,
@@ -193,6 +202,18 @@ impl SessionEvents for Events {
             }
         }
     }
+}
+
+/// `msg_` and a random uuid's 32 hex digits, written into one allocation.
+fn message_id() -> String {
+    let mut id = String::with_capacity(36);
+    id.push_str("msg_");
+    id.push_str(
+        uuid::Uuid::new_v4()
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    id
 }
 
 impl Loops {

@@ -296,3 +296,50 @@ async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
     assert_eq!(claimed.len(), total, "an event was claimed twice");
     assert_eq!(total, 60);
 }
+
+/// SQLite only: a batch staged by the version before framed batches (form 1, a
+/// JSON array with each body escaped inside) is still read after the upgrade, its
+/// bodies as they were, and goes before the batches staged after it.
+#[tokio::test]
+async fn a_batch_staged_in_the_first_form_is_claimed_after_the_upgrade_before_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = SqliteSettings::open(&path).await.unwrap();
+    let s = Subject {
+        outbox: Arc::new(db.clone()),
+        repo: Arc::new(db),
+        _home: Box::new(()),
+    }
+    .with_webhook("p")
+    .await;
+    let old = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch) VALUES ('p', 2, ?)")
+        .bind(
+            r#"[["msg_old_1","a","session.granted","{\"n\":\"x y\\n\"}",1],["msg_old_2","a","session.ended","{}",2]]"#,
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+    old.close().await;
+    s.outbox.enqueue(&[event("p", "a", 3)], 100).await.unwrap();
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 3);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let claimed = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "one event of session a at a time");
+        seen.push((claimed[0].message_id.clone(), claimed[0].body.clone()));
+        s.outbox.delivered(claimed[0].id).await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            ("msg_old_1".to_owned(), "{\"n\":\"x y\\n\"}".to_owned()),
+            ("msg_old_2".to_owned(), "{}".to_owned()),
+            ("msg_a_3".to_owned(), "{\"n\":3}".to_owned()),
+        ]
+    );
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
+    drop(dir);
+}

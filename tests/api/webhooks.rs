@@ -656,13 +656,18 @@ async fn webhooks_are_sent_from_a_thread_that_only_gets_idle_cpu() {
 
 /// A node of a cluster on `redis` that sends webhooks to loopback receivers.
 async fn redis_webhook_node(redis: &crate::support_redis::RedisServer) -> TestApp {
+    redis_webhook_node_with(redis, Duration::from_secs(1)).await
+}
+
+/// A node on `redis` whose grants wait `connect_timeout` for their player.
+async fn redis_webhook_node_with(redis: &crate::support_redis::RedisServer, connect_timeout: Duration) -> TestApp {
     let url = redis.url.clone();
     webhook_app(move |s| {
         s.storage.sessions = drisc::config::SessionBackend::Redis;
         s.storage.redis_url = url;
         s.liveness.ping_interval = Duration::from_millis(500);
         s.liveness.pong_timeout = Duration::from_secs(2);
-        s.liveness.connect_timeout = Duration::from_secs(1);
+        s.liveness.connect_timeout = connect_timeout;
         s.cluster.refresh_interval = Duration::from_millis(200);
         // Creates are retried until a slot frees: the customer's rate limit is not under test.
         s.limits.customer_burst = 1000;
@@ -777,6 +782,52 @@ async fn a_session_granted_on_one_node_and_never_connected_is_reported_ended_by_
         .json();
     assert_eq!(ended["type"], "session.ended");
     assert_eq!(ended["data"]["cause"], "connect_timeout");
+    receiver.stop();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The attach script (a player connecting) deletes the customer's dead records
+/// as the admit script does, and its node reports them: here a session granted on
+/// A (1 s to connect) and never connected dies in Redis, and the player of a
+/// session granted on B (30 s to connect) connecting afterwards is what meets it.
+#[tokio::test]
+async fn a_dead_session_met_by_another_players_connection_is_reported_ended_once() {
+    let redis = crate::support_redis::RedisServer::start();
+    let a = redis_webhook_node_with(&redis, Duration::from_secs(1)).await;
+    let b = redis_webhook_node_with(&redis, Duration::from_secs(30)).await;
+    let receiver = Receiver::start().await;
+    for node in [&a, &b] {
+        node.put_offer("1", "o", 2, &[]).await;
+    }
+    webhook_to(&b, "1", &receiver.url).await;
+    let token = a.token("1", "7");
+    let tv = a.create_ok(&token, "o", "TV").await;
+    let phone = b.create_ok(&token, "o", "Phone").await;
+    // TV's second to connect passes; nothing admits for this customer afterwards.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _player = crate::players::connect_ok(&phone.endpoint).await;
+    let got = receiver
+        .wait_for("the never-connected session ended", |d| {
+            d.iter().any(|d| {
+                d.session_id().as_deref() == Some(tv.session_id.as_str()) && d.json()["type"] == "session.ended"
+            })
+        })
+        .await;
+    let ended = got
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()) && d.json()["type"] == "session.ended")
+        .map(|d| d.json())
+        .collect::<Vec<_>>();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["data"]["cause"], "connect_timeout");
+    assert_eq!(ended[0]["data"]["sessionName"], "TV");
+    // Phone lives on: its connection was granted, not ended.
+    assert!(
+        !got.iter().any(
+            |d| d.session_id().as_deref() == Some(phone.session_id.as_str()) && d.json()["type"] == "session.ended"
+        )
+    );
     receiver.stop();
     a.stop().await;
     b.stop().await;

@@ -1,5 +1,7 @@
 //! [`WebhookOutbox`] on SQLite.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -25,6 +27,12 @@ const IDS_PER_STATEMENT: usize = 512;
 
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
+    /// One node's own database: nodes never share it, so one that was just
+    /// upgraded is the only one to read it.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError> {
         let row = sqlx::query("SELECT publisher_id, url, secret, events FROM webhooks WHERE publisher_id = ?")
             .bind(publisher_id)
@@ -81,18 +89,11 @@ impl WebhookOutbox for SqliteSettings {
         // One staged row per publisher of the batch (see the migration
         // webhook_outbox_staged): the write that makes events durable appends,
         // whatever the backlog; [`unstage`] does the rows' indexing at delivery.
-        let mut by_publisher: Vec<(&str, Vec<Staged<'_>>)> = Vec::new();
+        let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
         for e in events {
-            let staged = Staged(
-                &e.message_id,
-                &e.ordering_key,
-                e.event_type.as_str(),
-                &e.body,
-                e.created_at,
-            );
             match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
-                Some((_, list)) => list.push(staged),
-                None => by_publisher.push((&e.publisher_id, vec![staged])),
+                Some((_, list)) => list.push(e),
+                None => by_publisher.push((&e.publisher_id, vec![e])),
             }
         }
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
@@ -106,11 +107,12 @@ impl WebhookOutbox for SqliteSettings {
             if list.is_empty() {
                 continue;
             }
-            let batch = serde_json::to_string(&list).map_err(db_err)?;
-            sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch) VALUES (?, ?, ?)")
+            let batch = frame(&list)?;
+            sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES (?, ?, ?, ?)")
                 .bind(publisher_id)
                 .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
                 .bind(batch)
+                .bind(FRAMED)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -221,12 +223,102 @@ impl WebhookOutbox for SqliteSettings {
     }
 }
 
-/// One staged event: message id, ordering key, type, body, created at (unix ms).
-#[derive(serde::Serialize)]
-struct Staged<'a>(&'a str, &'a str, &'a str, &'a str, Millis);
+/// Staged batches' forms (the column `form`): [`JSON_ARRAY`] was written by the
+/// first version and is still read; [`FRAMED`] is written now.
+const JSON_ARRAY: i64 = 1;
+const FRAMED: i64 = 2;
 
+/// One staged event, borrowed from its batch where it can be.
+struct Unstaged<'a> {
+    message_id: Cow<'a, str>,
+    ordering_key: Cow<'a, str>,
+    event_type: Cow<'a, str>,
+    body: Cow<'a, str>,
+    created_at: Millis,
+}
+
+/// The first form: a JSON array of [message id, ordering key, type, body, created at].
 #[derive(serde::Deserialize)]
-struct Unstaged(String, String, String, String, Millis);
+struct JsonStaged(String, String, String, String, Millis);
+
+/// A batch in the [`FRAMED`] form: per event a header line `message_id
+/// ordering_key event_type created_at length` and then `length` bytes of body as
+/// they are. Ids and types are made by this server (`msg_` and hex digits, a
+/// session id, a type's name) and never hold a space or a line break; one that
+/// did would be refused here rather than misread later.
+fn frame(events: &[&OutboxEvent]) -> Result<String, SettingsError> {
+    let size = events
+        .iter()
+        .map(|e| e.message_id.len() + e.ordering_key.len() + e.body.len() + 64)
+        .sum();
+    let mut batch = String::with_capacity(size);
+    for e in events {
+        for field in [&e.message_id, &e.ordering_key] {
+            if field.is_empty() || field.contains([' ', '\n']) {
+                return Err(SettingsError::Database(format!(
+                    "an outbox event's id or key holds a space or a line break: {field:?}"
+                )));
+            }
+        }
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            batch,
+            "{} {} {} {} {}",
+            e.message_id,
+            e.ordering_key,
+            e.event_type.as_str(),
+            e.created_at,
+            e.body.len()
+        );
+        batch.push_str(&e.body);
+    }
+    Ok(batch)
+}
+
+/// The events of a staged batch, in order; an error for a batch this version
+/// cannot read (a newer node's form, or damage).
+fn unframe(form: i64, batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
+    match form {
+        JSON_ARRAY => {
+            let events: Vec<JsonStaged> = serde_json::from_str(batch).map_err(|e| e.to_string())?;
+            Ok(events
+                .into_iter()
+                .map(|JsonStaged(message_id, key, event_type, body, created_at)| Unstaged {
+                    message_id: Cow::Owned(message_id),
+                    ordering_key: Cow::Owned(key),
+                    event_type: Cow::Owned(event_type),
+                    body: Cow::Owned(body),
+                    created_at,
+                })
+                .collect())
+        }
+        FRAMED => {
+            let mut events = Vec::new();
+            let mut rest = batch;
+            while !rest.is_empty() {
+                let (header, after) = rest.split_once('\n').ok_or("a header without its line break")?;
+                let mut fields = header.split(' ');
+                let mut next = || fields.next().ok_or_else(|| format!("a short header: {header:?}"));
+                let (message_id, ordering_key, event_type) = (next()?, next()?, next()?);
+                let created_at = next()?.parse().map_err(|_| format!("a bad created_at: {header:?}"))?;
+                let length: usize = next()?.parse().map_err(|_| format!("a bad length: {header:?}"))?;
+                let body = after
+                    .get(..length)
+                    .ok_or_else(|| format!("a body shorter than its length: {header:?}"))?;
+                rest = &after[length..];
+                events.push(Unstaged {
+                    message_id: Cow::Borrowed(message_id),
+                    ordering_key: Cow::Borrowed(ordering_key),
+                    event_type: Cow::Borrowed(event_type),
+                    body: Cow::Borrowed(body),
+                    created_at,
+                });
+            }
+            Ok(events)
+        }
+        other => Err(format!("an unknown form {other}")),
+    }
+}
 
 /// Moves the oldest staged batches into webhook_outbox, in order, until at least
 /// `wanted` events moved or none is left: a claim then sees them as rows. A few
@@ -235,16 +327,16 @@ struct Unstaged(String, String, String, String, Millis);
 async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), SettingsError> {
     let mut moved = 0u64;
     while moved < u64::from(wanted) {
-        let next: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT id, publisher_id, batch FROM webhook_outbox_staged ORDER BY id LIMIT 1")
+        let next: Option<(i64, String, String, i64)> =
+            sqlx::query_as("SELECT id, publisher_id, batch, form FROM webhook_outbox_staged ORDER BY id LIMIT 1")
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
-        let Some((id, publisher_id, batch)) = next else {
+        let Some((id, publisher_id, batch, form)) = next else {
             return Ok(());
         };
         // A batch this version cannot read (a newer node wrote it) stays for it.
-        let events: Vec<Unstaged> = match serde_json::from_str(&batch) {
+        let events = match unframe(form, &batch) {
             Ok(events) => events,
             Err(e) => {
                 tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
@@ -268,7 +360,7 @@ async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), Set
 async fn insert_rows(
     tx: &mut sqlx::SqliteConnection,
     publisher_id: &str,
-    events: &[Unstaged],
+    events: &[Unstaged<'_>],
 ) -> Result<(), SettingsError> {
     let mut keys_seen = std::collections::HashSet::with_capacity(events.len());
     for chunk in statements(events, ROWS_PER_INSERT) {
@@ -276,29 +368,28 @@ async fn insert_rows(
             "INSERT INTO webhook_outbox \
              (message_id, publisher_id, ordering_key, event_type, body, created_at, next_attempt_at) ",
         );
-        insert.push_values(
-            chunk,
-            |mut row, Unstaged(message_id, key, event_type, body, created_at)| {
-                row.push_bind(message_id)
-                    .push_bind(publisher_id)
-                    .push_bind(key)
-                    .push_bind(event_type)
-                    .push_bind(body)
-                    .push_bind(to_i64(*created_at));
-                if keys_seen.insert(key.as_str()) {
-                    // Rows of this statement are not looked at: none has this key.
-                    row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
-                        .push_bind_unseparated(key)
-                        .push_unseparated(" AND dead = 0) THEN ")
-                        .push_bind_unseparated(WAITING)
-                        .push_unseparated(" ELSE ")
-                        .push_bind_unseparated(to_i64(*created_at))
-                        .push_unseparated(" END");
-                } else {
-                    row.push_bind(WAITING);
-                }
-            },
-        );
+        insert.push_values(chunk, |mut row, e| {
+            let key: &str = &e.ordering_key;
+            let created_at = e.created_at;
+            row.push_bind(e.message_id.as_ref())
+                .push_bind(publisher_id)
+                .push_bind(key)
+                .push_bind(e.event_type.as_ref())
+                .push_bind(e.body.as_ref())
+                .push_bind(to_i64(created_at));
+            if keys_seen.insert(key) {
+                // Rows of this statement are not looked at: none has this key.
+                row.push_unseparated(", CASE WHEN EXISTS (SELECT 1 FROM webhook_outbox WHERE ordering_key = ")
+                    .push_bind_unseparated(key)
+                    .push_unseparated(" AND dead = 0) THEN ")
+                    .push_bind_unseparated(WAITING)
+                    .push_unseparated(" ELSE ")
+                    .push_bind_unseparated(to_i64(created_at))
+                    .push_unseparated(" END");
+            } else {
+                row.push_bind(WAITING);
+            }
+        });
         insert.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
@@ -383,4 +474,73 @@ async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Resul
     promote.push(") GROUP BY ordering_key)");
     promote.build().execute(tx).await.map_err(db_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::EventType;
+
+    fn event(n: u64, body: &str) -> OutboxEvent {
+        OutboxEvent {
+            message_id: format!("msg_{n}"),
+            publisher_id: "p".into(),
+            ordering_key: format!("key-{}", n % 2),
+            event_type: EventType::Ended,
+            body: body.into(),
+            created_at: 1_764_527_405_000 + n,
+        }
+    }
+
+    /// Bodies go in as they are, whatever they hold (line breaks, spaces, header-like
+    /// text, nothing), and come out the same, in order.
+    #[test]
+    fn a_framed_batch_reads_back_every_event_as_written() {
+        let bodies = [
+            "{\"a\":\"b c\"}",
+            "",
+            "x 1 2 3 4\nmsg_9 k t 1 2\n",
+            "\u{e9}\u{1f600}",
+            "[1,\"\\\"\"]",
+        ];
+        let events: Vec<OutboxEvent> = bodies.iter().enumerate().map(|(n, b)| event(n as u64, b)).collect();
+        let refs: Vec<&OutboxEvent> = events.iter().collect();
+        let batch = frame(&refs).expect("framed");
+        let read = unframe(FRAMED, &batch).expect("read back");
+        assert_eq!(read.len(), events.len());
+        for (e, r) in events.iter().zip(&read) {
+            assert_eq!(r.message_id, e.message_id);
+            assert_eq!(r.ordering_key, e.ordering_key);
+            assert_eq!(r.event_type, e.event_type.as_str());
+            assert_eq!(r.body, e.body);
+            assert_eq!(r.created_at, e.created_at);
+        }
+    }
+
+    #[test]
+    fn a_batch_staged_by_the_first_version_is_still_read() {
+        let batch = r#"[["msg_1","k","session.ended","{\"a\":1}",7],["msg_2","k","session.granted","",8]]"#;
+        let read = unframe(JSON_ARRAY, batch).expect("read");
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            (read[0].message_id.as_ref(), read[0].body.as_ref(), read[0].created_at),
+            ("msg_1", "{\"a\":1}", 7)
+        );
+        assert_eq!(
+            (read[1].event_type.as_ref(), read[1].body.as_ref()),
+            ("session.granted", "")
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_unknown_batch_is_an_error_and_an_id_with_a_space_is_refused() {
+        let events = [event(1, "body")];
+        let refs: Vec<&OutboxEvent> = events.iter().collect();
+        let batch = frame(&refs).expect("framed");
+        assert!(unframe(FRAMED, &batch[..batch.len() - 1]).is_err());
+        assert!(unframe(3, &batch).is_err());
+        let mut spaced = event(1, "body");
+        spaced.ordering_key = "a b".into();
+        assert!(frame(&[&spaced]).is_err());
+    }
 }

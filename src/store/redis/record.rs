@@ -249,7 +249,8 @@ pub(crate) struct Named {
     pub name: String,
 }
 
-/// A dead session of the customer that the admit script deleted: nobody else
+/// A dead session of the customer that a script deleted (admit, take-over,
+/// attach: those whose reply is JSON): nobody else
 /// will report its end (its node is gone, or it never had a socket).
 #[derive(Debug, Deserialize)]
 pub(crate) struct Purged {
@@ -320,9 +321,14 @@ pub(crate) enum TakeOverReply {
         victim: Session,
         #[serde(default, deserialize_with = "list")]
         live: Vec<LiveSession>,
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
     },
     /// The victim is not in the pool (ended, dead, or never there).
-    Gone,
+    Gone {
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
+    },
 }
 
 /// The reply of the attach script.
@@ -340,8 +346,13 @@ pub(crate) enum AttachReply {
         /// The shard's data epoch ("" if it has none).
         #[serde(default)]
         epoch: String,
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
     },
-    Gone,
+    Gone {
+        #[serde(default, deserialize_with = "list")]
+        gone: Vec<Purged>,
+    },
 }
 
 /// What the check script found of one held session (a refresh round checks many
@@ -546,5 +557,31 @@ mod tests {
         assert_eq!(session_or_nil(&item, "end").unwrap(), Some(s));
         let bad = Value::BulkString(br#"{"id":"x"}"#.to_vec());
         assert!(sessions(Value::Array(vec![item, bad]), "list").is_err());
+    }
+
+    /// Take-over and attach name the dead records they deleted as admit does;
+    /// a reply without `gone` (none deleted) reads as an empty list.
+    #[test]
+    fn take_over_and_attach_replies_carry_the_dead_records_they_deleted() {
+        let dead = SessionId::random();
+        let compact = id_arg(dead);
+        let gone = format!(r#""gone":[{{"id":"{compact}","o":"o","n":"TV","c":"connect_timeout"}}]"#);
+        let text = format!(r#"{{"ok":"gone",{gone}}}"#);
+        let TakeOverReply::Gone { gone: taken } = reply(&Value::BulkString(text.into_bytes()), "take_over").unwrap()
+        else {
+            panic!("not gone");
+        };
+        assert_eq!(
+            (taken.len(), taken[0].id, taken[0].cause),
+            (1, dead, EndCause::ConnectTimeout)
+        );
+        let text = format!(r#"{{"ok":"attached","previous":"","n":"Phone","c":5,"epoch":"",{gone}}}"#);
+        let AttachReply::Attached { gone: met, .. } = reply(&Value::BulkString(text.into_bytes()), "attach").unwrap()
+        else {
+            panic!("not attached");
+        };
+        assert_eq!((met.len(), met[0].name.as_str()), (1, "TV"));
+        let none = Value::BulkString(br#"{"ok":"gone"}"#.to_vec());
+        assert!(matches!(reply(&none, "attach").unwrap(), AttachReply::Gone { gone } if gone.is_empty()));
     }
 }

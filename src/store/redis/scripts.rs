@@ -170,9 +170,16 @@ local function why_dead(rec)
   return 'expired'
 end
 
--- The dead records `load` deleted ({id, o, n, c}: c the cause), for the admit
--- script's reply: the node that freed their slots reports their end.
+-- The dead records `load` deleted ({id, o, n, c}: c the cause), for the reply:
+-- the node that freed their slots reports their end.
 local purged = {}
+
+-- A JSON reply, naming the dead sessions `load` deleted (`gone`, when any): the
+-- one way every script whose reply is JSON (admit, take-over, attach) says so.
+local function answer(t)
+  if #purged > 0 then t.gone = purged end
+  return cjson.encode(t)
+end
 
 -- The customer's sessions alive at `now` (dead ones are deleted, with their
 -- index entries): the pool's, in creation order, and all of them.
@@ -264,12 +271,6 @@ end
 if ARGV[8] ~= '' and ep ~= ARGV[8] then
   return cjson.encode({ok = 'lost', epoch = ep})
 end
--- [ended] Every reply below names the dead sessions `load` deleted (`gone`, when any).
-local function answer(t)
-  if #purged > 0 then t.gone = purged end
-  return cjson.encode(t)
-end
--- [/ended]
 local mine, all = load()
 if #mine >= tonumber(ARGV[5]) then
   local held = {}
@@ -320,11 +321,12 @@ return answer({ok = 'granted', now = now, live = live_ones(mine), epoch = ep})
 /// KEYS[4]: the victim's tombstone. ARGV (after now, offer): victim id, new id,
 /// new name, the customer's tag, the node running it (hex; '' unknown: the
 /// victim's holder is flagged whatever its node). Reply (JSON): `{ok: "gone"}` or
-/// `{ok: "taken", now, victim: record, live: [{id, h}]}`.
+/// `{ok: "taken", now, victim: record, live: [{id, h}]}`, each with `gone` as
+/// the admit script's.
 const TAKE_OVER: &str = r#"
 local mine = load()
 local index, victim = find(mine, ARGV[3])
-if victim == nil then return cjson.encode({ok = 'gone'}) end
+if victim == nil then return answer({ok = 'gone'}) end
 flag_moved(victim.h, ARGV[7] or '', victim.id)
 table.remove(mine, index)
 redis.call('HDEL', cust, victim.id)
@@ -333,16 +335,17 @@ redis.call('SET', KEYS[4], 'T' .. ARGV[5], 'PX', TOMB)
 save({id = ARGV[4], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[5]})
 redis.call('HSET', ix_of(ARGV[4]), ARGV[4], ARGV[6])
 settle()
-return cjson.encode({ok = 'taken', now = now, victim = victim, live = live_ones(mine)})
+return answer({ok = 'taken', now = now, victim = victim, live = live_ones(mine)})
 "#;
 
 /// KEYS[4]: the shard's epoch. ARGV (after now, offer): id, holder. Reply
 /// (JSON): `{ok: "gone"}`, or `{ok: "attached", previous: holder or "", n:
-/// name, c: created, epoch: the shard's epoch or ""}`.
+/// name, c: created, epoch: the shard's epoch or ""}`, each with `gone` as the
+/// admit script's.
 const ATTACH: &str = r#"
 local mine = load()
 local _, rec = find(mine, ARGV[3])
-if rec == nil then return cjson.encode({ok = 'gone'}) end
+if rec == nil then return answer({ok = 'gone'}) end
 local previous = rec.h
 if previous == ARGV[4] then previous = '' end
 -- The socket attaching is of the node running this script.
@@ -352,7 +355,7 @@ rec.s = 'l'
 rec.e = now + PONG
 save(rec)
 settle()
-return cjson.encode({ok = 'attached', previous = previous, n = rec.n, c = rec.c,
+return answer({ok = 'attached', previous = previous, n = rec.n, c = rec.c,
   epoch = redis.call('GET', KEYS[4]) or ''})
 "#;
 

@@ -258,13 +258,15 @@ impl RedisStore {
         self
     }
 
-    /// Reports to `events` the end of every dead session an admission deletes
-    /// from Redis: a session whose node died (SIGKILL, or cut off), or one
-    /// granted or detached whose deadline passed with no socket. No node ends
-    /// those, so the node whose admission freed their slots says they ended,
-    /// once (the script deletes each record once), from the reply it reads
-    /// anyway. Dead sessions that no admission of their customer meets before
-    /// the customer's hash expires are not reported.
+    /// Reports to `events` the end of every dead session an admission, a
+    /// take-over or an attach deletes from Redis: a session whose node died
+    /// (SIGKILL, or cut off), or one granted or detached whose deadline passed
+    /// with no socket. No node ends those, so the node whose script freed their
+    /// slots says they ended, once (the script deletes each record once), from
+    /// the reply it reads anyway. Not reported: dead records deleted by the
+    /// scripts whose reply is not JSON (detach, end, list, end-all, restore,
+    /// re-assert), and dead sessions that no script of their customer meets
+    /// before the customer's hash expires (see PROTOCOL.md §3.1).
     pub fn with_events(mut self, events: Arc<dyn SessionEvents>) -> Self {
         self.events = events;
         self
@@ -800,13 +802,20 @@ impl SessionStore for RedisStore {
                     .arg(self.node_arg()),
             )
             .await?;
-        let TakeOverReply::Taken {
-            now,
-            victim: victim_session,
-            live,
-        } = record::reply(&reply, "take_over")?
-        else {
-            return Ok(None);
+        let (now, victim_session, live) = match record::reply(&reply, "take_over")? {
+            TakeOverReply::Taken {
+                now,
+                victim,
+                live,
+                gone,
+            } => {
+                self.report_gone(pool, gone);
+                (now, victim, live)
+            }
+            TakeOverReply::Gone { gone } => {
+                self.report_gone(pool, gone);
+                return Ok(None);
+            }
         };
         Ok(Some(TakenOver {
             victim: victim_session,
@@ -830,14 +839,21 @@ impl SessionStore for RedisStore {
                     .arg(record::holder_arg(holder)),
             )
             .await?;
-        let AttachReply::Attached {
-            previous,
-            name,
-            created_at,
-            epoch,
-        } = record::reply(&reply, "attach")?
-        else {
-            return Ok(None);
+        let (previous, name, created_at, epoch) = match record::reply(&reply, "attach")? {
+            AttachReply::Attached {
+                previous,
+                name,
+                created_at,
+                epoch,
+                gone,
+            } => {
+                self.report_gone(pool, gone);
+                (previous, name, created_at, epoch)
+            }
+            AttachReply::Gone { gone } => {
+                self.report_gone(pool, gone);
+                return Ok(None);
+            }
         };
         self.learn_epoch(pool.shard(), &epoch);
         // A socket of this node that held it before holds nothing now: its end
