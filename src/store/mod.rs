@@ -24,6 +24,7 @@ pub mod redis;
 mod roster;
 mod saved;
 pub mod sqlite;
+pub mod sqlite_journal;
 
 use std::sync::Arc;
 

@@ -9,10 +9,10 @@ use rand::RngCore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
-use super::saved::SavedRow;
+use super::sqlite_journal::Journal;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
-use crate::domain::journal::{Ended, JournalBatch};
+use crate::domain::journal::JournalBatch;
 use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
 use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
@@ -24,25 +24,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// SQLite's page cache per connection, in KiB: 4 connections hold at most 2 MiB.
 const CACHE_KIB: u32 = 512;
 
-/// The name of the session journal's SQLite thread (`ps -eLo tid,ni,comm`).
-const JOURNAL_THREAD: &str = "drisc-journal";
-
 #[derive(Clone)]
 pub struct SqliteSettings {
     db: SqlitePool,
-    /// The session journal's own connection, opened at its first write, whose
-    /// SQLite thread runs at the lowest priority: the journal writes a row per
-    /// session granted and ended, tens of thousands a second at full load, in
-    /// bursts once a second; on the server's core at normal priority those bursts
-    /// took the CPU from admissions and made their latency tail (bench/analysis.md,
-    /// "The tail, round five"). At the lowest priority it takes only what
-    /// admissions leave, which at any load short of saturation is plenty. Its
-    /// transactions then hold SQLite's write lock longer on a saturated node, so
-    /// a settings or outbox write may wait behind one (SQLite's busy timeout, 5 s).
-    journal: SqlitePool,
+    /// The session journal, in a file of its own written from a thread in
+    /// `SCHED_IDLE` (see [`super::sqlite_journal`]).
+    journal: std::sync::Arc<Journal>,
 }
 
-fn db_err(e: impl std::fmt::Display) -> SettingsError {
+pub(super) fn db_err(e: impl std::fmt::Display) -> SettingsError {
     SettingsError::Database(e.to_string())
 }
 
@@ -63,29 +53,19 @@ impl SqliteSettings {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             // Each connection's page cache, in KiB (SQLite's default: 2,000): a bound on
-            // what the pool's 4 connections can hold as the journal's keys move on with
-            // the sessions (not what made the soak's RSS creep: that was prepared
-            // statements, see `statements`). The working set is the journal's newest
-            // pages and the tree's inner pages; the rest is in the OS's page cache, a
-            // read away (`benches/journal.rs`: no measurable cost).
+            // what the pool's 4 connections and the journal's (which opens its own file
+            // with these options) hold as the journal's keys move on with the sessions
+            // (not what made the soak's RSS creep: that was prepared statements, see
+            // `statements`). The working set is the journal's newest pages and the tree's
+            // inner pages; the rest is in the OS's page cache, a read away
+            // (`benches/journal.rs`: no measurable cost).
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&db).await?;
-        let journal = SqlitePoolOptions::new()
-            .max_connections(1)
-            .after_connect(|_, _| {
-                Box::pin(async {
-                    // The connection's thread exists (and is named) once it is open.
-                    if crate::threads::lower_named(JOURNAL_THREAD, crate::threads::LOWEST) == 0 {
-                        tracing::debug!("the session journal's SQLite thread keeps its priority");
-                    }
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options.thread_name(|_| JOURNAL_THREAD.to_owned()));
+        let journal = std::sync::Arc::new(Journal::open(path, options, &db).await?);
         Ok(Self { db, journal })
     }
 
@@ -357,10 +337,6 @@ fn bind_publisher<'q>(
         .bind(p.customer_session_limit)
 }
 
-/// The most rows per statement when writing held sessions (a power of two, see
-/// [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
-const WRITE_CHUNK: usize = 512;
-
 /// Cuts `rows` into statements of a power-of-two row count, `most` at most (a
 /// power of two): sqlx keeps each statement shape prepared on every connection
 /// (up to 100), and a shape per row count made them pile up: memory that grew for
@@ -383,33 +359,6 @@ pub(crate) fn statements<T>(mut rows: &[T], most: usize) -> impl Iterator<Item =
     })
 }
 
-/// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
-/// journal can hold every session of a restart.
-async fn upsert<'a>(
-    tx: &mut sqlx::SqliteConnection,
-    sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
-) -> Result<(), SettingsError> {
-    let sessions: Vec<_> = sessions.into_iter().collect();
-    for chunk in statements(&sessions, WRITE_CHUNK) {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR REPLACE INTO held_sessions
-                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
-        );
-        query.push_values(chunk, |mut row, (pool, s)| {
-            row.push_bind(s.id.to_string())
-                .push_bind(pool.publisher_id.as_str())
-                .push_bind(pool.customer_id.as_str())
-                .push_bind(pool.offer_id.as_str())
-                .push_bind(s.name.as_str())
-                .push_bind(s.state.as_str())
-                .push_bind(s.expires_at as i64)
-                .push_bind(s.created_at as i64);
-        });
-        query.build().execute(&mut *tx).await.map_err(db_err)?;
-    }
-    Ok(())
-}
-
 /// `SELECT 1`: the pool still lends a working connection. A full disk shows in
 /// writes only, not here.
 #[async_trait]
@@ -430,66 +379,26 @@ impl Probe for SqliteSettings {
 #[async_trait]
 impl SessionArchive for SqliteSettings {
     async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
-        let mut tx = self.db.begin().await.map_err(db_err)?;
-        upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s))).await?;
-        tx.commit().await.map_err(db_err)
+        self.journal.save(sessions).await
     }
 
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        let mut tx = self.db.begin().await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("DELETE FROM held_sessions")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+        self.journal.take().await
     }
 
     async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
-            .fetch_all(&self.db)
-            .await
-            .map_err(db_err)?;
-        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+        self.journal.held().await
     }
 
     async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
-        // In key order, so the B-tree is walked one way and each page is dirtied once
-        // (the key is (created_at, session_id), see the held_sessions_by_age migration).
-        let mut put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
-        put.sort_unstable_by_key(|(_, s)| s.created_at);
-        let mut delete: Vec<&Ended> = batch.delete.iter().collect();
-        delete.sort_unstable_by_key(|ended| ended.created_at);
-        let mut tx = self.journal.begin().await.map_err(db_err)?;
-        upsert(&mut tx, put).await?;
-        for chunk in statements(&delete, WRITE_CHUNK) {
-            // A row value IN a subquery: SQLite looks each key up in the primary key
-            // (an IN over a VALUES list would scan the table).
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
-            );
-            let mut rows = query.separated(", ");
-            for ended in chunk {
-                rows.push("(")
-                    .push_bind_unseparated(ended.created_at as i64)
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(ended.id.to_string())
-                    .push_unseparated(")");
-            }
-            query.push("))");
-            query.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
-        tx.commit().await.map_err(db_err)
+        self.journal.write(batch).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite_journal::WRITE_CHUNK;
 
     #[test]
     fn journal_statements_cover_every_row_in_order_in_ten_shapes() {
@@ -509,5 +418,48 @@ mod tests {
             assert_eq!(seen, rows, "{n} rows");
         }
         assert_eq!(shapes.len(), 10, "{shapes:?}");
+    }
+
+    /// Versions before the journal had a file of its own kept it in the settings
+    /// database: the first start of this one moves those rows, and they are gone
+    /// from the old table (a second start finds nothing to move).
+    #[tokio::test]
+    async fn a_journal_kept_in_the_settings_database_is_moved_to_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drisc.db");
+        SqliteSettings::open(&path).await.unwrap().close().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let old = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO held_sessions (created_at, session_id, publisher_id, customer_id, offer_id, name, \
+             state, expires_at) VALUES (1, ?, 'p', 'c', 'o', 'TV', 'live', 2)",
+        )
+        .bind(&id)
+        .execute(&old)
+        .await
+        .unwrap();
+
+        let settings = SqliteSettings::open(&path).await.unwrap();
+        let held = settings.held().await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].1.id.to_string(), id);
+        assert_eq!((held[0].0.customer_id.as_str(), held[0].1.name.as_str()), ("c", "TV"));
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM held_sessions")
+            .fetch_one(&old)
+            .await
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "the old table is emptied once the rows are in the journal's file"
+        );
+        assert!(crate::store::sqlite_journal::path_for(&path).exists());
+        settings.close().await;
+        old.close().await;
+
+        let again = SqliteSettings::open(&path).await.unwrap();
+        assert_eq!(again.held().await.unwrap().len(), 1, "moved once, kept");
+        again.close().await;
     }
 }

@@ -1,0 +1,251 @@
+//! The session journal's own SQLite database, `<settings file>.sessions.db` beside
+//! the settings (`drisc.sessions.db`), written by a thread in `SCHED_IDLE`.
+//!
+//! Why a file of its own: SQLite has one write lock per database file. The journal
+//! writes a row per session granted and ended, and its thread must yield the core
+//! to admissions; in the settings file, a journal transaction held off the core
+//! kept the lock, and the webhook outbox's writer (at normal priority) waited
+//! behind it until its queue overflowed and events were dropped
+//! (bench/analysis.md, "Issue 13, round three"). In its own file the journal's
+//! lock blocks nobody, so its thread can be in `SCHED_IDLE`: it runs only when
+//! the core has nothing else to do and gives it back the moment a request comes
+//! (bench/analysis.md, "The tail, round six").
+//!
+//! sqlx runs each SQLite connection on a thread it starts when the connection is
+//! opened, from the thread that opens it, and Linux copies a thread's policy to
+//! the threads it creates: so the connection is opened from a thread already in
+//! `SCHED_IDLE` ([`crate::threads::start_idle`]). One connection, kept open; it is
+//! opened again (the same way) after an error.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, SqlitePool};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::saved::SavedRow;
+use super::sqlite::{db_err, statements};
+use crate::domain::journal::{Ended, JournalBatch};
+use crate::domain::ports::SettingsError;
+use crate::domain::{PoolKey, Session};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/journal");
+
+/// The name of the journal's SQLite thread (`ps -eLo tid,cls,comm`).
+pub(super) const THREAD: &str = "drisc-journal";
+
+/// The most rows per statement when writing held sessions (a power of two, see
+/// [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
+pub(super) const WRITE_CHUNK: usize = 512;
+
+/// The journal's file for the settings database at `settings`: `drisc.db` →
+/// `drisc.sessions.db` (not `-journal`: SQLite names its own rollback journal so).
+pub fn path_for(settings: &Path) -> PathBuf {
+    settings.with_extension("sessions.db")
+}
+
+pub(super) struct Journal {
+    options: SqliteConnectOptions,
+    conn: Mutex<Option<SqliteConnection>>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal's file with the settings' `options`
+    /// (WAL, page cache), applies its migrations, and moves in the rows an older
+    /// version kept in the settings database (`db`), once.
+    pub(super) async fn open(settings: &Path, options: SqliteConnectOptions, db: &SqlitePool) -> anyhow::Result<Self> {
+        let path = path_for(settings);
+        super::private_files::ensure_private_file(&path, true)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            super::private_files::ensure_private_file(Path::new(&companion), false)?;
+        }
+        let journal = Self {
+            options: options.filename(&path).thread_name(|_| THREAD.to_owned()),
+            conn: Mutex::new(None),
+        };
+        {
+            let mut conn = journal.connection().await?;
+            MIGRATOR.run(&mut *conn).await?;
+        }
+        journal.adopt(db).await?;
+        Ok(journal)
+    }
+
+    /// Rows of `held_sessions` in the settings database (versions before this file
+    /// kept the journal there) are written here, then deleted there. Stopped half-way,
+    /// the next start does it again: the writes replace rows by key.
+    async fn adopt(&self, db: &SqlitePool) -> Result<(), SettingsError> {
+        let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
+            .fetch_all(db)
+            .await
+            .map_err(db_err)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sessions: Vec<(PoolKey, Session)> = rows.into_iter().filter_map(SavedRow::into_saved).collect();
+        self.save(&sessions).await?;
+        sqlx::query("DELETE FROM held_sessions")
+            .execute(db)
+            .await
+            .map_err(db_err)?;
+        tracing::info!(
+            sessions = sessions.len(),
+            "session journal moved from the settings database to its own file"
+        );
+        Ok(())
+    }
+
+    /// The connection, opened from a thread in `SCHED_IDLE` if it is not open.
+    async fn connection(&self) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, SettingsError> {
+        let mut slot = self.conn.lock().await;
+        if slot.is_none() {
+            *slot = Some(open_idle(self.options.clone()).await?);
+        }
+        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| SettingsError::Database("no journal connection".into()))
+    }
+
+    /// Runs `work` on the connection; after an error the connection is closed, so
+    /// the next call opens a fresh one (a crashed SQLite thread stays crashed).
+    async fn with<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, SettingsError>,
+    ) -> Result<T, SettingsError> {
+        let mut conn = self.connection().await?;
+        let result = work(&mut conn).await;
+        if result.is_err() {
+            drop(conn);
+            if let Some(broken) = self.conn.lock().await.take() {
+                let _ = broken.close().await;
+            }
+        }
+        result
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Saves `sessions` (a shutdown), replacing rows by key.
+    pub(super) async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
+        self.with(async |conn| {
+            let mut tx = conn.begin().await.map_err(db_err)?;
+            upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s))).await?;
+            tx.commit().await.map_err(db_err)
+        })
+        .await
+    }
+
+    /// Every saved session, deleted as they are read (a start).
+    pub(super) async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        self.with(async |conn| {
+            let mut tx = conn.begin().await.map_err(db_err)?;
+            let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query("DELETE FROM held_sessions")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+        })
+        .await
+    }
+
+    pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        self.with(async |conn| {
+            let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+        })
+        .await
+    }
+
+    pub(super) async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
+        // In key order, so the B-tree is walked one way and each page is dirtied once.
+        let mut put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
+        put.sort_unstable_by_key(|(_, s)| s.created_at);
+        let mut delete: Vec<&Ended> = batch.delete.iter().collect();
+        delete.sort_unstable_by_key(|ended| ended.created_at);
+        self.with(async |conn| {
+            let mut tx = conn.begin().await.map_err(db_err)?;
+            upsert(&mut tx, put).await?;
+            for chunk in statements(&delete, WRITE_CHUNK) {
+                // A row value IN a subquery: SQLite looks each key up in the primary key
+                // (an IN over a VALUES list would scan the table).
+                let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
+                );
+                let mut rows = query.separated(", ");
+                for ended in chunk {
+                    rows.push("(")
+                        .push_bind_unseparated(ended.created_at as i64)
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(ended.id.to_string())
+                        .push_unseparated(")");
+                }
+                query.push("))");
+                query.build().execute(&mut *tx).await.map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
+        .await
+    }
+}
+
+/// Opens a connection whose SQLite thread is in `SCHED_IDLE`: opened from a thread
+/// in that policy, on a runtime of its own (the connection then talks to its thread
+/// over channels, from any runtime). If the policy cannot be set, the thread is put
+/// at nice 19 instead.
+async fn open_idle(options: SqliteConnectOptions) -> Result<SqliteConnection, SettingsError> {
+    let (opened, not_idle) = tokio::task::spawn_blocking(move || {
+        crate::threads::start_idle(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(db_err)?;
+            runtime.block_on(options.connect()).map_err(db_err)
+        })
+    })
+    .await
+    .map_err(db_err)?;
+    if let Some(e) = not_idle {
+        tracing::warn!(error = %e, "the session journal's thread could not be put in SCHED_IDLE: it runs at nice 19");
+        crate::threads::lower_named(THREAD, crate::threads::LOWEST);
+    }
+    opened
+}
+
+/// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
+/// journal can hold every session of a restart.
+async fn upsert<'a>(
+    tx: &mut SqliteConnection,
+    sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
+) -> Result<(), SettingsError> {
+    let sessions: Vec<_> = sessions.into_iter().collect();
+    for chunk in statements(&sessions, WRITE_CHUNK) {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO held_sessions
+                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
+        );
+        query.push_values(chunk, |mut row, (pool, s)| {
+            row.push_bind(s.id.to_string())
+                .push_bind(pool.publisher_id.as_str())
+                .push_bind(pool.customer_id.as_str())
+                .push_bind(pool.offer_id.as_str())
+                .push_bind(s.name.as_str())
+                .push_bind(s.state.as_str())
+                .push_bind(s.expires_at as i64)
+                .push_bind(s.created_at as i64);
+        });
+        query.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
