@@ -148,6 +148,30 @@ fn nodes_by_shard(pairs: impl IntoIterator<Item = (u16, u64)>) -> Vec<(u16, Vec<
         .collect()
 }
 
+/// The vouch script's reply for `nodes` keys: what each key held, and which
+/// server answered.
+fn vouch_reply(mut replies: Vec<Value>, nodes: usize) -> Result<(Vec<Vouch>, String), StoreError> {
+    let unreadable = |what: &dyn std::fmt::Debug| record::unreadable("vouch", format!("{what:?}"));
+    let Some(Value::Array(mut values)) = replies.pop() else {
+        return Err(unreadable(&replies));
+    };
+    if values.len() != nodes + 1 {
+        return Err(unreadable(&values));
+    }
+    let server = match values.pop() {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        other => return Err(unreadable(&other)),
+    };
+    let vouches = values
+        .iter()
+        .map(|old| match old {
+            Value::BulkString(old) if old.is_empty() => Vouch::Gone,
+            old => vouch_of(old),
+        })
+        .collect();
+    Ok((vouches, server))
+}
+
 fn vouch_of(reply: &Value) -> Vouch {
     match reply {
         Value::BulkString(old) if old.as_slice() == MOVED.as_bytes() => Vouch::Flagged,
@@ -510,46 +534,61 @@ impl RedisStore {
         let mut shards = nodes_by_shard(wanted);
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
         let mut failed = None;
+        // Shards a new server answered in whose liveness key was gone: settled
+        // once the epoch was read (a shard that came back empty is restored).
+        let mut changed: HashMap<u16, (String, Instant)> = HashMap::new();
+        let sent = Instant::now();
         if let Some(until) = &until {
             // The rewrite alone, where every key is still there, reading back
-            // the old value: [`MOVED`] if a script flagged it (see `moved_due`).
+            // the old value ([`MOVED`] if a script flagged it: see `moved_due`)
+            // and which server answered (see `master_seen`): one script a shard.
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
                 .map(|(shard, nodes)| {
-                    let mut pipe = redis::pipe();
+                    let mut invocation = self.scripts.vouch.prepare_invoke();
                     for node in nodes {
-                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
+                        invocation.key(keys::alive(*shard, *node));
                     }
+                    invocation.arg(until).arg(pong_ms);
+                    let mut pipe = redis::pipe();
+                    pipe.invoke_script(&invocation);
                     pipe
                 })
                 .collect();
-            let results = self.run_pipelines(&[], &pipes).await;
+            let results = self.run_pipelines(&[&self.scripts.vouch], &pipes).await;
             let mut again = Vec::new();
             let flags = self.time == TimeSource::Redis;
             for ((shard, nodes), result) in shards.into_iter().zip(results) {
-                let vouches: Vec<Vouch> = match &result {
-                    Ok(replies) if replies.len() == nodes.len() => replies.iter().map(vouch_of).collect(),
-                    Ok(_) => vec![Vouch::Gone],
-                    Err(_) => Vec::new(),
-                };
-                if flags {
+                let reply = result.and_then(|replies| vouch_reply(replies, nodes.len()));
+                if flags && let Ok((vouches, _)) = &reply {
                     if vouches.contains(&Vouch::Gone) {
                         self.check_all_in([shard]);
                     }
                     if let Ok(mut v) = self.vouching.lock() {
-                        for (node, vouch) in nodes.iter().zip(&vouches) {
+                        for (node, vouch) in nodes.iter().zip(vouches) {
                             if *vouch == Vouch::Flagged {
                                 v.flagged.insert((shard, *node));
                             }
                         }
                     }
                 }
-                match result {
-                    Ok(_) if !vouches.contains(&Vouch::Gone) => {
-                        self.vouched_kept(shard);
+                match reply {
+                    Ok((vouches, server)) => {
+                        let before = self.master_seen(shard, &server, sent);
+                        if vouches.contains(&Vouch::Gone) {
+                            // A key was gone: read the epoch, and set the key again.
+                            if let Some(last) = before {
+                                changed.insert(shard, (server, last));
+                            }
+                            again.push((shard, nodes));
+                        } else {
+                            self.vouched_kept(shard);
+                            if let Some(last) = before {
+                                self.master_changed(shard, last);
+                                self.learn_master(shard, server, sent);
+                            }
+                        }
                     }
-                    // A key was gone: read the epoch, and set the key again.
-                    Ok(_) => again.push((shard, nodes)),
                     Err(e) => {
                         // Its liveness key may run out before a vouch goes through.
                         self.lose([shard]);
@@ -605,9 +644,82 @@ impl RedisStore {
             if until.is_some() {
                 self.vouched_now(*shard);
             }
+            // A new epoch: the shard came back empty, and every session is
+            // restored here; no re-assertion is needed on top.
+            let known = self.known_epoch(*shard);
+            let emptied = !known.is_empty() && known != epoch;
             restored += self.restore_if_lost(*shard, &epoch).await?;
+            if let Some((server, last)) = changed.remove(shard) {
+                if !emptied {
+                    self.master_changed(*shard, last);
+                }
+                self.learn_master(*shard, server, sent);
+            }
         }
         failed.map_or(Ok(restored), Err)
+    }
+
+    /// Notes which server answered a vouch in `shard` sent at `sent`, as the
+    /// vouch script names it (its `run_id` and `master_replid`). Returns when
+    /// the server that answered before last did, if it was another one: a
+    /// failover, or a restart, that may have lost the last writes there.
+    ///
+    /// Why this, and not the shard's keys: a replica promoted while it lagged
+    /// behind its master lacks that master's last writes, yet still holds the
+    /// epoch and the node's liveness key whenever they were written earlier, so
+    /// nothing in the data says which sessions were lost. The server's identity
+    /// changes with every promotion and every restart. The first server a node
+    /// sees in a shard is the one it started with: nothing was lost. The new
+    /// one is only learned once the shard is counted lost ([`Self::learn_master`]):
+    /// a round stopped early notices the change again.
+    fn master_seen(&self, shard: u16, server: &str, sent: Instant) -> Option<Instant> {
+        let Ok(mut masters) = self.masters.lock() else {
+            return None;
+        };
+        match masters.get_mut(&shard) {
+            None => {
+                masters.insert(shard, (server.to_owned(), sent));
+                None
+            }
+            Some((known, at)) if known == server => {
+                *at = sent;
+                None
+            }
+            Some((_, at)) => Some(*at),
+        }
+    }
+
+    fn learn_master(&self, shard: u16, server: String, sent: Instant) {
+        if let Ok(mut masters) = self.masters.lock() {
+            masters.insert(shard, (server, sent));
+        }
+    }
+
+    /// Another server answers for `shard` than the one a vouch last reached at
+    /// `last`: counts it lost since then, whatever its liveness key says, so
+    /// that this round re-asserts the node's sessions there
+    /// ([`Self::reassert_after_outage`]: those missing are put back, within the
+    /// limit, counting the sessions admitted since `last` as newer) and
+    /// admissions there wait for it. The promotion came after `last`: the old
+    /// server still answered then.
+    fn master_changed(&self, shard: u16, last: Instant) {
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return;
+        }
+        if let Ok(mut v) = self.vouching.lock() {
+            let since = v.lost.entry(shard).or_insert(Some(last));
+            if since.is_some_and(|at| last < at) {
+                *since = Some(last);
+            }
+            // Not a suspicion its key can clear: the key may have survived the writes lost.
+            v.suspected.remove(&shard);
+            v.kept.remove(&shard);
+        }
+        tracing::warn!(
+            shard,
+            "another Redis server answers for this shard (a failover or a restart, which may have lost \
+             the last writes): this node re-asserts its sessions there"
+        );
     }
 
     /// Notes a vouch in `shard` that went through (with Redis's clock: the
