@@ -278,3 +278,56 @@ async fn redis_a_flag_checks_only_the_sessions_moved() {
     let left: i64 = server.cmd(&["EXISTS", &keys::moved(shard, 7)]);
     assert_eq!(left, 0, "popped");
 }
+
+/// Pools named `prefix<i>` in `shard`: `count` of them.
+fn pools_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<PoolKey> {
+    let found: Vec<PoolKey> = (0..200_000)
+        .map(|i| pool(&format!("{prefix}{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(count)
+        .collect();
+    assert_eq!(found.len(), count, "enough pools in shard {shard}");
+    found
+}
+
+/// A socket whose session is gone is told so once, however many of the node's
+/// re-assertions find it gone at once: here two admissions in a shard the node
+/// counts lost, each putting the node's sessions there back before it admits,
+/// side by side. The held session's record vanished, and a session admitted by
+/// another node since took its slot, so each re-assertion finds that it may
+/// not come back (EXPIRED); only one may say so to its socket.
+#[tokio::test]
+async fn redis_a_socket_is_told_expired_once_when_two_reassertions_find_its_session_gone() {
+    let server = RedisServer::start();
+    let (a, orders) = node(&server, 7).await;
+    let (b, _) = node(&server, 8).await;
+    let p = pool("told-once");
+    let holder = socket(7, 1);
+    let id = held(&a, &p, holder).await;
+    a.refresh().await.unwrap();
+    // The record vanishes (as in a failover that lost it), and node b admits
+    // into the freed slot.
+    let _: i64 = server.cmd(&["HDEL", &keys::customer(&p), &keys::compact(id)]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(b.admit(&p, new(&p, "phone"), limit(1), 0).await.unwrap().is_ok());
+    // Node a's next vouch in the shard fails (its key holds the wrong type):
+    // the shard counts as lost until its sessions there are re-asserted.
+    let alive = keys::alive(p.shard(), 7);
+    let _: i64 = server.cmd(&["DEL", &alive]);
+    let _: i64 = server.cmd(&["HSET", &alive, "wrong", "type"]);
+    vouch_period().await;
+    assert!(a.refresh().await.is_err(), "the vouch failed");
+    let _: i64 = server.cmd(&["DEL", &alive]);
+    assert!(orders.0.lock().unwrap().is_empty(), "nothing told yet");
+
+    // Two admissions in the shard, side by side: each re-asserts it first.
+    let others = pools_in_shard("told-beside", p.shard(), 2);
+    let (first, second) = tokio::join!(
+        a.admit(&others[0], new(&others[0], "tv"), limit(5), 0),
+        a.admit(&others[1], new(&others[1], "tv"), limit(5), 0),
+    );
+    assert!(first.unwrap().is_ok() && second.unwrap().is_ok());
+    a.refresh().await.unwrap();
+    let told = orders.0.lock().unwrap().clone();
+    assert_eq!(told, vec![(holder, Control::Expire)], "told once, and why");
+}
