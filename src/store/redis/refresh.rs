@@ -540,26 +540,43 @@ impl RedisStore {
         let sent = Instant::now();
         if let Some(until) = &until {
             // The rewrite alone, where every key is still there, reading back
-            // the old value ([`MOVED`] if a script flagged it: see `moved_due`)
-            // and which server answered (see `master_seen`): one script a shard.
+            // the old value ([`MOVED`] if a script flagged it: see `moved_due`);
+            // once a PONG timeout, as a script that also names the server that
+            // answered (see `master_seen`). One command a shard, or one script.
+            let probe_every = self.pong_timeout();
+            let probing: Vec<bool> = shards
+                .iter()
+                .map(|(shard, _)| self.probe_due(*shard, sent, probe_every))
+                .collect();
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
-                .map(|(shard, nodes)| {
-                    let mut invocation = self.scripts.vouch.prepare_invoke();
-                    for node in nodes {
-                        invocation.key(keys::alive(*shard, *node));
-                    }
-                    invocation.arg(until).arg(pong_ms);
+                .zip(&probing)
+                .map(|((shard, nodes), probe)| {
                     let mut pipe = redis::pipe();
-                    pipe.invoke_script(&invocation);
+                    if *probe {
+                        let mut invocation = self.scripts.vouch.prepare_invoke();
+                        for node in nodes {
+                            invocation.key(keys::alive(*shard, *node));
+                        }
+                        invocation.arg(until).arg(pong_ms);
+                        pipe.invoke_script(&invocation);
+                    } else {
+                        for node in nodes {
+                            set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
+                        }
+                    }
                     pipe
                 })
                 .collect();
             let results = self.run_pipelines(&[&self.scripts.vouch], &pipes).await;
             let mut again = Vec::new();
             let flags = self.time == TimeSource::Redis;
-            for ((shard, nodes), result) in shards.into_iter().zip(results) {
-                let reply = result.and_then(|replies| vouch_reply(replies, nodes.len()));
+            for (((shard, nodes), result), probe) in shards.into_iter().zip(results).zip(probing) {
+                let reply = result.and_then(|replies| match probe {
+                    true => vouch_reply(replies, nodes.len()).map(|(vouches, server)| (vouches, Some(server))),
+                    false if replies.len() == nodes.len() => Ok((replies.iter().map(vouch_of).collect(), None)),
+                    false => Ok((vec![Vouch::Gone], None)),
+                });
                 if flags && let Ok((vouches, _)) = &reply {
                     if vouches.contains(&Vouch::Gone) {
                         self.check_all_in([shard]);
@@ -574,7 +591,8 @@ impl RedisStore {
                 }
                 match reply {
                     Ok((vouches, server)) => {
-                        let before = self.master_seen(shard, &server, sent);
+                        let before = server.as_ref().and_then(|server| self.master_seen(shard, server, sent));
+                        let server = server.unwrap_or_default();
                         if vouches.contains(&Vouch::Gone) {
                             // A key was gone: read the epoch, and set the key again.
                             if let Some(last) = before {
@@ -687,6 +705,24 @@ impl RedisStore {
             }
             Some((_, at)) => Some(*at),
         }
+    }
+
+    /// Whether this node's vouch in `shard` sent at `sent` should name the
+    /// server that answers: when none did in the last `every` (a PONG
+    /// timeout: every third vouch). A vouch that names it costs three
+    /// commands (the script, its `SET` and `INFO`) where a plain one costs
+    /// one; so a shard's master change is noticed within a PONG timeout and a
+    /// vouch period, for about two thirds more vouching commands, not three
+    /// times as many.
+    fn probe_due(&self, shard: u16, sent: Instant, every: Duration) -> bool {
+        self.masters
+            .lock()
+            .map(|masters| {
+                masters
+                    .get(&shard)
+                    .is_none_or(|(_, at)| sent.saturating_duration_since(*at) >= every)
+            })
+            .unwrap_or(true)
     }
 
     fn learn_master(&self, shard: u16, server: String, sent: Instant) {
