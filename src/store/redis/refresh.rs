@@ -5,7 +5,9 @@
 //! shard whose vouch read the "moved" flag another node's script left there),
 //! tells the sockets whose session turned out to be gone (the backstop for lost
 //! orders), and puts this node's sessions back in a shard that lost its data
-//! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
+//! ([`RedisStore::restore_if_lost`]) or that another server answers for now (a
+//! failover, which may have lost the last writes: `master_seen`). Every
+//! pipeline holds one shard's keys.
 //!
 //! A store that stalls or is cut off from the node (a fork for a snapshot, a
 //! network blip, a failover) for longer than the node's liveness keys live lets
@@ -496,6 +498,10 @@ impl RedisStore {
     /// while it is rewritten every third of one, a key that ran out means the
     /// node could not vouch for longer than that, which the outage detection
     /// ([`Self::reached`], [`Self::note_late`]) already treats as lost.
+    ///
+    /// Once a PONG timeout in each shard the vouch is a script that also names
+    /// the server answering (see [`Self::master_seen`]): another one than before
+    /// counts the shard lost, and its sessions are re-asserted.
     ///
     /// With Redis's clock, a shard's key is rewritten once a third of the PONG
     /// timeout (or every round, if rounds are slower): it then always lives two
