@@ -331,3 +331,55 @@ async fn redis_a_socket_is_told_expired_once_when_two_reassertions_find_its_sess
     let told = orders.0.lock().unwrap().clone();
     assert_eq!(told, vec![(holder, Control::Expire)], "told once, and why");
 }
+
+/// One Redis restarted from a snapshot older than its last writes (a crash, and
+/// the RDB file of a while ago): the epoch and the node's liveness key came
+/// back with the snapshot, so nothing in the data says a held session is
+/// missing; the node notices that another server process answers (`run_id`)
+/// at its next vouch that asks, and puts the session back without telling
+/// its socket anything.
+#[tokio::test]
+async fn redis_restarted_from_an_older_snapshot_gets_the_held_sessions_back() {
+    let mut server = RedisServer::start();
+    let (a, orders) = node(&server, 7).await;
+    let p = pool("snapshot");
+    let before = held(&a, &p, socket(7, 1)).await;
+    a.refresh().await.unwrap();
+    let _: String = server.cmd(&["SAVE"]);
+    // Written after the snapshot: lost with the restart.
+    let others = pools_in_shard("snapshot-after", p.shard(), 1);
+    let after = held(&a, &others[0], socket(7, 2)).await;
+    server.restart_from_snapshot();
+    let record = |p: &PoolKey, id: SessionId| -> bool {
+        let found: Option<String> = server.cmd(&["HGET", &keys::customer(p), &keys::compact(id)]);
+        found.is_some()
+    };
+    assert!(record(&p, before) && !record(&others[0], after), "the snapshot's state");
+    // The node's connection meets the restart on an operation that marks nothing lost.
+    for _ in 0..20 {
+        if a.locate(before).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rounds every 300 ms for a PONG timeout and two vouch periods (bounded).
+    let mut reasserted = 0;
+    for _ in 0..((PONG * 2).as_millis() / 300) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reasserted += a
+            .refresh()
+            .await
+            .expect("no round fails: nothing is lost by an outage")
+            .reasserted;
+        if record(&others[0], after) {
+            break;
+        }
+    }
+    assert!(
+        record(&others[0], after),
+        "the session written after the snapshot is back"
+    );
+    assert!(record(&p, before), "the other one is still there");
+    assert_eq!(reasserted, 1, "put back by a re-assertion");
+    assert!(orders.0.lock().unwrap().is_empty(), "no socket was told anything");
+}

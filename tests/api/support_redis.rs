@@ -577,3 +577,13 @@ impl RedisCluster {
         });
     }
 }
+
+impl RedisServer {
+    /// Kills the server (`SIGKILL`: nothing saved on the way out) and starts it
+    /// again on the same port, loading the snapshot its last `SAVE` wrote: the
+    /// writes since then are lost, what came before is back.
+    pub fn restart_from_snapshot(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
