@@ -76,11 +76,22 @@ async fn a_takeover_on_one_node_tells_the_socket_held_on_another() {
     let mut player = connect_ok(&tv.endpoint).await;
     let started = tokio::time::Instant::now();
     granted(b.takeover(&token, "S1", "Phone", &tv.session_id).await).await;
-    let message = player.next_within(Duration::from_secs(1)).await;
+    // The first PING comes half a second after OK: on a busy machine the
+    // take-over's request alone may take longer, so PINGs are answered until
+    // the order comes (an expired session would be told EXPIRED instead). Told
+    // within the PONG timeout: by the inbox at once, or by the refresh backstop.
+    let deadline = started + Duration::from_secs(3);
+    let message = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match player.next_within(left).await {
+            Some(Seen::Message(m)) if m["action"] == "PING" => player.send("PONG").await,
+            other => break other,
+        }
+    };
     assert_eq!(
         message,
         Some(Seen::Message(json!({"action": "TAKE_OVER", "sessionName": "Phone"}))),
-        "within a second (took {:?})",
+        "within the PONG timeout (took {:?})",
         started.elapsed()
     );
     player.expect_close(4001).await;
@@ -182,9 +193,17 @@ async fn sessions_of_a_killed_node_are_freed_within_the_session_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(freed, "the slot is freed once the pong timeout (2 s) passes");
+    // Not at once. The node's liveness key lives a PONG timeout and is rewritten
+    // at the first refresh round a third of one after the last (here up to
+    // 867 ms apart), so the session outlives the kill by 1.1 to 2 s when the
+    // rounds are on time; a round late on a busy machine shortens that. The
+    // 1.5 s asserted before failed whenever the kill came more than half a
+    // second after a vouch (seen at 1.56 s with a kill 600 ms after the attach
+    // on a quiet machine): a third of the PONG timeout is what always remains.
     assert!(
-        killed_at.elapsed() >= Duration::from_millis(1500),
-        "not before the session's TTL"
+        killed_at.elapsed() >= Duration::from_millis(2_000) / 3,
+        "not before the node's liveness key could have run out ({:?})",
+        killed_at.elapsed()
     );
 }
 

@@ -171,3 +171,146 @@ async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again
          admissions resumed {resumed:?} after the promotion on nodes a and b"
     );
 }
+
+/// A master fails over to a replica that lagged behind it (issue 12 item 1):
+/// the replica was cut off while sessions were admitted on the master, so the
+/// promoted replica lacks them, yet the shard's epoch and the holding node's
+/// liveness key there (written before) survived, and nothing in the data says
+/// what was lost. The node notices that another server answers its vouch in
+/// that shard and re-asserts its sessions there: each is back in Redis within
+/// a few refresh rounds, its player never hears of it, and the limit holds.
+/// Sessions on other masters never notice.
+#[tokio::test]
+async fn a_failover_to_a_lagging_replica_loses_no_held_session() {
+    let mut cluster = RedisCluster::start();
+    let (a, b) = (
+        crate::redis_cluster::node(&cluster, LIMIT).await,
+        crate::redis_cluster::node(&cluster, LIMIT).await,
+    );
+    // One shard: an anchor session held there before (so node a's liveness key
+    // and the shard's epoch are on the replica too), and a pool whose sessions
+    // will be admitted on the master alone.
+    let shard = crate::redis_slots::shard_of("lw-base");
+    let in_shard = crate::redis_slots::customers_in_shard("lw", shard, 2);
+    let (anchor, lost) = (&in_shard[0], &in_shard[1]);
+    let lost_key = customer_key(lost);
+    let master = cluster.master_of(&lost_key);
+    let replica = cluster.replica_of(master);
+    let slot = cluster.slot_of(&lost_key);
+    let elsewhere = customers(&cluster, "le", master, false, 4);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut players = Vec::new();
+    for (i, c) in elsewhere.iter().enumerate() {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let g = node.create_ok(&node.token("p", c.as_str()), "S1", "TV").await;
+        players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
+    }
+    let g = a.create_ok(&a.token("p", anchor.as_str()), "S1", "TV").await;
+    players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
+    // A few refresh rounds: node a vouched in the shard, learning its master.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.on_masters(&["WAIT", "1", "2000"]);
+
+    // The replica falls behind: stopped, and its link cut.
+    cluster.signal(replica, "STOP");
+    cluster.cut_replication(master);
+    let lost_token = a.token("p", lost.as_str());
+    let lost_stop = Arc::new(AtomicBool::new(false));
+    let mut admitted = Vec::new();
+    let mut lost_players = Vec::new();
+    for name in ["TV", "Tablet"] {
+        let g = a.create_ok(&lost_token, "S1", name).await;
+        lost_players.push(keep_playing(connect_ok(&g.endpoint).await, lost_stop.clone()));
+        admitted.push(g.session_id);
+    }
+    // Attached, their first PONG checked: all on the master alone.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let on_master = cluster.keys_in_slot(master, slot);
+
+    // The master dies; the lagging replica takes over; the old master comes
+    // back as its replica and drops what it had.
+    cluster.signal(master, "STOP");
+    cluster.signal(replica, "CONT");
+    let on_replica = cluster.keys_in_slot(replica, slot);
+    assert!(
+        on_replica < on_master,
+        "the replica lacks the master's last writes: {on_replica} keys, {on_master} on the master"
+    );
+    cluster.take_over(replica, &lost_key);
+    let promoted_at = tokio::time::Instant::now();
+    cluster.signal(master, "CONT");
+    cluster.wait_until_replica(master);
+
+    // Every session admitted in the window is back (bounded: a PONG timeout and
+    // a vouch period, when the node next asks which server answers, and then some).
+    let back = loop {
+        let held: i64 = cluster.node_cmd(replica, &["HLEN", &lost_key]).unwrap_or(0);
+        if held == admitted.len() as i64 {
+            break promoted_at.elapsed();
+        }
+        assert!(
+            promoted_at.elapsed() < Duration::from_secs(30),
+            "the sessions lost in the failover were not re-asserted: {held} of {} in Redis",
+            admitted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The limit holds on both nodes: the pool is full with exactly them.
+    for node in [&a, &b] {
+        let refused = node
+            .create(&node.token("p", lost.as_str()), json!({"offerId": "S1"}))
+            .await;
+        assert_eq!(refused.status(), 409, "the pool is full again");
+        let body: Value = refused.json().await.unwrap();
+        let mut ids: Vec<String> = active_sessions(&body).into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        let mut expected = admitted.clone();
+        expected.sort();
+        assert_eq!(ids, expected, "{body}");
+    }
+    // Their players were never told anything but PINGs, and play on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lost_stop.store(true, Ordering::Relaxed);
+    let mut lost_back = Vec::new();
+    for playing in lost_players {
+        let (pings, player) = tokio::time::timeout(Duration::from_secs(10), playing)
+            .await
+            .expect("the players stop when told")
+            .expect("a player whose session was lost in the failover was never disturbed");
+        assert!(pings >= 6, "pinged all along: {pings}");
+        lost_back.push(player);
+    }
+    // A take-over through the other node reaches one of them.
+    crate::helpers::granted(b.takeover(&lost_token, "S1", "Phone", &admitted[0]).await).await;
+    let taken = &mut lost_back[0];
+    let message = loop {
+        match taken.next_within(Duration::from_secs(5)).await {
+            Some(crate::players::Seen::Message(m)) if m["action"] == "PING" => taken.send("PONG").await,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        message,
+        Some(crate::players::Seen::Message(
+            json!({"action": "TAKE_OVER", "sessionName": "Phone"})
+        ))
+    );
+    taken.expect_close(4001).await;
+    assert!(
+        lost_back[1].keep_alive_for(Duration::from_secs(1)).await >= 1,
+        "the other plays on"
+    );
+
+    // The sessions on other masters (and the anchor) never noticed.
+    stop.store(true, Ordering::Relaxed);
+    for playing in players {
+        let (pings, mut player) = tokio::time::timeout(Duration::from_secs(10), playing)
+            .await
+            .expect("the players stop when told")
+            .expect("no other player was disturbed by the failover");
+        assert!(pings >= 10, "pinged all along: {pings}");
+        assert!(player.keep_alive_for(Duration::from_secs(1)).await >= 1, "still pinged");
+    }
+    println!("the sessions lost in the failover were back {back:?} after the promotion");
+}

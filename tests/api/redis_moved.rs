@@ -183,7 +183,7 @@ async fn redis_a_quiet_shard_costs_no_check_per_session_and_minute() {
         }
     };
     assert_eq!(beat(now).await.refreshed, 20, "the first PONG checks each");
-    let (hgets, scripts, sets) = (calls(&server, "hget"), calls(&server, "evalsha"), calls(&server, "set"));
+    let (hgets, checks, sets) = (calls(&server, "hget"), calls(&server, "time"), calls(&server, "set"));
     for minute in 1..10 {
         // A vouch every few simulated minutes (each costs real time).
         if minute % 3 == 0 {
@@ -193,12 +193,15 @@ async fn redis_a_quiet_shard_costs_no_check_per_session_and_minute() {
         assert_eq!((round.refreshed, round.gone), (0, 0), "minute {minute}");
     }
     assert_eq!(calls(&server, "hget") - hgets, 0, "no HGET for nine minutes");
-    assert_eq!(calls(&server, "evalsha") - scripts, 0, "no check call either");
+    // Every script on a pool reads Redis's clock first; the vouch (a script
+    // too, one a shard and vouch period) does not.
+    assert_eq!(calls(&server, "time") - checks, 0, "no check call either");
     assert!(calls(&server, "set") > sets, "the node vouched meanwhile");
     // Ten minutes after the first check, each is checked in full once.
     let round = beat(now + 10 * 60_000).await;
     assert_eq!(round.refreshed, 20);
     assert_eq!(calls(&server, "hget") - hgets, 20);
+    assert!(calls(&server, "time") > checks, "a check call reads the clock");
     assert!(orders.0.lock().unwrap().is_empty());
 }
 
@@ -274,4 +277,109 @@ async fn redis_a_flag_checks_only_the_sessions_moved() {
     assert_eq!(orders.0.lock().unwrap().clone(), vec![(holder, Control::Expire)]);
     let left: i64 = server.cmd(&["EXISTS", &keys::moved(shard, 7)]);
     assert_eq!(left, 0, "popped");
+}
+
+/// Pools named `prefix<i>` in `shard`: `count` of them.
+fn pools_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<PoolKey> {
+    let found: Vec<PoolKey> = (0..200_000)
+        .map(|i| pool(&format!("{prefix}{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(count)
+        .collect();
+    assert_eq!(found.len(), count, "enough pools in shard {shard}");
+    found
+}
+
+/// A socket whose session is gone is told so once, however many of the node's
+/// re-assertions find it gone at once: here two admissions in a shard the node
+/// counts lost, each putting the node's sessions there back before it admits,
+/// side by side. The held session's record vanished, and a session admitted by
+/// another node since took its slot, so each re-assertion finds that it may
+/// not come back (EXPIRED); only one may say so to its socket.
+#[tokio::test]
+async fn redis_a_socket_is_told_expired_once_when_two_reassertions_find_its_session_gone() {
+    let server = RedisServer::start();
+    let (a, orders) = node(&server, 7).await;
+    let (b, _) = node(&server, 8).await;
+    let p = pool("told-once");
+    let holder = socket(7, 1);
+    let id = held(&a, &p, holder).await;
+    a.refresh().await.unwrap();
+    // The record vanishes (as in a failover that lost it), and node b admits
+    // into the freed slot.
+    let _: i64 = server.cmd(&["HDEL", &keys::customer(&p), &keys::compact(id)]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(b.admit(&p, new(&p, "phone"), limit(1), 0).await.unwrap().is_ok());
+    // Node a's next vouch in the shard fails (its key holds the wrong type):
+    // the shard counts as lost until its sessions there are re-asserted.
+    let alive = keys::alive(p.shard(), 7);
+    let _: i64 = server.cmd(&["DEL", &alive]);
+    let _: i64 = server.cmd(&["HSET", &alive, "wrong", "type"]);
+    vouch_period().await;
+    assert!(a.refresh().await.is_err(), "the vouch failed");
+    let _: i64 = server.cmd(&["DEL", &alive]);
+    assert!(orders.0.lock().unwrap().is_empty(), "nothing told yet");
+
+    // Two admissions in the shard, side by side: each re-asserts it first.
+    let others = pools_in_shard("told-beside", p.shard(), 2);
+    let (first, second) = tokio::join!(
+        a.admit(&others[0], new(&others[0], "tv"), limit(5), 0),
+        a.admit(&others[1], new(&others[1], "tv"), limit(5), 0),
+    );
+    assert!(first.unwrap().is_ok() && second.unwrap().is_ok());
+    a.refresh().await.unwrap();
+    let told = orders.0.lock().unwrap().clone();
+    assert_eq!(told, vec![(holder, Control::Expire)], "told once, and why");
+}
+
+/// One Redis restarted from a snapshot older than its last writes (a crash, and
+/// the RDB file of a while ago): the epoch and the node's liveness key came
+/// back with the snapshot, so nothing in the data says a held session is
+/// missing; the node notices that another server process answers (`run_id`)
+/// at its next vouch that asks, and puts the session back without telling
+/// its socket anything.
+#[tokio::test]
+async fn redis_restarted_from_an_older_snapshot_gets_the_held_sessions_back() {
+    let mut server = RedisServer::start();
+    let (a, orders) = node(&server, 7).await;
+    let p = pool("snapshot");
+    let before = held(&a, &p, socket(7, 1)).await;
+    a.refresh().await.unwrap();
+    let _: String = server.cmd(&["SAVE"]);
+    // Written after the snapshot: lost with the restart.
+    let others = pools_in_shard("snapshot-after", p.shard(), 1);
+    let after = held(&a, &others[0], socket(7, 2)).await;
+    server.restart_from_snapshot();
+    let record = |p: &PoolKey, id: SessionId| -> bool {
+        let found: Option<String> = server.cmd(&["HGET", &keys::customer(p), &keys::compact(id)]);
+        found.is_some()
+    };
+    assert!(record(&p, before) && !record(&others[0], after), "the snapshot's state");
+    // The node's connection meets the restart on an operation that marks nothing lost.
+    for _ in 0..20 {
+        if a.locate(before).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Rounds every 300 ms for a PONG timeout and two vouch periods (bounded).
+    let mut reasserted = 0;
+    for _ in 0..((PONG * 2).as_millis() / 300) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reasserted += a
+            .refresh()
+            .await
+            .expect("no round fails: nothing is lost by an outage")
+            .reasserted;
+        if record(&others[0], after) {
+            break;
+        }
+    }
+    assert!(
+        record(&others[0], after),
+        "the session written after the snapshot is back"
+    );
+    assert!(record(&p, before), "the other one is still there");
+    assert_eq!(reasserted, 1, "put back by a re-assertion");
+    assert!(orders.0.lock().unwrap().is_empty(), "no socket was told anything");
 }

@@ -25,7 +25,7 @@ async fn node(cluster: &RedisCluster) -> TestApp {
     crate::redis_cluster::node(cluster, LIMIT).await
 }
 
-fn shard_of(customer: &str) -> u16 {
+pub(crate) fn shard_of(customer: &str) -> u16 {
     PoolKey {
         publisher_id: "p".into(),
         customer_id: customer.into(),
@@ -40,7 +40,7 @@ fn shard_tag(shard: u16) -> String {
 }
 
 /// `count` customer ids starting with `prefix` whose sessions are kept in `shard`.
-fn customers_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<String> {
+pub(crate) fn customers_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<String> {
     let found: Vec<String> = (0..200_000)
         .map(|i| format!("{prefix}{i}"))
         .filter(|c| shard_of(c) == shard)

@@ -546,3 +546,44 @@ fn the_chosen_server_is_the_one_answering() {
         "{program} was chosen, and this answered INFO: {info}"
     );
 }
+
+impl RedisCluster {
+    /// Cuts the replication link of the master on `master` (its replicas are
+    /// dropped as clients), so that, with its replica stopped first, the
+    /// writes that follow reach the master alone: nothing sent before the cut
+    /// is left in a socket for the replica to read when it resumes.
+    pub fn cut_replication(&self, master: u16) {
+        let cut: i64 = self
+            .node_cmd(master, &["CLIENT", "KILL", "TYPE", "replica"])
+            .unwrap_or_else(|e| panic!("CLIENT KILL TYPE replica on {master}: {e}"));
+        assert!(cut >= 1, "the master on {master} had no replica to cut");
+    }
+
+    /// Promotes the replica on `replica` at once, without its master's consent
+    /// or the other masters' vote (`CLUSTER FAILOVER TAKEOVER`), and waits
+    /// (bounded) until the cluster serves `key` from it.
+    pub fn take_over(&self, replica: u16, key: &str) {
+        let _: () = self
+            .node_cmd(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"])
+            .unwrap_or_else(|e| panic!("CLUSTER FAILOVER TAKEOVER on {replica}: {e}"));
+        wait_for("the replica to serve the slot", || self.master_of(key) == replica);
+    }
+
+    /// Waits (bounded) until the node on `port` is a replica in sync with its master.
+    pub fn wait_until_replica(&self, port: u16) {
+        wait_for("the old master to rejoin as a replica", || {
+            self.node_cmd::<String>(port, &["INFO", "replication"])
+                .is_ok_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+        });
+    }
+}
+
+impl RedisServer {
+    /// Kills the server (`SIGKILL`: nothing saved on the way out) and starts it
+    /// again on the same port, loading the snapshot its last `SAVE` wrote: the
+    /// writes since then are lost, what came before is back.
+    pub fn restart_from_snapshot(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}

@@ -5,7 +5,9 @@
 //! shard whose vouch read the "moved" flag another node's script left there),
 //! tells the sockets whose session turned out to be gone (the backstop for lost
 //! orders), and puts this node's sessions back in a shard that lost its data
-//! ([`RedisStore::restore_if_lost`]). Every pipeline holds one shard's keys.
+//! ([`RedisStore::restore_if_lost`]) or that another server answers for now (a
+//! failover, which may have lost the last writes: `master_seen`). Every
+//! pipeline holds one shard's keys.
 //!
 //! A store that stalls or is cut off from the node (a fork for a snapshot, a
 //! network blip, a failover) for longer than the node's liveness keys live lets
@@ -146,6 +148,30 @@ fn nodes_by_shard(pairs: impl IntoIterator<Item = (u16, u64)>) -> Vec<(u16, Vec<
         .into_iter()
         .map(|(shard, pairs)| (shard, pairs.into_iter().map(|(_, node)| node).collect()))
         .collect()
+}
+
+/// The vouch script's reply for `nodes` keys: what each key held, and which
+/// server answered.
+fn vouch_reply(mut replies: Vec<Value>, nodes: usize) -> Result<(Vec<Vouch>, String), StoreError> {
+    let unreadable = |what: &dyn std::fmt::Debug| record::unreadable("vouch", format!("{what:?}"));
+    let Some(Value::Array(mut values)) = replies.pop() else {
+        return Err(unreadable(&replies));
+    };
+    if values.len() != nodes + 1 {
+        return Err(unreadable(&values));
+    }
+    let server = match values.pop() {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        other => return Err(unreadable(&other)),
+    };
+    let vouches = values
+        .iter()
+        .map(|old| match old {
+            Value::BulkString(old) if old.is_empty() => Vouch::Gone,
+            old => vouch_of(old),
+        })
+        .collect();
+    Ok((vouches, server))
 }
 
 fn vouch_of(reply: &Value) -> Vouch {
@@ -473,6 +499,10 @@ impl RedisStore {
     /// node could not vouch for longer than that, which the outage detection
     /// ([`Self::reached`], [`Self::note_late`]) already treats as lost.
     ///
+    /// Once a PONG timeout in each shard the vouch is a script that also names
+    /// the server answering (see [`Self::master_seen`]): another one than before
+    /// counts the shard lost, and its sessions are re-asserted.
+    ///
     /// With Redis's clock, a shard's key is rewritten once a third of the PONG
     /// timeout (or every round, if rounds are slower): it then always lives two
     /// thirds of a PONG timeout more, and a node costs each shard a few writes a
@@ -510,46 +540,79 @@ impl RedisStore {
         let mut shards = nodes_by_shard(wanted);
         let pong_ms = duration_ms(self.pong_timeout()).max(1);
         let mut failed = None;
+        // Shards a new server answered in whose liveness key was gone: settled
+        // once the epoch was read (a shard that came back empty is restored).
+        let mut changed: HashMap<u16, (String, Instant)> = HashMap::new();
+        let sent = Instant::now();
         if let Some(until) = &until {
             // The rewrite alone, where every key is still there, reading back
-            // the old value: [`MOVED`] if a script flagged it (see `moved_due`).
+            // the old value ([`MOVED`] if a script flagged it: see `moved_due`);
+            // once a PONG timeout, as a script that also names the server that
+            // answered (see `master_seen`). One command a shard, or one script.
+            let probe_every = self.pong_timeout();
+            let probing: Vec<bool> = shards
+                .iter()
+                .map(|(shard, _)| self.probe_due(*shard, sent, probe_every))
+                .collect();
             let pipes: Vec<redis::Pipeline> = shards
                 .iter()
-                .map(|(shard, nodes)| {
+                .zip(&probing)
+                .map(|((shard, nodes), probe)| {
                     let mut pipe = redis::pipe();
-                    for node in nodes {
-                        set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
+                    if *probe {
+                        let mut invocation = self.scripts.vouch.prepare_invoke();
+                        for node in nodes {
+                            invocation.key(keys::alive(*shard, *node));
+                        }
+                        invocation.arg(until).arg(pong_ms);
+                        pipe.invoke_script(&invocation);
+                    } else {
+                        for node in nodes {
+                            set_alive(&mut pipe, *shard, *node, until, pong_ms).arg("XX").arg("GET");
+                        }
                     }
                     pipe
                 })
                 .collect();
-            let results = self.run_pipelines(&[], &pipes).await;
+            let results = self.run_pipelines(&[&self.scripts.vouch], &pipes).await;
             let mut again = Vec::new();
             let flags = self.time == TimeSource::Redis;
-            for ((shard, nodes), result) in shards.into_iter().zip(results) {
-                let vouches: Vec<Vouch> = match &result {
-                    Ok(replies) if replies.len() == nodes.len() => replies.iter().map(vouch_of).collect(),
-                    Ok(_) => vec![Vouch::Gone],
-                    Err(_) => Vec::new(),
-                };
-                if flags {
+            for (((shard, nodes), result), probe) in shards.into_iter().zip(results).zip(probing) {
+                let reply = result.and_then(|replies| match probe {
+                    true => vouch_reply(replies, nodes.len()).map(|(vouches, server)| (vouches, Some(server))),
+                    false if replies.len() == nodes.len() => Ok((replies.iter().map(vouch_of).collect(), None)),
+                    false => Ok((vec![Vouch::Gone], None)),
+                });
+                if flags && let Ok((vouches, _)) = &reply {
                     if vouches.contains(&Vouch::Gone) {
                         self.check_all_in([shard]);
                     }
                     if let Ok(mut v) = self.vouching.lock() {
-                        for (node, vouch) in nodes.iter().zip(&vouches) {
+                        for (node, vouch) in nodes.iter().zip(vouches) {
                             if *vouch == Vouch::Flagged {
                                 v.flagged.insert((shard, *node));
                             }
                         }
                     }
                 }
-                match result {
-                    Ok(_) if !vouches.contains(&Vouch::Gone) => {
-                        self.vouched_kept(shard);
+                match reply {
+                    Ok((vouches, server)) => {
+                        let before = server.as_ref().and_then(|server| self.master_seen(shard, server, sent));
+                        let server = server.unwrap_or_default();
+                        if vouches.contains(&Vouch::Gone) {
+                            // A key was gone: read the epoch, and set the key again.
+                            if let Some(last) = before {
+                                changed.insert(shard, (server, last));
+                            }
+                            again.push((shard, nodes));
+                        } else {
+                            self.vouched_kept(shard);
+                            if let Some(last) = before {
+                                self.master_changed(shard, last);
+                                self.learn_master(shard, server, sent);
+                            }
+                        }
                     }
-                    // A key was gone: read the epoch, and set the key again.
-                    Ok(_) => again.push((shard, nodes)),
                     Err(e) => {
                         // Its liveness key may run out before a vouch goes through.
                         self.lose([shard]);
@@ -605,9 +668,100 @@ impl RedisStore {
             if until.is_some() {
                 self.vouched_now(*shard);
             }
+            // A new epoch: the shard came back empty, and every session is
+            // restored here; no re-assertion is needed on top.
+            let known = self.known_epoch(*shard);
+            let emptied = !known.is_empty() && known != epoch;
             restored += self.restore_if_lost(*shard, &epoch).await?;
+            if let Some((server, last)) = changed.remove(shard) {
+                if !emptied {
+                    self.master_changed(*shard, last);
+                }
+                self.learn_master(*shard, server, sent);
+            }
         }
         failed.map_or(Ok(restored), Err)
+    }
+
+    /// Notes which server answered a vouch in `shard` sent at `sent`, as the
+    /// vouch script names it (its `run_id` and `master_replid`). Returns when
+    /// the server that answered before last did, if it was another one: a
+    /// failover, or a restart, that may have lost the last writes there.
+    ///
+    /// Why this, and not the shard's keys: a replica promoted while it lagged
+    /// behind its master lacks that master's last writes, yet still holds the
+    /// epoch and the node's liveness key whenever they were written earlier, so
+    /// nothing in the data says which sessions were lost. The server's identity
+    /// changes with every promotion and every restart. The first server a node
+    /// sees in a shard is the one it started with: nothing was lost. The new
+    /// one is only learned once the shard is counted lost ([`Self::learn_master`]):
+    /// a round stopped early notices the change again.
+    fn master_seen(&self, shard: u16, server: &str, sent: Instant) -> Option<Instant> {
+        let Ok(mut masters) = self.masters.lock() else {
+            return None;
+        };
+        match masters.get_mut(&shard) {
+            None => {
+                masters.insert(shard, (server.to_owned(), sent));
+                None
+            }
+            Some((known, at)) if known == server => {
+                *at = sent;
+                None
+            }
+            Some((_, at)) => Some(*at),
+        }
+    }
+
+    /// Whether this node's vouch in `shard` sent at `sent` should name the
+    /// server that answers: when none did in the last `every` (a PONG
+    /// timeout: every third vouch). A vouch that names it costs three
+    /// commands (the script, its `SET` and `INFO`) where a plain one costs
+    /// one; so a shard's master change is noticed within a PONG timeout and a
+    /// vouch period, for about two thirds more vouching commands, not three
+    /// times as many.
+    fn probe_due(&self, shard: u16, sent: Instant, every: Duration) -> bool {
+        self.masters
+            .lock()
+            .map(|masters| {
+                masters
+                    .get(&shard)
+                    .is_none_or(|(_, at)| sent.saturating_duration_since(*at) >= every)
+            })
+            .unwrap_or(true)
+    }
+
+    fn learn_master(&self, shard: u16, server: String, sent: Instant) {
+        if let Ok(mut masters) = self.masters.lock() {
+            masters.insert(shard, (server, sent));
+        }
+    }
+
+    /// Another server answers for `shard` than the one a vouch last reached at
+    /// `last`: counts it lost since then, whatever its liveness key says, so
+    /// that this round re-asserts the node's sessions there
+    /// ([`Self::reassert_after_outage`]: those missing are put back, within the
+    /// limit, counting the sessions admitted since `last` as newer) and
+    /// admissions there wait for it. The promotion came after `last`: the old
+    /// server still answered then.
+    fn master_changed(&self, shard: u16, last: Instant) {
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return;
+        }
+        if let Ok(mut v) = self.vouching.lock() {
+            let since = v.lost.entry(shard).or_insert(Some(last));
+            if since.is_some_and(|at| last < at) {
+                *since = Some(last);
+            }
+            // Not a suspicion its key can clear: the key may have survived the writes lost.
+            v.suspected.remove(&shard);
+            v.kept.remove(&shard);
+        }
+        tracing::warn!(
+            shard,
+            "another Redis server answers for this shard (a failover or a restart, which may have lost \
+             the last writes): this node re-asserts its sessions there"
+        );
     }
 
     /// Notes a vouch in `shard` that went through (with Redis's clock: the

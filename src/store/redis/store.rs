@@ -200,6 +200,10 @@ pub struct RedisStore {
     pub(super) epochs: Mutex<HashMap<u16, String>>,
     /// When this node last vouched for its sessions in each shard (see [`super::refresh`]).
     pub(super) vouched: Mutex<HashMap<u16, std::time::Instant>>,
+    /// The server that last answered this node's vouch in each shard, and when
+    /// it was sent: another one means a failover or a restart, which may have
+    /// lost the last writes (see [`super::refresh`]'s `master_seen`).
+    pub(super) masters: Mutex<HashMap<u16, (String, std::time::Instant)>>,
     /// When this node's refresh rounds last reached Redis, and whether it must
     /// re-assert its sessions (see [`super::refresh`]).
     pub(super) vouching: Mutex<super::refresh::Vouching>,
@@ -247,6 +251,7 @@ impl RedisStore {
             local,
             epochs: Mutex::new(HashMap::new()),
             vouched: Mutex::new(HashMap::new()),
+            masters: Mutex::new(HashMap::new()),
             vouching: Mutex::new(super::refresh::Vouching::default()),
             events: Arc::new(NoEvents),
         })
