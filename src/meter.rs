@@ -487,7 +487,7 @@ fn describe(r: &PrometheusRecorder) {
         ),
         (
             "drisc_log_lines_dropped_total",
-            "Log lines dropped because the log writer (at idle priority) was too far behind",
+            "Log lines dropped because the log writer (at nice 19) was too far behind",
         ),
         (
             "drisc_shed_total",

@@ -6,14 +6,15 @@
 //! the writer falls that far behind, lines are dropped (counted in
 //! `drisc_log_lines_dropped_total`) rather than memory growing or requests waiting.
 //!
-//! The writer thread is in `SCHED_IDLE` ([`crate::threads::start_idle`]): at normal
+//! The writer thread runs at nice 19 ([`crate::threads::start_lowered`]): at normal
 //! priority on the server's core it woke for every line and took the core from the
 //! request worker and the sweep each time (`perf sched timehist` showed the sweep
 //! and the writer switching every 15 µs while tens of thousands of sessions
-//! ended). Idle, it writes when the core has nothing else to do, many lines at a
-//! time, through a buffer (one `write` for many lines, flushed each time its queue
-//! is empty). On a node saturated for long it gets no CPU and lines are dropped:
-//! the counter says how many.
+//! ended). Lowered, it writes when the core has time, many lines at a time, through
+//! a buffer (one `write` for many lines, flushed each time its queue is empty). On
+//! a node saturated for long it falls behind and lines are dropped: the counter
+//! says how many. Not `SCHED_IDLE`: the channel's waker has a mutex the request
+//! threads also take (see [`crate::threads`]).
 
 use std::io::BufWriter;
 use std::sync::OnceLock;
@@ -46,7 +47,7 @@ pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
 
 /// Installs the global subscriber once; RUST_LOG, when set, overrides the configured level.
 pub fn init(log: &LogSettings) -> LogGuard {
-    let ((writer, guard), not_idle) = crate::threads::start_idle(|| {
+    let ((writer, guard), not_lowered) = crate::threads::start_lowered(crate::threads::LOWEST, || {
         NonBlockingBuilder::default()
             .lossy(true)
             .buffered_lines_limit(QUEUED_LINES)
@@ -63,8 +64,8 @@ pub fn init(log: &LogSettings) -> LogGuard {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    if let Some(e) = not_idle {
-        tracing::warn!(error = %e, "the log writer runs at normal priority: it could not be put in SCHED_IDLE");
+    if let Some(e) = not_lowered {
+        tracing::warn!(error = %e, "the log writer runs at normal priority: it could not be lowered to nice 19");
     }
     LogGuard(guard)
 }

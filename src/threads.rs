@@ -9,10 +9,20 @@
 //! against each other by their nice values: a thread at nice 19 gets about 1.5% of
 //! a core that a thread at nice 0 also wants, and all of it when the core is idle.
 //!
-//! Threads that hold no lock a request waits on go further, to `SCHED_IDLE`
-//! ([`idle_this`]): the sweep, the log writer, the webhooks' delivery. A library
-//! thread that must start that way is started from a thread already there
-//! ([`start_idle`]), as Linux copies a thread's policy to the threads it creates.
+//! A library thread that must start lowered is started from a thread already
+//! lowered ([`start_lowered`]): Linux copies a thread's nice value and policy to the
+//! threads it creates.
+//!
+//! Why nice 19 and not `SCHED_IDLE` for these: each of them shares a lock with the
+//! server's runtime (a map shard, a queue, the mutex inside a channel), and beside
+//! another busy thread on its core a thread in `SCHED_IDLE` gets almost no CPU (a
+//! weight of 3 against 1,024), so a lock it holds when preempted stays held for
+//! tens of milliseconds and the runtime's worker waits on it. Measured with a busy
+//! loop on the server's core at 2,000 creates a second: with the journal's SQLite
+//! thread in `SCHED_IDLE`, the runtime's worker sat in `futex` wait and the median
+//! create took 11–23 ms (0.07 ms at nice 19) (bench/analysis.md, "The tail, round
+//! six"). Only the webhooks' delivery is in `SCHED_IDLE` ([`idle_this`]), handing
+//! its database calls to the runtime.
 
 use std::future::Future;
 
@@ -57,16 +67,31 @@ where
     Ok(finished)
 }
 
+/// Sets the calling thread's nice value (Linux: `setpriority` of this thread
+/// alone); elsewhere nothing.
+pub fn lower_this(nice: i32) {
+    if let Err(e) = try_lower_this(nice) {
+        tracing::warn!(error = %e, "could not lower this thread's priority: it runs at the process's");
+    }
+}
+
+fn try_lower_this(nice: i32) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::setpriority_process(None, nice).map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        Ok(())
+    }
+}
+
 /// Puts the calling thread in `SCHED_IDLE` (Linux): it runs only when no thread
 /// of normal policy wants its core, and a normal thread that wakes takes the core
-/// from it at once. A nice value only lowers a thread's share: the kernel's EEVDF
-/// scheduler lets a thread at nice 19 finish a slice of a millisecond or more
-/// before a woken request worker gets the core (`perf sched latency` measured the
-/// runtime worker waiting up to 5 ms behind the sweep and the log writer at
-/// 21,500 admissions a second; bench/analysis.md, "The tail, round six"). For work
-/// that holds no lock a request waits on for longer than a few map operations.
-/// Elsewhere: the platform's lowest priority. Errors are the caller's to report
-/// (the log may not be set up yet).
+/// from it at once. Only for work that holds no lock the runtime waits on (see the
+/// module's comment). Elsewhere: the platform's lowest priority. Errors are the
+/// caller's to report.
 pub fn idle_this() -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {
@@ -85,11 +110,11 @@ pub fn idle_this() -> Result<(), String> {
     }
 }
 
-/// Runs `start` on a short-lived thread in `SCHED_IDLE` and returns what it
-/// returns: threads `start` creates (a library's writer thread) inherit the policy.
-/// If the policy cannot be set, `start` runs all the same and the error is handed
-/// back beside its result.
-pub fn start_idle<T: Send>(start: impl FnOnce() -> T + Send) -> (T, Option<String>) {
+/// Runs `start` on a short-lived thread at nice `nice` and returns what it
+/// returns: threads `start` creates (a library's writer or connection thread)
+/// inherit the nice value. If it cannot be set, `start` runs all the same and the
+/// error is handed back beside its result.
+pub fn start_lowered<T: Send>(nice: i32, start: impl FnOnce() -> T + Send) -> (T, Option<String>) {
     // Taken by whichever thread runs it: the starter, or this one if no thread can be made.
     let start = std::sync::Mutex::new(Some(start));
     let take = || start.lock().ok().and_then(|mut slot| slot.take());
@@ -97,7 +122,7 @@ pub fn start_idle<T: Send>(start: impl FnOnce() -> T + Send) -> (T, Option<Strin
         let starter = std::thread::Builder::new()
             .name("drisc-start".into())
             .spawn_scoped(scope, || {
-                let lowered = idle_this().err();
+                let lowered = try_lower_this(nice).err();
                 take().map(|start| (start(), lowered))
             });
         match starter.map(|handle| handle.join()) {
@@ -114,10 +139,7 @@ pub fn start_idle<T: Send>(start: impl FnOnce() -> T + Send) -> (T, Option<Strin
 }
 
 /// Sets the nice value of every thread of this process named `name` (Linux keeps
-/// 15 bytes of a name) and answers how many it changed. For work that holds a
-/// lock others wait on (the journal's SQLite transaction): at nice 19 it still gets
-/// a share of a busy core, so the lock is let go, where [`idle_this`] could keep it
-/// held for as long as the core is busy. Elsewhere it changes
+/// 15 bytes of a name) and answers how many it changed. Elsewhere it changes
 /// nothing: there is no per-thread nice to set.
 pub fn lower_named(name: &str, nice: i32) -> usize {
     #[cfg(target_os = "linux")]
@@ -169,29 +191,26 @@ mod tests {
         assert_eq!(rustix::process::getpriority_process(None).expect("nice"), mine);
     }
 
-    /// This thread's scheduling policy, as /proc reads it (5 is `SCHED_IDLE`).
-    fn my_policy() -> u32 {
-        let me = procfs::process::Process::myself().expect("/proc/self");
-        let tid = rustix::thread::gettid().as_raw_nonzero().get();
-        me.task_from_tid(tid)
-            .and_then(|task| task.stat())
-            .ok()
-            .and_then(|stat| stat.policy)
-            .expect("the policy")
-    }
-
     #[test]
-    fn threads_started_from_start_idle_inherit_sched_idle_and_the_caller_keeps_its_policy() {
-        let mine = my_policy();
-        let ((policy, same_thread), lowered) = start_idle(|| {
+    fn threads_started_from_start_lowered_inherit_its_nice_value_and_the_caller_keeps_its_own() {
+        let mine = rustix::process::getpriority_process(None).expect("nice");
+        let ((nice, same_thread), lowered) = start_lowered(LOWEST, || {
             let starter = std::thread::current().id();
-            let child = std::thread::spawn(move || (my_policy(), std::thread::current().id() == starter));
+            let child = std::thread::spawn(move || {
+                (
+                    rustix::process::getpriority_process(None).expect("nice"),
+                    std::thread::current().id() == starter,
+                )
+            });
             child.join().expect("the child ended")
         });
-        assert_eq!(lowered, None, "the starter went to SCHED_IDLE");
-        assert_eq!(policy, 5, "a thread the start made inherited SCHED_IDLE");
+        assert_eq!(lowered, None, "the starter was lowered");
+        assert_eq!(nice, LOWEST, "a thread the start made inherited nice 19");
         assert!(!same_thread);
-        assert_eq!(my_policy(), mine, "the caller kept its policy");
-        assert_ne!(mine, 5);
+        assert_eq!(
+            rustix::process::getpriority_process(None).expect("nice"),
+            mine,
+            "the caller kept its own"
+        );
     }
 }

@@ -27,8 +27,8 @@ const CACHE_KIB: u32 = 512;
 #[derive(Clone)]
 pub struct SqliteSettings {
     db: SqlitePool,
-    /// The session journal, in a file of its own written from a thread in
-    /// `SCHED_IDLE` (see [`super::sqlite_journal`]).
+    /// The session journal, in a file of its own written from a thread at nice
+    /// 19 (see [`super::sqlite_journal`]).
     journal: std::sync::Arc<Journal>,
 }
 

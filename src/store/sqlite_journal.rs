@@ -1,21 +1,22 @@
 //! The session journal's own SQLite database, `<settings file>.sessions.db` beside
-//! the settings (`drisc.sessions.db`), written by a thread in `SCHED_IDLE`.
+//! the settings (`drisc.sessions.db`), written by a thread at nice 19.
 //!
 //! Why a file of its own: SQLite has one write lock per database file. The journal
-//! writes a row per session granted and ended, and its thread must yield the core
-//! to admissions; in the settings file, a journal transaction held off the core
+//! writes a row per session granted and ended, and its thread yields the core to
+//! admissions; in the settings file, a journal transaction held off a busy core
 //! kept the lock, and the webhook outbox's writer (at normal priority) waited
 //! behind it until its queue overflowed and events were dropped
 //! (bench/analysis.md, "Issue 13, round three"). In its own file the journal's
-//! lock blocks nobody, so its thread can be in `SCHED_IDLE`: it runs only when
-//! the core has nothing else to do and gives it back the moment a request comes
-//! (bench/analysis.md, "The tail, round six").
+//! lock blocks nobody.
 //!
 //! sqlx runs each SQLite connection on a thread it starts when the connection is
-//! opened, from the thread that opens it, and Linux copies a thread's policy to
-//! the threads it creates: so the connection is opened from a thread already in
-//! `SCHED_IDLE` ([`crate::threads::start_idle`]). One connection, kept open; it is
-//! opened again (the same way) after an error.
+//! opened, from the thread that opens it, and Linux copies a thread's nice value to
+//! the threads it creates: so the connection is opened from a thread already at
+//! nice 19 ([`crate::threads::start_lowered`]). Not `SCHED_IDLE`: the channels
+//! between the connection's thread and the runtime have mutexes, and a thread in
+//! `SCHED_IDLE` preempted beside a busy one holds them for tens of milliseconds,
+//! with the runtime's worker waiting (bench/analysis.md, "The tail, round six").
+//! One connection, kept open; it is opened again (the same way) after an error.
 
 use std::path::{Path, PathBuf};
 
@@ -97,11 +98,11 @@ impl Journal {
         Ok(())
     }
 
-    /// The connection, opened from a thread in `SCHED_IDLE` if it is not open.
+    /// The connection, opened from a thread at nice 19 if it is not open.
     async fn connection(&self) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, SettingsError> {
         let mut slot = self.conn.lock().await;
         if slot.is_none() {
-            *slot = Some(open_idle(self.options.clone()).await?);
+            *slot = Some(open_lowered(self.options.clone()).await?);
         }
         MutexGuard::try_map(slot, Option::as_mut).map_err(|_| SettingsError::Database("no journal connection".into()))
     }
@@ -200,13 +201,13 @@ impl Journal {
     }
 }
 
-/// Opens a connection whose SQLite thread is in `SCHED_IDLE`: opened from a thread
-/// in that policy, on a runtime of its own (the connection then talks to its thread
-/// over channels, from any runtime). If the policy cannot be set, the thread is put
-/// at nice 19 instead.
-async fn open_idle(options: SqliteConnectOptions) -> Result<SqliteConnection, SettingsError> {
-    let (opened, not_idle) = tokio::task::spawn_blocking(move || {
-        crate::threads::start_idle(move || {
+/// Opens a connection whose SQLite thread runs at nice 19: opened from a thread at
+/// that nice value, on a runtime of its own (the connection then talks to its
+/// thread over channels, from any runtime). If that fails, the thread is found by
+/// name and lowered.
+async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection, SettingsError> {
+    let (opened, not_lowered) = tokio::task::spawn_blocking(move || {
+        crate::threads::start_lowered(crate::threads::LOWEST, move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -216,8 +217,8 @@ async fn open_idle(options: SqliteConnectOptions) -> Result<SqliteConnection, Se
     })
     .await
     .map_err(db_err)?;
-    if let Some(e) = not_idle {
-        tracing::warn!(error = %e, "the session journal's thread could not be put in SCHED_IDLE: it runs at nice 19");
+    if let Some(e) = not_lowered {
+        tracing::debug!(error = %e, "the session journal's thread is lowered by name");
         crate::threads::lower_named(THREAD, crate::threads::LOWEST);
     }
     opened

@@ -14,25 +14,21 @@ use crate::domain::control::SessionControl;
 /// The sweep's thread (`ps -eLo tid,ni,comm`).
 pub const THREAD: &str = "drisc-sweep";
 
-/// Starts the sweep on a thread of its own in `SCHED_IDLE` ([`crate::threads::idle_this`]),
-/// so that it takes only the CPU admissions leave and gives the core back the
-/// moment a request comes: reaping costs about 5 µs a session
+/// Starts the sweep on a thread of its own at nice 19, so that it takes only the
+/// CPU admissions leave: reaping costs about 5 µs a session
 /// (bench/analysis.md, "The tail, round five"), and tens of thousands of sessions
 /// dying in the same second (players granted a session who never connect) made
 /// bursts on the server's core that requests queued behind. Admission never waits
 /// for the sweep (it checks expiry itself), so the limit is exact however late it
 /// runs; on a node saturated for long, dead sessions wait in memory until the load
-/// drops. The locks it takes are a pool's map shard for one pool's removals: a
-/// request that wants that shard while the sweep is held off waits for those few
-/// operations, as the sweep then has the core. If the thread cannot be started,
-/// the sweep runs on the server's runtime.
+/// drops. Not `SCHED_IDLE`: the sweep takes locks requests take (the queue of
+/// deadlines, a pool's map shard), and held off a core that another thread keeps
+/// busy, a thread in `SCHED_IDLE` holds them for tens of milliseconds (see
+/// [`crate::threads`]); at nice 19 it still gets a share and lets them go. If the thread cannot be started, the sweep runs on the
+/// server's runtime.
 pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
     let (on_thread, stopping) = (Arc::clone(&control), cancel.clone());
-    let lower = || {
-        if let Err(e) = crate::threads::idle_this() {
-            tracing::warn!(error = %e, "could not put the sweep's thread in SCHED_IDLE: it runs at normal priority");
-        }
-    };
+    let lower = || crate::threads::lower_this(crate::threads::LOWEST);
     match crate::threads::spawn_runtime(THREAD, "drisc-sweep-io", lower, move || run(on_thread, every, stopping)) {
         Ok(finished) => {
             background.spawn(async move {
