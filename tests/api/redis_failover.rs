@@ -44,6 +44,23 @@ fn customers(cluster: &RedisCluster, prefix: &str, port: u16, on: bool, count: u
 
 /// Fills `customer`'s pool through `node` (503s waited out, bounded) and
 /// returns the 409's body: the pool holds exactly its limit, never more.
+/// A session for each of `customers`, granted through `a` and `b` in turn, whose
+/// players keep playing until `stop`.
+async fn play_through_both(
+    a: &TestApp,
+    b: &TestApp,
+    customers: &[String],
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, crate::players::Player)>> {
+    let mut players = Vec::new();
+    for (i, c) in customers.iter().enumerate() {
+        let node = if i % 2 == 0 { a } else { b };
+        let g = node.create_ok(&node.token("p", c.as_str()), "S1", "TV").await;
+        players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
+    }
+    players
+}
+
 async fn fill(node: &TestApp, token: &str) -> Value {
     let mut granted = 0;
     for _ in 0..100 {
@@ -78,12 +95,7 @@ async fn a_frozen_master_is_failed_over_and_every_node_admits_on_its_slots_again
 
     // Sessions held on the other masters, through both nodes, played all along.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut players = Vec::new();
-    for (i, c) in elsewhere.iter().enumerate() {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let g = node.create_ok(&node.token("p", c.as_str()), "S1", "TV").await;
-        players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
-    }
+    let players = play_through_both(&a, &b, &elsewhere, &stop).await;
     // And one on the frozen master's slots.
     let held_token = a.token("p", on_frozen[0].as_str());
     let held = a.create_ok(&held_token, "S1", "TV").await;
@@ -200,12 +212,7 @@ async fn a_failover_to_a_lagging_replica_loses_no_held_session() {
     let elsewhere = customers(&cluster, "le", master, false, 4);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut players = Vec::new();
-    for (i, c) in elsewhere.iter().enumerate() {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let g = node.create_ok(&node.token("p", c.as_str()), "S1", "TV").await;
-        players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
-    }
+    let mut players = play_through_both(&a, &b, &elsewhere, &stop).await;
     let g = a.create_ok(&a.token("p", anchor.as_str()), "S1", "TV").await;
     players.push(keep_playing(connect_ok(&g.endpoint).await, stop.clone()));
     // A few refresh rounds: node a vouched in the shard, learning its master.
