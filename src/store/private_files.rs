@@ -102,3 +102,16 @@ mod tests {
         assert_eq!(mode(&file), 0o600);
     }
 }
+
+/// A SQLite database file and its `-wal` and `-shm` companions made 0600 (the
+/// database created if missing) before SQLite opens it: SQLite gives the files it
+/// creates the database file's mode.
+pub fn ensure_private_database(path: &Path) -> std::io::Result<()> {
+    ensure_private_file(path, true)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        ensure_private_file(Path::new(&companion), false)?;
+    }
+    Ok(())
+}

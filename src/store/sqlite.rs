@@ -41,12 +41,7 @@ impl SqliteSettings {
     /// The file is made 0600 before SQLite opens it: SQLite gives the -wal and -shm
     /// files it creates the database file's mode.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
-        super::private_files::ensure_private_file(path, true)?;
-        for suffix in ["-wal", "-shm"] {
-            let mut companion = path.as_os_str().to_owned();
-            companion.push(suffix);
-            super::private_files::ensure_private_file(Path::new(&companion), false)?;
-        }
+        super::private_files::ensure_private_database(path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)

@@ -56,12 +56,7 @@ impl Journal {
     /// version kept in the settings database (`db`), once.
     pub(super) async fn open(settings: &Path, options: SqliteConnectOptions, db: &SqlitePool) -> anyhow::Result<Self> {
         let path = path_for(settings);
-        super::private_files::ensure_private_file(&path, true)?;
-        for suffix in ["-wal", "-shm"] {
-            let mut companion = path.as_os_str().to_owned();
-            companion.push(suffix);
-            super::private_files::ensure_private_file(Path::new(&companion), false)?;
-        }
+        super::private_files::ensure_private_database(&path)?;
         let journal = Self {
             options: options.filename(&path).thread_name(|_| THREAD.to_owned()),
             conn: Mutex::new(None),

@@ -760,21 +760,11 @@ impl SessionStore for RedisStore {
                 }
                 AdmitReply::Full { held, gone } => {
                     self.report_gone(pool, gone);
-                    Ok(Err(Refusal::Full(LimitExceeded {
-                        active: held
-                            .into_iter()
-                            .map(|s| ActiveSession { id: s.id, name: s.name })
-                            .collect(),
-                    })))
+                    Ok(Err(Refusal::Full(limit_exceeded(held))))
                 }
                 AdmitReply::Household { held, gone } => {
                     self.report_gone(pool, gone);
-                    Ok(Err(Refusal::Household(LimitExceeded {
-                        active: held
-                            .into_iter()
-                            .map(|s| ActiveSession { id: s.id, name: s.name })
-                            .collect(),
-                    })))
+                    Ok(Err(Refusal::Household(limit_exceeded(held))))
                 }
                 AdmitReply::Lost { epoch } => {
                     self.restore_if_lost(shard, &epoch).await?;
@@ -1076,5 +1066,15 @@ impl SessionStore for RedisStore {
             result?;
         }
         Ok(())
+    }
+}
+
+/// The sessions a full pool (or household) holds, as a refusal lists them.
+fn limit_exceeded(held: Vec<record::Named>) -> LimitExceeded {
+    LimitExceeded {
+        active: held
+            .into_iter()
+            .map(|s| ActiveSession { id: s.id, name: s.name })
+            .collect(),
     }
 }
