@@ -307,14 +307,21 @@ fn readiness(settings: &Settings, db: &SettingsDb, sessions: &Sessions<Hub>) -> 
 }
 
 /// Embedded mode: writes the session journal to the database every
-/// `storage.journal_interval`.
+/// `storage.journal_interval`, from a thread of its own at nice 19 where the
+/// database allows it (see [`crate::tasks::journal::THREAD`]).
 fn spawn_journal(background: &TaskTracker, journal: &Arc<Journal>, db: &SettingsDb, state: &AppState) {
-    background.spawn(crate::tasks::journal::run(
-        Arc::clone(journal),
-        Arc::clone(&db.archive),
-        state.settings.storage.journal_interval,
-        state.shutdown.clone(),
-    ));
+    let (journal, archive) = (Arc::clone(journal), Arc::clone(&db.archive));
+    let (every, cancel) = (state.settings.storage.journal_interval, state.shutdown.clone());
+    if db.journal_off_runtime {
+        crate::tasks::spawn_lowered(
+            background,
+            crate::tasks::journal::THREAD,
+            "drisc-jflush-io",
+            move |_| crate::tasks::journal::run(journal, archive, every, cancel),
+        );
+    } else {
+        background.spawn(crate::tasks::journal::run(journal, archive, every, cancel));
+    }
 }
 
 /// The loops every node runs: the sweep of dead sessions, the metrics, and the

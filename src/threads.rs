@@ -25,11 +25,65 @@
 //! its database calls to the runtime.
 
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::domain::ports::Pause;
+
 /// The nice value for work that must never take the CPU from admissions.
 pub const LOWEST: i32 = 19;
+
+/// How the sweep leaves the core between bites ([`Pause`]).
+///
+/// Why a thread at nice 19 must also rest: a nice value sets a thread's share of
+/// the core, not how long it keeps it once the scheduler picks it. Linux's EEVDF
+/// scheduler picks a low thread when its share is owed, and then lets it run
+/// until it blocks or the next tick (4 ms at the common HZ=250), while a request
+/// worker that wants the core waits. A thread that sleeps a little after every
+/// [`PACED_RUN`] of work holds the core about that long at most: measured at half
+/// load, the sweep held the runtime's worker off the core for up to 4.4 ms
+/// without rests (bench/analysis.md, "The tail, round seven").
+pub enum Rest {
+    /// On a thread of its own: sleep [`PACED_REST`] once [`PACED_RUN`] has passed
+    /// since the last rest. The thread's runtime has nothing else to run.
+    Paced { since: Mutex<Instant> },
+    /// On the server's runtime: let the requests queued meanwhile run first.
+    Yield,
+}
+
+/// The longest a paced thread works before it rests.
+pub const PACED_RUN: Duration = Duration::from_micros(100);
+
+/// How long a paced thread rests: long enough for the scheduler to give the core
+/// to a thread that wants it (the sleep's timer slack adds about 50 µs).
+pub const PACED_REST: Duration = Duration::from_micros(50);
+
+impl Rest {
+    pub fn paced() -> Self {
+        Rest::Paced {
+            since: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Pause for Rest {
+    async fn pause(&self) {
+        match self {
+            Rest::Paced { since } => {
+                let mut since = since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if since.elapsed() >= PACED_RUN {
+                    // A blocking sleep on purpose: the point is that this thread
+                    // leaves the core, and its runtime has no other task to run.
+                    std::thread::sleep(PACED_REST);
+                    *since = Instant::now();
+                }
+            }
+            Rest::Yield => tokio::task::yield_now().await,
+        }
+    }
+}
 
 /// Runs `work` to its end on a new thread named `name`, on a current-thread
 /// runtime of its own, after `lower` has set the thread's priority; the
@@ -165,6 +219,34 @@ pub fn lower_named(name: &str, nice: i32) -> usize {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// Times this thread gave up the core of its own accord (slept or blocked).
+    fn voluntary_switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    }
+
+    #[test]
+    fn a_paced_thread_leaves_the_core_after_its_run_and_not_before() {
+        let rest = Rest::paced();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        // Work past the run, then rest: the thread sleeps.
+        let began = Instant::now();
+        while began.elapsed() < PACED_RUN * 2 {
+            std::hint::spin_loop();
+        }
+        let before = voluntary_switches();
+        runtime.block_on(rest.pause());
+        assert!(voluntary_switches() > before, "the thread slept");
+        // Straight after a rest there is no run to rest from.
+        let before = voluntary_switches();
+        runtime.block_on(rest.pause());
+        assert_eq!(voluntary_switches(), before, "no sleep right after one");
+    }
 
     #[test]
     fn a_named_thread_is_lowered_and_the_others_are_not() {

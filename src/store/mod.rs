@@ -48,12 +48,22 @@ pub struct SettingsDb {
     pub server: Arc<dyn ServerData>,
     /// The publishers' webhooks and the outbox of their events.
     pub webhooks: Arc<dyn WebhookOutbox>,
+    /// Whether the session journal may be written from a thread of its own (and
+    /// its runtime): SQLite's connection works on a thread of its own that any
+    /// runtime may drive; a PostgreSQL pool's sockets belong to the runtime that
+    /// opened them, so that journal is written from the server's runtime (its
+    /// work is on the database's machine anyway).
+    pub journal_off_runtime: bool,
 }
 
 impl SettingsDb {
-    fn of<D: SettingsRepo + SessionArchive + Probe + ServerData + WebhookOutbox>(db: D) -> Self {
+    fn of<D: SettingsRepo + SessionArchive + Probe + ServerData + WebhookOutbox>(
+        db: D,
+        journal_off_runtime: bool,
+    ) -> Self {
         let db = Arc::new(db);
         Self {
+            journal_off_runtime,
             repo: db.clone(),
             archive: db.clone(),
             probe: db.clone(),

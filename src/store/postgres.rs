@@ -138,7 +138,7 @@ pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
     let db = PostgresSettings::connect_with(connect_options(storage)?)
         .await
         .context("cannot open the PostgreSQL database (storage.postgres_url)")?;
-    Ok(SettingsDb::of(db))
+    Ok(SettingsDb::of(db, false))
 }
 
 /// `storage.postgres_url` with the TLS settings beside it applied over what the

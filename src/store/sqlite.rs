@@ -103,7 +103,7 @@ pub async fn open(storage: &StorageSettings) -> anyhow::Result<SettingsDb> {
     let db = SqliteSettings::open(&path)
         .await
         .with_context(|| format!("cannot open the database {path:?}"))?;
-    Ok(SettingsDb::of(db))
+    Ok(SettingsDb::of(db, true))
 }
 
 #[async_trait]

@@ -35,9 +35,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/journal"
 /// The name of the journal's SQLite thread (`ps -eLo tid,cls,comm`).
 pub(super) const THREAD: &str = "drisc-journal";
 
-/// The most rows per statement when writing held sessions (a power of two, see
-/// [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
+/// The most rows per statement when saving held sessions at once (a power of two,
+/// see [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
 pub(super) const WRITE_CHUNK: usize = 512;
+
+/// The most rows per statement in the journal's periodic writes: one statement is
+/// one uninterrupted run of the connection's thread (about 1.5 µs a row,
+/// `benches/journal.rs`), and a thread at nice 19 that the scheduler picks keeps
+/// the core until it blocks or the next tick. 128 rows hold it about 0.2 ms; 512
+/// held a request worker off the core for up to 1.8 ms (bench/analysis.md, "The
+/// tail, round seven"); 64 cost 0.2 µs more per change.
+const JOURNAL_CHUNK: usize = 128;
 
 /// The journal's file for the settings database at `settings`: `drisc.db` →
 /// `drisc.sessions.db` (not `-journal`: SQLite names its own rollback journal so).
@@ -129,7 +137,7 @@ impl Journal {
     pub(super) async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
         self.with(async |conn| {
             let mut tx = conn.begin().await.map_err(db_err)?;
-            upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s))).await?;
+            upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s)), WRITE_CHUNK).await?;
             tx.commit().await.map_err(db_err)
         })
         .await
@@ -172,8 +180,8 @@ impl Journal {
         delete.sort_unstable_by_key(|ended| ended.created_at);
         self.with(async |conn| {
             let mut tx = conn.begin().await.map_err(db_err)?;
-            upsert(&mut tx, put).await?;
-            for chunk in statements(&delete, WRITE_CHUNK) {
+            upsert(&mut tx, put, JOURNAL_CHUNK).await?;
+            for chunk in statements(&delete, JOURNAL_CHUNK) {
                 // A row value IN a subquery: SQLite looks each key up in the primary key
                 // (an IN over a VALUES list would scan the table).
                 let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -224,9 +232,10 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
 async fn upsert<'a>(
     tx: &mut SqliteConnection,
     sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
+    rows_per_statement: usize,
 ) -> Result<(), SettingsError> {
     let sessions: Vec<_> = sessions.into_iter().collect();
-    for chunk in statements(&sessions, WRITE_CHUNK) {
+    for chunk in statements(&sessions, rows_per_statement) {
         let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR REPLACE INTO held_sessions
                 (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",

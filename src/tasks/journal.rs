@@ -14,6 +14,14 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::journal::Journal;
 use crate::domain::ports::SessionArchive;
 
+/// The thread the journal is written from, at nice 19 (SQLite settings): taking
+/// a second's changes out of the journal, putting them in key order and building
+/// the statements is a few milliseconds of CPU each second at a million
+/// customers, which on the server's runtime delayed the requests queued behind it
+/// (bench/analysis.md, "The tail, round seven"). SQLite's own work runs on the
+/// connection's thread, `drisc-journal`.
+pub const THREAD: &str = "drisc-jflush";
+
 pub async fn run(journal: Arc<Journal>, archive: Arc<dyn SessionArchive>, every: Duration, cancel: CancellationToken) {
     super::every(every, cancel, || async {
         // Spread over at most half the interval, so the writes of one interval

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::control::SessionControl;
+use crate::threads::Rest;
 
 /// The sweep's thread (`ps -eLo tid,ni,comm`).
 pub const THREAD: &str = "drisc-sweep";
@@ -24,27 +25,19 @@ pub const THREAD: &str = "drisc-sweep";
 /// drops. Not `SCHED_IDLE`: the sweep takes locks requests take (the queue of
 /// deadlines, a pool's map shard), and held off a core that another thread keeps
 /// busy, a thread in `SCHED_IDLE` holds them for tens of milliseconds (see
-/// [`crate::threads`]); at nice 19 it still gets a share and lets them go. If the thread cannot be started, the sweep runs on the
-/// server's runtime.
+/// [`crate::threads`]); at nice 19 it still gets a share and lets them go. It
+/// rests between bites ([`Rest`]), so once picked it holds the core a tenth of a
+/// millisecond, not a scheduler tick. If the thread cannot be started, the sweep
+/// runs on the server's runtime.
 pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
-    let (on_thread, stopping) = (Arc::clone(&control), cancel.clone());
-    let lower = || crate::threads::lower_this(crate::threads::LOWEST);
-    match crate::threads::spawn_runtime(THREAD, "drisc-sweep-io", lower, move || run(on_thread, every, stopping)) {
-        Ok(finished) => {
-            background.spawn(async move {
-                let _ = finished.await;
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not start the sweep's thread: the sweep runs on the server's runtime");
-            background.spawn(run(control, every, cancel));
-        }
-    }
+    super::spawn_lowered(background, THREAD, "drisc-sweep-io", move |rest| {
+        run(control, every, cancel, rest)
+    });
 }
 
-pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken) {
+pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken, rest: Rest) {
     super::every(every, cancel, || async {
-        match control.reap().await {
+        match control.reap(&rest).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
             Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),

@@ -119,7 +119,7 @@ async fn the_journal_writes_from_a_thread_at_the_lowest_priority() {
     let tv = node.create_ok(&customer_token("p", "c1"), "S1", "TV").await;
     until_journaled(&db, &[&tv.session_id]).await;
     let pid = node.server.pid();
-    for lowered in ["drisc-journal", "drisc-sweep", "drisc-log"] {
+    for lowered in ["drisc-journal", "drisc-jflush", "drisc-sweep", "drisc-log"] {
         assert_eq!(
             nice_of_threads(pid, lowered),
             vec![19],
