@@ -317,10 +317,16 @@ fn spawn_journal(background: &TaskTracker, journal: &Arc<Journal>, db: &Settings
             background,
             crate::tasks::journal::THREAD,
             "drisc-jflush-io",
-            move |_| crate::tasks::journal::run(journal, archive, every, cancel),
+            move |rest| crate::tasks::journal::run(journal, archive, every, cancel, rest),
         );
     } else {
-        background.spawn(crate::tasks::journal::run(journal, archive, every, cancel));
+        background.spawn(crate::tasks::journal::run(
+            journal,
+            archive,
+            every,
+            cancel,
+            crate::threads::Rest::Yield,
+        ));
     }
 }
 

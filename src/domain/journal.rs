@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::clock::Millis;
-use super::ports::{SessionArchive, SettingsError};
+use super::ports::{Pause, SessionArchive, SettingsError};
 use super::session::{PoolKey, Session, SessionId};
 
 /// The last word about one session since the last flush.
@@ -67,6 +67,13 @@ impl JournalBatch {
         self.put.len() + self.delete.len()
     }
 
+    fn push(&mut self, id: SessionId, entry: Entry) {
+        match entry {
+            Entry::Put { pool, session, .. } => self.put.push((pool, session)),
+            Entry::Delete { created_at } => self.delete.push(Ended { id, created_at }),
+        }
+    }
+
     /// Takes out at most `n` changes, puts first.
     fn split_front(&mut self, n: usize) -> JournalBatch {
         let puts = self.put.len().min(n);
@@ -82,6 +89,10 @@ impl JournalBatch {
 /// tens of milliseconds of SQLite's time each (6 to 10 µs a row measured with
 /// a table of a few hundred thousand rows, `bench/analysis.md`).
 pub const SPREAD_CHUNK: usize = 5_000;
+
+/// Changes taken out of the journal between two pauses of a spread flush: a
+/// few tenths of a millisecond of moving entries.
+pub const TAKE_BITE: usize = 2_048;
 
 type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
 
@@ -157,19 +168,35 @@ impl Journal {
     /// for as many changes again, so the next interval's recording does not grow
     /// the map step by step under the lock admissions take).
     fn take(&self) -> JournalBatch {
-        let pending = {
-            let mut pending = self.pending();
-            let fresh = Pending::with_capacity_and_hasher(pending.len(), Default::default());
-            std::mem::replace(&mut *pending, fresh)
-        };
         let mut batch = JournalBatch::default();
-        for (id, entry) in pending {
-            match entry {
-                Entry::Put { pool, session, .. } => batch.put.push((pool, session)),
-                Entry::Delete { created_at } => batch.delete.push(Ended { id, created_at }),
-            }
+        for (id, entry) in self.swap() {
+            batch.push(id, entry);
         }
         batch
+    }
+
+    /// [`Self::take`], pausing every [`TAKE_BITE`] changes: at a million customers a
+    /// second's changes are tens of thousands of entries, milliseconds of CPU in one
+    /// piece otherwise.
+    async fn take_in_bites(&self, pause: &impl Pause) -> JournalBatch {
+        let mut batch = JournalBatch::default();
+        let mut entries = self.swap().into_iter();
+        loop {
+            for (id, entry) in entries.by_ref().take(TAKE_BITE) {
+                batch.push(id, entry);
+            }
+            if entries.len() == 0 {
+                return batch;
+            }
+            pause.pause().await;
+        }
+    }
+
+    /// Every change recorded so far, leaving the journal empty.
+    fn swap(&self) -> Pending {
+        let mut pending = self.pending();
+        let fresh = Pending::with_capacity_and_hasher(pending.len(), Default::default());
+        std::mem::replace(&mut *pending, fresh)
     }
 
     /// Puts back a batch that could not be written. Whatever was recorded since is
@@ -208,10 +235,18 @@ impl Journal {
     /// the core to requests at least half the time. Each change is the last word
     /// about its session and no two are about the same one, so chunks may commit
     /// separately in any order; a crash between two loses only what is unwritten.
-    pub async fn flush_spread(&self, archive: &dyn SessionArchive, within: Duration) -> Result<usize, SettingsError> {
+    ///
+    /// Taking the changes out pauses every [`TAKE_BITE`] of them (`pause`, the
+    /// caller's way of leaving the core, as the sweep's bites do).
+    pub async fn flush_spread(
+        &self,
+        archive: &dyn SessionArchive,
+        within: Duration,
+        pause: &impl Pause,
+    ) -> Result<usize, SettingsError> {
         let _writing = self.writing.lock().await;
         let started = Instant::now();
-        let mut rest = self.take();
+        let mut rest = self.take_in_bites(pause).await;
         let mut written = 0;
         while !rest.is_empty() {
             let chunk = rest.split_front(SPREAD_CHUNK);
@@ -305,6 +340,17 @@ mod tests {
     use super::recording::Recorder;
     use super::*;
     use crate::domain::SessionState;
+
+    /// Yields, and counts how often it was asked to.
+    #[derive(Default)]
+    struct Yield(std::sync::atomic::AtomicUsize);
+
+    impl Pause for Yield {
+        async fn pause(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    }
 
     fn pool() -> Arc<PoolKey> {
         Arc::new(PoolKey {
@@ -409,8 +455,17 @@ mod tests {
         for s in &fresh {
             journal.added(&p, s);
         }
-        let written = journal.flush_spread(&db, Duration::from_secs(1)).await.unwrap();
+        let pauses = Yield::default();
+        let written = journal
+            .flush_spread(&db, Duration::from_secs(1), &pauses)
+            .await
+            .unwrap();
         assert_eq!(written, SPREAD_CHUNK * 2);
+        assert_eq!(
+            pauses.0.load(Ordering::Relaxed),
+            (SPREAD_CHUNK * 2).div_ceil(TAKE_BITE) - 1,
+            "a pause between two bites of the take"
+        );
         assert_eq!(db.writes(), 1 + 2, "two transactions of a chunk each");
         assert!(journal.is_empty());
     }
@@ -423,11 +478,19 @@ mod tests {
             journal.added(&p, &session());
         }
         db.down.store(true, Ordering::Relaxed);
-        assert!(journal.flush_spread(&db, Duration::from_secs(1)).await.is_err());
+        assert!(
+            journal
+                .flush_spread(&db, Duration::from_secs(1), &Yield::default())
+                .await
+                .is_err()
+        );
         assert_eq!(journal.len(), SPREAD_CHUNK * 3, "nothing is lost");
         db.down.store(false, Ordering::Relaxed);
         assert_eq!(
-            journal.flush_spread(&db, Duration::from_secs(1)).await.unwrap(),
+            journal
+                .flush_spread(&db, Duration::from_secs(1), &Yield::default())
+                .await
+                .unwrap(),
             SPREAD_CHUNK * 3
         );
         assert_eq!(db.writes(), 3);

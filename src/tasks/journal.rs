@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::journal::Journal;
 use crate::domain::ports::SessionArchive;
+use crate::threads::Rest;
 
 /// The thread the journal is written from, at nice 19 (SQLite settings): taking
 /// a second's changes out of the journal, putting them in key order and building
@@ -22,11 +23,17 @@ use crate::domain::ports::SessionArchive;
 /// connection's thread, `drisc-journal`.
 pub const THREAD: &str = "drisc-jflush";
 
-pub async fn run(journal: Arc<Journal>, archive: Arc<dyn SessionArchive>, every: Duration, cancel: CancellationToken) {
+pub async fn run(
+    journal: Arc<Journal>,
+    archive: Arc<dyn SessionArchive>,
+    every: Duration,
+    cancel: CancellationToken,
+    rest: Rest,
+) {
     super::every(every, cancel, || async {
         // Spread over at most half the interval, so the writes of one interval
         // are done before the next begins.
-        match journal.flush_spread(archive.as_ref(), every / 2).await {
+        match journal.flush_spread(archive.as_ref(), every / 2, &rest).await {
             Ok(0) => {}
             Ok(n) => tracing::trace!(changes = n, "session journal written"),
             Err(e) => tracing::warn!(
