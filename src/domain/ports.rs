@@ -170,17 +170,17 @@ impl Heartbeat {
     }
 }
 
-/// What a store that keeps the sessions in this process must also do, since
-/// nothing outside it will: remove the sessions that die unattended, and hand
-/// them over to be saved across a restart. Redis does neither: it expires dead
-/// sessions by itself (every script drops them first) and outlives the node.
-/// How work done in bites (the sweep) leaves the core between two bites. The
+/// How work done in bites (the sweep, the journal's flush) leaves the core between two bites. The
 /// caller knows where the work runs: on the server's runtime it yields to the
 /// requests queued meanwhile, on a thread of its own it sleeps a little.
 pub trait Pause: Send + Sync {
     fn pause(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// What a store that keeps the sessions in this process must also do, since
+/// nothing outside it will: remove the sessions that die unattended, and hand
+/// them over to be saved across a restart. Redis does neither: it expires dead
+/// sessions by itself (every script drops them first) and outlives the node.
 #[async_trait]
 pub trait LocalSessions: Send + Sync + 'static {
     /// Removes the dead sessions of at most `pools` of the pools with a deadline
