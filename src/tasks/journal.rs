@@ -1,5 +1,5 @@
 //! The journal writer: every `journal_interval`, the session changes recorded since
-//! the last flush reach the database, in transactions of a thousand changes
+//! the last flush reach the database, in transactions of at most 5,000 changes
 //! spread over half the interval (see [`Journal::flush_spread`]). Admission never
 //! waits for it; a crash loses at most the changes of the last interval.
 //!
