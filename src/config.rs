@@ -319,6 +319,10 @@ pub enum SettingsBackend {
     Postgres,
 }
 
+/// The longest `cluster.purge_interval`: two rounds within the five minutes a
+/// customer's data outlives its last session in Redis (`store::redis::purge`).
+pub const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(120);
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
@@ -326,6 +330,10 @@ pub struct ClusterSettings {
     pub refresh_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub tombstone_ttl: Duration,
+    /// How often one node walks Redis for the sessions that died there with no
+    /// node to end them, and reports their end (`store::redis::purge`).
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
     pub on_store_unavailable: UnavailablePolicy,
     #[serde(with = "humantime_serde")]
     pub settings_cache_ttl: Duration,
@@ -529,6 +537,7 @@ impl Settings {
             ("auth.session_token_ttl", self.auth.session_token_ttl),
             ("cluster.refresh_interval", self.cluster.refresh_interval),
             ("cluster.tombstone_ttl", self.cluster.tombstone_ttl),
+            ("cluster.purge_interval", self.cluster.purge_interval),
             ("storage.journal_interval", self.storage.journal_interval),
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
@@ -555,6 +564,14 @@ impl Settings {
                 "invalid configuration: cluster.refresh_interval ({:?}) must be at most half of \
                  liveness.pong_timeout - liveness.ping_interval, or PONGs could reach Redis too late",
                 self.cluster.refresh_interval
+            );
+        }
+        if self.cluster.purge_interval > MAX_PURGE_INTERVAL {
+            bail!(
+                "invalid configuration: cluster.purge_interval ({:?}) must be at most {MAX_PURGE_INTERVAL:?}: \
+                 a customer's data in Redis outlives its last session by 5 minutes, and two purge rounds \
+                 must fit in it, or a dead session could be dropped unreported",
+                self.cluster.purge_interval
             );
         }
         if self.storage.sessions == SessionBackend::Redis && !self.storage.redis_url.starts_with("redis") {

@@ -1573,3 +1573,141 @@ async fn redis_cluster_a_shard_that_lost_its_data_is_restored_alone() {
     assert!(admit(&s, &b, "phone", 1, now + 1).await.is_none());
     assert!(s.orders.0.lock().unwrap().is_empty(), "no socket was told anything");
 }
+
+/// The ends a store reported, with each one's pool and name.
+#[derive(Default)]
+struct Ends(Mutex<Vec<(SessionId, drisc::domain::ports::EndCause, PoolKey, Option<String>)>>);
+
+impl drisc::domain::ports::SessionEvents for Ends {
+    fn ended(&self, _: &PoolKey, _: SessionId, _: drisc::domain::ports::EndCause) {}
+
+    fn report(&self, event: drisc::domain::events::SessionEvent) {
+        if let (drisc::domain::events::EventKind::Ended { cause }, Some(id)) = (&event.kind, event.session_id) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((id, *cause, event.pool, event.session_name));
+        }
+    }
+}
+
+/// A store for another node on the same Redis as `s`, reporting its ends to `ends`.
+async fn reporting_node(s: &Subject, ends: Arc<Ends>) -> Arc<RedisStore> {
+    Arc::new(
+        RedisStore::connect(
+            &s.redis_server().unwrap().url,
+            timings(),
+            Duration::from_secs(60),
+            TimeSource::Caller,
+            Arc::new(Recorder::default()),
+        )
+        .await
+        .unwrap()
+        .with_events(ends),
+    )
+}
+
+/// Purges every shard at `now`; returns the ends reported.
+async fn purge_all(store: &RedisStore, now: Millis) -> usize {
+    let mut ended = 0;
+    for shard in 0..drisc::domain::SHARDS {
+        ended += store.purge_shard(shard, now).await.unwrap();
+    }
+    ended
+}
+
+/// Sessions that die in Redis with no node to end them (never connected,
+/// detached past the grace, their node stopped) are deleted by a purge and
+/// reported ended once each, with their cause, pool and name; live ones are
+/// left alone; and a listing that meets a dead one first leaves it for the
+/// purge rather than delete it unreported.
+#[tokio::test]
+async fn redis_a_purge_reports_each_session_that_died_with_no_node_once() {
+    use drisc::domain::ports::EndCause;
+    let s = Subject::redis().await;
+    let ends = Arc::new(Ends::default());
+    let purger = reporting_node(&s, ends.clone()).await;
+    let now = t0();
+    let (never, left, lost, live) = (
+        offer_pool("purge-1", "a"),
+        offer_pool("purge-2", "b"),
+        offer_pool("purge-3", "c"),
+        pool("purge-4"),
+    );
+    let never_id = admit(&s, &never, "tv", 1, now).await.unwrap();
+    let left_id = admit(&s, &left, "phone", 1, now).await.unwrap();
+    s.store.attach(&left, left_id, Holder(2), now).await.unwrap().unwrap();
+    assert!(s.store.detach(&left, left_id, Holder(2), now).await.unwrap());
+    let lost_id = admit(&s, &lost, "box", 1, now).await.unwrap();
+    s.store.attach(&lost, lost_id, Holder(3), now).await.unwrap().unwrap();
+    s.store
+        .heartbeat(&lost, lost_id, Holder(3), now + 10_000)
+        .await
+        .unwrap();
+    s.flush().await;
+    // Past every deadline: the node holding `lost` stopped after that round.
+    let later = now + 10_000 + CONNECT.max(GRACE).max(PONG) + 1;
+    let live_id = admit(&s, &live, "tablet", 1, later).await.unwrap();
+    // A listing meets the never-connected one: not shown, and not swallowed.
+    assert!(s.store.list(&never, later).await.unwrap().is_empty());
+
+    assert_eq!(purge_all(&purger, later).await, 3);
+    let mut got: Vec<_> = ends.0.lock().unwrap().drain(..).collect();
+    got.sort_by_key(|(id, ..)| *id);
+    let mut expected = vec![
+        (never_id, EndCause::ConnectTimeout, never.clone(), Some("tv".to_owned())),
+        (left_id, EndCause::GraceExpired, left.clone(), Some("phone".to_owned())),
+        (lost_id, EndCause::NodeLost, lost.clone(), Some("box".to_owned())),
+    ];
+    expected.sort_by_key(|(id, ..)| *id);
+    assert_eq!(got, expected);
+    for id in [never_id, left_id, lost_id] {
+        assert_eq!(s.store.locate(id).await.unwrap(), None, "unindexed");
+    }
+    // Once: the records are gone, so another round (or another node) finds nothing.
+    assert_eq!(purge_all(&purger, later + 1).await, 0);
+    assert_eq!(purge_all(&*second_node(&s).await, later + 2).await, 0);
+    assert_eq!(
+        s.store.locate(live_id).await.unwrap(),
+        Some(live.clone()),
+        "the live one stays"
+    );
+    assert_eq!(s.store.list(&live, later + 2).await.unwrap().len(), 1);
+}
+
+/// A customer's data outlives its last session by the linger, so that a session
+/// granted and never connected is still there for a purge round to report.
+#[tokio::test]
+async fn redis_a_customers_data_lingers_past_its_last_sessions_deadline_for_the_purge() {
+    let s = Subject::redis().await;
+    let p = pool("purge-linger");
+    let now = t0();
+    admit(&s, &p, "tv", 1, now).await.unwrap();
+    let server = s.redis_server().unwrap();
+    let ttl: i64 = server.cmd(&["PTTL", &keys::customer(&p)]);
+    // Its deadline is CONNECT away; the hash lives five minutes longer (less the test's own time).
+    assert!(ttl > i64::try_from(CONNECT).unwrap() + 290_000, "PTTL {ttl}");
+    assert!(ttl <= i64::try_from(CONNECT).unwrap() + 300_000, "PTTL {ttl}");
+}
+
+/// One node runs a purge round per interval, however many ask: the others find
+/// the round's lease taken.
+#[tokio::test]
+async fn redis_one_node_at_a_time_takes_a_purge_round() {
+    let s = Subject::redis().await;
+    let (a, b) = (second_node(&s).await, second_node(&s).await);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let every = Duration::from_secs(30);
+    let (first, second) = tokio::join!(a.purge_round(1, every, &cancel), async {
+        // Asks while the first round runs (paced over half the interval), then
+        // stops that round.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = b.purge_round(2, every, &cancel).await;
+        cancel.cancel();
+        second
+    });
+    assert_eq!(first.unwrap(), Some(0), "the first node took the round");
+    assert_eq!(second.unwrap(), None, "the lease is the first node's");
+    let holder: String = s.redis_server().unwrap().cmd(&["GET", keys::PURGE_LEASE]);
+    assert_eq!(holder, "1");
+}

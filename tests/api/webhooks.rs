@@ -654,13 +654,23 @@ async fn webhooks_are_sent_from_a_thread_that_only_gets_idle_cpu() {
     app.stop().await;
 }
 
-/// A node of a cluster on `redis` that sends webhooks to loopback receivers.
+/// A node of a cluster on `redis` that sends webhooks to loopback receivers,
+/// and purges Redis of dead sessions every 300 ms.
 async fn redis_webhook_node(redis: &crate::support_redis::RedisServer) -> TestApp {
-    redis_webhook_node_with(redis, Duration::from_secs(1)).await
+    redis_webhook_node_with(redis, Duration::from_secs(1), PURGE_OFTEN).await
 }
 
+const PURGE_OFTEN: Duration = Duration::from_millis(300);
+/// For the tests of what an admission or a connection reports: no purge round
+/// after the first (at start, when nothing is dead) may come first.
+const PURGE_RARELY: Duration = drisc::config::MAX_PURGE_INTERVAL;
+
 /// A node on `redis` whose grants wait `connect_timeout` for their player.
-async fn redis_webhook_node_with(redis: &crate::support_redis::RedisServer, connect_timeout: Duration) -> TestApp {
+async fn redis_webhook_node_with(
+    redis: &crate::support_redis::RedisServer,
+    connect_timeout: Duration,
+    purge_interval: Duration,
+) -> TestApp {
     let url = redis.url.clone();
     webhook_app(move |s| {
         s.storage.sessions = drisc::config::SessionBackend::Redis;
@@ -669,6 +679,7 @@ async fn redis_webhook_node_with(redis: &crate::support_redis::RedisServer, conn
         s.liveness.pong_timeout = Duration::from_secs(2);
         s.liveness.connect_timeout = connect_timeout;
         s.cluster.refresh_interval = Duration::from_millis(200);
+        s.cluster.purge_interval = purge_interval;
         // Creates are retried until a slot frees: the customer's rate limit is not under test.
         s.limits.customer_burst = 1000;
     })
@@ -703,7 +714,8 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
         .env("DRISC__STORAGE__REDIS_URL", &redis.url)
         .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
         .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
-        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms");
+        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
+        .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms");
     let mut doomed = crate::support_process::ServerProcess::start(dir.path(), options);
     // Each node has its own settings database: the same offer on both, the webhook on the survivor.
     survivor.put_offer("1", "o", 1, &[]).await;
@@ -756,10 +768,102 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
     survivor.stop().await;
 }
 
+/// No admission, take-over or connection of the same customer follows: the
+/// survivor's purge rounds are what find the killed node's session.
+#[tokio::test]
+async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_nothing_else_happening() {
+    let redis = crate::support_redis::RedisServer::start();
+    let survivor = redis_webhook_node(&redis).await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::support_process::ProcessOptions::default()
+        .env("DRISC__STORAGE__SESSIONS", "redis")
+        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+        .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
+        .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
+        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
+        .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms");
+    let mut doomed = crate::support_process::ServerProcess::start(dir.path(), options);
+    survivor.put_offer("1", "o", 1, &[]).await;
+    doomed.api().put_offer("1", "o", 1, &[]).await;
+    webhook_to(&survivor, "1", &receiver.url).await;
+
+    let token = survivor.token("1", "43");
+    let tv = doomed.api().create_ok(&token, "o", "TV").await;
+    let mut player = crate::players::connect_ok(&tv.endpoint).await;
+    assert!(
+        player.keep_alive_for(Duration::from_millis(1200)).await > 0,
+        "live on the doomed node"
+    );
+    doomed.kill9();
+
+    let got = receiver
+        .wait_for("the killed node's session ended", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        })
+        .await;
+    // A few more rounds: none reports it again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ended: Vec<Value> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        .map(Delivery::json)
+        .collect();
+    assert_eq!(ended.len(), 1, "reported once: {ended:?}");
+    assert_eq!(ended[0]["type"], "session.ended");
+    assert_eq!(ended[0]["data"]["cause"], "node_lost");
+    assert_eq!(ended[0]["data"]["sessionName"], "TV");
+    assert_eq!(ended[0]["data"]["customerId"], "43");
+    assert!(got.iter().all(|d| verify(SECRET, d)));
+    let metrics = metrics_text(&survivor).await;
+    assert_eq!(
+        counter(&metrics, r#"drisc_sessions_ended_total{cause="node_lost"}"#),
+        1,
+        "{metrics}"
+    );
+    receiver.stop();
+    survivor.stop().await;
+}
+
+/// Two nodes purge; a session granted on one and never connected is reported
+/// ended once, by whichever node's round met it, with nothing else happening.
+#[tokio::test]
+async fn a_session_granted_and_never_connected_is_reported_ended_once_by_the_purge() {
+    let redis = crate::support_redis::RedisServer::start();
+    let (a, b) = (redis_webhook_node(&redis).await, redis_webhook_node(&redis).await);
+    let receiver = Receiver::start().await;
+    for node in [&a, &b] {
+        node.put_offer("1", "o", 1, &[]).await;
+        webhook_to(node, "1", &receiver.url).await;
+    }
+    let token = a.token("1", "8");
+    let tv = a.create_ok(&token, "o", "TV").await;
+    let is_end =
+        |d: &Delivery| d.session_id().as_deref() == Some(tv.session_id.as_str()) && d.json()["type"] == "session.ended";
+    receiver
+        .wait_for("the never-connected session ended", |d| d.iter().any(is_end))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ended: Vec<Value> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| is_end(d))
+        .map(Delivery::json)
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["data"]["cause"], "connect_timeout");
+    receiver.stop();
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_session_granted_on_one_node_and_never_connected_is_reported_ended_by_the_next_admission() {
     let redis = crate::support_redis::RedisServer::start();
-    let (a, b) = (redis_webhook_node(&redis).await, redis_webhook_node(&redis).await);
+    let a = redis_webhook_node_with(&redis, Duration::from_secs(1), PURGE_RARELY).await;
+    let b = redis_webhook_node_with(&redis, Duration::from_secs(1), PURGE_RARELY).await;
     let receiver = Receiver::start().await;
     for node in [&a, &b] {
         node.put_offer("1", "o", 1, &[]).await;
@@ -794,8 +898,8 @@ async fn a_session_granted_on_one_node_and_never_connected_is_reported_ended_by_
 #[tokio::test]
 async fn a_dead_session_met_by_another_players_connection_is_reported_ended_once() {
     let redis = crate::support_redis::RedisServer::start();
-    let a = redis_webhook_node_with(&redis, Duration::from_secs(1)).await;
-    let b = redis_webhook_node_with(&redis, Duration::from_secs(30)).await;
+    let a = redis_webhook_node_with(&redis, Duration::from_secs(1), PURGE_RARELY).await;
+    let b = redis_webhook_node_with(&redis, Duration::from_secs(30), PURGE_RARELY).await;
     let receiver = Receiver::start().await;
     for node in [&a, &b] {
         node.put_offer("1", "o", 2, &[]).await;

@@ -11,6 +11,7 @@
 //! | `drisc:{<shard>}:epoch`          | string | present while the shard's data is kept        |
 //! | `drisc:node:<node>`              | string | a node's lease on its id ([`node`])           |
 //! | `drisc:inbox:<node>`             | list   | orders for a node's sockets ([`node`])        |
+//! | `drisc:purge`                    | string | the node running this purge round ([`PURGE_LEASE`]) |
 //!
 //! # Why this layout
 //!
@@ -192,6 +193,12 @@ pub fn parse_customer_tag(tag: &str, offer: &str) -> Option<PoolKey> {
         offer_id: offer.to_owned(),
     })
 }
+
+/// Held (`SET NX PX`, one purge interval) by the node that runs the current
+/// purge round (`purge.rs`), so that one node walks the shards per interval
+/// however many there are. Outside the shards: one plain command reads and
+/// writes it.
+pub const PURGE_LEASE: &str = "drisc:purge";
 
 /// A node's lease on its id and its inbox: the names and how long each lives.
 pub mod node {

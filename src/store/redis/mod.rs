@@ -13,6 +13,8 @@
 //!   ends its sockets queued, checks its sessions every ten minutes (at once,
 //!   those another node ended or moved), and puts them back if Redis lost its
 //!   data;
+//! - [`purge`]: the loop that deletes, and reports ended, the sessions that died
+//!   in Redis with no node to end them;
 //! - [`inbox`]: orders for sockets held by other nodes;
 //! - [`tls`]: the CA and client certificate of a `rediss://` connection;
 //! - `open`: opens the store for the app, and [`Cluster`] starts the loops above.
@@ -21,6 +23,7 @@ mod connection;
 pub mod inbox;
 pub mod keys;
 mod open;
+pub mod purge;
 pub(crate) mod record;
 pub mod refresh;
 mod scripts;

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::{self, RedisTarget};
 use super::inbox::{self, ClusterNotifier};
-use super::{RedisStore, TimeSource, refresh};
+use super::{RedisStore, TimeSource, purge, refresh};
 use crate::config::Settings;
 use crate::domain::ports::Notifier;
 use crate::meter::Meter;
@@ -73,12 +73,13 @@ pub async fn open<L: Notifier>(
             local,
             outbox,
             refresh_every: settings.cluster.refresh_interval,
+            purge_every: settings.cluster.purge_interval,
         }),
     })
 }
 
-/// What a cluster node runs beside its store: the refresh loop, and the reading
-/// and writing ends of the node inboxes.
+/// What a cluster node runs beside its store: the refresh loop, the purge loop,
+/// and the reading and writing ends of the node inboxes.
 pub struct Cluster {
     store: Arc<RedisStore>,
     node: u64,
@@ -88,6 +89,7 @@ pub struct Cluster {
     /// Orders for other nodes, queued by the [`ClusterNotifier`].
     outbox: mpsc::Receiver<(u64, String)>,
     refresh_every: Duration,
+    purge_every: Duration,
 }
 
 impl Cluster {
@@ -98,6 +100,12 @@ impl Cluster {
 
     /// Starts the loops on `tasks`; each stops when `shutdown` is cancelled.
     pub fn spawn(self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        tasks.spawn(purge::run(
+            self.store.clone(),
+            self.node,
+            self.purge_every,
+            shutdown.clone(),
+        ));
         tasks.spawn(refresh::run(
             self.store,
             self.node,

@@ -265,6 +265,30 @@ pub(crate) struct Purged {
     pub cause: EndCause,
 }
 
+/// The purge script's reply: where to go on from in the shard (`None`: done),
+/// and the dead records it deleted, each with its customer's tag.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PurgeReply {
+    #[serde(deserialize_with = "next_bucket")]
+    pub next: Option<u8>,
+    #[serde(default, deserialize_with = "list")]
+    pub gone: Vec<Swept>,
+}
+
+/// A dead record the purge deleted, and whose it was ([`super::keys::customer_tag`]).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Swept {
+    #[serde(rename = "t")]
+    pub tag: String,
+    #[serde(flatten)]
+    pub dead: Purged,
+}
+
+fn next_bucket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let next = i64::deserialize(d)?;
+    Ok(u8::try_from(next).ok())
+}
+
 fn end_cause<'de, D: Deserializer<'de>>(d: D) -> Result<EndCause, D::Error> {
     let text = String::deserialize(d)?;
     EndCause::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown end cause {text:?}")))

@@ -5,9 +5,14 @@
 //! liveness keys and epoch, tombstones. They share one hash slot, so each
 //! script is atomic on a single Redis and on a Redis Cluster alike. Time is the
 //! caller's `now` when given (tests drive it), else Redis's own `TIME`, so the
-//! clocks of the nodes never matter. Dead sessions are dropped first by every
-//! script: expiry never waits for a sweep. The customer's hash expires by
-//! itself when its last session may, so nothing has to scan for dead ones.
+//! clocks of the nodes never matter. A dead session never holds a slot: every
+//! script reads a record past its deadline as gone. Only the scripts that say
+//! which ones they deleted (admit, take-over, attach, and the purge that walks a
+//! shard's index, [`super::purge`]) delete dead records, so that the node running
+//! them reports each one's end, once; the others leave them for those. A
+//! customer's hash outlives its last session's horizon by [`LINGER_MS`], long
+//! enough for a purge round to meet a record that died with no socket before
+//! Redis forgets it.
 //!
 //! A pool is the customer's records whose offer is the pool's. The cap on
 //! pools per customer counts the distinct offers of the customer's live
@@ -23,8 +28,8 @@ use super::keys;
 
 /// The time every script reads first: ARGV[1], the caller's `now` (0: Redis's
 /// own clock), and the lifecycle timings. `@CONNECT@`, `@PONG@`, `@GRACE@`,
-/// `@TOMB@`, `@STALE@` and `@EXTEND@` are replaced by milliseconds when the
-/// scripts are built.
+/// `@TOMB@`, `@STALE@`, `@EXTEND@` and `@LINGER@` are replaced by milliseconds
+/// when the scripts are built.
 const NOW: &str = r#"
 local now = tonumber(ARGV[1])
 if now == nil or now <= 0 then
@@ -32,6 +37,7 @@ if now == nil or now <= 0 then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @TOMB@, @STALE@, @EXTEND@
+local LINGER = @LINGER@
 "#;
 
 /// The prologue of the scripts on a pool: KEYS[1] the customer's hash, KEYS[2]
@@ -54,11 +60,12 @@ local cust, ixp, alive = KEYS[1], KEYS[2], KEYS[3]
 local MOVED = '@MOVED@'
 local offer = ARGV[2]
 
--- The index bucket of a compact id: its first character's value modulo @BUCKETS@.
+-- The index bucket of a compact id: its first character's value modulo BUCKETS.
+local BUCKETS = @BUCKETS@
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 local function ix_of(id)
   local v = B64:find(id:sub(1, 1), 1, true) or 1
-  return ixp .. ((v - 1) % @BUCKETS@)
+  return ixp .. ((v - 1) % BUCKETS)
 end
 
 local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
@@ -174,6 +181,12 @@ end
 -- the node that freed their slots reports their end.
 local purged = {}
 
+-- Set by the scripts whose reply cannot name the dead records (detach, end,
+-- list, end-all, restore, re-assert): `load` leaves those records in place for
+-- a script that reports them (an admission, or the purge), rather than delete
+-- them unreported.
+local keep_dead = false
+
 -- A JSON reply, naming the dead sessions `load` deleted (`gone`, when any): the
 -- one way every script whose reply is JSON (admit, take-over, attach) says so.
 local function answer(t)
@@ -191,9 +204,11 @@ local function load()
     rec.id = raw[i]
     rec.till = until_of(rec)
     if rec.till <= now then
-      redis.call('HDEL', cust, rec.id)
-      redis.call('HDEL', ix_of(rec.id), rec.id)
-      purged[#purged + 1] = {id = rec.id, o = rec.o, n = rec.n, c = why_dead(rec)}
+      if not keep_dead then
+        redis.call('HDEL', cust, rec.id)
+        redis.call('HDEL', ix_of(rec.id), rec.id)
+        purged[#purged + 1] = {id = rec.id, o = rec.o, n = rec.n, c = why_dead(rec)}
+      end
     else
       all[#all + 1] = rec
       if rec.o == offer then mine[#mine + 1] = rec end
@@ -215,7 +230,9 @@ local function save(rec)
 end
 
 -- The customer's hash lives as long as its longest-lived session may, and the
--- index buckets naming its sessions at least as long.
+-- index buckets naming its sessions at least as long, both LINGER more: a session
+-- that dies with no socket (granted and never connected, detached past its grace)
+-- is still there for the next purge round to report.
 local function settle()
   local last, buckets = 0, {}
   local raw = redis.call('HGETALL', cust)
@@ -225,8 +242,8 @@ local function settle()
     buckets[ix_of(raw[i])] = true
   end
   if last > 0 then
-    redis.call('PEXPIREAT', cust, last + 1000)
-    for bucket in pairs(buckets) do keep_until(bucket, last + 1000) end
+    redis.call('PEXPIREAT', cust, last + LINGER)
+    for bucket in pairs(buckets) do keep_until(bucket, last + LINGER) end
   end
 end
 
@@ -410,6 +427,7 @@ return replies
 
 /// ARGV (after now, offer): id, holder. Reply: 1 detached, 0 not held by this socket.
 const DETACH: &str = r#"
+keep_dead = true
 local mine = load()
 local _, rec = find(mine, ARGV[3])
 if rec == nil or rec.h ~= ARGV[4] then return 0 end
@@ -426,6 +444,7 @@ return 1
 /// Ended by anyone but its socket, its holder's node is flagged
 /// (`flag_moved`). Reply: the ended record, or false.
 const END: &str = r#"
+keep_dead = true
 local mine = load()
 local _, rec = find(mine, ARGV[3])
 if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
@@ -439,6 +458,7 @@ return encode(rec)
 
 /// ARGV: now, offer. Reply: the pool's records alive at `now`.
 const LIST: &str = r#"
+keep_dead = true
 local mine = load()
 local reply = {}
 for _, rec in ipairs(mine) do reply[#reply + 1] = encode(rec) end
@@ -452,6 +472,7 @@ return reply
 /// (`flag_moved`) so its holder learns why even if the order is lost. Reply:
 /// the ended records.
 const END_ALL: &str = r#"
+keep_dead = true
 local mine = load()
 local reply = {}
 for _, rec in ipairs(mine) do
@@ -467,16 +488,23 @@ return reply
 
 /// ARGV (after now, offer): id, the record as `record::encode` packs it
 /// (`s|e|h|c|n`; `e` or `c` 0: now, plus the live allowance for `e`), the
-/// customer's tag. Puts back a session unless the customer has it, and indexes
-/// it. Reply: 1 restored, 0 already there.
+/// customer's tag. Puts back a session unless the customer has it alive, and
+/// indexes it. Reply: 1 restored, 0 already there.
 const RESTORE: &str = r#"
-load()
+keep_dead = true
+local _, all = load()
 local s, e, h, c, n = string.match(ARGV[4], '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
 if s == nil then error('unreadable session to restore in ' .. cust) end
 local rec = {s = s, e = tonumber(e), h = h, c = tonumber(c), o = offer, n = n}
 if rec.e == 0 then rec.e = now + PONG end
 if rec.c == 0 then rec.c = now end
-local added = redis.call('HSETNX', cust, ARGV[3], pack(rec))
+-- A dead record of the same id (this node's own, dead while it could not vouch)
+-- is written over: the session is back.
+local added = 0
+if find(all, ARGV[3]) == nil then
+  redis.call('HSET', cust, ARGV[3], pack(rec))
+  added = 1
+end
 redis.call('HSET', ix_of(ARGV[3]), ARGV[3], ARGV[5])
 settle()
 return added
@@ -500,6 +528,7 @@ return added
 /// there are missing ones, less one for each session admitted since: the newer
 /// sessions keep their slots.
 const REASSERT: &str = r#"
+keep_dead = true
 local mine = load()
 local since = now - tonumber(ARGV[3])
 local newer = 0
@@ -552,6 +581,47 @@ if ol == nil then error('unreadable session record for ' .. ARGV[1]) end
 return {tag, rest:sub(1, tonumber(ol))}
 "#;
 
+/// Walks a shard's index for the records that died with nobody to end them (a
+/// session whose node stopped, one granted and never connected, one detached
+/// past its grace), deletes them, and names them so that the node running it
+/// reports each end, once. KEYS[1] what the shard's customer keys start with
+/// ([`keys::customer_prefix`]; the index's values follow), KEYS[2] and KEYS[3] as
+/// for a pool. ARGV: now, '' (no offer), the first bucket to walk (from 0), and
+/// how many index entries to read before stopping at the end of a bucket: a
+/// call stays short (Redis runs nothing else meanwhile) whatever the shard
+/// holds. Entries whose customer no longer has the session are dropped.
+/// Reply (JSON): `{next, gone: [{t, id, o, n, c}]}`: the bucket to go on from
+/// (-1: the shard is done), and each deleted record with its customer's tag.
+const PURGE: &str = r#"
+local prefix = cust
+local b, budget, seen = tonumber(ARGV[3]), tonumber(ARGV[4]), 0
+local gone = {}
+while b < BUCKETS and seen < budget do
+  local bucket = ixp .. b
+  local entries = redis.call('HGETALL', bucket)
+  for i = 1, #entries, 2 do
+    local id, tag = entries[i], entries[i + 1]
+    cust = prefix .. tag
+    local v = redis.call('HGET', cust, id)
+    if not v then
+      redis.call('HDEL', bucket, id)
+    else
+      local rec = decode(v)
+      if until_of(rec) <= now then
+        redis.call('HDEL', cust, id)
+        redis.call('HDEL', bucket, id)
+        gone[#gone + 1] = {t = tag, id = id, o = rec.o, n = rec.n, c = why_dead(rec)}
+      end
+    end
+  end
+  seen = seen + #entries / 2
+  b = b + 1
+end
+if b >= BUCKETS then b = -1 end
+if #gone == 0 then return cjson.encode({next = b}) end
+return cjson.encode({next = b, gone = gone})
+"#;
+
 /// A node's vouch in one shard ([`super::refresh`]): KEYS, the node's liveness
 /// keys there (`SET … XX GET`: rewritten only if still there); ARGV, their value
 /// and TTL (ms). Reply: each key's old value ('' where it was gone), then which
@@ -580,6 +650,12 @@ pub const STALE_MS: u64 = 3_600_000;
 /// minutes, well inside [`STALE_MS`]).
 pub const EXTEND_MS: u64 = 1_200_000;
 
+/// How long a customer's hash outlives its last session's horizon (and the
+/// index buckets naming its sessions with it): five minutes, more than two
+/// purge rounds at the longest `cluster.purge_interval` allowed, so a record
+/// that dies with no socket is met by a purge before Redis drops it unread.
+pub const LINGER_MS: u64 = 300_000;
+
 pub struct Scripts {
     pub admit: redis::Script,
     pub take_over: redis::Script,
@@ -593,11 +669,12 @@ pub struct Scripts {
     pub reassert: redis::Script,
     pub locate: redis::Script,
     pub vouch: redis::Script,
+    pub purge: redis::Script,
 }
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 12] {
+    pub fn all(&self) -> [&redis::Script; 13] {
         [
             &self.admit,
             &self.take_over,
@@ -611,6 +688,7 @@ impl Scripts {
             &self.reassert,
             &self.locate,
             &self.vouch,
+            &self.purge,
         ]
     }
 
@@ -622,7 +700,8 @@ impl Scripts {
             .replace("@GRACE@", &grace_ms.to_string())
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
-            .replace("@EXTEND@", &EXTEND_MS.to_string());
+            .replace("@EXTEND@", &EXTEND_MS.to_string())
+            .replace("@LINGER@", &LINGER_MS.to_string());
         let prelude = PRELUDE
             .replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string())
             .replace("@MOVED@", keys::MOVED);
@@ -640,6 +719,7 @@ impl Scripts {
             reassert: on_pool(REASSERT),
             locate: redis::Script::new(LOCATE),
             vouch: redis::Script::new(VOUCH),
+            purge: on_pool(PURGE),
         }
     }
 }

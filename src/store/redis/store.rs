@@ -312,7 +312,7 @@ impl RedisStore {
     /// and again while its shard's slot is being moved between masters
     /// ([`moving`], within [`MIGRATION_PATIENCE`]). A replayed script cannot
     /// break a limit: each one re-checks the pool.
-    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    pub(super) async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut conn = self.conn.clone();
         let mut patience = Patience::new();
         loop {
