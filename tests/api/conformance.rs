@@ -1574,9 +1574,12 @@ async fn redis_cluster_a_shard_that_lost_its_data_is_restored_alone() {
     assert!(s.orders.0.lock().unwrap().is_empty(), "no socket was told anything");
 }
 
-/// The ends a store reported, with each one's pool and name.
+/// An end a store reported: the session, why, its pool and its name.
+type End = (SessionId, drisc::domain::ports::EndCause, PoolKey, Option<String>);
+
+/// The ends a store reported.
 #[derive(Default)]
-struct Ends(Mutex<Vec<(SessionId, drisc::domain::ports::EndCause, PoolKey, Option<String>)>>);
+struct Ends(Mutex<Vec<End>>);
 
 impl drisc::domain::ports::SessionEvents for Ends {
     fn ended(&self, _: &PoolKey, _: SessionId, _: drisc::domain::ports::EndCause) {}

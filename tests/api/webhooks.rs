@@ -662,7 +662,7 @@ async fn redis_webhook_node(redis: &crate::support_redis::RedisServer) -> TestAp
 
 const PURGE_OFTEN: Duration = Duration::from_millis(300);
 /// For the tests of what an admission or a connection reports: no purge round
-/// after the first (at start, when nothing is dead) may come first.
+/// comes first (the first one runs an interval after the node starts).
 const PURGE_RARELY: Duration = drisc::config::MAX_PURGE_INTERVAL;
 
 /// A node on `redis` whose grants wait `connect_timeout` for their player.

@@ -37,9 +37,11 @@ use crate::domain::{Millis, SHARDS};
 /// Redis's time, so the walk never holds Redis up for long.
 pub const ENTRIES_PER_CALL: u32 = 512;
 
-/// Runs a purge round every `every` on the node that takes the round's lease.
+/// Runs a purge round every `every` on the node that takes the round's lease,
+/// the first one interval after the node starts (a node that just started has
+/// nothing of its own to find; the other nodes' rounds go on meanwhile).
 pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -249,9 +249,9 @@ pub(crate) struct Named {
     pub name: String,
 }
 
-/// A dead session of the customer that a script deleted (admit, take-over,
-/// attach: those whose reply is JSON): nobody else
-/// will report its end (its node is gone, or it never had a socket).
+/// A dead session that a script deleted (admit, take-over, attach, purge: the
+/// only scripts that delete dead records): nobody else will report its end
+/// (its node is gone, or it never had a socket).
 #[derive(Debug, Deserialize)]
 pub(crate) struct Purged {
     #[serde(deserialize_with = "session_id")]
@@ -548,6 +548,22 @@ mod tests {
             panic!("household");
         };
         assert_eq!((held[0].id, held[0].name.as_str()), (id, "TV"));
+    }
+
+    #[test]
+    fn a_purge_names_each_dead_session_with_its_customer_and_where_to_go_on() {
+        let dead = SessionId::random();
+        let compact = keys::compact(dead);
+        let text = format!(
+            r#"{{"next":3,"gone":[{{"t":"1:p|2:42","id":"{compact}","o":"sport","n":"TV","c":"connect_timeout"}}]}}"#
+        );
+        let PurgeReply { next, gone } = reply(&Value::BulkString(text.into_bytes()), "purge").unwrap();
+        assert_eq!(next, Some(3));
+        assert_eq!((gone[0].tag.as_str(), gone[0].dead.id), ("1:p|2:42", dead));
+        assert_eq!(gone[0].dead.cause, EndCause::ConnectTimeout);
+        // The shard done, nothing dead: -1 and no list (cjson writes no empty table here).
+        let PurgeReply { next, gone } = reply(&Value::BulkString(br#"{"next":-1}"#.to_vec()), "purge").unwrap();
+        assert_eq!((next, gone.len()), (None, 0));
     }
 
     #[test]

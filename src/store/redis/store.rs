@@ -264,14 +264,12 @@ impl RedisStore {
     }
 
     /// Reports to `events` the end of every dead session an admission, a
-    /// take-over or an attach deletes from Redis: a session whose node died
-    /// (SIGKILL, or cut off), or one granted or detached whose deadline passed
-    /// with no socket. No node ends those, so the node whose script freed their
-    /// slots says they ended, once (the script deletes each record once), from
-    /// the reply it reads anyway. Not reported: dead records deleted by the
-    /// scripts whose reply is not JSON (detach, end, list, end-all, restore,
-    /// re-assert), and dead sessions that no script of their customer meets
-    /// before the customer's hash expires (see PROTOCOL.md §3.1).
+    /// take-over, an attach or a purge round ([`super::purge`]) deletes from
+    /// Redis: a session whose node died (SIGKILL, or cut off), or one granted or
+    /// detached whose deadline passed with no socket. No node ends those, so the
+    /// node whose script deleted them says they ended, once (a record is deleted
+    /// by one script only), from the reply it reads anyway. The other scripts
+    /// leave dead records in place for these (see PROTOCOL.md §3.1).
     pub fn with_events(mut self, events: Arc<dyn SessionEvents>) -> Self {
         self.events = events;
         self
