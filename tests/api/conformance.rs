@@ -1249,17 +1249,19 @@ async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session()
 
 /// A store for a second node on the same Redis as `s`, with the caller's clock.
 async fn second_node(s: &Subject) -> Arc<RedisStore> {
-    Arc::new(
-        RedisStore::connect(
-            &s.redis_server().unwrap().url,
-            timings(),
-            Duration::from_secs(60),
-            TimeSource::Caller,
-            Arc::new(Recorder::default()),
-        )
-        .await
-        .unwrap(),
+    Arc::new(second_store(s).await)
+}
+
+async fn second_store(s: &Subject) -> RedisStore {
+    RedisStore::connect(
+        &s.redis_server().unwrap().url,
+        timings(),
+        Duration::from_secs(60),
+        TimeSource::Caller,
+        Arc::new(Recorder::default()),
     )
+    .await
+    .unwrap()
 }
 
 /// Calls Redis counted for `command` (`INFO commandstats`; those run inside
@@ -1596,18 +1598,7 @@ impl drisc::domain::ports::SessionEvents for Ends {
 
 /// A store for another node on the same Redis as `s`, reporting its ends to `ends`.
 async fn reporting_node(s: &Subject, ends: Arc<Ends>) -> Arc<RedisStore> {
-    Arc::new(
-        RedisStore::connect(
-            &s.redis_server().unwrap().url,
-            timings(),
-            Duration::from_secs(60),
-            TimeSource::Caller,
-            Arc::new(Recorder::default()),
-        )
-        .await
-        .unwrap()
-        .with_events(ends),
-    )
+    Arc::new(second_store(s).await.with_events(ends))
 }
 
 /// Purges every shard at `now`; returns the ends reported.

@@ -702,13 +702,22 @@ async fn create_until_granted(node: &Api, token: &str, patience: Duration) -> cr
     }
 }
 
-#[tokio::test]
-async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost() {
-    let redis = crate::support_redis::RedisServer::start();
-    let survivor = redis_webhook_node(&redis).await;
-    let receiver = Receiver::start().await;
+/// A node on `redis` run as a process of its own (so that it can get SIGKILL),
+/// with offer "o" (limit 1) on it and on `survivor`, the webhook to `receiver`
+/// on the survivor only (each node has its own settings database), and a
+/// session of `token`'s customer granted and live on it. The directory holds
+/// its data: keep it as long as the process.
+async fn live_on_a_doomed_node(
+    redis: &crate::support_redis::RedisServer,
+    survivor: &TestApp,
+    receiver: &Receiver,
+    token: &str,
+) -> (
+    crate::support_process::ServerProcess,
+    crate::helpers::Granted,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
-    // The node that dies, as a process of its own so that it can get SIGKILL.
     let options = crate::support_process::ProcessOptions::default()
         .env("DRISC__STORAGE__SESSIONS", "redis")
         .env("DRISC__STORAGE__REDIS_URL", &redis.url)
@@ -716,19 +725,54 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
         .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
         .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
         .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms");
-    let mut doomed = crate::support_process::ServerProcess::start(dir.path(), options);
-    // Each node has its own settings database: the same offer on both, the webhook on the survivor.
+    let doomed = crate::support_process::ServerProcess::start(dir.path(), options);
     survivor.put_offer("1", "o", 1, &[]).await;
     doomed.api().put_offer("1", "o", 1, &[]).await;
-    webhook_to(&survivor, "1", &receiver.url).await;
-
-    let token = survivor.token("1", "42");
-    let tv = doomed.api().create_ok(&token, "o", "TV").await;
+    webhook_to(survivor, "1", &receiver.url).await;
+    let tv = doomed.api().create_ok(token, "o", "TV").await;
     let mut player = crate::players::connect_ok(&tv.endpoint).await;
     assert!(
         player.keep_alive_for(Duration::from_millis(1200)).await > 0,
         "live on the doomed node"
     );
+    (doomed, tv, dir)
+}
+
+/// `receiver` got one event about `tv` (of customer `customer`): its
+/// `session.ended` with cause `node_lost`; and `survivor` counted that end.
+async fn reported_node_lost_once(
+    receiver: &Receiver,
+    survivor: &TestApp,
+    tv: &crate::helpers::Granted,
+    customer: &str,
+) {
+    let ended: Vec<Value> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        .map(Delivery::json)
+        .collect();
+    assert_eq!(ended.len(), 1, "reported once: {ended:?}");
+    assert_eq!(ended[0]["type"], "session.ended");
+    assert_eq!(ended[0]["data"]["cause"], "node_lost");
+    assert_eq!(ended[0]["data"]["sessionName"], "TV");
+    assert_eq!(ended[0]["data"]["offerId"], "o");
+    assert_eq!(ended[0]["data"]["customerId"], customer);
+    let metrics = metrics_text(survivor).await;
+    assert_eq!(
+        counter(&metrics, r#"drisc_sessions_ended_total{cause="node_lost"}"#),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost() {
+    let redis = crate::support_redis::RedisServer::start();
+    let survivor = redis_webhook_node(&redis).await;
+    let receiver = Receiver::start().await;
+    let token = survivor.token("1", "42");
+    let (mut doomed, tv, _dir) = live_on_a_doomed_node(&redis, &survivor, &receiver, &token).await;
     assert_eq!(survivor.create(&token, json!({"offerId": "o"})).await.status(), 409);
     doomed.kill9();
 
@@ -739,31 +783,15 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
                 .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
         })
         .await;
-    let ended: Vec<Value> = got
-        .iter()
-        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
-        .map(Delivery::json)
-        .collect();
-    assert_eq!(ended.len(), 1, "reported once: {ended:?}");
-    assert_eq!(ended[0]["type"], "session.ended");
-    assert_eq!(ended[0]["data"]["cause"], "node_lost");
-    assert_eq!(ended[0]["data"]["sessionName"], "TV");
-    assert_eq!(ended[0]["data"]["offerId"], "o");
-    assert_eq!(ended[0]["data"]["customerId"], "42");
     assert!(got.iter().all(|d| verify(SECRET, d)));
-    // The session that took the slot was reported too, and the counter names the cause.
+    // The session that took the slot was reported too.
     receiver
         .wait_for("the new session granted", |d| {
             d.iter()
                 .any(|d| d.session_id().as_deref() == Some(phone.session_id.as_str()))
         })
         .await;
-    let metrics = metrics_text(&survivor).await;
-    assert_eq!(
-        counter(&metrics, r#"drisc_sessions_ended_total{cause="node_lost"}"#),
-        1,
-        "{metrics}"
-    );
+    reported_node_lost_once(&receiver, &survivor, &tv, "42").await;
     receiver.stop();
     survivor.stop().await;
 }
@@ -775,26 +803,8 @@ async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_not
     let redis = crate::support_redis::RedisServer::start();
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let options = crate::support_process::ProcessOptions::default()
-        .env("DRISC__STORAGE__SESSIONS", "redis")
-        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
-        .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
-        .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
-        .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
-        .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms");
-    let mut doomed = crate::support_process::ServerProcess::start(dir.path(), options);
-    survivor.put_offer("1", "o", 1, &[]).await;
-    doomed.api().put_offer("1", "o", 1, &[]).await;
-    webhook_to(&survivor, "1", &receiver.url).await;
-
     let token = survivor.token("1", "43");
-    let tv = doomed.api().create_ok(&token, "o", "TV").await;
-    let mut player = crate::players::connect_ok(&tv.endpoint).await;
-    assert!(
-        player.keep_alive_for(Duration::from_millis(1200)).await > 0,
-        "live on the doomed node"
-    );
+    let (mut doomed, tv, _dir) = live_on_a_doomed_node(&redis, &survivor, &receiver, &token).await;
     doomed.kill9();
 
     let got = receiver
@@ -803,26 +813,10 @@ async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_not
                 .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
         })
         .await;
+    assert!(got.iter().all(|d| verify(SECRET, d)));
     // A few more rounds: none reports it again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let ended: Vec<Value> = receiver
-        .deliveries()
-        .iter()
-        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
-        .map(Delivery::json)
-        .collect();
-    assert_eq!(ended.len(), 1, "reported once: {ended:?}");
-    assert_eq!(ended[0]["type"], "session.ended");
-    assert_eq!(ended[0]["data"]["cause"], "node_lost");
-    assert_eq!(ended[0]["data"]["sessionName"], "TV");
-    assert_eq!(ended[0]["data"]["customerId"], "43");
-    assert!(got.iter().all(|d| verify(SECRET, d)));
-    let metrics = metrics_text(&survivor).await;
-    assert_eq!(
-        counter(&metrics, r#"drisc_sessions_ended_total{cause="node_lost"}"#),
-        1,
-        "{metrics}"
-    );
+    reported_node_lost_once(&receiver, &survivor, &tv, "43").await;
     receiver.stop();
     survivor.stop().await;
 }
