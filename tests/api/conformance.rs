@@ -1705,3 +1705,35 @@ async fn redis_one_node_at_a_time_takes_a_purge_round() {
     let holder: String = s.redis_server().unwrap().cmd(&["GET", keys::PURGE_LEASE]);
     assert_eq!(holder, "1");
 }
+
+/// A purge call reads about `ENTRIES_PER_CALL` index entries at most, so that
+/// Redis is never held long whatever a shard holds: a shard of 700 live
+/// sessions takes two calls, and none of them is touched.
+#[tokio::test]
+async fn redis_a_purge_walks_a_big_shard_in_bounded_calls_and_leaves_live_sessions() {
+    let s = Subject::redis().await;
+    let now = t0();
+    // 700 customers of one shard, one pending session each.
+    let shard = pool("purge-big-0").shard();
+    let pools: Vec<PoolKey> = (0..)
+        .map(|i| pool(&format!("purge-big-{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(700)
+        .collect();
+    for p in &pools {
+        admit(&s, p, "tv", 1, now).await.unwrap();
+    }
+    let server = s.redis_server().unwrap();
+    let before = calls(server, Some("evalsha"));
+    let ended = second_node(&s).await.purge_shard(shard, now + 1).await.unwrap();
+    assert_eq!(ended, 0);
+    assert_eq!(
+        calls(server, Some("evalsha")) - before,
+        2,
+        "700 entries, {} a call",
+        drisc::store::redis::purge::ENTRIES_PER_CALL
+    );
+    for p in pools.iter().step_by(50) {
+        assert_eq!(s.store.list(p, now + 2).await.unwrap().len(), 1);
+    }
+}
