@@ -319,9 +319,9 @@ pub enum SettingsBackend {
     Postgres,
 }
 
-/// The longest `cluster.purge_interval`: two rounds within the five minutes a
+/// The longest `cluster.purge_interval`: two rounds within the fifteen minutes a
 /// customer's data outlives its last session in Redis (`store::redis::purge`).
-pub const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(120);
+pub const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -569,7 +569,7 @@ impl Settings {
         if self.cluster.purge_interval > MAX_PURGE_INTERVAL {
             bail!(
                 "invalid configuration: cluster.purge_interval ({:?}) must be at most {MAX_PURGE_INTERVAL:?}: \
-                 a customer's data in Redis outlives its last session by 5 minutes, and two purge rounds \
+                 a customer's data in Redis outlives its last session by 15 minutes, and two purge rounds \
                  must fit in it, or a dead session could be dropped unreported",
                 self.cluster.purge_interval
             );

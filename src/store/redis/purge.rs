@@ -16,9 +16,11 @@
 //! before a round meets it.
 //!
 //! Cost: one script call per shard and round (more at a shard holding over
-//! [`ENTRIES_PER_CALL`] sessions), spread over half the interval: 256 calls a
-//! minute for the whole cluster at the default interval, whatever the number
-//! of nodes.
+//! [`ENTRIES_PER_CALL`] sessions), spread over half the interval, whatever the
+//! number of nodes; inside them, one `HGET` per session and one `HGETALL` per
+//! index bucket, about 1.7 commands per session a round at 6,000 sessions
+//! (`bench/analysis.md`, "The purge"). That is why a round is rare (every five
+//! minutes by default): a session costs 0.35 commands a minute for it.
 
 use std::sync::Arc;
 use std::time::Duration;

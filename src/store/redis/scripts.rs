@@ -651,10 +651,11 @@ pub const STALE_MS: u64 = 3_600_000;
 pub const EXTEND_MS: u64 = 1_200_000;
 
 /// How long a customer's hash outlives its last session's horizon (and the
-/// index buckets naming its sessions with it): five minutes, more than two
-/// purge rounds at the longest `cluster.purge_interval` allowed, so a record
-/// that dies with no socket is met by a purge before Redis drops it unread.
-pub const LINGER_MS: u64 = 300_000;
+/// index buckets naming its sessions with it): fifteen minutes, more than two
+/// purge rounds at the longest `cluster.purge_interval` allowed (five minutes,
+/// and half of one to walk the shards), so a record that dies with no socket
+/// is met by a purge before Redis drops it unread.
+pub const LINGER_MS: u64 = 900_000;
 
 pub struct Scripts {
     pub admit: redis::Script,
