@@ -1738,3 +1738,26 @@ async fn redis_a_purge_walks_a_big_shard_in_bounded_calls_and_leaves_live_sessio
         assert_eq!(s.store.list(p, now + 2).await.unwrap().len(), 1);
     }
 }
+
+/// On a Redis Cluster the purge runs each shard's script on the master of its
+/// slot: dead sessions on two masters are both deleted, and their index entries.
+#[tokio::test]
+async fn redis_cluster_a_purge_reaches_every_master() {
+    let s = Subject::redis_cluster().await;
+    let (store, cluster) = s.cluster.as_ref().map(|(st, c)| (st.clone(), c)).unwrap();
+    let now = t0();
+    let a = pool("purge-cluster");
+    let master = cluster.master_of(&keys::customer(&a));
+    let b = (0..)
+        .map(|i| pool(&format!("purge-cluster{i}")))
+        .find(|p| cluster.master_of(&keys::customer(p)) != master)
+        .unwrap();
+    let ida = admit(&s, &a, "tv", 1, now).await.unwrap();
+    let idb = admit(&s, &b, "tv", 1, now).await.unwrap();
+    let dead_at = now + CONNECT + 1;
+    assert_eq!(store.purge_shard(a.shard(), dead_at).await.unwrap(), 1);
+    assert_eq!(store.purge_shard(b.shard(), dead_at).await.unwrap(), 1);
+    for id in [ida, idb] {
+        assert_eq!(s.store.locate(id).await.unwrap(), None);
+    }
+}
