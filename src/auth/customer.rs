@@ -344,11 +344,34 @@ impl PreparedKey {
     }
 }
 
+/// The encoded headers of the HMAC algorithms as identity libraries write them
+/// (`typ` first or last, or no `typ`), each with the algorithm it names and no `kid`.
+fn common_headers() -> Vec<(String, Algorithm)> {
+    let mut headers = Vec::new();
+    for (name, alg) in [
+        ("HS256", Algorithm::HS256),
+        ("HS384", Algorithm::HS384),
+        ("HS512", Algorithm::HS512),
+    ] {
+        for json in [
+            format!(r#"{{"typ":"JWT","alg":"{name}"}}"#),
+            format!(r#"{{"alg":"{name}","typ":"JWT"}}"#),
+            format!(r#"{{"alg":"{name}"}}"#),
+        ] {
+            headers.push((URL_SAFE_NO_PAD.encode(json), alg));
+        }
+    }
+    headers
+}
+
 /// Publishers' parsed keys kept at most: far above the publishers of one deployment.
 const MAX_PARSED_KEYS: u64 = 10_000;
 
 pub struct CustomerVerifier {
     server: ServerSource,
+    /// The headers nearly every token carries (`{"typ":"JWT","alg":"HS256"}` and
+    /// its like), by their encoded text: recognized without base64 or JSON.
+    common_headers: Vec<(String, Algorithm)>,
     rules: TokenRules,
     /// Parsed per-publisher keys, by the key text, so a PEM is parsed once.
     /// Bounded: a key replaced through the admin API leaves its old entry behind
@@ -373,6 +396,7 @@ impl CustomerVerifier {
         };
         Ok(Self {
             server,
+            common_headers: common_headers(),
             jwks: JwksCache::new(jwks)?,
             rules,
             parsed: moka::sync::Cache::new(MAX_PARSED_KEYS),
@@ -438,15 +462,21 @@ impl CustomerVerifier {
 
     /// Verifies a token [`Self::read`] has read, with the key `source` names.
     pub async fn verify_read(&self, token: CustomerToken<'_>, source: KeySource<'_>) -> Result<Customer, AuthError> {
-        let header = URL_SAFE_NO_PAD.decode(token.header).map_err(|_| AuthError::Malformed)?;
-        let header: Header = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
-        let prepared = self.key_for(header.kid.as_deref(), source).await?;
+        let (alg, kid) = match self.common_headers.iter().find(|(text, _)| text == token.header) {
+            Some((_, alg)) => (*alg, None),
+            None => {
+                let header = URL_SAFE_NO_PAD.decode(token.header).map_err(|_| AuthError::Malformed)?;
+                let header: Header = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+                (header.alg, header.kid)
+            }
+        };
+        let prepared = self.key_for(kid.as_deref(), source).await?;
         // The key's own algorithms, never the token's choice alone: this is what
         // refuses `alg: none` and an RSA public key used as an HMAC secret.
-        if !prepared.key.algorithms.contains(&header.alg) {
+        if !prepared.key.algorithms.contains(&alg) {
             return Err(AuthError::BadSignature);
         }
-        prepared.check_signature(header.alg, token.message, token.signature)?;
+        prepared.check_signature(alg, token.message, token.signature)?;
         self.rules.check(&token.claims, jsonwebtoken::get_current_timestamp())?;
         self.check_lifetime(&token.claims)?;
         Ok(Customer {
@@ -955,5 +985,13 @@ mod tests {
             v.verify_read(read, KeySource::Key("other")).await,
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_common_header_names_what_parsing_it_finds() {
+        for (text, alg) in common_headers() {
+            let header: Header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&text).unwrap()).unwrap();
+            assert_eq!((header.alg, header.kid), (alg, None), "{text}");
+        }
     }
 }
