@@ -1,12 +1,23 @@
 //! Verifying the customer tokens that players present (PROTOCOL 1.1).
+//!
+//! A token is read once ([`CustomerVerifier::read`]): its parts are located and its
+//! claims parsed into one struct, whose `publisherId` picks the key. Then
+//! [`CustomerVerifier::verify_read`] checks, in this order, the header's algorithm
+//! against the key's, the signature, and the claims by the rules jsonwebtoken's
+//! `decode` applies (the required claims, `exp` and `nbf` with the leeway, `iss`,
+//! `aud`). jsonwebtoken's `decode` would parse the header twice and the claims twice
+//! more, and key an HMAC afresh for every token; its rules are not public, so they are
+//! written here, and `tests` hold them against `decode` itself, case by case.
 
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Validation, decode, decode_header};
-use serde::Deserialize;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, Header};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use sha2::{Sha256, Sha384, Sha512};
 
 use super::jwks::{JwksCache, JwksTimings};
 use super::keys::VerificationKey;
@@ -66,25 +77,122 @@ pub struct TokenRules {
 }
 
 impl TokenRules {
-    /// The checks every key shares; each key then narrows the algorithms.
-    fn validation(&self) -> Validation {
-        let mut validation = Validation::default();
-        validation.leeway = self.leeway_secs;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        // Identity providers put an aud in every token: it means nothing to a server
-        // that was not told its own name, so it is checked only when configured.
-        validation.validate_aud = !self.audience.is_empty();
-        if !self.audience.is_empty() {
-            validation.set_audience(&self.audience);
-            required.push("aud");
+    /// The claims' checks, as jsonwebtoken's `decode` makes them with `exp` required
+    /// and validated, `nbf` validated, and `aud` and `iss` required and checked only
+    /// when configured (identity providers put an `aud` in every token: it means
+    /// nothing to a server that was not told its own name).
+    fn check(&self, claims: &Claims, now: u64) -> Result<(), AuthError> {
+        // jsonwebtoken gives up on a token whose `exp`, `nbf` or `sub` is a non-empty
+        // array or object: its parser is left inside it (a JSON error, so malformed).
+        if [&claims.exp, &claims.nbf, &claims.sub]
+            .into_iter()
+            .any(|v| is_nested(v.as_ref()))
+        {
+            return Err(AuthError::Malformed);
         }
-        if !self.issuer.is_empty() {
-            validation.set_issuer(&self.issuer);
-            required.push("iss");
+        // Required claims first: one that is there but unreadable counts as missing.
+        let NumericDate::At(exp) = NumericDate::of(claims.exp.as_ref()) else {
+            return Err(AuthError::MissingClaim("exp"));
+        };
+        let audience = Names::of(claims.aud.as_ref());
+        if !self.audience.is_empty() && !audience.is_read() {
+            return Err(AuthError::MissingClaim("aud"));
         }
-        validation.set_required_spec_claims(&required);
-        validation
+        let issuer = Names::of(claims.iss.as_ref());
+        if !self.issuer.is_empty() && !issuer.is_read() {
+            return Err(AuthError::MissingClaim("iss"));
+        }
+        let not_before = NumericDate::of(claims.nbf.as_ref());
+        if matches!(not_before, NumericDate::Unreadable) {
+            return Err(AuthError::BadClaim("nbf"));
+        }
+        if exp < now.saturating_sub(self.leeway_secs) {
+            return Err(AuthError::Expired);
+        }
+        if let NumericDate::At(nbf) = not_before
+            && nbf > now.saturating_add(self.leeway_secs)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if !self.issuer.is_empty() && !issuer.any_in(&self.issuer) {
+            return Err(AuthError::WrongIssuer);
+        }
+        if !self.audience.is_empty() && !audience.any_in(&self.audience) {
+            return Err(AuthError::WrongAudience);
+        }
+        Ok(())
+    }
+}
+
+fn is_nested(value: Option<&Value>) -> bool {
+    match value {
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(Value::Object(fields)) => !fields.is_empty(),
+        _ => false,
+    }
+}
+
+/// A NumericDate claim (`exp`, `nbf`) as jsonwebtoken reads it: a non-negative
+/// integer, or a non-negative finite number rounded to whole seconds; anything else
+/// there (a string, a negative number, `null`) is unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumericDate {
+    Absent,
+    Unreadable,
+    At(u64),
+}
+
+impl NumericDate {
+    fn of(value: Option<&Value>) -> Self {
+        let Some(value) = value else {
+            return Self::Absent;
+        };
+        let Value::Number(n) = value else {
+            return Self::Unreadable;
+        };
+        if let Some(seconds) = n.as_u64() {
+            return Self::At(seconds);
+        }
+        match n.as_f64() {
+            // A negative integer is read as neither: only floats are rounded.
+            Some(f) if n.is_f64() && f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Self::At(f.round() as u64),
+            _ => Self::Unreadable,
+        }
+    }
+}
+
+/// An `iss` or `aud` claim: one string or an array of strings (`null`: absent).
+enum Names<'a> {
+    Absent,
+    Unreadable,
+    One(&'a str),
+    Many(&'a [Value]),
+}
+
+impl<'a> Names<'a> {
+    fn of(value: Option<&'a Value>) -> Self {
+        match value {
+            None | Some(Value::Null) => Self::Absent,
+            Some(Value::String(s)) => Self::One(s),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Self::Many(items),
+            Some(_) => Self::Unreadable,
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        matches!(self, Self::One(_) | Self::Many(_))
+    }
+
+    /// Whether one of the names is accepted (an empty array names none).
+    fn any_in(&self, accepted: &[String]) -> bool {
+        match self {
+            Self::One(name) => accepted.iter().any(|a| a == name),
+            Self::Many(names) => names
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|name| accepted.iter().any(|a| a == name)),
+            Self::Absent | Self::Unreadable => false,
+        }
     }
 }
 
@@ -107,26 +215,36 @@ pub enum KeySource<'a> {
     Jwks(&'a str),
 }
 
+/// Every claim read, parsed once. The ones jsonwebtoken's rules look at are all
+/// declared (`sub` included, though no rule names a subject), so that a token
+/// naming one of them twice is malformed, as `decode` finds it.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(rename = "customerId")]
     customer_id: Option<Value>,
     #[serde(rename = "publisherId")]
     publisher_id: Option<Value>,
+    // `null` is kept (not read as absent): jsonwebtoken finds a null date unreadable.
+    #[serde(default, deserialize_with = "present")]
     exp: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<Value>,
     iat: Option<Value>,
+    iss: Option<Value>,
+    aud: Option<Value>,
+    sub: Option<Value>,
 }
 
-/// The one claim read before the signature is checked: it picks the key.
-#[derive(Deserialize)]
-struct PublisherClaim {
-    #[serde(rename = "publisherId")]
-    publisher_id: Option<Value>,
+/// A claim that is there, `null` included.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// Reads an id that may arrive as a JSON string or integer (`"4"` or `4`).
-fn id_of(value: Option<&Value>, claim: &'static str) -> Result<String, AuthError> {
+fn id_of(value: Option<Value>, claim: &'static str) -> Result<String, AuthError> {
     let id = match value {
+        // The parsed string is kept when it needs no trimming (the usual case).
+        Some(Value::String(s)) if s.trim().len() == s.len() => s,
         Some(Value::String(s)) => s.trim().to_owned(),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
         _ => return Err(AuthError::MissingClaim(claim)),
@@ -137,7 +255,7 @@ fn id_of(value: Option<&Value>, claim: &'static str) -> Result<String, AuthError
     Ok(id)
 }
 
-/// A NumericDate claim (seconds, integer or not), as jsonwebtoken reads `exp`.
+/// A NumericDate claim (seconds, integer or not), as the lifetime check reads it.
 fn seconds_of(value: Option<&Value>, claim: &'static str) -> Result<Option<u64>, AuthError> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -150,19 +268,100 @@ fn seconds_of(value: Option<&Value>, claim: &'static str) -> Result<Option<u64>,
     }
 }
 
-/// A key with the validation rules that go with it, built once.
+/// A customer token read but not yet verified: what [`CustomerVerifier::read`] found.
+pub struct CustomerToken<'t> {
+    /// `header.payload`: what the signature signs.
+    message: &'t str,
+    header: &'t str,
+    signature: &'t str,
+    claims: Claims,
+    publisher: String,
+}
+
+impl CustomerToken<'_> {
+    /// The publisher the token claims to come from, not yet verified: it only
+    /// chooses which key verifies the token.
+    pub fn publisher(&self) -> &str {
+        &self.publisher
+    }
+}
+
+/// An HMAC secret keyed once for each algorithm of its family: keying costs two
+/// hash blocks, cloning a keyed state costs none.
+struct HmacKeys {
+    hs256: Hmac<Sha256>,
+    hs384: Hmac<Sha384>,
+    hs512: Hmac<Sha512>,
+}
+
+impl HmacKeys {
+    fn new(secret: &[u8]) -> Option<Self> {
+        Some(Self {
+            hs256: Hmac::new_from_slice(secret).ok()?,
+            hs384: Hmac::new_from_slice(secret).ok()?,
+            hs512: Hmac::new_from_slice(secret).ok()?,
+        })
+    }
+
+    /// `None`: not an HMAC algorithm.
+    fn matches(&self, algorithm: Algorithm, message: &[u8], signature: &[u8]) -> Option<bool> {
+        // `verify_slice` compares in constant time.
+        Some(match algorithm {
+            Algorithm::HS256 => self.hs256.clone().chain_update(message).verify_slice(signature).is_ok(),
+            Algorithm::HS384 => self.hs384.clone().chain_update(message).verify_slice(signature).is_ok(),
+            Algorithm::HS512 => self.hs512.clone().chain_update(message).verify_slice(signature).is_ok(),
+            _ => return None,
+        })
+    }
+}
+
+/// A key ready to verify: an HMAC secret keyed once, when it is parsed.
 pub(crate) struct PreparedKey {
     key: VerificationKey,
-    validation: Validation,
+    hmac: Option<HmacKeys>,
 }
 
 impl PreparedKey {
-    pub(crate) fn new(key: VerificationKey, base: &Validation) -> Self {
-        // The key's own algorithms, never the token's: decode refuses any other.
-        let mut validation = base.clone();
-        validation.algorithms = key.algorithms.clone();
-        Self { key, validation }
+    pub(crate) fn new(key: VerificationKey) -> Self {
+        let hmac = key.key.try_get_hmac_secret().ok().and_then(HmacKeys::new);
+        Self { key, hmac }
     }
+
+    /// Whether `signature` (base64url) signs `message` with this key and `algorithm`,
+    /// which the caller has checked is one of the key's.
+    fn check_signature(&self, algorithm: Algorithm, message: &str, signature: &str) -> Result<(), AuthError> {
+        if let Some(hmac) = &self.hmac {
+            let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| AuthError::Malformed)?;
+            if let Some(matches) = hmac.matches(algorithm, message.as_bytes(), &signature) {
+                return if matches { Ok(()) } else { Err(AuthError::BadSignature) };
+            }
+        }
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &self.key.key, algorithm) {
+            Ok(true) => Ok(()),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Base64(_)) => Err(AuthError::Malformed),
+            Ok(false) | Err(_) => Err(AuthError::BadSignature),
+        }
+    }
+}
+
+/// The encoded headers of the HMAC algorithms as identity libraries write them
+/// (`typ` first or last, or no `typ`), each with the algorithm it names and no `kid`.
+fn common_headers() -> Vec<(String, Algorithm)> {
+    let mut headers = Vec::new();
+    for (name, alg) in [
+        ("HS256", Algorithm::HS256),
+        ("HS384", Algorithm::HS384),
+        ("HS512", Algorithm::HS512),
+    ] {
+        for json in [
+            format!(r#"{{"typ":"JWT","alg":"{name}"}}"#),
+            format!(r#"{{"alg":"{name}","typ":"JWT"}}"#),
+            format!(r#"{{"alg":"{name}"}}"#),
+        ] {
+            headers.push((URL_SAFE_NO_PAD.encode(json), alg));
+        }
+    }
+    headers
 }
 
 /// Publishers' parsed keys kept at most: far above the publishers of one deployment.
@@ -170,8 +369,10 @@ const MAX_PARSED_KEYS: u64 = 10_000;
 
 pub struct CustomerVerifier {
     server: ServerSource,
+    /// The headers nearly every token carries (`{"typ":"JWT","alg":"HS256"}` and
+    /// its like), by their encoded text: recognized without base64 or JSON.
+    common_headers: Vec<(String, Algorithm)>,
     rules: TokenRules,
-    base: Validation,
     /// Parsed per-publisher keys, by the key text, so a PEM is parsed once.
     /// Bounded: a key replaced through the admin API leaves its old entry behind
     /// until it is evicted.
@@ -188,42 +389,44 @@ enum ServerSource {
 impl CustomerVerifier {
     /// Fails only if no HTTPS client can be built for fetching JWKS.
     pub fn new(server: ServerKeys, rules: TokenRules, jwks: JwksTimings) -> Result<Self, reqwest::Error> {
-        let base = rules.validation();
         let server = match server {
             ServerKeys::None => ServerSource::None,
-            ServerKeys::Key(key) => ServerSource::Key(Arc::new(PreparedKey::new(key, &base))),
+            ServerKeys::Key(key) => ServerSource::Key(Arc::new(PreparedKey::new(key))),
             ServerKeys::Jwks(uri) => ServerSource::Jwks(uri),
         };
         Ok(Self {
             server,
-            jwks: JwksCache::new(jwks, base.clone())?,
-            base,
+            common_headers: common_headers(),
+            jwks: JwksCache::new(jwks)?,
             rules,
             parsed: moka::sync::Cache::new(MAX_PARSED_KEYS),
         })
     }
 
-    /// Refuses an over-long token before anything reads it.
-    fn check_length(&self, token: &str) -> Result<(), AuthError> {
+    /// Reads a token once, before any key is chosen: its length, its three parts
+    /// (split from the right, as jsonwebtoken splits them), its claims, and the
+    /// publisher they name. Nothing read here is trusted until [`Self::verify_read`].
+    pub fn read<'t>(&self, token: &'t str) -> Result<CustomerToken<'t>, AuthError> {
         if token.len() > self.rules.max_token_bytes {
             return Err(AuthError::TooLong(self.rules.max_token_bytes));
         }
-        Ok(())
-    }
-
-    /// The publisher a token claims to come from, read before its signature is
-    /// checked: it only chooses which key verifies the token.
-    ///
-    /// Only the payload is decoded, and only `publisherId` is kept: the header and
-    /// the other claims are read once, by [`Self::verify`], with the signature.
-    pub fn claimed_publisher(&self, token: &str) -> Result<String, AuthError> {
-        self.check_length(token)?;
-        // `header.payload.signature`, split from the right as jsonwebtoken does.
-        let (message, _signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
-        let (_header, payload) = message.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (message, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (header, payload) = message.rsplit_once('.').ok_or(AuthError::Malformed)?;
         let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| AuthError::Malformed)?;
-        let claim: PublisherClaim = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
-        id_of(claim.publisher_id.as_ref(), "publisherId")
+        // A claims set is a JSON object (RFC 7519 7.2); serde would fill the struct
+        // from an array too, by position.
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AuthError::Malformed);
+        }
+        let mut claims: Claims = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
+        let publisher = id_of(claims.publisher_id.take(), "publisherId")?;
+        Ok(CustomerToken {
+            message,
+            header,
+            signature,
+            claims,
+            publisher,
+        })
     }
 
     fn parsed_key(&self, material: &str) -> Result<Arc<PreparedKey>, AuthError> {
@@ -234,12 +437,12 @@ impl CustomerVerifier {
             tracing::warn!(error = %e, "a publisher's verification key cannot be read");
             AuthError::NoKey
         })?;
-        let key = Arc::new(PreparedKey::new(key, &self.base));
+        let key = Arc::new(PreparedKey::new(key));
         self.parsed.insert(material.to_owned(), Arc::clone(&key));
         Ok(key)
     }
 
-    async fn key_for(&self, token: &str, source: KeySource<'_>) -> Result<Arc<PreparedKey>, AuthError> {
+    async fn key_for(&self, kid: Option<&str>, source: KeySource<'_>) -> Result<Arc<PreparedKey>, AuthError> {
         let jwks_uri = match (source, &self.server) {
             (KeySource::Key(material), _) => return self.parsed_key(material),
             (KeySource::Jwks(uri), _) => uri,
@@ -248,38 +451,37 @@ impl CustomerVerifier {
             (KeySource::Server, ServerSource::None) => return Err(AuthError::NoKey),
         };
         // The header only names the key; the key decides the algorithm.
-        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
-        self.jwks.key(jwks_uri, header.kid.as_deref()).await
+        self.jwks.key(jwks_uri, kid).await
     }
 
     /// Verifies `token` with the key `source` names and returns the customer it names.
     pub async fn verify(&self, token: &str, source: KeySource<'_>) -> Result<Customer, AuthError> {
-        self.check_length(token)?;
-        let prepared = self.key_for(token, source).await?;
-        let data = decode::<Claims>(token, &prepared.key.key, &prepared.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind::*;
-            match e.kind() {
-                ExpiredSignature => AuthError::Expired,
-                ImmatureSignature => AuthError::NotYetValid,
-                InvalidAudience => AuthError::WrongAudience,
-                InvalidIssuer => AuthError::WrongIssuer,
-                MissingRequiredClaim(claim) => AuthError::MissingClaim(match claim.as_str() {
-                    "aud" => "aud",
-                    "iss" => "iss",
-                    _ => "exp",
-                }),
-                InvalidClaimFormat(claim) => AuthError::BadClaim(match claim.as_str() {
-                    "nbf" => "nbf",
-                    _ => "exp",
-                }),
-                InvalidToken | Base64(_) | Json(_) | Utf8(_) => AuthError::Malformed,
-                _ => AuthError::BadSignature,
+        let token = self.read(token)?;
+        self.verify_read(token, source).await
+    }
+
+    /// Verifies a token [`Self::read`] has read, with the key `source` names.
+    pub async fn verify_read(&self, token: CustomerToken<'_>, source: KeySource<'_>) -> Result<Customer, AuthError> {
+        let (alg, kid) = match self.common_headers.iter().find(|(text, _)| text == token.header) {
+            Some((_, alg)) => (*alg, None),
+            None => {
+                let header = URL_SAFE_NO_PAD.decode(token.header).map_err(|_| AuthError::Malformed)?;
+                let header: Header = serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+                (header.alg, header.kid)
             }
-        })?;
-        self.check_lifetime(&data.claims)?;
+        };
+        let prepared = self.key_for(kid.as_deref(), source).await?;
+        // The key's own algorithms, never the token's choice alone: this is what
+        // refuses `alg: none` and an RSA public key used as an HMAC secret.
+        if !prepared.key.algorithms.contains(&alg) {
+            return Err(AuthError::BadSignature);
+        }
+        prepared.check_signature(alg, token.message, token.signature)?;
+        self.rules.check(&token.claims, jsonwebtoken::get_current_timestamp())?;
+        self.check_lifetime(&token.claims)?;
         Ok(Customer {
-            publisher_id: id_of(data.claims.publisher_id.as_ref(), "publisherId")?,
-            customer_id: id_of(data.claims.customer_id.as_ref(), "customerId")?,
+            publisher_id: token.publisher,
+            customer_id: id_of(token.claims.customer_id, "customerId")?,
         })
     }
 
@@ -426,7 +628,7 @@ mod tests {
             v.verify(&token, KeySource::Key("another-secret")).await,
             Err(AuthError::BadSignature)
         );
-        assert_eq!(v.claimed_publisher(&token).unwrap(), "7");
+        assert_eq!(v.read(&token).unwrap().publisher(), "7");
     }
 
     #[tokio::test]
@@ -530,12 +732,266 @@ mod tests {
             ..rules()
         });
         let padded = sign(Algorithm::HS256, claims(json!({"pad": "x".repeat(2000)})));
-        assert_eq!(v.claimed_publisher(&padded), Err(AuthError::TooLong(1024)));
+        assert_eq!(v.read(&padded).err(), Some(AuthError::TooLong(1024)));
         assert_eq!(
             v.verify(&padded, KeySource::Server).await,
             Err(AuthError::TooLong(1024))
         );
         // Not even a JWT: refused for its length, not its shape.
-        assert_eq!(v.claimed_publisher(&"a".repeat(1025)), Err(AuthError::TooLong(1024)));
+        assert_eq!(v.read(&"a".repeat(1025)).err(), Some(AuthError::TooLong(1024)));
+    }
+
+    /// The verdict of jsonwebtoken's `decode` on a token, with the validation the
+    /// verifier used before it read tokens itself, its errors named as it named them.
+    fn decode_verdict(token: &str, rules: &TokenRules) -> Result<(), AuthError> {
+        use jsonwebtoken::{DecodingKey, Validation, decode};
+        let mut validation = Validation::default();
+        validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+        validation.leeway = rules.leeway_secs;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        validation.validate_aud = !rules.audience.is_empty();
+        if !rules.audience.is_empty() {
+            validation.set_audience(&rules.audience);
+            required.push("aud");
+        }
+        if !rules.issuer.is_empty() {
+            validation.set_issuer(&rules.issuer);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let data = decode::<serde_json::Value>(token, &DecodingKey::from_secret(SECRET.as_bytes()), &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind::*;
+                match e.kind() {
+                    ExpiredSignature => AuthError::Expired,
+                    ImmatureSignature => AuthError::NotYetValid,
+                    InvalidAudience => AuthError::WrongAudience,
+                    InvalidIssuer => AuthError::WrongIssuer,
+                    MissingRequiredClaim(claim) => AuthError::MissingClaim(match claim.as_str() {
+                        "aud" => "aud",
+                        "iss" => "iss",
+                        _ => "exp",
+                    }),
+                    InvalidClaimFormat(claim) => AuthError::BadClaim(match claim.as_str() {
+                        "nbf" => "nbf",
+                        _ => "exp",
+                    }),
+                    InvalidToken | Base64(_) | Json(_) | Utf8(_) => AuthError::Malformed,
+                    _ => AuthError::BadSignature,
+                }
+            })?;
+        id_of(data.claims.get("publisherId").cloned(), "publisherId")?;
+        id_of(data.claims.get("customerId").cloned(), "customerId")?;
+        Ok(())
+    }
+
+    /// `header.payload.signature` over raw JSON, so that a claim can be named twice.
+    fn sign_raw(header: &str, payload: &str, alg: Algorithm) -> String {
+        let message = format!("{}.{}", base64_url(header.as_bytes()), base64_url(payload.as_bytes()));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
+        format!("{message}.{signature}")
+    }
+
+    #[tokio::test]
+    async fn the_claims_are_judged_as_jsonwebtoken_decode_judges_them() {
+        let n = now();
+        let nf = n as f64;
+        // One claim changed (or removed, with null as the marker) at a time, so that at
+        // most one required claim is missing: decode names the first of several missing
+        // in a random order.
+        let changes: Vec<(&str, serde_json::Value)> = vec![
+            ("exp", json!(n + 600)),
+            ("exp", json!(n - 2)),
+            ("exp", json!(n - 60)),
+            ("exp", json!(nf - 5.4)),
+            ("exp", json!(nf - 5.6)),
+            ("exp", json!(nf + 600.5)),
+            ("exp", json!(-1)),
+            ("exp", json!("soon")),
+            ("exp", json!(null)),
+            ("exp", json!(1e30)),
+            ("exp", json!(true)),
+            ("exp", json!([n + 600])),
+            ("exp", json!([])),
+            ("exp", json!({"at": n})),
+            ("exp", json!({})),
+            ("nbf", json!(n + 3)),
+            ("nbf", json!(n + 60)),
+            ("nbf", json!(nf + 5.4)),
+            ("nbf", json!(nf + 5.6)),
+            ("nbf", json!(n - 600)),
+            ("nbf", json!(-5)),
+            ("nbf", json!("soon")),
+            ("nbf", json!(null)),
+            ("nbf", json!([1])),
+            ("nbf", json!([])),
+            ("nbf", json!({"a": [1]})),
+            ("aud", json!("drisc")),
+            ("aud", json!("other")),
+            ("aud", json!(["other", "drisc"])),
+            ("aud", json!(["other"])),
+            ("aud", json!([])),
+            ("aud", json!(["drisc", 5])),
+            ("aud", json!(5)),
+            ("aud", json!(null)),
+            ("aud", json!({"drisc": true})),
+            ("iss", json!("https://idp.example.com/")),
+            ("iss", json!("https://evil.example.com/")),
+            ("iss", json!(["https://evil.example.com/", "https://idp.example.com/"])),
+            ("iss", json!([])),
+            ("iss", json!(7)),
+            ("iss", json!(null)),
+            ("sub", json!("someone")),
+            ("sub", json!(5)),
+            ("sub", json!(["a", 1])),
+            ("sub", json!({"a": 1})),
+            ("iss", json!([{"a": 1}])),
+            ("aud", json!([["drisc"]])),
+            ("iat", json!("yesterday")),
+            ("customerId", json!(" 42 ")),
+            ("customerId", json!(-3)),
+            ("customerId", json!("")),
+            ("customerId", json!(null)),
+            ("publisherId", json!(null)),
+        ];
+        let rule_sets = [
+            rules(),
+            TokenRules {
+                audience: vec!["drisc".into(), "drisc-staging".into()],
+                ..rules()
+            },
+            TokenRules {
+                issuer: vec!["https://idp.example.com/".into()],
+                ..rules()
+            },
+            TokenRules {
+                audience: vec!["drisc".into()],
+                issuer: vec!["https://idp.example.com/".into()],
+                ..rules()
+            },
+        ];
+        let base = json!({
+            "customerId": 1, "publisherId": 7, "exp": n + 600,
+            "aud": "drisc", "iss": "https://idp.example.com/",
+        });
+        let mut differ = Vec::new();
+        for rules in &rule_sets {
+            let v = verifier_with(rules.clone());
+            for (claim, value) in &changes {
+                for remove in [false, true] {
+                    let mut claims = base.clone();
+                    if remove {
+                        claims.as_object_mut().unwrap().remove(*claim);
+                    } else {
+                        claims[*claim] = value.clone();
+                    }
+                    let token = sign(Algorithm::HS256, claims.clone());
+                    let ours = v.verify(&token, KeySource::Server).await.map(|_| ());
+                    let theirs = decode_verdict(&token, rules);
+                    if ours != theirs {
+                        differ.push(format!("{claims} with {rules:?}: {ours:?}, decode {theirs:?}"));
+                    }
+                }
+            }
+        }
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn headers_signatures_and_shapes_are_judged_as_jsonwebtoken_decode_judges_them() {
+        let v = verifier();
+        let payload = format!(r#"{{"customerId":1,"publisherId":7,"exp":{}}}"#, exp());
+        let good = sign_raw(r#"{"typ":"JWT","alg":"HS256"}"#, &payload, Algorithm::HS256);
+        let (message, signature) = good.rsplit_once('.').unwrap();
+        let other_key = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(b"another"),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let tokens = vec![
+            good.clone(),
+            sign_raw(r#"{"alg":"HS384"}"#, &payload, Algorithm::HS384),
+            sign_raw(r#"{"alg":"HS512","kid":"k1","cty":"x"}"#, &payload, Algorithm::HS512),
+            // The header says one algorithm, the signature is another's.
+            sign_raw(r#"{"alg":"HS512"}"#, &payload, Algorithm::HS256),
+            sign_raw(r#"{"alg":"RS256"}"#, &payload, Algorithm::HS256),
+            sign_raw(r#"{"alg":"none"}"#, &payload, Algorithm::HS256),
+            sign_raw(r#"{"alg":"XX1"}"#, &payload, Algorithm::HS256),
+            sign_raw(r#"{"typ":"JWT"}"#, &payload, Algorithm::HS256),
+            sign_raw(r#"{"alg":"HS256","kid":5}"#, &payload, Algorithm::HS256),
+            sign_raw("not json", &payload, Algorithm::HS256),
+            // A claim named twice.
+            sign_raw(
+                r#"{"alg":"HS256"}"#,
+                &format!(r#"{{"customerId":1,"publisherId":7,"exp":{0},"exp":{0}}}"#, exp()),
+                Algorithm::HS256,
+            ),
+            sign_raw(
+                r#"{"alg":"HS256"}"#,
+                &format!(
+                    r#"{{"customerId":1,"publisherId":7,"exp":{},"sub":"a","sub":"b"}}"#,
+                    exp()
+                ),
+                Algorithm::HS256,
+            ),
+            // Whitespace around the claims, and unknown claims.
+            sign_raw(
+                r#"{"alg":"HS256"}"#,
+                &format!(
+                    " \n{{\"customerId\":1,\"publisherId\":7,\"exp\":{},\"x\":[1,{{}}]}} ",
+                    exp()
+                ),
+                Algorithm::HS256,
+            ),
+            format!("{message}.{other_key}"),
+            format!("{message}.{signature}x"),
+            format!("{message}.!!!"),
+            format!("{message}."),
+            format!("{message}.{signature}.{signature}"),
+            message.to_owned(),
+            format!("x.{good}"),
+        ];
+        for token in tokens {
+            let ours = v.verify(&token, KeySource::Server).await.map(|_| ());
+            assert_eq!(ours, decode_verdict(&token, &rules()), "{token}");
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_that_are_not_an_object_are_malformed() {
+        let v = verifier();
+        let token = sign_raw(r#"{"alg":"HS256"}"#, &format!(r#"[1, 7, {}]"#, exp()), Algorithm::HS256);
+        assert_eq!(v.read(&token).err(), Some(AuthError::Malformed));
+        let token = sign_raw(r#"{"alg":"HS256"}"#, "7", Algorithm::HS256);
+        assert_eq!(v.read(&token).err(), Some(AuthError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn a_token_is_read_once_and_verified_with_the_key_its_publisher_picks() {
+        let v = verifier();
+        let token = sign(Algorithm::HS256, claims(json!({"publisherId": " p1 "})));
+        let read = v.read(&token).unwrap();
+        assert_eq!(read.publisher(), "p1");
+        let customer = v.verify_read(read, KeySource::Key(SECRET)).await.unwrap();
+        assert_eq!(
+            (customer.publisher_id.as_str(), customer.customer_id.as_str()),
+            ("p1", "1")
+        );
+        let read = v.read(&token).unwrap();
+        assert_eq!(
+            v.verify_read(read, KeySource::Key("other")).await,
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_common_header_names_what_parsing_it_finds() {
+        for (text, alg) in common_headers() {
+            let header: Header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&text).unwrap()).unwrap();
+            assert_eq!((header.alg, header.kid), (alg, None), "{text}");
+        }
     }
 }

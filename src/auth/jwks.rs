@@ -13,7 +13,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use jsonwebtoken::Validation;
 use jsonwebtoken::jwk::Jwk;
 use serde::Deserialize;
 use serde_json::Value;
@@ -96,7 +95,7 @@ struct RawSet {
 
 /// Reads a JWKS, keeping the keys that can verify signatures. One unusable key (an
 /// encryption key, an unsupported curve) does not spoil the others.
-fn parse_set(bytes: &[u8], base: &Validation) -> Result<KeySet, String> {
+fn parse_set(bytes: &[u8]) -> Result<KeySet, String> {
     let raw: RawSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
     let mut by_kid = HashMap::new();
     let mut usable = Vec::new();
@@ -109,7 +108,7 @@ fn parse_set(bytes: &[u8], base: &Validation) -> Result<KeySet, String> {
             }
         };
         let key = match VerificationKey::from_jwk(&jwk) {
-            Ok(key) => Arc::new(PreparedKey::new(key, base)),
+            Ok(key) => Arc::new(PreparedKey::new(key)),
             Err(e) => {
                 tracing::debug!(kid = ?jwk.common.key_id, error = %e, "a JWKS key is skipped");
                 continue;
@@ -166,7 +165,6 @@ impl Source {
 /// What fetching needs, shared with the fetch tasks.
 struct Fetcher {
     client: reqwest::Client,
-    base: Validation,
 }
 
 impl Fetcher {
@@ -210,7 +208,7 @@ impl Fetcher {
             Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
             Ok(Err(e)) => Err(e),
             Ok(Ok(bytes)) if bytes.len() > MAX_JWKS_BYTES => Err(format!("larger than {MAX_JWKS_BYTES} bytes")),
-            Ok(Ok(bytes)) => parse_set(&bytes, &self.base),
+            Ok(Ok(bytes)) => parse_set(&bytes),
         };
         match outcome {
             Ok(set) => {
@@ -255,7 +253,7 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(timings: JwksTimings, base: Validation) -> Result<Self, reqwest::Error> {
+    pub fn new(timings: JwksTimings) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
@@ -265,7 +263,7 @@ impl JwksCache {
             .build()?;
         Ok(Self {
             timings,
-            fetcher: Arc::new(Fetcher { client, base }),
+            fetcher: Arc::new(Fetcher { client }),
             sources: DashMap::new(),
         })
     }
@@ -365,20 +363,18 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_skipped_and_a_lone_key_serves_tokens_without_kid() {
-        let base = Validation::default();
         let set = parse_set(
             br#"{"keys": [
                 {"kty": "oct", "kid": "a", "k": "c2VjcmV0"},
                 {"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA"},
                 {"kty": "weird", "kid": "w"}
             ]}"#,
-            &base,
         )
         .unwrap();
         assert!(set.find(Some("a")).is_some());
         assert!(set.find(Some("p521")).is_none() && set.find(Some("w")).is_none());
         assert!(set.find(None).is_some(), "one usable key: a token without kid uses it");
-        assert!(parse_set(br#"{"keys": []}"#, &base).is_err());
-        assert!(parse_set(b"[1, 2]", &base).is_err());
+        assert!(parse_set(br#"{"keys": []}"#).is_err());
+        assert!(parse_set(b"[1, 2]").is_err());
     }
 }

@@ -5,7 +5,7 @@ pub mod jwks;
 pub mod keys;
 pub mod session_token;
 
-pub use customer::{AuthError, CustomerVerifier, KeySource, ServerKeys, TokenRules};
+pub use customer::{AuthError, CustomerToken, CustomerVerifier, KeySource, ServerKeys, TokenRules};
 pub use jwks::{JwksTimings, JwksUri};
 pub use keys::VerificationKey;
 pub use session_token::{SessionClaims, SessionTokens};

@@ -6,8 +6,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, decode};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::domain::{PoolKey, SessionId};
 
@@ -39,7 +41,9 @@ impl SessionClaims {
 }
 
 pub struct SessionTokens {
-    encoding: EncodingKey,
+    /// HMAC-SHA256 keyed with the secret once: keying hashes two blocks, which
+    /// `jsonwebtoken::crypto::sign` would do again for every token.
+    signer: Hmac<Sha256>,
     decoding: DecodingKey,
     validation: Validation,
     ttl_secs: u64,
@@ -73,7 +77,9 @@ impl SessionTokens {
         let mut encoded = URL_SAFE_NO_PAD.encode(header);
         encoded.push('.');
         Self {
-            encoding: EncodingKey::from_secret(secret),
+            // HMAC hashes a key longer than its block and pads a shorter one: it
+            // refuses none.
+            signer: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_secs,
@@ -92,18 +98,21 @@ impl SessionTokens {
             offer_id: &pool.offer_id,
             exp: now_secs + self.ttl_secs,
         };
-        // Serializing a plain struct and signing with an HMAC key cannot fail.
+        // Serializing a plain struct cannot fail.
         let Ok(json) = serde_json::to_vec(&claims) else {
             return String::new();
         };
         let mut token = String::with_capacity(self.header.len() + json.len() * 4 / 3 + 48);
         token.push_str(&self.header);
         URL_SAFE_NO_PAD.encode_string(json, &mut token);
-        let Ok(signature) = jsonwebtoken::crypto::sign(token.as_bytes(), &self.encoding, Algorithm::HS256) else {
-            return String::new();
-        };
+        let signature = self
+            .signer
+            .clone()
+            .chain_update(token.as_bytes())
+            .finalize()
+            .into_bytes();
         token.push('.');
-        token.push_str(&signature);
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         token
     }
 
@@ -117,6 +126,8 @@ impl SessionTokens {
 
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::EncodingKey;
+
     use super::*;
 
     fn pool() -> PoolKey {

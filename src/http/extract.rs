@@ -42,10 +42,12 @@ impl FromRequestParts<AppState> for CustomerAuth {
         let source = checked_source(parts, state)?;
         let verified = async {
             let token = bearer(parts)?;
-            let publisher = state.verifier.claimed_publisher(token)?;
+            // Read once: the publisher it claims picks the key, which then verifies
+            // the same reading.
+            let token = state.verifier.read(token)?;
             // Looked up without creating the publisher: nothing is written before the
             // token's signature is checked.
-            let catalog = state.control.known_catalog(&publisher).await?;
+            let catalog = state.control.known_catalog(token.publisher()).await?;
             let keys = match catalog.as_ref().map(|c| &c.publisher) {
                 Some(Publisher {
                     jwks_uri: Some(uri), ..
@@ -56,7 +58,7 @@ impl FromRequestParts<AppState> for CustomerAuth {
                 }) => KeySource::Key(key),
                 _ => KeySource::Server,
             };
-            let customer = state.verifier.verify(token, keys).await?;
+            let customer = state.verifier.verify_read(token, keys).await?;
             Ok(Self(customer, catalog))
         }
         .await;

@@ -1,6 +1,7 @@
 //! The HTTP API: one small router per resource, and the layers they share.
 
 mod admin;
+mod cors;
 mod events;
 mod extract;
 mod health;
@@ -16,8 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, Request, header};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use axum::http::{HeaderName, Method, Request, header};
 use tower_http::trace::TraceLayer;
 
 use utoipa::OpenApi;
@@ -92,20 +92,15 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
     )
 }
 
-fn cors_layer(origins: &[String]) -> CorsLayer {
-    let allow_origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        // Validated at start-up (config::Settings::validate).
-        AllowOrigin::list(origins.iter().filter_map(|o| o.parse::<HeaderValue>().ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
+fn cors_layer(origins: &[String]) -> cors::CorsLayer {
+    cors::CorsLayer::new(
+        origins,
+        &[Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS],
+        &[
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-admin-key"),
-        ])
-        .max_age(Duration::from_secs(600))
+        ],
+        Duration::from_secs(600),
+    )
 }

@@ -16,6 +16,7 @@ use crate::domain::{Customer, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody, LimitExceededBody};
 use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
+use uuid::Uuid;
 
 /// The longest `sessionName` accepted, in characters.
 pub(super) const MAX_SESSION_NAME: usize = 100;
@@ -81,26 +82,32 @@ enum SessionAnswer {
     Disabled(SessionTrackingDisabled),
 }
 
-/// A [`SessionAnswer`] as `application/json`, the bytes `Json` would send, written
-/// into a buffer sized for a granted answer (an endpoint and a token of about 250
-/// bytes each) instead of one that starts at 128 bytes and grows three times.
-struct Answer(SessionAnswer);
+/// A 200 answer of `POST /sessions` and `/takeover` as `application/json`.
+enum Answer {
+    /// A granted answer's bytes, written by [`granted`].
+    Granted(Vec<u8>),
+    /// Any other answer, serialized as `Json` would.
+    Other(SessionAnswer),
+}
 
-/// Room for a granted answer with ids of a usual length.
-const ANSWER_CAPACITY: usize = 768;
+/// Room for the fixed parts of a granted answer (names, quotes, the session id).
+const ANSWER_FIXED: usize = 128;
 
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut body = Vec::with_capacity(ANSWER_CAPACITY);
-        match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                body,
-            )
-                .into_response(),
-            // Strings and a UUID always serialize; kept for the type's sake.
-            Err(e) => ApiError::Internal(format!("the answer could not be written: {e}")).into_response(),
-        }
+        let body = match self {
+            Self::Granted(body) => body,
+            Self::Other(answer) => match serde_json::to_vec(&answer) {
+                Ok(body) => body,
+                // Strings and a UUID always serialize; kept for the type's sake.
+                Err(e) => return ApiError::Internal(format!("the answer could not be written: {e}")).into_response(),
+            },
+        };
+        (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -305,10 +312,8 @@ fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Res
             pool,
             offer_id,
             session,
-        } => Ok(Answer(SessionAnswer::Granted(granted(
-            state, headers, &pool, offer_id, &session,
-        )))),
-        CreateOutcome::Disabled => Ok(Answer(SessionAnswer::Disabled(SessionTrackingDisabled {
+        } => Ok(granted(state, headers, &pool, offer_id, &session)),
+        CreateOutcome::Disabled => Ok(Answer::Other(SessionAnswer::Disabled(SessionTrackingDisabled {
             enabled: false,
             message: "Session tracking disabled.",
             status: "disabled",
@@ -324,51 +329,82 @@ fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Res
     }
 }
 
-fn granted(
-    state: &AppState,
-    headers: &HeaderMap,
-    pool: &PoolKey,
-    offer_id: String,
-    session: &Session,
-) -> SessionGranted {
+fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, offer_id: String, session: &Session) -> Answer {
     let now_secs = state.control.clock().now() / 1000;
     let token = state.tokens.issue(pool, session.id, now_secs);
-    let mut endpoint = String::with_capacity(64 + token.len());
-    write_ws_base(&mut endpoint, state, headers);
-    endpoint.push_str("?token=");
-    endpoint.push_str(&token);
-    SessionGranted {
-        endpoint,
-        offer_id,
-        session_id: session.id,
-        token,
+    let base = ws_base(state, headers);
+    match granted_body(base, &token, &offer_id, session.id) {
+        Some(body) => Answer::Granted(body),
+        // A configured URL with a character JSON escapes: serde writes it.
+        None => Answer::Other(SessionAnswer::Granted(SessionGranted {
+            endpoint: format!("{}{}{}?token={token}", base[0], base[1], base[2]),
+            offer_id,
+            session_id: session.id,
+            token,
+        })),
     }
 }
 
-/// Writes the WebSocket URL players should open: configured, or else the address
-/// the player itself used to reach us. Written straight into the endpoint: no
-/// string of its own per create.
-fn write_ws_base(endpoint: &mut String, state: &AppState, headers: &HeaderMap) {
+/// The granted answer, the bytes serde_json writes for [`SessionGranted`] (a unit
+/// test holds them equal), written straight into one buffer of its size: the token,
+/// written twice, is not scanned for characters to escape, since a session token
+/// is base64url and dots (`SessionTokens::issue`), which JSON never escapes. `None`
+/// when the WebSocket URL has a character JSON escapes.
+fn granted_body(base: [&str; 3], token: &str, offer_id: &str, session_id: SessionId) -> Option<Vec<u8>> {
+    if !base.iter().all(|part| needs_no_escape(part)) {
+        return None;
+    }
+    let base_len: usize = base.iter().map(|part| part.len()).sum();
+    let mut body = Vec::with_capacity(ANSWER_FIXED + base_len + 2 * token.len() + offer_id.len());
+    body.extend_from_slice(br#"{"endpoint":""#);
+    for part in base {
+        body.extend_from_slice(part.as_bytes());
+    }
+    body.extend_from_slice(b"?token=");
+    body.extend_from_slice(token.as_bytes());
+    body.extend_from_slice(br#"","offerId":"#);
+    // Any string a player sent: escaped as serde_json escapes it.
+    serde_json::to_writer(&mut body, offer_id).ok()?;
+    body.extend_from_slice(br#","sessionId":""#);
+    body.extend_from_slice(
+        session_id
+            .0
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    body.extend_from_slice(br#"","token":""#);
+    body.extend_from_slice(token.as_bytes());
+    body.extend_from_slice(br#""}"#);
+    Some(body)
+}
+
+/// Whether serde_json writes `s` inside quotes as it is: it escapes only `"`, `\`
+/// and the control characters below U+0020.
+fn needs_no_escape(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// The WebSocket URL players should open, in up to three parts: configured, or else
+/// the address the player itself used to reach us. Parts, not one string, so that
+/// no string of its own is built per create.
+fn ws_base<'a>(state: &'a AppState, headers: &'a HeaderMap) -> [&'a str; 3] {
     let configured = &state.settings.server.public_ws_url;
     if !configured.is_empty() {
-        endpoint.push_str(configured);
-        return;
+        return [configured, "", ""];
     }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| is_plain_host(h));
     let Some(host) = host else {
-        endpoint.push_str(&state.fallback_ws_url);
-        return;
+        return [&state.fallback_ws_url, "", ""];
     };
     let secure = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
         .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    endpoint.push_str(if secure { "wss://" } else { "ws://" });
-    endpoint.push_str(host);
-    endpoint.push_str("/ws");
+    [if secure { "wss://" } else { "ws://" }, host, "/ws"]
 }
 
 /// A Host header is reflected into the endpoint only if it is a host and port.
@@ -378,4 +414,60 @@ fn is_plain_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_bytes(endpoint: String, offer_id: &str, session_id: SessionId, token: &str) -> Vec<u8> {
+        serde_json::to_vec(&SessionAnswer::Granted(SessionGranted {
+            endpoint,
+            offer_id: offer_id.to_owned(),
+            session_id,
+            token: token.to_owned(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_granted_answer_is_byte_for_byte_what_serde_json_writes() {
+        let token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJhIn0.c2lnbmF0dXJlLV8";
+        let session_id = SessionId::random();
+        let bases = [
+            ["ws://", "127.0.0.1:8080", "/ws"],
+            ["wss://", "[::1]:443", "/ws"],
+            ["wss://play.example.com/drisc/ws", "", ""],
+            ["ws://ex\u{e9}mple.com/ws?a=1&b=/", "", ""],
+        ];
+        let offers = [
+            "bench",
+            "",
+            "o\"ff\\er",
+            "caf\u{e9} \u{1f600}",
+            "tab\there\u{1}\u{7f}",
+            "</script>",
+        ];
+        for base in bases {
+            for offer in offers {
+                let body = granted_body(base, token, offer, session_id).unwrap();
+                let endpoint = format!("{}{}{}?token={token}", base[0], base[1], base[2]);
+                assert_eq!(
+                    String::from_utf8(body).unwrap(),
+                    String::from_utf8(serde_bytes(endpoint, offer, session_id, token)).unwrap(),
+                    "{base:?} {offer:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_websocket_url_that_json_escapes_is_left_to_serde_json() {
+        for base in ["ws://a\"b/ws", "ws://a\\b/ws", "ws://a\nb/ws"] {
+            assert!(
+                granted_body([base, "", ""], "t.t.t", "o", SessionId::random()).is_none(),
+                "{base:?}"
+            );
+        }
+    }
 }

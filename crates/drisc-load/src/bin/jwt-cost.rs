@@ -12,6 +12,11 @@
 //!   claims serialized, base64url, HMAC-SHA256 over the pre-encoded header and
 //!   them (`jsonwebtoken::crypto::sign`); and, for comparison, `jsonwebtoken::encode`
 //!   (the header encoded again each time), which drisc used before.
+//! - **read once and verify** and **sign with a keyed HMAC**: the same two operations
+//!   as drisc makes them since round eight (bench/analysis.md): the token's claims
+//!   parsed once (base64 and one JSON parse; the header recognized by its encoded
+//!   text), the signature checked with an HMAC keyed once and cloned per token, `exp`
+//!   and `nbf` checked by hand; the session token signed with a keyed HMAC as well.
 //!
 //! Run: `cargo run --release -p drisc-load --bin jwt-cost -- [N]` (default 200000).
 //! Pin it to one core (`taskset -c 1`) and repeat: the machine is shared.
@@ -19,9 +24,13 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Sha256;
 
 const SECRET: &[u8] = b"drisc-dev-customer-secret";
 
@@ -34,6 +43,22 @@ struct CustomerClaims {
     publisher_id: Option<Value>,
     exp: Option<Value>,
     iat: Option<Value>,
+}
+
+/// drisc's one parse of a customer token's claims (`auth::customer::Claims`).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct AllClaims {
+    #[serde(rename = "customerId")]
+    customer_id: Option<Value>,
+    #[serde(rename = "publisherId")]
+    publisher_id: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+    iss: Option<Value>,
+    aud: Option<Value>,
+    sub: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +154,44 @@ fn main() -> anyhow::Result<()> {
         black_box(token.is_ok());
     });
 
+    // As drisc verifies since round eight: one parse, a keyed HMAC cloned per token.
+    let keyed = Hmac::<Sha256>::new_from_slice(SECRET)?;
+    let common_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Header::new(Algorithm::HS256))?);
+    let read_and_verify = |token: &str| -> Option<()> {
+        let (message, signature) = token.rsplit_once('.')?;
+        let (header, payload) = message.rsplit_once('.')?;
+        let claims: AllClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        // The header nearly every token carries is recognized by its text.
+        (header == common_header).then_some(())?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        keyed
+            .clone()
+            .chain_update(message.as_bytes())
+            .verify_slice(&signature)
+            .ok()?;
+        let exp = claims.exp.as_ref()?.as_u64()?;
+        let nbf = claims.nbf.as_ref().and_then(Value::as_u64).unwrap_or(0);
+        (exp + 5 >= now && nbf <= now + 5).then_some(())
+    };
+    read_and_verify(&token).ok_or_else(|| anyhow::anyhow!("the token does not verify the new way"))?;
+    let verify_once = time(n, |_| {
+        black_box(read_and_verify(black_box(&token)).is_some());
+    });
+    let session_signer = Hmac::<Sha256>::new_from_slice(b"a server secret of 32 random bytes")?;
+    let sign_keyed = time(n, |i| {
+        let json = serde_json::to_vec(&claims(i)).unwrap_or_default();
+        let mut token = header.clone();
+        URL_SAFE_NO_PAD.encode_string(json, &mut token);
+        let signature = session_signer
+            .clone()
+            .chain_update(token.as_bytes())
+            .finalize()
+            .into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        black_box(token);
+    });
+
     println!("jwt-cost: {n} operations each, µs per operation (one thread)");
     println!("  verify a customer token (jsonwebtoken::decode, HS256)      {verify:.2}");
     println!("  peek at its publisherId (payload only)                     {peek:.2}");
@@ -137,6 +200,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  the two operations of a create (verify + peek + sign)      {:.2}",
         verify + peek + sign
+    );
+    println!("  read once and verify (keyed HMAC, as drisc now)            {verify_once:.2}");
+    println!("  sign with a keyed HMAC (as drisc now)                      {sign_keyed:.2}");
+    println!(
+        "  the two operations of a create, as drisc now               {:.2}",
+        verify_once + sign_keyed
     );
     Ok(())
 }
