@@ -644,7 +644,12 @@ mod tests {
     /// written piece by piece: batches staged by either read the same.
     #[test]
     fn a_framed_header_is_the_formatted_one() {
-        for (n, body) in [(0, ""), (9, "x"), (10, "\u{e9}\u{1f600}"), (u64::MAX - 1_764_527_405_000, "{}")] {
+        for (n, body) in [
+            (0, ""),
+            (9, "x"),
+            (10, "\u{e9}\u{1f600}"),
+            (u64::MAX - 1_764_527_405_000, "{}"),
+        ] {
             let e = event(n, body);
             let batch = frame(&[&e]).expect("framed");
             let formatted = format!(
