@@ -223,7 +223,8 @@ impl WebhookOutbox for SqliteSettings {
 /// durable takes no connection from the pool (whose every acquire is a round trip
 /// to the connection's thread, its ping) and waits for no other user of it. At its
 /// default `synchronous` (FULL, as every connection here): a written event is on
-/// disk at the commit.
+/// disk at the commit. Its lock (tokio's) is held across the batch's statement, as
+/// the journal's is: the writer is its one user, so nothing waits on it but `close`.
 pub(crate) struct Appender {
     options: SqliteConnectOptions,
     conn: Mutex<Option<SqliteConnection>>,
