@@ -188,29 +188,78 @@ fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D:
 }
 
 /// The event as the outbox keeps it until delivery ([`deliverable`] renders it).
+/// Written by hand, byte for byte what serde_json makes of [`Stored`] (a test
+/// holds them equal): this runs on the request's thread for every event, and
+/// serde_json's escaping of every byte and its formatting of the ids took most of
+/// the report's instructions.
 pub fn record(event: &SessionEvent) -> String {
     let r = Record::of(event);
+    let mut out = String::with_capacity(RECORD_CAPACITY);
+    out.push('[');
+    out.push(char::from(b'0' + STORED_VERSION));
+    out.push(',');
+    json_str(&mut out, r.event_type.as_str());
+    out.push(',');
+    json_str(&mut out, &r.customer_id);
+    out.push(',');
+    json_str(&mut out, &r.offer_id);
+    out.push(',');
+    json_id(&mut out, r.session_id);
+    for text in [&r.session_name, &r.cause, &r.reason] {
+        out.push(',');
+        json_opt_str(&mut out, text.as_deref());
+    }
+    out.push_str(match r.enforced {
+        Some(true) => ",true,",
+        Some(false) => ",false,",
+        None => ",null,",
+    });
     let (by, by_name) = r
         .taken_over_by
         .map_or((None, None), |(id, name)| (Some(id), Some(name)));
-    let stored = Stored(
-        STORED_VERSION,
-        Cow::Borrowed(r.event_type.as_str()),
-        r.customer_id,
-        r.offer_id,
-        r.session_id,
-        r.session_name,
-        r.cause,
-        r.reason,
-        r.enforced,
-        by,
-        by_name,
-    );
-    let mut out = Vec::with_capacity(RECORD_CAPACITY);
-    if serde_json::to_writer(&mut out, &stored).is_err() {
-        return String::new();
+    json_id(&mut out, by);
+    out.push(',');
+    json_opt_str(&mut out, by_name.as_deref());
+    out.push(']');
+    out
+}
+
+/// A JSON string: as it is between quotes when nothing in it needs escaping (ids,
+/// names, the usual case), else as serde_json escapes it.
+fn json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        let mut escaped = Vec::with_capacity(s.len() + 8);
+        if serde_json::to_writer(&mut escaped, s).is_ok() {
+            out.push_str(std::str::from_utf8(&escaped).unwrap_or("null"));
+        } else {
+            out.push_str("null");
+        }
     }
-    String::from_utf8(out).unwrap_or_default()
+}
+
+fn json_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A session id, hyphenated and lower case as its `Display` writes it (it needs no
+/// escaping), without going through the formatter.
+fn json_id(out: &mut String, id: Option<Id<'_>>) {
+    match id {
+        Some(Id::Typed(id)) => {
+            out.push('"');
+            out.push_str(id.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+            out.push('"');
+        }
+        Some(Id::Text(id)) => json_str(out, id),
+        None => out.push_str("null"),
+    }
 }
 
 /// The bytes to sign and send for an outbox row's body: a record rendered now
@@ -367,6 +416,45 @@ mod tests {
             );
             let delivered = deliverable(&record, &pool.publisher_id, 1_764_527_405_123);
             assert_eq!(delivered.as_deref(), Ok(render(&event, at).as_str()), "{record}");
+        }
+    }
+
+    /// The record written by hand is serde_json's rendering of [`Stored`], byte for
+    /// byte, whatever the strings hold (quotes, backslashes, control characters,
+    /// DEL, non-ASCII).
+    #[test]
+    fn the_record_is_serde_jsons_rendering_of_its_fields() {
+        for (customer, offer) in [
+            ("c", "o"),
+            ("c\"1\u{e9}", "o/\t"),
+            ("\u{0}\u{1f}\u{7f}\\", "\u{2028}\u{1f600}\r\u{8}\u{c}"),
+            ("", " "),
+        ] {
+            let pool = PoolKey {
+                publisher_id: "p".into(),
+                customer_id: customer.into(),
+                offer_id: offer.into(),
+            };
+            for event in every_kind(&pool) {
+                let r = Record::of(&event);
+                let (by, by_name) = r
+                    .taken_over_by
+                    .map_or((None, None), |(id, name)| (Some(id), Some(name)));
+                let stored = Stored(
+                    STORED_VERSION,
+                    Cow::Borrowed(r.event_type.as_str()),
+                    r.customer_id,
+                    r.offer_id,
+                    r.session_id,
+                    r.session_name,
+                    r.cause,
+                    r.reason,
+                    r.enforced,
+                    by,
+                    by_name,
+                );
+                assert_eq!(record(&event), serde_json::to_string(&stored).unwrap_or_default());
+            }
         }
     }
 

@@ -10,6 +10,8 @@
 mod postgres;
 mod sqlite;
 
+pub(super) use sqlite::Appender;
+
 use crate::domain::events::{EventType, Webhook};
 use crate::domain::ports::SettingsError;
 

@@ -9,6 +9,7 @@ use rand::RngCore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
+use super::outbox::Appender;
 use super::sqlite_journal::Journal;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
@@ -30,6 +31,8 @@ pub struct SqliteSettings {
     /// The session journal, in a file of its own written from a thread at nice
     /// 19 (see [`super::sqlite_journal`]).
     journal: std::sync::Arc<Journal>,
+    /// The outbox writer's own connection (see [`Appender`]).
+    appender: std::sync::Arc<Appender>,
 }
 
 pub(super) fn db_err(e: impl std::fmt::Display) -> SettingsError {
@@ -60,8 +63,9 @@ impl SqliteSettings {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&db).await?;
-        let journal = std::sync::Arc::new(Journal::open(path, options, &db).await?);
-        Ok(Self { db, journal })
+        let journal = std::sync::Arc::new(Journal::open(path, options.clone(), &db).await?);
+        let appender = std::sync::Arc::new(Appender::new(options));
+        Ok(Self { db, journal, appender })
     }
 
     /// The secret named `name`, created at random on first use so it survives restarts.
@@ -83,6 +87,7 @@ impl SqliteSettings {
     }
 
     pub async fn close(&self) {
+        self.appender.close().await;
         self.journal.close().await;
         self.db.close().await;
     }
@@ -90,6 +95,11 @@ impl SqliteSettings {
     /// The connections, for the webhooks' outbox (`store::outbox`).
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.db
+    }
+
+    /// The outbox writer's connection (`store::outbox`).
+    pub(super) fn appender(&self) -> &Appender {
+        &self.appender
     }
 }
 

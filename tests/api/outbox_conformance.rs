@@ -67,7 +67,72 @@ conformance!(
     a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events,
     a_sessions_events_written_in_many_batches_go_out_in_order_whatever_the_claims_size,
     a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session,
+    a_batch_of_one_publisher_past_its_cap_is_cut_to_the_room_left,
 );
+
+/// A batch of one publisher (SQLite appends it in one statement when it fits):
+/// one that fits is written whole, one that does not is cut to the room left, the
+/// rest refused, and the order of what was written holds.
+async fn a_batch_of_one_publisher_past_its_cap_is_cut_to_the_room_left(s: Subject) {
+    let s = s.with_webhook("p").await;
+    let first: Vec<_> = (0..3).map(|n| event("p", "a", n)).collect();
+    let done = s.outbox.enqueue(&first, 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (3, 0));
+    let more = [event("p", "a", 3), event("p", "a", 4)];
+    let done = s.outbox.enqueue(&more, 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (1, 1));
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 4);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let claimed = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "one event of session a at a time");
+        seen.push(claimed[0].message_id.clone());
+        s.outbox.delivered(claimed[0].id).await.unwrap();
+    }
+    assert_eq!(seen, ["msg_a_0", "msg_a_1", "msg_a_2", "msg_a_3"]);
+}
+
+/// SQLite only: the outbox writer's own connection. Events it wrote are read by
+/// the next process on the same file (this one dropped without a graceful stop),
+/// and a batch that failed (an ordering key with a space is refused) leaves the
+/// connection closed, and the next batch opens a new one and is written.
+#[tokio::test]
+async fn events_the_writer_wrote_are_read_after_a_restart_and_a_failed_batch_does_not_stop_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    {
+        let db = SqliteSettings::open(&path).await.unwrap();
+        db.create_publisher(&publisher("p")).await.unwrap();
+        db.put_webhook(&hook("p")).await.unwrap();
+        assert_eq!(db.enqueue(&[event("p", "a", 0)], 100).await.unwrap().written, 1);
+        let mut spaced = event("p", "a", 1);
+        spaced.ordering_key = "a b".into();
+        assert!(db.enqueue(&[spaced], 100).await.is_err());
+        let done = db
+            .enqueue(&[event("p", "a", 2), event("p", "b", 3)], 100)
+            .await
+            .unwrap();
+        assert_eq!(done.written, 2);
+        // No close: the process is gone.
+    }
+    let db = SqliteSettings::open(&path).await.unwrap();
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 3);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let claimed = db.claim(NOW, LEASE, 10).await.unwrap();
+        assert!(!claimed.is_empty());
+        for c in claimed {
+            seen.push(c.message_id.clone());
+            db.delivered(c.id).await.unwrap();
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["msg_a_0", "msg_a_2", "msg_b_3"]);
+    db.close().await;
+}
 
 /// One writer batch of 600 events of 7 sessions interleaved (PostgreSQL writes it
 /// in one statement, SQLite as one staged row): each session's events are claimed
