@@ -179,8 +179,9 @@ pub trait Pause: Send + Sync {
 
 /// What a store that keeps the sessions in this process must also do, since
 /// nothing outside it will: remove the sessions that die unattended, and hand
-/// them over to be saved across a restart. Redis does neither: it expires dead
-/// sessions by itself (every script drops them first) and outlives the node.
+/// them over to be saved across a restart. Redis does neither: a dead session
+/// there stops counting at its deadline, the scripts that report it or the
+/// purge delete it (`store::redis::purge`), and Redis outlives the node.
 #[async_trait]
 pub trait LocalSessions: Send + Sync + 'static {
     /// Removes the dead sessions of at most `pools` of the pools with a deadline

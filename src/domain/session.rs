@@ -105,6 +105,12 @@ impl SessionId {
         Self::random_in(customer.shard())
     }
 
+    /// `f` of the id's text as `Display` writes it (hyphenated, lower case), made
+    /// without the formatter: the granted answer and every event write it.
+    pub fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        f(self.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+    }
+
     /// The shard an id was made in by [`SessionId::random_in`] (of any other id,
     /// a shard that means nothing).
     pub fn shard(&self) -> u16 {

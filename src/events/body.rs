@@ -254,7 +254,7 @@ fn json_id(out: &mut String, id: Option<Id<'_>>) {
     match id {
         Some(Id::Typed(id)) => {
             out.push('"');
-            out.push_str(id.0.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+            id.with_text(|id| out.push_str(id));
             out.push('"');
         }
         Some(Id::Text(id)) => json_str(out, id),

@@ -180,15 +180,9 @@ impl SessionEvents for Events {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
-            // Hyphenated as the id's `Display` writes it, without the formatter.
-            let ordering_key = event.session_id.map_or_else(
-                || message_id.clone(),
-                |id| {
-                    id.0.hyphenated()
-                        .encode_lower(&mut uuid::Uuid::encode_buffer())
-                        .to_owned()
-                },
-            );
+            let ordering_key = event
+                .session_id
+                .map_or_else(|| message_id.clone(), |id| id.with_text(str::to_owned));
             // The record, not the body, where the outbox takes it: it is
             // rendered at delivery, off this thread (see `body`).
             let body = if self.records {

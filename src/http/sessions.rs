@@ -16,7 +16,6 @@ use crate::domain::{Customer, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody, LimitExceededBody};
 use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
-use uuid::Uuid;
 
 /// The longest `sessionName` accepted, in characters.
 pub(super) const MAX_SESSION_NAME: usize = 100;
@@ -366,13 +365,7 @@ fn granted_body(base: [&str; 3], token: &str, offer_id: &str, session_id: Sessio
     // Any string a player sent: escaped as serde_json escapes it.
     serde_json::to_writer(&mut body, offer_id).ok()?;
     body.extend_from_slice(br#","sessionId":""#);
-    body.extend_from_slice(
-        session_id
-            .0
-            .hyphenated()
-            .encode_lower(&mut Uuid::encode_buffer())
-            .as_bytes(),
-    );
+    session_id.with_text(|id| body.extend_from_slice(id.as_bytes()));
     body.extend_from_slice(br#"","token":""#);
     body.extend_from_slice(token.as_bytes());
     body.extend_from_slice(br#""}"#);

@@ -10,8 +10,6 @@
 mod postgres;
 mod sqlite;
 
-pub(super) use sqlite::Appender;
-
 use crate::domain::events::{EventType, Webhook};
 use crate::domain::ports::SettingsError;
 

@@ -6,10 +6,9 @@ use std::str::FromStr;
 use anyhow::Context;
 use async_trait::async_trait;
 use rand::RngCore;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 
-use super::outbox::Appender;
 use super::sqlite_journal::Journal;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
@@ -31,12 +30,74 @@ pub struct SqliteSettings {
     /// The session journal, in a file of its own written from a thread at nice
     /// 19 (see [`super::sqlite_journal`]).
     journal: std::sync::Arc<Journal>,
-    /// The outbox writer's own connection (see [`Appender`]).
-    appender: std::sync::Arc<Appender>,
+    /// The outbox writer's own connection, held open: the write that makes events
+    /// durable takes no connection from the pool (whose every acquire is a round
+    /// trip to the connection's thread, its ping) and waits for no other user of
+    /// it. At its default `synchronous` (FULL, as every connection here): a
+    /// written event is on disk at the commit.
+    appender: std::sync::Arc<OwnConnection>,
 }
 
 pub(super) fn db_err(e: impl std::fmt::Display) -> SettingsError {
     SettingsError::Database(e.to_string())
+}
+
+/// How an [`OwnConnection`] opens its connection.
+pub(super) type Opener =
+    fn(SqliteConnectOptions) -> std::pin::Pin<Box<dyn Future<Output = Result<SqliteConnection, SettingsError>> + Send>>;
+
+/// A connection of its own for one writer (the session journal, the outbox's
+/// appender), opened on first use and held open, outside the pool. Its lock
+/// (tokio's) is held across the writer's statements: the writer is its one user,
+/// so nothing waits on it but `close`.
+pub(super) struct OwnConnection {
+    options: SqliteConnectOptions,
+    open: Opener,
+    conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+}
+
+impl OwnConnection {
+    pub(super) fn new(options: SqliteConnectOptions, open: Opener) -> Self {
+        Self {
+            options,
+            open,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A plain connection, on sqlx's own thread.
+    pub(super) fn plain(options: SqliteConnectOptions) -> Self {
+        Self::new(options, |options| {
+            Box::pin(async move { options.connect().await.map_err(db_err) })
+        })
+    }
+
+    /// Runs `work` on the connection, opened if it is not; after an error the
+    /// connection is closed, so the next call opens a fresh one (a call cut off
+    /// mid-statement, or a crashed SQLite thread, leaves nothing behind).
+    pub(super) async fn with<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, SettingsError>,
+    ) -> Result<T, SettingsError> {
+        let mut slot = self.conn.lock().await;
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => slot.insert((self.open)(self.options.clone()).await?),
+        };
+        let result = work(conn).await;
+        if result.is_err()
+            && let Some(broken) = slot.take()
+        {
+            let _ = broken.close().await;
+        }
+        result
+    }
+
+    pub(super) async fn close(&self) {
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn.close().await;
+        }
+    }
 }
 
 impl SqliteSettings {
@@ -64,7 +125,7 @@ impl SqliteSettings {
             .await?;
         MIGRATOR.run(&db).await?;
         let journal = std::sync::Arc::new(Journal::open(path, options.clone(), &db).await?);
-        let appender = std::sync::Arc::new(Appender::new(options));
+        let appender = std::sync::Arc::new(OwnConnection::plain(options));
         Ok(Self { db, journal, appender })
     }
 
@@ -98,7 +159,7 @@ impl SqliteSettings {
     }
 
     /// The outbox writer's connection (`store::outbox`).
-    pub(super) fn appender(&self) -> &Appender {
+    pub(super) fn appender(&self) -> &OwnConnection {
         &self.appender
     }
 }

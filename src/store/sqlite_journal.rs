@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection, SqlitePool};
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::saved::SavedRow;
-use super::sqlite::{db_err, statements};
+use super::sqlite::{OwnConnection, db_err, statements};
 use crate::domain::journal::{Ended, JournalBatch};
 use crate::domain::ports::SettingsError;
 use crate::domain::{PoolKey, Session};
@@ -54,8 +53,8 @@ pub fn path_for(settings: &Path) -> PathBuf {
 }
 
 pub(super) struct Journal {
-    options: SqliteConnectOptions,
-    conn: Mutex<Option<SqliteConnection>>,
+    /// Opened from a thread at nice 19 ([`open_lowered`]).
+    conn: OwnConnection,
 }
 
 impl Journal {
@@ -66,13 +65,13 @@ impl Journal {
         let path = path_for(settings);
         super::private_files::ensure_private_database(&path)?;
         let journal = Self {
-            options: options.filename(&path).thread_name(|_| THREAD.to_owned()),
-            conn: Mutex::new(None),
+            conn: OwnConnection::new(options.filename(&path).thread_name(|_| THREAD.to_owned()), |options| {
+                Box::pin(open_lowered(options))
+            }),
         };
-        {
-            let mut conn = journal.connection().await?;
-            MIGRATOR.run(&mut *conn).await?;
-        }
+        journal
+            .with(async |conn| MIGRATOR.run(conn).await.map_err(db_err))
+            .await?;
         journal.adopt(db).await?;
         Ok(journal)
     }
@@ -101,36 +100,15 @@ impl Journal {
         Ok(())
     }
 
-    /// The connection, opened from a thread at nice 19 if it is not open.
-    async fn connection(&self) -> Result<tokio::sync::MappedMutexGuard<'_, SqliteConnection>, SettingsError> {
-        let mut slot = self.conn.lock().await;
-        if slot.is_none() {
-            *slot = Some(open_lowered(self.options.clone()).await?);
-        }
-        MutexGuard::try_map(slot, Option::as_mut).map_err(|_| SettingsError::Database("no journal connection".into()))
-    }
-
-    /// Runs `work` on the connection; after an error the connection is closed, so
-    /// the next call opens a fresh one (a crashed SQLite thread stays crashed).
     async fn with<T>(
         &self,
         work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, SettingsError>,
     ) -> Result<T, SettingsError> {
-        let mut conn = self.connection().await?;
-        let result = work(&mut conn).await;
-        if result.is_err() {
-            drop(conn);
-            if let Some(broken) = self.conn.lock().await.take() {
-                let _ = broken.close().await;
-            }
-        }
-        result
+        self.conn.with(work).await
     }
 
     pub(super) async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
-            let _ = conn.close().await;
-        }
+        self.conn.close().await;
     }
 
     /// Saves `sessions` (a shutdown), replacing rows by key.

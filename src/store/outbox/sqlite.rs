@@ -3,9 +3,8 @@
 use std::borrow::Cow;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::Mutex;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
 
 use super::{WAITING, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
@@ -216,53 +215,6 @@ impl WebhookOutbox for SqliteSettings {
             pending: count("pending")? + u64::try_from(staged).unwrap_or(0),
             dead: count("dead")?,
         })
-    }
-}
-
-/// The outbox writer's own connection, held open: the write that makes events
-/// durable takes no connection from the pool (whose every acquire is a round trip
-/// to the connection's thread, its ping) and waits for no other user of it. At its
-/// default `synchronous` (FULL, as every connection here): a written event is on
-/// disk at the commit. Its lock (tokio's) is held across the batch's statement, as
-/// the journal's is: the writer is its one user, so nothing waits on it but `close`.
-pub(crate) struct Appender {
-    options: SqliteConnectOptions,
-    conn: Mutex<Option<SqliteConnection>>,
-}
-
-impl Appender {
-    pub(crate) fn new(options: SqliteConnectOptions) -> Self {
-        Self {
-            options,
-            conn: Mutex::new(None),
-        }
-    }
-
-    /// Runs `work` on the connection, opened if it is not; after an error the
-    /// connection is closed, so the next call opens a fresh one (a call cut off
-    /// mid-statement, or a crashed SQLite thread, leaves nothing behind).
-    async fn with<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, SettingsError>,
-    ) -> Result<T, SettingsError> {
-        let mut slot = self.conn.lock().await;
-        let conn = match &mut *slot {
-            Some(conn) => conn,
-            None => slot.insert(self.options.connect().await.map_err(db_err)?),
-        };
-        let result = work(conn).await;
-        if result.is_err()
-            && let Some(broken) = slot.take()
-        {
-            let _ = broken.close().await;
-        }
-        result
-    }
-
-    pub(crate) async fn close(&self) {
-        if let Some(conn) = self.conn.lock().await.take() {
-            let _ = conn.close().await;
-        }
     }
 }
 
