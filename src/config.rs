@@ -319,6 +319,10 @@ pub enum SettingsBackend {
     Postgres,
 }
 
+/// The longest `cluster.node_lost_after`: a record marked lost must be reported
+/// long before a check would rewrite its deadline (`store::redis::scripts`).
+pub const MAX_NODE_LOST_AFTER: Duration = Duration::from_secs(600);
+
 /// The longest `cluster.purge_interval`: two rounds within the fifteen minutes a
 /// customer's data outlives its last session in Redis (`store::redis::purge`).
 pub const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(300);
@@ -334,6 +338,11 @@ pub struct ClusterSettings {
     /// node to end them, and reports their end (`store::redis::purge`).
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// How long a session whose node stopped vouching for it waits, marked
+    /// lost in Redis, for that node to come back and put it back, before its
+    /// end (`node_lost`) is reported; a node cut off for longer puts none back.
+    #[serde(with = "humantime_serde")]
+    pub node_lost_after: Duration,
     pub on_store_unavailable: UnavailablePolicy,
     #[serde(with = "humantime_serde")]
     pub settings_cache_ttl: Duration,
@@ -538,6 +547,7 @@ impl Settings {
             ("cluster.refresh_interval", self.cluster.refresh_interval),
             ("cluster.tombstone_ttl", self.cluster.tombstone_ttl),
             ("cluster.purge_interval", self.cluster.purge_interval),
+            ("cluster.node_lost_after", self.cluster.node_lost_after),
             ("storage.journal_interval", self.storage.journal_interval),
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
@@ -572,6 +582,15 @@ impl Settings {
                  a customer's data in Redis outlives its last session by 15 minutes, and two purge rounds \
                  must fit in it, or a dead session could be dropped unreported",
                 self.cluster.purge_interval
+            );
+        }
+        if self.cluster.node_lost_after <= l.pong_timeout || self.cluster.node_lost_after > MAX_NODE_LOST_AFTER {
+            bail!(
+                "invalid configuration: cluster.node_lost_after ({:?}) must be longer than liveness.pong_timeout \
+                 ({:?}), since a node is counted lost only once its liveness key ran out, and at most \
+                 {MAX_NODE_LOST_AFTER:?}",
+                self.cluster.node_lost_after,
+                l.pong_timeout
             );
         }
         if self.storage.sessions == SessionBackend::Redis && !self.storage.redis_url.starts_with("redis") {
@@ -961,6 +980,19 @@ mod tests {
         s.storage.journal_interval = Duration::ZERO;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("storage.journal_interval"), "{err}");
+    }
+
+    #[test]
+    fn node_lost_after_must_outlast_the_pong_timeout_and_stay_under_ten_minutes() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.cluster.node_lost_after, Duration::from_secs(120));
+        for bad in [s.liveness.pong_timeout, MAX_NODE_LOST_AFTER + Duration::from_secs(1)] {
+            s.cluster.node_lost_after = bad;
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("cluster.node_lost_after"), "{err}");
+        }
+        s.cluster.node_lost_after = MAX_NODE_LOST_AFTER;
+        s.validate().unwrap();
     }
 
     #[test]

@@ -21,6 +21,9 @@ use super::support_redis::{RedisCluster, RedisServer};
 const CONNECT: u64 = 30_000;
 const PONG: u64 = 25_000;
 const GRACE: u64 = 20_000;
+/// How long a session whose node stopped stays marked lost before its end is reported (Redis).
+const LOST_AFTER: u64 = 120_000;
+const NODE_LOST_AFTER: Duration = Duration::from_millis(LOST_AFTER);
 
 pub fn timings() -> Timings {
     Timings {
@@ -72,6 +75,7 @@ impl Subject {
                 &server.url,
                 timings(),
                 Duration::from_secs(60),
+                NODE_LOST_AFTER,
                 TimeSource::Caller,
                 orders.clone(),
             )
@@ -96,6 +100,7 @@ impl Subject {
                 RedisTarget::cluster(cluster.seeds()),
                 timings(),
                 Duration::from_secs(60),
+                NODE_LOST_AFTER,
                 TimeSource::Caller,
                 orders.clone(),
             )
@@ -1257,6 +1262,7 @@ async fn second_store(s: &Subject) -> RedisStore {
         &s.redis_server().unwrap().url,
         timings(),
         Duration::from_secs(60),
+        NODE_LOST_AFTER,
         TimeSource::Caller,
         Arc::new(Recorder::default()),
     )
@@ -1461,6 +1467,7 @@ async fn redis_a_node_vouches_once_per_shard_it_holds_sessions_in() {
             &server.url,
             timings(),
             Duration::from_secs(60),
+            NODE_LOST_AFTER,
             TimeSource::Redis,
             Arc::new(Recorder::default()),
         )
@@ -1641,11 +1648,18 @@ async fn redis_a_purge_reports_each_session_that_died_with_no_node_once() {
     s.flush().await;
     // Past every deadline: the node holding `lost` stopped after that round.
     let later = now + 10_000 + CONNECT.max(GRACE).max(PONG) + 1;
-    let live_id = admit(&s, &live, "tablet", 1, later).await.unwrap();
     // A listing meets the never-connected one: not shown, and not swallowed.
     assert!(s.store.list(&never, later).await.unwrap().is_empty());
 
-    assert_eq!(purge_all(&purger, later).await, 3);
+    // The one whose node stopped is marked lost, not reported: its node may be
+    // cut off rather than gone, and put it back.
+    assert_eq!(purge_all(&purger, later).await, 2);
+    assert_eq!(s.store.locate(lost_id).await.unwrap(), Some(lost.clone()), "still indexed");
+    assert!(s.store.list(&lost, later).await.unwrap().is_empty(), "holding no slot");
+    assert_eq!(purge_all(&purger, later + LOST_AFTER - 1).await, 0, "still waiting for its node");
+    let reported = later + LOST_AFTER;
+    let live_id = admit(&s, &live, "tablet", 1, reported).await.unwrap();
+    assert_eq!(purge_all(&purger, reported).await, 1);
     let mut got: Vec<_> = ends.0.lock().unwrap().drain(..).collect();
     got.sort_by_key(|(id, ..)| *id);
     let mut expected = vec![
@@ -1659,14 +1673,57 @@ async fn redis_a_purge_reports_each_session_that_died_with_no_node_once() {
         assert_eq!(s.store.locate(id).await.unwrap(), None, "unindexed");
     }
     // Once: the records are gone, so another round (or another node) finds nothing.
-    assert_eq!(purge_all(&purger, later + 1).await, 0);
-    assert_eq!(purge_all(&*second_node(&s).await, later + 2).await, 0);
+    assert_eq!(purge_all(&purger, reported + 1).await, 0);
+    assert_eq!(purge_all(&*second_node(&s).await, reported + 2).await, 0);
     assert_eq!(
         s.store.locate(live_id).await.unwrap(),
         Some(live.clone()),
         "the live one stays"
     );
-    assert_eq!(s.store.list(&live, later + 2).await.unwrap().len(), 1);
+    assert_eq!(s.store.list(&live, reported + 2).await.unwrap().len(), 1);
+}
+
+/// An admission that meets a session whose node stopped frees its slot and
+/// marks it lost; its end (`node_lost`) is reported only once its node had
+/// `cluster.node_lost_after` to come back, by the next script that reports
+/// (here another admission), once; a never-connected one is reported at once.
+#[tokio::test]
+async fn redis_an_admission_marks_a_session_its_node_lost_and_its_end_is_reported_after_the_wait() {
+    use drisc::domain::ports::EndCause;
+    let s = Subject::redis().await;
+    let ends = Arc::new(Ends::default());
+    let other = reporting_node(&s, ends.clone()).await;
+    let now = t0();
+    let p = pool("lost-by-admission");
+    let lost = admit(&s, &p, "box", 2, now).await.unwrap();
+    s.store.attach(&p, lost, Holder(3), now).await.unwrap().unwrap();
+    let never = admit(&s, &p, "tv", 2, now).await.unwrap();
+    s.flush().await;
+    // The ends of the two sessions under test reported since the last look
+    // (the sessions admitted below never connect, and end too).
+    let ends_now = || -> Vec<(SessionId, EndCause)> {
+        let mut got: Vec<_> = ends
+            .0
+            .lock()
+            .unwrap()
+            .drain(..)
+            .filter(|(id, ..)| [lost, never].contains(id))
+            .map(|(id, cause, ..)| (id, cause))
+            .collect();
+        got.sort();
+        got
+    };
+    let later = now + CONNECT.max(PONG) + 1;
+    // Both slots are free: the pool (limit 2) takes two more.
+    assert!(other.admit(&p, new(&p, "phone"), limit(2), later).await.unwrap().is_ok());
+    assert!(other.admit(&p, new(&p, "tablet"), limit(2), later).await.unwrap().is_ok());
+    assert_eq!(ends_now(), vec![(never, EndCause::ConnectTimeout)]);
+    assert!(other.admit(&p, new(&p, "laptop"), limit(3), later + LOST_AFTER - 1).await.unwrap().is_ok());
+    assert_eq!(ends_now(), vec![], "its node may still come back");
+    assert!(other.admit(&p, new(&p, "car"), limit(4), later + LOST_AFTER).await.unwrap().is_ok());
+    assert_eq!(ends_now(), vec![(lost, EndCause::NodeLost)]);
+    assert!(other.admit(&p, new(&p, "watch"), limit(5), later + LOST_AFTER + 1).await.unwrap().is_ok());
+    assert_eq!(ends_now(), vec![], "once");
 }
 
 /// A customer's data outlives its last session by the linger, so that a session

@@ -40,6 +40,7 @@ mod support_postgres;
 // A toolbox for the tests that need a real process: not every test uses every tool.
 #[allow(dead_code)]
 mod support_process;
+mod support_proxy;
 mod support_redis;
 mod takeover;
 mod tokens;

@@ -172,6 +172,23 @@ impl Player {
         }
     }
 
+    /// Answers every PING until something else arrives (returned) or `window`
+    /// passes (`None`); also how many PINGs came.
+    pub async fn play_until_told(&mut self, window: Duration) -> (usize, Option<Seen>) {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut pings = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Seen::Message(m)) if m["action"] == "PING" => {
+                    pings += 1;
+                    self.send("PONG").await;
+                }
+                other => return (pings, other),
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self
             .ws

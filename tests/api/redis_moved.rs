@@ -19,6 +19,8 @@ use super::support_redis::RedisServer;
 /// A PONG timeout short enough that a node vouches again (every third of it)
 /// within a test's second.
 const PONG: Duration = Duration::from_millis(1_500);
+/// Longer than any outage these tests make: their nodes put back what they miss.
+const NODE_LOST_AFTER: Duration = Duration::from_secs(60);
 
 fn timings() -> Timings {
     Timings {
@@ -36,6 +38,7 @@ async fn node(server: &RedisServer, node: u64) -> (Arc<RedisStore>, Arc<Recorder
         &server.url,
         timings(),
         Duration::from_secs(60),
+        NODE_LOST_AFTER,
         TimeSource::Redis,
         orders.clone(),
     )

@@ -665,11 +665,24 @@ const PURGE_OFTEN: Duration = Duration::from_millis(300);
 /// comes first (the first one runs an interval after the node starts).
 const PURGE_RARELY: Duration = drisc::config::MAX_PURGE_INTERVAL;
 
+/// How long a session whose node stopped waits, marked lost, before its end is
+/// reported, in these tests (longer than their 2 s `pong_timeout`).
+const LOST_AFTER: Duration = Duration::from_secs(3);
+
 /// A node on `redis` whose grants wait `connect_timeout` for their player.
 async fn redis_webhook_node_with(
     redis: &crate::support_redis::RedisServer,
     connect_timeout: Duration,
     purge_interval: Duration,
+) -> TestApp {
+    redis_webhook_node_lost_after(redis, connect_timeout, purge_interval, LOST_AFTER).await
+}
+
+async fn redis_webhook_node_lost_after(
+    redis: &crate::support_redis::RedisServer,
+    connect_timeout: Duration,
+    purge_interval: Duration,
+    lost_after: Duration,
 ) -> TestApp {
     let url = redis.url.clone();
     webhook_app(move |s| {
@@ -680,6 +693,7 @@ async fn redis_webhook_node_with(
         s.liveness.connect_timeout = connect_timeout;
         s.cluster.refresh_interval = Duration::from_millis(200);
         s.cluster.purge_interval = purge_interval;
+        s.cluster.node_lost_after = lost_after;
         // Creates are retried until a slot frees: the customer's rate limit is not under test.
         s.limits.customer_burst = 1000;
     })
@@ -706,9 +720,12 @@ async fn create_until_granted(node: &Api, token: &str, patience: Duration) -> cr
 /// with offer "o" (limit 1) on it and on `survivor`, the webhook to `receiver`
 /// on the survivor only (each node has its own settings database), and a
 /// session of `token`'s customer granted and live on it. The directory holds
-/// its data: keep it as long as the process.
+/// its data: keep it as long as the process. The player is returned still
+/// connected: drop it only once the node is gone, or the session would be a
+/// detached one.
 async fn live_on_a_doomed_node(
-    redis: &crate::support_redis::RedisServer,
+    redis_url: &str,
+    lost_after: Duration,
     survivor: &TestApp,
     receiver: &Receiver,
     token: &str,
@@ -716,15 +733,19 @@ async fn live_on_a_doomed_node(
     crate::support_process::ServerProcess,
     crate::helpers::Granted,
     tempfile::TempDir,
+    crate::players::Player,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let options = crate::support_process::ProcessOptions::default()
         .env("DRISC__STORAGE__SESSIONS", "redis")
-        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+        .env("DRISC__STORAGE__REDIS_URL", redis_url)
         .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
         .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
         .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
-        .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms");
+        .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms")
+        .env("DRISC__CLUSTER__NODE_LOST_AFTER", format!("{}ms", lost_after.as_millis()))
+        .env("DRISC__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("DRISC__WEBHOOKS__POLL_INTERVAL", "50ms");
     let doomed = crate::support_process::ServerProcess::start(dir.path(), options);
     survivor.put_offer("1", "o", 1, &[]).await;
     doomed.api().put_offer("1", "o", 1, &[]).await;
@@ -735,7 +756,7 @@ async fn live_on_a_doomed_node(
         player.keep_alive_for(Duration::from_millis(1200)).await > 0,
         "live on the doomed node"
     );
-    (doomed, tv, dir)
+    (doomed, tv, dir, player)
 }
 
 /// `receiver` got one event about `tv` (of customer `customer`): its
@@ -772,7 +793,7 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
     let token = survivor.token("1", "42");
-    let (mut doomed, tv, _dir) = live_on_a_doomed_node(&redis, &survivor, &receiver, &token).await;
+    let (mut doomed, tv, _dir, _player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
     assert_eq!(survivor.create(&token, json!({"offerId": "o"})).await.status(), 409);
     doomed.kill9();
 
@@ -804,7 +825,7 @@ async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_not
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
     let token = survivor.token("1", "43");
-    let (mut doomed, tv, _dir) = live_on_a_doomed_node(&redis, &survivor, &receiver, &token).await;
+    let (mut doomed, tv, _dir, _player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
     doomed.kill9();
 
     let got = receiver
@@ -817,6 +838,153 @@ async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_not
     // A few more rounds: none reports it again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     reported_node_lost_once(&receiver, &survivor, &tv, "43").await;
+    receiver.stop();
+    survivor.stop().await;
+}
+
+/// A node frozen (SIGSTOP: a process starved of CPU, a VM paused) for longer
+/// than `pong_timeout` loses its sessions in Redis: the survivor's purge marks
+/// them lost, then, `node_lost_after` later, deletes them and reports them
+/// `node_lost`. When the node thaws, its PONG deadline has passed: the end it
+/// sends finds the session gone in Redis and reports nothing, and its player is
+/// told EXPIRED. Ended once, on the wire and in the events alike.
+#[tokio::test]
+async fn a_session_reported_node_lost_while_its_node_was_frozen_is_not_put_back_when_it_thaws() {
+    let redis = crate::support_redis::RedisServer::start();
+    let survivor = redis_webhook_node(&redis).await;
+    let receiver = Receiver::start().await;
+    let token = survivor.token("1", "45");
+    let (doomed, tv, _dir, mut player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
+    // The thawed node's own events reach the receiver too.
+    webhook_to(&doomed.api(), "1", &receiver.url).await;
+    doomed.signal("STOP");
+    receiver
+        .wait_for("the frozen node's session reported ended by the purge", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        })
+        .await;
+    doomed.signal("CONT");
+
+    // Thawed: the node finds the session ended, and tells its player.
+    let (_, told) = player.play_until_told(Duration::from_secs(8)).await;
+    assert_eq!(
+        told,
+        Some(crate::players::Seen::Message(json!({"action": "EXPIRED"}))),
+        "a session reported node_lost played on after its node thawed"
+    );
+    player.expect_close(4003).await;
+    // Time for the thawed node to report anything it would (its delivery polls every 50 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reported_node_lost_once(&receiver, &survivor, &tv, "45").await;
+    assert_eq!(
+        doomed.api().create(&token, json!({"offerId": "o"})).await.status(),
+        200,
+        "the slot is free"
+    );
+    receiver.stop();
+    survivor.stop().await;
+}
+
+/// A node cut off from Redis (the network between them stalls; Redis and the
+/// other node go on, and so do the node's players, who PONG it all along) for
+/// longer than `node_lost_after` has its sessions reported `node_lost` by the
+/// survivor's purge. When the network heals the node puts none of them back
+/// (its outage was longer than `node_lost_after`): the player is told EXPIRED
+/// instead of playing on, and no event names the session again.
+#[tokio::test]
+async fn a_session_reported_node_lost_while_its_node_was_cut_off_is_not_put_back_when_it_is_back() {
+    let redis = crate::support_redis::RedisServer::start();
+    let relay = crate::support_proxy::Relay::start(([127, 0, 0, 1], redis.port).into());
+    let survivor = redis_webhook_node(&redis).await;
+    let receiver = Receiver::start().await;
+    let token = survivor.token("1", "46");
+    let relayed = format!("redis://{}", relay.addr);
+    let (doomed, tv, _dir, player) = live_on_a_doomed_node(&relayed, LOST_AFTER, &survivor, &receiver, &token).await;
+    webhook_to(&doomed.api(), "1", &receiver.url).await;
+    // The player PONGs the node all along.
+    let playing = tokio::spawn(async move {
+        let mut player = player;
+        let (pings, told) = player.play_until_told(Duration::from_secs(30)).await;
+        (pings, told, player)
+    });
+    relay.hold();
+    receiver
+        .wait_for("the cut-off node's session reported ended by the purge", |d| {
+            d.iter()
+                .any(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        })
+        .await;
+    relay.release();
+
+    let (pings, told, mut player) = playing.await.expect("the player's task");
+    assert!(pings > 2, "the node pinged its player while cut off: {pings}");
+    assert_eq!(
+        told,
+        Some(crate::players::Seen::Message(json!({"action": "EXPIRED"}))),
+        "a session reported node_lost played on after its node was back"
+    );
+    player.expect_close(4003).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reported_node_lost_once(&receiver, &survivor, &tv, "46").await;
+    receiver.stop();
+    survivor.stop().await;
+}
+
+/// A node cut off from Redis for longer than `pong_timeout` but less than
+/// `node_lost_after`: the survivor's purge marks its session lost (its slot is
+/// free meanwhile) and reports nothing; when the network heals the node puts
+/// the session back and its player plays on, with no event at all.
+#[tokio::test]
+async fn a_session_marked_lost_while_its_node_was_cut_off_comes_back_with_no_event_if_the_node_is_back_in_time() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let redis = crate::support_redis::RedisServer::start();
+    let relay = crate::support_proxy::Relay::start(([127, 0, 0, 1], redis.port).into());
+    let survivor = redis_webhook_node_lost_after(&redis, Duration::from_secs(1), PURGE_OFTEN, WAIT).await;
+    let receiver = Receiver::start().await;
+    let token = survivor.token("1", "47");
+    let relayed = format!("redis://{}", relay.addr);
+    let (doomed, tv, _dir, player) = live_on_a_doomed_node(&relayed, WAIT, &survivor, &receiver, &token).await;
+    webhook_to(&doomed.api(), "1", &receiver.url).await;
+    let playing = tokio::spawn(async move {
+        let mut player = player;
+        let (pings, told) = player.play_until_told(Duration::from_secs(12)).await;
+        (pings, told, player)
+    });
+    relay.hold();
+    // The survivor's purge marks it lost once the node's liveness key ran out.
+    let pool = drisc::domain::PoolKey {
+        publisher_id: "1".into(),
+        customer_id: "47".into(),
+        offer_id: "o".into(),
+    };
+    let id = drisc::domain::SessionId::parse(&tv.session_id).unwrap();
+    let record = || -> Option<String> {
+        redis.cmd(&["HGET", &drisc::store::redis::keys::customer(&pool), &drisc::store::redis::keys::compact(id)])
+    };
+    let marked_by = Instant::now() + Duration::from_secs(10);
+    while !record().is_some_and(|r| r.starts_with("x|")) {
+        assert!(Instant::now() < marked_by, "not marked lost: {:?}", record());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.release();
+
+    let (pings, told, _player) = playing.await.expect("the player's task");
+    assert_eq!(told, None, "the player was disturbed");
+    assert!(pings > 10, "{pings}");
+    assert!(record().is_some_and(|r| r.starts_with("l|")), "put back: {:?}", record());
+    assert_eq!(
+        survivor.create(&token, json!({"offerId": "o"})).await.status(),
+        409,
+        "it holds its slot again"
+    );
+    let about: Vec<Value> = receiver
+        .deliveries()
+        .iter()
+        .filter(|d| d.session_id().as_deref() == Some(tv.session_id.as_str()))
+        .map(Delivery::json)
+        .collect();
+    assert!(about.is_empty(), "{about:?}");
     receiver.stop();
     survivor.stop().await;
 }

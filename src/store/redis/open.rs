@@ -50,6 +50,7 @@ pub async fn open<L: Notifier>(
         target.clone(),
         settings.timings(),
         settings.cluster.tombstone_ttl,
+        settings.cluster.node_lost_after,
         TimeSource::Redis,
         local.clone(),
     )

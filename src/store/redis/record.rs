@@ -2,7 +2,9 @@
 //! keep it in a pool's hash, and the replies they send back.
 //!
 //! In a customer's hash a record is packed, `s|e|h|c|L|o|n`: `s` state
-//! (`p`ending, `l`ive, `d`etached), `e` expires at (epoch ms, base 36), `h` holder (socket
+//! (`p`ending, `l`ive, `d`etached; `x`: a live one whose node stopped vouching,
+//! marked lost by a script and then `e` is when, which holds no slot and which
+//! no script returns), `e` expires at (epoch ms, base 36), `h` holder (socket
 //! id in hex, "" if none: its leading digits name the node, which the scripts
 //! read), `c` created at (epoch ms, base 36), `L` the length in bytes of `o`, the offer
 //! (the pool), `n` name, last since it may hold any character. The id is the

@@ -804,6 +804,25 @@ impl RedisStore {
         }
     }
 
+    /// Whether this node's liveness key in `shard` may have run out, so that
+    /// another node may have found its sessions there dead and reported their
+    /// end (`node_lost`): the shard counts as lost, or its last vouch is older
+    /// than a fraction of the PONG timeout. The second is what a node that was
+    /// frozen (SIGSTOP, a paused VM) knows first: a socket's PONG deadline can
+    /// fire before the next round notices the gap.
+    pub(super) fn may_have_lost(&self, shard: u16) -> bool {
+        if self.node.is_none() || self.time != TimeSource::Redis {
+            return false;
+        }
+        if self.vouching.lock().is_ok_and(|v| v.lost.contains_key(&shard)) {
+            return true;
+        }
+        let limit = self.timings.pong_timeout / GAP_DIVISOR;
+        self.vouched
+            .lock()
+            .is_ok_and(|vouched| vouched.get(&shard).is_some_and(|at| at.elapsed() > limit))
+    }
+
     /// A refresh round is late, or could not reach Redis at all: Redis may be
     /// stalled or out of reach, and every shard's keys may run out. Until a
     /// round reaches Redis again ([`Self::reached`]) the node admits no one;

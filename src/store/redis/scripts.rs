@@ -28,7 +28,7 @@ use super::keys;
 
 /// The time every script reads first: ARGV[1], the caller's `now` (0: Redis's
 /// own clock), and the lifecycle timings. `@CONNECT@`, `@PONG@`, `@GRACE@`,
-/// `@TOMB@`, `@STALE@`, `@EXTEND@` and `@LINGER@` are replaced by milliseconds
+/// `@TOMB@`, `@STALE@`, `@EXTEND@`, `@LINGER@` and `@LOST_AFTER@` are replaced by milliseconds
 /// when the scripts are built.
 const NOW: &str = r#"
 local now = tonumber(ARGV[1])
@@ -37,7 +37,7 @@ if now == nil or now <= 0 then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local CONNECT, PONG, GRACE, TOMB, STALE, EXTEND = @CONNECT@, @PONG@, @GRACE@, @TOMB@, @STALE@, @EXTEND@
-local LINGER = @LINGER@
+local LINGER, LOST_AFTER = @LINGER@, @LOST_AFTER@
 "#;
 
 /// The prologue of the scripts on a pool: KEYS[1] the customer's hash, KEYS[2]
@@ -158,6 +158,7 @@ end
 -- The latest a record may hold its slot, whatever its node does: what the keys' TTLs cover.
 local function horizon_of(rec)
   if rec.s == 'l' and rec.h ~= '' then return rec.e + STALE end
+  if rec.s == 'x' then return rec.e + LOST_AFTER end
   return rec.e
 end
 
@@ -171,10 +172,32 @@ end
 -- script that deletes them says why (a live one whose node stopped vouching lost
 -- its node; one still vouched for outlived its horizon unchecked).
 local function why_dead(rec)
+  if rec.s == 'x' then return 'node_lost' end
   if rec.s == 'p' then return 'connect_timeout' end
   if rec.s == 'd' then return 'grace_expired' end
   if rec.h ~= '' and node_until(rec.h) <= now then return 'node_lost' end
   return 'expired'
+end
+
+-- What to do with a dead record a script that reports ends meets: 'mark' a
+-- live one whose node stopped vouching (state 'x', `e` the time it was marked:
+-- it holds no slot, and stays in the hash and the index), 'wait' with one
+-- marked less than LOST_AFTER ago, else 'report' it (delete it and name its
+-- end). Its node, cut off from Redis or frozen rather than gone, may still come
+-- back within LOST_AFTER and put it back (REASSERT), with nothing reported; a
+-- node whose outage lasted longer puts back nothing.
+local function fate_of(rec)
+  if rec.s == 'x' then
+    if now < rec.e + LOST_AFTER then return 'wait' end
+    return 'report'
+  end
+  if why_dead(rec) == 'node_lost' then return 'mark' end
+  return 'report'
+end
+
+local function mark_lost(rec)
+  rec.s, rec.e = 'x', now
+  redis.call('HSET', cust, rec.id, pack(rec))
 end
 
 -- The dead records `load` deleted ({id, o, n, c}: c the cause), for the reply:
@@ -205,9 +228,14 @@ local function load()
     rec.till = until_of(rec)
     if rec.till <= now then
       if not keep_dead then
-        redis.call('HDEL', cust, rec.id)
-        redis.call('HDEL', ix_of(rec.id), rec.id)
-        purged[#purged + 1] = {id = rec.id, o = rec.o, n = rec.n, c = why_dead(rec)}
+        local fate = fate_of(rec)
+        if fate == 'mark' then
+          mark_lost(rec)
+        elseif fate == 'report' then
+          redis.call('HDEL', cust, rec.id)
+          redis.call('HDEL', ix_of(rec.id), rec.id)
+          purged[#purged + 1] = {id = rec.id, o = rec.o, n = rec.n, c = why_dead(rec)}
+        end
       end
     else
       all[#all + 1] = rec
@@ -519,8 +547,10 @@ return added
 /// it (`s|e|h|c|n`; `e` 0: now plus the live allowance). Reply, per session:
 /// `r` (still there, held by this socket), `p` (put back, and indexed), `x`
 /// (another socket holds it), `g` and the tombstone if any (it ended), or `f`:
-/// not put back, as sessions admitted since the outage began may have taken
-/// its slot.
+/// not put back, as sessions admitted since the outage began may have taken its
+/// slot, or the outage lasted `cluster.node_lost_after` or more (another node
+/// may have reported it ended: see `fate_of`). A missing session is one whose
+/// record is gone, dead, or marked lost (`x`) by another node's script.
 ///
 /// The limit is not known here, yet holds: before the outage the pool held every
 /// session now in it that is older than the outage, and every one of this node's
@@ -530,7 +560,8 @@ return added
 const REASSERT: &str = r#"
 keep_dead = true
 local mine = load()
-local since = now - tonumber(ARGV[3])
+local back = tonumber(ARGV[3])
+local since = now - back
 local newer = 0
 for _, other in ipairs(mine) do
   if other.c > since then newer = newer + 1 end
@@ -546,6 +577,9 @@ for i = 1, (#ARGV - 4) / 3 do
     if tomb then replies[i] = 'g' .. tomb else missing[#missing + 1] = i end
   end
 end
+-- After an outage of LOST_AFTER or more, a missing session may have been
+-- marked lost that long ago and reported ended since: none comes back.
+if back >= LOST_AFTER then newer = #missing end
 for n, i in ipairs(missing) do
   if n <= #missing - newer then
     local s, e, h, c, name = string.match(ARGV[3 * i + 4], '^(%a)|(%d+)|(%x*)|(%d+)|(.*)$')
@@ -607,10 +641,18 @@ while b < BUCKETS and seen < budget do
       redis.call('HDEL', bucket, id)
     else
       local rec = decode(v)
+      rec.id = id
       if until_of(rec) <= now then
-        redis.call('HDEL', cust, id)
-        redis.call('HDEL', bucket, id)
-        gone[#gone + 1] = {t = tag, id = id, o = rec.o, n = rec.n, c = why_dead(rec)}
+        local fate = fate_of(rec)
+        if fate == 'mark' then
+          mark_lost(rec)
+          keep_until(cust, horizon_of(rec) + LINGER)
+          keep_until(bucket, horizon_of(rec) + LINGER)
+        elseif fate == 'report' then
+          redis.call('HDEL', cust, id)
+          redis.call('HDEL', bucket, id)
+          gone[#gone + 1] = {t = tag, id = id, o = rec.o, n = rec.n, c = why_dead(rec)}
+        end
       end
     end
   end
@@ -694,7 +736,7 @@ impl Scripts {
     }
 
     /// Builds the scripts with the lifecycle timings (ms) baked in.
-    pub fn new(connect_ms: u64, pong_ms: u64, grace_ms: u64, tombstone_ms: u64) -> Self {
+    pub fn new(connect_ms: u64, pong_ms: u64, grace_ms: u64, tombstone_ms: u64, lost_after_ms: u64) -> Self {
         let now = NOW
             .replace("@CONNECT@", &connect_ms.to_string())
             .replace("@PONG@", &pong_ms.max(1).to_string())
@@ -702,7 +744,8 @@ impl Scripts {
             .replace("@TOMB@", &tombstone_ms.max(1).to_string())
             .replace("@STALE@", &STALE_MS.to_string())
             .replace("@EXTEND@", &EXTEND_MS.to_string())
-            .replace("@LINGER@", &LINGER_MS.to_string());
+            .replace("@LINGER@", &LINGER_MS.to_string())
+            .replace("@LOST_AFTER@", &lost_after_ms.max(1).to_string());
         let prelude = PRELUDE
             .replace("@BUCKETS@", &keys::INDEX_BUCKETS.to_string())
             .replace("@MOVED@", keys::MOVED);

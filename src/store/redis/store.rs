@@ -220,6 +220,7 @@ impl RedisStore {
         target: impl IntoRedisTarget,
         timings: Timings,
         tombstone_ttl: Duration,
+        node_lost_after: Duration,
         time: TimeSource,
         local: Arc<dyn Notifier>,
     ) -> Result<Self, StoreError> {
@@ -230,6 +231,7 @@ impl RedisStore {
             duration_ms(timings.pong_timeout),
             duration_ms(timings.reconnect_grace),
             duration_ms(tombstone_ttl),
+            duration_ms(node_lost_after),
         );
         // Loaded up front, so the pipelines (which do not fall back to EVAL) find them.
         for script in scripts.all() {
@@ -916,7 +918,11 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
         if let Some(h) = holder {
-            if let Some(held) = self.holding(h, id) {
+            // Batched with the next round, and answered at once, unless the
+            // node's liveness key there may have run out: then another node may
+            // have reported this session ended already, and only the script
+            // can tell whether it is still this node's to end (and report).
+            if let Some(held) = self.holding(h, id).filter(|_| !self.may_have_lost(pool.shard())) {
                 self.release(h);
                 self.queue(pool, Queued::End { id, holder: h, now });
                 return Ok(Some(Session {
