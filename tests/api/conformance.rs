@@ -1654,9 +1654,17 @@ async fn redis_a_purge_reports_each_session_that_died_with_no_node_once() {
     // The one whose node stopped is marked lost, not reported: its node may be
     // cut off rather than gone, and put it back.
     assert_eq!(purge_all(&purger, later).await, 2);
-    assert_eq!(s.store.locate(lost_id).await.unwrap(), Some(lost.clone()), "still indexed");
+    assert_eq!(
+        s.store.locate(lost_id).await.unwrap(),
+        Some(lost.clone()),
+        "still indexed"
+    );
     assert!(s.store.list(&lost, later).await.unwrap().is_empty(), "holding no slot");
-    assert_eq!(purge_all(&purger, later + LOST_AFTER - 1).await, 0, "still waiting for its node");
+    assert_eq!(
+        purge_all(&purger, later + LOST_AFTER - 1).await,
+        0,
+        "still waiting for its node"
+    );
     let reported = later + LOST_AFTER;
     let live_id = admit(&s, &live, "tablet", 1, reported).await.unwrap();
     assert_eq!(purge_all(&purger, reported).await, 1);
@@ -1715,14 +1723,44 @@ async fn redis_an_admission_marks_a_session_its_node_lost_and_its_end_is_reporte
     };
     let later = now + CONNECT.max(PONG) + 1;
     // Both slots are free: the pool (limit 2) takes two more.
-    assert!(other.admit(&p, new(&p, "phone"), limit(2), later).await.unwrap().is_ok());
-    assert!(other.admit(&p, new(&p, "tablet"), limit(2), later).await.unwrap().is_ok());
+    assert!(
+        other
+            .admit(&p, new(&p, "phone"), limit(2), later)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        other
+            .admit(&p, new(&p, "tablet"), limit(2), later)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     assert_eq!(ends_now(), vec![(never, EndCause::ConnectTimeout)]);
-    assert!(other.admit(&p, new(&p, "laptop"), limit(3), later + LOST_AFTER - 1).await.unwrap().is_ok());
+    assert!(
+        other
+            .admit(&p, new(&p, "laptop"), limit(3), later + LOST_AFTER - 1)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     assert_eq!(ends_now(), vec![], "its node may still come back");
-    assert!(other.admit(&p, new(&p, "car"), limit(4), later + LOST_AFTER).await.unwrap().is_ok());
+    assert!(
+        other
+            .admit(&p, new(&p, "car"), limit(4), later + LOST_AFTER)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     assert_eq!(ends_now(), vec![(lost, EndCause::NodeLost)]);
-    assert!(other.admit(&p, new(&p, "watch"), limit(5), later + LOST_AFTER + 1).await.unwrap().is_ok());
+    assert!(
+        other
+            .admit(&p, new(&p, "watch"), limit(5), later + LOST_AFTER + 1)
+            .await
+            .unwrap()
+            .is_ok()
+    );
     assert_eq!(ends_now(), vec![], "once");
 }
 

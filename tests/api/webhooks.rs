@@ -743,7 +743,10 @@ async fn live_on_a_doomed_node(
         .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
         .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms")
         .env("DRISC__CLUSTER__PURGE_INTERVAL", "300ms")
-        .env("DRISC__CLUSTER__NODE_LOST_AFTER", format!("{}ms", lost_after.as_millis()))
+        .env(
+            "DRISC__CLUSTER__NODE_LOST_AFTER",
+            format!("{}ms", lost_after.as_millis()),
+        )
         .env("DRISC__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
         .env("DRISC__WEBHOOKS__POLL_INTERVAL", "50ms");
     let doomed = crate::support_process::ServerProcess::start(dir.path(), options);
@@ -793,7 +796,8 @@ async fn a_session_whose_node_was_killed_is_reported_ended_with_cause_node_lost(
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
     let token = survivor.token("1", "42");
-    let (mut doomed, tv, _dir, _player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
+    let (mut doomed, tv, _dir, _player) =
+        live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
     assert_eq!(survivor.create(&token, json!({"offerId": "o"})).await.status(), 409);
     doomed.kill9();
 
@@ -825,7 +829,8 @@ async fn a_session_whose_node_was_killed_is_reported_ended_by_the_purge_with_not
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
     let token = survivor.token("1", "43");
-    let (mut doomed, tv, _dir, _player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
+    let (mut doomed, tv, _dir, _player) =
+        live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
     doomed.kill9();
 
     let got = receiver
@@ -854,7 +859,8 @@ async fn a_session_reported_node_lost_while_its_node_was_frozen_is_not_put_back_
     let survivor = redis_webhook_node(&redis).await;
     let receiver = Receiver::start().await;
     let token = survivor.token("1", "45");
-    let (doomed, tv, _dir, mut player) = live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
+    let (doomed, tv, _dir, mut player) =
+        live_on_a_doomed_node(&redis.url, LOST_AFTER, &survivor, &receiver, &token).await;
     // The thawed node's own events reach the receiver too.
     webhook_to(&doomed.api(), "1", &receiver.url).await;
     doomed.signal("STOP");
@@ -960,7 +966,11 @@ async fn a_session_marked_lost_while_its_node_was_cut_off_comes_back_with_no_eve
     };
     let id = drisc::domain::SessionId::parse(&tv.session_id).unwrap();
     let record = || -> Option<String> {
-        redis.cmd(&["HGET", &drisc::store::redis::keys::customer(&pool), &drisc::store::redis::keys::compact(id)])
+        redis.cmd(&[
+            "HGET",
+            &drisc::store::redis::keys::customer(&pool),
+            &drisc::store::redis::keys::compact(id),
+        ])
     };
     let marked_by = Instant::now() + Duration::from_secs(10);
     while !record().is_some_and(|r| r.starts_with("x|")) {
@@ -972,7 +982,11 @@ async fn a_session_marked_lost_while_its_node_was_cut_off_comes_back_with_no_eve
     let (pings, told, _player) = playing.await.expect("the player's task");
     assert_eq!(told, None, "the player was disturbed");
     assert!(pings > 10, "{pings}");
-    assert!(record().is_some_and(|r| r.starts_with("l|")), "put back: {:?}", record());
+    assert!(
+        record().is_some_and(|r| r.starts_with("l|")),
+        "put back: {:?}",
+        record()
+    );
     assert_eq!(
         survivor.create(&token, json!({"offerId": "o"})).await.status(),
         409,

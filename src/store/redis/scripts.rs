@@ -9,7 +9,10 @@
 //! script reads a record past its deadline as gone. Only the scripts that say
 //! which ones they deleted (admit, take-over, attach, and the purge that walks a
 //! shard's index, [`super::purge`]) delete dead records, so that the node running
-//! them reports each one's end, once; the others leave them for those. A
+//! them reports each one's end, once; the others leave them for those. A live
+//! record whose node stopped vouching is first marked lost (`x`) and deleted
+//! and reported only `cluster.node_lost_after` later, so that a node cut off
+//! and back within that time puts it back with nothing reported (`fate_of`). A
 //! customer's hash outlives its last session's horizon by [`LINGER_MS`], long
 //! enough for a purge round to meet a record that died with no socket before
 //! Redis forgets it.
