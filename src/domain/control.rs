@@ -11,8 +11,8 @@ use super::liveness::Timings;
 use super::policy::{self, AtLimit, CustomerOverride, EVICT_TRIES, LimitPolicy, OverrideKey};
 use super::pool::{ActiveSession, Granted, Limits, NewSession, Refusal, TakenOver};
 use super::ports::{
-    Control, EndCause, LocalSessions, Notifier, Pause, SessionArchive, SessionEvents, SessionStore, SessionsByState,
-    SettingsError, SettingsRepo, StoreError,
+    Control, EndCause, Ended, LocalSessions, Notifier, Pause, SessionArchive, SessionEvents, SessionStore,
+    SessionsByState, SettingsError, SettingsRepo, StoreError,
 };
 use super::session::{Customer, Holder, PoolKey, Session, SessionId, SessionState};
 use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, ResolvedOffer, UnknownOffers};
@@ -505,12 +505,19 @@ impl SessionControl {
         holder: Holder,
         cause: EndCause,
     ) -> Result<bool, ControlError> {
-        let ended = self.store.end(pool, id, Some(holder), self.clock.now()).await?;
-        if let Some(session) = &ended {
-            self.events
-                .report(SessionEvent::ended(pool, id, Some(&session.name), cause));
+        match self
+            .store
+            .end_by_socket(pool, id, holder, cause, self.clock.now())
+            .await?
+        {
+            Ended::Now(session) => {
+                self.events
+                    .report(SessionEvent::ended(pool, id, Some(&session.name), cause));
+                Ok(true)
+            }
+            Ended::Later => Ok(true),
+            Ended::Gone => Ok(false),
         }
-        Ok(ended.is_some())
     }
 
     /// Ends a session on behalf of an operator (or its owner) and closes its socket.

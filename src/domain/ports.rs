@@ -98,6 +98,26 @@ pub trait SessionStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Session>, StoreError>;
 
+    /// Ends the session socket `holder` holds, for `cause` (FINISHED, no PONG
+    /// in time). [`Ended::Now`]: the caller reports the end; [`Ended::Later`]:
+    /// the store could not tell yet whether the session was still the
+    /// socket's (Redis out of reach while another node may have found it
+    /// dead), and reports the end itself once it knows, if it ended it.
+    async fn end_by_socket(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        cause: EndCause,
+        now: Millis,
+    ) -> Result<Ended, StoreError> {
+        let _ = cause;
+        Ok(self
+            .end(pool, id, Some(holder), now)
+            .await?
+            .map_or(Ended::Gone, Ended::Now))
+    }
+
     /// Ends a session on its owner's order from elsewhere (`DELETE
     /// /me/sessions/{id}`), as [`Self::end`] without a holder; a store that
     /// leaves a trace of how a session ended (Redis's tombstones) records it as
@@ -225,6 +245,17 @@ impl SessionsByState {
     pub fn known(&self) -> u64 {
         self.pending.unwrap_or(0) + self.live + self.detached.unwrap_or(0)
     }
+}
+
+/// What [`SessionStore::end_by_socket`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Ended: the caller reports it.
+    Now(Session),
+    /// Not the socket's to end (any more), or already gone: nothing to report.
+    Gone,
+    /// Ended once the store can say; the store reports it then.
+    Later,
 }
 
 /// Why a session ended.

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{Attached, Granted, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{Heartbeat, LocalSessions, Reaped, SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{
+    EndCause, Ended, Heartbeat, LocalSessions, Reaped, SessionStore, SessionsByState, StoreError,
+};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId};
 use crate::meter::{Meter, StoreOperation};
 
@@ -125,6 +127,19 @@ impl<S: SessionStore + ?Sized> SessionStore for Instrumented<S> {
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
         self.timed("end", self.inner.end(pool, id, holder, now)).await
+    }
+
+    /// Timed as an `end`: it is one.
+    async fn end_by_socket(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        cause: EndCause,
+        now: Millis,
+    ) -> Result<Ended, StoreError> {
+        self.timed("end", self.inner.end_by_socket(pool, id, holder, cause, now))
+            .await
     }
 
     /// Timed as an `end`: it is one.

@@ -386,3 +386,78 @@ async fn redis_restarted_from_an_older_snapshot_gets_the_held_sessions_back() {
     assert_eq!(reasserted, 1, "put back by a re-assertion");
     assert!(orders.0.lock().unwrap().is_empty(), "no socket was told anything");
 }
+
+/// The ends a store reports.
+#[derive(Default)]
+struct Reported(std::sync::Mutex<Vec<(SessionId, drisc::domain::ports::EndCause)>>);
+
+impl drisc::domain::ports::SessionEvents for Reported {
+    fn ended(&self, _: &PoolKey, _: SessionId, _: drisc::domain::ports::EndCause) {}
+
+    fn report(&self, event: drisc::domain::events::SessionEvent) {
+        if let (drisc::domain::events::EventKind::Ended { cause }, Some(id)) = (&event.kind, event.session_id) {
+            self.0.lock().unwrap().push((id, *cause));
+        }
+    }
+}
+
+/// A socket ends its session (FINISHED) while its node has not vouched for
+/// half a PONG timeout and Redis does not answer (the network to it stalls):
+/// another node may have found the session dead meanwhile, so the node cannot
+/// answer from what it knows. The end waits for Redis, and is reported (once)
+/// when a round has written it and Redis said it ended the session, which
+/// was still the socket's.
+#[tokio::test]
+async fn redis_an_end_that_waited_for_redis_is_reported_once_redis_says_it_ended_the_session() {
+    use drisc::domain::ports::{EndCause, Ended};
+    // Long enough that the node's liveness key outlives the wait for Redis.
+    const LONG_PONG: Duration = Duration::from_secs(14);
+    let server = RedisServer::start();
+    let relay = crate::support_proxy::Relay::start(([127, 0, 0, 1], server.port).into());
+    let reported = Arc::new(Reported::default());
+    let a = RedisStore::connect(
+        format!("redis://{}", relay.addr).as_str(),
+        Timings {
+            pong_timeout: LONG_PONG,
+            ..timings()
+        },
+        Duration::from_secs(60),
+        NODE_LOST_AFTER,
+        TimeSource::Redis,
+        Arc::new(Recorder::default()),
+    )
+    .await
+    .unwrap()
+    .for_node(7)
+    .with_events(reported.clone());
+    let p = pool("end-waits");
+    let holder = socket(7, 1);
+    let id = held(&a, &p, holder).await;
+    a.refresh().await.unwrap();
+    tokio::time::sleep(LONG_PONG / 2 + Duration::from_millis(200)).await;
+    relay.hold();
+    let started = std::time::Instant::now();
+    let ended = a.end_by_socket(&p, id, holder, EndCause::Finished, 0).await.unwrap();
+    assert_eq!(
+        ended,
+        Ended::Later,
+        "answered without Redis, after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        reported.0.lock().unwrap().is_empty(),
+        "not reported before Redis says so"
+    );
+    relay.release();
+    a.refresh().await.unwrap();
+    assert!(
+        started.elapsed() < LONG_PONG / 2,
+        "the node's key may have run out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(*reported.0.lock().unwrap(), vec![(id, EndCause::Finished)]);
+    let left: Vec<String> = server.cmd(&["HVALS", &keys::customer(&p)]);
+    assert!(left.is_empty(), "{left:?}");
+    a.refresh().await.unwrap();
+    assert_eq!(reported.0.lock().unwrap().len(), 1, "once");
+}

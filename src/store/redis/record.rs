@@ -168,6 +168,31 @@ pub(crate) fn session_or_nil(value: &Value, what: &str) -> Result<Option<Session
     }
 }
 
+/// The end script's reply when a socket ends its session.
+#[derive(Debug, PartialEq)]
+pub(crate) enum EndReply {
+    /// It ended the session: its record.
+    Ended(Session),
+    /// This socket's own end, retried after its reply was lost, had ended it
+    /// already (its tombstone, [`socket_tombstone`], says so).
+    Again,
+    /// Not this socket's session, or already gone.
+    Nothing,
+}
+
+pub(crate) fn end_reply(value: &Value) -> Result<EndReply, StoreError> {
+    if text(value) == Some("again") {
+        return Ok(EndReply::Again);
+    }
+    Ok(session_or_nil(value, "end")?.map_or(EndReply::Nothing, EndReply::Ended))
+}
+
+/// The tombstone a socket's end leaves when its outcome must survive a lost
+/// reply: names the socket, so a retry of the same end knows it was its own.
+pub(crate) fn socket_tombstone(holder: Holder) -> String {
+    format!("S{}", holder_arg(holder))
+}
+
 /// A reply that is a list of records.
 pub(crate) fn sessions(value: Value, what: &str) -> Result<Vec<Session>, StoreError> {
     let Value::Array(items) = value else {

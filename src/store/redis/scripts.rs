@@ -473,12 +473,17 @@ return 1
 /// KEYS[4]: the session's tombstone. ARGV (after now, offer): id, holder or ""
 /// (anyone), tombstone text or "" (none), the node running it (hex; '' unknown).
 /// Ended by anyone but its socket, its holder's node is flagged
-/// (`flag_moved`). Reply: the ended record, or false.
+/// (`flag_moved`). Reply: the ended record, `again` (a socket's end whose
+/// tombstone, `record::socket_tombstone`, is already there: the same end,
+/// retried after its reply was lost, ended it), or false.
 const END: &str = r#"
 keep_dead = true
 local mine = load()
 local _, rec = find(mine, ARGV[3])
-if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then return false end
+if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then
+  if ARGV[4] ~= '' and ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then return 'again' end
+  return false
+end
 if ARGV[4] == '' then flag_moved(rec.h, ARGV[6] or '', rec.id) end
 redis.call('HDEL', cust, rec.id)
 redis.call('HDEL', ix_of(rec.id), rec.id)

@@ -28,7 +28,9 @@ use crate::domain::clock::duration_ms;
 use crate::domain::events::SessionEvent;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{ActiveSession, Attached, Granted, LimitExceeded, Limits, NewSession, Refusal, TakenOver};
-use crate::domain::ports::{Heartbeat, NoEvents, Notifier, SessionEvents, SessionStore, SessionsByState, StoreError};
+use crate::domain::ports::{
+    EndCause, Ended, Heartbeat, NoEvents, Notifier, SessionEvents, SessionStore, SessionsByState, StoreError,
+};
 use crate::domain::{Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use crate::readiness::Probe;
 
@@ -60,10 +62,17 @@ pub const CHECK_EVERY_MS: Millis = 60_000;
 
 /// A write a socket's end left for the next refresh round (or for the next
 /// operation on its pool, whichever comes first).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Queued {
     /// FINISHED, or no PONG in time: the session ends if this socket holds it.
-    End { id: SessionId, holder: Holder, now: Millis },
+    /// With `report` (its name and why it ends), the end is reported once the
+    /// script says it ended the session (see `RedisStore::end_held_by`).
+    End {
+        id: SessionId,
+        holder: Holder,
+        now: Millis,
+        report: Option<(String, EndCause)>,
+    },
     /// The socket closed: the session waits the reconnect grace.
     Detach { id: SessionId, holder: Holder, now: Millis },
 }
@@ -448,13 +457,12 @@ impl RedisStore {
     /// conditional on the socket still holding the session).
     pub(super) fn queued_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, write: &Queued) {
         match *write {
-            Queued::End { id, holder, now } => pipe.invoke_script(
-                on_pool(&self.scripts.end, pool, self.now_arg(now))
-                    .key(keys::tombstone(pool, id))
-                    .arg(record::id_arg(id))
-                    .arg(record::holder_arg(holder))
-                    .arg(""),
-            ),
+            Queued::End {
+                id,
+                holder,
+                now,
+                ref report,
+            } => pipe.invoke_script(&self.end_invocation(pool, id, holder, report.is_some(), now)),
             Queued::Detach { id, holder, now } => pipe.invoke_script(
                 on_pool(&self.scripts.detach, pool, self.now_arg(now))
                     .arg(record::id_arg(id))
@@ -506,12 +514,34 @@ impl RedisStore {
             .await;
         let mut failed = None;
         for (chunk, result) in chunks.into_iter().zip(results) {
-            if let Err(e) = result {
-                self.requeue(chunk);
-                failed = Some(e);
+            match result {
+                Ok(replies) => self.report_written(&chunk, &replies),
+                Err(e) => {
+                    self.requeue(chunk);
+                    failed = Some(e);
+                }
             }
         }
         failed.map_or(Ok(count), Err)
+    }
+
+    /// Reports the queued ends that waited for Redis to say whether they ended
+    /// their session, and did.
+    fn report_written(&self, chunk: &[(PoolKey, Queued)], replies: &[Value]) {
+        for ((pool, write), reply) in chunk.iter().zip(replies) {
+            if let Queued::End {
+                id,
+                report: Some((name, cause)),
+                ..
+            } = write
+                && matches!(
+                    record::end_reply(reply),
+                    Ok(record::EndReply::Ended(_) | record::EndReply::Again)
+                )
+            {
+                self.events.report(SessionEvent::ended(pool, *id, Some(name), *cause));
+            }
+        }
     }
 
     /// Runs `invocation` on `pool`, after writing the ends and detaches queued
@@ -653,6 +683,99 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Ends the session socket `holder` holds. Queued for the next round, and
+    /// answered at once from what this node knows of the session: the slot is
+    /// free for this node's next operation on the pool at once (it writes the
+    /// queued end first, in the same round trip) and for every node within one
+    /// refresh interval. Unless the node's liveness key in the shard may have
+    /// run out: another node may then have found the session dead, and only
+    /// the script can tell whether it is still this socket's to end, so it runs
+    /// now. If Redis does not answer, the end is queued with `cause`, and
+    /// reported when a round has written it, if it ended the session then.
+    async fn end_held_by(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        cause: Option<EndCause>,
+        now: Millis,
+    ) -> Result<Ended, StoreError> {
+        let Some(held) = self.holding(holder, id) else {
+            self.release(holder);
+            return Ok(self
+                .end_with(pool, id, Some(holder), "", now)
+                .await?
+                .map_or(Ended::Gone, Ended::Now));
+        };
+        self.release(holder);
+        if !self.may_have_lost(pool.shard()) {
+            self.queue(
+                pool,
+                Queued::End {
+                    id,
+                    holder,
+                    now,
+                    report: None,
+                },
+            );
+            return Ok(Ended::Now(Session {
+                id,
+                name: held.name,
+                state: SessionState::Live,
+                expires_at: now,
+                holder: Some(holder),
+                created_at: held.created_at,
+            }));
+        }
+        // Its tombstone names the socket: should the reply be lost after Redis
+        // ended it, the queued retry learns that the end was its own.
+        let reply = self
+            .run_on(pool, &self.end_invocation(pool, id, holder, true, now))
+            .await
+            .and_then(|reply| record::end_reply(&reply));
+        match reply {
+            Ok(record::EndReply::Ended(session)) => Ok(Ended::Now(session)),
+            Ok(record::EndReply::Again | record::EndReply::Nothing) => Ok(Ended::Gone),
+            Err(e) => {
+                tracing::debug!(error = %e, "a socket's end waits for Redis");
+                let report = cause.map(|cause| (held.name, cause));
+                self.queue(
+                    pool,
+                    Queued::End {
+                        id,
+                        holder,
+                        now,
+                        report,
+                    },
+                );
+                Ok(Ended::Later)
+            }
+        }
+    }
+
+    /// The end script for socket `holder`'s end of `id`; with `sure`, leaving
+    /// the socket's own tombstone ([`record::socket_tombstone`]).
+    fn end_invocation<'s>(
+        &'s self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        sure: bool,
+        now: Millis,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = on_pool(&self.scripts.end, pool, self.now_arg(now));
+        invocation
+            .key(keys::tombstone(pool, id))
+            .arg(record::id_arg(id))
+            .arg(record::holder_arg(holder))
+            .arg(if sure {
+                record::socket_tombstone(holder)
+            } else {
+                String::new()
+            });
+        invocation
+    }
+
     /// The end script, leaving `tombstone` ("" for none) for the holder's next check.
     async fn end_with(
         &self,
@@ -905,10 +1028,7 @@ impl SessionStore for RedisStore {
         Ok(record::int(&reply, "detach")? == 1)
     }
 
-    /// Ended by the socket that holds it: queued, and answered from what this
-    /// node knows of the session. The slot is free for this node's next
-    /// operation on the pool at once (it writes the queued end first, in the same
-    /// round trip) and for every node within one refresh interval. Ended by
+    /// Ended by the socket that holds it: see [`Self::end_held_by`]. Ended by
     /// anyone else (an operator): at once.
     async fn end(
         &self,
@@ -918,28 +1038,25 @@ impl SessionStore for RedisStore {
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
         if let Some(h) = holder {
-            // Batched with the next round, and answered at once, unless the
-            // node's liveness key there may have run out: then another node may
-            // have reported this session ended already, and only the script
-            // can tell whether it is still this node's to end (and report).
-            if let Some(held) = self.holding(h, id).filter(|_| !self.may_have_lost(pool.shard())) {
-                self.release(h);
-                self.queue(pool, Queued::End { id, holder: h, now });
-                return Ok(Some(Session {
-                    id,
-                    name: held.name,
-                    state: SessionState::Live,
-                    expires_at: now,
-                    holder: Some(h),
-                    created_at: held.created_at,
-                }));
-            }
-            self.release(h);
+            return match self.end_held_by(pool, id, h, None, now).await? {
+                Ended::Now(session) => Ok(Some(session)),
+                Ended::Gone | Ended::Later => Ok(None),
+            };
         }
         // Ended by someone else than its socket (an operator): leave a tombstone
         // so the holder's next check learns why, should the order be lost.
-        let tombstone = if holder.is_none() { "E" } else { "" };
-        self.end_with(pool, id, holder, tombstone, now).await
+        self.end_with(pool, id, None, "E", now).await
+    }
+
+    async fn end_by_socket(
+        &self,
+        pool: &PoolKey,
+        id: SessionId,
+        holder: Holder,
+        cause: EndCause,
+        now: Millis,
+    ) -> Result<Ended, StoreError> {
+        self.end_held_by(pool, id, holder, Some(cause), now).await
     }
 
     /// The tombstone says "taken over by `session_name`", as a takeover's does.
