@@ -194,6 +194,15 @@ impl Player {
         }
     }
 
+    /// [`Self::play_until_told`] on a task of its own; the task gives the
+    /// player back.
+    pub fn play_in_background(mut self, window: Duration) -> tokio::task::JoinHandle<(usize, Option<Seen>, Self)> {
+        tokio::spawn(async move {
+            let (pings, told) = self.play_until_told(window).await;
+            (pings, told, self)
+        })
+    }
+
     pub async fn close(mut self) {
         let _ = self
             .ws

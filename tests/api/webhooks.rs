@@ -909,11 +909,7 @@ async fn a_session_reported_node_lost_while_its_node_was_cut_off_is_not_put_back
     let (doomed, tv, _dir, player) = live_on_a_doomed_node(&relayed, LOST_AFTER, &survivor, &receiver, &token).await;
     webhook_to(&doomed.api(), "1", &receiver.url).await;
     // The player PONGs the node all along.
-    let playing = tokio::spawn(async move {
-        let mut player = player;
-        let (pings, told) = player.play_until_told(Duration::from_secs(30)).await;
-        (pings, told, player)
-    });
+    let playing = player.play_in_background(Duration::from_secs(30));
     relay.hold();
     receiver
         .wait_for("the cut-off node's session reported ended by the purge", |d| {
@@ -952,11 +948,7 @@ async fn a_session_marked_lost_while_its_node_was_cut_off_comes_back_with_no_eve
     let relayed = format!("redis://{}", relay.addr);
     let (doomed, tv, _dir, player) = live_on_a_doomed_node(&relayed, WAIT, &survivor, &receiver, &token).await;
     webhook_to(&doomed.api(), "1", &receiver.url).await;
-    let playing = tokio::spawn(async move {
-        let mut player = player;
-        let (pings, told) = player.play_until_told(Duration::from_secs(12)).await;
-        (pings, told, player)
-    });
+    let playing = player.play_in_background(Duration::from_secs(12));
     relay.hold();
     // The survivor's purge marks it lost once the node's liveness key ran out.
     let pool = drisc::domain::PoolKey {
