@@ -1,6 +1,8 @@
 //! `POST /sessions` and `POST /takeover` (PROTOCOL 1.2, 1.3), and `DELETE
 //! /sessions/{id}` for a player that wants to give its slot back without a socket.
 
+use std::borrow::Cow;
+
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{AnyJson, CustomerAuth};
+use super::extract::{CustomerAuth, JsonBytes};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{Customer, PoolKey, Session, SessionId};
@@ -29,20 +31,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The body of `POST /sessions` and `POST /takeover`, read as JSON whatever its
 /// `Content-Type` (browsers send `text/plain`). Exactly one of `offerId` and `tag`.
+/// Its strings are borrowed from the body's bytes unless JSON escapes had to be
+/// undone, so a create allocates nothing for them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SessionRequest {
+struct SessionRequest<'a> {
     /// A label shown in the takeover list, e.g. the content's title: at most 100 characters.
-    #[schema(max_length = 100)]
-    session_name: Option<String>,
+    #[schema(max_length = 100, value_type = Option<String>)]
+    #[serde(borrow)]
+    session_name: Option<Cow<'a, str>>,
     /// The offer to count against: at most 256 bytes.
-    #[schema(max_length = 256)]
-    offer_id: Option<String>,
+    #[schema(max_length = 256, value_type = Option<String>)]
+    #[serde(borrow)]
+    offer_id: Option<Cow<'a, str>>,
     /// A tag configured on offers (`live`, `vod`): at most 256 bytes.
-    #[schema(max_length = 256)]
-    tag: Option<String>,
+    #[schema(max_length = 256, value_type = Option<String>)]
+    #[serde(borrow)]
+    tag: Option<Cow<'a, str>>,
     /// Only for `/takeover`: the session to replace (a UUID).
-    session_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(borrow)]
+    session_id: Option<Cow<'a, str>>,
 }
 
 /// 200: the session is granted; open `endpoint` as a WebSocket, verbatim.
@@ -110,7 +119,7 @@ impl IntoResponse for Answer {
     }
 }
 
-impl SessionRequest {
+impl SessionRequest<'_> {
     /// Checks every field's bounds before anything is looked up or stored, so an
     /// oversized field costs nothing but this answer.
     fn validate(&self) -> Result<CreateRequest<'_>, ApiError> {
@@ -191,7 +200,8 @@ async fn create(
     let outcome = async {
         let CustomerAuth(customer, catalog) = customer?;
         admit_customer(&state, &customer)?;
-        let AnyJson(body) = AnyJson::<SessionRequest>::from_request(request, &state).await?;
+        let bytes = JsonBytes::from_request(request, &state).await?;
+        let body: SessionRequest<'_> = bytes.parse()?;
         let request = body.validate()?;
         Ok(state.control.create_in(&customer, catalog, request).await?)
     }
@@ -231,8 +241,10 @@ async fn take_over(
     State(state): State<AppState>,
     CustomerAuth(customer, _): CustomerAuth,
     headers: HeaderMap,
-    AnyJson(body): AnyJson<SessionRequest>,
+    bytes: JsonBytes,
 ) -> Result<Answer, ApiError> {
+    // Parsed before the rate limit is asked, as the extractor it replaced was.
+    let body: SessionRequest<'_> = bytes.parse()?;
     admit_customer(&state, &customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
