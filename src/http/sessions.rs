@@ -31,27 +31,42 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The body of `POST /sessions` and `POST /takeover`, read as JSON whatever its
 /// `Content-Type` (browsers send `text/plain`). Exactly one of `offerId` and `tag`.
-/// Its strings are borrowed from the body's bytes unless JSON escapes had to be
-/// undone, so a create allocates nothing for them.
+/// Its strings are borrowed from the body's bytes ([`Text`]), so a create
+/// allocates nothing for them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionRequest<'a> {
     /// A label shown in the takeover list, e.g. the content's title: at most 100 characters.
     #[schema(max_length = 100, value_type = Option<String>)]
     #[serde(borrow)]
-    session_name: Option<Cow<'a, str>>,
+    session_name: Option<Text<'a>>,
     /// The offer to count against: at most 256 bytes.
     #[schema(max_length = 256, value_type = Option<String>)]
     #[serde(borrow)]
-    offer_id: Option<Cow<'a, str>>,
+    offer_id: Option<Text<'a>>,
     /// A tag configured on offers (`live`, `vod`): at most 256 bytes.
     #[schema(max_length = 256, value_type = Option<String>)]
     #[serde(borrow)]
-    tag: Option<Cow<'a, str>>,
+    tag: Option<Text<'a>>,
     /// Only for `/takeover`: the session to replace (a UUID).
     #[schema(value_type = Option<String>)]
     #[serde(borrow)]
-    session_id: Option<Cow<'a, str>>,
+    session_id: Option<Text<'a>>,
+}
+
+/// A string of the request's body, borrowed from its bytes unless JSON escapes had
+/// to be undone. Its own type because serde borrows a `Cow` only where it is a
+/// field's whole type: an `Option<Cow<str>>` is always deserialized owned.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// 200: the session is granted; open `endpoint` as a WebSocket, verbatim.
@@ -464,6 +479,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_request_borrows_its_strings_unless_json_escapes_were_undone() {
+        let body = br#"{"sessionName":"Match","offerId":"bench","tag":"l\u0069ve","sessionId":null}"#;
+        let request: SessionRequest<'_> = serde_json::from_slice(body).unwrap();
+        let borrowed = |t: &Option<Text<'_>>| matches!(t, Some(Text(Cow::Borrowed(_))));
+        assert!(borrowed(&request.session_name) && borrowed(&request.offer_id));
+        assert_eq!(request.session_name.as_deref(), Some("Match"));
+        assert_eq!(request.offer_id.as_deref(), Some("bench"));
+        // An escape is undone into a string of its own.
+        assert!(matches!(&request.tag, Some(Text(Cow::Owned(t))) if t == "live"));
+        assert!(request.session_id.is_none());
     }
 
     #[test]
