@@ -494,6 +494,42 @@ mod tests {
         assert!(request.session_id.is_none());
     }
 
+    /// `SessionRequest` as it was with owned strings: what players' bad bodies were
+    /// refused with.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct OwnedRequest {
+        session_name: Option<String>,
+        offer_id: Option<String>,
+        tag: Option<String>,
+        session_id: Option<String>,
+    }
+
+    #[test]
+    fn a_bad_body_is_refused_with_the_message_owned_strings_gave() {
+        let bodies = [
+            r#"{"offerId":5}"#,
+            r#"{"sessionName":["a"],"offerId":"x"}"#,
+            r#"{"tag":{"a":1}}"#,
+            r#"{"sessionId":true}"#,
+            r#"{"offerId":"x","offerId":"y"}"#,
+            r#"{"offerId":"unterminated}"#,
+            r#"{"offerId":"bad \q escape"}"#,
+            r#"{"offerId":null,"tag":"live"}"#,
+            r#"{"offerId":"x"} trailing"#,
+        ];
+        for body in bodies {
+            let ours = serde_json::from_str::<SessionRequest<'_>>(body)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let owned = serde_json::from_str::<OwnedRequest>(body)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(ours, owned, "{body}");
+        }
+    }
+
     #[test]
     fn a_websocket_url_that_json_escapes_is_left_to_serde_json() {
         for base in ["ws://a\"b/ws", "ws://a\\b/ws", "ws://a\nb/ws"] {
