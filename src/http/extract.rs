@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, KeySource};
@@ -143,6 +144,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for AnyJson<T> {
     }
 }
 
+/// A JSON body's bytes, read as [`AnyJson`] reads them, for a handler that parses
+/// them with [`JsonBytes::parse`] into a type that borrows its strings from them
+/// (`POST /sessions` allocates none for its fields).
+pub struct JsonBytes(Bytes);
+
+impl FromRequest<AppState> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        read_body(req, state).await.map(Self)
+    }
+}
+
+impl JsonBytes {
+    /// The body as `T`, refused as [`AnyJson`] refuses it.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        json_object(&self.0)
+    }
+}
+
 /// [`AnyJson`] for a call whose body is optional: an empty (or blank) body is `None`.
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -176,7 +197,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
         })
 }
 
-fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn json_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     // serde would also fill a struct from a JSON array, by position: only an
     // object is a request.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {

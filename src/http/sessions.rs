@@ -1,6 +1,8 @@
 //! `POST /sessions` and `POST /takeover` (PROTOCOL 1.2, 1.3), and `DELETE
 //! /sessions/{id}` for a player that wants to give its slot back without a socket.
 
+use std::borrow::Cow;
+
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{AnyJson, CustomerAuth};
+use super::extract::{CustomerAuth, JsonBytes};
 use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{Customer, PoolKey, Session, SessionId};
@@ -29,20 +31,42 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The body of `POST /sessions` and `POST /takeover`, read as JSON whatever its
 /// `Content-Type` (browsers send `text/plain`). Exactly one of `offerId` and `tag`.
+/// Its strings are borrowed from the body's bytes ([`Text`]), so a create
+/// allocates nothing for them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct SessionRequest {
+struct SessionRequest<'a> {
     /// A label shown in the takeover list, e.g. the content's title: at most 100 characters.
-    #[schema(max_length = 100)]
-    session_name: Option<String>,
+    #[schema(max_length = 100, value_type = Option<String>)]
+    #[serde(borrow)]
+    session_name: Option<Text<'a>>,
     /// The offer to count against: at most 256 bytes.
-    #[schema(max_length = 256)]
-    offer_id: Option<String>,
+    #[schema(max_length = 256, value_type = Option<String>)]
+    #[serde(borrow)]
+    offer_id: Option<Text<'a>>,
     /// A tag configured on offers (`live`, `vod`): at most 256 bytes.
-    #[schema(max_length = 256)]
-    tag: Option<String>,
+    #[schema(max_length = 256, value_type = Option<String>)]
+    #[serde(borrow)]
+    tag: Option<Text<'a>>,
     /// Only for `/takeover`: the session to replace (a UUID).
-    session_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(borrow)]
+    session_id: Option<Text<'a>>,
+}
+
+/// A string of the request's body, borrowed from its bytes unless JSON escapes had
+/// to be undone. Its own type because serde borrows a `Cow` only where it is a
+/// field's whole type: an `Option<Cow<str>>` is always deserialized owned.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// 200: the session is granted; open `endpoint` as a WebSocket, verbatim.
@@ -110,7 +134,7 @@ impl IntoResponse for Answer {
     }
 }
 
-impl SessionRequest {
+impl SessionRequest<'_> {
     /// Checks every field's bounds before anything is looked up or stored, so an
     /// oversized field costs nothing but this answer.
     fn validate(&self) -> Result<CreateRequest<'_>, ApiError> {
@@ -191,7 +215,8 @@ async fn create(
     let outcome = async {
         let CustomerAuth(customer, catalog) = customer?;
         admit_customer(&state, &customer)?;
-        let AnyJson(body) = AnyJson::<SessionRequest>::from_request(request, &state).await?;
+        let bytes = JsonBytes::from_request(request, &state).await?;
+        let body: SessionRequest<'_> = bytes.parse()?;
         let request = body.validate()?;
         Ok(state.control.create_in(&customer, catalog, request).await?)
     }
@@ -231,8 +256,10 @@ async fn take_over(
     State(state): State<AppState>,
     CustomerAuth(customer, _): CustomerAuth,
     headers: HeaderMap,
-    AnyJson(body): AnyJson<SessionRequest>,
+    bytes: JsonBytes,
 ) -> Result<Answer, ApiError> {
+    // Parsed before the rate limit is asked, as the extractor it replaced was.
+    let body: SessionRequest<'_> = bytes.parse()?;
     admit_customer(&state, &customer)?;
     let request = body.validate()?;
     let victim = body.victim()?;
@@ -451,6 +478,55 @@ mod tests {
                     "{base:?} {offer:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_request_borrows_its_strings_unless_json_escapes_were_undone() {
+        let body = br#"{"sessionName":"Match","offerId":"bench","tag":"l\u0069ve","sessionId":null}"#;
+        let request: SessionRequest<'_> = serde_json::from_slice(body).unwrap();
+        let borrowed = |t: &Option<Text<'_>>| matches!(t, Some(Text(Cow::Borrowed(_))));
+        assert!(borrowed(&request.session_name) && borrowed(&request.offer_id));
+        assert_eq!(request.session_name.as_deref(), Some("Match"));
+        assert_eq!(request.offer_id.as_deref(), Some("bench"));
+        // An escape is undone into a string of its own.
+        assert!(matches!(&request.tag, Some(Text(Cow::Owned(t))) if t == "live"));
+        assert!(request.session_id.is_none());
+    }
+
+    /// `SessionRequest` as it was with owned strings: what players' bad bodies were
+    /// refused with.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct OwnedRequest {
+        session_name: Option<String>,
+        offer_id: Option<String>,
+        tag: Option<String>,
+        session_id: Option<String>,
+    }
+
+    #[test]
+    fn a_bad_body_is_refused_with_the_message_owned_strings_gave() {
+        let bodies = [
+            r#"{"offerId":5}"#,
+            r#"{"sessionName":["a"],"offerId":"x"}"#,
+            r#"{"tag":{"a":1}}"#,
+            r#"{"sessionId":true}"#,
+            r#"{"offerId":"x","offerId":"y"}"#,
+            r#"{"offerId":"unterminated}"#,
+            r#"{"offerId":"bad \q escape"}"#,
+            r#"{"offerId":null,"tag":"live"}"#,
+            r#"{"offerId":"x"} trailing"#,
+        ];
+        for body in bodies {
+            let ours = serde_json::from_str::<SessionRequest<'_>>(body)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let owned = serde_json::from_str::<OwnedRequest>(body)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(ours, owned, "{body}");
         }
     }
 

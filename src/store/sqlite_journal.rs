@@ -64,10 +64,18 @@ impl Journal {
     pub(super) async fn open(settings: &Path, options: SqliteConnectOptions, db: &SqlitePool) -> anyhow::Result<Self> {
         let path = path_for(settings);
         super::private_files::ensure_private_database(&path)?;
+        // Statement journals in memory: each multi-row `INSERT OR REPLACE` keeps one
+        // (SQLite must be able to undo the statement alone), and past 64 KiB SQLite
+        // spills it to a temporary file, a `pwrite` per page. On a busy node that was
+        // a fifth of this connection's CPU (bench/analysis.md, "Admission, round
+        // nine"). A statement's journal is bounded by its rows (`JOURNAL_CHUNK`,
+        // `WRITE_CHUNK`), so memory is bounded too.
+        let options = options
+            .filename(&path)
+            .thread_name(|_| THREAD.to_owned())
+            .pragma("temp_store", "memory");
         let journal = Self {
-            conn: OwnConnection::new(options.filename(&path).thread_name(|_| THREAD.to_owned()), |options| {
-                Box::pin(open_lowered(options))
-            }),
+            conn: OwnConnection::new(options, |options| Box::pin(open_lowered(options))),
         };
         journal
             .with(async |conn| MIGRATOR.run(conn).await.map_err(db_err))

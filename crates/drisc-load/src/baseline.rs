@@ -24,6 +24,39 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+/// The baseline server's command line (`--port 0 --ping-interval 10s`): serves
+/// [`router`] on 127.0.0.1 until ctrl-c, after printing `listening on
+/// 127.0.0.1:PORT` on stdout. Shared by `drisc-baseline` (the C library's malloc)
+/// and `drisc-baseline-jemalloc` (jemalloc, as drisc), which differ in their
+/// allocator only.
+pub async fn serve_from_args() -> anyhow::Result<()> {
+    let (port, ping_interval) = parse_args();
+    let app = router(ping_interval, false);
+    let listener = tokio::net::TcpListener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn parse_args() -> (u16, Duration) {
+    let mut port = 0;
+    let mut ping = Duration::from_secs(10);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().unwrap_or_default();
+        match arg.as_str() {
+            "--port" => port = value.parse().unwrap_or(0),
+            "--ping-interval" => ping = humantime::parse_duration(&value).unwrap_or(ping),
+            other => eprintln!("baseline: ignoring {other}"),
+        }
+    }
+    (port, ping)
+}
+
 #[derive(Clone)]
 struct Baseline {
     granted: Arc<Mutex<u64>>,
