@@ -36,8 +36,9 @@ pub struct SqliteSettings {
     /// it. At its default `synchronous` (FULL, as every connection here): a
     /// written event is on disk at the commit.
     appender: std::sync::Arc<OwnConnection>,
-    /// Per publisher, at least the events its outbox holds (see
-    /// `store::outbox::sqlite::HeldBound`), kept by the appender.
+    /// Per publisher, a number never below the events its outbox holds, kept by
+    /// the appender so that a batch within the cap by it needs no count read (see
+    /// `held_bound` in `store::outbox::sqlite`).
     outbox_held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
