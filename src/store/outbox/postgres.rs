@@ -173,12 +173,9 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError> {
-        // The kept count holds every row, dead letters included; only dead
-        // letters are indexed by publisher (migration 20270105000001), so the
-        // pending count is the difference, read in one statement's snapshot.
         let row = sqlx::query(
-            "SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0) AS held, \
-             (SELECT COUNT(*) FROM webhook_outbox WHERE publisher_id = $1 AND dead) AS dead",
+            "SELECT COUNT(*) FILTER (WHERE NOT dead) AS pending, \
+             COUNT(*) FILTER (WHERE dead) AS dead FROM webhook_outbox WHERE publisher_id = $1",
         )
         .bind(publisher_id)
         .fetch_one(self.pool())
@@ -187,10 +184,9 @@ impl WebhookOutbox for PostgresSettings {
         let count = |name| -> Result<u64, SettingsError> {
             Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(db_err)?).unwrap_or(0))
         };
-        let dead = count("dead")?;
         Ok(OutboxCounts {
-            pending: count("held")?.saturating_sub(dead),
-            dead,
+            pending: count("pending")?,
+            dead: count("dead")?,
         })
     }
 }
