@@ -49,6 +49,9 @@ pub struct Settings {
     pub web: WebSettings,
 }
 
+/// The longest `events.outbox_gather`.
+const MAX_OUTBOX_GATHER: Duration = Duration::from_secs(1);
+
 /// Session events: the queue behind every report, and the operators' live stream.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +61,11 @@ pub struct EventSettings {
     pub outbox_queue: usize,
     /// Events written to the outbox in one transaction at most.
     pub outbox_batch: usize,
+    /// How long the outbox writer waits for more events once one arrived, unless
+    /// the batch fills first: fewer, larger commits, each event queued that much
+    /// longer before it is durable.
+    #[serde(with = "humantime_serde")]
+    pub outbox_gather: Duration,
     /// Events a stream reader may fall behind by before it skips ahead.
     pub stream_buffer: usize,
     /// Concurrent `GET /admin/v1/events` streams.
@@ -784,6 +792,11 @@ impl Settings {
         if w.retry_max < w.retry_base {
             bail!("invalid configuration: webhooks.retry_max must be at least webhooks.retry_base");
         }
+        // A crash loses what the queue holds: no longer than the session journal's
+        // own window (storage.journal_interval's default).
+        if e.outbox_gather > MAX_OUTBOX_GATHER {
+            bail!("invalid configuration: events.outbox_gather must be at most {MAX_OUTBOX_GATHER:?}");
+        }
         Ok(())
     }
 
@@ -972,6 +985,27 @@ mod tests {
         assert_eq!(s.timings(), Timings::default());
         assert!(s.storage.journal);
         assert_eq!(s.storage.journal_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_outbox_gather_defaults_to_50ms_takes_0_and_refuses_more_than_a_second_by_name() {
+        let mut s = Settings::defaults().unwrap();
+        assert_eq!(s.events.outbox_gather, Duration::from_millis(50));
+        s.events.outbox_gather = Duration::ZERO;
+        s.validate().expect("0: each batch is written as soon as it is read");
+        s.events.outbox_gather = Duration::from_secs(1);
+        s.validate().expect("1s");
+        s.events.outbox_gather = Duration::from_millis(1001);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("events.outbox_gather"), "{err}");
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+            .set_override("events.outbox_gather", "20ms")
+            .unwrap();
+        assert_eq!(
+            Settings::finish(builder).unwrap().events.outbox_gather,
+            Duration::from_millis(20)
+        );
     }
 
     #[test]

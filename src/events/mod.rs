@@ -232,6 +232,7 @@ impl Loops {
             events.outbox.clone(),
             writer::Limits {
                 batch: settings.events.outbox_batch,
+                gather: settings.events.outbox_gather,
                 cap: settings.webhooks.outbox_cap,
             },
             events.counters.clone(),

@@ -16,15 +16,15 @@ const TRIES: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 /// The longest a write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the writer waits for more events once one arrived, unless the batch
-/// fills first. Without it a writer that keeps up commits a few events at a
-/// time, and a commit (a transaction, an fsync) costs more than the events'
-/// rows: at saturation that cost was taken from admissions. An event waits at
-/// most this much longer before it is durable.
-const GATHER: Duration = Duration::from_millis(10);
-
 pub struct Limits {
     pub batch: usize,
+    /// How long the writer waits for more events once one arrived, unless the
+    /// batch fills first (`events.outbox_gather`). Without it a writer that keeps
+    /// up commits a few events at a time, and a commit (a transaction, an fsync,
+    /// the WAL's pages of the tables' tails) costs more than the events' rows: at
+    /// saturation that cost is taken from admissions. An event waits at most this
+    /// much longer before it is durable.
+    pub gather: Duration,
     /// Rows per publisher (`webhooks.outbox_cap`).
     pub cap: u64,
 }
@@ -46,9 +46,9 @@ pub async fn run(
         if got == 0 {
             return;
         }
-        if batch.len() < limits.batch {
+        if batch.len() < limits.batch && !limits.gather.is_zero() {
             tokio::select! {
-                () = tokio::time::sleep(GATHER) => {}
+                () = tokio::time::sleep(limits.gather) => {}
                 () = shutdown.cancelled() => {}
             }
             while batch.len() < limits.batch {

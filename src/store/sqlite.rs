@@ -36,6 +36,10 @@ pub struct SqliteSettings {
     /// it. At its default `synchronous` (FULL, as every connection here): a
     /// written event is on disk at the commit.
     appender: std::sync::Arc<OwnConnection>,
+    /// Per publisher, a number never below the events its outbox holds, kept by
+    /// the appender so that a batch within the cap by it needs no count read (see
+    /// `held_bound` in `store::outbox::sqlite`).
+    outbox_held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 pub(super) fn db_err(e: impl std::fmt::Display) -> SettingsError {
@@ -126,7 +130,12 @@ impl SqliteSettings {
         MIGRATOR.run(&db).await?;
         let journal = std::sync::Arc::new(Journal::open(path, options.clone(), &db).await?);
         let appender = std::sync::Arc::new(OwnConnection::plain(options));
-        Ok(Self { db, journal, appender })
+        Ok(Self {
+            db,
+            journal,
+            appender,
+            outbox_held: std::sync::Arc::default(),
+        })
     }
 
     /// The secret named `name`, created at random on first use so it survives restarts.
@@ -161,6 +170,11 @@ impl SqliteSettings {
     /// The outbox writer's connection (`store::outbox`).
     pub(super) fn appender(&self) -> &OwnConnection {
         &self.appender
+    }
+
+    /// What the appender knows of each publisher's held events (`store::outbox`).
+    pub(super) fn outbox_held(&self) -> &std::sync::Mutex<std::collections::HashMap<String, u64>> {
+        &self.outbox_held
     }
 }
 

@@ -68,7 +68,43 @@ conformance!(
     a_sessions_events_written_in_many_batches_go_out_in_order_whatever_the_claims_size,
     a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session,
     a_batch_of_one_publisher_past_its_cap_is_cut_to_the_room_left,
+    room_freed_by_deliveries_and_deletes_is_taken_up_to_the_cap_exactly,
 );
+
+/// The cap stays exact as the held count falls and rises again (SQLite's appender
+/// checks a batch against a bound it keeps on the count, read again when the bound
+/// says the batch may not fit): room that deliveries freed is taken, no more;
+/// room a webhook's deletion freed likewise.
+async fn room_freed_by_deliveries_and_deletes_is_taken_up_to_the_cap_exactly(s: Subject) {
+    let s = s.with_webhook("p").await;
+    let batch =
+        |from: u64, n: u64| -> Vec<OutboxEvent> { (from..from + n).map(|n| event("p", &format!("k{n}"), n)).collect() };
+    let done = s.outbox.enqueue(&batch(0, 3), 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (3, 0));
+    // Two delivered: 1 held, room for 3.
+    let claimed = s.outbox.claim(NOW, LEASE, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        s.outbox.delivered(c.id).await.unwrap();
+    }
+    let done = s.outbox.enqueue(&batch(3, 2), 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (2, 0));
+    let done = s.outbox.enqueue(&batch(5, 2), 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (1, 1), "one place was left");
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 4);
+    let done = s.outbox.enqueue(&batch(7, 1), 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (0, 1), "full");
+    // The webhook and its events deleted, then put again: the whole cap is free.
+    assert!(s.outbox.delete_webhook("p").await.unwrap());
+    s.outbox.put_webhook(&hook("p")).await.unwrap();
+    for from in [8, 10] {
+        let done = s.outbox.enqueue(&batch(from, 2), 4).await.unwrap();
+        assert_eq!((done.written, done.refused_full), (2, 0));
+    }
+    let done = s.outbox.enqueue(&batch(12, 1), 4).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (0, 1));
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 4);
+}
 
 /// A batch of one publisher (SQLite appends it in one statement when it fits):
 /// one that fits is written whole, one that does not is cut to the room left, the

@@ -1,6 +1,8 @@
 //! [`WebhookOutbox`] on SQLite.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteConnection;
@@ -97,22 +99,34 @@ impl WebhookOutbox for SqliteSettings {
                 None => by_publisher.push((&e.publisher_id, vec![e])),
             }
         }
+        let known = self.outbox_held();
         self.appender()
             .with(async |conn| {
-                // The common case, a batch of one publisher with room under its
-                // cap, in one statement: its own transaction, one round trip to the
-                // connection's thread where BEGIN, the count, the INSERT and COMMIT
-                // took four.
+                // The common case, a batch of one publisher that fits under its cap
+                // by what is known of its outbox, in one plain INSERT: its own
+                // transaction, one round trip to the connection's thread.
                 if let [(publisher_id, list)] = by_publisher.as_slice() {
-                    let batch = frame(list)?;
-                    if append_if_room(conn, publisher_id, list.len(), batch, cap).await? {
+                    let n = list.len() as u64;
+                    if let Some(held) = held_bound(known, publisher_id).filter(|held| held.saturating_add(n) <= cap) {
+                        let batch = frame(list)?;
+                        // Unknown until the INSERT answers: an error leaves no bound.
+                        forget_bound(known, publisher_id);
+                        append(conn, publisher_id, list.len(), batch).await?;
+                        set_bound(known, publisher_id, held + n);
                         return Ok(Enqueued {
-                            written: list.len() as u64,
+                            written: n,
                             refused_full: 0,
                         });
                     }
                 }
-                stage_in_transaction(conn, by_publisher, cap).await
+                for (publisher_id, _) in &by_publisher {
+                    forget_bound(known, publisher_id);
+                }
+                let (done, held) = stage_in_transaction(conn, by_publisher, cap).await?;
+                for (publisher_id, held) in held {
+                    set_bound(known, publisher_id, held);
+                }
+                Ok(done)
             })
             .await
     }
@@ -218,50 +232,71 @@ impl WebhookOutbox for SqliteSettings {
     }
 }
 
-/// Appends one publisher's framed batch if its outbox has room for all of it:
-/// the cap's count is read in the INSERT's own transaction. False if it had no
-/// room (nothing written).
-async fn append_if_room(
+/// What the appender knows of a publisher's outbox: at least the events it
+/// holds (staged or rows), or nothing. Only the appender adds events to this
+/// node's own database; claims move them from the staged table to rows, settles
+/// and deletes remove them. So the count read in the last transaction plus what
+/// was appended since is never below the truth, and a batch within the cap by it
+/// is within the cap: it needs no count read in its statement. An
+/// `INSERT … SELECT … WHERE` with the count (the form before) made SQLite copy the
+/// batch into a temporary table first, as it does for an INSERT from a SELECT on
+/// a table with a trigger (the count's): the ~100 KB batch copied twice more.
+/// When the bound says the batch may not fit, the transaction reads the count.
+fn held_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) -> Option<u64> {
+    known.lock().ok()?.get(publisher_id).copied()
+}
+
+fn set_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str, held: u64) {
+    if let Ok(mut known) = known.lock() {
+        known.insert(publisher_id.to_owned(), held);
+    }
+}
+
+fn forget_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) {
+    if let Ok(mut known) = known.lock() {
+        known.remove(publisher_id);
+    }
+}
+
+/// Appends one publisher's framed batch, in its own transaction.
+async fn append(
     conn: &mut SqliteConnection,
     publisher_id: &str,
     events: usize,
     batch: String,
-    cap: u64,
-) -> Result<bool, SettingsError> {
+) -> Result<(), SettingsError> {
     // The batch is handed over, not borrowed: sqlx copies a borrowed argument
     // before it sends it to the connection's thread.
-    let events = i64::try_from(events).unwrap_or(i64::MAX);
-    let written = sqlx::query(
-        "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) SELECT ?1, ?2, ?3, ?4 \
-         WHERE COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = ?1), 0) + ?2 <= ?5",
-    )
-    .bind(publisher_id)
-    .bind(events)
-    .bind(batch)
-    .bind(FRAMED)
-    .bind(to_i64(cap))
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?
-    .rows_affected();
-    Ok(written > 0)
+    sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES (?, ?, ?, ?)")
+        .bind(publisher_id)
+        .bind(i64::try_from(events).unwrap_or(i64::MAX))
+        .bind(batch)
+        .bind(FRAMED)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }
 
 /// A batch in one transaction, a staged row per publisher, each cut to the room
-/// its outbox has (its oldest dead letters dropped first to make some).
-async fn stage_in_transaction(
+/// its outbox has (its oldest dead letters dropped first to make some). With
+/// what each publisher's outbox holds after it.
+async fn stage_in_transaction<'p>(
     conn: &mut SqliteConnection,
-    by_publisher: Vec<(&str, Vec<&OutboxEvent>)>,
+    by_publisher: Vec<(&'p str, Vec<&OutboxEvent>)>,
     cap: u64,
-) -> Result<Enqueued, SettingsError> {
+) -> Result<(Enqueued, Vec<(&'p str, u64)>), SettingsError> {
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
     let mut done = Enqueued::default();
+    let mut held_after = Vec::with_capacity(by_publisher.len());
     for (publisher_id, mut list) in by_publisher {
-        let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
+        let (room, held) = room_for(&mut tx, publisher_id, cap).await?;
+        let left = usize::try_from(room).unwrap_or(usize::MAX);
         if list.len() > left {
             done.refused_full += (list.len() - left) as u64;
             list.truncate(left);
         }
+        held_after.push((publisher_id, held + list.len() as u64));
         if list.is_empty() {
             continue;
         }
@@ -277,7 +312,7 @@ async fn stage_in_transaction(
         done.written += list.len() as u64;
     }
     tx.commit().await.map_err(db_err)?;
-    Ok(done)
+    Ok((done, held_after))
 }
 
 /// Staged batches' forms (the column `form`): [`JSON_ARRAY`] was written by the
@@ -508,11 +543,11 @@ async fn dead_letter(
 }
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
-/// as many of its oldest dead letters as the room needs.
-async fn room_for(tx: &mut sqlx::SqliteConnection, publisher_id: &str, cap: u64) -> Result<u64, SettingsError> {
+/// as many of its oldest dead letters as the room needs; and how many it holds.
+async fn room_for(tx: &mut sqlx::SqliteConnection, publisher_id: &str, cap: u64) -> Result<(u64, u64), SettingsError> {
     let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
     if held < cap {
-        return Ok(cap - held);
+        return Ok((cap - held, held));
     }
     // Full: make room from the dead letters, oldest first (a slice at a time).
     sqlx::query(
@@ -524,7 +559,7 @@ async fn room_for(tx: &mut sqlx::SqliteConnection, publisher_id: &str, cap: u64)
     .await
     .map_err(db_err)?;
     let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
-    Ok(cap.saturating_sub(held))
+    Ok((cap.saturating_sub(held), held))
 }
 
 /// The rows the publisher's outbox holds, as the triggers count them.
