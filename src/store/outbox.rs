@@ -7,6 +7,7 @@
 //! row before it leaves (delivered, dead-lettered), so claiming is a range scan
 //! over due rows whatever the backlog.
 
+pub(super) mod lane;
 mod postgres;
 mod sqlite;
 

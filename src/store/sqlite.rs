@@ -9,6 +9,7 @@ use rand::RngCore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 
+use super::outbox::lane::{Lane, Settled as LaneSettled};
 use super::sqlite_journal::Journal;
 use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
@@ -40,6 +41,12 @@ pub struct SqliteSettings {
     /// the appender so that a batch within the cap by it needs no count read (see
     /// `held_bound` in `store::outbox::sqlite`).
     outbox_held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// The outbox's delivery lane: events sent from their staged batches with no
+    /// row of their own (`store::outbox::lane`). Its lock is taken before the
+    /// write lock by the claims, settles and deletes that change it.
+    outbox_lane: std::sync::Arc<tokio::sync::Mutex<Lane>>,
+    /// Per publisher, events of staged batches that left the lane (read by the counts).
+    outbox_settled: LaneSettled,
 }
 
 pub(super) fn db_err(e: impl std::fmt::Display) -> SettingsError {
@@ -130,11 +137,14 @@ impl SqliteSettings {
         MIGRATOR.run(&db).await?;
         let journal = std::sync::Arc::new(Journal::open(path, options.clone(), &db).await?);
         let appender = std::sync::Arc::new(OwnConnection::plain(options));
+        let settled = LaneSettled::default();
         Ok(Self {
             db,
             journal,
             appender,
             outbox_held: std::sync::Arc::default(),
+            outbox_lane: std::sync::Arc::new(tokio::sync::Mutex::new(Lane::new(settled.clone()))),
+            outbox_settled: settled,
         })
     }
 
@@ -157,6 +167,8 @@ impl SqliteSettings {
     }
 
     pub async fn close(&self) {
+        // What the lane still holds becomes rows, so a restart sends nothing twice.
+        self.park_outbox_lane().await;
         self.appender.close().await;
         self.journal.close().await;
         self.db.close().await;
@@ -175,6 +187,16 @@ impl SqliteSettings {
     /// What the appender knows of each publisher's held events (`store::outbox`).
     pub(super) fn outbox_held(&self) -> &std::sync::Mutex<std::collections::HashMap<String, u64>> {
         &self.outbox_held
+    }
+
+    /// The outbox's delivery lane (`store::outbox`).
+    pub(super) fn outbox_lane(&self) -> &tokio::sync::Mutex<Lane> {
+        &self.outbox_lane
+    }
+
+    /// Per publisher, events of staged batches that left the lane (`store::outbox`).
+    pub(super) fn outbox_settled(&self) -> &LaneSettled {
+        &self.outbox_settled
     }
 }
 

@@ -444,3 +444,177 @@ async fn a_batch_staged_in_the_first_form_is_claimed_after_the_upgrade_before_ne
     assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
     drop(dir);
 }
+
+/// SQLite: a settings database opened on `path`, with a webhook for "p".
+async fn sqlite_at(path: &std::path::Path) -> SqliteSettings {
+    let db = SqliteSettings::open(path).await.unwrap();
+    if db.webhook("p").await.unwrap().is_none() {
+        db.create_publisher(&publisher("p")).await.unwrap();
+        db.put_webhook(&hook("p")).await.unwrap();
+    }
+    db
+}
+
+/// What the SQLite outbox holds as rows and as staged batches, read beside it.
+async fn sqlite_tables(path: &std::path::Path) -> (i64, i64) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let staged = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_outbox_staged")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    (rows, staged)
+}
+
+/// The messages of a claim, in order.
+fn messages(claimed: &[drisc::domain::events::Claimed]) -> Vec<&str> {
+    claimed.iter().map(|c| c.message_id.as_str()).collect()
+}
+
+/// SQLite only: events are sent from the staged batch with no row of their own
+/// (the delivery lane), and the batch goes with its last event.
+#[tokio::test]
+async fn a_delivered_event_makes_no_row_and_its_batch_goes_with_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = sqlite_at(&path).await;
+    let batch = [event("p", "a", 1), event("p", "b", 2), event("p", "a", 3)];
+    db.enqueue(&batch, 100).await.unwrap();
+    let first = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&first), ["msg_a_1", "msg_b_2"]);
+    assert_eq!(sqlite_tables(&path).await, (0, 1), "in flight: no row, the batch kept");
+    for c in &first {
+        db.delivered(c.id).await.unwrap();
+    }
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 1);
+    let second = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&second), ["msg_a_3"]);
+    db.delivered(second[0].id).await.unwrap();
+    assert_eq!(sqlite_tables(&path).await, (0, 0));
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 0);
+    db.close().await;
+}
+
+/// SQLite only: a failed event becomes a row, the events of its session that
+/// waited behind it (in its batch, and in a batch written after) go after it,
+/// in order, once it is delivered.
+#[tokio::test]
+async fn a_failed_event_goes_again_before_the_events_that_waited_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_at(&dir.path().join("drisc.db")).await;
+    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
+        .await
+        .unwrap();
+    let first = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&first), ["msg_a_1", "msg_b_3"]);
+    db.settle(&[
+        drisc::domain::events::Settled::Retry {
+            id: first[0].id,
+            attempts: 1,
+            next_at: NOW + 5,
+            error: "HTTP 500".into(),
+        },
+        drisc::domain::events::Settled::Delivered { id: first[1].id },
+    ])
+    .await
+    .unwrap();
+    db.enqueue(&[event("p", "a", 4), event("p", "c", 5)], 100)
+        .await
+        .unwrap();
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 4);
+    assert_eq!(messages(&db.claim(NOW + 4, LEASE, 10).await.unwrap()), ["msg_c_5"]);
+    let mut seen = Vec::new();
+    for at in [NOW + 5, NOW + 6, NOW + 7] {
+        let claimed = db.claim(at, LEASE, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "one event of session a at a time");
+        seen.push((claimed[0].message_id.clone(), claimed[0].attempts));
+        db.delivered(claimed[0].id).await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            ("msg_a_1".to_owned(), 1),
+            ("msg_a_2".to_owned(), 0),
+            ("msg_a_4".to_owned(), 0)
+        ]
+    );
+    db.close().await;
+}
+
+/// SQLite only: events in flight at a graceful stop are sent after the restart,
+/// and those already delivered are not sent again; after a crash, nothing is
+/// lost (some may go twice: at least once).
+#[tokio::test]
+async fn a_stop_sends_nothing_twice_and_a_crash_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = sqlite_at(&path).await;
+    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
+        .await
+        .unwrap();
+    let first = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&first), ["msg_a_1", "msg_b_3"]);
+    db.delivered(first[0].id).await.unwrap();
+    // b_3 is still in flight, a_2 waits: a graceful stop.
+    db.close().await;
+    drop(db);
+    let db = sqlite_at(&path).await;
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 2);
+    let after_stop = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&after_stop), ["msg_a_2", "msg_b_3"]);
+    // Now a crash: no outcome, no stop. Rows claimed then are claimed again once
+    // their lease ends.
+    drop(db);
+    let db = sqlite_at(&path).await;
+    assert!(db.claim(NOW, LEASE, 10).await.unwrap().is_empty(), "leased");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let claimed = db.claim(NOW + LEASE, LEASE, 10).await.unwrap();
+        for c in &claimed {
+            seen.push(c.message_id.clone());
+            db.delivered(c.id).await.unwrap();
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["msg_a_2", "msg_b_3"]);
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 0);
+    db.close().await;
+}
+
+/// SQLite only: a crash while events sent from a batch were in flight: the batch
+/// is read again at the next start and its events are sent again, the delivered
+/// one too (at least once), in order per session.
+#[tokio::test]
+async fn a_crash_with_events_in_flight_from_a_batch_sends_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = sqlite_at(&path).await;
+    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
+        .await
+        .unwrap();
+    let first = db.claim(NOW, LEASE, 10).await.unwrap();
+    db.delivered(first[0].id).await.unwrap();
+    drop(db);
+    let db = sqlite_at(&path).await;
+    assert_eq!(
+        db.outbox_counts("p").await.unwrap().pending,
+        3,
+        "the batch counts whole again"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        for c in db.claim(NOW, LEASE, 10).await.unwrap() {
+            seen.push(c.message_id.clone());
+            db.delivered(c.id).await.unwrap();
+        }
+    }
+    assert_eq!(seen, ["msg_a_1", "msg_b_3", "msg_a_2"]);
+    assert_eq!(sqlite_tables(&path).await, (0, 0));
+    db.close().await;
+}

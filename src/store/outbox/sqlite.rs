@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
+use super::lane::{self, Event, Incoming, Lane};
 use super::{WAITING, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
@@ -70,6 +71,7 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError> {
+        let mut lane = self.outbox_lane().lock().await;
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
         let gone = sqlx::query("DELETE FROM webhooks WHERE publisher_id = ?")
             .bind(publisher_id)
@@ -84,7 +86,13 @@ impl WebhookOutbox for SqliteSettings {
                 .await
                 .map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)?;
+        // Inside the transaction: the appender reads the lane's counts under the
+        // write lock. Should the commit fail, the lane is read again.
+        lane.forget_publisher(publisher_id);
+        if let Err(e) = tx.commit().await {
+            lane.reset();
+            return Err(db_err(e));
+        }
         Ok(gone > 0)
     }
 
@@ -122,7 +130,7 @@ impl WebhookOutbox for SqliteSettings {
                 for (publisher_id, _) in &by_publisher {
                     forget_bound(known, publisher_id);
                 }
-                let (done, held) = stage_in_transaction(conn, by_publisher, cap).await?;
+                let (done, held) = stage_in_transaction(conn, by_publisher, cap, self.outbox_settled()).await?;
                 for (publisher_id, held) in held {
                     set_bound(known, publisher_id, held);
                 }
@@ -132,79 +140,35 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
+        let mut lane = self.outbox_lane().lock().await;
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
-        unstage(&mut tx, limit).await?;
-        // A single UPDATE: SQLite runs one writer at a time, so nothing claims
-        // the same rows between the choice and the lease.
-        let rows = sqlx::query(
-            "UPDATE webhook_outbox SET next_attempt_at = ?1 WHERE id IN ( \
-               SELECT o.id FROM webhook_outbox o \
-               WHERE o.dead = 0 AND o.next_attempt_at <= ?2 \
-                 AND o.id = (SELECT MIN(i.id) FROM webhook_outbox i \
-                             WHERE i.ordering_key = o.ordering_key AND i.dead = 0) \
-               ORDER BY o.next_attempt_at, o.id LIMIT ?3) \
-             RETURNING id, message_id, publisher_id, body, created_at, attempts",
-        )
-        .bind(to_i64(now.saturating_add(lease)))
-        .bind(to_i64(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        let mut claimed = rows
-            .iter()
-            .map(|r| {
-                Ok(Claimed {
-                    id: r.try_get("id").map_err(db_err)?,
-                    message_id: r.try_get("message_id").map_err(db_err)?,
-                    publisher_id: r.try_get("publisher_id").map_err(db_err)?,
-                    body: r.try_get("body").map_err(db_err)?,
-                    created_at: u64::try_from(r.try_get::<i64, _>("created_at").map_err(db_err)?).unwrap_or(0),
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err)?).unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, SettingsError>>()?;
-        claimed.sort_by_key(|c| c.id);
+        let claimed = match claim_in(&mut tx, &mut lane, now, lease, limit).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // The lane may have moved on with what the transaction undoes.
+                lane.reset();
+                return Err(e);
+            }
+        };
+        if let Err(e) = tx.commit().await {
+            lane.reset();
+            return Err(db_err(e));
+        }
         Ok(claimed)
     }
 
     async fn settle(&self, outcomes: &[Settled]) -> Result<(), SettingsError> {
+        let mut lane = self.outbox_lane().lock().await;
         let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
-        // The keys whose head row left: their next rows become due. A round
-        // claims one row per key, so no key is here twice.
-        let mut left_keys: Vec<String> = Vec::new();
-        let mut delivered_ids: Vec<i64> = Vec::new();
-        for outcome in outcomes {
-            match outcome {
-                Settled::Delivered { id } => delivered_ids.push(*id),
-                Settled::Retry {
-                    id,
-                    attempts,
-                    next_at,
-                    error,
-                } => retry(&mut tx, *id, *attempts, *next_at, error).await?,
-                Settled::Dead { id, attempts, error } => {
-                    left_keys.extend(dead_letter(&mut tx, *id, *attempts, error).await?);
-                }
-            }
+        if let Err(e) = settle_in(&mut tx, &mut lane, outcomes).await {
+            lane.reset();
+            return Err(e);
         }
-        // Deliveries are nearly every outcome: a statement per slice of them,
-        // not two per row (each statement is a round trip to the connection's thread).
-        for ids in statements(&delivered_ids, IDS_PER_STATEMENT) {
-            let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
-            let mut list = delete.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            delete.push(") RETURNING ordering_key");
-            let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
-            left_keys.extend(keys);
+        if let Err(e) = tx.commit().await {
+            lane.reset();
+            return Err(db_err(e));
         }
-        for keys in statements(&left_keys, IDS_PER_STATEMENT) {
-            promote_next(&mut tx, keys).await?;
-        }
-        tx.commit().await.map_err(db_err)
+        Ok(())
     }
 
     async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError> {
@@ -225,8 +189,9 @@ impl WebhookOutbox for SqliteSettings {
                 .fetch_one(self.pool())
                 .await
                 .map_err(db_err)?;
+        let staged = lane::undelivered(self.outbox_settled(), publisher_id, u64::try_from(staged).unwrap_or(0));
         Ok(OutboxCounts {
-            pending: count("pending")? + u64::try_from(staged).unwrap_or(0),
+            pending: count("pending")? + staged,
             dead: count("dead")?,
         })
     }
@@ -285,12 +250,13 @@ async fn stage_in_transaction<'p>(
     conn: &mut SqliteConnection,
     by_publisher: Vec<(&'p str, Vec<&OutboxEvent>)>,
     cap: u64,
+    settled: &lane::Settled,
 ) -> Result<(Enqueued, Vec<(&'p str, u64)>), SettingsError> {
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
     let mut done = Enqueued::default();
     let mut held_after = Vec::with_capacity(by_publisher.len());
     for (publisher_id, mut list) in by_publisher {
-        let (room, held) = room_for(&mut tx, publisher_id, cap).await?;
+        let (room, held) = room_for(&mut tx, publisher_id, cap, settled).await?;
         let left = usize::try_from(room).unwrap_or(usize::MAX);
         if list.len() > left {
             done.refused_full += (list.len() - left) as u64;
@@ -431,38 +397,267 @@ fn unframe(form: i64, batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
     }
 }
 
-/// Moves the oldest staged batches into webhook_outbox, in order, until at least
-/// `wanted` events moved or none is left: a claim then sees them as rows. A few
-/// batches per claim, so that the transaction (which holds the write lock the
-/// outbox writer waits for) stays short.
-async fn unstage(tx: &mut sqlx::SqliteConnection, wanted: u32) -> Result<(), SettingsError> {
-    let mut moved = 0u64;
-    while moved < u64::from(wanted) {
-        let next: Option<(i64, String, String, i64)> =
-            sqlx::query_as("SELECT id, publisher_id, batch, form FROM webhook_outbox_staged ORDER BY id LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        let Some((id, publisher_id, batch, form)) = next else {
-            return Ok(());
-        };
-        // A batch this version cannot read (a newer node wrote it) stays for it.
-        let events = match unframe(form, &batch) {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
-                return Ok(());
+/// A claim's work inside its transaction: due rows first (retries, and events
+/// that waited behind a row), then the lane's events, reading staged batches
+/// into it as needed (see [`lane`]).
+async fn claim_in(
+    tx: &mut SqliteConnection,
+    lane: &mut Lane,
+    now: Millis,
+    lease: Millis,
+    limit: u32,
+) -> Result<Vec<Claimed>, SettingsError> {
+    // A single UPDATE: SQLite runs one writer at a time, so nothing claims
+    // the same rows between the choice and the lease.
+    let rows = sqlx::query(
+        "UPDATE webhook_outbox SET next_attempt_at = ?1 WHERE id IN ( \
+           SELECT o.id FROM webhook_outbox o \
+           WHERE o.dead = 0 AND o.next_attempt_at <= ?2 \
+             AND o.id = (SELECT MIN(i.id) FROM webhook_outbox i \
+                         WHERE i.ordering_key = o.ordering_key AND i.dead = 0) \
+           ORDER BY o.next_attempt_at, o.id LIMIT ?3) \
+         RETURNING id, message_id, publisher_id, body, created_at, attempts",
+    )
+    .bind(to_i64(now.saturating_add(lease)))
+    .bind(to_i64(now))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut claimed = rows
+        .iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get("id").map_err(db_err)?,
+                message_id: r.try_get("message_id").map_err(db_err)?,
+                publisher_id: r.try_get("publisher_id").map_err(db_err)?,
+                body: r.try_get("body").map_err(db_err)?,
+                created_at: u64::try_from(r.try_get::<i64, _>("created_at").map_err(db_err)?).unwrap_or(0),
+                attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err)?).unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, SettingsError>>()?;
+    let wanted = (limit as usize).saturating_sub(claimed.len());
+    let most = (limit as usize).saturating_mul(LANE_ROUNDS).max(LANE_LEAST);
+    while lane.wants_more(wanted, most) {
+        if !refill(&mut *tx, lane).await? {
+            break;
+        }
+    }
+    claimed.extend(lane.hand_out(now, lease, wanted));
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// Events the lane holds at most, in claims' sizes (and at least [`LANE_LEAST`]):
+/// a batch is read only while fewer are in memory.
+const LANE_ROUNDS: usize = 8;
+const LANE_LEAST: usize = 1024;
+
+/// Reads the next staged batch into the lane; false if there is none (or it
+/// cannot be read: a newer node's form stays for it, and so does what follows,
+/// as order per session wants).
+async fn refill(tx: &mut SqliteConnection, lane: &mut Lane) -> Result<bool, SettingsError> {
+    let next: Option<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT id, publisher_id, batch, form FROM webhook_outbox_staged WHERE id > ? ORDER BY id LIMIT 1",
+    )
+    .bind(lane.read_upto())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let Some((id, publisher_id, batch, form)) = next else {
+        return Ok(false);
+    };
+    let events = match unframe(form, &batch) {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
+            return Ok(false);
+        }
+    };
+    // The keys that have undelivered rows: their events become rows behind
+    // them. A key in the lane has none.
+    let mut keys: Vec<&str> = events
+        .iter()
+        .map(|e| e.ordering_key.as_ref())
+        .filter(|k| !lane.holds_key(k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut with_rows = std::collections::HashSet::new();
+    for chunk in statements(&keys, IDS_PER_STATEMENT) {
+        let mut probe = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT DISTINCT ordering_key FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (",
+        );
+        let mut list = probe.separated(", ");
+        for key in chunk {
+            list.push_bind(*key);
+        }
+        probe.push(")");
+        let found: Vec<String> = probe.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
+        with_rows.extend(found);
+    }
+    let incoming = events
+        .iter()
+        .map(|e| Incoming {
+            message_id: e.message_id.to_string(),
+            ordering_key: e.ordering_key.to_string(),
+            event_type: e.event_type.to_string(),
+            body: e.body.to_string(),
+            created_at: e.created_at,
+        })
+        .collect();
+    let (rows, done) = lane.take_batch(id, &publisher_id, incoming, |key| with_rows.contains(key));
+    insert_rows(&mut *tx, &publisher_id, &unstaged(&rows)).await?;
+    if done {
+        delete_staged(&mut *tx, &[id]).await?;
+    }
+    Ok(true)
+}
+
+/// A settle's work inside its transaction: the lane's events and rows alike.
+async fn settle_in(tx: &mut SqliteConnection, lane: &mut Lane, outcomes: &[Settled]) -> Result<(), SettingsError> {
+    // The keys whose head row left: their next rows become due. A round
+    // claims one row per key, so no key is here twice.
+    let mut left_keys: Vec<String> = Vec::new();
+    let mut delivered_ids: Vec<i64> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Settled::Delivered { id } if Lane::owns(*id) => {
+                lane.delivered(*id);
             }
-        };
-        sqlx::query("DELETE FROM webhook_outbox_staged WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        insert_rows(&mut *tx, &publisher_id, &events).await?;
-        moved += events.len() as u64;
+            Settled::Retry {
+                id,
+                attempts,
+                next_at,
+                error,
+            } if Lane::owns(*id) => {
+                if let Some(fate) = lane.failed(*id, *attempts, Some(*next_at), error) {
+                    make_rows(&mut *tx, fate).await?;
+                }
+            }
+            Settled::Dead { id, attempts, error } if Lane::owns(*id) => {
+                if let Some(fate) = lane.failed(*id, *attempts, None, error) {
+                    make_rows(&mut *tx, fate).await?;
+                }
+            }
+            Settled::Delivered { id } => delivered_ids.push(*id),
+            Settled::Retry {
+                id,
+                attempts,
+                next_at,
+                error,
+            } => retry(&mut *tx, *id, *attempts, *next_at, error).await?,
+            Settled::Dead { id, attempts, error } => {
+                left_keys.extend(dead_letter(&mut *tx, *id, *attempts, error).await?);
+            }
+        }
+    }
+    // Deliveries are nearly every outcome: a statement per slice of them,
+    // not two per row (each statement is a round trip to the connection's thread).
+    for ids in statements(&delivered_ids, IDS_PER_STATEMENT) {
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
+        let mut list = delete.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        delete.push(") RETURNING ordering_key");
+        let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
+        left_keys.extend(keys);
+    }
+    for keys in statements(&left_keys, IDS_PER_STATEMENT) {
+        promote_next(&mut *tx, keys).await?;
+    }
+    delete_staged(&mut *tx, &lane.done_batches()).await
+}
+
+/// A failed lane event as a row (retried later, or a dead letter), then the
+/// events that waited behind it, as rows behind it.
+async fn make_rows(tx: &mut SqliteConnection, fate: lane::Fate) -> Result<(), SettingsError> {
+    if let Some(failed) = &fate.failed {
+        let e = &failed.event;
+        sqlx::query(
+            "INSERT INTO webhook_outbox (message_id, publisher_id, ordering_key, event_type, body, created_at, \
+             attempts, next_attempt_at, dead, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.message_id)
+        .bind(&e.publisher_id)
+        .bind(&e.ordering_key)
+        .bind(&e.event_type)
+        .bind(&e.body)
+        .bind(to_i64(e.created_at))
+        .bind(i64::from(failed.attempts))
+        .bind(failed.next_at.map_or(0, to_i64))
+        .bind(i64::from(failed.next_at.is_none()))
+        .bind(short(&failed.error))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    if let Some(first) = fate.rows.first() {
+        insert_rows(&mut *tx, &first.publisher_id.clone(), &unstaged(&fate.rows)).await?;
     }
     Ok(())
+}
+
+/// Deletes staged batches every event of which left the lane.
+async fn delete_staged(tx: &mut SqliteConnection, ids: &[i64]) -> Result<(), SettingsError> {
+    for chunk in statements(ids, IDS_PER_STATEMENT) {
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox_staged WHERE id IN (");
+        let mut list = delete.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        delete.push(")");
+        delete.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Lane events as rows to insert (all of one publisher).
+fn unstaged(events: &[Event]) -> Vec<Unstaged<'_>> {
+    events
+        .iter()
+        .map(|e| Unstaged {
+            message_id: Cow::Borrowed(&e.message_id),
+            ordering_key: Cow::Borrowed(&e.ordering_key),
+            event_type: Cow::Borrowed(&e.event_type),
+            body: Cow::Borrowed(&e.body),
+            created_at: e.created_at,
+        })
+        .collect()
+}
+
+impl SqliteSettings {
+    /// At a graceful stop: what the lane holds becomes rows, in order per
+    /// session, and its batches go, so the next start sends nothing twice.
+    pub(in crate::store) async fn park_outbox_lane(&self) {
+        let mut lane = self.outbox_lane().lock().await;
+        let (events, batches) = lane.drain();
+        if batches.is_empty() {
+            return;
+        }
+        let parked = async {
+            let mut tx = self.pool().begin_with(IMMEDIATE).await.map_err(db_err)?;
+            let mut publishers: Vec<&str> = events.iter().map(|e| e.publisher_id.as_str()).collect();
+            publishers.sort_unstable();
+            publishers.dedup();
+            for publisher_id in publishers {
+                let of: Vec<Event> = events
+                    .iter()
+                    .filter(|e| e.publisher_id == publisher_id)
+                    .cloned()
+                    .collect();
+                insert_rows(&mut tx, publisher_id, &unstaged(&of)).await?;
+            }
+            delete_staged(&mut tx, &batches).await?;
+            tx.commit().await.map_err(db_err)
+        };
+        if let Err(e) = parked.await {
+            // The batches stay: the next start sends their events, some again.
+            tracing::warn!(error = %e, "could not keep the webhook events in flight as rows");
+        }
+    }
 }
 
 /// Inserts a batch's rows, many per statement (each statement is a round trip to
@@ -544,8 +739,13 @@ async fn dead_letter(
 
 /// How many more rows the publisher's outbox takes under `cap`, after dropping
 /// as many of its oldest dead letters as the room needs; and how many it holds.
-async fn room_for(tx: &mut sqlx::SqliteConnection, publisher_id: &str, cap: u64) -> Result<(u64, u64), SettingsError> {
-    let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
+async fn room_for(
+    tx: &mut sqlx::SqliteConnection,
+    publisher_id: &str,
+    cap: u64,
+    settled: &lane::Settled,
+) -> Result<(u64, u64), SettingsError> {
+    let held = count_rows(&mut *tx, publisher_id, settled).await?;
     if held < cap {
         return Ok((cap - held, held));
     }
@@ -558,17 +758,29 @@ async fn room_for(tx: &mut sqlx::SqliteConnection, publisher_id: &str, cap: u64)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    let held = u64::try_from(count_rows(&mut *tx, publisher_id).await?).unwrap_or(0);
+    let held = count_rows(&mut *tx, publisher_id, settled).await?;
     Ok((cap.saturating_sub(held), held))
 }
 
-/// The rows the publisher's outbox holds, as the triggers count them.
-async fn count_rows(tx: &mut sqlx::SqliteConnection, publisher_id: &str) -> Result<i64, SettingsError> {
-    sqlx::query_scalar("SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = ?), 0)")
-        .bind(publisher_id)
-        .fetch_one(tx)
-        .await
-        .map_err(db_err)
+/// The events the publisher's outbox holds: as the triggers count them (rows,
+/// and staged batches whole), less the events of staged batches that left the
+/// lane.
+async fn count_rows(
+    tx: &mut sqlx::SqliteConnection,
+    publisher_id: &str,
+    settled: &lane::Settled,
+) -> Result<u64, SettingsError> {
+    let held: i64 =
+        sqlx::query_scalar("SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = ?), 0)")
+            .bind(publisher_id)
+            .fetch_one(tx)
+            .await
+            .map_err(db_err)?;
+    Ok(lane::undelivered(
+        settled,
+        publisher_id,
+        u64::try_from(held).unwrap_or(0),
+    ))
 }
 
 /// For each key whose head row left, the key's next row is due now.
