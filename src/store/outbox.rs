@@ -11,7 +11,7 @@ pub(super) mod lane;
 mod postgres;
 mod sqlite;
 
-use crate::domain::events::{EventType, Webhook};
+use crate::domain::events::{Claimed, EventType, Webhook};
 use crate::domain::ports::SettingsError;
 
 /// `next_attempt_at` of a row waiting for an earlier row of its key.
@@ -41,6 +41,24 @@ where
         secret: r.try_get("secret").map_err(db_err)?,
         // Types this version does not know (a newer node wrote them) are skipped.
         events: events.split(',').filter_map(EventType::parse).collect(),
+    })
+}
+
+/// A claimed event from its row (`id, message_id, publisher_id, body,
+/// created_at, attempts`), on either database.
+fn claimed_of<R: sqlx::Row>(r: &R) -> Result<Claimed, SettingsError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'v> String: sqlx::Decode<'v, R::Database> + sqlx::Type<R::Database>,
+    for<'v> i64: sqlx::Decode<'v, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Claimed {
+        id: r.try_get("id").map_err(db_err)?,
+        message_id: r.try_get("message_id").map_err(db_err)?,
+        publisher_id: r.try_get("publisher_id").map_err(db_err)?,
+        body: r.try_get("body").map_err(db_err)?,
+        created_at: u64::try_from(r.try_get::<i64, _>("created_at").map_err(db_err)?).unwrap_or(0),
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err)?).unwrap_or(0),
     })
 }
 

@@ -477,6 +477,19 @@ fn messages(claimed: &[drisc::domain::events::Claimed]) -> Vec<&str> {
     claimed.iter().map(|c| c.message_id.as_str()).collect()
 }
 
+/// SQLite: one batch of a_1, a_2, b_3 written; a_1 and b_3 claimed (a_2 waits
+/// behind a_1), and a_1 delivered.
+async fn one_of_three_delivered(path: &std::path::Path) -> SqliteSettings {
+    let db = sqlite_at(path).await;
+    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
+        .await
+        .unwrap();
+    let first = db.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(messages(&first), ["msg_a_1", "msg_b_3"]);
+    db.delivered(first[0].id).await.unwrap();
+    db
+}
+
 /// SQLite only: events are sent from the staged batch with no row of their own
 /// (the delivery lane), and the batch goes with its last event.
 #[tokio::test]
@@ -554,13 +567,7 @@ async fn a_failed_event_goes_again_before_the_events_that_waited_behind_it() {
 async fn a_stop_sends_nothing_twice_and_a_crash_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drisc.db");
-    let db = sqlite_at(&path).await;
-    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
-        .await
-        .unwrap();
-    let first = db.claim(NOW, LEASE, 10).await.unwrap();
-    assert_eq!(messages(&first), ["msg_a_1", "msg_b_3"]);
-    db.delivered(first[0].id).await.unwrap();
+    let db = one_of_three_delivered(&path).await;
     // b_3 is still in flight, a_2 waits: a graceful stop.
     db.close().await;
     drop(db);
@@ -594,12 +601,7 @@ async fn a_stop_sends_nothing_twice_and_a_crash_loses_nothing() {
 async fn a_crash_with_events_in_flight_from_a_batch_sends_them_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drisc.db");
-    let db = sqlite_at(&path).await;
-    db.enqueue(&[event("p", "a", 1), event("p", "a", 2), event("p", "b", 3)], 100)
-        .await
-        .unwrap();
-    let first = db.claim(NOW, LEASE, 10).await.unwrap();
-    db.delivered(first[0].id).await.unwrap();
+    let db = one_of_three_delivered(&path).await;
     drop(db);
     let db = sqlite_at(&path).await;
     assert_eq!(

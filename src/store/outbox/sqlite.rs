@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
-use super::{WAITING, db_err, events_column, short, to_i64, webhook_of};
+use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
@@ -424,19 +424,7 @@ async fn claim_in(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    let mut claimed = rows
-        .iter()
-        .map(|r| {
-            Ok(Claimed {
-                id: r.try_get("id").map_err(db_err)?,
-                message_id: r.try_get("message_id").map_err(db_err)?,
-                publisher_id: r.try_get("publisher_id").map_err(db_err)?,
-                body: r.try_get("body").map_err(db_err)?,
-                created_at: u64::try_from(r.try_get::<i64, _>("created_at").map_err(db_err)?).unwrap_or(0),
-                attempts: u32::try_from(r.try_get::<i64, _>("attempts").map_err(db_err)?).unwrap_or(0),
-            })
-        })
-        .collect::<Result<Vec<_>, SettingsError>>()?;
+    let mut claimed = rows.iter().map(claimed_of).collect::<Result<Vec<_>, SettingsError>>()?;
     let wanted = (limit as usize).saturating_sub(claimed.len());
     let most = (limit as usize).saturating_mul(LANE_ROUNDS).max(LANE_LEAST);
     while lane.wants_more(wanted, most) {
