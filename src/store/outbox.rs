@@ -2,7 +2,9 @@
 //! ([`WebhookOutbox`]), in the settings database: `sqlite` for one node,
 //! `postgres` for a cluster (where several nodes claim from the same outbox).
 //!
-//! Order per session is kept by the rows themselves: a new row whose ordering key
+//! Order per session is kept by the rows themselves (on SQLite, events are sent
+//! from their staged batches and only those that fail or must wait become rows:
+//! [`lane`]): a new row whose ordering key
 //! already has an undelivered row waits at [`WAITING`] and is made due when the
 //! row before it leaves (delivered, dead-lettered), so claiming is a range scan
 //! over due rows whatever the backlog.

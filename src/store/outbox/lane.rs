@@ -73,12 +73,11 @@ struct Batch {
     left: u64,
 }
 
-/// What an outcome asks of the database.
-#[derive(Debug, Default)]
+/// What a failed lane event asks of the database.
 pub(in crate::store) struct Fate {
-    /// Rows to insert first, in this order: a failed event (with its attempts,
-    /// when next and why) or a dead letter.
-    pub failed: Option<Failed>,
+    /// The row to insert first: the failed event (with its attempts, when next
+    /// and why) or a dead letter.
+    pub failed: Failed,
     /// Then rows for these, in this order: the events that waited behind a
     /// failed one, which must now wait behind its row.
     pub rows: Vec<Event>,
@@ -265,12 +264,12 @@ impl Lane {
             self.next_of(&event.ordering_key);
         }
         Some(Fate {
-            failed: Some(Failed {
+            failed: Failed {
                 event,
                 attempts,
                 next_at,
                 error: error.to_owned(),
-            }),
+            },
             rows,
         })
     }
@@ -466,7 +465,7 @@ mod tests {
         let out = lane.hand_out(0, 100, 10);
         assert_eq!(ids(&out), ["msg_a_1"]);
         let fate = lane.failed(out[0].id, 1, Some(50), "HTTP 500").unwrap();
-        let failed = fate.failed.unwrap();
+        let failed = fate.failed;
         assert_eq!(
             (failed.event.message_id.as_str(), failed.next_at),
             ("msg_a_1", Some(50))

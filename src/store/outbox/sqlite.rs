@@ -99,7 +99,7 @@ impl WebhookOutbox for SqliteSettings {
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
         // One staged row per publisher of the batch (see the migration
         // webhook_outbox_staged): the write that makes events durable appends,
-        // whatever the backlog; [`unstage`] does the rows' indexing at delivery.
+        // whatever the backlog; the delivery sends from it (see [`lane`]).
         let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
         for e in events {
             match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
@@ -562,28 +562,27 @@ async fn settle_in(tx: &mut SqliteConnection, lane: &mut Lane, outcomes: &[Settl
 /// A failed lane event as a row (retried later, or a dead letter), then the
 /// events that waited behind it, as rows behind it.
 async fn make_rows(tx: &mut SqliteConnection, fate: lane::Fate) -> Result<(), SettingsError> {
-    if let Some(failed) = &fate.failed {
-        let e = &failed.event;
-        sqlx::query(
-            "INSERT INTO webhook_outbox (message_id, publisher_id, ordering_key, event_type, body, created_at, \
-             attempts, next_attempt_at, dead, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&e.message_id)
-        .bind(&e.publisher_id)
-        .bind(&e.ordering_key)
-        .bind(&e.event_type)
-        .bind(&e.body)
-        .bind(to_i64(e.created_at))
-        .bind(i64::from(failed.attempts))
-        .bind(failed.next_at.map_or(0, to_i64))
-        .bind(i64::from(failed.next_at.is_none()))
-        .bind(short(&failed.error))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    }
+    let failed = &fate.failed;
+    let e = &failed.event;
+    sqlx::query(
+        "INSERT INTO webhook_outbox (message_id, publisher_id, ordering_key, event_type, body, created_at, \
+         attempts, next_attempt_at, dead, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&e.message_id)
+    .bind(&e.publisher_id)
+    .bind(&e.ordering_key)
+    .bind(&e.event_type)
+    .bind(&e.body)
+    .bind(to_i64(e.created_at))
+    .bind(i64::from(failed.attempts))
+    .bind(failed.next_at.map_or(0, to_i64))
+    .bind(i64::from(failed.next_at.is_none()))
+    .bind(short(&failed.error))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
     if let Some(first) = fate.rows.first() {
-        insert_rows(&mut *tx, &first.publisher_id.clone(), &unstaged(&fate.rows)).await?;
+        insert_rows(&mut *tx, &first.publisher_id, &unstaged(&fate.rows)).await?;
     }
     Ok(())
 }

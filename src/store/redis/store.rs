@@ -708,16 +708,19 @@ impl RedisStore {
                 .map_or(Ended::Gone, Ended::Now));
         };
         self.release(holder);
-        if !self.may_have_lost(pool.shard()) {
+        let queue_end = |report| {
             self.queue(
                 pool,
                 Queued::End {
                     id,
                     holder,
                     now,
-                    report: None,
+                    report,
                 },
-            );
+            )
+        };
+        if !self.may_have_lost(pool.shard()) {
+            queue_end(None);
             return Ok(Ended::Now(Session {
                 id,
                 name: held.name,
@@ -738,16 +741,7 @@ impl RedisStore {
             Ok(record::EndReply::Again | record::EndReply::Nothing) => Ok(Ended::Gone),
             Err(e) => {
                 tracing::debug!(error = %e, "a socket's end waits for Redis");
-                let report = cause.map(|cause| (held.name, cause));
-                self.queue(
-                    pool,
-                    Queued::End {
-                        id,
-                        holder,
-                        now,
-                        report,
-                    },
-                );
+                queue_end(cause.map(|cause| (held.name, cause)));
                 Ok(Ended::Later)
             }
         }
