@@ -658,13 +658,9 @@ async fn refill(tx: &mut SqliteConnection, lane: &mut Lane) -> Result<bool, Sett
     let mut with_rows = std::collections::HashSet::new();
     for chunk in statements(&keys, IDS_PER_STATEMENT) {
         let mut probe = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT DISTINCT ordering_key FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (",
+            "SELECT DISTINCT ordering_key FROM webhook_outbox WHERE dead = 0 AND ordering_key IN ",
         );
-        let mut list = probe.separated(", ");
-        for key in chunk {
-            list.push_bind(*key);
-        }
-        probe.push(")");
+        push_list(&mut probe, chunk.iter().copied());
         let found: Vec<String> = probe.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
         with_rows.extend(found);
     }
@@ -727,12 +723,9 @@ async fn settle_in(tx: &mut SqliteConnection, lane: &mut Lane, outcomes: &[Settl
     // Deliveries are nearly every outcome: a statement per slice of them,
     // not two per row (each statement is a round trip to the connection's thread).
     for ids in statements(&delivered_ids, IDS_PER_STATEMENT) {
-        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN (");
-        let mut list = delete.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        delete.push(") RETURNING ordering_key");
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox WHERE id IN ");
+        push_list(&mut delete, ids.iter().copied());
+        delete.push(" RETURNING ordering_key");
         let keys: Vec<String> = delete.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
         left_keys.extend(keys);
     }
@@ -773,12 +766,8 @@ async fn make_rows(tx: &mut SqliteConnection, fate: lane::Fate) -> Result<(), Se
 /// Deletes staged batches every event of which left the lane.
 async fn delete_staged(tx: &mut SqliteConnection, ids: &[i64]) -> Result<(), SettingsError> {
     for chunk in statements(ids, IDS_PER_STATEMENT) {
-        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox_staged WHERE id IN (");
-        let mut list = delete.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        delete.push(")");
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM webhook_outbox_staged WHERE id IN ");
+        push_list(&mut delete, chunk.iter().copied());
         delete.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
@@ -953,18 +942,29 @@ async fn count_rows(
     ))
 }
 
+/// Appends `(?, ?, …)` to `query`, one bound parameter per item: the lists of
+/// ids and keys the statements here take (at most [`IDS_PER_STATEMENT`]).
+fn push_list<'q, T>(query: &mut sqlx::QueryBuilder<'q, sqlx::Sqlite>, items: impl IntoIterator<Item = T>)
+where
+    T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for item in items {
+        list.push_bind(item);
+    }
+    list.push_unseparated(")");
+}
+
 /// For each key whose head row left, the key's next row is due now.
 async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Result<(), SettingsError> {
     let mut promote = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
         "UPDATE webhook_outbox SET next_attempt_at = 0 WHERE next_attempt_at = ",
     );
     promote.push_bind(WAITING);
-    promote.push(" AND id IN (SELECT MIN(id) FROM webhook_outbox WHERE dead = 0 AND ordering_key IN (");
-    let mut list = promote.separated(", ");
-    for key in keys {
-        list.push_bind(key);
-    }
-    promote.push(") GROUP BY ordering_key)");
+    promote.push(" AND id IN (SELECT MIN(id) FROM webhook_outbox WHERE dead = 0 AND ordering_key IN ");
+    push_list(&mut promote, keys);
+    promote.push(" GROUP BY ordering_key)");
     promote.build().execute(tx).await.map_err(db_err)?;
     Ok(())
 }
