@@ -15,46 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::events::{EventKind, EventType, SessionEvent};
 
-/// The envelope. Fields (here and in [`Data`]) are in alphabetical order: the
-/// bodies were first rendered through `serde_json::Value`, whose maps sort their
-/// keys, and the bytes a receiver signs stay the same. Written straight from the
-/// event's borrowed fields: a body per event is rendered on the request's thread.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    data: Data<'a>,
-    #[serde(serialize_with = "display")]
-    timestamp: humantime::Rfc3339Timestamp,
-    #[serde(rename = "type")]
-    event_type: &'static str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Data<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cause: Option<&'a str>,
-    customer_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    enforced: Option<bool>,
-    offer_id: &'a str,
-    publisher_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(serialize_with = "display_or_null")]
-    session_id: Option<Id<'a>>,
-    session_name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    taken_over_by: Option<TakenOverBy<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TakenOverBy<'a> {
-    #[serde(serialize_with = "display")]
-    session_id: Id<'a>,
-    session_name: &'a str,
-}
-
 /// A session id as the event has it, or as a record kept it (already text).
 #[derive(Clone, Copy)]
 enum Id<'a> {
@@ -69,10 +29,6 @@ impl std::fmt::Display for Id<'_> {
             Self::Text(id) => f.write_str(id),
         }
     }
-}
-
-fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
 }
 
 fn display_or_null<S: serde::Serializer>(value: &Option<impl std::fmt::Display>, s: S) -> Result<S::Ok, S::Error> {
@@ -91,32 +47,63 @@ pub fn render(event: &SessionEvent, at: SystemTime) -> String {
     envelope(Record::of(event), &event.pool.publisher_id, at)
 }
 
+/// The body, written by hand: the Standard Webhooks envelope `{"data":{…},
+/// "timestamp":…,"type":…}` with every object's keys in alphabetical order, absent
+/// optional fields left out (`sessionId` and `sessionName` are `null` instead),
+/// byte for byte what serde_json made of the sorted structs this replaced (a test
+/// holds them equal). It runs at every delivery attempt, on the request's thread
+/// where the outbox takes bodies, and for the live stream: serde_json's escaping
+/// of every byte and the formatter's ids took most of its time.
 fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
-    let data = Data {
-        cause: r.cause.as_deref(),
-        customer_id: &r.customer_id,
-        enforced: r.enforced,
-        offer_id: &r.offer_id,
-        publisher_id,
-        reason: r.reason.as_deref(),
-        session_id: r.session_id,
-        session_name: r.session_name.as_deref(),
-        taken_over_by: r.taken_over_by.as_ref().map(|(id, name)| TakenOverBy {
-            session_id: *id,
-            session_name: name,
-        }),
-    };
-    let envelope = Envelope {
-        data,
-        timestamp: humantime::format_rfc3339_millis(at),
-        event_type: r.event_type.as_str(),
-    };
-    let mut out = Vec::with_capacity(BODY_CAPACITY);
-    // Only a failing writer or a map with non-string keys fails, and neither is here.
-    if serde_json::to_writer(&mut out, &envelope).is_err() {
-        return String::new();
+    let mut out = String::with_capacity(BODY_CAPACITY);
+    out.push_str("{\"data\":{");
+    if let Some(cause) = r.cause.as_deref() {
+        out.push_str("\"cause\":");
+        json_str(&mut out, cause);
+        out.push(',');
     }
-    String::from_utf8(out).unwrap_or_default()
+    out.push_str("\"customerId\":");
+    json_str(&mut out, &r.customer_id);
+    if let Some(enforced) = r.enforced {
+        out.push_str(if enforced {
+            ",\"enforced\":true"
+        } else {
+            ",\"enforced\":false"
+        });
+    }
+    out.push_str(",\"offerId\":");
+    json_str(&mut out, &r.offer_id);
+    out.push_str(",\"publisherId\":");
+    json_str(&mut out, publisher_id);
+    if let Some(reason) = r.reason.as_deref() {
+        out.push_str(",\"reason\":");
+        json_str(&mut out, reason);
+    }
+    out.push_str(",\"sessionId\":");
+    json_id(&mut out, r.session_id);
+    out.push_str(",\"sessionName\":");
+    json_opt_str(&mut out, r.session_name.as_deref());
+    if let Some((id, name)) = &r.taken_over_by {
+        out.push_str(",\"takenOverBy\":{\"sessionId\":");
+        json_id(&mut out, Some(*id));
+        out.push_str(",\"sessionName\":");
+        json_str(&mut out, name);
+        out.push('}');
+    }
+    out.push_str("},\"timestamp\":\"");
+    push_timestamp(&mut out, at);
+    out.push_str("\",\"type\":\"");
+    out.push_str(r.event_type.as_str());
+    out.push_str("\"}");
+    out
+}
+
+/// `at` in RFC 3339 with milliseconds, in UTC, as humantime's
+/// `format_rfc3339_millis` writes it.
+fn push_timestamp(out: &mut String, at: SystemTime) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
 }
 
 /// What a body says, without its envelope's fixed parts (the publisher is the
@@ -303,6 +290,75 @@ pub fn deliverable<'b>(stored: &'b str, publisher_id: &str, created_at: u64) -> 
     Ok(Cow::Owned(envelope(record, publisher_id, at)))
 }
 
+/// The structs serde_json rendered bodies from before [`envelope`] was written
+/// by hand ([`render_reference`]).
+#[derive(Serialize)]
+struct Envelope<'a> {
+    data: Data<'a>,
+    #[serde(serialize_with = "display")]
+    timestamp: humantime::Rfc3339Timestamp,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Data<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'a str>,
+    customer_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enforced: Option<bool>,
+    offer_id: &'a str,
+    publisher_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(serialize_with = "display_or_null")]
+    session_id: Option<Id<'a>>,
+    session_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    taken_over_by: Option<TakenOverBy<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TakenOverBy<'a> {
+    #[serde(serialize_with = "display")]
+    session_id: Id<'a>,
+    session_name: &'a str,
+}
+
+fn display<S: serde::Serializer>(value: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// The body as serde_json renders it from the sorted structs: the reference
+/// [`render`] is held to, byte for byte (its tests, and `benches/events.rs`,
+/// which measures both).
+#[doc(hidden)]
+pub fn render_reference(event: &SessionEvent, at: SystemTime) -> String {
+    let r = Record::of(event);
+    let envelope = Envelope {
+        data: Data {
+            cause: r.cause.as_deref(),
+            customer_id: &r.customer_id,
+            enforced: r.enforced,
+            offer_id: &r.offer_id,
+            publisher_id: &event.pool.publisher_id,
+            reason: r.reason.as_deref(),
+            session_id: r.session_id,
+            session_name: r.session_name.as_deref(),
+            taken_over_by: r.taken_over_by.as_ref().map(|(id, name)| TakenOverBy {
+                session_id: *id,
+                session_name: name,
+            }),
+        },
+        timestamp: humantime::format_rfc3339_millis(at),
+        event_type: r.event_type.as_str(),
+    };
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +510,32 @@ mod tests {
                     by_name,
                 );
                 assert_eq!(record(&event), serde_json::to_string(&stored).unwrap_or_default());
+            }
+        }
+    }
+
+    /// The body written by hand is serde_json's rendering of the sorted structs,
+    /// byte for byte, for every kind of event, strings that need escaping and
+    /// timestamps from 1970 to 9999.
+    #[test]
+    fn the_body_is_serde_jsons_rendering_of_the_sorted_structs() {
+        let times = [0, 1, 999, 1_764_527_405_123, 253_402_300_799_999];
+        for (publisher, customer, offer) in [
+            ("p", "c", "o"),
+            ("p\"x", "c\"1\u{e9}", "o/\t"),
+            ("\u{7f}", "\u{0}\u{1f}\u{7f}\\", "\u{2028}\u{1f600}\r\u{8}\u{c}"),
+            ("", "", " "),
+        ] {
+            let pool = PoolKey {
+                publisher_id: publisher.into(),
+                customer_id: customer.into(),
+                offer_id: offer.into(),
+            };
+            for event in every_kind(&pool) {
+                for ms in times {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                    assert_eq!(render(&event, at), render_reference(&event, at));
+                }
             }
         }
     }

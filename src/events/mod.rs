@@ -17,7 +17,7 @@
 //! runs on a thread of its own that only gets the CPU admissions leave ([`idle`]):
 //! a saturated node admits as if it had no webhook, and sends the backlog after.
 
-mod body;
+pub mod body;
 pub mod delivery;
 pub mod idle;
 pub mod signature;
