@@ -8,18 +8,24 @@
 //!
 //!   cargo run --release --example webhook_receiver -- --secret whsec_... [--listen 127.0.0.1:9000]
 //!
-//! It prints `listening on http://ADDR/hook`, and at Ctrl-C or SIGTERM how many
-//! events it accepted, refused and saw twice.
+//! `--answer TEXT` answers `200` with TEXT as its body instead of `204`, the
+//! body written a moment after the head as many servers do (`bench/webhooks-delivery
+//! --answer`: a sender that leaves such bodies unread needs a connection per event).
+//!
+//! It prints `listening on http://ADDR/hook`, and at Ctrl-C or SIGTERM (or at
+//! `GET /stats`) how many events it accepted, refused and saw twice, and how many
+//! TCP connections it accepted.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::Parser;
@@ -39,14 +45,20 @@ struct Args {
     secret: String,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Answer 200 with this body (written after the head) instead of 204.
+    #[arg(long)]
+    answer: Option<String>,
 }
 
 struct Receiver {
     key: Vec<u8>,
+    answer: Option<Bytes>,
     seen: Mutex<HashSet<String>>,
     accepted: AtomicU64,
     refused: AtomicU64,
     duplicates: AtomicU64,
+    /// TCP connections accepted.
+    connections: AtomicU64,
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -77,10 +89,10 @@ fn verified(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Option<String> {
     any.then(|| id.to_owned())
 }
 
-async fn hook(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn hook(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(id) = verified(&receiver.key, &headers, &body) else {
         receiver.refused.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::UNAUTHORIZED;
+        return StatusCode::UNAUTHORIZED.into_response();
     };
     let fresh = {
         let mut seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -95,7 +107,16 @@ async fn hook(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: B
     } else {
         receiver.duplicates.fetch_add(1, Ordering::Relaxed);
     }
-    StatusCode::NO_CONTENT
+    match receiver.answer.clone() {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(text) => {
+            let later = futures_util::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<_, std::io::Error>(text)
+            });
+            (StatusCode::OK, Body::from_stream(later)).into_response()
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -107,17 +128,24 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--secret must start with whsec_"))?;
     let receiver = Arc::new(Receiver {
         key: STANDARD.decode(encoded)?,
+        answer: args.answer.map(Bytes::from),
         seen: Mutex::default(),
         accepted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     });
     #[expect(clippy::disallowed_methods, reason = "a standalone example, not drisc's router")]
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))
+        .route("/stats", axum::routing::get(stats))
         .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on http://{}/hook", listener.local_addr()?);
+    let counting = receiver.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+        counting.connections.fetch_add(1, Ordering::Relaxed);
+    });
     let stop = async {
         #[cfg(unix)]
         if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -130,11 +158,21 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     axum::serve(listener, app).with_graceful_shutdown(stop).await?;
-    println!(
-        "accepted {} refused {} duplicates {}",
+    println!("{}", counts(&receiver));
+    Ok(())
+}
+
+fn counts(receiver: &Receiver) -> String {
+    format!(
+        "accepted {} refused {} duplicates {} connections {}",
         receiver.accepted.load(Ordering::Relaxed),
         receiver.refused.load(Ordering::Relaxed),
-        receiver.duplicates.load(Ordering::Relaxed)
-    );
-    Ok(())
+        receiver.duplicates.load(Ordering::Relaxed),
+        receiver.connections.load(Ordering::Relaxed)
+    )
+}
+
+/// `GET /stats`: the counts so far, as printed at the end.
+async fn stats(State(receiver): State<Arc<Receiver>>) -> String {
+    counts(&receiver)
 }

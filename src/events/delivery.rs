@@ -206,11 +206,39 @@ async fn attempt(
         .send()
         .await;
     let outcome = match sent {
-        Ok(answer) if answer.status().is_success() => Outcome::Delivered,
-        Ok(answer) => Outcome::Failed(format!("the receiver answered {}", answer.status())),
+        Ok(answer) => {
+            let status = answer.status();
+            read_out(answer).await;
+            if status.is_success() {
+                Outcome::Delivered
+            } else {
+                Outcome::Failed(format!("the receiver answered {status}"))
+            }
+        }
         Err(e) => Outcome::Failed(error_chain(&e)),
     };
     (c, outcome)
+}
+
+/// The most of an answer's body read (and dropped) so that its connection
+/// serves the next request.
+const ANSWER_READ_LIMIT: usize = 64 * 1024;
+
+/// Reads the answer's body to its end, if it ends within [`ANSWER_READ_LIMIT`]
+/// bytes (and within `webhooks.request_timeout`, which covers the body), and
+/// drops it. An HTTP/1.1 connection whose answer was not read to the end cannot
+/// carry another request: receivers that answer with a body (`200 OK` and a few
+/// bytes, as many do) cost a new connection per event otherwise, and as many
+/// sockets left in `TIME_WAIT`. A longer (or endless) body is left, and its
+/// connection closed: the status line already said what the attempt came to.
+async fn read_out(mut answer: reqwest::Response) {
+    let mut read = 0;
+    while read <= ANSWER_READ_LIMIT {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 /// What the round's outcomes mean for the outbox, counted and logged.
