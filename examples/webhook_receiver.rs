@@ -143,8 +143,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on http://{}/hook", listener.local_addr()?);
     let counting = receiver.clone();
-    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| {
         counting.connections.fetch_add(1, Ordering::Relaxed);
+        // An answer's body written after its head would otherwise wait for the
+        // sender's delayed ACK of the head (Nagle's algorithm): up to 40 ms.
+        let _ = tcp.set_nodelay(true);
     });
     let stop = async {
         #[cfg(unix)]
