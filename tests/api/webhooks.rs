@@ -106,16 +106,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(until.cancelled_owned())
-                .await
-                .unwrap();
-        });
+        let (url, stop) = serve_receiver(addr, app, Arc::default()).await;
         Receiver {
             url,
             got: state.got,
@@ -160,6 +151,30 @@ impl Receiver {
     }
 }
 
+/// Serves a receiver's `app` on `addr` until the token is cancelled, counting the
+/// TCP connections it accepts in `connections`; the hook's URL.
+async fn serve_receiver(
+    addr: SocketAddr,
+    app: axum::Router,
+    connections: Arc<AtomicUsize>,
+) -> (String, CancellationToken) {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let listener = listener.tap_io(move |_| {
+        connections.fetch_add(1, Ordering::SeqCst);
+    });
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(until.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    (url, stop)
+}
+
 /// The Standard Webhooks verification, written from the specification: the key
 /// is the base64 after `whsec_`; the signature `v1,` + base64(HMAC-SHA256(key,
 /// "{id}.{timestamp}.{body}")); the header may hold several, space-separated.
@@ -195,6 +210,17 @@ pub async fn put_webhook(api: &Api, publisher: &str, body: Value) -> reqwest::Re
 async fn webhook_to(api: &Api, publisher: &str, url: &str) {
     let response = put_webhook(api, publisher, json!({"url": url, "secret": SECRET})).await;
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+/// A webhook of publisher "1" for `session.granted` alone.
+async fn granted_to(api: &Api, url: &str) {
+    let response = put_webhook(
+        api,
+        "1",
+        json!({"url": url, "secret": SECRET, "events": ["session.granted"]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }
 
 async fn webhook_view(api: &Api, publisher: &str) -> Value {
@@ -367,13 +393,7 @@ async fn an_event_is_dead_lettered_after_the_last_attempt_and_counted() {
     let app = webhook_app(|s| s.webhooks.max_attempts = 2).await;
     let receiver = Receiver::start().await;
     app.put_offer("1", "o", 1, &[]).await;
-    let response = put_webhook(
-        &app,
-        "1",
-        json!({"url": receiver.url, "secret": SECRET, "events": ["session.granted"]}),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
+    granted_to(&app, &receiver.url).await;
     receiver.fail_next(1000);
     app.create_ok(&app.token("1", "42"), "o", "TV").await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -450,7 +470,6 @@ async fn talk(State(state): State<TalkativeState>, _body: Bytes) -> axum::respon
 
 impl Talkative {
     async fn start(answer: Answer) -> Talkative {
-        use axum::serve::ListenerExt;
         let connections = Arc::new(AtomicUsize::new(0));
         let state = TalkativeState {
             answer,
@@ -461,20 +480,7 @@ impl Talkative {
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(talk))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let counted = connections.clone();
-        let listener = listener.tap_io(move |_| {
-            counted.fetch_add(1, Ordering::SeqCst);
-        });
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(until.cancelled_owned())
-                .await
-                .unwrap();
-        });
+        let (url, stop) = serve_receiver("127.0.0.1:0".parse().unwrap(), app, connections.clone()).await;
         Talkative {
             url,
             connections,
@@ -505,13 +511,7 @@ async fn a_receiver_that_answers_with_a_body_keeps_its_connections() {
     let app = webhook_app(|s| s.webhooks.max_in_flight = 4).await;
     let receiver = Talkative::start(Answer::Short("ok")).await;
     app.put_offer("1", "o", 1, &[]).await;
-    let response = put_webhook(
-        &app,
-        "1",
-        json!({"url": receiver.url, "secret": SECRET, "events": ["session.granted"]}),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
+    granted_to(&app, &receiver.url).await;
     let events = 100;
     for customer in 0..events {
         app.create_ok(&app.token("1", customer.to_string()), "o", "TV").await;
@@ -538,13 +538,7 @@ async fn an_answer_that_never_ends_is_delivered_and_read_no_further_than_a_bound
     let app = webhook_app(|_| {}).await;
     let receiver = Talkative::start(Answer::Endless).await;
     app.put_offer("1", "o", 1, &[]).await;
-    let response = put_webhook(
-        &app,
-        "1",
-        json!({"url": receiver.url, "secret": SECRET, "events": ["session.granted"]}),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
+    granted_to(&app, &receiver.url).await;
     for customer in 0..3 {
         app.create_ok(&app.token("1", customer.to_string()), "o", "TV").await;
     }
