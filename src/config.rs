@@ -104,6 +104,9 @@ pub struct WebhookSettings {
     pub poll_interval: Duration,
     /// How the delivery's thread is scheduled against admissions.
     pub delivery_priority: DeliveryPriority,
+    /// A PEM file of CA certificates trusted for `https://` webhooks besides the
+    /// web's roots (receivers behind a private CA); empty: the web's roots alone.
+    pub ca_file: String,
 }
 
 /// `webhooks.delivery_priority`: `idle` (the delivery gets only the CPU that
@@ -239,22 +242,13 @@ fn urls_redacted<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok,
 /// `{prefix}_client_cert`, `{prefix}_client_key`): each one set is a readable PEM
 /// file holding what its name says, and the certificate and key come together.
 fn check_tls_files(prefix: &str, ca: &str, cert: &str, key: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let read = |suffix: &str, path: &str| -> anyhow::Result<Vec<u8>> {
         std::fs::read(path).with_context(|| format!("invalid configuration: {prefix}_{suffix}: cannot read {path:?}"))
     };
-    let certificates = |suffix: &str, path: &str| -> anyhow::Result<()> {
-        let pem = read(suffix, path)?;
-        let found = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {prefix}_{suffix}: {path:?} is not PEM: {e}"))?;
-        if found.is_empty() {
-            bail!("invalid configuration: {prefix}_{suffix}: {path:?} holds no PEM certificate (BEGIN CERTIFICATE)");
-        }
-        Ok(())
-    };
+    let certificates = |suffix: &str, path: &str| check_certificates(&format!("{prefix}_{suffix}"), path);
     if !ca.is_empty() {
         certificates("ca_file", ca)?;
     }
@@ -270,6 +264,22 @@ fn check_tls_files(prefix: &str, ca: &str, cert: &str, key: &str) -> anyhow::Res
         _ => bail!(
             "invalid configuration: {prefix}_client_cert and {prefix}_client_key go together: set both or neither"
         ),
+    }
+    Ok(())
+}
+
+/// Checks that the file setting `name` names is readable PEM holding at least
+/// one certificate.
+fn check_certificates(name: &str, path: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let pem = std::fs::read(path).with_context(|| format!("invalid configuration: {name}: cannot read {path:?}"))?;
+    let found = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {name}: {path:?} is not PEM: {e}"))?;
+    if found.is_empty() {
+        bail!("invalid configuration: {name}: {path:?} holds no PEM certificate (BEGIN CERTIFICATE)");
     }
     Ok(())
 }
@@ -796,6 +806,9 @@ impl Settings {
         // own window (storage.journal_interval's default).
         if e.outbox_gather > MAX_OUTBOX_GATHER {
             bail!("invalid configuration: events.outbox_gather must be at most {MAX_OUTBOX_GATHER:?}");
+        }
+        if !w.ca_file.is_empty() {
+            check_certificates("webhooks.ca_file", &w.ca_file)?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -37,14 +38,22 @@ const DB_TIMEOUT: Duration = Duration::from_secs(10);
 /// redirect could lead anywhere), no proxy from the environment (it would connect
 /// in our place, past the address check), every host resolved through the guard.
 pub fn client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .dns_resolver(GuardedResolver::shared(settings.allow_private_targets))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(settings.request_timeout)
         .connect_timeout(settings.request_timeout)
-        .user_agent(concat!("drisc-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+        .user_agent(concat!("drisc-webhooks/", env!("CARGO_PKG_VERSION")));
+    // Trusted besides the web's roots (checked at start by `Settings::validate`).
+    if !settings.ca_file.is_empty() {
+        let pem = std::fs::read(&settings.ca_file)
+            .with_context(|| format!("webhooks.ca_file: cannot read {:?}", settings.ca_file))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem).context("webhooks.ca_file")? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 fn now_ms() -> Millis {

@@ -20,14 +20,14 @@ use crate::support_redis::{cli_binary, server_binary};
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, as
 /// PEM files in a directory of their own.
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// `client_name`: the client certificate's common name (PostgreSQL's `cert`
     /// authentication takes it as the user name).
-    fn new(client_name: &str) -> Pki {
+    pub fn new(client_name: &str) -> Pki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -68,11 +68,11 @@ impl Pki {
         pki
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn file(&self, name: &str) -> String {
+    pub fn file(&self, name: &str) -> String {
         self.path(name).to_string_lossy().into_owned()
     }
 

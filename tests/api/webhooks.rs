@@ -556,6 +556,179 @@ async fn an_answer_that_never_ends_is_delivered_and_read_no_further_than_a_bound
     app.stop().await;
 }
 
+/// An HTTPS receiver on 127.0.0.1, its certificate signed by the test CA of
+/// `pki` (the one `store_tls` makes): answers `200` and `ok` written after its head,
+/// and counts TCP connections accepted, TLS handshakes completed and requests.
+struct HttpsReceiver {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl HttpsReceiver {
+    async fn start(pki: &crate::store_tls::Pki) -> HttpsReceiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        drisc::store::redis::tls::install_crypto_provider();
+        let chain = CertificateDer::pem_file_iter(pki.path("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", listener.local_addr().unwrap());
+        let (accepted, handshakes, requests): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+            (Arc::default(), Arc::default(), Arc::default());
+        let stop = CancellationToken::new();
+        let (until, counts) = (stop.clone(), (accepted.clone(), handshakes.clone(), requests.clone()));
+        tokio::spawn(async move {
+            let (accepted, handshakes, requests) = counts;
+            loop {
+                let tcp = tokio::select! {
+                    got = listener.accept() => match got {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                    () = until.cancelled() => return,
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, handshakes, requests) = (acceptor.clone(), handshakes.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let answer = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let requests = requests.clone();
+                        async move {
+                            let _ = axum::body::to_bytes(axum::body::Body::new(request.into_body()), 1 << 20).await;
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let later = futures_util::stream::once(async {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                Ok::<_, std::io::Error>(Bytes::from_static(b"ok"))
+                            });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(axum::body::Body::from_stream(
+                                later,
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), answer)
+                        .await;
+                });
+            }
+        });
+        HttpsReceiver {
+            url,
+            accepted,
+            handshakes,
+            requests,
+            stop,
+        }
+    }
+}
+
+/// `webhooks.ca_file`: an HTTPS receiver whose certificate the operator's own CA
+/// signed is trusted, and over TLS the answer read to its end keeps each
+/// connection for the next event: a handshake per connection, not per event.
+#[tokio::test]
+async fn an_https_receiver_signed_by_the_operators_ca_is_trusted_and_keeps_its_connections() {
+    let pki = crate::store_tls::Pki::new("drisc");
+    let ca = pki.file("ca.pem");
+    let app = webhook_app(|s| {
+        s.webhooks.max_in_flight = 4;
+        s.webhooks.ca_file = ca;
+    })
+    .await;
+    let receiver = HttpsReceiver::start(&pki).await;
+    app.put_offer("1", "o", 1, &[]).await;
+    granted_to(&app, &receiver.url).await;
+    let events = 50;
+    for customer in 0..events {
+        app.create_ok(&app.token("1", customer.to_string()), "o", "TV").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while receiver.requests.load(Ordering::SeqCst) < events {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {events} requests came",
+            receiver.requests.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handshakes = receiver.handshakes.load(Ordering::SeqCst);
+    assert!(
+        handshakes <= 8,
+        "{handshakes} TLS handshakes for {events} events, at most 4 at once"
+    );
+    receiver.stop.cancel();
+    app.stop().await;
+}
+
+/// Without `webhooks.ca_file` the same receiver is not trusted: the handshake fails,
+/// nothing is sent, and the event waits for a retry.
+#[tokio::test]
+async fn an_https_receiver_of_an_unknown_ca_gets_nothing_and_the_event_is_retried() {
+    let pki = crate::store_tls::Pki::new("drisc");
+    let app = webhook_app(|_| {}).await;
+    let receiver = HttpsReceiver::start(&pki).await;
+    app.put_offer("1", "o", 1, &[]).await;
+    granted_to(&app, &receiver.url).await;
+    app.create_ok(&app.token("1", "42"), "o", "TV").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let failed = counter(
+            &metrics_text(&app).await,
+            "drisc_webhook_deliveries_total{outcome=\"failed\"}",
+        );
+        if failed >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed attempt counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.accepted.load(Ordering::SeqCst) >= 1, "drisc connected");
+    assert_eq!(
+        receiver.handshakes.load(Ordering::SeqCst),
+        0,
+        "and the handshake failed"
+    );
+    assert_eq!(receiver.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(webhook_view(&app, "1").await["outbox"]["pending"], 1);
+    receiver.stop.cancel();
+    app.stop().await;
+}
+
+/// A `webhooks.ca_file` that cannot be read, or holds no certificate, stops the
+/// start with the setting's name.
+#[test]
+fn a_webhooks_ca_file_is_checked_when_the_settings_load() {
+    let pki = crate::store_tls::Pki::new("drisc");
+    let dir = tempfile::tempdir().unwrap();
+    let error = |file: String| {
+        let mut s = crate::helpers::test_settings(dir.path());
+        s.webhooks.ca_file = file;
+        format!("{:#}", s.validate().expect_err("refused"))
+    };
+    let e = error(pki.file("not-a-certificate.pem"));
+    assert!(
+        e.contains("webhooks.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e = error("/nonexistent/ca.pem".into());
+    assert!(e.contains("webhooks.ca_file") && e.contains("cannot read"), "{e}");
+    let mut s = crate::helpers::test_settings(dir.path());
+    s.webhooks.ca_file = pki.file("ca.pem");
+    assert!(s.validate().is_ok());
+}
+
 pub async fn metrics_text(api: &Api) -> String {
     api.http
         .get(api.url("/metrics"))
