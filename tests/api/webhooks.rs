@@ -446,16 +446,7 @@ async fn talk(State(state): State<TalkativeState>, _body: Bytes) -> axum::respon
     use axum::response::IntoResponse;
     state.requests.fetch_add(1, Ordering::SeqCst);
     match state.answer {
-        // The body a moment after the head, in a write of its own, as from many
-        // servers (a head and a body written apart): a client then has the head
-        // before the body is in.
-        Answer::Short(text) => {
-            let later = futures_util::stream::once(async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                Ok::<_, std::io::Error>(Bytes::from_static(text.as_bytes()))
-            });
-            (StatusCode::OK, axum::body::Body::from_stream(later)).into_response()
-        }
+        Answer::Short(text) => (StatusCode::OK, body_after_head(text)).into_response(),
         Answer::Endless => {
             let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
             let produced = state.produced.clone();
@@ -465,6 +456,28 @@ async fn talk(State(state): State<TalkativeState>, _body: Bytes) -> axum::respon
             });
             (StatusCode::OK, axum::body::Body::from_stream(endless)).into_response()
         }
+    }
+}
+
+/// A body of `text` written a moment after the answer's head, in a write of its
+/// own, as from many servers: a client then has the head before the body is in.
+fn body_after_head(text: &'static str) -> axum::body::Body {
+    axum::body::Body::from_stream(futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok::<_, std::io::Error>(Bytes::from_static(text.as_bytes()))
+    }))
+}
+
+/// Waits (15 s at most) until a receiver's count of requests reaches `n`.
+async fn wait_for_requests(requests: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while requests.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} requests came",
+            requests.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -491,15 +504,7 @@ impl Talkative {
     }
 
     async fn wait_for_requests(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.requests.load(Ordering::SeqCst) < n {
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} requests came",
-                self.requests.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_requests(&self.requests, n).await;
     }
 }
 
@@ -614,13 +619,7 @@ impl HttpsReceiver {
                         async move {
                             let _ = axum::body::to_bytes(axum::body::Body::new(request.into_body()), 1 << 20).await;
                             requests.fetch_add(1, Ordering::SeqCst);
-                            let later = futures_util::stream::once(async {
-                                tokio::time::sleep(Duration::from_millis(1)).await;
-                                Ok::<_, std::io::Error>(Bytes::from_static(b"ok"))
-                            });
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(axum::body::Body::from_stream(
-                                later,
-                            )))
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(body_after_head("ok")))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -658,15 +657,7 @@ async fn an_https_receiver_signed_by_the_operators_ca_is_trusted_and_keeps_its_c
     for customer in 0..events {
         app.create_ok(&app.token("1", customer.to_string()), "o", "TV").await;
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while receiver.requests.load(Ordering::SeqCst) < events {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {events} requests came",
-            receiver.requests.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_requests(&receiver.requests, events).await;
     let handshakes = receiver.handshakes.load(Ordering::SeqCst);
     assert!(
         handshakes <= 15,
