@@ -215,7 +215,7 @@ pub fn before_after(r: &Results, facts: &BTreeMap<String, String>, md: &mut Stri
     ];
     row(
         md,
-        "offered rate at half its own capacity (creates per core-second at the highest fixed rate, halved), /s",
+        "offered rate at half its own capacity (as the method defines it), /s",
         half,
         &metric("offered_per_s"),
         0,

@@ -541,7 +541,7 @@ fn targets(r: &Results, md: &mut String) {
         md,
         "p99 ≤ 1 ms at half that rate",
         format!(
-            "p99 {} ms at {}/s offered (half the capacity its CPU per create at the highest fixed rate gives)",
+            "p99 {} ms at {}/s offered (half the capacity, as the method defines it)",
             f3(p99),
             f0(r.metric("admit-rate-half-distinct", "offered_per_s"))
         ),
