@@ -1,7 +1,9 @@
 //! The latency tail's chart (`drisc-load tail-chart`): from bench/tail's results,
 //! p99 and p99.9 of admission against the offered rate, one line per server
 //! (the build before, this one, the bare-axum baseline), with issue 11's targets
-//! drawn as guides.
+//! drawn as guides. With several rounds per rate, each point is the median of the
+//! rounds (each percentile apart): one round's noise on this shared machine moves a
+//! p99 by milliseconds, the median of a few does not follow a single stall.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +16,8 @@ use crate::stats::Summary;
 
 #[derive(clap::Args, Debug)]
 pub struct TailArgs {
-    /// The directory bench/tail wrote `tail-<server>-<rate>.json` into.
+    /// The directory bench/tail wrote `tail-<server>-<rate>.json` (one round) or
+    /// `tail-<server>-<rate>-r<round>.json` (several) into.
     #[arg(long)]
     pub results: PathBuf,
     /// Where to write the chart (SVG).
@@ -35,19 +38,52 @@ const SIDES: [(&str, &str); 3] = [
     ("baseline", "baseline (bare axum)"),
 ];
 
+/// `tail-<server>-<rate>[-r<round>]` (a file's stem): the server and the rate, or
+/// `None` for the other files (the calibration, the closed loop's maximum).
+fn side_and_rate(stem: &str) -> Option<(&str, &str)> {
+    let run = stem.strip_prefix("tail-")?;
+    let run = match run.rsplit_once("-r") {
+        Some((head, round)) if !round.is_empty() && round.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => run,
+    };
+    let (side, rate) = run.rsplit_once('-')?;
+    (!rate.is_empty() && rate.bytes().all(|b| b.is_ascii_digit())).then_some((side, rate))
+}
+
+/// The median of `values` (the lower middle one of an even count, so a point is a
+/// value some round measured); `values` is not empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[(values.len() - 1) / 2]
+}
+
+/// One point per server and rate: the median offered rate and, percentile by
+/// percentile, the median of the rounds' latencies.
+fn medians(rounds: Vec<(f64, Summary)>) -> (f64, Summary) {
+    let pick = |f: fn(&Summary) -> f64| median(rounds.iter().map(|(_, s)| f(s)).collect());
+    let summary = Summary {
+        count: rounds.iter().map(|(_, s)| s.count).sum(),
+        min_ms: pick(|s| s.min_ms),
+        p50_ms: pick(|s| s.p50_ms),
+        p90_ms: pick(|s| s.p90_ms),
+        p99_ms: pick(|s| s.p99_ms),
+        p999_ms: pick(|s| s.p999_ms),
+        max_ms: pick(|s| s.max_ms),
+        mean_ms: pick(|s| s.mean_ms),
+    };
+    (median(rounds.iter().map(|(rate, _)| *rate).collect()), summary)
+}
+
 pub fn run(args: &TailArgs) -> Result<()> {
-    // server -> offered rate -> admission latency
-    let mut runs: BTreeMap<String, Vec<(f64, Summary)>> = BTreeMap::new();
+    // (server, rate) -> each round's offered rate and admission latency
+    let mut rounds: BTreeMap<(String, String), Vec<(f64, Summary)>> = BTreeMap::new();
     let entries = std::fs::read_dir(&args.results).with_context(|| format!("cannot read {:?}", args.results))?;
     for entry in entries {
         let path = entry?.path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+        let Some((side, rate)) = path.file_stem().and_then(|s| s.to_str()).and_then(side_and_rate) else {
             continue;
         };
-        let Some((side, rate)) = stem.strip_prefix("tail-").and_then(|s| s.rsplit_once('-')) else {
-            continue;
-        };
-        if path.extension().is_none_or(|e| e != "json") || rate == "max" || rate == "calibrate" {
+        if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
         let result = load(&path)?;
@@ -55,12 +91,18 @@ pub fn run(args: &TailArgs) -> Result<()> {
             continue;
         };
         let offered = result.metrics.get("offered_per_s").copied().unwrap_or(0.0);
-        runs.entry(side.to_owned())
+        rounds
+            .entry((side.to_owned(), rate.to_owned()))
             .or_default()
             .push((offered, latency.clone()));
     }
-    if runs.is_empty() {
+    if rounds.is_empty() {
         bail!("no tail-<server>-<rate>.json in {:?}", args.results);
+    }
+    // server -> offered rate -> admission latency
+    let mut runs: BTreeMap<String, Vec<(f64, Summary)>> = BTreeMap::new();
+    for ((side, _), of_rate) in rounds {
+        runs.entry(side).or_default().push(medians(of_rate));
     }
     std::fs::create_dir_all(args.chart.parent().unwrap_or(std::path::Path::new(".")))?;
     charts::write(&args.chart, &chart(&mut runs, args))?;
@@ -166,5 +208,35 @@ mod tests {
         assert_eq!(chart.panels[0].series[0].points, vec![(20_000.0, 20.0)]);
         assert_eq!(chart.panels[1].series[0].points, vec![(20_000.0, 50.0)]);
         assert!(charts::render(&chart).is_ok());
+    }
+
+    #[test]
+    fn a_file_name_gives_its_server_and_rate_with_or_without_a_round() {
+        assert_eq!(side_and_rate("tail-drisc-8100"), Some(("drisc", "8100")));
+        assert_eq!(side_and_rate("tail-baseline-8100-r3"), Some(("baseline", "8100")));
+        assert_eq!(side_and_rate("tail-before-12-r10"), Some(("before", "12")));
+        assert_eq!(side_and_rate("tail-drisc-max"), None);
+        assert_eq!(side_and_rate("tail-drisc-calibrate"), None);
+        assert_eq!(side_and_rate("tail-drisc-8100-r"), None);
+        assert_eq!(side_and_rate("capacity"), None);
+    }
+
+    #[test]
+    fn several_rounds_make_one_point_of_medians_percentile_by_percentile() {
+        let (rate, point) = medians(vec![
+            (8_000.0, summary(1.0, 9.0)),
+            (8_100.0, summary(8.0, 3.0)),
+            (7_900.0, summary(1.5, 4.0)),
+        ]);
+        assert_eq!(rate, 8_000.0);
+        assert_eq!(
+            (point.p99_ms, point.p999_ms),
+            (1.5, 4.0),
+            "each percentile's own median"
+        );
+        assert_eq!(point.count, 3_000);
+        // An even count takes the lower middle: a value one round measured.
+        let (_, point) = medians(vec![(1.0, summary(4.0, 8.0)), (1.0, summary(2.0, 6.0))]);
+        assert_eq!(point.p99_ms, 2.0);
     }
 }
