@@ -13,6 +13,7 @@ pub mod charts;
 mod console;
 mod figures;
 mod results;
+mod rounds;
 pub mod soak;
 pub mod tail;
 
@@ -66,6 +67,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             results.insert(stem, load(&path)?);
         }
     }
+    rounds::stand_for_the_run(&mut results);
     let facts: BTreeMap<String, String> = std::fs::read_to_string(args.results.join("facts.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -256,6 +258,9 @@ fn admission(r: &Results, md: &mut String) {
         f0(base),
         ratio(r.metric("admit-max-hot", "answered_per_core_s"), base)
     );
+    if let Some(sentence) = rounds::sentence(&rounds::of(r)) {
+        let _ = writeln!(md, "{sentence}\n");
+    }
 }
 
 fn attach(r: &Results, md: &mut String) {
