@@ -24,6 +24,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
+pub mod json;
+
 /// Lines queued for the writer at most.
 const QUEUED_LINES: usize = 64 * 1024;
 
@@ -61,7 +63,10 @@ pub fn init(log: &LogSettings) -> LogGuard {
         .with_target(false)
         .with_writer(writer);
     let _ = match log.format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(json::JsonLines::new(json::Timestamps))
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     if let Some(e) = not_lowered {

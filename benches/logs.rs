@@ -1,0 +1,161 @@
+//! What a session's log lines cost the thread that logs them, in JSON (`log.format =
+//! "json"`): drisc's [`JsonLines`] beside tracing-subscriber's own JSON format, the
+//! reference it is held to. Each line goes through the whole subscriber (the level
+//! filter, the format, the line's buffer) to a writer that drops it, as a line goes to
+//! the log thread's queue in the server; what that thread then costs is not in it.
+//! The two lines are the server's own: a session granted and a session ended, with the
+//! ids `drisc-load` sends.
+//!
+//! `cargo bench --bench logs -- --bench [ITERATIONS] [ROUNDS]` (defaults 200,000 and 5)
+//! times both formats over ITERATIONS lines per round, interleaved round by round, and
+//! prints the median and range of ns per line.
+//!
+//! Run by `cargo test --all-targets` without `--bench`: one small round, so the harness
+//! keeps compiling and working; it checks that both formats wrote the same bytes and
+//! times nothing.
+
+use std::hint::black_box;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use drisc::telemetry::json::{JsonLines, Timestamps};
+use tracing::Dispatch;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+/// Keeps the last line it was given (to compare the formats) and drops the rest.
+#[derive(Clone, Default)]
+struct LastLine(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for LastLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Ok(mut last) = self.0.lock() {
+            last.clear();
+            last.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LastLine {
+    type Writer = LastLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The clock of both formats when their bytes are compared (not when timed).
+#[derive(Clone)]
+struct Fixed;
+
+impl FormatTime for Fixed {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        w.write_str("2026-12-02T01:13:17.726409Z")
+    }
+}
+
+fn dispatch<T: FormatTime + Clone + Send + Sync + 'static>(mine: bool, timer: T, out: LastLine) -> Dispatch {
+    let builder = tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(out)
+        .json()
+        .with_timer(timer.clone());
+    if mine {
+        Dispatch::new(builder.event_format(JsonLines::new(timer)).finish())
+    } else {
+        Dispatch::new(builder.finish())
+    }
+}
+
+/// The two lines of a session, as `domain::control` and `meter` log them.
+fn session_lines(i: usize) {
+    let customer = black_box("load-c899e386-421337");
+    let session = black_box("e518633c-0ff4-495d-b169-f67b103bce86");
+    if i % 2 == 0 {
+        tracing::info!(
+            event = "session_granted",
+            publisher = %"load-c899e386",
+            customer = %customer,
+            offer = %"*unknown",
+            session = %session,
+            "session granted"
+        );
+    } else {
+        tracing::info!(
+            event = "session_ended",
+            cause = "connect_timeout",
+            publisher = %"load-c899e386",
+            customer = %customer,
+            offer = %"*unknown",
+            session = %session,
+            "session ended"
+        );
+    }
+}
+
+/// ns per line of `n` lines through `dispatch`.
+fn time(dispatch: &Dispatch, n: usize) -> f64 {
+    tracing::dispatcher::with_default(dispatch, || {
+        let start = Instant::now();
+        for i in 0..n {
+            session_lines(i);
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let timed = args.iter().any(|a| a == "--bench");
+    let numbers: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let iterations = if timed {
+        numbers.first().copied().unwrap_or(200_000)
+    } else {
+        100
+    };
+    let rounds = if timed { numbers.get(1).copied().unwrap_or(5) } else { 1 };
+
+    for i in 0..2 {
+        let (mine, stock) = (LastLine::default(), LastLine::default());
+        tracing::dispatcher::with_default(&dispatch(true, Fixed, mine.clone()), || session_lines(i));
+        tracing::dispatcher::with_default(&dispatch(false, Fixed, stock.clone()), || session_lines(i));
+        let mine = mine.0.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(!mine.is_empty(), "no line was written");
+        assert_eq!(
+            String::from_utf8_lossy(&mine),
+            String::from_utf8_lossy(&stock.0.lock().map(|l| l.clone()).unwrap_or_default()),
+            "the two formats wrote different lines"
+        );
+    }
+
+    let sides = [
+        ("drisc's JsonLines", dispatch(true, Timestamps, LastLine::default())),
+        (
+            "tracing-subscriber's JSON format",
+            dispatch(false, SystemTime, LastLine::default()),
+        ),
+    ];
+    let mut samples = vec![Vec::new(); sides.len()];
+    for _ in 0..rounds {
+        for (n, (_, d)) in sides.iter().enumerate() {
+            samples[n].push(time(d, iterations));
+        }
+    }
+    if !timed {
+        return;
+    }
+    println!("ns per session log line, median (range) of {rounds} rounds of {iterations}:");
+    let mut medians = Vec::new();
+    for ((name, _), mut s) in sides.iter().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        let median = s[(s.len() - 1) / 2];
+        medians.push(median);
+        println!("  {name:<34} {median:>8.1}  ({:.1}-{:.1})", s[0], s[s.len() - 1]);
+    }
+    println!("  drisc's / the stock format's: {:.2}", medians[0] / medians[1]);
+}
