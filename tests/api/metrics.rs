@@ -435,7 +435,10 @@ async fn the_real_binary_logs_each_event_with_its_ids_and_leaks_no_id_or_token()
         assert!(!metrics.contains(&secret), "/metrics shows {secret}");
     }
 
-    let output = server.output();
+    // The last event line of the scenario is the fourth session's end.
+    let output = server
+        .output_once(|log| log.iter().filter(|l| l.contains("\"session_ended\"")).count() >= 4)
+        .await;
     let text = output.join("\n");
     for token in &secrets.tokens {
         assert!(!text.contains(token.as_str()), "the log shows a token: {token}");

@@ -288,10 +288,10 @@ async fn the_real_binary_reads_trusted_proxies_from_the_environment_and_logs_the
     // The second entry of the list is trusted too: the forwarded address is the source.
     assert_eq!(create(valid.clone(), "198.51.100.8").await.unwrap().status(), 200);
 
-    let log = server.output();
+    let blocked = |l: &String| l.contains("too many failed authentications") && l.contains("198.51.100.7");
+    let log = server.output_once(|log| log.iter().any(blocked)).await;
     assert!(
-        log.iter()
-            .any(|l| l.contains("too many failed authentications") && l.contains("198.51.100.7")),
+        log.iter().any(blocked),
         "the blocked address is logged:\n{}",
         log.join("\n")
     );

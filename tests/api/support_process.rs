@@ -170,6 +170,21 @@ impl ServerProcess {
     pub fn output(&self) -> Vec<String> {
         self.output.lock().unwrap().clone()
     }
+
+    /// Every line printed so far once `ready` holds for them, or when PATIENCE has
+    /// passed: the log thread writes what was logged every 25 ms (at nice 19, so
+    /// later on a busy machine), and a line logged a moment ago may not be out yet.
+    #[allow(dead_code)] // for the tests that read what the server logged
+    pub async fn output_once(&self, ready: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+        loop {
+            let output = self.output();
+            if ready(&output) || tokio::time::Instant::now() >= deadline {
+                return output;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for ServerProcess {

@@ -455,7 +455,7 @@ async fn at_trace_level_the_real_server_logs_neither_customer_nor_session_tokens
     // Let the server log what it logs after the socket closed.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let output = server.output();
+    let output = server.output_once(|log| log.iter().any(|l| l.contains("/ws"))).await;
     assert!(
         output.iter().any(|l| l.contains("TRACE") || l.contains("DEBUG")),
         "the server logs at trace level"
