@@ -21,6 +21,8 @@ use drisc::domain::events::{EventKind, SessionEvent};
 use drisc::domain::{PoolKey, SessionId};
 use drisc::events::body;
 
+mod support;
+
 fn events() -> Vec<SessionEvent> {
     let pool = PoolKey {
         publisher_id: "bench".into(),
@@ -54,15 +56,8 @@ fn time(n: usize, mut op: impl FnMut(usize) -> usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let timed = args.iter().any(|a| a == "--bench");
-    let numbers: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let iterations = if timed {
-        numbers.first().copied().unwrap_or(300_000)
-    } else {
-        100
-    };
-    let rounds = if timed { numbers.get(1).copied().unwrap_or(5) } else { 1 };
+    let run = support::Run::from_args(300_000, 5);
+    let (iterations, rounds) = (run.iterations, run.rounds);
 
     let events = events();
     let created_at: u64 = 1_764_527_405_123;
@@ -102,17 +97,8 @@ fn main() {
             samples[n].push(time(iterations, op));
         }
     }
-    if !timed {
-        return;
-    }
-    println!("ns per event, median (range) of {rounds} rounds of {iterations}:");
-    for ((name, _), mut s) in ops.iter().zip(samples) {
-        s.sort_by(f64::total_cmp);
-        println!(
-            "  {name:<40} {:>8.1}  ({:.1}-{:.1})",
-            s[s.len() / 2],
-            s[0],
-            s[s.len() - 1]
-        );
+    if run.timed {
+        let names: Vec<&str> = ops.iter().map(|(name, _)| *name).collect();
+        run.print("ns per event", &names, samples);
     }
 }

@@ -25,6 +25,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
+mod support;
+
 /// Keeps the last line it was given (to compare the formats) and drops the rest.
 #[derive(Clone, Default)]
 struct LastLine(Arc<Mutex<Vec<u8>>>);
@@ -110,15 +112,8 @@ fn time(dispatch: &Dispatch, n: usize) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let timed = args.iter().any(|a| a == "--bench");
-    let numbers: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let iterations = if timed {
-        numbers.first().copied().unwrap_or(200_000)
-    } else {
-        100
-    };
-    let rounds = if timed { numbers.get(1).copied().unwrap_or(5) } else { 1 };
+    let run = support::Run::from_args(200_000, 5);
+    let (iterations, rounds) = (run.iterations, run.rounds);
 
     for i in 0..2 {
         let (mine, stock) = (LastLine::default(), LastLine::default());
@@ -146,16 +141,9 @@ fn main() {
             samples[n].push(time(d, iterations));
         }
     }
-    if !timed {
-        return;
+    if run.timed {
+        let names: Vec<&str> = sides.iter().map(|(name, _)| *name).collect();
+        let medians = run.print("ns per session log line", &names, samples);
+        println!("  drisc's / the stock format's: {:.2}", medians[0] / medians[1]);
     }
-    println!("ns per session log line, median (range) of {rounds} rounds of {iterations}:");
-    let mut medians = Vec::new();
-    for ((name, _), mut s) in sides.iter().zip(samples) {
-        s.sort_by(f64::total_cmp);
-        let median = s[(s.len() - 1) / 2];
-        medians.push(median);
-        println!("  {name:<34} {median:>8.1}  ({:.1}-{:.1})", s[0], s[s.len() - 1]);
-    }
-    println!("  drisc's / the stock format's: {:.2}", medians[0] / medians[1]);
 }
