@@ -1,6 +1,7 @@
 //! What a session's log lines cost the thread that logs them, in JSON (`log.format =
 //! "json"`): drisc's [`JsonLines`] beside tracing-subscriber's own JSON format, the
-//! reference it is held to. Each line goes through the whole subscriber (the level
+//! reference it is held to; and in text (`log.format = "text"`): tracing-subscriber's
+//! format with drisc's [`Timestamps`] beside the same with its own clock. Each line goes through the whole subscriber (the level
 //! filter, the format, the line's buffer) to a writer that drops it, as a line goes to
 //! the log thread's queue in the server; what that thread then costs is not in it.
 //! The two lines are the server's own: a session granted and a session ended, with the
@@ -19,7 +20,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use drisc::telemetry::json::{JsonLines, Timestamps};
+use drisc::telemetry::json::JsonLines;
+use drisc::telemetry::timestamps::Timestamps;
 use tracing::Dispatch;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
@@ -72,6 +74,18 @@ fn dispatch<T: FormatTime + Clone + Send + Sync + 'static>(mine: bool, timer: T,
     } else {
         Dispatch::new(builder.finish())
     }
+}
+
+/// tracing-subscriber's text format (no colours) with `timer`.
+fn text<T: FormatTime + Send + Sync + 'static>(timer: T) -> Dispatch {
+    Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(LastLine::default())
+            .with_timer(timer)
+            .finish(),
+    )
 }
 
 /// The two lines of a session, as `domain::control` and `meter` log them.
@@ -134,6 +148,8 @@ fn main() {
             "tracing-subscriber's JSON format",
             dispatch(false, SystemTime, LastLine::default()),
         ),
+        ("text, drisc's Timestamps", text(Timestamps)),
+        ("text, tracing-subscriber's clock", text(SystemTime)),
     ];
     let mut samples = vec![Vec::new(); sides.len()];
     for _ in 0..rounds {
@@ -144,6 +160,10 @@ fn main() {
     if run.timed {
         let names: Vec<&str> = sides.iter().map(|(name, _)| *name).collect();
         let medians = run.print("ns per session log line", &names, samples);
-        println!("  drisc's / the stock format's: {:.2}", medians[0] / medians[1]);
+        println!("  JSON, drisc's / the stock format's: {:.2}", medians[0] / medians[1]);
+        println!(
+            "  text, drisc's clock / the stock clock: {:.2}",
+            medians[2] / medians[3]
+        );
     }
 }

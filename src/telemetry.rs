@@ -24,6 +24,7 @@ use tracing_subscriber::fmt::writer::EitherWriter;
 use crate::config::{LogFormat, LogSettings};
 
 pub mod json;
+pub mod timestamps;
 pub mod writer;
 
 /// Where the lines go, whose count of dropped lines `/metrics` reads.
@@ -80,9 +81,9 @@ pub fn init(log: &LogSettings) -> LogGuard {
     let _ = match log.format {
         LogFormat::Json => builder
             .json()
-            .event_format(json::JsonLines::new(json::Timestamps))
+            .event_format(json::JsonLines::new(timestamps::Timestamps))
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.with_timer(timestamps::Timestamps).try_init(),
     };
     if let Some(e) = not_started {
         tracing::warn!(error = %e, "no log writer thread: lines are written by the threads that log them");
