@@ -363,9 +363,10 @@ async fn serve(listener: TcpListener, state: &AppState, max_connections: usize) 
 /// Closes every socket with 1012 and waits for the open connections, for at most
 /// `server.shutdown_timeout` or until `hurry`; drops what is left.
 async fn close_connections(state: &AppState, drain: Drain, hurry: &CancellationToken) {
-    // Sockets watch the same token and close themselves with 1012: the HTTP
-    // server does not own them once upgraded.
+    // Sockets are told through their mailboxes and close themselves with 1012:
+    // the HTTP server does not own them once upgraded.
     state.shutdown.cancel();
+    state.hub.close_all();
     state.connections.close();
     let timeout = state.settings.server.shutdown_timeout;
     tracing::info!(

@@ -15,6 +15,7 @@
 //! when the core has time, many lines at a time. Not `SCHED_IDLE`: the buffer's
 //! mutex is one the request threads also take (see [`crate::threads`]).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
@@ -61,6 +62,14 @@ pub const THREAD: &str = "drisc-log";
 #[must_use = "logs stop being written once the guard is dropped"]
 pub struct LogGuard(#[allow(dead_code)] Option<writer::Lines>);
 
+/// Whether text lines carry ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to anything (<https://no-color.org>). tracing-subscriber
+/// colours by default whatever the output is, so a log piped to a file or to
+/// journald was full of escape sequences.
+fn colours(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber once; RUST_LOG, when set, overrides the configured level.
 pub fn init(log: &LogSettings) -> LogGuard {
     let (started, not_lowered) = crate::threads::start_lowered(crate::threads::LOWEST, || {
@@ -77,6 +86,7 @@ pub fn init(log: &LogSettings) -> LogGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(colours(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR")))
         .with_writer(output);
     let _ = match log.format {
         LogFormat::Json => builder
@@ -91,4 +101,21 @@ pub fn init(log: &LogSettings) -> LogGuard {
         tracing::warn!(error = %e, "the log writer runs at normal priority: it could not be lowered to nice 19");
     }
     LogGuard(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colours;
+
+    #[test]
+    fn colours_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colours(true, None));
+        assert!(
+            colours(true, Some("".into())),
+            "an empty NO_COLOR is unset (no-color.org)"
+        );
+        assert!(!colours(true, Some("1".into())));
+        assert!(!colours(false, None), "a pipe or a file gets no escape sequences");
+        assert!(!colours(false, Some("1".into())));
+    }
 }

@@ -208,3 +208,25 @@ async fn the_real_binary_starts_on_port_0_and_stops_on_sigterm() {
         .expect("drisc exits after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+/// Text lines piped to a file or a log collector carry no ANSI escape sequences,
+/// even with `NO_COLOR` unset (empty counts as unset): tracing-subscriber colours
+/// by default whatever its output is.
+#[tokio::test]
+async fn the_real_binarys_text_log_has_no_colour_codes_when_it_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), ProcessOptions::default().env("NO_COLOR", ""));
+    let output = server
+        .output_once(|log| log.iter().any(|l| l.contains("is listening")))
+        .await;
+    let listening = output
+        .iter()
+        .find(|l| l.contains("is listening"))
+        .expect("the start is logged");
+    assert!(listening.contains(" INFO "), "{listening}");
+    assert!(
+        output.iter().all(|l| !l.contains('\u{1b}')),
+        "escape sequences in a piped log:\n{}",
+        output.join("\n")
+    );
+}
