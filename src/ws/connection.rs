@@ -138,10 +138,13 @@ impl Connection {
         let timer = sleep_until(self.next_wake());
         tokio::pin!(timer);
         loop {
-            // The timer is re-armed only when its instant moved, not every turn.
-            let wake = self.next_wake();
-            if timer.deadline() != wake {
-                timer.as_mut().reset(wake);
+            // The timer is re-armed only when its instant moved, not every turn. In a
+            // block of its own, or the instant is kept in the future across the select.
+            {
+                let wake = self.next_wake();
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
             }
             // The shutdown comes through the mailbox (`Hub::close_all`); a socket
             // registered after it was sent reads it here before its first wait.
@@ -465,12 +468,13 @@ mod tests {
 
     /// What tokio allocates for a task around a future of `future` bytes (tokio 1.54,
     /// `runtime/task/core.rs`): a 32-byte header, the scheduler's handle and the task's
-    /// id, the future, a 48-byte trailer, the whole aligned to 128 bytes on x86_64.
-    /// Checked against the sizes tokio asks the allocator for (bench/analysis.md,
-    /// round fifteen): 912 bytes of future take 1,024, 936 take 1,152, which jemalloc
-    /// serves from its 1,280-byte class.
+    /// id, the stage's tag, the future, a 48-byte trailer, the whole aligned to 128
+    /// bytes on x86_64. Checked against what tokio asks the allocator for by
+    /// `bench/task-size` (the lib forbids the unsafe code a recording allocator
+    /// needs): past 1,024 bytes a task takes 1,152, which jemalloc serves from its
+    /// 1,280-byte class.
     fn task_allocation(future: usize) -> usize {
-        (32 + 16 + future + 48).next_multiple_of(128)
+        (32 + 16 + 8 + future + 48).next_multiple_of(128)
     }
 
     /// Every held session keeps one of these futures for as long as it lives (inside
