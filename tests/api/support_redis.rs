@@ -167,9 +167,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A real Redis Cluster on loopback: three masters and three replicas, each a
-/// `redis-server --cluster-enabled yes` in a temporary directory, joined by
-/// `redis-cli --cluster create`; killed when dropped.
+/// A real Redis Cluster on loopback: three masters (and, from [`RedisCluster::start`], a
+/// replica of each), each a `redis-server --cluster-enabled yes` in a temporary directory,
+/// joined by `redis-cli --cluster create`; killed when dropped.
 pub struct RedisCluster {
     /// One per node, masters first as `redis-cli` was given them.
     nodes: Vec<ClusterNode>,
