@@ -40,6 +40,11 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most the migrations may take at start, waiting for another node's included.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node starting waits for its first connection: longer than a request
+/// waits ([`ACQUIRE_TIMEOUT`]), as a busy server or many nodes starting at once can
+/// take seconds to open connections, and a node that cannot start is worse than
+/// one that starts late.
+const START_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Rows per statement when writing held sessions.
 const SAVE_CHUNK: usize = 5_000;
 
@@ -78,7 +83,7 @@ impl PostgresSettings {
         let migrate = async {
             let single = PgPoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(START_CONNECT_TIMEOUT)
                 .connect_with(options.clone())
                 .await?;
             let outcome = MIGRATOR.run(&single).await;
@@ -88,6 +93,8 @@ impl PostgresSettings {
         tokio::time::timeout(MIGRATE_TIMEOUT, migrate)
             .await
             .map_err(|_| anyhow::anyhow!("PostgreSQL migrations did not finish within {MIGRATE_TIMEOUT:?}"))??;
+        // Lazy: the migrations have just shown that the server answers, and the first
+        // request opens a connection (within ACQUIRE_TIMEOUT) as any later one does.
         let db = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)
@@ -96,8 +103,7 @@ impl PostgresSettings {
             // Checks a pooled connection before lending it, so connections broken by a
             // restart of the server are replaced rather than failing a request.
             .test_before_acquire(true)
-            .connect_with(options)
-            .await?;
+            .connect_lazy_with(options);
         Ok(Self { db })
     }
 

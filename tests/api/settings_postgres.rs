@@ -210,3 +210,29 @@ async fn a_stored_publisher_with_the_old_default_value_reads_as_each_after_migra
     repo.put_publisher(&shared).await.unwrap();
     assert_eq!(repo.catalog("old").await.unwrap().unwrap().publisher, shared);
 }
+
+/// A node starting while PostgreSQL is slow to answer (a busy machine, many nodes
+/// starting at once) waits for its first connection longer than a request would
+/// (3 s): here the server's answers are held for 5 s, and the node starts.
+#[tokio::test]
+async fn a_node_starts_when_postgresql_takes_seconds_to_answer_its_first_connection() {
+    let server = PgServer::start().await;
+    let relay = crate::support_proxy::Relay::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let url = server
+        .url
+        .replace(&format!(":{}/", server.port), &format!(":{}/", relay.addr.port()));
+    assert_ne!(url, server.url, "the node connects through the relay");
+    relay.hold();
+    let started = Instant::now();
+    let starting = tokio::spawn(async move { PostgresSettings::connect(&url).await });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.release();
+    let repo = starting
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the node did not start: {e:#}"));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    repo.put_publisher(&publisher("acme")).await.unwrap();
+    assert_eq!(repo.list_publishers().await.unwrap(), vec![publisher("acme")]);
+    repo.close().await;
+}
