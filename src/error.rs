@@ -183,6 +183,14 @@ impl IntoResponse for ApiError {
         if let Some(value) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
+        if matches!(self, Self::PayloadTooLarge(_) | Self::RequestTimeout(_)) {
+            // The rest of the body was not read, so the connection cannot carry another
+            // request and hyper closes it. Said in the answer, or a client may send its
+            // next request on the connection before it sees the close, and fail.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

@@ -183,3 +183,39 @@ async fn an_unknown_route_is_a_json_404() {
     expect_error(response, 404, "NotFound").await;
     app.stop().await;
 }
+
+/// A client still sending a body far over the limit reads the 413, which says
+/// `connection: close`: the rest of the body is not read, so the server closes
+/// the connection, and a client that did not know would send its next request on
+/// it and fail ("error sending request", seen in the fuzz test of create bodies).
+#[tokio::test]
+async fn a_client_still_sending_a_body_over_the_limit_reads_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let token = app.token("1", "42");
+    let length = 300_000;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = format!(
+        "POST /sessions HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n\
+         content-type: text/plain\r\ncontent-length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 15_000];
+    for _ in 0..length / chunk.len() {
+        // The server may have answered and closed: a failed write is what is tested.
+        if tcp.write_all(&chunk).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::helpers::PATIENCE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server answers in time");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "read {read:?}, answer: {text:?}");
+    assert!(text.contains("PayloadTooLarge"), "{text}");
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{text}");
+    app.stop().await;
+}

@@ -83,7 +83,6 @@ impl ServerProcess {
             .env("DRISC__STORAGE__DATA_DIR", data_dir)
             .env("DRISC__LOG__LEVEL", "info")
             .env("DRISC__LOG__FORMAT", "text")
-            .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
         for (key, value) in &options.env {
             command.env(key, value);
