@@ -69,6 +69,7 @@ conformance!(
     a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session,
     a_batch_of_one_publisher_past_its_cap_is_cut_to_the_room_left,
     room_freed_by_deliveries_and_deletes_is_taken_up_to_the_cap_exactly,
+    the_pending_count_holds_while_failed_events_are_written_back_for_a_retry,
 );
 
 /// The cap stays exact as the held count falls and rises again (SQLite's appender
@@ -104,6 +105,56 @@ async fn room_freed_by_deliveries_and_deletes_is_taken_up_to_the_cap_exactly(s: 
     let done = s.outbox.enqueue(&batch(12, 1), 4).await.unwrap();
     assert_eq!((done.written, done.refused_full), (0, 1));
     assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 4);
+}
+
+/// The admin view's `pending` is exact while deliveries fail: an event that
+/// failed is still pending, so a count read at any moment, while the failures
+/// are being written back for a retry, sees every event. (SQLite's lane once
+/// counted a failed event as gone before the row that replaces it was
+/// committed: a read in between saw one too few.)
+async fn the_pending_count_holds_while_failed_events_are_written_back_for_a_retry(s: Subject) {
+    const EVENTS: u64 = 200;
+    let s = s.with_webhook("p").await;
+    let batch: Vec<_> = (0..EVENTS).map(|n| event("p", &format!("k{n}"), n)).collect();
+    let done = s.outbox.enqueue(&batch, 1_000).await.unwrap();
+    assert_eq!(done.written, EVENTS);
+    let claimed = s.outbox.claim(NOW, LEASE, EVENTS as u32).await.unwrap();
+    assert_eq!(claimed.len() as u64, EVENTS);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (outbox, stop) = (s.outbox.clone(), stop.clone());
+        async move {
+            let mut seen = std::collections::BTreeMap::<u64, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                *seen
+                    .entry(outbox.outbox_counts("p").await.unwrap().pending)
+                    .or_default() += 1;
+                tokio::task::yield_now().await;
+            }
+            seen
+        }
+    });
+    for c in &claimed {
+        let retry = drisc::domain::events::Settled::Retry {
+            id: c.id,
+            attempts: 1,
+            next_at: NOW + 5,
+            error: "HTTP 500".into(),
+        };
+        s.outbox.settle(&[retry]).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+    assert!(
+        seen.values().sum::<u32>() > 0,
+        "the count was read while the failures were written"
+    );
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        [EVENTS],
+        "pending as read during the retries (count: times read)\n{seen:?}"
+    );
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, EVENTS);
 }
 
 /// A batch of one publisher (SQLite appends it in one statement when it fits):

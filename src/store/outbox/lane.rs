@@ -24,7 +24,10 @@
 //!   without an outcome (the attempt's caller died).
 //! - **The counts.** The count triggers count a batch's events until the batch
 //!   row goes; the events that already left the lane are counted here per
-//!   publisher ([`Settled`]) and taken off every count that is read.
+//!   publisher ([`Settled`]) and taken off every count that is read. They
+//!   change inside the transaction of the claim or settle that moves the
+//!   events, before its commit, so a count is read under the write lock (the
+//!   appender's) or the lane's lock (the admin view's), never between.
 //!
 //! The lane changes only inside the write transaction that records the change
 //! (the outbox's callers take the lane's lock, then the write lock); if that

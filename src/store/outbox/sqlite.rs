@@ -172,9 +172,18 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError> {
+        // Under the lane's lock, so no claim or settle is half done: each
+        // changes the lane's counts inside its transaction, before the commit,
+        // and a read between saw a failed event neither in the lane nor as its
+        // row yet (one too few), or a finished batch's count already taken off
+        // while its row was still there (a batch too many). One statement, so
+        // the rows and the staged batches are read in one snapshot.
+        let _lane = self.outbox_lane().lock().await;
         let row = sqlx::query(
             "SELECT COALESCE(SUM(CASE WHEN dead = 0 THEN 1 ELSE 0 END), 0) AS pending, \
-             COALESCE(SUM(dead), 0) AS dead FROM webhook_outbox WHERE publisher_id = ?",
+             COALESCE(SUM(dead), 0) AS dead, \
+             (SELECT COALESCE(SUM(events), 0) FROM webhook_outbox_staged WHERE publisher_id = ?1) AS staged \
+             FROM webhook_outbox WHERE publisher_id = ?1",
         )
         .bind(publisher_id)
         .fetch_one(self.pool())
@@ -183,13 +192,7 @@ impl WebhookOutbox for SqliteSettings {
         let count = |name| -> Result<u64, SettingsError> {
             Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(db_err)?).unwrap_or(0))
         };
-        let staged: i64 =
-            sqlx::query_scalar("SELECT COALESCE(SUM(events), 0) FROM webhook_outbox_staged WHERE publisher_id = ?")
-                .bind(publisher_id)
-                .fetch_one(self.pool())
-                .await
-                .map_err(db_err)?;
-        let staged = lane::undelivered(self.outbox_settled(), publisher_id, u64::try_from(staged).unwrap_or(0));
+        let staged = lane::undelivered(self.outbox_settled(), publisher_id, count("staged")?);
         Ok(OutboxCounts {
             pending: count("pending")? + staged,
             dead: count("dead")?,
