@@ -132,9 +132,7 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        connect(&self.url, Duration::from_millis(200))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
+        answers(&self.url, Duration::from_millis(200))
     }
 
     /// Runs a command and returns its reply.
@@ -224,7 +222,12 @@ impl ClusterNode {
 }
 
 fn ping(port: u16) -> bool {
-    connect(&format!("redis://127.0.0.1:{port}/"), Duration::from_millis(500))
+    answers(&format!("redis://127.0.0.1:{port}/"), Duration::from_millis(500))
+}
+
+/// Whether the server at `url` answers a PING within `timeout`.
+fn answers(url: &str, timeout: Duration) -> bool {
+    connect(url, timeout)
         .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
         .is_ok()
 }
