@@ -24,11 +24,7 @@ use drisc::events::body;
 mod support;
 
 fn events() -> Vec<SessionEvent> {
-    let pool = PoolKey {
-        publisher_id: "bench".into(),
-        customer_id: "customer-0012345".into(),
-        offer_id: "premium".into(),
-    };
+    let pool = PoolKey::from_ids("bench", "customer-0012345", "premium");
     let id = SessionId::random();
     vec![
         SessionEvent::new(EventKind::Granted, &pool, Some(id), Some("living room tv")),
@@ -63,7 +59,7 @@ fn main() {
     let created_at: u64 = 1_764_527_405_123;
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_at);
     let records: Vec<String> = events.iter().map(body::record).collect();
-    let publisher = &events[0].pool.publisher_id;
+    let publisher = &events[0].pool.publisher_id();
     for (event, record) in events.iter().zip(&records) {
         let rendered = body::render(event, at);
         assert_eq!(

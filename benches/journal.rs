@@ -49,13 +49,7 @@ fn session(n: u64) -> Session {
 
 fn pools(n: usize) -> Vec<Arc<PoolKey>> {
     (0..n)
-        .map(|i| {
-            Arc::new(PoolKey {
-                publisher_id: "acme".into(),
-                customer_id: format!("customer-{i:07}"),
-                offer_id: "premium".into(),
-            })
-        })
+        .map(|i| Arc::new(PoolKey::from_ids("acme", &format!("customer-{i:07}"), "premium")))
         .collect()
 }
 

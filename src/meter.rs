@@ -391,9 +391,9 @@ impl SessionEvents for Meter {
             tracing::info!(
                 event = "session_ended",
                 cause = cause.as_str(),
-                publisher = %pool.publisher_id,
-                customer = %pool.customer_id,
-                offer = %pool.offer_id,
+                publisher = %pool.publisher_id(),
+                customer = %pool.customer_id(),
+                offer = %pool.offer_id(),
                 session = %id,
                 "session ended"
             );
@@ -408,7 +408,7 @@ impl SessionEvents for Meter {
     /// configured by the operator (unknown offers share `*unknown`, unless a
     /// publisher lets each be its own pool), never by customer or session.
     fn over_limit(&self, pool: &PoolKey, limit: u32, policy: LimitPolicy) {
-        let mut series = (pool.publisher_id.clone(), pool.offer_id.clone());
+        let mut series = (pool.publisher_id().to_owned(), pool.offer_id().to_owned());
         if self.over_limit.len() >= MAX_OVER_LIMIT_SERIES && !self.over_limit.contains_key(&series) {
             series = ("other".into(), "other".into());
         }
@@ -427,9 +427,9 @@ impl SessionEvents for Meter {
         tracing::info!(
             event = "session_over_limit",
             policy = policy.as_str(),
-            publisher = %pool.publisher_id,
-            customer = %pool.customer_id,
-            offer = %pool.offer_id,
+            publisher = %pool.publisher_id(),
+            customer = %pool.customer_id(),
+            offer = %pool.offer_id(),
             limit,
             "session granted past the offer's limit (onLimit = monitor): it would have been refused"
         );
@@ -594,11 +594,7 @@ mod over_limit_tests {
     }
 
     fn pool(offer: &str) -> PoolKey {
-        PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "secret-customer".into(),
-            offer_id: offer.into(),
-        }
+        PoolKey::from_ids("p", "secret-customer", offer)
     }
 
     #[test]

@@ -28,11 +28,7 @@ pub struct SessionClaims {
 
 impl SessionClaims {
     pub fn pool(&self) -> PoolKey {
-        PoolKey {
-            publisher_id: self.publisher_id.clone(),
-            customer_id: self.customer_id.clone(),
-            offer_id: self.offer_id.clone(),
-        }
+        PoolKey::from_ids(&self.publisher_id, &self.customer_id, &self.offer_id)
     }
 
     pub fn is_expired(&self, now_secs: u64) -> bool {
@@ -93,9 +89,9 @@ impl SessionTokens {
     pub fn issue(&self, pool: &PoolKey, sid: SessionId, now_secs: u64) -> String {
         let claims = BorrowedClaims {
             sid,
-            publisher_id: &pool.publisher_id,
-            customer_id: &pool.customer_id,
-            offer_id: &pool.offer_id,
+            publisher_id: pool.publisher_id(),
+            customer_id: pool.customer_id(),
+            offer_id: pool.offer_id(),
             exp: now_secs + self.ttl_secs,
         };
         // Serializing a plain struct cannot fail.
@@ -131,11 +127,7 @@ mod tests {
     use super::*;
 
     fn pool() -> PoolKey {
-        PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "c".into(),
-            offer_id: "o".into(),
-        }
+        PoolKey::from_ids("p", "c", "o")
     }
 
     #[test]

@@ -242,9 +242,9 @@ impl SessionControl {
                 }
                 tracing::info!(
                     event = "session_granted",
-                    publisher = %pool.publisher_id,
-                    customer = %pool.customer_id,
-                    offer = %pool.offer_id,
+                    publisher = %pool.publisher_id(),
+                    customer = %pool.customer_id(),
+                    offer = %pool.offer_id(),
                     session = %granted.session.id,
                     "session granted"
                 );
@@ -264,9 +264,9 @@ impl SessionControl {
                 tracing::info!(
                     event = "session_refused",
                     reason = "limit_exceeded",
-                    publisher = %pool.publisher_id,
-                    customer = %pool.customer_id,
-                    offer = %pool.offer_id,
+                    publisher = %pool.publisher_id(),
+                    customer = %pool.customer_id(),
+                    offer = %pool.offer_id(),
                     limit = limits.sessions,
                     "session refused: the customer holds as many sessions as the offer allows"
                 );
@@ -280,9 +280,9 @@ impl SessionControl {
                 tracing::info!(
                     event = "session_refused",
                     reason = "household_limit",
-                    publisher = %pool.publisher_id,
-                    customer = %pool.customer_id,
-                    offer = %pool.offer_id,
+                    publisher = %pool.publisher_id(),
+                    customer = %pool.customer_id(),
+                    offer = %pool.offer_id(),
                     limit = ?limits.customer_sessions,
                     "session refused: the customer holds as many sessions across offers as the publisher allows"
                 );
@@ -320,9 +320,9 @@ impl SessionControl {
             return Ok(offer.session_limit);
         }
         let key = OverrideKey {
-            publisher_id: pool.publisher_id.clone(),
-            customer_id: pool.customer_id.clone(),
-            offer_id: pool.offer_id.clone(),
+            publisher_id: pool.publisher_id().to_owned(),
+            customer_id: pool.customer_id().to_owned(),
+            offer_id: pool.offer_id().to_owned(),
         };
         let found = self.settings.customer_override(&key).await?;
         Ok(policy::session_limit(offer.session_limit, found.as_ref(), now))
@@ -384,9 +384,9 @@ impl SessionControl {
         tracing::info!(
             event = "session_taken_over",
             reason = "evict_oldest",
-            publisher = %pool.publisher_id,
-            customer = %pool.customer_id,
-            offer = %pool.offer_id,
+            publisher = %pool.publisher_id(),
+            customer = %pool.customer_id(),
+            offer = %pool.offer_id(),
             session = %done.granted.session.id,
             victim = %done.victim.id,
             "session taken over: its pool was full and the offer evicts the oldest"
@@ -424,9 +424,9 @@ impl SessionControl {
         let done = taken.ok_or(ControlError::SessionNotFound(victim))?;
         tracing::info!(
             event = "session_taken_over",
-            publisher = %pool.publisher_id,
-            customer = %pool.customer_id,
-            offer = %pool.offer_id,
+            publisher = %pool.publisher_id(),
+            customer = %pool.customer_id(),
+            offer = %pool.offer_id(),
             session = %done.granted.session.id,
             victim = %victim,
             "session taken over"
@@ -736,7 +736,7 @@ impl SessionControl {
             .store
             .locate(id)
             .await?
-            .filter(|pool| pool.publisher_id == customer.publisher_id && pool.customer_id == customer.customer_id)
+            .filter(|pool| pool.publisher_id() == customer.publisher_id && pool.customer_id() == customer.customer_id)
             .ok_or(ControlError::SessionNotFound(id))?;
         let session = self
             .store
@@ -745,9 +745,9 @@ impl SessionControl {
             .ok_or(ControlError::SessionNotFound(id))?;
         tracing::info!(
             event = "session_stopped_remotely",
-            publisher = %pool.publisher_id,
-            customer = %pool.customer_id,
-            offer = %pool.offer_id,
+            publisher = %pool.publisher_id(),
+            customer = %pool.customer_id(),
+            offer = %pool.offer_id(),
             session = %id,
             "session stopped by its customer from elsewhere"
         );

@@ -353,11 +353,7 @@ mod tests {
     }
 
     fn pool() -> Arc<PoolKey> {
-        Arc::new(PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "c".into(),
-            offer_id: "o".into(),
-        })
+        Arc::new(PoolKey::from_ids("p", "c", "o"))
     }
 
     fn gone(s: &Session) -> Ended {

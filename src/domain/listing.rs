@@ -19,7 +19,7 @@ pub struct Position {
 impl Position {
     pub fn of(pool: &PoolKey, session: &Session) -> Self {
         Self {
-            offer_id: pool.offer_id.clone(),
+            offer_id: pool.offer_id().to_owned(),
             session_id: session.id,
         }
     }
@@ -52,9 +52,9 @@ impl SessionQuery {
     /// to the cursor dropped, cut at the limit.
     pub fn page(&self, mut found: Vec<(PoolKey, Session)>) -> SessionPage {
         found.retain(|(pool, s)| {
-            self.wants_pool(&pool.offer_id) && self.after.as_ref().is_none_or(|after| Position::of(pool, s) > *after)
+            self.wants_pool(pool.offer_id()) && self.after.as_ref().is_none_or(|after| Position::of(pool, s) > *after)
         });
-        found.sort_by(|(a, x), (b, y)| (&a.offer_id, x.id).cmp(&(&b.offer_id, y.id)));
+        found.sort_by(|(a, x), (b, y)| (&a.offer_id(), x.id).cmp(&(&b.offer_id(), y.id)));
         let limit = self.limit.max(1);
         let next = if found.len() > limit {
             found.truncate(limit);
@@ -80,11 +80,7 @@ mod tests {
     use crate::domain::SessionState;
 
     fn held(offer: &str) -> (PoolKey, Session) {
-        let pool = PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "c".into(),
-            offer_id: offer.into(),
-        };
+        let pool = PoolKey::from_ids("p", "c", offer);
         let session = Session {
             id: SessionId::random(),
             name: "tv".into(),

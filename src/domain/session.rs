@@ -1,6 +1,7 @@
 //! Sessions, the pools they count against, and the customers who own them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -49,32 +50,175 @@ impl Customer {
 }
 
 /// The set of sessions that share one limit: one customer of one publisher on one offer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Its three ids are kept one after the other in one shared string: a key is
+/// copied into every session record, index and socket, so a copy is a
+/// reference count rather than three allocations, a comparison one `memcmp`,
+/// and a socket keeps 24 bytes of it rather than three strings' 72 (issue 11:
+/// the memory store's time went to comparing and hashing three heap strings,
+/// and a held socket's task to its copy of them; `bench/analysis.md`).
+#[derive(Clone)]
 pub struct PoolKey {
-    pub publisher_id: String,
-    pub customer_id: String,
-    pub offer_id: String,
+    /// The publisher id, the customer id and the offer id, in that order.
+    ids: Arc<str>,
+    /// Where the customer id starts in `ids`.
+    customer_at: u32,
+    /// Where the offer id starts in `ids`.
+    offer_at: u32,
 }
 
 impl PoolKey {
-    pub fn new(customer: &Customer, offer_id: impl Into<String>) -> Self {
-        Self {
-            publisher_id: customer.publisher_id.clone(),
-            customer_id: customer.customer_id.clone(),
-            offer_id: offer_id.into(),
+    pub fn new(customer: &Customer, offer_id: impl AsRef<str>) -> Self {
+        Self::from_ids(&customer.publisher_id, &customer.customer_id, offer_id.as_ref())
+    }
+
+    /// The pool of customer `customer_id` of publisher `publisher_id` on offer `offer_id`.
+    pub fn from_ids(publisher_id: &str, customer_id: &str, offer_id: &str) -> Self {
+        thread_local! {
+            // The three ids are joined here and copied once into the key's own
+            // allocation: a `String` of its own would be one allocation more
+            // per key made (every admission makes one).
+            static JOINED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        let ids: Arc<str> = JOINED.with_borrow_mut(|joined| {
+            joined.clear();
+            joined.push_str(publisher_id);
+            joined.push_str(customer_id);
+            joined.push_str(offer_id);
+            let ids = Arc::from(joined.as_str());
+            // Not kept large by one long key.
+            joined.shrink_to(256);
+            ids
+        });
+        // Ids are bounded far below 4 GiB (tokens and bodies are a few KiB at
+        // most); saturating keeps even an absurd one from panicking.
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            ids,
+            customer_at: at(publisher_id.len()),
+            offer_at: at(publisher_id.len() + customer_id.len()),
+        }
+    }
+
+    pub fn publisher_id(&self) -> &str {
+        self.ids.get(..self.customer_at as usize).unwrap_or_default()
+    }
+
+    pub fn customer_id(&self) -> &str {
+        self.ids
+            .get(self.customer_at as usize..self.offer_at as usize)
+            .unwrap_or_default()
+    }
+
+    pub fn offer_id(&self) -> &str {
+        self.ids.get(self.offer_at as usize..).unwrap_or_default()
+    }
+
+    /// The three ids in order, for comparisons.
+    fn parts(&self) -> (&str, &str, &str) {
+        (self.publisher_id(), self.customer_id(), self.offer_id())
     }
 
     /// The shard of the pool's customer ([`Customer::shard`]).
     pub fn shard(&self) -> u16 {
-        shard_of(&self.publisher_id, &self.customer_id)
+        shard_of(self.publisher_id(), self.customer_id())
     }
 
     pub fn owner(&self) -> Customer {
         Customer {
-            publisher_id: self.publisher_id.clone(),
-            customer_id: self.customer_id.clone(),
+            publisher_id: self.publisher_id().to_owned(),
+            customer_id: self.customer_id().to_owned(),
         }
+    }
+
+    /// The same customer's pool on `offer_id`.
+    pub fn with_offer(&self, offer_id: &str) -> Self {
+        Self::from_ids(self.publisher_id(), self.customer_id(), offer_id)
+    }
+
+    /// Whether the pool is `customer`'s.
+    pub fn is_of(&self, customer: &Customer) -> bool {
+        self.publisher_id() == customer.publisher_id && self.customer_id() == customer.customer_id
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The same text cut at the same places is the same three ids.
+        self.customer_at == other.customer_at && self.offer_at == other.offer_at && self.ids == other.ids
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.ids.as_bytes());
+        state.write_u32(self.customer_at);
+        state.write_u32(self.offer_at);
+    }
+}
+
+impl PartialOrd for PoolKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// By publisher, then customer, then offer, as when they were three fields.
+impl Ord for PoolKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+impl fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolKey")
+            .field("publisher_id", &self.publisher_id())
+            .field("customer_id", &self.customer_id())
+            .field("offer_id", &self.offer_id())
+            .finish()
+    }
+}
+
+/// The form a key is written in: an object of the three ids, as when they were
+/// three fields, so what was saved before reads back.
+mod pool_key_form {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize)]
+    #[serde(rename = "PoolKey")]
+    pub(super) struct Written<'a> {
+        pub publisher_id: &'a str,
+        pub customer_id: &'a str,
+        pub offer_id: &'a str,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename = "PoolKey")]
+    pub(super) struct Read {
+        pub publisher_id: String,
+        pub customer_id: String,
+        pub offer_id: String,
+    }
+}
+
+impl Serialize for PoolKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        pool_key_form::Written {
+            publisher_id: self.publisher_id(),
+            customer_id: self.customer_id(),
+            offer_id: self.offer_id(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let read = pool_key_form::Read::deserialize(deserializer)?;
+        Ok(Self::from_ids(&read.publisher_id, &read.customer_id, &read.offer_id))
     }
 }
 
@@ -217,6 +361,64 @@ mod tests {
             publisher_id: publisher.into(),
             customer_id: customer.into(),
         }
+    }
+
+    #[test]
+    fn a_pool_key_gives_back_its_three_ids_and_tells_apart_keys_whose_ids_join_alike() {
+        let key = PoolKey::from_ids("pub", "cust\u{e9}|1", "offer");
+        assert_eq!(
+            (key.publisher_id(), key.customer_id(), key.offer_id()),
+            ("pub", "cust\u{e9}|1", "offer")
+        );
+        let empty = PoolKey::from_ids("", "", "");
+        assert_eq!(
+            (empty.publisher_id(), empty.customer_id(), empty.offer_id()),
+            ("", "", "")
+        );
+        // "abc" + "d" + "o" and "ab" + "cd" + "o" join to the same text.
+        let (one, other) = (PoolKey::from_ids("abc", "d", "o"), PoolKey::from_ids("ab", "cd", "o"));
+        assert_ne!(one, other);
+        let state = std::hash::RandomState::new();
+        let hash = |k: &PoolKey| std::hash::BuildHasher::hash_one(&state, k);
+        let set: std::collections::HashSet<PoolKey> = [one.clone(), other.clone(), one.clone()].into();
+        assert_eq!(set.len(), 2);
+        assert_eq!(hash(&one), hash(&one.clone()));
+        assert_eq!(one, PoolKey::new(&customer("abc", "d"), "o"));
+        assert_eq!(one.with_offer("x"), PoolKey::from_ids("abc", "d", "x"));
+        assert!(one.is_of(&customer("abc", "d")) && !other.is_of(&customer("abc", "d")));
+    }
+
+    #[test]
+    fn pool_keys_sort_by_publisher_then_customer_then_offer_as_three_fields_did() {
+        // Joined, "a" + "z" sorts after "ab" + "a"; by fields, publisher "a" comes first.
+        let mut keys = vec![
+            PoolKey::from_ids("ab", "a", "o"),
+            PoolKey::from_ids("a", "z", "o"),
+            PoolKey::from_ids("a", "z", "b"),
+            PoolKey::from_ids("a", "", "zz"),
+        ];
+        keys.sort();
+        let parts: Vec<_> = keys
+            .iter()
+            .map(|k| (k.publisher_id(), k.customer_id(), k.offer_id()))
+            .collect();
+        assert_eq!(
+            parts,
+            [("a", "", "zz"), ("a", "z", "b"), ("a", "z", "o"), ("ab", "a", "o")]
+        );
+    }
+
+    #[test]
+    fn a_pool_key_is_written_and_read_as_the_object_of_three_ids_it_was() {
+        let key = PoolKey::from_ids("p", "c\"1", "o");
+        let text = serde_json::to_string(&key).unwrap();
+        assert_eq!(text, r#"{"publisher_id":"p","customer_id":"c\"1","offer_id":"o"}"#);
+        assert_eq!(serde_json::from_str::<PoolKey>(&text).unwrap(), key);
+        assert!(serde_json::from_str::<PoolKey>(r#"{"publisher_id":"p","customer_id":"c"}"#).is_err());
+        assert_eq!(
+            format!("{key:?}"),
+            r#"PoolKey { publisher_id: "p", customer_id: "c\"1", offer_id: "o" }"#
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ const BODY_CAPACITY: usize = 384;
 const RECORD_CAPACITY: usize = 192;
 
 pub fn render(event: &SessionEvent, at: SystemTime) -> String {
-    envelope(Record::of(event), &event.pool.publisher_id, at)
+    envelope(Record::of(event), event.pool.publisher_id(), at)
 }
 
 /// The body, written by hand: the Standard Webhooks envelope `{"data":{…},
@@ -125,8 +125,8 @@ impl<'a> Record<'a> {
         let pool = &event.pool;
         let mut r = Record {
             event_type: event.event_type(),
-            customer_id: Cow::Borrowed(&pool.customer_id),
-            offer_id: Cow::Borrowed(&pool.offer_id),
+            customer_id: Cow::Borrowed(pool.customer_id()),
+            offer_id: Cow::Borrowed(pool.offer_id()),
             session_id: event.session_id.map(Id::Typed),
             session_name: event.session_name.as_deref().map(Cow::Borrowed),
             cause: None,
@@ -344,7 +344,7 @@ pub fn render_reference(event: &SessionEvent, at: SystemTime) -> String {
             customer_id: &r.customer_id,
             enforced: r.enforced,
             offer_id: &r.offer_id,
-            publisher_id: &event.pool.publisher_id,
+            publisher_id: event.pool.publisher_id(),
             reason: r.reason.as_deref(),
             session_id: r.session_id,
             session_name: r.session_name.as_deref(),
@@ -368,11 +368,7 @@ mod tests {
 
     #[test]
     fn an_end_carries_its_cause_and_session() {
-        let pool = PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "c".into(),
-            offer_id: "o".into(),
-        };
+        let pool = PoolKey::from_ids("p", "c", "o");
         let id = SessionId::random();
         let event = SessionEvent::ended(&pool, id, Some("tv"), EndCause::PongTimeout);
         let body: Value = serde_json::from_str(&render(&event, SystemTime::UNIX_EPOCH)).unwrap_or_default();
@@ -388,11 +384,7 @@ mod tests {
     /// a receiver comparing or storing bodies sees no change.
     #[test]
     fn the_bytes_are_those_of_the_sorted_json_rendering() {
-        let pool = PoolKey {
-            publisher_id: "p".into(),
-            customer_id: "c\"1".into(),
-            offer_id: "o".into(),
-        };
+        let pool = PoolKey::from_ids("p", "c\"1", "o");
         let refused = SessionEvent::new(
             EventKind::Refused {
                 reason: crate::domain::events::RefusalReason::LimitExceeded,
@@ -457,11 +449,7 @@ mod tests {
     /// what rendering the event when it happened gave.
     #[test]
     fn a_record_delivers_the_bytes_of_the_event_rendered_when_it_happened() {
-        let pool = PoolKey {
-            publisher_id: "p\"x".into(),
-            customer_id: "c\"1\u{e9}".into(),
-            offer_id: "o/\t".into(),
-        };
+        let pool = PoolKey::from_ids("p\"x", "c\"1\u{e9}", "o/\t");
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_527_405_123);
         for event in every_kind(&pool) {
             let record = record(&event);
@@ -470,7 +458,7 @@ mod tests {
                 record.len() < render(&event, at).len(),
                 "a record is smaller than its body"
             );
-            let delivered = deliverable(&record, &pool.publisher_id, 1_764_527_405_123);
+            let delivered = deliverable(&record, pool.publisher_id(), 1_764_527_405_123);
             assert_eq!(delivered.as_deref(), Ok(render(&event, at).as_str()), "{record}");
         }
     }
@@ -486,11 +474,7 @@ mod tests {
             ("\u{0}\u{1f}\u{7f}\\", "\u{2028}\u{1f600}\r\u{8}\u{c}"),
             ("", " "),
         ] {
-            let pool = PoolKey {
-                publisher_id: "p".into(),
-                customer_id: customer.into(),
-                offer_id: offer.into(),
-            };
+            let pool = PoolKey::from_ids("p", customer, offer);
             for event in every_kind(&pool) {
                 let r = Record::of(&event);
                 let (by, by_name) = r
@@ -526,11 +510,7 @@ mod tests {
             ("\u{7f}", "\u{0}\u{1f}\u{7f}\\", "\u{2028}\u{1f600}\r\u{8}\u{c}"),
             ("", "", " "),
         ] {
-            let pool = PoolKey {
-                publisher_id: publisher.into(),
-                customer_id: customer.into(),
-                offer_id: offer.into(),
-            };
+            let pool = PoolKey::from_ids(publisher, customer, offer);
             for event in every_kind(&pool) {
                 for ms in times {
                     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);

@@ -156,7 +156,7 @@ impl SessionEvents for Events {
         let event_type = event.event_type();
         let wanted = self
             .subscriptions
-            .get(&event.pool.publisher_id)
+            .get(event.pool.publisher_id())
             .is_some_and(|mask| *mask & event_type.bit() != 0);
         // The permits tell with an atomic read, where the broadcast's own count
         // takes a lock: this runs for every event.
@@ -171,7 +171,7 @@ impl SessionEvents for Events {
             let _ = self.stream.send(Arc::new(Published {
                 id: message_id.clone(),
                 event_type,
-                publisher_id: event.pool.publisher_id.clone(),
+                publisher_id: event.pool.publisher_id().to_owned(),
                 body: body::render(&event, now),
             }));
         }
@@ -192,7 +192,7 @@ impl SessionEvents for Events {
             };
             let queued = self.queue.try_send(OutboxEvent {
                 message_id,
-                publisher_id: event.pool.publisher_id,
+                publisher_id: event.pool.publisher_id().to_owned(),
                 ordering_key,
                 event_type,
                 body,

@@ -576,12 +576,12 @@ impl SessionView {
     fn new(pool: &PoolKey, s: &Session) -> Self {
         Self {
             created_at: s.created_at,
-            customer_id: pool.customer_id.clone(),
+            customer_id: pool.customer_id().to_owned(),
             expires_at: s.expires_at,
             name: s.name.clone(),
             node: s.holder.map(|h| h.node()),
-            offer_id: pool.offer_id.clone(),
-            publisher_id: pool.publisher_id.clone(),
+            offer_id: pool.offer_id().to_owned(),
+            publisher_id: pool.publisher_id().to_owned(),
             session_id: s.id,
             state: s.state.as_str(),
         }

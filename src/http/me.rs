@@ -53,7 +53,7 @@ impl MySessionView {
         Self {
             created_at: s.created_at,
             name: s.name.clone(),
-            offer_id: pool.offer_id.clone(),
+            offer_id: pool.offer_id().to_owned(),
             session_id: s.id,
             state: s.state.as_str(),
         }

@@ -412,7 +412,7 @@ impl SessionStore for MemoryStore {
     async fn customer_sessions(&self, query: &SessionQuery, now: Millis) -> Result<SessionPage, StoreError> {
         let mut found = Vec::new();
         for key in self.customers.pools_of(&query.customer) {
-            if !query.wants_pool(&key.offer_id) {
+            if !query.wants_pool(key.offer_id()) {
                 continue;
             }
             if let Some(sessions) = self.with_pool(&key, now, |_, p, _| p.sessions.clone()) {
@@ -430,7 +430,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         let mut ended = Vec::new();
         for key in self.customers.pools_of(customer) {
-            if offer_id.is_some_and(|only| only != key.offer_id) {
+            if offer_id.is_some_and(|only| only != key.offer_id()) {
                 continue;
             }
             // Under the pool's lock: every session of the pool ends at once, and
@@ -563,11 +563,7 @@ mod tests {
     }
 
     fn key(customer: &str) -> PoolKey {
-        PoolKey {
-            publisher_id: "p".into(),
-            customer_id: customer.into(),
-            offer_id: "o".into(),
-        }
+        PoolKey::from_ids("p", customer, "o")
     }
 
     const ONE: Limits = Limits {
@@ -854,10 +850,7 @@ mod tests {
     #[tokio::test]
     async fn a_customer_at_the_pool_cap_opens_a_pool_once_another_has_died() {
         let store = MemoryStore::new(timings());
-        let offer = |o: &str| PoolKey {
-            offer_id: o.into(),
-            ..key("d")
-        };
+        let offer = |o: &str| key("d").with_offer(o);
         store.admit(&offer("1"), new(), ONE, 0).await.unwrap().unwrap();
         store.admit(&offer("2"), new(), ONE, 1_000).await.unwrap().unwrap();
         let refused = store.admit(&offer("3"), new(), ONE, 1_000).await.unwrap();

@@ -453,9 +453,9 @@ async fn upsert(tx: &mut sqlx::PgConnection, sessions: &[(&PoolKey, &Session)]) 
         let mut created_at = Vec::with_capacity(chunk.len());
         for (pool, s) in chunk {
             columns[0].push(s.id.to_string());
-            columns[1].push(pool.publisher_id.clone());
-            columns[2].push(pool.customer_id.clone());
-            columns[3].push(pool.offer_id.clone());
+            columns[1].push(pool.publisher_id().to_owned());
+            columns[2].push(pool.customer_id().to_owned());
+            columns[3].push(pool.offer_id().to_owned());
             columns[4].push(s.name.clone());
             columns[5].push(s.state.as_str().to_owned());
             expires_at.push(s.expires_at as i64);

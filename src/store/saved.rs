@@ -25,11 +25,7 @@ impl SavedRow {
             );
             return None;
         };
-        let pool = PoolKey {
-            publisher_id: self.publisher_id,
-            customer_id: self.customer_id,
-            offer_id: self.offer_id,
-        };
+        let pool = PoolKey::from_ids(&self.publisher_id, &self.customer_id, &self.offer_id);
         let session = Session {
             id,
             name: self.name,

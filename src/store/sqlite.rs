@@ -547,7 +547,7 @@ mod tests {
         let held = settings.held().await.unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].1.id.to_string(), id);
-        assert_eq!((held[0].0.customer_id.as_str(), held[0].1.name.as_str()), ("c", "TV"));
+        assert_eq!((held[0].0.customer_id(), held[0].1.name.as_str()), ("c", "TV"));
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM held_sessions")
             .fetch_one(&old)
             .await

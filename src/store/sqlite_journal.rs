@@ -228,9 +228,9 @@ async fn upsert<'a>(
         );
         query.push_values(chunk, |mut row, (pool, s)| {
             row.push_bind(s.id.to_string())
-                .push_bind(pool.publisher_id.as_str())
-                .push_bind(pool.customer_id.as_str())
-                .push_bind(pool.offer_id.as_str())
+                .push_bind(pool.publisher_id())
+                .push_bind(pool.customer_id())
+                .push_bind(pool.offer_id())
                 .push_bind(s.name.as_str())
                 .push_bind(s.state.as_str())
                 .push_bind(s.expires_at as i64)

@@ -14,14 +14,31 @@ use crate::domain::ports::{Control, Notifier};
 /// What is waiting for one socket. Not a channel: a socket needs at most one
 /// pending PING and one final order (TAKE_OVER, TERMINATE or EXPIRED, after which
 /// it closes), and this costs about a hundred bytes where a channel costs a KB.
-#[derive(Default)]
 pub struct Mailbox {
+    /// The socket's id, kept here rather than in the socket's task, which is
+    /// held for the socket's life at a size this keeps within an allocation
+    /// class (`connection.rs`).
+    holder: Holder,
     wake: Notify,
     ping: AtomicBool,
     last: Mutex<Option<Control>>,
 }
 
 impl Mailbox {
+    fn new(holder: Holder) -> Self {
+        Self {
+            holder,
+            wake: Notify::new(),
+            ping: AtomicBool::new(false),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The id of the socket this mailbox is for.
+    pub fn holder(&self) -> Holder {
+        self.holder
+    }
+
     fn post(&self, control: Control) {
         if control == Control::Ping {
             self.ping.store(true, Ordering::Release);
@@ -72,7 +89,7 @@ impl Hub {
     /// A new socket: its id, and the mailbox it reads its orders from.
     pub fn register(&self) -> (Holder, Arc<Mailbox>) {
         let holder = Holder(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let mailbox = Arc::new(Mailbox::default());
+        let mailbox = Arc::new(Mailbox::new(holder));
         self.sockets.insert(holder, Arc::clone(&mailbox));
         (holder, mailbox)
     }

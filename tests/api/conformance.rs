@@ -133,11 +133,7 @@ impl Subject {
 }
 
 pub(crate) fn pool(customer: &str) -> PoolKey {
-    PoolKey {
-        publisher_id: "pub".into(),
-        customer_id: customer.into(),
-        offer_id: "offer".into(),
-    }
+    PoolKey::from_ids("pub", customer, "offer")
 }
 
 /// A new session of `p`'s customer: its id carries the customer's shard, as
@@ -190,10 +186,7 @@ async fn admit_capped(s: &Subject, p: &PoolKey, sessions: u32, pools: u32, now: 
 
 /// The pool of customer `customer` on offer `offer`.
 fn offer_pool(customer: &str, offer: &str) -> PoolKey {
-    PoolKey {
-        offer_id: offer.into(),
-        ..pool(customer)
-    }
+    pool(customer).with_offer(offer)
 }
 
 // Several worker threads, so the parallel rules race for real on the memory
@@ -670,16 +663,8 @@ async fn parallel_admissions_never_exceed_the_limit(s: Subject) {
 async fn pools_of_different_customers_are_separate(s: Subject) {
     let now = t0();
     // Ids that would collide if the pool key were a naive join.
-    let p1 = PoolKey {
-        publisher_id: "a:b".into(),
-        customer_id: "c".into(),
-        offer_id: "o".into(),
-    };
-    let p2 = PoolKey {
-        publisher_id: "a".into(),
-        customer_id: "b:c".into(),
-        offer_id: "o".into(),
-    };
+    let p1 = PoolKey::from_ids("a:b", "c", "o");
+    let p2 = PoolKey::from_ids("a", "b:c", "o");
     assert!(admit(&s, &p1, "x", 1, now).await.is_some());
     assert!(admit(&s, &p2, "y", 1, now).await.is_some());
     assert_eq!(s.store.list(&p1, now).await.unwrap().len(), 1);
@@ -906,13 +891,13 @@ async fn a_customers_sessions_are_listed_across_offers_page_by_page_and_no_one_e
             .await
             .unwrap();
     }
-    expected.sort_by(|(a, x), (b, y)| (&a.offer_id, x).cmp(&(&b.offer_id, y)));
+    expected.sort_by(|(a, x), (b, y)| (&a.offer_id(), x).cmp(&(&b.offer_id(), y)));
 
     let then = now + 10_001;
     for limit in [1, 2, 4, 100] {
         assert_eq!(walk(&s, &who, None, limit, then).await, expected, "pages of {limit}");
     }
-    let only_o2: Vec<_> = expected.iter().filter(|(p, _)| p.offer_id == "o2").cloned().collect();
+    let only_o2: Vec<_> = expected.iter().filter(|(p, _)| p.offer_id() == "o2").cloned().collect();
     assert_eq!(walk(&s, &who, Some("o2"), 2, then).await, only_o2);
     assert!(walk(&s, &who, Some("o9"), 2, then).await.is_empty());
 
@@ -948,7 +933,7 @@ async fn ending_a_customers_sessions_frees_their_slots_and_leaves_everyone_elses
 
     // One offer only.
     let ended = s.store.end_customer(&who, Some("o2"), now + 1).await.unwrap();
-    let mut ids: Vec<_> = ended.iter().map(|(p, x)| (p.offer_id.clone(), x.id)).collect();
+    let mut ids: Vec<_> = ended.iter().map(|(p, x)| (p.offer_id().to_owned(), x.id)).collect();
     ids.sort();
     on_o2.sort();
     assert_eq!(ids, on_o2.iter().map(|id| ("o2".to_owned(), *id)).collect::<Vec<_>>());
@@ -1191,12 +1176,12 @@ async fn a_snapshot_holds_every_session_and_restores_into_an_equal_store(s: Subj
         return;
     };
     let mut saved = local.snapshot().await.unwrap();
-    saved.sort_by_key(|(p, x)| (p.offer_id.clone(), x.created_at, x.id));
+    saved.sort_by_key(|(p, x)| (p.offer_id().to_owned(), x.created_at, x.id));
     let mut listed = Vec::new();
     for p in [&p1, &p2] {
         listed.extend(s.store.list(p, now).await.unwrap().into_iter().map(|x| (p.clone(), x)));
     }
-    listed.sort_by_key(|(p, x)| (p.offer_id.clone(), x.created_at, x.id));
+    listed.sort_by_key(|(p, x)| (p.offer_id().to_owned(), x.created_at, x.id));
     assert_eq!(saved, listed);
 
     // Restored in any order, listed in creation order.
@@ -1241,7 +1226,7 @@ async fn redis_a_record_in_an_unknown_state_is_an_error_not_a_detached_session()
     let id = SessionId::for_customer(&p.owner());
     // A packed record (state|expires|holder|created|offer length|offer|name) in a
     // state nobody writes.
-    let record = format!("x|{}||{now}|{}|{}|tv", now + GRACE, p.offer_id.len(), p.offer_id);
+    let record = format!("x|{}||{now}|{}|{}|tv", now + GRACE, p.offer_id().len(), p.offer_id());
     let server = s.redis_server().unwrap();
     let _: i64 = server.cmd(&["HSET", &keys::customer(&p), &id.to_string(), &record]);
     let listed = s.store.list(&p, now).await;
@@ -1512,11 +1497,7 @@ async fn redis_a_held_session_is_kept_in_listpacks_under_redis_default_limits() 
     let s = Subject::redis().await;
     let server = s.redis.as_ref().map(|(_, sv)| sv).unwrap();
     let now = t0();
-    let p = PoolKey {
-        publisher_id: "publisher-01".into(),
-        customer_id: "customer-0000042".into(),
-        offer_id: "bench".into(),
-    };
+    let p = PoolKey::from_ids("publisher-01", "customer-0000042", "bench");
     let name = "Living room TV";
     let id = admit(&s, &p, name, 1, now).await.unwrap();
     // The longest holder there is: every node bit and every socket bit set.

@@ -40,11 +40,7 @@ pub(crate) async fn node(cluster: &RedisCluster, limit: u32) -> TestApp {
 
 /// The port of the master holding customer `c`'s sessions (publisher "p").
 fn master_of(cluster: &RedisCluster, c: &str) -> u16 {
-    let pool = PoolKey {
-        publisher_id: "p".into(),
-        customer_id: c.into(),
-        offer_id: "S1".into(),
-    };
+    let pool = PoolKey::from_ids("p", c, "S1");
     cluster.master_of(&keys::customer(&pool))
 }
 
@@ -176,11 +172,7 @@ async fn a_node_process_configured_by_environment_shares_the_cluster_and_its_dea
     player.keep_alive_for(Duration::from_secs(1)).await;
     assert_eq!(survivor.create(&token, json!({"offerId": "S1"})).await.status(), 409);
     // The session is on the master that serves its customer's slot.
-    let key = keys::customer(&PoolKey {
-        publisher_id: "p".into(),
-        customer_id: "env1".into(),
-        offer_id: "S1".into(),
-    });
+    let key = keys::customer(&PoolKey::from_ids("p", "env1", "S1"));
     let held: i64 = cluster.node_cmd(cluster.master_of(&key), &["HLEN", &key]).unwrap();
     assert_eq!(held, 1);
 

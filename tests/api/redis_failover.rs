@@ -23,11 +23,7 @@ use crate::support_redis::RedisCluster;
 const LIMIT: u32 = 2;
 
 fn customer_key(c: &str) -> String {
-    keys::customer(&PoolKey {
-        publisher_id: "p".into(),
-        customer_id: c.into(),
-        offer_id: "S1".into(),
-    })
+    keys::customer(&PoolKey::from_ids("p", c, "S1"))
 }
 
 /// `count` customers named `prefix<i>` whose sessions the master on `port`

@@ -26,12 +26,7 @@ async fn node(cluster: &RedisCluster) -> TestApp {
 }
 
 pub(crate) fn shard_of(customer: &str) -> u16 {
-    PoolKey {
-        publisher_id: "p".into(),
-        customer_id: customer.into(),
-        offer_id: "S1".into(),
-    }
-    .shard()
+    PoolKey::from_ids("p", customer, "S1").shard()
 }
 
 /// The hash tag every key of a shard carries: its slot is the shard's slot.

@@ -161,11 +161,7 @@ fn offer(id: &str, limit: u32, tags: &[&str], takeover: Option<bool>) -> Offer {
 
 pub fn held(n: u64, state: SessionState) -> (PoolKey, Session) {
     (
-        PoolKey {
-            publisher_id: "acme".into(),
-            customer_id: format!("customer-{}", n % 3),
-            offer_id: "premium".into(),
-        },
+        PoolKey::from_ids("acme", &format!("customer-{}", n % 3), "premium"),
         Session {
             id: SessionId::random(),
             name: format!("TV {n}"),

@@ -824,11 +824,7 @@ async fn a_tls_cluster_master_killed_during_play_is_replaced() {
         tls_cluster_node(&pki, &cluster, tuned).await,
     );
     let tag = |c: &str| {
-        let pool = drisc::domain::PoolKey {
-            publisher_id: "p".into(),
-            customer_id: c.into(),
-            offer_id: "S1".into(),
-        };
+        let pool = drisc::domain::PoolKey::from_ids("p", c, "S1");
         format!("drisc:{{{}}}:", pool.shard())
     };
     let doomed = cluster.master_of(&tag("tfo0"));

@@ -1282,11 +1282,7 @@ async fn a_session_marked_lost_while_its_node_was_cut_off_comes_back_with_no_eve
     let playing = player.play_in_background(Duration::from_secs(12));
     relay.hold();
     // The survivor's purge marks it lost once the node's liveness key ran out.
-    let pool = drisc::domain::PoolKey {
-        publisher_id: "1".into(),
-        customer_id: "47".into(),
-        offer_id: "o".into(),
-    };
+    let pool = drisc::domain::PoolKey::from_ids("1", "47", "o");
     let id = drisc::domain::SessionId::parse(&tv.session_id).unwrap();
     let record = || -> Option<String> {
         redis.cmd(&[

@@ -19,7 +19,7 @@ struct CustomerOf(Arc<PoolKey>);
 
 impl PartialEq for CustomerOf {
     fn eq(&self, other: &Self) -> bool {
-        self.0.publisher_id == other.0.publisher_id && self.0.customer_id == other.0.customer_id
+        self.0.publisher_id() == other.0.publisher_id() && self.0.customer_id() == other.0.customer_id()
     }
 }
 
@@ -27,8 +27,8 @@ impl Eq for CustomerOf {}
 
 impl Hash for CustomerOf {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.publisher_id.hash(state);
-        self.0.customer_id.hash(state);
+        self.0.publisher_id().hash(state);
+        self.0.customer_id().hash(state);
     }
 }
 

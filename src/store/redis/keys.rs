@@ -76,7 +76,7 @@ fn shard_tag(shard: u16) -> String {
 /// by its length, so no two customers share keys whatever characters their ids
 /// contain.
 pub fn customer_tag(pool: &PoolKey) -> String {
-    let (p, c) = (&pool.publisher_id, &pool.customer_id);
+    let (p, c) = (&pool.publisher_id(), &pool.customer_id());
     format!("{}:{p}|{}:{c}", p.len(), c.len())
 }
 
@@ -187,11 +187,7 @@ pub fn parse_customer_tag(tag: &str, offer: &str) -> Option<PoolKey> {
     if !rest.is_empty() {
         return None;
     }
-    Some(PoolKey {
-        publisher_id: publisher.to_owned(),
-        customer_id: customer.to_owned(),
-        offer_id: offer.to_owned(),
-    })
+    Some(PoolKey::from_ids(publisher, customer, offer))
 }
 
 /// Held (`SET NX PX`, one purge interval) by the node that runs the current
@@ -229,11 +225,7 @@ mod tests {
     use super::*;
 
     fn key(publisher: &str, customer: &str, offer: &str) -> PoolKey {
-        PoolKey {
-            publisher_id: publisher.into(),
-            customer_id: customer.into(),
-            offer_id: offer.into(),
-        }
+        PoolKey::from_ids(publisher, customer, offer)
     }
 
     /// The hash tag Redis Cluster hashes: the text between the first `{` and the next `}`.
@@ -275,7 +267,7 @@ mod tests {
     #[test]
     fn a_customer_tag_reads_back_as_its_pool_whatever_its_ids_contain() {
         for p in [key("pub", "cus", "S1"), key("a|1:b", "c|", "o|f:f"), key("ü", "", "")] {
-            assert_eq!(parse_customer_tag(&customer_tag(&p), &p.offer_id), Some(p));
+            assert_eq!(parse_customer_tag(&customer_tag(&p), p.offer_id()), Some(p));
         }
         assert_eq!(parse_customer_tag("3:pub|9:short", "o"), None);
         assert_eq!(parse_customer_tag("3:pub|1:cX", "o"), None);

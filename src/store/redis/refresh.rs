@@ -1142,7 +1142,7 @@ impl RedisStore {
                 .key(keys::tombstone(&held.pool, held.id))
                 .arg(record::id_arg(held.id))
                 .arg(record::holder_arg(*holder))
-                .arg(&held.pool.offer_id);
+                .arg(held.pool.offer_id());
         }
         let mut pipe = redis::pipe();
         pipe.invoke_script(&invocation);

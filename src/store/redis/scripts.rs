@@ -787,6 +787,6 @@ pub(crate) fn on_pool<'a>(script: &'a redis::Script, pool: &PoolKey, now: u64) -
         .key(keys::index_prefix(shard))
         .key(keys::alive_prefix(shard))
         .arg(now)
-        .arg(&pool.offer_id);
+        .arg(pool.offer_id());
     invocation
 }

@@ -288,10 +288,7 @@ impl RedisStore {
 
     fn report_gone(&self, pool: &PoolKey, gone: Vec<record::Purged>) {
         for dead in gone {
-            let pool = PoolKey {
-                offer_id: dead.offer,
-                ..pool.clone()
-            };
+            let pool = pool.with_offer(&dead.offer);
             self.events
                 .report(SessionEvent::ended(&pool, dead.id, Some(&dead.name), dead.cause));
         }
@@ -552,8 +549,8 @@ impl RedisStore {
     /// would run the operation twice.
     async fn run_on(&self, pool: &PoolKey, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let customer = Customer {
-            publisher_id: pool.publisher_id.clone(),
-            customer_id: pool.customer_id.clone(),
+            publisher_id: pool.publisher_id().to_owned(),
+            customer_id: pool.customer_id().to_owned(),
         };
         self.write_queued_now(|p| of_customer(p, &customer)).await?;
         self.run(invocation).await
@@ -800,7 +797,7 @@ pub(super) fn new_epoch() -> String {
 }
 
 fn of_customer(pool: &PoolKey, customer: &Customer) -> bool {
-    pool.publisher_id == customer.publisher_id && pool.customer_id == customer.customer_id
+    pool.publisher_id() == customer.publisher_id && pool.customer_id() == customer.customer_id
 }
 
 /// `PING` on the connection every session operation uses: if it does not answer,
