@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn pool_keys_sort_by_publisher_then_customer_then_offer_as_three_fields_did() {
         // Joined, "a" + "z" sorts after "ab" + "a"; by fields, publisher "a" comes first.
-        let mut keys = vec![
+        let mut keys = [
             PoolKey::from_ids("ab", "a", "o"),
             PoolKey::from_ids("a", "z", "o"),
             PoolKey::from_ids("a", "z", "b"),
