@@ -54,7 +54,7 @@ impl SessionQuery {
         found.retain(|(pool, s)| {
             self.wants_pool(pool.offer_id()) && self.after.as_ref().is_none_or(|after| Position::of(pool, s) > *after)
         });
-        found.sort_by(|(a, x), (b, y)| (&a.offer_id(), x.id).cmp(&(&b.offer_id(), y.id)));
+        found.sort_by(|(a, x), (b, y)| (a.offer_id(), x.id).cmp(&(b.offer_id(), y.id)));
         let limit = self.limit.max(1);
         let next = if found.len() > limit {
             found.truncate(limit);

@@ -891,7 +891,7 @@ async fn a_customers_sessions_are_listed_across_offers_page_by_page_and_no_one_e
             .await
             .unwrap();
     }
-    expected.sort_by(|(a, x), (b, y)| (&a.offer_id(), x).cmp(&(&b.offer_id(), y)));
+    expected.sort_by(|(a, x), (b, y)| (a.offer_id(), x).cmp(&(b.offer_id(), y)));
 
     let then = now + 10_001;
     for limit in [1, 2, 4, 100] {

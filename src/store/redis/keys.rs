@@ -76,7 +76,7 @@ fn shard_tag(shard: u16) -> String {
 /// by its length, so no two customers share keys whatever characters their ids
 /// contain.
 pub fn customer_tag(pool: &PoolKey) -> String {
-    let (p, c) = (&pool.publisher_id(), &pool.customer_id());
+    let (p, c) = (pool.publisher_id(), pool.customer_id());
     format!("{}:{p}|{}:{c}", p.len(), c.len())
 }
 
