@@ -94,7 +94,7 @@ struct Connection {
 
 /// The task of one upgraded socket.
 pub fn run<S: Stream>(socket: WebSocket<S>, claims: SessionClaims, state: AppState) -> impl Future<Output = ()> + Send {
-    let (_, mailbox) = state.hub.register();
+    let mailbox = state.hub.register();
     let SessionClaims {
         sid,
         publisher_id,

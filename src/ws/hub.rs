@@ -86,12 +86,12 @@ impl Hub {
         }
     }
 
-    /// A new socket: its id, and the mailbox it reads its orders from.
-    pub fn register(&self) -> (Holder, Arc<Mailbox>) {
+    /// A new socket: the mailbox it reads its orders from, which carries its id.
+    pub fn register(&self) -> Arc<Mailbox> {
         let holder = Holder(self.next_id.fetch_add(1, Ordering::Relaxed));
         let mailbox = Arc::new(Mailbox::new(holder));
         self.sockets.insert(holder, Arc::clone(&mailbox));
-        (holder, mailbox)
+        mailbox
     }
 
     pub fn unregister(&self, holder: Holder) {
@@ -158,7 +158,8 @@ mod tests {
     #[test]
     fn the_first_final_order_wins_and_pings_coalesce() {
         let hub = Hub::new(1);
-        let (holder, mailbox) = hub.register();
+        let mailbox = hub.register();
+        let holder = mailbox.holder();
         hub.notify(holder, Control::Ping);
         hub.notify(holder, Control::Ping);
         hub.notify(holder, Control::Terminate);
@@ -174,7 +175,7 @@ mod tests {
         for _ in 0..1_000 {
             let node = Holder::random_node();
             assert!((1..Holder::NODES).contains(&node), "{node}");
-            let (holder, _) = Hub::new(node).register();
+            let holder = Hub::new(node).register().holder();
             assert_eq!(holder.node(), node);
         }
     }
@@ -182,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn closing_wakes_every_socket_and_is_seen_by_sockets_registered_after() {
         let hub = Hub::new(1);
-        let (_, before) = hub.register();
+        let before = hub.register();
         assert!(!hub.is_closing());
         hub.close_all();
         // The wake is kept for a socket not yet waiting: this returns at once.
@@ -197,7 +198,8 @@ mod tests {
     #[test]
     fn orders_for_a_socket_that_left_are_dropped() {
         let hub = Hub::new(1);
-        let (holder, mailbox) = hub.register();
+        let mailbox = hub.register();
+        let holder = mailbox.holder();
         hub.unregister(holder);
         hub.notify(holder, Control::Terminate);
         assert_eq!(mailbox.take_final(), None);
