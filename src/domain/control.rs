@@ -472,16 +472,18 @@ impl SessionControl {
         Ok(self.store.hand_over(self.clock.now()).await?)
     }
 
-    /// REQUESTED: binds the socket `holder` to the session. False if the session is
-    /// gone. A socket that held it before is told to stop.
-    pub async fn attach(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<bool, ControlError> {
+    /// REQUESTED: binds the socket `holder` to the session. `None` if the session
+    /// is gone; else the pool's key for the socket to keep: the store's own copy
+    /// where it has one ([`Attached::key`]), sharing its allocation. A socket that
+    /// held the session before is told to stop.
+    pub async fn attach(&self, pool: &PoolKey, id: SessionId, holder: Holder) -> Result<Option<PoolKey>, ControlError> {
         let Some(attached) = self.store.attach(pool, id, holder, self.clock.now()).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         if let Some(previous) = attached.previous {
             self.notifier.notify(previous, Control::Terminate);
         }
-        Ok(true)
+        Ok(Some(attached.key.unwrap_or_else(|| pool.clone())))
     }
 
     /// PONG. False if this socket no longer holds a live session; true if the

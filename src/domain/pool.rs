@@ -8,7 +8,7 @@
 
 use super::clock::Millis;
 use super::liveness::{Timings, is_dead};
-use super::session::{Holder, Session, SessionId, SessionState};
+use super::session::{Holder, PoolKey, Session, SessionId, SessionState};
 
 /// What a new session starts with.
 #[derive(Debug, Clone)]
@@ -88,6 +88,10 @@ pub struct TakenOver {
 pub struct Attached {
     /// The socket that held it before, if another one did: it gets TERMINATE.
     pub previous: Option<Holder>,
+    /// The store's own copy of the pool's key, where it keeps one in memory. The
+    /// socket keeps it in place of the copy it read from its token, so a held
+    /// session's ids are in memory once: one allocation less per held session.
+    pub key: Option<PoolKey>,
 }
 
 /// The sessions of one pool, in creation order (the order of the takeover list).
@@ -170,7 +174,7 @@ impl Pool {
         session.holder = Some(holder);
         session.state = SessionState::Live;
         session.expires_at = timings.deadline(SessionState::Live, now);
-        Some(Attached { previous })
+        Some(Attached { previous, key: None })
     }
 
     /// Records a PONG from `holder`. False if the session is gone or another socket
@@ -325,7 +329,13 @@ mod tests {
         assert!(pool.detach(a, Holder(1), 10_000, &t));
         assert_eq!(pool.get(a).unwrap().state, SessionState::Detached);
         // Reconnecting inside the grace makes it live again.
-        assert_eq!(pool.attach(a, Holder(2), 39_999, &t), Some(Attached { previous: None }));
+        assert_eq!(
+            pool.attach(a, Holder(2), 39_999, &t),
+            Some(Attached {
+                previous: None,
+                key: None
+            })
+        );
         assert!(pool.detach(a, Holder(2), 40_000, &t));
         assert!(pool.attach(a, Holder(3), 70_000, &t).is_none(), "grace over");
     }
@@ -335,12 +345,25 @@ mod tests {
         let mut pool = Pool::default();
         let t = timings();
         let a = pool.admit(new("tv"), 1, 0, &t).unwrap().session.id;
-        assert_eq!(pool.attach(a, Holder(1), 0, &t), Some(Attached { previous: None }));
-        assert_eq!(pool.attach(a, Holder(1), 0, &t), Some(Attached { previous: None }));
+        assert_eq!(
+            pool.attach(a, Holder(1), 0, &t),
+            Some(Attached {
+                previous: None,
+                key: None
+            })
+        );
+        assert_eq!(
+            pool.attach(a, Holder(1), 0, &t),
+            Some(Attached {
+                previous: None,
+                key: None
+            })
+        );
         assert_eq!(
             pool.attach(a, Holder(2), 0, &t),
             Some(Attached {
-                previous: Some(Holder(1))
+                previous: Some(Holder(1)),
+                key: None
             })
         );
         // The old socket can neither keep the session alive, detach it nor finish it.

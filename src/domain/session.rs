@@ -114,6 +114,12 @@ impl PoolKey {
         self.ids.get(self.offer_at as usize..).unwrap_or_default()
     }
 
+    /// Whether `other` is a copy of this key sharing its allocation (not merely
+    /// equal): what a socket that kept the store's copy holds.
+    pub fn shares_ids_with(&self, other: &PoolKey) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
+    }
+
     /// The three ids in order, for comparisons.
     fn parts(&self) -> (&str, &str, &str) {
         (self.publisher_id(), self.customer_id(), self.offer_id())

@@ -353,7 +353,13 @@ impl SessionStore for MemoryStore {
         now: Millis,
     ) -> Result<Option<Attached>, StoreError> {
         Ok(self
-            .with_pool(pool, now, |_, p, _| p.attach(id, holder, now, &self.timings))
+            .with_pool(pool, now, |key, p, _| {
+                let attached = p.attach(id, holder, now, &self.timings)?;
+                Some(Attached {
+                    key: Some(PoolKey::clone(key)),
+                    ..attached
+                })
+            })
             .flatten())
     }
 
@@ -585,6 +591,26 @@ mod tests {
             id: SessionId::random(),
             name: "tv".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn attaching_hands_the_socket_the_stores_own_copy_of_the_pool_key() {
+        let store = MemoryStore::new(timings());
+        let admitted = key("a");
+        let id = store
+            .admit(&admitted, new(), limits(1), 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .session
+            .id;
+        // The socket's key is read from its token: equal, but a copy of its own.
+        let from_token = key("a");
+        let attached = store.attach(&from_token, id, Holder(1), 0).await.unwrap().unwrap();
+        let kept = attached.key.expect("the memory store keeps the key");
+        assert_eq!(kept, from_token);
+        assert!(kept.shares_ids_with(&admitted), "the store's allocation");
+        assert!(!kept.shares_ids_with(&from_token));
     }
 
     #[tokio::test]

@@ -359,8 +359,8 @@ impl Connection {
 
     async fn on_requested<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Option<Exit> {
         let now_secs = self.state.control.clock().now() / 1000;
-        let attached = u64::from(self.token_expires) > now_secs
-            && match self
+        let attached = if u64::from(self.token_expires) > now_secs {
+            match self
                 .state
                 .control
                 .attach(&self.pool, self.session, self.mailbox.holder())
@@ -368,8 +368,11 @@ impl Connection {
             {
                 Ok(attached) => attached,
                 Err(e) => return Some(self.store_failed(socket, e).await),
-            };
-        if !attached {
+            }
+        } else {
+            None
+        };
+        let Some(pool) = attached else {
             finish(
                 &self.state.meter,
                 socket,
@@ -379,7 +382,10 @@ impl Connection {
             )
             .await;
             return Some(Exit::Done);
-        }
+        };
+        // The store's copy of the key, where it keeps one: this socket's own
+        // (parsed from its token) is freed.
+        self.pool = pool;
         let timings = self.state.control.timings();
         self.bound = true;
         self.next_ping = Deadline::after(timings.ping_interval);

@@ -21,8 +21,10 @@ use handshake::Handshake;
 use socket::WebSocket;
 
 /// The read buffer every socket keeps for as long as it lives; it grows only for a
-/// larger frame. Protocol messages are 20 to 60 bytes.
-const READ_BUFFER: usize = 128;
+/// larger frame. A player's frames are 23 to 28 bytes (PONG, REQUESTED, FINISHED,
+/// masked), and 64 is one jemalloc size class below 128: 64 bytes less per held
+/// session (`bench/analysis.md`, round seventeen).
+const READ_BUFFER: usize = 64;
 /// How much a socket may queue when the player does not read (a TAKE_OVER's list).
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
 /// The longest session token accepted in `?token=`. Ours are ~1.3 KiB at most (three

@@ -544,6 +544,8 @@ async fn a_second_socket_takes_the_session_and_the_first_loses_it(s: Subject) {
     let a = admit(&s, &p, "tv", 1, now).await.unwrap();
     let first = s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
     assert_eq!(first.previous, None);
+    // A store that hands the socket its own copy of the key hands the same pool's.
+    assert!(first.key.as_ref().is_none_or(|k| *k == p), "{:?}", first.key);
     let again = s.store.attach(&p, a, Holder(1), now).await.unwrap().unwrap();
     assert_eq!(again.previous, None, "REQUESTED again on the same socket");
     let second = s.store.attach(&p, a, Holder(2), now + 1).await.unwrap().unwrap();

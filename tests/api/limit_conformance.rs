@@ -109,7 +109,13 @@ impl Rig {
         let CreateOutcome::Granted { pool, session, .. } = self.create(who, offer, name).await else {
             panic!("{name} is granted");
         };
-        assert!(self.control.attach(&pool, session.id, Holder(holder)).await.unwrap());
+        assert!(
+            self.control
+                .attach(&pool, session.id, Holder(holder))
+                .await
+                .unwrap()
+                .is_some()
+        );
         // Redis orders a pool by creation millisecond (then id): the next session
         // is made a millisecond later, so "oldest" means the same on every store.
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -973,7 +973,8 @@ impl SessionStore for RedisStore {
             self.release(previous);
         }
         self.hold(holder, pool, id, name, created_at);
-        Ok(Some(Attached { previous }))
+        // The node's held map shares the socket's key already (`hold`).
+        Ok(Some(Attached { previous, key: None }))
     }
 
     /// Queued: the node vouches for its live sessions as a whole, and the next
