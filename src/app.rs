@@ -201,7 +201,12 @@ async fn session_events(
 /// The session store the configuration names (`storage.sessions`), its sockets
 /// named by the node id the store picks.
 async fn open_sessions(settings: &Settings, meter: &Arc<Meter>) -> anyhow::Result<Sessions<Hub>> {
-    let hub = |node| Arc::new(Hub::new(node));
+    let tick = crate::ws::hub::tick_for(&settings.timings());
+    let hub = |node| {
+        let hub = Arc::new(Hub::new(node));
+        hub.start_ticker(tick);
+        hub
+    };
     match settings.storage.sessions {
         SessionBackend::Memory => Ok(store::memory::open(settings, meter, hub)),
         SessionBackend::Redis => store::redis::open(settings, meter, hub).await,

@@ -1,21 +1,23 @@
 //! One player's socket: binds it to its session, keeps the session alive while
 //! PONGs come back, and carries out the orders the domain posts to it.
 //!
-//! Each socket is one task with no spawned helpers and no channel: a select over
-//! the socket, its mailbox (which also carries the shutdown) and one timer. The task's future is
-//! what a held session costs most, so what it keeps is small: one timer for both
-//! deadlines, the session's pool key and id rather than its whole token.
+//! Each socket is one task with no spawned helpers, no channel and no timer of its
+//! own: a select over the socket and its mailbox, which carries the orders, the
+//! shutdown and the wakes of the hub's ticker once the socket's next deadline has
+//! passed (`hub.rs`). The task's future is what a held session costs most, so what
+//! it keeps is small: two deadlines of 8 bytes, the session's pool key and id
+//! rather than its whole token.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, sleep_until};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
+use super::deadline::Deadline;
 use super::hub::Mailbox;
 use super::messages::{ClientMessage, ServerMessage, close};
 use super::socket::WebSocket;
@@ -37,29 +39,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Far enough to mean "never" for a deadline that is not armed.
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
-
-/// A socket's deadline: milliseconds since the first socket's start, 8 bytes
-/// where an [`Instant`] is 16. A socket keeps two, and 16 bytes were part of
-/// what put its task in tokio's next allocation size (`a_socket_task_stays_small`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Deadline(u64);
-
-impl Deadline {
-    /// `after` from now, rounded up to the millisecond: never earlier than asked.
-    fn after(after: Duration) -> Self {
-        let since = (Instant::now() + after).saturating_duration_since(Self::epoch());
-        Self(u64::try_from(since.as_micros().div_ceil(1000)).unwrap_or(u64::MAX))
-    }
-
-    fn instant(self) -> Instant {
-        Self::epoch() + Duration::from_millis(self.0)
-    }
-
-    fn epoch() -> Instant {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        *EPOCH.get_or_init(Instant::now)
-    }
-}
 
 /// Why the loop ended, which decides what happens to the session.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,28 +123,19 @@ impl Connection {
             tracing::debug!(session = %self.session, ?exit, "socket closed");
         }
     }
-    /// The next thing the timer must wake the socket for: its deadline, or its next
-    /// PING if that comes first. One timer for both halves what a socket keeps of them.
-    fn next_wake(&self) -> Instant {
+    /// When the hub's ticker must wake the socket: its deadline, or its next PING
+    /// if that comes first.
+    fn next_wake(&self) -> Deadline {
         if self.bound {
-            self.pong_deadline.min(self.next_ping).instant()
+            self.pong_deadline.min(self.next_ping)
         } else {
-            self.pong_deadline.instant()
+            self.pong_deadline
         }
     }
 
     async fn serve<S: Stream>(&mut self, socket: &mut WebSocket<S>) -> Exit {
-        let timer = sleep_until(self.next_wake());
-        tokio::pin!(timer);
         loop {
-            // The timer is re-armed only when its instant moved, not every turn. In a
-            // block of its own, or the instant is kept in the future across the select.
-            {
-                let wake = self.next_wake();
-                if timer.deadline() != wake {
-                    timer.as_mut().reset(wake);
-                }
-            }
+            self.mailbox.wake_at(self.next_wake());
             // The shutdown comes through the mailbox (`Hub::close_all`); a socket
             // registered after it was sent reads it here before its first wait.
             if self.state.hub.is_closing() {
@@ -185,16 +155,16 @@ impl Connection {
                     if self.mailbox.take_ping() && self.bound && !ping(socket).await {
                         return Exit::Lost;
                     }
-                }
-                () = &mut timer => {
-                    if self.pong_deadline.instant() <= timer.deadline() {
+                    let now = Deadline::now();
+                    if self.pong_deadline <= now {
                         // Boxed, as it runs once: inline, its state would be part of every idle socket.
                         return Box::pin(self.on_deadline(socket)).await;
                     }
-                    // The timer was set for the next PING.
-                    self.next_ping = Deadline::after(self.state.control.timings().ping_interval);
-                    if !ping(socket).await {
-                        return Exit::Lost;
+                    if self.bound && self.next_ping <= now {
+                        self.next_ping = Deadline::after(self.state.control.timings().ping_interval);
+                        if !ping(socket).await {
+                            return Exit::Lost;
+                        }
                     }
                 }
                 frame = socket.recv() => {
@@ -511,11 +481,11 @@ mod tests {
 
     /// Every held session keeps one of these futures for as long as it lives (inside
     /// its task, next to tokio's own header): bench/analysis.md accounts for it, and
-    /// this bound keeps the task within 896 bytes (1,024 before round sixteen: the
+    /// this bound keeps the task within 768 bytes (1,024 before round sixteen: the
     /// pool key in one string, the deadlines as milliseconds, the socket's id in its
-    /// mailbox). It is at the bound: 8 bytes more and tokio's 128-byte alignment
-    /// puts the task in jemalloc's 1,024-byte class, 128 bytes more for every held
-    /// session.
+    /// mailbox; 896 before round seventeen: no timer of its own, the mailbox waited
+    /// on through a waker). 64 bytes are left before tokio's 128-byte alignment puts
+    /// the task in jemalloc's 896-byte class, 128 bytes more for every held session.
     #[test]
     fn a_socket_task_stays_small() {
         let on_raw_socket = future_size(run::<crate::net::Socket>);
@@ -524,10 +494,9 @@ mod tests {
             .max(tracked_size(run::<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>));
         println!("socket task future: {on_raw_socket} bytes on the raw socket, {on_hyper_io} on hyper's IO");
         println!(
-            "of which: WebSocket {} (tungstenite's context {}), timer {}, AppState {}, the connection {}",
+            "of which: WebSocket {} (tungstenite's context {}), AppState {}, the connection {}",
             std::mem::size_of::<WebSocket<crate::net::Socket>>(),
             std::mem::size_of::<tungstenite::protocol::WebSocketContext>(),
-            std::mem::size_of::<tokio::time::Sleep>(),
             std::mem::size_of::<AppState>(),
             std::mem::size_of::<Connection>(),
         );
@@ -537,6 +506,6 @@ mod tests {
             std::mem::size_of::<Mailbox>(),
             std::mem::size_of::<Mailbox>() + 16,
         );
-        assert!(task_allocation(tracked) <= 896, "{tracked} bytes tracked");
+        assert!(task_allocation(tracked) <= 768, "{tracked} bytes tracked");
     }
 }

@@ -1,26 +1,48 @@
 //! The sockets of this process, reachable by their [`Holder`] id. This is the
 //! in-process [`Notifier`]: the domain tells a socket something by its id, and a
 //! message for a socket that is gone is dropped.
+//!
+//! The hub also keeps the sockets' time: each socket publishes in its mailbox when
+//! it must next act (its PING, its PONG or REQUESTED deadline), and one ticker per
+//! hub ([`Hub::tick`], every [`tick_for`]) wakes those whose time has come. A timer
+//! in every socket's task was 120 of its bytes, enough to keep the task in the
+//! next allocation size up (`bench/analysis.md`, round seventeen).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::{Future, poll_fn};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
+use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
+use super::deadline::Deadline;
 use crate::domain::Holder;
+use crate::domain::liveness::Timings;
 use crate::domain::ports::{Control, Notifier};
+
+/// [`Mailbox::flags`]: something was posted since the socket last looked.
+const POSTED: u8 = 1;
+/// [`Mailbox::flags`]: a PING was asked for.
+const PING: u8 = 2;
 
 /// What is waiting for one socket. Not a channel: a socket needs at most one
 /// pending PING and one final order (TAKE_OVER, TERMINATE or EXPIRED, after which
-/// it closes), and this costs about a hundred bytes where a channel costs a KB.
+/// it closes), and this costs 80 bytes where a channel costs a KB.
 pub struct Mailbox {
     /// The socket's id, kept here rather than in the socket's task, which is
     /// held for the socket's life at a size this keeps within an allocation
     /// class (`connection.rs`).
     holder: Holder,
-    wake: Notify,
-    ping: AtomicBool,
+    /// The socket's task, while it waits. A waker rather than a `Notify`: waiting
+    /// on one is a reference in the task's future, where a `Notify`'s waiter was 64
+    /// bytes of every idle socket.
+    waker: AtomicWaker,
+    flags: AtomicU8,
+    /// When the socket must next act ([`Deadline`] milliseconds): the ticker
+    /// wakes it once this has passed.
+    wake_at: AtomicU64,
     /// Boxed: a final order comes once in a socket's life, and the box keeps the
     /// mailbox in jemalloc's 80-byte class rather than the 96-byte one (a
     /// `TAKE_OVER`'s name inline is 24 bytes of every idle socket).
@@ -31,8 +53,9 @@ impl Mailbox {
     fn new(holder: Holder) -> Self {
         Self {
             holder,
-            wake: Notify::new(),
-            ping: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            flags: AtomicU8::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
             last: Mutex::new(None),
         }
     }
@@ -44,17 +67,41 @@ impl Mailbox {
 
     fn post(&self, control: Control) {
         if control == Control::Ping {
-            self.ping.store(true, Ordering::Release);
+            self.flags.fetch_or(PING, Ordering::AcqRel);
         } else if let Ok(mut last) = self.last.lock() {
             // The first final order wins: the socket closes after it.
             last.get_or_insert_with(|| Box::new(control));
         }
-        self.wake.notify_one();
+        self.wake();
     }
 
-    /// Waits until something is posted.
-    pub async fn wait(&self) {
-        self.wake.notified().await;
+    /// Wakes the socket with nothing posted: to look at the clock or the hub.
+    fn wake(&self) {
+        self.flags.fetch_or(POSTED, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Waits until something is posted, or the socket's time ([`Self::wake_at`])
+    /// has come, or the hub closes. A wake that came while nobody waited is kept,
+    /// so none is lost between two waits.
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + '_ {
+        poll_fn(move |cx| {
+            if self.flags.fetch_and(!POSTED, Ordering::AcqRel) & POSTED != 0 {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Posted between the check and the registration: seen here.
+            if self.flags.fetch_and(!POSTED, Ordering::AcqRel) & POSTED != 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Asks the hub's ticker to wake this socket once `deadline` has passed.
+    pub fn wake_at(&self, deadline: Deadline) {
+        self.wake_at.store(deadline.as_millis(), Ordering::Release);
     }
 
     /// The final order, if one was posted.
@@ -68,8 +115,20 @@ impl Mailbox {
 
     /// Whether a PING was asked for since the last call.
     pub fn take_ping(&self) -> bool {
-        self.ping.swap(false, Ordering::AcqRel)
+        self.flags.fetch_and(!PING, Ordering::AcqRel) & PING != 0
     }
+}
+
+/// How often a hub's ticker looks at its sockets' deadlines: a twentieth of the
+/// shortest of them, between 1 and 100 ms. How late a PING or a deadline may
+/// come, at most, against walking every socket's mailbox (one atomic read each)
+/// ten times a second at the defaults.
+pub fn tick_for(timings: &Timings) -> Duration {
+    let shortest = timings
+        .ping_interval
+        .min(timings.pong_timeout)
+        .min(timings.connect_timeout);
+    (shortest / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
 }
 
 pub struct Hub {
@@ -114,8 +173,36 @@ impl Hub {
         // the flag when it first waits (`is_closing`), so none is missed.
         self.closing.store(true, Ordering::SeqCst);
         for socket in &self.sockets {
-            socket.value().wake.notify_one();
+            socket.value().wake();
         }
+    }
+
+    /// Wakes every socket whose time ([`Mailbox::wake_at`]) is at most `now`. A
+    /// socket that is busy when woken (a PONG at the store) is woken again at the
+    /// next tick while its time stays passed; the wake is a flag, so that costs
+    /// nothing more.
+    pub fn tick(&self, now: Deadline) {
+        let now = now.as_millis();
+        for socket in &self.sockets {
+            let mailbox = socket.value();
+            if mailbox.wake_at.load(Ordering::Acquire) <= now {
+                mailbox.wake();
+            }
+        }
+    }
+
+    /// Runs [`Self::tick`] every `every` until the hub is dropped.
+    pub fn start_ticker(self: &Arc<Self>, every: Duration) {
+        let hub: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(hub) = hub.upgrade() else { return };
+                hub.tick(Deadline::now());
+            }
+        });
     }
 
     /// Whether [`Hub::close_all`] was called.
@@ -171,6 +258,54 @@ mod tests {
             "{}",
             std::mem::size_of::<Mailbox>()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ticker_wakes_a_socket_once_its_time_has_passed_and_not_before() {
+        let hub = Arc::new(Hub::new(1));
+        let (due, idle) = (hub.register(), hub.register());
+        due.wake_at(Deadline::after(Duration::from_millis(250)));
+        idle.wake_at(Deadline::after(Duration::from_secs(3_600)));
+        hub.start_ticker(Duration::from_millis(10));
+        let woken = |mailbox: &Arc<Mailbox>| {
+            let mailbox = Arc::clone(mailbox);
+            tokio::spawn(async move { mailbox.wait().await })
+        };
+        let (due_woken, idle_woken) = (woken(&due), woken(&idle));
+        tokio::time::sleep(Duration::from_millis(240)).await;
+        assert!(!due_woken.is_finished(), "woken before its time");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(due_woken.is_finished(), "not woken within a tick of its time");
+        assert!(!idle_woken.is_finished());
+        assert!(
+            !due.take_ping() && due.take_final().is_none(),
+            "a wake is neither a PING nor an order"
+        );
+        idle_woken.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticker_stops_with_its_hub() {
+        let hub = Arc::new(Hub::new(1));
+        hub.start_ticker(Duration::from_millis(10));
+        let weak = Arc::downgrade(&hub);
+        drop(hub);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(weak.upgrade().is_none(), "the ticker keeps no hub alive");
+    }
+
+    #[test]
+    fn the_tick_is_a_twentieth_of_the_shortest_deadline_within_1_to_100_ms() {
+        let timings = |ping: u64, pong: u64, connect: u64| Timings {
+            ping_interval: Duration::from_millis(ping),
+            pong_timeout: Duration::from_millis(pong),
+            reconnect_grace: Duration::from_secs(30),
+            connect_timeout: Duration::from_millis(connect),
+        };
+        assert_eq!(tick_for(&Timings::default()), Duration::from_millis(100));
+        assert_eq!(tick_for(&timings(1_000, 4_000, 30_000)), Duration::from_millis(50));
+        assert_eq!(tick_for(&timings(5_000, 400, 30_000)), Duration::from_millis(20));
+        assert_eq!(tick_for(&timings(10, 10, 10)), Duration::from_millis(1));
     }
 
     #[test]
