@@ -142,41 +142,60 @@ impl Connection {
                 finish(&self.state.meter, socket, None, close::RESTART, "server restarting").await;
                 return Exit::Shutdown;
             }
-            tokio::select! {
-                biased;
-                _ = self.mailbox.wait() => {
-                    if self.state.hub.is_closing() {
-                        continue;
-                    }
-                    if let Some(order) = self.mailbox.take_final() {
-                        // Boxed, as it runs once.
-                        return Box::pin(self.obey(socket, order)).await;
-                    }
-                    if self.mailbox.take_ping() && self.bound && !ping(socket).await {
-                        return Exit::Lost;
-                    }
-                    let now = Deadline::now();
-                    if self.pong_deadline <= now {
-                        // Boxed, as it runs once: inline, its state would be part of every idle socket.
-                        return Box::pin(self.on_deadline(socket)).await;
-                    }
-                    if self.bound && self.next_ping <= now {
-                        self.next_ping = Deadline::after(self.state.control.timings().ping_interval);
-                        if !ping(socket).await {
-                            return Exit::Lost;
-                        }
-                    }
+            // The select only tells which side woke the socket; the mailbox's side is
+            // handled after it. Handled inside, the select's output (56 bytes: room for
+            // a received frame) was kept across its awaits, in every idle socket's task.
+            // The select only tells which side woke the socket, in a block of its own:
+            // handled inside the select, or with the frame in a local of the loop, the
+            // select's output (56 bytes: room for a frame) was kept across the awaits
+            // that follow, in every idle socket's task.
+            if let Some(on_frame) = {
+                let frame = tokio::select! {
+                    biased;
+                    () = self.mailbox.wait() => None,
+                    frame = socket.recv() => Some(frame),
+                };
+                frame.map(|frame| self.handle(socket, frame))
+            } {
+                if let Some(exit) = on_frame.await {
+                    return exit;
                 }
-                frame = socket.recv() => {
-                    // Boxed: inline, its state would be part of every idle socket.
-                    // A handle of its own, as `on_frame` borrows `self` mutably.
-                    let mailbox = Arc::clone(&self.mailbox);
-                    if let Some(exit) = Box::pin(self.on_frame(socket, &mailbox, frame)).await {
-                        return exit;
-                    }
+                continue;
+            }
+            if self.state.hub.is_closing() {
+                continue;
+            }
+            if let Some(order) = self.mailbox.take_final() {
+                // Boxed, as it runs once.
+                return Box::pin(self.obey(socket, order)).await;
+            }
+            if self.mailbox.take_ping() && self.bound && !ping(socket).await {
+                return Exit::Lost;
+            }
+            let now = Deadline::now();
+            if self.pong_deadline <= now {
+                // Boxed, as it runs once: inline, its state would be part of every idle socket.
+                return Box::pin(self.on_deadline(socket)).await;
+            }
+            if self.bound && self.next_ping <= now {
+                self.next_ping = Deadline::after(self.state.control.timings().ping_interval);
+                if !ping(socket).await {
+                    return Exit::Lost;
                 }
             }
         }
+    }
+
+    /// What to do with a frame (or the end of the stream), boxed: inline, its state
+    /// would be part of every idle socket.
+    fn handle<'a, S: Stream>(
+        &'a mut self,
+        socket: &'a mut WebSocket<S>,
+        frame: Option<Result<Message, tungstenite::Error>>,
+    ) -> Pin<Box<dyn Future<Output = Option<Exit>> + Send + 'a>> {
+        // A handle of its own, as `on_frame` borrows `self` mutably.
+        let mailbox = Arc::clone(&self.mailbox);
+        Box::pin(async move { self.on_frame(socket, &mailbox, frame).await })
     }
 
     /// The deadline passed: no REQUESTED in time, or no PONG.
@@ -481,11 +500,12 @@ mod tests {
 
     /// Every held session keeps one of these futures for as long as it lives (inside
     /// its task, next to tokio's own header): bench/analysis.md accounts for it, and
-    /// this bound keeps the task within 768 bytes (1,024 before round sixteen: the
+    /// this bound keeps the task within 640 bytes (1,024 before round sixteen: the
     /// pool key in one string, the deadlines as milliseconds, the socket's id in its
-    /// mailbox; 896 before round seventeen: no timer of its own, the mailbox waited
-    /// on through a waker). 64 bytes are left before tokio's 128-byte alignment puts
-    /// the task in jemalloc's 896-byte class, 128 bytes more for every held session.
+    /// mailbox; 896 before round seventeen: no timer of its own, the mailbox and the
+    /// socket waited on through plain `poll_fn`s, no frame kept across the loop's
+    /// awaits). 16 bytes are left before tokio's 128-byte alignment puts the task in
+    /// jemalloc's 768-byte class, 128 bytes more for every held session.
     #[test]
     fn a_socket_task_stays_small() {
         let on_raw_socket = future_size(run::<crate::net::Socket>);
@@ -506,6 +526,6 @@ mod tests {
             std::mem::size_of::<Mailbox>(),
             std::mem::size_of::<Mailbox>() + 16,
         );
-        assert!(task_allocation(tracked) <= 768, "{tracked} bytes tracked");
+        assert!(task_allocation(tracked) <= 640, "{tracked} bytes tracked");
     }
 }

@@ -6,7 +6,7 @@
 //! polled from different tasks; one task per socket needs none of that. What is left
 //! per socket is the context (its read buffer and frame state) and the stream.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,27 +36,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// The next message; `None` once the connection is closed. Cancel-safe: a
-    /// partly read frame stays in the context's buffer.
-    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
-        if self.ended {
-            return None;
-        }
-        let read = poll_fn(|cx| {
-            let (ws, io) = (&mut self.ws, &mut self.io);
-            pending_if_blocked(ws.read(&mut Blocking { io, cx }))
-        })
-        .await;
-        match read {
-            Ok(message) => Some(Ok(message)),
-            Err(e) => {
-                self.ended = true;
-                if matches!(e, Error::AlreadyClosed | Error::ConnectionClosed) {
-                    None
-                } else {
-                    Some(Err(e))
-                }
+    /// partly read frame stays in the context's buffer. A `poll_fn`, not an
+    /// `async fn`: waited on by every idle socket, its future is one reference
+    /// where an `async fn`'s kept 40 bytes (`connection.rs`).
+    pub fn recv(&mut self) -> impl Future<Output = Option<Result<Message, Error>>> + Send + '_
+    where
+        S: Send,
+    {
+        poll_fn(move |cx| {
+            if self.ended {
+                return Poll::Ready(None);
             }
-        }
+            let (ws, io) = (&mut self.ws, &mut self.io);
+            let Poll::Ready(read) = pending_if_blocked(ws.read(&mut Blocking { io, cx })) else {
+                return Poll::Pending;
+            };
+            Poll::Ready(match read {
+                Ok(message) => Some(Ok(message)),
+                Err(e) => {
+                    self.ended = true;
+                    if matches!(e, Error::AlreadyClosed | Error::ConnectionClosed) {
+                        None
+                    } else {
+                        Some(Err(e))
+                    }
+                }
+            })
+        })
     }
 
     /// Queues `message` and writes until it is flushed, as tokio-tungstenite's sink does.
