@@ -8,13 +8,13 @@
 //! in every socket's task was 120 of its bytes, enough to keep the task in the
 //! next allocation size up (`bench/analysis.md`, round seventeen).
 
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 
 use super::deadline::Deadline;
@@ -120,19 +120,75 @@ impl Mailbox {
 }
 
 /// How often a hub's ticker looks at its sockets' deadlines: a twentieth of the
-/// shortest of them, between 1 and 100 ms. How late a PING or a deadline may
+/// shortest of them, between 1 and 250 ms. How late a PING or a deadline may
 /// come, at most, against walking every socket's mailbox (one atomic read each)
-/// ten times a second at the defaults.
+/// four times a second at the defaults (`benches/hub_tick.rs`: 100,000 sockets
+/// cost a few percent of a core).
 pub fn tick_for(timings: &Timings) -> Duration {
     let shortest = timings
         .ping_interval
         .min(timings.pong_timeout)
         .min(timings.connect_timeout);
-    (shortest / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
+    (shortest / 20).clamp(Duration::from_millis(1), Duration::from_millis(250))
+}
+
+/// How many parts the hub's map of sockets is split in. The ticker walks one part
+/// at a time and lets other tasks run between two: a walk of 100,000 sockets in one
+/// piece held a runtime worker for 6–8 ms (`benches/hub_tick.rs`).
+const SHARDS: usize = 64;
+
+type Shard = RwLock<HashMap<Holder, Arc<Mailbox>, foldhash::fast::RandomState>>;
+
+/// The sockets by id, in [`SHARDS`] maps by the id's low bits (a node's ids count
+/// up, so they spread evenly). Not a `DashMap`: its only walk is one iterator over
+/// every shard, which cannot pause between them.
+struct Sockets(Box<[Shard]>);
+
+impl Sockets {
+    fn new() -> Self {
+        Self((0..SHARDS).map(|_| Shard::default()).collect())
+    }
+
+    fn shard(&self, holder: Holder) -> &Shard {
+        &self.0[(holder.0 % SHARDS as u64) as usize]
+    }
+
+    fn read(shard: &Shard) -> RwLockReadGuard<'_, HashMap<Holder, Arc<Mailbox>, foldhash::fast::RandomState>> {
+        // Each change is one insert or remove: a panic elsewhere leaves the map whole.
+        shard.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, holder: Holder, mailbox: Arc<Mailbox>) {
+        let mut shard = self.shard(holder).write().unwrap_or_else(PoisonError::into_inner);
+        shard.insert(holder, mailbox);
+    }
+
+    fn remove(&self, holder: Holder) {
+        let mut shard = self.shard(holder).write().unwrap_or_else(PoisonError::into_inner);
+        shard.remove(&holder);
+    }
+
+    /// Runs `f` on the mailbox of `holder`, if it is here.
+    fn with(&self, holder: Holder, f: impl FnOnce(&Mailbox)) {
+        if let Some(mailbox) = Self::read(self.shard(holder)).get(&holder) {
+            f(mailbox);
+        }
+    }
+
+    /// Runs `f` on every mailbox of shard `index`.
+    fn each_in(&self, index: usize, mut f: impl FnMut(&Mailbox)) {
+        if let Some(shard) = self.0.get(index) {
+            Self::read(shard).values().for_each(|mailbox| f(mailbox));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|shard| Self::read(shard).len()).sum()
+    }
 }
 
 pub struct Hub {
-    sockets: DashMap<Holder, Arc<Mailbox>>,
+    sockets: Sockets,
     /// Set once the server shuts down: every socket closes with 1012.
     closing: AtomicBool,
     next_id: AtomicU64,
@@ -144,7 +200,7 @@ impl Hub {
     /// The hub of node `node` (any value below [`Holder::NODES`]).
     pub fn new(node: u64) -> Self {
         Self {
-            sockets: DashMap::new(),
+            sockets: Sockets::new(),
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(Holder::first_of_node(node, rand::random())),
             bad_messages: AtomicU64::new(0),
@@ -161,7 +217,7 @@ impl Hub {
     }
 
     pub fn unregister(&self, holder: Holder) {
-        self.sockets.remove(&holder);
+        self.sockets.remove(holder);
     }
 
     /// Tells every socket, present and to come, that the server is shutting down.
@@ -172,8 +228,8 @@ impl Hub {
         // Set before the walk: a socket registered after the walk passed it reads
         // the flag when it first waits (`is_closing`), so none is missed.
         self.closing.store(true, Ordering::SeqCst);
-        for socket in &self.sockets {
-            socket.value().wake();
+        for shard in 0..SHARDS {
+            self.sockets.each_in(shard, Mailbox::wake);
         }
     }
 
@@ -182,16 +238,28 @@ impl Hub {
     /// next tick while its time stays passed; the wake is a flag, so that costs
     /// nothing more.
     pub fn tick(&self, now: Deadline) {
-        let now = now.as_millis();
-        for socket in &self.sockets {
-            let mailbox = socket.value();
-            if mailbox.wake_at.load(Ordering::Acquire) <= now {
-                mailbox.wake();
-            }
+        for shard in 0..SHARDS {
+            self.tick_shard(shard, now);
         }
     }
 
-    /// Runs [`Self::tick`] every `every` until the hub is dropped.
+    /// How many shards [`Self::tick_shard`] takes.
+    pub fn shards(&self) -> usize {
+        SHARDS
+    }
+
+    /// [`Self::tick`] for the sockets of one shard (`0..self.shards()`).
+    pub fn tick_shard(&self, shard: usize, now: Deadline) {
+        let now = now.as_millis();
+        self.sockets.each_in(shard, |mailbox| {
+            if mailbox.wake_at.load(Ordering::Acquire) <= now {
+                mailbox.wake();
+            }
+        });
+    }
+
+    /// Runs [`Self::tick`] every `every` until the hub is dropped, a shard at a
+    /// time, letting the runtime's other tasks run between two shards.
     pub fn start_ticker(self: &Arc<Self>, every: Duration) {
         let hub: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -199,8 +267,13 @@ impl Hub {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let Some(hub) = hub.upgrade() else { return };
-                hub.tick(Deadline::now());
+                let now = Deadline::now();
+                for shard in 0..SHARDS {
+                    let Some(hub) = hub.upgrade() else { return };
+                    hub.tick_shard(shard, now);
+                    drop(hub);
+                    tokio::task::yield_now().await;
+                }
             }
         });
     }
@@ -233,15 +306,13 @@ impl Hub {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.len() == 0
     }
 }
 
 impl Notifier for Hub {
     fn notify(&self, holder: Holder, control: Control) {
-        if let Some(mailbox) = self.sockets.get(&holder) {
-            mailbox.post(control);
-        }
+        self.sockets.with(holder, |mailbox| mailbox.post(control));
     }
 }
 
@@ -295,14 +366,14 @@ mod tests {
     }
 
     #[test]
-    fn the_tick_is_a_twentieth_of_the_shortest_deadline_within_1_to_100_ms() {
+    fn the_tick_is_a_twentieth_of_the_shortest_deadline_within_1_to_250_ms() {
         let timings = |ping: u64, pong: u64, connect: u64| Timings {
             ping_interval: Duration::from_millis(ping),
             pong_timeout: Duration::from_millis(pong),
             reconnect_grace: Duration::from_secs(30),
             connect_timeout: Duration::from_millis(connect),
         };
-        assert_eq!(tick_for(&Timings::default()), Duration::from_millis(100));
+        assert_eq!(tick_for(&Timings::default()), Duration::from_millis(250));
         assert_eq!(tick_for(&timings(1_000, 4_000, 30_000)), Duration::from_millis(50));
         assert_eq!(tick_for(&timings(5_000, 400, 30_000)), Duration::from_millis(20));
         assert_eq!(tick_for(&timings(10, 10, 10)), Duration::from_millis(1));

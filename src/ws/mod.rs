@@ -1,7 +1,7 @@
 //! The player's WebSocket (PROTOCOL 1.4, 2.4): upgrade, per-socket loop, messages.
 
 mod connection;
-mod deadline;
+pub mod deadline;
 mod handshake;
 pub mod hub;
 pub mod messages;
