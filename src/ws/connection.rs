@@ -142,9 +142,6 @@ impl Connection {
                 finish(&self.state.meter, socket, None, close::RESTART, "server restarting").await;
                 return Exit::Shutdown;
             }
-            // The select only tells which side woke the socket; the mailbox's side is
-            // handled after it. Handled inside, the select's output (56 bytes: room for
-            // a received frame) was kept across its awaits, in every idle socket's task.
             // The select only tells which side woke the socket, in a block of its own:
             // handled inside the select, or with the frame in a local of the loop, the
             // select's output (56 bytes: room for a frame) was kept across the awaits
