@@ -122,8 +122,8 @@ impl Mailbox {
 /// How often a hub's ticker looks at its sockets' deadlines: a twentieth of the
 /// shortest of them, between 1 and 250 ms. How late a PING or a deadline may
 /// come, at most, against walking every socket's mailbox (one atomic read each)
-/// four times a second at the defaults (`benches/hub_tick.rs`: 100,000 sockets
-/// cost a few percent of a core).
+/// four times a second at the defaults (`benches/hub_tick.rs`: a walk of 100,000
+/// sockets took 0.32 ms).
 pub fn tick_for(timings: &Timings) -> Duration {
     let shortest = timings
         .ping_interval
