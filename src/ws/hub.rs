@@ -4,7 +4,7 @@
 //!
 //! The hub also keeps the sockets' time: each socket publishes in its mailbox when
 //! it must next act (its PING, its PONG or REQUESTED deadline), and one ticker per
-//! hub ([`Hub::tick`], every [`tick_for`]) wakes those whose time has come. A timer
+//! hub ([`Hub::start_ticker`], every [`tick_for`]) wakes those whose time has come. A timer
 //! in every socket's task was 120 of its bytes, enough to keep the task in the
 //! next allocation size up (`bench/analysis.md`, round seventeen).
 
@@ -233,22 +233,15 @@ impl Hub {
         }
     }
 
-    /// Wakes every socket whose time ([`Mailbox::wake_at`]) is at most `now`. A
-    /// socket that is busy when woken (a PONG at the store) is woken again at the
-    /// next tick while its time stays passed; the wake is a flag, so that costs
-    /// nothing more.
-    pub fn tick(&self, now: Deadline) {
-        for shard in 0..SHARDS {
-            self.tick_shard(shard, now);
-        }
-    }
-
     /// How many shards [`Self::tick_shard`] takes.
     pub fn shards(&self) -> usize {
         SHARDS
     }
 
-    /// [`Self::tick`] for the sockets of one shard (`0..self.shards()`).
+    /// Wakes every socket of shard `shard` (`0..self.shards()`) whose time ([`Mailbox::wake_at`]) is at most `now`. A
+    /// socket that is busy when woken (a PONG at the store) is woken again at the
+    /// next tick while its time stays passed; the wake is a flag, so that costs
+    /// nothing more.
     pub fn tick_shard(&self, shard: usize, now: Deadline) {
         let now = now.as_millis();
         self.sockets.each_in(shard, |mailbox| {
@@ -258,7 +251,7 @@ impl Hub {
         });
     }
 
-    /// Runs [`Self::tick`] every `every` until the hub is dropped, a shard at a
+    /// Walks every shard with [`Self::tick_shard`] every `every` until the hub is dropped, a shard at a
     /// time, letting the runtime's other tasks run between two shards.
     pub fn start_ticker(self: &Arc<Self>, every: Duration) {
         let hub: Weak<Self> = Arc::downgrade(self);
