@@ -84,6 +84,8 @@ enum Cmd {
     SoakReport(report::soak::SoakArgs),
     /// Draws bench/tail's chart: admission p99 and p99.9 against offered rate, per server.
     TailChart(report::tail::TailArgs),
+    /// Redis memory per held session against held sessions, from bench/cluster runs (a table and a chart).
+    RedisMemoryReport(report::redis_memory::RedisMemoryArgs),
     /// (internal) A worker process, driven over stdin/stdout by its coordinator.
     #[command(hide = true)]
     Worker,
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Cmd::Report(args) => return reported("report", report::run(&args)),
         Cmd::SoakReport(args) => return reported("soak-report", report::soak::run(&args)),
         Cmd::TailChart(args) => return reported("tail-chart", report::tail::run(&args)),
+        Cmd::RedisMemoryReport(args) => return reported("redis-memory-report", report::redis_memory::run(&args)),
         Cmd::Admit { common, args } => (common, Scenario::Admit(args)),
         Cmd::Attach { common, args } => (common, Scenario::Attach(args)),
         Cmd::Hold { common, args } => (common, Scenario::Hold(args)),
