@@ -36,6 +36,8 @@ pub enum C {
     Finished,
     /// FINISHED answered by a close with 1000: the session ended cleanly.
     FinishedClean,
+    /// Of those, the ones whose close came more than 10 s after FINISHED.
+    FinishedLate,
     /// Reconnects with the cached endpoint that got OK again.
     Reconnect,
     /// POST /takeover granted.
@@ -48,7 +50,7 @@ pub enum C {
     Silent,
 }
 
-const ALL: [C; 20] = [
+const ALL: [C; 21] = [
     C::Sent,
     C::Granted,
     C::Limit,
@@ -64,6 +66,7 @@ const ALL: [C; 20] = [
     C::Pong,
     C::Finished,
     C::FinishedClean,
+    C::FinishedLate,
     C::Reconnect,
     C::Takeover,
     C::ServerClose,
@@ -89,6 +92,7 @@ impl C {
             C::Pong => "pong",
             C::Finished => "finished",
             C::FinishedClean => "finished_clean",
+            C::FinishedLate => "finished_late",
             C::Reconnect => "reconnect",
             C::Takeover => "takeover",
             C::ServerClose => "server_close",

@@ -108,16 +108,23 @@ pub async fn request(env: &Env, ws: &mut Ws) -> Result<Action> {
     }
 }
 
+/// How long a player waits for the close that answers FINISHED: longer than
+/// [`ANSWER_TIMEOUT`], so that when a hundred thousand players finish in the same
+/// second on a machine too small for the burst, a close that comes late is
+/// counted as late ([`C::FinishedLate`]), not taken for one that never came.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Sends FINISHED and waits for the server's close.
 ///
 /// An end is clean when the server closes with 1000 (the session was ended):
 /// counted, with the time from FINISHED to that close frame as `finish`
-/// latency. Any other close (1011: the session store failed) is not.
+/// latency, and as late past [`ANSWER_TIMEOUT`]. Any other close (1011: the
+/// session store failed), or none within [`FINISH_TIMEOUT`], is not.
 pub async fn finish(env: &Env, ws: &mut Ws) -> Result<()> {
     let sent = Instant::now();
     send_action(ws, "FINISHED").await?;
     env.counters.inc(C::Finished);
-    let closed = timeout(ANSWER_TIMEOUT, async {
+    let closed = timeout(FINISH_TIMEOUT, async {
         let mut code = None;
         while let Some(Ok(frame)) = ws.next().await {
             if let Message::Close(close) = frame {
@@ -129,8 +136,12 @@ pub async fn finish(env: &Env, ws: &mut Ws) -> Result<()> {
     })
     .await;
     if let Ok(Some(1000)) = closed {
-        env.hists.record("finish", sent.elapsed());
+        let took = sent.elapsed();
+        env.hists.record("finish", took);
         env.counters.inc(C::FinishedClean);
+        if took > ANSWER_TIMEOUT {
+            env.counters.inc(C::FinishedLate);
+        }
     }
     let _ = timeout(ANSWER_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     Ok(())
