@@ -70,7 +70,7 @@ fn colour(name: &str) -> RGBColor {
         RGBColor(230, 120, 20)
     } else if n.contains("slot") || n.contains("session") {
         RGBColor(30, 140, 60)
-    } else if n.contains("hot") {
+    } else if n.contains("hot") || n.contains("cluster") {
         RGBColor(150, 60, 170)
     } else {
         RGBColor(30, 90, 200)

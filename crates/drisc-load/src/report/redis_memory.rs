@@ -41,6 +41,8 @@ pub struct Run {
     pub keys: u64,
     /// "one Redis" or "a Redis Cluster (…)".
     pub redis: String,
+    /// The checkout's commit when bench/cluster wrote its report (`git rev-parse HEAD`): the
+    /// binaries may be older (`--bin DIR`).
     pub commit: String,
     /// The run's results directory.
     pub results: String,
@@ -141,7 +143,7 @@ fn by_kind(runs: Vec<Run>) -> Vec<Kind> {
 
 fn table(kinds: &[Kind], target: f64, chart: &Path) -> String {
     let mut md = String::from(
-        "| sessions held | drisc nodes | Redis | `used_memory` above empty | per session | keys per session | commit | results |\n\
+        "| sessions held | drisc nodes | Redis | `used_memory` above empty | per session | keys per session | checkout | results |\n\
          |---:|---:|---|---:|---:|---:|---|---|\n",
     );
     for r in kinds.iter().flat_map(|k| &k.runs) {
