@@ -1291,6 +1291,94 @@ async fn redis_an_end_by_its_socket_is_queued_seen_at_once_by_its_node_and_by_ev
     assert_eq!(s.store.locate(a).await.unwrap(), None, "the end unindexed it");
 }
 
+/// A refresh round writes a shard's queued ends in calls of many ends each
+/// (`END_MANY`): each end does what its own call of the end script did. Forty
+/// customers of one shard (two calls' worth), one end queued for a socket that
+/// no longer holds its session (it must leave that session alone), and a
+/// detach among the ends (order kept: the detach is a call of its own).
+#[tokio::test]
+async fn redis_a_shards_queued_ends_written_together_each_end_as_its_own_call_would() {
+    let s = Subject::redis().await;
+    let other = second_node(&s).await;
+    let now = t0();
+    let shard = pool("e0").shard();
+    let pools: Vec<PoolKey> = (0..200_000)
+        .map(|i| pool(&format!("e{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(42)
+        .collect();
+    assert_eq!(pools.len(), 42, "enough customers in shard {shard}");
+    let mut ids = Vec::new();
+    for (n, p) in pools.iter().enumerate() {
+        let id = admit(&s, p, "tv", 1, now).await.unwrap();
+        s.store
+            .attach(p, id, Holder(100 + n as u64), now)
+            .await
+            .unwrap()
+            .unwrap();
+        ids.push(id);
+    }
+    // 40 ends by their sockets at one time, the detach of the 41st in the middle.
+    for n in 0..40 {
+        if n == 20 {
+            assert!(s.store.detach(&pools[40], ids[40], Holder(140), now).await.unwrap());
+        }
+        s.store
+            .end(&pools[n], ids[n], Some(Holder(100 + n as u64)), now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The 42nd's end is queued, then a socket on another node takes its session:
+    // the queued end names the first socket and must leave the session alone.
+    s.store
+        .end(&pools[41], ids[41], Some(Holder(141)), now)
+        .await
+        .unwrap()
+        .unwrap();
+    other
+        .attach(&pools[41], ids[41], Holder(3), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let server = s.redis_server().unwrap();
+    let script_calls = || -> u64 {
+        let stats: String = server.cmd(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|l| l.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = script_calls();
+    let round = s.redis.as_ref().unwrap().0.refresh().await.unwrap();
+    assert_eq!(round.written, 42, "41 ends and a detach");
+    // Two calls for the 41 ends (32 a call at most), one for the detach, and the
+    // round's few others (its vouch); one call per end was 42 and more.
+    let calls = script_calls() - before;
+    assert!(calls < 12, "{calls} script calls for 42 queued writes");
+    for (n, p) in pools.iter().enumerate().take(40) {
+        let granted = other.admit(p, new(p, "phone"), limit(1), now + 1).await.unwrap();
+        assert!(granted.is_ok(), "pool {n}'s slot is free: {granted:?}");
+        assert_eq!(
+            s.store.locate(ids[n]).await.unwrap(),
+            None,
+            "pool {n}'s end unindexed it"
+        );
+    }
+    let detached = other.list(&pools[40], now + 1).await.unwrap();
+    assert_eq!(detached.len(), 1, "the detached session waits its grace");
+    assert_eq!(detached[0].state, SessionState::Detached);
+    let kept = other.list(&pools[41], now + 1).await.unwrap();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the end of a socket that no longer held it ended nothing"
+    );
+    assert_eq!((kept[0].state, kept[0].holder), (SessionState::Live, Some(Holder(3))));
+}
+
 #[tokio::test]
 async fn redis_an_admission_writes_its_customers_queued_ends_first_and_the_index_in_its_own_script() {
     let s = Subject::redis().await;

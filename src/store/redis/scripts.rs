@@ -492,6 +492,38 @@ settle()
 return encode(rec)
 "#;
 
+/// [`END`] for many sessions of one shard in one call: the queued ends of a
+/// refresh round (or before an operation), where one script call per end paid
+/// the call itself (the clock read, the prelude's functions made anew, the
+/// liveness key's look-up) for every session: about a third of an end's Redis
+/// CPU (`bench/analysis.md`, round eighteen). KEYS: as every script, the first
+/// end's customer, the shard's index and liveness prefixes; then the first
+/// end's tombstone; then, per further end, its customer and its tombstone.
+/// ARGV (after now): per end its offer, id, holder ("" for anyone) and tombstone
+/// text ("" for none). Reply: per end, in order, what [`END`] answers for it.
+const END_MANY: &str = r#"
+keep_dead = true
+local replies = {}
+for i = 1, (#ARGV - 1) / 4 do
+  local a = 4 * (i - 1) + 1
+  if i > 1 then cust = KEYS[2 * i + 1] end
+  offer = ARGV[a + 1]
+  local id, holder, tomb, tomb_key = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], KEYS[2 * i + 2]
+  local _, rec = find(load(), id)
+  if rec == nil or (holder ~= '' and rec.h ~= holder) then
+    replies[i] = holder ~= '' and tomb ~= '' and redis.call('GET', tomb_key) == tomb and 'again'
+  else
+    if holder == '' then flag_moved(rec.h, '', rec.id) end
+    redis.call('HDEL', cust, rec.id)
+    redis.call('HDEL', ix_of(rec.id), rec.id)
+    if tomb ~= '' then redis.call('SET', tomb_key, tomb, 'PX', TOMB) end
+    settle()
+    replies[i] = encode(rec)
+  end
+end
+return replies
+"#;
+
 /// ARGV: now, offer. Reply: the pool's records alive at `now`.
 const LIST: &str = r#"
 keep_dead = true
@@ -714,6 +746,7 @@ pub struct Scripts {
     pub check: redis::Script,
     pub detach: redis::Script,
     pub end: redis::Script,
+    pub end_many: redis::Script,
     pub end_all: redis::Script,
     pub list: redis::Script,
     pub restore: redis::Script,
@@ -725,7 +758,7 @@ pub struct Scripts {
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 13] {
+    pub fn all(&self) -> [&redis::Script; 14] {
         [
             &self.admit,
             &self.take_over,
@@ -733,6 +766,7 @@ impl Scripts {
             &self.check,
             &self.detach,
             &self.end,
+            &self.end_many,
             &self.end_all,
             &self.list,
             &self.restore,
@@ -765,6 +799,7 @@ impl Scripts {
             check: on_pool(CHECK),
             detach: on_pool(DETACH),
             end: on_pool(END),
+            end_many: on_pool(END_MANY),
             end_all: on_pool(END_ALL),
             list: on_pool(LIST),
             restore: on_pool(RESTORE),

@@ -77,6 +77,44 @@ pub(crate) enum Queued {
     Detach { id: SessionId, holder: Holder, now: Millis },
 }
 
+/// The most queued ends one call of the batched end script takes: a script
+/// holds Redis for as long as it runs (an end is some 15 µs of it), so a long
+/// run of ends is cut into calls of about half a millisecond.
+const ENDS_PER_CALL: usize = 32;
+
+/// What one command of a pipeline of queued writes answers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Command {
+    /// One write (a detach): its reply.
+    One,
+    /// That many ends, in one call: a list of their replies.
+    Ends(usize),
+}
+
+/// A pipeline's replies, one per write, from its replies per command.
+pub(super) fn per_write(replies: Vec<Value>, commands: &[Command]) -> Result<Vec<Value>, StoreError> {
+    if replies.len() != commands.len() {
+        return Err(record::unreadable(
+            "queued writes",
+            format!("{} replies to {} commands", replies.len(), commands.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(replies.len());
+    for (reply, command) in replies.into_iter().zip(commands) {
+        match (command, reply) {
+            (Command::One, reply) => out.push(reply),
+            (Command::Ends(n), Value::Array(items)) if items.len() == *n => out.extend(items),
+            (Command::Ends(n), other) => {
+                return Err(record::unreadable(
+                    "queued ends",
+                    format!("expected a list of {n} replies, got {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
     if moving(&e) {
         return StoreError::Unavailable(format!(
@@ -450,22 +488,69 @@ impl RedisStore {
         }
     }
 
-    /// Adds a queued write to `pipe`; its reply is not needed (each is
-    /// conditional on the socket still holding the session).
-    pub(super) fn queued_in(&self, pipe: &mut redis::Pipeline, pool: &PoolKey, write: &Queued) {
-        match *write {
-            Queued::End {
-                id,
-                holder,
-                now,
-                ref report,
-            } => pipe.invoke_script(&self.end_invocation(pool, id, holder, report.is_some(), now)),
-            Queued::Detach { id, holder, now } => pipe.invoke_script(
-                on_pool(&self.scripts.detach, pool, self.now_arg(now))
-                    .arg(record::id_arg(id))
-                    .arg(record::holder_arg(holder)),
-            ),
+    /// Adds a chunk of one shard's queued writes to `pipe`, in order: each run
+    /// of ends (judged at one `now`) as calls of the batched end script, at
+    /// most [`ENDS_PER_CALL`] a call, each detach as a call of its own. Returns,
+    /// per command, how many writes it answers for ([`Command`]).
+    pub(super) fn queued_into(&self, pipe: &mut redis::Pipeline, chunk: &[(PoolKey, Queued)]) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let mut rest = chunk;
+        while let Some((pool, write)) = rest.first() {
+            match *write {
+                Queued::Detach { id, holder, now } => {
+                    pipe.invoke_script(
+                        on_pool(&self.scripts.detach, pool, self.now_arg(now))
+                            .arg(record::id_arg(id))
+                            .arg(record::holder_arg(holder)),
+                    );
+                    commands.push(Command::One);
+                    rest = &rest[1..];
+                }
+                Queued::End { now, .. } => {
+                    let now = self.now_arg(now);
+                    let run = rest
+                        .iter()
+                        .take(ENDS_PER_CALL)
+                        .take_while(|(_, w)| matches!(w, Queued::End { now: at, .. } if self.now_arg(*at) == now))
+                        .count();
+                    pipe.invoke_script(&self.ends_invocation(&rest[..run], now));
+                    commands.push(Command::Ends(run));
+                    rest = &rest[run..];
+                }
+            }
+        }
+        commands
+    }
+
+    /// One call of the batched end script for `ends` (queued ends of one shard,
+    /// not empty), all judged at `now`.
+    fn ends_invocation<'s>(&'s self, ends: &[(PoolKey, Queued)], now: u64) -> redis::ScriptInvocation<'s> {
+        let mut invocation = match ends.first() {
+            Some((pool, _)) => on_pool(&self.scripts.end_many, pool, now),
+            None => self.scripts.end_many.prepare_invoke(),
         };
+        for (n, (pool, write)) in ends.iter().enumerate() {
+            let Queued::End {
+                id, holder, ref report, ..
+            } = *write
+            else {
+                continue;
+            };
+            // The first end's customer and offer are the script's own (`on_pool`).
+            if n > 0 {
+                invocation.key(keys::customer(pool)).arg(pool.offer_id());
+            }
+            invocation
+                .key(keys::tombstone(pool, id))
+                .arg(record::id_arg(id))
+                .arg(record::holder_arg(holder))
+                .arg(if report.is_some() {
+                    record::socket_tombstone(holder)
+                } else {
+                    String::new()
+                });
+        }
+        invocation
     }
 
     /// Writes the queued ends and detaches of the pools `which` selects, a
@@ -496,23 +581,26 @@ impl RedisStore {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let pipes: Vec<redis::Pipeline> = chunks
+        let (pipes, commands): (Vec<redis::Pipeline>, Vec<Vec<Command>>) = chunks
             .iter()
             .map(|chunk| {
                 let mut pipe = redis::pipe();
-                for (pool, write) in chunk {
-                    self.queued_in(&mut pipe, pool, write);
-                }
-                pipe
+                let commands = self.queued_into(&mut pipe, chunk);
+                (pipe, commands)
             })
-            .collect();
+            .unzip();
         let results = self
-            .run_pipelines_with(&[&self.scripts.end, &self.scripts.detach], &pipes, patient)
+            .run_pipelines_with(&[&self.scripts.end_many, &self.scripts.detach], &pipes, patient)
             .await;
         let mut failed = None;
-        for (chunk, result) in chunks.into_iter().zip(results) {
+        for ((chunk, commands), result) in chunks.into_iter().zip(&commands).zip(results) {
             match result {
-                Ok(replies) => self.report_written(&chunk, &replies),
+                Ok(replies) => match per_write(replies, commands) {
+                    Ok(replies) => self.report_written(&chunk, &replies),
+                    // Written (the pipeline went through) but not readable: nothing
+                    // to report, and nothing to write again.
+                    Err(e) => failed = Some(e),
+                },
                 Err(e) => {
                     self.requeue(chunk);
                     failed = Some(e);
@@ -1189,5 +1277,39 @@ fn limit_exceeded(held: Vec<record::Named>) -> LimitExceeded {
             .into_iter()
             .map(|s| ActiveSession { id: s.id, name: s.name })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_batched_calls_replies_are_spread_over_its_ends_in_order() {
+        let replies = vec![
+            Value::Array(vec![text("a"), Value::Nil, text("again")]),
+            Value::Int(1),
+            Value::Array(vec![text("b")]),
+        ];
+        let commands = [Command::Ends(3), Command::One, Command::Ends(1)];
+        assert_eq!(
+            per_write(replies, &commands).unwrap(),
+            vec![text("a"), Value::Nil, text("again"), Value::Int(1), text("b")]
+        );
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_an_error_not_a_guess() {
+        // A batched call that answered for fewer ends than it carried.
+        let short = vec![Value::Array(vec![text("a")])];
+        assert!(per_write(short, &[Command::Ends(2)]).is_err());
+        // A batched call that answered with something else than a list.
+        assert!(per_write(vec![Value::Nil], &[Command::Ends(1)]).is_err());
+        // Fewer replies than commands.
+        assert!(per_write(vec![Value::Int(1)], &[Command::One, Command::One]).is_err());
     }
 }
