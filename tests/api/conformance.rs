@@ -136,6 +136,17 @@ pub(crate) fn pool(customer: &str) -> PoolKey {
     PoolKey::from_ids("pub", customer, "offer")
 }
 
+/// `count` customers' pools whose customers are in `shard` (`prefix` and a number).
+pub(crate) fn pools_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<PoolKey> {
+    let found: Vec<PoolKey> = (0..200_000)
+        .map(|i| pool(&format!("{prefix}{i}")))
+        .filter(|p| p.shard() == shard)
+        .take(count)
+        .collect();
+    assert_eq!(found.len(), count, "enough pools in shard {shard}");
+    found
+}
+
 /// A new session of `p`'s customer: its id carries the customer's shard, as
 /// the ids `domain::control` makes do.
 pub(crate) fn new(p: &PoolKey, name: &str) -> NewSession {
@@ -1301,13 +1312,7 @@ async fn redis_a_shards_queued_ends_written_together_each_end_as_its_own_call_wo
     let s = Subject::redis().await;
     let other = second_node(&s).await;
     let now = t0();
-    let shard = pool("e0").shard();
-    let pools: Vec<PoolKey> = (0..200_000)
-        .map(|i| pool(&format!("e{i}")))
-        .filter(|p| p.shard() == shard)
-        .take(42)
-        .collect();
-    assert_eq!(pools.len(), 42, "enough customers in shard {shard}");
+    let pools = pools_in_shard("e", pool("e0").shard(), 42);
     let mut ids = Vec::new();
     for (n, p) in pools.iter().enumerate() {
         let id = admit(&s, p, "tv", 1, now).await.unwrap();

@@ -13,7 +13,7 @@ use drisc::domain::ports::{Control, SessionStore};
 use drisc::domain::{Clock, Holder, Millis, PoolKey, SessionId, Timings};
 use drisc::store::redis::{RedisStore, TimeSource, keys};
 
-use super::conformance::{Recorder, limit, new, pool};
+use super::conformance::{Recorder, limit, new, pool, pools_in_shard};
 use super::support_redis::RedisServer;
 
 /// A PONG timeout short enough that a node vouches again (every third of it)
@@ -253,12 +253,7 @@ async fn redis_a_flag_checks_only_the_sessions_moved() {
     let (b, _) = node(&server, 8).await;
     let now = Clock::new().now();
     let shard = pool("same0").shard();
-    let pools: Vec<PoolKey> = (0..10_000)
-        .map(|i| pool(&format!("same{i}")))
-        .filter(|p| p.shard() == shard)
-        .take(10)
-        .collect();
-    assert_eq!(pools.len(), 10, "ten customers in one shard");
+    let pools = pools_in_shard("same", shard, 10);
     let mut sessions = Vec::new();
     for (i, p) in pools.iter().enumerate() {
         let holder = socket(7, i as u64 + 1);
@@ -283,15 +278,6 @@ async fn redis_a_flag_checks_only_the_sessions_moved() {
 }
 
 /// Pools named `prefix<i>` in `shard`: `count` of them.
-fn pools_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<PoolKey> {
-    let found: Vec<PoolKey> = (0..200_000)
-        .map(|i| pool(&format!("{prefix}{i}")))
-        .filter(|p| p.shard() == shard)
-        .take(count)
-        .collect();
-    assert_eq!(found.len(), count, "enough pools in shard {shard}");
-    found
-}
 
 /// A socket whose session is gone is told so once, however many of the node's
 /// re-assertions find it gone at once: here two admissions in a shard the node
