@@ -136,7 +136,7 @@ pub(crate) fn pool(customer: &str) -> PoolKey {
     PoolKey::from_ids("pub", customer, "offer")
 }
 
-/// `count` customers' pools whose customers are in `shard` (`prefix` and a number).
+/// Pools named `prefix<i>` in `shard`: `count` of them.
 pub(crate) fn pools_in_shard(prefix: &str, shard: u16, count: usize) -> Vec<PoolKey> {
     let found: Vec<PoolKey> = (0..200_000)
         .map(|i| pool(&format!("{prefix}{i}")))

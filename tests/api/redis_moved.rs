@@ -277,8 +277,6 @@ async fn redis_a_flag_checks_only_the_sessions_moved() {
     assert_eq!(left, 0, "popped");
 }
 
-/// Pools named `prefix<i>` in `shard`: `count` of them.
-
 /// A socket whose session is gone is told so once, however many of the node's
 /// re-assertions find it gone at once: here two admissions in a shard the node
 /// counts lost, each putting the node's sessions there back before it admits,
