@@ -456,64 +456,55 @@ end
 return replies
 "#;
 
-/// ARGV (after now, offer): id, holder. Reply: 1 detached, 0 not held by this socket.
-const DETACH: &str = r#"
-keep_dead = true
-local mine = load()
-local _, rec = find(mine, ARGV[3])
-if rec == nil or rec.h ~= ARGV[4] then return 0 end
-rec.h = ''
-rec.s = 'd'
-rec.e = now + GRACE
-save(rec)
-settle()
-return 1
-"#;
-
-/// KEYS[4]: the session's tombstone. ARGV (after now, offer): id, holder or ""
-/// (anyone), tombstone text or "" (none), the node running it (hex; '' unknown).
-/// Ended by anyone but its socket, its holder's node is flagged
-/// (`flag_moved`). Reply: the ended record, `again` (a socket's end whose
-/// tombstone, `record::socket_tombstone`, is already there: the same end,
-/// retried after its reply was lost, ended it), or false.
-const END: &str = r#"
-keep_dead = true
-local mine = load()
-local _, rec = find(mine, ARGV[3])
-if rec == nil or (ARGV[4] ~= '' and rec.h ~= ARGV[4]) then
-  if ARGV[4] ~= '' and ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then return 'again' end
-  return false
-end
-if ARGV[4] == '' then flag_moved(rec.h, ARGV[6] or '', rec.id) end
-redis.call('HDEL', cust, rec.id)
-redis.call('HDEL', ix_of(rec.id), rec.id)
-if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', TOMB) end
-settle()
-return encode(rec)
-"#;
-
-/// [`END`] for many sessions of one shard in one call: the queued ends of a
-/// refresh round (or before an operation), where one script call per end paid
-/// the call itself (the clock read, the prelude's functions made anew, the
-/// liveness key's look-up) for every session: about a third of an end's Redis
-/// CPU (`bench/analysis.md`, round eighteen). KEYS: as every script, the first
-/// end's customer, the shard's index and liveness prefixes; then the first
-/// end's tombstone; then, per further end, its customer and its tombstone.
-/// ARGV (after now): per end its offer, id, holder ("" for anyone) and tombstone
-/// text ("" for none). Reply: per end, in order, what [`END`] answers for it.
-const END_MANY: &str = r#"
+/// The writes that end or detach sessions, one or many of one shard in a call:
+/// the queued writes of a refresh round (or before an operation), a graceful
+/// stop's detaches, and each single end or detach. One call for many, since
+/// one call per write paid the call itself (the clock read, the prelude's
+/// functions made anew, the liveness key's look-up) for every session: about a
+/// third of an end's Redis CPU (`bench/analysis.md`, round eighteen).
+///
+/// KEYS: as every script, the first write's customer, the shard's index and
+/// liveness prefixes; then the first write's tombstone; then, per further
+/// write, its customer and its tombstone. ARGV (after now): per write its offer,
+/// its kind, the session id, the holder, the tombstone text and the node
+/// running it:
+/// - `e`, an end: the session ends if `holder` (a socket id; "" for anyone)
+///   holds it, and its tombstone text ("" for none) is left for the holder's
+///   next check. Ended by anyone but its socket, its holder's node is flagged
+///   (`flag_moved`; the node running it, hex, '' unknown, is not). Reply: the
+///   ended record, `again` (a socket's end whose tombstone,
+///   `record::socket_tombstone`, is already there: the same end, retried after
+///   its reply was lost, ended it), or false.
+/// - `d`, a detach: the session, if `holder` holds it, waits the reconnect
+///   grace with no socket. Reply: 1 detached, 0 not held by this socket.
+///
+/// Reply: a list, per write in order, of its reply.
+const WRITES: &str = r#"
 keep_dead = true
 local replies = {}
-for i = 1, (#ARGV - 1) / 4 do
-  local a = 4 * (i - 1) + 1
+for i = 1, (#ARGV - 1) / 6 do
+  local a = 6 * (i - 1) + 1
   if i > 1 then cust = KEYS[2 * i + 1] end
   offer = ARGV[a + 1]
-  local id, holder, tomb, tomb_key = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], KEYS[2 * i + 2]
+  local kind, id, holder, tomb, by = ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local tomb_key = KEYS[2 * i + 2]
   local _, rec = find(load(), id)
-  if rec == nil or (holder ~= '' and rec.h ~= holder) then
-    replies[i] = holder ~= '' and tomb ~= '' and redis.call('GET', tomb_key) == tomb and 'again'
+  local anyone = holder == '' and kind == 'e'
+  if rec == nil or (not anyone and rec.h ~= holder) then
+    if kind == 'd' then
+      replies[i] = 0
+    else
+      replies[i] = holder ~= '' and tomb ~= '' and redis.call('GET', tomb_key) == tomb and 'again'
+    end
+  elseif kind == 'd' then
+    rec.h = ''
+    rec.s = 'd'
+    rec.e = now + GRACE
+    save(rec)
+    settle()
+    replies[i] = 1
   else
-    if holder == '' then flag_moved(rec.h, '', rec.id) end
+    if anyone then flag_moved(rec.h, by, rec.id) end
     redis.call('HDEL', cust, rec.id)
     redis.call('HDEL', ix_of(rec.id), rec.id)
     if tomb ~= '' then redis.call('SET', tomb_key, tomb, 'PX', TOMB) end
@@ -744,9 +735,7 @@ pub struct Scripts {
     pub take_over: redis::Script,
     pub attach: redis::Script,
     pub check: redis::Script,
-    pub detach: redis::Script,
-    pub end: redis::Script,
-    pub end_many: redis::Script,
+    pub writes: redis::Script,
     pub end_all: redis::Script,
     pub list: redis::Script,
     pub restore: redis::Script,
@@ -758,15 +747,13 @@ pub struct Scripts {
 
 impl Scripts {
     /// Every script, to be loaded into Redis at once.
-    pub fn all(&self) -> [&redis::Script; 14] {
+    pub fn all(&self) -> [&redis::Script; 12] {
         [
             &self.admit,
             &self.take_over,
             &self.attach,
             &self.check,
-            &self.detach,
-            &self.end,
-            &self.end_many,
+            &self.writes,
             &self.end_all,
             &self.list,
             &self.restore,
@@ -797,9 +784,7 @@ impl Scripts {
             take_over: on_pool(TAKE_OVER),
             attach: on_pool(ATTACH),
             check: on_pool(CHECK),
-            detach: on_pool(DETACH),
-            end: on_pool(END),
-            end_many: on_pool(END_MANY),
+            writes: on_pool(WRITES),
             end_all: on_pool(END_ALL),
             list: on_pool(LIST),
             restore: on_pool(RESTORE),

@@ -77,42 +77,96 @@ pub(crate) enum Queued {
     Detach { id: SessionId, holder: Holder, now: Millis },
 }
 
-/// The most queued ends one call of the batched end script takes: a script
-/// holds Redis for as long as it runs (an end is some 15 µs of it), so a long
-/// run of ends is cut into calls of about half a millisecond.
-const ENDS_PER_CALL: usize = 32;
-
-/// What one command of a pipeline of queued writes answers for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Command {
-    /// One write (a detach): its reply.
-    One,
-    /// That many ends, in one call: a list of their replies.
-    Ends(usize),
+impl Queued {
+    /// When the write was asked for: the `now` the script judges it at.
+    fn now(&self) -> Millis {
+        match *self {
+            Self::End { now, .. } | Self::Detach { now, .. } => now,
+        }
+    }
 }
 
-/// A pipeline's replies, one per write, from its replies per command.
-pub(super) fn per_write(replies: Vec<Value>, commands: &[Command]) -> Result<Vec<Value>, StoreError> {
-    if replies.len() != commands.len() {
+/// The most writes (ends, detaches) one call of the writes script takes: a
+/// script holds Redis for as long as it runs (an end is some 15 µs of it), so
+/// a long run of writes is cut into calls of about half a millisecond.
+const WRITES_PER_CALL: usize = 32;
+
+/// One session's end or detach, in a call of the writes script
+/// (`scripts::WRITES`, which says what each does).
+pub(super) struct Write<'a> {
+    pub pool: &'a PoolKey,
+    /// An end; otherwise a detach.
+    pub end: bool,
+    pub id: SessionId,
+    /// The socket that must hold the session ([`record::holder_arg`]; "" for
+    /// anyone, an end only).
+    pub holder: String,
+    /// Left for the holder's next check ("" for none; an end only).
+    pub tombstone: String,
+}
+
+impl<'a> Write<'a> {
+    /// The write a queued one asks for.
+    fn queued(pool: &'a PoolKey, write: &Queued) -> Self {
+        match *write {
+            Queued::End {
+                id, holder, ref report, ..
+            } => Self {
+                pool,
+                end: true,
+                id,
+                holder: record::holder_arg(holder),
+                // Its report waits for the script's word: should the reply be
+                // lost, the tombstone tells a retry that the end was its own.
+                tombstone: report
+                    .as_ref()
+                    .map(|_| record::socket_tombstone(holder))
+                    .unwrap_or_default(),
+            },
+            Queued::Detach { id, holder, .. } => Self::detach(pool, id, holder),
+        }
+    }
+
+    fn detach(pool: &'a PoolKey, id: SessionId, holder: Holder) -> Self {
+        Self {
+            pool,
+            end: false,
+            id,
+            holder: record::holder_arg(holder),
+            tombstone: String::new(),
+        }
+    }
+}
+
+/// A pipeline's replies, one per write, from its calls' lists of replies
+/// (`calls`: how many writes each call carried).
+pub(super) fn per_write(replies: Vec<Value>, calls: &[usize]) -> Result<Vec<Value>, StoreError> {
+    if replies.len() != calls.len() {
         return Err(record::unreadable(
             "queued writes",
-            format!("{} replies to {} commands", replies.len(), commands.len()),
+            format!("{} replies to {} calls", replies.len(), calls.len()),
         ));
     }
-    let mut out = Vec::with_capacity(replies.len());
-    for (reply, command) in replies.into_iter().zip(commands) {
-        match (command, reply) {
-            (Command::One, reply) => out.push(reply),
-            (Command::Ends(n), Value::Array(items)) if items.len() == *n => out.extend(items),
-            (Command::Ends(n), other) => {
+    let mut out = Vec::with_capacity(calls.iter().sum());
+    for (reply, &n) in replies.into_iter().zip(calls) {
+        match reply {
+            Value::Array(items) if items.len() == n => out.extend(items),
+            other => {
                 return Err(record::unreadable(
-                    "queued ends",
+                    "queued writes",
                     format!("expected a list of {n} replies, got {other:?}"),
                 ));
             }
         }
     }
     Ok(out)
+}
+
+/// The one reply of a call of the writes script that carried one write.
+fn only_reply(reply: Value) -> Result<Value, StoreError> {
+    per_write(vec![reply], &[1])?
+        .pop()
+        .ok_or_else(|| record::unreadable("write", "no reply"))
 }
 
 pub(crate) fn unavailable(e: redis::RedisError) -> StoreError {
@@ -489,68 +543,54 @@ impl RedisStore {
     }
 
     /// Adds a chunk of one shard's queued writes to `pipe`, in order: each run
-    /// of ends (judged at one `now`) as calls of the batched end script, at
-    /// most [`ENDS_PER_CALL`] a call, each detach as a call of its own. Returns,
-    /// per command, how many writes it answers for ([`Command`]).
-    pub(super) fn queued_into(&self, pipe: &mut redis::Pipeline, chunk: &[(PoolKey, Queued)]) -> Vec<Command> {
-        let mut commands = Vec::new();
+    /// of writes judged at one `now` as calls of the writes script, at most
+    /// [`WRITES_PER_CALL`] a call. Returns how many writes each call carries.
+    pub(super) fn queued_into(&self, pipe: &mut redis::Pipeline, chunk: &[(PoolKey, Queued)]) -> Vec<usize> {
+        let mut calls = Vec::new();
         let mut rest = chunk;
-        while let Some((pool, write)) = rest.first() {
-            match *write {
-                Queued::Detach { id, holder, now } => {
-                    pipe.invoke_script(
-                        on_pool(&self.scripts.detach, pool, self.now_arg(now))
-                            .arg(record::id_arg(id))
-                            .arg(record::holder_arg(holder)),
-                    );
-                    commands.push(Command::One);
-                    rest = &rest[1..];
-                }
-                Queued::End { now, .. } => {
-                    let now = self.now_arg(now);
-                    let run = rest
-                        .iter()
-                        .take(ENDS_PER_CALL)
-                        .take_while(|(_, w)| matches!(w, Queued::End { now: at, .. } if self.now_arg(*at) == now))
-                        .count();
-                    pipe.invoke_script(&self.ends_invocation(&rest[..run], now));
-                    commands.push(Command::Ends(run));
-                    rest = &rest[run..];
-                }
-            }
+        while let Some((_, first)) = rest.first() {
+            let now = self.now_arg(first.now());
+            let run = rest
+                .iter()
+                .take(WRITES_PER_CALL)
+                .take_while(|(_, w)| self.now_arg(w.now()) == now)
+                .count();
+            let writes: Vec<Write<'_>> = rest[..run].iter().map(|(pool, w)| Write::queued(pool, w)).collect();
+            pipe.invoke_script(&self.writes_invocation(&writes, now));
+            calls.push(run);
+            rest = &rest[run..];
         }
-        commands
+        calls
     }
 
-    /// One call of the batched end script for `ends` (queued ends of one shard,
-    /// not empty), all judged at `now`.
-    fn ends_invocation<'s>(&'s self, ends: &[(PoolKey, Queued)], now: u64) -> redis::ScriptInvocation<'s> {
-        let mut invocation = match ends.first() {
-            Some((pool, _)) => on_pool(&self.scripts.end_many, pool, now),
-            None => self.scripts.end_many.prepare_invoke(),
+    /// One call of the writes script for `writes` (of one shard, not empty),
+    /// all judged at `now` (as [`Self::now_arg`] gives it).
+    pub(super) fn writes_invocation<'s>(&'s self, writes: &[Write<'_>], now: u64) -> redis::ScriptInvocation<'s> {
+        let mut invocation = match writes.first() {
+            Some(w) => on_pool(&self.scripts.writes, w.pool, now),
+            None => self.scripts.writes.prepare_invoke(),
         };
-        for (n, (pool, write)) in ends.iter().enumerate() {
-            let Queued::End {
-                id, holder, ref report, ..
-            } = *write
-            else {
-                continue;
-            };
-            // The first end's customer and offer are the script's own (`on_pool`).
+        let by = self.node_arg();
+        for (n, w) in writes.iter().enumerate() {
+            // The first write's customer and offer are the script's own (`on_pool`).
             if n > 0 {
-                invocation.key(keys::customer(pool)).arg(pool.offer_id());
+                invocation.key(keys::customer(w.pool)).arg(w.pool.offer_id());
             }
             invocation
-                .key(keys::tombstone(pool, id))
-                .arg(record::id_arg(id))
-                .arg(record::holder_arg(holder))
-                .arg(if report.is_some() {
-                    record::socket_tombstone(holder)
-                } else {
-                    String::new()
-                });
+                .key(keys::tombstone(w.pool, w.id))
+                .arg(if w.end { "e" } else { "d" })
+                .arg(record::id_arg(w.id))
+                .arg(&w.holder)
+                .arg(&w.tombstone)
+                .arg(&by);
         }
         invocation
+    }
+
+    /// Runs one write on its pool ([`Self::run_on`]): its reply.
+    async fn write_one(&self, write: Write<'_>, now: Millis) -> Result<Value, StoreError> {
+        let invocation = self.writes_invocation(std::slice::from_ref(&write), self.now_arg(now));
+        only_reply(self.run_on(write.pool, &invocation).await?)
     }
 
     /// Writes the queued ends and detaches of the pools `which` selects, a
@@ -581,21 +621,19 @@ impl RedisStore {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let (pipes, commands): (Vec<redis::Pipeline>, Vec<Vec<Command>>) = chunks
+        let (pipes, calls): (Vec<redis::Pipeline>, Vec<Vec<usize>>) = chunks
             .iter()
             .map(|chunk| {
                 let mut pipe = redis::pipe();
-                let commands = self.queued_into(&mut pipe, chunk);
-                (pipe, commands)
+                let calls = self.queued_into(&mut pipe, chunk);
+                (pipe, calls)
             })
             .unzip();
-        let results = self
-            .run_pipelines_with(&[&self.scripts.end_many, &self.scripts.detach], &pipes, patient)
-            .await;
+        let results = self.run_pipelines_with(&[&self.scripts.writes], &pipes, patient).await;
         let mut failed = None;
-        for ((chunk, commands), result) in chunks.into_iter().zip(&commands).zip(results) {
+        for ((chunk, calls), result) in chunks.into_iter().zip(&calls).zip(results) {
             match result {
-                Ok(replies) => match per_write(replies, commands) {
+                Ok(replies) => match per_write(replies, calls) {
                     Ok(replies) => self.report_written(&chunk, &replies),
                     // Written (the pipeline went through) but not readable: nothing
                     // to report, and nothing to write again.
@@ -817,8 +855,15 @@ impl RedisStore {
         }
         // Its tombstone names the socket: should the reply be lost after Redis
         // ended it, the queued retry learns that the end was its own.
+        let end = Write {
+            pool,
+            end: true,
+            id,
+            holder: record::holder_arg(holder),
+            tombstone: record::socket_tombstone(holder),
+        };
         let reply = self
-            .run_on(pool, &self.end_invocation(pool, id, holder, true, now))
+            .write_one(end, now)
             .await
             .and_then(|reply| record::end_reply(&reply));
         match reply {
@@ -832,29 +877,6 @@ impl RedisStore {
         }
     }
 
-    /// The end script for socket `holder`'s end of `id`; with `sure`, leaving
-    /// the socket's own tombstone ([`record::socket_tombstone`]).
-    fn end_invocation<'s>(
-        &'s self,
-        pool: &PoolKey,
-        id: SessionId,
-        holder: Holder,
-        sure: bool,
-        now: Millis,
-    ) -> redis::ScriptInvocation<'s> {
-        let mut invocation = on_pool(&self.scripts.end, pool, self.now_arg(now));
-        invocation
-            .key(keys::tombstone(pool, id))
-            .arg(record::id_arg(id))
-            .arg(record::holder_arg(holder))
-            .arg(if sure {
-                record::socket_tombstone(holder)
-            } else {
-                String::new()
-            });
-        invocation
-    }
-
     /// The end script, leaving `tombstone` ("" for none) for the holder's next check.
     async fn end_with(
         &self,
@@ -864,17 +886,14 @@ impl RedisStore {
         tombstone: &str,
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
-        let reply = self
-            .run_on(
-                pool,
-                on_pool(&self.scripts.end, pool, self.now_arg(now))
-                    .key(keys::tombstone(pool, id))
-                    .arg(record::id_arg(id))
-                    .arg(holder.map(record::holder_arg).unwrap_or_default())
-                    .arg(tombstone)
-                    .arg(self.node_arg()),
-            )
-            .await?;
+        let end = Write {
+            pool,
+            end: true,
+            id,
+            holder: holder.map(record::holder_arg).unwrap_or_default(),
+            tombstone: tombstone.to_owned(),
+        };
+        let reply = self.write_one(end, now).await?;
         record::session_or_nil(&reply, "end")
     }
 }
@@ -1097,14 +1116,7 @@ impl SessionStore for RedisStore {
             return Ok(true);
         }
         self.release(holder);
-        let reply = self
-            .run_on(
-                pool,
-                on_pool(&self.scripts.detach, pool, self.now_arg(now))
-                    .arg(record::id_arg(id))
-                    .arg(record::holder_arg(holder)),
-            )
-            .await?;
+        let reply = self.write_one(Write::detach(pool, id, holder), now).await?;
         Ok(record::int(&reply, "detach")? == 1)
     }
 
@@ -1245,27 +1257,15 @@ impl SessionStore for RedisStore {
     /// Detaches every session this node's sockets held, so the players get the
     /// reconnect grace to come back (to any node). Redis drops dead sessions by
     /// itself.
+    /// Each detach is queued behind the ends already queued for its pool, and
+    /// one round writes them all, many to a script call.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
-        self.write_queued(|_| true).await?;
         let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
-        let mut pipes = Vec::new();
-        for group in by_shard(held, |(_, h)| h.pool.shard()).into_values() {
-            for chunk in group.chunks(PIPELINE_CHUNK) {
-                let mut pipe = redis::pipe();
-                for (holder, h) in chunk {
-                    self.release(*holder);
-                    pipe.invoke_script(
-                        on_pool(&self.scripts.detach, &h.pool, self.now_arg(now))
-                            .arg(record::id_arg(h.id))
-                            .arg(record::holder_arg(*holder)),
-                    );
-                }
-                pipes.push(pipe);
-            }
+        for (holder, h) in held {
+            self.release(holder);
+            self.queue(&h.pool, Queued::Detach { id: h.id, holder, now });
         }
-        for result in self.run_pipelines(&[&self.scripts.detach], &pipes).await {
-            result?;
-        }
+        self.write_queued(|_| true).await?;
         Ok(())
     }
 }
@@ -1289,27 +1289,36 @@ mod tests {
     }
 
     #[test]
-    fn a_batched_calls_replies_are_spread_over_its_ends_in_order() {
+    fn a_pipelines_replies_are_spread_over_its_writes_in_order() {
         let replies = vec![
             Value::Array(vec![text("a"), Value::Nil, text("again")]),
-            Value::Int(1),
-            Value::Array(vec![text("b")]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![text("b"), Value::Int(0)]),
         ];
-        let commands = [Command::Ends(3), Command::One, Command::Ends(1)];
         assert_eq!(
-            per_write(replies, &commands).unwrap(),
-            vec![text("a"), Value::Nil, text("again"), Value::Int(1), text("b")]
+            per_write(replies, &[3, 1, 2]).unwrap(),
+            vec![
+                text("a"),
+                Value::Nil,
+                text("again"),
+                Value::Int(1),
+                text("b"),
+                Value::Int(0)
+            ]
         );
+        assert_eq!(only_reply(Value::Array(vec![text("c")])).unwrap(), text("c"));
     }
 
     #[test]
     fn replies_of_the_wrong_shape_are_an_error_not_a_guess() {
-        // A batched call that answered for fewer ends than it carried.
+        // A call that answered for fewer writes than it carried.
         let short = vec![Value::Array(vec![text("a")])];
-        assert!(per_write(short, &[Command::Ends(2)]).is_err());
-        // A batched call that answered with something else than a list.
-        assert!(per_write(vec![Value::Nil], &[Command::Ends(1)]).is_err());
-        // Fewer replies than commands.
-        assert!(per_write(vec![Value::Int(1)], &[Command::One, Command::One]).is_err());
+        assert!(per_write(short, &[2]).is_err());
+        // A call that answered with something else than a list.
+        assert!(per_write(vec![Value::Nil], &[1]).is_err());
+        assert!(only_reply(Value::Int(1)).is_err());
+        assert!(only_reply(Value::Array(Vec::new())).is_err());
+        // Fewer replies than calls.
+        assert!(per_write(vec![Value::Array(vec![Value::Int(1)])], &[1, 1]).is_err());
     }
 }
