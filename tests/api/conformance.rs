@@ -1302,6 +1302,21 @@ async fn redis_an_end_by_its_socket_is_queued_seen_at_once_by_its_node_and_by_ev
     assert_eq!(s.store.locate(a).await.unwrap(), None, "the end unindexed it");
 }
 
+/// A session in each of `pools`, held by sockets `first`, `first + 1`, ...
+async fn held_in_each(s: &Subject, pools: &[PoolKey], first: u64, now: Millis) -> Vec<SessionId> {
+    let mut ids = Vec::new();
+    for (n, p) in pools.iter().enumerate() {
+        let id = admit(s, p, "tv", 1, now).await.unwrap();
+        s.store
+            .attach(p, id, Holder(first + n as u64), now)
+            .await
+            .unwrap()
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
 /// A refresh round writes a shard's queued ends and detaches in calls of many
 /// writes each (`WRITES`): each does what its own call did. Forty-two customers
 /// of one shard (two calls' worth), one end queued for a socket that no longer
@@ -1313,16 +1328,7 @@ async fn redis_a_shards_queued_ends_written_together_each_end_as_its_own_call_wo
     let other = second_node(&s).await;
     let now = t0();
     let pools = pools_in_shard("e", pool("e0").shard(), 42);
-    let mut ids = Vec::new();
-    for (n, p) in pools.iter().enumerate() {
-        let id = admit(&s, p, "tv", 1, now).await.unwrap();
-        s.store
-            .attach(p, id, Holder(100 + n as u64), now)
-            .await
-            .unwrap()
-            .unwrap();
-        ids.push(id);
-    }
+    let ids = held_in_each(&s, &pools, 100, now).await;
     // 40 ends by their sockets at one time, the detach of the 41st in the middle.
     for n in 0..40 {
         if n == 20 {
@@ -1395,16 +1401,7 @@ async fn redis_a_hand_over_detaches_a_shards_sessions_many_to_a_call_after_the_q
     let other = second_node(&s).await;
     let now = t0();
     let pools = pools_in_shard("h", pool("h0").shard(), 41);
-    let mut ids = Vec::new();
-    for (n, p) in pools.iter().enumerate() {
-        let id = admit(&s, p, "tv", 1, now).await.unwrap();
-        s.store
-            .attach(p, id, Holder(200 + n as u64), now)
-            .await
-            .unwrap()
-            .unwrap();
-        ids.push(id);
-    }
+    let ids = held_in_each(&s, &pools, 200, now).await;
     // The last one's socket ended it: queued, not written yet.
     s.store
         .end(&pools[40], ids[40], Some(Holder(240)), now)
