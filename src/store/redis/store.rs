@@ -93,37 +93,46 @@ const WRITES_PER_CALL: usize = 32;
 
 /// One session's end or detach, in a call of the writes script
 /// (`scripts::WRITES`, which says what each does).
-pub(super) struct Write<'a> {
-    pub pool: &'a PoolKey,
+struct Write<'a> {
+    pool: &'a PoolKey,
     /// An end; otherwise a detach.
-    pub end: bool,
-    pub id: SessionId,
+    end: bool,
+    id: SessionId,
     /// The socket that must hold the session ([`record::holder_arg`]; "" for
     /// anyone, an end only).
-    pub holder: String,
+    holder: String,
     /// Left for the holder's next check ("" for none; an end only).
-    pub tombstone: String,
+    tombstone: String,
 }
 
 impl<'a> Write<'a> {
     /// The write a queued one asks for.
     fn queued(pool: &'a PoolKey, write: &Queued) -> Self {
         match *write {
+            // Its report waits for the script's word: should the reply be lost,
+            // the tombstone tells a retry that the end was its own.
             Queued::End {
                 id, holder, ref report, ..
-            } => Self {
+            } => Self::end(
                 pool,
-                end: true,
                 id,
-                holder: record::holder_arg(holder),
-                // Its report waits for the script's word: should the reply be
-                // lost, the tombstone tells a retry that the end was its own.
-                tombstone: report
+                record::holder_arg(holder),
+                report
                     .as_ref()
                     .map(|_| record::socket_tombstone(holder))
                     .unwrap_or_default(),
-            },
+            ),
             Queued::Detach { id, holder, .. } => Self::detach(pool, id, holder),
+        }
+    }
+
+    fn end(pool: &'a PoolKey, id: SessionId, holder: String, tombstone: String) -> Self {
+        Self {
+            pool,
+            end: true,
+            id,
+            holder,
+            tombstone,
         }
     }
 
@@ -565,11 +574,13 @@ impl RedisStore {
 
     /// One call of the writes script for `writes` (of one shard, not empty),
     /// all judged at `now` (as [`Self::now_arg`] gives it).
-    pub(super) fn writes_invocation<'s>(&'s self, writes: &[Write<'_>], now: u64) -> redis::ScriptInvocation<'s> {
+    fn writes_invocation<'s>(&'s self, writes: &[Write<'_>], now: u64) -> redis::ScriptInvocation<'s> {
         let mut invocation = match writes.first() {
             Some(w) => on_pool(&self.scripts.writes, w.pool, now),
             None => self.scripts.writes.prepare_invoke(),
         };
+        // The ending node matters only to an end by anyone (it flags the
+        // holder's node unless it is that node): the others send it empty.
         let by = self.node_arg();
         for (n, w) in writes.iter().enumerate() {
             // The first write's customer and offer are the script's own (`on_pool`).
@@ -582,7 +593,7 @@ impl RedisStore {
                 .arg(record::id_arg(w.id))
                 .arg(&w.holder)
                 .arg(&w.tombstone)
-                .arg(&by);
+                .arg(if w.end && w.holder.is_empty() { by.as_str() } else { "" });
         }
         invocation
     }
@@ -855,13 +866,7 @@ impl RedisStore {
         }
         // Its tombstone names the socket: should the reply be lost after Redis
         // ended it, the queued retry learns that the end was its own.
-        let end = Write {
-            pool,
-            end: true,
-            id,
-            holder: record::holder_arg(holder),
-            tombstone: record::socket_tombstone(holder),
-        };
+        let end = Write::end(pool, id, record::holder_arg(holder), record::socket_tombstone(holder));
         let reply = self
             .write_one(end, now)
             .await
@@ -886,13 +891,12 @@ impl RedisStore {
         tombstone: &str,
         now: Millis,
     ) -> Result<Option<Session>, StoreError> {
-        let end = Write {
+        let end = Write::end(
             pool,
-            end: true,
             id,
-            holder: holder.map(record::holder_arg).unwrap_or_default(),
-            tombstone: tombstone.to_owned(),
-        };
+            holder.map(record::holder_arg).unwrap_or_default(),
+            tombstone.to_owned(),
+        );
         let reply = self.write_one(end, now).await?;
         record::session_or_nil(&reply, "end")
     }
@@ -1256,9 +1260,8 @@ impl SessionStore for RedisStore {
 
     /// Detaches every session this node's sockets held, so the players get the
     /// reconnect grace to come back (to any node). Redis drops dead sessions by
-    /// itself.
-    /// Each detach is queued behind the ends already queued for its pool, and
-    /// one round writes them all, many to a script call.
+    /// itself. Each detach is queued behind the ends already queued for its
+    /// pool, and one round writes them all, many to a script call.
     async fn hand_over(&self, now: Millis) -> Result<(), StoreError> {
         let held: Vec<(Holder, Held)> = self.held.iter().map(|e| (*e.key(), e.value().clone())).collect();
         for (holder, h) in held {
