@@ -183,6 +183,9 @@ impl SessionControl {
 
     /// The publisher's settings and offers if it is configured; never creates it.
     pub async fn known_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, ControlError> {
+        if let Some(catalog) = self.settings.catalog_at_hand(publisher_id) {
+            return Ok(Some(catalog));
+        }
         Ok(self.settings.shared_catalog(publisher_id).await?)
     }
 

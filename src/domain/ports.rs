@@ -359,6 +359,13 @@ pub trait SettingsRepo: Send + Sync + 'static {
     async fn shared_catalog(&self, publisher_id: &str) -> Result<Option<Arc<Catalog>>, SettingsError> {
         Ok(self.catalog(publisher_id).await?.map(Arc::new))
     }
+    /// The catalog if it is at hand in memory and fresh, without waiting: `None`
+    /// means "ask [`Self::shared_catalog`]", never "not configured". Admission asks
+    /// this first on every create, which spares a caching repository's hits the
+    /// boxed future of an async call.
+    fn catalog_at_hand(&self, _publisher_id: &str) -> Option<Arc<Catalog>> {
+        None
+    }
     /// Creates the publisher with these settings unless it exists; returns what is stored.
     async fn create_publisher(&self, publisher: &Publisher) -> Result<Catalog, SettingsError>;
     async fn put_publisher(&self, publisher: &Publisher) -> Result<(), SettingsError>;

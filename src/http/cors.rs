@@ -90,13 +90,11 @@ pub struct Cors<S> {
 impl<S, B, R> Service<Request<B>> for Cors<S>
 where
     S: Service<Request<B>, Response = Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: Default + Send + 'static,
+    R: Default,
 {
     type Response = Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+    type Future = CorsAnswer<S::Future, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -115,20 +113,57 @@ where
             if let Some(origin) = allow_origin {
                 headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             }
-            return Box::pin(std::future::ready(Ok(response)));
+            return CorsAnswer {
+                answer: None,
+                preflight: Some(response),
+                vary: None,
+                allow_origin: None,
+            };
         }
-        let vary = self.rules.vary.clone();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let headers = response.headers_mut();
-            // Added to a `vary` the route may have set; the origin replaces any.
+        CorsAnswer {
+            answer: Some(self.inner.call(request)),
+            preflight: None,
+            vary: Some(self.rules.vary.clone()),
+            allow_origin,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A preflight's answer, or the route's with the CORS headers added: a plain
+    /// future, not a boxed one (this layer wraps every request).
+    pub struct CorsAnswer<F, R> {
+        #[pin]
+        answer: Option<F>,
+        preflight: Option<Response<R>>,
+        vary: Option<HeaderValue>,
+        allow_origin: Option<HeaderValue>,
+    }
+}
+
+impl<F, R, E> Future for CorsAnswer<F, R>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+    R: Default,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(answer) = this.answer.as_pin_mut() else {
+            // A preflight is answered on its first poll, and never polled again.
+            return Poll::Ready(Ok(this.preflight.take().unwrap_or_default()));
+        };
+        let mut response = std::task::ready!(answer.poll(cx))?;
+        let headers = response.headers_mut();
+        // Added to a `vary` the route may have set; the origin replaces any.
+        if let Some(vary) = this.vary.take() {
             headers.append(header::VARY, vary);
-            if let Some(origin) = allow_origin {
-                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            }
-            Ok(response)
-        })
+        }
+        if let Some(origin) = this.allow_origin.take() {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

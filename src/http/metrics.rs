@@ -1,18 +1,22 @@
 //! `GET /metrics` (Prometheus text format), and the layer that times every request.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::AdminAuth;
 use crate::error::{ApiError, ErrorBody};
-use crate::meter::Readings;
+use crate::meter::{Meter, Readings};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -65,14 +69,81 @@ async fn metrics(State(state): State<AppState>, mut parts: Parts) -> Result<Resp
 
 /// Records each request in `drisc_http_request_duration_seconds` under its route
 /// template, so `/sessions/{session_id}` is one series whatever the ids asked for.
-pub async fn time_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
-    state
-        .meter
-        .http_request(&method, route, response.status().as_u16(), started.elapsed());
-    response
+///
+/// A layer of each route (axum sets the template, `MatchedPath`, only once it has
+/// matched one), written as a plain service: axum's `from_fn` cloned the state,
+/// boxed the route again and boxed its own future on every request.
+#[derive(Clone)]
+pub struct TimeRequests(pub Arc<Meter>);
+
+impl<S> Layer<S> for TimeRequests {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            meter: Arc::clone(&self.0),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Timed<S> {
+    meter: Arc<Meter>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Timed<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TimedAnswer<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        TimedAnswer {
+            answer: self.inner.call(request),
+            started,
+            method,
+            route,
+            meter: Arc::clone(&self.meter),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct TimedAnswer<F> {
+        #[pin]
+        answer: F,
+        started: Instant,
+        method: Method,
+        route: Option<MatchedPath>,
+        meter: Arc<Meter>,
+    }
+}
+
+impl<F, E> Future for TimedAnswer<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.answer.poll(cx));
+        if let Ok(response) = &answer {
+            let route = this.route.as_ref().map_or("unmatched", |r| r.as_str());
+            this.meter
+                .http_request(this.method, route, response.status().as_u16(), this.started.elapsed());
+        }
+        Poll::Ready(answer)
+    }
 }

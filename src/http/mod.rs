@@ -18,6 +18,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, Request, header};
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use utoipa::OpenApi;
@@ -27,39 +28,46 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The server's router: [`routes`], all but the probes inside the layers they
-/// share. Add no route here: routes go in [`assemble`], where they are documented.
+/// share. Add no route here: routes go in [`api`], where they are documented.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
-    let meter_state = state.clone();
-    let (router, _) = assemble(|api| {
-        api.fallback(|| async { ApiError::NotFound("no such route".into()) })
-            // Innermost: axum sets the route template (MatchedPath) before it runs.
-            .layer(axum::middleware::from_fn_with_state(
-                meter_state,
-                metrics::time_requests,
-            ))
-            .layer(DefaultBodyLimit::max(body_limit))
-            .layer(cors)
-            .layer(TraceLayer::new_for_http().make_span_with(request_span))
-    })
-    .split_for_parts();
-    router.with_state(state)
+    let (api, _) = api()
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // A layer of each route: axum sets the route template (MatchedPath) only
+        // once a route has matched.
+        .layer(metrics::TimeRequests(state.meter.clone()))
+        .split_for_parts();
+    // The rest once around the whole router: axum's `Router::layer` wraps each
+    // route, and every wrap costs a boxed clone of the route and a boxed future
+    // per request (bench/analysis.md, round twenty).
+    let api = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(cors)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .service(api.with_state(state.clone()));
+    // The probes outside them: a prober's 503 (draining, a store down) is an
+    // answer, not a failure to log at ERROR every few seconds, and browsers never
+    // call the probes (no CORS).
+    let (probes, _) = health::probes().split_for_parts();
+    probes.with_state(state).fallback_service(api)
 }
 
 /// Every route the server serves, each with its description (`GET /openapi.json`):
 /// the router of [`router`] without its layers. tests/api/openapi.rs checks that
 /// the document lists exactly the paths of this router.
 pub fn routes() -> OpenApiRouter<AppState> {
-    assemble(|api| api)
+    let mut routes = api().merge(health::probes());
+    openapi::describe_every_operation(routes.get_openapi_mut());
+    routes
 }
 
-/// The one place routes are added, and only through `utoipa_axum::routes!`, which
-/// takes a handler's `#[utoipa::path]` attribute for both the route and its
-/// description (clippy.toml forbids `.route()`, which would serve a route
-/// without describing it). `layers` wrap every route but the probes.
-fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    let api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+/// Every route but the probes. The one place routes are added, and only through
+/// `utoipa_axum::routes!`, which takes a handler's `#[utoipa::path]` attribute for
+/// both the route and its description (clippy.toml forbids `.route()`, which would
+/// serve a route without describing it).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(sessions::router())
         .merge(me::router())
         .merge(crate::ws::router())
@@ -67,13 +75,7 @@ fn assemble(layers: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppSta
         .merge(metrics::router())
         .merge(openapi::router())
         .merge(crate::web::router())
-        .nest("/admin/v1", admin::router().merge(events::router()));
-    // The probes after the layers, so outside them: a prober's 503 (draining, a
-    // store down) is an answer, not a failure to log at ERROR every few seconds,
-    // and browsers never call the probes (no CORS).
-    let mut routes = layers(api).merge(health::probes());
-    openapi::describe_every_operation(routes.get_openapi_mut());
-    routes
+        .nest("/admin/v1", admin::router().merge(events::router()))
 }
 
 /// The OpenAPI document of [`routes`].

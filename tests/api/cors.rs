@@ -98,3 +98,41 @@ async fn with_configured_origins_only_those_origins_are_allowed() {
     assert_eq!(header(response.headers(), "access-control-allow-origin"), None);
     app.stop().await;
 }
+
+/// The probes are served outside the layers the API shares: a load balancer's
+/// check gets no CORS headers, is never taken for a preflight, and is not timed
+/// as an API route; everything else, an unknown path included, is inside them.
+#[tokio::test]
+async fn the_probes_are_outside_the_api_layers_and_every_other_path_inside() {
+    let app = spawn_app().await;
+    let get = |path: &'static str| {
+        app.http
+            .get(app.url(path))
+            .header("origin", "https://player.example")
+            .send()
+    };
+    for probe in ["/livez", "/readyz"] {
+        let response = get(probe).await.unwrap();
+        assert_eq!(response.status(), 200, "{probe}");
+        assert_eq!(
+            header(response.headers(), "access-control-allow-origin"),
+            None,
+            "{probe}"
+        );
+        assert_eq!(header(response.headers(), "vary"), None, "{probe}");
+        let response = preflight(&app, probe, "https://player.example", "GET").await;
+        assert_eq!(response.status(), 405, "{probe}: not answered as a preflight");
+    }
+    for (path, status) in [("/health", 200), ("/no/such/route", 404)] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert!(
+            header(response.headers(), "access-control-allow-origin").is_some(),
+            "{path}"
+        );
+        assert!(header(response.headers(), "vary").is_some(), "{path}");
+        let response = preflight(&app, path, "https://player.example", "GET").await;
+        assert!(response.status().is_success(), "{path}: a preflight");
+    }
+    app.stop().await;
+}
