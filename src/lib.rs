@@ -15,7 +15,8 @@
 //!   settings, the settings cache), one `open` function per backend;
 //! - [`meter`] counts what `GET /metrics` reports and logs the session events;
 //! - [`tasks`] runs the background loops;
-//! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`.
+//! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`;
+//! - [`json_text`] writes JSON strings by hand on hot paths, as serde_json would.
 
 pub mod app;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod healthcheck;
 pub mod http;
+pub mod json_text;
 pub mod limits;
 pub mod meter;
 pub mod net;

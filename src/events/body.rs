@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::events::{EventKind, EventType, SessionEvent};
+use crate::json_text;
 
 /// A session id as the event has it, or as a record kept it (already text).
 #[derive(Clone, Copy)]
@@ -59,11 +60,11 @@ fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
     out.push_str("{\"data\":{");
     if let Some(cause) = r.cause.as_deref() {
         out.push_str("\"cause\":");
-        json_str(&mut out, cause);
+        json_text::push_str(&mut out, cause);
         out.push(',');
     }
     out.push_str("\"customerId\":");
-    json_str(&mut out, &r.customer_id);
+    json_text::push_str(&mut out, &r.customer_id);
     if let Some(enforced) = r.enforced {
         out.push_str(if enforced {
             ",\"enforced\":true"
@@ -72,12 +73,12 @@ fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
         });
     }
     out.push_str(",\"offerId\":");
-    json_str(&mut out, &r.offer_id);
+    json_text::push_str(&mut out, &r.offer_id);
     out.push_str(",\"publisherId\":");
-    json_str(&mut out, publisher_id);
+    json_text::push_str(&mut out, publisher_id);
     if let Some(reason) = r.reason.as_deref() {
         out.push_str(",\"reason\":");
-        json_str(&mut out, reason);
+        json_text::push_str(&mut out, reason);
     }
     out.push_str(",\"sessionId\":");
     json_id(&mut out, r.session_id);
@@ -87,7 +88,7 @@ fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
         out.push_str(",\"takenOverBy\":{\"sessionId\":");
         json_id(&mut out, Some(*id));
         out.push_str(",\"sessionName\":");
-        json_str(&mut out, name);
+        json_text::push_str(&mut out, name);
         out.push('}');
     }
     out.push_str("},\"timestamp\":\"");
@@ -185,11 +186,11 @@ pub fn record(event: &SessionEvent) -> String {
     out.push('[');
     out.push(char::from(b'0' + STORED_VERSION));
     out.push(',');
-    json_str(&mut out, r.event_type.as_str());
+    json_text::push_str(&mut out, r.event_type.as_str());
     out.push(',');
-    json_str(&mut out, &r.customer_id);
+    json_text::push_str(&mut out, &r.customer_id);
     out.push(',');
-    json_str(&mut out, &r.offer_id);
+    json_text::push_str(&mut out, &r.offer_id);
     out.push(',');
     json_id(&mut out, r.session_id);
     for text in [&r.session_name, &r.cause, &r.reason] {
@@ -211,26 +212,9 @@ pub fn record(event: &SessionEvent) -> String {
     out
 }
 
-/// A JSON string: as it is between quotes when nothing in it needs escaping (ids,
-/// names, the usual case), else as serde_json escapes it.
-fn json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        let mut escaped = Vec::with_capacity(s.len() + 8);
-        if serde_json::to_writer(&mut escaped, s).is_ok() {
-            out.push_str(std::str::from_utf8(&escaped).unwrap_or("null"));
-        } else {
-            out.push_str("null");
-        }
-    }
-}
-
 fn json_opt_str(out: &mut String, s: Option<&str>) {
     match s {
-        Some(s) => json_str(out, s),
+        Some(s) => json_text::push_str(out, s),
         None => out.push_str("null"),
     }
 }
@@ -244,7 +228,7 @@ fn json_id(out: &mut String, id: Option<Id<'_>>) {
             id.with_text(|id| out.push_str(id));
             out.push('"');
         }
-        Some(Id::Text(id)) => json_str(out, id),
+        Some(Id::Text(id)) => json_text::push_str(out, id),
         None => out.push_str("null"),
     }
 }

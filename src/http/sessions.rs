@@ -16,6 +16,7 @@ use crate::domain::control::{CreateOutcome, CreateRequest};
 use crate::domain::settings::{MAX_ID_BYTES, OfferChoice};
 use crate::domain::{Customer, PoolKey, Session, SessionId};
 use crate::error::{ApiError, ErrorBody, LimitExceededBody};
+use crate::json_text;
 use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
 
@@ -377,7 +378,7 @@ fn granted(state: &AppState, headers: &HeaderMap, pool: &PoolKey, offer_id: Stri
 /// is base64url and dots (`SessionTokens::issue`), which JSON never escapes. `None`
 /// when the WebSocket URL has a character JSON escapes.
 fn granted_body(base: [&str; 3], token: &str, offer_id: &str, session_id: SessionId) -> Option<Vec<u8>> {
-    if !base.iter().all(|part| needs_no_escape(part)) {
+    if !base.iter().all(|part| json_text::needs_no_escape(part)) {
         return None;
     }
     let base_len: usize = base.iter().map(|part| part.len()).sum();
@@ -397,12 +398,6 @@ fn granted_body(base: [&str; 3], token: &str, offer_id: &str, session_id: Sessio
     body.extend_from_slice(token.as_bytes());
     body.extend_from_slice(br#""}"#);
     Some(body)
-}
-
-/// Whether serde_json writes `s` inside quotes as it is: it escapes only `"`, `\`
-/// and the control characters below U+0020.
-fn needs_no_escape(s: &str) -> bool {
-    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// The WebSocket URL players should open, in up to three parts: configured, or else
