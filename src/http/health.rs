@@ -21,11 +21,15 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health))
 }
 
-/// The probes load balancers and orchestrators poll every few seconds. Mounted
-/// outside the trace and CORS layers (see `http::assemble`).
+/// The probes load balancers and orchestrators poll every few seconds. Served
+/// outside the trace and CORS layers (see `http::router`).
 pub fn probes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(livez)).routes(routes!(readyz))
 }
+
+/// The paths of [`probes`], which `http::router` sends past the API's layers (a
+/// unit test holds the two lists equal).
+pub const PROBE_PATHS: [&str; 2] = ["/livez", "/readyz"];
 
 /// Whether the server is up, and how much it holds.
 // Fields in alphabetical order, as the `json!` they replaced had them (see ErrorBody).

@@ -14,22 +14,30 @@ mod sessions;
 
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method, Request, header};
-use tower::ServiceBuilder;
+use axum::http::{HeaderName, Method, Request, Response, header};
+use axum::response::Response as Answer;
+use axum::routing::future::RouteFuture;
+use futures_util::future::Either;
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
+pub use crate::net::HttpService;
 use crate::state::AppState;
 
 /// The server's router: [`routes`], all but the probes inside the layers they
 /// share. Add no route here: routes go in [`api`], where they are documented.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> HttpService {
     let body_limit = state.settings.server.max_body_bytes;
     let cors = cors_layer(&state.settings.cors.allowed_origins);
     let (api, _) = api()
@@ -42,15 +50,51 @@ pub fn router(state: AppState) -> Router {
     // route, and every wrap costs a boxed clone of the route and a boxed future
     // per request (bench/analysis.md, round twenty).
     let api = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(Body::new))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(cors)
         .layer(DefaultBodyLimit::max(body_limit))
         .service(api.with_state(state.clone()));
-    // The probes outside them: a prober's 503 (draining, a store down) is an
-    // answer, not a failure to log at ERROR every few seconds, and browsers never
-    // call the probes (no CORS).
     let (probes, _) = health::probes().split_for_parts();
-    probes.with_state(state).fallback_service(api)
+    HttpService::new(Edge {
+        probes: probes.with_state(state),
+        api,
+    })
+}
+
+/// Sends the probes to their own router and every other request through the
+/// API's layers. The probes stay outside them: a prober's 503 (draining, a store
+/// down) is an answer, not a failure to log at ERROR every few seconds, and
+/// browsers never call the probes (no CORS). A comparison of the path, where a
+/// router of the two probes with the API as its fallback cost every request a
+/// boxed clone of the API, a boxed future and a second pass over the answer.
+#[derive(Clone)]
+struct Edge<A> {
+    probes: Router,
+    api: A,
+}
+
+impl<A> Service<Request<Incoming>> for Edge<A>
+where
+    A: Service<Request<Body>, Response = Answer, Error = Infallible>,
+{
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, A::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (axum's router, and layers that only pass it on).
+        std::task::ready!(Service::<Request<Incoming>>::poll_ready(&mut self.probes, cx))?;
+        self.api.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if health::PROBE_PATHS.contains(&request.uri().path()) {
+            Either::Left(self.probes.call(request))
+        } else {
+            Either::Right(self.api.call(request.map(Body::new)))
+        }
+    }
 }
 
 /// Every route the server serves, each with its description (`GET /openapi.json`):
@@ -105,4 +149,17 @@ fn cors_layer(origins: &[String]) -> cors::CorsLayer {
         ],
         Duration::from_secs(600),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::health;
+
+    #[test]
+    fn the_probe_paths_are_those_of_the_probes_router() {
+        let document = health::probes().into_openapi();
+        let mut paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, health::PROBE_PATHS);
+    }
 }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::Router;
+use super::HttpService;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +30,7 @@ use crate::error::ApiError;
 
 /// What every connection task shares.
 pub(super) struct Shared {
-    pub router: Router,
+    pub router: HttpService,
     pub http: hyper::server::conn::http1::Builder,
     pub timeouts: Timeouts,
     pub table: Arc<Table>,

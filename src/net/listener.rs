@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use super::HttpService;
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -48,7 +48,7 @@ impl Server {
     /// `shutdown` stops the accept loop and asks every connection to finish.
     pub fn new(
         listener: TcpListener,
-        router: Router,
+        router: HttpService,
         limits: Limits,
         shutdown: CancellationToken,
         meter: Arc<Meter>,
@@ -202,6 +202,7 @@ impl Drain {
 mod tests {
     use std::net::SocketAddr;
 
+    use axum::Router;
     use axum::extract::ConnectInfo;
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -229,7 +230,14 @@ mod tests {
         );
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(
-            Server::new(listener, router, limits(), shutdown.clone(), Default::default()).accept_until_shutdown(),
+            Server::new(
+                listener,
+                HttpService::new(router),
+                limits(),
+                shutdown.clone(),
+                Default::default(),
+            )
+            .accept_until_shutdown(),
         );
 
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

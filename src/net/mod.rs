@@ -22,3 +22,10 @@ mod throttle;
 
 pub use connection::Socket;
 pub use listener::{Drain, Limits, Server};
+
+/// What every connection serves: a request in, an answer out (`http::router`'s).
+pub type HttpService = tower::util::BoxCloneSyncService<
+    axum::http::Request<hyper::body::Incoming>,
+    axum::response::Response,
+    std::convert::Infallible,
+>;
