@@ -12,10 +12,9 @@ mod overrides;
 mod paging;
 mod sessions;
 
-use std::time::Duration;
-
 use std::convert::Infallible;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +31,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-pub use crate::net::HttpService;
+use crate::net::HttpService;
 use crate::state::AppState;
 
 /// The server's router: [`routes`], all but the probes inside the layers they

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::HttpService;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +23,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::HttpService;
 use super::table::{Entry, Phase, Slot, Table, Timeouts};
 use super::throttle::Throttle;
 use crate::error::ApiError;

@@ -5,13 +5,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::HttpService;
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::HttpService;
 use super::connection::{self, Shared};
 use super::table::{SHED_BATCH, Table, Timeouts};
 use super::throttle::Throttle;
