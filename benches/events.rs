@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use drisc::domain::events::{EventKind, SessionEvent};
 use drisc::domain::{PoolKey, SessionId};
-use drisc::events::body;
+use drisc::event_body as body;
 
 mod support;
 

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod event_body;
 pub mod events;
 pub mod healthcheck;
 pub mod http;

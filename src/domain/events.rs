@@ -160,10 +160,7 @@ impl Webhook {
     }
 }
 
-/// An event to write to the outbox. `body` is either the JSON body already made
-/// or, for an outbox that [keeps records](WebhookOutbox::keeps_records), the
-/// event's record, rendered into the same body at each delivery attempt (from
-/// the record and `created_at` alone, so every attempt signs the same bytes).
+/// An event to write to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
     /// `webhook-id`: the same on every attempt, so a receiver can drop duplicates.
@@ -174,9 +171,19 @@ pub struct OutboxEvent {
     /// or the message id for an event of no session (a refusal).
     pub ordering_key: String,
     pub event_type: EventType,
-    pub body: String,
+    pub body: OutboxBody,
     /// When the event was reported (unix ms).
     pub created_at: Millis,
+}
+
+/// What an outbox is given to send: the event itself, which the outbox turns into
+/// bytes its own way (off the request's thread, by the writer), or text to send
+/// as it is. Whatever an outbox keeps, every attempt sends the same bytes: the
+/// JSON body of the event at `created_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxBody {
+    Event(SessionEvent),
+    Text(String),
 }
 
 /// An outbox row claimed for one delivery attempt.
@@ -211,13 +218,6 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), SettingsError>;
     /// Removes the webhook and the events still waiting for it. False if there was none.
     async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError>;
-
-    /// Whether `body` may be an event's record rather than its rendered body:
-    /// false for an outbox that nodes of an older version may share and deliver
-    /// from (they would send a record as it is).
-    fn keeps_records(&self) -> bool {
-        false
-    }
 
     /// Writes a batch in one transaction, in the order given. A publisher whose
     /// outbox holds `cap` rows (waiting or dead-lettered) first loses its oldest

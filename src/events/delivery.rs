@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::Events;
-use super::body;
 use super::idle::OnMain;
 use super::signature;
 use super::target::{self, GuardedResolver};
 use crate::config::{Settings, WebhookSettings};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Settled};
+use crate::event_body as body;
 
 /// How long a claimed event is kept from other claims beyond the requests' own
 /// timeouts: a node that dies mid-attempt leaves it to be claimed again then.

@@ -17,7 +17,6 @@
 //! runs on a thread of its own that only gets the CPU admissions leave ([`idle`]):
 //! a saturated node admits as if it had no webhook, and sends the backlog after.
 
-pub mod body;
 pub mod delivery;
 pub mod idle;
 pub mod signature;
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::domain::events::{EventType, OutboxCounts, OutboxEvent, SessionEvent, Webhook, WebhookOutbox};
+use crate::domain::events::{EventType, OutboxBody, OutboxCounts, OutboxEvent, SessionEvent, Webhook, WebhookOutbox};
 use crate::domain::ports::{EndCause, SessionEvents, SettingsError};
 use crate::domain::{PoolKey, SessionId};
 use crate::meter::{EventCounters, Meter};
@@ -45,7 +44,7 @@ pub struct Published {
     pub id: String,
     pub event_type: EventType,
     pub publisher_id: String,
-    /// The JSON body ([`body::render`]).
+    /// The JSON body ([`crate::event_body::render`]).
     pub body: String,
 }
 
@@ -61,8 +60,6 @@ pub struct Events {
     max_streams: usize,
     /// Wakes the delivery when events were written.
     written: Arc<Notify>,
-    /// The outbox takes records ([`WebhookOutbox::keeps_records`]), not bodies.
-    records: bool,
 }
 
 /// The loops that move events out, spawned by [`Loops::spawn`].
@@ -85,7 +82,6 @@ impl Events {
             subscriptions: DashMap::default(),
             stream,
             queue,
-            records: outbox.keeps_records(),
             outbox,
             counters: meter.event_counters(),
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
@@ -172,7 +168,7 @@ impl SessionEvents for Events {
                 id: message_id.clone(),
                 event_type,
                 publisher_id: event.pool.publisher_id().to_owned(),
-                body: body::render(&event, now),
+                body: crate::event_body::render(&event, now),
             }));
         }
         if wanted {
@@ -183,19 +179,14 @@ impl SessionEvents for Events {
             let ordering_key = event
                 .session_id
                 .map_or_else(|| message_id.clone(), |id| id.with_text(str::to_owned));
-            // The record, not the body, where the outbox takes it: it is
-            // rendered at delivery, off this thread (see `body`).
-            let body = if self.records {
-                body::record(&event)
-            } else {
-                body::render(&event, now)
-            };
+            // The event itself: the outbox's writer renders it or packs it in a
+            // form of its own, off this thread.
             let queued = self.queue.try_send(OutboxEvent {
                 message_id,
                 publisher_id: event.pool.publisher_id().to_owned(),
                 ordering_key,
                 event_type,
-                body,
+                body: OutboxBody::Event(event),
                 created_at,
             });
             if queued.is_err() {

@@ -12,6 +12,7 @@
 pub(super) mod lane;
 mod postgres;
 mod sqlite;
+mod staged;
 
 use crate::domain::events::{Claimed, EventType, Webhook};
 use crate::domain::ports::SettingsError;

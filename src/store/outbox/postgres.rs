@@ -1,6 +1,7 @@
 //! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
 //! a claim locks the rows it takes and skips the rows another node is taking.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
@@ -8,8 +9,11 @@ use sqlx::Row;
 
 use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
-use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
+use crate::domain::events::{
+    Claimed, Enqueued, OutboxBody, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox,
+};
 use crate::domain::ports::SettingsError;
+use crate::event_body;
 use crate::store::postgres::PostgresSettings;
 
 #[async_trait]
@@ -267,7 +271,7 @@ struct Batch<'a> {
     publisher_id: Vec<&'a str>,
     ordering_key: Vec<&'a str>,
     event_type: Vec<&'static str>,
-    body: Vec<&'a str>,
+    body: Vec<Cow<'a, str>>,
     created_at: Vec<i64>,
     /// An earlier event of the same key is in this batch.
     behind: Vec<bool>,
@@ -279,7 +283,12 @@ impl<'a> Batch<'a> {
         self.publisher_id.push(&e.publisher_id);
         self.ordering_key.push(&e.ordering_key);
         self.event_type.push(e.event_type.as_str());
-        self.body.push(&e.body);
+        // The body is rendered here, by the writer, where nodes of any version
+        // read it as it is.
+        self.body.push(match &e.body {
+            OutboxBody::Event(event) => Cow::Owned(event_body::render_at(event, e.created_at)),
+            OutboxBody::Text(text) => Cow::Borrowed(text),
+        });
         self.created_at.push(to_i64(e.created_at));
         self.behind.push(behind);
     }
@@ -301,7 +310,7 @@ impl<'a> Batch<'a> {
         .bind(&self.publisher_id)
         .bind(&self.ordering_key)
         .bind(&self.event_type)
-        .bind(&self.body)
+        .bind(self.body.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
         .bind(&self.created_at)
         .bind(&self.behind)
         .bind(WAITING)

@@ -9,6 +9,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
+use super::staged::{self, Unstaged};
 use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
@@ -31,12 +32,6 @@ const IDS_PER_STATEMENT: usize = 512;
 
 #[async_trait]
 impl WebhookOutbox for SqliteSettings {
-    /// One node's own database: nodes never share it, so one that was just
-    /// upgraded is the only one to read it.
-    fn keeps_records(&self) -> bool {
-        true
-    }
-
     async fn webhook(&self, publisher_id: &str) -> Result<Option<Webhook>, SettingsError> {
         let row = sqlx::query("SELECT publisher_id, url, secret, events FROM webhooks WHERE publisher_id = ?")
             .bind(publisher_id)
@@ -116,7 +111,7 @@ impl WebhookOutbox for SqliteSettings {
                 if let [(publisher_id, list)] = by_publisher.as_slice() {
                     let n = list.len() as u64;
                     if let Some(held) = held_bound(known, publisher_id).filter(|held| held.saturating_add(n) <= cap) {
-                        let batch = frame(list).await?;
+                        let batch = staged::pack(list).await?;
                         // Unknown until the INSERT answers: an error leaves no bound.
                         forget_bound(known, publisher_id);
                         append(conn, publisher_id, list.len(), batch).await?;
@@ -231,7 +226,7 @@ async fn append(
     conn: &mut SqliteConnection,
     publisher_id: &str,
     events: usize,
-    batch: String,
+    batch: Vec<u8>,
 ) -> Result<(), SettingsError> {
     // The batch is handed over, not borrowed: sqlx copies a borrowed argument
     // before it sends it to the connection's thread.
@@ -239,7 +234,7 @@ async fn append(
         .bind(publisher_id)
         .bind(i64::try_from(events).unwrap_or(i64::MAX))
         .bind(batch)
-        .bind(COMPACT)
+        .bind(staged::PACKED)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
@@ -269,12 +264,12 @@ async fn stage_in_transaction<'p>(
         if list.is_empty() {
             continue;
         }
-        let batch = frame(&list).await?;
+        let batch = staged::pack(&list).await?;
         sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES (?, ?, ?, ?)")
             .bind(publisher_id)
             .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
             .bind(batch)
-            .bind(COMPACT)
+            .bind(staged::PACKED)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
@@ -282,305 +277,6 @@ async fn stage_in_transaction<'p>(
     }
     tx.commit().await.map_err(db_err)?;
     Ok((done, held_after))
-}
-
-/// Staged batches' forms (the column `form`): [`JSON_ARRAY`] and [`FRAMED`]
-/// were written by earlier versions and are still read; [`COMPACT`] is written now.
-const JSON_ARRAY: i64 = 1;
-const FRAMED: i64 = 2;
-const COMPACT: i64 = 3;
-
-/// One staged event, borrowed from its batch where it can be.
-struct Unstaged<'a> {
-    message_id: Cow<'a, str>,
-    ordering_key: Cow<'a, str>,
-    event_type: Cow<'a, str>,
-    body: Cow<'a, str>,
-    created_at: Millis,
-}
-
-/// The first form: a JSON array of [message id, ordering key, type, body, created at].
-#[derive(serde::Deserialize)]
-struct JsonStaged(String, String, String, String, Millis);
-
-/// The [`FRAMED`] form: per event a header line `message_id ordering_key
-/// event_type created_at length` and then `length` bytes of body as they are.
-/// Read, no longer written: see [`COMPACT`].
-fn unframe_framed(batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
-    let mut events = Vec::new();
-    let mut rest = batch;
-    while !rest.is_empty() {
-        let (header, after) = rest.split_once('\n').ok_or("a header without its line break")?;
-        let mut fields = header.split(' ');
-        let mut next = || fields.next().ok_or_else(|| format!("a short header: {header:?}"));
-        let (message_id, ordering_key, event_type) = (next()?, next()?, next()?);
-        let created_at = next()?.parse().map_err(|_| format!("a bad created_at: {header:?}"))?;
-        let length: usize = next()?.parse().map_err(|_| format!("a bad length: {header:?}"))?;
-        let body = after
-            .get(..length)
-            .ok_or_else(|| format!("a body shorter than its length: {header:?}"))?;
-        rest = &after[length..];
-        events.push(Unstaged {
-            message_id: Cow::Borrowed(message_id),
-            ordering_key: Cow::Borrowed(ordering_key),
-            event_type: Cow::Borrowed(event_type),
-            body: Cow::Borrowed(body),
-            created_at,
-        });
-    }
-    Ok(events)
-}
-
-/// Events framed at most between two yields of the writer's task: framing a
-/// batch of thousands at once would hold a runtime thread for a millisecond.
-const FRAME_CHUNK: usize = 256;
-
-/// A batch in the [`COMPACT`] form, its events framed a chunk at a time.
-async fn frame(events: &[&OutboxEvent]) -> Result<String, SettingsError> {
-    let mut framer = Framer::for_events(events);
-    for (n, chunk) in events.chunks(FRAME_CHUNK).enumerate() {
-        if n > 0 {
-            tokio::task::yield_now().await;
-        }
-        for e in chunk {
-            framer.push(e)?;
-        }
-    }
-    Ok(framer.batch)
-}
-
-/// The [`COMPACT`] form: per event a header line `message_id key type created
-/// length nulls`, then `length` bytes of the stored body. Every byte staged is
-/// written twice (the WAL, then the checkpoint) and costs the outbox's SQLite
-/// thread on a saturated node's core, so what the body already holds is not
-/// written again:
-///
-/// - `key` (the ordering key) and `type`: `@O+L`, the stored body's bytes from
-///   offset `O`, `L` long (a record holds its type and its session id, the usual
-///   key); `=`, the message id (an event of no session); or `:` and the text;
-/// - `created`: milliseconds since the event before it in the batch (the first's
-///   since 0), signed, as the clock may step back;
-/// - `nulls`: how many `,null` ended the body before its closing `]` (a record's
-///   absent fields) and are not stored: with them the stored body ends before the
-///   `,null`s, and they come back with the `]` when read.
-///
-/// Ids and types are made by this server (`msg_` and hex digits, a session id, a
-/// type's name) and never hold a space or a line break; one that did would be
-/// refused here rather than misread later.
-struct Framer {
-    batch: String,
-    previous: Millis,
-}
-
-/// The `,null` a record's absent field is, and how many are left out at most (a
-/// record has 10 fields after its version).
-const NULL: &str = ",null";
-const MAX_NULLS: usize = 10;
-
-impl Framer {
-    fn for_events(events: &[&OutboxEvent]) -> Self {
-        // Room for the header with its ids in full: a reallocation of a batch this
-        // size costs more than the slack.
-        let size = events.iter().map(|e| e.message_id.len() + e.body.len() + 48).sum();
-        Self {
-            batch: String::with_capacity(size),
-            previous: 0,
-        }
-    }
-
-    fn push(&mut self, e: &OutboxEvent) -> Result<(), SettingsError> {
-        check_word(&e.message_id)?;
-        let (stored, nulls) = without_nulls(&e.body);
-        let batch = &mut self.batch;
-        // Written piece by piece, not through `write!`: this runs for every
-        // event, on the server's runtime, and the formatter took more than the copies.
-        batch.push_str(&e.message_id);
-        batch.push(' ');
-        if e.ordering_key == e.message_id {
-            batch.push('=');
-        } else {
-            push_reference(batch, stored, &e.ordering_key)?;
-        }
-        batch.push(' ');
-        push_reference(batch, stored, e.event_type.as_str())?;
-        batch.push(' ');
-        // Two's complement: the read adds it back with `wrapping_add_signed`, exact for any two times.
-        let step = e.created_at.wrapping_sub(self.previous) as i64;
-        self.previous = e.created_at;
-        if step < 0 {
-            batch.push('-');
-        }
-        push_decimal(batch, step.unsigned_abs());
-        batch.push(' ');
-        push_decimal(batch, stored.len() as u64);
-        batch.push(' ');
-        push_decimal(batch, nulls as u64);
-        batch.push('\n');
-        batch.push_str(stored);
-        Ok(())
-    }
-}
-
-/// `body` without the `,null`s before its closing `]`, and how many.
-fn without_nulls(body: &str) -> (&str, usize) {
-    let Some(mut stored) = body.strip_suffix(']') else {
-        return (body, 0);
-    };
-    let mut nulls = 0;
-    while nulls < MAX_NULLS
-        && let Some(shorter) = stored.strip_suffix(NULL)
-    {
-        stored = shorter;
-        nulls += 1;
-    }
-    if nulls == 0 { (body, 0) } else { (stored, nulls) }
-}
-
-/// A field written out in a header line: not empty, no space, no line break.
-fn check_word(field: &str) -> Result<(), SettingsError> {
-    if field.is_empty() || field.bytes().any(|b| b == b' ' || b == b'\n') {
-        return Err(SettingsError::Database(format!(
-            "an outbox event's id or key holds a space or a line break: {field:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// `text` as where it is in `stored` (`@offset+length`), or written out (`:text`).
-fn push_reference(batch: &mut String, stored: &str, text: &str) -> Result<(), SettingsError> {
-    match quoted_at(stored, text) {
-        Some(at) => {
-            batch.push('@');
-            push_decimal(batch, at as u64);
-            batch.push('+');
-            push_decimal(batch, text.len() as u64);
-        }
-        None => {
-            check_word(text)?;
-            batch.push(':');
-            batch.push_str(text);
-        }
-    }
-    Ok(())
-}
-
-/// Where `text` starts right after a `"` in `stored`: in a record the key and
-/// the type are strings of their own. Only the bytes after each quote are
-/// compared, where a general substring search (`str::find`) set up a searcher
-/// per call and took more instructions than the rest of the framing.
-fn quoted_at(stored: &str, text: &str) -> Option<usize> {
-    if text.is_empty() {
-        return None;
-    }
-    let bytes = stored.as_bytes();
-    let mut from = 0;
-    while let Some(quote) = bytes.get(from..)?.iter().position(|&b| b == b'"') {
-        let at = from + quote + 1;
-        if bytes[at..].starts_with(text.as_bytes()) {
-            return Some(at);
-        }
-        from = at;
-    }
-    None
-}
-
-/// A key or type of a [`COMPACT`] header, from the stored body it refers to.
-fn dereference<'a>(field: &'a str, stored: &'a str, message_id: &'a str) -> Result<&'a str, String> {
-    if field == "=" {
-        return Ok(message_id);
-    }
-    if let Some(text) = field.strip_prefix(':') {
-        return Ok(text);
-    }
-    let slice = field.strip_prefix('@').and_then(|at| {
-        let (offset, length) = at.split_once('+')?;
-        let offset: usize = offset.parse().ok()?;
-        stored.get(offset..offset.checked_add(length.parse().ok()?)?)
-    });
-    slice.ok_or_else(|| format!("a bad reference {field:?} into a body of {} bytes", stored.len()))
-}
-
-fn unframe_compact(batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
-    let mut events = Vec::new();
-    let mut rest = batch;
-    let mut previous: Millis = 0;
-    while !rest.is_empty() {
-        let (header, after) = rest.split_once('\n').ok_or("a header without its line break")?;
-        let mut fields = header.split(' ');
-        let mut next = || fields.next().ok_or_else(|| format!("a short header: {header:?}"));
-        let (message_id, key, event_type, created) = (next()?, next()?, next()?, next()?);
-        let length: usize = next()?.parse().map_err(|_| format!("a bad length: {header:?}"))?;
-        let nulls: usize = next()?
-            .parse()
-            .ok()
-            .filter(|n| *n <= MAX_NULLS)
-            .ok_or_else(|| format!("a bad null count: {header:?}"))?;
-        let step: i64 = created.parse().map_err(|_| format!("a bad created_at: {header:?}"))?;
-        previous = previous.wrapping_add_signed(step);
-        let stored = after
-            .get(..length)
-            .ok_or_else(|| format!("a body shorter than its length: {header:?}"))?;
-        rest = &after[length..];
-        let body = if nulls == 0 {
-            Cow::Borrowed(stored)
-        } else {
-            let mut body = String::with_capacity(stored.len() + nulls * NULL.len() + 1);
-            body.push_str(stored);
-            for _ in 0..nulls {
-                body.push_str(NULL);
-            }
-            body.push(']');
-            Cow::Owned(body)
-        };
-        events.push(Unstaged {
-            message_id: Cow::Borrowed(message_id),
-            ordering_key: Cow::Borrowed(dereference(key, stored, message_id)?),
-            event_type: Cow::Borrowed(dereference(event_type, stored, message_id)?),
-            body,
-            created_at: previous,
-        });
-    }
-    Ok(events)
-}
-
-/// `n` in decimal, as `Display` writes it.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[start..] {
-        out.push(char::from(d));
-    }
-}
-
-/// The events of a staged batch, in order; an error for a batch this version
-/// cannot read (a newer node's form, or damage).
-fn unframe(form: i64, batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
-    match form {
-        JSON_ARRAY => {
-            let events: Vec<JsonStaged> = serde_json::from_str(batch).map_err(|e| e.to_string())?;
-            Ok(events
-                .into_iter()
-                .map(|JsonStaged(message_id, key, event_type, body, created_at)| Unstaged {
-                    message_id: Cow::Owned(message_id),
-                    ordering_key: Cow::Owned(key),
-                    event_type: Cow::Owned(event_type),
-                    body: Cow::Owned(body),
-                    created_at,
-                })
-                .collect())
-        }
-        FRAMED => unframe_framed(batch),
-        COMPACT => unframe_compact(batch),
-        other => Err(format!("an unknown form {other}")),
-    }
 }
 
 /// A claim's work inside its transaction: due rows first (retries, and events
@@ -632,7 +328,7 @@ const LANE_LEAST: usize = 1024;
 /// cannot be read: a newer node's form stays for it, and so does what follows,
 /// as order per session wants).
 async fn refill(tx: &mut SqliteConnection, lane: &mut Lane) -> Result<bool, SettingsError> {
-    let next: Option<(i64, String, String, i64)> = sqlx::query_as(
+    let next: Option<(i64, String, Vec<u8>, i64)> = sqlx::query_as(
         "SELECT id, publisher_id, batch, form FROM webhook_outbox_staged WHERE id > ? ORDER BY id LIMIT 1",
     )
     .bind(lane.read_upto())
@@ -642,7 +338,7 @@ async fn refill(tx: &mut SqliteConnection, lane: &mut Lane) -> Result<bool, Sett
     let Some((id, publisher_id, batch, form)) = next else {
         return Ok(false);
     };
-    let events = match unframe(form, &batch) {
+    let events = match staged::unstage(form, &batch, &publisher_id) {
         Ok(events) => events,
         Err(e) => {
             tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
@@ -970,153 +666,4 @@ async fn promote_next(tx: &mut sqlx::SqliteConnection, keys: &[String]) -> Resul
     promote.push(" GROUP BY ordering_key)");
     promote.build().execute(tx).await.map_err(db_err)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::events::EventType;
-
-    fn event(n: u64, body: &str) -> OutboxEvent {
-        OutboxEvent {
-            message_id: format!("msg_{n}"),
-            publisher_id: "p".into(),
-            ordering_key: format!("key-{}", n % 2),
-            event_type: EventType::Ended,
-            body: body.into(),
-            created_at: 1_764_527_405_000 + n,
-        }
-    }
-
-    /// Bodies go in as they are, whatever they hold (line breaks, spaces, header-like
-    /// text, `,null`s, nothing), and come out the same, in order, with their keys,
-    /// types and times, whether the body holds them or not.
-    #[tokio::test]
-    async fn a_compact_batch_reads_back_every_event_as_written() {
-        let bodies = [
-            "{\"a\":\"b c\"}",
-            "",
-            "x 1 2 3 4\nmsg_9 k t 1 2\n",
-            "\u{e9}\u{1f600}",
-            "[1,\"\\\"\"]",
-            "[1,\"session.ended\",\"key-1\",null,null]",
-            ",null]",
-            "[,null,null,null,null,null,null,null,null,null,null,null,null]",
-            "]",
-            "[1,\"session.granted\",\"key-0\"]",
-        ];
-        let mut events: Vec<OutboxEvent> = bodies.iter().enumerate().map(|(n, b)| event(n as u64, b)).collect();
-        // An event of no session (keyed by its message id), and clocks that step back.
-        events[3].ordering_key = events[3].message_id.clone();
-        events[4].created_at = 5;
-        events[6].created_at = u64::MAX;
-        let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let batch = frame(&refs).await.expect("framed");
-        let read = unframe(COMPACT, &batch).expect("read back");
-        assert_eq!(read.len(), events.len());
-        for (e, r) in events.iter().zip(&read) {
-            assert_eq!(r.message_id, e.message_id);
-            assert_eq!(r.ordering_key, e.ordering_key);
-            assert_eq!(r.event_type, e.event_type.as_str());
-            assert_eq!(r.body, e.body);
-            assert_eq!(r.created_at, e.created_at);
-        }
-    }
-
-    /// What the form leaves out: a record's key, type, trailing nulls and most of
-    /// its time are not written twice.
-    #[tokio::test]
-    async fn a_compact_event_stages_its_record_and_little_more() {
-        let id = "0f6d8a4e-2b1c-4d6e-9f00-1a2b3c4d5e6f";
-        let record = format!("[1,\"session.granted\",\"c\",\"o\",\"{id}\",null,null,null,null,null,null]");
-        let mut e = event(0, &record);
-        e.ordering_key = id.into();
-        e.event_type = EventType::Granted;
-        let mut second = event(1, &record);
-        (second.ordering_key, second.event_type) = (id.into(), EventType::Granted);
-        let batch = frame(&[&e, &second]).await.expect("framed");
-        let stored = record.trim_end_matches(']').trim_end_matches(",null");
-        assert_eq!(
-            batch,
-            format!(
-                "msg_0 @30+36 @4+15 1764527405000 {n} 6\n{stored}msg_1 @30+36 @4+15 1 {n} 6\n{stored}",
-                n = stored.len()
-            )
-        );
-        let read = unframe(COMPACT, &batch).expect("read back");
-        assert_eq!(
-            (read[1].body.as_ref(), read[1].ordering_key.as_ref()),
-            (record.as_str(), id)
-        );
-    }
-
-    /// A batch of many chunks is framed as one batch.
-    #[tokio::test]
-    async fn a_batch_of_many_chunks_is_one_batch() {
-        let events: Vec<OutboxEvent> = (0..(FRAME_CHUNK as u64 * 2 + 3)).map(|n| event(n, "[1]")).collect();
-        let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let read_back = frame(&refs).await.expect("framed");
-        let read = unframe(COMPACT, &read_back).expect("read back");
-        assert_eq!(read.len(), events.len());
-        assert!(read.iter().zip(&events).all(|(r, e)| r.created_at == e.created_at));
-    }
-
-    /// Batches staged before the compact form are still read.
-    #[test]
-    fn a_framed_batch_of_the_second_version_is_still_read() {
-        let batch = "msg_1 k session.ended 7 7\n{\"a\":1}msg_2 k2 session.granted 1764527405000 0\n";
-        let read = unframe(FRAMED, batch).expect("read");
-        assert_eq!(read.len(), 2);
-        assert_eq!(
-            (
-                read[0].message_id.as_ref(),
-                read[0].ordering_key.as_ref(),
-                read[0].body.as_ref(),
-                read[0].created_at
-            ),
-            ("msg_1", "k", "{\"a\":1}", 7)
-        );
-        assert_eq!(
-            (read[1].event_type.as_ref(), read[1].body.as_ref(), read[1].created_at),
-            ("session.granted", "", 1_764_527_405_000)
-        );
-        assert!(unframe(FRAMED, &batch[..batch.len() - 2]).is_err());
-    }
-
-    #[test]
-    fn a_batch_staged_by_the_first_version_is_still_read() {
-        let batch = r#"[["msg_1","k","session.ended","{\"a\":1}",7],["msg_2","k","session.granted","",8]]"#;
-        let read = unframe(JSON_ARRAY, batch).expect("read");
-        assert_eq!(read.len(), 2);
-        assert_eq!(
-            (read[0].message_id.as_ref(), read[0].body.as_ref(), read[0].created_at),
-            ("msg_1", "{\"a\":1}", 7)
-        );
-        assert_eq!(
-            (read[1].event_type.as_ref(), read[1].body.as_ref()),
-            ("session.granted", "")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_damaged_or_unknown_batch_is_an_error_and_an_id_with_a_space_is_refused() {
-        let events = [event(1, "[1,\"key-1\",null]")];
-        let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let batch = frame(&refs).await.expect("framed");
-        assert!(unframe(COMPACT, &batch[..batch.len() - 1]).is_err());
-        assert!(unframe(4, &batch).is_err());
-        for damaged in [
-            "m @9+2 :t 0 3 0\nabc",
-            "m @1+x :t 0 3 0\nabc",
-            "m = :t 0 3 11\nabc",
-            "m = :t 0 3 18446744073709551615\nabc",
-            "m = :t x 3 0\nabc",
-            "m = :t 0 3\nabc",
-        ] {
-            assert!(unframe(COMPACT, damaged).is_err(), "{damaged:?}");
-        }
-        let mut spaced = event(1, "body");
-        spaced.ordering_key = "a b".into();
-        assert!(frame(&[&spaced]).await.is_err());
-    }
 }

@@ -2,11 +2,16 @@
 //! signed) and in the live stream's `data:` line. The envelope is the Standard
 //! Webhooks one: `type`, `timestamp` (RFC 3339), `data`.
 //!
-//! A webhook's event is not rendered when it happens but at delivery: the outbox
-//! keeps its [`record`] (the fields alone, about half the bytes, made on the
-//! request's thread), and [`deliverable`] renders it on the webhooks' own thread.
-//! At saturation the outbox's bytes (SQLite's WAL pages and checkpoints) and the
+//! A webhook's event is not rendered when it happens but by the outbox: an
+//! outbox that nodes share (PostgreSQL) renders the body when its writer stores
+//! the event ([`render_at`]); SQLite's packs the event in a form of its own and,
+//! when it reads it back, keeps its [`record`] (the fields alone, about half the
+//! bytes), which [`deliverable`] renders on the webhooks' own thread. At
+//! saturation the outbox's bytes (SQLite's WAL pages and checkpoints) and the
 //! rendering were most of what webhooks took from admissions.
+//!
+//! Both the events' fan-out and the stores use this module, which imports
+//! nothing of ours but the domain and [`json_text`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -46,6 +51,19 @@ const RECORD_CAPACITY: usize = 192;
 
 pub fn render(event: &SessionEvent, at: SystemTime) -> String {
     envelope(Record::of(event), event.pool.publisher_id(), at)
+}
+
+/// The body of an event reported at `created_at` (unix ms): what [`render`] made
+/// then, and what [`deliverable`] makes of its [`record`].
+pub fn render_at(event: &SessionEvent, created_at: u64) -> String {
+    render(event, at_millis(created_at))
+}
+
+fn at_millis(created_at: u64) -> SystemTime {
+    // A time past what the platform can hold (a damaged row) must not panic.
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(created_at))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// The body, written by hand: the Standard Webhooks envelope `{"data":{…},
@@ -177,9 +195,9 @@ fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D:
 
 /// The event as the outbox keeps it until delivery ([`deliverable`] renders it).
 /// Written by hand, byte for byte what serde_json makes of [`Stored`] (a test
-/// holds them equal): this runs on the request's thread for every event, and
-/// serde_json's escaping of every byte and its formatting of the ids took most of
-/// the report's instructions.
+/// holds them equal): it ran on the request's thread for every event until the
+/// outbox's writer took the event itself, and serde_json's escaping of every byte
+/// and its formatting of the ids took most of the report's instructions.
 pub fn record(event: &SessionEvent) -> String {
     let r = Record::of(event);
     let mut out = String::with_capacity(RECORD_CAPACITY);
@@ -270,8 +288,7 @@ pub fn deliverable<'b>(stored: &'b str, publisher_id: &str, created_at: u64) -> 
         enforced,
         taken_over_by: by.zip(by_name),
     };
-    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(created_at);
-    Ok(Cow::Owned(envelope(record, publisher_id, at)))
+    Ok(Cow::Owned(envelope(record, publisher_id, at_millis(created_at))))
 }
 
 /// The structs serde_json rendered bodies from before [`envelope`] was written
