@@ -6,6 +6,8 @@
 //! [`super::ports::SessionEvents`]); everything that can be slow (writing the
 //! outbox, calling a publisher's endpoint) happens behind it, off the admission path.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 
 use super::clock::Millis;
@@ -166,10 +168,6 @@ pub struct OutboxEvent {
     /// `webhook-id`: the same on every attempt, so a receiver can drop duplicates.
     pub message_id: String,
     pub publisher_id: String,
-    /// Events with the same key are delivered in the order they were written, each
-    /// only after the one before succeeded (or was given up on): the session id,
-    /// or the message id for an event of no session (a refusal).
-    pub ordering_key: String,
     pub event_type: EventType,
     pub body: OutboxBody,
     /// When the event was reported (unix ms).
@@ -183,7 +181,24 @@ pub struct OutboxEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxBody {
     Event(SessionEvent),
-    Text(String),
+    Text { body: String, ordering_key: String },
+}
+
+impl OutboxEvent {
+    /// Events with the same key are delivered in the order they were written,
+    /// each only after the one before succeeded (or was given up on). An event's
+    /// key is its session's id, or its message id for an event of no session (a
+    /// refusal): known from the event, so it is made only where an outbox needs
+    /// it as text.
+    pub fn ordering_key(&self) -> Cow<'_, str> {
+        match &self.body {
+            OutboxBody::Event(event) => match event.session_id {
+                Some(id) => Cow::Owned(id.with_text(str::to_owned)),
+                None => Cow::Borrowed(&self.message_id),
+            },
+            OutboxBody::Text { ordering_key, .. } => Cow::Borrowed(ordering_key),
+        }
+    }
 }
 
 /// An outbox row claimed for one delivery attempt.

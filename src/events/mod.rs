@@ -176,15 +176,11 @@ impl SessionEvents for Events {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
-            let ordering_key = event
-                .session_id
-                .map_or_else(|| message_id.clone(), |id| id.with_text(str::to_owned));
             // The event itself: the outbox's writer renders it or packs it in a
             // form of its own, off this thread.
             let queued = self.queue.try_send(OutboxEvent {
                 message_id,
                 publisher_id: event.pool.publisher_id().to_owned(),
-                ordering_key,
                 event_type,
                 body: OutboxBody::Event(event),
                 created_at,

@@ -119,12 +119,10 @@ async fn every_kind_of_event_given_as_itself_is_delivered_as_its_body(s: Subject
             } else {
                 format!("msg_{:032x}", 0xabcdef_u128 * (n as u128 + 1))
             };
-            let ordering_key = event.session_id.map_or_else(|| message_id.clone(), |id| id.to_string());
             let created_at = if n == 3 { 5 } else { 500_000 + n as u64 * 1_001 };
             let outbox_event = OutboxEvent {
                 message_id,
                 publisher_id: "p".into(),
-                ordering_key,
                 event_type: event.event_type(),
                 body: OutboxBody::Event(event.clone()),
                 created_at,
@@ -279,7 +277,9 @@ async fn events_the_writer_wrote_are_read_after_a_restart_and_a_failed_batch_doe
         db.put_webhook(&hook("p")).await.unwrap();
         assert_eq!(db.enqueue(&[event("p", "a", 0)], 100).await.unwrap().written, 1);
         let mut keyless = event("p", "a", 1);
-        keyless.ordering_key = String::new();
+        if let OutboxBody::Text { ordering_key, .. } = &mut keyless.body {
+            ordering_key.clear();
+        }
         assert!(db.enqueue(&[keyless], 100).await.is_err());
         let done = db
             .enqueue(&[event("p", "a", 2), event("p", "b", 3)], 100)
@@ -360,9 +360,11 @@ fn event(publisher_id: &str, key: &str, n: u64) -> OutboxEvent {
     OutboxEvent {
         message_id: format!("msg_{key}_{n}"),
         publisher_id: publisher_id.into(),
-        ordering_key: key.into(),
         event_type: EventType::Granted,
-        body: OutboxBody::Text(format!("{{\"n\":{n}}}")),
+        body: OutboxBody::Text {
+            body: format!("{{\"n\":{n}}}"),
+            ordering_key: key.into(),
+        },
         created_at: 1_000 + n,
     }
 }

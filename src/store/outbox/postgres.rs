@@ -73,7 +73,7 @@ impl WebhookOutbox for PostgresSettings {
         let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
         let mut batch = Batch::default();
-        let mut keys_seen: HashSet<&str> = HashSet::new();
+        let mut keys_seen: HashSet<Cow<'_, str>> = HashSet::new();
         for e in events {
             let left = match room.get(e.publisher_id.as_str()) {
                 Some(left) => *left,
@@ -90,8 +90,9 @@ impl WebhookOutbox for PostgresSettings {
             room.insert(&e.publisher_id, left - 1);
             // The statement sees the table as it was before it: a key's later
             // events in this batch wait behind its first one here.
-            let behind = !keys_seen.insert(&e.ordering_key);
-            batch.push(e, behind);
+            let key = e.ordering_key();
+            let behind = !keys_seen.insert(key.clone());
+            batch.push(e, key, behind);
             done.written += 1;
         }
         if !batch.message_id.is_empty() {
@@ -269,7 +270,7 @@ async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<()
 struct Batch<'a> {
     message_id: Vec<&'a str>,
     publisher_id: Vec<&'a str>,
-    ordering_key: Vec<&'a str>,
+    ordering_key: Vec<Cow<'a, str>>,
     event_type: Vec<&'static str>,
     body: Vec<Cow<'a, str>>,
     created_at: Vec<i64>,
@@ -278,16 +279,16 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn push(&mut self, e: &'a OutboxEvent, behind: bool) {
+    fn push(&mut self, e: &'a OutboxEvent, ordering_key: Cow<'a, str>, behind: bool) {
         self.message_id.push(&e.message_id);
         self.publisher_id.push(&e.publisher_id);
-        self.ordering_key.push(&e.ordering_key);
+        self.ordering_key.push(ordering_key);
         self.event_type.push(e.event_type.as_str());
         // The body is rendered here, by the writer, where nodes of any version
         // read it as it is.
         self.body.push(match &e.body {
             OutboxBody::Event(event) => Cow::Owned(event_body::render_at(event, e.created_at)),
-            OutboxBody::Text(text) => Cow::Borrowed(text),
+            OutboxBody::Text { body, .. } => Cow::Borrowed(body),
         });
         self.created_at.push(to_i64(e.created_at));
         self.behind.push(behind);
@@ -308,7 +309,7 @@ impl<'a> Batch<'a> {
         )
         .bind(&self.message_id)
         .bind(&self.publisher_id)
-        .bind(&self.ordering_key)
+        .bind(self.ordering_key.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
         .bind(&self.event_type)
         .bind(self.body.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
         .bind(&self.created_at)

@@ -52,10 +52,11 @@ pub(super) async fn pack(events: &[&OutboxEvent]) -> Result<Vec<u8>, SettingsErr
             tokio::task::yield_now().await;
         }
         for e in chunk {
-            if e.message_id.is_empty() || e.ordering_key.is_empty() {
+            let keyless = matches!(&e.body, OutboxBody::Text { ordering_key, .. } if ordering_key.is_empty());
+            if e.message_id.is_empty() || keyless {
                 return Err(SettingsError::Database(format!(
-                    "an outbox event without a message id or an ordering key: {:?}, {:?}",
-                    e.message_id, e.ordering_key
+                    "an outbox event without a message id or an ordering key: {:?}",
+                    e.message_id
                 )));
             }
             pack_event(&mut batch, e, previous);
@@ -70,8 +71,9 @@ pub(super) async fn pack(events: &[&OutboxEvent]) -> Result<Vec<u8>, SettingsErr
 /// - a head byte: the type (bits 0–2, its place in [`EventType::ALL`]); the
 ///   message id is `msg_` and 32 lower-case hex digits, kept as their 16 bytes
 ///   (bit 3; otherwise it is a text); the ordering key (bits 4–5: [`KEY_SESSION`],
-///   the event's session id; [`KEY_MESSAGE`], the message id; [`KEY_TEXT`], a
-///   text of its own); the body is an event (bit 6; otherwise a text);
+///   the event's session id; [`KEY_MESSAGE`], the message id, for an event of no
+///   session; [`KEY_TEXT`], a text given with a body of text); the body is an
+///   event (bit 6; otherwise a text);
 /// - `created_at`: milliseconds since the event before it in the batch (the
 ///   first's since 0), signed as the clock may step back, a zigzag varint;
 /// - the message id, then the key if it is a text;
@@ -86,23 +88,16 @@ pub(super) async fn pack(events: &[&OutboxEvent]) -> Result<Vec<u8>, SettingsErr
 /// The publisher is the staged row's.
 fn pack_event(out: &mut Vec<u8>, e: &OutboxEvent, previous: Millis) {
     let hex_id = message_id_bytes(&e.message_id);
-    let event = match &e.body {
-        OutboxBody::Event(event) => Some(event),
-        OutboxBody::Text(_) => None,
-    };
-    let session = event.and_then(|event| event.session_id);
-    let key = if session.is_some_and(|id| id.with_text(|text| text == e.ordering_key)) {
-        KEY_SESSION
-    } else if e.ordering_key == e.message_id {
-        KEY_MESSAGE
-    } else {
-        KEY_TEXT
+    let (key, text_key) = match &e.body {
+        OutboxBody::Event(event) if event.session_id.is_some() => (KEY_SESSION, None),
+        OutboxBody::Event(_) => (KEY_MESSAGE, None),
+        OutboxBody::Text { ordering_key, .. } => (KEY_TEXT, Some(ordering_key)),
     };
     let mut head = type_index(e.event_type) | (key << KEY_SHIFT);
     if hex_id.is_some() {
         head |= HEX_ID;
     }
-    if event.is_some() {
+    if matches!(e.body, OutboxBody::Event(_)) {
         head |= EVENT_BODY;
     }
     out.push(head);
@@ -112,11 +107,11 @@ fn pack_event(out: &mut Vec<u8>, e: &OutboxEvent, previous: Millis) {
         Some(bytes) => out.extend_from_slice(&bytes),
         None => push_text(out, &e.message_id),
     }
-    if key == KEY_TEXT {
-        push_text(out, &e.ordering_key);
+    if let Some(text_key) = text_key {
+        push_text(out, text_key);
     }
     match &e.body {
-        OutboxBody::Text(text) => push_text(out, text),
+        OutboxBody::Text { body, .. } => push_text(out, body),
         OutboxBody::Event(event) => pack_session_event(out, event),
     }
 }
@@ -172,13 +167,21 @@ const MESSAGE_PREFIX: &str = "msg_";
 /// The 16 bytes behind a message id of this server's making (`msg_` and 32
 /// lower-case hex digits); none for any other text, which is kept as it is.
 fn message_id_bytes(id: &str) -> Option<[u8; 16]> {
-    let hex = id.strip_prefix(MESSAGE_PREFIX)?;
-    if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    let hex = id.strip_prefix(MESSAGE_PREFIX)?.as_bytes();
+    if hex.len() != 32 {
         return None;
     }
-    uuid::Uuid::try_parse_ascii(hex.as_bytes())
-        .ok()
-        .map(|id| id.into_bytes())
+    // One pass, lower case only: what `message_id_text` writes back.
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut bytes = [0u8; 16];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(bytes)
 }
 
 fn message_id_text(bytes: [u8; 16]) -> String {
@@ -501,19 +504,19 @@ mod tests {
         OutboxEvent {
             message_id: format!("msg_{n}"),
             publisher_id: PUBLISHER.into(),
-            ordering_key: format!("key-{}", n % 2),
             event_type: EventType::Ended,
-            body: OutboxBody::Text(body.into()),
+            body: OutboxBody::Text {
+                body: body.into(),
+                ordering_key: format!("key-{}", n % 2),
+            },
             created_at: 1_764_527_405_000 + n,
         }
     }
 
-    /// An event as the server reports it: a message id of its making, keyed by
-    /// its session (or, without one, by its message id).
+    /// An event as the server reports it, with a message id of its making.
     fn session_event(n: u128, event: SessionEvent) -> OutboxEvent {
         let message_id = format!("msg_{:032x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
         OutboxEvent {
-            ordering_key: event.session_id.map_or_else(|| message_id.clone(), |id| id.to_string()),
             message_id,
             publisher_id: PUBLISHER.into(),
             event_type: event.event_type(),
@@ -559,7 +562,18 @@ mod tests {
     fn body(e: &OutboxEvent) -> String {
         match &e.body {
             OutboxBody::Event(event) => event_body::record(event),
-            OutboxBody::Text(text) => text.clone(),
+            OutboxBody::Text { body, .. } => body.clone(),
+        }
+    }
+
+    /// An event's key as the server makes it: its session's id, or its message
+    /// id for an event of no session; a text's, as given.
+    fn key(e: &OutboxEvent) -> String {
+        match &e.body {
+            OutboxBody::Event(event) => event
+                .session_id
+                .map_or_else(|| e.message_id.clone(), |id| id.to_string()),
+            OutboxBody::Text { ordering_key, .. } => ordering_key.clone(),
         }
     }
 
@@ -567,7 +581,8 @@ mod tests {
         assert_eq!(read.len(), events.len());
         for (e, r) in events.iter().zip(read) {
             assert_eq!(r.message_id, e.message_id);
-            assert_eq!(r.ordering_key, e.ordering_key);
+            assert_eq!(r.ordering_key, key(e));
+            assert_eq!(r.ordering_key, e.ordering_key());
             assert_eq!(r.event_type, e.event_type.as_str());
             assert_eq!(r.body, body(e));
             assert_eq!(r.created_at, e.created_at);
@@ -589,14 +604,17 @@ mod tests {
         {
             events.push(text_event(n as u64, text));
         }
-        // Keys and message ids not of the usual shape, and clocks that step back.
-        events[0].ordering_key = "a key of its own".into();
+        // Message ids not of the usual shape, and clocks that step back.
         events[1].message_id = "msg_ABCDEF0123456789abcdef0123456789".into();
         events[2].message_id = "msg_0123".into();
         events[3].created_at = 5;
         events[4].created_at = u64::MAX;
+        // A text keyed by its own message id.
         let last = events.len() - 1;
-        events[last].ordering_key = events[last].message_id.clone();
+        let message_id = events[last].message_id.clone();
+        if let OutboxBody::Text { ordering_key, .. } = &mut events[last].body {
+            *ordering_key = message_id;
+        }
         let refs: Vec<&OutboxEvent> = events.iter().collect();
         let batch = pack(&refs).await.expect("packed");
         let read = unstage(PACKED, &batch, PUBLISHER).expect("read back");
@@ -683,7 +701,11 @@ mod tests {
         assert!(unstage(5, &batch, PUBLISHER).is_err(), "an unknown form");
         for (message_id, key) in [("", "k"), ("msg_1", "")] {
             let mut e = text_event(1, "{}");
-            (e.message_id, e.ordering_key) = (message_id.into(), key.into());
+            e.message_id = message_id.into();
+            e.body = OutboxBody::Text {
+                body: "{}".into(),
+                ordering_key: key.into(),
+            };
             assert!(pack(&[&e]).await.is_err(), "{message_id:?} {key:?}");
         }
     }
@@ -710,7 +732,10 @@ mod tests {
             .enumerate()
             .map(|(n, b)| text_event(n as u64, b))
             .collect();
-        events[3].ordering_key = events[3].message_id.clone();
+        let message_id = events[3].message_id.clone();
+        if let OutboxBody::Text { ordering_key, .. } = &mut events[3].body {
+            *ordering_key = message_id;
+        }
         events[4].created_at = 5;
         events[6].created_at = u64::MAX;
         let read = unstage(COMPACT, batch.as_bytes(), PUBLISHER).expect("read");
