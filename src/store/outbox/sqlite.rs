@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
-use super::staged::{self, Unstaged};
+use super::staged::{self, StagedBody, Unstaged};
 use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
@@ -363,16 +363,21 @@ async fn refill(tx: &mut SqliteConnection, lane: &mut Lane) -> Result<bool, Sett
         let found: Vec<String> = probe.build_query_scalar().fetch_all(&mut *tx).await.map_err(db_err)?;
         with_rows.extend(found);
     }
-    let incoming = events
-        .iter()
-        .map(|e| Incoming {
+    let mut incoming = Vec::with_capacity(events.len());
+    for (n, e) in events.iter().enumerate() {
+        // A packed event's record is made here: a batch's at once would hold
+        // the server's runtime thread this claim runs on.
+        if n > 0 && n % staged::CHUNK == 0 {
+            tokio::task::yield_now().await;
+        }
+        incoming.push(Incoming {
             message_id: e.message_id.to_string(),
             ordering_key: e.ordering_key.to_string(),
             event_type: e.event_type.to_string(),
-            body: e.body.to_string(),
+            body: e.body.text().into_owned(),
             created_at: e.created_at,
-        })
-        .collect();
+        });
+    }
     let (rows, done) = lane.take_batch(id, &publisher_id, incoming, |key| with_rows.contains(key));
     insert_rows(&mut *tx, &publisher_id, &unstaged(&rows)).await?;
     if done {
@@ -480,7 +485,7 @@ fn unstaged(events: &[Event]) -> Vec<Unstaged<'_>> {
             message_id: Cow::Borrowed(&e.message_id),
             ordering_key: Cow::Borrowed(&e.ordering_key),
             event_type: Cow::Borrowed(&e.event_type),
-            body: Cow::Borrowed(&e.body),
+            body: StagedBody::Text(Cow::Borrowed(&e.body)),
             created_at: e.created_at,
         })
         .collect()
@@ -539,7 +544,7 @@ async fn insert_rows(
                 .push_bind(publisher_id)
                 .push_bind(key)
                 .push_bind(e.event_type.as_ref())
-                .push_bind(e.body.as_ref())
+                .push_bind(e.body.text())
                 .push_bind(to_i64(created_at));
             if keys_seen.insert(key) {
                 // Rows of this statement are not looked at: none has this key.

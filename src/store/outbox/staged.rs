@@ -30,14 +30,33 @@ pub(super) struct Unstaged<'a> {
     pub message_id: Cow<'a, str>,
     pub ordering_key: Cow<'a, str>,
     pub event_type: Cow<'a, str>,
-    /// What [`event_body::deliverable`] takes: a record, or a body as it is.
-    pub body: Cow<'a, str>,
+    pub body: StagedBody<'a>,
     pub created_at: Millis,
 }
 
-/// Events packed at most between two yields of the writer's task: packing a
-/// batch of thousands at once would hold a runtime thread for a millisecond.
-const CHUNK: usize = 256;
+/// A staged event's body as read.
+pub(super) enum StagedBody<'a> {
+    /// As it was staged: a record, or a body as it is.
+    Text(Cow<'a, str>),
+    /// A packed event, whose record is not made yet: the reader of a batch makes
+    /// the records a chunk at a time ([`CHUNK`]), yielding between chunks.
+    Event(SessionEvent),
+}
+
+impl StagedBody<'_> {
+    /// What [`event_body::deliverable`] takes: a record, or a body as it is.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Self::Text(text) => Cow::Borrowed(text),
+            Self::Event(event) => Cow::Owned(event_body::record(event)),
+        }
+    }
+}
+
+/// Events packed, or made into records, at most between two yields of the
+/// task: a batch of thousands at once would hold a runtime thread for a
+/// millisecond.
+pub(super) const CHUNK: usize = 256;
 
 /// A batch in the [`PACKED`] form, its events packed a chunk at a time. An
 /// event without a message id or an ordering key is refused (a receiver could
@@ -258,6 +277,10 @@ impl<'a> Reader<'a> {
         let mut n = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
+            // The tenth byte holds the last bit: anything more does not fit.
+            if shift == 63 && b > 1 {
+                return Err("a number longer than 64 bits".into());
+            }
             n |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return Ok(n);
@@ -304,9 +327,10 @@ fn unpack(batch: &[u8], publisher_id: &str) -> Result<Vec<Unstaged<'static>>, St
         };
         let (body, session_id) = if head & EVENT_BODY != 0 {
             let event = unpack_session_event(&mut r, event_type, publisher_id)?;
-            (event_body::record(&event), event.session_id)
+            let session_id = event.session_id;
+            (StagedBody::Event(event), session_id)
         } else {
-            (r.text()?.to_owned(), None)
+            (StagedBody::Text(Cow::Owned(r.text()?.to_owned())), None)
         };
         let ordering_key = match (key, key_text) {
             (_, Some(text)) => text,
@@ -319,7 +343,7 @@ fn unpack(batch: &[u8], publisher_id: &str) -> Result<Vec<Unstaged<'static>>, St
             message_id: Cow::Owned(message_id),
             ordering_key: Cow::Owned(ordering_key),
             event_type: Cow::Borrowed(event_type.as_str()),
-            body: Cow::Owned(body),
+            body,
             created_at: previous,
         });
     }
@@ -392,7 +416,7 @@ fn unframe_framed(batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
             message_id: Cow::Borrowed(message_id),
             ordering_key: Cow::Borrowed(ordering_key),
             event_type: Cow::Borrowed(event_type),
-            body: Cow::Borrowed(body),
+            body: StagedBody::Text(Cow::Borrowed(body)),
             created_at,
         });
     }
@@ -462,7 +486,7 @@ fn unframe_compact(batch: &str) -> Result<Vec<Unstaged<'_>>, String> {
             message_id: Cow::Borrowed(message_id),
             ordering_key: Cow::Borrowed(dereference(key, stored, message_id)?),
             event_type: Cow::Borrowed(dereference(event_type, stored, message_id)?),
-            body,
+            body: StagedBody::Text(body),
             created_at: previous,
         });
     }
@@ -483,7 +507,7 @@ pub(super) fn unstage<'b>(form: i64, batch: &'b [u8], publisher_id: &str) -> Res
                     message_id: Cow::Owned(message_id),
                     ordering_key: Cow::Owned(key),
                     event_type: Cow::Owned(event_type),
-                    body: Cow::Owned(body),
+                    body: StagedBody::Text(Cow::Owned(body)),
                     created_at,
                 })
                 .collect())
@@ -584,7 +608,7 @@ mod tests {
             assert_eq!(r.ordering_key, key(e));
             assert_eq!(r.ordering_key, e.ordering_key());
             assert_eq!(r.event_type, e.event_type.as_str());
-            assert_eq!(r.body, body(e));
+            assert_eq!(r.body.text(), body(e));
             assert_eq!(r.created_at, e.created_at);
         }
     }
@@ -685,6 +709,7 @@ mod tests {
             vec![3 << KEY_SHIFT, 0, 1, b'm', 0],                                          // no such kind of key
             vec![0, 0, 1, b'm', 2, 0xff, 0xfe],                                           // a text that is not UTF-8
             vec![0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01], // a varint too long
+            vec![0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02],          // past 64 bits
             vec![0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],             // a text past the end
             vec![EVENT_BODY, 0, 0, 0, 0, 0], // keyed by a session it has not
             vec![
@@ -762,13 +787,17 @@ mod tests {
             (
                 read[0].message_id.as_ref(),
                 read[0].ordering_key.as_ref(),
-                read[0].body.as_ref(),
+                read[0].body.text().as_ref(),
                 read[0].created_at
             ),
             ("msg_1", "k", "{\"a\":1}", 7)
         );
         assert_eq!(
-            (read[1].event_type.as_ref(), read[1].body.as_ref(), read[1].created_at),
+            (
+                read[1].event_type.as_ref(),
+                read[1].body.text().as_ref(),
+                read[1].created_at
+            ),
             ("session.granted", "", 1_764_527_405_000)
         );
         assert!(unstage(FRAMED, &batch.as_bytes()[..batch.len() - 2], PUBLISHER).is_err());
@@ -781,11 +810,15 @@ mod tests {
         let read = unstage(JSON_ARRAY, batch.as_bytes(), PUBLISHER).expect("read");
         assert_eq!(read.len(), 2);
         assert_eq!(
-            (read[0].message_id.as_ref(), read[0].body.as_ref(), read[0].created_at),
+            (
+                read[0].message_id.as_ref(),
+                read[0].body.text().as_ref(),
+                read[0].created_at
+            ),
             ("msg_1", "{\"a\":1}", 7)
         );
         assert_eq!(
-            (read[1].event_type.as_ref(), read[1].body.as_ref()),
+            (read[1].event_type.as_ref(), read[1].body.text().as_ref()),
             ("session.granted", "")
         );
     }
