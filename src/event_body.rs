@@ -5,8 +5,8 @@
 //! A webhook's event is not rendered when it happens but by the outbox: an
 //! outbox that nodes share (PostgreSQL) renders the body when its writer stores
 //! the event ([`render_at`]); SQLite's packs the event in a form of its own and,
-//! when it reads it back, keeps its [`record`] (the fields alone, about half the
-//! bytes), which [`deliverable`] renders on the webhooks' own thread. At
+//! when the delivery reads it back, keeps its [`record`] (the fields alone, about
+//! half the bytes), which [`deliverable`] renders on the webhooks' own thread. At
 //! saturation the outbox's bytes (SQLite's WAL pages and checkpoints) and the
 //! rendering were most of what webhooks took from admissions.
 //!
@@ -196,8 +196,9 @@ fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D:
 /// The event as the outbox keeps it until delivery ([`deliverable`] renders it).
 /// Written by hand, byte for byte what serde_json makes of [`Stored`] (a test
 /// holds them equal): it ran on the request's thread for every event until the
-/// outbox's writer took the event itself, and serde_json's escaping of every byte
-/// and its formatting of the ids took most of the report's instructions.
+/// outbox's writer took the event itself (serde_json's escaping of every byte and
+/// its formatting of the ids took most of the report's instructions); it now runs
+/// when the delivery reads a packed batch.
 pub fn record(event: &SessionEvent) -> String {
     let r = Record::of(event);
     let mut out = String::with_capacity(RECORD_CAPACITY);

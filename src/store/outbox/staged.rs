@@ -8,8 +8,8 @@
 //! packing runs on the server's runtime. So the packed form takes the event
 //! itself, not a JSON record of it: its ids as their 16 bytes, its strings as
 //! they are behind their length, its kind's details as bits of one byte. The
-//! record the delivery renders from is made when the batch is read, on the
-//! webhooks' own thread.
+//! record the delivery renders from is made when the delivery reads the batch
+//! (its claim, which runs on the server's runtime, makes them a chunk at a time).
 
 use std::borrow::Cow;
 
