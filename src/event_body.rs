@@ -11,7 +11,7 @@
 //! rendering were most of what webhooks took from admissions.
 //!
 //! Both the events' fan-out and the stores use this module, which imports
-//! nothing of ours but the domain and [`json_text`].
+//! nothing of ours but the domain and the leaves [`json_text`] and [`utc_text`].
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::events::{EventKind, EventType, SessionEvent};
-use crate::json_text;
+use crate::{json_text, utc_text};
 
 /// A session id as the event has it, or as a record kept it (already text).
 #[derive(Clone, Copy)]
@@ -118,11 +118,10 @@ fn envelope(r: Record<'_>, publisher_id: &str, at: SystemTime) -> String {
 }
 
 /// `at` in RFC 3339 with milliseconds, in UTC, as humantime's
-/// `format_rfc3339_millis` writes it.
+/// `format_rfc3339_millis` writes it (a time before 1970, which humantime
+/// refuses, as 1970).
 fn push_timestamp(out: &mut String, at: SystemTime) {
-    use std::fmt::Write as _;
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
+    utc_text::push_millis(out, at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
 }
 
 /// What a body says, without its envelope's fixed parts (the publisher is the

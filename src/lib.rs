@@ -37,6 +37,7 @@ pub mod store;
 pub mod tasks;
 pub mod telemetry;
 pub mod threads;
+pub mod utc_text;
 pub mod web;
 pub mod ws;
 

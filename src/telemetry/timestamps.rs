@@ -3,41 +3,23 @@
 //! per thread. Formatting the whole on every line was a quarter of a JSON line's
 //! instructions (bench/analysis.md, "Round fourteen"); both formats use it.
 
-use std::cell::RefCell;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
+
+use crate::utc_text;
 
 /// The time as tracing-subscriber's `SystemTime` writes it, the date and the whole
 /// seconds formatted once a second per thread.
 #[derive(Clone, Copy, Default)]
 pub struct Timestamps;
 
-thread_local! {
-    /// The whole second last written on this thread, and its text up to the seconds.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-}
-
 impl Timestamps {
     /// `since_epoch` as [`FormatTime::format_time`] writes it.
     fn write(w: &mut Writer<'_>, since_epoch: Duration) -> fmt::Result {
-        let secs = since_epoch.as_secs();
-        SECOND.with_borrow_mut(|(at, text)| {
-            if *at != secs {
-                text.clear();
-                // "YYYY-MM-DDTHH:MM:SSZ": the fraction goes before the Z.
-                write!(
-                    text,
-                    "{}",
-                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
-                )?;
-                text.pop();
-                *at = secs;
-            }
-            w.write_str(text)
-        })?;
+        utc_text::with_second(since_epoch.as_secs(), |text| w.write_str(text))?;
         write!(w, ".{:06}Z", since_epoch.subsec_micros())
     }
 }
@@ -46,7 +28,7 @@ impl FormatTime for Timestamps {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
         match std::time::SystemTime::now().duration_since(UNIX_EPOCH) {
             // Past the year 9999 humantime and tracing-subscriber part ways: theirs, then.
-            Ok(since) if since.as_secs() < 253_402_300_800 => Self::write(w, since),
+            Ok(since) if since.as_secs() < utc_text::END => Self::write(w, since),
             _ => tracing_subscriber::fmt::time::SystemTime.format_time(w),
         }
     }
