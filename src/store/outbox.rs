@@ -14,7 +14,7 @@ mod postgres;
 mod sqlite;
 mod staged;
 
-use crate::domain::events::{Claimed, EventType, Webhook};
+use crate::domain::events::{Claimed, EventType, OutboxEvent, Webhook};
 use crate::domain::ports::SettingsError;
 
 /// `next_attempt_at` of a row waiting for an earlier row of its key.
@@ -25,6 +25,19 @@ const MAX_ERROR_BYTES: usize = 512;
 
 fn db_err(e: impl std::fmt::Display) -> SettingsError {
     SettingsError::Database(e.to_string())
+}
+
+/// A writer's batch by publisher, in the order each first appears: a staged row
+/// is one publisher's.
+fn by_publisher(events: &[OutboxEvent]) -> Vec<(&str, Vec<&OutboxEvent>)> {
+    let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
+    for e in events {
+        match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
+            Some((_, list)) => list.push(e),
+            None => by_publisher.push((&e.publisher_id, vec![e])),
+        }
+    }
+    by_publisher
 }
 
 fn events_column(events: &[EventType]) -> String {

@@ -36,11 +36,18 @@ impl Subject {
 
     async fn postgres() -> Subject {
         let server = PgServer::start().await;
-        let db = super::settings_postgres::repo(&server).await;
+        let mut s = Subject::postgres_on(&server).await;
+        s._home = Box::new(server);
+        s
+    }
+
+    /// On a server the caller keeps.
+    async fn postgres_on(server: &PgServer) -> Subject {
+        let db = super::settings_postgres::repo(server).await;
         Subject {
             outbox: Arc::new(db.clone()),
             repo: Arc::new(db),
-            _home: Box::new(server),
+            _home: Box::new(()),
         }
     }
 
@@ -535,6 +542,116 @@ async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
     claimed.dedup();
     assert_eq!(claimed.len(), total, "an event was claimed twice");
     assert_eq!(total, 60);
+}
+
+/// PostgreSQL only: staged batches are moved into rows by one node at a time,
+/// in their order, while two nodes claim and deliver at once: every event once,
+/// each session's in the order written, across many batches.
+#[tokio::test]
+async fn two_nodes_moving_staged_batches_at_once_keep_each_sessions_order() {
+    let server = PgServer::start().await;
+    let nodes = [
+        super::settings_postgres::repo(&server).await,
+        super::settings_postgres::repo(&server).await,
+    ];
+    nodes[0].create_publisher(&publisher("p")).await.unwrap();
+    nodes[0].put_webhook(&hook("p")).await.unwrap();
+    // 20 batches of 6, ten sessions interleaved across them, from both nodes.
+    for b in 0..20u64 {
+        let batch: Vec<_> = (0..6)
+            .map(|i| b * 6 + i)
+            .map(|n| event("p", &format!("k{}", n % 10), n))
+            .collect();
+        nodes[(b % 2) as usize].enqueue(&batch, 1000).await.unwrap();
+    }
+    assert_eq!(nodes[1].outbox_counts("p").await.unwrap().pending, 120);
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    // Bounded: 120 events, and a round claims at least one while any is left.
+    for _ in 0..200 {
+        let (a, b) = tokio::join!(nodes[0].claim(NOW, LEASE, 4), nodes[1].claim(NOW, LEASE, 4));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        for (node, claimed) in [(0, a), (1, b)] {
+            for c in claimed {
+                let (key, n) = c.message_id["msg_".len()..].split_once('_').unwrap();
+                seen.push((key.to_owned(), n.parse().unwrap()));
+                nodes[node].delivered(c.id).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(seen.len(), 120, "every event, once: {seen:?}");
+    for k in 0..10 {
+        let order: Vec<u64> = seen
+            .iter()
+            .filter(|(key, _)| *key == format!("k{k}"))
+            .map(|(_, n)| *n)
+            .collect();
+        let written: Vec<u64> = (0..120).filter(|n| n % 10 == k).collect();
+        assert_eq!(order, written, "session k{k}'s events out of order");
+    }
+    assert_eq!(nodes[0].outbox_counts("p").await.unwrap().pending, 0);
+}
+
+/// PostgreSQL only: rows the version before wrote (one per event, no staged
+/// batch) go out before the staged events of their session, and a staged batch
+/// this version cannot read stops the move there: nothing behind it passes, and
+/// its events still count.
+#[tokio::test]
+async fn rows_of_the_version_before_go_first_and_an_unreadable_batch_holds_the_rest_back() {
+    let server = PgServer::start().await;
+    let s = Subject::postgres_on(&server).await.with_webhook("p").await;
+    let old = sqlx::PgPool::connect(&server.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_outbox (message_id, publisher_id, ordering_key, event_type, body, created_at, \
+         next_attempt_at) VALUES ('msg_old_1', 'p', 'a', 'session.granted', '{\"old\":1}', 1, 1)",
+    )
+    .execute(&old)
+    .await
+    .unwrap();
+    s.outbox
+        .enqueue(&[event("p", "a", 2), event("p", "b", 3)], 100)
+        .await
+        .unwrap();
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 3);
+    let first = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|c| c.message_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["msg_old_1", "msg_b_3"],
+        "a's staged event waits behind its old row"
+    );
+    for c in &first {
+        s.outbox.delivered(c.id).await.unwrap();
+    }
+    let next = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].message_id.as_str(), next[0].body.as_str()),
+        ("msg_a_2", "{\"n\":2}")
+    );
+    s.outbox.delivered(next[0].id).await.unwrap();
+
+    // A newer node's form, then a batch of this version's behind it.
+    sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES ('p', 1, '\\x00', 99)")
+        .execute(&old)
+        .await
+        .unwrap();
+    s.outbox.enqueue(&[event("p", "c", 4)], 100).await.unwrap();
+    assert!(s.outbox.claim(NOW, LEASE, 10).await.unwrap().is_empty());
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 2);
+    // Once the unreadable batch is gone (an operator's choice), the rest moves.
+    sqlx::query("DELETE FROM webhook_outbox_staged WHERE form = 99")
+        .execute(&old)
+        .await
+        .unwrap();
+    let after = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|c| c.message_id.as_str()).collect::<Vec<_>>(),
+        ["msg_c_4"]
+    );
+    old.close().await;
 }
 
 /// SQLite only: a batch staged by the version before framed batches (form 1, a

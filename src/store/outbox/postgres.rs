@@ -1,17 +1,26 @@
 //! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
 //! a claim locks the rows it takes and skips the rows another node is taking.
+//!
+//! The writer stages a batch as one row per publisher, packed as SQLite's outbox
+//! packs it ([`staged`]); the delivery moves staged batches into rows, one node
+//! at a time and in the batches' order, before it claims ([`move_staged`]). A
+//! row has its body rendered, so a node of any version delivers it. Why: a row
+//! per event written by the writer cost a saturated node a rendered body and
+//! seven array elements an event, and PostgreSQL a heap row and four index
+//! entries an event (bench/analysis.md, "Round twenty-two"); the move does that
+//! work when the delivery runs, which on a saturated node is later
+//! (`SCHED_IDLE`).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
+use super::staged::{self, StagedBody};
+use super::{WAITING, by_publisher, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
-use crate::domain::events::{
-    Claimed, Enqueued, OutboxBody, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox,
-};
+use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
 use crate::event_body;
 use crate::store::postgres::PostgresSettings;
@@ -59,50 +68,79 @@ impl WebhookOutbox for PostgresSettings {
             .await
             .map_err(db_err)?
             .rows_affected();
-        sqlx::query("DELETE FROM webhook_outbox WHERE publisher_id = $1")
-            .bind(publisher_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for table in ["webhook_outbox", "webhook_outbox_staged"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE publisher_id = $1"))
+                .bind(publisher_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(gone > 0)
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
+        let by_publisher = by_publisher(events);
+        // The common case, one publisher whose batch fits under its cap: one
+        // statement, which reads the count itself. Nodes writing at once may
+        // each see room for their batch, as they did with a row per event: the
+        // cap is exact on one node, and a batch per node over it across nodes.
+        if let [(publisher_id, list)] = by_publisher.as_slice() {
+            let n = list.len();
+            let batch = staged::pack(list).await?;
+            let staged = sqlx::query(
+                "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) \
+                 SELECT $1, $2, $3, $4 \
+                 WHERE COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0) + $2 <= $5",
+            )
+            .bind(publisher_id)
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .bind(batch)
+            .bind(staged::PACKED)
+            .bind(to_i64(cap))
+            .execute(self.pool())
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if staged == 1 {
+                return Ok(Enqueued {
+                    written: n as u64,
+                    refused_full: 0,
+                });
+            }
+        }
+        // Otherwise each publisher's events cut to the room its outbox has (its
+        // oldest dead letters dropped to make some), in one transaction.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
-        let mut room: HashMap<&str, u64> = HashMap::new();
         let mut done = Enqueued::default();
-        let mut batch = Batch::with_capacity(events.len());
-        let mut keys_seen: HashSet<Cow<'_, str>> = HashSet::with_capacity(events.len());
-        for e in events {
-            let left = match room.get(e.publisher_id.as_str()) {
-                Some(left) => *left,
-                None => {
-                    let left = room_for(&mut tx, &e.publisher_id, cap).await?;
-                    room.insert(&e.publisher_id, left);
-                    left
-                }
-            };
-            if left == 0 {
-                done.refused_full += 1;
+        for (publisher_id, mut list) in by_publisher {
+            let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
+            if list.len() > left {
+                done.refused_full += (list.len() - left) as u64;
+                list.truncate(left);
+            }
+            if list.is_empty() {
                 continue;
             }
-            room.insert(&e.publisher_id, left - 1);
-            // The statement sees the table as it was before it: a key's later
-            // events in this batch wait behind its first one here.
-            let key = e.ordering_key();
-            let behind = !keys_seen.insert(key.clone());
-            batch.push(e, key, behind);
-            done.written += 1;
-        }
-        if !batch.message_id.is_empty() {
-            batch.insert(&mut tx).await?;
+            let batch = staged::pack(&list).await?;
+            sqlx::query(
+                "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(publisher_id)
+            .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
+            .bind(batch)
+            .bind(staged::PACKED)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            done.written += list.len() as u64;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(done)
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
+        move_staged(self.pool()).await?;
         // The rows chosen are locked, and rows another node has locked are
         // skipped; the outer condition is checked again on the locked row, so a
         // row another node leased meanwhile is not taken twice.
@@ -167,7 +205,9 @@ impl WebhookOutbox for PostgresSettings {
 
     async fn outbox_counts(&self, publisher_id: &str) -> Result<OutboxCounts, SettingsError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) FILTER (WHERE NOT dead) AS pending, \
+            "SELECT COUNT(*) FILTER (WHERE NOT dead) \
+               + (SELECT COALESCE(SUM(events), 0) FROM webhook_outbox_staged WHERE publisher_id = $1)::bigint \
+               AS pending, \
              COUNT(*) FILTER (WHERE dead) AS dead FROM webhook_outbox WHERE publisher_id = $1",
         )
         .bind(publisher_id)
@@ -263,14 +303,91 @@ async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<()
     Ok(())
 }
 
-/// A writer's batch as columns, written by one `INSERT … SELECT FROM UNNEST`:
+/// Staged batches moved into rows at most per call: up to 8 of the writer's
+/// batches (4,096 events at its default 512).
+const BATCHES_PER_MOVE: i64 = 8;
+
+/// The advisory lock (a transaction's) of the node that moves staged batches:
+/// one node at a time, so rows are made in the batches' order.
+const MOVE_LOCK: i64 = 0x6472_6973_635f_6d76; // "drisc_mv"
+
+/// Moves the oldest staged batches into rows, in their order, if no other node
+/// is moving them; a batch this version cannot read (a newer node's form, or
+/// damage) stops the move there, logged, so that no event passes it.
+async fn move_staged(pool: &sqlx::PgPool) -> Result<(), SettingsError> {
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM webhook_outbox_staged)")
+        .fetch_one(pool)
+        .await
+        .map_err(db_err)?;
+    if !any {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(MOVE_LOCK)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    if !mine {
+        return Ok(());
+    }
+    let rows = sqlx::query("SELECT id, publisher_id, batch, form FROM webhook_outbox_staged ORDER BY id LIMIT $1")
+        .bind(BATCHES_PER_MOVE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let mut read = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let publisher_id: &str = row.try_get("publisher_id").map_err(db_err)?;
+        let batch: &[u8] = row.try_get("batch").map_err(db_err)?;
+        let form: i64 = row.try_get("form").map_err(db_err)?;
+        match staged::unstage(form, batch, publisher_id) {
+            Ok(events) => read.push((id, publisher_id, events)),
+            Err(e) => {
+                tracing::error!(error = %e, staged = id, "unreadable staged webhook events: left in webhook_outbox_staged");
+                break;
+            }
+        }
+    }
+    if read.is_empty() {
+        return Ok(());
+    }
+    let mut batch = Batch::with_capacity(read.iter().map(|(_, _, events)| events.len()).sum());
+    let mut keys_seen: HashSet<&str> = HashSet::new();
+    let mut n = 0usize;
+    for (_, publisher_id, events) in &read {
+        for e in events {
+            // The bodies are rendered here, on the server's runtime (the
+            // delivery's database calls run there): a chunk at a time.
+            if n > 0 && n % staged::CHUNK == 0 {
+                tokio::task::yield_now().await;
+            }
+            n += 1;
+            // The statement sees the table as it was before it: a key's later
+            // events in this move wait behind its first one here.
+            let behind = !keys_seen.insert(&e.ordering_key);
+            batch.push(publisher_id, e, behind);
+        }
+    }
+    batch.insert(&mut tx).await?;
+    let ids: Vec<i64> = read.iter().map(|(id, _, _)| *id).collect();
+    sqlx::query("DELETE FROM webhook_outbox_staged WHERE id = ANY($1::bigint[])")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)
+}
+
+/// Staged events as columns, written by one `INSERT … SELECT FROM UNNEST`:
 /// one statement (and one prepared shape, whatever the batch's size) where
 /// there was one per event.
 struct Batch<'a> {
     message_id: Vec<&'a str>,
     publisher_id: Vec<&'a str>,
-    ordering_key: Vec<Cow<'a, str>>,
-    event_type: Vec<&'static str>,
+    ordering_key: Vec<&'a str>,
+    event_type: Vec<&'a str>,
     body: Vec<Cow<'a, str>>,
     created_at: Vec<i64>,
     /// An earlier event of the same key is in this batch.
@@ -279,8 +396,8 @@ struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     /// Room for the whole batch at once: grown a push at a time, the seven
-    /// columns' reallocations and copies were a tenth of what a batch cost the
-    /// writer (callgrind, `bench/admission-instructions --webhooks --settings postgres`).
+    /// columns' reallocations and copies were a tenth of what a batch cost
+    /// (callgrind, `bench/admission-instructions --webhooks --settings postgres`).
     fn with_capacity(n: usize) -> Self {
         Self {
             message_id: Vec::with_capacity(n),
@@ -293,16 +410,15 @@ impl<'a> Batch<'a> {
         }
     }
 
-    fn push(&mut self, e: &'a OutboxEvent, ordering_key: Cow<'a, str>, behind: bool) {
+    fn push(&mut self, publisher_id: &'a str, e: &'a staged::Unstaged<'a>, behind: bool) {
         self.message_id.push(&e.message_id);
-        self.publisher_id.push(&e.publisher_id);
-        self.ordering_key.push(ordering_key);
-        self.event_type.push(e.event_type.as_str());
-        // The body is rendered here, by the writer, where nodes of any version
-        // read it as it is.
+        self.publisher_id.push(publisher_id);
+        self.ordering_key.push(&e.ordering_key);
+        self.event_type.push(&e.event_type);
+        // The body is rendered here, where nodes of any version read it as it is.
         self.body.push(match &e.body {
-            OutboxBody::Event(event) => Cow::Owned(event_body::render_at(event, e.created_at)),
-            OutboxBody::Text { body, .. } => Cow::Borrowed(body),
+            StagedBody::Event(event) => Cow::Owned(event_body::render_at(event, e.created_at)),
+            StagedBody::Text(text) => Cow::Borrowed(text),
         });
         self.created_at.push(to_i64(e.created_at));
         self.behind.push(behind);
@@ -323,7 +439,7 @@ impl<'a> Batch<'a> {
         )
         .bind(&self.message_id)
         .bind(&self.publisher_id)
-        .bind(self.ordering_key.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
+        .bind(&self.ordering_key)
         .bind(&self.event_type)
         .bind(self.body.iter().map(AsRef::as_ref).collect::<Vec<&str>>())
         .bind(&self.created_at)

@@ -10,7 +10,7 @@ use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
 use super::staged::{self, StagedBody, Unstaged};
-use super::{WAITING, claimed_of, db_err, events_column, short, to_i64, webhook_of};
+use super::{WAITING, by_publisher, claimed_of, db_err, events_column, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
@@ -95,13 +95,7 @@ impl WebhookOutbox for SqliteSettings {
         // One staged row per publisher of the batch (see the migration
         // webhook_outbox_staged): the write that makes events durable appends,
         // whatever the backlog; the delivery sends from it (see [`lane`]).
-        let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
-        for e in events {
-            match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
-                Some((_, list)) => list.push(e),
-                None => by_publisher.push((&e.publisher_id, vec![e])),
-            }
-        }
+        let by_publisher = by_publisher(events);
         let known = self.outbox_held();
         self.appender()
             .with(async |conn| {
