@@ -140,7 +140,7 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
-        move_staged(self.pool()).await?;
+        move_staged(self.pool(), limit).await?;
         // The rows chosen are locked, and rows another node has locked are
         // skipped; the outer condition is checked again on the locked row, so a
         // row another node leased meanwhile is not taken twice.
@@ -312,14 +312,20 @@ const BATCHES_PER_MOVE: i64 = 8;
 const MOVE_LOCK: i64 = 0x6472_6973_635f_6d76; // "drisc_mv"
 
 /// Moves the oldest staged batches into rows, in their order, if no other node
-/// is moving them; a batch this version cannot read (a newer node's form, or
-/// damage) stops the move there, logged, so that no event passes it.
-async fn move_staged(pool: &sqlx::PgPool) -> Result<(), SettingsError> {
-    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM webhook_outbox_staged)")
-        .fetch_one(pool)
+/// is moving them: as many as hold the `wanted` events a claim takes (at least
+/// one batch, at most [`BATCHES_PER_MOVE`]). Moving more ahead of the claims
+/// made a delivery with a staged backlog spend its time moving it (rendering and
+/// inserting) before it sent anything. A batch this version cannot read (a
+/// newer node's form, or damage) stops the move there, logged, so that no event
+/// passes it.
+async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsError> {
+    // By the primary key's index: the table's heap holds the batches moved
+    // since the last vacuum, which a scan of it would read through first.
+    let first: Option<i64> = sqlx::query_scalar("SELECT id FROM webhook_outbox_staged ORDER BY id LIMIT 1")
+        .fetch_optional(pool)
         .await
         .map_err(db_err)?;
-    if !any {
+    if first.is_none() {
         return Ok(());
     }
     let mut tx = pool.begin().await.map_err(db_err)?;
@@ -331,11 +337,20 @@ async fn move_staged(pool: &sqlx::PgPool) -> Result<(), SettingsError> {
     if !mine {
         return Ok(());
     }
-    let rows = sqlx::query("SELECT id, publisher_id, batch, form FROM webhook_outbox_staged ORDER BY id LIMIT $1")
-        .bind(BATCHES_PER_MOVE)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    // The batches before the one that reaches `wanted` events, and it; their
+    // bytes (stored apart, TOAST) are read only for those.
+    let rows = sqlx::query(
+        "SELECT id, publisher_id, batch, form FROM webhook_outbox_staged WHERE id IN ( \
+           SELECT id FROM (SELECT id, events, SUM(events) OVER (ORDER BY id) AS upto \
+                           FROM (SELECT id, events FROM webhook_outbox_staged ORDER BY id LIMIT $1) f) w \
+           WHERE upto - events < $2) \
+         ORDER BY id",
+    )
+    .bind(BATCHES_PER_MOVE)
+    .bind(i64::from(wanted.max(1)))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
     let mut read = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.try_get("id").map_err(db_err)?;
