@@ -140,28 +140,14 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn claim(&self, now: Millis, lease: Millis, limit: u32) -> Result<Vec<Claimed>, SettingsError> {
-        move_staged(self.pool(), limit).await?;
-        // The rows chosen are locked, and rows another node has locked are
-        // skipped; the outer condition is checked again on the locked row, so a
-        // row another node leased meanwhile is not taken twice.
-        let rows = sqlx::query(
-            "UPDATE webhook_outbox SET next_attempt_at = $1 WHERE id IN ( \
-               SELECT o.id FROM webhook_outbox o \
-               WHERE NOT o.dead AND o.next_attempt_at <= $2 \
-                 AND o.id = (SELECT MIN(i.id) FROM webhook_outbox i \
-                             WHERE i.ordering_key = o.ordering_key AND NOT i.dead) \
-               ORDER BY o.next_attempt_at, o.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             AND next_attempt_at <= $2 \
-             RETURNING id, message_id, publisher_id, body, created_at, attempts",
-        )
-        .bind(to_i64(now.saturating_add(lease)))
-        .bind(to_i64(now))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err)?;
-        let mut claimed = rows.iter().map(claimed_of).collect::<Result<Vec<_>, SettingsError>>()?;
-        claimed.sort_by_key(|c| c.id);
+        // Rows first; staged batches are moved only when the rows fall short,
+        // a few claims' worth at a time: a move is seven round trips, which a
+        // claim paid every time made the delivery's loop slower.
+        let mut claimed = claim_rows(self.pool(), now, lease, limit).await?;
+        let short = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+        if short > 0 && move_staged(self.pool(), limit.saturating_mul(MOVE_AHEAD)).await? {
+            claimed.extend(claim_rows(self.pool(), now, lease, short).await?);
+        }
         Ok(claimed)
     }
 
@@ -222,6 +208,37 @@ impl WebhookOutbox for PostgresSettings {
             dead: count("dead")?,
         })
     }
+}
+
+/// Claims due rows: the oldest undelivered row of each key, at most `limit`.
+async fn claim_rows(
+    pool: &sqlx::PgPool,
+    now: Millis,
+    lease: Millis,
+    limit: u32,
+) -> Result<Vec<Claimed>, SettingsError> {
+    // The rows chosen are locked, and rows another node has locked are
+    // skipped; the outer condition is checked again on the locked row, so a
+    // row another node leased meanwhile is not taken twice.
+    let rows = sqlx::query(
+        "UPDATE webhook_outbox SET next_attempt_at = $1 WHERE id IN ( \
+           SELECT o.id FROM webhook_outbox o \
+           WHERE NOT o.dead AND o.next_attempt_at <= $2 \
+             AND o.id = (SELECT MIN(i.id) FROM webhook_outbox i \
+                         WHERE i.ordering_key = o.ordering_key AND NOT i.dead) \
+           ORDER BY o.next_attempt_at, o.id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         AND next_attempt_at <= $2 \
+         RETURNING id, message_id, publisher_id, body, created_at, attempts",
+    )
+    .bind(to_i64(now.saturating_add(lease)))
+    .bind(to_i64(now))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    let mut claimed = rows.iter().map(claimed_of).collect::<Result<Vec<_>, SettingsError>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
 }
 
 async fn retry(
@@ -307,18 +324,21 @@ async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<()
 /// batches (4,096 events at its default 512).
 const BATCHES_PER_MOVE: i64 = 8;
 
+/// A move takes the staged batches that hold this many claims' events.
+const MOVE_AHEAD: u32 = 4;
+
 /// The advisory lock (a transaction's) of the node that moves staged batches:
 /// one node at a time, so rows are made in the batches' order.
 const MOVE_LOCK: i64 = 0x6472_6973_635f_6d76; // "drisc_mv"
 
 /// Moves the oldest staged batches into rows, in their order, if no other node
-/// is moving them: as many as hold the `wanted` events a claim takes (at least
-/// one batch, at most [`BATCHES_PER_MOVE`]). Moving more ahead of the claims
-/// made a delivery with a staged backlog spend its time moving it (rendering and
+/// is moving them: as many as hold `wanted` events (at least one batch, at
+/// most [`BATCHES_PER_MOVE`]). Moving eight batches whatever the claim made a
+/// delivery with a staged backlog spend its time moving it (rendering and
 /// inserting) before it sent anything. A batch this version cannot read (a
 /// newer node's form, or damage) stops the move there, logged, so that no event
-/// passes it.
-async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsError> {
+/// passes it. Whether anything was moved.
+async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<bool, SettingsError> {
     // By the primary key's index: the table's heap holds the batches moved
     // since the last vacuum, which a scan of it would read through first.
     let first: Option<i64> = sqlx::query_scalar("SELECT id FROM webhook_outbox_staged ORDER BY id LIMIT 1")
@@ -326,7 +346,7 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsErr
         .await
         .map_err(db_err)?;
     if first.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     let mut tx = pool.begin().await.map_err(db_err)?;
     let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -335,7 +355,7 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsErr
         .await
         .map_err(db_err)?;
     if !mine {
-        return Ok(());
+        return Ok(false);
     }
     // The batches before the one that reaches `wanted` events, and it; their
     // bytes (stored apart, TOAST) are read only for those.
@@ -366,7 +386,7 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsErr
         }
     }
     if read.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut batch = Batch::with_capacity(read.iter().map(|(_, _, events)| events.len()).sum());
     let mut keys_seen: HashSet<&str> = HashSet::new();
@@ -392,7 +412,8 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<(), SettingsErr
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)
+    tx.commit().await.map_err(db_err)?;
+    Ok(true)
 }
 
 /// Staged events as columns, written by one `INSERT … SELECT FROM UNNEST`:
