@@ -2,10 +2,11 @@
 //! signed) and in the live stream's `data:` line. The envelope is the Standard
 //! Webhooks one: `type`, `timestamp` (RFC 3339), `data`.
 //!
-//! A webhook's event is not rendered when it happens but by the outbox: an
-//! outbox that nodes share (PostgreSQL) renders the body when its writer stores
-//! the event ([`render_at`]); SQLite's packs the event in a form of its own and,
-//! when the delivery reads it back, keeps its [`record`] (the fields alone, about
+//! A webhook's event is not rendered when it happens but by the outbox. Both
+//! outboxes' writers pack the event in a form of their own; an outbox that nodes
+//! share (PostgreSQL) renders the body when the delivery moves a packed batch
+//! into rows ([`render_at`]); SQLite's, when the delivery reads a batch back,
+//! keeps each event's [`record`] (the fields alone, about
 //! half the bytes), which [`deliverable`] renders on the webhooks' own thread. At
 //! saturation the outbox's bytes (SQLite's WAL pages and checkpoints) and the
 //! rendering were most of what webhooks took from admissions.

@@ -432,8 +432,9 @@ struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     /// Room for the whole batch at once: grown a push at a time, the seven
-    /// columns' reallocations and copies were a tenth of what a batch cost
-    /// (callgrind, `bench/admission-instructions --webhooks --settings postgres`).
+    /// columns' reallocations and copies were a tenth of what a batch cost the
+    /// writer when it wrote rows (callgrind, `bench/admission-instructions
+    /// --webhooks --settings postgres`).
     fn with_capacity(n: usize) -> Self {
         Self {
             message_id: Vec::with_capacity(n),

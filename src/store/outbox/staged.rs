@@ -1,4 +1,5 @@
-//! The forms of a staged batch (a row of `webhook_outbox_staged`, SQLite's): how
+//! The forms of a staged batch (a row of `webhook_outbox_staged`, SQLite's or
+//! PostgreSQL's; PostgreSQL's has only ever held [`PACKED`]): how
 //! the outbox writer's events are laid out in it, and how the delivery reads
 //! them back. [`PACKED`] is written now; the forms before it are still read,
 //! should batches staged by an earlier version wait in the database.
