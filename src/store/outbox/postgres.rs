@@ -297,7 +297,7 @@ async fn room_for(tx: &mut sqlx::PgConnection, publisher_id: &str, cap: u64) -> 
     Ok(cap.saturating_sub(held))
 }
 
-/// The rows the publisher's outbox holds, as the triggers count them.
+/// The events the publisher's outbox holds (rows and staged), as the triggers count them.
 async fn count_rows(tx: &mut sqlx::PgConnection, publisher_id: &str) -> Result<i64, SettingsError> {
     sqlx::query_scalar("SELECT COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0)")
         .bind(publisher_id)
