@@ -176,8 +176,8 @@ impl SessionEvents for Events {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
-            // The event itself: the outbox's writer renders it or packs it in a
-            // form of its own, off this thread.
+            // The event itself: the outbox's writer packs it in a form of its
+            // own, off this thread.
             let queued = self.queue.try_send(OutboxEvent {
                 message_id,
                 publisher_id: event.pool.publisher_id().to_owned(),
