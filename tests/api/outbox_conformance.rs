@@ -518,13 +518,7 @@ async fn a_full_outbox_makes_room_from_dead_letters_then_refuses_new_events(s: S
 /// PostgreSQL only: several nodes claim from one outbox, and never the same event.
 #[tokio::test]
 async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
-    let server = PgServer::start().await;
-    let nodes = [
-        super::settings_postgres::repo(&server).await,
-        super::settings_postgres::repo(&server).await,
-    ];
-    nodes[0].create_publisher(&publisher("p")).await.unwrap();
-    nodes[0].put_webhook(&hook("p")).await.unwrap();
+    let (_server, nodes) = two_nodes_with_a_webhook().await;
     let events: Vec<_> = (0..60).map(|n| event("p", &format!("k{n}"), n)).collect();
     nodes[0].enqueue(&events, 1000).await.unwrap();
     let mut claimed = Vec::new();
@@ -544,11 +538,9 @@ async fn two_nodes_claiming_at_once_never_claim_the_same_event() {
     assert_eq!(total, 60);
 }
 
-/// PostgreSQL only: staged batches are moved into rows by one node at a time,
-/// in their order, while two nodes claim and deliver at once: every event once,
-/// each session's in the order written, across many batches.
-#[tokio::test]
-async fn two_nodes_moving_staged_batches_at_once_keep_each_sessions_order() {
+/// Two nodes on one PostgreSQL and publisher `p` with a webhook (the server
+/// stops when the returned `PgServer` is dropped).
+async fn two_nodes_with_a_webhook() -> (PgServer, [drisc::store::PostgresSettings; 2]) {
     let server = PgServer::start().await;
     let nodes = [
         super::settings_postgres::repo(&server).await,
@@ -556,6 +548,15 @@ async fn two_nodes_moving_staged_batches_at_once_keep_each_sessions_order() {
     ];
     nodes[0].create_publisher(&publisher("p")).await.unwrap();
     nodes[0].put_webhook(&hook("p")).await.unwrap();
+    (server, nodes)
+}
+
+/// PostgreSQL only: staged batches are moved into rows by one node at a time,
+/// in their order, while two nodes claim and deliver at once: every event once,
+/// each session's in the order written, across many batches.
+#[tokio::test]
+async fn two_nodes_moving_staged_batches_at_once_keep_each_sessions_order() {
+    let (_server, nodes) = two_nodes_with_a_webhook().await;
     // 20 batches of 6, ten sessions interleaved across them, from both nodes.
     for b in 0..20u64 {
         let batch: Vec<_> = (0..6)
