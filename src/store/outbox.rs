@@ -27,9 +27,17 @@ fn db_err(e: impl std::fmt::Display) -> SettingsError {
     SettingsError::Database(e.to_string())
 }
 
-/// A writer's batch by publisher, in the order each first appears: a staged row
-/// is one publisher's.
-fn by_publisher(events: &[OutboxEvent]) -> Vec<(&str, Vec<&OutboxEvent>)> {
+/// Events in one staged row at most. The writer's transaction may hold several
+/// rows (`events.outbox_batch` events): its commit (an fsync, the WAL's pages)
+/// costs a saturated node's core more than the rows in it, so a transaction
+/// carries as many events as the gather collects, while a row stays the size
+/// the delivery reads at once (a lane's batch, a move's unit).
+const ROW_EVENTS: usize = 512;
+
+/// A writer's batch as staged rows: one publisher's events each, at most
+/// [`ROW_EVENTS`], the publishers in the order each first appears and each
+/// publisher's rows in the order of its events.
+fn staged_rows(events: &[OutboxEvent]) -> Vec<(&str, Vec<&OutboxEvent>)> {
     let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
     for e in events {
         match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
@@ -38,6 +46,25 @@ fn by_publisher(events: &[OutboxEvent]) -> Vec<(&str, Vec<&OutboxEvent>)> {
         }
     }
     by_publisher
+        .into_iter()
+        .flat_map(|(publisher_id, list)| {
+            list.chunks(ROW_EVENTS)
+                .map(|row| (publisher_id, row.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Events per publisher of [`staged_rows`]'s rows, in the same order.
+fn events_per_publisher<'a>(rows: &[(&'a str, Vec<&OutboxEvent>)]) -> Vec<(&'a str, u64)> {
+    let mut totals: Vec<(&str, u64)> = Vec::new();
+    for (publisher_id, list) in rows {
+        match totals.iter_mut().find(|(p, _)| p == publisher_id) {
+            Some((_, n)) => *n += list.len() as u64,
+            None => totals.push((publisher_id, list.len() as u64)),
+        }
+    }
+    totals
 }
 
 fn events_column(events: &[EventType]) -> String {
@@ -91,4 +118,52 @@ fn short(error: &str) -> &str {
 
 fn to_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::OutboxBody;
+
+    fn event(publisher_id: &str, n: usize) -> OutboxEvent {
+        OutboxEvent {
+            message_id: format!("{publisher_id}{n}"),
+            publisher_id: publisher_id.into(),
+            event_type: EventType::Granted,
+            body: OutboxBody::Text {
+                body: "{}".into(),
+                ordering_key: "k".into(),
+            },
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_rows_of_one_publisher_each_in_order_and_no_larger_than_a_row() {
+        // q first, then p; p's 1,100 events interleaved with q's 600.
+        let mut batch = vec![event("q", 0)];
+        for n in 0..1_100 {
+            batch.push(event("p", n));
+            if n < 599 {
+                batch.push(event("q", n + 1));
+            }
+        }
+        let rows = staged_rows(&batch);
+        let shape: Vec<(&str, usize)> = rows.iter().map(|(p, list)| (*p, list.len())).collect();
+        assert_eq!(shape, [("q", 512), ("q", 88), ("p", 512), ("p", 512), ("p", 76)]);
+        for publisher_id in ["p", "q"] {
+            let ids: Vec<&str> = rows
+                .iter()
+                .filter(|(p, _)| *p == publisher_id)
+                .flat_map(|(_, list)| list.iter().map(|e| e.message_id.as_str()))
+                .collect();
+            let written: Vec<&str> = batch
+                .iter()
+                .filter(|e| e.publisher_id == publisher_id)
+                .map(|e| e.message_id.as_str())
+                .collect();
+            assert_eq!(ids, written, "{publisher_id}'s events in the order written");
+        }
+        assert_eq!(events_per_publisher(&rows), [("q", 600), ("p", 1_100)]);
+    }
 }

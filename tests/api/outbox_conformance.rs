@@ -83,6 +83,7 @@ conformance!(
     room_freed_by_deliveries_and_deletes_is_taken_up_to_the_cap_exactly,
     the_pending_count_holds_while_failed_events_are_written_back_for_a_retry,
     every_kind_of_event_given_as_itself_is_delivered_as_its_body,
+    a_batch_of_many_rows_is_cut_at_each_publishers_cap,
 );
 
 /// Events given as themselves (as the server gives them) come out as the bytes
@@ -314,17 +315,22 @@ async fn events_the_writer_wrote_are_read_after_a_restart_and_a_failed_batch_doe
     db.close().await;
 }
 
-/// One writer batch of 600 events of 7 sessions interleaved (PostgreSQL writes it
-/// in one statement, SQLite as one staged row): each session's events are claimed
-/// one at a time, in the order written, and every event exactly once.
+/// Two writer batches of 1,300 events of 7 sessions interleaved, each staged as
+/// rows of at most 512 events in one transaction (SQLite's first with the
+/// cap's count read, its second appended by the bound it then knows;
+/// PostgreSQL's each in one statement): each session's events are claimed one at
+/// a time, in the order written, and every event exactly once.
 async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: Subject) {
+    const EVENTS: u64 = 2_600;
     let s = s.with_webhook("p").await;
     let keys = ["a", "b", "c", "d", "e", "f", "g"];
-    let batch: Vec<_> = (0..600u64).map(|n| event("p", keys[(n * 5 % 7) as usize], n)).collect();
-    assert_eq!(s.outbox.enqueue(&batch, 10_000).await.unwrap().written, 600);
-    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 600);
+    let batch: Vec<_> = (0..EVENTS).map(|n| event("p", keys[(n * 5 % 7) as usize], n)).collect();
+    let (first, second) = batch.split_at(1_300);
+    assert_eq!(s.outbox.enqueue(first, 10_000).await.unwrap().written, 1_300);
+    assert_eq!(s.outbox.enqueue(second, 10_000).await.unwrap().written, 1_300);
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, EVENTS);
     let mut seen: Vec<(String, u64)> = Vec::new();
-    for _ in 0..700 {
+    for _ in 0..EVENTS {
         let round = s.outbox.claim(NOW, LEASE, 100).await.unwrap();
         if round.is_empty() {
             break;
@@ -342,16 +348,55 @@ async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: 
             .collect();
         s.outbox.settle(&settled).await.unwrap();
     }
-    assert_eq!(seen.len(), 600, "every event once");
+    assert_eq!(seen.len(), EVENTS as usize, "every event once");
     // The counts the cap is checked against followed every insert and delete.
     assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
     assert_eq!(s.outbox.enqueue(&batch[..3], 3).await.unwrap().written, 3);
     assert_eq!(s.outbox.enqueue(&batch[3..4], 3).await.unwrap().refused_full, 1);
     for key in keys {
         let ns: Vec<u64> = seen.iter().filter(|(k, _)| k == key).map(|(_, n)| *n).collect();
-        let expected: Vec<u64> = (0..600u64).filter(|n| keys[(n * 5 % 7) as usize] == key).collect();
+        let expected: Vec<u64> = (0..EVENTS).filter(|n| keys[(n * 5 % 7) as usize] == key).collect();
         assert_eq!(ns, expected, "session {key} in the order written");
     }
+}
+
+/// A batch of two publishers, each with more events than a staged row holds,
+/// past one publisher's cap: that publisher's events are cut at its cap (the
+/// rows after the cut refused whole), the other's written whole, and each
+/// publisher's events go out in the order written.
+async fn a_batch_of_many_rows_is_cut_at_each_publishers_cap(s: Subject) {
+    let s = s.with_webhook("p").await.with_webhook("q").await;
+    let mut batch = Vec::new();
+    for n in 0..1_200u64 {
+        batch.push(event("p", "a", n));
+        if n < 700 {
+            batch.push(event("q", "b", n));
+        }
+    }
+    assert_eq!(s.outbox.enqueue(&[event("q", "b0", 0)], 1_000).await.unwrap().written, 1);
+    let done = s.outbox.enqueue(&batch, 1_000).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (1_000 + 700, 200));
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 1_000);
+    assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 701);
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..2_000 {
+        let round = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
+        if round.is_empty() {
+            break;
+        }
+        seen.extend(round.iter().map(|c| c.message_id.clone()));
+        let settled: Vec<_> = round
+            .iter()
+            .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
+            .collect();
+        s.outbox.settle(&settled).await.unwrap();
+    }
+    let of = |prefix: &str| -> Vec<String> { seen.iter().filter(|m| m.starts_with(prefix)).cloned().collect() };
+    let a: Vec<String> = (0..1_000u64).map(|n| format!("msg_a_{n}")).collect();
+    let b: Vec<String> = (0..700u64).map(|n| format!("msg_b_{n}")).collect();
+    assert_eq!(of("msg_a_"), a, "p's first 1,000 events, in order");
+    assert_eq!(of("msg_b_"), b, "q's events, in order");
+    assert_eq!(of("msg_b0_"), ["msg_b0_0"]);
 }
 
 fn hook(publisher_id: &str) -> Webhook {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::staged::{self, StagedBody};
-use super::{WAITING, by_publisher, claimed_of, db_err, events_column, short, to_i64, webhook_of};
+use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, staged_rows, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
@@ -80,40 +80,49 @@ impl WebhookOutbox for PostgresSettings {
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        let by_publisher = by_publisher(events);
+        let rows = staged_rows(events);
         // The common case, one publisher whose batch fits under its cap: one
-        // statement, which reads the count itself. Nodes writing at once may
-        // each see room for their batch, as they did with a row per event: the
-        // cap is exact on one node, and a batch per node over it across nodes.
-        if let [(publisher_id, list)] = by_publisher.as_slice() {
-            let n = list.len();
-            let batch = staged::pack(list).await?;
+        // statement for all its rows, which reads the count itself. Nodes
+        // writing at once may each see room for their batch, as they did with a
+        // row per event: the cap is exact on one node, and a batch per node over
+        // it across nodes.
+        if let [(publisher_id, n)] = events_per_publisher(&rows).as_slice() {
+            let mut sizes = Vec::with_capacity(rows.len());
+            let mut batches = Vec::with_capacity(rows.len());
+            for (_, list) in &rows {
+                sizes.push(i64::try_from(list.len()).unwrap_or(i64::MAX));
+                batches.push(staged::pack(list).await?);
+            }
+            // The rows' ids are taken in the order of the arrays (ORDER BY the
+            // ordinality): a publisher's rows are delivered in id order.
             let staged = sqlx::query(
                 "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) \
-                 SELECT $1, $2, $3, $4 \
-                 WHERE COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0) + $2 <= $5",
+                 SELECT $1, t.events, t.batch, $4 FROM unnest($2::int8[], $3::bytea[]) WITH ORDINALITY AS t(events, batch, n) \
+                 WHERE COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0) + $5 <= $6 \
+                 ORDER BY t.n",
             )
             .bind(publisher_id)
-            .bind(i64::try_from(n).unwrap_or(i64::MAX))
-            .bind(batch)
+            .bind(sizes)
+            .bind(batches)
             .bind(staged::PACKED)
+            .bind(to_i64(*n))
             .bind(to_i64(cap))
             .execute(self.pool())
             .await
             .map_err(db_err)?
             .rows_affected();
-            if staged == 1 {
+            if staged > 0 {
                 return Ok(Enqueued {
-                    written: n as u64,
+                    written: *n,
                     refused_full: 0,
                 });
             }
         }
-        // Otherwise each publisher's events cut to the room its outbox has (its
-        // oldest dead letters dropped to make some), in one transaction.
+        // Otherwise each staged row cut to the room its publisher's outbox has
+        // (its oldest dead letters dropped to make some), in one transaction.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
         let mut done = Enqueued::default();
-        for (publisher_id, mut list) in by_publisher {
+        for (publisher_id, mut list) in rows {
             let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
             if list.len() > left {
                 done.refused_full += (list.len() - left) as u64;

@@ -10,7 +10,7 @@ use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
 use super::staged::{self, StagedBody, Unstaged};
-use super::{WAITING, by_publisher, claimed_of, db_err, events_column, short, to_i64, webhook_of};
+use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, staged_rows, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
 use crate::domain::ports::SettingsError;
@@ -92,34 +92,46 @@ impl WebhookOutbox for SqliteSettings {
     }
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        // One staged row per publisher of the batch (see the migration
-        // webhook_outbox_staged): the write that makes events durable appends,
-        // whatever the backlog; the delivery sends from it (see [`lane`]).
-        let by_publisher = by_publisher(events);
+        // Staged rows of one publisher each (see the migration
+        // webhook_outbox_staged), all in one transaction: the write that makes
+        // events durable appends, whatever the backlog; the delivery sends from
+        // the rows (see [`lane`]).
+        let rows = staged_rows(events);
+        let totals = events_per_publisher(&rows);
         let known = self.outbox_held();
         self.appender()
             .with(async |conn| {
-                // The common case, a batch of one publisher that fits under its cap
-                // by what is known of its outbox, in one plain INSERT: its own
-                // transaction, one round trip to the connection's thread.
-                if let [(publisher_id, list)] = by_publisher.as_slice() {
-                    let n = list.len() as u64;
-                    if let Some(held) = held_bound(known, publisher_id).filter(|held| held.saturating_add(n) <= cap) {
-                        let batch = staged::pack(list).await?;
-                        // Unknown until the INSERT answers: an error leaves no bound.
-                        forget_bound(known, publisher_id);
-                        append(conn, publisher_id, list.len(), batch).await?;
-                        set_bound(known, publisher_id, held + n);
-                        return Ok(Enqueued {
-                            written: n,
-                            refused_full: 0,
-                        });
+                // The common case, every publisher of the batch under its cap by
+                // what is known of its outbox: the rows appended with no count read.
+                let after: Option<Vec<(&str, u64)>> = totals
+                    .iter()
+                    .map(|&(publisher_id, n)| {
+                        let held = held_bound(known, publisher_id).filter(|held| held.saturating_add(n) <= cap)?;
+                        Some((publisher_id, held + n))
+                    })
+                    .collect();
+                if let Some(after) = after {
+                    let mut packed = Vec::with_capacity(rows.len());
+                    for (publisher_id, list) in &rows {
+                        packed.push((*publisher_id, list.len(), staged::pack(list).await?));
                     }
+                    // Unknown until the INSERTs answer: an error leaves no bound.
+                    for (publisher_id, _) in &after {
+                        forget_bound(known, publisher_id);
+                    }
+                    append(conn, packed).await?;
+                    for (publisher_id, held) in after {
+                        set_bound(known, publisher_id, held);
+                    }
+                    return Ok(Enqueued {
+                        written: totals.iter().map(|(_, n)| n).sum(),
+                        refused_full: 0,
+                    });
                 }
-                for (publisher_id, _) in &by_publisher {
+                for (publisher_id, _) in &totals {
                     forget_bound(known, publisher_id);
                 }
-                let (done, held) = stage_in_transaction(conn, by_publisher, cap, self.outbox_settled()).await?;
+                let (done, held) = stage_in_transaction(conn, rows, cap, self.outbox_settled()).await?;
                 for (publisher_id, held) in held {
                     set_bound(known, publisher_id, held);
                 }
@@ -215,8 +227,24 @@ fn forget_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) {
     }
 }
 
-/// Appends one publisher's framed batch, in its own transaction.
-async fn append(
+/// Appends packed rows (publisher, events, bytes): one alone is a plain INSERT,
+/// its own transaction and one round trip to the connection's thread; more go
+/// in one transaction, one commit.
+async fn append(conn: &mut SqliteConnection, rows: Vec<(&str, usize, Vec<u8>)>) -> Result<(), SettingsError> {
+    if let [_] = rows.as_slice() {
+        for (publisher_id, events, batch) in rows {
+            insert_staged(&mut *conn, publisher_id, events, batch).await?;
+        }
+        return Ok(());
+    }
+    let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
+    for (publisher_id, events, batch) in rows {
+        insert_staged(&mut *tx, publisher_id, events, batch).await?;
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+async fn insert_staged(
     conn: &mut SqliteConnection,
     publisher_id: &str,
     events: usize,
@@ -235,19 +263,19 @@ async fn append(
     Ok(())
 }
 
-/// A batch in one transaction, a staged row per publisher, each cut to the room
-/// its outbox has (its oldest dead letters dropped first to make some). With
+/// A batch in one transaction, its staged rows each cut to the room its
+/// publisher's outbox has (its oldest dead letters dropped first to make some). With
 /// what each publisher's outbox holds after it.
 async fn stage_in_transaction<'p>(
     conn: &mut SqliteConnection,
-    by_publisher: Vec<(&'p str, Vec<&OutboxEvent>)>,
+    rows: Vec<(&'p str, Vec<&OutboxEvent>)>,
     cap: u64,
     settled: &lane::Settled,
 ) -> Result<(Enqueued, Vec<(&'p str, u64)>), SettingsError> {
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
     let mut done = Enqueued::default();
-    let mut held_after = Vec::with_capacity(by_publisher.len());
-    for (publisher_id, mut list) in by_publisher {
+    let mut held_after = Vec::with_capacity(rows.len());
+    for (publisher_id, mut list) in rows {
         let (room, held) = room_for(&mut tx, publisher_id, cap, settled).await?;
         let left = usize::try_from(room).unwrap_or(usize::MAX);
         if list.len() > left {
@@ -259,14 +287,7 @@ async fn stage_in_transaction<'p>(
             continue;
         }
         let batch = staged::pack(&list).await?;
-        sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES (?, ?, ?, ?)")
-            .bind(publisher_id)
-            .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
-            .bind(batch)
-            .bind(staged::PACKED)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        insert_staged(&mut tx, publisher_id, list.len(), batch).await?;
         done.written += list.len() as u64;
     }
     tx.commit().await.map_err(db_err)?;
