@@ -61,9 +61,9 @@ pub struct EventSettings {
     pub outbox_queue: usize,
     /// Events written to the outbox in one transaction at most.
     pub outbox_batch: usize,
-    /// How long the outbox writer waits for more events once one arrived, unless
-    /// the batch fills first: fewer, larger commits, each event queued that much
-    /// longer before it is durable.
+    /// The least time between the starts of two writes of the outbox writer,
+    /// unless the batch fills first: under load fewer, larger commits; an event
+    /// waits at most this long before its write begins.
     #[serde(with = "humantime_serde")]
     pub outbox_gather: Duration,
     /// Events a stream reader may fall behind by before it skips ahead.
@@ -1001,9 +1001,10 @@ mod tests {
     }
 
     #[test]
-    fn the_outbox_gather_defaults_to_50ms_takes_0_and_refuses_more_than_a_second_by_name() {
+    fn the_outbox_gather_defaults_to_200ms_takes_0_and_refuses_more_than_a_second_by_name() {
         let mut s = Settings::defaults().unwrap();
-        assert_eq!(s.events.outbox_gather, Duration::from_millis(50));
+        assert_eq!(s.events.outbox_gather, Duration::from_millis(200));
+        assert_eq!(s.events.outbox_batch, 4096);
         s.events.outbox_gather = Duration::ZERO;
         s.validate().expect("0: each batch is written as soon as it is read");
         s.events.outbox_gather = Duration::from_secs(1);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::events::{OutboxEvent, WebhookOutbox};
@@ -18,12 +19,14 @@ const PAUSE: Duration = Duration::from_millis(500);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Limits {
     pub batch: usize,
-    /// How long the writer waits for more events once one arrived, unless the
-    /// batch fills first (`events.outbox_gather`). Without it a writer that keeps
-    /// up commits a few events at a time, and a commit (a transaction, an fsync,
-    /// the WAL's pages of the tables' tails) costs more than the events' rows: at
-    /// saturation that cost is taken from admissions. An event waits at most this
-    /// much longer before it is durable.
+    /// The least time between the starts of two writes, unless the batch fills
+    /// first (`events.outbox_gather`). A commit (a transaction, an fsync, the
+    /// WAL's pages) costs more than the events in it, and at saturation that cost
+    /// is taken from admissions: a writer that keeps up would commit a few events
+    /// at a time. An event that finds the last write older than this is written
+    /// at once (an idle node sends its events without delay); one that comes
+    /// sooner waits for the rest of it, so an event waits at most this much
+    /// before its write begins.
     pub gather: Duration,
     /// Rows per publisher (`webhooks.outbox_cap`).
     pub cap: u64,
@@ -38,6 +41,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(limits.batch);
+    let mut last_write: Option<Instant> = None;
     loop {
         let got = tokio::select! {
             got = queue.recv_many(&mut batch, limits.batch) => got,
@@ -46,9 +50,12 @@ pub async fn run(
         if got == 0 {
             return;
         }
-        if batch.len() < limits.batch && !limits.gather.is_zero() {
+        if let Some(due) = last_write.map(|last| last + limits.gather)
+            && batch.len() < limits.batch
+            && due > Instant::now()
+        {
             tokio::select! {
-                () = tokio::time::sleep(limits.gather) => {}
+                () = tokio::time::sleep_until(due) => {}
                 () = shutdown.cancelled() => {}
             }
             while batch.len() < limits.batch {
@@ -58,6 +65,7 @@ pub async fn run(
                 }
             }
         }
+        last_write = Some(Instant::now());
         write(&mut batch, outbox.as_ref(), &limits, &counters).await;
         written.notify_one();
     }

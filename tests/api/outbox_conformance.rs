@@ -922,3 +922,45 @@ async fn a_crash_with_events_in_flight_from_a_batch_sends_them_again() {
     assert_eq!(sqlite_tables(&path).await, (0, 0));
     db.close().await;
 }
+
+/// The outbox writer on SQLite: an event that finds the last write older than
+/// the gather is written at once; events close behind a write wait for the
+/// gather since that write began and go in one write (one staged row).
+#[tokio::test]
+async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_those_close_behind_it() {
+    use std::time::{Duration, Instant};
+    // Long against a write (milliseconds), so neither bound below is a race.
+    const GATHER: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = sqlite_at(&path).await;
+    let (queue, rx) = tokio::sync::mpsc::channel(16);
+    let written = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(drisc::events::writer::run(
+        rx,
+        Arc::new(db.clone()),
+        drisc::events::writer::Limits {
+            batch: 4096,
+            gather: GATHER,
+            cap: 1_000,
+        },
+        drisc::meter::Meter::new().event_counters(),
+        written.clone(),
+        stop.clone(),
+    ));
+    let start = Instant::now();
+    queue.send(event("p", "a", 0)).await.unwrap();
+    written.notified().await;
+    assert!(start.elapsed() < GATHER / 2, "the first event waited: {:?}", start.elapsed());
+    assert_eq!(sqlite_tables(&path).await.1, 1);
+    for n in 1..4 {
+        queue.send(event("p", "a", n)).await.unwrap();
+    }
+    written.notified().await;
+    assert!(start.elapsed() >= GATHER, "written {:?} after the first write began", start.elapsed());
+    assert_eq!(sqlite_tables(&path).await.1, 2, "the three close behind in one write");
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 4);
+    stop.cancel();
+    writer.await.unwrap();
+}
