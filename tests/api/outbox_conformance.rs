@@ -373,7 +373,10 @@ async fn a_batch_of_many_rows_is_cut_at_each_publishers_cap(s: Subject) {
             batch.push(event("q", "b", n));
         }
     }
-    assert_eq!(s.outbox.enqueue(&[event("q", "b0", 0)], 1_000).await.unwrap().written, 1);
+    assert_eq!(
+        s.outbox.enqueue(&[event("q", "b0", 0)], 1_000).await.unwrap().written,
+        1
+    );
     let done = s.outbox.enqueue(&batch, 1_000).await.unwrap();
     assert_eq!((done.written, done.refused_full), (1_000 + 700, 200));
     assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 1_000);
@@ -952,13 +955,21 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     let start = Instant::now();
     queue.send(event("p", "a", 0)).await.unwrap();
     written.notified().await;
-    assert!(start.elapsed() < GATHER / 2, "the first event waited: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < GATHER / 2,
+        "the first event waited: {:?}",
+        start.elapsed()
+    );
     assert_eq!(sqlite_tables(&path).await.1, 1);
     for n in 1..4 {
         queue.send(event("p", "a", n)).await.unwrap();
     }
     written.notified().await;
-    assert!(start.elapsed() >= GATHER, "written {:?} after the first write began", start.elapsed());
+    assert!(
+        start.elapsed() >= GATHER,
+        "written {:?} after the first write began",
+        start.elapsed()
+    );
     assert_eq!(sqlite_tables(&path).await.1, 2, "the three close behind in one write");
     assert_eq!(db.outbox_counts("p").await.unwrap().pending, 4);
     stop.cancel();

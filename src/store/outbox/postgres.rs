@@ -1,8 +1,8 @@
 //! [`WebhookOutbox`] on PostgreSQL, where several nodes claim from one outbox:
 //! a claim locks the rows it takes and skips the rows another node is taking.
 //!
-//! The writer stages a batch as one row per publisher, packed as SQLite's outbox
-//! packs it ([`staged`]); the delivery moves staged batches into rows, one node
+//! The writer stages a batch as rows of one publisher's events each (at most
+//! [`super::ROW_EVENTS`]), packed as SQLite's outbox packs them ([`staged`]); the delivery moves staged batches into rows, one node
 //! at a time and in the batches' order, before it claims ([`move_staged`]). A
 //! row has its body rendered, so a node of any version delivers it. Why: a row
 //! per event written by the writer cost a saturated node a rendered body and
@@ -329,8 +329,8 @@ async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<()
     Ok(())
 }
 
-/// Staged batches moved into rows at most per call: up to 8 of the writer's
-/// batches (4,096 events at its default 512).
+/// Staged batches moved into rows at most per call: up to 8 staged rows, 4,096
+/// events (a row holds at most 512, `ROW_EVENTS`).
 const BATCHES_PER_MOVE: i64 = 8;
 
 /// A move takes the staged batches that hold this many claims' events.

@@ -231,15 +231,13 @@ fn forget_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) {
 /// its own transaction and one round trip to the connection's thread; more go
 /// in one transaction, one commit.
 async fn append(conn: &mut SqliteConnection, rows: Vec<(&str, usize, Vec<u8>)>) -> Result<(), SettingsError> {
-    if let [_] = rows.as_slice() {
-        for (publisher_id, events, batch) in rows {
-            insert_staged(&mut *conn, publisher_id, events, batch).await?;
-        }
-        return Ok(());
-    }
+    let rows = match <[_; 1]>::try_from(rows) {
+        Ok([(publisher_id, events, batch)]) => return insert_staged(conn, publisher_id, events, batch).await,
+        Err(rows) => rows,
+    };
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
     for (publisher_id, events, batch) in rows {
-        insert_staged(&mut *tx, publisher_id, events, batch).await?;
+        insert_staged(&mut tx, publisher_id, events, batch).await?;
     }
     tx.commit().await.map_err(db_err)
 }
