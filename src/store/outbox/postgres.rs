@@ -2,8 +2,9 @@
 //! a claim locks the rows it takes and skips the rows another node is taking.
 //!
 //! The writer stages a batch as rows of one publisher's events each (at most
-//! [`super::ROW_EVENTS`]), packed as SQLite's outbox packs them ([`staged`]); the delivery moves staged batches into rows, one node
-//! at a time and in the batches' order, before it claims ([`move_staged`]). A
+//! [`super::ROW_EVENTS`]), packed as SQLite's outbox packs them ([`staged`]);
+//! the delivery moves staged batches into rows, one node at a time and in the
+//! batches' order, before it claims ([`move_staged`]). A
 //! row has its body rendered, so a node of any version delivers it. Why: a row
 //! per event written by the writer cost a saturated node a rendered body and
 //! seven array elements an event, and PostgreSQL a heap row and four index
