@@ -84,6 +84,7 @@ conformance!(
     the_pending_count_holds_while_failed_events_are_written_back_for_a_retry,
     every_kind_of_event_given_as_itself_is_delivered_as_its_body,
     a_batch_of_many_rows_is_cut_at_each_publishers_cap,
+    one_publishers_batch_of_many_rows_past_its_cap_is_cut_at_the_cap,
 );
 
 /// Events given as themselves (as the server gives them) come out as the bytes
@@ -358,6 +359,45 @@ async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: 
         let expected: Vec<u64> = (0..EVENTS).filter(|n| keys[(n * 5 % 7) as usize] == key).collect();
         assert_eq!(ns, expected, "session {key} in the order written");
     }
+}
+
+/// One publisher's batch of three staged rows past its cap (PostgreSQL's one
+/// statement for them refused, then the rows written apart): the row before the
+/// cut whole, the cut row to the room left, the row after it refused, and every
+/// event written delivered once, in order.
+async fn one_publishers_batch_of_many_rows_past_its_cap_is_cut_at_the_cap(s: Subject) {
+    let s = s.with_webhook("p").await;
+    let batch: Vec<_> = (0..1_200u64)
+        .map(|n| event("p", ["a", "b"][(n % 2) as usize], n))
+        .collect();
+    let done = s.outbox.enqueue(&batch, 1_000).await.unwrap();
+    assert_eq!((done.written, done.refused_full), (1_000, 200));
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..1_000 {
+        let round = s.outbox.claim(NOW, LEASE, 50).await.unwrap();
+        if round.is_empty() {
+            break;
+        }
+        seen.extend(round.iter().map(|c| c.message_id.clone()));
+        let settled: Vec<_> = round
+            .iter()
+            .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
+            .collect();
+        s.outbox.settle(&settled).await.unwrap();
+    }
+    for key in ["a", "b"] {
+        let got: Vec<&String> = seen.iter().filter(|m| m.starts_with(&format!("msg_{key}_"))).collect();
+        let want: Vec<String> = (0..1_000u64)
+            .filter(|n| ["a", "b"][(n % 2) as usize] == key)
+            .map(|n| format!("msg_{key}_{n}"))
+            .collect();
+        assert_eq!(
+            got,
+            want.iter().collect::<Vec<_>>(),
+            "session {key}: the first 1,000 events, in order"
+        );
+    }
+    assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 0);
 }
 
 /// A batch of two publishers, each with more events than a staged row holds,

@@ -82,6 +82,8 @@ impl WebhookOutbox for PostgresSettings {
 
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
         let rows = staged_rows(events);
+        // Each row's bytes once packed: a row the cap does not cut is not packed again below.
+        let mut packed: Vec<Option<Vec<u8>>> = vec![None; rows.len()];
         // The common case, one publisher whose batch fits under its cap: one
         // statement for all its rows, which reads the count itself. Nodes
         // writing at once may each see room for their batch, as they did with a
@@ -104,7 +106,7 @@ impl WebhookOutbox for PostgresSettings {
             )
             .bind(publisher_id)
             .bind(sizes)
-            .bind(batches)
+            .bind(&batches)
             .bind(staged::PACKED)
             .bind(to_i64(*n))
             .bind(to_i64(cap))
@@ -118,21 +120,27 @@ impl WebhookOutbox for PostgresSettings {
                     refused_full: 0,
                 });
             }
+            packed = batches.into_iter().map(Some).collect();
         }
         // Otherwise each staged row cut to the room its publisher's outbox has
         // (its oldest dead letters dropped to make some), in one transaction.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
         let mut done = Enqueued::default();
-        for (publisher_id, mut list) in rows {
+        for ((publisher_id, mut list), packed) in rows.into_iter().zip(packed) {
             let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
-            if list.len() > left {
+            let batch = if list.len() > left {
                 done.refused_full += (list.len() - left) as u64;
                 list.truncate(left);
-            }
-            if list.is_empty() {
-                continue;
-            }
-            let batch = staged::pack(&list).await?;
+                if list.is_empty() {
+                    continue;
+                }
+                staged::pack(&list).await?
+            } else {
+                match packed {
+                    Some(batch) => batch,
+                    None => staged::pack(&list).await?,
+                }
+            };
             sqlx::query(
                 "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES ($1, $2, $3, $4)",
             )
