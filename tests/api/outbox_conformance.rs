@@ -361,6 +361,25 @@ async fn a_large_batch_of_interleaved_sessions_goes_out_in_order_per_session(s: 
     }
 }
 
+/// Claims `limit` at a time and settles each round as delivered until nothing
+/// is due (at most `rounds` rounds): the message ids in the order claimed.
+async fn deliver_all(s: &Subject, limit: u32, rounds: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..rounds {
+        let round = s.outbox.claim(NOW, LEASE, limit).await.unwrap();
+        if round.is_empty() {
+            break;
+        }
+        seen.extend(round.iter().map(|c| c.message_id.clone()));
+        let settled: Vec<_> = round
+            .iter()
+            .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
+            .collect();
+        s.outbox.settle(&settled).await.unwrap();
+    }
+    seen
+}
+
 /// One publisher's batch of three staged rows past its cap (PostgreSQL's one
 /// statement for them refused, then the rows written apart): the row before the
 /// cut whole, the cut row to the room left, the row after it refused, and every
@@ -372,19 +391,7 @@ async fn one_publishers_batch_of_many_rows_past_its_cap_is_cut_at_the_cap(s: Sub
         .collect();
     let done = s.outbox.enqueue(&batch, 1_000).await.unwrap();
     assert_eq!((done.written, done.refused_full), (1_000, 200));
-    let mut seen: Vec<String> = Vec::new();
-    for _ in 0..1_000 {
-        let round = s.outbox.claim(NOW, LEASE, 50).await.unwrap();
-        if round.is_empty() {
-            break;
-        }
-        seen.extend(round.iter().map(|c| c.message_id.clone()));
-        let settled: Vec<_> = round
-            .iter()
-            .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
-            .collect();
-        s.outbox.settle(&settled).await.unwrap();
-    }
+    let seen = deliver_all(&s, 50, 1_000).await;
     for key in ["a", "b"] {
         let got: Vec<&String> = seen.iter().filter(|m| m.starts_with(&format!("msg_{key}_"))).collect();
         let want: Vec<String> = (0..1_000u64)
@@ -421,19 +428,7 @@ async fn a_batch_of_many_rows_is_cut_at_each_publishers_cap(s: Subject) {
     assert_eq!((done.written, done.refused_full), (1_000 + 700, 200));
     assert_eq!(s.outbox.outbox_counts("p").await.unwrap().pending, 1_000);
     assert_eq!(s.outbox.outbox_counts("q").await.unwrap().pending, 701);
-    let mut seen: Vec<String> = Vec::new();
-    for _ in 0..2_000 {
-        let round = s.outbox.claim(NOW, LEASE, 10).await.unwrap();
-        if round.is_empty() {
-            break;
-        }
-        seen.extend(round.iter().map(|c| c.message_id.clone()));
-        let settled: Vec<_> = round
-            .iter()
-            .map(|c| drisc::domain::events::Settled::Delivered { id: c.id })
-            .collect();
-        s.outbox.settle(&settled).await.unwrap();
-    }
+    let seen = deliver_all(&s, 10, 2_000).await;
     let of = |prefix: &str| -> Vec<String> { seen.iter().filter(|m| m.starts_with(prefix)).cloned().collect() };
     let a: Vec<String> = (0..1_000u64).map(|n| format!("msg_a_{n}")).collect();
     let b: Vec<String> = (0..700u64).map(|n| format!("msg_b_{n}")).collect();
