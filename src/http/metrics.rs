@@ -82,6 +82,7 @@ impl<S> Layer<S> for TimeRequests {
     fn layer(&self, inner: S) -> Timed<S> {
         Timed {
             meter: Arc::clone(&self.0),
+            route: None,
             inner,
         }
     }
@@ -90,7 +91,22 @@ impl<S> Layer<S> for TimeRequests {
 #[derive(Clone)]
 pub struct Timed<S> {
     meter: Arc<Meter>,
+    /// The template of the one route `inner` serves, for a route answered
+    /// without axum's router (which sets `MatchedPath`); `None` for a layer of
+    /// the router's routes.
+    route: Option<&'static str>,
     inner: S,
+}
+
+impl<S> Timed<S> {
+    /// Times `inner`, which serves the one route `route` outside the router.
+    pub fn route(meter: Arc<Meter>, route: &'static str, inner: S) -> Self {
+        Self {
+            meter,
+            route: Some(route),
+            inner,
+        }
+    }
 }
 
 impl<S> Service<Request> for Timed<S>
@@ -108,7 +124,14 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
         let method = request.method().clone();
-        let route = request.extensions().get::<MatchedPath>().cloned();
+        let route = match self.route {
+            Some(route) => Route::Fixed(route),
+            None => request
+                .extensions()
+                .get::<MatchedPath>()
+                .cloned()
+                .map_or(Route::Unmatched, Route::Matched),
+        };
         TimedAnswer {
             answer: self.inner.call(request),
             started,
@@ -125,8 +148,25 @@ pin_project_lite::pin_project! {
         answer: F,
         started: Instant,
         method: Method,
-        route: Option<MatchedPath>,
+        route: Route,
         meter: Arc<Meter>,
+    }
+}
+
+/// The route an answer is counted under.
+enum Route {
+    Matched(MatchedPath),
+    Fixed(&'static str),
+    Unmatched,
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Route::Matched(route) => route.as_str(),
+            Route::Fixed(route) => route,
+            Route::Unmatched => "unmatched",
+        }
     }
 }
 
@@ -140,9 +180,12 @@ where
         let this = self.project();
         let answer = std::task::ready!(this.answer.poll(cx));
         if let Ok(response) = &answer {
-            let route = this.route.as_ref().map_or("unmatched", |r| r.as_str());
-            this.meter
-                .http_request(this.method, route, response.status().as_u16(), this.started.elapsed());
+            this.meter.http_request(
+                this.method,
+                this.route.as_str(),
+                response.status().as_u16(),
+                this.started.elapsed(),
+            );
         }
         Poll::Ready(answer)
     }

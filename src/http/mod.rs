@@ -53,7 +53,14 @@ pub fn router(state: AppState) -> HttpService {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(cors)
         .layer(DefaultBodyLimit::max(body_limit))
-        .service(api.with_state(state.clone()));
+        .service(Hot {
+            create: metrics::Timed::route(
+                state.meter.clone(),
+                sessions::CREATE_PATH,
+                sessions::create_service(state.clone()),
+            ),
+            rest: api.with_state(state.clone()),
+        });
     let (probes, _) = health::probes().split_for_parts();
     HttpService::new(Edge {
         probes: probes.with_state(state),
@@ -92,6 +99,44 @@ where
             Either::Left(self.probes.call(request))
         } else {
             Either::Right(self.api.call(request.map(Body::new)))
+        }
+    }
+}
+
+/// Sends `POST /sessions`, nearly every request of a busy node, straight to its
+/// handler, and every other request to the router. axum's router costs each
+/// request its path's match, a boxed clone of the matched route and two futures
+/// around the handler's (bench/analysis.md, round twenty-four); this is one
+/// comparison. It sits inside the shared layers (trace, CORS, the body limit),
+/// so the route's answers are the router's own: a test holds `CREATE_PATH` to
+/// the route's path, and tests/api/metrics.rs counts its answers under the
+/// template, as the router's layer did.
+#[derive(Clone)]
+struct Hot<C, R> {
+    create: C,
+    rest: R,
+}
+
+impl<C, R> Service<Request<Body>> for Hot<C, R>
+where
+    C: Service<Request<Body>, Response = Answer, Error = Infallible>,
+    R: Service<Request<Body>, Response = Answer, Error = Infallible>,
+{
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = Either<C::Future, R::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (a handler, and axum's router).
+        std::task::ready!(self.create.poll_ready(cx))?;
+        self.rest.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.method() == Method::POST && request.uri().path() == sessions::CREATE_PATH {
+            Either::Left(self.create.call(request))
+        } else {
+            Either::Right(self.rest.call(request))
         }
     }
 }
@@ -152,7 +197,18 @@ fn cors_layer(origins: &[String]) -> cors::CorsLayer {
 
 #[cfg(test)]
 mod tests {
-    use super::health;
+    use super::{health, sessions};
+
+    #[test]
+    fn the_hot_path_is_the_path_of_the_create_route() {
+        let document = sessions::router().into_openapi();
+        let item = document.paths.paths.get(sessions::CREATE_PATH);
+        assert!(
+            item.is_some_and(|item| item.post.is_some()),
+            "POST {} is not a route of the sessions router",
+            sessions::CREATE_PATH
+        );
+    }
 
     #[test]
     fn the_probe_paths_are_those_of_the_probes_router() {
