@@ -168,21 +168,11 @@ impl Journal {
             let mut tx = conn.begin().await.map_err(db_err)?;
             upsert(&mut tx, put, JOURNAL_CHUNK).await?;
             for chunk in statements(&delete, JOURNAL_CHUNK) {
-                // A row value IN a subquery: SQLite looks each key up in the primary key
-                // (an IN over a VALUES list would scan the table).
-                let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
-                );
-                let mut rows = query.separated(", ");
+                let mut query = sqlx::query(DELETE.for_rows(chunk.len()));
                 for ended in chunk {
-                    rows.push("(")
-                        .push_bind_unseparated(ended.created_at as i64)
-                        .push_unseparated(", ")
-                        .push_bind_unseparated(ended.id.to_string())
-                        .push_unseparated(")");
+                    query = query.bind(ended.created_at as i64).bind(ended.id.to_string());
                 }
-                query.push("))");
-                query.build().execute(&mut *tx).await.map_err(db_err)?;
+                query.execute(&mut *tx).await.map_err(db_err)?;
             }
             tx.commit().await.map_err(db_err)
         })
@@ -222,21 +212,115 @@ async fn upsert<'a>(
 ) -> Result<(), SettingsError> {
     let sessions: Vec<_> = sessions.into_iter().collect();
     for chunk in statements(&sessions, rows_per_statement) {
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR REPLACE INTO held_sessions
-                (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) ",
-        );
-        query.push_values(chunk, |mut row, (pool, s)| {
-            row.push_bind(s.id.to_string())
-                .push_bind(pool.publisher_id())
-                .push_bind(pool.customer_id())
-                .push_bind(pool.offer_id())
-                .push_bind(s.name.as_str())
-                .push_bind(s.state.as_str())
-                .push_bind(s.expires_at as i64)
-                .push_bind(s.created_at as i64);
-        });
-        query.build().execute(&mut *tx).await.map_err(db_err)?;
+        let mut query = sqlx::query(UPSERT.for_rows(chunk.len()));
+        for (pool, s) in chunk {
+            query = query
+                .bind(s.id.to_string())
+                .bind(pool.publisher_id())
+                .bind(pool.customer_id())
+                .bind(pool.offer_id())
+                .bind(s.name.as_str())
+                .bind(s.state.as_str())
+                .bind(s.expires_at as i64)
+                .bind(s.created_at as i64);
+        }
+        query.execute(&mut *tx).await.map_err(db_err)?;
     }
     Ok(())
+}
+
+/// The journal's two statements of many rows, for each row count [`statements`]
+/// cuts (a power of two up to [`WRITE_CHUNK`]), written once: formatting each
+/// row's placeholders on every write (sqlx's `QueryBuilder`) cost about 1,000
+/// instructions a session, on a path every admission takes (bench/analysis.md,
+/// round twenty-four).
+struct RowStatements {
+    /// Index `i`: the statement of `2^i` rows.
+    texts: Vec<String>,
+}
+
+impl RowStatements {
+    fn new(head: &str, row: &str, tail: &str) -> Self {
+        let texts = (0..=WRITE_CHUNK.ilog2())
+            .map(|i| {
+                let rows = vec![row; 1 << i].join(", ");
+                format!("{head}{rows}{tail}")
+            })
+            .collect();
+        Self { texts }
+    }
+
+    /// The statement of `rows` rows, a power of two no greater than [`WRITE_CHUNK`].
+    fn for_rows(&self, rows: usize) -> &str {
+        debug_assert!(rows.is_power_of_two() && rows <= WRITE_CHUNK);
+        &self.texts[rows.ilog2() as usize]
+    }
+}
+
+static UPSERT: std::sync::LazyLock<RowStatements> = std::sync::LazyLock::new(|| {
+    RowStatements::new(
+        "INSERT OR REPLACE INTO held_sessions \
+         (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) VALUES ",
+        "(?, ?, ?, ?, ?, ?, ?, ?)",
+        "",
+    )
+});
+
+/// A row value IN a subquery: SQLite looks each key up in the primary key (an IN
+/// over a VALUES list would scan the table).
+static DELETE: std::sync::LazyLock<RowStatements> = std::sync::LazyLock::new(|| {
+    RowStatements::new(
+        "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
+        "(?, ?)",
+        "))",
+    )
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row count's statement is valid SQL with a parameter per value: each
+    /// upsert writes its rows, and each delete removes them again.
+    #[tokio::test]
+    async fn the_many_row_statements_write_and_delete_every_row_at_every_size() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        MIGRATOR.run(&mut conn).await.unwrap();
+        let mut next = 0_i64;
+        for i in 0..=WRITE_CHUNK.ilog2() {
+            let rows = 1_usize << i;
+            let sql = UPSERT.for_rows(rows);
+            assert_eq!(sql.matches('?').count(), rows * 8, "{rows} rows");
+            let keys: Vec<i64> = (next..next + rows as i64).collect();
+            next += rows as i64;
+            let mut query = sqlx::query(sql);
+            for key in &keys {
+                query = query
+                    .bind(key.to_string())
+                    .bind("p")
+                    .bind("c")
+                    .bind("o")
+                    .bind("TV")
+                    .bind("pending")
+                    .bind(key + 1)
+                    .bind(*key);
+            }
+            query.execute(&mut conn).await.unwrap();
+            assert_eq!(count(&mut conn).await, rows as i64, "{rows} rows written");
+
+            let mut query = sqlx::query(DELETE.for_rows(rows));
+            for key in &keys {
+                query = query.bind(*key).bind(key.to_string());
+            }
+            query.execute(&mut conn).await.unwrap();
+            assert_eq!(count(&mut conn).await, 0, "{rows} rows deleted");
+        }
+    }
+
+    async fn count(conn: &mut SqliteConnection) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM held_sessions")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
 }
