@@ -74,14 +74,29 @@ impl JournalBatch {
         }
     }
 
-    /// Takes out at most `n` changes, puts first.
-    fn split_front(&mut self, n: usize) -> JournalBatch {
+    /// Takes out at most `n` changes, puts first, from the end of each list: the
+    /// changes left stay where they are. Taken from the front, every chunk moved
+    /// all the changes behind it, quadratic in a flush's size: at 50,000 sessions
+    /// granted a second, a few percent of the server's CPU went to `memmove`
+    /// (bench/analysis.md, round twenty-four). Which changes go first does not
+    /// matter: each is the last word about its own session.
+    fn split_off(&mut self, n: usize) -> JournalBatch {
         let puts = self.put.len().min(n);
         let deletes = self.delete.len().min(n - puts);
         JournalBatch {
-            put: self.put.drain(..puts).collect(),
-            delete: self.delete.drain(..deletes).collect(),
+            put: take_last(&mut self.put, puts),
+            delete: take_last(&mut self.delete, deletes),
         }
+    }
+}
+
+/// The last `n` items of `list`, moved out; the whole list itself when `n` is its
+/// length (`Vec::split_off(0)` would allocate a new list as large as the old).
+fn take_last<T>(list: &mut Vec<T>, n: usize) -> Vec<T> {
+    if n == list.len() {
+        std::mem::take(list)
+    } else {
+        list.split_off(list.len() - n)
     }
 }
 
@@ -249,7 +264,7 @@ impl Journal {
         let mut rest = self.take_in_bites(pause).await;
         let mut written = 0;
         while !rest.is_empty() {
-            let chunk = rest.split_front(SPREAD_CHUNK);
+            let chunk = rest.split_off(SPREAD_CHUNK);
             let began = Instant::now();
             written += self.write_or_keep(archive, chunk).await.inspect_err(|_| {
                 self.put_back(std::mem::take(&mut rest));
@@ -431,6 +446,58 @@ mod tests {
         journal.removed(&s);
         journal.flush(&db).await.unwrap();
         assert_eq!(db.last().delete, vec![gone(&s)]);
+    }
+
+    /// Chunks of at most `n` changes, puts before deletes, that together are
+    /// every change of the batch once; for every size around `n`.
+    #[test]
+    fn a_batch_splits_into_bounded_chunks_of_every_change_once_puts_first() {
+        let p = pool();
+        for (puts, deletes) in [(0, 0), (12, 5), (5, 12), (10, 0), (0, 10), (4, 1), (1, 4)] {
+            let mut batch = JournalBatch::default();
+            let sessions: Vec<_> = (0..puts + deletes).map(|_| session()).collect();
+            for s in &sessions[..puts] {
+                batch.push(
+                    s.id,
+                    Entry::Put {
+                        pool: Arc::clone(&p),
+                        session: s.clone(),
+                        stored: false,
+                    },
+                );
+            }
+            for s in &sessions[puts..] {
+                batch.push(
+                    s.id,
+                    Entry::Delete {
+                        created_at: s.created_at,
+                    },
+                );
+            }
+            let all = batch.clone();
+            let mut seen = JournalBatch::default();
+            let mut puts_left = puts;
+            while !batch.is_empty() {
+                let chunk = batch.split_off(5);
+                assert!(
+                    !chunk.is_empty() && chunk.len() <= 5,
+                    "{puts}+{deletes}: {}",
+                    chunk.len()
+                );
+                assert!(chunk.delete.is_empty() || chunk.put.len() == puts_left, "puts first");
+                puts_left -= chunk.put.len();
+                seen.put.extend(chunk.put);
+                seen.delete.extend(chunk.delete);
+            }
+            let ids = |b: &JournalBatch| {
+                let mut put: Vec<_> = b.put.iter().map(|(_, s)| s.id).collect();
+                let mut delete: Vec<_> = b.delete.iter().map(|e| e.id).collect();
+                put.sort_unstable();
+                delete.sort_unstable();
+                (put, delete)
+            };
+            assert_eq!(ids(&seen), ids(&all), "{puts}+{deletes}: every change once");
+        }
     }
 
     #[tokio::test(start_paused = true)]
