@@ -231,9 +231,9 @@ async fn upsert<'a>(
 
 /// The journal's two statements of many rows, for each row count [`statements`]
 /// cuts (a power of two up to [`WRITE_CHUNK`]), written once: formatting each
-/// row's placeholders on every write (sqlx's `QueryBuilder`) cost about 1,000
-/// instructions a session, on a path every admission takes (bench/analysis.md,
-/// round twenty-four).
+/// row's placeholders on every write (sqlx's `QueryBuilder`) cost about 1,600
+/// instructions for every session granted, CPU a saturated node takes from
+/// admissions (bench/analysis.md, round twenty-four).
 struct RowStatements {
     /// Index `i`: the statement of `2^i` rows.
     texts: Vec<String>,
