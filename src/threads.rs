@@ -239,22 +239,28 @@ mod tests {
         while began.elapsed() < PACED_RUN * 2 {
             std::hint::spin_loop();
         }
+        let Rest::Paced { since } = &rest else {
+            panic!("Rest::paced() is paced");
+        };
         let before = voluntary_switches();
+        let rest_began = Instant::now();
         runtime.block_on(rest.pause());
         assert!(voluntary_switches() > before, "the thread slept");
-        // Straight after a rest there is no run to rest from. Reading the count
-        // between the two pauses takes time too, and a busy machine may preempt
-        // this thread there for longer than a run (then the pause rightly
-        // sleeps): one try in ten with no sleep shows that a pause straight
-        // after a rest does not sleep, where a pause that always slept would
-        // show a sleep in every try.
+        let run_began = *since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        assert!(run_began >= rest_began, "a new run begins after the rest");
+        // Within a run there is nothing to rest from. The run is set to begin
+        // far ahead rather than waited for: on a slow or busy machine, reading
+        // the count between two pauses has taken longer than a whole run, and
+        // then the second pause rightly slept. One try in ten with no sleep
+        // shows that a pause within a run does not sleep, where a pause that
+        // always slept would show a sleep in every try.
         let slept_every_time = (0..10).all(|_| {
-            runtime.block_on(rest.pause());
+            *since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now() + Duration::from_secs(3600);
             let before = voluntary_switches();
             runtime.block_on(rest.pause());
             voluntary_switches() != before
         });
-        assert!(!slept_every_time, "no sleep right after one");
+        assert!(!slept_every_time, "no sleep within a run");
     }
 
     #[test]
