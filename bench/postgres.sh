@@ -1,7 +1,8 @@
+# shellcheck shell=bash
 # A PostgreSQL for a bench, on 127.0.0.1, started as tests/api/support_postgres.rs
 # starts one: as the `postgres` user when this runs as root, trust on 127.0.0.1 only,
 # fsync off as the tests run it, in a temporary directory. Sourced by
-# bench/webhooks and bench/webhooks-alternating:
+# bench/webhooks, bench/webhooks-alternating and bench/admission-instructions:
 #
 #   pg_start LOG PIN...   start it (PIN: a command prefix, e.g. taskset -c 0);
 #                         sets PG_PORT, PG_DIR, PG_BIN, PG_PID
