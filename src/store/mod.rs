@@ -18,6 +18,7 @@ pub mod cached_settings;
 pub mod instrumented;
 pub mod memory;
 mod outbox;
+mod packing;
 pub mod postgres;
 pub mod private_files;
 pub mod redis;

@@ -500,10 +500,10 @@ impl SessionArchive for SqliteSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite_journal::WRITE_CHUNK;
 
     #[test]
-    fn journal_statements_cover_every_row_in_order_in_ten_shapes() {
+    fn statements_cover_every_row_in_order_in_ten_shapes() {
+        const WRITE_CHUNK: usize = 512;
         let mut shapes = std::collections::BTreeSet::new();
         for n in 0..=3 * WRITE_CHUNK {
             let rows: Vec<usize> = (0..n).collect();

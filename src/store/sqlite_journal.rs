@@ -2,12 +2,24 @@
 //! the settings (`drisc.sessions.db`), written by a thread at nice 19.
 //!
 //! Why a file of its own: SQLite has one write lock per database file. The journal
-//! writes a row per session granted and ended, and its thread yields the core to
+//! writes every session granted and ended, and its thread yields the core to
 //! admissions; in the settings file, a journal transaction held off a busy core
 //! kept the lock, and the webhook outbox's writer (at normal priority) waited
 //! behind it until its queue overflowed and events were dropped
 //! (bench/analysis.md, "Issue 13, round three"). In its own file the journal's
 //! lock blocks nobody.
+//!
+//! Why a log: each write of the journal (a batch of changes, the last word about
+//! each session since the last one) is one row of `journal_log`, its changes
+//! packed. A row per session, inserted when granted and deleted when ended, cost
+//! SQLite two B-tree operations for every session, about 13,000 instructions a
+//! create, a seventh of a saturated node's user-space work (bench/analysis.md,
+//! round twenty-six). The sessions held are what the rows say, read in order:
+//! a put holds a session, a delete ends it, the later word wins, as the table's
+//! rows did when written in the same order. When the log holds more than twice
+//! the changes it would take to say what it holds (and at least
+//! [`COMPACT_FLOOR`]), a compaction rewrites it as the sessions it holds, in one
+//! transaction: the log stays a few times the size of the table it replaces.
 //!
 //! sqlx runs each SQLite connection on a thread it starts when the connection is
 //! opened, from the thread that opens it, and Linux copies a thread's nice value to
@@ -17,34 +29,40 @@
 //! `SCHED_IDLE` preempted beside a busy one holds them for tens of milliseconds,
 //! with the runtime's worker waiting (bench/analysis.md, "The tail, round six").
 //! One connection, kept open; it is opened again (the same way) after an error.
+//! The packing, and a compaction's reading, run on the journal's flush thread,
+//! also at nice 19 (`tasks::journal`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{ConnectOptions, Connection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 
+use super::packing::{Reader, push_text, push_varint};
 use super::saved::SavedRow;
-use super::sqlite::{OwnConnection, db_err, statements};
-use crate::domain::journal::{Ended, JournalBatch};
+use super::sqlite::{OwnConnection, db_err};
+use crate::domain::journal::JournalBatch;
 use crate::domain::ports::SettingsError;
-use crate::domain::{PoolKey, Session};
+use crate::domain::{PoolKey, Session, SessionId, SessionState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/journal");
 
 /// The name of the journal's SQLite thread (`ps -eLo tid,cls,comm`).
 pub(super) const THREAD: &str = "drisc-journal";
 
-/// The most rows per statement when saving held sessions at once (a power of two,
-/// see [`statements`]): 8 parameters each, well below SQLite's limit of 32,766.
-pub(super) const WRITE_CHUNK: usize = 512;
+/// Changes the log may hold before a compaction is considered: below it, a
+/// compaction would rewrite a few megabytes to save as many.
+const COMPACT_FLOOR: u64 = 100_000;
 
-/// The most rows per statement in the journal's periodic writes: one statement is
-/// one uninterrupted run of the connection's thread (about 1.5 µs a row,
-/// `benches/journal.rs`), and a thread at nice 19 that the scheduler picks keeps
-/// the core until it blocks or the next tick. 128 rows hold it about 0.2 ms; 512
-/// held a request worker off the core for up to 1.8 ms (bench/analysis.md, "The
-/// tail, round seven"); 64 cost 0.2 µs more per change.
-const JOURNAL_CHUNK: usize = 128;
+/// Sessions per row when many are written at once (a shutdown's save, a
+/// compaction, the move of an older version's rows): a row of a few hundred
+/// kilobytes, as large as a journal write of one flush's chunk.
+const ROW_SESSIONS: usize = 5_000;
+
+/// A change's first byte.
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
 
 /// The journal's file for the settings database at `settings`: `drisc.db` →
 /// `drisc.sessions.db` (not `-journal`: SQLite names its own rollback journal so).
@@ -55,38 +73,108 @@ pub fn path_for(settings: &Path) -> PathBuf {
 pub(super) struct Journal {
     /// Opened from a thread at nice 19 ([`open_lowered`]).
     conn: OwnConnection,
+    /// What the log holds, as far as the writes since the last reading of it tell.
+    tally: std::sync::Mutex<Tally>,
+    /// [`COMPACT_FLOOR`]; smaller in tests.
+    floor: u64,
+}
+
+/// The changes in the log, and the sessions they leave held: known exactly when
+/// the log was last read whole, moved by each write since (a put of a session
+/// already held counts as a new one, so `live` may be high: a compaction then
+/// comes later, never wrongly).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    changes: u64,
+    live: u64,
+}
+
+impl Tally {
+    fn wrote(&mut self, puts: usize, deletes: usize) {
+        self.changes += (puts + deletes) as u64;
+        self.live = (self.live + puts as u64).saturating_sub(deletes as u64);
+    }
+
+    fn compaction_due(&self, floor: u64) -> bool {
+        self.changes > floor.max(self.live.saturating_mul(2))
+    }
 }
 
 impl Journal {
     /// Opens (creating if needed) the journal's file with the settings' `options`
     /// (WAL, page cache), applies its migrations, and moves in the rows an older
-    /// version kept in the settings database (`db`), once.
+    /// version kept in a table, once: this file's `held_sessions` (before the log),
+    /// and the settings database's (`db`, before this file).
     pub(super) async fn open(settings: &Path, options: SqliteConnectOptions, db: &SqlitePool) -> anyhow::Result<Self> {
         let path = path_for(settings);
         super::private_files::ensure_private_database(&path)?;
-        // Statement journals in memory: each multi-row `INSERT OR REPLACE` keeps one
-        // (SQLite must be able to undo the statement alone), and past 64 KiB SQLite
-        // spills it to a temporary file, a `pwrite` per page. On a busy node that was
-        // a fifth of this connection's CPU (bench/analysis.md, "Admission, round
-        // nine"). A statement's journal is bounded by its rows (`JOURNAL_CHUNK`,
-        // `WRITE_CHUNK`), so memory is bounded too.
+        // Statement journals in memory: SQLite keeps one for a statement it may
+        // have to undo alone, and past 64 KiB spills it to a temporary file, a
+        // `pwrite` per page (bench/analysis.md, "Admission, round nine").
         let options = options
             .filename(&path)
             .thread_name(|_| THREAD.to_owned())
             .pragma("temp_store", "memory");
         let journal = Self {
             conn: OwnConnection::new(options, |options| Box::pin(open_lowered(options))),
+            tally: std::sync::Mutex::default(),
+            floor: COMPACT_FLOOR,
         };
         journal
             .with(async |conn| MIGRATOR.run(conn).await.map_err(db_err))
             .await?;
+        journal.adopt_table().await?;
         journal.adopt(db).await?;
+        let changes: i64 = journal
+            .with(async |conn| {
+                sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM journal_log")
+                    .fetch_one(conn)
+                    .await
+                    .map_err(db_err)
+            })
+            .await?;
+        // Not read yet: as if every change held a session, until the log is read.
+        let changes = u64::try_from(changes).unwrap_or(0);
+        *journal.tally() = Tally { changes, live: changes };
         Ok(journal)
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Rows of this file's `held_sessions` (versions before the log) become a
+    /// row of the log, in the transaction that deletes them.
+    async fn adopt_table(&self) -> Result<(), SettingsError> {
+        let moved = self
+            .with(async |conn| {
+                let mut tx = conn.begin().await.map_err(db_err)?;
+                let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                let sessions: Vec<(PoolKey, Session)> = rows.into_iter().filter_map(SavedRow::into_saved).collect();
+                append(&mut tx, &pack_sessions(sessions.iter().map(|(pool, s)| (pool, s)))).await?;
+                sqlx::query("DELETE FROM held_sessions")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(sessions.len())
+            })
+            .await?;
+        if moved > 0 {
+            tracing::info!(sessions = moved, "session journal rewritten as a log");
+        }
+        Ok(())
     }
 
     /// Rows of `held_sessions` in the settings database (versions before this file
     /// kept the journal there) are written here, then deleted there. Stopped half-way,
-    /// the next start does it again: the writes replace rows by key.
+    /// the next start does it again: a session written twice is held once.
     async fn adopt(&self, db: &SqlitePool) -> Result<(), SettingsError> {
         let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
             .fetch_all(db)
@@ -119,64 +207,96 @@ impl Journal {
         self.conn.close().await;
     }
 
-    /// Saves `sessions` (a shutdown), replacing rows by key.
+    /// Saves `sessions` (a shutdown): each is held, whatever the log said of it.
     pub(super) async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError> {
+        let rows = pack_sessions(sessions.iter().map(|(pool, s)| (pool, s)));
         self.with(async |conn| {
             let mut tx = conn.begin().await.map_err(db_err)?;
-            upsert(&mut tx, sessions.iter().map(|(pool, s)| (pool, s)), WRITE_CHUNK).await?;
+            append(&mut tx, &rows).await?;
             tx.commit().await.map_err(db_err)
         })
-        .await
+        .await?;
+        self.tally().wrote(sessions.len(), 0);
+        Ok(())
     }
 
-    /// Every saved session, deleted as they are read (a start).
+    /// Every saved session, the log emptied in the same transaction (a start).
     pub(super) async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        self.with(async |conn| {
-            let mut tx = conn.begin().await.map_err(db_err)?;
-            let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            sqlx::query("DELETE FROM held_sessions")
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
-        })
-        .await
+        let expected = self.tally().live;
+        let held = self
+            .with(async |conn| {
+                let mut tx = conn.begin().await.map_err(db_err)?;
+                let held = replay(&mut tx, expected).await?;
+                sqlx::query("DELETE FROM journal_log")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(held)
+            })
+            .await?;
+        *self.tally() = Tally::default();
+        Ok(held.sessions())
     }
 
     pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        self.with(async |conn| {
-            let rows = sqlx::query_as::<_, SavedRow>("SELECT * FROM held_sessions")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
-        })
-        .await
+        let expected = self.tally().live;
+        let held = self.with(async |conn| replay(conn, expected).await).await?;
+        *self.tally() = held.tally();
+        Ok(held.sessions())
     }
 
+    /// Appends `batch` as one row; then, if the log has grown past what it holds,
+    /// compacts it. A compaction that fails is logged and tried after a later
+    /// write: the batch itself is written.
     pub(super) async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
-        // In key order, so the B-tree is walked one way and each page is dirtied once.
-        let mut put: Vec<(&PoolKey, &Session)> = batch.put.iter().map(|(pool, s)| (&**pool, s)).collect();
-        put.sort_unstable_by_key(|(_, s)| s.created_at);
-        let mut delete: Vec<&Ended> = batch.delete.iter().collect();
-        delete.sort_unstable_by_key(|ended| ended.created_at);
-        self.with(async |conn| {
-            let mut tx = conn.begin().await.map_err(db_err)?;
-            upsert(&mut tx, put, JOURNAL_CHUNK).await?;
-            for chunk in statements(&delete, JOURNAL_CHUNK) {
-                let mut query = sqlx::query(DELETE.for_rows(chunk.len()));
-                for ended in chunk {
-                    query = query.bind(ended.created_at as i64).bind(ended.id.to_string());
-                }
-                query.execute(&mut *tx).await.map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
-        })
-        .await
+        let mut changes = Vec::with_capacity(batch.put.len() * 64 + batch.delete.len() * 17);
+        for (pool, session) in &batch.put {
+            pack_put(&mut changes, pool, session);
+        }
+        for ended in &batch.delete {
+            pack_delete(&mut changes, ended.id);
+        }
+        let row = (changes, batch.len());
+        self.with(async |conn| append(conn, std::slice::from_ref(&row)).await)
+            .await?;
+        let due = {
+            let mut tally = self.tally();
+            tally.wrote(batch.put.len(), batch.delete.len());
+            tally.compaction_due(self.floor)
+        };
+        if due && let Err(e) = self.compact().await {
+            tracing::warn!(error = %e, "could not compact the session journal; tried again after a later write");
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log as the sessions it holds, in one transaction.
+    async fn compact(&self) -> Result<(), SettingsError> {
+        let expected = self.tally().live;
+        let tally = self
+            .with(async |conn| {
+                let mut tx = conn.begin().await.map_err(db_err)?;
+                let held = replay(&mut tx, expected).await?;
+                sqlx::query("DELETE FROM journal_log")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                append(&mut tx, &held.rows()).await?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(Tally {
+                    changes: held.records.len() as u64,
+                    live: held.records.len() as u64,
+                })
+            })
+            .await?;
+        let before = std::mem::replace(&mut *self.tally(), tally);
+        tracing::debug!(
+            changes_before = before.changes,
+            held = tally.live,
+            "session journal compacted"
+        );
+        Ok(())
     }
 }
 
@@ -203,124 +323,393 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
     opened
 }
 
-/// Inserts or replaces the rows of `sessions`, many per statement: a batch of the
-/// journal can hold every session of a restart.
-async fn upsert<'a>(
-    tx: &mut SqliteConnection,
-    sessions: impl IntoIterator<Item = (&'a PoolKey, &'a Session)>,
-    rows_per_statement: usize,
-) -> Result<(), SettingsError> {
-    let sessions: Vec<_> = sessions.into_iter().collect();
-    for chunk in statements(&sessions, rows_per_statement) {
-        let mut query = sqlx::query(UPSERT.for_rows(chunk.len()));
-        for (pool, s) in chunk {
-            query = query
-                .bind(s.id.to_string())
-                .bind(pool.publisher_id())
-                .bind(pool.customer_id())
-                .bind(pool.offer_id())
-                .bind(s.name.as_str())
-                .bind(s.state.as_str())
-                .bind(s.expires_at as i64)
-                .bind(s.created_at as i64);
-        }
-        query.execute(&mut *tx).await.map_err(db_err)?;
+/// Appends `rows` (packed changes, and how many) to the log, in order.
+async fn append(conn: &mut SqliteConnection, rows: &[(Vec<u8>, usize)]) -> Result<(), SettingsError> {
+    for (changes, count) in rows {
+        sqlx::query("INSERT INTO journal_log (changes, count) VALUES (?, ?)")
+            .bind(changes.as_slice())
+            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
     }
     Ok(())
 }
 
-/// The journal's two statements of many rows, for each row count [`statements`]
-/// cuts (a power of two up to [`WRITE_CHUNK`]), written once: formatting each
-/// row's placeholders on every write (sqlx's `QueryBuilder`) cost about 1,600
-/// instructions for every session granted, CPU a saturated node takes from
-/// admissions (bench/analysis.md, round twenty-four).
-struct RowStatements {
-    /// Index `i`: the statement of `2^i` rows.
-    texts: Vec<String>,
+/// What the log holds: each held session's put, as packed, by id.
+struct Held {
+    records: HashMap<SessionId, Box<[u8]>, foldhash::fast::RandomState>,
+    /// The changes read.
+    changes: u64,
 }
 
-impl RowStatements {
-    fn new(head: &str, row: &str, tail: &str) -> Self {
-        let texts = (0..=WRITE_CHUNK.ilog2())
-            .map(|i| {
-                let rows = vec![row; 1 << i].join(", ");
-                format!("{head}{rows}{tail}")
-            })
-            .collect();
-        Self { texts }
-    }
-
-    /// The statement of `rows` rows, a power of two no greater than [`WRITE_CHUNK`].
-    fn for_rows(&self, rows: usize) -> &str {
-        debug_assert!(rows.is_power_of_two() && rows <= WRITE_CHUNK);
-        &self.texts[rows.ilog2() as usize]
-    }
-}
-
-static UPSERT: std::sync::LazyLock<RowStatements> = std::sync::LazyLock::new(|| {
-    RowStatements::new(
-        "INSERT OR REPLACE INTO held_sessions \
-         (session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at) VALUES ",
-        "(?, ?, ?, ?, ?, ?, ?, ?)",
-        "",
-    )
-});
-
-/// A row value IN a subquery: SQLite looks each key up in the primary key (an IN
-/// over a VALUES list would scan the table).
-static DELETE: std::sync::LazyLock<RowStatements> = std::sync::LazyLock::new(|| {
-    RowStatements::new(
-        "DELETE FROM held_sessions WHERE (created_at, session_id) IN (SELECT column1, column2 FROM (VALUES ",
-        "(?, ?)",
-        "))",
-    )
-});
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every row count's statement is valid SQL with a parameter per value: each
-    /// upsert writes its rows, and each delete removes them again.
-    #[tokio::test]
-    async fn the_many_row_statements_write_and_delete_every_row_at_every_size() {
-        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        MIGRATOR.run(&mut conn).await.unwrap();
-        let mut next = 0_i64;
-        for i in 0..=WRITE_CHUNK.ilog2() {
-            let rows = 1_usize << i;
-            let sql = UPSERT.for_rows(rows);
-            assert_eq!(sql.matches('?').count(), rows * 8, "{rows} rows");
-            let keys: Vec<i64> = (next..next + rows as i64).collect();
-            next += rows as i64;
-            let mut query = sqlx::query(sql);
-            for key in &keys {
-                query = query
-                    .bind(key.to_string())
-                    .bind("p")
-                    .bind("c")
-                    .bind("o")
-                    .bind("TV")
-                    .bind("pending")
-                    .bind(key + 1)
-                    .bind(*key);
-            }
-            query.execute(&mut conn).await.unwrap();
-            assert_eq!(count(&mut conn).await, rows as i64, "{rows} rows written");
-
-            let mut query = sqlx::query(DELETE.for_rows(rows));
-            for key in &keys {
-                query = query.bind(*key).bind(key.to_string());
-            }
-            query.execute(&mut conn).await.unwrap();
-            assert_eq!(count(&mut conn).await, 0, "{rows} rows deleted");
+impl Held {
+    fn tally(&self) -> Tally {
+        Tally {
+            changes: self.changes,
+            live: self.records.len() as u64,
         }
     }
 
-    async fn count(conn: &mut SqliteConnection) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM held_sessions")
-            .fetch_one(conn)
+    fn sessions(self) -> Vec<(PoolKey, Session)> {
+        self.records
+            .values()
+            .filter_map(|record| match unpack_put(record) {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a saved session that cannot be read");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The held sessions' puts as rows of at most [`ROW_SESSIONS`].
+    fn rows(&self) -> Vec<(Vec<u8>, usize)> {
+        let records: Vec<&[u8]> = self.records.values().map(|r| &r[..]).collect();
+        records
+            .chunks(ROW_SESSIONS)
+            .map(|chunk| (chunk.concat(), chunk.len()))
+            .collect()
+    }
+}
+
+/// Reads the log in order: a put holds its session (the later put wins), a
+/// delete ends it. A row that cannot be read to its end is used up to the
+/// damage, and the damage logged: the sessions of the rows around it still come
+/// back.
+///
+/// `expected`: about how many sessions it holds, to size the map at once.
+async fn replay(conn: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
+    // A bound on the guess: the tally of a log not yet read counts every change.
+    let capacity = usize::try_from(expected.min(1 << 22)).unwrap_or(0);
+    let mut held = Held {
+        records: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+        changes: 0,
+    };
+    let mut rows = sqlx::query("SELECT seq, changes FROM journal_log ORDER BY seq").fetch(conn);
+    while let Some(row) = rows.try_next().await.map_err(db_err)? {
+        let seq: i64 = row.try_get("seq").map_err(db_err)?;
+        let changes: &[u8] = row.try_get("changes").map_err(db_err)?;
+        if let Err(e) = apply(&mut held, changes) {
+            tracing::warn!(row = seq, error = %e, "a row of the session journal cannot be read past this");
+        }
+    }
+    Ok(held)
+}
+
+fn apply(held: &mut Held, changes: &[u8]) -> Result<(), String> {
+    let mut r = Reader::new(changes);
+    while !r.is_empty() {
+        let start = changes.len() - r.remaining();
+        let kind = r.byte()?;
+        let id = r.session_id()?;
+        match kind {
+            PUT => {
+                skip_put_fields(&mut r)?;
+                let end = changes.len() - r.remaining();
+                held.records.insert(id, changes[start..end].into());
+            }
+            DELETE => {
+                held.records.remove(&id);
+            }
+            other => return Err(format!("an unknown change {other}")),
+        }
+        held.changes += 1;
+    }
+    Ok(())
+}
+
+/// The rows of `sessions`' puts, at most [`ROW_SESSIONS`] each.
+fn pack_sessions<'a>(sessions: impl Iterator<Item = (&'a PoolKey, &'a Session)>) -> Vec<(Vec<u8>, usize)> {
+    let sessions: Vec<_> = sessions.collect();
+    sessions
+        .chunks(ROW_SESSIONS)
+        .map(|chunk| {
+            let mut changes = Vec::with_capacity(chunk.len() * 64);
+            for (pool, session) in chunk {
+                pack_put(&mut changes, pool, session);
+            }
+            (changes, chunk.len())
+        })
+        .collect()
+}
+
+/// A put: [`PUT`], the session id's 16 bytes, `created_at` and `expires_at` as
+/// varints, then the state, the publisher, customer and offer ids and the
+/// session's name as texts (a varint of the length in bytes, then the UTF-8).
+/// The holder is not kept: a session brought back comes back detached.
+fn pack_put(out: &mut Vec<u8>, pool: &PoolKey, session: &Session) {
+    out.push(PUT);
+    out.extend_from_slice(session.id.0.as_bytes());
+    push_varint(out, session.created_at);
+    push_varint(out, session.expires_at);
+    push_text(out, session.state.as_str());
+    push_text(out, pool.publisher_id());
+    push_text(out, pool.customer_id());
+    push_text(out, pool.offer_id());
+    push_text(out, &session.name);
+}
+
+/// A delete: [`DELETE`], the session id's 16 bytes.
+fn pack_delete(out: &mut Vec<u8>, id: SessionId) {
+    out.push(DELETE);
+    out.extend_from_slice(id.0.as_bytes());
+}
+
+/// Past a put's fields, after its kind and id (the record is kept as packed).
+fn skip_put_fields(r: &mut Reader<'_>) -> Result<(), String> {
+    r.varint()?;
+    r.varint()?;
+    for _ in 0..5 {
+        r.skip_text()?;
+    }
+    Ok(())
+}
+
+fn unpack_put(record: &[u8]) -> Result<(PoolKey, Session), String> {
+    let mut r = Reader::new(record);
+    if r.byte()? != PUT {
+        return Err("not a put".into());
+    }
+    let id = r.session_id()?;
+    let created_at = r.varint()?;
+    let expires_at = r.varint()?;
+    let state = r.text()?;
+    let state = SessionState::parse(state).ok_or_else(|| format!("an unknown state {state:?}"))?;
+    let pool = PoolKey::from_ids(r.text()?, r.text()?, r.text()?);
+    let session = Session {
+        id,
+        name: r.text()?.to_owned(),
+        state,
+        expires_at,
+        holder: None,
+        created_at,
+    };
+    Ok((pool, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use sqlx::sqlite::SqliteJournalMode;
+
+    use super::*;
+    use crate::domain::journal::Ended;
+    use crate::store::sqlite::SqliteSettings;
+
+    async fn opened(dir: &Path) -> (SqliteSettings, Journal) {
+        let path = dir.join("drisc.db");
+        let settings = SqliteSettings::open(&path).await.unwrap();
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .journal_mode(SqliteJournalMode::Wal);
+        let journal = Journal::open(&path, options, settings.pool()).await.unwrap();
+        (settings, journal)
+    }
+
+    fn session(n: u64, name: &str) -> (Arc<PoolKey>, Session) {
+        let pool = PoolKey::from_ids("acme", &format!("customer-{n}"), "premium");
+        let session = Session {
+            id: SessionId::random(),
+            name: name.into(),
+            state: SessionState::Live,
+            expires_at: 2_000_000 + n,
+            holder: None,
+            created_at: 1_000_000 + n,
+        };
+        (Arc::new(pool), session)
+    }
+
+    fn batch(put: &[(Arc<PoolKey>, Session)], delete: &[&Session]) -> JournalBatch {
+        JournalBatch {
+            put: put.to_vec(),
+            delete: delete
+                .iter()
+                .map(|s| Ended {
+                    id: s.id,
+                    created_at: s.created_at,
+                })
+                .collect(),
+        }
+    }
+
+    fn sorted(held: Vec<(PoolKey, Session)>) -> Vec<(PoolKey, Session)> {
+        let mut held = held;
+        held.sort_by_key(|(_, s)| s.id.to_string());
+        held
+    }
+
+    fn expected(sessions: &[&(Arc<PoolKey>, Session)]) -> Vec<(PoolKey, Session)> {
+        sorted(sessions.iter().map(|(pool, s)| ((**pool).clone(), s.clone())).collect())
+    }
+
+    async fn log_rows(journal: &Journal) -> (i64, i64) {
+        journal
+            .with(async |conn| {
+                let row = sqlx::query("SELECT count(*) AS n, coalesce(sum(count), 0) AS changes FROM journal_log")
+                    .fetch_one(conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok((row.get("n"), row.get("changes")))
+            })
             .await
             .unwrap()
+    }
+
+    /// Every field comes back; a later put of a session replaces the earlier, a
+    /// delete ends it; `take` empties the log.
+    #[tokio::test]
+    async fn the_log_holds_what_its_puts_and_deletes_say_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, journal) = opened(dir.path()).await;
+        let a = session(1, "living room tv");
+        let b = session(2, "télé du salon 📺");
+        let c = session(3, "");
+        journal
+            .write(&batch(&[a.clone(), b.clone(), c.clone()], &[]))
+            .await
+            .unwrap();
+        let mut b2 = b.clone();
+        b2.1.name = "renamed".into();
+        b2.1.state = SessionState::Detached;
+        journal.write(&batch(&[b2.clone()], &[&a.1])).await.unwrap();
+
+        assert_eq!(sorted(journal.held().await.unwrap()), expected(&[&b2, &c]));
+        assert_eq!(*journal.tally(), Tally { changes: 5, live: 2 });
+        assert_eq!(log_rows(&journal).await, (2, 5), "one row a write");
+
+        assert_eq!(sorted(journal.take().await.unwrap()), expected(&[&b2, &c]));
+        assert!(journal.held().await.unwrap().is_empty(), "taken");
+        assert_eq!(log_rows(&journal).await, (0, 0));
+        journal.close().await;
+        settings.close().await;
+    }
+
+    /// Past the floor and twice what it holds, the log is rewritten as the
+    /// sessions it holds: no session gained or lost, and the log shorter than
+    /// what was written.
+    #[tokio::test]
+    async fn a_compaction_keeps_exactly_the_sessions_held_and_shrinks_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, mut journal) = opened(dir.path()).await;
+        journal.floor = 10;
+        let mut held: Vec<(Arc<PoolKey>, Session)> = Vec::new();
+        let mut written = 0;
+        for n in 0..40 {
+            // Two sessions granted, the oldest held one ended.
+            let fresh = [session(2 * n, "a"), session(2 * n + 1, "b")];
+            let ended = (!held.is_empty()).then(|| held.remove(0));
+            let deletes: Vec<&Session> = ended.iter().map(|(_, s)| s).collect();
+            journal.write(&batch(&fresh, &deletes)).await.unwrap();
+            written += 2 + deletes.len() as i64;
+            held.extend(fresh);
+            // After every write, compacted or not: a session a compaction lost
+            // would otherwise go unseen once the oldest are ended.
+            let want: Vec<&(Arc<PoolKey>, Session)> = held.iter().collect();
+            assert_eq!(
+                sorted(journal.held().await.unwrap()),
+                expected(&want),
+                "after write {n}"
+            );
+        }
+        let (rows, changes) = log_rows(&journal).await;
+        assert!(
+            changes < written,
+            "compacted: {changes} changes in the log of {written} written"
+        );
+        assert!(
+            changes as usize <= 2 * held.len() + 3,
+            "{changes} changes in {rows} rows for {} sessions",
+            held.len()
+        );
+        let want: Vec<&(Arc<PoolKey>, Session)> = held.iter().collect();
+        assert_eq!(sorted(journal.held().await.unwrap()), expected(&want));
+
+        // Opened again, it reads the same.
+        journal.close().await;
+        let (settings2, again) = opened(dir.path()).await;
+        assert_eq!(sorted(again.held().await.unwrap()), expected(&want));
+        again.close().await;
+        settings2.close().await;
+        settings.close().await;
+    }
+
+    /// A row cut short gives the changes before the damage, and the rows around
+    /// it are read as usual.
+    #[tokio::test]
+    async fn a_damaged_row_loses_only_what_follows_the_damage_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, journal) = opened(dir.path()).await;
+        let (a, b, c) = (session(1, "a"), session(2, "b"), session(3, "c"));
+        journal.write(&batch(std::slice::from_ref(&a), &[])).await.unwrap();
+        let mut damaged = Vec::new();
+        pack_put(&mut damaged, &b.0, &b.1);
+        let whole = damaged.len();
+        pack_put(&mut damaged, &c.0, &c.1);
+        damaged.truncate(whole + 20);
+        journal
+            .with(async |conn| append(conn, &[(damaged, 2)]).await)
+            .await
+            .unwrap();
+        let d = session(4, "d");
+        journal.write(&batch(std::slice::from_ref(&d), &[])).await.unwrap();
+        assert_eq!(sorted(journal.held().await.unwrap()), expected(&[&a, &b, &d]));
+        journal.close().await;
+        settings.close().await;
+    }
+
+    /// The journal's file of the version before the log kept a row per session in
+    /// `held_sessions`: the first start of this one moves them into the log, once.
+    #[tokio::test]
+    async fn the_rows_of_the_table_before_the_log_are_moved_into_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, journal) = opened(dir.path()).await;
+        journal.close().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let file = SqliteConnectOptions::new().filename(path_for(&dir.path().join("drisc.db")));
+        let old = SqlitePool::connect_with(file).await.unwrap();
+        sqlx::query(
+            "INSERT INTO held_sessions (created_at, session_id, publisher_id, customer_id, offer_id, name, \
+             state, expires_at) VALUES (5, ?, 'p', 'c', 'o', 'TV', 'pending', 9)",
+        )
+        .bind(&id)
+        .execute(&old)
+        .await
+        .unwrap();
+
+        let journal = Journal::open(
+            &dir.path().join("drisc.db"),
+            SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .journal_mode(SqliteJournalMode::Wal),
+            settings.pool(),
+        )
+        .await
+        .unwrap();
+        let held = journal.held().await.unwrap();
+        assert_eq!(held.len(), 1);
+        let (pool, s) = &held[0];
+        assert_eq!(s.id.to_string(), id);
+        assert_eq!(
+            (
+                pool.publisher_id(),
+                pool.customer_id(),
+                pool.offer_id(),
+                s.name.as_str()
+            ),
+            ("p", "c", "o", "TV")
+        );
+        assert_eq!((s.state, s.created_at, s.expires_at), (SessionState::Pending, 5, 9));
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM held_sessions")
+            .fetch_one(&old)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "the table is emptied in the move");
+        journal.close().await;
+        old.close().await;
+        settings.close().await;
     }
 }

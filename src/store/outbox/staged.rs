@@ -16,8 +16,9 @@ use std::borrow::Cow;
 
 use crate::domain::events::{EventKind, EventType, OutboxBody, OutboxEvent, RefusalReason, SessionEvent};
 use crate::domain::ports::{EndCause, SettingsError};
-use crate::domain::{Millis, PoolKey, SessionId};
+use crate::domain::{Millis, PoolKey};
 use crate::event_body;
+use crate::store::packing::{Reader, push_text, push_varint, unzigzag, zigzag};
 
 /// The forms, as the column `form` tells them: [`JSON_ARRAY`], [`FRAMED`] and
 /// [`COMPACT`] were written by earlier versions and are still read.
@@ -233,83 +234,11 @@ fn reason_index(reason: RefusalReason) -> u8 {
     REASONS.iter().position(|x| *x == reason).unwrap_or_default() as u8
 }
 
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
-
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-/// `n` in 7-bit groups, low first, the high bit set on all but the last.
-fn push_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn push_text(out: &mut Vec<u8>, text: &str) {
-    push_varint(out, text.len() as u64);
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// A packed batch as it is read: every read is checked, so a damaged batch is
-/// an error, never a panic.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Result<u8, String> {
-        let (&b, rest) = self.rest.split_first().ok_or("a batch cut short")?;
-        self.rest = rest;
-        Ok(b)
-    }
-
-    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let (bytes, rest) = self.rest.split_first_chunk::<N>().ok_or("a batch cut short")?;
-        self.rest = rest;
-        Ok(*bytes)
-    }
-
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            // The tenth byte holds the last bit: anything more does not fit.
-            if shift == 63 && b > 1 {
-                return Err("a number longer than 64 bits".into());
-            }
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err("a number longer than 64 bits".into())
-    }
-
-    fn text(&mut self) -> Result<&'a str, String> {
-        let length = usize::try_from(self.varint()?).map_err(|_| "a text longer than memory")?;
-        if length > self.rest.len() {
-            return Err(format!("a text of {length} bytes where {} are left", self.rest.len()));
-        }
-        let (text, rest) = self.rest.split_at(length);
-        self.rest = rest;
-        std::str::from_utf8(text).map_err(|e| format!("a text that is not UTF-8: {e}"))
-    }
-
-    fn session_id(&mut self) -> Result<SessionId, String> {
-        Ok(SessionId(uuid::Uuid::from_bytes(self.bytes()?)))
-    }
-}
-
 fn unpack(batch: &[u8], publisher_id: &str) -> Result<Vec<Unstaged<'static>>, String> {
     let mut events = Vec::new();
-    let mut r = Reader { rest: batch };
+    let mut r = Reader::new(batch);
     let mut previous: Millis = 0;
-    while !r.rest.is_empty() {
+    while !r.is_empty() {
         let head = r.byte()?;
         let event_type = *EventType::ALL
             .get(usize::from(head & TYPE_BITS))
@@ -522,6 +451,7 @@ pub(super) fn unstage<'b>(form: i64, batch: &'b [u8], publisher_id: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::SessionId;
 
     const PUBLISHER: &str = "p";
 
