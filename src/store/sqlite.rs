@@ -124,11 +124,11 @@ impl SqliteSettings {
             .foreign_keys(true)
             // Each connection's page cache, in KiB (SQLite's default: 2,000): a bound on
             // what the pool's 4 connections and the journal's (which opens its own file
-            // with these options) hold as the journal's keys move on with the sessions
+            // with these options) hold as the journal's log grows and is compacted
             // (not what made the soak's RSS creep: that was prepared statements, see
-            // `statements`). The working set is the journal's newest pages and the tree's
-            // inner pages; the rest is in the OS's page cache, a read away
-            // (`benches/journal.rs`: no measurable cost).
+            // `statements`). The journal's writes append to the log's last pages; its
+            // reading (a start, a compaction) goes through the log once, the rest in
+            // the OS's page cache, a read away.
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)

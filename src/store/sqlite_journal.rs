@@ -12,8 +12,8 @@
 //! Why a log: each write of the journal (a batch of changes, the last word about
 //! each session since the last one) is one row of `journal_log`, its changes
 //! packed. A row per session, inserted when granted and deleted when ended, cost
-//! SQLite two B-tree operations for every session, about 13,000 instructions a
-//! create, a seventh of a saturated node's user-space work (bench/analysis.md,
+//! SQLite two B-tree operations for every session, about 12,700 instructions a
+//! create, an eighth of its user-space instructions (bench/analysis.md,
 //! round twenty-six). The sessions held are what the rows say, read in order:
 //! a put holds a session, a delete ends it, the later word wins, as the table's
 //! rows did when written in the same order. When the log holds more than twice
