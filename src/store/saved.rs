@@ -37,3 +37,23 @@ impl SavedRow {
         Some((pool, session))
     }
 }
+
+/// Writes a row as a version before the log did (an SQLite file's `held_sessions`),
+/// publisher `p`, customer `c`, offer `o`, name `TV`: for the tests of the moves
+/// into the log. Returns the session id written.
+#[cfg(test)]
+pub(crate) async fn write_old_row(db: &sqlx::SqlitePool, state: &str, created_at: i64, expires_at: i64) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO held_sessions (created_at, session_id, publisher_id, customer_id, offer_id, name, \
+         state, expires_at) VALUES (?, ?, 'p', 'c', 'o', 'TV', ?, ?)",
+    )
+    .bind(created_at)
+    .bind(&id)
+    .bind(state)
+    .bind(expires_at)
+    .execute(db)
+    .await
+    .unwrap();
+    id
+}

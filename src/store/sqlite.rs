@@ -530,18 +530,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("drisc.db");
         SqliteSettings::open(&path).await.unwrap().close().await;
-        let id = uuid::Uuid::new_v4().to_string();
         let old = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
             .await
             .unwrap();
-        sqlx::query(
-            "INSERT INTO held_sessions (created_at, session_id, publisher_id, customer_id, offer_id, name, \
-             state, expires_at) VALUES (1, ?, 'p', 'c', 'o', 'TV', 'live', 2)",
-        )
-        .bind(&id)
-        .execute(&old)
-        .await
-        .unwrap();
+        let id = crate::store::saved::write_old_row(&old, "live", 1, 2).await;
 
         let settings = SqliteSettings::open(&path).await.unwrap();
         let held = settings.held().await.unwrap();

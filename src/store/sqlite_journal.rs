@@ -668,17 +668,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (settings, journal) = opened(dir.path()).await;
         journal.close().await;
-        let id = uuid::Uuid::new_v4().to_string();
         let file = SqliteConnectOptions::new().filename(path_for(&dir.path().join("drisc.db")));
         let old = SqlitePool::connect_with(file).await.unwrap();
-        sqlx::query(
-            "INSERT INTO held_sessions (created_at, session_id, publisher_id, customer_id, offer_id, name, \
-             state, expires_at) VALUES (5, ?, 'p', 'c', 'o', 'TV', 'pending', 9)",
-        )
-        .bind(&id)
-        .execute(&old)
-        .await
-        .unwrap();
+        let id = crate::store::saved::write_old_row(&old, "pending", 5, 9).await;
 
         let journal = Journal::open(
             &dir.path().join("drisc.db"),
