@@ -36,6 +36,17 @@ fn cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// The process's peak resident set (`VmHWM`), in KiB; 0 if unreadable.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn session(n: u64) -> Session {
     Session {
         id: SessionId::random(),
@@ -102,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         recording += recorded - before;
         flushing += flushed - recorded;
     }
+    // Before the check below, which reads every held session back.
+    let peak = peak_rss_kib();
     let held_now = drisc::domain::ports::SessionArchive::held(&db).await?.len() as u64;
     assert_eq!(held_now, live.len() as u64, "the table holds exactly the live sessions");
     if benching && changes > 0 {
@@ -114,6 +127,9 @@ async fn main() -> anyhow::Result<()> {
             per(flushing),
             2.0 * (per(recording) + per(flushing)),
         );
+        // What the journal keeps in memory at its largest (a compaction reads the
+        // held sessions into a map), beside the bench's own list of them.
+        println!("peak RSS {} MiB", peak / 1024);
     }
     db.close().await;
     Ok(())
