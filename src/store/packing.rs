@@ -77,24 +77,25 @@ impl<'a> Reader<'a> {
     }
 
     pub(super) fn text(&mut self) -> Result<&'a str, String> {
-        let length = usize::try_from(self.varint()?).map_err(|_| "a text longer than memory")?;
-        if length > self.rest.len() {
-            return Err(format!("a text of {length} bytes where {} are left", self.rest.len()));
-        }
-        let (text, rest) = self.rest.split_at(length);
-        self.rest = rest;
+        let text = self.sized()?;
         std::str::from_utf8(text).map_err(|e| format!("a text that is not UTF-8: {e}"))
     }
 
     /// Past a text, its bytes not looked at (a record kept as it was read is
     /// checked when it is read for its fields).
     pub(super) fn skip_text(&mut self) -> Result<(), String> {
+        self.sized().map(|_| ())
+    }
+
+    /// The bytes behind a varint of their length.
+    fn sized(&mut self) -> Result<&'a [u8], String> {
         let length = usize::try_from(self.varint()?).map_err(|_| "a text longer than memory")?;
         if length > self.rest.len() {
             return Err(format!("a text of {length} bytes where {} are left", self.rest.len()));
         }
-        self.rest = &self.rest[length..];
-        Ok(())
+        let (bytes, rest) = self.rest.split_at(length);
+        self.rest = rest;
+        Ok(bytes)
     }
 
     pub(super) fn session_id(&mut self) -> Result<SessionId, String> {
