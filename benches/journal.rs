@@ -1,7 +1,7 @@
 //! What the session journal costs per change, without a server or a network around it.
 //!
 //! `cargo bench --bench journal -- --bench [HELD] [RATE] [SECONDS]` opens a fresh SQLite
-//! settings database, fills the journal's table with HELD sessions (default 200,000: 20 s
+//! settings database, fills the journal with HELD sessions (default 200,000: 20 s
 //! of grants at 10,000/s, the state `bench/tail` reaches), then plays SECONDS intervals of
 //! steady churn: each grants RATE sessions and ends the RATE oldest (sessions reaped at
 //! `connect_timeout` end oldest first), then flushes as the journal task does. It prints the
@@ -116,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
     // Before the check below, which reads every held session back.
     let peak = peak_rss_kib();
     let held_now = drisc::domain::ports::SessionArchive::held(&db).await?.len() as u64;
-    assert_eq!(held_now, live.len() as u64, "the table holds exactly the live sessions");
+    assert_eq!(
+        held_now,
+        live.len() as u64,
+        "the journal holds exactly the live sessions"
+    );
     if benching && changes > 0 {
         let per = |d: Duration| d.as_nanos() as f64 / changes as f64 / 1000.0;
         println!(

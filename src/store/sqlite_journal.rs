@@ -226,11 +226,7 @@ impl Journal {
         let held = self
             .with(async |conn| {
                 let mut tx = conn.begin().await.map_err(db_err)?;
-                let held = replay(&mut tx, expected).await?;
-                sqlx::query("DELETE FROM journal_log")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                let held = take_log(&mut tx, expected).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(held)
             })
@@ -277,11 +273,7 @@ impl Journal {
         let tally = self
             .with(async |conn| {
                 let mut tx = conn.begin().await.map_err(db_err)?;
-                let held = replay(&mut tx, expected).await?;
-                sqlx::query("DELETE FROM journal_log")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                let held = take_log(&mut tx, expected).await?;
                 append(&mut tx, &held.rows()).await?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(Tally {
@@ -321,6 +313,17 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
         crate::threads::lower_named(THREAD, crate::threads::LOWEST);
     }
     opened
+}
+
+/// What the log holds ([`replay`]), the log emptied: within the caller's
+/// transaction, so that what is read and what is deleted are the same rows.
+async fn take_log(tx: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
+    let held = replay(tx, expected).await?;
+    sqlx::query("DELETE FROM journal_log")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(held)
 }
 
 /// Appends `rows` (packed changes, and how many) to the log, in order.
