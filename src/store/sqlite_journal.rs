@@ -18,8 +18,8 @@
 //! a put holds a session, a delete ends it, the later word wins, as the table's
 //! rows did when written in the same order. When the log holds more than twice
 //! the changes it would take to say what it holds (and at least
-//! [`COMPACT_FLOOR`]), a compaction rewrites it as the sessions it holds, in one
-//! transaction: the log stays a few times the size of the table it replaces.
+//! [`COMPACT_FLOOR`]), a compaction rewrites it as the sessions it holds
+//! ([`Compaction`]): the log stays a few times the size of the table it replaces.
 //!
 //! sqlx runs each SQLite connection on a thread it starts when the connection is
 //! opened, from the thread that opens it, and Linux copies a thread's nice value to
@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -60,6 +61,16 @@ const COMPACT_FLOOR: u64 = 100_000;
 /// kilobytes, as large as a journal write of one flush's chunk.
 const ROW_SESSIONS: usize = 5_000;
 
+/// How long a compaction works before it rests, as long as it worked: about
+/// what one transaction of a spread flush takes (`domain::journal::SPREAD_CHUNK`),
+/// so that a compaction holds the journal's threads no longer at a time than a
+/// flush does. Read in one piece, a compaction at a hundred thousand sessions
+/// held was tens of milliseconds of the two threads back to back (the rows read,
+/// the map of what they hold, the rows written), with the core the server is
+/// pinned to given to them a tick at a time (`threads::Rest` says why nice 19
+/// alone does not prevent that).
+const COMPACT_RUN: Duration = Duration::from_millis(1);
+
 /// A change's first byte.
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -77,6 +88,8 @@ pub(super) struct Journal {
     tally: std::sync::Mutex<Tally>,
     /// [`COMPACT_FLOOR`]; smaller in tests.
     floor: u64,
+    /// [`ROW_SESSIONS`], for a compaction's rows and statements; smaller in tests.
+    per_row: usize,
 }
 
 /// The changes in the log, and the sessions they leave held: known exactly when
@@ -119,6 +132,7 @@ impl Journal {
             conn: OwnConnection::new(options, |options| Box::pin(open_lowered(options))),
             tally: std::sync::Mutex::default(),
             floor: COMPACT_FLOOR,
+            per_row: ROW_SESSIONS,
         };
         journal
             .with(async |conn| MIGRATOR.run(conn).await.map_err(db_err))
@@ -237,7 +251,9 @@ impl Journal {
 
     pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
         let expected = self.tally().live;
-        let held = self.with(async |conn| replay(conn, expected).await).await?;
+        let held = self
+            .with(async |conn| replay(conn, expected, ROW_SESSIONS, &mut Pace::unpaced()).await)
+            .await?;
         *self.tally() = held.tally();
         Ok(held.sessions())
     }
@@ -267,18 +283,23 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the log as the sessions it holds, in one transaction.
+    /// Rewrites the log as the sessions it holds ([`Compaction`]), resting
+    /// between its pieces as long as each took.
     async fn compact(&self) -> Result<(), SettingsError> {
         let expected = self.tally().live;
+        let (per_row, began) = (self.per_row, Instant::now());
         let tally = self
             .with(async |conn| {
-                let mut tx = conn.begin().await.map_err(db_err)?;
-                let held = take_log(&mut tx, expected).await?;
-                append(&mut tx, &held.rows()).await?;
-                tx.commit().await.map_err(db_err)?;
+                let mut pace = Pace::every(COMPACT_RUN);
+                let compaction = Compaction::read(conn, expected, per_row, &mut pace).await?;
+                for step in 0..compaction.steps() {
+                    compaction.step(conn, step).await?;
+                    pace.rest().await;
+                }
+                let held = compaction.records.len() as u64;
                 Ok(Tally {
-                    changes: held.records.len() as u64,
-                    live: held.records.len() as u64,
+                    changes: held,
+                    live: held,
                 })
             })
             .await?;
@@ -286,9 +307,117 @@ impl Journal {
         tracing::debug!(
             changes_before = before.changes,
             held = tally.live,
+            took_ms = began.elapsed().as_millis() as u64,
             "session journal compacted"
         );
         Ok(())
+    }
+}
+
+/// A compaction: what the log held when read, and the statements that rewrite
+/// it, each its own transaction, so that none holds the journal's threads long.
+///
+/// Every held session's put is appended before any row read is deleted, and
+/// the rows read are deleted oldest first. So whichever statement a crash (or a
+/// shutdown cutting the flush off) stops it after, the log still reads as the
+/// sessions held: the rows read that are left, in order, then a put of each
+/// session they hold. A session those rows end is ended there after its last
+/// put; one they hold is put again, the same, at the end; the rows deleted
+/// before it only said what the puts say again. Nothing else writes meanwhile:
+/// compactions run within the journal's writes, one at a time.
+struct Compaction {
+    /// The held sessions' puts, as packed.
+    records: Vec<Box<[u8]>>,
+    /// Sessions per row appended.
+    per_row: usize,
+    /// The rows read, in deletes of about `per_row` changes: each the last seq
+    /// one delete reaches, ascending.
+    cuts: Vec<i64>,
+}
+
+impl Compaction {
+    async fn read(
+        conn: &mut SqliteConnection,
+        expected: u64,
+        per_row: usize,
+        pace: &mut Pace,
+    ) -> Result<Self, SettingsError> {
+        let held = replay(conn, expected, per_row, pace).await?;
+        Ok(Self {
+            records: held.records.into_values().collect(),
+            per_row,
+            cuts: held.cuts,
+        })
+    }
+
+    fn appends(&self) -> usize {
+        self.records.len().div_ceil(self.per_row)
+    }
+
+    fn steps(&self) -> usize {
+        self.appends() + self.cuts.len()
+    }
+
+    /// The appends first, then the deletes ([`Compaction`] says why).
+    async fn step(&self, conn: &mut SqliteConnection, step: usize) -> Result<(), SettingsError> {
+        match step.checked_sub(self.appends()) {
+            None => {
+                let from = step * self.per_row;
+                let chunk = &self.records[from..self.records.len().min(from + self.per_row)];
+                append(conn, &[(chunk.concat(), chunk.len())]).await
+            }
+            Some(cut) => {
+                let through = self.cuts.get(cut).copied().unwrap_or(i64::MIN);
+                sqlx::query("DELETE FROM journal_log WHERE seq <= ?")
+                    .bind(through)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Work in runs of about a set length, each followed by a rest as long as it
+/// took (a spread flush's rule); or, for a start's reading, no rests. An async
+/// sleep, not `threads::Rest`'s blocking one: a compaction may run on the
+/// server's runtime too (the last flush at shutdown).
+struct Pace {
+    run: Option<Duration>,
+    since: Instant,
+}
+
+impl Pace {
+    fn every(run: Duration) -> Self {
+        Self {
+            run: Some(run),
+            since: Instant::now(),
+        }
+    }
+
+    fn unpaced() -> Self {
+        Self {
+            run: None,
+            since: Instant::now(),
+        }
+    }
+
+    /// Rests if the run is over.
+    async fn rest_if_due(&mut self) {
+        if let Some(run) = self.run
+            && self.since.elapsed() >= run
+        {
+            self.rest().await;
+        }
+    }
+
+    /// Rests as long as the work since the last rest took.
+    async fn rest(&mut self) {
+        if self.run.is_some() {
+            tokio::time::sleep(self.since.elapsed()).await;
+            self.since = Instant::now();
+        }
     }
 }
 
@@ -318,7 +447,7 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
 /// What the log holds ([`replay`]), the log emptied: within the caller's
 /// transaction, so that what is read and what is deleted are the same rows.
 async fn take_log(tx: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
-    let held = replay(tx, expected).await?;
+    let held = replay(tx, expected, ROW_SESSIONS, &mut Pace::unpaced()).await?;
     sqlx::query("DELETE FROM journal_log")
         .execute(&mut *tx)
         .await
@@ -344,6 +473,9 @@ struct Held {
     records: HashMap<SessionId, Box<[u8]>, foldhash::fast::RandomState>,
     /// The changes read.
     changes: u64,
+    /// The rows read, cut after every `per_row` changes or so: the seq each
+    /// piece ends at ([`Compaction`]'s deletes).
+    cuts: Vec<i64>,
 }
 
 impl Held {
@@ -366,15 +498,6 @@ impl Held {
             })
             .collect()
     }
-
-    /// The held sessions' puts as rows of at most [`ROW_SESSIONS`].
-    fn rows(&self) -> Vec<(Vec<u8>, usize)> {
-        let records: Vec<&[u8]> = self.records.values().map(|r| &r[..]).collect();
-        records
-            .chunks(ROW_SESSIONS)
-            .map(|chunk| (chunk.concat(), chunk.len()))
-            .collect()
-    }
 }
 
 /// Reads the log in order: a put holds its session (the later put wins), a
@@ -383,20 +506,47 @@ impl Held {
 /// back.
 ///
 /// `expected`: about how many sessions it holds, to size the map at once.
-async fn replay(conn: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
+/// `per_row`: the changes between two of [`Held::cuts`]. `pace`: when to rest,
+/// between rows (one holds at most [`ROW_SESSIONS`] changes, about a
+/// millisecond of reading).
+async fn replay(
+    conn: &mut SqliteConnection,
+    expected: u64,
+    per_row: usize,
+    pace: &mut Pace,
+) -> Result<Held, SettingsError> {
     // A bound on the guess: the tally of a log not yet read counts every change.
     let capacity = usize::try_from(expected.min(1 << 22)).unwrap_or(0);
     let mut held = Held {
         records: HashMap::with_capacity_and_hasher(capacity, Default::default()),
         changes: 0,
+        cuts: Vec::new(),
     };
-    let mut rows = sqlx::query("SELECT seq, changes FROM journal_log ORDER BY seq").fetch(conn);
+    let (mut since_cut, mut last) = (0, None);
+    let mut rows = sqlx::query("SELECT seq, changes, count FROM journal_log ORDER BY seq").fetch(conn);
     while let Some(row) = rows.try_next().await.map_err(db_err)? {
         let seq: i64 = row.try_get("seq").map_err(db_err)?;
         let changes: &[u8] = row.try_get("changes").map_err(db_err)?;
         if let Err(e) = apply(&mut held, changes) {
             tracing::warn!(row = seq, error = %e, "a row of the session journal cannot be read past this");
         }
+        // The row's own count, not what could be read of it: the cuts bound the
+        // rows a delete frees.
+        let count: i64 = row.try_get("count").map_err(db_err)?;
+        since_cut += usize::try_from(count).unwrap_or(0).max(1);
+        if since_cut >= per_row {
+            held.cuts.push(seq);
+            since_cut = 0;
+        }
+        last = Some(seq);
+        drop(row);
+        pace.rest_if_due().await;
+    }
+    // The last delete reaches the last row read.
+    if since_cut > 0
+        && let Some(last) = last
+    {
+        held.cuts.push(last);
     }
     Ok(held)
 }
@@ -599,6 +749,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (settings, mut journal) = opened(dir.path()).await;
         journal.floor = 10;
+        // Several rows appended and several deletes in each compaction.
+        journal.per_row = 4;
         let mut held: Vec<(Arc<PoolKey>, Session)> = Vec::new();
         let mut written = 0;
         for n in 0..40 {
@@ -638,6 +790,77 @@ mod tests {
         again.close().await;
         settings2.close().await;
         settings.close().await;
+    }
+
+    /// A compaction is a statement at a time: whichever one it stops after (a
+    /// crash, a shutdown), the log reads as the sessions it held, and a write
+    /// after it is read last. Fails if a delete came before the last append, or
+    /// deleted newest first.
+    #[tokio::test]
+    async fn a_compaction_stopped_after_any_statement_leaves_the_log_holding_the_same() {
+        let mut stop = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let (settings, mut journal) = opened(dir.path()).await;
+            journal.floor = u64::MAX;
+            let mut held: Vec<(Arc<PoolKey>, Session)> = Vec::new();
+            for n in 0..12 {
+                let fresh = [session(2 * n, "a"), session(2 * n + 1, "b")];
+                // Every third write ends the two oldest: rows the compaction
+                // deletes hold puts of sessions ended in later rows.
+                let ended: Vec<_> = if n % 3 == 2 {
+                    held.drain(..2).collect()
+                } else {
+                    Vec::new()
+                };
+                let deletes: Vec<&Session> = ended.iter().map(|(_, s)| s).collect();
+                journal.write(&batch(&fresh, &deletes)).await.unwrap();
+                held.extend(fresh);
+            }
+            let steps = journal
+                .with(async |conn| {
+                    let compaction = Compaction::read(conn, 0, 3, &mut Pace::unpaced()).await?;
+                    for step in 0..stop.min(compaction.steps()) {
+                        compaction.step(conn, step).await?;
+                    }
+                    Ok(compaction.steps())
+                })
+                .await
+                .unwrap();
+            assert!(steps >= 8, "{steps} statements: several appends and deletes");
+            let want: Vec<&(Arc<PoolKey>, Session)> = held.iter().collect();
+            assert_eq!(
+                sorted(journal.held().await.unwrap()),
+                expected(&want),
+                "stopped after {stop} of {steps} statements"
+            );
+            let later = session(100, "later");
+            journal
+                .write(&batch(std::slice::from_ref(&later), &[&held[0].1]))
+                .await
+                .unwrap();
+            let mut want: Vec<&(Arc<PoolKey>, Session)> = held[1..].iter().collect();
+            want.push(&later);
+            assert_eq!(
+                sorted(journal.held().await.unwrap()),
+                expected(&want),
+                "a write after {stop} of {steps} statements"
+            );
+            if stop == steps {
+                let (_, changes) = log_rows(&journal).await;
+                assert_eq!(
+                    changes as usize,
+                    held.len() + 2,
+                    "only the puts and the later write are left"
+                );
+            }
+            journal.close().await;
+            settings.close().await;
+            if stop == steps {
+                break;
+            }
+            stop += 1;
+        }
     }
 
     /// A row cut short gives the changes before the damage, and the rows around
