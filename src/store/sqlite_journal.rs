@@ -64,11 +64,10 @@ const ROW_SESSIONS: usize = 5_000;
 /// How long a compaction works before it rests, as long as it worked: about
 /// what one transaction of a spread flush takes (`domain::journal::SPREAD_CHUNK`),
 /// so that a compaction holds the journal's threads no longer at a time than a
-/// flush does. Read in one piece, a compaction at a hundred thousand sessions
-/// held was tens of milliseconds of the two threads back to back (the rows read,
-/// the map of what they hold, the rows written), with the core the server is
-/// pinned to given to them a tick at a time (`threads::Rest` says why nice 19
-/// alone does not prevent that).
+/// flush does. In one transaction a compaction kept both threads working back
+/// to back for the whole log (the rows read, the map of what they hold, the
+/// rows written), and a thread at nice 19, once picked, keeps the core until it
+/// blocks or the tick ends (`threads::Rest` says why).
 const COMPACT_RUN: Duration = Duration::from_millis(1);
 
 /// A change's first byte.
