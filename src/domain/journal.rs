@@ -101,8 +101,9 @@ fn take_last<T>(list: &mut Vec<T>, n: usize) -> Vec<T> {
 }
 
 /// Changes per transaction when a flush is spread ([`Journal::flush_spread`]):
-/// tens of milliseconds of SQLite's time each (6 to 10 µs a row measured with
-/// a table of a few hundred thousand rows, `bench/analysis.md`).
+/// a few milliseconds of the journal's time each (1.3 to 1.6 µs a change
+/// flushing, packing and SQLite together, with 200,000 to 1,000,000 sessions
+/// held: `benches/journal.rs`, `bench/analysis.md` round twenty-seven).
 pub const SPREAD_CHUNK: usize = 5_000;
 
 /// Changes taken out of the journal between two pauses of a spread flush: a
