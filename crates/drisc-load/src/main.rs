@@ -125,6 +125,9 @@ fn main() -> ExitCode {
         Cmd::Reap { common, args } => (common, Scenario::Reap(args)),
     };
     let max_time = common.max_time;
+    if common.busy_poll {
+        drisc_load::target::busy_poll(runtime.handle());
+    }
     let plan = Plan { common, scenario };
     let outcome = runtime.block_on(async {
         tokio::time::timeout(max_time, scenarios::run(plan))

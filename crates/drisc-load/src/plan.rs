@@ -63,6 +63,14 @@ pub struct Common {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Keep this process's runtime from ever sleeping in `epoll_wait`: a task per
+    /// worker that yields in a loop, so the runtime polls for I/O without blocking.
+    /// On loopback the server's CPU delivers each answer into our socket, and when
+    /// our thread sleeps it also pays for waking it; a client that never sleeps
+    /// takes that cost out of the server's figure, for every server alike. Costs
+    /// this process its cores.
+    #[arg(long)]
+    pub busy_poll: bool,
     /// Bind client sockets to 127.A.B.* (chosen at random per run when absent; "none": 127.0.0.1).
     /// Loopback targets only: for any other the kernel picks the source address.
     #[arg(long, value_parser = parse_source)]

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use url::{Host, Url};
 
-pub use pacer::Pacer;
+pub use pacer::{Pacer, busy_poll};
 pub use sources::Sources;
 pub use tls::Tls;
 

@@ -58,6 +58,9 @@ pub async fn main() -> ExitCode {
             let _ = stdout.flush().await;
         }
     });
+    if assignment.plan.common.busy_poll {
+        crate::target::busy_poll(&tokio::runtime::Handle::current());
+    }
     let max_time = assignment.plan.common.max_time;
     if tokio::time::timeout(max_time, run(assignment, down, up)).await.is_err() {
         eprintln!("drisc-load worker: passed --max-time, stopping");
