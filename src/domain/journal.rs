@@ -263,16 +263,15 @@ impl Journal {
         let _writing = self.writing.lock().await;
         let started = Instant::now();
         let mut rest = self.take_in_bites(pause).await;
+        let mut pace = Pace::every(Duration::ZERO).until(started + within);
         let mut written = 0;
         while !rest.is_empty() {
             let chunk = rest.split_off(SPREAD_CHUNK);
-            let began = Instant::now();
             written += self.write_or_keep(archive, chunk).await.inspect_err(|_| {
                 self.put_back(std::mem::take(&mut rest));
             })?;
-            let took = began.elapsed();
-            if !rest.is_empty() && started.elapsed() + took < within {
-                tokio::time::sleep(took).await;
+            if !rest.is_empty() {
+                pace.rest().await;
             }
         }
         Ok(written)
@@ -290,6 +289,68 @@ impl Journal {
                 Err(e)
             }
         }
+    }
+}
+
+/// Work in runs, each followed by a rest as long as it took, so that work at
+/// nice 19 leaves the core to requests at least half the time (a spread flush,
+/// a compaction of the journal's log); or, for work that must finish first (a
+/// start's reading), no rests. The sleep is async, not `threads::Rest`'s
+/// blocking one: such work may run on the server's runtime too (the last flush
+/// at shutdown).
+pub struct Pace {
+    /// How long a run lasts before [`Pace::rest_if_due`] rests; `None`: never rests.
+    run: Option<Duration>,
+    /// When the current run began.
+    since: Instant,
+    /// No rest that would end past this (the rest of the work then goes back to back).
+    until: Option<Instant>,
+}
+
+impl Pace {
+    pub fn every(run: Duration) -> Self {
+        Self {
+            run: Some(run),
+            since: Instant::now(),
+            until: None,
+        }
+    }
+
+    pub fn unpaced() -> Self {
+        Self {
+            run: None,
+            since: Instant::now(),
+            until: None,
+        }
+    }
+
+    /// Rests no more once a rest would end past `deadline`.
+    pub fn until(self, deadline: Instant) -> Self {
+        Self {
+            until: Some(deadline),
+            ..self
+        }
+    }
+
+    /// Rests if the run is over.
+    pub async fn rest_if_due(&mut self) {
+        if let Some(run) = self.run
+            && self.since.elapsed() >= run
+        {
+            self.rest().await;
+        }
+    }
+
+    /// Rests as long as the work since the last rest took.
+    pub async fn rest(&mut self) {
+        if self.run.is_none() {
+            return;
+        }
+        let took = self.since.elapsed();
+        if self.until.is_none_or(|until| Instant::now() + took < until) {
+            tokio::time::sleep(took).await;
+        }
+        self.since = Instant::now();
     }
 }
 
@@ -532,6 +593,36 @@ mod tests {
         );
         assert_eq!(db.writes(), 1 + 2, "two transactions of a chunk each");
         assert!(journal.is_empty());
+    }
+
+    /// A run's rest is as long as the run, once it is due; none past the
+    /// deadline; never any unpaced.
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_rests_as_long_as_the_work_took_until_its_deadline() {
+        let start = Instant::now();
+        let mut pace = Pace::every(Duration::from_millis(10)).until(start + Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(4)).await;
+        pace.rest_if_due().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(4), "a run not yet over: no rest");
+        tokio::time::advance(Duration::from_millis(26)).await;
+        pace.rest_if_due().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(60),
+            "30 ms of work, 30 ms of rest"
+        );
+        tokio::time::advance(Duration::from_millis(25)).await;
+        pace.rest().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(85),
+            "a rest to 110 ms would pass the deadline"
+        );
+        let mut unpaced = Pace::unpaced();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        unpaced.rest_if_due().await;
+        unpaced.rest().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(135));
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,7 +43,7 @@ use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use super::packing::{Reader, push_text, push_varint};
 use super::saved::SavedRow;
 use super::sqlite::{OwnConnection, db_err};
-use crate::domain::journal::JournalBatch;
+use crate::domain::journal::{JournalBatch, Pace};
 use crate::domain::ports::SettingsError;
 use crate::domain::{PoolKey, Session, SessionId, SessionState};
 
@@ -374,48 +374,6 @@ impl Compaction {
                     .map_err(db_err)?;
                 Ok(())
             }
-        }
-    }
-}
-
-/// Work in runs of about a set length, each followed by a rest as long as it
-/// took (a spread flush's rule); or, for a start's reading, no rests. An async
-/// sleep, not `threads::Rest`'s blocking one: a compaction may run on the
-/// server's runtime too (the last flush at shutdown).
-struct Pace {
-    run: Option<Duration>,
-    since: Instant,
-}
-
-impl Pace {
-    fn every(run: Duration) -> Self {
-        Self {
-            run: Some(run),
-            since: Instant::now(),
-        }
-    }
-
-    fn unpaced() -> Self {
-        Self {
-            run: None,
-            since: Instant::now(),
-        }
-    }
-
-    /// Rests if the run is over.
-    async fn rest_if_due(&mut self) {
-        if let Some(run) = self.run
-            && self.since.elapsed() >= run
-        {
-            self.rest().await;
-        }
-    }
-
-    /// Rests as long as the work since the last rest took.
-    async fn rest(&mut self) {
-        if self.run.is_some() {
-            tokio::time::sleep(self.since.elapsed()).await;
-            self.since = Instant::now();
         }
     }
 }
