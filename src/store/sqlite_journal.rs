@@ -61,6 +61,10 @@ const COMPACT_FLOOR: u64 = 100_000;
 /// kilobytes, as large as a journal write of one flush's chunk.
 const ROW_SESSIONS: usize = 5_000;
 
+/// `replay`'s `per_row` for a reading that deletes nothing piece by piece (a
+/// start, the held sessions listed): a single cut, at the last row.
+const NO_CUTS: usize = usize::MAX;
+
 /// How long a compaction works before it rests, as long as it worked: less than
 /// packing one chunk of a spread flush (`domain::journal::SPREAD_CHUNK` puts at
 /// about 0.32 µs each in round twenty-six's profile), so that a compaction holds
@@ -251,7 +255,7 @@ impl Journal {
     pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
         let expected = self.tally().live;
         let held = self
-            .with(async |conn| replay(conn, expected, ROW_SESSIONS, &mut Pace::unpaced()).await)
+            .with(async |conn| replay(conn, expected, NO_CUTS, &mut Pace::unpaced()).await)
             .await?;
         *self.tally() = held.tally();
         Ok(held.sessions())
@@ -404,7 +408,7 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
 /// What the log holds ([`replay`]), the log emptied: within the caller's
 /// transaction, so that what is read and what is deleted are the same rows.
 async fn take_log(tx: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
-    let held = replay(tx, expected, ROW_SESSIONS, &mut Pace::unpaced()).await?;
+    let held = replay(tx, expected, NO_CUTS, &mut Pace::unpaced()).await?;
     sqlx::query("DELETE FROM journal_log")
         .execute(&mut *tx)
         .await
