@@ -427,8 +427,8 @@ pub fn render_allocator(scrapes: &[AllocatorScrape], window: (f64, f64), toleran
     let line = match (allocated, outside) {
         (Some(a), Some(o)) => format!(
             "\nOver the steady window, jemalloc's live data (`allocated`) moved {:+.2}% (drift) with minute means \
-             spread {:.2}%: {}. RSS outside jemalloc (code, stacks, and \
-             C's malloc, which serves SQLite's memory) moved {:+.2}%.\n",
+             spread {:.2}%: {}. RSS outside jemalloc (code, stacks, other \
+             mappings; SQLite's memory is inside it, as jemalloc serves C's malloc too) moved {:+.2}%.\n",
             a.drift * 100.0,
             a.minute_spread * 100.0,
             if a.drift.abs() <= tolerance {
