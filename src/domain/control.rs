@@ -23,6 +23,15 @@ use super::settings::{Catalog, Offer, OfferChoice, Publisher, ResolveError, Reso
 /// so a bite is under a tenth of a millisecond.
 pub const REAP_BITE: usize = 16;
 
+/// How long past its deadline a dead session may wait for the sweep before
+/// admissions reap it themselves ([`SessionControl::reap_overdue`]): a few sweep
+/// intervals, so that on a node with CPU to spare the sweep alone does it.
+pub const OVERDUE: Millis = 5_000;
+
+/// Pools an admission reaps when the sweep is [`OVERDUE`]: more than the one
+/// expiry an admission can queue, so the backlog shrinks while admissions go on.
+pub const ADMISSION_BITE: usize = 2;
+
 /// How publishers that are not configured are treated.
 #[derive(Debug, Clone)]
 pub struct PublisherPolicy {
@@ -235,6 +244,7 @@ impl SessionControl {
             customer_sessions: offer.customer_session_limit,
         };
         let admitted = self.admit(&pool, new, limits, offer.on_limit, now).await;
+        self.reap_overdue(now).await;
         let Some(admitted) = self.when_unavailable(admitted)? else {
             return Ok(CreateOutcome::Disabled);
         };
@@ -623,17 +633,44 @@ impl SessionControl {
         let mut reaped = 0;
         loop {
             let bite = local.reap_some(now, REAP_BITE).await?;
-            for (pool, session) in &bite.dead {
-                let cause = EndCause::of_dead(session.state);
-                self.events
-                    .report(SessionEvent::ended(pool, session.id, Some(&session.name), cause));
-                self.expire(session);
-            }
+            self.end_reaped(&bite.dead);
             reaped += bite.dead.len();
             if !bite.more {
                 return Ok(reaped);
             }
             between_bites.pause().await;
+        }
+    }
+
+    /// Reaps at most [`ADMISSION_BITE`] pools whose sessions died more than
+    /// [`OVERDUE`] ago: the sweep's work, done by an admission when the sweep
+    /// falls behind. The sweep runs at nice 19 and so gets almost nothing on a
+    /// node that admissions keep saturated; then every player granted a session
+    /// who never connects (a warm-up's, a flood of new customers') stayed in
+    /// memory until the load dropped, however long it lasted. Each admission
+    /// queues at most one deadline and reaps up to two overdue ones, so the
+    /// dead a saturated node keeps are bounded by the admissions of
+    /// `connect_timeout` + [`OVERDUE`], not by how long the saturation lasts.
+    /// Where the sweep keeps up, nothing is that overdue and this is two
+    /// uncontended locks.
+    async fn reap_overdue(&self, now: Millis) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        match local.reap_some(now.saturating_sub(OVERDUE), ADMISSION_BITE).await {
+            Ok(bite) => self.end_reaped(&bite.dead),
+            // Not the admission's failure: the sweep tries again.
+            Err(e) => tracing::debug!(error = %e, "an admission could not reap overdue sessions"),
+        }
+    }
+
+    /// Tells the events and the sockets of sessions found dead.
+    fn end_reaped(&self, dead: &[(PoolKey, Session)]) {
+        for (pool, session) in dead {
+            let cause = EndCause::of_dead(session.state);
+            self.events
+                .report(SessionEvent::ended(pool, session.id, Some(&session.name), cause));
+            self.expire(session);
         }
     }
 

@@ -371,3 +371,64 @@ async fn a_customer_stops_its_own_session_remotely_and_no_one_elses(r: Rig) {
     let again = r.control.stop_remotely(&owner, session.id, "Kitchen").await;
     assert!(matches!(again, Err(ControlError::SessionNotFound(_))));
 }
+
+/// The sweep runs at nice 19: on a node admissions keep saturated it gets almost
+/// no CPU, and the players granted a session who never connect would wait in
+/// memory until the load dropped. Admissions then reap them, a bite each, but
+/// only once they are `control::OVERDUE`: where the sweep keeps up, it alone
+/// does. Memory store only: Redis expires its sessions itself.
+#[tokio::test(flavor = "current_thread")]
+async fn admissions_reap_what_the_sweep_left_overdue() {
+    use drisc::domain::control::{ADMISSION_BITE, OVERDUE};
+    let r = rig(Subject::memory()).await;
+    r.offer("basic", 1, None).await;
+    let grant = |id: String| {
+        let r = &r;
+        async move {
+            let outcome = r.create(&customer(&id), "basic", "tv").await;
+            assert!(matches!(outcome, CreateOutcome::Granted { .. }), "{id} is granted");
+        }
+    };
+    // Warms the settings cache before time stands still: nothing below reads SQLite.
+    grant("first".into()).await;
+    tokio::time::pause();
+    const NEVER_CONNECTED: usize = 40;
+    for i in 0..NEVER_CONNECTED {
+        grant(format!("gone-{i}")).await;
+    }
+    let held = |r: &Rig| r.control.held_count();
+    assert_eq!(held(&r), NEVER_CONNECTED + 1);
+
+    // Dead (past the connect timeout), not yet overdue: left to the sweep.
+    tokio::time::advance(timings().connect_timeout + Duration::from_millis(OVERDUE / 2)).await;
+    grant("early".into()).await;
+    assert_eq!(
+        held(&r),
+        NEVER_CONNECTED + 2,
+        "an admission leaves what is not overdue to the sweep"
+    );
+    assert!(r.told.ended.lock().unwrap().is_empty());
+
+    // Overdue: each admission reaps a bite, oldest first.
+    tokio::time::advance(Duration::from_millis(OVERDUE)).await;
+    const LATE: usize = 10;
+    for i in 0..LATE {
+        grant(format!("late-{i}")).await;
+    }
+    let reaped = LATE * ADMISSION_BITE;
+    assert_eq!(held(&r), NEVER_CONNECTED + 2 + LATE - reaped);
+    let ended = r.told.ended.lock().unwrap().clone();
+    assert_eq!(ended.len(), reaped);
+    assert!(ended.iter().all(|(_, cause)| *cause == EndCause::ConnectTimeout));
+
+    // The backlog shrinks while admissions go on, then only the sweep's own is left.
+    for i in 0..NEVER_CONNECTED {
+        grant(format!("later-{i}")).await;
+    }
+    assert_eq!(
+        r.told.ended.lock().unwrap().len(),
+        NEVER_CONNECTED + 1,
+        "every overdue session reaped"
+    );
+    assert_eq!(held(&r), 1 + LATE + NEVER_CONNECTED, "the fresh ones held");
+}
