@@ -299,6 +299,17 @@ impl Journal {
                     compaction.step(conn, step).await?;
                     pace.rest().await;
                 }
+                // The compaction read the whole log through this connection's page
+                // cache, which then stayed full of pages nothing reads again before
+                // the next compaction (writes append to the log's last pages): in
+                // the 8,000-player soak, SQLite's memory stepped up at each
+                // compaction until the cache reached its `cache_size` (bench/analysis.md,
+                // round twenty-nine). Handing it back leaves memory as the compaction
+                // found it.
+                sqlx::query("PRAGMA shrink_memory")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
                 let held = compaction.records.len() as u64;
                 Ok(Tally {
                     changes: held,
