@@ -86,6 +86,8 @@ enum Cmd {
     TailChart(report::tail::TailArgs),
     /// Redis memory per held session against held sessions, from bench/cluster runs (a table and a chart).
     RedisMemoryReport(report::redis_memory::RedisMemoryArgs),
+    /// A line chart (SVG) from files of `x y` lines, one series each (bench/flood's held sessions).
+    LineChart(report::line_chart::LineChartArgs),
     /// (internal) A worker process, driven over stdin/stdout by its coordinator.
     #[command(hide = true)]
     Worker,
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::SoakReport(args) => return reported("soak-report", report::soak::run(&args)),
         Cmd::TailChart(args) => return reported("tail-chart", report::tail::run(&args)),
         Cmd::RedisMemoryReport(args) => return reported("redis-memory-report", report::redis_memory::run(&args)),
+        Cmd::LineChart(args) => return reported("line-chart", report::line_chart::run(&args)),
         Cmd::Admit { common, args } => (common, Scenario::Admit(args)),
         Cmd::Attach { common, args } => (common, Scenario::Attach(args)),
         Cmd::Hold { common, args } => (common, Scenario::Hold(args)),

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 pub mod charts;
 mod console;
 mod figures;
+pub mod line_chart;
 pub mod redis_memory;
 mod results;
 mod rounds;
