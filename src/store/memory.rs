@@ -23,6 +23,7 @@ mod customers;
 mod open;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -49,12 +50,32 @@ type Pools = DashMap<Arc<PoolKey>, Pool, foldhash::fast::RandomState>;
 
 /// Pools to look at once a deadline passes, in (nearly) deadline order: every
 /// entry of one queue is "now + the same allowance", so pushing keeps it sorted.
-#[derive(Default)]
-struct ExpiryQueue(Mutex<VecDeque<(Millis, Arc<PoolKey>)>>);
+struct ExpiryQueue {
+    queue: Mutex<VecDeque<(Millis, Arc<PoolKey>)>>,
+    /// The first entry's deadline (`Millis::MAX`: none), written under the lock:
+    /// asking whether anything is due reads it without the lock. Every
+    /// admission asks ([`SessionControl::reap_overdue`](crate::domain::control::SessionControl)),
+    /// and the answer is nearly always no, so a lock taken for it would be a
+    /// second lock of this queue per admission, shared by every request thread.
+    /// A stale read only moves a bite to the next asker.
+    first: AtomicU64,
+}
+
+impl Default for ExpiryQueue {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::default(),
+            first: AtomicU64::new(Millis::MAX),
+        }
+    }
+}
 
 impl ExpiryQueue {
     fn push(&self, at: Millis, key: Arc<PoolKey>) {
-        if let Ok(mut queue) = self.0.lock() {
+        if let Ok(mut queue) = self.queue.lock() {
+            if queue.is_empty() {
+                self.first.store(at, Ordering::Relaxed);
+            }
             queue.push_back((at, key));
         }
     }
@@ -62,20 +83,29 @@ impl ExpiryQueue {
     /// Takes at most `max` of the pools whose deadline has come, and says whether
     /// more are due.
     fn due(&self, now: Millis, max: usize, into: &mut Vec<Arc<PoolKey>>) -> bool {
-        let Ok(mut queue) = self.0.lock() else {
+        if self.first.load(Ordering::Relaxed) > now {
+            return false;
+        }
+        let Ok(mut queue) = self.queue.lock() else {
             return false;
         };
         let mut taken = 0;
-        while queue.front().is_some_and(|(at, _)| *at <= now) {
+        let more = loop {
+            match queue.front() {
+                Some((at, _)) if *at <= now => {}
+                _ => break false,
+            }
             if taken == max {
-                return true;
+                break true;
             }
             if let Some((_, key)) = queue.pop_front() {
                 into.push(key);
                 taken += 1;
             }
-        }
-        false
+        };
+        let first = queue.front().map_or(Millis::MAX, |(at, _)| *at);
+        self.first.store(first, Ordering::Relaxed);
+        more
     }
 }
 
@@ -591,6 +621,33 @@ mod tests {
             id: SessionId::random(),
             name: "tv".into(),
         }
+    }
+
+    /// The queue answers "nothing due" from its first deadline without its lock:
+    /// that deadline must follow the queue as it drains, empties and fills again.
+    #[test]
+    fn an_expiry_queue_is_due_at_its_first_deadline_through_drains_and_refills() {
+        let queue = ExpiryQueue::default();
+        let pool = Arc::new(key("a"));
+        let mut taken = Vec::new();
+        assert!(!queue.due(u64::MAX - 1, 8, &mut taken), "empty: never due");
+        for at in [100, 200, 300] {
+            queue.push(at, Arc::clone(&pool));
+        }
+        assert!(!queue.due(99, 8, &mut taken));
+        assert!(taken.is_empty());
+        assert!(queue.due(250, 1, &mut taken), "a bite of one leaves 200 due");
+        assert_eq!(taken.len(), 1);
+        assert!(!queue.due(250, 8, &mut taken), "200 taken, 300 not due");
+        assert_eq!(taken.len(), 2);
+        assert!(!queue.due(299, 8, &mut taken));
+        assert!(!queue.due(300, 8, &mut taken));
+        assert_eq!(taken.len(), 3, "drained");
+        // Emptied, then filled again: due at the new first deadline, not never.
+        queue.push(50, Arc::clone(&pool));
+        assert!(!queue.due(49, 8, &mut taken));
+        assert!(!queue.due(50, 8, &mut taken));
+        assert_eq!(taken.len(), 4);
     }
 
     #[tokio::test]
