@@ -651,13 +651,17 @@ impl SessionControl {
     /// queues at most one deadline and reaps up to two overdue ones, so the
     /// dead a saturated node keeps are bounded by the admissions of
     /// `connect_timeout` + [`OVERDUE`], not by how long the saturation lasts.
-    /// Where the sweep keeps up, nothing is that overdue and this is two
-    /// uncontended locks.
+    /// Where the sweep keeps up, nothing is that overdue, and this is two atomic
+    /// reads (`LocalSessions::any_due`).
     async fn reap_overdue(&self, now: Millis) {
         let Some(local) = &self.local else {
             return;
         };
-        match local.reap_some(now.saturating_sub(OVERDUE), ADMISSION_BITE).await {
+        let overdue = now.saturating_sub(OVERDUE);
+        if !local.any_due(overdue) {
+            return;
+        }
+        match local.reap_some(overdue, ADMISSION_BITE).await {
             Ok(bite) => self.end_reaped(&bite.dead),
             // Not the admission's failure: the sweep tries again.
             Err(e) => tracing::debug!(error = %e, "an admission could not reap overdue sessions"),

@@ -210,6 +210,11 @@ pub trait LocalSessions: Send + Sync + 'static {
     /// customers, tens of thousands of sessions can expire in the same second.
     async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError>;
 
+    /// Whether a pool's deadline is due by `now`, told cheaply (no lock, no
+    /// allocation): every admission asks, and [`Self::reap_some`] is called only
+    /// when the answer is yes. A wrong "no" only leaves the pool to a later asker.
+    fn any_due(&self, now: Millis) -> bool;
+
     /// Removes every session that is dead at `now` and returns them.
     async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         Ok(self.reap_some(now, usize::MAX).await?.dead)

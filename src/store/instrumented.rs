@@ -196,6 +196,11 @@ impl<S: LocalSessions + ?Sized> LocalSessions for Instrumented<S> {
         self.timed("reap", self.inner.reap_some(now, pools)).await
     }
 
+    /// Not timed: two atomic reads, asked by every admission.
+    fn any_due(&self, now: Millis) -> bool {
+        self.inner.any_due(now)
+    }
+
     async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         self.timed("snapshot", self.inner.snapshot()).await
     }

@@ -54,10 +54,10 @@ struct ExpiryQueue {
     queue: Mutex<VecDeque<(Millis, Arc<PoolKey>)>>,
     /// The first entry's deadline (`Millis::MAX`: none), written under the lock:
     /// asking whether anything is due reads it without the lock. Every
-    /// admission asks ([`SessionControl::reap_overdue`](crate::domain::control::SessionControl)),
-    /// and the answer is nearly always no, so a lock taken for it would be a
-    /// second lock of this queue per admission, shared by every request thread.
-    /// A stale read only moves a bite to the next asker.
+    /// admission asks (`LocalSessions::any_due`), and the answer is nearly always
+    /// no, so a lock taken for it would be a second lock of this queue per
+    /// admission, shared by every request thread. A stale read only moves a bite
+    /// to the next asker.
     first: AtomicU64,
 }
 
@@ -80,10 +80,15 @@ impl ExpiryQueue {
         }
     }
 
+    /// Whether the first deadline has come, from the last one written.
+    fn first_due(&self, now: Millis) -> bool {
+        self.first.load(Ordering::Relaxed) <= now
+    }
+
     /// Takes at most `max` of the pools whose deadline has come, and says whether
     /// more are due.
     fn due(&self, now: Millis, max: usize, into: &mut Vec<Arc<PoolKey>>) -> bool {
-        if self.first.load(Ordering::Relaxed) > now {
+        if !self.first_due(now) {
             return false;
         }
         let Ok(mut queue) = self.queue.lock() else {
@@ -551,6 +556,10 @@ impl LocalSessions for MemoryStore {
     /// Visits only the pools whose queued deadline has come, at most `pools` of
     /// them: the caller yields between bites, so a wave of expiries does not
     /// stall admissions.
+    fn any_due(&self, now: Millis) -> bool {
+        self.pending.first_due(now) || self.detached.first_due(now)
+    }
+
     async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError> {
         let mut due = Vec::new();
         let mut more = self.pending.due(now, pools, &mut due);
