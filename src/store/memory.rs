@@ -553,13 +553,13 @@ impl SessionStore for MemoryStore {
 /// The memory store is the only one whose sessions nothing else expires or keeps.
 #[async_trait]
 impl LocalSessions for MemoryStore {
-    /// Visits only the pools whose queued deadline has come, at most `pools` of
-    /// them: the caller yields between bites, so a wave of expiries does not
-    /// stall admissions.
     fn any_due(&self, now: Millis) -> bool {
         self.pending.first_due(now) || self.detached.first_due(now)
     }
 
+    /// Visits only the pools whose queued deadline has come, at most `pools` of
+    /// them: the caller yields between bites, so a wave of expiries does not
+    /// stall admissions.
     async fn reap_some(&self, now: Millis, pools: usize) -> Result<Reaped, StoreError> {
         let mut due = Vec::new();
         let mut more = self.pending.due(now, pools, &mut due);

@@ -22,7 +22,8 @@ pub const THREAD: &str = "drisc-sweep";
 /// bursts on the server's core that requests queued behind. Admission never waits
 /// for the sweep (it checks expiry itself), so the limit is exact however late it
 /// runs; on a node saturated for long, where the sweep falls behind, admissions
-/// reap the sessions it left overdue (`SessionControl::reap_overdue`). Not `SCHED_IDLE`: the sweep takes locks requests take (the queue of
+/// reap the sessions it left overdue (`SessionControl::reap_overdue`). Not
+/// `SCHED_IDLE`: the sweep takes locks requests take (the queue of
 /// deadlines, a pool's map shard), and held off a core that another thread keeps
 /// busy, a thread in `SCHED_IDLE` holds them for tens of milliseconds (see
 /// [`crate::threads`]); at nice 19 it still gets a share and lets them go. It
