@@ -363,20 +363,35 @@ impl SessionControl {
             let Err(Refusal::Full(full)) = &refused else {
                 return Ok(refused);
             };
-            match policy::at_limit(on_limit, &full.active) {
+            match policy::at_limit(on_limit, limits.sessions, &full.active) {
                 AtLimit::Refuse => return Ok(refused),
+                AtLimit::PastCeiling => {
+                    self.past_ceiling(pool, limits.sessions);
+                    return Ok(refused);
+                }
                 AtLimit::AdmitPastLimit => {
-                    self.events.over_limit(pool, limits.sessions, on_limit);
-                    let kind = EventKind::Refused {
-                        reason: RefusalReason::LimitExceeded,
-                        enforced: false,
-                    };
-                    self.events.report(SessionEvent::new(kind, pool, None, Some(&new.name)));
-                    let unbounded = Limits {
-                        sessions: u32::MAX,
+                    // The ceiling is the store's limit for this admission, so
+                    // parallel creates cannot push the pool past it either.
+                    let ceiling = Limits {
+                        sessions: policy::monitor_ceiling(limits.sessions),
                         ..limits
                     };
-                    return self.store.admit(pool, new, unbounded, now).await;
+                    let name = new.name.clone();
+                    let admitted = self.store.admit(pool, new, ceiling, now).await?;
+                    match &admitted {
+                        Ok(_) => {
+                            self.events.over_limit(pool, limits.sessions, on_limit);
+                            let kind = EventKind::Refused {
+                                reason: RefusalReason::LimitExceeded,
+                                enforced: false,
+                            };
+                            self.events.report(SessionEvent::new(kind, pool, None, Some(&name)));
+                        }
+                        // Others filled it to the ceiling meanwhile.
+                        Err(Refusal::Full(_)) => self.past_ceiling(pool, limits.sessions),
+                        Err(_) => {}
+                    }
+                    return Ok(admitted);
                 }
                 AtLimit::Evict(victim) => {
                     if let Some(done) = self.store.take_over(pool, victim, new.clone(), now).await? {
@@ -389,6 +404,20 @@ impl SessionControl {
             }
         }
         Ok(refused)
+    }
+
+    /// Worth an operator's eye: a pool under `monitor` reached its ceiling, which
+    /// no real household does; the create is refused as `reject` would refuse it.
+    fn past_ceiling(&self, pool: &PoolKey, limit: u32) {
+        tracing::warn!(
+            event = "session_past_monitor_ceiling",
+            publisher = %pool.publisher_id(),
+            customer = %pool.customer_id(),
+            offer = %pool.offer_id(),
+            limit,
+            ceiling = policy::monitor_ceiling(limit),
+            "create refused: the pool holds as many sessions as onLimit \"monitor\" ever lets it hold past its limit"
+        );
     }
 
     /// The session `evict_oldest` replaced: it ends as taken over, and its

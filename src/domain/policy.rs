@@ -51,14 +51,31 @@ pub enum AtLimit {
     Evict(SessionId),
     /// Admit it anyway, past the limit, and count the would-be refusal.
     AdmitPastLimit,
+    /// Refuse it: `monitor` has let the pool as far past its limit as it ever
+    /// does ([`monitor_ceiling`]).
+    PastCeiling,
 }
 
-/// What `policy` does with a full pool holding `active` (in creation order, the
-/// oldest first, as every store lists them). A pool with a limit of zero holds
-/// nobody to evict: it refuses, whatever the policy but `monitor`.
-pub fn at_limit(policy: LimitPolicy, active: &[ActiveSession]) -> AtLimit {
+/// How many sessions `monitor` lets a pool hold past its limit. No household
+/// watches on a hundred more screens than it paid for; a script holding sessions
+/// with one stolen token would, without end. A pool is a vector that every
+/// admission walks and whose live sessions each get a PING, so an unbounded one
+/// would make each create cost more than the last.
+pub const MONITOR_HEADROOM: u32 = 100;
+
+/// The most sessions `monitor` lets a pool of limit `limit` hold.
+pub fn monitor_ceiling(limit: u32) -> u32 {
+    limit.saturating_add(MONITOR_HEADROOM)
+}
+
+/// What `policy` does with a full pool of limit `limit` holding `active` (in
+/// creation order, the oldest first, as every store lists them). A pool with a
+/// limit of zero holds nobody to evict: it refuses, whatever the policy but
+/// `monitor`.
+pub fn at_limit(policy: LimitPolicy, limit: u32, active: &[ActiveSession]) -> AtLimit {
     match policy {
         LimitPolicy::Reject => AtLimit::Refuse,
+        LimitPolicy::Monitor if active.len() >= monitor_ceiling(limit) as usize => AtLimit::PastCeiling,
         LimitPolicy::Monitor => AtLimit::AdmitPastLimit,
         LimitPolicy::EvictOldest => match active.first() {
             Some(oldest) => AtLimit::Evict(oldest.id),
@@ -127,15 +144,25 @@ mod tests {
     #[test]
     fn reject_refuses_monitor_admits_and_evict_picks_the_oldest() {
         let held = active(3);
-        assert_eq!(at_limit(LimitPolicy::Reject, &held), AtLimit::Refuse);
-        assert_eq!(at_limit(LimitPolicy::Monitor, &held), AtLimit::AdmitPastLimit);
-        assert_eq!(at_limit(LimitPolicy::EvictOldest, &held), AtLimit::Evict(held[0].id));
+        assert_eq!(at_limit(LimitPolicy::Reject, 3, &held), AtLimit::Refuse);
+        assert_eq!(at_limit(LimitPolicy::Monitor, 3, &held), AtLimit::AdmitPastLimit);
+        assert_eq!(at_limit(LimitPolicy::EvictOldest, 3, &held), AtLimit::Evict(held[0].id));
     }
 
     #[test]
     fn evicting_from_an_empty_full_pool_refuses() {
-        assert_eq!(at_limit(LimitPolicy::EvictOldest, &[]), AtLimit::Refuse);
-        assert_eq!(at_limit(LimitPolicy::Monitor, &[]), AtLimit::AdmitPastLimit);
+        assert_eq!(at_limit(LimitPolicy::EvictOldest, 0, &[]), AtLimit::Refuse);
+        assert_eq!(at_limit(LimitPolicy::Monitor, 0, &[]), AtLimit::AdmitPastLimit);
+    }
+
+    #[test]
+    fn monitor_refuses_once_the_pool_is_its_headroom_past_the_limit() {
+        let limit = 2;
+        let below = active((limit + MONITOR_HEADROOM - 1) as usize);
+        assert_eq!(at_limit(LimitPolicy::Monitor, limit, &below), AtLimit::AdmitPastLimit);
+        let at = active((limit + MONITOR_HEADROOM) as usize);
+        assert_eq!(at_limit(LimitPolicy::Monitor, limit, &at), AtLimit::PastCeiling);
+        assert_eq!(monitor_ceiling(u32::MAX), u32::MAX, "no overflow");
     }
 
     #[test]

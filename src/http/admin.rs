@@ -84,7 +84,8 @@ pub(super) enum LimitPolicySchema {
     /// Grant it; the pool's oldest session ends as taken over (its player gets TAKE_OVER).
     #[schema(rename = "evict_oldest")]
     EvictOldest,
-    /// Grant it past the limit, and count the would-be refusal (shadow mode).
+    /// Grant it past the limit, and count the would-be refusal (shadow mode); at most
+    /// 100 sessions past it, then refuse as `reject` does.
     #[schema(rename = "monitor")]
     Monitor,
 }

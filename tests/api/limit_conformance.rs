@@ -9,7 +9,7 @@ use std::time::Duration;
 use drisc::domain::control::{
     ControlError, ControlParts, CreateOutcome, CreateRequest, PublisherPolicy, SessionControl, UnavailablePolicy,
 };
-use drisc::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
+use drisc::domain::policy::{CustomerOverride, LimitPolicy, MONITOR_HEADROOM, OverrideKey};
 use drisc::domain::ports::{Control, EndCause, SessionEvents};
 use drisc::domain::settings::{Offer, OfferChoice, Publisher, UnknownOffers};
 use drisc::domain::{Clock, Customer, Holder, PoolKey, Session, SessionId};
@@ -164,6 +164,7 @@ limit_conformance!(
     an_offer_policy_overrides_the_publisher_default,
     parallel_creates_under_evict_oldest_never_exceed_the_limit,
     monitor_grants_past_the_limit_and_reports_each_would_be_refusal,
+    monitor_stops_at_its_ceiling_under_parallel_creates,
     an_override_applies_until_it_expires_and_held_sessions_stay,
     the_household_cap_refuses_across_offers_without_offering_takeover,
     a_customer_stops_its_own_session_remotely_and_no_one_elses,
@@ -264,6 +265,49 @@ async fn monitor_grants_past_the_limit_and_reports_each_would_be_refusal(r: Rig)
     let told = r.told.over_limit.lock().unwrap().clone();
     assert_eq!(told, vec![(pool.clone(), 1), (pool, 1)], "two would-be refusals");
     assert!(r.told.ended.lock().unwrap().is_empty(), "nobody was evicted");
+}
+
+/// A customer (or a script with their token) cannot grow a pool under `monitor`
+/// without end: past the limit plus `MONITOR_HEADROOM`, creates are refused with
+/// the takeover list, however many race for the last places.
+async fn monitor_stops_at_its_ceiling_under_parallel_creates(r: Rig) {
+    r.offer("S1", 1, Some(LimitPolicy::Monitor)).await;
+    let who = customer("monitor-flood");
+    let ceiling = 1 + MONITOR_HEADROOM as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..ceiling + 20 {
+        let control = r.control.clone();
+        let who = who.clone();
+        tasks.spawn(async move {
+            let name = format!("d{i}");
+            let request = CreateRequest {
+                name: &name,
+                offer: OfferChoice::Id("S1"),
+            };
+            match control.create(&who, request).await.unwrap() {
+                CreateOutcome::Granted { .. } => true,
+                CreateOutcome::LimitExceeded { active, .. } => {
+                    assert_eq!(active.len(), ceiling, "refused only at the ceiling");
+                    false
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+    let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(granted, ceiling);
+    let pool = PoolKey::new(&who, "S1");
+    assert_eq!(r.held(&pool).await.len(), ceiling, "never past the ceiling");
+    let over = r.told.over_limit.lock().unwrap().len();
+    assert_eq!(
+        over,
+        ceiling - 1,
+        "every grant past the limit was counted, no refusal was"
+    );
+    assert!(matches!(
+        r.create(&who, "S1", "one-more").await,
+        CreateOutcome::LimitExceeded { active, .. } if active.len() == ceiling
+    ));
 }
 
 async fn an_override_applies_until_it_expires_and_held_sessions_stay(r: Rig) {
