@@ -16,8 +16,10 @@
 //! - [`meter`] counts what `GET /metrics` reports and logs the session events;
 //! - [`tasks`] runs the background loops;
 //! - [`healthcheck`] is `drisc healthcheck`, a client of `/readyz`;
-//! - [`json_text`] writes JSON strings by hand on hot paths, as serde_json would.
+//! - [`json_text`] writes JSON strings by hand on hot paths, as serde_json would;
+//! - [`allocator`] reads jemalloc's figures and hands freed pages back.
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -359,7 +359,7 @@ impl Meter {
                 gauge(Key::from_static_name(name), value as f64);
             }
         }
-        let allocator = allocator::read();
+        let allocator = crate::allocator::read();
         for (name, value) in [
             ("drisc_allocator_allocated_bytes", allocator.allocated),
             ("drisc_allocator_active_bytes", allocator.active),
@@ -618,43 +618,5 @@ mod over_limit_tests {
             "the cap, plus the 'other' series"
         );
         assert!(lines.iter().any(|l| l.contains(r#"offer="other""#)));
-    }
-}
-
-/// jemalloc's statistics, where the server runs on it (see `main.rs`): RSS alone
-/// cannot tell live data growing (a leak: `allocated` climbs) from the allocator
-/// holding freed pages for reuse (`resident` above `active`, `allocated` level).
-/// Read at scrape time; `epoch::advance` makes jemalloc refresh its cached totals.
-///
-/// jemalloc also serves C's `malloc` (Cargo.toml), so SQLite's memory is in them,
-/// and so is everything in the test binaries, whose Rust allocator is the system
-/// one: it calls that same `malloc`.
-mod allocator {
-    #[derive(Default)]
-    pub(super) struct Allocator {
-        pub allocated: Option<u64>,
-        pub active: Option<u64>,
-        pub resident: Option<u64>,
-        pub retained: Option<u64>,
-    }
-
-    #[cfg(not(target_env = "msvc"))]
-    pub(super) fn read() -> Allocator {
-        use tikv_jemalloc_ctl::{epoch, stats};
-        if epoch::advance().is_err() {
-            return Allocator::default();
-        }
-        let bytes = |r: tikv_jemalloc_ctl::Result<usize>| r.ok().map(|n| n as u64);
-        Allocator {
-            allocated: bytes(stats::allocated::read()),
-            active: bytes(stats::active::read()),
-            resident: bytes(stats::resident::read()),
-            retained: bytes(stats::retained::read()),
-        }
-    }
-
-    #[cfg(target_env = "msvc")]
-    pub(super) fn read() -> Allocator {
-        Allocator::default()
     }
 }

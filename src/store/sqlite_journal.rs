@@ -317,6 +317,12 @@ impl Journal {
                 })
             })
             .await?;
+        // The compaction's map of what the log holds, and the pages SQLite just
+        // handed back, are freed by now; jemalloc would keep them for seconds
+        // before returning them (`allocator::hand_back_freed_pages` says how much).
+        if let Err(e) = crate::allocator::hand_back_freed_pages() {
+            tracing::debug!(error = %e, "the compaction's freed pages stay with the allocator");
+        }
         let before = std::mem::replace(&mut *self.tally(), tally);
         tracing::debug!(
             changes_before = before.changes,
