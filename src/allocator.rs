@@ -43,10 +43,10 @@ pub fn read() -> Figures {
 /// jemalloc keeps freed pages for reuse and returns them over its decay time
 /// (10 s), so a burst of work that frees a few megabytes at once (a compaction
 /// of the session journal) leaves RSS that much higher for seconds after: in
-/// the 8,000-player soak, a step of about 4 MB held for 5 to 15 s at each one
-/// (bench/analysis.md, round thirty). Called after such a burst, never on a hot
-/// path: the pages other threads freed go too, and they fault in again when
-/// reused.
+/// the 8,000-player soak, 3.6–4.3 MiB for 5–8 s at each compaction, which itself
+/// took about 90 ms (bench/analysis.md, round thirty). Called after such a
+/// burst, never on a hot path: the pages other threads freed go too, and they
+/// fault in again when reused.
 #[cfg(not(target_env = "msvc"))]
 pub fn hand_back_freed_pages() -> Result<(), String> {
     use tikv_jemalloc_ctl::{Access, AsName, Mib, arenas};
