@@ -104,6 +104,24 @@ impl Rig {
         self.control.create(who, request).await.unwrap()
     }
 
+    /// `n` creates at once for `who` on `offer` (named `d0`, `d1`...).
+    async fn parallel_creates(&self, who: &Customer, offer: &str, n: usize) -> Vec<CreateOutcome> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let control = self.control.clone();
+            let (who, offer) = (who.clone(), offer.to_owned());
+            tasks.spawn(async move {
+                let name = format!("d{i}");
+                let request = CreateRequest {
+                    name: &name,
+                    offer: OfferChoice::Id(&offer),
+                };
+                control.create(&who, request).await.unwrap()
+            });
+        }
+        tasks.join_all().await
+    }
+
     /// Creates a session and binds it to socket `holder`.
     async fn live(&self, who: &Customer, offer: &str, name: &str, holder: u64) -> (PoolKey, Session) {
         let CreateOutcome::Granted { pool, session, .. } = self.create(who, offer, name).await else {
@@ -225,23 +243,11 @@ async fn an_offer_policy_overrides_the_publisher_default(r: Rig) {
 async fn parallel_creates_under_evict_oldest_never_exceed_the_limit(r: Rig) {
     r.offer("S1", 2, Some(LimitPolicy::EvictOldest)).await;
     let who = customer("evict-hot");
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..40 {
-        let control = r.control.clone();
-        let who = who.clone();
-        tasks.spawn(async move {
-            let name = format!("d{i}");
-            let request = CreateRequest {
-                name: &name,
-                offer: OfferChoice::Id("S1"),
-            };
-            matches!(
-                control.create(&who, request).await.unwrap(),
-                CreateOutcome::Granted { .. }
-            )
-        });
-    }
-    let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
+    let outcomes = r.parallel_creates(&who, "S1", 40).await;
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, CreateOutcome::Granted { .. }))
+        .count();
     assert!(granted >= 2, "{granted} granted");
     let pool = PoolKey::new(&who, "S1");
     assert_eq!(r.held(&pool).await.len(), 2, "never more than the limit");
@@ -274,27 +280,16 @@ async fn monitor_stops_at_its_ceiling_under_parallel_creates(r: Rig) {
     r.offer("S1", 1, Some(LimitPolicy::Monitor)).await;
     let who = customer("monitor-flood");
     let ceiling = 1 + MONITOR_HEADROOM as usize;
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..ceiling + 20 {
-        let control = r.control.clone();
-        let who = who.clone();
-        tasks.spawn(async move {
-            let name = format!("d{i}");
-            let request = CreateRequest {
-                name: &name,
-                offer: OfferChoice::Id("S1"),
-            };
-            match control.create(&who, request).await.unwrap() {
-                CreateOutcome::Granted { .. } => true,
-                CreateOutcome::LimitExceeded { active, .. } => {
-                    assert_eq!(active.len(), ceiling, "refused only at the ceiling");
-                    false
-                }
-                other => panic!("{other:?}"),
+    let mut granted = 0;
+    for outcome in r.parallel_creates(&who, "S1", ceiling + 20).await {
+        match outcome {
+            CreateOutcome::Granted { .. } => granted += 1,
+            CreateOutcome::LimitExceeded { active, .. } => {
+                assert_eq!(active.len(), ceiling, "refused only at the ceiling");
             }
-        });
+            other => panic!("{other:?}"),
+        }
     }
-    let granted = tasks.join_all().await.into_iter().filter(|ok| *ok).count();
     assert_eq!(granted, ceiling);
     let pool = PoolKey::new(&who, "S1");
     assert_eq!(r.held(&pool).await.len(), ceiling, "never past the ceiling");
