@@ -671,6 +671,16 @@ impl SessionControl {
         }
     }
 
+    /// Gives back the room a burst left in the local store's tables
+    /// ([`LocalSessions::trim`]); how many tables were trimmed.
+    pub fn trim(&self) -> usize {
+        let trimmed = self.local.as_ref().map_or(0, |local| local.trim());
+        if trimmed > 0 {
+            tracing::debug!(tables = trimmed, "the store's tables gave back the room a burst left");
+        }
+        trimmed
+    }
+
     /// Reaps at most [`ADMISSION_BITE`] pools whose sessions died more than
     /// [`OVERDUE`] ago: the sweep's work, done by an admission when the sweep
     /// falls behind. The sweep runs at nice 19 and so gets almost nothing on a

@@ -215,6 +215,13 @@ pub trait LocalSessions: Send + Sync + 'static {
     /// when the answer is yes. A wrong "no" only leaves the pool to a later asker.
     fn any_due(&self, now: Millis) -> bool;
 
+    /// Gives back the room a burst left in the store's tables, where they are
+    /// mostly empty: a hash table keeps the room of the most entries it ever
+    /// held, so a flood of creates that all expired would otherwise keep its
+    /// memory until a restart. Returns how many tables were trimmed. The sweep
+    /// calls it now and then, never a request.
+    fn trim(&self) -> usize;
+
     /// Removes every session that is dead at `now` and returns them.
     async fn reap(&self, now: Millis) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         Ok(self.reap_some(now, usize::MAX).await?.dead)

@@ -31,7 +31,7 @@ use dashmap::DashMap;
 
 pub use open::open;
 
-use super::roster::{Roster, sharded};
+use super::roster::{self, Roster, sharded};
 use crate::domain::journal::Journal;
 use crate::domain::listing::{SessionPage, SessionQuery};
 use crate::domain::pool::{
@@ -83,6 +83,23 @@ impl ExpiryQueue {
     /// Whether the first deadline has come, from the last one written.
     fn first_due(&self, now: Millis) -> bool {
         self.first.load(Ordering::Relaxed) <= now
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.queue.lock().map_or(0, |queue| queue.capacity())
+    }
+
+    /// Gives back the queue's room if a burst left it mostly empty; whether it did.
+    fn trim(&self) -> bool {
+        let Ok(mut queue) = self.queue.lock() else {
+            return false;
+        };
+        if !roster::roomy(queue.len(), queue.capacity()) {
+            return false;
+        }
+        queue.shrink_to_fit();
+        true
     }
 
     /// Takes at most `max` of the pools whose deadline has come, and says whether
@@ -574,6 +591,19 @@ impl LocalSessions for MemoryStore {
         Ok(Reaped { dead, more })
     }
 
+    fn trim(&self) -> usize {
+        [
+            roster::trim(&self.pools),
+            self.customers.trim(),
+            self.roster.trim(),
+            self.pending.trim(),
+            self.detached.trim(),
+        ]
+        .into_iter()
+        .filter(|trimmed| *trimmed)
+        .count()
+    }
+
     async fn snapshot(&self) -> Result<Vec<(PoolKey, Session)>, StoreError> {
         Ok(self
             .pools
@@ -657,6 +687,50 @@ mod tests {
         assert!(!queue.due(49, 8, &mut taken));
         assert!(!queue.due(50, 8, &mut taken));
         assert_eq!(taken.len(), 4);
+    }
+
+    /// A flood of creates that all expired leaves tables with room for the
+    /// flood: trimmed, they give it back, and the store goes on as before. A
+    /// store still holding its sessions is left alone.
+    #[tokio::test]
+    async fn a_trim_gives_back_the_room_a_flood_left_and_only_that() {
+        let store = MemoryStore::new(timings());
+        let flood = roster::TRIM_FLOOR * 2;
+        for i in 0..flood {
+            let granted = store.admit(&key(&format!("c{i}")), new(), ONE, 0).await.unwrap();
+            assert!(granted.is_ok());
+        }
+        assert_eq!(store.trim(), 0, "a full store keeps its room");
+        let room = |store: &MemoryStore| {
+            store.pools.capacity() + store.customers.capacity() + store.roster.capacity() + store.pending.capacity()
+        };
+        let flooded = room(&store);
+
+        // All of them expire unattended, but a few customers who come back.
+        let later = 60_000;
+        assert_eq!(store.reap(later).await.unwrap().len(), flood);
+        for i in 0..100 {
+            store
+                .admit(&key(&format!("back{i}")), new(), ONE, later)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // (A table's capacity counts its free room, which removals move a little.)
+        assert!(room(&store) * 10 > flooded * 9, "reaping alone gives nothing back");
+        assert_eq!(store.trim(), 4, "the pools, customers, index and pending queue");
+        assert!(room(&store) * 100 < flooded, "{} of {flooded}", room(&store));
+        assert_eq!(store.trim(), 0, "nothing left to give back");
+
+        // The store works as before: limits, look-ups, expiry.
+        let back = key("back7");
+        assert!(
+            store.admit(&back, new(), ONE, later).await.unwrap().is_err(),
+            "still full"
+        );
+        let id = store.list(&back, later).await.unwrap()[0].id;
+        assert_eq!(store.locate(id).await.unwrap(), Some(back.clone()));
+        assert_eq!(store.reap(later + 60_000).await.unwrap().len(), 100);
     }
 
     #[tokio::test]

@@ -30,6 +30,31 @@ pub(crate) fn sharded<K: Eq + std::hash::Hash, V>() -> DashMap<K, V, foldhash::f
     DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), SHARDS)
 }
 
+/// Entries a map of the memory store keeps room for whatever its load: below
+/// this, the room a trim would give back (a few megabytes at most) is worth
+/// less than growing the tables again.
+pub(crate) const TRIM_FLOOR: usize = 1 << 16;
+
+/// Whether a table with room for `capacity` entries and `len` in it holds room
+/// worth giving back: above [`TRIM_FLOOR`] and less than a quarter used, which
+/// only a burst (a flood of creates that all expired) leaves. A table in steady
+/// churn stays within about twice its entries (`benches/churn.rs`), so it is
+/// never trimmed only to grow again.
+pub(crate) fn roomy(len: usize, capacity: usize) -> bool {
+    capacity > TRIM_FLOOR && len < capacity / 4
+}
+
+/// Gives back the room of `map` if [`roomy`]: each shard in turn is rebuilt at
+/// its size under its lock, a pause of microseconds for the requests that hash
+/// into it. Whether it was.
+pub(crate) fn trim<K: Eq + std::hash::Hash, V>(map: &DashMap<K, V, foldhash::fast::RandomState>) -> bool {
+    if !roomy(map.len(), map.capacity()) {
+        return false;
+    }
+    map.shrink_to_fit();
+    true
+}
+
 /// Session ids are random UUIDs, hashed on every admission and end: foldhash is
 /// cheap and still seeded at random per map. The value shares the pool's key with
 /// the pool map, so an entry costs an id and a pointer.
@@ -50,6 +75,17 @@ impl Roster {
             states: Default::default(),
             journal,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.index.capacity()
+    }
+
+    /// Gives back the room of the session-id index if a burst left it mostly
+    /// empty ([`trim`]).
+    pub(crate) fn trim(&self) -> bool {
+        trim(&self.index)
     }
 
     /// A session was granted into `pool`.

@@ -36,12 +36,27 @@ pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Dura
     });
 }
 
+/// How often the sweep asks the store to give back the room a burst left in its
+/// tables (`SessionControl::trim`): asking reads every shard's size, so not on
+/// every pass; a flood's memory is back within this much of its sessions' end.
+pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken, rest: Rest) {
-    super::every(every, cancel, || async {
-        match control.reap(&rest).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
-            Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),
+    let trim_every = (TRIM_EVERY.as_millis() / every.as_millis().max(1)).max(1);
+    let mut passes: u128 = 0;
+    super::every(every, cancel, || {
+        passes += 1;
+        let trim = passes % trim_every == 0;
+        let (control, rest) = (&control, &rest);
+        async move {
+            match control.reap(rest).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),
+            }
+            if trim {
+                control.trim();
+            }
         }
     })
     .await;

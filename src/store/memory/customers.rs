@@ -60,6 +60,16 @@ impl Customers {
         result
     }
 
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// Gives back the map's room if a burst left it mostly empty.
+    pub(super) fn trim(&self) -> bool {
+        crate::store::roster::trim(&self.0)
+    }
+
     /// The pools `customer` holds sessions in, as they are now. Read under the
     /// customer's lock and released before the caller visits them (lock order).
     pub(super) fn pools_of(&self, customer: &Customer) -> OpenPools {
