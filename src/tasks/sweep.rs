@@ -54,8 +54,13 @@ pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: Cancella
                 Ok(n) => tracing::debug!(reaped = n, "dead sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "sweep failed; admission still checks expiry"),
             }
-            if trim {
-                control.trim();
+            // The room given back is freed memory, which jemalloc would return to
+            // the system only over its decay time.
+            if trim
+                && control.trim() > 0
+                && let Err(e) = crate::allocator::hand_back_freed_pages()
+            {
+                tracing::debug!(error = %e, "the trimmed tables' pages stay with the allocator");
             }
         }
     })
