@@ -175,8 +175,7 @@ pub struct OutboxEvent {
 }
 
 /// What an outbox is given to send: the event itself, which the outbox turns into
-/// bytes its own way (off the request's thread, by the writer), or text to send
-/// as it is. Whatever an outbox keeps, every attempt sends the same bytes: the
+/// bytes its own way ([`WebhookOutbox::pack`]), or text to send as it is. Whatever an outbox keeps, every attempt sends the same bytes: the
 /// JSON body of the event at `created_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxBody {
@@ -198,6 +197,134 @@ impl OutboxEvent {
             },
             OutboxBody::Text { ordering_key, .. } => Cow::Borrowed(ordering_key),
         }
+    }
+}
+
+/// Events in one [`OutboxBatch`] at most: a staged row of the outbox, the unit
+/// its delivery reads at once. The writer's transaction may hold many.
+pub const BATCH_EVENTS: usize = 512;
+
+/// Events of one publisher on their way to the outbox, already in the form it
+/// stages them ([`WebhookOutbox::pack`]): packed as they are reported, while
+/// the event is still in the reporting thread's cache. Packed later by the
+/// writer (round twenty-one to thirty), every event was copied into a queue,
+/// copied out, read again cold a gather later (200 ms, thousands of events on)
+/// and freed there: more than the packing itself (bench/analysis.md, round
+/// thirty-one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxBatch {
+    pub publisher_id: String,
+    /// The events' bytes, one after the other.
+    pub packed: Vec<u8>,
+    /// Where each event ends in `packed`: the first `n` events are the bytes
+    /// up to `ends[n - 1]`, a batch of their own (the outbox's cap may keep
+    /// only those).
+    pub ends: Vec<u32>,
+    /// The last event's `created_at`: the packed form keeps each time as a
+    /// difference to the one before.
+    pub last_created_at: Millis,
+}
+
+impl OutboxBatch {
+    pub fn new(publisher_id: String) -> Self {
+        Self {
+            publisher_id,
+            ..Self::default()
+        }
+    }
+
+    /// Events in the batch.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Keeps the first `n` events.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.ends.len() {
+            return;
+        }
+        let end = n.checked_sub(1).map_or(0, |last| self.ends[last] as usize);
+        self.packed.truncate(end);
+        self.ends.truncate(n);
+    }
+}
+
+/// Events waiting for the outbox's writer, packed as they were reported
+/// ([`OutboxBatch`]): an open batch per publisher, and those already full
+/// ([`BATCH_EVENTS`]) in the order they filled. A publisher's full batches come
+/// before its open one, so [`OutboxQueue::take`] keeps each publisher's order,
+/// which is each session's.
+#[derive(Debug, Default)]
+pub struct OutboxQueue {
+    /// Each publisher's open batch: its place in `open`.
+    places: std::collections::HashMap<String, usize, foldhash::fast::RandomState>,
+    open: Vec<OutboxBatch>,
+    full: std::collections::VecDeque<OutboxBatch>,
+    events: usize,
+}
+
+impl OutboxQueue {
+    /// Events queued.
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// Packs `event` at the end of its publisher's open batch, with `pack` (an
+    /// outbox's [`WebhookOutbox::pack`]). An event it refuses (no message id or
+    /// ordering key: a bug upstream) leaves the queue as it was.
+    pub fn push(
+        &mut self,
+        event: &OutboxEvent,
+        pack: impl FnOnce(&mut OutboxBatch, &OutboxEvent) -> Result<(), SettingsError>,
+    ) -> Result<(), SettingsError> {
+        let place = match self.places.get(event.publisher_id.as_str()) {
+            Some(&place) => place,
+            None => {
+                self.open.push(OutboxBatch::new(event.publisher_id.clone()));
+                self.places.insert(event.publisher_id.clone(), self.open.len() - 1);
+                self.open.len() - 1
+            }
+        };
+        let batch = &mut self.open[place];
+        pack(batch, event)?;
+        self.events += 1;
+        if batch.len() >= BATCH_EVENTS {
+            let publisher_id = batch.publisher_id.clone();
+            let full = std::mem::replace(batch, OutboxBatch::new(publisher_id));
+            self.full.push_back(full);
+        }
+        Ok(())
+    }
+
+    /// The batches for one write: full ones first, oldest first, until `most`
+    /// events are taken; if there is room left, every open batch too.
+    pub fn take(&mut self, most: usize) -> Vec<OutboxBatch> {
+        let mut taken = Vec::new();
+        let mut events = 0;
+        while events < most
+            && let Some(batch) = self.full.pop_front()
+        {
+            events += batch.len();
+            taken.push(batch);
+        }
+        if events < most {
+            for batch in self.open.drain(..) {
+                events += batch.len();
+                taken.push(batch);
+            }
+            self.places.clear();
+        }
+        self.events -= events;
+        taken.retain(|batch| !batch.is_empty());
+        taken
     }
 }
 
@@ -234,10 +361,25 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     /// Removes the webhook and the events still waiting for it. False if there was none.
     async fn delete_webhook(&self, publisher_id: &str) -> Result<bool, SettingsError>;
 
-    /// Writes a batch in one transaction, in the order given. A publisher whose
-    /// outbox holds `cap` rows (waiting or dead-lettered) first loses its oldest
-    /// dead letters; if it is still full, the new events are refused and counted.
-    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError>;
+    /// Appends `event` to `batch` in the form this outbox stages it (called as
+    /// events are reported, under the queue's lock: cheap, and never waits).
+    /// Refused if the event has no message id or ordering key.
+    fn pack(&self, batch: &mut OutboxBatch, event: &OutboxEvent) -> Result<(), SettingsError>;
+
+    /// Writes batches ([`WebhookOutbox::pack`]) in one transaction, in the order
+    /// given. A publisher whose outbox holds `cap` rows (waiting or
+    /// dead-lettered) first loses its oldest dead letters; if it is still full,
+    /// the new events are refused (the last of its batches first) and counted.
+    async fn enqueue_packed(&self, batches: Vec<OutboxBatch>, cap: u64) -> Result<Enqueued, SettingsError>;
+
+    /// [`WebhookOutbox::enqueue_packed`] of events not packed yet.
+    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
+        let mut queue = OutboxQueue::default();
+        for event in events {
+            queue.push(event, |batch, event| self.pack(batch, event))?;
+        }
+        self.enqueue_packed(queue.take(usize::MAX), cap).await
+    }
 
     /// Claims at most `limit` events due at `now`, each the oldest undelivered one
     /// of its ordering key, for `lease` ms: nobody else (no other node) claims

@@ -5,8 +5,9 @@
 //! (control's grants, refusals, takeovers, kicks and ends, and the ends a store
 //! prunes) and never waits: an event that nobody wants (no stream open, no
 //! webhook of its publisher for its type) costs one map look-up; one that is
-//! wanted is rendered once, broadcast to the streams (a ring buffer: a slow
-//! reader skips, see [`Published`]) and pushed onto a bounded queue.
+//! wanted is rendered once for the streams and broadcast (a ring buffer: a slow
+//! reader skips, see [`Published`]), and packed once for the outbox, onto a
+//! bounded queue ([`writer::Queue`]).
 //!
 //! Durability starts when [`writer`] has written the event to the outbox in the
 //! settings database (in batches, in one transaction each). Until then it is in
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use dashmap::DashMap;
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,7 +53,7 @@ pub struct Events {
     /// Each publisher with a webhook, and the types it wants ([`EventType::bit`]).
     subscriptions: DashMap<String, u8, foldhash::fast::RandomState>,
     stream: broadcast::Sender<Arc<Published>>,
-    queue: mpsc::Sender<OutboxEvent>,
+    queue: Arc<writer::Queue>,
     outbox: Arc<dyn WebhookOutbox>,
     counters: EventCounters,
     /// One permit per open stream (`events.max_streams`).
@@ -64,7 +65,6 @@ pub struct Events {
 
 /// The loops that move events out, spawned by [`Loops::spawn`].
 pub struct Loops {
-    queue: mpsc::Receiver<OutboxEvent>,
     events: Arc<Events>,
     settings: Arc<Settings>,
 }
@@ -76,12 +76,11 @@ impl Events {
         outbox: Arc<dyn WebhookOutbox>,
         meter: &Meter,
     ) -> Result<(Arc<Self>, Loops), SettingsError> {
-        let (queue, receiver) = mpsc::channel(settings.events.outbox_queue);
         let (stream, _) = broadcast::channel(settings.events.stream_buffer);
         let events = Arc::new(Self {
             subscriptions: DashMap::default(),
             stream,
-            queue,
+            queue: Arc::new(writer::Queue::new(settings.events.outbox_queue)),
             outbox,
             counters: meter.event_counters(),
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
@@ -90,7 +89,6 @@ impl Events {
         });
         events.reload().await?;
         let loops = Loops {
-            queue: receiver,
             events: events.clone(),
             settings: settings.clone(),
         };
@@ -176,18 +174,21 @@ impl SessionEvents for Events {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
-            // The event itself: the outbox's writer packs it in a form of its
-            // own, off this thread.
-            let queued = self.queue.try_send(OutboxEvent {
+            let event = OutboxEvent {
                 message_id,
                 publisher_id: event.pool.publisher_id().to_owned(),
                 event_type,
                 body: OutboxBody::Event(event),
                 created_at,
-            });
-            if queued.is_err() {
+            };
+            match self.queue.push(self.outbox.as_ref(), &event) {
+                Ok(()) => {}
                 // Full (the database is behind) or closed (stopping): never wait.
-                self.counters.dropped_queue_full.increment(1);
+                Err(writer::Dropped::Full) => self.counters.dropped_queue_full.increment(1),
+                Err(writer::Dropped::Unpackable(e)) => {
+                    self.counters.dropped_outbox_error.increment(1);
+                    tracing::warn!(error = %e, "a session event the outbox cannot take: dropped");
+                }
             }
         }
     }
@@ -208,14 +209,10 @@ fn message_id() -> String {
 impl Loops {
     /// Starts the outbox writer and the delivery, until `shutdown`.
     pub fn spawn(self, tracker: &TaskTracker, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            queue,
-            events,
-            settings,
-        } = self;
+        let Self { events, settings } = self;
         let client = delivery::client(&settings.webhooks)?;
         tracker.spawn(writer::run(
-            queue,
+            events.queue.clone(),
             events.outbox.clone(),
             writer::Limits {
                 batch: settings.events.outbox_batch,

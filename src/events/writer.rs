@@ -1,14 +1,16 @@
 //! Writes queued events to the outbox, a batch per transaction: the writes stay
 //! off the admission path, and a burst costs one commit per batch, not per event.
+//! The events wait in a [`Queue`], packed as they were reported.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::events::{OutboxEvent, WebhookOutbox};
+use crate::domain::events::{OutboxBatch, OutboxEvent, OutboxQueue, WebhookOutbox};
+use crate::domain::ports::SettingsError;
 use crate::meter::EventCounters;
 
 /// Tries of one batch before it is dropped (the database is down): the queue
@@ -32,54 +34,136 @@ pub struct Limits {
     pub cap: u64,
 }
 
+/// The events reported and not written yet, bounded (`events.outbox_queue`):
+/// the reports push, never waiting; the writer takes.
+pub struct Queue {
+    queued: Mutex<Queued>,
+    most: usize,
+    /// Told when the queue stops being empty.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    events: OutboxQueue,
+    /// The writer has stopped: nothing queued now would be written.
+    closed: bool,
+}
+
+/// Why [`Queue::push`] dropped an event.
+#[derive(Debug)]
+pub enum Dropped {
+    /// The queue holds `events.outbox_queue` events (the database is behind),
+    /// or the writer has stopped.
+    Full,
+    /// The outbox would not pack it: a bug upstream.
+    Unpackable(SettingsError),
+}
+
+impl Queue {
+    pub fn new(most: usize) -> Self {
+        Self {
+            queued: Mutex::new(Queued::default()),
+            most,
+            ready: Notify::new(),
+        }
+    }
+
+    fn queued(&self) -> MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Packs `event` onto the queue ([`WebhookOutbox::pack`]) under its lock: a
+    /// few hundred instructions, and the writer holds the lock only to take the
+    /// batches whole.
+    pub fn push(&self, outbox: &dyn WebhookOutbox, event: &OutboxEvent) -> Result<(), Dropped> {
+        let mut queued = self.queued();
+        if queued.closed || queued.events.len() >= self.most {
+            return Err(Dropped::Full);
+        }
+        let was_empty = queued.events.is_empty();
+        queued
+            .events
+            .push(event, |batch, event| outbox.pack(batch, event))
+            .map_err(Dropped::Unpackable)?;
+        drop(queued);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.queued().events.len()
+    }
+
+    fn take(&self, most: usize) -> Vec<OutboxBatch> {
+        self.queued().events.take(most)
+    }
+
+    /// Refuses every push from now on.
+    fn close(&self) {
+        self.queued().closed = true;
+    }
+}
+
 pub async fn run(
-    mut queue: mpsc::Receiver<OutboxEvent>,
+    queue: Arc<Queue>,
     outbox: Arc<dyn WebhookOutbox>,
     limits: Limits,
     counters: EventCounters,
     written: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(limits.batch);
     let mut last_write: Option<Instant> = None;
-    loop {
-        let got = tokio::select! {
-            got = queue.recv_many(&mut batch, limits.batch) => got,
-            () = shutdown.cancelled() => break,
-        };
-        if got == 0 {
-            return;
+    while !shutdown.is_cancelled() {
+        if queue.len() == 0 {
+            // A push between the look and the wait leaves a permit: the wait
+            // then ends at once.
+            tokio::select! {
+                () = queue.ready.notified() => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
         }
         if let Some(due) = last_write.map(|last| last + limits.gather)
-            && batch.len() < limits.batch
+            && queue.len() < limits.batch
             && due > Instant::now()
         {
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
                 () = shutdown.cancelled() => {}
             }
-            while batch.len() < limits.batch {
-                match queue.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
-            }
         }
         last_write = Some(Instant::now());
-        write(&mut batch, outbox.as_ref(), &limits, &counters).await;
+        write(queue.take(limits.batch), outbox.as_ref(), &limits, &counters).await;
         written.notify_one();
     }
     // A graceful stop: what is queued is written before the server exits.
     queue.close();
-    while queue.recv_many(&mut batch, limits.batch).await > 0 {
-        write(&mut batch, outbox.as_ref(), &limits, &counters).await;
+    loop {
+        let batches = queue.take(limits.batch);
+        if batches.is_empty() {
+            break;
+        }
+        write(batches, outbox.as_ref(), &limits, &counters).await;
     }
 }
 
-async fn write(batch: &mut Vec<OutboxEvent>, outbox: &dyn WebhookOutbox, limits: &Limits, counters: &EventCounters) {
+async fn write(mut batches: Vec<OutboxBatch>, outbox: &dyn WebhookOutbox, limits: &Limits, counters: &EventCounters) {
+    if batches.is_empty() {
+        return;
+    }
+    let events: usize = batches.iter().map(OutboxBatch::len).sum();
     let mut last_error = String::new();
     for attempt in 1..=TRIES {
-        match tokio::time::timeout(WRITE_TIMEOUT, outbox.enqueue(batch, limits.cap)).await {
+        // The last try gives the batches away; those before keep a copy to try again.
+        let this = if attempt < TRIES {
+            batches.clone()
+        } else {
+            std::mem::take(&mut batches)
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, outbox.enqueue_packed(this, limits.cap)).await {
             Ok(Ok(done)) => {
                 if done.refused_full > 0 {
                     counters.dropped_outbox_full.increment(done.refused_full);
@@ -89,7 +173,6 @@ async fn write(batch: &mut Vec<OutboxEvent>, outbox: &dyn WebhookOutbox, limits:
                         "webhook outbox full (webhooks.outbox_cap): new events refused until deliveries catch up"
                     );
                 }
-                batch.clear();
                 return;
             }
             Ok(Err(e)) => last_error = e.to_string(),
@@ -99,11 +182,10 @@ async fn write(batch: &mut Vec<OutboxEvent>, outbox: &dyn WebhookOutbox, limits:
             tokio::time::sleep(PAUSE).await;
         }
     }
-    counters.dropped_outbox_error.increment(batch.len() as u64);
+    counters.dropped_outbox_error.increment(events as u64);
     tracing::error!(
-        dropped = batch.len(),
+        dropped = events,
         error = %last_error,
         "could not write session events to the webhook outbox: dropped"
     );
-    batch.clear();
 }

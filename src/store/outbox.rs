@@ -14,7 +14,7 @@ mod postgres;
 mod sqlite;
 mod staged;
 
-use crate::domain::events::{Claimed, EventType, OutboxEvent, Webhook};
+use crate::domain::events::{Claimed, EventType, OutboxBatch, Webhook};
 use crate::domain::ports::SettingsError;
 
 /// `next_attempt_at` of a row waiting for an earlier row of its key.
@@ -27,41 +27,15 @@ fn db_err(e: impl std::fmt::Display) -> SettingsError {
     SettingsError::Database(e.to_string())
 }
 
-/// Events in one staged row at most. The writer's transaction may hold several
-/// rows (`events.outbox_batch` events): its commit (an fsync, the WAL's pages)
-/// costs a saturated node's core more than the rows in it, so a transaction
-/// carries as many events as the gather collects, while a row stays the size
-/// the delivery reads at once (a lane's batch, a move's unit).
-const ROW_EVENTS: usize = 512;
-
-/// A writer's batch as staged rows: one publisher's events each, at most
-/// [`ROW_EVENTS`], the publishers in the order each first appears and each
-/// publisher's rows in the order of its events.
-fn staged_rows(events: &[OutboxEvent]) -> Vec<(&str, Vec<&OutboxEvent>)> {
-    let mut by_publisher: Vec<(&str, Vec<&OutboxEvent>)> = Vec::new();
-    for e in events {
-        match by_publisher.iter_mut().find(|(p, _)| *p == e.publisher_id) {
-            Some((_, list)) => list.push(e),
-            None => by_publisher.push((&e.publisher_id, vec![e])),
-        }
-    }
-    by_publisher
-        .into_iter()
-        .flat_map(|(publisher_id, list)| {
-            list.chunks(ROW_EVENTS)
-                .map(|row| (publisher_id, row.to_vec()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// Events per publisher of [`staged_rows`]'s rows, in the same order.
-fn events_per_publisher<'a>(rows: &[(&'a str, Vec<&OutboxEvent>)]) -> Vec<(&'a str, u64)> {
+/// Events per publisher of a writer's batches, the publishers in the order
+/// each first appears.
+fn events_per_publisher(batches: &[OutboxBatch]) -> Vec<(&str, u64)> {
     let mut totals: Vec<(&str, u64)> = Vec::new();
-    for (publisher_id, list) in rows {
-        match totals.iter_mut().find(|(p, _)| p == publisher_id) {
-            Some((_, n)) => *n += list.len() as u64,
-            None => totals.push((publisher_id, list.len() as u64)),
+    for batch in batches {
+        let n = batch.len() as u64;
+        match totals.iter_mut().find(|(p, _)| *p == batch.publisher_id) {
+            Some((_, total)) => *total += n,
+            None => totals.push((&batch.publisher_id, n)),
         }
     }
     totals
@@ -123,7 +97,7 @@ fn to_i64(ms: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::events::OutboxBody;
+    use crate::domain::events::{BATCH_EVENTS, OutboxBody, OutboxEvent, OutboxQueue};
 
     fn event(publisher_id: &str, n: usize) -> OutboxEvent {
         OutboxEvent {
@@ -134,36 +108,97 @@ mod tests {
                 body: "{}".into(),
                 ordering_key: "k".into(),
             },
-            created_at: 0,
+            created_at: n as u64,
         }
     }
 
+    /// The message ids a batch holds, read back from its bytes.
+    fn ids(batch: &OutboxBatch) -> Vec<String> {
+        staged::unstage(staged::PACKED, &batch.packed, &batch.publisher_id)
+            .expect("readable")
+            .iter()
+            .map(|e| e.message_id.to_string())
+            .collect()
+    }
+
     #[test]
-    fn a_batch_is_cut_into_rows_of_one_publisher_each_in_order_and_no_larger_than_a_row() {
+    fn queued_events_are_cut_into_batches_of_one_publisher_each_in_order_and_no_larger_than_a_row() {
         // q first, then p; p's 1,100 events interleaved with q's 600.
-        let mut batch = vec![event("q", 0)];
+        let mut written = vec![event("q", 0)];
         for n in 0..1_100 {
-            batch.push(event("p", n));
+            written.push(event("p", n));
             if n < 599 {
-                batch.push(event("q", n + 1));
+                written.push(event("q", n + 1));
             }
         }
-        let rows = staged_rows(&batch);
-        let shape: Vec<(&str, usize)> = rows.iter().map(|(p, list)| (*p, list.len())).collect();
-        assert_eq!(shape, [("q", 512), ("q", 88), ("p", 512), ("p", 512), ("p", 76)]);
+        let mut queue = OutboxQueue::default();
+        for e in &written {
+            queue.push(e, staged::pack_into).expect("packed");
+        }
+        assert_eq!(queue.len(), 1_700);
+        let batches = queue.take(usize::MAX);
+        assert!(queue.is_empty());
+        let shape: Vec<(&str, usize)> = batches.iter().map(|b| (b.publisher_id.as_str(), b.len())).collect();
+        // Full batches in the order they filled, then the open ones.
+        assert_eq!(shape, [("q", 512), ("p", 512), ("p", 512), ("q", 88), ("p", 76)]);
         for publisher_id in ["p", "q"] {
-            let ids: Vec<&str> = rows
+            let read: Vec<String> = batches
                 .iter()
-                .filter(|(p, _)| *p == publisher_id)
-                .flat_map(|(_, list)| list.iter().map(|e| e.message_id.as_str()))
+                .filter(|b| b.publisher_id == publisher_id)
+                .flat_map(ids)
                 .collect();
-            let written: Vec<&str> = batch
+            let sent: Vec<String> = written
                 .iter()
                 .filter(|e| e.publisher_id == publisher_id)
-                .map(|e| e.message_id.as_str())
+                .map(|e| e.message_id.clone())
                 .collect();
-            assert_eq!(ids, written, "{publisher_id}'s events in the order written");
+            assert_eq!(read, sent, "{publisher_id}'s events in the order written");
         }
-        assert_eq!(events_per_publisher(&rows), [("q", 600), ("p", 1_100)]);
+        assert_eq!(events_per_publisher(&batches), [("q", 600), ("p", 1_100)]);
+    }
+
+    #[test]
+    fn a_take_stops_after_the_full_batches_that_reach_its_most_and_leaves_the_rest_in_order() {
+        let mut queue = OutboxQueue::default();
+        for n in 0..BATCH_EVENTS * 3 + 5 {
+            queue.push(&event("p", n), staged::pack_into).expect("packed");
+        }
+        let first = queue.take(BATCH_EVENTS + 1);
+        assert_eq!(first.iter().map(OutboxBatch::len).collect::<Vec<_>>(), [512, 512]);
+        assert_eq!(queue.len(), BATCH_EVENTS + 5);
+        let rest = queue.take(usize::MAX);
+        assert_eq!(rest.iter().map(OutboxBatch::len).collect::<Vec<_>>(), [512, 5]);
+        let read: Vec<String> = first.iter().chain(&rest).flat_map(ids).collect();
+        let sent: Vec<String> = (0..BATCH_EVENTS * 3 + 5).map(|n| format!("p{n}")).collect();
+        assert_eq!(read, sent);
+        assert!(
+            queue.take(usize::MAX).is_empty(),
+            "nothing left, not even an empty batch"
+        );
+    }
+
+    #[test]
+    fn a_batch_cut_to_its_first_events_reads_as_those_events() {
+        let mut queue = OutboxQueue::default();
+        for n in 0..10 {
+            queue.push(&event("p", n), staged::pack_into).expect("packed");
+        }
+        let mut batch = queue.take(usize::MAX).pop().expect("a batch");
+        batch.truncate(4);
+        assert_eq!(ids(&batch), ["p0", "p1", "p2", "p3"]);
+        batch.truncate(0);
+        assert!(batch.packed.is_empty() && batch.is_empty());
+    }
+
+    #[test]
+    fn an_event_refused_by_the_packing_leaves_the_queue_as_it_was() {
+        let mut queue = OutboxQueue::default();
+        queue.push(&event("p", 0), staged::pack_into).expect("packed");
+        let mut keyless = event("p", 1);
+        keyless.message_id.clear();
+        assert!(queue.push(&keyless, staged::pack_into).is_err());
+        assert_eq!(queue.len(), 1);
+        let batches = queue.take(usize::MAX);
+        assert_eq!(batches.iter().flat_map(ids).collect::<Vec<_>>(), ["p0"]);
     }
 }

@@ -972,11 +972,11 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drisc.db");
     let db = sqlite_at(&path).await;
-    let (queue, rx) = tokio::sync::mpsc::channel(16);
+    let queue = Arc::new(drisc::events::writer::Queue::new(16));
     let written = Arc::new(tokio::sync::Notify::new());
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(drisc::events::writer::run(
-        rx,
+        queue.clone(),
         Arc::new(db.clone()),
         drisc::events::writer::Limits {
             batch: 4096,
@@ -988,7 +988,7 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
         stop.clone(),
     ));
     let start = Instant::now();
-    queue.send(event("p", "a", 0)).await.unwrap();
+    queue.push(&db, &event("p", "a", 0)).unwrap();
     written.notified().await;
     assert!(
         start.elapsed() < GATHER / 2,
@@ -997,7 +997,7 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     );
     assert_eq!(sqlite_tables(&path).await.1, 1);
     for n in 1..4 {
-        queue.send(event("p", "a", n)).await.unwrap();
+        queue.push(&db, &event("p", "a", n)).unwrap();
     }
     written.notified().await;
     assert!(
@@ -1009,4 +1009,68 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     assert_eq!(db.outbox_counts("p").await.unwrap().pending, 4);
     stop.cancel();
     writer.await.unwrap();
+}
+
+/// The writer's queue is bounded (`events.outbox_queue`): a push past it is
+/// dropped, never waited for. A graceful stop writes what is queued, gather or
+/// not, and refuses what is pushed after.
+#[tokio::test]
+async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_it_holds() {
+    use drisc::events::writer::{Dropped, Queue};
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_at(&dir.path().join("drisc.db")).await;
+    let queue = Arc::new(Queue::new(3));
+    for n in 0..3 {
+        queue.push(&db, &event("p", "a", n)).unwrap();
+    }
+    assert!(matches!(queue.push(&db, &event("p", "a", 3)), Err(Dropped::Full)));
+
+    let written = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(drisc::events::writer::run(
+        queue.clone(),
+        Arc::new(db.clone()),
+        drisc::events::writer::Limits {
+            batch: 4096,
+            // Far longer than the test: only the stop ends the gather.
+            gather: std::time::Duration::from_secs(3600),
+            cap: 1_000,
+        },
+        drisc::meter::Meter::new().event_counters(),
+        written.clone(),
+        stop.clone(),
+    ));
+    written.notified().await;
+    assert_eq!(
+        db.outbox_counts("p").await.unwrap().pending,
+        3,
+        "the first write, at once"
+    );
+    for n in 4..6 {
+        queue.push(&db, &event("p", "a", n)).unwrap();
+    }
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+        .await
+        .expect("the stop ends the gather")
+        .unwrap();
+    assert_eq!(
+        db.outbox_counts("p").await.unwrap().pending,
+        5,
+        "written before the writer ended"
+    );
+    assert!(
+        matches!(queue.push(&db, &event("p", "a", 6)), Err(Dropped::Full)),
+        "nothing would write it"
+    );
+    // One key: the claims hand its events out one at a time, in order.
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        for c in db.claim(NOW, LEASE, 10).await.unwrap() {
+            seen.push(c.message_id.clone());
+            db.delivered(c.id).await.unwrap();
+        }
+    }
+    assert_eq!(seen, ["msg_a_0", "msg_a_1", "msg_a_2", "msg_a_4", "msg_a_5"]);
+    db.close().await;
 }

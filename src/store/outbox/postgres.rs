@@ -2,7 +2,7 @@
 //! a claim locks the rows it takes and skips the rows another node is taking.
 //!
 //! The writer stages a batch as rows of one publisher's events each (at most
-//! [`super::ROW_EVENTS`]), packed as SQLite's outbox packs them ([`staged`]);
+//! [`BATCH_EVENTS`](crate::domain::events::BATCH_EVENTS)), packed as SQLite's outbox packs them ([`staged`]);
 //! the delivery moves staged batches into rows, one node at a time and in the
 //! batches' order, before it claims ([`move_staged`]). A
 //! row has its body rendered, so a node of any version delivers it. Why: a row
@@ -19,9 +19,11 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::staged::{self, StagedBody};
-use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, staged_rows, to_i64, webhook_of};
+use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, to_i64, webhook_of};
 use crate::domain::Millis;
-use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
+use crate::domain::events::{
+    Claimed, Enqueued, OutboxBatch, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox,
+};
 use crate::domain::ports::SettingsError;
 use crate::event_body;
 use crate::store::postgres::PostgresSettings;
@@ -80,21 +82,26 @@ impl WebhookOutbox for PostgresSettings {
         Ok(gone > 0)
     }
 
-    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
-        let rows = staged_rows(events);
-        // Each row's bytes once packed: a row the cap does not cut is not packed again below.
-        let mut packed: Vec<Option<Vec<u8>>> = vec![None; rows.len()];
-        // The common case, one publisher whose batch fits under its cap: one
+    fn pack(&self, batch: &mut OutboxBatch, event: &OutboxEvent) -> Result<(), SettingsError> {
+        staged::pack_into(batch, event)
+    }
+
+    async fn enqueue_packed(&self, mut batches: Vec<OutboxBatch>, cap: u64) -> Result<Enqueued, SettingsError> {
+        // The common case, one publisher whose batches fit under its cap: one
         // statement for all its rows, which reads the count itself. Nodes
         // writing at once may each see room for their batch, as they did with a
         // row per event: the cap is exact on one node, and a batch per node over
         // it across nodes.
-        if let [(publisher_id, n)] = events_per_publisher(&rows).as_slice() {
-            let mut sizes = Vec::with_capacity(rows.len());
-            let mut batches = Vec::with_capacity(rows.len());
-            for (_, list) in &rows {
-                sizes.push(i64::try_from(list.len()).unwrap_or(i64::MAX));
-                batches.push(staged::pack(list).await?);
+        let alone = match events_per_publisher(&batches).as_slice() {
+            [(publisher_id, n)] => Some(((*publisher_id).to_owned(), *n)),
+            _ => None,
+        };
+        if let Some((publisher_id, n)) = alone {
+            let mut sizes = Vec::with_capacity(batches.len());
+            let mut packed = Vec::with_capacity(batches.len());
+            for batch in &mut batches {
+                sizes.push(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+                packed.push(std::mem::take(&mut batch.packed));
             }
             // The rows' ids are taken in the order of the arrays (ORDER BY the
             // ordinality): a publisher's rows are delivered in id order.
@@ -104,11 +111,11 @@ impl WebhookOutbox for PostgresSettings {
                  WHERE COALESCE((SELECT held FROM webhook_outbox_counts WHERE publisher_id = $1), 0) + $5 <= $6 \
                  ORDER BY t.n",
             )
-            .bind(publisher_id)
+            .bind(&publisher_id)
             .bind(sizes)
-            .bind(&batches)
+            .bind(&packed)
             .bind(staged::PACKED)
-            .bind(to_i64(*n))
+            .bind(to_i64(n))
             .bind(to_i64(cap))
             .execute(self.pool())
             .await
@@ -116,42 +123,38 @@ impl WebhookOutbox for PostgresSettings {
             .rows_affected();
             if staged > 0 {
                 return Ok(Enqueued {
-                    written: *n,
+                    written: n,
                     refused_full: 0,
                 });
             }
-            packed = batches.into_iter().map(Some).collect();
+            for (batch, bytes) in batches.iter_mut().zip(packed) {
+                batch.packed = bytes;
+            }
         }
         // Otherwise each staged row cut to the room its publisher's outbox has
         // (its oldest dead letters dropped to make some), in one transaction.
         let mut tx = self.pool().begin().await.map_err(db_err)?;
         let mut done = Enqueued::default();
-        for ((publisher_id, mut list), packed) in rows.into_iter().zip(packed) {
-            let left = usize::try_from(room_for(&mut tx, publisher_id, cap).await?).unwrap_or(usize::MAX);
-            let batch = if list.len() > left {
-                done.refused_full += (list.len() - left) as u64;
-                list.truncate(left);
-                if list.is_empty() {
-                    continue;
-                }
-                staged::pack(&list).await?
-            } else {
-                match packed {
-                    Some(batch) => batch,
-                    None => staged::pack(&list).await?,
-                }
-            };
+        for mut batch in batches {
+            let left = usize::try_from(room_for(&mut tx, &batch.publisher_id, cap).await?).unwrap_or(usize::MAX);
+            if batch.len() > left {
+                done.refused_full += (batch.len() - left) as u64;
+                batch.truncate(left);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            done.written += batch.len() as u64;
             sqlx::query(
                 "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES ($1, $2, $3, $4)",
             )
-            .bind(publisher_id)
-            .bind(i64::try_from(list.len()).unwrap_or(i64::MAX))
-            .bind(batch)
+            .bind(&batch.publisher_id)
+            .bind(i64::try_from(batch.len()).unwrap_or(i64::MAX))
+            .bind(batch.packed)
             .bind(staged::PACKED)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-            done.written += list.len() as u64;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(done)
@@ -339,7 +342,7 @@ async fn promote_next(tx: &mut sqlx::PgConnection, keys: &[String]) -> Result<()
 }
 
 /// Staged batches moved into rows at most per call: up to 8 staged rows, 4,096
-/// events (a row holds at most 512, `ROW_EVENTS`).
+/// events (a row holds at most 512, `BATCH_EVENTS`).
 const BATCHES_PER_MOVE: i64 = 8;
 
 /// A move takes the staged batches that hold this many claims' events.

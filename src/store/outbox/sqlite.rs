@@ -10,9 +10,11 @@ use sqlx::{Connection, Row};
 
 use super::lane::{self, Event, Incoming, Lane};
 use super::staged::{self, StagedBody, Unstaged};
-use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, staged_rows, to_i64, webhook_of};
+use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, to_i64, webhook_of};
 use crate::domain::Millis;
-use crate::domain::events::{Claimed, Enqueued, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox};
+use crate::domain::events::{
+    Claimed, Enqueued, OutboxBatch, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox,
+};
 use crate::domain::ports::SettingsError;
 use crate::store::sqlite::{SqliteSettings, statements};
 
@@ -91,49 +93,46 @@ impl WebhookOutbox for SqliteSettings {
         Ok(gone > 0)
     }
 
-    async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
+    fn pack(&self, batch: &mut OutboxBatch, event: &OutboxEvent) -> Result<(), SettingsError> {
+        staged::pack_into(batch, event)
+    }
+
+    async fn enqueue_packed(&self, batches: Vec<OutboxBatch>, cap: u64) -> Result<Enqueued, SettingsError> {
         // Staged rows of one publisher each (see the migration
         // webhook_outbox_staged), all in one transaction: the write that makes
         // events durable appends, whatever the backlog; the delivery sends from
         // the rows (see [`lane`]).
-        let rows = staged_rows(events);
-        let totals = events_per_publisher(&rows);
         let known = self.outbox_held();
         self.appender()
             .with(async |conn| {
+                let totals = events_per_publisher(&batches);
                 // The common case, every publisher of the batch under its cap by
                 // what is known of its outbox: the rows appended with no count read.
-                let after: Option<Vec<(&str, u64)>> = totals
+                let after: Option<Vec<(String, u64)>> = totals
                     .iter()
                     .map(|&(publisher_id, n)| {
                         let held = held_bound(known, publisher_id).filter(|held| held.saturating_add(n) <= cap)?;
-                        Some((publisher_id, held + n))
+                        Some((publisher_id.to_owned(), held + n))
                     })
                     .collect();
-                if let Some(after) = after {
-                    let mut packed = Vec::with_capacity(rows.len());
-                    for (publisher_id, list) in &rows {
-                        packed.push((*publisher_id, list.len(), staged::pack(list).await?));
-                    }
-                    // Unknown until the INSERTs answer: an error leaves no bound.
-                    for (publisher_id, _) in &after {
-                        forget_bound(known, publisher_id);
-                    }
-                    append(conn, packed).await?;
-                    for (publisher_id, held) in after {
-                        set_bound(known, publisher_id, held);
-                    }
-                    return Ok(Enqueued {
-                        written: totals.iter().map(|(_, n)| n).sum(),
-                        refused_full: 0,
-                    });
-                }
+                let written = totals.iter().map(|(_, n)| n).sum();
+                // Unknown until the INSERTs answer: an error leaves no bound.
                 for (publisher_id, _) in &totals {
                     forget_bound(known, publisher_id);
                 }
-                let (done, held) = stage_in_transaction(conn, rows, cap, self.outbox_settled()).await?;
+                if let Some(after) = after {
+                    append(conn, batches).await?;
+                    for (publisher_id, held) in after {
+                        set_bound(known, &publisher_id, held);
+                    }
+                    return Ok(Enqueued {
+                        written,
+                        refused_full: 0,
+                    });
+                }
+                let (done, held) = stage_in_transaction(conn, batches, cap, self.outbox_settled()).await?;
                 for (publisher_id, held) in held {
-                    set_bound(known, publisher_id, held);
+                    set_bound(known, &publisher_id, held);
                 }
                 Ok(done)
             })
@@ -230,30 +229,25 @@ fn forget_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) {
 /// Appends packed rows (publisher, events, bytes): one alone is a plain INSERT,
 /// its own transaction and one round trip to the connection's thread; more go
 /// in one transaction, one commit.
-async fn append(conn: &mut SqliteConnection, rows: Vec<(&str, usize, Vec<u8>)>) -> Result<(), SettingsError> {
-    let rows = match <[_; 1]>::try_from(rows) {
-        Ok([(publisher_id, events, batch)]) => return insert_staged(conn, publisher_id, events, batch).await,
-        Err(rows) => rows,
+async fn append(conn: &mut SqliteConnection, batches: Vec<OutboxBatch>) -> Result<(), SettingsError> {
+    let batches = match <[_; 1]>::try_from(batches) {
+        Ok([batch]) => return insert_staged(conn, batch).await,
+        Err(batches) => batches,
     };
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
-    for (publisher_id, events, batch) in rows {
-        insert_staged(&mut tx, publisher_id, events, batch).await?;
+    for batch in batches {
+        insert_staged(&mut tx, batch).await?;
     }
     tx.commit().await.map_err(db_err)
 }
 
-async fn insert_staged(
-    conn: &mut SqliteConnection,
-    publisher_id: &str,
-    events: usize,
-    batch: Vec<u8>,
-) -> Result<(), SettingsError> {
-    // The batch is handed over, not borrowed: sqlx copies a borrowed argument
+async fn insert_staged(conn: &mut SqliteConnection, batch: OutboxBatch) -> Result<(), SettingsError> {
+    // The bytes are handed over, not borrowed: sqlx copies a borrowed argument
     // before it sends it to the connection's thread.
     sqlx::query("INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES (?, ?, ?, ?)")
-        .bind(publisher_id)
-        .bind(i64::try_from(events).unwrap_or(i64::MAX))
-        .bind(batch)
+        .bind(batch.publisher_id)
+        .bind(i64::try_from(batch.ends.len()).unwrap_or(i64::MAX))
+        .bind(batch.packed)
         .bind(staged::PACKED)
         .execute(&mut *conn)
         .await
@@ -264,29 +258,28 @@ async fn insert_staged(
 /// A batch in one transaction, its staged rows each cut to the room its
 /// publisher's outbox has (its oldest dead letters dropped first to make some). With
 /// what each publisher's outbox holds after it.
-async fn stage_in_transaction<'p>(
+async fn stage_in_transaction(
     conn: &mut SqliteConnection,
-    rows: Vec<(&'p str, Vec<&OutboxEvent>)>,
+    batches: Vec<OutboxBatch>,
     cap: u64,
     settled: &lane::Settled,
-) -> Result<(Enqueued, Vec<(&'p str, u64)>), SettingsError> {
+) -> Result<(Enqueued, Vec<(String, u64)>), SettingsError> {
     let mut tx = conn.begin_with(IMMEDIATE).await.map_err(db_err)?;
     let mut done = Enqueued::default();
-    let mut held_after = Vec::with_capacity(rows.len());
-    for (publisher_id, mut list) in rows {
-        let (room, held) = room_for(&mut tx, publisher_id, cap, settled).await?;
+    let mut held_after = Vec::with_capacity(batches.len());
+    for mut batch in batches {
+        let (room, held) = room_for(&mut tx, &batch.publisher_id, cap, settled).await?;
         let left = usize::try_from(room).unwrap_or(usize::MAX);
-        if list.len() > left {
-            done.refused_full += (list.len() - left) as u64;
-            list.truncate(left);
+        if batch.len() > left {
+            done.refused_full += (batch.len() - left) as u64;
+            batch.truncate(left);
         }
-        held_after.push((publisher_id, held + list.len() as u64));
-        if list.is_empty() {
+        held_after.push((batch.publisher_id.clone(), held + batch.len() as u64));
+        if batch.is_empty() {
             continue;
         }
-        let batch = staged::pack(&list).await?;
-        insert_staged(&mut tx, publisher_id, list.len(), batch).await?;
-        done.written += list.len() as u64;
+        done.written += batch.len() as u64;
+        insert_staged(&mut tx, batch).await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok((done, held_after))

@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 
-use crate::domain::events::{EventKind, EventType, OutboxBody, OutboxEvent, RefusalReason, SessionEvent};
+use crate::domain::events::{
+    BATCH_EVENTS, EventKind, EventType, OutboxBatch, OutboxBody, OutboxEvent, RefusalReason, SessionEvent,
+};
 use crate::domain::ports::{EndCause, SettingsError};
 use crate::domain::{Millis, PoolKey};
 use crate::event_body;
@@ -55,36 +57,32 @@ impl StagedBody<'_> {
     }
 }
 
-/// Events packed, or made into records, at most between two yields of the
-/// task: a batch of thousands at once would hold a runtime thread for a
-/// millisecond.
+/// Events made into records at most between two yields of the task: a batch
+/// of thousands at once would hold a runtime thread for a millisecond.
 pub(super) const CHUNK: usize = 256;
 
-/// A batch in the [`PACKED`] form, its events packed a chunk at a time. An
-/// event without a message id or an ordering key is refused (a receiver could
-/// not drop a duplicate, nor its session's order be kept): it is a bug upstream.
-pub(super) async fn pack(events: &[&OutboxEvent]) -> Result<Vec<u8>, SettingsError> {
-    // Room for what an event of the usual size takes: a reallocation of a
-    // batch this size costs more than the slack.
-    let mut batch = Vec::with_capacity(events.len() * 96);
-    let mut previous: Millis = 0;
-    for (n, chunk) in events.chunks(CHUNK).enumerate() {
-        if n > 0 {
-            tokio::task::yield_now().await;
-        }
-        for e in chunk {
-            let keyless = matches!(&e.body, OutboxBody::Text { ordering_key, .. } if ordering_key.is_empty());
-            if e.message_id.is_empty() || keyless {
-                return Err(SettingsError::Database(format!(
-                    "an outbox event without a message id or an ordering key: {:?}",
-                    e.message_id
-                )));
-            }
-            pack_event(&mut batch, e, previous);
-            previous = e.created_at;
-        }
+/// Appends `e` to `batch` in the [`PACKED`] form. An event without a message
+/// id or an ordering key is refused (a receiver could not drop a duplicate, nor
+/// its session's order be kept): it is a bug upstream.
+pub(super) fn pack_into(batch: &mut OutboxBatch, e: &OutboxEvent) -> Result<(), SettingsError> {
+    let keyless = matches!(&e.body, OutboxBody::Text { ordering_key, .. } if ordering_key.is_empty());
+    if e.message_id.is_empty() || keyless {
+        return Err(SettingsError::Database(format!(
+            "an outbox event without a message id or an ordering key: {:?}",
+            e.message_id
+        )));
     }
-    Ok(batch)
+    if batch.packed.capacity() == 0 {
+        // Room for a row of events of the usual size at once: growing a
+        // vector this size step by step costs more than the slack.
+        batch.packed.reserve(BATCH_EVENTS * 96);
+        batch.ends.reserve(BATCH_EVENTS);
+    }
+    let previous = if batch.is_empty() { 0 } else { batch.last_created_at };
+    pack_event(&mut batch.packed, e, previous);
+    batch.ends.push(u32::try_from(batch.packed.len()).unwrap_or(u32::MAX));
+    batch.last_created_at = e.created_at;
+    Ok(())
 }
 
 /// The [`PACKED`] form of one event:
@@ -455,6 +453,15 @@ mod tests {
 
     const PUBLISHER: &str = "p";
 
+    /// The events as one batch's bytes.
+    fn pack(events: &[&OutboxEvent]) -> Result<Vec<u8>, SettingsError> {
+        let mut batch = OutboxBatch::new(PUBLISHER.into());
+        for e in events {
+            pack_into(&mut batch, e)?;
+        }
+        Ok(batch.packed)
+    }
+
     fn text_event(n: u64, body: &str) -> OutboxEvent {
         OutboxEvent {
             message_id: format!("msg_{n}"),
@@ -571,7 +578,7 @@ mod tests {
             *ordering_key = message_id;
         }
         let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let batch = pack(&refs).await.expect("packed");
+        let batch = pack(&refs).expect("packed");
         let read = unstage(PACKED, &batch, PUBLISHER).expect("read back");
         assert_read_as_written(&events, &read);
     }
@@ -583,7 +590,7 @@ mod tests {
         let pool = PoolKey::from_ids(PUBLISHER, "customer-0012345", "premium");
         let event = SessionEvent::new(EventKind::Granted, &pool, Some(SessionId::random()), Some("tv"));
         let e = session_event(7, event);
-        let batch = pack(&[&e]).await.expect("packed");
+        let batch = pack(&[&e]).expect("packed");
         // head, created (6 bytes of varint for 2025's ms), message id, what it
         // holds, offer, customer, session id, name.
         assert_eq!(batch.len(), 1 + 6 + 16 + 1 + (1 + 7) + (1 + 16) + 16 + (1 + 2));
@@ -599,7 +606,7 @@ mod tests {
     async fn a_batch_of_many_chunks_is_one_batch() {
         let events: Vec<OutboxEvent> = (0..(CHUNK as u64 * 2 + 3)).map(|n| text_event(n, "[1]")).collect();
         let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let batch = pack(&refs).await.expect("packed");
+        let batch = pack(&refs).expect("packed");
         let read = unstage(PACKED, &batch, PUBLISHER).expect("read back");
         assert_read_as_written(&events, &read);
     }
@@ -614,7 +621,7 @@ mod tests {
             .map(|(n, e)| session_event(n as u128, e))
             .collect();
         let refs: Vec<&OutboxEvent> = events.iter().collect();
-        let batch = pack(&refs).await.expect("packed");
+        let batch = pack(&refs).expect("packed");
         // Every cut that is not between two events is an error.
         let mut boundaries = std::collections::HashSet::new();
         let mut at = 0;
@@ -662,7 +669,7 @@ mod tests {
                 body: "{}".into(),
                 ordering_key: key.into(),
             };
-            assert!(pack(&[&e]).await.is_err(), "{message_id:?} {key:?}");
+            assert!(pack(&[&e]).is_err(), "{message_id:?} {key:?}");
         }
     }
 
