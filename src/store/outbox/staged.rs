@@ -14,9 +14,7 @@
 
 use std::borrow::Cow;
 
-use crate::domain::events::{
-    BATCH_EVENTS, EventKind, EventType, OutboxBatch, OutboxBody, OutboxEvent, RefusalReason, SessionEvent,
-};
+use crate::domain::events::{EventKind, EventType, OutboxBatch, OutboxBody, OutboxEvent, RefusalReason, SessionEvent};
 use crate::domain::ports::{EndCause, SettingsError};
 use crate::domain::{Millis, PoolKey};
 use crate::event_body;
@@ -61,6 +59,9 @@ impl StagedBody<'_> {
 /// of thousands at once would hold a runtime thread for a millisecond.
 pub(super) const CHUNK: usize = 256;
 
+/// The bytes a batch's first event finds room for.
+const FIRST_ROOM: usize = 2048;
+
 /// Appends `e` to `batch` in the [`PACKED`] form. An event without a message
 /// id or an ordering key is refused (a receiver could not drop a duplicate, nor
 /// its session's order be kept): it is a bug upstream.
@@ -73,10 +74,10 @@ pub(super) fn pack_into(batch: &mut OutboxBatch, e: &OutboxEvent) -> Result<(), 
         )));
     }
     if batch.packed.capacity() == 0 {
-        // Room for a row of events of the usual size at once: growing a
-        // vector this size step by step costs more than the slack.
-        batch.packed.reserve(BATCH_EVENTS * 96);
-        batch.ends.reserve(BATCH_EVENTS);
+        // Room for a few dozen events at once, then the vector doubles: not a
+        // whole row's (some 48 KB), which every publisher's open batch would
+        // hold however few events it has.
+        batch.packed.reserve(FIRST_ROOM);
     }
     let previous = if batch.is_empty() { 0 } else { batch.last_created_at };
     pack_event(&mut batch.packed, e, previous);
