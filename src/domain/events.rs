@@ -162,6 +162,22 @@ impl Webhook {
     }
 }
 
+/// What every message id of this server's making begins with.
+pub const MESSAGE_PREFIX: &str = "msg_";
+
+/// A message id of this server's making (`webhook-id`): [`MESSAGE_PREFIX`] and
+/// the 32 lower-case hex digits of a random id, written into one allocation.
+pub fn message_id_text(id: [u8; 16]) -> String {
+    let mut text = String::with_capacity(MESSAGE_PREFIX.len() + 32);
+    text.push_str(MESSAGE_PREFIX);
+    text.push_str(
+        uuid::Uuid::from_bytes(id)
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    text
+}
+
 /// An event to write to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
@@ -277,24 +293,25 @@ impl OutboxQueue {
         self.events == 0
     }
 
-    /// Packs `event` at the end of its publisher's open batch, with `pack` (an
-    /// outbox's [`WebhookOutbox::pack`]). An event it refuses (no message id or
+    /// Packs an event of `publisher_id` at the end of its open batch, with
+    /// `pack` (an outbox's [`WebhookOutbox::pack`] or
+    /// [`WebhookOutbox::pack_reported`]). An event it refuses (no message id or
     /// ordering key: a bug upstream) leaves the queue as it was.
     pub fn push(
         &mut self,
-        event: &OutboxEvent,
-        pack: impl FnOnce(&mut OutboxBatch, &OutboxEvent) -> Result<(), SettingsError>,
+        publisher_id: &str,
+        pack: impl FnOnce(&mut OutboxBatch) -> Result<(), SettingsError>,
     ) -> Result<(), SettingsError> {
-        let place = match self.places.get(event.publisher_id.as_str()) {
+        let place = match self.places.get(publisher_id) {
             Some(&place) => place,
             None => {
-                self.open.push(OutboxBatch::new(event.publisher_id.clone()));
-                self.places.insert(event.publisher_id.clone(), self.open.len() - 1);
+                self.open.push(OutboxBatch::new(publisher_id.to_owned()));
+                self.places.insert(publisher_id.to_owned(), self.open.len() - 1);
                 self.open.len() - 1
             }
         };
         let batch = &mut self.open[place];
-        pack(batch, event)?;
+        pack(batch)?;
         self.events += 1;
         if batch.len() >= BATCH_EVENTS {
             let publisher_id = batch.publisher_id.clone();
@@ -366,6 +383,11 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     /// Refused if the event has no message id or ordering key.
     fn pack(&self, batch: &mut OutboxBatch, event: &OutboxEvent) -> Result<(), SettingsError>;
 
+    /// [`WebhookOutbox::pack`] of a session event as the server reports it,
+    /// whose message id is [`message_id_text`] of `message_id`: no text is made
+    /// for the id (nor for the publisher, the batch's).
+    fn pack_reported(&self, batch: &mut OutboxBatch, message_id: [u8; 16], event: &SessionEvent, created_at: Millis);
+
     /// Writes batches ([`WebhookOutbox::pack`]) in one transaction, in the order
     /// given. A publisher whose outbox holds `cap` rows (waiting or
     /// dead-lettered) first loses its oldest dead letters; if it is still full,
@@ -376,7 +398,7 @@ pub trait WebhookOutbox: Send + Sync + 'static {
     async fn enqueue(&self, events: &[OutboxEvent], cap: u64) -> Result<Enqueued, SettingsError> {
         let mut queue = OutboxQueue::default();
         for event in events {
-            queue.push(event, |batch, event| self.pack(batch, event))?;
+            queue.push(&event.publisher_id, |batch| self.pack(batch, event))?;
         }
         self.enqueue_packed(queue.take(usize::MAX), cap).await
     }

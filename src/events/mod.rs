@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::domain::events::{EventType, OutboxBody, OutboxCounts, OutboxEvent, SessionEvent, Webhook, WebhookOutbox};
+use crate::domain::events::{EventType, OutboxCounts, SessionEvent, Webhook, WebhookOutbox, message_id_text};
 use crate::domain::ports::{EndCause, SessionEvents, SettingsError};
 use crate::domain::{PoolKey, SessionId};
 use crate::meter::{EventCounters, Meter};
@@ -159,11 +159,11 @@ impl SessionEvents for Events {
             return;
         }
         let now = SystemTime::now();
-        let message_id = message_id();
+        let message_id = *uuid::Uuid::new_v4().as_bytes();
         if streamed {
             // An error only means the last reader left meanwhile.
             let _ = self.stream.send(Arc::new(Published {
-                id: message_id.clone(),
+                id: message_id_text(message_id),
                 event_type,
                 publisher_id: event.pool.publisher_id().to_owned(),
                 body: crate::event_body::render(&event, now),
@@ -174,14 +174,12 @@ impl SessionEvents for Events {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
-            let event = OutboxEvent {
-                message_id,
-                publisher_id: event.pool.publisher_id().to_owned(),
-                event_type,
-                body: OutboxBody::Event(event),
-                created_at,
-            };
-            match self.queue.push(self.outbox.as_ref(), &event) {
+            let outbox = self.outbox.as_ref();
+            let pushed = self.queue.push(event.pool.publisher_id(), |batch| {
+                outbox.pack_reported(batch, message_id, &event, created_at);
+                Ok(())
+            });
+            match pushed {
                 Ok(()) => {}
                 // Full (the database is behind) or closed (stopping): never wait.
                 Err(writer::Dropped::Full) => self.counters.dropped_queue_full.increment(1),
@@ -192,18 +190,6 @@ impl SessionEvents for Events {
             }
         }
     }
-}
-
-/// `msg_` and a random uuid's 32 hex digits, written into one allocation.
-fn message_id() -> String {
-    let mut id = String::with_capacity(36);
-    id.push_str("msg_");
-    id.push_str(
-        uuid::Uuid::new_v4()
-            .simple()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
-    id
 }
 
 impl Loops {

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::events::{OutboxBatch, OutboxEvent, OutboxQueue, WebhookOutbox};
+use crate::domain::events::{OutboxBatch, OutboxQueue, WebhookOutbox};
 use crate::domain::ports::SettingsError;
 use crate::meter::EventCounters;
 
@@ -73,19 +73,21 @@ impl Queue {
         self.queued.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Packs `event` onto the queue ([`WebhookOutbox::pack`]) under its lock: a
-    /// few hundred instructions, and the writer holds the lock only to take the
-    /// batches whole.
-    pub fn push(&self, outbox: &dyn WebhookOutbox, event: &OutboxEvent) -> Result<(), Dropped> {
+    /// Packs an event of `publisher_id` onto the queue with `pack` (an outbox's
+    /// [`WebhookOutbox::pack_reported`] or [`WebhookOutbox::pack`]) under the
+    /// queue's lock: a few hundred instructions, and the writer holds the lock
+    /// only to take the batches whole.
+    pub fn push(
+        &self,
+        publisher_id: &str,
+        pack: impl FnOnce(&mut OutboxBatch) -> Result<(), SettingsError>,
+    ) -> Result<(), Dropped> {
         let mut queued = self.queued();
         if queued.closed || queued.events.len() >= self.most {
             return Err(Dropped::Full);
         }
         let was_empty = queued.events.is_empty();
-        queued
-            .events
-            .push(event, |batch, event| outbox.pack(batch, event))
-            .map_err(Dropped::Unpackable)?;
+        queued.events.push(publisher_id, pack).map_err(Dropped::Unpackable)?;
         drop(queued);
         if was_empty {
             self.ready.notify_one();

@@ -133,7 +133,9 @@ mod tests {
         }
         let mut queue = OutboxQueue::default();
         for e in &written {
-            queue.push(e, staged::pack_into).expect("packed");
+            queue
+                .push(&e.publisher_id, |b| staged::pack_into(b, e))
+                .expect("packed");
         }
         assert_eq!(queue.len(), 1_700);
         let batches = queue.take(usize::MAX);
@@ -161,7 +163,9 @@ mod tests {
     fn a_take_stops_after_the_full_batches_that_reach_its_most_and_leaves_the_rest_in_order() {
         let mut queue = OutboxQueue::default();
         for n in 0..BATCH_EVENTS * 3 + 5 {
-            queue.push(&event("p", n), staged::pack_into).expect("packed");
+            queue
+                .push("p", |b| staged::pack_into(b, &event("p", n)))
+                .expect("packed");
         }
         let first = queue.take(BATCH_EVENTS + 1);
         assert_eq!(first.iter().map(OutboxBatch::len).collect::<Vec<_>>(), [512, 512]);
@@ -181,7 +185,9 @@ mod tests {
     fn a_batch_cut_to_its_first_events_reads_as_those_events() {
         let mut queue = OutboxQueue::default();
         for n in 0..10 {
-            queue.push(&event("p", n), staged::pack_into).expect("packed");
+            queue
+                .push("p", |b| staged::pack_into(b, &event("p", n)))
+                .expect("packed");
         }
         let mut batch = queue.take(usize::MAX).pop().expect("a batch");
         batch.truncate(4);
@@ -193,10 +199,12 @@ mod tests {
     #[test]
     fn an_event_refused_by_the_packing_leaves_the_queue_as_it_was() {
         let mut queue = OutboxQueue::default();
-        queue.push(&event("p", 0), staged::pack_into).expect("packed");
+        queue
+            .push("p", |b| staged::pack_into(b, &event("p", 0)))
+            .expect("packed");
         let mut keyless = event("p", 1);
         keyless.message_id.clear();
-        assert!(queue.push(&keyless, staged::pack_into).is_err());
+        assert!(queue.push("p", |b| staged::pack_into(b, &keyless)).is_err());
         assert_eq!(queue.len(), 1);
         let batches = queue.take(usize::MAX);
         assert_eq!(batches.iter().flat_map(ids).collect::<Vec<_>>(), ["p0"]);

@@ -988,7 +988,7 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
         stop.clone(),
     ));
     let start = Instant::now();
-    queue.push(&db, &event("p", "a", 0)).unwrap();
+    queue.push("p", |b| db.pack(b, &event("p", "a", 0))).unwrap();
     written.notified().await;
     assert!(
         start.elapsed() < GATHER / 2,
@@ -997,7 +997,7 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     );
     assert_eq!(sqlite_tables(&path).await.1, 1);
     for n in 1..4 {
-        queue.push(&db, &event("p", "a", n)).unwrap();
+        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
     }
     written.notified().await;
     assert!(
@@ -1021,9 +1021,12 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
     let db = sqlite_at(&dir.path().join("drisc.db")).await;
     let queue = Arc::new(Queue::new(3));
     for n in 0..3 {
-        queue.push(&db, &event("p", "a", n)).unwrap();
+        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
     }
-    assert!(matches!(queue.push(&db, &event("p", "a", 3)), Err(Dropped::Full)));
+    assert!(matches!(
+        queue.push("p", |b| db.pack(b, &event("p", "a", 3))),
+        Err(Dropped::Full)
+    ));
 
     let written = Arc::new(tokio::sync::Notify::new());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -1047,7 +1050,7 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         "the first write, at once"
     );
     for n in 4..6 {
-        queue.push(&db, &event("p", "a", n)).unwrap();
+        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
     }
     stop.cancel();
     tokio::time::timeout(std::time::Duration::from_secs(10), writer)
@@ -1060,7 +1063,7 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         "written before the writer ended"
     );
     assert!(
-        matches!(queue.push(&db, &event("p", "a", 6)), Err(Dropped::Full)),
+        matches!(queue.push("p", |b| db.pack(b, &event("p", "a", 6))), Err(Dropped::Full)),
         "nothing would write it"
     );
     // One key: the claims hand its events out one at a time, in order.

@@ -13,7 +13,7 @@ use super::staged::{self, StagedBody, Unstaged};
 use super::{WAITING, claimed_of, db_err, events_column, events_per_publisher, short, to_i64, webhook_of};
 use crate::domain::Millis;
 use crate::domain::events::{
-    Claimed, Enqueued, OutboxBatch, OutboxCounts, OutboxEvent, Settled, Webhook, WebhookOutbox,
+    Claimed, Enqueued, OutboxBatch, OutboxCounts, OutboxEvent, SessionEvent, Settled, Webhook, WebhookOutbox,
 };
 use crate::domain::ports::SettingsError;
 use crate::store::sqlite::{SqliteSettings, statements};
@@ -95,6 +95,10 @@ impl WebhookOutbox for SqliteSettings {
 
     fn pack(&self, batch: &mut OutboxBatch, event: &OutboxEvent) -> Result<(), SettingsError> {
         staged::pack_into(batch, event)
+    }
+
+    fn pack_reported(&self, batch: &mut OutboxBatch, message_id: [u8; 16], event: &SessionEvent, created_at: Millis) {
+        staged::pack_reported_into(batch, message_id, event, created_at);
     }
 
     async fn enqueue_packed(&self, batches: Vec<OutboxBatch>, cap: u64) -> Result<Enqueued, SettingsError> {

@@ -14,7 +14,10 @@
 
 use std::borrow::Cow;
 
-use crate::domain::events::{EventKind, EventType, OutboxBatch, OutboxBody, OutboxEvent, RefusalReason, SessionEvent};
+use crate::domain::events::{
+    EventKind, EventType, MESSAGE_PREFIX, OutboxBatch, OutboxBody, OutboxEvent, RefusalReason, SessionEvent,
+    message_id_text,
+};
 use crate::domain::ports::{EndCause, SettingsError};
 use crate::domain::{Millis, PoolKey};
 use crate::event_body;
@@ -73,6 +76,35 @@ pub(super) fn pack_into(batch: &mut OutboxBatch, e: &OutboxEvent) -> Result<(), 
             e.message_id
         )));
     }
+    append(batch, e.created_at, |out, previous| pack_event(out, e, previous));
+    Ok(())
+}
+
+/// [`pack_into`] of a session event as the server reports it, whose message id
+/// is [`message_id_text`] of `message_id`: the same bytes, with no text made
+/// and read back.
+pub(super) fn pack_reported_into(
+    batch: &mut OutboxBatch,
+    message_id: [u8; 16],
+    event: &SessionEvent,
+    created_at: Millis,
+) {
+    append(batch, created_at, |out, previous| {
+        let key = if event.session_id.is_some() {
+            KEY_SESSION
+        } else {
+            KEY_MESSAGE
+        };
+        out.push(type_index(event.event_type()) | (key << KEY_SHIFT) | HEX_ID | EVENT_BODY);
+        push_varint(out, zigzag(created_at.wrapping_sub(previous) as i64));
+        out.extend_from_slice(&message_id);
+        pack_session_event(out, event);
+    });
+}
+
+/// One event appended to `batch` by `pack`, given the time of the event before
+/// it (the first's: 0).
+fn append(batch: &mut OutboxBatch, created_at: Millis, pack: impl FnOnce(&mut Vec<u8>, Millis)) {
     if batch.packed.capacity() == 0 {
         // Room for a few dozen events at once, then the vector doubles: not a
         // whole row's (some 48 KB), which every publisher's open batch would
@@ -80,10 +112,9 @@ pub(super) fn pack_into(batch: &mut OutboxBatch, e: &OutboxEvent) -> Result<(), 
         batch.packed.reserve(FIRST_ROOM);
     }
     let previous = if batch.is_empty() { 0 } else { batch.last_created_at };
-    pack_event(&mut batch.packed, e, previous);
+    pack(&mut batch.packed, previous);
     batch.ends.push(u32::try_from(batch.packed.len()).unwrap_or(u32::MAX));
-    batch.last_created_at = e.created_at;
-    Ok(())
+    batch.last_created_at = created_at;
 }
 
 /// The [`PACKED`] form of one event:
@@ -182,8 +213,6 @@ const HAS_NAME: u8 = 1 << 1;
 const DETAIL_SHIFT: u8 = 2;
 const ENFORCED: u8 = 1 << 4;
 
-const MESSAGE_PREFIX: &str = "msg_";
-
 /// The 16 bytes behind a message id of this server's making (`msg_` and 32
 /// lower-case hex digits); none for any other text, which is kept as it is.
 fn message_id_bytes(id: &str) -> Option<[u8; 16]> {
@@ -202,17 +231,6 @@ fn message_id_bytes(id: &str) -> Option<[u8; 16]> {
         *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
     }
     Some(bytes)
-}
-
-fn message_id_text(bytes: [u8; 16]) -> String {
-    let mut id = String::with_capacity(MESSAGE_PREFIX.len() + 32);
-    id.push_str(MESSAGE_PREFIX);
-    id.push_str(
-        uuid::Uuid::from_bytes(bytes)
-            .simple()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
-    id
 }
 
 fn type_index(t: EventType) -> u8 {
@@ -582,6 +600,33 @@ mod tests {
         let batch = pack(&refs).expect("packed");
         let read = unstage(PACKED, &batch, PUBLISHER).expect("read back");
         assert_read_as_written(&events, &read);
+    }
+
+    /// An event packed as it is reported, its message id as bytes, is the same
+    /// bytes as the event with that id as text, whatever its kind, after
+    /// whatever came before it in the batch.
+    #[test]
+    fn an_event_packed_as_reported_is_the_same_bytes_as_with_its_id_as_text() {
+        let (mut reported, mut given) = (OutboxBatch::new(PUBLISHER.into()), OutboxBatch::new(PUBLISHER.into()));
+        for (n, event) in every_kind().into_iter().enumerate() {
+            let id = (n as u128 + 1)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                .to_be_bytes();
+            // Times that step forward and back.
+            let created_at = 1_764_527_405_000 + (n as u64 % 3) * 1_000 - (n as u64 % 2) * 5_000;
+            let e = OutboxEvent {
+                message_id: message_id_text(id),
+                publisher_id: PUBLISHER.into(),
+                event_type: event.event_type(),
+                created_at,
+                body: OutboxBody::Event(event.clone()),
+            };
+            pack_into(&mut given, &e).expect("packed");
+            pack_reported_into(&mut reported, id, &event, created_at);
+        }
+        assert_eq!(reported, given);
+        let read = unstage(PACKED, &reported.packed, PUBLISHER).expect("read back");
+        assert_eq!(read.len(), every_kind().len());
     }
 
     /// What the form keeps of the usual event, a grant of a session with a name
