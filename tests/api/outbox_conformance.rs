@@ -949,16 +949,21 @@ async fn a_crash_with_events_in_flight_from_a_batch_sends_them_again() {
         3,
         "the batch counts whole again"
     );
+    assert_eq!(delivered_in(&db, 4).await, ["msg_a_1", "msg_b_3", "msg_a_2"]);
+    assert_eq!(sqlite_tables(&path).await, (0, 0));
+    db.close().await;
+}
+
+/// The message ids `rounds` claims hand out, each delivered at once.
+async fn delivered_in(db: &SqliteSettings, rounds: usize) -> Vec<String> {
     let mut seen = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..rounds {
         for c in db.claim(NOW, LEASE, 10).await.unwrap() {
             seen.push(c.message_id.clone());
             db.delivered(c.id).await.unwrap();
         }
     }
-    assert_eq!(seen, ["msg_a_1", "msg_b_3", "msg_a_2"]);
-    assert_eq!(sqlite_tables(&path).await, (0, 0));
-    db.close().await;
+    seen
 }
 
 /// The outbox writer on SQLite: an event that finds the last write older than
@@ -1067,13 +1072,9 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         "nothing would write it"
     );
     // One key: the claims hand its events out one at a time, in order.
-    let mut seen = Vec::new();
-    for _ in 0..7 {
-        for c in db.claim(NOW, LEASE, 10).await.unwrap() {
-            seen.push(c.message_id.clone());
-            db.delivered(c.id).await.unwrap();
-        }
-    }
-    assert_eq!(seen, ["msg_a_0", "msg_a_1", "msg_a_2", "msg_a_4", "msg_a_5"]);
+    assert_eq!(
+        delivered_in(&db, 7).await,
+        ["msg_a_0", "msg_a_1", "msg_a_2", "msg_a_4", "msg_a_5"]
+    );
     db.close().await;
 }
