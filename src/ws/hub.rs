@@ -185,7 +185,34 @@ impl Sockets {
     fn len(&self) -> usize {
         self.0.iter().map(|shard| Self::read(shard).len()).sum()
     }
+
+    /// Gives back the room of shard `index` if a burst left it: room for more
+    /// than [`SHARD_TRIM_FLOOR`] sockets and under a quarter of it used (the
+    /// store's tables follow the same rule, `store::roster::roomy`). A map never
+    /// shrinks on its own, so a node that once held a connection flood kept
+    /// about 17 bytes a socket of its peak for good. Whether it did.
+    fn trim(&self, index: usize) -> bool {
+        let Some(shard) = self.0.get(index) else {
+            return false;
+        };
+        let roomy = |map: &HashMap<_, _, _>| map.capacity() > SHARD_TRIM_FLOOR && map.len() < map.capacity() / 4;
+        if !roomy(&*Self::read(shard)) {
+            return false;
+        }
+        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        // Looked at again: sockets may have come between the two locks.
+        if !roomy(&*map) {
+            return false;
+        }
+        map.shrink_to_fit();
+        true
+    }
 }
+
+/// Sockets a shard may keep room for however few it holds: a sixty-fourth of
+/// the store's floor (`store::roster::TRIM_FLOOR`), the hub being split in
+/// [`SHARDS`] maps. Below it a rebuild would save less than it costs.
+const SHARD_TRIM_FLOOR: usize = 1 << 10;
 
 pub struct Hub {
     sockets: Sockets,
@@ -241,7 +268,8 @@ impl Hub {
     /// Wakes every socket of shard `shard` (`0..self.shards()`) whose time ([`Mailbox::wake_at`]) is at most `now`. A
     /// socket that is busy when woken (a PONG at the store) is woken again at the
     /// next tick while its time stays passed; the wake is a flag, so that costs
-    /// nothing more.
+    /// nothing more. Then gives back the shard's room if a burst left it
+    /// ([`Sockets::trim`]).
     pub fn tick_shard(&self, shard: usize, now: Deadline) {
         let now = now.as_millis();
         self.sockets.each_in(shard, |mailbox| {
@@ -249,6 +277,9 @@ impl Hub {
                 mailbox.wake();
             }
         });
+        if self.sockets.trim(shard) {
+            tracing::debug!(shard, "the hub's map gave back the room a burst of sockets left");
+        }
     }
 
     /// Walks every shard with [`Self::tick_shard`] every `every` until the hub is dropped, a shard at a
@@ -322,6 +353,41 @@ mod tests {
             "{}",
             std::mem::size_of::<Mailbox>()
         );
+    }
+
+    #[test]
+    fn a_tick_gives_back_the_room_a_burst_of_sockets_left_and_only_that() {
+        let hub = Hub::new(1);
+        let room = |hub: &Hub| -> usize { hub.sockets.0.iter().map(|s| Sockets::read(s).capacity()).sum() };
+        let burst: Vec<_> = (0..SHARDS * SHARD_TRIM_FLOOR * 2).map(|_| hub.register()).collect();
+        let full = room(&hub);
+        let now = Deadline::now();
+        for shard in 0..SHARDS {
+            hub.tick_shard(shard, now);
+        }
+        assert_eq!(room(&hub), full, "a full map keeps its room");
+        // All but a few leave.
+        let mut kept = Vec::new();
+        for (n, mailbox) in burst.into_iter().enumerate() {
+            if n % 100 == 0 {
+                kept.push(mailbox);
+            } else {
+                hub.unregister(mailbox.holder);
+            }
+        }
+        // (A map's capacity counts its free room, which removals move a little.)
+        assert!(room(&hub) * 10 > full * 9, "leaving alone gives nothing back");
+        for shard in 0..SHARDS {
+            hub.tick_shard(shard, now);
+        }
+        assert!(room(&hub) * 20 < full, "{} of {full}", room(&hub));
+        // The sockets left are all still there.
+        assert_eq!(hub.sockets.len(), kept.len());
+        for mailbox in &kept {
+            let mut found = false;
+            hub.sockets.with(mailbox.holder, |_| found = true);
+            assert!(found);
+        }
     }
 
     #[tokio::test(start_paused = true)]
