@@ -966,6 +966,34 @@ async fn delivered_in(db: &SqliteSettings, rounds: usize) -> Vec<String> {
     seen
 }
 
+/// The outbox writer on `queue`, writing to `db` with `gather`: its task, what
+/// it tells after each write, and its stop.
+fn start_writer(
+    queue: &Arc<drisc::events::writer::Queue>,
+    db: &SqliteSettings,
+    gather: std::time::Duration,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<tokio::sync::Notify>,
+    tokio_util::sync::CancellationToken,
+) {
+    let written = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(drisc::events::writer::run(
+        queue.clone(),
+        Arc::new(db.clone()),
+        drisc::events::writer::Limits {
+            batch: 4096,
+            gather,
+            cap: 1_000,
+        },
+        drisc::meter::Meter::new().event_counters(),
+        written.clone(),
+        stop.clone(),
+    ));
+    (writer, written, stop)
+}
+
 /// The outbox writer on SQLite: an event that finds the last write older than
 /// the gather is written at once; events close behind a write wait for the
 /// gather since that write began and go in one write (one staged row).
@@ -978,20 +1006,7 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     let path = dir.path().join("drisc.db");
     let db = sqlite_at(&path).await;
     let queue = Arc::new(drisc::events::writer::Queue::new(16));
-    let written = Arc::new(tokio::sync::Notify::new());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = tokio::spawn(drisc::events::writer::run(
-        queue.clone(),
-        Arc::new(db.clone()),
-        drisc::events::writer::Limits {
-            batch: 4096,
-            gather: GATHER,
-            cap: 1_000,
-        },
-        drisc::meter::Meter::new().event_counters(),
-        written.clone(),
-        stop.clone(),
-    ));
+    let (writer, written, stop) = start_writer(&queue, &db, GATHER);
     let start = Instant::now();
     queue.push("p", |b| db.pack(b, &event("p", "a", 0))).unwrap();
     written.notified().await;
@@ -1033,21 +1048,8 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         Err(Dropped::Full)
     ));
 
-    let written = Arc::new(tokio::sync::Notify::new());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = tokio::spawn(drisc::events::writer::run(
-        queue.clone(),
-        Arc::new(db.clone()),
-        drisc::events::writer::Limits {
-            batch: 4096,
-            // Far longer than the test: only the stop ends the gather.
-            gather: std::time::Duration::from_secs(3600),
-            cap: 1_000,
-        },
-        drisc::meter::Meter::new().event_counters(),
-        written.clone(),
-        stop.clone(),
-    ));
+    // A gather far longer than the test: only the stop ends it.
+    let (writer, written, stop) = start_writer(&queue, &db, std::time::Duration::from_secs(3600));
     written.notified().await;
     assert_eq!(
         db.outbox_counts("p").await.unwrap().pending,

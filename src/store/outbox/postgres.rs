@@ -380,6 +380,7 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<bool, SettingsE
         .await
         .map_err(db_err)?;
     if !mine {
+        tx.rollback().await.map_err(db_err)?;
         return Ok(false);
     }
     // The batches before the one that reaches `wanted` events, and it; their
@@ -411,6 +412,10 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<bool, SettingsE
         }
     }
     if read.is_empty() {
+        // Ended now, not when the pool next hands this connection out: until
+        // then its transaction would keep the move's lock, and a claim on
+        // another connection would find it taken and move nothing.
+        tx.rollback().await.map_err(db_err)?;
         return Ok(false);
     }
     let mut batch = Batch::with_capacity(read.iter().map(|(_, _, events)| events.len()).sum());
