@@ -191,8 +191,9 @@ pub struct OutboxEvent {
 }
 
 /// What an outbox is given to send: the event itself, which the outbox turns into
-/// bytes its own way ([`WebhookOutbox::pack`]), or text to send as it is. Whatever an outbox keeps, every attempt sends the same bytes: the
-/// JSON body of the event at `created_at`.
+/// bytes its own way ([`WebhookOutbox::pack`]), or text to send as it is.
+/// Whatever an outbox keeps, every attempt sends the same bytes: the JSON body
+/// of the event at `created_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxBody {
     Event(SessionEvent),
@@ -297,11 +298,11 @@ impl OutboxQueue {
     /// `pack` (an outbox's [`WebhookOutbox::pack`] or
     /// [`WebhookOutbox::pack_reported`]). An event it refuses (no message id or
     /// ordering key: a bug upstream) leaves the queue as it was.
-    pub fn push(
+    pub fn push<E>(
         &mut self,
         publisher_id: &str,
-        pack: impl FnOnce(&mut OutboxBatch) -> Result<(), SettingsError>,
-    ) -> Result<(), SettingsError> {
+        pack: impl FnOnce(&mut OutboxBatch) -> Result<(), E>,
+    ) -> Result<(), E> {
         let place = match self.places.get(publisher_id) {
             Some(&place) => place,
             None => {

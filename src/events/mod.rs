@@ -177,16 +177,10 @@ impl SessionEvents for Events {
             let outbox = self.outbox.as_ref();
             let pushed = self.queue.push(event.pool.publisher_id(), |batch| {
                 outbox.pack_reported(batch, message_id, &event, created_at);
-                Ok(())
             });
-            match pushed {
-                Ok(()) => {}
+            if pushed.is_err() {
                 // Full (the database is behind) or closed (stopping): never wait.
-                Err(writer::Dropped::Full) => self.counters.dropped_queue_full.increment(1),
-                Err(writer::Dropped::Unpackable(e)) => {
-                    self.counters.dropped_outbox_error.increment(1);
-                    tracing::warn!(error = %e, "a session event the outbox cannot take: dropped");
-                }
+                self.counters.dropped_queue_full.increment(1);
             }
         }
     }

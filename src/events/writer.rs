@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::events::{OutboxBatch, OutboxQueue, WebhookOutbox};
-use crate::domain::ports::SettingsError;
 use crate::meter::EventCounters;
 
 /// Tries of one batch before it is dropped (the database is down): the queue
@@ -50,15 +49,10 @@ struct Queued {
     closed: bool,
 }
 
-/// Why [`Queue::push`] dropped an event.
-#[derive(Debug)]
-pub enum Dropped {
-    /// The queue holds `events.outbox_queue` events (the database is behind),
-    /// or the writer has stopped.
-    Full,
-    /// The outbox would not pack it: a bug upstream.
-    Unpackable(SettingsError),
-}
+/// [`Queue::push`] dropped the event: the queue holds `events.outbox_queue`
+/// events (the database is behind), or the writer has stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
 
 impl Queue {
     pub fn new(most: usize) -> Self {
@@ -74,20 +68,20 @@ impl Queue {
     }
 
     /// Packs an event of `publisher_id` onto the queue with `pack` (an outbox's
-    /// [`WebhookOutbox::pack_reported`] or [`WebhookOutbox::pack`]) under the
-    /// queue's lock: a few hundred instructions, and the writer holds the lock
-    /// only to take the batches whole.
-    pub fn push(
-        &self,
-        publisher_id: &str,
-        pack: impl FnOnce(&mut OutboxBatch) -> Result<(), SettingsError>,
-    ) -> Result<(), Dropped> {
+    /// [`WebhookOutbox::pack_reported`]) under the queue's lock: a few hundred
+    /// instructions, and the writer holds the lock only to take the batches
+    /// whole.
+    pub fn push(&self, publisher_id: &str, pack: impl FnOnce(&mut OutboxBatch)) -> Result<(), Full> {
         let mut queued = self.queued();
         if queued.closed || queued.events.len() >= self.most {
-            return Err(Dropped::Full);
+            return Err(Full);
         }
         let was_empty = queued.events.is_empty();
-        queued.events.push(publisher_id, pack).map_err(Dropped::Unpackable)?;
+        let packed: Result<(), std::convert::Infallible> = queued.events.push(publisher_id, |batch| {
+            pack(batch);
+            Ok(())
+        });
+        let Ok(()) = packed;
         drop(queued);
         if was_empty {
             self.ready.notify_one();

@@ -1008,7 +1008,9 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     let queue = Arc::new(drisc::events::writer::Queue::new(16));
     let (writer, written, stop) = start_writer(&queue, &db, GATHER);
     let start = Instant::now();
-    queue.push("p", |b| db.pack(b, &event("p", "a", 0))).unwrap();
+    queue
+        .push("p", |b| db.pack(b, &event("p", "a", 0)).expect("packed"))
+        .unwrap();
     written.notified().await;
     assert!(
         start.elapsed() < GATHER / 2,
@@ -1017,7 +1019,9 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     );
     assert_eq!(sqlite_tables(&path).await.1, 1);
     for n in 1..4 {
-        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
+        queue
+            .push("p", |b| db.pack(b, &event("p", "a", n)).expect("packed"))
+            .unwrap();
     }
     written.notified().await;
     assert!(
@@ -1036,16 +1040,18 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
 /// not, and refuses what is pushed after.
 #[tokio::test]
 async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_it_holds() {
-    use drisc::events::writer::{Dropped, Queue};
+    use drisc::events::writer::{Full, Queue};
     let dir = tempfile::tempdir().unwrap();
     let db = sqlite_at(&dir.path().join("drisc.db")).await;
     let queue = Arc::new(Queue::new(3));
     for n in 0..3 {
-        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
+        queue
+            .push("p", |b| db.pack(b, &event("p", "a", n)).expect("packed"))
+            .unwrap();
     }
     assert!(matches!(
-        queue.push("p", |b| db.pack(b, &event("p", "a", 3))),
-        Err(Dropped::Full)
+        queue.push("p", |b| db.pack(b, &event("p", "a", 3)).expect("packed")),
+        Err(Full)
     ));
 
     // A gather far longer than the test: only the stop ends it.
@@ -1057,7 +1063,9 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         "the first write, at once"
     );
     for n in 4..6 {
-        queue.push("p", |b| db.pack(b, &event("p", "a", n))).unwrap();
+        queue
+            .push("p", |b| db.pack(b, &event("p", "a", n)).expect("packed"))
+            .unwrap();
     }
     stop.cancel();
     tokio::time::timeout(std::time::Duration::from_secs(10), writer)
@@ -1070,7 +1078,10 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
         "written before the writer ended"
     );
     assert!(
-        matches!(queue.push("p", |b| db.pack(b, &event("p", "a", 6))), Err(Dropped::Full)),
+        matches!(
+            queue.push("p", |b| db.pack(b, &event("p", "a", 6)).expect("packed")),
+            Err(Full)
+        ),
         "nothing would write it"
     );
     // One key: the claims hand its events out one at a time, in order.

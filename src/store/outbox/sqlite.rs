@@ -230,7 +230,7 @@ fn forget_bound(known: &Mutex<HashMap<String, u64>>, publisher_id: &str) {
     }
 }
 
-/// Appends packed rows (publisher, events, bytes): one alone is a plain INSERT,
+/// Appends the batches as staged rows: one alone is a plain INSERT,
 /// its own transaction and one round trip to the connection's thread; more go
 /// in one transaction, one commit.
 async fn append(conn: &mut SqliteConnection, batches: Vec<OutboxBatch>) -> Result<(), SettingsError> {
