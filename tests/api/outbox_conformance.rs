@@ -13,6 +13,7 @@ use drisc::domain::ports::SettingsRepo;
 use drisc::domain::{PoolKey, SessionId};
 use drisc::event_body;
 use drisc::store::SqliteSettings;
+use sqlx::Connection;
 
 use super::settings_conformance::publisher;
 use super::support_postgres::PgServer;
@@ -736,6 +737,54 @@ async fn rows_of_the_version_before_go_first_and_an_unreadable_batch_holds_the_r
         ["msg_c_4"]
     );
     old.close().await;
+}
+
+/// PostgreSQL only: a move stopped by an unreadable batch has let go of the
+/// move's lock when the claim returns, not when the pool next uses that
+/// connection (until then no node would move anything). The node runs on a
+/// runtime of its own that nothing drives between its calls, so whatever it left
+/// to a task of the pool's (a dropped transaction's rollback) has not happened
+/// when the test looks.
+#[test]
+fn a_move_stopped_by_an_unreadable_batch_lets_go_of_its_lock_before_the_claim_returns() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (tests, node) = (runtime(), runtime());
+    let server = tests.block_on(PgServer::start());
+    let s = node.block_on(async { Subject::postgres_on(&server).await.with_webhook("p").await });
+    let mut probe = tests.block_on(async {
+        let mut probe = sqlx::PgConnection::connect(&server.url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_outbox_staged (publisher_id, events, batch, form) VALUES ('p', 1, '\\x00', 99)",
+        )
+        .execute(&mut probe)
+        .await
+        .unwrap();
+        probe
+    });
+    node.block_on(async {
+        s.outbox.enqueue(&[event("p", "a", 1)], 100).await.unwrap();
+        assert!(s.outbox.claim(NOW, LEASE, 10).await.unwrap().is_empty());
+    });
+    let held: i64 = tests
+        .block_on(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&mut probe),
+        )
+        .unwrap();
+    assert_eq!(held, 0, "the stopped move still holds its lock");
+    node.block_on(async move { drop(s) });
+    tests.block_on(async move {
+        probe.close().await.unwrap();
+        drop(server);
+    });
 }
 
 /// SQLite only: a batch staged by the version before framed batches (form 1, a

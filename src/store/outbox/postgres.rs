@@ -412,9 +412,10 @@ async fn move_staged(pool: &sqlx::PgPool, wanted: u32) -> Result<bool, SettingsE
         }
     }
     if read.is_empty() {
-        // Ended now, not when the pool next hands this connection out: until
-        // then its transaction would keep the move's lock, and a claim on
-        // another connection would find it taken and move nothing.
+        // Ended now: a dropped transaction is rolled back by a task sqlx
+        // spawns when the connection goes back to the pool, and until that
+        // task runs the move's lock stays held, so a claim on another
+        // connection would find it taken and move nothing.
         tx.rollback().await.map_err(db_err)?;
         return Ok(false);
     }
