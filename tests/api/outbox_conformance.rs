@@ -740,11 +740,11 @@ async fn rows_of_the_version_before_go_first_and_an_unreadable_batch_holds_the_r
 }
 
 /// PostgreSQL only: a move stopped by an unreadable batch has let go of the
-/// move's lock when the claim returns, not when the pool next uses that
-/// connection (until then no node would move anything). The node runs on a
-/// runtime of its own that nothing drives between its calls, so whatever it left
-/// to a task of the pool's (a dropped transaction's rollback) has not happened
-/// when the test looks.
+/// move's lock when the claim returns, not later, when a task of the pool's
+/// gets to roll back a dropped transaction (until then no node would move
+/// anything). The node runs on a runtime of its own that nothing drives between
+/// its calls, so whatever it left to such a task has not happened when the test
+/// looks.
 #[test]
 fn a_move_stopped_by_an_unreadable_batch_lets_go_of_its_lock_before_the_claim_returns() {
     let runtime = || {
