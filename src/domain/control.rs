@@ -345,7 +345,9 @@ impl SessionControl {
     /// pool. Every step is one atomic store operation, so the limit holds
     /// whatever the concurrency: `evict_oldest` swaps a session for another with
     /// the store's takeover (never growing the pool), and `monitor` alone lets a
-    /// pool past its limit, on purpose.
+    /// pool past its limit, on purpose, up to a ceiling the store is asked to
+    /// hold ([`policy::admission_limit`]): its grant says how many sessions were
+    /// beside it, which tells a would-be refusal.
     ///
     /// Evicting through the existing takeover rather than inside the admission
     /// keeps every store's admission as it was (and its Lua small); the price,
@@ -358,52 +360,56 @@ impl SessionControl {
         on_limit: LimitPolicy,
         now: Millis,
     ) -> Result<Result<Granted, Refusal>, StoreError> {
-        let mut refused = self.store.admit(pool, new.clone(), limits, now).await?;
+        // Kept for evict_oldest's takeover and its tries again; the other
+        // policies admit once.
+        let again = (on_limit == LimitPolicy::EvictOldest).then(|| new.clone());
+        let asked = Limits {
+            sessions: policy::admission_limit(on_limit, limits.sessions),
+            ..limits
+        };
+        let mut outcome = self.store.admit(pool, new, asked, now).await?;
         for _ in 0..EVICT_TRIES {
-            let Err(Refusal::Full(full)) = &refused else {
-                return Ok(refused);
+            let full = match &outcome {
+                Ok(granted) => {
+                    if policy::granted_past_limit(on_limit, limits.sessions, granted.others) {
+                        self.granted_past_limit(pool, limits.sessions, on_limit, &granted.session.name);
+                    }
+                    return Ok(outcome);
+                }
+                Err(Refusal::Full(full)) => full,
+                Err(_) => return Ok(outcome),
             };
-            match policy::at_limit(on_limit, limits.sessions, &full.active) {
-                AtLimit::Refuse => return Ok(refused),
+            match policy::at_limit(on_limit, &full.active) {
+                AtLimit::Refuse => return Ok(outcome),
                 AtLimit::PastCeiling => {
                     self.past_ceiling(pool, limits.sessions);
-                    return Ok(refused);
-                }
-                AtLimit::AdmitPastLimit => {
-                    // The ceiling is the store's limit for this admission, so
-                    // parallel creates cannot push the pool past it either.
-                    let ceiling = Limits {
-                        sessions: policy::monitor_ceiling(limits.sessions),
-                        ..limits
-                    };
-                    let name = new.name.clone();
-                    let admitted = self.store.admit(pool, new, ceiling, now).await?;
-                    match &admitted {
-                        Ok(_) => {
-                            self.events.over_limit(pool, limits.sessions, on_limit);
-                            let kind = EventKind::Refused {
-                                reason: RefusalReason::LimitExceeded,
-                                enforced: false,
-                            };
-                            self.events.report(SessionEvent::new(kind, pool, None, Some(&name)));
-                        }
-                        // Others filled it to the ceiling meanwhile.
-                        Err(Refusal::Full(_)) => self.past_ceiling(pool, limits.sessions),
-                        Err(_) => {}
-                    }
-                    return Ok(admitted);
+                    return Ok(outcome);
                 }
                 AtLimit::Evict(victim) => {
+                    let Some(new) = &again else {
+                        return Ok(outcome);
+                    };
                     if let Some(done) = self.store.take_over(pool, victim, new.clone(), now).await? {
                         self.evicted(pool, &done);
                         return Ok(Ok(done.granted));
                     }
                     // The oldest ended meanwhile: there may be room now.
-                    refused = self.store.admit(pool, new.clone(), limits, now).await?;
+                    outcome = self.store.admit(pool, new.clone(), limits, now).await?;
                 }
             }
         }
-        Ok(refused)
+        Ok(outcome)
+    }
+
+    /// `monitor` granted a session that `reject` would have refused: counted
+    /// (`drisc_sessions_over_limit_total`) and reported as a refusal not enforced.
+    fn granted_past_limit(&self, pool: &PoolKey, limit: u32, on_limit: LimitPolicy, name: &str) {
+        self.events.over_limit(pool, limit, on_limit);
+        let kind = EventKind::Refused {
+            reason: RefusalReason::LimitExceeded,
+            enforced: false,
+        };
+        self.events.report(SessionEvent::new(kind, pool, None, Some(name)));
     }
 
     /// Worth an operator's eye: a pool under `monitor` reached its ceiling, which

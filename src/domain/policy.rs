@@ -42,18 +42,36 @@ impl LimitPolicy {
     }
 }
 
-/// What to do once the store refused a session because its pool is full.
+/// What to do once the store refused a session because its pool is full (at
+/// the limit it was asked to hold, [`admission_limit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AtLimit {
     /// Answer 409 with the takeover list.
     Refuse,
     /// Take this session over with the new one (the store's atomic takeover).
     Evict(SessionId),
-    /// Admit it anyway, past the limit, and count the would-be refusal.
-    AdmitPastLimit,
     /// Refuse it: `monitor` has let the pool as far past its limit as it ever
     /// does ([`monitor_ceiling`]).
     PastCeiling,
+}
+
+/// The limit the store is asked to hold for one admission: `monitor`'s
+/// ceiling, so that the pool goes past the offer's limit in the same atomic
+/// step that counts it (parallel creates cannot push it further either, and a
+/// create past the limit costs one store operation, not a refusal and then a
+/// grant); the offer's limit for the others.
+pub fn admission_limit(policy: LimitPolicy, limit: u32) -> u32 {
+    match policy {
+        LimitPolicy::Monitor => monitor_ceiling(limit),
+        LimitPolicy::Reject | LimitPolicy::EvictOldest => limit,
+    }
+}
+
+/// Whether a session granted beside `others` sessions of its pool went past
+/// the limit: under `monitor`, a would-be refusal, counted and reported. The
+/// other policies never grant past it.
+pub fn granted_past_limit(policy: LimitPolicy, limit: u32, others: u32) -> bool {
+    policy == LimitPolicy::Monitor && others >= limit
 }
 
 /// How many sessions `monitor` lets a pool hold past its limit. No household
@@ -68,15 +86,14 @@ pub fn monitor_ceiling(limit: u32) -> u32 {
     limit.saturating_add(MONITOR_HEADROOM)
 }
 
-/// What `policy` does with a full pool of limit `limit` holding `active` (in
+/// What `policy` does with a pool the store found full, holding `active` (in
 /// creation order, the oldest first, as every store lists them). A pool with a
-/// limit of zero holds nobody to evict: it refuses, whatever the policy but
-/// `monitor`.
-pub fn at_limit(policy: LimitPolicy, limit: u32, active: &[ActiveSession]) -> AtLimit {
+/// limit of zero holds nobody to evict: it refuses. Under `monitor` the store
+/// was asked for the ceiling ([`admission_limit`]), so a full pool is past it.
+pub fn at_limit(policy: LimitPolicy, active: &[ActiveSession]) -> AtLimit {
     match policy {
         LimitPolicy::Reject => AtLimit::Refuse,
-        LimitPolicy::Monitor if active.len() >= monitor_ceiling(limit) as usize => AtLimit::PastCeiling,
-        LimitPolicy::Monitor => AtLimit::AdmitPastLimit,
+        LimitPolicy::Monitor => AtLimit::PastCeiling,
         LimitPolicy::EvictOldest => match active.first() {
             Some(oldest) => AtLimit::Evict(oldest.id),
             None => AtLimit::Refuse,
@@ -142,26 +159,31 @@ mod tests {
     }
 
     #[test]
-    fn reject_refuses_monitor_admits_and_evict_picks_the_oldest() {
+    fn reject_refuses_evict_picks_the_oldest_and_a_full_monitor_pool_is_past_its_ceiling() {
         let held = active(3);
-        assert_eq!(at_limit(LimitPolicy::Reject, 3, &held), AtLimit::Refuse);
-        assert_eq!(at_limit(LimitPolicy::Monitor, 3, &held), AtLimit::AdmitPastLimit);
-        assert_eq!(at_limit(LimitPolicy::EvictOldest, 3, &held), AtLimit::Evict(held[0].id));
+        assert_eq!(at_limit(LimitPolicy::Reject, &held), AtLimit::Refuse);
+        assert_eq!(at_limit(LimitPolicy::EvictOldest, &held), AtLimit::Evict(held[0].id));
+        assert_eq!(at_limit(LimitPolicy::Monitor, &held), AtLimit::PastCeiling);
     }
 
     #[test]
     fn evicting_from_an_empty_full_pool_refuses() {
-        assert_eq!(at_limit(LimitPolicy::EvictOldest, 0, &[]), AtLimit::Refuse);
-        assert_eq!(at_limit(LimitPolicy::Monitor, 0, &[]), AtLimit::AdmitPastLimit);
+        assert_eq!(at_limit(LimitPolicy::EvictOldest, &[]), AtLimit::Refuse);
     }
 
     #[test]
-    fn monitor_refuses_once_the_pool_is_its_headroom_past_the_limit() {
+    fn monitor_asks_the_store_for_its_ceiling_and_counts_grants_past_the_limit() {
         let limit = 2;
-        let below = active((limit + MONITOR_HEADROOM - 1) as usize);
-        assert_eq!(at_limit(LimitPolicy::Monitor, limit, &below), AtLimit::AdmitPastLimit);
-        let at = active((limit + MONITOR_HEADROOM) as usize);
-        assert_eq!(at_limit(LimitPolicy::Monitor, limit, &at), AtLimit::PastCeiling);
+        assert_eq!(admission_limit(LimitPolicy::Monitor, limit), limit + MONITOR_HEADROOM);
+        assert_eq!(admission_limit(LimitPolicy::Reject, limit), limit);
+        assert_eq!(admission_limit(LimitPolicy::EvictOldest, limit), limit);
+        assert!(!granted_past_limit(LimitPolicy::Monitor, limit, limit - 1));
+        assert!(granted_past_limit(LimitPolicy::Monitor, limit, limit));
+        assert!(
+            granted_past_limit(LimitPolicy::Monitor, 0, 0),
+            "a limit of 0: every grant"
+        );
+        assert!(!granted_past_limit(LimitPolicy::Reject, limit, limit));
         assert_eq!(monitor_ceiling(u32::MAX), u32::MAX, "no overflow");
     }
 

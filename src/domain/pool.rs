@@ -30,6 +30,11 @@ pub struct Granted {
     pub session: Session,
     /// The pool's other live sessions and their sockets, which are sent a PING.
     pub live_others: Vec<(SessionId, Holder)>,
+    /// How many sessions the pool held beside the new one (pending and live;
+    /// the dead ones gone): a `monitor` pool's grant with as many as its limit
+    /// or more is a would-be refusal. For a takeover, how many are left beside
+    /// the victim's successor.
+    pub others: u32,
 }
 
 /// The pool is full: these are the sessions that hold it.
@@ -234,6 +239,7 @@ impl Pool {
     }
 
     fn insert(&mut self, new: NewSession, now: Millis, timings: &Timings) -> Granted {
+        let others = u32::try_from(self.sessions.len()).unwrap_or(u32::MAX);
         let live_others = self
             .sessions
             .iter()
@@ -252,7 +258,11 @@ impl Pool {
         // time, not to the four a vector starts with (a session is 80 bytes).
         self.sessions.reserve_exact(1);
         self.sessions.push(session.clone());
-        Granted { session, live_others }
+        Granted {
+            session,
+            live_others,
+            others,
+        }
     }
 }
 

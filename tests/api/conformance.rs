@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drisc::domain::listing::{Position, SessionQuery};
-use drisc::domain::pool::{Limits, NewSession, Refusal};
+use drisc::domain::pool::{Granted, Limits, NewSession, Refusal};
 use drisc::domain::ports::{Control, Heartbeat, LocalSessions, Notifier, SessionStore, StoreError};
 use drisc::domain::{Clock, Customer, Holder, Millis, PoolKey, Session, SessionId, SessionState, Timings};
 use drisc::store::MemoryStore;
@@ -228,6 +228,7 @@ conformance!(
     ending_frees_the_slot_and_only_the_holder_can_end_it,
     takeover_swaps_the_victim_for_the_new_session,
     a_new_session_names_the_live_sessions_to_ping,
+    a_grant_counts_the_sessions_beside_it_and_not_the_dead,
     parallel_admissions_never_exceed_the_limit,
     pools_of_different_customers_are_separate,
     a_session_is_located_by_its_id_until_it_ends,
@@ -652,6 +653,33 @@ async fn a_new_session_names_the_live_sessions_to_ping(s: Subject) {
         .unwrap()
         .unwrap();
     assert_eq!(granted.live_others, vec![(a, Holder(5))]);
+}
+
+/// What `monitor` reads a would-be refusal from: a grant counts the sessions
+/// its pool held beside it, pending and live, not the dead; a takeover, those
+/// left beside the victim's successor.
+async fn a_grant_counts_the_sessions_beside_it_and_not_the_dead(s: Subject) {
+    let (p, now) = (pool("c8b"), t0());
+    let others = |g: Result<Granted, Refusal>| g.unwrap().others;
+    let first = s.store.admit(&p, new(&p, "tv"), limit(9), now).await.unwrap();
+    assert_eq!(others(first.clone()), 0);
+    let tv = first.unwrap().session.id;
+    s.store.attach(&p, tv, Holder(5), now).await.unwrap().unwrap();
+    let second = s.store.admit(&p, new(&p, "phone"), limit(9), now + 1).await.unwrap();
+    assert_eq!(others(second), 1, "the live one");
+    let third = s.store.admit(&p, new(&p, "tablet"), limit(9), now + 2).await.unwrap();
+    assert_eq!(others(third), 2, "a live one and a pending one");
+    let done = s
+        .store
+        .take_over(&p, tv, new(&p, "laptop"), now + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.granted.others, 2, "the two beside the victim's successor");
+    // Past connect_timeout the three pending sessions are dead, and not counted.
+    let later = now + 3 + CONNECT + 1;
+    let after = s.store.admit(&p, new(&p, "console"), limit(9), later).await.unwrap();
+    assert_eq!(others(after), 0);
 }
 
 async fn parallel_admissions_never_exceed_the_limit(s: Subject) {

@@ -332,6 +332,9 @@ pub(crate) enum AdmitReply {
         now: Millis,
         #[serde(default, deserialize_with = "list")]
         live: Vec<LiveSession>,
+        /// How many sessions the pool held beside the new one.
+        #[serde(default)]
+        others: u32,
         /// The shard's data epoch.
         #[serde(default)]
         epoch: String,
@@ -372,6 +375,9 @@ pub(crate) enum TakeOverReply {
         victim: Session,
         #[serde(default, deserialize_with = "list")]
         live: Vec<LiveSession>,
+        /// How many sessions are left beside the new one.
+        #[serde(default)]
+        others: u32,
         #[serde(default, deserialize_with = "list")]
         gone: Vec<Purged>,
     },

@@ -297,7 +297,8 @@ end
 /// epoch the node last saw (empty: none yet), a new epoch should the shard
 /// have none, the household cap (empty: none). The index is written here, in
 /// the admission's own round trip. Reply (JSON):
-/// `{ok: "granted", now, live: [{id, h}], epoch}`, `{ok: "full", held: [{id, n}]}`,
+/// `{ok: "granted", now, live: [{id, h}], others: how many sessions the pool held beside it, epoch}`,
+/// `{ok: "full", held: [{id, n}]}`,
 /// `{ok: "household", held: [{id, n}]}` (the customer's sessions across its
 /// pools reach the household cap),
 /// `{ok: "too_many_pools"}` (the pool is empty and the customer holds sessions in
@@ -363,13 +364,14 @@ for i = 1, #sample, 2 do
     redis.call('HDEL', ix, sample[i])
   end
 end
-return answer({ok = 'granted', now = now, live = live_ones(mine), epoch = ep})
+return answer({ok = 'granted', now = now, live = live_ones(mine), others = #mine, epoch = ep})
 "#;
 
 /// KEYS[4]: the victim's tombstone. ARGV (after now, offer): victim id, new id,
 /// new name, the customer's tag, the node running it (hex; '' unknown: the
 /// victim's holder is flagged whatever its node). Reply (JSON): `{ok: "gone"}` or
-/// `{ok: "taken", now, victim: record, live: [{id, h}]}`, each with `gone` as
+/// `{ok: "taken", now, victim: record, live: [{id, h}], others: how many sessions
+/// are left beside the new one}`, each with `gone` as
 /// the admit script's.
 const TAKE_OVER: &str = r#"
 local mine = load()
@@ -383,7 +385,7 @@ redis.call('SET', KEYS[4], 'T' .. ARGV[5], 'PX', TOMB)
 save({id = ARGV[4], s = 'p', e = now + CONNECT, h = '', c = now, o = offer, n = ARGV[5]})
 redis.call('HSET', ix_of(ARGV[4]), ARGV[4], ARGV[6])
 settle()
-return answer({ok = 'taken', now = now, victim = victim, live = live_ones(mine)})
+return answer({ok = 'taken', now = now, victim = victim, live = live_ones(mine), others = #mine})
 "#;
 
 /// KEYS[4]: the shard's epoch. ARGV (after now, offer): id, holder. Reply

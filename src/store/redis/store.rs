@@ -714,7 +714,7 @@ impl RedisStore {
     }
 
     /// The session a script granted at its `now`.
-    fn granted(&self, new: NewSession, now: Millis, live: Vec<record::LiveSession>) -> Granted {
+    fn granted(&self, new: NewSession, now: Millis, live: Vec<record::LiveSession>, others: u32) -> Granted {
         Granted {
             session: Session {
                 id: new.id,
@@ -725,6 +725,7 @@ impl RedisStore {
                 created_at: now,
             },
             live_others: live.into_iter().map(|h| (h.id, h.holder)).collect(),
+            others,
         }
     }
 
@@ -974,10 +975,16 @@ impl SessionStore for RedisStore {
                 )
                 .await?;
             return match record::reply(&reply, "admit")? {
-                AdmitReply::Granted { now, live, epoch, gone } => {
+                AdmitReply::Granted {
+                    now,
+                    live,
+                    others,
+                    epoch,
+                    gone,
+                } => {
                     self.report_gone(pool, gone);
                     self.learn_epoch(shard, &epoch);
-                    Ok(Ok(self.granted(new, now, live)))
+                    Ok(Ok(self.granted(new, now, live, others)))
                 }
                 AdmitReply::TooManyPools { gone } => {
                     self.report_gone(pool, gone);
@@ -1022,15 +1029,16 @@ impl SessionStore for RedisStore {
                     .arg(self.node_arg()),
             )
             .await?;
-        let (now, victim_session, live) = match record::reply(&reply, "take_over")? {
+        let (now, victim_session, live, others) = match record::reply(&reply, "take_over")? {
             TakeOverReply::Taken {
                 now,
                 victim,
                 live,
+                others,
                 gone,
             } => {
                 self.report_gone(pool, gone);
-                (now, victim, live)
+                (now, victim, live, others)
             }
             TakeOverReply::Gone { gone } => {
                 self.report_gone(pool, gone);
@@ -1039,7 +1047,7 @@ impl SessionStore for RedisStore {
         };
         Ok(Some(TakenOver {
             victim: victim_session,
-            granted: self.granted(new, now, live),
+            granted: self.granted(new, now, live, others),
         }))
     }
 
