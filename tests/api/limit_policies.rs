@@ -138,6 +138,12 @@ async fn monitor_grants_past_the_limit_and_counts_each_would_be_refusal() {
     );
     assert!(line.ends_with(" 2"), "two would-be refusals: {line}");
     assert!(!line.contains("shadow"), "no customer id in a label: {line}");
+    // One store admission a create, past the limit too (on Redis, one round trip).
+    let admits = metrics
+        .lines()
+        .find(|l| l.starts_with("drisc_store_operation_duration_seconds_count{") && l.contains(r#"op="admit""#))
+        .unwrap_or_else(|| panic!("no store admission series in:\n{metrics}"));
+    assert!(admits.ends_with(" 3"), "three creates, three admissions: {admits}");
     app.stop().await;
 }
 
