@@ -42,7 +42,19 @@ pub fn spawn(background: &TaskTracker, control: Arc<SessionControl>, every: Dura
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn run(control: Arc<SessionControl>, every: Duration, cancel: CancellationToken, rest: Rest) {
-    let trim_every = (TRIM_EVERY.as_millis() / every.as_millis().max(1)).max(1);
+    run_trimming(control, every, TRIM_EVERY, cancel, rest).await;
+}
+
+/// [`run`], asking for a trim every `trim` rather than every [`TRIM_EVERY`]
+/// (a test's sweep).
+pub async fn run_trimming(
+    control: Arc<SessionControl>,
+    every: Duration,
+    trim: Duration,
+    cancel: CancellationToken,
+    rest: Rest,
+) {
+    let trim_every = (trim.as_millis() / every.as_millis().max(1)).max(1);
     let mut passes: u128 = 0;
     super::every(every, cancel, || {
         passes += 1;

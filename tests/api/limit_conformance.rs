@@ -471,3 +471,52 @@ async fn admissions_reap_what_the_sweep_left_overdue() {
     );
     assert_eq!(held(&r), 1 + LATE + NEVER_CONNECTED, "the fresh ones held");
 }
+
+/// The sweep gives back on its own the room a flood of sessions left in the
+/// memory store's tables: once it has reaped them all and asked for a trim,
+/// nothing is left for a trim to give back (reaped and not trimmed, the store
+/// gives back four tables' room: `store::memory`'s unit test). Time stands still
+/// but for the sweep's own waits, so its passes come as fast as it runs them.
+#[tokio::test(flavor = "current_thread")]
+async fn the_sweep_reaps_a_flood_and_gives_back_the_room_it_left() {
+    use drisc::threads::Rest;
+    let r = rig(Subject::memory()).await;
+    let local = r.s.local.clone().expect("the memory store keeps its sessions");
+    // Past the store's trim floor (65,536 sessions' room in a table), twice.
+    const FLOOD: usize = 1 << 17;
+    let now = r.control.clock().now();
+    for i in 0..FLOOD {
+        let pool = super::conformance::pool(&format!("flood-{i}"));
+        let new = super::conformance::new(&pool, "tv");
+        let granted =
+            r.s.store
+                .admit(&pool, new, super::conformance::limit(1), now)
+                .await
+                .unwrap();
+        assert!(granted.is_ok());
+    }
+    assert_eq!(r.control.held_count(), FLOOD);
+    tokio::time::pause();
+    tokio::time::advance(timings().connect_timeout + Duration::from_millis(1)).await;
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let every = Duration::from_millis(100);
+    let sweep = tokio::spawn(drisc::tasks::sweep::run_trimming(
+        r.control.clone(),
+        every,
+        every * 5,
+        cancel.clone(),
+        Rest::Yield,
+    ));
+    let mut waited = Duration::ZERO;
+    while r.control.held_count() > 0 {
+        assert!(waited < Duration::from_secs(600), "the sweep reaps the flood");
+        tokio::time::sleep(every).await;
+        waited += every;
+    }
+    // Past the next pass that asks for a trim.
+    tokio::time::sleep(every * 12).await;
+    cancel.cancel();
+    sweep.await.unwrap();
+    assert_eq!(local.trim(), 0, "the sweep gave the flood's room back itself");
+}
