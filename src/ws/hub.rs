@@ -190,7 +190,7 @@ impl Sockets {
     /// than [`SHARD_TRIM_FLOOR`] sockets and under a quarter of it used (the
     /// store's tables follow the same rule, `store::roster::roomy`). A map never
     /// shrinks on its own, so a node that once held a connection flood kept
-    /// about 17 bytes a socket of its peak for good. Whether it did.
+    /// about 17 bytes a socket of its peak for good. True if it gave it back.
     fn trim(&self, index: usize) -> bool {
         let Some(shard) = self.0.get(index) else {
             return false;
