@@ -7,7 +7,10 @@
 //! `connect_timeout` end oldest first), then flushes as the journal task does. It prints the
 //! CPU time of the whole process (every thread, SQLite's included, read from
 //! `/proc/self/task/*/schedstat`) per change recorded, split into recording (the part on
-//! the admission path) and flushing (the part on the SQLite thread).
+//! the admission path) and flushing (the part on the SQLite thread), and how far above
+//! its start the heap went during the churn (a compaction of the journal's log at its
+//! largest: with HELD 1,000,000, RATE 50,000 and SECONDS 12 the churn passes twice what is
+//! held, and one compaction runs).
 //!
 //! For a figure that the shared machine's noise does not move, count instructions:
 //! `valgrind --tool=callgrind` on the built bench binary, once with SECONDS and once with 0,
@@ -17,11 +20,55 @@
 //! the harness keeps compiling and working, and times nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use drisc::domain::journal::Journal;
+use drisc::domain::ports::Pause;
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
 use drisc::store::SqliteSettings;
+
+/// The server's allocator. jemalloc also serves SQLite's `malloc` (Cargo.toml), so
+/// its `allocated` counts the journal's memory on every thread, SQLite's included.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Bytes live in jemalloc now.
+fn allocated() -> usize {
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0)
+}
+
+/// The most bytes live at once from now until it is dropped, read every
+/// millisecond: what the journal's work adds at its largest (a compaction's
+/// reading of the log, which lasts hundreds of milliseconds at a million sessions),
+/// which the process's peak RSS cannot show once a fill has grown the heap (freed
+/// pages are reused before RSS grows again).
+struct PeakSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl PeakSampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = allocated();
+            while !stopped.load(Ordering::Relaxed) {
+                peak = peak.max(allocated());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak.max(allocated())
+        });
+        Self { stop, thread }
+    }
+
+    fn peak(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
 
 /// CPU time of every thread of this process so far.
 fn cpu() -> Duration {
@@ -45,6 +92,16 @@ fn peak_rss_kib() -> u64 {
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// The flushes' rows as the server's: [`SPREAD_CHUNK`] changes each, back to back
+/// (the journal task rests between them, and its pause yields to the runtime).
+///
+/// [`SPREAD_CHUNK`]: drisc::domain::journal::SPREAD_CHUNK
+struct NoPause;
+
+impl Pause for NoPause {
+    async fn pause(&self) {}
 }
 
 fn session(n: u64) -> Session {
@@ -91,9 +148,12 @@ async fn main() -> anyhow::Result<()> {
         live.push_back(s);
         n += 1;
     }
-    journal.flush(&db).await?;
+    journal.flush_spread(&db, Duration::ZERO, &NoPause).await?;
 
     let (mut recording, mut flushing, mut changes) = (Duration::ZERO, Duration::ZERO, 0u64);
+    // Started after the first interval: until its flush, the fill's last write
+    // is still held by SQLite's thread.
+    let mut sampler = None;
     let wall = Instant::now();
     for _ in 0..seconds {
         let before = cpu();
@@ -108,13 +168,17 @@ async fn main() -> anyhow::Result<()> {
             changes += 2;
         }
         let recorded = cpu();
-        journal.flush(&db).await?;
+        journal.flush_spread(&db, Duration::ZERO, &NoPause).await?;
         let flushed = cpu();
+        if sampler.is_none() {
+            sampler = Some((allocated(), PeakSampler::start()));
+        }
         recording += recorded - before;
         flushing += flushed - recorded;
     }
     // Before the check below, which reads every held session back.
     let peak = peak_rss_kib();
+    let churn_peak = sampler.map_or(0, |(start, sampler)| sampler.peak().saturating_sub(start));
     let held_now = drisc::domain::ports::SessionArchive::held(&db).await?.len() as u64;
     assert_eq!(
         held_now,
@@ -133,7 +197,12 @@ async fn main() -> anyhow::Result<()> {
         );
         // What the journal keeps in memory at its largest (a compaction reads the
         // held sessions into a map), beside the bench's own list of them.
-        println!("peak RSS {} MiB", peak / 1024);
+        println!(
+            "peak RSS {} MiB; during the churn the heap peaked {:.1} MiB above its start ({:.0} bytes a held session)",
+            peak / 1024,
+            churn_peak as f64 / (1024.0 * 1024.0),
+            churn_peak as f64 / held.max(1) as f64,
+        );
     }
     db.close().await;
     Ok(())
