@@ -262,8 +262,8 @@ impl Journal {
     }
 
     /// Appends `batch` as one row; then, if the log has grown past what it holds,
-    /// compacts it. A compaction that fails is logged and tried after a later
-    /// write: the batch itself is written.
+    /// compacts it. A compaction that fails is logged and tried again once the
+    /// log has doubled: the batch itself is written.
     pub(super) async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
         let mut changes = Vec::with_capacity(batch.put.len() * 64 + batch.delete.len() * 17);
         for (pool, session) in &batch.put {
@@ -281,7 +281,16 @@ impl Journal {
             tally.compaction_due(self.floor)
         };
         if due && let Err(e) = self.compact().await {
-            tracing::warn!(error = %e, "could not compact the session journal; tried again after a later write");
+            // Not tried again before the log has doubled: a compaction that
+            // fails after its appends leaves them in the log, and one tried at
+            // every write would add a copy of every held session each time.
+            let mut tally = self.tally();
+            tally.live = tally.changes;
+            tracing::warn!(
+                error = %e,
+                changes = tally.changes,
+                "could not compact the session journal; tried again once the log has doubled"
+            );
         }
         Ok(())
     }
@@ -1045,6 +1054,79 @@ mod tests {
         let d = session(4, "d");
         journal.write(&batch(std::slice::from_ref(&d), &[])).await.unwrap();
         assert_eq!(sorted(journal.held().await.unwrap()), expected(&[&a, &b, &d]));
+        journal.close().await;
+        settings.close().await;
+    }
+
+    /// A compaction that fails after its appends (here each delete refused) is
+    /// not tried again at the next writes, which would each append every held
+    /// session once more, but once the log has doubled; the sessions held are
+    /// the same throughout, and once deletes work again a compaction shrinks the
+    /// log. Fails if a failed compaction were retried at every write.
+    #[tokio::test]
+    async fn a_failed_compaction_waits_for_the_log_to_double_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, mut journal) = opened(dir.path()).await;
+        journal.floor = 10;
+        let refuse_deletes = |on: bool| {
+            let sql = if on {
+                "CREATE TRIGGER refuse BEFORE DELETE ON journal_log BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            } else {
+                "DROP TRIGGER refuse"
+            };
+            let journal = &journal;
+            async move {
+                journal
+                    .with(async |conn| sqlx::query(sql).execute(conn).await.map(|_| ()).map_err(db_err))
+                    .await
+                    .unwrap();
+            }
+        };
+        // Twenty sessions held, then one granted and the oldest ended a write.
+        let mut held: Vec<(Arc<PoolKey>, Session)> = (0..20).map(|n| session(n, "a")).collect();
+        journal.write(&batch(&held, &[])).await.unwrap();
+        refuse_deletes(true).await;
+        let mut next = 20;
+        let mut churn = async |journal: &Journal, held: &mut Vec<(Arc<PoolKey>, Session)>| {
+            let fresh = session(next, "b");
+            next += 1;
+            let ended = held.remove(0);
+            journal
+                .write(&batch(std::slice::from_ref(&fresh), &[&ended.1]))
+                .await
+                .unwrap();
+            held.push(fresh);
+        };
+        // The log passes twice what it holds (40 changes) at the 11th write: the
+        // compaction appends 20 puts, then its first delete is refused.
+        for _ in 0..11 {
+            churn(&journal, &mut held).await;
+        }
+        let (_, after_failure) = log_rows(&journal).await;
+        assert_eq!(
+            after_failure,
+            20 + 2 * 11 + 20,
+            "the failed compaction's appends are left"
+        );
+        for _ in 0..10 {
+            churn(&journal, &mut held).await;
+        }
+        let (_, later) = log_rows(&journal).await;
+        assert_eq!(later, after_failure + 2 * 10, "no compaction tried at the writes since");
+        let want: Vec<&(Arc<PoolKey>, Session)> = held.iter().collect();
+        assert_eq!(sorted(journal.held().await.unwrap()), expected(&want));
+
+        refuse_deletes(false).await;
+        for _ in 0..40 {
+            churn(&journal, &mut held).await;
+        }
+        let (_, compacted) = log_rows(&journal).await;
+        assert!(
+            compacted <= 2 * 20 + 2,
+            "compacted once deletes work: {compacted} changes"
+        );
+        let want: Vec<&(Arc<PoolKey>, Session)> = held.iter().collect();
+        assert_eq!(sorted(journal.held().await.unwrap()), expected(&want));
         journal.close().await;
         settings.close().await;
     }
