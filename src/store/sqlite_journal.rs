@@ -243,22 +243,24 @@ impl Journal {
         let held = self
             .with(async |conn| {
                 let mut tx = conn.begin().await.map_err(db_err)?;
-                let held = take_log(&mut tx, expected).await?;
+                let (held, _) = read_held(&mut tx, expected).await?;
+                sqlx::query("DELETE FROM journal_log")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(held)
             })
             .await?;
         *self.tally() = Tally::default();
-        Ok(held.sessions())
+        Ok(held)
     }
 
     pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
         let expected = self.tally().live;
-        let held = self
-            .with(async |conn| replay(conn, expected, &mut Pace::unpaced()).await)
-            .await?;
-        *self.tally() = held.tally();
-        Ok(held.sessions())
+        let (held, tally) = self.with(async |conn| read_held(conn, expected).await).await?;
+        *self.tally() = tally;
+        Ok(held)
     }
 
     /// Appends `batch` as one row; then, if the log has grown past what it holds,
@@ -319,7 +321,7 @@ impl Journal {
                     .execute(&mut *conn)
                     .await
                     .map_err(db_err)?;
-                let held = compaction.last_puts.len() as u64;
+                let held = compaction.puts.len() as u64;
                 Ok(Tally {
                     changes: held,
                     live: held,
@@ -343,45 +345,28 @@ impl Journal {
     }
 }
 
-/// A compaction: the log read once to learn which put of it is each held
-/// session's last, then read again to append those puts, then the rows of the
-/// first reading deleted; each statement its own transaction, so that none holds
-/// the journal's threads long.
+/// The held sessions' puts, from two readings of the log: the first learns
+/// which put of it is each held session's last, the second gives those puts, a
+/// few at a time, in the log's order.
 ///
-/// Why two readings: one that kept every held session's put until the appends
-/// held the log's whole content in memory at once (at a million sessions, 168 MiB
-/// more heap during the compaction: `cargo bench --bench journal`). Here the first
-/// reading keeps a session id and a number for each held session (24 bytes), the
-/// second only the numbers, in order (8 bytes), and its row.
-///
-/// Every held session's put is appended before any row read is deleted, and
-/// the rows read are deleted oldest first. So whichever statement a crash (or a
-/// shutdown cutting the flush off) stops it after, the log still reads as the
-/// sessions held: the rows read that are left, in order, then a put of each
-/// session they hold. A session those rows end is ended there after its last
-/// put; one they hold is put again, the same, at the end; the rows deleted
-/// before it only said what the puts say again. Nothing else writes meanwhile:
-/// compactions run within the journal's writes, one at a time.
-struct Compaction {
+/// Why two readings: one that kept every held session's put held the log's
+/// whole content in memory at once (at a million sessions, 168 MiB more heap
+/// during a compaction: `cargo bench --bench journal`). Here the first reading
+/// keeps a session id and a number for each held session (24 bytes), the second
+/// only the numbers, in order (8 bytes), and one row.
+struct HeldPuts {
     /// Each held session's last put, by its place among the changes read (the
-    /// log's first change is 0), ascending: the puts the second reading appends,
-    /// in the order it meets them.
+    /// log's first change is 0), ascending: the order the second reading meets
+    /// them in.
     last_puts: Vec<u64>,
-    /// Sessions per row appended.
-    per_row: usize,
-    /// The rows read, in deletes of about `per_row` changes: each the last seq
-    /// one delete reaches, ascending.
-    cuts: Vec<i64>,
-    /// The last row of the first reading: the second reads no further, past it
-    /// are the compaction's own appends.
+    /// The last row of the first reading: the second reads no further (past it
+    /// are a compaction's own appends).
     through: Option<i64>,
     /// Where the second reading is.
     again: Rereading,
-    /// Statements done.
-    done: usize,
 }
 
-/// The second reading of a compaction, a row at a time.
+/// The second reading, a row at a time.
 #[derive(Default)]
 struct Rereading {
     /// The last row fetched.
@@ -390,17 +375,18 @@ struct Rereading {
     row: Option<(Vec<u8>, usize)>,
     /// The place of the next change among all read.
     place: u64,
-    /// Puts appended so far: the next to append is `last_puts[appended]`.
-    appended: usize,
+    /// Puts given so far: the next is `last_puts[given]`.
+    given: usize,
 }
 
-impl Compaction {
+impl HeldPuts {
+    /// The first reading ([`read_log`]'s `per_row` and `pace`).
     async fn read(
         conn: &mut SqliteConnection,
         expected: u64,
         per_row: usize,
         pace: &mut Pace,
-    ) -> Result<Self, SettingsError> {
+    ) -> Result<(Self, Reading), SettingsError> {
         let mut held: HashMap<SessionId, u64, foldhash::fast::RandomState> =
             HashMap::with_capacity_and_hasher(capacity_for(expected), Default::default());
         let mut place = 0u64;
@@ -418,64 +404,26 @@ impl Compaction {
         .await?;
         let mut last_puts: Vec<u64> = held.into_values().collect();
         last_puts.sort_unstable();
-        Ok(Self {
+        let puts = Self {
             last_puts,
-            per_row,
-            cuts: reading.cuts,
             through: reading.last,
             again: Rereading::default(),
-            done: 0,
-        })
+        };
+        Ok((puts, reading))
     }
 
-    fn appends(&self) -> usize {
-        self.last_puts.len().div_ceil(self.per_row)
+    /// The sessions held.
+    fn len(&self) -> usize {
+        self.last_puts.len()
     }
 
-    fn steps(&self) -> usize {
-        self.appends() + self.cuts.len()
-    }
-
-    /// The next statement: the appends first, then the deletes ([`Compaction`]
-    /// says why).
-    async fn step(&mut self, conn: &mut SqliteConnection, pace: &mut Pace) -> Result<(), SettingsError> {
-        let step = self.done;
-        self.done += 1;
-        match step.checked_sub(self.appends()) {
-            None => {
-                let (puts, count) = self.next_puts(conn, pace).await?;
-                if count > 0 {
-                    append(conn, &[(puts, count)]).await?;
-                }
-                Ok(())
-            }
-            Some(cut) => {
-                // The log's rows are read the same way twice, so this holds; were
-                // it not to, a delete would lose the sessions not appended.
-                if self.again.appended != self.last_puts.len() {
-                    return Err(SettingsError::Database(format!(
-                        "the session journal's compaction appended {} of {} held sessions; nothing deleted",
-                        self.again.appended,
-                        self.last_puts.len()
-                    )));
-                }
-                let through = self.cuts.get(cut).copied().unwrap_or(i64::MIN);
-                sqlx::query("DELETE FROM journal_log WHERE seq <= ?")
-                    .bind(through)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
-        }
-    }
-
-    /// The next `per_row` held sessions' last puts (fewer at the end), packed,
-    /// and how many: the log read on from where the last call stopped, a row at
-    /// a time, up to the first reading's last row.
-    async fn next_puts(
+    /// The next `most` held sessions' last puts (fewer at the end, none once all
+    /// are given), packed, and how many: the log read on from where the last call
+    /// stopped, a row at a time, up to the first reading's last row.
+    async fn next(
         &mut self,
         conn: &mut SqliteConnection,
+        most: usize,
         pace: &mut Pace,
     ) -> Result<(Vec<u8>, usize), SettingsError> {
         let Some(through) = self.through else {
@@ -483,7 +431,7 @@ impl Compaction {
         };
         let (mut puts, mut count) = (Vec::new(), 0);
         let again = &mut self.again;
-        while count < self.per_row {
+        while count < most && again.given + count < self.last_puts.len() {
             let Some((row, at)) = &mut again.row else {
                 let next: Option<(i64, Vec<u8>)> = sqlx::query_as(
                     "SELECT seq, changes FROM journal_log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1",
@@ -503,13 +451,13 @@ impl Compaction {
             let mut row_done = true;
             while let Some(Ok(change)) = changes.next() {
                 if let Change::Put(_, record) = change
-                    && self.last_puts.get(again.appended + count) == Some(&again.place)
+                    && self.last_puts.get(again.given + count) == Some(&again.place)
                 {
                     puts.extend_from_slice(record);
                     count += 1;
                 }
                 again.place += 1;
-                if count == self.per_row {
+                if count == most {
                     row_done = false;
                     break;
                 }
@@ -519,8 +467,119 @@ impl Compaction {
                 again.row = None;
             }
         }
-        again.appended += count;
+        again.given += count;
         Ok((puts, count))
+    }
+}
+
+/// Every held session, read in two readings ([`HeldPuts`]), and the log's tally.
+async fn read_held(
+    conn: &mut SqliteConnection,
+    expected: u64,
+) -> Result<(Vec<(PoolKey, Session)>, Tally), SettingsError> {
+    let mut pace = Pace::unpaced();
+    let (mut puts, reading) = HeldPuts::read(conn, expected, NO_CUTS, &mut pace).await?;
+    let tally = Tally {
+        changes: reading.changes,
+        live: puts.len() as u64,
+    };
+    let mut held = Vec::with_capacity(puts.len());
+    loop {
+        let (packed, count) = puts.next(conn, ROW_SESSIONS, &mut pace).await?;
+        if count == 0 {
+            break;
+        }
+        for change in Changes::from(&packed, 0).flatten() {
+            if let Change::Put(_, record) = change {
+                match unpack_put(record) {
+                    Ok(session) => held.push(session),
+                    Err(e) => tracing::warn!(error = %e, "skipping a saved session that cannot be read"),
+                }
+            }
+        }
+    }
+    Ok((held, tally))
+}
+
+/// A compaction: the held sessions' puts appended ([`HeldPuts`]), then the rows
+/// of the first reading deleted; each statement its own transaction, so that
+/// none holds the journal's threads long.
+///
+/// Every held session's put is appended before any row read is deleted, and
+/// the rows read are deleted oldest first. So whichever statement a crash (or a
+/// shutdown cutting the flush off) stops it after, the log still reads as the
+/// sessions held: the rows read that are left, in order, then a put of each
+/// session they hold. A session those rows end is ended there after its last
+/// put; one they hold is put again, the same, at the end; the rows deleted
+/// before it only said what the puts say again. Nothing else writes meanwhile:
+/// compactions run within the journal's writes, one at a time.
+struct Compaction {
+    puts: HeldPuts,
+    /// Sessions per row appended.
+    per_row: usize,
+    /// The rows read, in deletes of about `per_row` changes: each the last seq
+    /// one delete reaches, ascending.
+    cuts: Vec<i64>,
+    /// Statements done.
+    done: usize,
+}
+
+impl Compaction {
+    async fn read(
+        conn: &mut SqliteConnection,
+        expected: u64,
+        per_row: usize,
+        pace: &mut Pace,
+    ) -> Result<Self, SettingsError> {
+        let (puts, reading) = HeldPuts::read(conn, expected, per_row, pace).await?;
+        Ok(Self {
+            puts,
+            per_row,
+            cuts: reading.cuts,
+            done: 0,
+        })
+    }
+
+    fn appends(&self) -> usize {
+        self.puts.len().div_ceil(self.per_row)
+    }
+
+    fn steps(&self) -> usize {
+        self.appends() + self.cuts.len()
+    }
+
+    /// The next statement: the appends first, then the deletes ([`Compaction`]
+    /// says why).
+    async fn step(&mut self, conn: &mut SqliteConnection, pace: &mut Pace) -> Result<(), SettingsError> {
+        let step = self.done;
+        self.done += 1;
+        match step.checked_sub(self.appends()) {
+            None => {
+                let (puts, count) = self.puts.next(conn, self.per_row, pace).await?;
+                if count > 0 {
+                    append(conn, &[(puts, count)]).await?;
+                }
+                Ok(())
+            }
+            Some(cut) => {
+                // The log's rows are read the same way twice, so this holds; were
+                // it not to, a delete would lose the sessions not appended.
+                let given = self.puts.again.given;
+                if given != self.puts.len() {
+                    return Err(SettingsError::Database(format!(
+                        "the session journal's compaction appended {given} of {} held sessions; nothing deleted",
+                        self.puts.len()
+                    )));
+                }
+                let through = self.cuts.get(cut).copied().unwrap_or(i64::MIN);
+                sqlx::query("DELETE FROM journal_log WHERE seq <= ?")
+                    .bind(through)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -547,17 +606,6 @@ async fn open_lowered(options: SqliteConnectOptions) -> Result<SqliteConnection,
     opened
 }
 
-/// What the log holds ([`replay`]), the log emptied: within the caller's
-/// transaction, so that what is read and what is deleted are the same rows.
-async fn take_log(tx: &mut SqliteConnection, expected: u64) -> Result<Held, SettingsError> {
-    let held = replay(tx, expected, &mut Pace::unpaced()).await?;
-    sqlx::query("DELETE FROM journal_log")
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    Ok(held)
-}
-
 /// Appends `rows` (packed changes, and how many) to the log, in order.
 async fn append(conn: &mut SqliteConnection, rows: &[(Vec<u8>, usize)]) -> Result<(), SettingsError> {
     for (changes, count) in rows {
@@ -571,59 +619,10 @@ async fn append(conn: &mut SqliteConnection, rows: &[(Vec<u8>, usize)]) -> Resul
     Ok(())
 }
 
-/// What the log holds: each held session's put, as packed, by id.
-struct Held {
-    records: HashMap<SessionId, Box<[u8]>, foldhash::fast::RandomState>,
-    /// The changes read.
-    changes: u64,
-}
-
-impl Held {
-    fn tally(&self) -> Tally {
-        Tally {
-            changes: self.changes,
-            live: self.records.len() as u64,
-        }
-    }
-
-    fn sessions(self) -> Vec<(PoolKey, Session)> {
-        self.records
-            .values()
-            .filter_map(|record| match unpack_put(record) {
-                Ok(held) => Some(held),
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping a saved session that cannot be read");
-                    None
-                }
-            })
-            .collect()
-    }
-}
-
 /// A map's capacity for `expected` sessions, bounded: the tally of a log not yet
 /// read counts every change.
 fn capacity_for(expected: u64) -> usize {
     usize::try_from(expected.min(1 << 22)).unwrap_or(0)
-}
-
-/// Reads the log in order into what it holds: a put holds its session (the
-/// later put wins), a delete ends it. `expected`: about how many sessions it
-/// holds, to size the map at once.
-async fn replay(conn: &mut SqliteConnection, expected: u64, pace: &mut Pace) -> Result<Held, SettingsError> {
-    let mut records = HashMap::with_capacity_and_hasher(capacity_for(expected), Default::default());
-    let reading = read_log(conn, NO_CUTS, pace, |change| match change {
-        Change::Put(id, record) => {
-            records.insert(id, record.into());
-        }
-        Change::Delete(id) => {
-            records.remove(&id);
-        }
-    })
-    .await?;
-    Ok(Held {
-        records,
-        changes: reading.changes,
-    })
 }
 
 /// What a reading of the whole log saw, besides what its visitor kept.
