@@ -10,7 +10,8 @@
 //! the admission path) and flushing (the part on the SQLite thread), and how far above
 //! its start the heap went during the churn (a compaction of the journal's log at its
 //! largest: with HELD 1,000,000, RATE 50,000 and SECONDS 12 the churn passes twice what is
-//! held, and one compaction runs).
+//! held, and one compaction runs). Then, with the same sampler: reading every held
+//! session back (as a start does) and a shutdown's last flush of a put of each.
 //!
 //! For a figure that the shared machine's noise does not move, count instructions:
 //! `valgrind --tool=callgrind` on the built bench binary, once with SECONDS and once with 0,
@@ -217,6 +218,22 @@ async fn main() -> anyhow::Result<()> {
             reading_took.as_secs_f64(),
             mib(reading_peak),
             mib(read_back),
+        );
+    }
+    // A shutdown: every held session detached at once, so the last flush writes
+    // a put of each (`Journal::flush`, as `app::keep_sessions` calls it).
+    for (k, s) in live.iter().enumerate() {
+        journal.added(&pools[k % pools.len()], s);
+    }
+    let (before_flush, sampler, flush_began) = (allocated(), PeakSampler::start(), Instant::now());
+    journal.flush(&db).await?;
+    let flush_took = flush_began.elapsed();
+    let flush_peak = sampler.peak().saturating_sub(before_flush);
+    if benching {
+        println!(
+            "a shutdown's last flush of every held session ({:.2} s): the heap peaked {:.1} MiB above where it was",
+            flush_took.as_secs_f64(),
+            flush_peak as f64 / (1024.0 * 1024.0),
         );
     }
     db.close().await;

@@ -67,6 +67,16 @@ impl JournalBatch {
         self.put.len() + self.delete.len()
     }
 
+    /// Empty, with room for `changes` puts: taken from the journal, the changes
+    /// are mostly puts, and a list grown by doubling would hold its last two
+    /// sizes at once (at a shutdown, a put of every session held).
+    fn with_room(changes: usize) -> Self {
+        Self {
+            put: Vec::with_capacity(changes),
+            delete: Vec::new(),
+        }
+    }
+
     fn push(&mut self, id: SessionId, entry: Entry) {
         match entry {
             Entry::Put { pool, session, .. } => self.put.push((pool, session)),
@@ -180,12 +190,15 @@ impl Journal {
         self.pending().is_empty()
     }
 
-    /// Takes every change recorded so far, leaving the journal empty (and sized
-    /// for as many changes again, so the next interval's recording does not grow
-    /// the map step by step under the lock admissions take).
+    /// Takes every change recorded so far, leaving the journal empty and without
+    /// room: a last flush's (a shutdown's), after which little is recorded. Sized
+    /// for as many changes again, as a spread flush leaves it, the empty map was
+    /// the largest part of a shutdown's memory: 226 MiB of room with a million
+    /// sessions held (`benches/journal.rs`, bench/analysis.md round thirty-four).
     fn take(&self) -> JournalBatch {
-        let mut batch = JournalBatch::default();
-        for (id, entry) in self.swap() {
+        let pending = self.swap(0);
+        let mut batch = JournalBatch::with_room(pending.len());
+        for (id, entry) in pending {
             batch.push(id, entry);
         }
         batch
@@ -195,8 +208,11 @@ impl Journal {
     /// second's changes are tens of thousands of entries, milliseconds of CPU in one
     /// piece otherwise.
     async fn take_in_bites(&self, pause: &impl Pause) -> JournalBatch {
-        let mut batch = JournalBatch::default();
-        let mut entries = self.swap().into_iter();
+        // Sized for as many changes again, so the next interval's recording does
+        // not grow the map step by step under the lock admissions take.
+        let pending = self.swap(usize::MAX);
+        let mut batch = JournalBatch::with_room(pending.len());
+        let mut entries = pending.into_iter();
         loop {
             for (id, entry) in entries.by_ref().take(TAKE_BITE) {
                 batch.push(id, entry);
@@ -208,10 +224,11 @@ impl Journal {
         }
     }
 
-    /// Every change recorded so far, leaving the journal empty.
-    fn swap(&self) -> Pending {
+    /// Every change recorded so far, leaving the journal empty, with room for as
+    /// many changes as it held, `room` at most.
+    fn swap(&self, room: usize) -> Pending {
         let mut pending = self.pending();
-        let fresh = Pending::with_capacity_and_hasher(pending.len(), Default::default());
+        let fresh = Pending::with_capacity_and_hasher(pending.len().min(room), Default::default());
         std::mem::replace(&mut *pending, fresh)
     }
 
@@ -232,12 +249,21 @@ impl Journal {
         }
     }
 
-    /// Writes the changes recorded so far in one transaction. On failure they are
-    /// kept for the next flush; the number written otherwise.
+    /// Writes the changes recorded so far, in transactions of at most
+    /// [`SPREAD_CHUNK`] changes back to back (a shutdown's last flush). On failure
+    /// the changes not written are kept for the next flush; the number written
+    /// otherwise.
+    ///
+    /// Why chunks here too: a shutdown detaches every session at once, so with a
+    /// million held this flush is a million puts. In one transaction they were one
+    /// value of some 80 MB, packed and then copied for SQLite's thread, and one
+    /// row that the next start had to read whole; chunks bound all three to a few
+    /// hundred kilobytes. A stop cut off between two loses only what is unwritten,
+    /// as a crash does between two of a spread flush's.
     pub async fn flush(&self, archive: &dyn SessionArchive) -> Result<usize, SettingsError> {
         let _writing = self.writing.lock().await;
         let batch = self.take();
-        self.write_or_keep(archive, batch).await
+        self.write_chunks(archive, batch, Pace::unpaced()).await
     }
 
     /// Writes the changes recorded so far in transactions of at most
@@ -262,8 +288,20 @@ impl Journal {
     ) -> Result<usize, SettingsError> {
         let _writing = self.writing.lock().await;
         let started = Instant::now();
-        let mut rest = self.take_in_bites(pause).await;
-        let mut pace = Pace::every(Duration::ZERO).until(started + within);
+        let batch = self.take_in_bites(pause).await;
+        let pace = Pace::every(Duration::ZERO).until(started + within);
+        self.write_chunks(archive, batch, pace).await
+    }
+
+    /// Writes `rest` in transactions of at most [`SPREAD_CHUNK`] changes, resting
+    /// between two as `pace` says; at a failure, what is not written is kept for
+    /// the next flush.
+    async fn write_chunks(
+        &self,
+        archive: &dyn SessionArchive,
+        mut rest: JournalBatch,
+        mut pace: Pace,
+    ) -> Result<usize, SettingsError> {
         let mut written = 0;
         while !rest.is_empty() {
             let chunk = rest.split_off(SPREAD_CHUNK);
@@ -370,6 +408,8 @@ pub(crate) mod recording {
     pub(crate) struct Recorder {
         written: Mutex<Vec<JournalBatch>>,
         pub(crate) down: AtomicBool,
+        /// Writes that fail once this many have been recorded.
+        fail_from: Mutex<Option<usize>>,
     }
 
     #[async_trait]
@@ -384,7 +424,8 @@ pub(crate) mod recording {
             Ok(Vec::new())
         }
         async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
-            if self.down.load(Ordering::Relaxed) {
+            let failing = self.fail_from.lock().ok().and_then(|f| *f);
+            if self.down.load(Ordering::Relaxed) || failing.is_some_and(|from| self.writes() >= from) {
                 return Err(SettingsError::Database("down".into()));
             }
             if let Ok(mut written) = self.written.lock() {
@@ -406,6 +447,14 @@ pub(crate) mod recording {
 
         pub(crate) fn writes(&self) -> usize {
             self.written.lock().map(|w| w.len()).unwrap_or_default()
+        }
+
+        /// Lets `n` more writes succeed, then fails every one.
+        pub(crate) fn fail_after(&self, n: usize) {
+            let from = self.writes() + n;
+            if let Ok(mut fail_from) = self.fail_from.lock() {
+                *fail_from = Some(from);
+            }
         }
     }
 }
@@ -591,8 +640,36 @@ mod tests {
             (SPREAD_CHUNK * 2).div_ceil(TAKE_BITE) - 1,
             "a pause between two bites of the take"
         );
-        assert_eq!(db.writes(), 1 + 2, "two transactions of a chunk each");
+        assert_eq!(db.writes(), 3 + 2, "two transactions of a chunk each");
         assert!(journal.is_empty());
+    }
+
+    /// The last flush (a shutdown's) writes in bounded transactions too, and a
+    /// failure keeps only what was not written. Fails if a flush were one
+    /// transaction again.
+    #[tokio::test]
+    async fn a_flush_writes_in_bounded_transactions_and_keeps_what_a_failure_left() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let p = pool();
+        let sessions: Vec<_> = (0..SPREAD_CHUNK * 2 + 7).map(|_| session()).collect();
+        for s in &sessions {
+            journal.added(&p, s);
+        }
+        assert_eq!(journal.flush(&db).await.unwrap(), sessions.len());
+        assert_eq!(db.writes(), 3, "two full chunks and the rest");
+        assert!(db.last().len() <= SPREAD_CHUNK);
+        assert!(journal.is_empty());
+
+        for s in &sessions {
+            journal.removed(s);
+        }
+        db.fail_after(1);
+        assert!(journal.flush(&db).await.is_err());
+        assert_eq!(
+            journal.len(),
+            sessions.len() - SPREAD_CHUNK,
+            "the chunk written is not kept"
+        );
     }
 
     /// A run's rest is as long as the run, once it is due; none past the
