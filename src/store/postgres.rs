@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use rand::RngCore;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{PgPool, Postgres, Row};
@@ -64,6 +65,18 @@ async fn bounded<T>(limit: Duration, op: impl Future<Output = Result<T, Settings
             "no answer from PostgreSQL within {limit:?}"
         )))
     })
+}
+
+/// The saved sessions of the rows `sql` returns, each row converted as it
+/// arrives: the rows' texts (six strings each) are never all held at once
+/// beside the sessions made of them, as a `fetch_all` held them.
+async fn saved_sessions(sql: &'static str, db: &PgPool) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+    let mut rows = sqlx::query_as::<_, SavedRow>(sql).fetch(db);
+    let mut sessions = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(db_err)? {
+        sessions.extend(row.into_saved());
+    }
+    Ok(sessions)
 }
 
 impl PostgresSettings {
@@ -550,32 +563,28 @@ impl SessionArchive for PostgresSettings {
     }
 
     async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        let rows = bounded(ARCHIVE_TIMEOUT, async {
-            sqlx::query_as::<_, SavedRow>(
+        bounded(
+            ARCHIVE_TIMEOUT,
+            saved_sessions(
                 "SELECT session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at
                  FROM held_sessions",
-            )
-            .fetch_all(&self.db)
-            .await
-            .map_err(db_err)
-        })
-        .await?;
-        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+                &self.db,
+            ),
+        )
+        .await
     }
 
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
         // One statement reads and forgets: nodes taking at once each get their own
         // rows, never the same session twice.
-        let rows = bounded(ARCHIVE_TIMEOUT, async {
-            sqlx::query_as::<_, SavedRow>(
+        bounded(
+            ARCHIVE_TIMEOUT,
+            saved_sessions(
                 "DELETE FROM held_sessions RETURNING
                     session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at",
-            )
-            .fetch_all(&self.db)
-            .await
-            .map_err(db_err)
-        })
-        .await?;
-        Ok(rows.into_iter().filter_map(SavedRow::into_saved).collect())
+                &self.db,
+            ),
+        )
+        .await
     }
 }
