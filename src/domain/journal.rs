@@ -209,10 +209,11 @@ impl Journal {
     /// piece otherwise.
     async fn take_in_bites(&self, pause: &impl Pause) -> JournalBatch {
         // Sized for as many changes again, so the next interval's recording does
-        // not grow the map step by step under the lock admissions take.
-        let pending = self.swap(usize::MAX);
-        let mut batch = JournalBatch::with_room(pending.len());
-        let mut entries = pending.into_iter();
+        // not grow the map step by step under the lock admissions take. The batch
+        // grows as the take goes (sized at once for every change, puts and
+        // deletes alike, it was a few megabytes more a flush at saturation).
+        let mut batch = JournalBatch::default();
+        let mut entries = self.swap(usize::MAX).into_iter();
         loop {
             for (id, entry) in entries.by_ref().take(TAKE_BITE) {
                 batch.push(id, entry);
