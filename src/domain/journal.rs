@@ -193,8 +193,9 @@ impl Journal {
     /// Takes every change recorded so far, leaving the journal empty and without
     /// room: a last flush's (a shutdown's), after which little is recorded. Sized
     /// for as many changes again, as a spread flush leaves it, the empty map was
-    /// the largest part of a shutdown's memory: 226 MiB of room with a million
-    /// sessions held (`benches/journal.rs`, bench/analysis.md round thirty-four).
+    /// most of a shutdown's memory: with a million sessions held, leaving it
+    /// without room and sizing the batch once took the last flush's peak from 400
+    /// to 96 MiB (`benches/journal.rs`, bench/analysis.md round thirty-four).
     fn take(&self) -> JournalBatch {
         let pending = self.swap(0);
         let mut batch = JournalBatch::with_room(pending.len());
