@@ -417,19 +417,26 @@ impl HeldPuts {
         self.last_puts.len()
     }
 
-    /// The next `most` held sessions' last puts (fewer at the end, none once all
-    /// are given), packed, and how many: the log read on from where the last call
-    /// stopped, a row at a time, up to the first reading's last row.
+    /// Whether the second reading has given every held session's put.
+    fn all_given(&self) -> bool {
+        self.again.given == self.last_puts.len()
+    }
+
+    /// Gives `keep` the next `most` held sessions' last puts, each as packed
+    /// (fewer at the end, none once all are given), and says how many: the log
+    /// read on from where the last call stopped, a row at a time, up to the first
+    /// reading's last row.
     async fn next(
         &mut self,
         conn: &mut SqliteConnection,
         most: usize,
         pace: &mut Pace,
-    ) -> Result<(Vec<u8>, usize), SettingsError> {
+        mut keep: impl FnMut(&[u8]),
+    ) -> Result<usize, SettingsError> {
         let Some(through) = self.through else {
-            return Ok((Vec::new(), 0));
+            return Ok(0);
         };
-        let (mut puts, mut count) = (Vec::new(), 0);
+        let mut count = 0;
         let again = &mut self.again;
         while count < most && again.given + count < self.last_puts.len() {
             let Some((row, at)) = &mut again.row else {
@@ -453,7 +460,7 @@ impl HeldPuts {
                 if let Change::Put(_, record) = change
                     && self.last_puts.get(again.given + count) == Some(&again.place)
                 {
-                    puts.extend_from_slice(record);
+                    keep(record);
                     count += 1;
                 }
                 again.place += 1;
@@ -468,7 +475,7 @@ impl HeldPuts {
             }
         }
         again.given += count;
-        Ok((puts, count))
+        Ok(count)
     }
 }
 
@@ -484,20 +491,12 @@ async fn read_held(
         live: puts.len() as u64,
     };
     let mut held = Vec::with_capacity(puts.len());
-    loop {
-        let (packed, count) = puts.next(conn, ROW_SESSIONS, &mut pace).await?;
-        if count == 0 {
-            break;
-        }
-        for change in Changes::from(&packed, 0).flatten() {
-            if let Change::Put(_, record) = change {
-                match unpack_put(record) {
-                    Ok(session) => held.push(session),
-                    Err(e) => tracing::warn!(error = %e, "skipping a saved session that cannot be read"),
-                }
-            }
-        }
-    }
+    let keep = |record: &[u8]| match unpack_put(record) {
+        Ok(session) => held.push(session),
+        Err(e) => tracing::warn!(error = %e, "skipping a saved session that cannot be read"),
+    };
+    // One call: the sessions are kept as they are met, so no chunk is needed.
+    puts.next(conn, usize::MAX, &mut pace, keep).await?;
     Ok((held, tally))
 }
 
@@ -555,19 +554,23 @@ impl Compaction {
         self.done += 1;
         match step.checked_sub(self.appends()) {
             None => {
-                let (puts, count) = self.puts.next(conn, self.per_row, pace).await?;
+                let mut packed = Vec::new();
+                let count = self
+                    .puts
+                    .next(conn, self.per_row, pace, |record| packed.extend_from_slice(record))
+                    .await?;
                 if count > 0 {
-                    append(conn, &[(puts, count)]).await?;
+                    append(conn, &[(packed, count)]).await?;
                 }
                 Ok(())
             }
             Some(cut) => {
                 // The log's rows are read the same way twice, so this holds; were
                 // it not to, a delete would lose the sessions not appended.
-                let given = self.puts.again.given;
-                if given != self.puts.len() {
+                if !self.puts.all_given() {
                     return Err(SettingsError::Database(format!(
-                        "the session journal's compaction appended {given} of {} held sessions; nothing deleted",
+                        "the session journal's compaction appended {} of {} held sessions; nothing deleted",
+                        self.puts.again.given,
                         self.puts.len()
                     )));
                 }
