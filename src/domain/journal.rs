@@ -142,20 +142,12 @@ impl Journal {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A session was granted: it has no row yet.
+    /// A session was granted: it has no row yet. (A start's restored sessions are
+    /// not recorded: they come from the journal's own rows, which stay.)
     pub fn added(&self, pool: &Arc<PoolKey>, session: &Session) {
-        self.put(pool, session, false);
-    }
-
-    /// A session was put back from the database (it may have a row already).
-    pub fn restored(&self, pool: &Arc<PoolKey>, session: &Session) {
-        self.put(pool, session, true);
-    }
-
-    fn put(&self, pool: &Arc<PoolKey>, session: &Session, stored: bool) {
         let mut pending = self.pending();
         // A delete waiting for this id means a row exists that the put replaces.
-        let stored = stored || matches!(pending.get(&session.id), Some(Entry::Delete { .. }));
+        let stored = matches!(pending.get(&session.id), Some(Entry::Delete { .. }));
         pending.insert(
             session.id,
             Entry::Put {
@@ -527,30 +519,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_restored_session_that_ends_before_the_flush_is_deleted() {
-        let (journal, db) = (Journal::new(), Recorder::default());
-        let s = session();
-        journal.restored(&pool(), &s);
-        journal.removed(&s);
-        journal.flush(&db).await.unwrap();
-        assert_eq!(
-            db.last(),
-            JournalBatch {
-                put: vec![],
-                delete: vec![gone(&s)]
-            }
-        );
-    }
-
-    #[tokio::test]
     async fn many_changes_of_one_session_coalesce_to_the_last() {
         let (journal, db) = (Journal::new(), Recorder::default());
         let (p, s) = (pool(), session());
         journal.added(&p, &s);
         journal.flush(&db).await.unwrap();
-        // Ended, then restored again (a reconnect after a crash): one put.
+        // Ended, then put again (its row still there): one put.
         journal.removed(&s);
-        journal.restored(&p, &s);
+        journal.added(&p, &s);
         assert_eq!(journal.len(), 1);
         journal.flush(&db).await.unwrap();
         assert_eq!(db.last().put.len(), 1);

@@ -122,11 +122,28 @@ impl Pool {
         if self.sessions.iter().all(|s| !is_dead(s.expires_at, now)) {
             return Vec::new();
         }
-        let (dead, alive) = std::mem::take(&mut self.sessions)
-            .into_iter()
-            .partition(|s| is_dead(s.expires_at, now));
-        self.sessions = alive;
+        // In place: the survivors keep the vector sized for the pool, where a
+        // partition into a new one would give them room for four. (A pool holds
+        // a handful: removing from the middle costs nothing worth a scan less.)
+        let mut dead = Vec::new();
+        let mut at = 0;
+        while at < self.sessions.len() {
+            if is_dead(self.sessions[at].expires_at, now) {
+                dead.push(self.sessions.remove(at));
+            } else {
+                at += 1;
+            }
+        }
         dead
+    }
+
+    /// Puts back a session a start restores, in creation order (the archive may
+    /// give them in any order). Grown one at a time, as `insert` grows a pool: a
+    /// start puts back every pool of the last run at once.
+    pub fn put_back(&mut self, session: Session) {
+        let at = self.sessions.partition_point(|s| s.created_at <= session.created_at);
+        self.sessions.reserve_exact(1);
+        self.sessions.insert(at, session);
     }
 
     /// Grants `new` if the pool holds fewer than `limit` sessions at `now`.
@@ -406,6 +423,22 @@ mod tests {
         pool.attach(a, Holder(9), 0, &t).unwrap();
         let granted = pool.admit(new("phone"), 3, 0, &t).unwrap();
         assert_eq!(granted.live_others, vec![(a, Holder(9))]);
+    }
+
+    /// A pool is sized to its sessions (a handful for as long as they live):
+    /// dropping its dead ones must not give the survivors room for four.
+    #[test]
+    fn pruning_keeps_the_pool_within_its_room() {
+        let t = timings();
+        let mut pool = Pool::default();
+        for name in ["tv", "phone"] {
+            pool.admit(new(name), 2, 0, &t).unwrap();
+        }
+        assert_eq!(pool.sessions.capacity(), 2);
+        pool.sessions[0].expires_at = 1_000;
+        assert_eq!(pool.prune(1_000).len(), 1);
+        assert_eq!(pool.sessions.len(), 1);
+        assert!(pool.sessions.capacity() <= 2, "room for {}", pool.sessions.capacity());
     }
 
     #[test]

@@ -512,7 +512,9 @@ impl SessionStore for MemoryStore {
     async fn restore(&self, sessions: Vec<(PoolKey, Session)>) -> Result<(), StoreError> {
         for (key, session) in sessions {
             // Restored sessions come back as they were, whatever the cap on pools.
-            let key = Arc::new(key);
+            // A pool already restored keeps its key: no new one for each session.
+            let known = self.pools.get(&key).map(|pool| Arc::clone(pool.key()));
+            let key = known.unwrap_or_else(|| Arc::new(key));
             self.customers.with(&key, |open| {
                 let mut entry = self.pools.entry(Arc::clone(&key)).or_default();
                 let (key, pool) = entry.pair_mut();
@@ -524,13 +526,12 @@ impl SessionStore for MemoryStore {
                     queue.push(session.expires_at, Arc::clone(key));
                     self.roster.restored(key, &session);
                     let before = pool.tally();
-                    // In creation order, as a pool lists them, whatever order the
-                    // archive gives them in.
-                    let at = pool.sessions.partition_point(|s| s.created_at <= session.created_at);
-                    pool.sessions.insert(at, session);
+                    pool.put_back(session);
                     self.roster.shift(before, pool.tally());
                 }
                 if !open.iter().any(|k| k == key) {
+                    // As an admission does: most customers hold one pool.
+                    open.reserve_exact(1);
                     open.push(Arc::clone(key));
                 }
             });
@@ -929,6 +930,49 @@ mod tests {
         assert_eq!(store.by_state().known(), 0);
     }
 
+    /// A start restores every pool of the last run at once: each must be sized as
+    /// an admission sizes it (a vector of four sessions is 240 bytes of room per
+    /// pool, a third more memory per session at a million of them), and a pool's
+    /// sessions must share its one key.
+    #[tokio::test]
+    async fn restored_pools_hold_no_spare_room_and_share_one_key() {
+        let store = MemoryStore::new(timings());
+        let saved = |customer: &str, created_at: Millis| {
+            let session = Session {
+                id: SessionId::random(),
+                name: "tv".into(),
+                state: SessionState::Detached,
+                expires_at: 7_000,
+                holder: None,
+                created_at,
+            };
+            (key(customer), session)
+        };
+        let (two, one) = (key("two"), key("one"));
+        // Out of creation order, as an archive may give them.
+        let sessions = vec![saved("two", 20), saved("one", 5), saved("two", 10)];
+        let order: Vec<_> = [2, 0].iter().map(|&i| sessions[i].1.id).collect();
+        store.restore(sessions).await.unwrap();
+
+        let pool = store.pools.get(&two).unwrap();
+        let ids: Vec<_> = pool.sessions.iter().map(|s| s.id).collect();
+        assert_eq!(ids, order, "in creation order");
+        assert_eq!(pool.sessions.capacity(), 2, "no room beyond its sessions");
+        assert_eq!(store.pools.get(&one).unwrap().sessions.capacity(), 1);
+        // The pool map, the customer map's key and list, the session index (twice)
+        // and the expiry queue (twice) hold the pool's key: one key for the pool.
+        assert_eq!(Arc::strong_count(pool.key()), 7);
+        drop(pool);
+        for customer_id in ["two", "one"] {
+            let customer = Customer {
+                publisher_id: "p".into(),
+                customer_id: customer_id.into(),
+            };
+            let open = store.customers.pools_of(&customer);
+            assert_eq!((open.len(), open.capacity()), (1, 1), "one pool, room for one");
+        }
+    }
+
     #[tokio::test]
     async fn reaped_restored_and_handed_over_sessions_are_counted_and_journaled() {
         let (store, journal) = journaled();
@@ -949,7 +993,8 @@ mod tests {
         store.restore(vec![(p.clone(), restored.clone())]).await.unwrap();
         assert_eq!(store.by_state().known(), 1);
         assert_eq!(store.locate(restored.id).await.unwrap(), Some(p.clone()));
-        assert_eq!(flushed(&journal).await, (vec![restored.id], vec![]));
+        // Its row is in the journal it came from: nothing to write again.
+        assert_eq!(flushed(&journal).await, (vec![], vec![]));
 
         // Dead by the shutdown: dropped, so the next start does not bring it back.
         store.hand_over(7_000).await.unwrap();

@@ -96,12 +96,12 @@ impl Roster {
         }
     }
 
-    /// A session from the last run was put back into `pool`.
+    /// A session from the last run was put back into `pool`. Not journaled: with
+    /// the journal on, a start restores the journal's own sessions, whose rows
+    /// stay. (Written again, a start held every one of them in the journal's
+    /// pending map and doubled the log into a compaction.)
     pub(crate) fn restored(&self, pool: &Arc<PoolKey>, session: &Session) {
         self.insert(pool, session.id);
-        if let Some(journal) = &self.journal {
-            journal.restored(pool, session);
-        }
     }
 
     /// A session left its pool, whatever the reason.

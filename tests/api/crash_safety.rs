@@ -203,6 +203,31 @@ async fn a_live_session_survives_kill_9_its_slot_still_counted_and_its_cached_en
     db.close().await;
 }
 
+/// A start does not write the sessions it restores again: their rows stay in the
+/// journal, so a crash right after a restart brings them back once more.
+#[tokio::test]
+async fn a_session_survives_a_second_kill_9_right_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Node::start(dir.path(), ProcessOptions::default());
+    let db = open_db(&first.server.data_dir).await;
+    let token = customer_token("p", "c9");
+    let tv = first.create_ok(&token, "S1", "TV").await;
+    until_journaled(&db, &[&tv.session_id]).await;
+    first.server.kill9();
+
+    let mut second = Node::start(dir.path(), ProcessOptions::default());
+    assert_eq!(second.session_state(&tv.session_id).await.as_deref(), Some("detached"));
+    assert_eq!(journaled(&db).await, vec![tv.session_id.clone()]);
+    second.server.kill9();
+
+    let third = Node::start(dir.path(), ProcessOptions::default());
+    assert_eq!(third.held().await, 1);
+    assert_eq!(third.session_state(&tv.session_id).await.as_deref(), Some("detached"));
+    let _tv_socket = connect_ok(&endpoint_on(&tv.endpoint, third.server.port)).await;
+    assert_eq!(third.session_state(&tv.session_id).await.as_deref(), Some("live"));
+    db.close().await;
+}
+
 #[tokio::test]
 async fn a_session_finished_before_kill_9_stays_ended_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();

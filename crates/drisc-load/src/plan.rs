@@ -117,6 +117,11 @@ pub struct AdmitArgs {
     pub rate: f64,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Stop after this many requests, over all workers, if the duration has not
+    /// ended the run first (to fill a server with a known number of sessions).
+    #[arg(long)]
+    #[serde(default)]
+    pub creates: Option<u64>,
     /// Keep-alive HTTP connections (in-flight requests at most).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,

@@ -81,13 +81,13 @@ pub(super) async fn admit(ctx: &Arc<Ctx>, args: &AdmitArgs) -> Result<()> {
     let mut set = JoinSet::new();
     for mut conn in conns {
         let (ctx, tokens, body, next) = (ctx.clone(), tokens.clone(), body.clone(), next.clone());
-        let rate = args.rate;
+        let (rate, most) = (args.rate, args.creates.unwrap_or(u64::MAX));
         set.spawn(async move {
             let env = &ctx.env;
             loop {
                 let g = ctx.global(next.fetch_add(1, Ordering::Relaxed) as usize);
                 let at = due(start, rate, g);
-                if at >= end {
+                if at >= end || g as u64 >= most {
                     return;
                 }
                 let at = wait_due(at).await;
