@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::server::TlsStream;
+
+mod common;
+use common::{counters, drisc_load, stderr};
 
 /// PINGs come this often, so a short hold sees several.
 const PING_EVERY: Duration = Duration::from_millis(200);
@@ -112,22 +115,6 @@ impl Drop for StagingServer {
     }
 }
 
-/// Runs drisc-load with `args`, bounded in time.
-async fn drisc_load(args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_drisc-load"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start drisc-load");
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("drisc-load finished within a minute")
-        .expect("drisc-load's output")
-}
-
 /// A short `hold` of three players against the staging server, plus `extra` options.
 async fn hold_three(server: &StagingServer, extra: &[&str]) -> Output {
     let target = server.target();
@@ -155,16 +142,6 @@ async fn hold_three(server: &StagingServer, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     drisc_load(&args).await
-}
-
-fn counters(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).expect("the --json results");
-    let results: serde_json::Value = serde_json::from_str(&text).expect("JSON results");
-    results["counters"].clone()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test]
