@@ -761,9 +761,21 @@ impl SessionControl {
 
     /// Brings back the sessions in the journal (the last run stopped or crashed),
     /// as detached. Their rows stay: the journal deletes each when its session ends.
+    /// Each chunk is restored as soon as it is read, while the next is read.
     pub async fn restore_journaled(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
-        let held = archive.held().await?;
-        self.restore(held).await
+        let (into, mut chunks) = tokio::sync::mpsc::channel(1);
+        // Moved in: a restore that fails drops the receiver, which stops the reading.
+        let restoring = async move {
+            let mut count = 0;
+            while let Some(chunk) = chunks.recv().await {
+                count += self.restore(chunk).await?;
+            }
+            Ok::<_, ControlError>(count)
+        };
+        let (read, restored) = tokio::join!(archive.held_into(into), restoring);
+        let restored = restored?;
+        read?;
+        Ok(restored)
     }
 
     async fn restore(&self, saved: Vec<(PoolKey, Session)>) -> Result<usize, ControlError> {

@@ -395,7 +395,7 @@ pub(crate) mod recording {
     use async_trait::async_trait;
 
     use super::JournalBatch;
-    use crate::domain::ports::{SessionArchive, SettingsError};
+    use crate::domain::ports::{HeldSink, SessionArchive, SettingsError};
     use crate::domain::{PoolKey, Session};
 
     #[derive(Default)]
@@ -414,8 +414,8 @@ pub(crate) mod recording {
         async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
             Ok(Vec::new())
         }
-        async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-            Ok(Vec::new())
+        async fn held_into(&self, _: HeldSink) -> Result<(), SettingsError> {
+            Ok(())
         }
         async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {
             let failing = self.fail_from.lock().ok().and_then(|f| *f);

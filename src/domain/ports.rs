@@ -398,6 +398,14 @@ pub trait SettingsRepo: Send + Sync + 'static {
     async fn delete_override(&self, key: &OverrideKey) -> Result<bool, SettingsError>;
 }
 
+/// Where a start's sessions go as they are read, a chunk of at most
+/// [`HELD_CHUNK`] at a time: the store fills while the archive reads, so a start
+/// never holds every session twice (once read, once restored).
+pub type HeldSink = tokio::sync::mpsc::Sender<Vec<(PoolKey, Session)>>;
+
+/// Sessions one chunk of [`SessionArchive::held_into`] carries at most.
+pub const HELD_CHUNK: usize = 4096;
+
 /// Where held sessions wait while the server restarts: saved at shutdown and taken
 /// at start, or kept up to date all along by the session journal
 /// ([`crate::domain::journal`]) so that a crash loses none of them.
@@ -406,9 +414,24 @@ pub trait SessionArchive: Send + Sync + 'static {
     async fn save(&self, sessions: &[(PoolKey, Session)]) -> Result<(), SettingsError>;
     /// Returns the saved sessions and forgets them.
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError>;
-    /// Returns the saved sessions and keeps them: the journal deletes each row
-    /// when its session ends.
-    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError>;
+    /// Sends the saved sessions to `into` in chunks as they are read, and keeps
+    /// them: the journal deletes each row when its session ends. Stops early,
+    /// without an error, once `into` is closed (the start gave up).
+    async fn held_into(&self, into: HeldSink) -> Result<(), SettingsError>;
+    /// Every saved session at once ([`Self::held_into`] gathered), kept.
+    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
+        let (into, mut chunks) = tokio::sync::mpsc::channel(1);
+        // Moved in: the receiver is dropped when the gathering ends.
+        let gather = async move {
+            let mut all = Vec::new();
+            while let Some(chunk) = chunks.recv().await {
+                all.extend(chunk);
+            }
+            all
+        };
+        let (read, all) = tokio::join!(self.held_into(into), gather);
+        read.map(|()| all)
+    }
     /// Applies one batch of the journal in one transaction.
     async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError>;
 }

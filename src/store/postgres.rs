@@ -26,7 +26,7 @@ use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
 use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
-use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
+use crate::domain::ports::{HELD_CHUNK, HeldSink, SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session, SessionId};
 use crate::readiness::Probe;
@@ -562,15 +562,26 @@ impl SessionArchive for PostgresSettings {
         .await
     }
 
-    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        bounded(
-            ARCHIVE_TIMEOUT,
-            saved_sessions(
-                "SELECT session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at
-                 FROM held_sessions",
-                &self.db,
-            ),
-        )
+    async fn held_into(&self, into: HeldSink) -> Result<(), SettingsError> {
+        let sql = "SELECT session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at
+                   FROM held_sessions";
+        bounded(ARCHIVE_TIMEOUT, async {
+            let mut rows = sqlx::query_as::<_, SavedRow>(sql).fetch(&self.db);
+            let mut chunk = Vec::with_capacity(HELD_CHUNK);
+            while let Some(row) = rows.try_next().await.map_err(db_err)? {
+                chunk.extend(row.into_saved());
+                if chunk.len() == HELD_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(HELD_CHUNK));
+                    if into.send(full).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = into.send(chunk).await;
+            }
+            Ok(())
+        })
         .await
     }
 

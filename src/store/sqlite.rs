@@ -15,7 +15,7 @@ use super::{ServerData, SettingsDb};
 use crate::config::StorageSettings;
 use crate::domain::journal::JournalBatch;
 use crate::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
-use crate::domain::ports::{SessionArchive, SettingsError, SettingsRepo};
+use crate::domain::ports::{HeldSink, SessionArchive, SettingsError, SettingsRepo};
 use crate::domain::settings::{Catalog, Offer, Publisher, UnknownOffers};
 use crate::domain::{PoolKey, Session};
 use crate::readiness::Probe;
@@ -488,8 +488,8 @@ impl SessionArchive for SqliteSettings {
         self.journal.take().await
     }
 
-    async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        self.journal.held().await
+    async fn held_into(&self, into: HeldSink) -> Result<(), SettingsError> {
+        self.journal.held_into(into).await
     }
 
     async fn write(&self, batch: &JournalBatch) -> Result<(), SettingsError> {

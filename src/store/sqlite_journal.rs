@@ -44,7 +44,7 @@ use super::packing::{Reader, push_text, push_varint};
 use super::saved::SavedRow;
 use super::sqlite::{OwnConnection, db_err};
 use crate::domain::journal::{JournalBatch, Pace};
-use crate::domain::ports::SettingsError;
+use crate::domain::ports::{HELD_CHUNK, HeldSink, SettingsError};
 use crate::domain::{PoolKey, Session, SessionId, SessionState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/journal");
@@ -243,7 +243,8 @@ impl Journal {
         let held = self
             .with(async |conn| {
                 let mut tx = conn.begin().await.map_err(db_err)?;
-                let (held, _) = read_held(&mut tx, expected).await?;
+                let mut held = Vec::new();
+                read_held(&mut tx, expected, HeldTo::Gather(&mut held)).await?;
                 sqlx::query("DELETE FROM journal_log")
                     .execute(&mut *tx)
                     .await
@@ -256,11 +257,26 @@ impl Journal {
         Ok(held)
     }
 
+    /// Every saved session, kept, to `into` a chunk at a time (a start with the
+    /// journal on).
+    pub(super) async fn held_into(&self, into: HeldSink) -> Result<(), SettingsError> {
+        self.read_kept(HeldTo::Send(&into)).await
+    }
+
+    /// Every saved session at once, kept.
+    #[cfg(test)]
     pub(super) async fn held(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
-        let expected = self.tally().live;
-        let (held, tally) = self.with(async |conn| read_held(conn, expected).await).await?;
-        *self.tally() = tally;
+        let mut held = Vec::new();
+        self.read_kept(HeldTo::Gather(&mut held)).await?;
         Ok(held)
+    }
+
+    /// Every saved session to `to`, kept; and the log's tally, from the reading.
+    async fn read_kept(&self, to: HeldTo<'_>) -> Result<(), SettingsError> {
+        let expected = self.tally().live;
+        let tally = self.with(async |conn| read_held(conn, expected, to).await).await?;
+        *self.tally() = tally;
+        Ok(())
     }
 
     /// Appends `batch` as one row; then, if the log has grown past what it holds,
@@ -479,25 +495,50 @@ impl HeldPuts {
     }
 }
 
-/// Every held session, read in two readings ([`HeldPuts`]), and the log's tally.
-async fn read_held(
-    conn: &mut SqliteConnection,
-    expected: u64,
-) -> Result<(Vec<(PoolKey, Session)>, Tally), SettingsError> {
+/// Where [`read_held`] gives the sessions it reads.
+enum HeldTo<'a> {
+    /// All of them into one vector (a start with the journal off: `take`).
+    Gather(&'a mut Vec<(PoolKey, Session)>),
+    /// A chunk at a time to whoever restores them.
+    Send(&'a HeldSink),
+}
+
+impl HeldTo<'_> {
+    /// Gives `chunk` of `all` sessions held; false once no one takes them.
+    async fn give(&mut self, chunk: Vec<(PoolKey, Session)>, all: usize) -> bool {
+        match self {
+            Self::Gather(held) => {
+                held.reserve_exact(all.saturating_sub(held.len()));
+                held.extend(chunk);
+                true
+            }
+            Self::Send(into) => into.send(chunk).await.is_ok(),
+        }
+    }
+}
+
+/// Every held session, read in two readings ([`HeldPuts`]), given to `to` in
+/// chunks of at most [`HELD_CHUNK`]; and the log's tally. Stops early once no
+/// one takes them.
+async fn read_held(conn: &mut SqliteConnection, expected: u64, mut to: HeldTo<'_>) -> Result<Tally, SettingsError> {
     let mut pace = Pace::unpaced();
     let (mut puts, reading) = HeldPuts::read(conn, expected, NO_CUTS, &mut pace).await?;
+    let all = puts.len();
     let tally = Tally {
         changes: reading.changes,
-        live: puts.len() as u64,
+        live: all as u64,
     };
-    let mut held = Vec::with_capacity(puts.len());
-    let keep = |record: &[u8]| match unpack_put(record) {
-        Ok(session) => held.push(session),
-        Err(e) => tracing::warn!(error = %e, "skipping a saved session that cannot be read"),
-    };
-    // One call: the sessions are kept as they are met, so no chunk is needed.
-    puts.next(conn, usize::MAX, &mut pace, keep).await?;
-    Ok((held, tally))
+    loop {
+        let mut chunk = Vec::with_capacity(HELD_CHUNK.min(all));
+        let keep = |record: &[u8]| match unpack_put(record) {
+            Ok(session) => chunk.push(session),
+            Err(e) => tracing::warn!(error = %e, "skipping a saved session that cannot be read"),
+        };
+        if puts.next(conn, HELD_CHUNK, &mut pace, keep).await? == 0 || !to.give(chunk, all).await {
+            break;
+        }
+    }
+    Ok(tally)
 }
 
 /// A compaction: the held sessions' puts appended ([`HeldPuts`]), then the rows

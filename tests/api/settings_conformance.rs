@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use drisc::domain::journal::{Ended, JournalBatch};
 use drisc::domain::policy::{CustomerOverride, LimitPolicy, OverrideKey};
-use drisc::domain::ports::{SessionArchive, SettingsRepo};
+use drisc::domain::ports::{HELD_CHUNK, SessionArchive, SettingsRepo};
 use drisc::domain::settings::{Offer, Publisher, UnknownOffers};
 use drisc::domain::{PoolKey, Session, SessionId, SessionState};
 use drisc::store::SqliteSettings;
@@ -395,6 +395,24 @@ async fn journal_batches_put_and_delete_rows_and_reading_keeps_them(s: Subject) 
         sorted(expected.clone()),
         "held() keeps the rows"
     );
+    // As a start reads them: in chunks of at most HELD_CHUNK, each session once.
+    let (into, mut chunks) = tokio::sync::mpsc::channel::<Vec<(PoolKey, Session)>>(1);
+    let gather = async move {
+        let mut sizes = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            sizes.push(chunk.len());
+        }
+        sizes
+    };
+    let (read, sizes) = tokio::join!(archive.held_into(into), gather);
+    read.unwrap();
+    assert!(sizes.len() >= 2 && sizes.iter().all(|&n| n <= HELD_CHUNK), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), expected.len());
+    // A start that gave up: the reading stops, with no error, and keeps the rows.
+    let (into, chunks) = tokio::sync::mpsc::channel(1);
+    drop(chunks);
+    archive.held_into(into).await.unwrap();
+    assert_eq!(archive.held().await.unwrap().len(), expected.len());
     // A batch that deletes what is not there changes nothing.
     archive
         .write(&JournalBatch {
