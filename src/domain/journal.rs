@@ -100,6 +100,20 @@ impl JournalBatch {
     }
 }
 
+fn lock(part: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // A panic while recording cannot leave the map half-changed in a way that
+    // matters (each change is one insert or remove), so keep going.
+    part.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every change `part` recorded so far, leaving it empty, with room for as many
+/// changes as it held, `room` at most.
+fn swap(part: &Mutex<Pending>, room: usize) -> Pending {
+    let mut pending = lock(part);
+    let fresh = Pending::with_capacity_and_hasher(pending.len().min(room), Default::default());
+    std::mem::replace(&mut *pending, fresh)
+}
+
 /// The last `n` items of `list`, moved out; the whole list itself when `n` is its
 /// length (`Vec::split_off(0)` would allocate a new list as large as the old).
 fn take_last<T>(list: &mut Vec<T>, n: usize) -> Vec<T> {
@@ -122,13 +136,42 @@ pub const TAKE_BITE: usize = 2_048;
 
 type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
 
+/// How many maps the changes not yet written are split in, by session id.
+///
+/// Why: a map grows by moving every entry into one twice as large, under the lock
+/// every admission takes to record its session. A million sessions ending within
+/// seconds (a restart whose players did not come back, their grace ending at once)
+/// grew one map to a million entries, each growth a pause of milliseconds taken
+/// by the sweep, a thread at nice 19 that the core's other threads can keep
+/// waiting while it holds the lock: admissions stalled for up to 72 ms
+/// (`bench/analysis.md`, round thirty-five). Split in 64, each growth moves a
+/// sixty-fourth as much, and an admission waits only when its own part is taken.
+const PARTS: usize = 64;
+
 /// The changes not yet written. Cheap to record into (one short lock, no I/O).
-#[derive(Default)]
 pub struct Journal {
-    pending: Mutex<Pending>,
+    /// By session id ([`part_of`]): a session's changes always go to one part, so
+    /// its last word is in one place.
+    pending: [Mutex<Pending>; PARTS],
     /// Held for a whole flush, so two flushes never race: a later batch (a delete)
     /// must never commit before an earlier one (the put of the same session).
     writing: tokio::sync::Mutex<()>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self {
+            pending: std::array::from_fn(|_| Mutex::default()),
+            writing: tokio::sync::Mutex::default(),
+        }
+    }
+}
+
+/// The part of the pending changes that records `id`'s: its first byte, random in
+/// every id drisc makes (a version 4 UUID's; the cluster's shard bits are in its
+/// last bytes).
+fn part_of(id: SessionId) -> usize {
+    usize::from(id.0.as_bytes()[0]) % PARTS
 }
 
 impl Journal {
@@ -136,16 +179,15 @@ impl Journal {
         Self::default()
     }
 
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        // A panic while recording cannot leave the map half-changed in a way that
-        // matters (each change is one insert or remove), so keep going.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The part that records `id`'s changes, locked.
+    fn pending(&self, id: SessionId) -> MutexGuard<'_, Pending> {
+        lock(&self.pending[part_of(id)])
     }
 
     /// A session was granted: it has no row yet. (A start's restored sessions are
     /// not recorded: they come from the journal's own rows, which stay.)
     pub fn added(&self, pool: &Arc<PoolKey>, session: &Session) {
-        let mut pending = self.pending();
+        let mut pending = self.pending(session.id);
         // A delete waiting for this id means a row exists that the put replaces.
         let stored = matches!(pending.get(&session.id), Some(Entry::Delete { .. }));
         pending.insert(
@@ -160,7 +202,7 @@ impl Journal {
 
     /// A session ended (finished, taken over, kicked, reaped or found dead).
     pub fn removed(&self, session: &Session) {
-        let mut pending = self.pending();
+        let mut pending = self.pending(session.id);
         match pending.get(&session.id) {
             // Granted and ended within one interval: the database never hears of it.
             Some(Entry::Put { stored: false, .. }) => {
@@ -175,11 +217,11 @@ impl Journal {
 
     /// How many changes wait to be written.
     pub fn len(&self) -> usize {
-        self.pending().len()
+        self.pending.iter().map(|part| lock(part).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending().is_empty()
+        self.pending.iter().all(|part| lock(part).is_empty())
     }
 
     /// Takes every change recorded so far, leaving the journal empty and without
@@ -189,9 +231,9 @@ impl Journal {
     /// without room and sizing the batch once took the last flush's peak from 400
     /// to 96 MiB (`benches/journal.rs`, bench/analysis.md round thirty-four).
     fn take(&self) -> JournalBatch {
-        let pending = self.swap(0);
-        let mut batch = JournalBatch::with_room(pending.len());
-        for (id, entry) in pending {
+        let parts: Vec<_> = self.pending.iter().map(|part| swap(part, 0)).collect();
+        let mut batch = JournalBatch::with_room(parts.iter().map(HashMap::len).sum());
+        for (id, entry) in parts.into_iter().flatten() {
             batch.push(id, entry);
         }
         batch
@@ -206,40 +248,32 @@ impl Journal {
         // grows as the take goes (sized at once for every change, puts and
         // deletes alike, it was a few megabytes more a flush at saturation).
         let mut batch = JournalBatch::default();
-        let mut entries = self.swap(usize::MAX).into_iter();
-        loop {
-            for (id, entry) in entries.by_ref().take(TAKE_BITE) {
+        let mut taken = 0;
+        for part in &self.pending {
+            for (id, entry) in swap(part, usize::MAX) {
                 batch.push(id, entry);
+                taken += 1;
+                if taken % TAKE_BITE == 0 {
+                    pause.pause().await;
+                }
             }
-            if entries.len() == 0 {
-                return batch;
-            }
-            pause.pause().await;
         }
-    }
-
-    /// Every change recorded so far, leaving the journal empty, with room for as
-    /// many changes as it held, `room` at most.
-    fn swap(&self, room: usize) -> Pending {
-        let mut pending = self.pending();
-        let fresh = Pending::with_capacity_and_hasher(pending.len().min(room), Default::default());
-        std::mem::replace(&mut *pending, fresh)
+        batch
     }
 
     /// Puts back a batch that could not be written. Whatever was recorded since is
     /// newer and wins; the rows of the batch may or may not exist now (a commit
     /// that timed out may still have happened), so they count as stored.
     fn put_back(&self, batch: JournalBatch) {
-        let mut pending = self.pending();
         for (pool, session) in batch.put {
-            pending.entry(session.id).or_insert(Entry::Put {
+            self.pending(session.id).entry(session.id).or_insert(Entry::Put {
                 pool,
                 session,
                 stored: true,
             });
         }
         for Ended { id, created_at } in batch.delete {
-            pending.entry(id).or_insert(Entry::Delete { created_at });
+            self.pending(id).entry(id).or_insert(Entry::Delete { created_at });
         }
     }
 
@@ -516,6 +550,25 @@ mod tests {
         journal.flush(&db).await.unwrap();
         assert_eq!(db.last().delete, vec![gone(&s)]);
         assert!(db.last().put.is_empty());
+    }
+
+    /// The changes are split evenly by session id, so no part grows much past
+    /// its share (the reason they are split); with the cluster's shard bits in
+    /// the ids too, since a store may make its ids so.
+    #[test]
+    fn changes_spread_over_every_part() {
+        let journal = Journal::new();
+        let p = pool();
+        for n in 0..PARTS * 1_000 {
+            let mut s = session();
+            if n % 2 == 0 {
+                s.id = SessionId::random_in(7);
+            }
+            journal.added(&p, &s);
+        }
+        let sizes: Vec<_> = journal.pending.iter().map(|part| lock(part).len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), PARTS * 1_000);
+        assert!(sizes.iter().all(|&n| (500..2_000).contains(&n)), "{sizes:?}");
     }
 
     #[tokio::test]
