@@ -141,11 +141,12 @@ type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
 /// Why: a map grows by moving every entry into one twice as large, under the lock
 /// every admission takes to record its session. A million sessions ending within
 /// seconds (a restart whose players did not come back, their grace ending at once)
-/// grew one map to a million entries, each growth a pause of milliseconds taken
-/// by the sweep, a thread at nice 19 that the core's other threads can keep
-/// waiting while it holds the lock: admissions stalled for up to 72 ms
-/// (`bench/analysis.md`, round thirty-five). Split in 64, each growth moves a
-/// sixty-fourth as much, and an admission waits only when its own part is taken.
+/// grew one map to a million entries, recorded by the sweep, a thread at nice 19
+/// that the core's other threads can keep waiting while it holds the lock: with
+/// one map, admissions waited up to 77 ms while those sessions were reaped; split
+/// in 64 (each growth moving a sixty-fourth as much, and an admission waiting
+/// only when its own part is taken), 6 ms at most (`bench/restart --expiry-rate`,
+/// `bench/analysis.md` round thirty-five).
 const PARTS: usize = 64;
 
 /// The changes not yet written. Cheap to record into (one short lock, no I/O).
