@@ -562,27 +562,26 @@ impl SessionArchive for PostgresSettings {
         .await
     }
 
+    /// Each row's wait is bounded, not the whole reading: the reading lasts as
+    /// long as the start takes to restore what it sends (seconds a million).
     async fn held_into(&self, into: HeldSink) -> Result<(), SettingsError> {
         let sql = "SELECT session_id, publisher_id, customer_id, offer_id, name, state, expires_at, created_at
                    FROM held_sessions";
-        bounded(ARCHIVE_TIMEOUT, async {
-            let mut rows = sqlx::query_as::<_, SavedRow>(sql).fetch(&self.db);
-            let mut chunk = Vec::with_capacity(HELD_CHUNK);
-            while let Some(row) = rows.try_next().await.map_err(db_err)? {
-                chunk.extend(row.into_saved());
-                if chunk.len() == HELD_CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(HELD_CHUNK));
-                    if into.send(full).await.is_err() {
-                        return Ok(());
-                    }
+        let mut rows = sqlx::query_as::<_, SavedRow>(sql).fetch(&self.db);
+        let mut chunk = Vec::with_capacity(HELD_CHUNK);
+        while let Some(row) = bounded(ARCHIVE_TIMEOUT, async { rows.try_next().await.map_err(db_err) }).await? {
+            chunk.extend(row.into_saved());
+            if chunk.len() == HELD_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(HELD_CHUNK));
+                if into.send(full).await.is_err() {
+                    return Ok(());
                 }
             }
-            if !chunk.is_empty() {
-                let _ = into.send(chunk).await;
-            }
-            Ok(())
-        })
-        .await
+        }
+        if !chunk.is_empty() {
+            let _ = into.send(chunk).await;
+        }
+        Ok(())
     }
 
     async fn take(&self) -> Result<Vec<(PoolKey, Session)>, SettingsError> {
