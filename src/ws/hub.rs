@@ -375,8 +375,15 @@ mod tests {
                 hub.unregister(mailbox.holder);
             }
         }
-        // (A map's capacity counts its free room, which removals move a little.)
-        assert!(room(&hub) * 10 > full * 9, "leaving alone gives nothing back");
+        // Five times what a tick leaves, at least: a map's capacity counts its free
+        // room, and a removal in a crowded group leaves a tombstone that no longer
+        // counts as room (by the hash's random seed: as much as 40% of it in 300
+        // runs, and over 10% in 5 of 150, which an earlier bound of 90% failed).
+        assert!(
+            room(&hub) * 4 > full,
+            "leaving alone gives nothing back: {} of {full}",
+            room(&hub)
+        );
         for shard in 0..SHARDS {
             hub.tick_shard(shard, now);
         }
