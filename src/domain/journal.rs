@@ -24,20 +24,15 @@ use super::clock::Millis;
 use super::ports::{Pause, SessionArchive, SettingsError};
 use super::session::{PoolKey, Session, SessionId};
 
-/// The last word about one session since the last flush.
+/// A session that exists since the last flush: write (insert or replace) its row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Entry {
-    /// The session exists: write (insert or replace) its row.
-    Put {
-        pool: Arc<PoolKey>,
-        session: Session,
-        /// Its row may already be in the database (restored, or written by a flush
-        /// whose outcome is unknown), so ending it must delete the row. A session
-        /// granted since the last flush has no row yet: ending it writes nothing.
-        stored: bool,
-    },
-    /// The session ended: delete its row, found by the key it was written under.
-    Delete { created_at: Millis },
+struct Put {
+    pool: Arc<PoolKey>,
+    session: Session,
+    /// Its row may already be in the database (restored, or written by a flush
+    /// whose outcome is unknown), so ending it must delete the row. A session
+    /// granted since the last flush has no row yet: ending it writes nothing.
+    stored: bool,
 }
 
 /// A session whose row to delete, by the row's key: the database keeps the rows in
@@ -67,21 +62,21 @@ impl JournalBatch {
         self.put.len() + self.delete.len()
     }
 
-    /// Empty, with room for `changes` puts: taken from the journal, the changes
-    /// are mostly puts, and a list grown by doubling would hold its last two
-    /// sizes at once (at a shutdown, a put of every session held).
-    fn with_room(changes: usize) -> Self {
+    /// Empty, with room for `puts` and `deletes`: a list grown by doubling would
+    /// hold its last two sizes at once (at a shutdown, a put of every session held).
+    fn with_room(puts: usize, deletes: usize) -> Self {
         Self {
-            put: Vec::with_capacity(changes),
-            delete: Vec::new(),
+            put: Vec::with_capacity(puts),
+            delete: Vec::with_capacity(deletes),
         }
     }
 
-    fn push(&mut self, id: SessionId, entry: Entry) {
-        match entry {
-            Entry::Put { pool, session, .. } => self.put.push((pool, session)),
-            Entry::Delete { created_at } => self.delete.push(Ended { id, created_at }),
-        }
+    fn push_put(&mut self, put: Put) {
+        self.put.push((put.pool, put.session));
+    }
+
+    fn push_delete(&mut self, id: SessionId, created_at: Millis) {
+        self.delete.push(Ended { id, created_at });
     }
 
     /// Takes out at most `n` changes, puts first, from the end of each list: the
@@ -107,10 +102,13 @@ fn lock(part: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
 }
 
 /// Every change `part` recorded so far, leaving it empty, with room for as many
-/// changes as it held, `room` at most.
+/// puts and deletes as it held, `room` at most of each.
 fn swap(part: &Mutex<Pending>, room: usize) -> Pending {
     let mut pending = lock(part);
-    let fresh = Pending::with_capacity_and_hasher(pending.len().min(room), Default::default());
+    let fresh = Pending {
+        puts: HashMap::with_capacity_and_hasher(pending.puts.len().min(room), Default::default()),
+        deletes: HashMap::with_capacity_and_hasher(pending.deletes.len().min(room), Default::default()),
+    };
     std::mem::replace(&mut *pending, fresh)
 }
 
@@ -134,7 +132,31 @@ pub const SPREAD_CHUNK: usize = 5_000;
 /// few tenths of a millisecond of moving entries.
 pub const TAKE_BITE: usize = 2_048;
 
-type Pending = HashMap<SessionId, Entry, foldhash::fast::RandomState>;
+/// The changes one part of the journal records: a session's id is in one of the
+/// two maps at most, its last word.
+///
+/// Why two maps: an entry of one map is as large as its largest value, so in one
+/// map with the puts a delete (an id and a time, 24 bytes) took a put's room, over
+/// a hundred bytes. When a million restored sessions end at once (nobody came back
+/// within the grace) the deletes wait for the next flushes all together: the
+/// server's peak RSS through that reaping was 110 MiB over what it held before it
+/// (`bench/restart --expiry-rate`, bench/analysis.md round thirty-six).
+#[derive(Default)]
+struct Pending {
+    puts: HashMap<SessionId, Put, foldhash::fast::RandomState>,
+    /// Each ended session's `created_at`: its row's key.
+    deletes: HashMap<SessionId, Millis, foldhash::fast::RandomState>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.puts.len() + self.deletes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+}
 
 /// How many maps the changes not yet written are split in, by session id.
 ///
@@ -190,28 +212,23 @@ impl Journal {
     pub fn added(&self, pool: &Arc<PoolKey>, session: &Session) {
         let mut pending = self.pending(session.id);
         // A delete waiting for this id means a row exists that the put replaces.
-        let stored = matches!(pending.get(&session.id), Some(Entry::Delete { .. }));
-        pending.insert(
-            session.id,
-            Entry::Put {
-                pool: Arc::clone(pool),
-                session: session.clone(),
-                stored,
-            },
-        );
+        let stored = pending.deletes.remove(&session.id).is_some();
+        let put = Put {
+            pool: Arc::clone(pool),
+            session: session.clone(),
+            stored,
+        };
+        pending.puts.insert(session.id, put);
     }
 
     /// A session ended (finished, taken over, kicked, reaped or found dead).
     pub fn removed(&self, session: &Session) {
         let mut pending = self.pending(session.id);
-        match pending.get(&session.id) {
+        match pending.puts.remove(&session.id) {
             // Granted and ended within one interval: the database never hears of it.
-            Some(Entry::Put { stored: false, .. }) => {
-                pending.remove(&session.id);
-            }
+            Some(Put { stored: false, .. }) => {}
             _ => {
-                let created_at = session.created_at;
-                pending.insert(session.id, Entry::Delete { created_at });
+                pending.deletes.insert(session.id, session.created_at);
             }
         }
     }
@@ -233,9 +250,15 @@ impl Journal {
     /// to 96 MiB (`benches/journal.rs`, bench/analysis.md round thirty-four).
     fn take(&self) -> JournalBatch {
         let parts: Vec<_> = self.pending.iter().map(|part| swap(part, 0)).collect();
-        let mut batch = JournalBatch::with_room(parts.iter().map(HashMap::len).sum());
-        for (id, entry) in parts.into_iter().flatten() {
-            batch.push(id, entry);
+        let mut batch = JournalBatch::with_room(
+            parts.iter().map(|p| p.puts.len()).sum(),
+            parts.iter().map(|p| p.deletes.len()).sum(),
+        );
+        for part in parts {
+            part.puts.into_values().for_each(|put| batch.push_put(put));
+            for (id, created_at) in part.deletes {
+                batch.push_delete(id, created_at);
+            }
         }
         batch
     }
@@ -245,14 +268,22 @@ impl Journal {
     /// piece otherwise.
     async fn take_in_bites(&self, pause: &impl Pause) -> JournalBatch {
         // Sized for as many changes again, so the next interval's recording does
-        // not grow the map step by step under the lock admissions take. The batch
+        // not grow the maps step by step under the lock admissions take. The batch
         // grows as the take goes (sized at once for every change, puts and
         // deletes alike, it was a few megabytes more a flush at saturation).
         let mut batch = JournalBatch::default();
         let mut taken = 0;
         for part in &self.pending {
-            for (id, entry) in swap(part, usize::MAX) {
-                batch.push(id, entry);
+            let Pending { puts, deletes } = swap(part, usize::MAX);
+            for put in puts.into_values() {
+                batch.push_put(put);
+                taken += 1;
+                if taken % TAKE_BITE == 0 {
+                    pause.pause().await;
+                }
+            }
+            for (id, created_at) in deletes {
+                batch.push_delete(id, created_at);
                 taken += 1;
                 if taken % TAKE_BITE == 0 {
                     pause.pause().await;
@@ -267,14 +298,21 @@ impl Journal {
     /// that timed out may still have happened), so they count as stored.
     fn put_back(&self, batch: JournalBatch) {
         for (pool, session) in batch.put {
-            self.pending(session.id).entry(session.id).or_insert(Entry::Put {
-                pool,
-                session,
-                stored: true,
-            });
+            let id = session.id;
+            let mut pending = self.pending(id);
+            if !pending.deletes.contains_key(&id) {
+                pending.puts.entry(id).or_insert(Put {
+                    pool,
+                    session,
+                    stored: true,
+                });
+            }
         }
         for Ended { id, created_at } in batch.delete {
-            self.pending(id).entry(id).or_insert(Entry::Delete { created_at });
+            let mut pending = self.pending(id);
+            if !pending.puts.contains_key(&id) {
+                pending.deletes.entry(id).or_insert(created_at);
+            }
         }
     }
 
@@ -600,22 +638,14 @@ mod tests {
             let mut batch = JournalBatch::default();
             let sessions: Vec<_> = (0..puts + deletes).map(|_| session()).collect();
             for s in &sessions[..puts] {
-                batch.push(
-                    s.id,
-                    Entry::Put {
-                        pool: Arc::clone(&p),
-                        session: s.clone(),
-                        stored: false,
-                    },
-                );
+                batch.push_put(Put {
+                    pool: Arc::clone(&p),
+                    session: s.clone(),
+                    stored: false,
+                });
             }
             for s in &sessions[puts..] {
-                batch.push(
-                    s.id,
-                    Entry::Delete {
-                        created_at: s.created_at,
-                    },
-                );
+                batch.push_delete(s.id, s.created_at);
             }
             let all = batch.clone();
             let mut seen = JournalBatch::default();
@@ -777,5 +807,23 @@ mod tests {
         assert_eq!(batch.put, vec![(p, kept)]);
         assert_eq!(batch.delete, vec![gone(&ended)]);
         assert!(journal.is_empty());
+    }
+
+    /// A batch put back after a failed write never overrides a change recorded
+    /// while it was being written, puts and deletes being kept apart.
+    #[tokio::test]
+    async fn a_batch_put_back_yields_to_the_changes_recorded_during_its_write() {
+        let (journal, db) = (Journal::new(), Recorder::default());
+        let (p, ended, granted) = (pool(), session(), session());
+        journal.removed(&ended);
+        journal.added(&p, &granted);
+        journal.put_back(JournalBatch {
+            put: vec![(Arc::clone(&p), ended.clone())],
+            delete: vec![gone(&granted)],
+        });
+        assert_eq!(journal.len(), 2);
+        journal.flush(&db).await.unwrap();
+        assert_eq!(db.last().put, vec![(p, granted)]);
+        assert_eq!(db.last().delete, vec![gone(&ended)]);
     }
 }
