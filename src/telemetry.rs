@@ -25,6 +25,7 @@ use tracing_subscriber::fmt::writer::EitherWriter;
 use crate::config::{LogFormat, LogSettings};
 
 pub mod json;
+pub mod throttle;
 pub mod timestamps;
 pub mod writer;
 

@@ -37,6 +37,7 @@ use crate::domain::events::{EventType, OutboxCounts, SessionEvent, Webhook, Webh
 use crate::domain::ports::{EndCause, SessionEvents, SettingsError};
 use crate::domain::{PoolKey, SessionId};
 use crate::meter::{EventCounters, Meter};
+use crate::telemetry::throttle::Throttle;
 
 /// One event as the live stream sends it.
 #[derive(Debug)]
@@ -61,6 +62,8 @@ pub struct Events {
     max_streams: usize,
     /// Wakes the delivery when events were written.
     written: Arc<Notify>,
+    /// The log lines for events the queue had no room for.
+    queue_full: Throttle,
 }
 
 /// The loops that move events out, spawned by [`Loops::spawn`].
@@ -86,6 +89,7 @@ impl Events {
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
             max_streams: settings.events.max_streams,
             written: Arc::new(Notify::new()),
+            queue_full: Throttle::new(writer::LOG_EVERY),
         });
         events.reload().await?;
         let loops = Loops {
@@ -181,6 +185,13 @@ impl SessionEvents for Events {
             if pushed.is_err() {
                 // Full (the database is behind) or closed (stopping): never wait.
                 self.counters.dropped_queue_full.increment(1);
+                if let Some(dropped) = self.queue_full.hit() {
+                    tracing::warn!(
+                        dropped,
+                        "session events dropped: the webhook outbox's queue is full (events.outbox_queue) \
+                         or the server is stopping (one line per 10 s at most, with the count since the last)"
+                    );
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::events::{OutboxBatch, OutboxQueue, WebhookOutbox};
 use crate::meter::EventCounters;
+use crate::telemetry::throttle::Throttle;
 
 /// Tries of one batch before it is dropped (the database is down): the queue
 /// behind it must not grow without end.
@@ -18,6 +19,17 @@ const TRIES: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 /// The longest a write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one log line per this for each kind of drop. A full outbox refuses a
+/// whole write's events, and a burst writes back to back: a million sessions
+/// ending at once (a restart nobody came back from) logged 219 lines in 5 s, one
+/// per batch.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The writer's log lines for events it drops, one per [`LOG_EVERY`] each.
+struct Drops {
+    refused_full: Throttle,
+    failed: Throttle,
+}
 pub struct Limits {
     pub batch: usize,
     /// The least time between the starts of two writes, unless the batch fills
@@ -112,6 +124,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut last_write: Option<Instant> = None;
+    let drops = Drops {
+        refused_full: Throttle::new(LOG_EVERY),
+        failed: Throttle::new(LOG_EVERY),
+    };
     while !shutdown.is_cancelled() {
         if queue.len() == 0 {
             // A push between the look and the wait leaves a permit: the wait
@@ -132,7 +148,7 @@ pub async fn run(
             }
         }
         last_write = Some(Instant::now());
-        write(queue.take(limits.batch), outbox.as_ref(), &limits, &counters).await;
+        write(queue.take(limits.batch), outbox.as_ref(), &limits, &counters, &drops).await;
         written.notify_one();
     }
     // A graceful stop: what is queued is written before the server exits.
@@ -142,11 +158,17 @@ pub async fn run(
         if batches.is_empty() {
             break;
         }
-        write(batches, outbox.as_ref(), &limits, &counters).await;
+        write(batches, outbox.as_ref(), &limits, &counters, &drops).await;
     }
 }
 
-async fn write(mut batches: Vec<OutboxBatch>, outbox: &dyn WebhookOutbox, limits: &Limits, counters: &EventCounters) {
+async fn write(
+    mut batches: Vec<OutboxBatch>,
+    outbox: &dyn WebhookOutbox,
+    limits: &Limits,
+    counters: &EventCounters,
+    drops: &Drops,
+) {
     if batches.is_empty() {
         return;
     }
@@ -163,11 +185,14 @@ async fn write(mut batches: Vec<OutboxBatch>, outbox: &dyn WebhookOutbox, limits
             Ok(Ok(done)) => {
                 if done.refused_full > 0 {
                     counters.dropped_outbox_full.increment(done.refused_full);
-                    tracing::warn!(
-                        refused = done.refused_full,
-                        cap = limits.cap,
-                        "webhook outbox full (webhooks.outbox_cap): new events refused until deliveries catch up"
-                    );
+                    if let Some(refused) = drops.refused_full.hit_many(done.refused_full) {
+                        tracing::warn!(
+                            refused,
+                            cap = limits.cap,
+                            "webhook outbox full (webhooks.outbox_cap): new events refused until deliveries catch up \
+                             (one line per 10 s at most, with the count since the last)"
+                        );
+                    }
                 }
                 return;
             }
@@ -178,10 +203,14 @@ async fn write(mut batches: Vec<OutboxBatch>, outbox: &dyn WebhookOutbox, limits
             tokio::time::sleep(PAUSE).await;
         }
     }
-    counters.dropped_outbox_error.increment(events as u64);
-    tracing::error!(
-        dropped = events,
-        error = %last_error,
-        "could not write session events to the webhook outbox: dropped"
-    );
+    let events = events as u64;
+    counters.dropped_outbox_error.increment(events);
+    if let Some(dropped) = drops.failed.hit_many(events) {
+        tracing::error!(
+            dropped,
+            error = %last_error,
+            "could not write session events to the webhook outbox: dropped \
+             (one line per 10 s at most, with the count since the last)"
+        );
+    }
 }

@@ -25,8 +25,8 @@ use tower::ServiceExt;
 
 use super::HttpService;
 use super::table::{Entry, Phase, Slot, Table, Timeouts};
-use super::throttle::Throttle;
 use crate::error::ApiError;
+use crate::telemetry::throttle::Throttle;
 
 /// What every connection task shares.
 pub(super) struct Shared {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::HttpService;
 use super::connection::{self, Shared};
 use super::table::{SHED_BATCH, Table, Timeouts};
-use super::throttle::Throttle;
+use crate::telemetry::throttle::Throttle;
 
 /// Accept errors back off from this...
 const BACKOFF_MIN: Duration = Duration::from_millis(5);

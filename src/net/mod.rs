@@ -18,7 +18,6 @@ pub mod file_limit;
 mod connection;
 mod listener;
 mod table;
-mod throttle;
 
 pub use connection::Socket;
 pub use listener::{Drain, Limits, Server};

@@ -1,5 +1,6 @@
-//! Logging for events that come in floods (refused connections, shed requests):
-//! one line per period with a count, never one per event.
+//! Logging for events that come in floods (refused connections, shed requests,
+//! session events an outbox refused): one line per period with a count, never
+//! one per event.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::time::Instant;
 
 const NEVER: u64 = u64::MAX;
 
-pub(super) struct Throttle {
+pub struct Throttle {
     epoch: Instant,
     period: Duration,
     /// Events since the last line.
@@ -18,7 +19,7 @@ pub(super) struct Throttle {
 }
 
 impl Throttle {
-    pub(super) fn new(period: Duration) -> Self {
+    pub fn new(period: Duration) -> Self {
         Self {
             epoch: Instant::now(),
             period,
@@ -29,8 +30,13 @@ impl Throttle {
 
     /// Counts one event; returns how many to report when a line is due (the first
     /// event of a burst is reported at once).
-    pub(super) fn hit(&self) -> Option<u64> {
-        self.count.fetch_add(1, Ordering::Relaxed);
+    pub fn hit(&self) -> Option<u64> {
+        self.hit_many(1)
+    }
+
+    /// Counts `n` events at once (a batch refused whole), as [`Self::hit`].
+    pub fn hit_many(&self, n: u64) -> Option<u64> {
+        self.count.fetch_add(n, Ordering::Relaxed);
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NEVER - 1);
         let last = self.last.load(Ordering::Relaxed);
         let due = last == NEVER || now.saturating_sub(last) >= u64::try_from(self.period.as_millis()).unwrap_or(0);
@@ -59,5 +65,16 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(throttle.hit(), Some(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_counted_whole_and_reported_once_per_period() {
+        let throttle = Throttle::new(Duration::from_secs(10));
+        assert_eq!(throttle.hit_many(992), Some(992));
+        for _ in 0..200 {
+            assert_eq!(throttle.hit_many(4_096), None);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(throttle.hit_many(8), Some(200 * 4_096 + 8));
     }
 }
