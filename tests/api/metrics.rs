@@ -335,6 +335,51 @@ async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount()
     app.stop().await;
 }
 
+/// The metric names the shipped alerts and dashboard query (every `drisc_` or
+/// `process_` word in them, a histogram's base name included).
+fn names_queried_by_the_deploy_files() -> Vec<(String, &'static str)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = Vec::new();
+    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/dashboards/drisc.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let word = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        for token in text.split(|c: char| !word(c)) {
+            if (token.starts_with("drisc_") || token.starts_with("process_")) && !names.iter().any(|(n, _)| n == token)
+            {
+                names.push((token.to_owned(), file));
+            }
+        }
+    }
+    names
+}
+
+/// An alert or a panel on a metric the server does not serve (a typo, a metric
+/// renamed) would stay silent forever: every name they query is in a scrape of a
+/// server that has run the scenario.
+#[tokio::test]
+async fn every_metric_the_shipped_alerts_and_dashboard_query_is_served() {
+    let app = spawn_app_with(|s| {
+        s.limits.customer_burst = 6;
+        s.limits.customer_per_second = 1;
+    })
+    .await;
+    let t = app.api.clone();
+    scenario(&t).await;
+    let served = scrape(&t).await;
+    let names = names_queried_by_the_deploy_files();
+    assert!(names.len() >= 15, "{names:?}");
+    for (name, file) in names {
+        let histogram = ["_bucket", "_count", "_sum"]
+            .iter()
+            .any(|s| served.has(&format!("{name}{s}")));
+        assert!(
+            served.has(&name) || histogram,
+            "{file} queries {name}, which the server does not serve"
+        );
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn two_servers_in_one_process_keep_their_own_numbers() {
     let one = spawn_app().await;
