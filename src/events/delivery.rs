@@ -264,13 +264,25 @@ fn settle(c: &Claimed, outcome: Outcome, events: &Events, w: &WebhookSettings) -
             let age = Duration::from_millis(now.saturating_sub(c.created_at));
             if attempts >= w.max_attempts || age >= w.max_age {
                 events.counters.dead_lettered.increment(1);
-                tracing::warn!(
+                tracing::debug!(
                     publisher = %c.publisher_id,
                     message = %c.message_id,
                     attempts,
                     error = %error,
-                    "webhook event dead-lettered: webhooks.max_attempts or webhooks.max_age reached"
+                    "webhook event dead-lettered"
                 );
+                if let Some(dead_lettered) = events.dead_lettered.hit() {
+                    tracing::warn!(
+                        dead_lettered,
+                        publisher = %c.publisher_id,
+                        message = %c.message_id,
+                        attempts,
+                        error = %error,
+                        "webhook events dead-lettered: webhooks.max_attempts or webhooks.max_age reached \
+                         (the count since the last such line and the latest's details, one line per 10 s at most; \
+                         each at debug)"
+                    );
+                }
                 Settled::Dead {
                     id: c.id,
                     attempts,
@@ -279,7 +291,7 @@ fn settle(c: &Claimed, outcome: Outcome, events: &Events, w: &WebhookSettings) -
             } else {
                 events.counters.failed.increment(1);
                 let wait = backoff(attempts, w.retry_base, w.retry_max);
-                tracing::info!(
+                tracing::debug!(
                     publisher = %c.publisher_id,
                     message = %c.message_id,
                     attempts,
@@ -287,6 +299,18 @@ fn settle(c: &Claimed, outcome: Outcome, events: &Events, w: &WebhookSettings) -
                     error = %error,
                     "webhook delivery failed; will retry"
                 );
+                if let Some(failed) = events.delivery_failed.hit() {
+                    tracing::info!(
+                        failed,
+                        publisher = %c.publisher_id,
+                        message = %c.message_id,
+                        attempts,
+                        retry_in = ?wait,
+                        error = %error,
+                        "webhook deliveries failed; each will retry (the count since the last such line and \
+                         the latest's details, one line per 10 s at most; each at debug)"
+                    );
+                }
                 Settled::Retry {
                     id: c.id,
                     attempts,

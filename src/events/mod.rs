@@ -64,6 +64,12 @@ pub struct Events {
     written: Arc<Notify>,
     /// The log lines for events the queue had no room for.
     queue_full: Throttle,
+    /// The delivery's log lines for failed attempts and dead letters: a receiver
+    /// down fails every waiting event at each retry wave, up to `outbox_cap` a
+    /// publisher, and one line each would crowd every other line out of the
+    /// log's bounded buffer. Each is also a `debug` line of its own.
+    delivery_failed: Throttle,
+    dead_lettered: Throttle,
 }
 
 /// The loops that move events out, spawned by [`Loops::spawn`].
@@ -90,6 +96,8 @@ impl Events {
             max_streams: settings.events.max_streams,
             written: Arc::new(Notify::new()),
             queue_full: Throttle::new(writer::LOG_EVERY),
+            delivery_failed: Throttle::new(writer::LOG_EVERY),
+            dead_lettered: Throttle::new(writer::LOG_EVERY),
         });
         events.reload().await?;
         let loops = Loops {

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Api, TestApp, expect_error, spawn_app_with};
+use crate::support_process::{ProcessOptions, ServerProcess};
 
 /// 32 bytes of key, base64, behind the prefix.
 const SECRET: &str = "whsec_dGhpcy1pcy1hLXRlc3Qtc2VjcmV0LW9mLTMyLWJ5dGVz";
@@ -1448,4 +1449,66 @@ async fn a_dead_session_met_by_another_players_connection_is_reported_ended_once
     receiver.stop();
     a.stop().await;
     b.stop().await;
+}
+
+/// A receiver that is down fails every waiting event at each retry, and a burst
+/// past the cap is refused a batch at a time: the real binary's log gets one line
+/// per kind per 10 s with the count, not one per event or per batch (it had one
+/// per event, which could crowd every other line out of the log's bounded buffer).
+#[tokio::test]
+async fn a_receiver_down_and_a_full_outbox_log_a_line_per_kind_not_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ProcessOptions::default()
+        .env("DRISC__LOG__FORMAT", "json")
+        .env("DRISC__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("DRISC__WEBHOOKS__OUTBOX_CAP", "20")
+        .env("DRISC__WEBHOOKS__MAX_ATTEMPTS", "2")
+        .env("DRISC__WEBHOOKS__RETRY_BASE", "100ms")
+        .env("DRISC__WEBHOOKS__RETRY_MAX", "100ms")
+        .env("DRISC__WEBHOOKS__POLL_INTERVAL", "50ms")
+        .env("DRISC__EVENTS__OUTBOX_GATHER", "0s")
+        .env("DRISC__LIMITS__ENABLED", "false");
+    let server = ServerProcess::start(dir.path(), options);
+    let api = server.api();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    api.put_offer("1", "o", 1, &[]).await;
+    webhook_to(&api, "1", &format!("http://{closed}/hook")).await;
+    let token = api.token("1", "42");
+    // 3 events a session (granted, kicked, ended): 60 for room for 20.
+    for i in 0..20 {
+        let granted = api.create_ok(&token, "o", &format!("S{i}")).await;
+        api.end_session(&token, &granted.session_id).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = metrics_text(&api).await;
+        let dead = counter(&metrics, "drisc_webhook_deliveries_total{outcome=\"dead_lettered\"}");
+        let refused = counter(&metrics, "drisc_session_events_dropped_total{reason=\"outbox_full\"}");
+        if dead >= 20 && refused >= 40 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(counter(&metrics, "drisc_webhook_deliveries_total{outcome=\"failed\"}") >= 20);
+    let lines = server.output();
+    let count = |words: &str| lines.iter().filter(|l| l.contains(words)).count();
+    for words in [
+        "webhook deliveries failed; each will retry",
+        "webhook events dead-lettered",
+        "webhook outbox full",
+    ] {
+        let n = count(words);
+        // The first at once; another only once 10 s have passed.
+        assert!((1..=2).contains(&n), "{n} lines of {words:?}:\n{}", lines.join("\n"));
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"failed\":") && l.contains("\"publisher\":\"1\"")),
+        "the line tells the latest's details"
+    );
 }
