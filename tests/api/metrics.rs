@@ -292,14 +292,18 @@ async fn assert_scenario_moves_every_metric_by_exactly(t: &Api) -> Secrets {
     secrets
 }
 
-#[tokio::test]
-async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount() {
-    // The scenario's flooder spends a burst of 6.
-    let app = spawn_app_with(|s| {
+/// A server for the scenario, whose flooder spends a burst of 6.
+async fn scenario_app() -> helpers::TestApp {
+    spawn_app_with(|s| {
         s.limits.customer_burst = 6;
         s.limits.customer_per_second = 1;
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_scripted_scenario_moves_every_metric_by_exactly_the_expected_amount() {
+    let app = scenario_app().await;
     let t = app.api.clone();
     let first = scrape(&t).await;
     for name in [
@@ -358,11 +362,7 @@ fn names_queried_by_the_deploy_files() -> Vec<(String, &'static str)> {
 /// server that has run the scenario.
 #[tokio::test]
 async fn every_metric_the_shipped_alerts_and_dashboard_query_is_served() {
-    let app = spawn_app_with(|s| {
-        s.limits.customer_burst = 6;
-        s.limits.customer_per_second = 1;
-    })
-    .await;
+    let app = scenario_app().await;
     let t = app.api.clone();
     scenario(&t).await;
     let served = scrape(&t).await;
