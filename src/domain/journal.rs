@@ -139,8 +139,9 @@ pub const TAKE_BITE: usize = 2_048;
 /// map with the puts a delete (an id and a time, 24 bytes) took a put's room, over
 /// a hundred bytes. When a million restored sessions end at once (nobody came back
 /// within the grace) the deletes wait for the next flushes all together: the
-/// server's peak RSS through that reaping was 110 MiB over what it held before it
-/// (`bench/restart --expiry-rate`, bench/analysis.md round thirty-six).
+/// server's peak RSS through that reaping was 128 MiB over what it held before it
+/// with one map, 48 MiB with two (580 against 503 MiB at a million sessions:
+/// `bench/restart --expiry-rate`, bench/analysis.md round thirty-six).
 #[derive(Default)]
 struct Pending {
     puts: HashMap<SessionId, Put, foldhash::fast::RandomState>,
