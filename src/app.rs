@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{CustomerVerifier, ServerKeys, SessionTokens, VerificationKey};
 use crate::config::{DEV_ADMIN_KEY, DEV_CUSTOMER_KEY, SessionBackend, Settings, SettingsBackend};
 use crate::domain::Clock;
-use crate::domain::control::{ControlParts, SessionControl, UnavailablePolicy};
+use crate::domain::control::{ControlParts, Restored, SessionControl, UnavailablePolicy};
+use crate::domain::events::EventType;
 use crate::domain::journal::Journal;
 use crate::domain::ports::SessionArchive;
 use crate::events::{Events, Loops};
@@ -67,7 +68,8 @@ impl App {
         let sessions = open_sessions(&settings, &meter).await?;
         let control = Arc::new(session_control(&settings, &db, &sessions, &meter));
         if sessions.cluster.is_none() {
-            restore_sessions(&control, &db, sessions.journal.is_some(), &settings).await?;
+            let restored = restore_sessions(&control, &db, sessions.journal.is_some(), &settings).await?;
+            warn_of_ends_beyond_the_outbox(&restored, &events, &settings);
         }
         let listener = bind(&settings).await?;
         let addr = listener.local_addr()?;
@@ -260,16 +262,20 @@ async fn restore_sessions(
     db: &SettingsDb,
     journaled: bool,
     settings: &Settings,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Restored> {
     let archive = db.archive.as_ref();
     let restored = if journaled {
         control.restore_journaled(archive).await?
     } else {
         control.restore_sessions(archive).await?
     };
-    if restored > 0 {
+    if restored.total > 0 {
         let grace = settings.liveness.reconnect_grace;
-        tracing::info!(restored, ?grace, "sessions from the last run restored as detached");
+        tracing::info!(
+            restored = restored.total,
+            ?grace,
+            "sessions from the last run restored as detached"
+        );
     }
     if journaled {
         tracing::info!(
@@ -277,7 +283,29 @@ async fn restore_sessions(
             "session journal on: held sessions survive a crash (storage.journal)"
         );
     }
-    Ok(())
+    Ok(restored)
+}
+
+/// The restored sessions of a publisher whose players do not come back within
+/// the grace all end at once, and a `session.ended` event each goes to its
+/// webhook's outbox: more of them than `webhooks.outbox_cap` and the excess is
+/// refused (counted and logged, but only then). Said at the start, while the
+/// operator can still raise the cap before it matters.
+fn warn_of_ends_beyond_the_outbox(restored: &Restored, events: &Events, settings: &Settings) {
+    let cap = settings.webhooks.outbox_cap;
+    for (publisher, &held) in &restored.by_publisher {
+        if u64::try_from(held).unwrap_or(u64::MAX) > cap && events.wanted(publisher, EventType::Ended) {
+            tracing::warn!(
+                publisher = %publisher,
+                restored = held,
+                outbox_cap = cap,
+                "more sessions restored for this publisher than its webhook outbox holds (webhooks.outbox_cap): \
+                 if their players do not come back within the reconnect grace, they all end at once and the \
+                 session.ended events beyond the outbox's room are refused; raise webhooks.outbox_cap above \
+                 the sessions a node holds to keep them all"
+            );
+        }
+    }
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {

@@ -1,6 +1,7 @@
 //! Session control: the operations players and operators trigger, combining the
 //! settings, the session store and the sockets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::clock::Clock;
@@ -31,6 +32,28 @@ pub const OVERDUE: Millis = 5_000;
 /// Pools an admission reaps when the sweep is [`OVERDUE`]: more than the one
 /// expiry an admission can queue, so the backlog shrinks while admissions go on.
 pub const ADMISSION_BITE: usize = 2;
+
+/// What a start brought back. Restored sessions all end together when nobody
+/// comes back within the reconnect grace, so a publisher's count is also the
+/// burst of `session.ended` events its webhook may get at once.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub total: usize,
+    /// Sessions per publisher: publishers are few, sessions up to millions.
+    pub by_publisher: HashMap<String, usize>,
+}
+
+impl Restored {
+    fn count(&mut self, publisher_id: &str) {
+        self.total += 1;
+        match self.by_publisher.get_mut(publisher_id) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_publisher.insert(publisher_id.to_owned(), 1);
+            }
+        }
+    }
+}
 
 /// How publishers that are not configured are treated.
 #[derive(Debug, Clone)]
@@ -754,23 +777,25 @@ impl SessionControl {
 
     /// Brings back the sessions saved at the last shutdown, as detached: their
     /// players reconnect within the grace, or the sessions are reaped.
-    pub async fn restore_sessions(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+    pub async fn restore_sessions(&self, archive: &dyn SessionArchive) -> Result<Restored, ControlError> {
         let saved = archive.take().await?;
-        self.restore(saved).await
+        let mut restored = Restored::default();
+        self.restore(saved, &mut restored).await?;
+        Ok(restored)
     }
 
     /// Brings back the sessions in the journal (the last run stopped or crashed),
     /// as detached. Their rows stay: the journal deletes each when its session ends.
     /// Each chunk is restored as soon as it is read, while the next is read.
-    pub async fn restore_journaled(&self, archive: &dyn SessionArchive) -> Result<usize, ControlError> {
+    pub async fn restore_journaled(&self, archive: &dyn SessionArchive) -> Result<Restored, ControlError> {
         let (into, mut chunks) = tokio::sync::mpsc::channel(1);
         // Moved in: a restore that fails drops the receiver, which stops the reading.
         let restoring = async move {
-            let mut count = 0;
+            let mut restored = Restored::default();
             while let Some(chunk) = chunks.recv().await {
-                count += self.restore(chunk).await?;
+                self.restore(chunk, &mut restored).await?;
             }
-            Ok::<_, ControlError>(count)
+            Ok::<_, ControlError>(restored)
         };
         let (read, restored) = tokio::join!(archive.held_into(into), restoring);
         let restored = restored?;
@@ -778,7 +803,7 @@ impl SessionControl {
         Ok(restored)
     }
 
-    async fn restore(&self, saved: Vec<(PoolKey, Session)>) -> Result<usize, ControlError> {
+    async fn restore(&self, saved: Vec<(PoolKey, Session)>, restored: &mut Restored) -> Result<(), ControlError> {
         let now = self.clock.now();
         let expires_at = self.timings.deadline(SessionState::Detached, now);
         let sessions: Vec<_> = saved
@@ -787,12 +812,12 @@ impl SessionControl {
                 s.state = SessionState::Detached;
                 s.holder = None;
                 s.expires_at = expires_at;
+                restored.count(pool.publisher_id());
                 (pool, s)
             })
             .collect();
-        let count = sessions.len();
         self.store.restore(sessions).await?;
-        Ok(count)
+        Ok(())
     }
 
     /// A page of publishers, by id, after `after`.

@@ -147,6 +147,13 @@ impl Events {
         Some((self.stream.subscribe(), permit))
     }
 
+    /// Whether the publisher has a webhook for events of this type.
+    pub fn wanted(&self, publisher_id: &str, event_type: EventType) -> bool {
+        self.subscriptions
+            .get(publisher_id)
+            .is_some_and(|mask| *mask & event_type.bit() != 0)
+    }
+
     /// A reader skipped `n` events.
     pub fn lagged(&self, n: u64) {
         self.counters.stream_lagged.increment(n);
@@ -160,10 +167,7 @@ impl SessionEvents for Events {
 
     fn report(&self, event: SessionEvent) {
         let event_type = event.event_type();
-        let wanted = self
-            .subscriptions
-            .get(event.pool.publisher_id())
-            .is_some_and(|mask| *mask & event_type.bit() != 0);
+        let wanted = self.wanted(event.pool.publisher_id(), event_type);
         // The permits tell with an atomic read, where the broadcast's own count
         // takes a lock: this runs for every event.
         let streamed = self.streams.available_permits() < self.max_streams;

@@ -1512,3 +1512,64 @@ async fn a_receiver_down_and_a_full_outbox_log_a_line_per_kind_not_per_event() {
         "the line tells the latest's details"
     );
 }
+
+#[tokio::test]
+async fn a_start_that_restores_more_sessions_than_the_outbox_holds_says_so_for_that_publisher() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        ProcessOptions::default()
+            .env("DRISC__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+            .env("DRISC__WEBHOOKS__OUTBOX_CAP", "2")
+            .env("DRISC__LIMITS__ENABLED", "false")
+    };
+    let mut first = ServerProcess::start(dir.path(), options());
+    let api = first.api();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}/hook");
+    for publisher in ["1", "2", "3", "4"] {
+        api.put_offer(publisher, "o", 5, &[]).await;
+    }
+    // "1" wants every type; "2" wants grants only; "3" has no webhook; "4" has
+    // one of each kind but holds no more sessions than the cap.
+    webhook_to(&api, "1", &url).await;
+    let granted_only = json!({"url": url, "secret": SECRET, "events": ["session.granted"]});
+    assert_eq!(put_webhook(&api, "2", granted_only).await.status(), 200);
+    webhook_to(&api, "4", &url).await;
+    for (publisher, sessions) in [("1", 3), ("2", 3), ("3", 3), ("4", 2)] {
+        let token = api.token(publisher, "42");
+        for i in 0..sessions {
+            api.create_ok(&token, "o", &format!("S{i}")).await;
+        }
+    }
+    first.signal("TERM");
+    assert!(
+        first.wait_exit(Duration::from_secs(30)).is_some(),
+        "the first server stops"
+    );
+
+    let second = ServerProcess::start(dir.path(), options());
+    let lines = second
+        .output_once(|lines| lines.iter().any(|l| l.contains("restored as detached")))
+        .await;
+    assert!(
+        lines.iter().any(|l| l.contains("restored=11")),
+        "every session is back:\n{}",
+        lines.join("\n")
+    );
+    let warned: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("webhooks.outbox_cap") && l.contains("WARN"))
+        .collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "one warning, for publisher 1 alone:\n{}",
+        lines.join("\n")
+    );
+    for words in ["publisher=1", "restored=3", "outbox_cap=2"] {
+        assert!(warned[0].contains(words), "{words} in {}", warned[0]);
+    }
+}
