@@ -123,12 +123,9 @@ impl SqliteSettings {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             // Each connection's page cache, in KiB (SQLite's default: 2,000): a bound on
-            // what the pool's 4 connections and the journal's (which opens its own file
-            // with these options) hold as the journal's log grows and is compacted
-            // (not what made the soak's RSS creep: that was prepared statements, see
-            // `statements`). The journal's writes append to the log's last pages; its
-            // reading (a start, a compaction) goes through the log once, the rest in
-            // the OS's page cache, a read away.
+            // what the pool's 4 connections hold (not what made the soak's RSS creep:
+            // that was prepared statements, see `statements`). The journal opens its own
+            // file with these options and a smaller cache (`sqlite_journal::CACHE_KIB`).
             .pragma("cache_size", format!("-{CACHE_KIB}"));
         let db = SqlitePoolOptions::new()
             .max_connections(4)
