@@ -269,10 +269,11 @@ async fn restore_sessions(
     } else {
         control.restore_sessions(archive).await?
     };
-    if restored.total > 0 {
+    let total = restored.total();
+    if total > 0 {
         let grace = settings.liveness.reconnect_grace;
         tracing::info!(
-            restored = restored.total,
+            restored = total,
             ?grace,
             "sessions from the last run restored as detached"
         );

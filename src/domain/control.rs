@@ -38,15 +38,17 @@ pub const ADMISSION_BITE: usize = 2;
 /// burst of `session.ended` events its webhook may get at once.
 #[derive(Debug, Default)]
 pub struct Restored {
-    pub total: usize,
     /// Sessions per publisher: publishers are few, sessions up to millions (a
     /// look-up each, with foldhash's cheap hashing).
     pub by_publisher: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 impl Restored {
+    pub fn total(&self) -> usize {
+        self.by_publisher.values().sum()
+    }
+
     fn count(&mut self, publisher_id: &str) {
-        self.total += 1;
         match self.by_publisher.get_mut(publisher_id) {
             Some(n) => *n += 1,
             None => {

@@ -30,6 +30,7 @@ struct Drops {
     refused_full: Throttle,
     failed: Throttle,
 }
+
 pub struct Limits {
     pub batch: usize,
     /// The least time between the starts of two writes, unless the batch fills

@@ -213,6 +213,15 @@ async fn webhook_to(api: &Api, publisher: &str, url: &str) {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
+/// A loopback port nobody listens on (the listener is gone when this returns):
+/// every delivery to it fails to connect.
+fn closed_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A webhook of publisher "1" for `session.granted` alone.
 async fn granted_to(api: &Api, url: &str) {
     let response = put_webhook(
@@ -786,11 +795,7 @@ async fn events_in_the_outbox_when_the_server_stops_are_delivered_after_it_start
 #[tokio::test]
 async fn a_receiver_down_for_long_fills_the_outbox_to_its_cap_and_no_further() {
     let app = webhook_app(|s| s.webhooks.outbox_cap = 6).await;
-    // A port nobody listens on: every attempt fails to connect.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = closed_address();
     app.put_offer("1", "o", 1, &[]).await;
     webhook_to(&app, "1", &format!("http://{closed}/hook")).await;
     let token = app.token("1", "42");
@@ -1470,10 +1475,7 @@ async fn a_receiver_down_and_a_full_outbox_log_a_line_per_kind_not_per_event() {
         .env("DRISC__LIMITS__ENABLED", "false");
     let server = ServerProcess::start(dir.path(), options);
     let api = server.api();
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = closed_address();
     api.put_offer("1", "o", 1, &[]).await;
     webhook_to(&api, "1", &format!("http://{closed}/hook")).await;
     let token = api.token("1", "42");
@@ -1524,10 +1526,7 @@ async fn a_start_that_restores_more_sessions_than_the_outbox_holds_says_so_for_t
     };
     let mut first = ServerProcess::start(dir.path(), options());
     let api = first.api();
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = closed_address();
     let url = format!("http://{closed}/hook");
     for publisher in ["1", "2", "3", "4"] {
         api.put_offer(publisher, "o", 5, &[]).await;
