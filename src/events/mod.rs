@@ -95,9 +95,29 @@ impl Events {
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
             max_streams: settings.events.max_streams,
             written: Arc::new(Notify::new()),
-            queue_full: Throttle::new(writer::LOG_EVERY),
-            delivery_failed: Throttle::new(writer::LOG_EVERY),
-            dead_lettered: Throttle::new(writer::LOG_EVERY),
+            queue_full: Throttle::new(writer::LOG_EVERY, |dropped| {
+                tracing::warn!(
+                    dropped,
+                    "session events dropped: the webhook outbox's queue is full (events.outbox_queue) \
+                     or the server is stopping (one line per 10 s at most, with the count since the last)"
+                );
+            }),
+            // Their lines tell the latest event's details; a burst's rest, said
+            // when its period ends with no event after it, has none to tell.
+            delivery_failed: Throttle::new(writer::LOG_EVERY, |failed| {
+                tracing::info!(
+                    failed,
+                    "webhook deliveries failed; each will retry (the count since the last such line; \
+                     each at debug)"
+                );
+            }),
+            dead_lettered: Throttle::new(writer::LOG_EVERY, |dead_lettered| {
+                tracing::warn!(
+                    dead_lettered,
+                    "webhook events dead-lettered: webhooks.max_attempts or webhooks.max_age reached \
+                     (the count since the last such line; each at debug)"
+                );
+            }),
         });
         events.reload().await?;
         let loops = Loops {
@@ -197,13 +217,7 @@ impl SessionEvents for Events {
             if pushed.is_err() {
                 // Full (the database is behind) or closed (stopping): never wait.
                 self.counters.dropped_queue_full.increment(1);
-                if let Some(dropped) = self.queue_full.hit() {
-                    tracing::warn!(
-                        dropped,
-                        "session events dropped: the webhook outbox's queue is full (events.outbox_queue) \
-                         or the server is stopping (one line per 10 s at most, with the count since the last)"
-                    );
-                }
+                self.queue_full.count(1);
             }
         }
     }

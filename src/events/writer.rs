@@ -125,9 +125,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut last_write: Option<Instant> = None;
+    let cap = limits.cap;
     let drops = Drops {
-        refused_full: Throttle::new(LOG_EVERY),
-        failed: Throttle::new(LOG_EVERY),
+        refused_full: Throttle::new(LOG_EVERY, move |refused| {
+            tracing::warn!(
+                refused,
+                cap,
+                "webhook outbox full (webhooks.outbox_cap): new events refused until deliveries catch up \
+                 (one line per 10 s at most, with the count since the last)"
+            );
+        }),
+        // Its lines tell the latest error; a burst's rest has none to tell.
+        failed: Throttle::new(LOG_EVERY, |dropped| {
+            tracing::error!(
+                dropped,
+                "could not write session events to the webhook outbox: dropped \
+                 (the count since the last such line, which tells the error)"
+            );
+        }),
     };
     while !shutdown.is_cancelled() {
         if queue.len() == 0 {
@@ -186,14 +201,7 @@ async fn write(
             Ok(Ok(done)) => {
                 if done.refused_full > 0 {
                     counters.dropped_outbox_full.increment(done.refused_full);
-                    if let Some(refused) = drops.refused_full.hit_many(done.refused_full) {
-                        tracing::warn!(
-                            refused,
-                            cap = limits.cap,
-                            "webhook outbox full (webhooks.outbox_cap): new events refused until deliveries catch up \
-                             (one line per 10 s at most, with the count since the last)"
-                        );
-                    }
+                    drops.refused_full.count(done.refused_full);
                 }
                 return;
             }

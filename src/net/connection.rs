@@ -35,7 +35,6 @@ pub(super) struct Shared {
     pub timeouts: Timeouts,
     pub table: Arc<Table>,
     pub in_flight: Arc<Semaphore>,
-    pub max_in_flight: usize,
     pub overloaded: Throttle,
     pub meter: Arc<Meter>,
     /// Cancelled at shutdown: finish the request in flight, then close.
@@ -229,13 +228,7 @@ impl hyper::service::Service<Request<Incoming>> for Door {
         let in_flight = InFlight(self.entry.clone());
         let Ok(permit) = self.shared.in_flight.clone().try_acquire_owned() else {
             self.shared.meter.shed(Shed::Request, 1);
-            if let Some(refused) = self.shared.overloaded.hit() {
-                tracing::warn!(
-                    refused,
-                    limit = self.shared.max_in_flight,
-                    "load shedding: requests refused with 503 (server.max_requests_in_flight reached)"
-                );
-            }
+            self.shared.overloaded.count(1);
             return Box::pin(async move {
                 let _in_flight = in_flight;
                 Ok(ApiError::Overloaded.into_response())

@@ -61,6 +61,9 @@ impl Server {
             .header_read_timeout(None)
             .max_header_size(limits.max_header_bytes)
             .keep_alive(true);
+        let table = Arc::new(Table::new(limits.max_connections));
+        let max_in_flight = limits.max_requests_in_flight;
+        let (shed_table, refused_table) = (table.clone(), table.clone());
         let shared = Arc::new(Shared {
             router,
             http,
@@ -68,10 +71,15 @@ impl Server {
                 header_read: limits.header_read_timeout,
                 idle: limits.idle_timeout,
             },
-            table: Arc::new(Table::new(limits.max_connections)),
-            in_flight: Arc::new(Semaphore::new(limits.max_requests_in_flight)),
-            max_in_flight: limits.max_requests_in_flight,
-            overloaded: Throttle::new(LOG_EVERY),
+            table,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            overloaded: Throttle::new(LOG_EVERY, move |refused| {
+                tracing::warn!(
+                    refused,
+                    limit = max_in_flight,
+                    "load shedding: requests refused with 503 (server.max_requests_in_flight reached)"
+                );
+            }),
             meter,
             shutdown,
             abort: CancellationToken::new(),
@@ -80,8 +88,21 @@ impl Server {
             listener,
             shared,
             tasks: TaskTracker::new(),
-            refused: Throttle::new(LOG_EVERY),
-            shed: Throttle::new(LOG_EVERY),
+            refused: Throttle::new(LOG_EVERY, move |refused| {
+                tracing::warn!(
+                    refused,
+                    open = refused_table.open(),
+                    "open connections at the file limit and none idle: new connections closed at once"
+                );
+            }),
+            shed: Throttle::new(LOG_EVERY, move |shed| {
+                tracing::warn!(
+                    shed,
+                    open = shed_table.open(),
+                    "open connections near the file limit (server.connection_reserve): \
+                     closing the oldest idle ones"
+                );
+            }),
         }
     }
 
@@ -134,15 +155,8 @@ impl Server {
                     if shedding > 0 {
                         shared.meter.shed(Shed::Connection, shedding as u64);
                     }
-                    if shedding > 0
-                        && let Some(count) = shed.hit()
-                    {
-                        tracing::warn!(
-                            shed = count,
-                            open = shared.table.open(),
-                            "open connections near the file limit (server.connection_reserve): \
-                             closing the oldest idle ones"
-                        );
+                    if shedding > 0 {
+                        shed.count(1);
                     }
                     // Protocol messages are tiny and latency matters more than packet count.
                     let _ = tcp.set_nodelay(true);
@@ -151,13 +165,7 @@ impl Server {
                 Err(()) => {
                     drop(tcp);
                     shared.meter.shed(Shed::Connection, 1);
-                    if let Some(count) = refused.hit() {
-                        tracing::warn!(
-                            refused = count,
-                            open = shared.table.open(),
-                            "open connections at the file limit and none idle: new connections closed at once"
-                        );
-                    }
+                    refused.count(1);
                 }
             }
         }

@@ -835,6 +835,18 @@ async fn a_receiver_down_for_long_fills_the_outbox_to_its_cap_and_no_further() {
     app.stop().await;
 }
 
+/// The count a JSON log line gives in `field` (0 when it gives none).
+fn logged_count(line: &str, field: &str) -> u64 {
+    let Ok(line) = serde_json::from_str::<Value>(line) else {
+        return 0;
+    };
+    line.get("fields")
+        .and_then(|fields| fields.get(field))
+        .or_else(|| line.get(field))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
 pub fn counter(metrics: &str, series: &str) -> u64 {
     metrics
         .lines()
@@ -1496,16 +1508,53 @@ async fn a_receiver_down_and_a_full_outbox_log_a_line_per_kind_not_per_event() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(counter(&metrics, "drisc_webhook_deliveries_total{outcome=\"failed\"}") >= 20);
-    let lines = server.output();
-    let count = |words: &str| lines.iter().filter(|l| l.contains(words)).count();
-    for words in [
-        "webhook deliveries failed; each will retry",
-        "webhook events dead-lettered",
-        "webhook outbox full",
-    ] {
-        let n = count(words);
-        // The first at once; another only once 10 s have passed.
+    // Each kind's lines, and the counts they give, which must add up to the
+    // metric's once the 10 s after the first line are over: a burst's rest is
+    // said then, with no event after it to say it.
+    let kinds = [
+        (
+            "webhook deliveries failed; each will retry",
+            "failed",
+            "drisc_webhook_deliveries_total{outcome=\"failed\"}",
+        ),
+        (
+            "webhook events dead-lettered",
+            "dead_lettered",
+            "drisc_webhook_deliveries_total{outcome=\"dead_lettered\"}",
+        ),
+        (
+            "webhook outbox full",
+            "refused",
+            "drisc_session_events_dropped_total{reason=\"outbox_full\"}",
+        ),
+    ];
+    let logged = |lines: &[String], words: &str, field: &str| -> (usize, u64) {
+        let mine: Vec<&String> = lines.iter().filter(|l| l.contains(words)).collect();
+        let sum = mine.iter().map(|l| logged_count(l, field)).sum();
+        (mine.len(), sum)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = server.output();
+        let metrics = metrics_text(&api).await;
+        let said_all = kinds
+            .iter()
+            .all(|(words, field, series)| logged(&lines, words, field).1 == counter(&metrics, series));
+        if said_all {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log's counts never added up to the metrics:\n{metrics}\n{}",
+            lines.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (words, field, _) in kinds {
+        let (n, sum) = logged(&lines, words, field);
+        // The first at once; the rest once 10 s have passed.
         assert!((1..=2).contains(&n), "{n} lines of {words:?}:\n{}", lines.join("\n"));
+        assert!(sum > 0, "{words:?}");
     }
     assert!(
         lines
