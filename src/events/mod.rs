@@ -89,7 +89,10 @@ impl Events {
         let events = Arc::new(Self {
             subscriptions: DashMap::default(),
             stream,
-            queue: Arc::new(writer::Queue::new(settings.events.outbox_queue)),
+            queue: Arc::new(writer::Queue::new(
+                settings.events.outbox_queue,
+                settings.events.outbox_batch,
+            )),
             outbox,
             counters: meter.event_counters(),
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),

@@ -51,8 +51,17 @@ pub struct Limits {
 pub struct Queue {
     queued: Mutex<Queued>,
     most: usize,
+    /// A write's events (`events.outbox_batch`): the push that makes the queue
+    /// hold that many tells [`Self::batch_ready`].
+    batch: usize,
     /// Told when the queue stops being empty.
     ready: Notify,
+    /// Told when the queue comes to hold a write's events: a writer that waits
+    /// out the gather writes them now. It waited out the whole gather before,
+    /// and a burst of ends past `outbox_queue` / `outbox_gather` events a second
+    /// (65,536 in 200 ms) filled the queue while it slept (bench/analysis.md,
+    /// round thirty-eight).
+    batch_ready: Notify,
 }
 
 #[derive(Default)]
@@ -68,11 +77,13 @@ struct Queued {
 pub struct Full;
 
 impl Queue {
-    pub fn new(most: usize) -> Self {
+    pub fn new(most: usize, batch: usize) -> Self {
         Self {
             queued: Mutex::new(Queued::default()),
             most,
+            batch,
             ready: Notify::new(),
+            batch_ready: Notify::new(),
         }
     }
 
@@ -95,9 +106,13 @@ impl Queue {
             Ok(())
         });
         let Ok(()) = packed;
+        let batch_ready = queued.events.len() == self.batch;
         drop(queued);
         if was_empty {
             self.ready.notify_one();
+        }
+        if batch_ready {
+            self.batch_ready.notify_one();
         }
         Ok(())
     }
@@ -158,9 +173,15 @@ pub async fn run(
             && queue.len() < limits.batch
             && due > Instant::now()
         {
+            // A permit left by a batch the last write took wakes this early:
+            // the loop then looks again.
             tokio::select! {
                 () = tokio::time::sleep_until(due) => {}
+                () = queue.batch_ready.notified() => {}
                 () = shutdown.cancelled() => {}
+            }
+            if queue.len() < limits.batch && due > Instant::now() && !shutdown.is_cancelled() {
+                continue;
             }
         }
         last_write = Some(Instant::now());

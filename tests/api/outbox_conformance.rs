@@ -1021,6 +1021,7 @@ fn start_writer(
     queue: &Arc<drisc::events::writer::Queue>,
     db: &SqliteSettings,
     gather: std::time::Duration,
+    batch: usize,
 ) -> (
     tokio::task::JoinHandle<()>,
     Arc<tokio::sync::Notify>,
@@ -1032,7 +1033,7 @@ fn start_writer(
         queue.clone(),
         Arc::new(db.clone()),
         drisc::events::writer::Limits {
-            batch: 4096,
+            batch,
             gather,
             cap: 1_000,
         },
@@ -1054,8 +1055,8 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drisc.db");
     let db = sqlite_at(&path).await;
-    let queue = Arc::new(drisc::events::writer::Queue::new(16));
-    let (writer, written, stop) = start_writer(&queue, &db, GATHER);
+    let queue = Arc::new(drisc::events::writer::Queue::new(16, 4096));
+    let (writer, written, stop) = start_writer(&queue, &db, GATHER, 4096);
     let start = Instant::now();
     queue
         .push("p", |b| db.pack(b, &event("p", "a", 0)).expect("packed"))
@@ -1084,6 +1085,47 @@ async fn the_writer_writes_an_event_after_a_quiet_spell_at_once_and_gathers_thos
     writer.await.unwrap();
 }
 
+/// A write's worth of events (`events.outbox_batch`) is written as soon as it
+/// is queued, not when the gather is over: the writer slept the gather out,
+/// and a burst of more than `outbox_queue` events in one gather (a restart's
+/// million sessions ending at once) filled the queue while it slept.
+#[tokio::test]
+async fn the_writer_writes_a_full_batch_at_once_without_waiting_out_the_gather() {
+    const BATCH: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drisc.db");
+    let db = sqlite_at(&path).await;
+    let queue = Arc::new(drisc::events::writer::Queue::new(BATCH * 4, BATCH));
+    // A gather far longer than the test.
+    let (writer, written, stop) = start_writer(&queue, &db, std::time::Duration::from_secs(3600), BATCH);
+    let push = |from: usize, n: usize| {
+        for n in from..from + n {
+            queue
+                .push("p", |b| db.pack(b, &event("p", &format!("s{n}"), 0)).expect("packed"))
+                .unwrap();
+        }
+    };
+    push(0, 1);
+    written.notified().await;
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 1, "the first, at once");
+
+    push(1, BATCH - 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        db.outbox_counts("p").await.unwrap().pending,
+        1,
+        "less than a batch waits for the gather"
+    );
+    push(BATCH, 1);
+    tokio::time::timeout(std::time::Duration::from_secs(30), written.notified())
+        .await
+        .expect("the event that makes a batch ends the wait");
+    assert_eq!(db.outbox_counts("p").await.unwrap().pending, 1 + BATCH as u64);
+    assert_eq!(sqlite_tables(&path).await.1, 2, "the batch in one write");
+    stop.cancel();
+    writer.await.unwrap();
+}
+
 /// The writer's queue is bounded (`events.outbox_queue`): a push past it is
 /// dropped, never waited for. A graceful stop writes what is queued, gather or
 /// not, and refuses what is pushed after.
@@ -1092,7 +1134,7 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
     use drisc::events::writer::{Full, Queue};
     let dir = tempfile::tempdir().unwrap();
     let db = sqlite_at(&dir.path().join("drisc.db")).await;
-    let queue = Arc::new(Queue::new(3));
+    let queue = Arc::new(Queue::new(3, 4096));
     for n in 0..3 {
         queue
             .push("p", |b| db.pack(b, &event("p", "a", n)).expect("packed"))
@@ -1104,7 +1146,7 @@ async fn the_writers_queue_drops_past_its_bound_and_a_graceful_stop_writes_what_
     ));
 
     // A gather far longer than the test: only the stop ends it.
-    let (writer, written, stop) = start_writer(&queue, &db, std::time::Duration::from_secs(3600));
+    let (writer, written, stop) = start_writer(&queue, &db, std::time::Duration::from_secs(3600), 4096);
     written.notified().await;
     assert_eq!(
         db.outbox_counts("p").await.unwrap().pending,
