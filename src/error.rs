@@ -1,5 +1,7 @@
 //! The one error type of the HTTP API: status, JSON body and logging in one place.
 
+use std::sync::LazyLock;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +13,26 @@ use crate::domain::control::ControlError;
 use crate::domain::pool::ActiveSession;
 use crate::domain::settings::ResolveError;
 use crate::limits::Refused;
+use crate::telemetry::throttle::{self, Throttle};
+
+const UNAVAILABLE_LINE: &str = "service unavailable: requests answered 503 \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+const STORE_UNAVAILABLE_LINE: &str = "session store unavailable: requests answered 503 \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+
+/// 503s for a dependency that is down (the settings database, a key source).
+static UNAVAILABLE: LazyLock<Throttle> = LazyLock::new(|| {
+    Throttle::new(throttle::EVERY, |unavailable| {
+        tracing::warn!(unavailable, "{UNAVAILABLE_LINE}");
+    })
+});
+
+/// 503s for a session store that is down or stalled.
+static STORE_UNAVAILABLE: LazyLock<Throttle> = LazyLock::new(|| {
+    Throttle::new(throttle::EVERY, |unavailable| {
+        tracing::warn!(unavailable, "{STORE_UNAVAILABLE_LINE}");
+    })
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -166,8 +188,21 @@ impl IntoResponse for ApiError {
             _ => {
                 match &self {
                     Self::Internal(detail) => tracing::error!(detail, "internal error"),
-                    Self::Unavailable(detail) => tracing::warn!(detail, "service unavailable"),
-                    Self::StoreUnavailable { cause } => tracing::warn!(error = %cause, "session store unavailable"),
+                    // At the request rate while a store is down: each at debug, and
+                    // a line per 10 s with the count (the first of a burst's with its
+                    // cause; the rest said when the 10 s are over).
+                    Self::Unavailable(detail) => {
+                        tracing::debug!(detail, "service unavailable");
+                        if let Some(unavailable) = UNAVAILABLE.hit() {
+                            tracing::warn!(unavailable, detail, "{UNAVAILABLE_LINE}");
+                        }
+                    }
+                    Self::StoreUnavailable { cause } => {
+                        tracing::debug!(error = %cause, "session store unavailable");
+                        if let Some(unavailable) = STORE_UNAVAILABLE.hit() {
+                            tracing::warn!(unavailable, error = %cause, "{STORE_UNAVAILABLE_LINE}");
+                        }
+                    }
                     // Overloaded is not logged here: under a flood that would be one line
                     // per refused request; the load shedder logs a summary instead.
                     _ => {}

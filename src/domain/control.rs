@@ -131,6 +131,10 @@ pub enum CreateOutcome {
     },
     /// Session control is switched off for this publisher: play without a session.
     Disabled,
+    /// The store failed and `cluster.on_store_unavailable` is `fail_open`: play
+    /// without a session, as [`Self::Disabled`]. The caller logs the cause
+    /// (a line per create while the store is down would be a flood).
+    FailedOpen { cause: String },
     LimitExceeded {
         takeover_enabled: bool,
         active: Vec<ActiveSession>,
@@ -271,8 +275,9 @@ impl SessionControl {
         };
         let admitted = self.admit(&pool, new, limits, offer.on_limit, now).await;
         self.reap_overdue(now).await;
-        let Some(admitted) = self.when_unavailable(admitted)? else {
-            return Ok(CreateOutcome::Disabled);
+        let admitted = match self.when_unavailable(admitted)? {
+            Ok(admitted) => admitted,
+            Err(failed_open) => return Ok(failed_open),
         };
         match admitted {
             Ok(granted) => {
@@ -492,8 +497,9 @@ impl SessionControl {
             name: request.name.to_owned(),
         };
         let taken = self.store.take_over(&pool, victim, new, self.clock.now()).await;
-        let Some(taken) = self.when_unavailable(taken)? else {
-            return Ok(CreateOutcome::Disabled);
+        let taken = match self.when_unavailable(taken)? {
+            Ok(taken) => taken,
+            Err(failed_open) => return Ok(failed_open),
         };
         let done = taken.ok_or(ControlError::SessionNotFound(victim))?;
         tracing::info!(
@@ -527,14 +533,13 @@ impl SessionControl {
         })
     }
 
-    /// Applies the unavailability policy to a store result: `None` means "let the
-    /// player play without a session".
-    fn when_unavailable<T>(&self, result: Result<T, StoreError>) -> Result<Option<T>, ControlError> {
+    /// Applies the unavailability policy to a store result: `Err` is the outcome
+    /// that lets the player play without a session.
+    fn when_unavailable<T>(&self, result: Result<T, StoreError>) -> Result<Result<T, CreateOutcome>, ControlError> {
         match result {
-            Ok(value) => Ok(Some(value)),
+            Ok(value) => Ok(Ok(value)),
             Err(e) if self.on_unavailable == UnavailablePolicy::FailOpen => {
-                tracing::warn!(error = %e, "session store unavailable: failing open (DRISC disabled for this create)");
-                Ok(None)
+                Ok(Err(CreateOutcome::FailedOpen { cause: e.to_string() }))
             }
             Err(e) => Err(e.into()),
         }

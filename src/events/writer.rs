@@ -23,7 +23,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// whole write's events, and a burst writes back to back: a million sessions
 /// ending at once (a restart nobody came back from) logged 219 lines in 5 s, one
 /// per batch.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub const LOG_EVERY: Duration = crate::telemetry::throttle::EVERY;
 
 /// The writer's log lines for events it drops, one per [`LOG_EVERY`] each.
 struct Drops {

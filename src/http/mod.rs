@@ -25,7 +25,7 @@ use axum::routing::future::RouteFuture;
 use futures_util::future::Either;
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -50,7 +50,14 @@ pub fn router(state: AppState) -> HttpService {
     // per request (bench/analysis.md, round twenty).
     let api = ServiceBuilder::new()
         .map_response(|response: Response<_>| response.map(Body::new))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // A failed response (5xx) at debug: tower-http's default is a line at
+        // error for each, a flood while a store is down; the answers' own lines
+        // (`ApiError`) say it once per 10 s with a count, and each 500 at error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(cors)
         .layer(DefaultBodyLimit::max(body_limit))
         .service(Hot {

@@ -2,6 +2,7 @@
 //! /sessions/{id}` for a player that wants to give its slot back without a socket.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -19,6 +20,14 @@ use crate::error::{ApiError, ErrorBody, LimitExceededBody};
 use crate::json_text;
 use crate::meter::{Admission, RateLimit};
 use crate::state::AppState;
+use crate::telemetry::throttle::{self, Throttle};
+
+const FAILED_OPEN_LINE: &str = "session store unavailable: failing open, creates answered without a session \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+/// Every create fails open while the store is down: a line per 10 s, the first
+/// of a burst's with its cause.
+static FAILED_OPEN: LazyLock<Throttle> =
+    LazyLock::new(|| Throttle::new(throttle::EVERY, |creates| tracing::warn!(creates, "{FAILED_OPEN_LINE}")));
 
 /// The longest `sessionName` accepted, in characters.
 pub(super) const MAX_SESSION_NAME: usize = 100;
@@ -304,7 +313,7 @@ pub(super) fn admit_customer(state: &AppState, customer: &Customer) -> Result<()
 fn admission(outcome: &Result<CreateOutcome, ApiError>) -> Admission {
     match outcome {
         Ok(CreateOutcome::Granted { .. }) => Admission::Granted,
-        Ok(CreateOutcome::Disabled) => Admission::Disabled,
+        Ok(CreateOutcome::Disabled | CreateOutcome::FailedOpen { .. }) => Admission::Disabled,
         Ok(CreateOutcome::LimitExceeded { .. }) => Admission::LimitExceeded,
         Ok(CreateOutcome::TooManyPools { .. }) => Admission::TooManyPools,
         Err(ApiError::RateLimited(_)) => Admission::RateLimited,
@@ -362,6 +371,13 @@ fn respond(state: &AppState, headers: &HeaderMap, outcome: CreateOutcome) -> Res
             offer_id,
             session,
         } => Ok(granted(state, headers, &pool, offer_id, &session)),
+        CreateOutcome::FailedOpen { cause } => {
+            tracing::debug!(error = %cause, "session store unavailable: failing open (DRISC disabled for this create)");
+            if let Some(creates) = FAILED_OPEN.hit() {
+                tracing::warn!(creates, error = %cause, "{FAILED_OPEN_LINE}");
+            }
+            respond(state, headers, CreateOutcome::Disabled)
+        }
         CreateOutcome::Disabled => Ok(Answer::Other(SessionAnswer::Disabled(SessionTrackingDisabled {
             enabled: false,
             message: "Session tracking disabled.",

@@ -21,7 +21,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// ...doubling up to this, so running out of files never makes the loop spin.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this for events that come in floods.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+const LOG_EVERY: Duration = crate::telemetry::throttle::EVERY;
 
 /// The bounds every connection is held to (from `server.*` settings).
 #[derive(Debug, Clone, Copy)]

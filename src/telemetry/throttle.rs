@@ -18,6 +18,9 @@ use tokio::time::Instant;
 
 const NEVER: u64 = u64::MAX;
 
+/// The period of every throttled line of the server: a line per kind per 10 s.
+pub const EVERY: Duration = Duration::from_secs(10);
+
 pub struct Throttle {
     inner: Arc<Inner>,
 }

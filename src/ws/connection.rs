@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +27,25 @@ use crate::domain::ports::{Control, EndCause};
 use crate::domain::{MessageBudget, PoolKey, SessionId};
 use crate::meter::Meter;
 use crate::state::AppState;
+use crate::telemetry::throttle::{self, Throttle};
+
+// A store outage reaches every socket at once (each PONG, each close): a line
+// per socket would be a flood. Each is a debug line; the warning is one line per
+// 10 s with the count, the first of a burst's with its session and cause.
+const STORE_FAILED_LINE: &str = "session store failed: sockets closed with 1011 \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+const UNDETACHED_LINE: &str = "could not detach sessions whose sockets closed \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+static STORE_FAILED: LazyLock<Throttle> = LazyLock::new(|| {
+    Throttle::new(throttle::EVERY, |sockets| {
+        tracing::warn!(sockets, "{STORE_FAILED_LINE}")
+    })
+});
+static UNDETACHED: LazyLock<Throttle> = LazyLock::new(|| {
+    Throttle::new(throttle::EVERY, |sessions| {
+        tracing::warn!(sessions, "{UNDETACHED_LINE}")
+    })
+});
 
 /// What a socket's loop needs of the stream under it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -117,7 +136,10 @@ impl Connection {
                 )
                 .await;
                 if let Err(e) = detached {
-                    tracing::warn!(session = %self.session, error = %e, "could not detach a session whose socket closed");
+                    tracing::debug!(session = %self.session, error = %e, "could not detach a session whose socket closed");
+                    if let Some(sessions) = UNDETACHED.hit() {
+                        tracing::warn!(sessions, session = %self.session, error = %e, "{UNDETACHED_LINE}");
+                    }
                 }
             }
             tracing::debug!(session = %self.session, ?exit, "socket closed");
@@ -417,7 +439,10 @@ impl Connection {
     }
 
     async fn store_failed<S: Stream>(&self, socket: &mut WebSocket<S>, error: impl std::fmt::Display) -> Exit {
-        tracing::warn!(session = %self.session, %error, "session store failed; closing the socket");
+        tracing::debug!(session = %self.session, %error, "session store failed; closing the socket");
+        if let Some(sockets) = STORE_FAILED.hit() {
+            tracing::warn!(sockets, session = %self.session, %error, "{STORE_FAILED_LINE}");
+        }
         finish(&self.state.meter, socket, None, 1011, "session store unavailable").await;
         Exit::Lost
     }

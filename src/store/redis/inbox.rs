@@ -18,6 +18,12 @@ use super::connection::{self, Conn, RedisTarget};
 use super::keys::node::{self, INBOX_TTL_MS, LEASE_TTL_MS};
 use crate::domain::Holder;
 use crate::domain::ports::{Control, Notifier};
+use crate::telemetry::throttle::{self, Throttle};
+
+const FULL_LINE: &str = "outbox full: orders for other nodes dropped; the refresh backstop delivers them \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+const UNSENT_LINE: &str = "orders for other nodes dropped (or sent twice); the refresh backstop delivers them \
+     (one line per 10 s at most, with the count since the last; each batch at debug)";
 
 /// How long one blocking pop waits before it is issued again.
 const BLOCK_SECS: f64 = 1.0;
@@ -54,13 +60,25 @@ pub struct ClusterNotifier {
     node: u64,
     local: Arc<dyn Notifier>,
     outbox: mpsc::Sender<(u64, String)>,
+    /// The outbox fills while Redis does not take its pushes, and every order
+    /// then finds it full: a line per 10 s with the count, not one per order.
+    dropped: Throttle,
 }
 
 impl ClusterNotifier {
     /// The notifier, and the receiving end that [`run_outbox`] drains.
     pub fn new(node: u64, local: Arc<dyn Notifier>) -> (Self, mpsc::Receiver<(u64, String)>) {
         let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        (Self { node, local, outbox }, rx)
+        let dropped = Throttle::new(throttle::EVERY, |dropped| tracing::warn!(dropped, "{FULL_LINE}"));
+        (
+            Self {
+                node,
+                local,
+                outbox,
+                dropped,
+            },
+            rx,
+        )
     }
 }
 
@@ -70,11 +88,10 @@ impl Notifier for ClusterNotifier {
         if node == self.node {
             self.local.notify(holder, control);
         } else if self.outbox.try_send((node, encode(holder, &control))).is_err() {
-            tracing::warn!(
-                socket = holder.0,
-                node,
-                "outbox full: an order is dropped; the refresh backstop will deliver it"
-            );
+            tracing::debug!(socket = holder.0, node, "outbox full: an order is dropped");
+            if let Some(dropped) = self.dropped.hit() {
+                tracing::warn!(dropped, socket = holder.0, node, "{FULL_LINE}");
+            }
         }
     }
 }
@@ -103,6 +120,8 @@ fn pipelines(batch: &[(u64, String)]) -> Vec<redis::Pipeline> {
 /// Pushes queued orders to the holding nodes' inboxes, in pipelined batches.
 pub async fn run_outbox(target: RedisTarget, mut rx: mpsc::Receiver<(u64, String)>, cancel: CancellationToken) {
     let mut conn: Option<Conn> = None;
+    // A batch a try while Redis is out of reach: a line per 10 s, with the orders.
+    let unsent = Throttle::new(throttle::EVERY, |dropped| tracing::warn!(dropped, "{UNSENT_LINE}"));
     let mut batch = Vec::with_capacity(256);
     loop {
         batch.clear();
@@ -135,10 +154,8 @@ pub async fn run_outbox(target: RedisTarget, mut rx: mpsc::Receiver<(u64, String
             }
         }
         if !delivered {
-            tracing::warn!(
-                dropped = batch.len(),
-                "orders for other nodes dropped (or sent twice); the refresh backstop delivers them"
-            );
+            tracing::debug!(dropped = batch.len(), "orders for other nodes dropped (or sent twice)");
+            unsent.count(batch.len() as u64);
         }
     }
 }
