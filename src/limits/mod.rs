@@ -25,6 +25,7 @@ use store::{BoundedStore, Overflow};
 
 use crate::config::LimitSettings;
 use crate::domain::Customer;
+use crate::telemetry::throttle::{self, Throttle};
 
 type KeyedLimiter<K> = RateLimiter<K, BoundedStore<K>, DefaultClock>;
 
@@ -53,7 +54,14 @@ pub struct Limits {
     blocked: DashMap<SourceKey, Instant>,
     max_keys: usize,
     proxies: TrustedProxies,
+    /// Addresses newly blocked: many addresses at once (a botnet, an IPv6
+    /// range) would be a line each; one per 10 s with the count, the first of a
+    /// burst's with its address.
+    newly_blocked: Throttle,
 }
+
+const BLOCKED_LINE: &str = "too many failed authentications: addresses refused with 429 until their budget refills \
+     (one line per 10 s at most, with the count since the last; each at debug)";
 
 impl Limits {
     /// Built from validated settings (see `Settings::validate`).
@@ -85,6 +93,7 @@ impl Limits {
             blocked: DashMap::new(),
             max_keys: settings.max_keys,
             proxies: TrustedProxies::new(settings.trusted_networks()?),
+            newly_blocked: Throttle::new(throttle::EVERY, |addresses| tracing::warn!(addresses, "{BLOCKED_LINE}")),
         })
     }
 
@@ -157,11 +166,14 @@ impl Limits {
         if self.blocked.len() < self.max_keys || self.blocked.contains_key(&source.key) {
             let fresh = self.blocked.insert(source.key, Instant::now() + retry_after).is_none();
             if fresh {
-                tracing::warn!(
+                tracing::debug!(
                     source = %source.addr,
                     ?retry_after,
                     "too many failed authentications from this address: it is refused with 429 until its budget refills"
                 );
+                if let Some(addresses) = self.newly_blocked.hit() {
+                    tracing::warn!(addresses, source = %source.addr, ?retry_after, "{BLOCKED_LINE}");
+                }
             }
         }
         Err(Refused { retry_after })

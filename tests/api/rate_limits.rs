@@ -299,4 +299,46 @@ async fn the_real_binary_reads_trusted_proxies_from_the_environment_and_logs_the
         log.iter().all(|l| !l.contains(&forged) && !l.contains(&valid)),
         "no token is logged"
     );
+
+    // Many addresses blocked at once (a botnet): a line per 10 s with the
+    // count, not one per address, and the counts add up.
+    const MORE: u64 = 50;
+    for n in 0..MORE {
+        let address = format!("198.51.100.{}", 100 + n);
+        for _ in 0..3 {
+            http.post(server.url("/sessions"))
+                .bearer_auth(&forged)
+                .header("x-forwarded-for", &address)
+                .body(json!({"offerId": "S1"}).to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let output = server.output();
+        let lines: Vec<&String> = output
+            .iter()
+            .filter(|l| l.contains("too many failed authentications"))
+            .collect();
+        assert!(lines.len() <= 3, "{} lines:\n{}", lines.len(), output.join("\n"));
+        let sum: u64 = lines
+            .iter()
+            .filter_map(|l| {
+                let count = l.split("addresses=").nth(1)?;
+                count.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+            })
+            .sum();
+        if sum == MORE + 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lines count {sum} of {} addresses blocked:\n{}",
+            MORE + 1,
+            output.join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
