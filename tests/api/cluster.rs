@@ -542,43 +542,14 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
             .unwrap();
         assert_eq!(response.status(), 503);
     }
-    let counted = |output: &[String]| -> (usize, u64) {
-        let lines: Vec<&String> = output
-            .iter()
-            .filter(|line| line.contains("session store unavailable") || line.contains("response failed"))
+    let throttled = |line: &str| {
+        (line.contains("session store unavailable") || line.contains("response failed"))
             // The refresh loop's own line, once a round.
-            .filter(|line| !line.contains("session refresh failed"))
-            .collect();
-        let sum = lines
-            .iter()
-            .filter_map(|line| {
-                let count = line.split("unavailable=").nth(1)?;
-                count.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
-            })
-            .sum();
-        (lines.len(), sum)
+            && !line.contains("session refresh failed")
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let output = server.output();
-        let (lines, sum) = counted(&output);
-        assert!(
-            lines <= 3,
-            "{lines} lines for {} 503s:\n{}",
-            FLOOD + 2,
-            output.join("\n")
-        );
-        if sum == FLOOD + 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lines count {sum} of {} 503s:\n{}",
-            FLOOD + 2,
-            output.join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    server
+        .await_throttled_total(throttled, "unavailable", FLOOD + 2, 3)
+        .await;
 }
 
 #[tokio::test]

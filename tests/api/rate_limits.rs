@@ -315,30 +315,12 @@ async fn the_real_binary_reads_trusted_proxies_from_the_environment_and_logs_the
                 .unwrap();
         }
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let output = server.output();
-        let lines: Vec<&String> = output
-            .iter()
-            .filter(|l| l.contains("too many failed authentications"))
-            .collect();
-        assert!(lines.len() <= 3, "{} lines:\n{}", lines.len(), output.join("\n"));
-        let sum: u64 = lines
-            .iter()
-            .filter_map(|l| {
-                let count = l.split("addresses=").nth(1)?;
-                count.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
-            })
-            .sum();
-        if sum == MORE + 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lines count {sum} of {} addresses blocked:\n{}",
+    server
+        .await_throttled_total(
+            |l| l.contains("too many failed authentications"),
+            "addresses",
             MORE + 1,
-            output.join("\n")
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+            3,
+        )
+        .await;
 }

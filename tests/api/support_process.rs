@@ -186,6 +186,44 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// Waits until the throttled lines `pick` chooses give counts (`field=N`,
+    /// the text format) adding up to `total`, failing if more than `most` such
+    /// lines are ever out, or after 30 s (a throttle says a burst's rest 10 s
+    /// after its first line).
+    #[allow(dead_code)] // for the tests of throttled lines
+    pub async fn await_throttled_total(&self, pick: impl Fn(&str) -> bool, field: &str, total: u64, most: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let marker = format!("{field}=");
+        loop {
+            let output = self.output();
+            let lines: Vec<&String> = output.iter().filter(|line| pick(line)).collect();
+            assert!(
+                lines.len() <= most,
+                "{} lines, at most {most} wanted:\n{}",
+                lines.len(),
+                output.join("\n")
+            );
+            let sum: u64 = lines
+                .iter()
+                .filter_map(|line| {
+                    let count = line.split(marker.as_str()).nth(1)?;
+                    count.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+                })
+                .sum();
+            if sum == total {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lines' {field} add up to {sum}, not {total}:\n{}",
+                output.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
