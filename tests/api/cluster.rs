@@ -472,13 +472,13 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
     );
     redis.kill();
 
-    let created = http
-        .post(server.url("/sessions"))
-        .bearer_auth(&token)
-        .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let create = || {
+        http.post(server.url("/sessions"))
+            .bearer_auth(&token)
+            .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
+            .send()
+    };
+    let created = create().await.unwrap();
     // An operator's look-up by session id reads Redis too.
     let looked_up = http
         .get(server.url(&format!("/admin/v1/sessions/{}", uuid::Uuid::new_v4())))
@@ -533,14 +533,7 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
     // not one per request, and the counts add up to the 503s.
     const FLOOD: u64 = 200;
     for _ in 0..FLOOD {
-        let response = http
-            .post(server.url("/sessions"))
-            .bearer_auth(&token)
-            .body(json!({"offerId": "S1", "sessionName": "TV"}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 503);
+        assert_eq!(create().await.unwrap().status(), 503);
     }
     let throttled = |line: &str| {
         (line.contains("session store unavailable") || line.contains("response failed"))
