@@ -537,12 +537,19 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
     }
     let throttled = |line: &str| {
         (line.contains("session store unavailable") || line.contains("response failed"))
-            // The refresh loop's own line, once a round.
+            // The refresh loop's own line, counted below.
             && !line.contains("session refresh failed")
     };
     server
         .await_throttled_total(throttled, "unavailable", FLOOD + 2, 3)
         .await;
+    // The refresh loop fails every round (1 s) meanwhile: a line per 10 s.
+    let refresh = server
+        .output()
+        .iter()
+        .filter(|line| line.contains("session refresh failed"))
+        .count();
+    assert!((1..=3).contains(&refresh), "{refresh} lines of failed refresh rounds");
 }
 
 #[tokio::test]

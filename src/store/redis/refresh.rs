@@ -48,6 +48,7 @@ use super::store::{CHECK_EVERY_MS, Held, RedisStore, TimeSource, by_shard, new_e
 use crate::domain::clock::duration_ms;
 use crate::domain::ports::{Control, SessionStore, StoreError};
 use crate::domain::{Holder, Millis, PoolKey, Session, SessionId, SessionState};
+use crate::telemetry::throttle::{self, Throttle};
 
 /// What one refresh round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -182,10 +183,18 @@ fn vouch_of(reply: &Value) -> Vouch {
     }
 }
 
+const REFRESH_FAILED_LINE: &str = "session refresh failed; retrying each round \
+     (one line per 10 s at most, with the count since the last; each at debug)";
+
 /// Refreshes every `every`, and keeps node `node`'s claim on its id alive.
 pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Every round fails while Redis is down: a line per 10 s with the count,
+    // the first of an outage's with its error, not one a round.
+    let failed = Throttle::new(throttle::EVERY, |rounds| {
+        tracing::warn!(rounds, "{REFRESH_FAILED_LINE}");
+    });
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -220,7 +229,10 @@ pub async fn run(store: Arc<RedisStore>, node: u64, every: Duration, cancel: Can
                 if let Err(e) = result {
                     // Held sessions keep playing; their PONGs are retried next round. A
                     // shard whose vouch failed was marked lost by the vouch itself.
-                    tracing::warn!(error = %e, "session refresh failed; retrying");
+                    tracing::debug!(error = %e, "session refresh failed; retrying");
+                    if let Some(rounds) = failed.hit() {
+                        tracing::warn!(rounds, error = %e, "{REFRESH_FAILED_LINE}");
+                    }
                 }
             }
         }
