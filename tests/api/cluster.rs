@@ -552,6 +552,42 @@ async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_
     assert!((1..=3).contains(&refresh), "{refresh} lines of failed refresh rounds");
 }
 
+/// The real binary in cluster mode: when Redis is down, every socket whose
+/// player asks to play is closed with 1011, and the log says so in a line per
+/// 10 s with the count, not a line per socket.
+#[tokio::test]
+async fn sockets_closed_by_a_redis_outage_are_logged_a_line_per_10_s_with_their_count() {
+    const PLAYERS: u64 = 20;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        ProcessOptions::default()
+            .env("DRISC__STORAGE__SESSIONS", "redis")
+            .env("DRISC__STORAGE__REDIS_URL", redis.url.clone())
+            .env("DRISC__LIMITS__ENABLED", "false"),
+    );
+    let api = server.api();
+    api.put_offer("p", "o", PLAYERS as u32, &[]).await;
+    let token = api.token("p", "household");
+    let mut players = Vec::new();
+    for n in 0..PLAYERS {
+        let granted = api.create_ok(&token, "o", &format!("screen {n}")).await;
+        players.push(Player::connect(&granted.endpoint).await);
+    }
+    redis.kill();
+    // All at once: each waits for the store's answer.
+    for player in &mut players {
+        player.send("REQUESTED").await;
+    }
+    for player in &mut players {
+        player.expect_close(1011).await;
+    }
+    server
+        .await_throttled_total(|l| l.contains("session store failed"), "sockets", PLAYERS, 3)
+        .await;
+}
+
 #[tokio::test]
 async fn a_player_who_finished_gets_a_session_again_at_once_on_its_node_and_within_a_refresh_on_another() {
     let redis = RedisServer::start();
