@@ -37,7 +37,7 @@ use crate::domain::events::{EventType, OutboxCounts, SessionEvent, Webhook, Webh
 use crate::domain::ports::{EndCause, SessionEvents, SettingsError};
 use crate::domain::{PoolKey, SessionId};
 use crate::meter::{EventCounters, Meter};
-use crate::telemetry::throttle::Throttle;
+use crate::telemetry::throttle::{self, Throttle};
 
 /// One event as the live stream sends it.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ impl Events {
             streams: Arc::new(Semaphore::new(settings.events.max_streams)),
             max_streams: settings.events.max_streams,
             written: Arc::new(Notify::new()),
-            queue_full: Throttle::new(writer::LOG_EVERY, |dropped| {
+            queue_full: Throttle::new(throttle::EVERY, |dropped| {
                 tracing::warn!(
                     dropped,
                     "session events dropped: the webhook outbox's queue is full (events.outbox_queue) \
@@ -107,14 +107,14 @@ impl Events {
             }),
             // Their lines tell the latest event's details; a burst's rest, said
             // when its period ends with no event after it, has none to tell.
-            delivery_failed: Throttle::new(writer::LOG_EVERY, |failed| {
+            delivery_failed: Throttle::new(throttle::EVERY, |failed| {
                 tracing::info!(
                     failed,
                     "webhook deliveries failed; each will retry (the count since the last such line; \
                      each at debug)"
                 );
             }),
-            dead_lettered: Throttle::new(writer::LOG_EVERY, |dead_lettered| {
+            dead_lettered: Throttle::new(throttle::EVERY, |dead_lettered| {
                 tracing::warn!(
                     dead_lettered,
                     "webhook events dead-lettered: webhooks.max_attempts or webhooks.max_age reached \

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::events::{OutboxBatch, OutboxQueue, WebhookOutbox};
 use crate::meter::EventCounters;
-use crate::telemetry::throttle::Throttle;
+use crate::telemetry::throttle::{self, Throttle};
 
 /// Tries of one batch before it is dropped (the database is down): the queue
 /// behind it must not grow without end.
@@ -19,13 +19,10 @@ const TRIES: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 /// The longest a write may take before it counts as failed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most one log line per this for each kind of drop. A full outbox refuses a
-/// whole write's events, and a burst writes back to back: a million sessions
-/// ending at once (a restart nobody came back from) logged 219 lines in 5 s, one
-/// per batch.
-pub const LOG_EVERY: Duration = crate::telemetry::throttle::EVERY;
-
-/// The writer's log lines for events it drops, one per [`LOG_EVERY`] each.
+/// The writer's log lines for events it drops, one per [`throttle::EVERY`]
+/// each. A full outbox refuses a whole write's events, and a burst writes back
+/// to back: a million sessions ending at once (a restart nobody came back from)
+/// logged 219 lines in 5 s, one per batch.
 struct Drops {
     refused_full: Throttle,
     failed: Throttle,
@@ -142,7 +139,7 @@ pub async fn run(
     let mut last_write: Option<Instant> = None;
     let cap = limits.cap;
     let drops = Drops {
-        refused_full: Throttle::new(LOG_EVERY, move |refused| {
+        refused_full: Throttle::new(throttle::EVERY, move |refused| {
             tracing::warn!(
                 refused,
                 cap,
@@ -151,7 +148,7 @@ pub async fn run(
             );
         }),
         // Its lines tell the latest error; a burst's rest has none to tell.
-        failed: Throttle::new(LOG_EVERY, |dropped| {
+        failed: Throttle::new(throttle::EVERY, |dropped| {
             tracing::error!(
                 dropped,
                 "could not write session events to the webhook outbox: dropped \

@@ -14,14 +14,12 @@ use tokio_util::task::TaskTracker;
 use super::HttpService;
 use super::connection::{self, Shared};
 use super::table::{SHED_BATCH, Table, Timeouts};
-use crate::telemetry::throttle::Throttle;
+use crate::telemetry::throttle::{self, Throttle};
 
 /// Accept errors back off from this...
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// ...doubling up to this, so running out of files never makes the loop spin.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one log line per this for events that come in floods.
-const LOG_EVERY: Duration = crate::telemetry::throttle::EVERY;
 
 /// The bounds every connection is held to (from `server.*` settings).
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +71,7 @@ impl Server {
             },
             table,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            overloaded: Throttle::new(LOG_EVERY, move |refused| {
+            overloaded: Throttle::new(throttle::EVERY, move |refused| {
                 tracing::warn!(
                     refused,
                     limit = max_in_flight,
@@ -88,14 +86,14 @@ impl Server {
             listener,
             shared,
             tasks: TaskTracker::new(),
-            refused: Throttle::new(LOG_EVERY, move |refused| {
+            refused: Throttle::new(throttle::EVERY, move |refused| {
                 tracing::warn!(
                     refused,
                     open = refused_table.open(),
                     "open connections at the file limit and none idle: new connections closed at once"
                 );
             }),
-            shed: Throttle::new(LOG_EVERY, move |shed| {
+            shed: Throttle::new(throttle::EVERY, move |shed| {
                 tracing::warn!(
                     shed,
                     open = shed_table.open(),

@@ -165,15 +165,20 @@ async fn redis_restarted_empty_gets_the_held_sessions_back_without_players_notic
     );
 }
 
+/// A node as a separate process (the real binary), its sessions in `redis`.
+fn on_redis(redis: &RedisServer) -> ProcessOptions {
+    ProcessOptions::default()
+        .env("DRISC__STORAGE__SESSIONS", "redis")
+        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+}
+
 #[tokio::test]
 async fn sessions_of_a_killed_node_are_freed_within_the_session_ttl() {
     let redis = RedisServer::start();
     let survivor = node(&redis, 1).await;
     let dir = tempfile::tempdir().unwrap();
     // A node as a separate process, so it can be killed with SIGKILL.
-    let options = ProcessOptions::default()
-        .env("DRISC__STORAGE__SESSIONS", "redis")
-        .env("DRISC__STORAGE__REDIS_URL", &redis.url)
+    let options = on_redis(&redis)
         .env("DRISC__LIVENESS__PING_INTERVAL", "500ms")
         .env("DRISC__LIVENESS__PONG_TIMEOUT", "2s")
         .env("DRISC__CLUSTER__REFRESH_INTERVAL", "200ms");
@@ -449,17 +454,12 @@ async fn ending_a_customers_sessions_on_one_node_expires_the_player_held_on_anot
 /// library's words, the host and port) goes to the log only.
 #[tokio::test]
 async fn a_redis_outage_answers_503_naming_no_internals_while_the_log_keeps_the_cause() {
-    use super::support_process::{ProcessOptions, ServerProcess};
-
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(
         dir.path(),
-        ProcessOptions::default()
-            .env("DRISC__STORAGE__SESSIONS", "redis")
-            .env("DRISC__STORAGE__REDIS_URL", redis.url.clone())
-            // The flood below is one customer's.
-            .env("DRISC__LIMITS__ENABLED", "false"),
+        // The flood below is one customer's.
+        on_redis(&redis).env("DRISC__LIMITS__ENABLED", "false"),
     );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -560,13 +560,7 @@ async fn sockets_closed_by_a_redis_outage_are_logged_a_line_per_10_s_with_their_
     const PLAYERS: u64 = 20;
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(
-        dir.path(),
-        ProcessOptions::default()
-            .env("DRISC__STORAGE__SESSIONS", "redis")
-            .env("DRISC__STORAGE__REDIS_URL", redis.url.clone())
-            .env("DRISC__LIMITS__ENABLED", "false"),
-    );
+    let server = ServerProcess::start(dir.path(), on_redis(&redis).env("DRISC__LIMITS__ENABLED", "false"));
     let api = server.api();
     api.put_offer("p", "o", PLAYERS as u32, &[]).await;
     let token = api.token("p", "household");

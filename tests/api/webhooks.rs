@@ -840,11 +840,7 @@ fn logged_count(line: &str, field: &str) -> u64 {
     let Ok(line) = serde_json::from_str::<Value>(line) else {
         return 0;
     };
-    line.get("fields")
-        .and_then(|fields| fields.get(field))
-        .or_else(|| line.get(field))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+    line["fields"][field].as_u64().unwrap_or(0)
 }
 
 pub fn counter(metrics: &str, series: &str) -> u64 {
